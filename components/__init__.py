@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources of the platform. Typed arguments only: no YAML, no CLI, no Automation API."""

@@ -1,0 +1,39 @@
+"""The tenant directory: which tenant lives where. The routing switch that tier changes flip.
+
+Published as a ConfigMap the application reads and as a stack output tools read. It holds names
+(namespaces, buckets, Secret Manager secret ids), never secret values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+CONFIGMAP_NAME = "tenant-directory"
+
+
+@dataclass(frozen=True)
+class DirectoryArgs:
+    namespace: pulumi.Input[str]
+    entries: dict[str, dict[str, Any]]                  # tenant id -> entry (plain values)
+    identity_tenants: dict[str, pulumi.Input[str]]      # tenant id -> Identity Platform tenant name
+    labels: dict[str, str]
+
+
+class TenantDirectory(pulumi.ComponentResource):
+    entries: pulumi.Output[dict]
+
+    def __init__(self, name: str, args: DirectoryArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:k8s:TenantDirectory", name, None, opts)
+        ids = sorted(args.entries)
+        idp = pulumi.Output.all(*[args.identity_tenants[i] for i in ids]).apply(lambda names: dict(zip(ids, names)))
+        self.entries = idp.apply(lambda names: {i: {**args.entries[i], "identityTenant": names[i]} for i in ids})
+        k8s.core.v1.ConfigMap(f"{name}-configmap", metadata={
+            "name": CONFIGMAP_NAME, "namespace": args.namespace, "labels": args.labels},
+            data={"tenants.json": self.entries.apply(lambda e: json.dumps(e, indent=1, sort_keys=True))},
+            opts=pulumi.ResourceOptions(parent=self))
+        self.register_outputs({"entries": self.entries})

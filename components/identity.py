@@ -1,0 +1,54 @@
+"""Identity Platform: multi-tenancy on, one Identity Platform tenant per catalogue tenant (every model).
+
+They live in the platform stack so that a tier change never recreates a tenant's user pool: users keep
+their logins across upgrades and downgrades.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+
+@dataclass(frozen=True)
+class IdentityTenant:
+    tenant_id: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class IdentityArgs:
+    project: str
+    authorized_domains: list[str]
+    tenants: list[IdentityTenant]
+
+
+class IdentityPlatform(pulumi.ComponentResource):
+    tenant_names: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:gcp:IdentityPlatform", name, None, opts)
+        config = gcp.identityplatform.Config(
+            f"{name}-config",
+            project=args.project,
+            multi_tenant={"allow_tenants": True},
+            authorized_domains=args.authorized_domains,
+            sign_in={"email": {"enabled": True, "password_required": True}},
+            autodelete_anonymous_users=True,
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+        self.tenant_names = {}
+        for t in args.tenants:
+            idp = gcp.identityplatform.Tenant(
+                f"{name}-{t.tenant_id}",
+                project=args.project,
+                display_name=t.display_name,
+                allow_password_signup=True,
+                # A user pool is stateful: protected, and kept if it is ever dropped from the program.
+                deletion_policy="ABANDON",
+                opts=pulumi.ResourceOptions(parent=self, protect=True, depends_on=[config]),
+            )
+            self.tenant_names[t.tenant_id] = idp.name
+        self.register_outputs({"tenant_names": self.tenant_names})

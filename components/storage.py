@@ -1,0 +1,80 @@
+"""Buckets and Firestore databases: stateful, protected, never public."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_gcp as gcp
+
+
+@dataclass(frozen=True)
+class BucketArgs:
+    bucket_name: str
+    project: str
+    location: str
+    labels: dict[str, str]
+    kms_key: str | None = None
+    noncurrent_days: int = 30
+    # (role, member) pairs granted on this bucket only.
+    members: list[tuple[str, pulumi.Input[str]]] = field(default_factory=list)
+
+
+class Bucket(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: BucketArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:gcp:Bucket", name, None, opts)
+        bucket = gcp.storage.Bucket(
+            f"{name}-bucket",
+            name=args.bucket_name,
+            project=args.project,
+            location=args.location,
+            # IAM only (no per-object ACLs), and never reachable by allUsers/allAuthenticatedUsers.
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            lifecycle_rules=[
+                {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": args.noncurrent_days}},
+                {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 1}},
+            ],
+            encryption={"default_kms_key_name": args.kms_key} if args.kms_key else None,
+            soft_delete_policy={"retention_duration_seconds": 7 * 24 * 3600},
+            force_destroy=False,
+            labels=args.labels,
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+        for role, member in args.members:
+            gcp.storage.BucketIAMMember(f"{name}-{role.split('/')[-1].replace('.', '-')}", bucket=bucket.name,
+                                        role=role, member=member, opts=pulumi.ResourceOptions(parent=self))
+        self.name = bucket.name
+        self.register_outputs({"name": self.name})
+
+
+@dataclass(frozen=True)
+class FirestoreArgs:
+    database_id: str
+    project: str
+    location: str
+
+
+class FirestoreDatabase(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FirestoreArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:gcp:FirestoreDatabase", name, None, opts)
+        db = gcp.firestore.Database(
+            f"{name}-firestore",
+            name=args.database_id,
+            project=args.project,
+            location_id=args.location,
+            type="FIRESTORE_NATIVE",
+            concurrency_mode="OPTIMISTIC",
+            delete_protection_state="DELETE_PROTECTION_ENABLED",
+            point_in_time_recovery_enablement="POINT_IN_TIME_RECOVERY_ENABLED",
+            # Removing it from the program leaves the data in place; deleting data is an explicit act.
+            deletion_policy="ABANDON",
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+        self.name = db.name
+        self.register_outputs({"name": self.name})

@@ -1,0 +1,129 @@
+"""Platform stack configuration: typed, validated once, with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+
+from tenancy import naming
+from tenancy.errors import ConfigError
+
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+STACKS_DIR = Path(__file__).resolve().parent
+NAMESPACE = "tenancy"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    environment: str
+    gcp_project: str
+    region: str
+    base_domain: str
+    acme_email: str
+    app_chart: str
+    app_chart_version: str
+    cluster_machine_type: str
+    cluster_min_nodes: int
+    cluster_max_nodes: int
+    pooled_db_tier: str
+    network_cidr: str
+    pods_cidr: str
+    services_cidr: str
+    master_cidr: str
+
+    @classmethod
+    def from_pulumi(cls, environment: str) -> "PlatformConfig":
+        cfg = pulumi.Config(NAMESPACE)
+        raw: dict[str, Any] = {}
+        for f in fields(cls):
+            key = _camel(f.name)
+            if f.type == "int":
+                raw[f.name] = cfg.get_int(key)
+            else:
+                raw[f.name] = cfg.get(key)
+        return cls.validate(raw, environment)
+
+    @classmethod
+    def validate(cls, raw: dict[str, Any], environment: str) -> "PlatformConfig":
+        defaults = project_defaults()
+        values = {}
+        for f in fields(cls):
+            v = raw.get(f.name)
+            values[f.name] = defaults.get(_camel(f.name)) if v is None else v
+        where = f"stacks/Pulumi.{environment}.yaml"
+        problems = []
+
+        def need(name: str, hint: str) -> None:
+            if not values.get(name):
+                problems.append(f"{where}: {NAMESPACE}:{_camel(name)} is required for the platform stack; "
+                                f"set it with `pulumi config set {NAMESPACE}:{_camel(name)} <value> -s {environment}` ({hint})")
+
+        need("gcp_project", "the GCP project id")
+        need("base_domain", "e.g. saas.example.com")
+        need("acme_email", "contact for Let's Encrypt")
+        if values.get("environment") and values["environment"] != environment:
+            problems.append(f"{where}: {NAMESPACE}:environment is '{values['environment']}' but the stack is '{environment}'; "
+                            "they must match (or remove the key)")
+        values["environment"] = environment
+        for name in ("network_cidr", "pods_cidr", "services_cidr", "master_cidr"):
+            try:
+                ipaddress.ip_network(str(values[name]))
+            except ValueError:
+                problems.append(f"{where}: {NAMESPACE}:{_camel(name)} '{values[name]}' is not a CIDR range (e.g. 10.10.0.0/20)")
+        if not str(values["master_cidr"]).endswith("/28"):
+            problems.append(f"{where}: {NAMESPACE}:masterCidr must be a /28 (GKE control plane range)")
+        try:
+            if int(values["cluster_min_nodes"]) > int(values["cluster_max_nodes"]) or int(values["cluster_min_nodes"]) < 0:
+                problems.append(f"{where}: {NAMESPACE}:clusterMinNodes must be between 0 and clusterMaxNodes")
+        except (TypeError, ValueError):
+            problems.append(f"{where}: {NAMESPACE}:clusterMinNodes and clusterMaxNodes must be integers")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        values["cluster_min_nodes"] = int(values["cluster_min_nodes"])
+        values["cluster_max_nodes"] = int(values["cluster_max_nodes"])
+        return cls(**values)
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def project_defaults() -> dict[str, Any]:
+    """Defaults of the `tenancy:` keys declared in Pulumi.yaml (without the namespace)."""
+    data = yaml.safe_load(PROJECT_FILE.read_text()) or {}
+    out = {}
+    for key, decl in (data.get("config") or {}).items():
+        if key.startswith(NAMESPACE + ":") and isinstance(decl, dict) and "default" in decl:
+            out[key.split(":", 1)[1]] = decl["default"]
+    return out
+
+
+def project_name() -> str:
+    return (yaml.safe_load(PROJECT_FILE.read_text()) or {})["name"]
+
+
+def load_stack_config(environment: str) -> dict[str, Any]:
+    """The platform stack's config as `pulumi.runtime.set_all_config` wants it (for offline runs)."""
+    naming.check_env(environment)
+    path = STACKS_DIR / f"Pulumi.{environment}.yaml"
+    if not path.exists():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+        raise ConfigError(f"stacks/Pulumi.{environment}.yaml not found: environment '{environment}' has no platform "
+                          f"stack config; known environments: {', '.join(known) or 'none'}")
+    data = yaml.safe_load(path.read_text()) or {}
+    config = {}
+    for key, value in (data.get("config") or {}).items():
+        if isinstance(value, dict) and "secure" in value:
+            continue  # encrypted values cannot be read offline; the platform program does not need any
+        config[key] = value if isinstance(value, str) else yaml.safe_dump(value).strip() if isinstance(value, (dict, list)) else str(value).lower() if isinstance(value, bool) else str(value)
+    return config
+
+
+def known_environments() -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))

@@ -1,0 +1,181 @@
+"""The platform stack: one per environment. Shared infrastructure and everything pooled tenants need."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from components.cluster import ClusterArgs, GkeCluster
+from components.directory import DirectoryArgs, TenantDirectory
+from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
+from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant
+from components.labels import k8s_labels, labels
+from components.namespace import NamespaceArgs, TenantNamespace
+from components.network import Network, NetworkArgs
+from components.postgres import OWNER_USER, RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.sqljob import SqlApplyJob, SqlJobArgs
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase
+from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
+from stacks import contract
+from stacks.config import PlatformConfig
+from tenancy import naming
+from tenancy.catalog import Catalog, Model, State, Tenant
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SHARED = "shared"
+# The pooled namespace is one deployment for all free tenants; its quota is the pool's, not a tenant's.
+POOL_QUOTA = {"cpu": 16.0, "memory_gb": 64.0, "storage_gb": 200, "pods": 200, "pvcs": 20, "services": 20}
+
+
+def sql_files() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(SQL_DIR.glob("*.sql"))}
+
+
+def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
+    """Where a tenant lives and which secrets (by name) hold its database credentials."""
+    entry: dict[str, Any] = {"name": t.name, "plan": t.plan_name, "model": t.model.value, "state": t.state.value}
+    if t.model is Model.POOLED:
+        entry["hostnames"] = [naming.hostname("app", cfg.base_domain)]
+        entry["placement"] = {"cluster": naming.cluster(env), "namespace": naming.POOLED_NAMESPACE,
+                              "bucket": naming.shared_bucket(env, cfg.gcp_project), "prefix": f"{t.id}/",
+                              "firestore": naming.firestore_database(env, "pooled"),
+                              "stack": naming.stack_name(env)}
+        entry["databaseSecrets"] = {"pooled": naming.secret_id(env, "pooled", "tenancy-app")}
+    else:
+        hosts = [naming.hostname(t.subdomain, cfg.base_domain)]
+        if t.custom_domain:
+            hosts.append(t.custom_domain)
+        project = (t.dedicated.project.id if t.dedicated and t.dedicated.project else None) or cfg.gcp_project
+        entry["hostnames"] = hosts
+        entry["placement"] = {
+            "cluster": naming.cluster(env) if t.model is Model.NAMESPACE else naming.cluster(env, t.id),
+            "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
+            "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id)}
+        entry["databaseSecrets"] = {db: naming.secret_id(env, t.id, f"{db}-tenancy-app") for db in t.plan.databases}
+    return entry
+
+
+def build(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
+    shared_labels = labels(env, SHARED)
+    provider = gcp.Provider("gcp", project=cfg.gcp_project, region=cfg.region, default_labels=shared_labels)
+    gopts = pulumi.ResourceOptions(provider=provider)
+
+    net = Network("platform", NetworkArgs(project=cfg.gcp_project, region=cfg.region, subnet_cidr=cfg.network_cidr,
+                                          pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
+                                          labels=shared_labels), opts=gopts)
+    cluster = GkeCluster("shared", ClusterArgs(
+        cluster_name=naming.cluster(env), project=cfg.gcp_project, region=cfg.region, network_id=net.network_id,
+        subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
+        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=f"{env}-gke-nodes",
+        labels=shared_labels, machine_type=cfg.cluster_machine_type, min_nodes=cfg.cluster_min_nodes,
+        max_nodes=cfg.cluster_max_nodes), opts=gopts)
+    kopts = pulumi.ResourceOptions(provider=cluster.provider)
+    edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
+                                 acme_email=cfg.acme_email, labels=shared_labels,
+                                 k8s_labels=k8s_labels(env, SHARED)),
+                opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
+        **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}, opts=kopts)
+
+    pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
+    pooled_plans = {t.plan_name: t.plan for t in pooled} or {"free": catalog.plans["free"]}
+    retention = max(p.limits.backup_retention_days for p in pooled_plans.values())
+    pooled_labels = labels(env, Model.POOLED.value)
+
+    db = PostgresInstance("pooled-db", PostgresArgs(
+        instance_name=naming.pooled_sql_instance(env), project=cfg.gcp_project, region=cfg.region,
+        network_id=net.network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
+        secret_prefix=naming.secret_id(env, "pooled", "").rstrip("-"), depends_on=[net.private_services]), opts=gopts)
+    firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
+        database_id=naming.firestore_database(env, "pooled"), project=cfg.gcp_project, location=cfg.region), opts=gopts)
+    pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(
+        namespace=naming.POOLED_NAMESPACE, labels=k8s_labels(env, Model.POOLED.value), ingress_namespace=INGRESS_NAMESPACE,
+        egress_cidrs=[db.private_ip], **POOL_QUOTA), opts=kopts)
+    app_identity = WorkloadIdentity("pooled-app", WorkloadIdentityArgs(
+        project=cfg.gcp_project, account_id=naming.service_account_id(env, "pooled"), namespace=pool_ns.namespace,
+        workload_pool=cluster.workload_pool, labels=k8s_labels(env, Model.POOLED.value),
+        display_name=f"pooled tenants' application ({env})"), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    bucket = Bucket("pooled-bucket", BucketArgs(
+        bucket_name=naming.shared_bucket(env, cfg.gcp_project), project=cfg.gcp_project, location=cfg.region,
+        labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)]), opts=gopts)
+    gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,
+                                      secret_id=db.secret_ids[RUNTIME_USER], role="roles/secretmanager.secretAccessor",
+                                      member=app_identity.member, opts=gopts)
+    _firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
+
+    migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
+        project=cfg.gcp_project, account_id=naming.service_account_id(env, "sql-migrator"),
+        namespace=system_ns.metadata["name"], workload_pool=cluster.workload_pool, labels=k8s_labels(env, SHARED),
+        display_name=f"applies the tenancy SQL ({env})"), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    gcp.secretmanager.SecretIamMember("sql-migrator-owner-secret", project=cfg.gcp_project,
+                                      secret_id=db.secret_ids[OWNER_USER], role="roles/secretmanager.secretAccessor",
+                                      member=migrator.member, opts=gopts)
+    SqlApplyJob("pooled-sql", SqlJobArgs(
+        namespace=system_ns.metadata["name"], service_account=migrator.ksa_name, sql_files=sql_files(),
+        host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
+        project=cfg.gcp_project, labels=k8s_labels(env, SHARED)), opts=kopts)
+
+    AppRelease("pooled-app", AppArgs(
+        release_name="app", namespace=pool_ns.namespace, chart=cfg.app_chart, version=cfg.app_chart_version,
+        labels=k8s_labels(env, Model.POOLED.value), depends_on=[app_identity],
+        values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER])), opts=kopts)
+
+    directory_tenants = [t for t in catalog.tenants if t.in_directory]
+    identity = IdentityPlatform("identity", IdentityArgs(
+        project=cfg.gcp_project,
+        authorized_domains=sorted({naming.hostname("app", cfg.base_domain), f"*.{cfg.base_domain}"} |
+                                  {t.custom_domain for t in directory_tenants if t.custom_domain}),
+        tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]), opts=gopts)
+    directory = TenantDirectory("directory", DirectoryArgs(
+        namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
+        entries={t.id: directory_entry(t, env, cfg) for t in directory_tenants},
+        identity_tenants=identity.tenant_names), opts=kopts)
+
+    pulumi.export(contract.ENVIRONMENT, env)
+    pulumi.export(contract.GCP_PROJECT, cfg.gcp_project)
+    pulumi.export(contract.REGION, cfg.region)
+    pulumi.export(contract.BASE_DOMAIN, cfg.base_domain)
+    pulumi.export(contract.NETWORK_ID, net.network_id)
+    pulumi.export(contract.SUBNET_ID, net.subnet_id)
+    pulumi.export(contract.CLUSTER_NAME, cluster.name)
+    pulumi.export(contract.CLUSTER_ENDPOINT, cluster.endpoint)
+    pulumi.export(contract.KUBECONFIG, cluster.kubeconfig)
+    pulumi.export(contract.WORKLOAD_POOL, cluster.workload_pool)
+    pulumi.export(contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE)
+    pulumi.export(contract.INGRESS_IP, edge.ip_address)
+    pulumi.export(contract.CLUSTER_ISSUER, CLUSTER_ISSUER)
+    pulumi.export(contract.DNS_ZONE, edge.zone_name)
+    pulumi.export(contract.APP_CHART, cfg.app_chart)
+    pulumi.export(contract.APP_CHART_VERSION, cfg.app_chart_version)
+    pulumi.export(contract.TENANT_DIRECTORY, directory.entries)
+
+
+def _firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],
+                     opts: pulumi.ResourceOptions) -> None:
+    """Firestore access is granted at the project with a condition naming the one database."""
+    gcp.projects.IAMMember(name, project=project, role="roles/datastore.user", member=member, condition={
+        "title": "one-database-only",
+        "expression": pulumi.Output.concat('resource.name.startsWith("projects/', project, '/databases/', database, '")'),
+    }, opts=opts)
+
+
+def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_secret: pulumi.Input[str]) -> dict:
+    """Helm values of the shared deployment: per-tenant limits and feature flags, secret *names* only."""
+    return {
+        "environment": env,
+        "model": Model.POOLED.value,
+        "host": naming.hostname("app", cfg.base_domain),
+        "ingress": {"className": "nginx", "clusterIssuer": CLUSTER_ISSUER},
+        "database": {"secretName": db_secret, "project": cfg.gcp_project, "user": RUNTIME_USER},
+        "storage": {"bucket": naming.shared_bucket(env, cfg.gcp_project), "prefixTemplate": "{tenant_id}/"},
+        "firestore": {"database": naming.firestore_database(env, "pooled")},
+        "tenants": {t.id: {
+            "plan": t.plan_name, "active": t.state is State.ACTIVE, "features": sorted(f.value for f in t.features),
+            "apiRateLimitPerMinute": t.limits.api_rate_limit, "storageQuotaGb": t.limits.storage_gb,
+        } for t in pooled},
+    }

@@ -1,0 +1,220 @@
+"""A tenant stack: everything that belongs to one namespace (Standard) or dedicated (Enterprise) tenant.
+
+The same components serve both models. A namespace tenant runs them in the shared cluster (provider from
+the platform stack's outputs); a dedicated tenant gets its own network and hardened cluster, optionally
+in its own GCP project (explicit provider: nothing lands in the platform project by accident).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components.cluster import ClusterArgs, GkeCluster
+from components.edge import CLUSTER_ISSUER, INGRESS_CLASS, INGRESS_NAMESPACE, Edge, EdgeArgs
+from components.labels import k8s_labels, labels
+from components.namespace import NamespaceArgs, TenantNamespace
+from components.network import Network, NetworkArgs
+from components.postgres import RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase
+from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
+from stacks import contract
+from stacks.platform import _firestore_grant
+from tenancy import naming
+from tenancy.catalog import Feature, Model, State, Tenant
+
+TENANT_DB_TIER = {Model.NAMESPACE: "db-custom-1-3840", Model.DEDICATED: "db-custom-4-15360"}
+# Tenant projects need these APIs before anything else can be created in them.
+DEDICATED_APIS = ("compute.googleapis.com", "container.googleapis.com", "sqladmin.googleapis.com",
+                  "servicenetworking.googleapis.com", "secretmanager.googleapis.com", "firestore.googleapis.com",
+                  "cloudkms.googleapis.com", "monitoring.googleapis.com", "logging.googleapis.com", "dns.googleapis.com")
+NEO4J_CHART_VERSION = "5.26.0"
+
+
+@dataclass(frozen=True)
+class PlatformFacts:
+    """What the platform stack exports (read through a StackReference)."""
+
+    environment: pulumi.Output[str]
+    project: pulumi.Output[str]
+    region: pulumi.Output[str]
+    base_domain: pulumi.Output[str]
+    network_id: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    workload_pool: pulumi.Output[str]
+    app_chart: pulumi.Output[str]
+    app_chart_version: pulumi.Output[str]
+
+
+def read_platform(env: str, project: str) -> tuple[pulumi.StackReference, PlatformFacts]:
+    ref = pulumi.StackReference(f"{pulumi.get_organization()}/{project}/{naming.stack_name(env)}")
+    out = ref.require_output
+    return ref, PlatformFacts(
+        environment=out(contract.ENVIRONMENT), project=out(contract.GCP_PROJECT), region=out(contract.REGION),
+        base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID), kubeconfig=out(contract.KUBECONFIG),
+        workload_pool=out(contract.WORKLOAD_POOL), app_chart=out(contract.APP_CHART),
+        app_chart_version=out(contract.APP_CHART_VERSION))
+
+
+def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,
+          app_chart: str, app_chart_version: str, facts: PlatformFacts) -> None:
+    """Build the tenant's stack. Plain values (project, region, domain, chart) come from the platform's
+    outputs resolved before the program runs, so names are known at plan time; the rest flow as Outputs."""
+    model = tenant.model.value
+    gcp_labels = labels(env, model, tenant.id)
+    kube_labels = k8s_labels(env, model, tenant.id)
+    region = tenant.region or platform_region
+    project = platform_project
+    deps: list[pulumi.Resource] = []
+
+    if tenant.model is Model.DEDICATED:
+        project, deps = _tenant_project(tenant, env, platform_project, gcp_labels)
+    provider = gcp.Provider("gcp", project=project, region=region, default_labels=gcp_labels,
+                            opts=pulumi.ResourceOptions(depends_on=deps))
+    gopts = pulumi.ResourceOptions(provider=provider)
+
+    if tenant.model is Model.DEDICATED:
+        net = Network("tenant", NetworkArgs(project=project, region=region, subnet_cidr="10.30.0.0/20",
+                                            pods_cidr="10.128.0.0/14", services_cidr="10.132.0.0/20",
+                                            labels=gcp_labels), opts=gopts)
+        cluster = GkeCluster("tenant", ClusterArgs(
+            cluster_name=naming.cluster(env, tenant.id), project=project, region=region, network_id=net.network_id,
+            subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
+            master_cidr="172.16.32.0/28", authorized_cidr="10.30.0.0/20",
+            node_service_account_id=naming.fit(f"n-{env}-{tenant.id}", naming.LIMITS["service_account"]),
+            labels=gcp_labels, private_endpoint=bool(tenant.dedicated and tenant.dedicated.private_endpoint),
+            machine_type="e2-standard-8", min_nodes=1, max_nodes=10), opts=gopts)
+        k8s_provider = cluster.provider
+        network_id: pulumi.Input[str] = net.network_id
+        workload_pool: pulumi.Input[str] = cluster.workload_pool
+        db_deps: list[pulumi.Resource] = [net.private_services]
+        Edge("edge", EdgeArgs(project=project, region=region, base_domain=None, acme_email=tenant.admin_email,
+                              labels=gcp_labels, k8s_labels=kube_labels),
+             opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
+    else:
+        k8s_provider = k8s.Provider("shared-cluster", kubeconfig=facts.kubeconfig, enable_server_side_apply=True)
+        network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
+    kopts = pulumi.ResourceOptions(provider=k8s_provider)
+    both = pulumi.ResourceOptions(providers=[provider, k8s_provider])
+
+    databases = {
+        role: PostgresInstance(role, PostgresArgs(
+            instance_name=naming.sql_instance(env, tenant.id, role), project=project, region=region,
+            network_id=network_id, tier=TENANT_DB_TIER[tenant.model], retention_days=tenant.limits.backup_retention_days,
+            labels=gcp_labels, secret_prefix=naming.secret_id(env, tenant.id, role),
+            high_availability=tenant.plan.high_availability,
+            read_replicas=tenant.dedicated.read_replicas if tenant.dedicated else 0, depends_on=db_deps), opts=gopts)
+        for role in tenant.plan.databases
+    }
+    ns = TenantNamespace("namespace", NamespaceArgs(
+        namespace=naming.namespace(tenant.id), labels=kube_labels, cpu=tenant.limits.cpu, memory_gb=tenant.limits.memory_gb,
+        storage_gb=tenant.limits.storage_gb, pods=tenant.limits.pods, pvcs=tenant.limits.pvcs,
+        services=tenant.limits.services, ingress_namespace=INGRESS_NAMESPACE,
+        egress_cidrs=[d.private_ip for d in databases.values()], egress_ports=[5432, 7687]), opts=kopts)
+    identity = WorkloadIdentity("app", WorkloadIdentityArgs(
+        project=project, account_id=naming.service_account_id(env, tenant.id), namespace=ns.namespace,
+        workload_pool=workload_pool, labels=kube_labels, display_name=f"tenant {tenant.id} ({env})"), opts=both)
+    for role, db in databases.items():
+        gcp.secretmanager.SecretIamMember(f"{role}-runtime-secret", project=project, secret_id=db.secret_ids[RUNTIME_USER],
+                                          role="roles/secretmanager.secretAccessor", member=identity.member, opts=gopts)
+    firestore = FirestoreDatabase("firestore", FirestoreArgs(
+        database_id=naming.firestore_database(env, tenant.id), project=project, location=region), opts=gopts)
+    _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
+    bucket = Bucket("uploads", BucketArgs(
+        bucket_name=naming.bucket(env, tenant.id), project=project, location=region, labels=gcp_labels,
+        kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)]), opts=gopts)
+
+    active = tenant.state is State.ACTIVE
+    graph = Feature.RECOMMENDATIONS in tenant.features
+    if graph:
+        _neo4j(tenant, ns, kube_labels, clustered=tenant.model is Model.DEDICATED, opts=kopts)
+    hosts = [naming.hostname(tenant.subdomain, base_domain)] + ([tenant.custom_domain] if tenant.custom_domain else [])
+    AppRelease("app", AppArgs(
+        release_name="app", namespace=ns.namespace, chart=app_chart, version=app_chart_version, labels=kube_labels,
+        depends_on=[identity],
+        values={
+            "environment": env, "model": model, "tenant": tenant.id, "hosts": hosts,
+            # A suspended tenant keeps its data; its workloads scale to zero.
+            "replicaCount": (2 if tenant.model is Model.DEDICATED else 1) if active else 0,
+            "features": {f.value: (f in tenant.features) for f in Feature},
+            "rateLimit": {"requestsPerMinute": tenant.limits.api_rate_limit},
+            "storage": {"bucket": bucket.name, "quotaGb": tenant.limits.storage_gb},
+            "firestore": {"database": firestore.name},
+            "databases": {role: {"host": db.private_ip, "secretName": db.secret_ids[RUNTIME_USER], "user": RUNTIME_USER}
+                          for role, db in databases.items()},
+            "graph": {"enabled": graph, "passwordSecret": "neo4j-auth" if graph else None},
+        }), opts=kopts)
+    if active:
+        _routes(tenant, ns, hosts, kube_labels, kopts)
+
+    pulumi.export("tenant", tenant.id)
+    pulumi.export("model", model)
+    pulumi.export("project", project)
+    pulumi.export("namespace", ns.namespace)
+    pulumi.export("serviceAccount", identity.email)
+    pulumi.export("bucket", bucket.name)
+    pulumi.export("databases", {role: {"instance": db.instance_name, "privateIp": db.private_ip,
+                                       "runtimeSecret": db.secret_ids[RUNTIME_USER]} for role, db in databases.items()})
+    pulumi.export("hostnames", hosts)
+
+
+def _tenant_project(tenant: Tenant, env: str, platform_project: str,
+                    gcp_labels: dict[str, str]) -> tuple[str, list[pulumi.Resource]]:
+    """The dedicated tenant's project: created (folder, billing, APIs) or an existing one, or the platform's."""
+    settings = tenant.dedicated.project if tenant.dedicated else None
+    if settings is None:
+        return platform_project, []
+    if not settings.create:
+        return settings.id, []
+    org_provider = gcp.Provider("gcp-org", project=platform_project)
+    proj = gcp.organizations.Project(
+        "project", project_id=settings.id, name=naming.fit(f"{tenant.id}", 30), folder_id=settings.folder_id,
+        billing_account=settings.billing_account, auto_create_network=False, labels=gcp_labels, deletion_policy="PREVENT",
+        opts=pulumi.ResourceOptions(provider=org_provider, protect=True))
+    apis = [gcp.projects.Service(f"api-{api.split('.')[0]}", project=proj.project_id, service=api,
+                                 disable_on_destroy=False, opts=pulumi.ResourceOptions(provider=org_provider))
+            for api in DEDICATED_APIS]
+    return settings.id, [proj, *apis]
+
+
+def _neo4j(tenant: Tenant, ns: TenantNamespace, kube_labels: dict[str, str], clustered: bool,
+           opts: pulumi.ResourceOptions) -> None:
+    password = random.RandomPassword("neo4j-password", length=32, special=False)
+    auth = k8s.core.v1.Secret("neo4j-auth", metadata={"name": "neo4j-auth", "namespace": ns.namespace, "labels": kube_labels},
+                              string_data={"NEO4J_AUTH": pulumi.Output.secret(pulumi.Output.concat("neo4j/", password.result))},
+                              type="Opaque", opts=opts)
+    k8s.helm.v3.Release(
+        "neo4j", name="neo4j", namespace=ns.namespace, chart="neo4j", version=NEO4J_CHART_VERSION,
+        repository_opts={"repo": "https://helm.neo4j.com/neo4j"},
+        values={
+            "neo4j": {"name": f"graph-{tenant.id}", "passwordFromSecret": "neo4j-auth",
+                      "minimumClusterSize": 3 if clustered else 1,
+                      "resources": {"cpu": "500m", "memory": "2Gi"}},
+            "volumes": {"data": {"mode": "dynamic", "dynamic": {"storageClassName": "premium-rwo",
+                                                               "requests": {"storage": "20Gi"}}}},
+            "podSpec": {"securityContext": POD_SECURITY},
+            "containerSecurityContext": CONTAINER_SECURITY,
+            "services": {"neo4j": {"enabled": False}},  # no LoadBalancer: reached inside the namespace only
+            "podLabels": kube_labels,
+        },
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[auth], protect=True)))
+
+
+def _routes(tenant: Tenant, ns: TenantNamespace, hosts: list[str], kube_labels: dict[str, str],
+            opts: pulumi.ResourceOptions) -> None:
+    """The tenant's hostnames on the ingress controller, each with a cert-manager certificate."""
+    k8s.apiextensions.CustomResource("certificate", api_version="cert-manager.io/v1", kind="Certificate",
+                                     metadata={"name": "app-tls", "namespace": ns.namespace, "labels": kube_labels},
+                                     spec={"secretName": "app-tls", "dnsNames": hosts,
+                                           "issuerRef": {"kind": "ClusterIssuer", "name": CLUSTER_ISSUER}}, opts=opts)
+    k8s.networking.v1.Ingress("ingress", metadata={
+        "name": "app", "namespace": ns.namespace, "labels": kube_labels,
+        "annotations": {"nginx.ingress.kubernetes.io/limit-rpm": str(tenant.limits.api_rate_limit),
+                        "nginx.ingress.kubernetes.io/ssl-redirect": "true"}},
+        spec={"ingressClassName": INGRESS_CLASS, "tls": [{"hosts": hosts, "secretName": "app-tls"}],
+              "rules": [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+                  "service": {"name": "app", "port": {"number": 80}}}}]}} for h in hosts]}, opts=opts)

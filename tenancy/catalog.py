@@ -1,0 +1,709 @@
+"""The tenant catalogue: `tenants.yaml` parsed into validated, frozen models.
+
+Loading happens in two passes so that one run reports every problem, not only the first:
+  1. structure: YAML syntax, then the pydantic models (types, formats, unknown keys);
+  2. meaning: rules that need the whole file (plans exist, features allowed by the plan, limit
+     overrides within the plan's bounds, custom domains only on dedicated plans, uniqueness).
+Every problem becomes one `Problem` naming the file, the line, the tenant (its id, or its position when
+the id itself is bad), the field, and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tenancy import naming
+from tenancy.errors import CatalogError, Problem
+
+SCHEMA_PATH = "schemas/tenants.schema.json"
+CATALOG_VERSION = 1
+
+ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+DOMAIN_PATTERN = re.compile(r"^(?=.{4,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+GCP_PROJECT_PATTERN = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+# Google Cloud regions. A region outside this list is almost always a typo ("europe-west" or "us-east").
+GCP_REGIONS = frozenset({
+    "africa-south1", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2", "asia-northeast3",
+    "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2", "australia-southeast1",
+    "australia-southeast2", "europe-central2", "europe-north1", "europe-north2", "europe-southwest1",
+    "europe-west1", "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8",
+    "europe-west9", "europe-west10", "europe-west12", "me-central1", "me-central2", "me-west1",
+    "northamerica-northeast1", "northamerica-northeast2", "northamerica-south1", "southamerica-east1",
+    "southamerica-west1", "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1",
+    "us-west2", "us-west3", "us-west4",
+})
+
+
+class Model(str, Enum):
+    """The isolation model a plan maps to."""
+
+    POOLED = "pooled"
+    NAMESPACE = "namespace"
+    DEDICATED = "dedicated"
+
+
+class State(str, Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    OFFBOARDED = "offboarded"
+
+
+class Feature(str, Enum):
+    """Application features a plan may allow and a tenant may enable."""
+
+    CORE = "core"
+    COMMENTS = "comments"
+    LIKES = "likes"
+    RECOMMENDATIONS = "recommendations"  # needs the graph database: not on pooled plans
+    API_ACCESS = "api-access"
+    DATA_EXPORT = "data-export"
+    SSO = "sso"
+    AUDIT_LOG = "audit-log"
+
+
+# Features that need per-tenant infrastructure and therefore cannot be offered on a pooled plan.
+DEDICATED_INFRA_FEATURES = frozenset({Feature.RECOMMENDATIONS})
+
+
+class Strict(BaseModel):
+    """One strict base: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+LIMIT_FIELDS: dict[str, str] = {
+    "api_rate_limit": "API requests per minute",
+    "storage_gb": "object and database storage quota in GB",
+    "cpu": "CPU cores the tenant's namespace may request",
+    "memory_gb": "memory in GB the tenant's namespace may request",
+    "pods": "maximum number of pods",
+    "pvcs": "maximum number of persistent volume claims",
+    "services": "maximum number of services",
+    "backup_retention_days": "days of database backups kept",
+}
+
+
+class Limits(Strict):
+    """A plan's limits: every value is required."""
+
+    api_rate_limit: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["api_rate_limit"])]
+    storage_gb: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["storage_gb"])]
+    cpu: Annotated[float, Field(gt=0, description=LIMIT_FIELDS["cpu"])]
+    memory_gb: Annotated[float, Field(gt=0, description=LIMIT_FIELDS["memory_gb"])]
+    pods: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["pods"])]
+    pvcs: Annotated[int, Field(ge=0, description=LIMIT_FIELDS["pvcs"])]
+    services: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["services"])]
+    backup_retention_days: Annotated[int, Field(ge=1, le=365, description=LIMIT_FIELDS["backup_retention_days"])]
+
+
+class LimitOverrides(Strict):
+    """A tenant's overrides of its plan's limits: each optional, each within the plan's bounds."""
+
+    api_rate_limit: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["api_rate_limit"])] = None
+    storage_gb: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["storage_gb"])] = None
+    cpu: Annotated[float | None, Field(gt=0, description=LIMIT_FIELDS["cpu"])] = None
+    memory_gb: Annotated[float | None, Field(gt=0, description=LIMIT_FIELDS["memory_gb"])] = None
+    pods: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["pods"])] = None
+    pvcs: Annotated[int | None, Field(ge=0, description=LIMIT_FIELDS["pvcs"])] = None
+    services: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["services"])] = None
+    backup_retention_days: Annotated[int | None, Field(ge=1, le=365, description=LIMIT_FIELDS["backup_retention_days"])] = None
+
+    def set_values(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+DatabaseName = Annotated[str, Field(pattern=r"^postgres-[1-9]$", description="a dedicated PostgreSQL instance role")]
+
+
+class Plan(Strict):
+    """A commercial plan: which isolation model it uses, its limits and what tenants may enable."""
+
+    model: Model = Field(description="isolation model: pooled, namespace or dedicated")
+    description: str = ""
+    limits: Limits
+    max_limits: Limits | None = Field(
+        default=None,
+        description="upper bounds for tenant overrides; when absent, overrides may only lower the plan's limits",
+    )
+    features: tuple[Feature, ...] = Field(description="features tenants on this plan may enable")
+    databases: tuple[DatabaseName, ...] = Field(
+        default=(), description="dedicated PostgreSQL instances; pooled plans share the pool and list none"
+    )
+    high_availability: bool = Field(default=False, description="REGIONAL (HA) database instances")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Plan":
+        if self.model is Model.POOLED and self.databases:
+            raise ValueError("a pooled plan shares the pooled database; remove 'databases' or use model namespace/dedicated")
+        if self.model is not Model.POOLED and not self.databases:
+            raise ValueError(f"a {self.model.value} plan needs its database set, e.g. databases: [postgres-1, postgres-2, postgres-3]")
+        bad = sorted(f.value for f in self.features if f in DEDICATED_INFRA_FEATURES) if self.model is Model.POOLED else []
+        if bad:
+            raise ValueError(f"feature(s) {', '.join(bad)} need per-tenant infrastructure; remove them from this pooled plan")
+        if len(set(self.databases)) != len(self.databases):
+            raise ValueError("databases are listed twice; list each postgres-N once")
+        return self
+
+    @property
+    def bounds(self) -> Limits:
+        return self.max_limits or self.limits
+
+
+_ALL = tuple(Feature)
+BUILTIN_PLANS: dict[str, Plan] = {
+    "free": Plan(
+        model=Model.POOLED,
+        description="Free: shared namespace, row-level isolation in the pooled database",
+        limits=Limits(api_rate_limit=100, storage_gb=1, cpu=0.5, memory_gb=1, pods=1, pvcs=0, services=1, backup_retention_days=7),
+        features=(Feature.CORE, Feature.COMMENTS, Feature.LIKES),
+    ),
+    "standard": Plan(
+        model=Model.NAMESPACE,
+        description="Standard: namespace-per-tenant in the shared cluster with dedicated databases",
+        limits=Limits(api_rate_limit=1000, storage_gb=50, cpu=4, memory_gb=8, pods=50, pvcs=10, services=10, backup_retention_days=30),
+        max_limits=Limits(api_rate_limit=5000, storage_gb=500, cpu=16, memory_gb=64, pods=200, pvcs=40, services=40, backup_retention_days=90),
+        features=(Feature.CORE, Feature.COMMENTS, Feature.LIKES, Feature.RECOMMENDATIONS, Feature.API_ACCESS, Feature.DATA_EXPORT),
+        databases=("postgres-1", "postgres-2", "postgres-3"),
+    ),
+    "enterprise": Plan(
+        model=Model.DEDICATED,
+        description="Enterprise: dedicated cluster, optionally in its own project; HA databases",
+        limits=Limits(api_rate_limit=10000, storage_gb=1000, cpu=64, memory_gb=256, pods=500, pvcs=100, services=100, backup_retention_days=365),
+        max_limits=Limits(api_rate_limit=100000, storage_gb=100000, cpu=1024, memory_gb=4096, pods=5000, pvcs=2000, services=1000, backup_retention_days=365),
+        features=_ALL,
+        databases=("postgres-1", "postgres-2", "postgres-3"),
+        high_availability=True,
+    ),
+}
+
+
+class ProjectSettings(Strict):
+    """Where a dedicated tenant's resources live: an existing project, or a new one created for it."""
+
+    id: str | None = Field(default=None, description="GCP project id (existing, or the id to create)")
+    create: bool = Field(default=False, description="create the project (needs folder_id and billing_account)")
+    folder_id: str | None = Field(default=None, pattern=r"^[0-9]{6,20}$", description="folder for a created project")
+    billing_account: str | None = Field(
+        default=None, pattern=r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", description="billing account for a created project"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _project_id(cls, v: str | None) -> str | None:
+        if v is not None and not GCP_PROJECT_PATTERN.match(v):
+            raise ValueError(f"'{v}' is not a GCP project id (6-30 characters: lowercase letters, digits, hyphens; starts with a letter)")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ProjectSettings":
+        if self.create and not (self.folder_id and self.billing_account):
+            raise ValueError("create: true needs folder_id and billing_account")
+        if not self.create and (self.folder_id or self.billing_account):
+            raise ValueError("folder_id and billing_account only apply with create: true")
+        if not self.create and not self.id:
+            raise ValueError("give the existing project's id, or create: true with folder_id and billing_account")
+        return self
+
+
+class DedicatedSettings(Strict):
+    """Settings only a dedicated (Enterprise) tenant has."""
+
+    project: ProjectSettings | None = Field(
+        default=None, description="the tenant's own GCP project; absent: the platform project"
+    )
+    private_endpoint: bool = Field(default=False, description="GKE control plane reachable only on its private endpoint")
+    read_replicas: int = Field(default=0, ge=0, le=3, description="read replicas per database instance")
+    log_sink: str | None = Field(
+        default=None,
+        description="tenant-owned log destination, e.g. storage.googleapis.com/acme-audit-logs or bigquery.googleapis.com/projects/p/datasets/d",
+        pattern=r"^(storage|bigquery|pubsub|logging)\.googleapis\.com/.+$",
+    )
+    notification_email: str | None = Field(default=None, description="where alerts for this tenant go")
+
+    @field_validator("notification_email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is not None and not EMAIL_PATTERN.match(v):
+            raise ValueError(f"'{v}' is not a valid email address")
+        return v
+
+
+def check_name(value: str, what: str) -> str:
+    """The id/subdomain rule; the message names the value and the fix."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    if not 3 <= len(value) <= 50:
+        raise ValueError(f"{what} '{value}' has {len(value)} characters; use 3 to 50")
+    if not ID_PATTERN.match(value):
+        raise ValueError(
+            f"{what} '{value}' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"
+        )
+    if "--" in value:
+        raise ValueError(f"{what} '{value}' contains '--' (reserved for derived names and punycode); use single hyphens")
+    if value in naming.RESERVED_NAMES:
+        raise ValueError(f"{what} '{value}' is reserved; choose another {what}")
+    return value
+
+
+class TenantSpec(Strict):
+    """One tenant as written in tenants.yaml."""
+
+    id: str = Field(description="stable identifier: 3-50 lowercase letters, digits, hyphens; never changes")
+    name: str = Field(min_length=1, max_length=100, description="display name")
+    plan: str = Field(description="a plan from the plans section or a built-in plan (free, standard, enterprise)")
+    state: State = Field(default=State.ACTIVE, description="active, suspended (data kept, access refused) or offboarded")
+    subdomain: str | None = Field(default=None, description="hostname label under the base domain; defaults to the id")
+    custom_domain: str | None = Field(default=None, description="the tenant's own domain (dedicated plans only)")
+    admin_email: str = Field(description="the tenant administrator's email")
+    region: str | None = Field(default=None, description="GCP region for the tenant's resources; defaults to the platform's")
+    features: tuple[Feature, ...] | None = Field(default=None, description="enabled features; defaults to all the plan allows")
+    limits: LimitOverrides = Field(default_factory=LimitOverrides, description="overrides of the plan's limits")
+    kms_key: str | None = Field(
+        default=None,
+        pattern=r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$",
+        description="customer-managed key for the tenant's bucket (namespace and dedicated plans)",
+    )
+    dedicated: DedicatedSettings | None = Field(default=None, description="dedicated plans only")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_name(v, "id")
+
+    @field_validator("subdomain")
+    @classmethod
+    def _subdomain(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "subdomain")
+
+    @field_validator("custom_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v is not None and not DOMAIN_PATTERN.match(v):
+            raise ValueError(f"'{v}' is not a domain name; write it lowercase without scheme or path, e.g. portal.acme.com")
+        return v
+
+    @field_validator("admin_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        if not EMAIL_PATTERN.match(v):
+            raise ValueError(f"'{v}' is not a valid email address")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is not None and v not in GCP_REGIONS:
+            close = difflib.get_close_matches(v, sorted(GCP_REGIONS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"'{v}' is not a Google Cloud region{hint}; use a region name such as europe-west1")
+        return v
+
+
+class CatalogFile(Strict):
+    """The whole file."""
+
+    version: int = Field(default=CATALOG_VERSION, description="catalogue format version")
+    plans: dict[str, Plan] = Field(default_factory=dict, description="plans added to (or replacing) the built-in ones")
+    tenants: list[TenantSpec] = Field(default_factory=list)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != CATALOG_VERSION:
+            raise ValueError(f"version {v} is not supported; this tool reads version {CATALOG_VERSION}")
+        return v
+
+    @field_validator("plans")
+    @classmethod
+    def _plan_names(cls, v: dict[str, Plan]) -> dict[str, Plan]:
+        for name in v:
+            if not re.match(r"^[a-z][a-z0-9-]{1,30}$", name):
+                raise ValueError(f"plan name '{name}' must be 2-31 lowercase letters, digits or hyphens, starting with a letter")
+        return v
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A validated tenant with its plan resolved: what stack programs and components consume."""
+
+    id: str
+    name: str
+    plan_name: str
+    plan: Plan
+    state: State
+    subdomain: str
+    custom_domain: str | None
+    admin_email: str
+    region: str | None
+    features: tuple[Feature, ...]
+    limits: Limits
+    kms_key: str | None
+    dedicated: DedicatedSettings | None
+
+    @property
+    def model(self) -> Model:
+        return self.plan.model
+
+    @property
+    def has_stack(self) -> bool:
+        """Non-pooled tenants that are not offboarded have a tenant stack."""
+        return self.model is not Model.POOLED and self.state is not State.OFFBOARDED
+
+    @property
+    def in_directory(self) -> bool:
+        return self.state is not State.OFFBOARDED
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: str
+    plans: Mapping[str, Plan]
+    tenants: tuple[Tenant, ...]
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        close = difflib.get_close_matches(tenant_id, [t.id for t in self.tenants], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise CatalogError([Problem(self.path, None, None, "id", f"no tenant '{tenant_id}' in the catalogue{hint}")])
+
+    def by_model(self, model: Model) -> list[Tenant]:
+        return [t for t in self.tenants if t.model is model]
+
+    @property
+    def stack_tenants(self) -> list[Tenant]:
+        return [t for t in self.tenants if t.has_stack]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys (a silent override is a typo waiting to happen)."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_index(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map every path in the document (('tenants', 3, 'subdomain')) to its 1-based line."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_index(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), out)
+    return out
+
+
+def _line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _fix_for(err: Mapping[str, Any], model_fields: Iterable[str]) -> str:
+    """Turn one pydantic error into a sentence that says what to do."""
+    kind = err["type"]
+    loc = err["loc"]
+    field = str(loc[-1]) if loc else ""
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(field, list(model_fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(model_fields))}"
+        return f"unknown key '{field}'; remove it or fix the spelling ({hint})"
+    if kind == "missing":
+        return "is required; add it"
+    if kind == "enum":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"'{err.get('input')}' is not allowed; use one of {expected}"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if kind in ("string_pattern_mismatch",):
+        return f"'{err.get('input')}' has the wrong format; {err['msg'].lower()}"
+    if kind.startswith(("int_", "float_", "greater_than", "less_than", "string_", "bool_", "list_", "dict_", "tuple_")):
+        return f"'{err.get('input')}': {msg[0].lower() + msg[1:]}"
+    return msg
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys allowed where `loc` points (for 'did you mean' hints on unknown keys)."""
+    model: type[BaseModel] = CatalogFile
+    parts = list(loc[:-1])
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if isinstance(part, int):
+            i += 1
+            continue
+        if model is CatalogFile and part == "plans":
+            model, i = Plan, i + 2  # skip the plan's name
+            continue
+        field = model.model_fields.get(str(part))
+        nxt = _model_in(field.annotation) if field else None
+        if nxt is None:
+            break
+        model, i = nxt, i + 1
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+class _Who:
+    """Names the place a problem is in: a tenant (by id, or by position when the id is bad) or a plan."""
+
+    def __init__(self, raw: Any):
+        self.raw = raw if isinstance(raw, dict) else {}
+
+    def tenant_label(self, index: int) -> str:
+        tenants = self.raw.get("tenants")
+        entry = tenants[index] if isinstance(tenants, list) and index < len(tenants) else None
+        tid = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(tid, str):
+            try:
+                check_name(tid, "id")
+                return f"tenant '{tid}'"
+            except ValueError:
+                pass
+        return f"tenants[{index}] (position {index + 1})"
+
+
+def _where(who: _Who, loc: tuple) -> tuple[str | None, str]:
+    """(tenant-or-plan label, dotted field) for a pydantic location."""
+    if len(loc) >= 2 and loc[0] == "tenants" and isinstance(loc[1], int):
+        return who.tenant_label(loc[1]), ".".join(str(p) for p in loc[2:]) or "(entry)"
+    if len(loc) >= 2 and loc[0] == "plans":
+        return f"plan '{loc[1]}'", ".".join(str(p) for p in loc[2:]) or "(entry)"
+    return None, ".".join(str(p) for p in loc) or "(file)"
+
+
+def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
+    """Parse and validate catalogue text; raise CatalogError with every problem found."""
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        raw = yaml.load(text, Loader=_LineLoader) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or str(exc)
+        raise CatalogError([Problem(path, line, None, "(syntax)", f"YAML syntax error: {what}; fix the YAML at this line")]) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError([Problem(path, None, None, "(syntax)", f"YAML error: {exc}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CatalogError([Problem(path, 1, None, "(file)", "the catalogue must be a mapping with 'plans' and 'tenants' keys")])
+    lines = _line_index(node)
+    who = _Who(raw)
+    problems: list[Problem] = []
+
+    # Pass 1 -- structure. Validate tenant entries one by one so that one bad tenant does not hide the others.
+    tenants_raw = raw.get("tenants", [])
+    head = {k: v for k, v in raw.items() if k != "tenants"}
+    parsed_head: CatalogFile | None = None
+    try:
+        parsed_head = CatalogFile.model_validate({**head, "tenants": []})
+    except ValidationError as exc:
+        problems.extend(_problems(exc, path, lines, who, ()))
+    specs: list[tuple[int, TenantSpec]] = []
+    if not isinstance(tenants_raw, list):
+        problems.append(Problem(path, _line_for(lines, ("tenants",)), None, "tenants", "must be a list of tenants (each entry starts with '- id: ...')"))
+        tenants_raw = []
+    for i, entry in enumerate(tenants_raw):
+        try:
+            specs.append((i, TenantSpec.model_validate(entry)))
+        except ValidationError as exc:
+            problems.extend(_problems(exc, path, lines, who, ("tenants", i)))
+            partial = _partial_spec(entry, exc)
+            if partial is not None:
+                specs.append((i, partial))
+
+    # Pass 2 -- meaning.
+    plans = dict(BUILTIN_PLANS)
+    if parsed_head is not None:
+        plans.update(parsed_head.plans)
+    tenants: list[Tenant] = []
+    seen: dict[str, dict[str, str]] = {"id": {}, "subdomain": {}, "custom_domain": {}}
+    # Uniqueness is checked on every readable value, even in entries that failed pass 1.
+    for i, entry in enumerate(tenants_raw):
+        if not isinstance(entry, dict):
+            continue
+        label = who.tenant_label(i)
+        values = {
+            "id": entry.get("id"),
+            "subdomain": entry.get("subdomain") or entry.get("id"),
+            "custom_domain": entry.get("custom_domain"),
+        }
+        for field, value in values.items():
+            if not isinstance(value, str):
+                continue
+            key = value.lower()
+            loc = ("tenants", i, field if field in entry else "id")
+            if key in seen[field]:
+                if field == "subdomain" and "subdomain" not in entry and seen["id"].get(key):
+                    continue  # a duplicate id already says it; its default subdomain follows from it
+                problems.append(Problem(path, _line_for(lines, loc), label, field,
+                                        f"'{value}' is already used by {seen[field][key]}; each tenant needs its own {field.replace('_', ' ')}"))
+            else:
+                seen[field][key] = f"the tenant at line {_line_for(lines, ('tenants', i))}"
+    for i, spec in specs:
+        tenants.append(_resolve(spec, i, plans, path, lines, who, problems))
+    problems.extend(_name_collisions([t for t in tenants if t is not None], path, lines, specs))
+    if problems:
+        raise CatalogError(sorted(problems, key=lambda p: p.line or 0))
+    return Catalog(path=path, plans=plans, tenants=tuple(t for t in tenants if t is not None))
+
+
+def _problems(exc: ValidationError, path: str, lines: Mapping[tuple, int], who: _Who, prefix: tuple) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        # pydantic reports a failed model validator at the model itself; union members add noise.
+        loc = tuple(p for p in loc if p not in ("function-after[_complete(), ProjectSettings]",))
+        label, field = _where(who, loc)
+        out.append(Problem(path, _line_for(lines, loc), label, field, _fix_for(err, _fields_at(loc))))
+    return out
+
+
+_PLACEHOLDERS = {"id": "placeholder", "name": "placeholder", "admin_email": "placeholder@example.com"}
+
+
+def _partial_spec(entry: Any, exc: ValidationError) -> TenantSpec | None:
+    """The entry with its invalid fields replaced, so the rules of pass 2 still report on the rest."""
+    if not isinstance(entry, dict):
+        return None
+    broken = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    if "plan" in broken or not isinstance(entry.get("plan"), str):
+        return None
+    subset = {k: v for k, v in entry.items() if k not in broken and k in TenantSpec.model_fields}
+    for key, value in _PLACEHOLDERS.items():
+        subset.setdefault(key, value)
+    try:
+        return TenantSpec.model_validate(subset)
+    except ValidationError:
+        return None
+
+
+def _name_collisions(tenants: list[Tenant], path: str, lines: Mapping[tuple, int],
+                     specs: list[tuple[int, TenantSpec]]) -> list[Problem]:
+    """Shortened physical names carry a hash; this makes a hash collision an error rather than a clash."""
+    line_of = {spec.id: _line_for(lines, ("tenants", i, "id")) for i, spec in specs}
+    problems: list[Problem] = []
+    derivations = {
+        "service account": lambda t: naming.service_account_id("dev", t.id),
+        "Identity Platform display name": lambda t: naming.identity_display_name(t.id),
+        "bucket": lambda t: naming.bucket("dev", t.id),
+    }
+    for what, derive in derivations.items():
+        owners: dict[str, str] = {}
+        for t in tenants:
+            if t.id == _PLACEHOLDERS["id"]:
+                continue
+            name = derive(t)
+            if name in owners and owners[name] != t.id:
+                problems.append(Problem(path, line_of.get(t.id), f"tenant '{t.id}'", "id",
+                                        f"its {what} '{name}' collides with tenant '{owners[name]}'; choose a different id"))
+            owners.setdefault(name, t.id)
+    return problems
+
+
+def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str, lines: Mapping[tuple, int],
+             who: _Who, problems: list[Problem]) -> Tenant | None:
+    label = who.tenant_label(index)
+
+    def bad(field: str, message: str) -> None:
+        problems.append(Problem(path, _line_for(lines, ("tenants", index, field.split(".")[0])), label, field, message))
+
+    plan = plans.get(spec.plan)
+    if plan is None:
+        close = difflib.get_close_matches(spec.plan, sorted(plans), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        bad("plan", f"unknown plan '{spec.plan}'; {hint}use one of {', '.join(sorted(plans))} or declare it under 'plans'")
+        return None
+    if spec.custom_domain and plan.model is not Model.DEDICATED:
+        bad("custom_domain", f"custom domains need a dedicated plan, and '{spec.plan}' is {plan.model.value}; remove custom_domain or move the tenant to a dedicated plan")
+    if spec.dedicated is not None and plan.model is not Model.DEDICATED:
+        bad("dedicated", f"dedicated settings apply to dedicated plans only, and '{spec.plan}' is {plan.model.value}; remove the 'dedicated' block")
+    if spec.kms_key and plan.model is Model.POOLED:
+        bad("kms_key", f"a pooled plan shares the platform bucket; remove kms_key or move the tenant to a namespace or dedicated plan")
+    if spec.features is not None:
+        extra = [f.value for f in spec.features if f not in plan.features]
+        if extra:
+            bad("features", f"plan '{spec.plan}' does not allow {', '.join(extra)}; allowed: {', '.join(f.value for f in plan.features)}")
+    limits = plan.limits.model_dump()
+    bounds = plan.bounds.model_dump()
+    for key, value in spec.limits.set_values().items():
+        if value > bounds[key]:
+            bad(f"limits.{key}", f"{value:g} exceeds plan '{spec.plan}' maximum of {bounds[key]:g}; lower it or choose a larger plan")
+        else:
+            limits[key] = value
+    features = spec.features if spec.features is not None else plan.features
+    return Tenant(
+        id=spec.id, name=spec.name, plan_name=spec.plan, plan=plan, state=spec.state,
+        subdomain=spec.subdomain or spec.id, custom_domain=spec.custom_domain, admin_email=spec.admin_email,
+        region=spec.region, features=tuple(features), limits=Limits(**limits), kms_key=spec.kms_key,
+        dedicated=spec.dedicated,
+    )
+
+
+def load_catalog(path: str | Path = "tenants.yaml") -> Catalog:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CatalogError([Problem(str(path), None, None, "(file)", "file not found; pass --tenants FILE or create tenants.yaml")]) from None
+    except UnicodeDecodeError:
+        raise CatalogError([Problem(str(path), None, None, "(file)", "not UTF-8 text; save the file as UTF-8")]) from None
+    return parse_catalog(text, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the catalogue file, for editors (generated from the models; committed)."""
+    schema = CatalogFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tenancy catalogue (tenants.yaml)"
+    schema["description"] = (
+        "Every tenant of the platform and its plan. Generated by `tenancy schema`; do not edit by hand."
+    )
+    return schema

@@ -1,0 +1,167 @@
+"""The `tenancy` command line. Exit codes: 0 ok, 1 failure, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tenancy.errors import CatalogError, TenancyError
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+DEFAULT_ENV = os.environ.get("TENANCY_ENV", "dev")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code for usage errors is already 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tenants", default="tenants.yaml", metavar="FILE", help="the tenant catalogue (default: tenants.yaml)")
+    p.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
+                   help="environment, i.e. the platform stack's name (default: $TENANCY_ENV or dev)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tenancy", description="Operate a tiered multi-tenant SaaS platform declared in tenants.yaml.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check tenants.yaml; one line per problem", description="Validate the catalogue. "
+                       "Exit 0 when valid, 2 with one line per problem (file:line, tenant, field, what to do).")
+    _common(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print (or write) the JSON Schema of tenants.yaml",
+                       description="Generate the catalogue's JSON Schema from the models.")
+    _common(p)
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    p.add_argument("--check", action="store_true", help="exit 1 if FILE differs from the generated schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plan", help="run every stack program offline; write plan.json and manifests/",
+                       description="Run the platform stack and every tenant stack program offline under a recording "
+                       "runtime, evaluate the policy pack, and write DIR/plan.json and DIR/manifests/.")
+    _common(p)
+    p.add_argument("--out", default="plan", metavar="DIR", help="output directory (default: plan)")
+    p.add_argument("--tenant", action="append", default=[], metavar="ID", help="plan only this tenant's stack (repeatable)")
+    p.add_argument("--changed-since", metavar="GIT_REF", help="plan only stacks whose catalogue entries or code changed since GIT_REF")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for tenant stacks (default: CPU count)")
+    p.add_argument("--json", action="store_true", help="print the plan summary as JSON (stacks, reasons, violations)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("policy-check", help="evaluate the policy pack against a plan file",
+                       description="Evaluate the real policy pack against PLAN.json; exit 1 on a mandatory violation.")
+    _common(p)
+    p.add_argument("plan_file", metavar="PLAN.json")
+    p.set_defaults(func=cmd_policy_check)
+    return parser
+
+
+def cmd_validate(args) -> int:
+    from tenancy.catalog import load_catalog
+
+    catalog = load_catalog(args.tenants)
+    models: dict[str, int] = {}
+    for t in catalog.tenants:
+        models[t.model.value] = models.get(t.model.value, 0) + 1
+    counts = ", ".join(f"{n} {m}" for m, n in sorted(models.items()))
+    print(f"{args.tenants}: valid: {len(catalog.tenants)} tenants ({counts}), {len(catalog.plans)} plans")
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from tenancy.catalog import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.check:
+        if not args.out:
+            print("tenancy schema --check needs --out FILE", file=sys.stderr)
+            return EXIT_INPUT
+        current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date; run `tenancy schema --out {args.out}`", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"{args.out} is up to date")
+        return EXIT_OK
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from tenancy import plan as planmod
+    from tenancy.catalog import load_catalog
+
+    catalog = load_catalog(args.tenants)
+    if args.workers is not None and args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
+    result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
+                          workers=args.workers, progress=planmod.eprint)
+    path = planmod.write(result, args.out)
+    if args.json:
+        print(json.dumps({
+            "environment": result.environment, "planFile": str(path),
+            "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": len(s.resources),
+                        "reasons": s.reasons, "violations": s.violations} for s in result.stacks],
+            "removed": result.removed, "unchanged": result.unchanged}, indent=1))
+    else:
+        print(planmod.summary(result))
+        print(f"wrote {path} and {Path(args.out) / 'manifests'}/")
+    return EXIT_FAIL if result.mandatory_violations else EXIT_OK
+
+
+def cmd_policy_check(args) -> int:
+    from tenancy.policycheck import evaluate_stack
+
+    try:
+        data = json.loads(Path(args.plan_file).read_text())
+    except FileNotFoundError:
+        print(f"{args.plan_file}: file not found", file=sys.stderr)
+        return EXIT_INPUT
+    except json.JSONDecodeError as exc:
+        print(f"{args.plan_file}:{exc.lineno}: not valid JSON: {exc.msg}", file=sys.stderr)
+        return EXIT_INPUT
+    if not isinstance(data, dict) or not isinstance(data.get("stacks"), list):
+        print(f"{args.plan_file}: not a plan file (expected {{\"version\": 1, \"stacks\": [...]}})", file=sys.stderr)
+        return EXIT_INPUT
+    mandatory = 0
+    total = 0
+    for stack in data["stacks"]:
+        for v in evaluate_stack(stack):
+            total += 1
+            mandatory += v["enforcement"] == "mandatory"
+            print(f"[{v['enforcement']}] stack {stack.get('name')}: {v['urn']}: {v['policy']}: {v['message']}")
+    print(f"{len(data['stacks'])} stack(s) checked: {mandatory} mandatory violation(s), {total - mandatory} advisory")
+    return EXIT_FAIL if mandatory else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
+    args = build_parser().parse_args(argv)
+    func: Callable = args.func
+    try:
+        return func(args)
+    except CatalogError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s); nothing was planned or applied", file=sys.stderr)
+        return EXIT_INPUT
+    except TenancyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

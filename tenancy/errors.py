@@ -1,0 +1,49 @@
+"""The project's own error types: each carries what a person needs to fix the problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in an input file: where it is, what is wrong, what to do."""
+
+    file: str
+    line: int | None
+    subject: str | None  # "tenant 'acme'", "tenants[3] (position 4)", "plan 'premium'", or None for the file
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        subject = f" {self.subject}:" if self.subject else ""
+        return f"{where}:{subject} {self.field}: {self.message}"
+
+
+class TenancyError(Exception):
+    """Base for errors the command line reports without a traceback."""
+
+    exit_code = 1
+
+
+class CatalogError(TenancyError):
+    """The catalogue (or another input) is invalid; nothing was applied."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(TenancyError):
+    """A stack's configuration is missing or invalid."""
+
+    exit_code = 2
+
+
+class PlanError(TenancyError):
+    """A stack program failed while being planned offline."""
+
+    exit_code = 1

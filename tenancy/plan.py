@@ -1,0 +1,267 @@
+"""`tenancy plan`: every stack program, run offline under the recording runtime, written as plan.json.
+
+The platform stack runs first; its exports feed the tenant stacks' StackReference. Tenant stacks are
+independent of each other, so they run in worker processes (one fresh Pulumi runtime per stack). Each
+stack's resources are checked by the real policy pack (`policy/`).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from tenancy import naming
+from tenancy.catalog import Catalog, Model
+from tenancy.errors import PlanError, TenancyError
+from tenancy.recorder import ORGANIZATION, RunResult, run_program
+
+PLAN_VERSION = 1
+K8S_NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
+
+
+@dataclass
+class StackPlan:
+    name: str
+    kind: str                       # "platform" | "tenant"
+    tenant: str | None
+    model: str | None
+    resources: list[dict[str, Any]]
+    outputs: dict[str, Any]
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "kind": self.kind, "tenant": self.tenant, "model": self.model,
+               "resources": self.resources, "outputs": self.outputs, "violations": self.violations}
+        if self.reasons:
+            out["reasons"] = self.reasons
+        return out
+
+    @property
+    def mandatory_violations(self) -> list[dict[str, Any]]:
+        return [v for v in self.violations if v.get("enforcement") == "mandatory"]
+
+
+@dataclass
+class PlanResult:
+    environment: str
+    stacks: list[StackPlan]
+    removed: dict[str, str] = field(default_factory=dict)   # stack -> why it would be destroyed
+    unchanged: list[str] = field(default_factory=list)
+    changed_since: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": PLAN_VERSION, "environment": self.environment,
+                               "stacks": [s.to_json() for s in self.stacks]}
+        if self.changed_since is not None:
+            out["changes"] = {"since": self.changed_since, "removed": self.removed, "unchanged": self.unchanged}
+        return out
+
+    @property
+    def mandatory_violations(self) -> int:
+        return sum(len(s.mandatory_violations) for s in self.stacks)
+
+
+# --------------------------------------------------------------------------------------------- running
+
+def _platform_config(env: str) -> dict[str, Any]:
+    from stacks.config import load_stack_config
+    return load_stack_config(env)
+
+
+def run_stack(stack: str, catalog: Catalog, config: dict[str, Any],
+              stack_outputs: dict[str, tuple[dict, list[str]]]) -> tuple[RunResult, float]:
+    import stacks
+    from stacks.config import project_name
+
+    start = time.perf_counter()
+    try:
+        result = run_program(stacks.program(stack, catalog), project=project_name(), stack=stack, config=config,
+                             stack_outputs=stack_outputs)
+    except TenancyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a stack program's own failure, reported with its stack
+        raise PlanError(f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}") from exc
+    return result, time.perf_counter() - start
+
+
+def _to_stack_plan(stack: str, kind: str, tenant: str | None, model: str | None, result: RunResult,
+                   seconds: float) -> StackPlan:
+    from tenancy.policycheck import evaluate_stack
+
+    resources = sorted((r.to_json() for r in result.records), key=lambda r: r["urn"])
+    plan = StackPlan(name=stack, kind=kind, tenant=tenant, model=model, resources=resources,
+                     outputs=result.outputs, seconds=seconds)
+    plan.violations = evaluate_stack(plan.to_json())
+    return plan
+
+
+# Worker state: set in the parent before the pool forks, so catalogues are not pickled per task.
+_WORKER: dict[str, Any] = {}
+
+
+def _plan_tenant(stack: str) -> StackPlan:
+    catalog: Catalog = _WORKER["catalog"]
+    _, tenant_id = naming.parse_stack_name(stack)
+    tenant = catalog.tenant(tenant_id)
+    result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"])
+    return _to_stack_plan(stack, "tenant", tenant.id, tenant.model.value, result, seconds)
+
+
+def _plan_tenants(stacks_: list[str], workers: int) -> list[StackPlan]:
+    if workers <= 1 or len(stacks_) < 4:
+        return [_plan_tenant(s) for s in stacks_]
+    ctx = multiprocessing.get_context("fork")
+    chunk = max(1, len(stacks_) // (workers * 4))
+    with ctx.Pool(processes=workers) as pool:
+        return list(pool.imap(_plan_tenant, stacks_, chunksize=chunk))
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, changed_since: str | None = None,
+         workers: int | None = None, progress=None) -> PlanResult:
+    """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref."""
+    from stacks.config import project_name
+
+    start = time.perf_counter()
+    say = progress or (lambda msg: None)
+    naming.check_env(env)
+    config = _platform_config(env)
+    wanted = list(tenants or [])
+    for tid in wanted:
+        catalog.tenant(tid)  # unknown ids are bad input before anything runs
+    platform_stack = naming.stack_name(env)
+    tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
+    include_platform = True
+    reasons: dict[str, list[str]] = {}
+    removed: dict[str, str] = {}
+    unchanged: list[str] = []
+
+    if changed_since is not None:
+        from tenancy.changes import changes_since
+        ch = changes_since(catalog, env, changed_since)
+        reasons = ch.reasons
+        removed = ch.removed
+        include_platform = platform_stack in reasons
+        unchanged = [s for s in [platform_stack, *tenant_stacks] if s not in reasons]
+        tenant_stacks = [s for s in tenant_stacks if s in reasons]
+    if wanted:
+        chosen = {naming.stack_name(env, t) for t in wanted if catalog.tenant(t).has_stack}
+        pooled_or_gone = [t for t in wanted if not catalog.tenant(t).has_stack]
+        tenant_stacks = [s for s in tenant_stacks if s in chosen]
+        # A pooled tenant lives in the platform stack; a tenant stack only needs the platform's outputs.
+        include_platform = include_platform and bool(pooled_or_gone)
+
+    # The platform program always runs: tenant stacks need its outputs. When it is not itself in the plan,
+    # it runs over only the chosen tenants (its exports do not depend on the others), which is fast.
+    platform_catalog = catalog
+    if not include_platform:
+        keep = {naming.parse_stack_name(s)[1] for s in tenant_stacks}
+        platform_catalog = replace(catalog, tenants=tuple(t for t in catalog.tenants if t.id in keep))
+    say(f"planning platform stack {platform_stack} ({len(platform_catalog.tenants)} tenants)")
+    presult, pseconds = run_stack(platform_stack, platform_catalog, config, {})
+    stacks_out: list[StackPlan] = []
+    if include_platform:
+        sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
+        sp.reasons = reasons.get(platform_stack, [])
+        stacks_out.append(sp)
+    ref = f"{ORGANIZATION}/{project_name()}/{platform_stack}"
+    _WORKER.update(catalog=catalog, stack_outputs={ref: (presult.raw_outputs, presult.secret_outputs)})
+    n = workers or default_workers()
+    say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
+    try:
+        tenant_plans = _plan_tenants(tenant_stacks, n)
+    finally:
+        _WORKER.clear()
+    for tp in tenant_plans:
+        tp.reasons = reasons.get(tp.name, [])
+    stacks_out.extend(tenant_plans)
+    return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
+                      changed_since=changed_since, seconds=time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+def manifests(stack: StackPlan) -> dict[str, dict[str, Any]]:
+    """Every Kubernetes object of a stack, as file name -> manifest."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in stack.resources:
+        if not r["type"].startswith("kubernetes:") or r["type"].startswith(K8S_NOT_OBJECTS):
+            continue
+        inputs = r["inputs"]
+        if "apiVersion" not in inputs or "kind" not in inputs:
+            continue
+        meta = inputs.get("metadata") or {}
+        ns = meta.get("namespace")
+        fname = "-".join(p for p in (inputs["kind"].lower(), ns, meta.get("name") or r["name"]) if p) + ".yaml"
+        manifest = {"apiVersion": inputs["apiVersion"], "kind": inputs["kind"], "metadata": meta,
+                    **{k: v for k, v in inputs.items() if k not in ("apiVersion", "kind", "metadata")}}
+        if fname in out:
+            raise PlanError(f"stack '{stack.name}': two Kubernetes objects would be written as {fname}")
+        out[fname] = manifest
+    return out
+
+
+def write(result: PlanResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mdir = out / "manifests"
+    if mdir.exists():
+        shutil.rmtree(mdir)
+    for stack in result.stacks:
+        files = manifests(stack)
+        if not files:
+            continue
+        sdir = mdir / stack.name
+        sdir.mkdir(parents=True, exist_ok=True)
+        for fname, manifest in files.items():
+            (sdir / fname).write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+    path = out / "plan.json"
+    path.write_text(json.dumps(result.to_json(), indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def summary(result: PlanResult) -> str:
+    rows = [("STACK", "KIND", "TENANT", "MODEL", "RESOURCES", "VIOLATIONS")]
+    for s in result.stacks:
+        mand = len(s.mandatory_violations)
+        adv = len(s.violations) - mand
+        viol = str(mand) + (f" (+{adv} advisory)" if adv else "")
+        rows.append((s.name, s.kind, s.tenant or "-", s.model or "-", str(len(s.resources)), viol))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    total = sum(len(s.resources) for s in result.stacks)
+    lines.append(f"{len(result.stacks)} stack(s), {total} resources, {result.mandatory_violations} mandatory "
+                 f"violation(s), {result.seconds:.1f}s")
+    if result.changed_since is not None:
+        for s in result.stacks:
+            lines.append(f"  {s.name}: {'; '.join(s.reasons)}")
+        for name, why in result.removed.items():
+            lines.append(f"  {name}: {why}")
+        if result.unchanged:
+            lines.append(f"  unchanged since {result.changed_since}: {len(result.unchanged)} stack(s)")
+    for s in result.stacks:
+        for v in s.violations:
+            lines.append(f"[{v['enforcement']}] {s.name}: {v['policy']}: {v['urn']}: {v['message']}")
+    return "\n".join(lines)
+
+
+def eprint(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+__all__ = ["plan", "write", "summary", "PlanResult", "StackPlan", "Model"]
