@@ -59,7 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("plan_file", metavar="PLAN.json")
     p.set_defaults(func=cmd_policy_check)
+    p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
+    dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
+    a = dbsub.add_parser("apply", help="apply the tenancy SQL (sql/*.sql) to DSN in one transaction",
+                         description="Apply the tenancy SQL idempotently, then run the isolation audit.")
+    _common(a)
+    a.add_argument("dsn", metavar="DSN", help="libpq connection string; prefer PGPASSWORD/PGPASSFILE to a password in it")
+    a.set_defaults(func=cmd_db_apply)
     return parser
+
+
+def cmd_db_apply(args) -> int:
+    from tenancy import db
+
+    applied = db.apply(args.dsn, progress=lambda m: print(m, file=sys.stderr))
+    print(f"applied {', '.join(applied)}; isolation audit clean")
+    return EXIT_OK
 
 
 def cmd_validate(args) -> int:

@@ -1,0 +1,132 @@
+"""Which stacks a change touches, and why: catalogue entries and code compared with a git ref."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenancy import naming
+from tenancy.catalog import Catalog, CatalogError, Model, Tenant, parse_catalog
+from tenancy.errors import TenancyError
+
+# Code each kind of stack runs: a change there touches every stack of that kind.
+PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
+                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
+TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
+               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
+
+
+class GitError(TenancyError):
+    exit_code = 2
+
+
+@dataclass
+class Changes:
+    reasons: dict[str, list[str]] = field(default_factory=dict)   # stack -> why it is planned
+    removed: dict[str, str] = field(default_factory=dict)         # stack -> why it would be destroyed
+
+    def add(self, stack: str, why: str) -> None:
+        self.reasons.setdefault(stack, [])
+        if why not in self.reasons[stack]:
+            self.reasons[stack].append(why)
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GitError(f"git {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
+    return proc.stdout
+
+
+def _tenant_view(t: Tenant) -> dict[str, Any]:
+    d = asdict(t)
+    d["plan"] = t.plan.model_dump(mode="json")
+    d["limits"] = t.limits.model_dump(mode="json")
+    d["dedicated"] = t.dedicated.model_dump(mode="json") if t.dedicated else None
+    d["features"] = sorted(f.value for f in t.features)
+    d["state"] = t.state.value
+    return d
+
+
+def _platform_view(t: Tenant) -> dict[str, Any]:
+    """What the platform stack reads of a tenant: directory entry, identity tenant; pooled tenants' limits."""
+    view = {"name": t.name, "plan": t.plan_name, "model": t.model.value, "state": t.state.value,
+            "subdomain": t.subdomain, "custom_domain": t.custom_domain,
+            "project": t.dedicated.project.id if t.dedicated and t.dedicated.project else None}
+    if t.model is Model.POOLED:
+        view["limits"] = t.limits.model_dump(mode="json")
+        view["features"] = sorted(f.value for f in t.features)
+    return view
+
+
+def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
+    path = Path(catalog.path).resolve()
+    root = Path(_git(path.parent, "rev-parse", "--show-toplevel").strip())
+    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    rel = path.relative_to(root).as_posix()
+    ch = Changes()
+    platform = naming.stack_name(env)
+    try:
+        old_text = _git(root, "show", f"{ref}:{rel}")
+        old = parse_catalog(old_text, f"{rel}@{ref}")
+    except GitError:
+        old = None
+    except CatalogError:
+        old = None
+        ch.add(platform, f"the catalogue at {ref} was invalid")
+
+    changed_files = [f for f in _git(root, "diff", "--name-only", ref, "--").splitlines() if f]
+    changed_files += [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines() if f]
+    platform_files = [f for f in changed_files if f.startswith(PLATFORM_CODE) or f == f"stacks/Pulumi.{env}.yaml"]
+    tenant_files = [f for f in changed_files if f.startswith(TENANT_CODE)]
+    if platform_files:
+        ch.add(platform, f"code changed: {', '.join(sorted(platform_files)[:3])}{' …' if len(platform_files) > 3 else ''}")
+    new_by_id = {t.id: t for t in catalog.tenants}
+    old_by_id = {t.id: t for t in old.tenants} if old else {}
+
+    for tid, t in new_by_id.items():
+        stack = naming.stack_name(env, tid)
+        before = old_by_id.get(tid)
+        if old is None:
+            if t.has_stack:
+                ch.add(stack, f"no catalogue at {ref}")
+            ch.add(platform, f"no catalogue at {ref}")
+            continue
+        if before is None:
+            ch.add(platform, f"tenant added: {tid}")
+            if t.has_stack:
+                ch.add(stack, "tenant added")
+            continue
+        pdiff = _diff_fields(_platform_view(before), _platform_view(t))
+        if pdiff:
+            ch.add(platform, f"tenant {tid} changed: {', '.join(pdiff)}")
+        if t.has_stack:
+            if not before.has_stack:
+                ch.add(stack, f"new tenant stack: {before.plan_name} ({before.model.value}) → {t.plan_name} ({t.model.value})"
+                       if before.plan_name != t.plan_name else f"state {before.state.value} → {t.state.value}")
+                continue
+            tdiff = _diff_fields(_tenant_view(before), _tenant_view(t))
+            if "plan_name" in tdiff:
+                ch.add(stack, f"plan changed: {before.plan_name} → {t.plan_name}")
+            elif "plan" in tdiff:
+                ch.add(stack, f"plan '{t.plan_name}' definition changed")
+            rest = [f for f in tdiff if f not in ("plan", "plan_name")]
+            if rest:
+                ch.add(stack, f"changed: {', '.join(rest)}")
+            if tenant_files:
+                ch.add(stack, f"code changed: {', '.join(sorted(tenant_files)[:3])}{' …' if len(tenant_files) > 3 else ''}")
+        elif before.has_stack:
+            why = "offboarded" if t.in_directory is False else f"moved to plan {t.plan_name} ({t.model.value})"
+            ch.removed[naming.stack_name(env, tid)] = f"tenant {why}: the stack would be destroyed (export data first)"
+    for tid, before in old_by_id.items():
+        if tid not in new_by_id:
+            ch.add(platform, f"tenant removed: {tid}")
+            if before.has_stack:
+                ch.removed[naming.stack_name(env, tid)] = "tenant removed from the catalogue: the stack would be destroyed"
+    return ch

@@ -1,0 +1,39 @@
+"""`tenancy db apply DSN`: applies the tenancy SQL (sql/*.sql, in name order) in one transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tenancy.errors import TenancyError
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+class DatabaseError(TenancyError):
+    exit_code = 1
+
+
+def sql_files(directory: Path = SQL_DIR) -> list[Path]:
+    return sorted(directory.glob("*.sql"))
+
+
+def apply(dsn: str, directory: Path = SQL_DIR, progress=None) -> list[str]:
+    """Apply every SQL file; all or nothing. Returns the files applied."""
+    import psycopg
+
+    files = sql_files(directory)
+    if not files:
+        raise DatabaseError(f"no .sql files in {directory}")
+    say = progress or (lambda m: None)
+    try:
+        with psycopg.connect(dsn, autocommit=False) as conn:
+            with conn.transaction():
+                for f in files:
+                    say(f"applying {f.name}")
+                    conn.execute(f.read_text())
+            problems = [r[0] for r in conn.execute("SELECT problem FROM tenancy.audit()").fetchall()]
+    except psycopg.Error as exc:
+        raise DatabaseError(f"applying the tenancy SQL failed (nothing was changed): {exc}".strip()) from None
+    if problems:
+        raise DatabaseError("the tenancy SQL applied, but the isolation audit found problems:\n  " + "\n  ".join(problems))
+    return [f.name for f in files]

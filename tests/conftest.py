@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import pg
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PULUMI_ERROR_OUTPUT_STRING"] = "1"
+os.environ.pop("PULUMI_CONFIG", None)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL per test process. Under CI a missing server is a failure, not a skip."""
+    try:
+        server = pg.start()
+    except pg.PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {exc}")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_db(pg_server):
+    """A new empty database; returns its name."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def tenancy_db(pg_server, fresh_db):
+    """A database with the tenancy SQL applied (by the real `tenancy db apply` code) and login roles."""
+    import psycopg
+
+    from tenancy import db
+
+    db.apply(pg_server.dsn(dbname=fresh_db))
+    with psycopg.connect(pg_server.dsn(dbname=fresh_db), autocommit=True) as conn:
+        conn.execute("ALTER ROLE tenancy_owner LOGIN; ALTER ROLE tenancy_app LOGIN")
+    return fresh_db
