@@ -116,7 +116,8 @@ def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
                 ch.add(stack, f"plan changed: {before.plan_name} → {t.plan_name}")
             elif "plan" in tdiff:
                 ch.add(stack, f"plan '{t.plan_name}' definition changed")
-            rest = [f for f in tdiff if f not in ("plan", "plan_name")]
+            derived = ("plan", "plan_name") + (("features", "limits") if "plan_name" in tdiff else ())
+            rest = [f for f in tdiff if f not in derived]
             if rest:
                 ch.add(stack, f"changed: {', '.join(rest)}")
             if tenant_files:

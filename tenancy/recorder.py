@@ -24,7 +24,7 @@ import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime import rpc
 from pulumi.runtime.proto import resource_pb2
-from pulumi.runtime.settings import get_root_resource
+from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
@@ -120,7 +120,9 @@ class RecordingMocks(pmocks.Mocks):
             if ref not in self.stack_outputs:
                 raise KeyError(f"StackReference to '{ref}', which this offline run does not have; plan it first")
             outputs, secret_keys = self.stack_outputs[ref]
-            return f"{ref}", {"name": ref, "outputs": outputs, "secretOutputs": list(secret_keys)}
+            # As the engine does: secret outputs arrive as secrets, so whatever uses them stays secret.
+            wrapped = {k: ({_SIG_KEY: _SECRET_SIG, "value": v} if k in secret_keys else v) for k, v in outputs.items()}
+            return f"{ref}", {"name": ref, "outputs": wrapped, "secretOutputNames": list(secret_keys)}
         state = dict(args.inputs)
         state.update(computed_outputs(args.typ, args.name, args.inputs, self.project))
         rid = state.pop("__id", None) or f"{args.name}-id"
@@ -267,6 +269,9 @@ def _run_in_context(program, project, stack, config, secret_keys, stack_outputs,
         monitor = RecordingMonitor(mocks)
         pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor,
                                  organization=ORGANIZATION)
+        # The SDK's pending-output set defaults to one shared object; give this run its own.
+        SETTINGS.outputs = set()
+        SETTINGS.lock = threading.Lock()
         pulumi.runtime.set_all_config(config, secret_keys)
         _sync_await(run_pulumi_func(program))
         root = get_root_resource()
@@ -289,8 +294,19 @@ def _run_in_context(program, project, stack, config, secret_keys, stack_outputs,
         plain, raw, secret = _sync_await(resolve())
         return RunResult(records=monitor.records, outputs=plain, raw_outputs=raw, secret_outputs=sorted(secret))
     finally:
+        _drain(loop)
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what a failed program left pending, so its errors do not surface in a later run."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.set_exception_handler(lambda _loop, _ctx: None)
 
 
 def _unwrap(value: Any) -> Any:

@@ -50,3 +50,28 @@ def tenancy_db(pg_server, fresh_db):
     with psycopg.connect(pg_server.dsn(dbname=fresh_db), autocommit=True) as conn:
         conn.execute("ALTER ROLE tenancy_owner LOGIN; ALTER ROLE tenancy_app LOGIN")
     return fresh_db
+
+
+@pytest.fixture(scope="session")
+def sample_plan(tmp_path_factory):
+    """The real offline plan of the committed tenants.yaml: (result, plan.json data, output directory)."""
+    import json
+
+    from tenancy import plan as planmod
+    from tenancy.catalog import load_catalog
+
+    out = tmp_path_factory.mktemp("plan")
+    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", workers=2)
+    planmod.write(result, out)
+    return result, json.loads((out / "plan.json").read_text()), out
+
+
+def stack_of(data: dict, name: str) -> dict:
+    for s in data["stacks"]:
+        if s["name"] == name:
+            return s
+    raise AssertionError(f"no stack {name} in plan: {[s['name'] for s in data['stacks']]}")
+
+
+def of_type(stack: dict, type_: str) -> list[dict]:
+    return [r for r in stack["resources"] if r["type"] == type_]

@@ -1,0 +1,273 @@
+"""The catalogue rules: each one has an input that breaks it and the message a user reads."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tenancy.catalog import BUILTIN_PLANS, Model, State, load_catalog, parse_catalog
+from tenancy.errors import CatalogError
+from tests.conftest import ROOT
+
+GOOD = """
+tenants:
+  - id: acme
+    name: Acme
+    plan: standard
+    admin_email: ops@acme.example
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(CatalogError) as exc:
+        parse_catalog(textwrap.dedent(text), "tenants.yaml")
+    return [str(p) for p in exc.value.problems]
+
+
+def one(text: str) -> str:
+    found = problems(text)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def tenant(**fields) -> str:
+    base = {"id": "acme", "name": "Acme", "plan": "standard", "admin_email": "ops@acme.example"}
+    base.update(fields)
+    lines = ["tenants:", "  - " + "\n    ".join(f"{k}: {v}" for k, v in base.items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
+def test_committed_catalogue_is_valid_and_covers_every_plan_and_state():
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    assert len(catalog.tenants) >= 8
+    assert {t.plan_name for t in catalog.tenants} >= {"free", "standard", "enterprise", "basic", "premium"}
+    assert {t.state for t in catalog.tenants} == set(State)
+    assert {t.model for t in catalog.tenants} == set(Model)
+    assert (ROOT / "tenants.yaml").read_text().startswith("# yaml-language-server: $schema=./schemas/tenants.schema.json")
+
+
+def test_defaults_resolve_from_the_plan():
+    t = parse_catalog(GOOD).tenant("acme")
+    assert t.subdomain == "acme"
+    assert t.state is State.ACTIVE
+    assert t.model is Model.NAMESPACE
+    assert t.features == BUILTIN_PLANS["standard"].features
+    assert t.limits == BUILTIN_PLANS["standard"].limits
+
+
+def test_builtin_plans_match_the_design_table():
+    free, standard, enterprise = (BUILTIN_PLANS[p] for p in ("free", "standard", "enterprise"))
+    assert (free.model, free.limits.api_rate_limit, free.limits.storage_gb, free.limits.backup_retention_days) == (Model.POOLED, 100, 1, 7)
+    assert (standard.model, standard.limits.api_rate_limit, standard.limits.storage_gb, standard.limits.backup_retention_days) == (Model.NAMESPACE, 1000, 50, 30)
+    assert (enterprise.model, enterprise.limits.backup_retention_days, enterprise.high_availability) == (Model.DEDICATED, 365, True)
+    assert standard.databases == ("postgres-1", "postgres-2", "postgres-3") and free.databases == ()
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("Acme", "id 'Acme' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"),
+    ("ac", "id 'ac' has 2 characters; use 3 to 50"),
+    ("a" * 51, f"id '{'a' * 51}' has 51 characters; use 3 to 50"),
+    ("-acme", "id '-acme' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"),
+    ("acme-", "id 'acme-' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"),
+    ("ac_me", "id 'ac_me' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"),
+    ("ac--me", "id 'ac--me' contains '--' (reserved for derived names and punycode); use single hyphens"),
+])
+def test_bad_ids_name_the_position_and_the_fix(bad, message):
+    assert one(tenant(id=f"'{bad}'")) == f"tenants.yaml:2: tenants[0] (position 1): id: {message}"
+
+
+@pytest.mark.parametrize("reserved", ["www", "api", "admin", "app", "staging", "auth", "status"])
+def test_reserved_ids_and_subdomains(reserved):
+    assert one(tenant(id=reserved)) == f"tenants.yaml:2: tenants[0] (position 1): id: id '{reserved}' is reserved; choose another id"
+    assert one(tenant(subdomain=reserved)) == (
+        f"tenants.yaml:6: tenant 'acme': subdomain: subdomain '{reserved}' is reserved; choose another subdomain")
+
+
+def test_subdomain_follows_the_id_rules():
+    assert one(tenant(subdomain="Bad.Sub")) == ("tenants.yaml:6: tenant 'acme': subdomain: subdomain 'Bad.Sub' may contain only "
+                                                "lowercase letters, digits and hyphens, and must not start or end with a hyphen")
+
+
+def test_ids_subdomains_and_custom_domains_are_unique():
+    text = """
+    tenants:
+      - {id: acme, name: A, plan: enterprise, admin_email: a@a.example, custom_domain: portal.acme.example}
+      - {id: acme, name: B, plan: free, admin_email: b@b.example}
+      - {id: other, name: C, plan: free, admin_email: c@c.example, subdomain: acme}
+      - {id: third, name: D, plan: enterprise, admin_email: d@d.example, custom_domain: portal.acme.example}
+    """
+    assert problems(text) == [
+        "tenants.yaml:4: tenant 'acme': id: 'acme' is already used by the tenant at line 3; each tenant needs its own id",
+        "tenants.yaml:5: tenant 'other': subdomain: 'acme' is already used by the tenant at line 3; each tenant needs its own subdomain",
+        "tenants.yaml:6: tenant 'third': custom_domain: 'portal.acme.example' is already used by the tenant at line 3; "
+        "each tenant needs its own custom domain",
+    ]
+
+
+def test_unknown_keys_anywhere_are_errors_with_a_suggestion():
+    text = """
+    plans:
+      premium:
+        model: pooled
+        limits: {api_rate_limit: 1, storage_gb: 1, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7, bogus: 1}
+        features: [core]
+        databsaes: []
+    tenants:
+      - id: acme
+        name: Acme
+        plan: standard
+        admin_email: ops@acme.example
+        subdomian: acme2
+        limits: {cpuu: 2}
+    extra: true
+    """
+    assert problems(text) == [
+        "tenants.yaml:5: plan 'premium': limits.bogus: unknown key 'bogus'; remove it or fix the spelling "
+        "(allowed keys: api_rate_limit, backup_retention_days, cpu, memory_gb, pods, pvcs, services, storage_gb)",
+        "tenants.yaml:7: plan 'premium': databsaes: unknown key 'databsaes'; remove it or fix the spelling (did you mean 'databases'?)",
+        "tenants.yaml:13: tenant 'acme': subdomian: unknown key 'subdomian'; remove it or fix the spelling (did you mean 'subdomain'?)",
+        "tenants.yaml:14: tenant 'acme': limits.cpuu: unknown key 'cpuu'; remove it or fix the spelling (did you mean 'cpu'?)",
+        "tenants.yaml:15: extra: unknown key 'extra'; remove it or fix the spelling (allowed keys: plans, tenants, version)",
+    ]
+
+
+def test_custom_domain_only_on_dedicated_plans():
+    assert one(tenant(custom_domain="portal.acme.example")) == (
+        "tenants.yaml:6: tenant 'acme': custom_domain: custom domains need a dedicated plan, and 'standard' is namespace; "
+        "remove custom_domain or move the tenant to a dedicated plan")
+    assert parse_catalog(tenant(plan="enterprise", custom_domain="portal.acme.example")).tenant("acme").custom_domain == "portal.acme.example"
+
+
+def test_custom_domain_must_be_a_domain():
+    assert one(tenant(plan="enterprise", custom_domain="https://acme.example/x")) == (
+        "tenants.yaml:6: tenant 'acme': custom_domain: 'https://acme.example/x' is not a domain name; "
+        "write it lowercase without scheme or path, e.g. portal.acme.com")
+
+
+def test_features_only_those_the_plan_allows():
+    assert one(tenant(plan="free", features="[core, sso, recommendations]")) == (
+        "tenants.yaml:6: tenant 'acme': features: plan 'free' does not allow sso, recommendations; allowed: core, comments, likes")
+    assert one(tenant(features="[core, telepathy]")).startswith(
+        "tenants.yaml:6: tenant 'acme': features.1: 'telepathy' is not allowed; use one of 'core', 'comments'")
+
+
+def test_limit_overrides_within_the_plans_bounds():
+    assert one(tenant(limits="{api_rate_limit: 6000}")) == (
+        "tenants.yaml:6: tenant 'acme': limits.api_rate_limit: 6000 exceeds plan 'standard' maximum of 5000; "
+        "lower it or choose a larger plan")
+    assert one(tenant(plan="free", limits="{storage_gb: 2}")) == (
+        "tenants.yaml:6: tenant 'acme': limits.storage_gb: 2 exceeds plan 'free' maximum of 1; lower it or choose a larger plan")
+    assert one(tenant(limits="{cpu: -1}")) == (
+        "tenants.yaml:6: tenant 'acme': limits.cpu: '-1': input should be greater than 0")
+    ok = parse_catalog(tenant(limits="{api_rate_limit: 4000, cpu: 8}")).tenant("acme")
+    assert (ok.limits.api_rate_limit, ok.limits.cpu, ok.limits.storage_gb) == (4000, 8, 50)
+
+
+def test_valid_email():
+    assert one(tenant(admin_email="not-an-email")) == (
+        "tenants.yaml:5: tenant 'acme': admin_email: 'not-an-email' is not a valid email address")
+
+
+def test_region_must_be_a_gcp_region():
+    assert one(tenant(region="europe-west")) == (
+        "tenants.yaml:6: tenant 'acme': region: 'europe-west' is not a Google Cloud region (did you mean 'europe-west9'?); "
+        "use a region name such as europe-west1")
+    assert parse_catalog(tenant(region="us-central1")).tenant("acme").region == "us-central1"
+
+
+def test_unknown_plan_suggests_the_closest():
+    assert one(tenant(plan="standrad")) == (
+        "tenants.yaml:4: tenant 'acme': plan: unknown plan 'standrad'; did you mean 'standard'? "
+        "use one of enterprise, free, standard or declare it under 'plans'")
+
+
+def test_missing_required_fields():
+    assert problems("tenants:\n  - id: acme\n") == [
+        "tenants.yaml:2: tenant 'acme': name: is required; add it",
+        "tenants.yaml:2: tenant 'acme': plan: is required; add it",
+        "tenants.yaml:2: tenant 'acme': admin_email: is required; add it",
+    ]
+
+
+def test_state_must_be_known():
+    assert one(tenant(state="paused")) == (
+        "tenants.yaml:6: tenant 'acme': state: 'paused' is not allowed; use one of 'active', 'suspended' or 'offboarded'")
+
+
+def test_yaml_syntax_errors_report_the_line():
+    assert one("tenants:\n  - id: acme\n    name: [unclosed\n    plan: free\n") .startswith(
+        "tenants.yaml:4: (syntax): YAML syntax error:")
+    assert one("tenants:\n  - id: a\n    id: b\n") == (
+        "tenants.yaml:3: (syntax): YAML syntax error: duplicate key 'id' (first at line 2); keep one; fix the YAML at this line")
+
+
+def test_all_problems_in_one_run_even_in_broken_entries():
+    text = """
+    tenants:
+      - {id: Bad_ID, name: X, plan: free, admin_email: x@x.example, custom_domain: a.example, features: [sso]}
+      - {id: ok-one, name: Y, plan: fre, admin_email: nope}
+    """
+    assert problems(text) == [
+        "tenants.yaml:3: tenants[0] (position 1): id: id 'Bad_ID' may contain only lowercase letters, digits and hyphens, "
+        "and must not start or end with a hyphen",
+        "tenants.yaml:3: tenants[0] (position 1): custom_domain: custom domains need a dedicated plan, and 'free' is pooled; "
+        "remove custom_domain or move the tenant to a dedicated plan",
+        "tenants.yaml:3: tenants[0] (position 1): features: plan 'free' does not allow sso; allowed: core, comments, likes",
+        "tenants.yaml:4: tenant 'ok-one': admin_email: 'nope' is not a valid email address",
+        "tenants.yaml:4: tenant 'ok-one': plan: unknown plan 'fre'; did you mean 'free'? use one of enterprise, free, "
+        "standard or declare it under 'plans'",
+    ]
+
+
+def test_plans_are_checked_for_coherence():
+    text = """
+    plans:
+      cheap:
+        model: pooled
+        limits: {api_rate_limit: 1, storage_gb: 1, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}
+        features: [core, recommendations]
+    tenants: []
+    """
+    assert one(text) == ("tenants.yaml:3: plan 'cheap': (entry): feature(s) recommendations need per-tenant infrastructure; "
+                         "remove them from this pooled plan")
+
+
+def test_catalogue_may_add_pooled_plans_without_code_changes():
+    text = """
+    plans:
+      premium:
+        model: pooled
+        limits: {api_rate_limit: 500, storage_gb: 20, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 14}
+        features: [core, api-access]
+    tenants:
+      - {id: hooli, name: Hooli, plan: premium, admin_email: a@hooli.example}
+    """
+    t = parse_catalog(textwrap.dedent(text)).tenant("hooli")
+    assert (t.model, t.limits.api_rate_limit, t.plan_name) == (Model.POOLED, 500, "premium")
+
+
+def test_dedicated_settings_only_for_dedicated_plans_and_complete():
+    assert one(tenant(dedicated="{private_endpoint: true}")) == (
+        "tenants.yaml:6: tenant 'acme': dedicated: dedicated settings apply to dedicated plans only, and 'standard' is namespace; "
+        "remove the 'dedicated' block")
+    assert one(tenant(plan="enterprise", dedicated="{project: {create: true, id: acme-proj-1}}")) == (
+        "tenants.yaml:6: tenant 'acme': dedicated.project: create: true needs folder_id and billing_account")
+
+
+def test_kms_key_not_on_pooled_plans():
+    assert one(tenant(plan="free", kms_key="projects/p/locations/l/keyRings/r/cryptoKeys/k")) == (
+        "tenants.yaml:6: tenant 'acme': kms_key: a pooled plan shares the platform bucket; remove kms_key or move the "
+        "tenant to a namespace or dedicated plan")
+
+
+def test_missing_file_is_bad_input(tmp_path):
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(tmp_path / "nope.yaml")
+    assert str(exc.value) == f"{tmp_path / 'nope.yaml'}: (file): file not found; pass --tenants FILE or create tenants.yaml"
+
+
+def test_models_are_frozen():
+    t = parse_catalog(GOOD).tenant("acme")
+    with pytest.raises(Exception):
+        t.plan.limits.cpu = 99  # type: ignore[misc]
