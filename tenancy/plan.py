@@ -22,7 +22,7 @@ import yaml
 from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.errors import PlanError, TenancyError
-from tenancy.recorder import ORGANIZATION, RunResult, run_program
+from tenancy.recorder import ORGANIZATION, SECRET, RunResult, run_program
 
 PLAN_VERSION = 1
 K8S_NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
@@ -210,10 +210,24 @@ def manifests(stack: StackPlan) -> dict[str, dict[str, Any]]:
         fname = "-".join(p for p in (inputs["kind"].lower(), ns, meta.get("name") or r["name"]) if p) + ".yaml"
         manifest = {"apiVersion": inputs["apiVersion"], "kind": inputs["kind"], "metadata": meta,
                     **{k: v for k, v in inputs.items() if k not in ("apiVersion", "kind", "metadata")}}
+        _redact_secret_maps(manifest)
         if fname in out:
             raise PlanError(f"stack '{stack.name}': two Kubernetes objects would be written as {fname}")
         out[fname] = manifest
     return out
+
+
+def _redact_secret_maps(manifest: dict[str, Any]) -> None:
+    """A Secret's data is one secret value to the engine; the manifest keeps the shape, says what was held back."""
+    if manifest.get("kind") != "Secret":
+        return
+    redacted = [k for k in ("data", "stringData") if manifest.get(k) == SECRET]
+    for key in redacted:
+        manifest[key] = {}
+    if redacted:
+        meta = dict(manifest.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), "tenancy.io/redacted": ",".join(redacted)}
+        manifest["metadata"] = meta
 
 
 def write(result: PlanResult, out_dir: str | Path) -> Path:
