@@ -192,6 +192,14 @@ def iam_least_privilege(args: ResourceValidationArgs, report: ReportViolation) -
         report(f"IAM: {role} at the project lets a tenant service account impersonate every service account; grant it on one account only")
     if t == "gcp:projects/iAMMember:IAMMember" and TENANT_SA.match(member) and not p.get("condition"):
         report(f"IAM: project-wide role {role} granted to tenant service account {member}; grant on the tenant's own resources only")
+    tenant = _stack_tenant(args)
+    if tenant and TENANT_SA.match(member):
+        target = " ".join(str(p.get(k) or "") for k in ("bucket", "secretId", "cryptoKeyId", "serviceAccountId"))
+        target += " " + str((p.get("condition") or {}).get("expression") or "")
+        if not re.search(rf"(^|[-/\s\"]){re.escape(tenant)}($|[-/\s\"@])", member):
+            report(f"IAM: stack of tenant '{tenant}' grants {role} to another tenant's service account {member}")
+        elif target.strip() and not re.search(rf"(^|[-/\s\"]){re.escape(tenant)}($|[-/\s\"])", target):
+            report(f"IAM: tenant service account {member} is granted {role} on '{target.strip()}', which is not tenant '{tenant}''s")
 
 
 # ------------------------------------------------------------------------------------------- Kubernetes
@@ -374,6 +382,42 @@ def one_tenant_per_stack(args: StackValidationArgs, report: ReportViolation) -> 
             tenants.setdefault(tid, r.urn)
     if len(tenants) > 1:
         report(f"one stack holds resources of tenants {', '.join(sorted(tenants))}: a tenant stack must hold exactly one tenant")
+
+
+def shared_across_tenants(stacks: list[tuple[str | None, list]], report: Reporter) -> None:
+    """Across the whole plan: no namespace, bucket or database instance belongs to two tenants.
+
+    `stacks` is [(tenant id or None for the platform stack, PolicyResources)]. The platform stack's shared
+    resources (pooled namespace, shared bucket, pooled instance) carry no tenant and are not counted.
+    """
+    owners: dict[tuple[str, str], tuple[str, str]] = {}
+    for tenant, resources in stacks:
+        for r in resources:
+            kind_name = _shareable_name(r.resource_type, r.props)
+            if kind_name is None:
+                continue
+            lab = _labels_of(r.resource_type, r.props) or {}
+            owner = tenant or lab.get(TENANT_LABEL) or lab.get(K8S_TENANT_LABEL)
+            if owner is None:
+                continue
+            if kind_name[0] == "namespace" and lab.get("tenancy.io/model") == "dedicated":
+                kind_name = ("namespace", f"{kind_name[1]} (cluster of {owner})")  # its own cluster
+            seen = owners.setdefault(kind_name, (owner, r.urn))
+            if seen[0] != owner:
+                report(f"{kind_name[0]} '{kind_name[1]}' is used by tenants '{seen[0]}' and '{owner}': "
+                       "tenant data stores are never shared", r.urn)
+
+
+def _shareable_name(t: str, p: dict) -> tuple[str, str] | None:
+    if t == "kubernetes:core/v1:Namespace":
+        return ("namespace", _get(p, "metadata", "name"))
+    if t == "gcp:storage/bucket:Bucket":
+        return ("bucket", p.get("name"))
+    if t == "gcp:sql/databaseInstance:DatabaseInstance":
+        return ("database instance", p.get("name"))
+    if t == "gcp:firestore/database:Database":
+        return ("Firestore database", f"{p.get('project')}/{p.get('name')}")
+    return None
 
 
 def _mandatory(name: str, description: str, validate, config_schema: PolicyConfigSchema | None = None) -> ResourceValidationPolicy:

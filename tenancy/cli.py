@@ -136,7 +136,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_policy_check(args) -> int:
-    from tenancy.policycheck import evaluate_stack
+    from tenancy.policycheck import evaluate_plan, evaluate_stack, stack_of_urn
 
     try:
         data = json.loads(Path(args.plan_file).read_text())
@@ -151,11 +151,12 @@ def cmd_policy_check(args) -> int:
         return EXIT_INPUT
     mandatory = 0
     total = 0
-    for stack in data["stacks"]:
-        for v in evaluate_stack(stack):
-            total += 1
-            mandatory += v["enforcement"] == "mandatory"
-            print(f"[{v['enforcement']}] stack {stack.get('name')}: {v['urn']}: {v['policy']}: {v['message']}")
+    found = [(stack.get("name"), v) for stack in data["stacks"] for v in evaluate_stack(stack)]
+    found += [(stack_of_urn(v["urn"]), v) for v in evaluate_plan(data["stacks"])]
+    for name, v in found:
+        total += 1
+        mandatory += v["enforcement"] == "mandatory"
+        print(f"[{v['enforcement']}] stack {name}: {v['urn']}: {v['policy']}: {v['message']}")
     print(f"{len(data['stacks'])} stack(s) checked: {mandatory} mandatory violation(s), {total - mandatory} advisory")
     return EXIT_FAIL if mandatory else EXIT_OK
 

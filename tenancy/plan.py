@@ -190,8 +190,18 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     for tp in tenant_plans:
         tp.reasons = reasons.get(tp.name, [])
     stacks_out.extend(tenant_plans)
+    _plan_wide_violations(stacks_out)
     return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
                       changed_since=changed_since, seconds=time.perf_counter() - start)
+
+
+def _plan_wide_violations(stacks_out: list[StackPlan]) -> None:
+    from tenancy.policycheck import evaluate_plan, stack_of_urn
+
+    by_name = {s.name: s for s in stacks_out}
+    for v in evaluate_plan([s.to_json() for s in stacks_out]):
+        target = by_name.get(stack_of_urn(v["urn"])) or stacks_out[0]
+        target.violations.append(v)
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -68,3 +68,27 @@ def evaluate_stack(stack: dict[str, Any]) -> list[dict[str, Any]]:
 
         policy.validate(args, sreport)
     return out
+
+
+PLAN_POLICY = "no-shared-tenant-stores"
+
+
+def evaluate_plan(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plan-wide rules (across stacks), reported against the stack holding the second owner."""
+    out: list[dict[str, Any]] = []
+    grouped = []
+    for s in stacks:
+        res = [PolicyResource(r["type"], r["inputs"], r["urn"], r["name"], _opts(r), None, None, [], {})
+               for r in s["resources"] if r.get("custom")]
+        grouped.append((s.get("tenant"), res))
+
+    def report(message: str, urn: str | None = None) -> None:
+        out.append({"policy": PLAN_POLICY, "urn": urn or "", "message": message, "enforcement": "mandatory"})
+
+    rules.shared_across_tenants(grouped, report)
+    return out
+
+
+def stack_of_urn(urn: str) -> str:
+    """`urn:pulumi:<stack>::<project>::...` -> stack."""
+    return urn.split("::")[0].split(":", 2)[-1] if urn.startswith("urn:pulumi:") else ""
