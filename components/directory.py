@@ -25,15 +25,17 @@ class DirectoryArgs:
 
 
 class TenantDirectory(pulumi.ComponentResource):
-    entries: pulumi.Output[dict]
+    json: pulumi.Output[str]  # {tenant id: entry}
 
     def __init__(self, name: str, args: DirectoryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:k8s:TenantDirectory", name, None, opts)
         ids = sorted(args.entries)
         idp = pulumi.Output.all(*[args.identity_tenants[i] for i in ids]).apply(lambda names: dict(zip(ids, names)))
-        self.entries = idp.apply(lambda names: {i: {**args.entries[i], "identityTenant": names[i]} for i in ids})
+        entries = idp.apply(lambda names: {i: {**args.entries[i], "identityTenant": names[i]} for i in ids})
+        # One JSON document, not a nested output: StackReference consumers lift every element of a nested
+        # output into an Output of its own, which costs more per tenant than everything else they do.
+        self.json = entries.apply(lambda e: json.dumps(e, indent=1, sort_keys=True))
         k8s.core.v1.ConfigMap(f"{name}-configmap", metadata={
             "name": CONFIGMAP_NAME, "namespace": args.namespace, "labels": args.labels},
-            data={"tenants.json": self.entries.apply(lambda e: json.dumps(e, indent=1, sort_keys=True))},
-            opts=pulumi.ResourceOptions(parent=self))
-        self.register_outputs({"entries": self.entries})
+            data={"tenants.json": self.json}, opts=pulumi.ResourceOptions(parent=self))
+        self.register_outputs({"tenants.json": self.json})

@@ -26,15 +26,17 @@ def catalog_path() -> Path:
     return Path(os.environ.get(CATALOG_ENV) or ROOT / "tenants.yaml")
 
 
-def program(stack: str, catalog: Catalog) -> Callable[[], Awaitable[None]]:
-    """The program of stack `stack`, as an async callable (tenant stacks await their platform's outputs)."""
+def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> Callable[[], Awaitable[None]]:
+    """The program of stack `stack`, as an async callable (tenant stacks await their platform's outputs).
+
+    `tenant_facing_only` (platform stacks): build only what tenant stacks read (offline `--tenant` plans)."""
     env, tenant_id = naming.parse_stack_name(stack)
     if tenant_id is None:
         from stacks import platform
         from stacks.config import PlatformConfig
 
         async def run_platform() -> None:
-            platform.build(env, catalog, PlatformConfig.from_pulumi(env))
+            platform.build(env, catalog, PlatformConfig.from_pulumi(env), tenant_facing_only)
 
         return run_platform
 

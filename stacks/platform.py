@@ -59,7 +59,18 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
     return entry
 
 
-def build(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
+def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: bool = False) -> None:
+    """The platform stack. `tenant_facing_only` builds just the components whose exports tenant stacks read
+    (network, cluster, edge): the offline plan uses it to feed `--tenant` plans without the pooled tier."""
+    provider, net, cluster, edge, system_ns = _foundation(env, cfg)
+    _export_tenant_facts(env, cfg, net, cluster, edge)
+    if tenant_facing_only:
+        return
+    directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns)
+    pulumi.export(contract.TENANT_DIRECTORY, directory.json)
+
+
+def _foundation(env: str, cfg: PlatformConfig):
     shared_labels = labels(env, SHARED)
     provider = gcp.Provider("gcp", project=cfg.gcp_project, region=cfg.region, default_labels=shared_labels)
     gopts = pulumi.ResourceOptions(provider=provider)
@@ -81,7 +92,33 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}, opts=kopts)
+    return provider, net, cluster, edge, system_ns
 
+
+def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:
+    pulumi.export(contract.ENVIRONMENT, env)
+    pulumi.export(contract.GCP_PROJECT, cfg.gcp_project)
+    pulumi.export(contract.REGION, cfg.region)
+    pulumi.export(contract.BASE_DOMAIN, cfg.base_domain)
+    pulumi.export(contract.NETWORK_ID, net.network_id)
+    pulumi.export(contract.SUBNET_ID, net.subnet_id)
+    pulumi.export(contract.CLUSTER_NAME, cluster.name)
+    pulumi.export(contract.CLUSTER_ENDPOINT, cluster.endpoint)
+    pulumi.export(contract.KUBECONFIG, cluster.kubeconfig)
+    pulumi.export(contract.WORKLOAD_POOL, cluster.workload_pool)
+    pulumi.export(contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE)
+    pulumi.export(contract.INGRESS_IP, edge.ip_address)
+    pulumi.export(contract.CLUSTER_ISSUER, CLUSTER_ISSUER)
+    pulumi.export(contract.DNS_ZONE, edge.zone_name)
+    pulumi.export(contract.APP_CHART, cfg.app_chart)
+    pulumi.export(contract.APP_CHART_VERSION, cfg.app_chart_version)
+
+
+def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, provider: gcp.Provider, net: Network,
+                               cluster: GkeCluster, system_ns: k8s.core.v1.Namespace) -> TenantDirectory:
+    shared_labels = labels(env, SHARED)
+    gopts = pulumi.ResourceOptions(provider=provider)
+    kopts = pulumi.ResourceOptions(provider=cluster.provider)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     pooled_plans = {t.plan_name: t.plan for t in pooled} or {"free": catalog.plans["free"]}
     retention = max(p.limits.backup_retention_days for p in pooled_plans.values())
@@ -135,24 +172,7 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
         namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
         entries={t.id: directory_entry(t, env, cfg) for t in directory_tenants},
         identity_tenants=identity.tenant_names), opts=kopts)
-
-    pulumi.export(contract.ENVIRONMENT, env)
-    pulumi.export(contract.GCP_PROJECT, cfg.gcp_project)
-    pulumi.export(contract.REGION, cfg.region)
-    pulumi.export(contract.BASE_DOMAIN, cfg.base_domain)
-    pulumi.export(contract.NETWORK_ID, net.network_id)
-    pulumi.export(contract.SUBNET_ID, net.subnet_id)
-    pulumi.export(contract.CLUSTER_NAME, cluster.name)
-    pulumi.export(contract.CLUSTER_ENDPOINT, cluster.endpoint)
-    pulumi.export(contract.KUBECONFIG, cluster.kubeconfig)
-    pulumi.export(contract.WORKLOAD_POOL, cluster.workload_pool)
-    pulumi.export(contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE)
-    pulumi.export(contract.INGRESS_IP, edge.ip_address)
-    pulumi.export(contract.CLUSTER_ISSUER, CLUSTER_ISSUER)
-    pulumi.export(contract.DNS_ZONE, edge.zone_name)
-    pulumi.export(contract.APP_CHART, cfg.app_chart)
-    pulumi.export(contract.APP_CHART_VERSION, cfg.app_chart_version)
-    pulumi.export(contract.TENANT_DIRECTORY, directory.entries)
+    return directory
 
 
 def _firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],

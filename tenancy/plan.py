@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,13 +81,13 @@ def _platform_config(env: str) -> dict[str, Any]:
 
 
 def run_stack(stack: str, catalog: Catalog, config: dict[str, Any],
-              stack_outputs: dict[str, tuple[dict, list[str]]]) -> tuple[RunResult, float]:
+              stack_outputs: dict[str, tuple[dict, list[str]]], tenant_facing_only: bool = False) -> tuple[RunResult, float]:
     import stacks
     from stacks.config import project_name
 
     start = time.perf_counter()
     try:
-        result = run_program(stacks.program(stack, catalog), project=project_name(), stack=stack, config=config,
+        result = run_program(stacks.program(stack, catalog, tenant_facing_only), project=project_name(), stack=stack, config=config,
                              stack_outputs=stack_outputs)
     except TenancyError:
         raise
@@ -167,13 +167,12 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         include_platform = include_platform and bool(pooled_or_gone)
 
     # The platform program always runs: tenant stacks need its outputs. When it is not itself in the plan,
-    # it runs over only the chosen tenants (its exports do not depend on the others), which is fast.
-    platform_catalog = catalog
-    if not include_platform:
-        keep = {naming.parse_stack_name(s)[1] for s in tenant_stacks}
-        platform_catalog = replace(catalog, tenants=tuple(t for t in catalog.tenants if t.id in keep))
-    say(f"planning platform stack {platform_stack} ({len(platform_catalog.tenants)} tenants)")
-    presult, pseconds = run_stack(platform_stack, platform_catalog, config, {})
+    # it builds only the components whose exports tenant stacks read, which is fast.
+    if include_platform:
+        say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
+    else:
+        say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
+    presult, pseconds = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=not include_platform)
     stacks_out: list[StackPlan] = []
     if include_platform:
         sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)

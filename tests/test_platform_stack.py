@@ -138,7 +138,7 @@ def test_identity_platform_tenant_per_catalogue_tenant(platform):
 
 
 def test_tenant_directory(platform):
-    directory = platform["outputs"]["tenantDirectory"]
+    directory = json.loads(platform["outputs"]["tenantDirectory"])
     assert "umbrella" not in directory                          # offboarded: gone
     assert directory["vandelay"]["state"] == "suspended"         # suspended: kept, marked
     assert directory["wayne"]["state"] == "suspended"
