@@ -29,6 +29,7 @@ class SqlJobArgs:
     password_secret: pulumi.Input[str]  # Secret Manager secret id (a name, not a value)
     project: str
     labels: dict[str, str]
+    job_prefix: str = "tenancy-sql"
 
 
 class SqlApplyJob(pulumi.ComponentResource):
@@ -38,7 +39,7 @@ class SqlApplyJob(pulumi.ComponentResource):
         super().__init__("tenancy:k8s:SqlApplyJob", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         combined = "\n".join(args.sql_files[k] for k in sorted(args.sql_files))
-        self.job_name = sql_job_name(combined)
+        self.job_name = sql_job_name(combined, args.job_prefix)
         cm = k8s.core.v1.ConfigMap(f"{name}-sql", metadata={
             "name": self.job_name, "namespace": args.namespace, "labels": args.labels}, data=dict(args.sql_files),
             opts=child)

@@ -27,6 +27,7 @@ class WorkloadIdentityArgs:
     workload_pool: pulumi.Input[str]
     labels: dict[str, str]
     display_name: str
+    ksa_name: str = APP_SERVICE_ACCOUNT
 
 
 class WorkloadIdentity(pulumi.ComponentResource):
@@ -35,10 +36,11 @@ class WorkloadIdentity(pulumi.ComponentResource):
 
     email: pulumi.Output[str]
     member: pulumi.Output[str]
-    ksa_name: str = APP_SERVICE_ACCOUNT
+    ksa_name: str
 
     def __init__(self, name: str, args: WorkloadIdentityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:k8s:WorkloadIdentity", name, None, opts)
+        self.ksa_name = args.ksa_name
         child = pulumi.ResourceOptions(parent=self)
         gsa = gcp.serviceaccount.Account(f"{name}-gsa", account_id=args.account_id, project=args.project,
                                          display_name=args.display_name, opts=child)

@@ -148,7 +148,8 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
         project=cfg.gcp_project, account_id=naming.service_account_id(env, "sql-migrator"),
         namespace=system_ns.metadata["name"], workload_pool=cluster.workload_pool, labels=k8s_labels(env, SHARED),
-        display_name=f"applies the tenancy SQL ({env})"), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+        display_name=f"applies the tenancy SQL ({env})", ksa_name="sql-migrator"),
+        opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
     gcp.secretmanager.SecretIamMember("sql-migrator-owner-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[OWNER_USER], role="roles/secretmanager.secretAccessor",
                                       member=migrator.member, opts=gopts)

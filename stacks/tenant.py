@@ -19,11 +19,12 @@ from components.edge import CLUSTER_ISSUER, INGRESS_CLASS, INGRESS_NAMESPACE, Ed
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.postgres import OWNER_USER, RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.sqljob import SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.platform import _firestore_grant
+from stacks.platform import _firestore_grant, sql_files
 from tenancy import naming
 from tenancy.catalog import Feature, Model, State, Tenant
 
@@ -121,6 +122,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     for role, db in databases.items():
         gcp.secretmanager.SecretIamMember(f"{role}-runtime-secret", project=project, secret_id=db.secret_ids[RUNTIME_USER],
                                           role="roles/secretmanager.secretAccessor", member=identity.member, opts=gopts)
+    _apply_tenancy_sql(env, tenant, project, ns, workload_pool, databases, kube_labels, both, gopts, kopts)
     firestore = FirestoreDatabase("firestore", FirestoreArgs(
         database_id=naming.firestore_database(env, tenant.id), project=project, location=region), opts=gopts)
     _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
@@ -160,6 +162,24 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     pulumi.export("databases", {role: {"instance": db.instance_name, "privateIp": db.private_ip,
                                        "runtimeSecret": db.secret_ids[RUNTIME_USER]} for role, db in databases.items()})
     pulumi.export("hostnames", hosts)
+
+
+def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespace, workload_pool: pulumi.Input[str],
+                       databases: dict[str, PostgresInstance], kube_labels: dict[str, str], both: pulumi.ResourceOptions,
+                       gopts: pulumi.ResourceOptions, kopts: pulumi.ResourceOptions) -> None:
+    """The same tenancy SQL as the pool, so a tenant's rows can move between them; one Job per database."""
+    migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
+        project=project, account_id=naming.fit(f"m-{env}-{tenant.id}", naming.LIMITS["service_account"]),
+        namespace=ns.namespace, workload_pool=workload_pool, labels=kube_labels,
+        display_name=f"applies the tenancy SQL for {tenant.id} ({env})", ksa_name="sql-migrator"), opts=both)
+    files = sql_files()
+    for role, db in databases.items():
+        gcp.secretmanager.SecretIamMember(f"{role}-owner-secret", project=project, secret_id=db.secret_ids[OWNER_USER],
+                                          role="roles/secretmanager.secretAccessor", member=migrator.member, opts=gopts)
+        SqlApplyJob(f"{role}-sql", SqlJobArgs(
+            namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
+            database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
+            labels=kube_labels, job_prefix=f"sql-{role}"), opts=kopts)
 
 
 def _tenant_project(tenant: Tenant, env: str, platform_project: str,

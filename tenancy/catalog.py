@@ -389,8 +389,11 @@ class Catalog:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys (a silent override is a typo waiting to happen)."""
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on large files
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """A safe loader that rejects duplicate keys (a silent override is a typo waiting to happen)."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -521,8 +524,12 @@ def _where(who: _Who, loc: tuple) -> tuple[str | None, str]:
 def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     """Parse and validate catalogue text; raise CatalogError with every problem found."""
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        raw = yaml.load(text, Loader=_LineLoader) if node is not None else {}
+        loader = _LineLoader(text)
+        try:
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else {}
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -44,7 +44,8 @@ def test_namespace_tenant_resource_counts(data):
     assert c["gcp:sql/databaseInstance:DatabaseInstance"] == 3
     assert c["gcp:firestore/database:Database"] == 1
     assert c["gcp:storage/bucket:Bucket"] == 1
-    assert c["gcp:serviceaccount/account:Account"] == 1
+    assert c["gcp:serviceaccount/account:Account"] == 2           # the app's, and the SQL migrator's
+    assert c["kubernetes:batch/v1:Job"] == 3                       # the tenancy SQL, applied to each database
     assert c["kubernetes:core/v1:ResourceQuota"] == 1 and c["kubernetes:core/v1:LimitRange"] == 1
     assert c["kubernetes:networking.k8s.io/v1:NetworkPolicy"] == 6
     assert c["kubernetes:helm.sh/v3:Release"] == 2            # app + neo4j
@@ -117,6 +118,20 @@ def test_service_account_iam_members_and_roles_exactly(data):
     assert wi["member"] == "serviceAccount:tenancy-dev-482913.svc.id.goog[tenant-stark/app]"
     ksa = of_type(stark, "kubernetes:core/v1:ServiceAccount")[0]["inputs"]["metadata"]
     assert ksa["annotations"]["iam.gke.io/gcp-service-account"] == "t-dev-stark@tenancy-dev-482913.iam.gserviceaccount.com"
+
+
+def test_tenancy_sql_is_applied_to_each_tenant_database(data):
+    stark = stack_of(data, "dev.stark")
+    jobs = {j["inputs"]["metadata"]["name"].split("-")[2]: j["inputs"] for j in of_type(stark, "kubernetes:batch/v1:Job")}
+    assert sorted(jobs) == ["1", "2", "3"]
+    for job in jobs.values():
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "sql-migrator"
+        assert job["metadata"]["namespace"] == "tenant-stark"
+    migrator = "serviceAccount:m-dev-stark@tenancy-dev-482913.iam.gserviceaccount.com"
+    grants = sorted(r["inputs"]["secretId"] for r in of_type(stark, "gcp:secretmanager/secretIamMember:SecretIamMember")
+                    if r["inputs"]["member"] == migrator)
+    assert grants == [f"dev-stark-postgres-{i}-tenancy-owner" for i in (1, 2, 3)]
 
 
 def test_tenant_databases(data):
