@@ -95,27 +95,30 @@ REVOKE ALL ON FUNCTION tenancy.set_tenant(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.set_tenant(text) TO tenancy_app;
 GRANT EXECUTE ON FUNCTION tenancy.current_tenant() TO tenancy_app;
 
--- Refuses writes of a frozen (moving) or read-only tenant, whoever writes. Only the owner role may
--- write a frozen tenant's rows, which is how a move copies them into the target.
+-- Refuses writes of a frozen (moving) or read-only tenant, and of tenant ids not in the registry, whoever
+-- writes. Only the owner role may write a frozen tenant's rows, which is how a move fills the target.
+-- Statement-level, over the statement's transition table: one registry lookup per statement, not per row.
+-- (Changing a row's tenant_id is already impossible: RLS USING and WITH CHECK both pin it to the tenant.)
 CREATE OR REPLACE FUNCTION tenancy.guard_writes() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
   AS $$
 DECLARE
-  tid text := CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END;
-  st text;
+  bad record;
 BEGIN
-  SELECT state INTO st FROM tenancy.tenants WHERE id = tid;
-  IF st IS NULL THEN
-    RAISE EXCEPTION 'tenant % is not registered in tenancy.tenants', tid USING ERRCODE = '42704';
-  END IF;
-  IF st IN ('frozen', 'readonly') AND NOT pg_has_role(session_user, 'tenancy_owner', 'MEMBER') THEN
-    RAISE EXCEPTION 'tenant % is % (a tier move is in progress); writes are refused until it ends', tid, st
+  SELECT c.tenant_id, t.state INTO bad
+    FROM (SELECT DISTINCT tenant_id FROM changed) c
+    LEFT JOIN tenancy.tenants t ON t.id = c.tenant_id
+   WHERE t.id IS NULL
+      OR (t.state IN ('frozen', 'readonly') AND NOT pg_has_role(session_user, 'tenancy_owner', 'MEMBER'))
+   LIMIT 1;
+  IF FOUND THEN
+    IF bad.state IS NULL THEN
+      RAISE EXCEPTION 'tenant % is not registered in tenancy.tenants', bad.tenant_id USING ERRCODE = '42704';
+    END IF;
+    RAISE EXCEPTION 'tenant % is % (a tier move is in progress); writes are refused until it ends', bad.tenant_id, bad.state
       USING ERRCODE = '25006';
   END IF;
-  IF TG_OP = 'UPDATE' AND NEW.tenant_id IS DISTINCT FROM OLD.tenant_id THEN
-    RAISE EXCEPTION 'tenant_id cannot change' USING ERRCODE = '42501';
-  END IF;
-  RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+  RETURN NULL;
 END
 $$;
 
@@ -143,8 +146,15 @@ BEGIN
                  'USING (tenant_id = tenancy.current_tenant()) WITH CHECK (tenant_id = tenancy.current_tenant())', rel);
   EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (tenant_id)', left(relname, 50) || '_tenant_idx', rel);
   EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_writes ON %s', rel);
-  EXECUTE format('CREATE TRIGGER tenancy_guard_writes BEFORE INSERT OR UPDATE OR DELETE ON %s '
-                 'FOR EACH ROW EXECUTE FUNCTION tenancy.guard_writes()', rel);
+  EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_insert ON %s', rel);
+  EXECUTE format('CREATE TRIGGER tenancy_guard_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS changed '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_writes()', rel);
+  EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_update ON %s', rel);
+  EXECUTE format('CREATE TRIGGER tenancy_guard_update AFTER UPDATE ON %s REFERENCING NEW TABLE AS changed '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_writes()', rel);
+  EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_delete ON %s', rel);
+  EXECUTE format('CREATE TRIGGER tenancy_guard_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS changed '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_writes()', rel);
   EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', rel);
   EXECUTE format('REVOKE TRUNCATE, REFERENCES, TRIGGER ON %s FROM tenancy_app', rel);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO tenancy_app', rel);

@@ -16,12 +16,12 @@ def register(server, dbname: str, *tenants: str, model: str = "pooled", state: s
                       "ON CONFLICT (id) DO UPDATE SET state = excluded.state", (t, model, state))
 
 
-def seed(server, dbname: str, tenant: str, users: int = 3, user: str = "tenancy_app") -> None:
+def seed(server, dbname: str, tenant: str, users: int = 3, user: str = "tenancy_app", start: int = 0) -> None:
     """Users, one itinerary each, a comment and a like per itinerary -- as the runtime role, through RLS."""
     with connect(server, dbname, user=user) as c:
         with c.transaction():
             c.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
-            for i in range(users):
+            for i in range(start, start + users):
                 uid = c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) RETURNING id",
                                 (tenant, f"user{i}@{tenant}.example", f"User {i}")).fetchone()[0]
                 iid = c.execute("INSERT INTO app.itineraries (tenant_id, owner_id, title) VALUES (%s, %s, %s) RETURNING id",

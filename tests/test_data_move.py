@@ -1,0 +1,160 @@
+"""`tenancy data move|verify|export` on real PostgreSQL: one tenant's rows, exactly once, others untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from tenancy import data, db
+from tenancy.data import DataError, VerificationError
+from tests.conftest import ROOT
+from tests.sqlhelp import connect, register, seed
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pair(pg_server, tenancy_db):
+    """A pooled source with three tenants and an empty target carrying the same SQL."""
+    import uuid
+    target = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{target}"')
+    db.apply(pg_server.dsn(dbname=target))
+    register(pg_server, tenancy_db, "alpha", "bravo", "charlie")
+    for t, n in (("alpha", 5), ("bravo", 3), ("charlie", 4)):
+        seed(pg_server, tenancy_db, t, users=n)
+    yield tenancy_db, target
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+
+
+def owner(server, dbname):
+    return server.dsn(user="tenancy_owner", dbname=dbname)
+
+
+def snapshot(server, dbname, tenant):
+    """Every row of one tenant, per table, as the superuser sees them (for before/after comparisons)."""
+    out = {}
+    with connect(server, dbname, autocommit=True) as c:
+        for t in ("app.users", "app.itineraries", "app.comments", "app.likes"):
+            out[t] = sorted(tuple(str(v) for v in r) for r in c.execute(f"SELECT * FROM {t} WHERE tenant_id = %s", (tenant,)))
+    return out
+
+
+def test_move_copies_one_tenant_exactly_once_and_leaves_others(pg_server, pair):
+    src, dst = pair
+    before = {t: snapshot(pg_server, src, t) for t in ("alpha", "bravo", "charlie")}
+    report = data.move(owner(pg_server, src), owner(pg_server, dst), "bravo", target_model="namespace", target_plan="standard")
+    assert report.tables == ["app.users", "app.itineraries", "app.comments", "app.likes"]  # parents first
+    assert report.rows == {"app.users": 3, "app.itineraries": 3, "app.comments": 3, "app.likes": 3}
+    assert all(c.ok for c in report.checks)
+    assert snapshot(pg_server, dst, "bravo") == before["bravo"]
+    assert snapshot(pg_server, dst, "alpha")["app.users"] == [] and snapshot(pg_server, dst, "charlie")["app.users"] == []
+    for t in ("alpha", "bravo", "charlie"):  # source untouched without --delete-source
+        assert snapshot(pg_server, src, t) == before[t]
+    with connect(pg_server, dst, autocommit=True) as c:
+        assert c.execute("SELECT plan, model FROM tenancy.tenants WHERE id = 'bravo'").fetchone() == ("standard", "namespace")
+
+
+def test_moved_tenant_keeps_working_on_the_target(pg_server, pair):
+    src, dst = pair
+    data.move(owner(pg_server, src), owner(pg_server, dst), "alpha")
+    # sequences were moved past alpha's ids: new rows do not collide
+    seed(pg_server, dst, "alpha", users=2, start=100)
+    with connect(pg_server, dst, user="tenancy_app") as c:
+        c.execute("SELECT tenancy.set_tenant('alpha')")
+        assert c.execute("SELECT count(*) FROM app.users").fetchone()[0] == 7
+
+
+def test_move_with_delete_source_removes_only_that_tenant(pg_server, pair):
+    src, dst = pair
+    others = {t: snapshot(pg_server, src, t) for t in ("alpha", "charlie")}
+    report = data.move(owner(pg_server, src), owner(pg_server, dst), "bravo", delete_source=True)
+    assert report.deleted_source
+    assert snapshot(pg_server, src, "bravo") == {t: [] for t in others["alpha"]}
+    for t, rows in others.items():
+        assert snapshot(pg_server, src, t) == rows
+
+
+def test_retried_move_clears_partial_rows_first(pg_server, pair):
+    src, dst = pair
+    data.move(owner(pg_server, src), owner(pg_server, dst), "charlie")
+    # a stray row on the target, as a partial earlier attempt would leave
+    with connect(pg_server, dst, autocommit=True) as c:
+        c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('charlie', 'stray@x.example', 'Stray')")
+    report = data.move(owner(pg_server, src), owner(pg_server, dst), "charlie")
+    assert report.rows["app.users"] == 4
+    assert snapshot(pg_server, dst, "charlie") == snapshot(pg_server, src, "charlie")
+
+
+def test_failed_verification_commits_nothing_and_deletes_nothing(pg_server, pair, monkeypatch):
+    src, dst = pair
+    before = snapshot(pg_server, src, "alpha")
+    real = data.table_checksum
+
+    def corrupt(conn, table, tenant):
+        n, digest = real(conn, table, tenant)
+        return (n, "0" * 32) if conn.info.dbname == dst and table == "app.likes" else (n, digest)
+
+    monkeypatch.setattr(data, "table_checksum", corrupt)
+    with pytest.raises(VerificationError, match="verification failed, nothing committed on the target and nothing deleted: "
+                                                "app.likes: 5 rows/"):
+        data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
+    assert snapshot(pg_server, src, "alpha") == before
+    assert snapshot(pg_server, dst, "alpha")["app.users"] == []
+
+
+def test_verify_reports_per_table(pg_server, pair):
+    src, dst = pair
+    data.move(owner(pg_server, src), owner(pg_server, dst), "alpha")
+    assert all(c.ok for c in data.verify(owner(pg_server, src), owner(pg_server, dst), "alpha"))
+    with connect(pg_server, dst, autocommit=True) as c:
+        c.execute("UPDATE app.comments SET body = 'changed' WHERE tenant_id = 'alpha' AND id = (SELECT min(id) FROM app.comments WHERE tenant_id = 'alpha')")
+    checks = {c.table: c for c in data.verify(owner(pg_server, src), owner(pg_server, dst), "alpha")}
+    assert not checks["app.comments"].ok and checks["app.comments"].source_rows == checks["app.comments"].target_rows == 5
+    assert checks["app.users"].ok
+
+
+def test_target_without_the_schema_is_refused(pg_server, pair):
+    src, _ = pair
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute('CREATE DATABASE "bare_target"')
+    try:
+        with connect(pg_server, "bare_target", autocommit=True) as c:
+            c.execute("CREATE SCHEMA tenancy; CREATE TABLE tenancy.isolated_tables (table_name regclass)")
+        with pytest.raises(DataError, match="the target lacks isolated tables app.users, app.itineraries, app.comments, app.likes: apply the tenancy SQL"):
+            data.move(owner(pg_server, src), pg_server.dsn(dbname="bare_target"), "alpha")
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute('DROP DATABASE "bare_target" WITH (FORCE)')
+
+
+def test_export_writes_one_file_per_table_and_a_manifest(pg_server, pair, tmp_path):
+    src, _ = pair
+    manifest = data.export(owner(pg_server, src), "charlie", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.comments.csv", "app.itineraries.csv", "app.likes.csv",
+                                                          "app.users.csv", "manifest.json"]
+    users = (tmp_path / "app.users.csv").read_text().splitlines()
+    assert users[0].startswith("tenant_id,id,email") and len(users) == 5
+    assert all(line.startswith("charlie,") for line in users[1:])
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert manifest["tables"]["app.likes"]["rows"] == 4
+
+
+def test_data_commands(pg_server, pair, tmp_path):
+    src, dst = pair
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tenancy", "data", *a], capture_output=True, text=True, cwd=ROOT)
+    res = run("move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst))
+    assert res.returncode == 0, res.stderr
+    assert "moved 20 rows of 'alpha' (4 tables), verified" in res.stdout
+    res = run("verify", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst))
+    assert res.returncode == 0 and "app.likes: 5 rows, checksums match" in res.stdout
+    res = run("export", "alpha", "--source", owner(pg_server, src), "--out", str(tmp_path / "x"))
+    assert res.returncode == 0 and (tmp_path / "x" / "manifest.json").exists()
+    res = run("move", "alpha", "--source", "host=127.0.0.1 port=1 user=nobody dbname=x", "--target", owner(pg_server, dst))
+    assert res.returncode == 1 and "cannot connect" in res.stderr
