@@ -66,6 +66,54 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     a.add_argument("dsn", metavar="DSN", help="libpq connection string; prefer PGPASSWORD/PGPASSFILE to a password in it")
     a.set_defaults(func=cmd_db_apply)
+    for name, helptext in (("preview", "preview the affected stacks (platform first, then tenants in parallel)"),
+                           ("up", "update the affected stacks; refuses stateful deletes/replaces without --allow-destroy")):
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _common(p)
+        _engine_args(p)
+        p.add_argument("--tenant", action="append", default=[], metavar="ID", help="only this tenant's stack (repeatable)")
+        p.add_argument("--changed-since", metavar="REF", help="only stacks whose catalogue entries or code changed since REF")
+        p.add_argument("--parallel", type=int, default=4, metavar="N", help="tenant stacks at once (default 4)")
+        p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+        p.set_defaults(func=cmd_deploy, mode=name)
+
+    p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
+                       description="Move TENANT to PLAN between pooled and namespace/dedicated: provision, freeze, copy, "
+                       "verify, cutover, unfreeze, cleanup. Each phase is journalled in the pooled database; run the "
+                       "same command again to resume after any interruption. --abort before cutover leaves the tenant "
+                       "where it was. Downgrades use the same command with a pooled plan.")
+    _common(p)
+    _engine_args(p)
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("--to", required=True, metavar="PLAN", dest="to_plan")
+    p.add_argument("--source-dsn", metavar="DSN", help="where the tenant's rows are now (pooled DB for an upgrade)")
+    p.add_argument("--target-dsn", metavar="DSN", help="where they go (the tenant's postgres-1 for an upgrade)")
+    p.add_argument("--keep-source", type=int, default=0, metavar="DAYS", help="keep source rows read-only this long")
+    p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before cutover)")
+    p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+    p.set_defaults(func=cmd_upgrade)
+
+    for name, helptext in (("suspend", "suspend a tenant: data kept, workloads scaled to zero, routes removed"),
+                           ("resume", "resume a suspended tenant")):
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _common(p)
+        _engine_args(p)
+        p.add_argument("tenant", metavar="TENANT")
+        p.add_argument("--pooled-dsn", metavar="DSN", help="pooled database, to set the registry state of a pooled tenant")
+        p.set_defaults(func=cmd_suspend, resume=(name == "resume"))
+
+    p = sub.add_parser("offboard", help="export a tenant's data, then destroy its stack and pooled rows",
+                       description="Export the tenant's rows (one file per table plus a manifest), then destroy its "
+                       "tenant stack or delete its pooled rows, and remove it from the platform stack.")
+    _common(p)
+    _engine_args(p)
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("--source-dsn", required=True, metavar="DSN", help="the database holding the tenant's rows")
+    p.add_argument("--export-to", metavar="DIR", help="export directory (required unless --no-export --yes)")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(func=cmd_offboard)
+
     p = sub.add_parser("data", help="per-tenant row moves between PostgreSQL databases",
                        description="Building blocks of tier moves, usable on any PostgreSQL with the tenancy SQL. "
                        "Connect as the owner role; DSNs are libpq strings (prefer PGPASSWORD/PGPASSFILE to passwords in them).")
@@ -94,6 +142,89 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="DIR")
     e.set_defaults(func=cmd_data_export)
     return parser
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "offline"], default="auto",
+                   help="auto: the Pulumi CLI through the Automation API; offline: run programs locally (dry runs)")
+    p.add_argument("--state", metavar="DIR", default=".tenancy-state", help="state directory of the offline engine")
+    p.add_argument("--policy-pack", metavar="DIR", default="policy", help="policy pack passed to every preview/up")
+
+
+def _engine(args):
+    from tenancy.engine import AutomationEngine, OfflineEngine
+
+    if args.engine == "offline":
+        return OfflineEngine(args.state, args.env)
+    import shutil
+    if shutil.which("pulumi") is None:
+        from tenancy.errors import ConfigError
+        raise ConfigError("the Pulumi CLI is not on PATH; install it, or use --engine offline --state DIR for a dry run")
+    root = Path(__file__).resolve().parent.parent
+    return AutomationEngine(root, root / args.policy_pack,
+                            on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
+
+
+def cmd_deploy(args) -> int:
+    from tenancy import ops
+    from tenancy.catalog import load_catalog
+
+    catalog = load_catalog(args.tenants)
+    outcomes = ops.deploy(_engine(args), catalog, args.env, mode=args.mode, tenants=args.tenant,
+                          changed_since=args.changed_since, parallel=args.parallel, allow_destroy=args.allow_destroy)
+    for o in outcomes:
+        print(o.line())
+    bad = [o for o in outcomes if o.status in ("failed", "refused")]
+    print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
+          f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
+          f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+    return EXIT_FAIL if bad else EXIT_OK
+
+
+def cmd_upgrade(args) -> int:
+    from tenancy import ops
+    from tenancy.catalog import Model, load_catalog
+    from tenancy.errors import ConfigError
+
+    catalog = load_catalog(args.tenants)
+    catalog.tenant(args.tenant)
+    if args.to_plan not in catalog.plans:
+        raise ConfigError(f"unknown plan '{args.to_plan}'; plans: {', '.join(sorted(catalog.plans))}")
+    if not (args.source_dsn and args.target_dsn):
+        raise ConfigError("give --source-dsn and --target-dsn (connect through the Cloud SQL Auth Proxy as the owner role)")
+    # Towards a pooled plan the rows come from the tenant's database into the pool; otherwise the reverse.
+    to_pool = catalog.plans[args.to_plan].model is Model.POOLED
+    pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
+    out = ops.upgrade(_engine(args), catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
+                      tenant_dsn=tenant_dsn, keep_source_days=args.keep_source, abort=args.abort,
+                      allow_destroy=args.allow_destroy, say=_progress)
+    freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
+    print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
+          + (f"; {out.message}" if out.message else ""))
+    return EXIT_OK
+
+
+def cmd_suspend(args) -> int:
+    from tenancy import ops
+    from tenancy.catalog import load_catalog
+
+    ops.suspend(_engine(args), load_catalog(args.tenants), args.env, args.tenant, args.pooled_dsn, resume=args.resume,
+                say=_progress)
+    print(f"tenant '{args.tenant}' {'resumed' if args.resume else 'suspended'}")
+    return EXIT_OK
+
+
+def cmd_offboard(args) -> int:
+    from tenancy import ops
+    from tenancy.catalog import load_catalog
+
+    if args.no_export and args.export_to:
+        print("--no-export and --export-to contradict each other", file=sys.stderr)
+        return EXIT_INPUT
+    result = ops.offboard(_engine(args), load_catalog(args.tenants), args.env, args.tenant, source_dsn=args.source_dsn,
+                          export_to=args.export_to, yes=args.yes and args.no_export, say=_progress)
+    print(json.dumps(result, indent=1))
+    return EXIT_OK
 
 
 def _progress(msg: str) -> None:

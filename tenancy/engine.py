@@ -1,0 +1,314 @@
+"""Stack operations behind one interface, with two implementations.
+
+- `OfflineEngine` runs stack programs under the recording runtime of `tenancy plan` and keeps each stack's
+  last recorded resources in a state directory, so previews report creates, updates, replaces and deletes.
+  Tests and dry runs use it.
+- `AutomationEngine` drives the Pulumi CLI through the Automation API (local program = this project).
+  Each worker has its own PULUMI_HOME so concurrent stack selection cannot race, and the policy pack is
+  passed to every preview and update. It stays thin: the orchestration above it is exercised offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import yaml
+
+from tenancy import naming
+from tenancy.catalog import Catalog
+from tenancy.errors import TenancyError
+
+# Resources whose deletion or replacement loses tenant data.
+STATEFUL_TYPES = frozenset({
+    "gcp:sql/databaseInstance:DatabaseInstance", "gcp:sql/database:Database", "gcp:firestore/database:Database",
+    "gcp:storage/bucket:Bucket", "kubernetes:core/v1:PersistentVolumeClaim", "gcp:identityplatform/tenant:Tenant",
+})
+# Inputs whose change makes a provider replace the resource rather than update it in place.
+REPLACE_KEYS = frozenset({"name", "project", "region", "location", "locationId", "databaseVersion", "accountId",
+                          "secretId", "projectId", "instance", "bucket", "metadata.name", "metadata.namespace"})
+Progress = Callable[[str, str], None]   # (stack, message)
+
+
+class EngineError(TenancyError):
+    exit_code = 1
+
+
+class ConcurrentUpdate(EngineError):
+    """Another update of the same stack is running."""
+
+
+class StackMissing(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str          # create | update | replace | delete
+    urn: str
+    type: str
+
+    @property
+    def stateful(self) -> bool:
+        return self.type in STATEFUL_TYPES or (self.type == "kubernetes:helm.sh/v3:Release" and self.urn.endswith("::neo4j"))
+
+
+@dataclass
+class OpResult:
+    stack: str
+    changes: list[Change] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.changes:
+            out[c.op] = out.get(c.op, 0) + 1
+        return out
+
+    def destructive(self) -> list[Change]:
+        """Stateful resources this operation would delete or replace."""
+        return [c for c in self.changes if c.op in ("delete", "replace") and c.stateful]
+
+
+class Engine(Protocol):
+    def preview(self, stack: str, catalog: Catalog) -> OpResult: ...
+    def up(self, stack: str, catalog: Catalog) -> OpResult: ...
+    def destroy(self, stack: str, catalog: Catalog) -> OpResult: ...
+    def outputs(self, stack: str) -> dict[str, Any]: ...
+
+
+# ------------------------------------------------------------------------------------------------ offline
+
+class OfflineEngine:
+    """Runs the real stack programs offline; state is `<state_dir>/<stack>.json`."""
+
+    def __init__(self, state_dir: str | Path, env: str):
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.env = naming.check_env(env)
+        self._lock = threading.Lock()
+        self.calls: list[tuple[str, str]] = []   # (operation, stack), in order: what tests assert on
+
+    def _path(self, stack: str) -> Path:
+        return self.state_dir / f"{stack}.json"
+
+    def _load(self, stack: str) -> dict[str, Any] | None:
+        p = self._path(stack)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def _run(self, stack: str, catalog: Catalog) -> tuple[dict[str, dict], dict, dict, list[str]]:
+        from stacks.config import project_name
+        from tenancy.plan import _platform_config, run_stack
+        from tenancy.recorder import ORGANIZATION, SECRET
+
+        env, tenant = naming.parse_stack_name(stack)
+        platform = naming.stack_name(env)
+        if tenant is None:
+            result, _ = run_stack(stack, catalog, _platform_config(env), {})
+        else:
+            state = self._load(platform)
+            if state is None:
+                raise StackMissing(f"platform stack '{platform}' has not been deployed; run `tenancy up` for it first")
+            ref = f"{ORGANIZATION}/{project_name()}/{platform}"
+            result, _ = run_stack(stack, catalog, {}, {ref: (state["rawOutputs"], state["secretOutputs"])})
+        resources = {r.urn: {"type": r.type, "inputs": r.inputs, "protect": r.options.get("protect", False)}
+                     for r in result.records if r.custom}
+        # Secret outputs are kept as the marker: the state directory never holds a secret value.
+        raw = {k: (SECRET if k in result.secret_outputs else v) for k, v in result.raw_outputs.items()}
+        return resources, result.outputs, raw, result.secret_outputs
+
+    def _diff(self, old: dict[str, dict], new: dict[str, dict]) -> list[Change]:
+        changes = []
+        for urn, r in new.items():
+            before = old.get(urn)
+            if before is None:
+                changes.append(Change("create", urn, r["type"]))
+            elif before["inputs"] != r["inputs"]:
+                keys = _changed_keys(before["inputs"], r["inputs"])
+                changes.append(Change("replace" if keys & REPLACE_KEYS else "update", urn, r["type"]))
+        for urn, r in old.items():
+            if urn not in new:
+                changes.append(Change("delete", urn, r["type"]))
+        return changes
+
+    def preview(self, stack: str, catalog: Catalog) -> OpResult:
+        self.calls.append(("preview", stack))
+        old = (self._load(stack) or {}).get("resources", {})
+        resources, outputs, _, _ = self._run(stack, catalog)
+        return OpResult(stack, self._diff(old, resources), outputs)
+
+    def up(self, stack: str, catalog: Catalog) -> OpResult:
+        self.calls.append(("up", stack))
+        old = (self._load(stack) or {}).get("resources", {})
+        resources, outputs, raw, secret = self._run(stack, catalog)
+        changes = self._diff(old, resources)
+        tmp = self._path(stack).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"resources": resources, "outputs": outputs, "rawOutputs": raw,
+                                   "secretOutputs": secret}, indent=1, sort_keys=True))
+        tmp.replace(self._path(stack))
+        return OpResult(stack, changes, outputs)
+
+    def destroy(self, stack: str, catalog: Catalog) -> OpResult:
+        self.calls.append(("destroy", stack))
+        state = self._load(stack)
+        if state is None:
+            return OpResult(stack)
+        changes = [Change("delete", urn, r["type"]) for urn, r in state["resources"].items()]
+        self._path(stack).unlink()
+        return OpResult(stack, changes)
+
+    def outputs(self, stack: str) -> dict[str, Any]:
+        state = self._load(stack)
+        if state is None:
+            raise StackMissing(f"stack '{stack}' has no state in {self.state_dir}")
+        return state["outputs"]
+
+    def stacks(self) -> list[str]:
+        return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            key = f"{prefix}.{k}" if prefix else k
+            if a.get(k) != b.get(k):
+                out.add(key)
+                if key.startswith("metadata"):
+                    out |= _changed_keys(a.get(k), b.get(k), key)
+        return out
+    return {prefix} if a != b else set()
+
+
+# ---------------------------------------------------------------------------------------------- automation
+
+class AutomationEngine:
+    """The Pulumi CLI through the Automation API. `command` may be any `PulumiCommand` (tests record calls)."""
+
+    def __init__(self, project_dir: str | Path, policy_pack: str | Path | None, command=None,
+                 env_vars: dict[str, str] | None = None, pulumi_home: str | Path | None = None,
+                 on_output: Callable[[str, str], None] | None = None):
+        self.project_dir = Path(project_dir)
+        self.policy_pack = str(policy_pack) if policy_pack else None
+        self.command = command
+        self.env_vars = dict(env_vars or {})
+        self.base_home = Path(pulumi_home or os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+        self.on_output = on_output
+        self._homes: dict[int, Path] = {}
+        self._tmp = Path(tempfile.mkdtemp(prefix="tenancy-auto-"))
+        self._lock = threading.Lock()
+
+    def _home(self) -> Path:
+        """A PULUMI_HOME per worker thread: its own current-stack selection, the shared login and plugins."""
+        ident = threading.get_ident()
+        with self._lock:
+            if ident not in self._homes:
+                home = self._tmp / f"home-{len(self._homes)}"
+                home.mkdir(parents=True)
+                creds = self.base_home / "credentials.json"
+                if creds.exists():
+                    shutil.copy(creds, home / "credentials.json")
+                plugins = self.base_home / "plugins"
+                if plugins.exists():
+                    (home / "plugins").symlink_to(plugins)
+                self._homes[ident] = home
+            return self._homes[ident]
+
+    def _catalog_file(self, catalog: Catalog) -> str:
+        """The catalogue the program must see (a tier move changes one tenant's plan before the file does)."""
+        from tenancy.catalog import to_document
+        path = self._tmp / f"catalog-{threading.get_ident()}.yaml"
+        path.write_text(yaml.safe_dump(to_document(catalog), sort_keys=False))
+        return str(path)
+
+    def _stack(self, name: str, catalog: Catalog):
+        from pulumi import automation as auto
+
+        env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog)}
+        ws = auto.LocalWorkspace(work_dir=str(self.project_dir), pulumi_home=str(self._home()), env_vars=env,
+                                 pulumi_command=self.command)
+        try:
+            return auto.Stack.create_or_select(name, ws)
+        except auto.errors.ConcurrentUpdateError as exc:
+            raise ConcurrentUpdate(f"stack '{name}' is being updated by someone else: {exc}") from None
+
+    def _events(self, collected: list[Change]):
+        def on_event(event) -> None:
+            pre = getattr(event, "resource_pre_event", None)
+            if pre is None or pre.metadata is None:
+                return
+            op = str(getattr(pre.metadata.op, "value", pre.metadata.op))
+            mapped = {"create": "create", "update": "update", "delete": "delete", "replace": "replace",
+                      "create-replacement": "replace", "delete-replaced": "replace"}.get(op)
+            if mapped:
+                collected.append(Change(mapped, pre.metadata.urn, pre.metadata.type))
+        return on_event
+
+    def _out(self, stack: str):
+        return (lambda line: self.on_output(stack, line)) if self.on_output else None
+
+    def preview(self, stack: str, catalog: Catalog) -> OpResult:
+        from pulumi import automation as auto
+
+        changes: list[Change] = []
+        s = self._stack(stack, catalog)
+        try:
+            s.preview(policy_packs=[self.policy_pack] if self.policy_pack else None, on_event=self._events(changes),
+                      on_output=self._out(stack))
+        except auto.errors.ConcurrentUpdateError as exc:
+            raise ConcurrentUpdate(f"stack '{stack}' is being updated by someone else: {exc}") from None
+        except auto.errors.CommandError as exc:
+            raise EngineError(f"preview of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
+        return OpResult(stack, _dedupe(changes))
+
+    def up(self, stack: str, catalog: Catalog) -> OpResult:
+        from pulumi import automation as auto
+
+        changes: list[Change] = []
+        s = self._stack(stack, catalog)
+        try:
+            res = s.up(policy_packs=[self.policy_pack] if self.policy_pack else None, on_event=self._events(changes),
+                       on_output=self._out(stack))
+        except auto.errors.ConcurrentUpdateError as exc:
+            raise ConcurrentUpdate(f"stack '{stack}' is being updated by someone else: {exc}") from None
+        except auto.errors.CommandError as exc:
+            raise EngineError(f"update of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
+        return OpResult(stack, _dedupe(changes), {k: ("[secret]" if v.secret else v.value) for k, v in res.outputs.items()})
+
+    def destroy(self, stack: str, catalog: Catalog) -> OpResult:
+        """Releases protection (the workflow decided to remove this stack), then destroys."""
+        from pulumi import automation as auto
+
+        s = self._stack(stack, catalog)
+        changes: list[Change] = []
+        try:
+            s._run_pulumi_cmd_sync(["state", "unprotect", "--all", "--yes"])
+            s.destroy(on_event=self._events(changes), on_output=self._out(stack))
+        except auto.errors.CommandError as exc:
+            raise EngineError(f"destroy of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
+        return OpResult(stack, _dedupe(changes))
+
+    def outputs(self, stack: str) -> dict[str, Any]:
+        from pulumi import automation as auto
+
+        try:
+            s = auto.Stack.select(stack, auto.LocalWorkspace(work_dir=str(self.project_dir), pulumi_home=str(self._home()),
+                                                             env_vars=self.env_vars, pulumi_command=self.command))
+        except auto.errors.StackNotFoundError:
+            raise StackMissing(f"stack '{stack}' does not exist") from None
+        return {k: ("[secret]" if v.secret else v.value) for k, v in s.outputs().items()}
+
+
+def _dedupe(changes: list[Change]) -> list[Change]:
+    seen, out = set(), []
+    for c in changes:
+        if (c.op, c.urn) not in seen:
+            seen.add((c.op, c.urn))
+            out.append(c)
+    return out

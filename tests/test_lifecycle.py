@@ -1,0 +1,254 @@
+"""Tier moves with data through the offline engine and real PostgreSQL: resumable, abortable, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from tenancy import ops
+from tenancy.catalog import parse_catalog, with_tenant
+from tenancy.engine import OfflineEngine
+from tests.conftest import ROOT
+from tests.sqlhelp import connect, register, seed
+
+pytestmark = pytest.mark.postgres
+
+CATALOG = """
+tenants:
+  - {id: alpha, name: Alpha, plan: free, admin_email: a@alpha.example}
+  - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}
+  - {id: charlie, name: Charlie, plan: basic, admin_email: c@charlie.example}
+plans:
+  basic:
+    model: pooled
+    limits: {api_rate_limit: 200, storage_gb: 5, cpu: 0.5, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}
+    features: [core, comments, likes]
+"""
+TABLES = ("app.users", "app.itineraries", "app.comments", "app.likes")
+
+
+def rows(server, dbname, tenant):
+    with connect(server, dbname, autocommit=True) as c:
+        return {t: sorted(tuple(str(v) for v in r) for r in c.execute(f"SELECT * FROM {t} WHERE tenant_id = %s", (tenant,)))
+                for t in TABLES}
+
+
+def registry(server, dbname, tenant):
+    with connect(server, dbname, autocommit=True) as c:
+        row = c.execute("SELECT plan, model, state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+    return tuple(row) if row else None
+
+
+@pytest.fixture
+def world(pg_server, tenancy_db, tmp_path):
+    """Pooled DB with three tenants' rows, an empty tenant database, a deployed platform stack (offline)."""
+    tenant_db = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{tenant_db}"')
+    with connect(pg_server, tenancy_db, autocommit=True) as c:
+        for t, plan in (("alpha", "free"), ("bravo", "free"), ("charlie", "basic")):
+            c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, %s, 'pooled')", (t, plan))
+    for t, n in (("alpha", 3), ("bravo", 4), ("charlie", 2)):
+        seed(pg_server, tenancy_db, t, users=n)
+    catalog = parse_catalog(CATALOG)
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    outcomes = ops.deploy(engine, catalog, "dev", mode="up")
+    assert [o.status for o in outcomes] == ["ok"]
+    w = {
+        "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_db, "catalog": catalog, "engine": engine,
+        "pooled_dsn": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
+        "tenant_dsn": pg_server.dsn(dbname=tenant_db),  # a fresh database: provisioning applies the SQL as superuser
+        "before": {t: rows(pg_server, tenancy_db, t) for t in ("alpha", "bravo", "charlie")},
+        "tmp": tmp_path,
+    }
+    yield w
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{tenant_db}" WITH (FORCE)')
+
+
+def do_upgrade(w, to="standard", catalog=None, **kw):
+    return ops.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, pooled_dsn=w["pooled_dsn"],
+                       tenant_dsn=w["tenant_dsn"], **kw)
+
+
+def assert_upgraded(w):
+    s = w["server"]
+    assert rows(s, w["tenant_db"], "bravo") == w["before"]["bravo"], "every row arrives exactly once"
+    assert rows(s, w["pooled"], "bravo") == {t: [] for t in TABLES}, "pooled rows removed after verification"
+    for other in ("alpha", "charlie"):
+        assert rows(s, w["pooled"], other) == w["before"][other], f"{other} untouched"
+        assert rows(s, w["tenant_db"], other) == {t: [] for t in TABLES}, f"{other} never copied"
+    assert registry(s, w["tenant_db"], "bravo") == ("standard", "namespace", "active")
+    assert registry(s, w["pooled"], "bravo") is None
+    directory = json.loads(w["engine"].outputs("dev")["tenantDirectory"])
+    assert directory["bravo"]["model"] == "namespace" and directory["bravo"]["placement"]["stack"] == "dev.bravo"
+    assert "dev.bravo" in w["engine"].stacks()
+
+
+def test_upgrade_pooled_to_namespace_moves_every_row_once(world):
+    out = do_upgrade(world)
+    assert out.status == "done" and out.phases_run == list(ops.PHASES)
+    assert out.rows == 16 and out.freeze_seconds is not None and out.freeze_seconds >= 0
+    assert_upgraded(world)
+    calls = world["engine"].calls
+    assert calls[:2] == [("preview", "dev"), ("up", "dev")]  # the fixture's platform deploy
+    assert calls[2:] == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
+    journal = ops.Journal(world["pooled_dsn"]).history("bravo")
+    assert [(p, s) for _, p, s in journal] == [(p, "done") for p in ops.PHASES]
+
+
+def test_downgrade_back_to_pooled(world):
+    do_upgrade(world)
+    upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
+    out = ops.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
+                      tenant_dsn=world["tenant_dsn"])
+    assert out.status == "done"
+    s = world["server"]
+    assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
+    assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
+    assert registry(s, world["pooled"], "bravo") == ("free", "pooled", "active")
+    assert "dev.bravo" not in world["engine"].stacks(), "the tenant stack is destroyed at cleanup"
+    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    for other in ("alpha", "charlie"):
+        assert rows(s, world["pooled"], other) == world["before"][other]
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("phase", ops.PHASES)
+def test_interruption_at_every_phase_boundary_resumes(world, phase):
+    def hook(name):
+        if name == phase:
+            raise Boom(f"interrupted before {name}")
+
+    with pytest.raises(Boom):
+        do_upgrade(world, before_phase=hook)
+    out = do_upgrade(world)   # the same command again
+    assert out.status == "done"
+    assert out.phases_run == list(ops.PHASES[ops.PHASES.index(phase):])
+    assert_upgraded(world)
+
+
+def test_writes_are_refused_while_frozen(world):
+    def hook(name):
+        if name == "copy":
+            raise Boom("stop after freeze")
+
+    with pytest.raises(Boom):
+        do_upgrade(world, before_phase=hook)
+    with connect(world["server"], world["pooled"], user="tenancy_app") as c:
+        c.execute("SELECT tenancy.set_tenant('bravo')")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="tenant bravo is frozen"):
+            c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('bravo', 'late@b.example', 'Late')")
+
+
+def test_killed_process_during_copy_resumes(world):
+    s = world["server"]
+    with connect(s, world["pooled"], user="tenancy_owner") as c:   # enough rows that the copy takes a while
+        c.execute("SELECT set_config('app.current_tenant', 'bravo', true)")
+        c.execute("INSERT INTO app.users (tenant_id, email, display_name) SELECT 'bravo', 'bulk' || g || '@b.example', "
+                  "repeat('x', 200) FROM generate_series(1, 300000) g")
+        c.commit()
+    before = rows(s, world["pooled"], "bravo")
+    catalog_file = world["tmp"] / "tenants.yaml"
+    catalog_file.write_text(CATALOG)
+    cmd = [sys.executable, "-m", "tenancy", "upgrade", "bravo", "--to", "standard", "--tenants", str(catalog_file),
+           "--engine", "offline", "--state", str(world["tmp"] / "state"),
+           "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    journal = ops.Journal(world["pooled_dsn"])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        hist = journal.history("bravo")
+        if ("copy", "started") in [(p, st) for _, p, st in hist]:
+            break
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail(f"copy never started: {proc.communicate()[0]}")
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ("copy", "done") not in [(p, st) for _, p, st in journal.history("bravo")], "killed during copy"
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming move" in res.stderr
+    after = rows(s, world["tenant_db"], "bravo")
+    assert after == before, "every row exactly once after the resumed copy"
+    assert rows(s, world["pooled"], "bravo") == {t: [] for t in TABLES}
+
+
+def test_abort_before_cutover_leaves_the_tenant_where_it_was(world):
+    def hook(name):
+        if name == "cutover":
+            raise Boom("stop before cutover")
+
+    with pytest.raises(Boom):
+        do_upgrade(world, before_phase=hook)
+    out = do_upgrade(world, abort=True)
+    assert out.status == "aborted"
+    s = world["server"]
+    assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
+    assert registry(s, world["pooled"], "bravo") == ("free", "pooled", "active")
+    assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
+    assert "dev.bravo" not in world["engine"].stacks()
+    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    assert do_upgrade(world).status == "done"  # a new move can start afterwards
+    assert_upgraded(world)
+
+
+def test_abort_after_cutover_is_refused(world):
+    def hook(name):
+        if name == "unfreeze":
+            raise Boom("stop after cutover")
+
+    with pytest.raises(Boom):
+        do_upgrade(world, before_phase=hook)
+    with pytest.raises(ops.Refused, match="is past cutover; it can no longer be aborted"):
+        do_upgrade(world, abort=True)
+
+
+def test_resuming_with_another_plan_is_refused(world):
+    def hook(name):
+        if name == "copy":
+            raise Boom("stop")
+
+    with pytest.raises(Boom):
+        do_upgrade(world, before_phase=hook)
+    with pytest.raises(ops.Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze\\)"):
+        do_upgrade(world, to="enterprise")
+
+
+def test_keep_source_keeps_rows_read_only_until_the_window_ends(world):
+    t0 = datetime.now(timezone.utc)
+    out = do_upgrade(world, keep_source_days=3, now=lambda: t0)
+    assert out.status == "waiting" and "kept read-only until" in out.message
+    s = world["server"]
+    assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
+    assert registry(s, world["pooled"], "bravo")[2] == "readonly"
+    with connect(s, world["pooled"], user="tenancy_app") as c:
+        c.execute("SELECT tenancy.set_tenant('bravo')")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            c.execute("DELETE FROM app.likes")
+    assert do_upgrade(world, now=lambda: t0 + timedelta(days=1)).status == "waiting"
+    later = do_upgrade(world, now=lambda: t0 + timedelta(days=4))
+    assert later.status == "done" and later.phases_run == ["cleanup"]
+    assert_upgraded(world)
+
+
+def test_moves_between_namespace_and_dedicated_are_refused(world):
+    upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
+    with pytest.raises(ops.Refused, match="from namespace to dedicated is not supported"):
+        ops.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
+                    tenant_dsn=world["tenant_dsn"])
