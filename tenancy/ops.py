@@ -126,7 +126,7 @@ def _guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: boo
     try:
         progress.update(stack, "previewing")
         preview = engine.preview(stack, catalog)
-        risky = [c for c in preview.destructive() if c.urn not in expected]
+        risky = sorted((c for c in preview.destructive() if c.urn not in expected), key=lambda c: c.urn)
         if risky and not allow_destroy:
             what = "; ".join(f"{c.op} {c.type} {c.urn.rsplit('::', 1)[-1]}" for c in risky)
             progress.update(stack, "refused")

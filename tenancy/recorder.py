@@ -38,6 +38,9 @@ _UNKNOWN = rpc.UNKNOWN
 _RESOURCE_SIG = rpc._special_resource_sig
 
 
+_RUN_LOCK = threading.Lock()
+
+
 class UnmockedInvokeError(RuntimeError):
     pass
 
@@ -255,10 +258,14 @@ def run_program(program: Callable[[], None], *, project: str, stack: str, config
                 secret_keys: list[str] | None = None,
                 stack_outputs: Mapping[str, tuple[dict, list[str]]] | None = None,
                 invokes: Mapping[str, Callable[[dict], dict]] | None = None) -> RunResult:
-    """Run `program` as stack `stack` of `project` under the recording runtime; return what it declared."""
+    """Run `program` as stack `stack` of `project` under the recording runtime; return what it declared.
+
+    One program at a time per process: two Pulumi runtimes on two threads deadlock inside the SDK, so
+    threads queue here (the plan's parallelism comes from worker processes instead)."""
     ctx = contextvars.Context()
-    return ctx.run(_run_in_context, program, project, stack, dict(config), list(secret_keys or []),
-                   dict(stack_outputs or {}), dict(invokes or {}))
+    with _RUN_LOCK:
+        return ctx.run(_run_in_context, program, project, stack, dict(config), list(secret_keys or []),
+                       dict(stack_outputs or {}), dict(invokes or {}))
 
 
 def _run_in_context(program, project, stack, config, secret_keys, stack_outputs, invokes) -> RunResult:

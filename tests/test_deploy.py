@@ -1,0 +1,231 @@
+"""Deploy orchestration with the offline engine, and the Automation API engine's exact CLI arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pulumi.automation import CommandResult, PulumiCommand
+from semver import VersionInfo
+
+from tenancy import ops
+from tenancy.catalog import load_catalog, with_tenant
+from tenancy.engine import AutomationEngine, OfflineEngine
+from tests.conftest import ROOT
+
+SAMPLE_STACKS = ["dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(ROOT / "tenants.yaml")
+
+
+class Watching(OfflineEngine):
+    """The offline engine, recording how many tenant operations overlap."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.active = 0
+        self.max_active = 0
+        self.guard = threading.Lock()
+
+    def preview(self, stack, catalog):
+        with self.guard:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(0.2 if "." in stack else 0)
+            return super().preview(stack, catalog)
+        finally:
+            with self.guard:
+                self.active -= 1
+
+
+def test_platform_first_then_tenants_in_parallel(tmp_path, catalog):
+    engine = Watching(tmp_path / "state", "dev")
+    outcomes = ops.deploy(engine, catalog, "dev", mode="up", parallel=3)
+    assert [o.stack for o in outcomes] == ["dev", *SAMPLE_STACKS]
+    assert all(o.status == "ok" for o in outcomes), [o.line() for o in outcomes]
+    assert engine.calls[:2] == [("preview", "dev"), ("up", "dev")]
+    assert {s for op, s in engine.calls[2:]} == set(SAMPLE_STACKS)
+    assert engine.max_active >= 2, "tenant stacks run in parallel"
+    assert sorted(engine.stacks()) == sorted(["dev", *SAMPLE_STACKS])
+    again = ops.deploy(engine, catalog, "dev", mode="preview")
+    assert all(o.result.changes == [] for o in again), "a second run finds nothing to change"
+
+
+def test_a_stateful_replace_is_refused_without_allow_destroy(tmp_path, catalog):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    ops.deploy(engine, catalog, "dev", mode="up")
+    moved = with_tenant(catalog, "pied-piper", region="europe-west1")   # databases and bucket would be replaced
+    before = (tmp_path / "state" / "dev.pied-piper.json").read_text()
+    outcomes = {o.stack: o for o in ops.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"])}
+    refused = outcomes["dev.pied-piper"]
+    assert refused.status == "refused"
+    assert refused.message.startswith("would replace gcp:storage/bucket:Bucket uploads-bucket; ")
+    for db in ("postgres-1", "postgres-2", "postgres-3"):
+        assert f"replace gcp:sql/databaseInstance:DatabaseInstance {db}-instance" in refused.message
+    assert refused.message.endswith("nothing was changed (review it, then --allow-destroy)")
+    assert (tmp_path / "state" / "dev.pied-piper.json").read_text() == before
+    assert ("up", "dev.pied-piper") not in engine.calls[-2:]
+    allowed = ops.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"], allow_destroy=True)
+    assert [o.status for o in allowed] == ["ok"]
+
+
+def test_preview_reports_stateful_deletes_without_refusing(tmp_path, catalog):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    ops.deploy(engine, catalog, "dev", mode="up")
+    moved = with_tenant(catalog, "stark", region="us-east1")
+    [o] = ops.deploy(engine, moved, "dev", mode="preview", tenants=["stark"])
+    assert o.status == "ok" and o.message.startswith("would delete or replace stateful ")
+    assert o.result.counts()["replace"] >= 4
+
+
+def test_changed_since_touches_only_changed_stacks(tmp_path, catalog):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    path = repo / "tenants.yaml"
+    path.write_text(path.read_text().replace("      cpu: 8\n", "      cpu: 12\n"))
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    ops.deploy(engine, catalog, "dev", mode="up")
+    engine.calls.clear()
+    outcomes = ops.deploy(engine, load_catalog(path), "dev", mode="up", changed_since="HEAD")
+    assert [o.stack for o in outcomes] == ["dev.pied-piper"]
+    assert engine.calls == [("preview", "dev.pied-piper"), ("up", "dev.pied-piper")]
+
+
+def test_a_failed_platform_update_skips_the_tenants(tmp_path, catalog):
+    class Failing(OfflineEngine):
+        def up(self, stack, catalog):
+            if stack == "dev":
+                from tenancy.engine import EngineError
+                raise EngineError("quota exceeded")
+            return super().up(stack, catalog)
+
+    outcomes = ops.deploy(Failing(tmp_path / "s", "dev"), catalog, "dev", mode="up")
+    assert outcomes[0].line() == "dev: failed: quota exceeded"
+    assert {o.status for o in outcomes[1:]} == {"skipped"}
+
+
+def test_tenant_stack_before_platform_is_a_clear_error(tmp_path, catalog):
+    engine = OfflineEngine(tmp_path / "s", "dev")
+    [o] = ops.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
+    assert o.status == "failed" and "platform stack 'dev' has not been deployed" in o.message
+
+
+# ------------------------------------------------------------------------------------- Automation API
+
+class RecordingCommand(PulumiCommand):
+    """Stands in for the Pulumi CLI: records every call, answers like the CLI does."""
+
+    def __init__(self, events: list[dict] | None = None):
+        self.command = "pulumi"
+        self.version = VersionInfo.parse("3.200.0")  # file-based event log
+        self.calls: list[list[str]] = []
+        self.envs: list[dict] = []
+        self.events = events or []
+
+    def run(self, args, cwd, additional_env, on_output=None, on_error=None):
+        self.calls.append(list(args))
+        self.envs.append(dict(additional_env))
+        if "--event-log" in args:
+            log = args[args.index("--event-log") + 1]
+            with open(log, "a") as f:
+                for i, ev in enumerate([*self.events, {"summaryEvent": {"resourceChanges": {"same": 1}}}]):
+                    f.write(json.dumps({"sequence": i, "timestamp": 0, **ev}) + "\n")
+                f.write(json.dumps({"sequence": 99, "timestamp": 0, "cancelEvent": {}}) + "\n")
+        if args[:2] == ["stack", "output"]:
+            return CommandResult(stdout='{"bucket": "dev-stark-uploads"}', stderr="", code=0)
+        if args[:2] == ["stack", "history"]:
+            return CommandResult(stdout=json.dumps([{"kind": "update", "startTime": "2026-01-01T00:00:00.000Z",
+                                                      "endTime": "2026-01-01T00:01:00.000Z", "message": "", "result": "succeeded",
+                                                      "environment": {}, "config": {}, "resourceChanges": {"same": 1}}]),
+                                 stderr="", code=0)
+        return CommandResult(stdout="", stderr="", code=0)
+
+
+def _without_volatile(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            out.append("<path>")
+            continue
+        if a in ("--event-log",):
+            skip = True
+        out.append(a)
+    return out
+
+
+def test_automation_engine_sends_the_expected_cli_arguments(tmp_path, catalog):
+    cmd = RecordingCommand()
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    engine.preview("dev.stark", catalog)
+    engine.up("dev.stark", catalog)
+    calls = [_without_volatile(c) for c in cmd.calls]
+    assert calls[0] == ["stack", "select", "--stack", "dev.stark"]
+    preview = next(c for c in calls if c[0] == "preview")
+    assert preview[:2] == ["preview", "--yes"] or preview[0] == "preview"
+    assert ["--policy-pack", str(ROOT / "policy")] == preview[preview.index("--policy-pack"):preview.index("--policy-pack") + 2]
+    assert preview[-2:] == ["--stack", "dev.stark"] and "--event-log" in preview
+    up = next(c for c in calls if c[0] == "up")
+    assert "--yes" in up and "--skip-preview" in up and up[-2:] == ["--stack", "dev.stark"]
+    assert ["--policy-pack", str(ROOT / "policy")] == up[up.index("--policy-pack"):up.index("--policy-pack") + 2]
+    assert ["stack", "output", "--json", "--show-secrets", "--stack", "dev.stark"] in calls
+    # each worker has its own PULUMI_HOME; the program sees the catalogue it must build
+    env = cmd.envs[-1]
+    assert env["PULUMI_HOME"].startswith(str(engine._tmp)) and Path(env["TENANCY_CATALOG"]).exists()
+
+
+def test_automation_engine_maps_preview_events_to_changes(tmp_path, catalog):
+    urn = "urn:pulumi:dev.stark::tenancy::tenancy:gcp:PostgresInstance$gcp:sql/databaseInstance:DatabaseInstance::postgres-1-instance"
+    cmd = RecordingCommand(events=[{"resourcePreEvent": {"metadata": {
+        "op": "replace", "urn": urn, "type": "gcp:sql/databaseInstance:DatabaseInstance", "provider": ""}}}])
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    result = engine.preview("dev.stark", catalog)
+    assert [(c.op, c.urn) for c in result.destructive()] == [("replace", urn)]
+
+
+def test_automation_engine_destroy_releases_protection_first(tmp_path, catalog):
+    cmd = RecordingCommand()
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    engine.destroy("dev.wayne", catalog)
+    ops_ = [c[0] if c[0] != "state" else " ".join(c[:3]) for c in cmd.calls if c[0] != "stack"]
+    assert ops_ == ["state unprotect --all", "destroy"]
+    assert cmd.calls[1] == ["state", "unprotect", "--all", "--yes", "--stack", "dev.wayne"]
+
+
+def test_parallel_workers_get_separate_pulumi_homes(tmp_path, catalog):
+    cmd = RecordingCommand()
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    barrier = threading.Barrier(3)
+
+    def work(stack):
+        barrier.wait()
+        engine.preview(stack, catalog)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in ("dev.stark", "dev.wayne", "dev.acme")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    homes = {e["PULUMI_HOME"] for e in cmd.envs}
+    assert len(homes) == 3
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("pulumi") is None, reason="needs the Pulumi CLI on PATH")
+def test_real_cli_preview_of_the_platform_stack(tmp_path, catalog):
+    subprocess.run(["pulumi", "login", f"file://{tmp_path}"], check=True)
+    engine = AutomationEngine(ROOT, ROOT / "policy", env_vars={"PULUMI_CONFIG_PASSPHRASE": "test"})
+    result = engine.preview("dev", catalog)
+    assert result.changes
