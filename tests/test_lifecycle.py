@@ -252,3 +252,44 @@ def test_moves_between_namespace_and_dedicated_are_refused(world):
     with pytest.raises(ops.Refused, match="from namespace to dedicated is not supported"):
         ops.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
                     tenant_dsn=world["tenant_dsn"])
+
+
+def test_suspend_and_resume_a_pooled_tenant(world):
+    ops.suspend(world["engine"], world["catalog"], "dev", "charlie", world["pooled_dsn"])
+    assert registry(world["server"], world["pooled"], "charlie")[2] == "suspended"
+    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
+    assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"], "data kept"
+    suspended = with_tenant(world["catalog"], "charlie", state="suspended")
+    ops.suspend(world["engine"], suspended, "dev", "charlie", world["pooled_dsn"], resume=True)
+    assert registry(world["server"], world["pooled"], "charlie")[2] == "active"
+    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "active"
+
+
+def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
+    do_upgrade(world)
+    upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
+    ops.suspend(world["engine"], upgraded, "dev", "bravo", None)
+    state = json.loads((world["tmp"] / "state" / "dev.bravo.json").read_text())
+    types = {r["type"] for r in state["resources"].values()}
+    assert "kubernetes:networking.k8s.io/v1:Ingress" not in types
+    app = [r for r in state["resources"].values() if r["type"] == "kubernetes:helm.sh/v3:Release"
+           and r["inputs"]["name"] == "app"][0]
+    assert app["inputs"]["values"]["replicaCount"] == 0
+    assert sum(r["type"] == "gcp:sql/databaseInstance:DatabaseInstance" for r in state["resources"].values()) == 3
+
+
+def test_offboard_exports_first_then_removes(world):
+    out = ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"],
+                       export_to=str(world["tmp"] / "export"))
+    assert out["export"]["tables"] == {"app.users": 2, "app.itineraries": 2, "app.comments": 2, "app.likes": 2}
+    assert (world["tmp"] / "export" / "manifest.json").exists()
+    assert rows(world["server"], world["pooled"], "charlie") == {t: [] for t in TABLES}
+    assert registry(world["server"], world["pooled"], "charlie") is None
+    assert "charlie" not in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    assert rows(world["server"], world["pooled"], "alpha") == world["before"]["alpha"]
+
+
+def test_offboard_without_export_is_refused(world):
+    with pytest.raises(ops.Refused, match="give --export-to DIR \\(or --no-export --yes\\)"):
+        ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"], export_to=None)
+    assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]

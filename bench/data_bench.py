@@ -1,0 +1,148 @@
+"""Benchmark of moving one tenant between PostgreSQL databases.
+
+A throwaway local PostgreSQL holds a pooled database where the moved tenant has ROWS rows across the sample
+schema (users, itineraries, comments, likes) and two other tenants share the source. Side by side in one
+run, each into a fresh target database carrying the tenancy SQL:
+
+  tenancy   `tenancy data move` (COPY streams, foreign-key order, verification included)
+  pg_dump   `pg_dump --data-only --enable-row-security` with the tenant setting, piped into `psql`
+  raw       a bare `COPY (SELECT ...) TO STDOUT | COPY ... FROM STDIN` pipe per table (no verification)
+
+and the write-freeze window (freeze to unfreeze) of a full `tenancy upgrade` through the offline engine.
+Targets: tenancy at least as fast as pg_dump, and within 1.5x of raw, verification included.
+
+    .venv/bin/python bench/data_bench.py [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tenancy import data, db, ops  # noqa: E402
+from tenancy.catalog import parse_catalog  # noqa: E402
+from tenancy.engine import OfflineEngine  # noqa: E402
+from tests import pg  # noqa: E402
+
+TABLES = ["app.users", "app.itineraries", "app.comments", "app.likes"]
+
+
+def populate(dsn: str, tenant: str, rows: int) -> None:
+    per = rows // 4
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, 'free', 'pooled') ON CONFLICT DO NOTHING", (tenant,))
+        c.execute("INSERT INTO app.users (tenant_id, id, email, display_name) SELECT %s, g, 'user' || g || '@example.com', "
+                  "'User number ' || g FROM generate_series(1, %s) g", (tenant, per))
+        c.execute("INSERT INTO app.itineraries (tenant_id, id, owner_id, title, body) SELECT %s, g, g, 'Trip ' || g, "
+                  "repeat('lorem ipsum ', 4) FROM generate_series(1, %s) g", (tenant, per))
+        c.execute("INSERT INTO app.comments (tenant_id, id, itinerary_id, author_id, body) SELECT %s, g, g, "
+                  "(g %% %s) + 1, 'comment ' || g FROM generate_series(1, %s) g", (tenant, per, per))
+        c.execute("INSERT INTO app.likes (tenant_id, itinerary_id, user_id) SELECT %s, g, (g * 7 %% %s) + 1 "
+                  "FROM generate_series(1, %s) g", (tenant, per, per))
+        c.execute("ANALYZE")
+
+
+def new_target(server, name: str) -> str:
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    db.apply(server.dsn(dbname=name))
+    return name
+
+
+def run_pg_dump(server, src: str, dst: str, tenant: str) -> float:
+    env = {**os.environ, "PGOPTIONS": f"-c app.current_tenant={tenant}"}
+    dump = [str(server.bindir / "pg_dump"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "tenancy_owner", "-d", src,
+            "--data-only", "--enable-row-security", *sum((["-t", t] for t in TABLES), [])]
+    load = [str(server.bindir / "psql"), "-q", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", dst,
+            "-v", "ON_ERROR_STOP=1"]
+    start = time.perf_counter()
+    p1 = subprocess.Popen(dump, stdout=subprocess.PIPE, env=env)
+    p2 = subprocess.run(load, stdin=p1.stdout, capture_output=True, text=True)
+    p1.wait()
+    if p1.returncode or p2.returncode:
+        raise SystemExit(f"pg_dump | psql failed: {p2.stderr[-500:]}")
+    return time.perf_counter() - start
+
+
+def run_raw(server, src: str, dst: str, tenant: str) -> float:
+    psql = [str(server.bindir / "psql"), "-q", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
+    start = time.perf_counter()
+    for t in TABLES:
+        out = subprocess.Popen([*psql, "-d", src, "-c", f"COPY (SELECT * FROM {t} WHERE tenant_id = '{tenant}') TO STDOUT"],
+                               stdout=subprocess.PIPE)
+        res = subprocess.run([*psql, "-d", dst, "-c", f"COPY {t} FROM STDIN"], stdin=out.stdout, capture_output=True, text=True)
+        out.wait()
+        if res.returncode:
+            raise SystemExit(f"raw COPY failed: {res.stderr}")
+    return time.perf_counter() - start
+
+
+def freeze_window(server, rows: int, tmp: Path) -> tuple[float, float]:
+    """A full `tenancy upgrade` (offline engine) of a tenant of `rows` rows: (total seconds, freeze seconds)."""
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute('CREATE DATABASE "fz_pooled"')
+        c.execute('CREATE DATABASE "fz_tenant"')
+    db.apply(server.dsn(dbname="fz_pooled"))
+    populate(server.dsn(dbname="fz_pooled"), "movingco", rows)
+    catalog = parse_catalog("tenants:\n  - {id: movingco, name: M, plan: free, admin_email: a@m.example}\n")
+    engine = OfflineEngine(tmp / "state", "dev")
+    ops.deploy(engine, catalog, "dev", mode="up")
+    start = time.perf_counter()
+    out = ops.upgrade(engine, catalog, "dev", "movingco", "standard", pooled_dsn=server.dsn(user="tenancy_owner", dbname="fz_pooled"),
+                      tenant_dsn=server.dsn(dbname="fz_tenant"))
+    return time.perf_counter() - start, out.freeze_seconds or 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    a = ap.parse_args()
+    server = pg.start()
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute('CREATE DATABASE "pooled"')
+        db.apply(server.dsn(dbname="pooled"))
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute("ALTER ROLE tenancy_owner LOGIN")
+        print(f"populating: {a.rows:,} rows for the moved tenant, {a.rows // 2:,} for each of two others ...", flush=True)
+        populate(server.dsn(dbname="pooled"), "neighbour-a", a.rows // 2)
+        populate(server.dsn(dbname="pooled"), "moving", a.rows)
+        populate(server.dsn(dbname="pooled"), "neighbour-b", a.rows // 2)
+        src_owner = server.dsn(user="tenancy_owner", dbname="pooled")
+
+        results = {}
+        t_raw = run_raw(server, "pooled", new_target(server, "t_raw"), "moving")
+        results["raw COPY pipe (no verification)"] = t_raw
+        results["pg_dump --enable-row-security | psql"] = run_pg_dump(server, "pooled", new_target(server, "t_dump"), "moving")
+        new_target(server, "t_move")
+        start = time.perf_counter()
+        report = data.move(src_owner, server.dsn(user="tenancy_owner", dbname="t_move"), "moving")
+        t_move = time.perf_counter() - start
+        assert all(c.ok for c in report.checks)
+        results["tenancy data move (verification included)"] = t_move
+        print()
+        print("| method | seconds | rows/s | vs raw |")
+        print("|---|---:|---:|---:|")
+        for name, secs in results.items():
+            print(f"| {name} | {secs:.2f} | {a.rows / secs:,.0f} | {secs / t_raw:.2f}x |")
+        print(f"\n`tenancy data move`: copy {report.copy_seconds:.2f} s + verification {report.verify_seconds:.2f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            total, freeze = freeze_window(server, a.rows, Path(tmp))
+        print(f"`tenancy upgrade` of a {a.rows:,}-row tenant (offline engine): {total:.1f} s in all, "
+              f"write freeze (freeze to unfreeze) {freeze:.1f} s")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
