@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS app.likes (
   FOREIGN KEY (tenant_id, user_id) REFERENCES app.users (tenant_id, id) ON DELETE CASCADE
 );
 
+-- Foreign keys need an index on the referencing side, or each parent delete scans the child table.
+CREATE INDEX IF NOT EXISTS itineraries_owner_idx ON app.itineraries (tenant_id, owner_id);
+CREATE INDEX IF NOT EXISTS comments_itinerary_idx ON app.comments (tenant_id, itinerary_id);
+CREATE INDEX IF NOT EXISTS comments_author_idx ON app.comments (tenant_id, author_id);
+CREATE INDEX IF NOT EXISTS likes_user_idx ON app.likes (tenant_id, user_id);
+
 SELECT tenancy.isolate('app.users');
 SELECT tenancy.isolate('app.itineraries');
 SELECT tenancy.isolate('app.comments');

@@ -26,6 +26,7 @@ class GitError(TenancyError):
 class Changes:
     reasons: dict[str, list[str]] = field(default_factory=dict)   # stack -> why it is planned
     removed: dict[str, str] = field(default_factory=dict)         # stack -> why it would be destroyed
+    tenants: set[str] = field(default_factory=set)                # tenants whose catalogue entry changed
 
     def add(self, stack: str, why: str) -> None:
         self.reasons.setdefault(stack, [])
@@ -42,6 +43,8 @@ def _git(root: Path, *args: str) -> str:
 
 def _tenant_view(t: Tenant) -> dict[str, Any]:
     d = asdict(t)
+    for derived in ("limit_overrides", "explicit_features"):  # what `limits` and `features` resolve from
+        d.pop(derived, None)
     d["plan"] = t.plan.model_dump(mode="json")
     d["limits"] = t.limits.model_dump(mode="json")
     d["dedicated"] = t.dedicated.model_dump(mode="json") if t.dedicated else None
@@ -66,23 +69,32 @@ def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
+    """Changes of the catalogue file (and the code beside it) since git `ref`."""
     path = Path(catalog.path).resolve()
     root = Path(_git(path.parent, "rev-parse", "--show-toplevel").strip())
     _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     rel = path.relative_to(root).as_posix()
-    ch = Changes()
-    platform = naming.stack_name(env)
+    invalid_base = False
     try:
-        old_text = _git(root, "show", f"{ref}:{rel}")
-        old = parse_catalog(old_text, f"{rel}@{ref}")
+        old = parse_catalog(_git(root, "show", f"{ref}:{rel}"), f"{rel}@{ref}")
     except GitError:
         old = None
     except CatalogError:
-        old = None
-        ch.add(platform, f"the catalogue at {ref} was invalid")
-
+        old, invalid_base = None, True
     changed_files = [f for f in _git(root, "diff", "--name-only", ref, "--").splitlines() if f]
     changed_files += [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines() if f]
+    ch = changes_between(old, catalog, env, changed_files, base_label=ref)
+    if invalid_base:
+        ch.add(naming.stack_name(env), f"the catalogue at {ref} was invalid")
+    return ch
+
+
+def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_files: list[str] | None = None,
+                    base_label: str = "the base") -> Changes:
+    """Which stacks differ between two catalogues (None: no base catalogue), and which code changed."""
+    ch = Changes()
+    platform = naming.stack_name(env)
+    changed_files = changed_files or []
     platform_files = [f for f in changed_files if f.startswith(PLATFORM_CODE) or f == f"stacks/Pulumi.{env}.yaml"]
     tenant_files = [f for f in changed_files if f.startswith(TENANT_CODE)]
     if platform_files:
@@ -95,15 +107,18 @@ def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
         before = old_by_id.get(tid)
         if old is None:
             if t.has_stack:
-                ch.add(stack, f"no catalogue at {ref}")
-            ch.add(platform, f"no catalogue at {ref}")
+                ch.add(stack, f"no catalogue at {base_label}")
+            ch.add(platform, f"no catalogue at {base_label}")
             continue
         if before is None:
+            ch.tenants.add(tid)
             ch.add(platform, f"tenant added: {tid}")
             if t.has_stack:
                 ch.add(stack, "tenant added")
             continue
         pdiff = _diff_fields(_platform_view(before), _platform_view(t))
+        if pdiff or _diff_fields(_tenant_view(before), _tenant_view(t)):
+            ch.tenants.add(tid)
         if pdiff:
             ch.add(platform, f"tenant {tid} changed: {', '.join(pdiff)}")
         if t.has_stack:
@@ -127,6 +142,7 @@ def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
             ch.removed[naming.stack_name(env, tid)] = f"tenant {why}: the stack would be destroyed (export data first)"
     for tid, before in old_by_id.items():
         if tid not in new_by_id:
+            ch.tenants.add(tid)
             ch.add(platform, f"tenant removed: {tid}")
             if before.has_stack:
                 ch.removed[naming.stack_name(env, tid)] = "tenant removed from the catalogue: the stack would be destroyed"

@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("plan_file", metavar="PLAN.json")
     p.set_defaults(func=cmd_policy_check)
+    p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
+                       description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
+                       '{"environment", "platform": bool, "stacks": [...], "matrix": {"include": [{"stack": ...}]}, "reasons", "removed"}.')
+    _common(p)
+    p.add_argument("--changed-since", required=True, metavar="GIT_REF")
+    p.set_defaults(func=cmd_affected)
+
+    p = sub.add_parser("pr-comment", help="the pull-request comment (Markdown with a Mermaid diagram)",
+                       description="Print the pull-request comment for a change: which stacks change and why, resource "
+                       "counts and policy violations (from --plan), and a Mermaid diagram of the affected tenants.")
+    _common(p)
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base", metavar="GIT_REF", help="compare with the catalogue and code at this git ref")
+    base.add_argument("--base-catalog", metavar="FILE", help="compare with this catalogue file (no git needed)")
+    p.add_argument("--plan", metavar="PLAN.json", help="the head's offline plan, for resource counts and violations")
+    p.set_defaults(func=cmd_pr_comment)
+
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
     a = dbsub.add_parser("apply", help="apply the tenancy SQL (sql/*.sql) to DSN in one transaction",
@@ -76,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--parallel", type=int, default=4, metavar="N", help="tenant stacks at once (default 4)")
         p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
         p.set_defaults(func=cmd_deploy, mode=name)
+
+    p = sub.add_parser("moves", help="tier moves the catalogue asks for and the deployment has not made, as JSON",
+                       description="Compare the catalogue with the deployed tenant directory and print the tenants whose "
+                       "plan moves them into or out of the pool: [{tenant, from_plan, to_plan, from_model, to_model}].")
+    _common(p)
+    _engine_args(p)
+    p.set_defaults(func=cmd_moves)
 
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
                        description="Move TENANT to PLAN between pooled and namespace/dedicated: provision, freeze, copy, "
@@ -176,9 +200,21 @@ def cmd_deploy(args) -> int:
         print(o.line())
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
+          f"{sum(o.status == 'pending' for o in outcomes)} pending a tier move, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
     return EXIT_FAIL if bad else EXIT_OK
+
+
+def cmd_moves(args) -> int:
+    from dataclasses import asdict
+
+    from tenancy import ops
+    from tenancy.catalog import load_catalog
+
+    moves = ops.pending_moves(_engine(args), load_catalog(args.tenants), args.env)
+    print(json.dumps([asdict(m) for m in moves], indent=1))
+    return EXIT_OK
 
 
 def cmd_upgrade(args) -> int:
@@ -261,6 +297,63 @@ def cmd_data_export(args) -> int:
     total = sum(t["rows"] for t in manifest["tables"].values())
     print(f"exported {total} rows of '{args.tenant}' in {len(manifest['tables'])} tables to {args.out} (manifest.json)")
     return EXIT_OK
+
+
+def cmd_affected(args) -> int:
+    from tenancy import naming
+    from tenancy.catalog import load_catalog
+    from tenancy.changes import changes_since
+
+    catalog = load_catalog(args.tenants)
+    naming.check_env(args.env)
+    ch = changes_since(catalog, args.env, args.changed_since)
+    platform = naming.stack_name(args.env)
+    stacks = ([platform] if platform in ch.reasons else []) + sorted(s for s in ch.reasons if s != platform)
+    print(json.dumps({"environment": args.env, "platform": platform in ch.reasons, "stacks": stacks,
+                      "matrix": {"include": [{"stack": s} for s in stacks]}, "reasons": ch.reasons,
+                      "removed": ch.removed}, indent=1))
+    return EXIT_OK
+
+
+def cmd_pr_comment(args) -> int:
+    from tenancy import naming, prcomment
+    from tenancy.catalog import load_catalog
+    from tenancy.changes import changes_between, changes_since
+
+    head = load_catalog(args.tenants)
+    naming.check_env(args.env)
+    if args.base_catalog:
+        base = load_catalog(args.base_catalog)
+        changes = changes_between(base, head, args.env, base_label=args.base_catalog)
+        label = args.base_catalog
+    else:
+        changes = changes_since(head, args.env, args.base)
+        base = _catalog_at(args.tenants, args.base)
+        label = args.base
+    plan = json.loads(Path(args.plan).read_text()) if args.plan else None
+    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label))
+    return EXIT_OK
+
+
+def _catalog_at(path: str, ref: str):
+    """The catalogue as it was at a git ref, or None when it did not exist or was invalid there."""
+    import subprocess
+
+    from tenancy.catalog import parse_catalog
+    from tenancy.errors import CatalogError
+
+    p = Path(path).resolve()
+    top = subprocess.run(["git", "-C", str(p.parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode:
+        return None
+    rel = p.relative_to(Path(top.stdout.strip())).as_posix()
+    shown = subprocess.run(["git", "-C", top.stdout.strip(), "show", f"{ref}:{rel}"], capture_output=True, text=True)
+    if shown.returncode:
+        return None
+    try:
+        return parse_catalog(shown.stdout, f"{rel}@{ref}")
+    except CatalogError:
+        return None
 
 
 def cmd_db_apply(args) -> int:

@@ -198,14 +198,17 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
 
 
 def verify_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[str]) -> list[TableCheck]:
-    _as_tenant(src, tenant)
-    _as_tenant(dst, tenant)
-    checks = []
-    for table in tables:
-        sn, sc = table_checksum(src, table, tenant)
-        tn, tc = table_checksum(dst, table, tenant)
-        checks.append(TableCheck(table, sn, tn, sc, tc))
-    return checks
+    """Both sides are summed at once (two connections, two threads), each in its own transaction's view."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def side(conn: psycopg.Connection) -> list[tuple[int, str]]:
+        _as_tenant(conn, tenant)
+        return [table_checksum(conn, table, tenant) for table in tables]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        source, target = pool.submit(side, src), pool.submit(side, dst)
+        s_sums, t_sums = source.result(), target.result()
+    return [TableCheck(table, sn, tn, sc, tc) for table, (sn, sc), (tn, tc) in zip(tables, s_sums, t_sums)]
 
 
 def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool = False,

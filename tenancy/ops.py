@@ -140,11 +140,55 @@ def _guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: boo
         return Outcome(stack, "failed", None, str(exc))
 
 
+@dataclass(frozen=True)
+class PendingMove:
+    tenant: str
+    from_plan: str
+    to_plan: str
+    from_model: str
+    to_model: str
+
+    def command(self, env: str) -> str:
+        return f"tenancy upgrade {self.tenant} --to {self.to_plan} --env {env} --source-dsn ... --target-dsn ..."
+
+
+def pending_moves(engine: Engine, catalog: Catalog, env: str) -> list[PendingMove]:
+    """Tenants whose catalogue plan crosses the pooled boundary from where the deployed directory says they are."""
+    try:
+        directory = json.loads(engine.outputs(naming.stack_name(env)).get("tenantDirectory") or "{}")
+    except EngineError:
+        return []  # nothing deployed yet: nothing to move
+    moves = []
+    for t in catalog.tenants:
+        entry = directory.get(t.id)
+        if not entry or t.state is State.OFFBOARDED:
+            continue
+        was_pooled, is_pooled = entry["model"] == Model.POOLED.value, t.model is Model.POOLED
+        if was_pooled != is_pooled:
+            moves.append(PendingMove(t.id, entry["plan"], t.plan_name, entry["model"], t.model.value))
+    return moves
+
+
+def hold_moves(catalog: Catalog, moves: list[PendingMove]) -> Catalog:
+    """The catalogue with tenants awaiting a tier move kept on their deployed plan (their data has not moved)."""
+    for m in moves:
+        catalog = with_tenant(catalog, m.tenant, plan=m.from_plan)
+    return catalog
+
+
 def deploy(engine: Engine, catalog: Catalog, env: str, *, mode: str = "up", tenants: list[str] | None = None,
            changed_since: str | None = None, parallel: int = 4, allow_destroy: bool = False,
            expected_deletes: set[str] | None = None, stream=None) -> list[Outcome]:
-    """Preview or update the affected stacks: platform first (when affected), then tenants in parallel."""
+    """Preview or update the affected stacks: platform first (when affected), then tenants in parallel.
+
+    A tenant whose plan moves it into or out of the pool is held on its deployed placement (the directory is
+    the routing switch, and its data has not moved): it is reported as `pending` for `tenancy upgrade`."""
+    moves = pending_moves(engine, catalog, env)
+    held = hold_moves(catalog, moves)
     include_platform, tenant_stacks, _ = affected_stacks(catalog, env, tenants, changed_since)
+    moving = {naming.stack_name(env, m.tenant) for m in moves}
+    tenant_stacks = [s for s in tenant_stacks if s not in moving]
+    catalog = held
     platform = naming.stack_name(env)
     order = ([platform] if include_platform else []) + tenant_stacks
     expected = set(expected_deletes or ())
@@ -174,6 +218,9 @@ def deploy(engine: Engine, catalog: Catalog, env: str, *, mode: str = "up", tena
                 return outcomes
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             outcomes.extend(pool.map(run, tenant_stacks))
+    outcomes.extend(Outcome(naming.stack_name(env, m.tenant), "pending", None,
+                            f"tier move {m.from_plan} ({m.from_model}) → {m.to_plan} ({m.to_model}) waits for: {m.command(env)}")
+                    for m in moves)
     return outcomes
 
 
@@ -294,7 +341,8 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     else:
         if abort:
             raise Refused(f"tenant '{tenant_id}' has no unfinished move to abort")
-        from_plan = current.plan_name
+        # Where the tenant is deployed now (the catalogue may already name the new plan).
+        from_plan = _deployed_plan(engine, env, tenant_id) or current.plan_name
         done = []
         if from_plan == to_plan:
             raise Refused(f"tenant '{tenant_id}' is already on plan '{to_plan}'")
@@ -390,6 +438,15 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         outcome.message = str(w)
         say(str(w))
     return outcome
+
+
+def _deployed_plan(engine: Engine, env: str, tenant_id: str) -> str | None:
+    try:
+        directory = json.loads(engine.outputs(naming.stack_name(env)).get("tenantDirectory") or "{}")
+    except EngineError:
+        return None
+    entry = directory.get(tenant_id)
+    return entry["plan"] if entry else None
 
 
 class _Waiting(Exception):

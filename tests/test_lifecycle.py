@@ -248,6 +248,7 @@ def test_keep_source_keeps_rows_read_only_until_the_window_ends(world):
 
 
 def test_moves_between_namespace_and_dedicated_are_refused(world):
+    do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
     with pytest.raises(ops.Refused, match="from namespace to dedicated is not supported"):
         ops.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
@@ -293,3 +294,20 @@ def test_offboard_without_export_is_refused(world):
     with pytest.raises(ops.Refused, match="give --export-to DIR \\(or --no-export --yes\\)"):
         ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"], export_to=None)
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
+
+
+def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
+    edited = with_tenant(world["catalog"], "bravo", plan="standard")   # the engineer edits tenants.yaml
+    [move] = ops.pending_moves(world["engine"], edited, "dev")
+    assert (move.tenant, move.from_plan, move.to_plan, move.to_model) == ("bravo", "free", "standard", "namespace")
+    outcomes = {o.stack: o for o in ops.deploy(world["engine"], edited, "dev", mode="up")}
+    assert outcomes["dev.bravo"].status == "pending"
+    assert "tier move free (pooled) → standard (namespace) waits for: tenancy upgrade bravo --to standard" in outcomes["dev.bravo"].message
+    directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
+    assert "dev.bravo" not in world["engine"].stacks()
+    out = ops.upgrade(world["engine"], edited, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
+                      tenant_dsn=world["tenant_dsn"])
+    assert out.status == "done" and out.move_id.startswith("bravo:free->standard@")
+    assert_upgraded(world)
+    assert ops.pending_moves(world["engine"], edited, "dev") == []
