@@ -75,3 +75,16 @@ def stack_of(data: dict, name: str) -> dict:
 
 def of_type(stack: dict, type_: str) -> list[dict]:
     return [r for r in stack["resources"] if r["type"] == type_]
+
+
+def catalog_repo_at(tmp_path) -> Path:
+    """A git repository holding a copy of the committed tenants.yaml in one commit; returns its catalogue path."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    return repo / "tenants.yaml"

@@ -16,7 +16,7 @@ from semver import VersionInfo
 from tenancy import ops
 from tenancy.catalog import load_catalog, with_tenant
 from tenancy.engine import AutomationEngine, OfflineEngine
-from tests.conftest import ROOT
+from tests.conftest import ROOT, catalog_repo_at
 
 SAMPLE_STACKS = ["dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
 
@@ -88,12 +88,7 @@ def test_preview_reports_stateful_deletes_without_refusing(tmp_path, catalog):
 
 
 def test_changed_since_touches_only_changed_stacks(tmp_path, catalog):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    path = repo / "tenants.yaml"
+    path = catalog_repo_at(tmp_path)
     path.write_text(path.read_text().replace("      cpu: 8\n", "      cpu: 12\n"))
     engine = OfflineEngine(tmp_path / "state", "dev")
     ops.deploy(engine, catalog, "dev", mode="up")

@@ -126,14 +126,18 @@ class Boom(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("phase", ops.PHASES)
-def test_interruption_at_every_phase_boundary_resumes(world, phase):
+def stop_before(phase):
+    """A before-phase hook that interrupts the move just before `phase` runs."""
     def hook(name):
         if name == phase:
             raise Boom(f"interrupted before {name}")
+    return hook
 
+
+@pytest.mark.parametrize("phase", ops.PHASES)
+def test_interruption_at_every_phase_boundary_resumes(world, phase):
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=hook)
+        do_upgrade(world, before_phase=stop_before(phase))
     out = do_upgrade(world)   # the same command again
     assert out.status == "done"
     assert out.phases_run == list(ops.PHASES[ops.PHASES.index(phase):])
@@ -141,12 +145,8 @@ def test_interruption_at_every_phase_boundary_resumes(world, phase):
 
 
 def test_writes_are_refused_while_frozen(world):
-    def hook(name):
-        if name == "copy":
-            raise Boom("stop after freeze")
-
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=hook)
+        do_upgrade(world, before_phase=stop_before("copy"))
     with connect(world["server"], world["pooled"], user="tenancy_app") as c:
         c.execute("SELECT tenancy.set_tenant('bravo')")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="tenant bravo is frozen"):
@@ -190,12 +190,8 @@ def test_killed_process_during_copy_resumes(world):
 
 
 def test_abort_before_cutover_leaves_the_tenant_where_it_was(world):
-    def hook(name):
-        if name == "cutover":
-            raise Boom("stop before cutover")
-
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=hook)
+        do_upgrade(world, before_phase=stop_before("cutover"))
     out = do_upgrade(world, abort=True)
     assert out.status == "aborted"
     s = world["server"]
@@ -209,23 +205,15 @@ def test_abort_before_cutover_leaves_the_tenant_where_it_was(world):
 
 
 def test_abort_after_cutover_is_refused(world):
-    def hook(name):
-        if name == "unfreeze":
-            raise Boom("stop after cutover")
-
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=hook)
+        do_upgrade(world, before_phase=stop_before("unfreeze"))
     with pytest.raises(ops.Refused, match="is past cutover; it can no longer be aborted"):
         do_upgrade(world, abort=True)
 
 
 def test_resuming_with_another_plan_is_refused(world):
-    def hook(name):
-        if name == "copy":
-            raise Boom("stop")
-
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=hook)
+        do_upgrade(world, before_phase=stop_before("copy"))
     with pytest.raises(ops.Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze\\)"):
         do_upgrade(world, to="enterprise")
 

