@@ -307,7 +307,8 @@ def tenant_label_present(args: ResourceValidationArgs, report: ReportViolation) 
 def _labels_of(t: str, p: dict) -> dict | None:
     if t.startswith("kubernetes:") and "metadata" in p and "helm.sh" not in t:
         return _get(p, "metadata", "labels", default={})
-    for key in ("labels", "resourceLabels", "userLabels"):
+    # userLabels first: for monitoring resources `labels` is configuration (a channel's address), not labels
+    for key in ("userLabels", "resourceLabels", "labels"):
         if key in p:
             return p.get(key) or {}
     if t == "gcp:sql/databaseInstance:DatabaseInstance":

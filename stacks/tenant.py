@@ -93,9 +93,9 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         network_id: pulumi.Input[str] = net.network_id
         workload_pool: pulumi.Input[str] = cluster.workload_pool
         db_deps: list[pulumi.Resource] = [net.private_services]
-        Edge("edge", EdgeArgs(project=project, region=region, base_domain=None, acme_email=tenant.admin_email,
-                              labels=gcp_labels, k8s_labels=kube_labels),
-             opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
+        edge = Edge("edge", EdgeArgs(project=project, region=region, base_domain=None, acme_email=tenant.admin_email,
+                                     labels=gcp_labels, k8s_labels=kube_labels),
+                    opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
     else:
         k8s_provider = k8s.Provider("shared-cluster", kubeconfig=facts.kubeconfig, enable_server_side_apply=True)
         network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
@@ -162,6 +162,13 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     pulumi.export("databases", {role: {"instance": db.instance_name, "privateIp": db.private_ip,
                                        "runtimeSecret": db.secret_ids[RUNTIME_USER]} for role, db in databases.items()})
     pulumi.export("hostnames", hosts)
+    if tenant.model is Model.DEDICATED:
+        _operations(env, tenant, project, hosts, gcp_labels, gopts)
+        pulumi.export("ingressIp", edge.ip_address)
+        if tenant.custom_domain:
+            # The records the tenant creates in its own DNS for its custom domain.
+            pulumi.export("dnsRecords", [{"name": f"{tenant.custom_domain}.", "type": "A", "ttl": 300,
+                                          "value": edge.ip_address}])
 
 
 def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespace, workload_pool: pulumi.Input[str],
@@ -180,6 +187,53 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
             namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
             database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
             labels=kube_labels, job_prefix=f"sql-{role}"), opts=kopts)
+
+
+def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_labels: dict[str, str],
+                gopts: pulumi.ResourceOptions) -> None:
+    """Dedicated tenants: their logs to a destination they own, alerts to their own channel."""
+    settings = tenant.dedicated
+    if settings and settings.log_sink:
+        sink = gcp.logging.ProjectSink(
+            "log-sink", name=naming.fit(f"tenancy-{env}-{tenant.id}", 100), project=project,
+            destination=settings.log_sink, unique_writer_identity=True,
+            filter=f'resource.labels.namespace_name="{naming.namespace(tenant.id)}" OR labels.tenant="{tenant.id}"',
+            description=f"logs of tenant {tenant.id} ({env}) to the tenant's own destination", opts=gopts)
+        # The tenant grants this identity write access on its destination.
+        pulumi.export("logSinkWriterIdentity", sink.writer_identity)
+    channels = []
+    if settings and settings.notification_email:
+        channel = gcp.monitoring.NotificationChannel(
+            "alerts-email", project=project, type="email", display_name=f"{tenant.id} on-call",
+            labels={"email_address": settings.notification_email}, user_labels=gcp_labels, opts=gopts)
+        channels.append(channel.name)
+    for i, host in enumerate(hosts):
+        check = gcp.monitoring.UptimeCheckConfig(
+            f"uptime-{i}", project=project, display_name=f"{host} availability", timeout="10s", period="60s",
+            http_check={"path": "/healthz", "port": 443, "use_ssl": True, "validate_ssl": True},
+            monitored_resource={"type": "uptime_url", "labels": {"project_id": project, "host": host}},
+            user_labels=gcp_labels, opts=gopts)
+        gcp.monitoring.AlertPolicy(
+            f"availability-{i}", project=project, display_name=f"{host} is down", combiner="OR",
+            notification_channels=channels, severity="CRITICAL", user_labels=gcp_labels,
+            conditions=[{"display_name": "uptime check failing", "condition_threshold": {
+                "filter": pulumi.Output.concat('metric.type="monitoring.googleapis.com/uptime_check/check_passed" '
+                                               'AND resource.type="uptime_url" AND metric.label.check_id="',
+                                               check.uptime_check_id, '"'),
+                "comparison": "COMPARISON_GT", "threshold_value": 1, "duration": "120s",
+                "aggregations": [{"alignment_period": "60s", "per_series_aligner": "ALIGN_NEXT_OLDER",
+                                  "cross_series_reducer": "REDUCE_COUNT_FALSE", "group_by_fields": ["resource.label.host"]}],
+                "trigger": {"count": 1}}}],
+            opts=gopts)
+    gcp.monitoring.AlertPolicy(
+        "error-rate", project=project, display_name=f"{tenant.id}: 5xx above 5%", combiner="OR",
+        notification_channels=channels, severity="ERROR", user_labels=gcp_labels,
+        conditions=[{"display_name": "ingress 5xx ratio", "condition_prometheus_query_language": {
+            "query": ('sum(rate(nginx_ingress_controller_requests{status=~"5..",exported_namespace="%s"}[5m])) / '
+                      'sum(rate(nginx_ingress_controller_requests{exported_namespace="%s"}[5m])) > 0.05')
+                     % (naming.namespace(tenant.id), naming.namespace(tenant.id)),
+            "duration": "300s", "evaluation_interval": "60s"}}],
+        opts=gopts)
 
 
 def _tenant_project(tenant: Tenant, env: str, platform_project: str,

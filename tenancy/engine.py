@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -202,6 +203,8 @@ class AutomationEngine:
         self.on_output = on_output
         self._homes: dict[int, Path] = {}
         self._tmp = Path(tempfile.mkdtemp(prefix="tenancy-auto-"))
+        # per-worker PULUMI_HOMEs and catalogue files go when the engine does
+        weakref.finalize(self, shutil.rmtree, self._tmp, True)
         self._lock = threading.Lock()
 
     def _home(self) -> Path:

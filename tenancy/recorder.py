@@ -172,6 +172,12 @@ def computed_outputs(typ: str, name: str, inputs: Mapping[str, Any], project: st
         return {"number": str(int(_fake("project", name, 10), 16) % 10**12)}
     if typ == "gcp:compute/globalAddress:GlobalAddress" or typ == "gcp:compute/address:Address":
         return {"address": _private_ip(name)}
+    if typ == "gcp:logging/projectSink:ProjectSink":
+        return {"writerIdentity": f"serviceAccount:service-{_fake('sink', name, 8)}@gcp-sa-logging.iam.gserviceaccount.com"}
+    if typ == "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig":
+        return {"uptimeCheckId": f"{inputs.get('displayName', name).split()[0].replace('.', '-')}-{_fake('uptime', name, 6)}"}
+    if typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+        return {"name": f"projects/{proj}/notificationChannels/{int(_fake('channel', name, 10), 16)}"}
     if typ == "gcp:firestore/database:Database":
         return {"__id": f"projects/{proj}/databases/{inputs.get('name', name)}"}
     if typ == "gcp:storage/bucket:Bucket":

@@ -188,7 +188,7 @@ def _labelable(type_: str) -> str | None:
     if klass is None:
         return None
     params = inspect.signature(klass._internal_init).parameters
-    for key, wire in (("labels", "labels"), ("resource_labels", "resourceLabels")):
+    for key, wire in (("user_labels", "userLabels"), ("resource_labels", "resourceLabels"), ("labels", "labels")):
         if key in params:
             return wire
     if type_ == "gcp:sql/databaseInstance:DatabaseInstance":

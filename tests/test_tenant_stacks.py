@@ -225,6 +225,25 @@ def test_routes_and_certificates(data):
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rpm"] == "1000"
 
 
+def test_dedicated_tenant_operations(data):
+    acme = stack_of(data, "dev.acme")
+    sink = of_type(acme, "gcp:logging/projectSink:ProjectSink")[0]["inputs"]
+    assert sink["destination"] == "storage.googleapis.com/acme-audit-logs" and sink["uniqueWriterIdentity"] is True
+    assert sink["filter"] == 'resource.labels.namespace_name="tenant-acme" OR labels.tenant="acme"'
+    assert acme["outputs"]["logSinkWriterIdentity"].startswith("serviceAccount:")
+    channel = of_type(acme, "gcp:monitoring/notificationChannel:NotificationChannel")[0]["inputs"]
+    assert channel["labels"] == {"email_address": "oncall@acme.example"}
+    policies = {p["inputs"]["displayName"]: p["inputs"] for p in of_type(acme, "gcp:monitoring/alertPolicy:AlertPolicy")}
+    assert set(policies) == {"acme.dev.saas-example.com is down", "portal.acme.example is down", "acme: 5xx above 5%"}
+    assert all(len(p["notificationChannels"]) == 1 for p in policies.values()), "each alert goes to the tenant's channel"
+    [record] = acme["outputs"]["dnsRecords"]
+    assert (record["name"], record["type"], record["ttl"]) == ("portal.acme.example.", "A", 300)
+    assert record["value"] == acme["outputs"]["ingressIp"]
+    cyber = stack_of(data, "dev.cyberdyne")
+    assert not of_type(cyber, "gcp:logging/projectSink:ProjectSink") and "dnsRecords" not in cyber["outputs"]
+    assert not of_type(stack_of(data, "dev.stark"), "gcp:monitoring/alertPolicy:AlertPolicy")
+
+
 def test_dedicated_tenant_uses_its_own_project_provider(data):
     acme = stack_of(data, "dev.acme")
     project = of_type(acme, "gcp:organizations/project:Project")[0]
