@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-dsn", metavar="DSN", help="where they go (the tenant's postgres-1 for an upgrade)")
     p.add_argument("--keep-source", type=int, default=0, metavar="DAYS", help="keep source rows read-only this long")
     p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before cutover)")
+    objs = p.add_mutually_exclusive_group()
+    objs.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
+    objs.add_argument("--skip-objects", action="store_true", help="move rows only (copy objects yourself)")
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
     p.set_defaults(func=cmd_upgrade)
 
@@ -231,9 +234,11 @@ def cmd_upgrade(args) -> int:
     # Towards a pooled plan the rows come from the tenant's database into the pool; otherwise the reverse.
     to_pool = catalog.plans[args.to_plan].model is Model.POOLED
     pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
-    out = ops.upgrade(_engine(args), catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
+    engine = _engine(args)
+    buckets = None if args.skip_objects else ops.bucket_urls(engine, args.env, args.tenant, args.objects_root)
+    out = ops.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
                       tenant_dsn=tenant_dsn, keep_source_days=args.keep_source, abort=args.abort,
-                      allow_destroy=args.allow_destroy, say=_progress)
+                      allow_destroy=args.allow_destroy, buckets=buckets, say=_progress)
     freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
     print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
           + (f"; {out.message}" if out.message else ""))

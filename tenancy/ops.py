@@ -316,9 +316,27 @@ class MoveOutcome:
 Hook = Callable[[str], None]   # called before each phase runs (tests inject interruptions here)
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Where the tenant's objects are: the shared bucket (under `{tenant_id}/`) and the tenant's own bucket."""
+
+    shared: str    # store URL: gs://bucket or a directory
+    tenant: str
+
+
+def bucket_urls(engine: Engine, env: str, tenant_id: str, objects_root: str | None) -> Buckets:
+    """Store URLs from the deployed platform (project) and the naming rules; a directory per bucket for dry runs."""
+    project = engine.outputs(naming.stack_name(env)).get("gcpProject", "")
+    shared, own = naming.shared_bucket(env, project), naming.bucket(env, tenant_id)
+    if objects_root:
+        return Buckets(str(Path(objects_root) / shared), str(Path(objects_root) / own))
+    return Buckets(f"gs://{shared}", f"gs://{own}")
+
+
 def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan: str, *, pooled_dsn: str,
             tenant_dsn: str, keep_source_days: int = 0, abort: bool = False, allow_destroy: bool = False,
-            say: Say | None = None, before_phase: Hook | None = None, now: Callable[[], datetime] | None = None) -> MoveOutcome:
+            buckets: Buckets | None = None, say: Say | None = None, before_phase: Hook | None = None,
+            now: Callable[[], datetime] | None = None) -> MoveOutcome:
     """Move a tenant between pooled and namespace/dedicated, data included; resumable, abortable before cutover.
 
     `catalog` is the catalogue before the move; `tenant_dsn` is the tenant's own primary database (its
@@ -360,8 +378,17 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     stack = naming.stack_name(env, tenant_id)
     platform = naming.stack_name(env)
     outcome = MoveOutcome(mp.move_id)
+    # Objects: under `{tenant}/` in the shared bucket while pooled, at the root of the tenant's bucket otherwise.
+    obj = None
+    if buckets is not None:
+        from tenancy import objects
+        shared, own = objects.open_store(buckets.shared), objects.open_store(buckets.tenant)
+        obj = (shared, f"{tenant_id}/", own, "") if upgrade_ else (own, "", shared, f"{tenant_id}/")
 
     if abort:
+        if obj is not None and ("copy" in done or "freeze" in done):
+            from tenancy import objects
+            objects.delete_objects(obj[2], obj[3])  # the copies; the originals stay
         return _abort(engine, before, env, mp, done, journal, say, outcome)
 
     def phase(name: str, fn: Callable[[], dict | None]) -> None:
@@ -393,7 +420,12 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         report = data.move(mp.source_dsn, mp.target_dsn, tenant_id, target_plan=to_plan, target_model=mp.to_model,
                            target_state="frozen", progress=say)
         outcome.rows = report.total_rows
-        return {"rows": report.rows}
+        detail: dict[str, Any] = {"rows": report.rows}
+        if obj is not None:
+            from tenancy import objects
+            copied = objects.copy_objects(*obj, progress=say)
+            detail["objects"] = {"copied": copied.copied, "bytes": copied.bytes}
+        return detail
 
     def verify() -> dict:
         checks = data.verify(mp.source_dsn, mp.target_dsn, tenant_id)
@@ -401,7 +433,15 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         if bad:
             raise OperationError(f"verification failed for {', '.join(c.table for c in bad)}; the tenant stays frozen "
                                  f"on {mp.from_model}. Run the same command to retry, or --abort")
-        return {"tables": {c.table: c.source_rows for c in checks}}
+        detail: dict[str, Any] = {"tables": {c.table: c.source_rows for c in checks}}
+        if obj is not None:
+            from tenancy import objects
+            count, bad_objects = objects.verify_objects(*obj)
+            if bad_objects:
+                raise OperationError(f"object verification failed ({len(bad_objects)} of {count}: "
+                                     f"{', '.join(bad_objects[:5])}); run the same command to retry, or --abort")
+            detail["objects"] = count
+        return detail
 
     def cutover() -> dict:
         _checked_up(engine, platform, after, allow_destroy, set(), say)
@@ -423,6 +463,9 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
                            "to remove them")
         deleted = data.delete(mp.source_dsn, tenant_id)
         unregister(mp.source_dsn, tenant_id)
+        if obj is not None:
+            from tenancy import objects
+            objects.delete_objects(obj[0], obj[1])
         if not upgrade_:
             old_stack_catalog = before
             engine.destroy(stack, old_stack_catalog)

@@ -165,7 +165,8 @@ def test_killed_process_during_copy_resumes(world):
     catalog_file.write_text(CATALOG)
     cmd = [sys.executable, "-m", "tenancy", "upgrade", "bravo", "--to", "standard", "--tenants", str(catalog_file),
            "--engine", "offline", "--state", str(world["tmp"] / "state"),
-           "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"]]
+           "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"],
+           "--objects-root", str(world["tmp"] / "buckets")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     journal = ops.Journal(world["pooled_dsn"])
     deadline = time.time() + 120
@@ -299,3 +300,56 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     assert out.status == "done" and out.move_id.startswith("bravo:free->standard@")
     assert_upgraded(world)
     assert ops.pending_moves(world["engine"], edited, "dev") == []
+
+
+def put(root, bucket, name, data):
+    path = root / bucket / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def files(root, bucket, prefix=""):
+    base = root / bucket
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()
+            and p.relative_to(base).as_posix().startswith(prefix)} if base.exists() else {}
+
+
+def test_objects_move_with_the_rows_and_are_verified(world):
+    from tenancy import naming
+    root = world["tmp"] / "buckets"
+    shared = naming.shared_bucket("dev", "tenancy-dev-482913")
+    put(root, shared, "bravo/avatars/1.png", b"\x89PNG bravo")
+    put(root, shared, "bravo/docs/trip.pdf", b"%PDF bravo trip")
+    put(root, shared, "alpha/avatars/1.png", b"\x89PNG alpha")
+    buckets = ops.bucket_urls(world["engine"], "dev", "bravo", str(root))
+    assert buckets.tenant.endswith("/dev-bravo-uploads")
+    with pytest.raises(Boom):   # interrupted after the copy: copied objects are not re-copied, nothing lost
+        do_upgrade(world, buckets=buckets, before_phase=stop_before("verify"))
+    out = do_upgrade(world, buckets=buckets)
+    assert out.status == "done"
+    assert files(root, "dev-bravo-uploads") == {"avatars/1.png": b"\x89PNG bravo", "docs/trip.pdf": b"%PDF bravo trip"}
+    assert files(root, shared, "bravo/") == {}, "source objects removed at cleanup"
+    assert files(root, shared, "alpha/") == {"alpha/avatars/1.png": b"\x89PNG alpha"}, "other tenants untouched"
+    journal = ops.journal_detail(ops.Journal(world["pooled_dsn"]), "bravo", out.move_id, "verify")
+    assert journal["objects"] == 2
+
+
+def test_object_verification_failure_stops_the_move(world, monkeypatch):
+    from tenancy import naming, objects
+    root = world["tmp"] / "buckets"
+    put(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/a.txt", b"a")
+    real_copy = objects.copy_objects
+
+    def lossy(src, sp, dst, dp, progress=None):
+        report = real_copy(src, sp, dst, dp, progress)
+        dst.write(dp + "a.txt", b"corrupted")
+        return report
+
+    monkeypatch.setattr(objects, "copy_objects", lossy)
+    buckets = ops.bucket_urls(world["engine"], "dev", "bravo", str(root))
+    with pytest.raises(ops.OperationError, match=r"object verification failed \(1 of 1: a.txt\)"):
+        do_upgrade(world, buckets=buckets)
+    assert registry(world["server"], world["pooled"], "bravo")[2] == "frozen", "stays frozen where it was"
+    assert do_upgrade(world, buckets=buckets, abort=True).status == "aborted"
+    assert files(root, "dev-bravo-uploads") == {}
+    assert files(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/") == {"bravo/a.txt": b"a"}
