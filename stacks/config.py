@@ -121,8 +121,20 @@ def load_stack_config(environment: str) -> dict[str, Any]:
     for key, value in (data.get("config") or {}).items():
         if isinstance(value, dict) and "secure" in value:
             continue  # encrypted values cannot be read offline; the platform program does not need any
-        config[key] = value if isinstance(value, str) else yaml.safe_dump(value).strip() if isinstance(value, (dict, list)) else str(value).lower() if isinstance(value, bool) else str(value)
+        config[key] = _config_string(value)
     return config
+
+
+def _config_string(value: Any) -> str:
+    """Config values as the engine hands them to a program: strings, JSON for structured values."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        import json
+        return json.dumps(value)
+    return str(value)
 
 
 def known_environments() -> list[str]:

@@ -116,7 +116,6 @@ def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: G
 
 def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, provider: gcp.Provider, net: Network,
                                cluster: GkeCluster, system_ns: k8s.core.v1.Namespace) -> TenantDirectory:
-    shared_labels = labels(env, SHARED)
     gopts = pulumi.ResourceOptions(provider=provider)
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
@@ -137,7 +136,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
         project=cfg.gcp_project, account_id=naming.service_account_id(env, "pooled"), namespace=pool_ns.namespace,
         workload_pool=cluster.workload_pool, labels=k8s_labels(env, Model.POOLED.value),
         display_name=f"pooled tenants' application ({env})"), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
-    bucket = Bucket("pooled-bucket", BucketArgs(
+    Bucket("pooled-bucket", BucketArgs(
         bucket_name=naming.shared_bucket(env, cfg.gcp_project), project=cfg.gcp_project, location=cfg.region,
         labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)]), opts=gopts)
     gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,

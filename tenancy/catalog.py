@@ -584,18 +584,19 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
             "subdomain": entry.get("subdomain") or entry.get("id"),
             "custom_domain": entry.get("custom_domain"),
         }
-        for field, value in values.items():
+        for key_name, value in values.items():
             if not isinstance(value, str):
                 continue
             key = value.lower()
-            loc = ("tenants", i, field if field in entry else "id")
-            if key in seen[field]:
-                if field == "subdomain" and "subdomain" not in entry and seen["id"].get(key):
+            loc = ("tenants", i, key_name if key_name in entry else "id")
+            if key in seen[key_name]:
+                if key_name == "subdomain" and "subdomain" not in entry and seen["id"].get(key):
                     continue  # a duplicate id already says it; its default subdomain follows from it
-                problems.append(Problem(path, _line_for(lines, loc), label, field,
-                                        f"'{value}' is already used by {seen[field][key]}; each tenant needs its own {field.replace('_', ' ')}"))
+                problems.append(Problem(path, _line_for(lines, loc), label, key_name,
+                                        f"'{value}' is already used by {seen[key_name][key]}; each tenant needs its own "
+                                        f"{key_name.replace('_', ' ')}"))
             else:
-                seen[field][key] = f"the tenant at line {_line_for(lines, ('tenants', i))}"
+                seen[key_name][key] = f"the tenant at line {_line_for(lines, ('tenants', i))}"
     for i, spec in specs:
         tenants.append(_resolve(spec, i, plans, path, lines, who, problems))
     problems.extend(_name_collisions([t for t in tenants if t is not None], path, lines, specs))
@@ -608,8 +609,6 @@ def _problems(exc: ValidationError, path: str, lines: Mapping[tuple, int], who: 
     out = []
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
-        # pydantic reports a failed model validator at the model itself; union members add noise.
-        loc = tuple(p for p in loc if p not in ("function-after[_complete(), ProjectSettings]",))
         label, field = _where(who, loc)
         out.append(Problem(path, _line_for(lines, loc), label, field, _fix_for(err, _fields_at(loc))))
     return out
@@ -675,7 +674,7 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
     if spec.dedicated is not None and plan.model is not Model.DEDICATED:
         bad("dedicated", f"dedicated settings apply to dedicated plans only, and '{spec.plan}' is {plan.model.value}; remove the 'dedicated' block")
     if spec.kms_key and plan.model is Model.POOLED:
-        bad("kms_key", f"a pooled plan shares the platform bucket; remove kms_key or move the tenant to a namespace or dedicated plan")
+        bad("kms_key", "a pooled plan shares the platform bucket; remove kms_key or move the tenant to a namespace or dedicated plan")
     if spec.features is not None:
         extra = [f.value for f in spec.features if f not in plan.features]
         if extra:

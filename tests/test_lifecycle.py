@@ -18,7 +18,7 @@ from tenancy import ops
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
 from tests.conftest import ROOT
-from tests.sqlhelp import connect, register, seed
+from tests.sqlhelp import connect, seed
 
 pytestmark = pytest.mark.postgres
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import yaml
 from tenancy import plan as planmod
 from tenancy.catalog import load_catalog, parse_catalog
 from tenancy.errors import PlanError
-from tenancy.recorder import DuplicateUrnError, UnmockedInvokeError, run_program
+from tenancy.recorder import DuplicateUrnError, run_program
 from tests.conftest import ROOT, catalog_repo_at, of_type, stack_of
 
 OPTION_KEYS = {"protect", "retainOnDelete", "provider", "dependsOn", "aliases", "additionalSecretOutputs"}
