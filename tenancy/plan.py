@@ -166,20 +166,27 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         # A pooled tenant lives in the platform stack; a tenant stack only needs the platform's outputs.
         include_platform = include_platform and bool(pooled_or_gone)
 
-    # The platform program always runs: tenant stacks need its outputs. When it is not itself in the plan,
-    # it builds only the components whose exports tenant stacks read, which is fast.
-    if include_platform:
-        say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
-    else:
-        say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
-    presult, pseconds = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=not include_platform)
+    # Tenant stacks need the platform's exports. When the platform stack is in the plan they come from its
+    # run; otherwise from the cache of its tenant-facing exports, or from a run of only the components
+    # whose exports tenant stacks read.
     stacks_out: list[StackPlan] = []
-    if include_platform:
-        sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
-        sp.reasons = reasons.get(platform_stack, [])
-        stacks_out.append(sp)
+    key = exports_cache_key(env)
+    exports = None if include_platform or not tenant_stacks else _read_exports_cache(env, key)
+    if exports is None:
+        if include_platform:
+            say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
+        else:
+            say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
+        presult, pseconds = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=not include_platform)
+        if include_platform:
+            sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
+            sp.reasons = reasons.get(platform_stack, [])
+            stacks_out.append(sp)
+        exports = _write_exports_cache(env, key, presult)
+    else:
+        say(f"using the cached tenant-facing exports of platform stack {platform_stack}")
     ref = f"{ORGANIZATION}/{project_name()}/{platform_stack}"
-    _WORKER.update(catalog=catalog, stack_outputs={ref: (presult.raw_outputs, presult.secret_outputs)})
+    _WORKER.update(catalog=catalog, stack_outputs={ref: exports})
     n = workers or default_workers()
     say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
     try:
@@ -192,6 +199,57 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     _plan_wide_violations(stacks_out)
     return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
                       changed_since=changed_since, seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------- exports cache
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / ".cache" / "tenancy"
+# What the platform's tenant-facing exports are a function of: its config, the code, the pinned packages.
+CACHE_INPUTS = ("Pulumi.yaml", "constraints.txt", "components", "stacks", "tenancy", "policy")
+
+
+def exports_cache_key(env: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256(env.encode())
+    files: list[Path] = []
+    for name in CACHE_INPUTS:
+        p = ROOT / name
+        files.extend(sorted(p.rglob("*.py")) + sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
+    files.append(ROOT / "stacks" / f"Pulumi.{env}.yaml")
+    for f in files:
+        if f.exists():
+            h.update(f.relative_to(ROOT).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _tenant_facing(outputs: dict[str, Any]) -> dict[str, Any]:
+    from stacks.contract import TENANT_DIRECTORY
+    return {k: v for k, v in outputs.items() if k != TENANT_DIRECTORY}
+
+
+def _write_exports_cache(env: str, key: str, result: RunResult) -> tuple[dict, list[str]]:
+    """The exports tenant stacks read (secrets as the marker: no secret value is written); returns them."""
+    raw = {k: (SECRET if k in result.secret_outputs else v) for k, v in _tenant_facing(result.raw_outputs).items()}
+    exports = (raw, list(result.secret_outputs))
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE_DIR / f".platform-{env}.tmp"
+        tmp.write_text(json.dumps({"key": key, "outputs": raw, "secretOutputs": exports[1]}))
+        tmp.replace(CACHE_DIR / f"platform-{env}.json")
+    except OSError:
+        pass  # a read-only checkout plans all the same, only slower
+    return exports
+
+
+def _read_exports_cache(env: str, key: str) -> tuple[dict, list[str]] | None:
+    try:
+        data = json.loads((CACHE_DIR / f"platform-{env}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (data["outputs"], data["secretOutputs"]) if data.get("key") == key else None
 
 
 def _plan_wide_violations(stacks_out: list[StackPlan]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -234,3 +235,37 @@ def test_cli_plan_writes_and_bad_env_is_bad_input(tmp_path):
     assert "dev.stark" in res.stdout
     res = run_cli("plan", "--env", "qa", "--out", str(tmp_path / "q"))
     assert res.returncode == 2 and "stacks/Pulumi.qa.yaml not found" in res.stderr
+
+
+def test_tenant_plans_use_the_cached_platform_exports(tmp_path, monkeypatch, sample_plan):
+    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    said: list[str] = []
+    first = planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
+    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
+    cached = json.loads((tmp_path / "cache" / "platform-dev.json").read_text())
+    assert cached["outputs"]["kubeconfig"] == "[secret]", "no secret value is written to the cache"
+    assert "tenantDirectory" not in cached["outputs"]
+    said.clear()
+    second = planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
+    assert said[0] == "using the cached tenant-facing exports of platform stack dev"
+    assert second.stacks[0].to_json() == first.stacks[0].to_json() == stack_of(sample_plan[1], "dev.stark")
+    # a cache written for other inputs (config, code, packages) is not used
+    cached["key"] = "0" * 32
+    (tmp_path / "cache" / "platform-dev.json").write_text(json.dumps(cached))
+    said.clear()
+    planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
+    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
+
+
+def test_the_cache_key_follows_environment_config_and_code(tmp_path, monkeypatch):
+    dev, prod = planmod.exports_cache_key("dev"), planmod.exports_cache_key("prod")
+    assert dev != prod and dev == planmod.exports_cache_key("dev")
+    fake_root = tmp_path / "root"
+    shutil.copytree(ROOT / "stacks", fake_root / "stacks")
+    (fake_root / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    monkeypatch.setattr(planmod, "ROOT", fake_root)
+    before = planmod.exports_cache_key("dev")
+    cfg = fake_root / "stacks" / "Pulumi.dev.yaml"
+    cfg.write_text(cfg.read_text().replace("clusterMaxNodes: 3", "clusterMaxNodes: 4"))
+    assert planmod.exports_cache_key("dev") != before
