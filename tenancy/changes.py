@@ -68,19 +68,24 @@ def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def catalog_at(path: str | Path, ref: str) -> tuple[Catalog | None, bool]:
+    """(the catalogue file as it was at git `ref` or None, whether it existed there but was invalid)."""
+    p = Path(path).resolve()
+    root = Path(_git(p.parent, "rev-parse", "--show-toplevel").strip())
+    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    rel = p.relative_to(root).as_posix()
+    try:
+        return parse_catalog(_git(root, "show", f"{ref}:{rel}"), f"{rel}@{ref}"), False
+    except GitError:
+        return None, False
+    except CatalogError:
+        return None, True
+
+
 def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
     """Changes of the catalogue file (and the code beside it) since git `ref`."""
-    path = Path(catalog.path).resolve()
-    root = Path(_git(path.parent, "rev-parse", "--show-toplevel").strip())
-    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    rel = path.relative_to(root).as_posix()
-    invalid_base = False
-    try:
-        old = parse_catalog(_git(root, "show", f"{ref}:{rel}"), f"{rel}@{ref}")
-    except GitError:
-        old = None
-    except CatalogError:
-        old, invalid_base = None, True
+    old, invalid_base = catalog_at(catalog.path, ref)
+    root = Path(_git(Path(catalog.path).resolve().parent, "rev-parse", "--show-toplevel").strip())
     changed_files = [f for f in _git(root, "diff", "--name-only", ref, "--").splitlines() if f]
     changed_files += [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines() if f]
     ch = changes_between(old, catalog, env, changed_files, base_label=ref)

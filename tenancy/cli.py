@@ -323,7 +323,7 @@ def cmd_affected(args) -> int:
 def cmd_pr_comment(args) -> int:
     from tenancy import naming, prcomment
     from tenancy.catalog import load_catalog
-    from tenancy.changes import changes_between, changes_since
+    from tenancy.changes import catalog_at, changes_between, changes_since
 
     head = load_catalog(args.tenants)
     naming.check_env(args.env)
@@ -333,32 +333,11 @@ def cmd_pr_comment(args) -> int:
         label = args.base_catalog
     else:
         changes = changes_since(head, args.env, args.base)
-        base = _catalog_at(args.tenants, args.base)
+        base, _ = catalog_at(args.tenants, args.base)
         label = args.base
     plan = json.loads(Path(args.plan).read_text()) if args.plan else None
     sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label))
     return EXIT_OK
-
-
-def _catalog_at(path: str, ref: str):
-    """The catalogue as it was at a git ref, or None when it did not exist or was invalid there."""
-    import subprocess
-
-    from tenancy.catalog import parse_catalog
-    from tenancy.errors import CatalogError
-
-    p = Path(path).resolve()
-    top = subprocess.run(["git", "-C", str(p.parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    if top.returncode:
-        return None
-    rel = p.relative_to(Path(top.stdout.strip())).as_posix()
-    shown = subprocess.run(["git", "-C", top.stdout.strip(), "show", f"{ref}:{rel}"], capture_output=True, text=True)
-    if shown.returncode:
-        return None
-    try:
-        return parse_catalog(shown.stdout, f"{rel}@{ref}")
-    except CatalogError:
-        return None
 
 
 def cmd_db_apply(args) -> int:

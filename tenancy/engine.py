@@ -93,7 +93,6 @@ class OfflineEngine:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.env = naming.check_env(env)
-        self._lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []   # (operation, stack), in order: what tests assert on
 
     def _path(self, stack: str) -> Path:

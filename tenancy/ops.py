@@ -120,23 +120,38 @@ def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None
     return include_platform, tenant_stacks, reasons
 
 
+def unexpected_destruction(preview: OpResult, expected: set[str]) -> str | None:
+    """What a preview would delete or replace among stateful resources the workflow did not plan to remove."""
+    risky = sorted((c for c in preview.destructive() if c.urn not in expected), key=lambda c: c.urn)
+    return "; ".join(f"{c.op} {c.type} {c.urn.rsplit('::', 1)[-1]}" for c in risky) or None
+
+
+def _checked_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool, expected: set[str],
+                say: Say | None = None) -> OpResult:
+    """Preview, refuse unexpected stateful deletes/replaces (nothing changed), then update."""
+    preview = engine.preview(stack, catalog)
+    what = unexpected_destruction(preview, expected)
+    if what and not allow_destroy:
+        raise Refused(f"would {what}; nothing was changed (review it, then --allow-destroy)")
+    result = engine.up(stack, catalog)
+    if say:
+        say(f"  {stack}: " + (", ".join(f"{n} {op}" for op, n in sorted(result.counts().items())) or "no changes"))
+    return result
+
+
 def _guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool, expected: set[str],
                 progress: Progress) -> Outcome:
+    progress.update(stack, "updating")
     try:
-        progress.update(stack, "previewing")
-        preview = engine.preview(stack, catalog)
-        risky = sorted((c for c in preview.destructive() if c.urn not in expected), key=lambda c: c.urn)
-        if risky and not allow_destroy:
-            what = "; ".join(f"{c.op} {c.type} {c.urn.rsplit('::', 1)[-1]}" for c in risky)
-            progress.update(stack, "refused")
-            return Outcome(stack, "refused", preview, f"would {what}; nothing was changed (review it, then --allow-destroy)")
-        progress.update(stack, "updating")
-        result = engine.up(stack, catalog)
-        progress.update(stack, "done")
-        return Outcome(stack, "ok", result)
+        result = _checked_up(engine, stack, catalog, allow_destroy, expected)
+    except Refused as exc:
+        progress.update(stack, "refused")
+        return Outcome(stack, "refused", None, str(exc))
     except EngineError as exc:
         progress.update(stack, "failed")
         return Outcome(stack, "failed", None, str(exc))
+    progress.update(stack, "done")
+    return Outcome(stack, "ok", result)
 
 
 @dataclass(frozen=True)
@@ -151,12 +166,17 @@ class PendingMove:
         return f"tenancy upgrade {self.tenant} --to {self.to_plan} --env {env} --source-dsn ... --target-dsn ..."
 
 
+def deployed_directory(engine: Engine, env: str) -> dict[str, dict[str, Any]]:
+    """The tenant directory the deployed platform stack exports ({} before the first deploy)."""
+    try:
+        return json.loads(engine.outputs(naming.stack_name(env)).get("tenantDirectory") or "{}")
+    except EngineError:
+        return {}
+
+
 def pending_moves(engine: Engine, catalog: Catalog, env: str) -> list[PendingMove]:
     """Tenants whose catalogue plan crosses the pooled boundary from where the deployed directory says they are."""
-    try:
-        directory = json.loads(engine.outputs(naming.stack_name(env)).get("tenantDirectory") or "{}")
-    except EngineError:
-        return []  # nothing deployed yet: nothing to move
+    directory = deployed_directory(engine, env)
     moves = []
     for t in catalog.tenants:
         entry = directory.get(t.id)
@@ -199,9 +219,8 @@ def deploy(engine: Engine, catalog: Catalog, env: str, *, mode: str = "up", tena
                     progress.update(stack, "previewing")
                     res = engine.preview(stack, catalog)
                     progress.update(stack, "previewed")
-                    risky = [c for c in res.destructive() if c.urn not in expected]
-                    msg = ("would delete or replace stateful " + ", ".join(c.urn.rsplit("::", 1)[-1] for c in risky)) if risky else ""
-                    return Outcome(stack, "ok", res, msg)
+                    what = unexpected_destruction(res, expected)
+                    return Outcome(stack, "ok", res, f"would {what} (stateful)" if what else "")
                 except EngineError as exc:
                     progress.update(stack, "failed")
                     return Outcome(stack, "failed", None, str(exc))
@@ -359,7 +378,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         if abort:
             raise Refused(f"tenant '{tenant_id}' has no unfinished move to abort")
         # Where the tenant is deployed now (the catalogue may already name the new plan).
-        from_plan = _deployed_plan(engine, env, tenant_id) or current.plan_name
+        from_plan = deployed_directory(engine, env).get(tenant_id, {}).get("plan") or current.plan_name
         done = []
         if from_plan == to_plan:
             raise Refused(f"tenant '{tenant_id}' is already on plan '{to_plan}'")
@@ -482,15 +501,6 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     return outcome
 
 
-def _deployed_plan(engine: Engine, env: str, tenant_id: str) -> str | None:
-    try:
-        directory = json.loads(engine.outputs(naming.stack_name(env)).get("tenantDirectory") or "{}")
-    except EngineError:
-        return None
-    entry = directory.get(tenant_id)
-    return entry["plan"] if entry else None
-
-
 class _Waiting(Exception):
     pass
 
@@ -510,17 +520,6 @@ PHASE_TEXT = {
     "unfreeze": "the target accepts the tenant's writes; the source stays read-only",
     "cleanup": "the source rows are removed (after the --keep-source window)",
 }
-
-
-def _checked_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool, expected: set[str], say: Say) -> OpResult:
-    preview = engine.preview(stack, catalog)
-    risky = [c for c in preview.destructive() if c.urn not in expected]
-    if risky and not allow_destroy:
-        raise Refused(f"{stack}: the update would " + "; ".join(f"{c.op} {c.urn.rsplit('::', 1)[-1]}" for c in risky) +
-                      "; nothing was changed (re-run with --allow-destroy if that is intended)")
-    result = engine.up(stack, catalog)
-    say(f"  {stack}: " + (", ".join(f"{n} {op}" for op, n in sorted(result.counts().items())) or "no changes"))
-    return result
 
 
 def _abort(engine: Engine, before: Catalog, env: str, mp: MovePlan, done: list[str], journal: Journal, say: Say,

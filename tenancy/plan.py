@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from tenancy import naming
-from tenancy.catalog import Catalog, Model
+from tenancy.catalog import Catalog
 from tenancy.errors import PlanError, TenancyError
 from tenancy.recorder import ORGANIZATION, SECRET, RunResult, run_program
 
@@ -344,5 +344,3 @@ def summary(result: PlanResult) -> str:
 def eprint(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
-
-__all__ = ["plan", "write", "summary", "PlanResult", "StackPlan", "Model"]

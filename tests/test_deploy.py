@@ -83,7 +83,7 @@ def test_preview_reports_stateful_deletes_without_refusing(tmp_path, catalog):
     ops.deploy(engine, catalog, "dev", mode="up")
     moved = with_tenant(catalog, "stark", region="us-east1")
     [o] = ops.deploy(engine, moved, "dev", mode="preview", tenants=["stark"])
-    assert o.status == "ok" and o.message.startswith("would delete or replace stateful ")
+    assert o.status == "ok" and o.message.startswith("would replace gcp:") and o.message.endswith("(stateful)")
     assert o.result.counts()["replace"] >= 4
 
 
