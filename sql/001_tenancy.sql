@@ -36,6 +36,38 @@ $roles$;
 
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 
+-- Side channels: with the default grants every role can read other sessions' query text (pg_stat_activity,
+-- for sessions of its own role -- and every application connection is tenancy_app) and per-table
+-- statistics (pg_stat_*_tables, pg_statio_*), which count other tenants' rows and writes in shared tables.
+-- A superuser revokes them from PUBLIC and grants them back to the owner and monitoring roles. Where the
+-- applying role is not a superuser (Cloud SQL), this cannot be done in SQL: tenancy.audit() reports the
+-- channels as 'side channel:' rows (see the README's security section).
+DO $side$
+DECLARE
+  f regprocedure;
+  v text;
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    RAISE NOTICE 'not a superuser: pg_stat side channels stay open to tenancy_app (tenancy.audit() lists them)';
+    RETURN;
+  END IF;
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'pg_catalog' AND (p.proname LIKE 'pg\_stat\_get\_%' OR p.proname = 'pg_stat_get_activity')
+  LOOP
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO tenancy_owner, pg_monitor', f);
+  END LOOP;
+  FOREACH v IN ARRAY ARRAY['pg_stat_activity', 'pg_stat_all_tables', 'pg_stat_user_tables', 'pg_stat_sys_tables',
+                           'pg_stat_xact_all_tables', 'pg_stat_xact_user_tables', 'pg_stat_xact_sys_tables',
+                           'pg_statio_all_tables', 'pg_statio_user_tables', 'pg_statio_sys_tables',
+                           'pg_stat_all_indexes', 'pg_stat_user_indexes', 'pg_statio_all_indexes', 'pg_statio_user_indexes']
+  LOOP
+    EXECUTE format('REVOKE SELECT ON pg_catalog.%I FROM PUBLIC', v);
+    EXECUTE format('GRANT SELECT ON pg_catalog.%I TO tenancy_owner, pg_monitor', v);
+  END LOOP;
+END
+$side$;
+
 SET ROLE tenancy_owner;
 
 CREATE SCHEMA IF NOT EXISTS tenancy;
@@ -71,13 +103,22 @@ CREATE TABLE IF NOT EXISTS tenancy.move_journal (
 );
 REVOKE ALL ON tenancy.move_journal FROM PUBLIC, tenancy_app;
 
--- The tenant of the current transaction, or NULL. NULL when never set and '' after a SET LOCAL ended
--- earlier in the session both become NULL, and `tenant_id = NULL` matches no row: no tenant, no rows.
+-- The tenant of the current transaction, or NULL. Only tenancy.set_tenant() in the *current* transaction
+-- counts: it records a binding of the tenant to this transaction's start time, and a tenant set any other
+-- way (a session-wide `SET app.current_tenant`, `set_config(..., false)`, a setting left on a pooled
+-- connection by an earlier transaction) does not match it, so it yields NULL -- and `tenant_id = NULL`
+-- matches no row. NULL when never set and '' after a SET LOCAL ended both become NULL as well.
+-- (The epoch form of the timestamp does not depend on TimeZone/DateStyle; parallel workers share the
+-- leader's transaction start time and settings.)
 CREATE OR REPLACE FUNCTION tenancy.current_tenant() RETURNS text
   LANGUAGE sql STABLE PARALLEL SAFE
-  AS $$ SELECT nullif(current_setting('app.current_tenant', true), '') $$;
+  AS $$
+  SELECT CASE WHEN current_setting('tenancy.binding', true)
+                   = current_setting('app.current_tenant', true) || '@' || extract(epoch FROM transaction_timestamp())::text
+              THEN nullif(current_setting('app.current_tenant', true), '') END
+$$;
 
--- Sets the tenant for the current transaction only (set_config(..., true)).
+-- Sets the tenant for the current transaction only (set_config(..., true)), bound to this transaction.
 CREATE OR REPLACE FUNCTION tenancy.set_tenant(p_tenant text) RETURNS void
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
   AS $$
@@ -89,6 +130,7 @@ BEGIN
     RAISE EXCEPTION 'tenancy.set_tenant: unknown tenant %', p_tenant USING ERRCODE = '42704';
   END IF;
   PERFORM set_config('app.current_tenant', p_tenant, true);
+  PERFORM set_config('tenancy.binding', p_tenant || '@' || extract(epoch FROM transaction_timestamp())::text, true);
 END
 $$;
 REVOKE ALL ON FUNCTION tenancy.set_tenant(text) FROM PUBLIC;
@@ -99,12 +141,19 @@ GRANT EXECUTE ON FUNCTION tenancy.current_tenant() TO tenancy_app;
 -- writes. Only the owner role may write a frozen tenant's rows, which is how a move fills the target.
 -- Statement-level, over the statement's transition table: one registry lookup per statement, not per row.
 -- (Changing a row's tenant_id is already impossible: RLS USING and WITH CHECK both pin it to the tenant.)
+--
+-- The freeze drains: every writing statement holds a SHARE lock on its tenant's registry row until its
+-- transaction ends, and tenancy.freeze() updates that row, which waits for those locks. So once freeze()
+-- returns, no transaction that wrote the tenant before the freeze can still commit, and every later write
+-- sees the new state (READ COMMITTED re-reads the locked row; REPEATABLE READ fails with a serialization
+-- error) and is refused.
 CREATE OR REPLACE FUNCTION tenancy.guard_writes() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
   AS $$
 DECLARE
   bad record;
 BEGIN
+  PERFORM 1 FROM tenancy.tenants t WHERE t.id IN (SELECT DISTINCT tenant_id FROM changed) ORDER BY t.id FOR SHARE;
   SELECT c.tenant_id, t.state INTO bad
     FROM (SELECT DISTINCT tenant_id FROM changed) c
     LEFT JOIN tenancy.tenants t ON t.id = c.tenant_id
@@ -121,6 +170,25 @@ BEGIN
   RETURN NULL;
 END
 $$;
+
+-- Sets a tenant's state and, when it stops writes (frozen, readonly, suspended), waits until every
+-- transaction that has written the tenant has ended (see guard_writes). Call it in its own transaction and
+-- commit; bound the wait with lock_timeout. Returns the previous state. Owner or superuser only.
+CREATE OR REPLACE FUNCTION tenancy.freeze(p_tenant text, p_state text DEFAULT 'frozen') RETURNS text
+  LANGUAGE plpgsql SET search_path = pg_catalog, tenancy
+  AS $$
+DECLARE
+  previous text;
+BEGIN
+  SELECT state INTO previous FROM tenancy.tenants WHERE id = p_tenant FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'tenancy.freeze: tenant % is not registered in this database', p_tenant USING ERRCODE = '42704';
+  END IF;
+  UPDATE tenancy.tenants SET state = p_state, updated_at = now() WHERE id = p_tenant;
+  RETURN previous;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy.freeze(text, text) FROM PUBLIC;
 
 -- Puts an application table under tenant isolation.
 CREATE OR REPLACE FUNCTION tenancy.isolate(p_table regclass) RETURNS void
@@ -220,6 +288,15 @@ CREATE OR REPLACE FUNCTION tenancy.audit() RETURNS TABLE (problem text)
    WHERE ix.indisunique
      AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = ix.indrelid AND a.attname = 'tenant_id'
                       AND a.attnum = ANY (ix.indkey))
+  UNION ALL
+  -- statistics views and functions that show other sessions' queries or other tenants' row counts
+  SELECT format('side channel: tenancy_app can read %s (revoke it from PUBLIC as a superuser)', v)
+    FROM unnest(ARRAY['pg_stat_activity', 'pg_stat_user_tables', 'pg_statio_user_tables']) v
+   WHERE has_table_privilege('tenancy_app', 'pg_catalog.' || v, 'SELECT')
+  UNION ALL
+  SELECT format('side channel: tenancy_app can execute %s (revoke it from PUBLIC as a superuser)', f)
+    FROM unnest(ARRAY['pg_stat_get_activity(integer)', 'pg_stat_get_live_tuples(oid)', 'pg_stat_get_tuples_inserted(oid)']) f
+   WHERE has_function_privilege('tenancy_app', f, 'EXECUTE')
 $$;
 
 RESET ROLE;

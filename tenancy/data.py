@@ -77,8 +77,8 @@ def connect(dsn: str) -> psycopg.Connection:
 
 
 def _as_tenant(conn: psycopg.Connection, tenant: str) -> None:
-    """Inside the current transaction only (set_config(..., true))."""
-    conn.execute("SELECT set_config('app.current_tenant', %s, true)", (tenant,))
+    """Inside the current transaction only, through tenancy.set_tenant (the only way that counts)."""
+    conn.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
 
 
 def isolated_tables(conn: psycopg.Connection) -> list[str]:

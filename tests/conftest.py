@@ -88,3 +88,38 @@ def catalog_repo_at(tmp_path) -> Path:
     for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
     return repo / "tenants.yaml"
+
+
+def _server_or_fail(start, what: str):
+    from tests import servers
+
+    try:
+        return start()
+    except servers.ServerUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is required under CI: {exc}")
+        pytest.skip(f"{what} unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def firestore_server():
+    """One Firestore API server per test process; FIRESTORE_EMULATOR_HOST points at it."""
+    from tests import servers
+
+    server = _server_or_fail(servers.start_firestore, "the Firestore API server")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = server.host
+    yield server
+    os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """One Cloud Storage API server per test process; STORAGE_EMULATOR_HOST points at it."""
+    from tests import servers
+
+    server = _server_or_fail(servers.start_gcs, "the GCS API server")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.host
+    yield server
+    os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    server.stop()

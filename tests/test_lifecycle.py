@@ -156,7 +156,7 @@ def test_writes_are_refused_while_frozen(world):
 def test_killed_process_during_copy_resumes(world):
     s = world["server"]
     with connect(s, world["pooled"], user="tenancy_owner") as c:   # enough rows that the copy takes a while
-        c.execute("SELECT set_config('app.current_tenant', 'bravo', true)")
+        c.execute("SELECT tenancy.set_tenant('bravo')")
         c.execute("INSERT INTO app.users (tenant_id, email, display_name) SELECT 'bravo', 'bulk' || g || '@b.example', "
                   "repeat('x', 200) FROM generate_series(1, 300000) g")
         c.commit()

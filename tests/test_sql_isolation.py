@@ -171,8 +171,9 @@ def test_runtime_role_cannot_truncate_reference_or_trigger(pg_server, two_tenant
     assert "role tenancy_app holds TRUNCATE on app.likes" in problems
 
 
-def test_pg_dump_needs_enable_row_security_and_then_dumps_one_tenant(pg_server, two_tenants):
-    # 10. pg_dump as an RLS-subject role fails unless --enable-row-security
+def test_pg_dump_needs_enable_row_security_and_a_session_tenant_is_not_honoured(pg_server, two_tenants):
+    # 10. pg_dump as an RLS-subject role fails unless --enable-row-security; and a tenant set for the whole
+    # session (PGOPTIONS, SET) is not honoured, so even then the dump holds no tenant's rows.
     base = [str(pg_server.bindir / "pg_dump"), "-h", "127.0.0.1", "-p", str(pg_server.port), "-U", "tenancy_owner",
             "-d", two_tenants, "--data-only", "-t", "app.users"]
     refused = subprocess.run(base, capture_output=True, text=True)
@@ -180,7 +181,73 @@ def test_pg_dump_needs_enable_row_security_and_then_dumps_one_tenant(pg_server, 
     ok = subprocess.run([*base, "--enable-row-security"], capture_output=True, text=True,
                         env={"PGOPTIONS": "-c app.current_tenant=bravo", "PATH": "/usr/bin:/bin"})
     assert ok.returncode == 0, ok.stderr
-    assert "user0@bravo.example" in ok.stdout and "@alpha.example" not in ok.stdout
+    assert "@bravo.example" not in ok.stdout and "@alpha.example" not in ok.stdout
+
+
+@pytest.mark.parametrize("how", ["SET app.current_tenant = 'alpha'",
+                                 "SELECT set_config('app.current_tenant', 'alpha', false)",
+                                 "SELECT set_config('app.current_tenant', 'alpha', true)"])
+def test_only_set_tenant_in_the_current_transaction_counts(pg_server, two_tenants, how):
+    with connect(pg_server, two_tenants, user="tenancy_app", autocommit=True) as c:
+        c.execute(how)
+        assert c.execute("SELECT count(*) FROM app.users").fetchone()[0] == 0
+        assert c.execute("SELECT tenancy.current_tenant()").fetchone()[0] is None
+        with c.transaction():
+            c.execute("SELECT tenancy.set_tenant('bravo')")
+            # set_config after set_tenant breaks the binding: no tenant at all rather than a forged one
+            c.execute("SELECT set_config('app.current_tenant', 'alpha', true)")
+            assert c.execute("SELECT count(*) FROM app.users").fetchone()[0] == 0
+        with c.transaction():
+            c.execute("SELECT tenancy.set_tenant('bravo')")
+            emails = {r[0] for r in c.execute("SELECT email FROM app.users")}
+        assert emails and all(e.endswith("@bravo.example") for e in emails)
+        # the next transaction inherits nothing from set_tenant, whatever the session says
+        assert c.execute("SELECT count(*) FROM app.users").fetchone()[0] == 0
+
+
+def test_statistics_side_channels_are_closed_to_the_runtime_role(pg_server, two_tenants):
+    with connect(pg_server, two_tenants, user="tenancy_app", autocommit=True) as c:
+        for q in ("SELECT query FROM pg_stat_activity", "SELECT n_live_tup FROM pg_stat_user_tables",
+                  "SELECT pg_stat_get_live_tuples('app.users'::regclass)",
+                  "SELECT heap_blks_read FROM pg_statio_user_tables"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(q)
+    with connect(pg_server, two_tenants, autocommit=True) as c:
+        assert [r[0] for r in c.execute("SELECT problem FROM tenancy.audit()")] == []
+        c.execute("GRANT SELECT ON pg_catalog.pg_stat_activity TO PUBLIC")
+        problems = [r[0] for r in c.execute("SELECT problem FROM tenancy.audit()")]
+    assert problems == ["side channel: tenancy_app can read pg_stat_activity (revoke it from PUBLIC as a superuser)"]
+
+
+def test_freeze_waits_for_transactions_that_already_wrote(pg_server, two_tenants):
+    """A write made before the freeze cannot commit after it: freeze() waits, and later writes are refused."""
+    import threading
+
+    writer = connect(pg_server, two_tenants, user="tenancy_app")
+    writer.execute("SELECT tenancy.set_tenant('alpha')")
+    writer.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('alpha', 'late@alpha.example', 'L')")
+    done = threading.Event()
+
+    def freeze():
+        with connect(pg_server, two_tenants, autocommit=True) as c:
+            c.execute("SELECT tenancy.freeze('alpha')")
+        done.set()
+
+    t = threading.Thread(target=freeze)
+    t.start()
+    assert not done.wait(1.0), "freeze returned while a transaction that wrote the tenant was still open"
+    writer.commit()          # the in-flight write commits before the freeze takes effect ...
+    assert done.wait(10)
+    t.join()
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="tenant alpha is frozen"):
+        writer.execute("SELECT tenancy.set_tenant('alpha')")
+        writer.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('alpha', 'after@alpha.example', 'A')")
+    writer.rollback()
+    writer.close()
+    with connect(pg_server, two_tenants) as c:    # ... so it is in the data the move copies
+        c.execute("SELECT tenancy.set_tenant('alpha')")
+        emails = {r[0] for r in c.execute("SELECT email FROM app.users")}
+    assert "late@alpha.example" in emails and "after@alpha.example" not in emails
 
 
 def test_frozen_tenant_writes_are_refused_by_the_database(pg_server, two_tenants):
