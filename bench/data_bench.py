@@ -29,7 +29,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tenancy import data, db, ops  # noqa: E402
+from tenancy import db  # noqa: E402
+from tenancy.lifecycle import ops  # noqa: E402
+from tenancy.stores import postgres as data  # noqa: E402
 from tenancy.catalog import parse_catalog  # noqa: E402
 from tenancy.engine import OfflineEngine  # noqa: E402
 from tests import pg  # noqa: E402

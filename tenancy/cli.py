@@ -193,7 +193,7 @@ def _engine(args):
 
 
 def cmd_deploy(args) -> int:
-    from tenancy import ops
+    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
 
     catalog = load_catalog(args.tenants)
@@ -212,7 +212,7 @@ def cmd_deploy(args) -> int:
 def cmd_moves(args) -> int:
     from dataclasses import asdict
 
-    from tenancy import ops
+    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
 
     moves = ops.pending_moves(_engine(args), load_catalog(args.tenants), args.env)
@@ -221,7 +221,7 @@ def cmd_moves(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from tenancy import ops
+    from tenancy.lifecycle import ops
     from tenancy.catalog import Model, load_catalog
     from tenancy.errors import ConfigError
 
@@ -246,7 +246,7 @@ def cmd_upgrade(args) -> int:
 
 
 def cmd_suspend(args) -> int:
-    from tenancy import ops
+    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
 
     ops.suspend(_engine(args), load_catalog(args.tenants), args.env, args.tenant, args.pooled_dsn, resume=args.resume,
@@ -256,7 +256,7 @@ def cmd_suspend(args) -> int:
 
 
 def cmd_offboard(args) -> int:
-    from tenancy import ops
+    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
 
     if args.no_export and args.export_to:
@@ -273,7 +273,7 @@ def _progress(msg: str) -> None:
 
 
 def cmd_data_move(args) -> int:
-    from tenancy import data
+    from tenancy.stores import postgres as data
 
     r = data.move(args.source, args.target, args.tenant, delete_source=args.delete_source, progress=_progress)
     rate = r.total_rows / max(r.copy_seconds + r.verify_seconds, 1e-9)
@@ -284,7 +284,7 @@ def cmd_data_move(args) -> int:
 
 
 def cmd_data_verify(args) -> int:
-    from tenancy import data
+    from tenancy.stores import postgres as data
 
     checks = data.verify(args.source, args.target, args.tenant)
     for c in checks:
@@ -296,7 +296,7 @@ def cmd_data_verify(args) -> int:
 
 
 def cmd_data_export(args) -> int:
-    from tenancy import data
+    from tenancy.stores import postgres as data
 
     manifest = data.export(args.source, args.tenant, args.out, progress=_progress)
     total = sum(t["rows"] for t in manifest["tables"].values())

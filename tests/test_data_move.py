@@ -9,8 +9,9 @@ import sys
 import psycopg
 import pytest
 
-from tenancy import data, db
-from tenancy.data import DataError, VerificationError
+from tenancy import db
+from tenancy.stores import postgres as data
+from tenancy.stores.postgres import DataError, VerificationError
 from tests.conftest import ROOT
 from tests.sqlhelp import connect, register, seed
 

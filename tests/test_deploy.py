@@ -13,7 +13,7 @@ import pytest
 from pulumi.automation import CommandResult, PulumiCommand
 from semver import VersionInfo
 
-from tenancy import ops
+from tenancy.lifecycle import ops
 from tenancy.catalog import load_catalog, with_tenant
 from tenancy.engine import AutomationEngine, OfflineEngine
 from tests.conftest import ROOT, catalog_repo_at

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from tenancy import ops
+from tenancy.lifecycle import ops
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
 from tests.conftest import ROOT
@@ -335,7 +335,8 @@ def test_objects_move_with_the_rows_and_are_verified(world):
 
 
 def test_object_verification_failure_stops_the_move(world, monkeypatch):
-    from tenancy import naming, objects
+    from tenancy import naming
+    from tenancy.stores import objects
     root = world["tmp"] / "buckets"
     put(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/a.txt", b"a")
     real_copy = objects.copy_objects

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from tenancy import data, db, naming
+from tenancy import db, naming
+from tenancy.stores import postgres as data
 from tenancy.catalog import Catalog, Model, State, with_tenant
 from tenancy.engine import Engine, EngineError, OpResult
 from tenancy.errors import TenancyError
@@ -399,13 +400,13 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     # Objects: under `{tenant}/` in the shared bucket while pooled, at the root of the tenant's bucket otherwise.
     obj = None
     if buckets is not None:
-        from tenancy import objects
+        from tenancy.stores import objects
         shared, own = objects.open_store(buckets.shared), objects.open_store(buckets.tenant)
         obj = (shared, f"{tenant_id}/", own, "") if upgrade_ else (own, "", shared, f"{tenant_id}/")
 
     if abort:
         if obj is not None and ("copy" in done or "freeze" in done):
-            from tenancy import objects
+            from tenancy.stores import objects
             objects.delete_objects(obj[2], obj[3])  # the copies; the originals stay
         return _abort(engine, before, env, mp, done, journal, say, outcome)
 
@@ -440,7 +441,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         outcome.rows = report.total_rows
         detail: dict[str, Any] = {"rows": report.rows}
         if obj is not None:
-            from tenancy import objects
+            from tenancy.stores import objects
             copied = objects.copy_objects(*obj, progress=say)
             detail["objects"] = {"copied": copied.copied, "bytes": copied.bytes}
         return detail
@@ -453,7 +454,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
                                  f"on {mp.from_model}. Run the same command to retry, or --abort")
         detail: dict[str, Any] = {"tables": {c.table: c.source_rows for c in checks}}
         if obj is not None:
-            from tenancy import objects
+            from tenancy.stores import objects
             count, bad_objects = objects.verify_objects(*obj)
             if bad_objects:
                 raise OperationError(f"object verification failed ({len(bad_objects)} of {count}: "
@@ -482,7 +483,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         deleted = data.delete(mp.source_dsn, tenant_id)
         unregister(mp.source_dsn, tenant_id)
         if obj is not None:
-            from tenancy import objects
+            from tenancy.stores import objects
             objects.delete_objects(obj[0], obj[1])
         if not upgrade_:
             old_stack_catalog = before
