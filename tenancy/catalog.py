@@ -52,6 +52,22 @@ class Model(str, Enum):
     DEDICATED = "dedicated"
 
 
+class NodeIsolation(str, Enum):
+    """Which nodes a plan's tenant workloads run on (a kernel boundary is the isolation that matters)."""
+
+    SHARED = "shared"        # the pooled deployment's own nodes: pooled plans only
+    SANDBOX = "sandbox"      # GKE Sandbox (gVisor) node pool shared by namespace tenants
+    DEDICATED = "dedicated"  # a node pool of the tenant's own, tainted so nobody else schedules there
+
+
+# A plan that does not say gets the strongest isolation its model offers.
+DEFAULT_NODE_ISOLATION = {
+    Model.POOLED: NodeIsolation.SHARED,
+    Model.NAMESPACE: NodeIsolation.SANDBOX,
+    Model.DEDICATED: NodeIsolation.DEDICATED,
+}
+
+
 class State(str, Enum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
@@ -140,9 +156,32 @@ class Plan(Strict):
         default=(), description="dedicated PostgreSQL instances; pooled plans share the pool and list none"
     )
     high_availability: bool = Field(default=False, description="REGIONAL (HA) database instances")
+    node_isolation: NodeIsolation | None = Field(
+        default=None,
+        description="nodes the tenants' workloads run on: shared (pooled plans only), sandbox (GKE Sandbox node "
+        "pool) or dedicated (a tainted node pool per tenant); default: shared for pooled, sandbox for namespace, "
+        "dedicated for dedicated plans",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_node_isolation(cls, data: Any) -> Any:
+        # Filled in before validation so that Plan.node_isolation is always a NodeIsolation once loaded.
+        if isinstance(data, dict) and data.get("node_isolation") is None:
+            try:
+                model = Model(data.get("model"))
+            except ValueError:
+                return data  # the model error is reported on its own
+            data = {**data, "node_isolation": DEFAULT_NODE_ISOLATION[model]}
+        return data
 
     @model_validator(mode="after")
     def _coherent(self) -> "Plan":
+        if self.model is Model.POOLED and self.node_isolation is not NodeIsolation.SHARED:
+            raise ValueError(f"a pooled plan runs every tenant in the shared deployment, so node_isolation "
+                             f"'{self.node_isolation.value}' cannot apply; use shared or model namespace/dedicated")
+        if self.model is not Model.POOLED and self.node_isolation is NodeIsolation.SHARED:
+            raise ValueError(f"node_isolation shared is for pooled plans; a {self.model.value} plan uses sandbox or dedicated")
         if self.model is Model.POOLED and self.databases:
             raise ValueError("a pooled plan shares the pooled database; remove 'databases' or use model namespace/dedicated")
         if self.model is not Model.POOLED and not self.databases:
@@ -166,6 +205,7 @@ BUILTIN_PLANS: dict[str, Plan] = {
         description="Free: shared namespace, row-level isolation in the pooled database",
         limits=Limits(api_rate_limit=100, storage_gb=1, cpu=0.5, memory_gb=1, pods=1, pvcs=0, services=1, backup_retention_days=7),
         features=(Feature.CORE, Feature.COMMENTS, Feature.LIKES),
+        node_isolation=NodeIsolation.SHARED,
     ),
     "standard": Plan(
         model=Model.NAMESPACE,
@@ -174,6 +214,7 @@ BUILTIN_PLANS: dict[str, Plan] = {
         max_limits=Limits(api_rate_limit=5000, storage_gb=500, cpu=16, memory_gb=64, pods=200, pvcs=40, services=40, backup_retention_days=90),
         features=(Feature.CORE, Feature.COMMENTS, Feature.LIKES, Feature.RECOMMENDATIONS, Feature.API_ACCESS, Feature.DATA_EXPORT),
         databases=("postgres-1", "postgres-2", "postgres-3"),
+        node_isolation=NodeIsolation.SANDBOX,
     ),
     "enterprise": Plan(
         model=Model.DEDICATED,
@@ -183,6 +224,7 @@ BUILTIN_PLANS: dict[str, Plan] = {
         features=_ALL,
         databases=("postgres-1", "postgres-2", "postgres-3"),
         high_availability=True,
+        node_isolation=NodeIsolation.DEDICATED,
     ),
 }
 
@@ -265,6 +307,10 @@ class TenantSpec(Strict):
     subdomain: str | None = Field(default=None, description="hostname label under the base domain; defaults to the id")
     custom_domain: str | None = Field(default=None, description="the tenant's own domain (dedicated plans only)")
     admin_email: str = Field(description="the tenant administrator's email")
+    operator_group: str | None = Field(
+        default=None,
+        description="Google Group (email) of the tenant's operators, e.g. acme-ops@acme.example; namespace and dedicated plans only",
+    )
     region: str | None = Field(default=None, description="GCP region for the tenant's resources; defaults to the platform's")
     features: tuple[Feature, ...] | None = Field(default=None, description="enabled features; defaults to all the plan allows")
     limits: LimitOverrides = Field(default_factory=LimitOverrides, description="overrides of the plan's limits")
@@ -292,10 +338,10 @@ class TenantSpec(Strict):
             raise ValueError(f"'{v}' is not a domain name; write it lowercase without scheme or path, e.g. portal.acme.com")
         return v
 
-    @field_validator("admin_email")
+    @field_validator("admin_email", "operator_group")
     @classmethod
-    def _email(cls, v: str) -> str:
-        if not EMAIL_PATTERN.match(v):
+    def _email(cls, v: str | None) -> str | None:
+        if v is not None and not EMAIL_PATTERN.match(v):
             raise ValueError(f"'{v}' is not a valid email address")
         return v
 
@@ -350,6 +396,7 @@ class Tenant:
     kms_key: str | None
     dedicated: DedicatedSettings | None
     limit_overrides: Mapping[str, float] = field(default_factory=dict)   # as written in the catalogue
+    operator_group: str | None = None                                     # Google Group of the tenant's operators
     explicit_features: tuple[Feature, ...] | None = None                  # as written (None: the plan's)
 
     @property
@@ -675,6 +722,9 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
         bad("dedicated", f"dedicated settings apply to dedicated plans only, and '{spec.plan}' is {plan.model.value}; remove the 'dedicated' block")
     if spec.kms_key and plan.model is Model.POOLED:
         bad("kms_key", "a pooled plan shares the platform bucket; remove kms_key or move the tenant to a namespace or dedicated plan")
+    if spec.operator_group and plan.model is Model.POOLED:
+        bad("operator_group", "a pooled plan has no namespace or cluster of the tenant's own for operators to run; "
+            "remove operator_group or move the tenant to a namespace or dedicated plan")
     if spec.features is not None:
         extra = [f.value for f in spec.features if f not in plan.features]
         if extra:
@@ -692,6 +742,7 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
         subdomain=spec.subdomain or spec.id, custom_domain=spec.custom_domain, admin_email=spec.admin_email,
         region=spec.region, features=tuple(features), limits=Limits(**limits), kms_key=spec.kms_key,
         dedicated=spec.dedicated, limit_overrides=spec.limits.set_values(), explicit_features=spec.features,
+        operator_group=spec.operator_group,
     )
 
 
@@ -727,7 +778,7 @@ def to_document(catalog: Catalog) -> dict[str, Any]:
                                "admin_email": t.admin_email}
         if t.subdomain != t.id:
             doc["subdomain"] = t.subdomain
-        for key in ("custom_domain", "region", "kms_key"):
+        for key in ("custom_domain", "region", "kms_key", "operator_group"):
             if getattr(t, key):
                 doc[key] = getattr(t, key)
         if t.explicit_features is not None:
@@ -753,4 +804,5 @@ def with_tenant(catalog: Catalog, tenant_id: str, **changes: Any) -> Catalog:
                     t.pop("custom_domain", None)
                 if catalog.plans[changes["plan"]].model is Model.POOLED:
                     t.pop("kms_key", None)
+                    t.pop("operator_group", None)
     return parse_catalog(yaml.safe_dump(doc, sort_keys=False), catalog.path)

@@ -271,3 +271,48 @@ def test_models_are_frozen():
     t = parse_catalog(GOOD).tenant("acme")
     with pytest.raises(Exception):
         t.plan.limits.cpu = 99  # type: ignore[misc]
+
+
+def test_operator_group_is_a_group_email_on_namespace_and_dedicated_plans():
+    from tenancy.catalog import to_document, with_tenant
+    catalog = parse_catalog(tenant(operator_group="acme-ops@acme.example"))
+    assert catalog.tenant("acme").operator_group == "acme-ops@acme.example"
+    assert to_document(catalog)["tenants"][0]["operator_group"] == "acme-ops@acme.example"
+    moved = with_tenant(catalog, "acme", plan="enterprise")
+    assert moved.tenant("acme").operator_group == "acme-ops@acme.example"
+    assert with_tenant(catalog, "acme", plan="free").tenant("acme").operator_group is None
+    assert parse_catalog(GOOD).tenant("acme").operator_group is None
+    assert one(tenant(operator_group="acme-ops")) == (
+        "tenants.yaml:6: tenant 'acme': operator_group: 'acme-ops' is not a valid email address")
+    assert one(tenant(plan="free", operator_group="acme-ops@acme.example")) == (
+        "tenants.yaml:6: tenant 'acme': operator_group: a pooled plan has no namespace or cluster of the tenant's own "
+        "for operators to run; remove operator_group or move the tenant to a namespace or dedicated plan")
+
+
+def test_node_isolation_defaults_per_model_and_pooled_plans_stay_shared():
+    from tenancy.catalog import NodeIsolation
+    assert [BUILTIN_PLANS[p].node_isolation for p in ("free", "standard", "enterprise")] == [
+        NodeIsolation.SHARED, NodeIsolation.SANDBOX, NodeIsolation.DEDICATED]
+    plan = """
+    plans:
+      custom:
+        model: {model}
+        {extra}
+        limits: {{api_rate_limit: 1, storage_gb: 1, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}}
+        features: [core]
+        databases: {dbs}
+    tenants: []
+    """
+    def load(model, extra="", dbs="[postgres-1]"):
+        return parse_catalog(textwrap.dedent(plan.format(model=model, extra=extra, dbs=dbs))).plans["custom"]
+    assert load("namespace").node_isolation is NodeIsolation.SANDBOX
+    assert load("dedicated").node_isolation is NodeIsolation.DEDICATED
+    assert load("pooled", dbs="[]").node_isolation is NodeIsolation.SHARED
+    assert load("namespace", "node_isolation: dedicated").node_isolation is NodeIsolation.DEDICATED
+    assert one(plan.format(model="pooled", extra="node_isolation: sandbox", dbs="[]")) == (
+        "tenants.yaml:3: plan 'custom': (entry): a pooled plan runs every tenant in the shared deployment, so "
+        "node_isolation 'sandbox' cannot apply; use shared or model namespace/dedicated")
+    assert one(plan.format(model="dedicated", extra="node_isolation: shared", dbs="[postgres-1]")) == (
+        "tenants.yaml:3: plan 'custom': (entry): node_isolation shared is for pooled plans; a dedicated plan uses sandbox or dedicated")
+    assert one(plan.format(model="namespace", extra="node_isolation: gvisor", dbs="[postgres-1]")) == (
+        "tenants.yaml:5: plan 'custom': node_isolation: 'gvisor' is not allowed; use one of 'shared', 'sandbox' or 'dedicated'")
