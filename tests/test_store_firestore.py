@@ -372,17 +372,17 @@ def test_unreachable_server_is_one_line_naming_project_and_database(firestore_se
 def test_missing_emulator_host_and_credentials_is_a_clear_error(firestore_server, monkeypatch, tmp_path):
     monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
-    with pytest.raises(StoreError, match=r"^firestore demo-tenancy/db1: no Google credentials \(.*missing.json.*\); "
+    with pytest.raises(StoreError, match=r"^firestore demo-tenancy/db-one: no Google credentials \(.*missing.json.*\); "
                                          r"run `gcloud auth application-default login`, "
                                          r"or set FIRESTORE_EMULATOR_HOST"):
-        fs.summary(fs.location_for(PROJECT, "db1", "acme", pooled=False), "acme", TREE)
+        fs.summary(fs.location_for(PROJECT, "db-one", "acme", pooled=False), "acme", TREE)
 
 
 def test_permission_errors_name_the_project(firestore_server):
     from google.api_core import exceptions as gexc
 
-    loc = fs.location_for(PROJECT, "db1", "acme", pooled=True)
-    with pytest.raises(StoreError, match=r"^firestore demo-tenancy/db1 under tenants/acme: permission denied while "
+    loc = fs.location_for(PROJECT, "db-one", "acme", pooled=True)
+    with pytest.raises(StoreError, match=r"^firestore demo-tenancy/db-one under tenants/acme: permission denied while "
                                          r"reading documents \(Missing or insufficient permissions.\); the caller "
                                          r"needs roles/datastore.user"):
         with fs._api(loc, "reading documents"):
@@ -390,16 +390,17 @@ def test_permission_errors_name_the_project(firestore_server):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: fs.location_for(PROJECT, "db", "a/b", pooled=True), r"tenant id 'a/b' is not a valid Firestore id"),
-    (lambda: fs.location_for("", "db", "acme", pooled=True), "needs a project and a database"),
-    (lambda: fs.FirestoreLocation(PROJECT, "db", "tenants"), r"root 'tenants' is not a document path"),
-    (lambda: fs.summary(fs.location_for(PROJECT, "db", "acme", True), "acme", {}), "non-empty tree"),
-    (lambda: fs.summary(fs.location_for(PROJECT, "db", "acme", True), "acme", {"users": {"__x__": {}}}),
+    (lambda: fs.location_for(PROJECT, "db-x", "a/b", pooled=True), r"tenant id 'a/b' is not a valid Firestore id"),
+    (lambda: fs.location_for("", "db-x", "acme", pooled=True), "needs a project id"),
+    (lambda: fs.location_for(PROJECT, "Pool_DB", "acme", pooled=True), r"database id .Pool_DB. is not .\(default\)."),
+    (lambda: fs.FirestoreLocation(PROJECT, "db-x", "tenants"), r"root 'tenants' is not a document path"),
+    (lambda: fs.summary(fs.location_for(PROJECT, "db-x", "acme", True), "acme", {}), "non-empty tree"),
+    (lambda: fs.summary(fs.location_for(PROJECT, "db-x", "acme", True), "acme", {"users": {"__x__": {}}}),
      r"collections.users: collection '__x__' is not a valid Firestore id"),
-    (lambda: fs.summary(fs.location_for(PROJECT, "db", "acme", True), "acme", {"_tenancy": {}}), "is reserved"),
-    (lambda: fs.copy(fs.location_for(PROJECT, "db", "acme", True), fs.location_for(PROJECT, "db", "acme", True),
+    (lambda: fs.summary(fs.location_for(PROJECT, "db-x", "acme", True), "acme", {"_tenancy": {}}), "is reserved"),
+    (lambda: fs.copy(fs.location_for(PROJECT, "db-x", "acme", True), fs.location_for(PROJECT, "db-x", "acme", True),
                      "acme", TREE), "source and target of the copy are the same location"),
-    (lambda: fs.copy(fs.location_for(PROJECT, "a", "acme", True), fs.location_for(PROJECT, "b", "acme", False),
+    (lambda: fs.copy(fs.location_for(PROJECT, "db-a", "acme", True), fs.location_for(PROJECT, "db-b", "acme", False),
                      "acme", TREE, batch_size=501), "batch_size must be between 1 and 500"),
 ])
 def test_bad_input_is_refused_before_any_call(call, message):

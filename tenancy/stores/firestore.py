@@ -64,6 +64,7 @@ SHOWN = 10                      # documents named in one error line
 _MOD = 2 ** 256
 _TAGS = frozenset({"$bytes", "$double", "$geo", "$ref", "$timestamp", "$vector"})
 _RESERVED_ID = re.compile(r"^__.*__$")
+_DATABASE_ID = re.compile(r"^(\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9])$")
 _TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{6})Z$")
 
 Collections = Mapping[str, "Collections"]
@@ -78,9 +79,13 @@ class FirestoreLocation:
     root: str
 
     def __post_init__(self) -> None:
-        if not self.project or not self.database:
-            raise StoreError(f"Firestore location needs a project and a database (got project={self.project!r}, "
-                             f"database={self.database!r})")
+        if not isinstance(self.project, str) or not self.project or re.search(r"[/\s]", self.project):
+            raise StoreError(f"Firestore location needs a project id (got {self.project!r})")
+        if not isinstance(self.database, str) or not _DATABASE_ID.match(self.database):
+            raise StoreError(f"firestore {self.project}: database id {self.database!r} is not '(default)' or 4-63 "
+                             "lowercase letters, digits and hyphens starting with a letter")
+        if not isinstance(self.root, str):
+            raise StoreError(f"firestore {self.project}/{self.database}: root must be a string, got {self.root!r}")
         segments = self.root.split("/") if self.root else []
         if len(segments) % 2 or any(not _valid_id(s) for s in segments):
             raise StoreError(f"firestore {self.project}/{self.database}: root {self.root!r} is not a document path "
@@ -102,6 +107,7 @@ def location_for(project: str, database: str, tenant_id: str, pooled: bool) -> F
 
 
 def summary(loc: FirestoreLocation, tenant: str, collections: Collections) -> Summary:
+    """Counts and checksums of the tenant's documents per collection path, the same in either layout."""
     tree = _prepare(loc, tenant, collections)
     with _api(loc, "reading documents"):
         return _summarise(((d.part, d.checksum) for d in _walk(loc, tree)), tree)
