@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,58 @@ def test_deploy_workflow_is_gated_and_uses_the_tool():
     runs = "\n".join(s.get("run", "") for s in job["steps"])
     assert "tenancy up --env" in runs and "--changed-since" in runs
     assert "tenancy moves" in runs and "tenancy upgrade" in runs and "GITHUB_STEP_SUMMARY" in runs
+
+
+# What GitHub runs a `run:` script with on Linux runners, by `shell:` value (None: not given anywhere).
+GITHUB_SHELLS = {None: ["bash", "-e"], "bash": ["bash", "--noprofile", "--norc", "-eo", "pipefail"], "sh": ["sh", "-e"]}
+
+
+def effective_shell(wf: dict, job: dict, step: dict) -> str | None:
+    for scope in (step, (job.get("defaults") or {}).get("run") or {}, (wf.get("defaults") or {}).get("run") or {}):
+        if scope.get("shell"):
+            return scope["shell"]
+    return None
+
+
+def has_pipe(script: str) -> bool:
+    return "|" in script.replace("||", "")
+
+
+def test_every_run_with_a_pipe_runs_with_pipefail():
+    """Without pipefail, `tenancy up | tee up.txt` succeeds when tenancy fails, and the deploy tag moves."""
+    piped = []
+    for path in WORKFLOWS:
+        wf = yaml.safe_load(path.read_text())
+        for job_id, job in wf["jobs"].items():
+            for step in job.get("steps", []):
+                if "run" in step and has_pipe(step["run"]):
+                    shell = effective_shell(wf, job, step)
+                    argv = GITHUB_SHELLS.get(shell, str(shell).split())
+                    assert "pipefail" in argv or "pipefail" in " ".join(argv), \
+                        f"{path.name} {job_id}/{step.get('name')}: a piped run: under shell {shell!r} has no pipefail"
+                    piped.append((path.name, step.get("name")))
+    assert ("deploy.yml", "tenancy up") in piped and ("deploy.yml", "Tier moves the catalogue asks for") in piped
+
+
+def test_a_failed_deploy_fails_its_step(tmp_path):
+    """The `tenancy up` step itself, run as GitHub runs it, with a tenancy that fails: the step fails."""
+    wf = workflow("deploy.yml")
+    job = wf["jobs"]["deploy"]
+    step = next(s for s in job["steps"] if s.get("name") == "tenancy up")
+    stub = tmp_path / ".venv" / "bin" / "tenancy"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\necho 'error: update of dev.stark failed'\nexit 1\n")
+    stub.chmod(0o755)
+    script = tmp_path / "step.sh"
+    script.write_text(re.sub(r"\$\{\{[^}]*\}\}", "x", step["run"]))
+    env = {"PATH": os.environ["PATH"], "TENANCY_ENV": "prod"}
+    argv = GITHUB_SHELLS[effective_shell(wf, job, step)]
+    res = subprocess.run([*argv, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert (tmp_path / "up.txt").read_text() == "error: update of dev.stark failed\n"
+    # the reason for the setting: under GitHub's default shell the same pipeline would have succeeded
+    script.write_text("(exit 1) | tee up.txt\n")
+    assert subprocess.run([*GITHUB_SHELLS[None], str(script)], cwd=tmp_path, env=env).returncode == 0
 
 
 def run_cli(*args, cwd=ROOT):
