@@ -2,7 +2,11 @@
 
 Every security setting is fixed here with the reason beside it; the arguments only choose things that
 cannot weaken isolation (machine type, node counts, release channel, whether the control plane has a
-public endpoint at all).
+public endpoint at all, whether a GKE Sandbox pool exists).
+
+Node isolation in a shared cluster: a tenant's pods land on the shared `workloads` pool, on the tainted
+GKE Sandbox (gVisor) pool, or on a tainted pool of the tenant's own (`TenantNodePool`).
+`pod_scheduling()` gives the pod fields (runtime class, node selector, tolerations) that match each.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ NODE_ROLES = (
 )
 
 
+# Taints keep every pod off a pool unless it tolerates the pool's taint; labels let it select the pool.
+SANDBOX_KEY = "tenancy.io/isolation"
+SANDBOX_VALUE = "sandbox"
+SANDBOX_RUNTIME_CLASS = "gvisor"      # the RuntimeClass GKE installs with a Sandbox pool
+TENANT_KEY = "tenancy.io/tenant"
+
+
 class ReleaseChannel(str, Enum):
     RAPID = "RAPID"
     REGULAR = "REGULAR"
@@ -44,11 +55,25 @@ class ClusterArgs:
     authorized_cidr: str
     node_service_account_id: str
     labels: dict[str, str]
+    # Google Workspace domain whose `gke-security-groups@` group nests the groups RBAC may name.
+    groups_domain: pulumi.Input[str]
     machine_type: str = "e2-standard-4"
     min_nodes: int = 1
     max_nodes: int = 5
     release_channel: ReleaseChannel = ReleaseChannel.REGULAR
     private_endpoint: bool = False
+    # A GKE Sandbox (gVisor) node pool for tenants whose plan asks for a kernel boundary.
+    sandbox_pool: bool = False
+
+
+def security_group(domain: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The group GKE reads RBAC group memberships through (Google Groups for RBAC)."""
+    return pulumi.Output.concat("gke-security-groups@", domain)
+
+
+def shared_node_account_id(env: str) -> str:
+    """Service account id of the shared cluster's nodes (tenant node pools run as it too)."""
+    return f"{env}-gke-nodes"
 
 
 class GkeCluster(pulumi.ComponentResource):
@@ -82,7 +107,7 @@ class GkeCluster(pulumi.ComponentResource):
             # The default pool would run with the Compute default service account; it is removed at once.
             remove_default_node_pool=True,
             initial_node_count=1,
-            node_config=self._node_config(args, node_sa),
+            node_config=hardened_node_config(args.machine_type, node_sa.email, args.labels),
             # Nodes have no public IPs; the control plane's public endpoint is optional and allow-listed.
             private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
                 enable_private_nodes=True,
@@ -97,6 +122,11 @@ class GkeCluster(pulumi.ComponentResource):
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=self.workload_pool),
             # Dataplane V2 enforces NetworkPolicy (tenant default-deny depends on it).
             datapath_provider="ADVANCED_DATAPATH",
+            # Pod-to-pod traffic on one node goes through the VPC too: flow logs and firewall see it.
+            enable_intranode_visibility=True,
+            # RBAC may name Google Groups (tenant operator groups), resolved through this security group.
+            authenticator_groups_config=gcp.container.ClusterAuthenticatorGroupsConfigArgs(
+                security_group=security_group(args.groups_domain)),
             enable_shielded_nodes=True,
             enable_legacy_abac=False,  # RBAC only
             enable_kubernetes_alpha=False,
@@ -128,9 +158,22 @@ class GkeCluster(pulumi.ComponentResource):
             location=args.region,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(min_node_count=args.min_nodes, max_node_count=args.max_nodes),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
-            node_config=self._node_config(args, node_sa),
+            node_config=hardened_node_config(args.machine_type, node_sa.email, args.labels),
             opts=child,
         )
+        if args.sandbox_pool:
+            gcp.container.NodePool(
+                f"{name}-sandbox-nodes",
+                name="sandbox",
+                project=args.project,
+                cluster=cluster.name,
+                location=args.region,
+                autoscaling=gcp.container.NodePoolAutoscalingArgs(min_node_count=0, max_node_count=args.max_nodes),
+                management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+                node_config=hardened_node_config(args.machine_type, node_sa.email, args.labels, sandbox=True,
+                                                 taint=(SANDBOX_KEY, SANDBOX_VALUE)),
+                opts=child,
+            )
         self.name = cluster.name
         self.endpoint = cluster.endpoint
         self.ca_certificate = cluster.master_auth.cluster_ca_certificate
@@ -160,18 +203,75 @@ class GkeCluster(pulumi.ComponentResource):
             member=agent.member, opts=child)
         return key
 
-    @staticmethod
-    def _node_config(args: ClusterArgs, node_sa: gcp.serviceaccount.Account) -> dict:
-        return {
-            "machine_type": args.machine_type,
-            "image_type": "COS_CONTAINERD",
-            "service_account": node_sa.email,  # never the Compute default service account
-            "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],  # access decided by IAM, not scopes
-            "workload_metadata_config": {"mode": "GKE_METADATA"},  # pods cannot read node credentials
-            "shielded_instance_config": {"enable_secure_boot": True, "enable_integrity_monitoring": True},
-            "metadata": {"disable-legacy-endpoints": "true"},
-            "resource_labels": args.labels,
-        }
+
+def hardened_node_config(machine_type: str, service_account: pulumi.Input[str], labels: dict[str, str], *,
+                         sandbox: bool = False, taint: tuple[str, str] | None = None) -> dict:
+    """Node settings every pool shares; `taint` (key, value) reserves the pool and labels its nodes."""
+    config = {
+        "machine_type": machine_type,
+        "image_type": "COS_CONTAINERD",  # the only image GKE Sandbox runs on; hardened for every pool
+        "service_account": service_account,  # never the Compute default service account
+        "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],  # access decided by IAM, not scopes
+        "workload_metadata_config": {"mode": "GKE_METADATA"},  # pods cannot read node credentials
+        "shielded_instance_config": {"enable_secure_boot": True, "enable_integrity_monitoring": True},
+        "metadata": {"disable-legacy-endpoints": "true"},
+        "resource_labels": labels,
+    }
+    if sandbox:
+        config["sandbox_config"] = {"sandbox_type": "gvisor"}
+    if taint:
+        key, value = taint
+        config["taints"] = [{"key": key, "value": value, "effect": "NO_SCHEDULE"}]
+        config["labels"] = {key: value}
+    return config
+
+
+@dataclass(frozen=True)
+class TenantNodePoolArgs:
+    tenant_id: str
+    pool_name: str
+    project: str
+    region: str
+    cluster_name: pulumi.Input[str]
+    node_service_account: pulumi.Input[str]
+    labels: dict[str, str]
+    machine_type: str = "e2-standard-4"
+    min_nodes: int = 1
+    max_nodes: int = 3
+
+
+class TenantNodePool(pulumi.ComponentResource):
+    """A node pool in the shared cluster that only one tenant's pods tolerate (node isolation `dedicated`)."""
+
+    def __init__(self, name: str, args: TenantNodePoolArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:gcp:TenantNodePool", name, None, opts)
+        pool = gcp.container.NodePool(
+            f"{name}-pool", name=args.pool_name, project=args.project, cluster=args.cluster_name, location=args.region,
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(min_node_count=args.min_nodes, max_node_count=args.max_nodes),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            node_config=hardened_node_config(args.machine_type, args.node_service_account, args.labels,
+                                             taint=(TENANT_KEY, args.tenant_id)),
+            opts=pulumi.ResourceOptions(parent=self))
+        self.name = pool.name
+        self.register_outputs({"name": self.name})
+
+
+def pod_scheduling(isolation: str, tenant_id: str) -> dict:
+    """Pod fields (Kubernetes names) that put a tenant's pods on the nodes its node isolation asks for.
+
+    `shared`: nothing. `sandbox`: the gVisor runtime class (GKE adds its own node selector and toleration
+    for it) and our pool's label and taint. `dedicated`: the tenant's own pool's label and taint."""
+    if isolation == "sandbox":
+        key, value, runtime = SANDBOX_KEY, SANDBOX_VALUE, SANDBOX_RUNTIME_CLASS
+    elif isolation == "dedicated":
+        key, value, runtime = TENANT_KEY, tenant_id, None
+    else:
+        return {}
+    out: dict = {"nodeSelector": {key: value},
+                 "tolerations": [{"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}]}
+    if runtime:
+        out["runtimeClassName"] = runtime
+    return out
 
 
 def kubeconfig(name: str, endpoint: str, ca: str) -> str:

@@ -2,6 +2,11 @@
 
 They live in the platform stack so that a tier change never recreates a tenant's user pool: users keep
 their logins across upgrades and downgrades.
+
+The project-wide authorized domains (where a page may start a sign-in, for *any* Identity Platform
+tenant) are the platform's own hosts only: `app.<base>` and `auth.<base>`. Tenants on other hosts
+(`<subdomain>.<base>`, custom domains) sign in through `auth.<base>`: a tenant's operators control what
+their host serves, and an authorized domain of theirs could start sign-in flows for every other tenant.
 """
 
 from __future__ import annotations
@@ -10,6 +15,16 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
+
+from tenancy import naming
+
+# The platform hosts that serve sign-in pages (a subset of naming.PLATFORM_HOSTNAMES).
+SIGN_IN_HOSTS = ("app", "auth")
+
+
+def authorized_domains(base_domain: str) -> list[str]:
+    """The only domains Identity Platform lets start a sign-in: the platform's own sign-in hosts."""
+    return sorted(naming.hostname(h, base_domain) for h in SIGN_IN_HOSTS)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""The VPC every cluster and private database of one project sits in."""
+"""The VPC every cluster and private database of one project sits in.
+
+Physical names (network, subnet, peering range, router, NAT) start with `name_prefix`: two networks in
+one project (the platform's and dedicated tenants' without their own project) must not share a name.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
+
+from tenancy import naming
+
+# Compute Engine resource names: 1-63 characters.
+NAME_LIMIT = 63
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,9 @@ class NetworkArgs:
     pods_cidr: str
     services_cidr: str
     labels: dict[str, str]
+    # Prefix of every physical name; None keeps the component's name (the platform's, and tenants in
+    # their own project, whose names predate the prefix).
+    name_prefix: str | None = None
 
 
 class Network(pulumi.ComponentResource):
@@ -29,11 +41,16 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:gcp:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        prefix = args.name_prefix or name
+
+        def physical(role: str) -> str:
+            return naming.fit(f"{prefix}-{role}", NAME_LIMIT)
+
         # Custom-mode network: every subnet is declared here, nothing appears implicitly in new regions.
-        vpc = gcp.compute.Network(f"{name}-vpc", name=f"{name}-vpc", project=args.project,
+        vpc = gcp.compute.Network(f"{name}-vpc", name=physical("vpc"), project=args.project,
                                   auto_create_subnetworks=False, routing_mode="REGIONAL", opts=child)
         subnet = gcp.compute.Subnetwork(
-            f"{name}-subnet", name=f"{name}-subnet", project=args.project, region=args.region, network=vpc.id,
+            f"{name}-subnet", name=physical("subnet"), project=args.project, region=args.region, network=vpc.id,
             ip_cidr_range=args.subnet_cidr,
             # Private nodes reach Google APIs without public IPs.
             private_ip_google_access=True,
@@ -46,16 +63,16 @@ class Network(pulumi.ComponentResource):
         )
         # Private services access: Cloud SQL gets private IPs in this range and never a public one.
         peering_range = gcp.compute.GlobalAddress(
-            f"{name}-sql-range", name=f"{name}-sql-range", project=args.project, network=vpc.id,
+            f"{name}-sql-range", name=physical("sql-range"), project=args.project, network=vpc.id,
             purpose="VPC_PEERING", address_type="INTERNAL", prefix_length=16, labels=args.labels, opts=child)
         self.private_services = gcp.servicenetworking.Connection(
             f"{name}-sql-peering", network=vpc.id, service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[peering_range.name], opts=child)
-        router = gcp.compute.Router(f"{name}-router", name=f"{name}-router", project=args.project, region=args.region,
+        router = gcp.compute.Router(f"{name}-router", name=physical("router"), project=args.project, region=args.region,
                                     network=vpc.id, opts=child)
         # Egress for private nodes (image pulls from outside Google, webhooks) without node public IPs.
         gcp.compute.RouterNat(
-            f"{name}-nat", name=f"{name}-nat", project=args.project, region=args.region, router=router.name,
+            f"{name}-nat", name=physical("nat"), project=args.project, region=args.region, router=router.name,
             nat_ip_allocate_option="AUTO_ONLY", source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
             log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"), opts=child)
         self.network_id = vpc.id

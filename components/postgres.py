@@ -1,8 +1,9 @@
-"""A Cloud SQL PostgreSQL instance: private IP only, SSL only, point-in-time recovery, protected.
+"""A Cloud SQL PostgreSQL instance: private IP only, SSL only, point-in-time recovery, audited, protected.
 
-Passwords are generated (pulumi-random), kept secret in Pulumi state, and stored in Secret Manager;
-workloads read them from Secret Manager through their own service account. Only secret *names* leave
-this component.
+Passwords are generated (pulumi-random), kept secret in Pulumi state, and stored in Secret Manager
+(replicated only in the instance's region: credentials stay where the data is); workloads read them
+from Secret Manager through their own service account. Only secret *names* leave this component, plus
+the instance's server CA certificates (public), so that clients verify the server (`SSL_MODE`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,27 @@ import pulumi_random as random
 OWNER_USER = "tenancy_owner"
 RUNTIME_USER = "tenancy_app"
 DATABASE = "app"
+# Clients check the server's certificate against the instance's CA (`server_ca_cert`): a host on the
+# path cannot pose as the database. `verify-full` is not used because Cloud SQL server certificates
+# name the instance, not its private IP.
+SSL_MODE = "verify-ca"
+
+# Who did what to the schema and to roles, every session, and no statement text (which would carry
+# tenant data) in the logs: pgAudit for DDL and role changes, slow-statement logging off; Query
+# Insights keeps normalised query statistics.
+AUDIT_FLAGS = (
+    ("cloudsql.iam_authentication", "on"),
+    ("cloudsql.enable_pgaudit", "on"),
+    ("pgaudit.log", "ddl,role"),
+    ("log_connections", "on"),
+    ("log_disconnections", "on"),
+    ("log_statement", "ddl"),
+    ("log_lock_waits", "on"),
+    ("log_checkpoints", "on"),
+    ("log_min_duration_statement", "-1"),
+)
+# Online tier moves copy a tenant's rows with row-filtered logical replication from the primary.
+PRIMARY_FLAGS = (("cloudsql.logical_decoding", "on"),)
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,7 @@ class PostgresInstance(pulumi.ComponentResource):
     instance_name: pulumi.Output[str]
     connection_name: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    server_ca_cert: pulumi.Output[str]
     secret_ids: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: PostgresArgs, opts: pulumi.ResourceOptions | None = None):
@@ -74,7 +97,12 @@ class PostgresInstance(pulumi.ComponentResource):
         self.instance_name = instance.name
         self.connection_name = instance.connection_name
         self.private_ip = instance.private_ip_address
-        self.register_outputs({"instance_name": self.instance_name, "connection_name": self.connection_name})
+        # Every CA the instance currently presents (two during a CA rotation), as one PEM bundle. The
+        # provider marks serverCaCerts secret wholesale; CA certificates are public (every TLS handshake
+        # shows them), and clients need them in plain ConfigMaps and Helm values.
+        self.server_ca_cert = pulumi.Output.unsecret(instance.server_ca_certs.apply(ca_bundle))
+        self.register_outputs({"instance_name": self.instance_name, "connection_name": self.connection_name,
+                               "server_ca_cert": self.server_ca_cert})
 
     @staticmethod
     def _settings(args: PostgresArgs, replica: bool = False) -> dict:
@@ -95,10 +123,8 @@ class PostgresInstance(pulumi.ComponentResource):
             # Private IP only; no public address, no authorized networks. Only TLS connections are accepted.
             "ip_configuration": {"ipv4_enabled": False, "private_network": args.network_id, "ssl_mode": "ENCRYPTED_ONLY"},
             "backup_configuration": backups,
-            "database_flags": [
-                {"name": "cloudsql.iam_authentication", "value": "on"},
-                {"name": "log_min_duration_statement", "value": "1000"},
-            ],
+            "database_flags": [{"name": k, "value": v}
+                               for k, v in AUDIT_FLAGS + (() if replica else PRIMARY_FLAGS)],
             "insights_config": {"query_insights_enabled": True},
             "user_labels": args.labels,
         }
@@ -112,6 +138,18 @@ class PostgresInstance(pulumi.ComponentResource):
                      password=secret_value, deletion_policy="ABANDON", opts=child)
         secret = gcp.secretmanager.Secret(
             f"{name}-{role}-secret", secret_id=f"{args.secret_prefix}-{role}", project=args.project,
-            replication={"auto": {}}, labels=args.labels, opts=child)
+            replication=regional_replication(args.region), labels=args.labels, opts=child)
         gcp.secretmanager.SecretVersion(f"{name}-{role}-secret-v", secret=secret.id, secret_data=secret_value, opts=child)
         return secret.secret_id
+
+
+def regional_replication(region: str) -> dict:
+    """Secret Manager replication in one region only (`auto` would copy the secret to any region)."""
+    return {"user_managed": {"replicas": [{"location": region}]}}
+
+
+def ca_bundle(certs: list | None) -> str | None:
+    """The PEM certificates of `serverCaCerts`, in Cloud SQL's order, joined into one CA bundle."""
+    pems = [(c.get("cert") if isinstance(c, dict) else getattr(c, "cert", None)) for c in (certs or [])]
+    pems = [p.strip() for p in pems if p]
+    return "\n".join(pems) + "\n" if pems else None

@@ -1,4 +1,4 @@
-"""Buckets and Firestore databases: stateful, protected, never public."""
+"""Buckets and Firestore databases: stateful, protected, never public; object reads and writes audited."""
 
 from __future__ import annotations
 
@@ -78,3 +78,15 @@ class FirestoreDatabase(pulumi.ComponentResource):
         )
         self.name = db.name
         self.register_outputs({"name": self.name})
+
+
+def storage_data_access_audit(name: str, project: pulumi.Input[str],
+                              opts: pulumi.ResourceOptions | None = None) -> gcp.projects.IAMAuditConfig:
+    """Data Access audit logs for Cloud Storage in `project`: who read or wrote which tenant's objects.
+
+    Admin Activity logs are always on; object reads and writes are only logged when asked for. The
+    config is authoritative for the service in that project, so exactly one stack declares it per
+    project: the platform stack for the platform project, a dedicated tenant's stack for its own."""
+    return gcp.projects.IAMAuditConfig(
+        name, project=project, service="storage.googleapis.com",
+        audit_log_configs=[{"log_type": "DATA_READ"}, {"log_type": "DATA_WRITE"}], opts=opts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,15 @@ import pulumi
 import yaml
 
 from tenancy import naming
-from tenancy.errors import ConfigError
+from tenancy.catalog import Catalog
+from tenancy.errors import ConfigError, Problem
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 STACKS_DIR = Path(__file__).resolve().parent
 NAMESPACE = "tenancy"
+# Platform output tenant stacks read for their clusters' Google Groups for RBAC (beside stacks/contract.py's keys).
+GROUPS_DOMAIN_EXPORT = "groupsDomain"
+DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class PlatformConfig:
     pods_cidr: str
     services_cidr: str
     master_cidr: str
+    groups_domain: str
 
     @classmethod
     def from_pulumi(cls, environment: str) -> "PlatformConfig":
@@ -70,6 +76,11 @@ class PlatformConfig:
             problems.append(f"{where}: {NAMESPACE}:environment is '{values['environment']}' but the stack is '{environment}'; "
                             "they must match (or remove the key)")
         values["environment"] = environment
+        # Google Groups for RBAC: empty means the groups live in the base domain's Workspace.
+        values["groups_domain"] = values.get("groups_domain") or values.get("base_domain") or ""
+        if values["groups_domain"] and not DOMAIN.fullmatch(str(values["groups_domain"])):
+            problems.append(f"{where}: {NAMESPACE}:groupsDomain '{str(values['groups_domain'])[:60]}' is not a domain name; "
+                            "give the Google Workspace domain of gke-security-groups@<domain>, e.g. example.com")
         for name in ("network_cidr", "pods_cidr", "services_cidr", "master_cidr"):
             try:
                 ipaddress.ip_network(str(values[name]))
@@ -139,3 +150,28 @@ def _config_string(value: Any) -> str:
 
 def known_environments() -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
+
+
+def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:
+    """Catalogue rules that need the environment's config: a tenant's custom domain must not be a name the
+    platform serves (a hostname under the base domain would route to two tenants, or to the platform and
+    a tenant, and share the platform's certificates and sign-in domain)."""
+    base = cfg.base_domain.lower().rstrip(".")
+    platform_hosts = {naming.hostname(h, base) for h in naming.PLATFORM_HOSTNAMES}
+    problems = []
+    for t in catalog.tenants:
+        domain = (t.custom_domain or "").lower().rstrip(".")
+        if not domain:
+            continue
+        if domain in platform_hosts:
+            why = (f"custom domain '{domain}' is the platform's own host {domain.split('.', 1)[0]}.<baseDomain> in "
+                   f"environment {cfg.environment}; use a domain the tenant owns")
+        elif domain == base or domain.endswith("." + base):
+            why = (f"custom domain '{domain}' is under the platform's base domain '{base}' ({cfg.environment}), where "
+                   "the platform routes tenant subdomains; use a domain the tenant owns, or its subdomain instead")
+        else:
+            continue
+        problems.append(Problem(file=str(catalog.path), line=None, subject=f"tenant '{t.id}'", field="custom_domain",
+                                message=why))
+    return problems
+

@@ -9,19 +9,19 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from components.cluster import ClusterArgs, GkeCluster
+from components.cluster import ClusterArgs, GkeCluster, shared_node_account_id
 from components.directory import DirectoryArgs, TenantDirectory
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
-from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant
+from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import OWNER_USER, RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.config import PlatformConfig
+from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
 
@@ -81,9 +81,12 @@ def _foundation(env: str, cfg: PlatformConfig):
     cluster = GkeCluster("shared", ClusterArgs(
         cluster_name=naming.cluster(env), project=cfg.gcp_project, region=cfg.region, network_id=net.network_id,
         subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
-        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=f"{env}-gke-nodes",
-        labels=shared_labels, machine_type=cfg.cluster_machine_type, min_nodes=cfg.cluster_min_nodes,
-        max_nodes=cfg.cluster_max_nodes), opts=gopts)
+        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=shared_node_account_id(env),
+        labels=shared_labels, groups_domain=cfg.groups_domain, machine_type=cfg.cluster_machine_type,
+        min_nodes=cfg.cluster_min_nodes, max_nodes=cfg.cluster_max_nodes, sandbox_pool=True), opts=gopts)
+    # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
+    # project of their own) are audited.
+    storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=shared_labels,
@@ -112,6 +115,7 @@ def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: G
     pulumi.export(contract.DNS_ZONE, edge.zone_name)
     pulumi.export(contract.APP_CHART, cfg.app_chart)
     pulumi.export(contract.APP_CHART_VERSION, cfg.app_chart_version)
+    pulumi.export(GROUPS_DOMAIN_EXPORT, cfg.groups_domain)
 
 
 def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, provider: gcp.Provider, net: Network,
@@ -160,13 +164,13 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     AppRelease("pooled-app", AppArgs(
         release_name="app", namespace=pool_ns.namespace, chart=cfg.app_chart, version=cfg.app_chart_version,
         labels=k8s_labels(env, Model.POOLED.value), depends_on=[app_identity],
-        values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER])), opts=kopts)
+        values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER], db.server_ca_cert)), opts=kopts)
 
     directory_tenants = [t for t in catalog.tenants if t.in_directory]
     identity = IdentityPlatform("identity", IdentityArgs(
         project=cfg.gcp_project,
-        authorized_domains=sorted({naming.hostname("app", cfg.base_domain), f"*.{cfg.base_domain}"} |
-                                  {t.custom_domain for t in directory_tenants if t.custom_domain}),
+        # Platform hosts only: tenants on their own hosts sign in through auth.<base> (components/identity.py).
+        authorized_domains=authorized_domains(cfg.base_domain),
         tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]), opts=gopts)
     directory = TenantDirectory("directory", DirectoryArgs(
         namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
@@ -177,21 +181,26 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
 
 def _firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],
                      opts: pulumi.ResourceOptions) -> None:
-    """Firestore access is granted at the project with a condition naming the one database."""
+    """Firestore access is granted at the project with a condition naming the one database: the database
+    itself or a path under it, never a prefix match (`dev-stark` must not match `dev-stark-labs`)."""
+    path = pulumi.Output.concat("projects/", project, "/databases/", database)
     gcp.projects.IAMMember(name, project=project, role="roles/datastore.user", member=member, condition={
         "title": "one-database-only",
-        "expression": pulumi.Output.concat('resource.name.startsWith("projects/', project, '/databases/', database, '")'),
+        "expression": pulumi.Output.concat('resource.name == "', path, '" || resource.name.startsWith("', path, '/")'),
     }, opts=opts)
 
 
-def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_secret: pulumi.Input[str]) -> dict:
+def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_secret: pulumi.Input[str],
+                      db_server_ca: pulumi.Input[str] | None = None) -> dict:
     """Helm values of the shared deployment: per-tenant limits and feature flags, secret *names* only."""
     return {
         "environment": env,
         "model": Model.POOLED.value,
         "host": naming.hostname("app", cfg.base_domain),
         "ingress": {"className": "nginx", "clusterIssuer": CLUSTER_ISSUER},
-        "database": {"secretName": db_secret, "project": cfg.gcp_project, "user": RUNTIME_USER},
+        # The client verifies the server against the instance's CA (public, not a secret).
+        "database": {"secretName": db_secret, "project": cfg.gcp_project, "user": RUNTIME_USER,
+                     "sslMode": SSL_MODE, "serverCaCert": db_server_ca},
         "storage": {"bucket": naming.shared_bucket(env, cfg.gcp_project), "prefixTemplate": "{tenant_id}/"},
         "firestore": {"database": naming.firestore_database(env, "pooled")},
         "tenants": {t.id: {

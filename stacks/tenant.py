@@ -14,19 +14,21 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.cluster import ClusterArgs, GkeCluster
+from components.cluster import (ClusterArgs, GkeCluster, TenantNodePool, TenantNodePoolArgs, pod_scheduling,
+                                shared_node_account_id)
 from components.edge import CLUSTER_ISSUER, INGRESS_CLASS, INGRESS_NAMESPACE, Edge, EdgeArgs
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import OWNER_USER, RUNTIME_USER, PostgresArgs, PostgresInstance
+from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
+from stacks.config import GROUPS_DOMAIN_EXPORT
 from stacks.platform import _firestore_grant, sql_files
 from tenancy import naming
-from tenancy.catalog import Feature, Model, State, Tenant
+from tenancy.catalog import Feature, Model, NodeIsolation, State, Tenant
 
 TENANT_DB_TIER = {Model.NAMESPACE: "db-custom-1-3840", Model.DEDICATED: "db-custom-4-15360"}
 # Tenant projects need these APIs before anything else can be created in them.
@@ -49,6 +51,8 @@ class PlatformFacts:
     workload_pool: pulumi.Output[str]
     app_chart: pulumi.Output[str]
     app_chart_version: pulumi.Output[str]
+    cluster_name: pulumi.Output[str]
+    groups_domain: pulumi.Output[str]
 
 
 def read_platform(env: str, project: str) -> tuple[pulumi.StackReference, PlatformFacts]:
@@ -58,7 +62,8 @@ def read_platform(env: str, project: str) -> tuple[pulumi.StackReference, Platfo
         environment=out(contract.ENVIRONMENT), project=out(contract.GCP_PROJECT), region=out(contract.REGION),
         base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID), kubeconfig=out(contract.KUBECONFIG),
         workload_pool=out(contract.WORKLOAD_POOL), app_chart=out(contract.APP_CHART),
-        app_chart_version=out(contract.APP_CHART_VERSION))
+        app_chart_version=out(contract.APP_CHART_VERSION), cluster_name=out(contract.CLUSTER_NAME),
+        groups_domain=out(GROUPS_DOMAIN_EXPORT))
 
 
 def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,
@@ -78,27 +83,48 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
                             opts=pulumi.ResourceOptions(depends_on=deps))
     gopts = pulumi.ResourceOptions(provider=provider)
 
+    isolation = tenant.plan.node_isolation
     if tenant.model is Model.DEDICATED:
+        # In the platform project (no project of its own) every physical name carries the tenant: the
+        # platform's and other dedicated tenants' networks, routers and addresses live there too.
+        in_platform_project = project == platform_project
+        prefix = naming.fit(f"{env}-{tenant.id}", 40) if in_platform_project else None
         net = Network("tenant", NetworkArgs(project=project, region=region, subnet_cidr="10.30.0.0/20",
                                             pods_cidr="10.128.0.0/14", services_cidr="10.132.0.0/20",
-                                            labels=gcp_labels), opts=gopts)
+                                            labels=gcp_labels, name_prefix=prefix), opts=gopts)
         cluster = GkeCluster("tenant", ClusterArgs(
             cluster_name=naming.cluster(env, tenant.id), project=project, region=region, network_id=net.network_id,
             subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
             master_cidr="172.16.32.0/28", authorized_cidr="10.30.0.0/20",
             node_service_account_id=naming.fit(f"n-{env}-{tenant.id}", naming.LIMITS["service_account"]),
-            labels=gcp_labels, private_endpoint=bool(tenant.dedicated and tenant.dedicated.private_endpoint),
-            machine_type="e2-standard-8", min_nodes=1, max_nodes=10), opts=gopts)
+            labels=gcp_labels, groups_domain=facts.groups_domain,
+            private_endpoint=bool(tenant.dedicated and tenant.dedicated.private_endpoint),
+            machine_type="e2-standard-8", min_nodes=1, max_nodes=10,
+            sandbox_pool=isolation is NodeIsolation.SANDBOX), opts=gopts)
         k8s_provider = cluster.provider
         network_id: pulumi.Input[str] = net.network_id
         workload_pool: pulumi.Input[str] = cluster.workload_pool
         db_deps: list[pulumi.Resource] = [net.private_services]
         edge = Edge("edge", EdgeArgs(project=project, region=region, base_domain=None, acme_email=tenant.admin_email,
                                      labels=gcp_labels, k8s_labels=kube_labels),
-                    opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
+                    opts=pulumi.ResourceOptions(providers=[provider, k8s_provider],
+                                                transformations=[_prefix_address(prefix)] if prefix else None))
+        if not in_platform_project:
+            # The tenant's own project: its object reads and writes are audited there (the platform stack
+            # audits the platform project).
+            storage_data_access_audit("storage-data-access-audit", project, gopts)
     else:
         k8s_provider = k8s.Provider("shared-cluster", kubeconfig=facts.kubeconfig, enable_server_side_apply=True)
         network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
+        if isolation is NodeIsolation.DEDICATED:
+            TenantNodePool("nodes", TenantNodePoolArgs(
+                tenant_id=tenant.id, pool_name=naming.fit(f"t-{tenant.id}", 40), project=platform_project,
+                region=platform_region, cluster_name=facts.cluster_name,
+                node_service_account=f"{shared_node_account_id(env)}@{platform_project}.iam.gserviceaccount.com",
+                labels=gcp_labels), opts=gopts)
+    # Where the tenant's pods run: the shared pool, the gVisor pool, or its own pool (components/cluster.py).
+    scheduling = pod_scheduling(isolation.value, tenant.id) if tenant.model is Model.NAMESPACE or \
+        isolation is NodeIsolation.SANDBOX else {}
     kopts = pulumi.ResourceOptions(provider=k8s_provider)
     both = pulumi.ResourceOptions(providers=[provider, k8s_provider])
 
@@ -133,7 +159,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     active = tenant.state is State.ACTIVE
     graph = Feature.RECOMMENDATIONS in tenant.features
     if graph:
-        _neo4j(tenant, ns, kube_labels, clustered=tenant.model is Model.DEDICATED, opts=kopts)
+        _neo4j(tenant, ns, kube_labels, clustered=tenant.model is Model.DEDICATED, opts=kopts, scheduling=scheduling)
     hosts = [naming.hostname(tenant.subdomain, base_domain)] + ([tenant.custom_domain] if tenant.custom_domain else [])
     AppRelease("app", AppArgs(
         release_name="app", namespace=ns.namespace, chart=app_chart, version=app_chart_version, labels=kube_labels,
@@ -146,9 +172,12 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
             "rateLimit": {"requestsPerMinute": tenant.limits.api_rate_limit},
             "storage": {"bucket": bucket.name, "quotaGb": tenant.limits.storage_gb},
             "firestore": {"database": firestore.name},
-            "databases": {role: {"host": db.private_ip, "secretName": db.secret_ids[RUNTIME_USER], "user": RUNTIME_USER}
+            # The client verifies the server against the instance's CA (public, not a secret).
+            "databases": {role: {"host": db.private_ip, "secretName": db.secret_ids[RUNTIME_USER], "user": RUNTIME_USER,
+                                 "sslMode": SSL_MODE, "serverCaCert": db.server_ca_cert}
                           for role, db in databases.items()},
             "graph": {"enabled": graph, "passwordSecret": "neo4j-auth" if graph else None},
+            **scheduling,
         }), opts=kopts)
     if active:
         _routes(tenant, ns, hosts, kube_labels, kopts)
@@ -256,7 +285,7 @@ def _tenant_project(tenant: Tenant, env: str, platform_project: str,
 
 
 def _neo4j(tenant: Tenant, ns: TenantNamespace, kube_labels: dict[str, str], clustered: bool,
-           opts: pulumi.ResourceOptions) -> None:
+           opts: pulumi.ResourceOptions, scheduling: dict | None = None) -> None:
     password = random.RandomPassword("neo4j-password", length=32, special=False)
     auth = k8s.core.v1.Secret("neo4j-auth", metadata={"name": "neo4j-auth", "namespace": ns.namespace, "labels": kube_labels},
                               string_data={"NEO4J_AUTH": pulumi.Output.secret(pulumi.Output.concat("neo4j/", password.result))},
@@ -270,7 +299,11 @@ def _neo4j(tenant: Tenant, ns: TenantNamespace, kube_labels: dict[str, str], clu
                       "resources": {"cpu": "500m", "memory": "2Gi"}},
             "volumes": {"data": {"mode": "dynamic", "dynamic": {"storageClassName": "premium-rwo",
                                                                "requests": {"storage": "20Gi"}}}},
-            "podSpec": {"securityContext": POD_SECURITY},
+            # The chart has no runtimeClassName: on the gVisor pool Neo4j would run under runc, so it follows
+            # only a tenant's own node pool (sandbox tenants' Neo4j stays on the shared pool).
+            "podSpec": {"securityContext": POD_SECURITY,
+                        **({"tolerations": scheduling["tolerations"]} if _own_pool(scheduling) else {})},
+            **({"nodeSelector": scheduling["nodeSelector"]} if _own_pool(scheduling) else {}),
             "containerSecurityContext": CONTAINER_SECURITY,
             "services": {"neo4j": {"enabled": False}},  # no LoadBalancer: reached inside the namespace only
             "podLabels": kube_labels,
@@ -292,3 +325,18 @@ def _routes(tenant: Tenant, ns: TenantNamespace, hosts: list[str], kube_labels: 
         spec={"ingressClassName": INGRESS_CLASS, "tls": [{"hosts": hosts, "secretName": "app-tls"}],
               "rules": [{"host": h, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
                   "service": {"name": "app", "port": {"number": 80}}}}]}} for h in hosts]}, opts=opts)
+
+
+def _own_pool(scheduling: dict | None) -> bool:
+    """True when `scheduling` pins pods to a tenant's own node pool (no special runtime needed)."""
+    return bool(scheduling) and "runtimeClassName" not in scheduling
+
+
+def _prefix_address(prefix: str):
+    """Gives the Edge's regional address a tenant-derived name (it lives beside the platform's)."""
+    def transform(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        if args.type_ != "gcp:compute/address:Address":
+            return None
+        return pulumi.ResourceTransformationResult(props={**args.props, "name": naming.fit(f"{prefix}-ingress", 63)},
+                                                   opts=args.opts)
+    return transform

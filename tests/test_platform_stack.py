@@ -31,7 +31,7 @@ def test_resource_counts_by_type(platform):
     for r in platform["resources"]:
         counts[r["type"]] = counts.get(r["type"], 0) + 1
     assert counts["gcp:container/cluster:Cluster"] == 1
-    assert counts["gcp:container/nodePool:NodePool"] == 1
+    assert counts["gcp:container/nodePool:NodePool"] == 2                 # workloads, and the gVisor sandbox pool
     assert counts["gcp:sql/databaseInstance:DatabaseInstance"] == 1       # the pool only
     assert counts["gcp:firestore/database:Database"] == 1
     assert counts["gcp:storage/bucket:Bucket"] == 1
@@ -60,7 +60,7 @@ def test_gke_cluster_security_settings(platform):
 
 
 def test_node_pool_runs_hardened_nodes_as_a_dedicated_account(platform):
-    pool = one(platform, "gcp:container/nodePool:NodePool")["inputs"]
+    [pool] = [p["inputs"] for p in of_type(platform, "gcp:container/nodePool:NodePool") if p["inputs"]["name"] == "workloads"]
     assert pool["management"] == {"autoRepair": True, "autoUpgrade": True}
     nc = pool["nodeConfig"]
     assert nc["serviceAccount"] == "dev-gke-nodes@tenancy-dev-482913.iam.gserviceaccount.com"

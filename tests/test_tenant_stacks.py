@@ -112,7 +112,8 @@ def test_service_account_iam_members_and_roles_exactly(data):
     ]
     datastore = [r for r in of_type(stark, "gcp:projects/iAMMember:IAMMember") if r["inputs"]["member"] == sa][0]
     assert datastore["inputs"]["condition"]["expression"] == \
-        'resource.name.startsWith("projects/tenancy-dev-482913/databases/dev-stark")'
+        'resource.name == "projects/tenancy-dev-482913/databases/dev-stark" || ' \
+        'resource.name.startsWith("projects/tenancy-dev-482913/databases/dev-stark/")'
     wi = of_type(stark, "gcp:serviceaccount/iAMMember:IAMMember")[0]["inputs"]
     assert wi["role"] == "roles/iam.workloadIdentityUser"
     assert wi["member"] == "serviceAccount:tenancy-dev-482913.svc.id.goog[tenant-stark/app]"
