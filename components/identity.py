@@ -18,13 +18,20 @@ import pulumi_gcp as gcp
 
 from tenancy import naming
 
-# The platform hosts that serve sign-in pages (a subset of naming.PLATFORM_HOSTNAMES).
-SIGN_IN_HOSTS = ("app", "auth")
+# The platform hosts that serve sign-in pages (a subset of naming.PLATFORM_HOSTNAMES); tenants on any
+# other host are sent to the auth host, served by the shared deployment, with their Identity Platform tenant.
+AUTH_HOST = "auth"
+SIGN_IN_HOSTS = ("app", AUTH_HOST)
 
 
 def authorized_domains(base_domain: str) -> list[str]:
     """The only domains Identity Platform lets start a sign-in: the platform's own sign-in hosts."""
     return sorted(naming.hostname(h, base_domain) for h in SIGN_IN_HOSTS)
+
+
+def sign_in_host(base_domain: str) -> str:
+    """Where tenants whose hosts are not authorized domains sign in."""
+    return naming.hostname(AUTH_HOST, base_domain)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 from components.cluster import ClusterArgs, GkeCluster, shared_node_account_id
 from components.directory import DirectoryArgs, TenantDirectory
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
-from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains
+from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains, sign_in_host
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
@@ -197,6 +197,8 @@ def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_se
         "environment": env,
         "model": Model.POOLED.value,
         "host": naming.hostname("app", cfg.base_domain),
+        # The shared deployment also serves sign-in for tenants on other hosts (components/identity.py).
+        "signInHost": sign_in_host(cfg.base_domain),
         "ingress": {"className": "nginx", "clusterIssuer": CLUSTER_ISSUER},
         # The client verifies the server against the instance's CA (public, not a secret).
         "database": {"secretName": db_secret, "project": cfg.gcp_project, "user": RUNTIME_USER,

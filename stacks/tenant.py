@@ -17,6 +17,7 @@ import pulumi_random as random
 from components.cluster import (ClusterArgs, GkeCluster, TenantNodePool, TenantNodePoolArgs, pod_scheduling,
                                 shared_node_account_id)
 from components.edge import CLUSTER_ISSUER, INGRESS_CLASS, INGRESS_NAMESPACE, Edge, EdgeArgs
+from components.identity import sign_in_host
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
@@ -166,6 +167,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         depends_on=[identity],
         values={
             "environment": env, "model": model, "tenant": tenant.id, "hosts": hosts,
+            # The tenant's hosts are not Identity Platform authorized domains: sign-in happens on the auth host.
+            "signInHost": sign_in_host(base_domain),
             # A suspended tenant keeps its data; its workloads scale to zero.
             "replicaCount": (2 if tenant.model is Model.DEDICATED else 1) if active else 0,
             "features": {f.value: (f in tenant.features) for f in Feature},

@@ -131,9 +131,11 @@ def test_no_iam_condition_matches_a_name_by_bare_prefix(plan_data):
 def test_authorized_domains_are_the_platform_hosts_only(plan_data):
     [config] = of_type(stack_of(plan_data, "dev"), "gcp:identityplatform/config:Config")
     assert config["inputs"]["authorizedDomains"] == ["app.dev.saas-example.com", "auth.dev.saas-example.com"]
-    # the committed catalogue's custom domain is not in it either
-    directory_hosts = [h for s in plan_data["stacks"] for h in s["outputs"].get("hostnames", [])]
-    assert "portal.orbit.example" in directory_hosts
+    # the custom domain is a tenant host, not an authorized domain: its pages send sign-in to the auth host
+    assert stack_of(plan_data, "dev.orbit")["outputs"]["hostnames"] == ["orbit.dev.saas-example.com", "portal.orbit.example"]
+    assert _app_values(plan_data, "dev.orbit")["signInHost"] == "auth.dev.saas-example.com"
+    assert _app_values(plan_data, "dev.stark")["signInHost"] == "auth.dev.saas-example.com"
+    assert _app_values(plan_data, "dev")["signInHost"] == "auth.dev.saas-example.com"    # served by the shared app
 
 
 def _cfg(env: str = "dev", **extra) -> PlatformConfig:
