@@ -12,6 +12,9 @@ INGRESS_NAMESPACE = "ingress-nginx"
 CERT_MANAGER_NAMESPACE = "cert-manager"
 CLUSTER_ISSUER = "letsencrypt"
 INGRESS_CLASS = "nginx"
+# ingress-nginx ConfigMap keys that decide whether client-supplied forwarding headers are believed.
+FORWARDED_HEADERS_DISTRUSTED = {"use-forwarded-headers": "false", "enable-real-ip": "false",
+                                "compute-full-forwarded-for": "false", "use-proxy-protocol": "false"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,12 @@ class Edge(pulumi.ComponentResource):
             version="4.13.3", repository_opts={"repo": "https://kubernetes.github.io/ingress-nginx"},
             values={"controller": {
                 "ingressClassResource": {"name": INGRESS_CLASS, "default": False},
+                # A passthrough L4 load balancer: with `Local` the packets keep the client's address, which
+                # is what per-IP rate limits and logs must use.
                 "service": {"loadBalancerIP": ip.address, "externalTrafficPolicy": "Local"},
-                "config": {"use-forwarded-headers": "true", "enable-real-ip": "true"},
+                # Nothing in front of the controller sets X-Forwarded-For or PROXY protocol, so any such header
+                # is the client's own claim: trusting it lets anyone pick the address rate limits count.
+                "config": FORWARDED_HEADERS_DISTRUSTED,
                 "metrics": {"enabled": True},
                 "podLabels": args.k8s_labels,
                 "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},

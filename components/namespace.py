@@ -15,8 +15,11 @@ import pulumi_kubernetes as k8s
 GOOGLE_APIS_CIDRS = ("199.36.153.8/30", "199.36.153.4/30")
 METADATA_SERVER = "169.254.169.252/32"  # GKE metadata server (Workload Identity tokens)
 
-# Verbs a tenant operator has on workload objects in their namespace, and nothing on the guard rails
-# (ResourceQuota, LimitRange, NetworkPolicy, Role, RoleBinding) -- unlike the built-in `admin`/`edit`.
+# What a tenant's operators may do in their namespace: look at everything but Secrets, restart a pod by
+# deleting it, scale, clean up Jobs. Nothing on the guard rails (ResourceQuota, LimitRange, NetworkPolicy,
+# Role, RoleBinding, the Namespace object itself) -- unlike the built-in `admin`/`edit`. And no write to any
+# pod template (create/update/patch of pods, Deployments, StatefulSets, Jobs, CronJobs): whoever writes a
+# pod template can run it as any service account of the namespace, the SQL migrator's included.
 OPERATOR_RULES = [
     {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps",
                                        "persistentvolumeclaims", "events"],
@@ -25,10 +28,11 @@ OPERATOR_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "replicasets"],
      "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"], "verbs": ["get", "update", "patch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]},  # rollout restart
-    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["delete"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
 ]
+OPERATOR_ROLE = "tenant-operator"
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,12 @@ class TenantNamespace(pulumi.ComponentResource):
             }, opts=opts)
 
     def _rbac(self, name, args: NamespaceArgs, meta, opts) -> None:
-        role = k8s.rbac.v1.Role(f"{name}-operator-role", metadata=meta("tenant-operator"), rules=OPERATOR_RULES, opts=opts)
+        """The operator Role, bound to the tenant's operator groups by a RoleBinding in this namespace only
+        (never a ClusterRoleBinding, never the built-in admin/edit roles)."""
+        role = k8s.rbac.v1.Role(f"{name}-operator-role", metadata=meta(OPERATOR_ROLE), rules=OPERATOR_RULES, opts=opts)
         if args.operators:
             k8s.rbac.v1.RoleBinding(f"{name}-operator-binding", metadata=meta("tenant-operators"),
-                                    role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant-operator"},
+                                    role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_ROLE},
                                     subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
                                               for group in args.operators],
                                     opts=pulumi.ResourceOptions(parent=self, depends_on=[role]))

@@ -3,19 +3,50 @@
 The Job's name carries the SQL's hash, so a deploy that does not change the SQL changes nothing, and a
 changed SQL file runs once. The password is fetched from Secret Manager at run time by an init container
 with the Job's own Workload Identity: no secret value is written to a manifest.
+
+After the tenancy SQL, a generated file (`zz_register.sql`) registers the tenants this database holds in
+`tenancy.tenants` and then fails the Job when `tenancy.audit()` reports anything but the statistics side
+channels a non-superuser cannot close (those are printed as warnings). The registration is part of the
+hashed SQL: a catalogue change to these tenants runs the Job again.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from typing import Iterable
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.workload import CONTAINER_SECURITY, POD_SECURITY, sql_job_name
 
-GCLOUD_IMAGE = "gcr.io/google.com/cloudsdktool/google-cloud-cli:535.0.0-slim"
-PSQL_IMAGE = "postgres:15.14-alpine"
+# Images by digest: a tag can be re-pointed, a digest cannot. Each digest is the multi-arch index of the
+# tag named beside it, as published by its registry; move tag and digest together.
+GCLOUD_DIGEST = "sha256:0da2de42ae51cd6092b5caf7c96d25003659fd15548760eb4c50c2623e7bf9c2"  # 562.0.0-slim
+GCLOUD_IMAGE = f"gcr.io/google.com/cloudsdktool/google-cloud-cli@{GCLOUD_DIGEST}"
+PSQL_DIGEST = "sha256:64583b3cb4f2010277bdd9749456de78e5c36f8956466ba14b0b96922e510950"  # postgres:15.14-alpine
+PSQL_IMAGE = f"docker.io/library/postgres@{PSQL_DIGEST}"
+
+REGISTER_FILE = "zz_register.sql"  # sorts after the numbered tenancy SQL files
+CA_FILE = "server-ca.pem"
+# States the catalogue may give a tenant's registry row; frozen/readonly belong to tier moves only.
+REGISTRABLE_STATES = ("active", "suspended")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One row of `tenancy.tenants` as the catalogue says it should be."""
+
+    id: str
+    plan: str
+    model: str
+    state: str
+
+    def __post_init__(self) -> None:
+        if self.state not in REGISTRABLE_STATES:
+            raise ValueError(f"tenant '{self.id}': registry state '{self.state}' cannot be registered; "
+                             f"only {', '.join(REGISTRABLE_STATES)} (offboarded tenants are not registered)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +61,67 @@ class SqlJobArgs:
     project: str
     labels: dict[str, str]
     job_prefix: str = "tenancy-sql"
+    registrations: tuple[Registration, ...] = ()
+    # The instance's server CA (PEM, public): psql verifies the server with it (verify-ca). Cloud SQL's
+    # server certificate names the instance, not its private IP, so verify-full cannot be used here.
+    server_ca: pulumi.Input[str] | None = None
+
+
+def sql_literal(value: str) -> str:
+    """A dollar-quoted literal whose tag does not occur in the value: safe whatever the value holds and
+    whatever standard_conforming_strings says."""
+    if "\x00" in value:
+        raise ValueError("a SQL text value cannot contain NUL characters")
+    n = 0
+    while f"$r{n}$" in value or value.endswith(f"$r{n}"):
+        n += 1
+    tag = f"$r{n}$"
+    return f"{tag}{value}{tag}"
+
+
+AUDIT_BLOCK = """\
+-- Fail the Job (psql -v ON_ERROR_STOP=1 exits non-zero, the transaction rolls back) on any audit problem
+-- except the statistics side channels, which only a superuser can close (not available on Cloud SQL).
+DO $audit$
+DECLARE
+  p text;
+  failures text[] := '{}';
+BEGIN
+  FOR p IN SELECT problem FROM tenancy.audit() ORDER BY 1 LOOP
+    IF p LIKE 'side channel:%' THEN
+      RAISE WARNING 'tenancy audit: %', p;
+    ELSE
+      failures := failures || p;
+    END IF;
+  END LOOP;
+  IF cardinality(failures) > 0 THEN
+    RAISE EXCEPTION 'tenancy audit failed with % problem(s): %', cardinality(failures), array_to_string(failures, '; ');
+  END IF;
+END
+$audit$;
+"""
+
+
+def registration_sql(registrations: Iterable[Registration]) -> str:
+    """Upsert each tenant's plan, model and state; a row a tier move has frozen or made read-only is left
+    alone, and an unchanged row is not rewritten (re-runs are no-ops). Then the audit check."""
+    rows = sorted(registrations, key=lambda r: r.id)
+    ids = [r.id for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate tenant ids in the registration: {sorted({i for i in ids if ids.count(i) > 1})}")
+    out = ["-- Generated from the tenant catalogue: the tenants whose rows this database holds."]
+    if rows:
+        values = ",\n  ".join("(" + ", ".join(sql_literal(v) for v in (r.id, r.plan, r.model, r.state)) + ")"
+                              for r in rows)
+        out.append(
+            "INSERT INTO tenancy.tenants (id, plan, model, state) VALUES\n  " + values + "\n"
+            "ON CONFLICT (id) DO UPDATE\n"
+            "   SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()\n"
+            " WHERE tenancy.tenants.state IN ('active', 'suspended')\n"
+            "   AND (tenancy.tenants.plan, tenancy.tenants.model, tenancy.tenants.state)\n"
+            "       IS DISTINCT FROM (excluded.plan, excluded.model, excluded.state);\n")
+    out.append(AUDIT_BLOCK)
+    return "\n".join(out)
 
 
 class SqlApplyJob(pulumi.ComponentResource):
@@ -38,20 +130,34 @@ class SqlApplyJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: SqlJobArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:k8s:SqlApplyJob", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        combined = "\n".join(args.sql_files[k] for k in sorted(args.sql_files))
+        if REGISTER_FILE in args.sql_files:
+            raise ValueError(f"{REGISTER_FILE} is generated by the SQL job; rename that SQL file")
+        sql = {**args.sql_files, REGISTER_FILE: registration_sql(args.registrations)}
+        combined = "\n".join(sql[k] for k in sorted(sql))
         self.job_name = sql_job_name(combined, args.job_prefix)
-        cm = k8s.core.v1.ConfigMap(f"{name}-sql", metadata={
-            "name": self.job_name, "namespace": args.namespace, "labels": args.labels}, data=dict(args.sql_files),
-            opts=child)
-        files = " ".join(f"-f /sql/{k}" for k in sorted(args.sql_files))
-        volume_mounts = [{"name": "sql", "mountPath": "/sql", "readOnly": True},
-                         {"name": "creds", "mountPath": "/creds"}]
+        meta = lambda n: {"name": n, "namespace": args.namespace, "labels": args.labels}  # noqa: E731
+        deps: list[pulumi.Resource] = [
+            k8s.core.v1.ConfigMap(f"{name}-sql", metadata=meta(self.job_name), data=sql, opts=child)]
+        files = " ".join(f"-f /sql/{shlex.quote(k)}" for k in sorted(sql))
+        creds_mount = {"name": "creds", "mountPath": "/creds"}
+        psql_mounts = [{"name": "sql", "mountPath": "/sql", "readOnly": True}, creds_mount]
+        volumes = [{"name": "sql", "configMap": {"name": self.job_name}},
+                   {"name": "creds", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
+        tls = [{"name": "PGSSLMODE", "value": "require"}]
+        if args.server_ca is not None:
+            # Public certificate: a ConfigMap, not a Secret.
+            deps.append(k8s.core.v1.ConfigMap(f"{name}-ca", metadata=meta(f"{self.job_name}-ca"),
+                                              data={CA_FILE: args.server_ca}, opts=child))
+            psql_mounts = [*psql_mounts, {"name": "server-ca", "mountPath": "/ca", "readOnly": True}]
+            volumes = [*volumes, {"name": "server-ca", "configMap": {"name": f"{self.job_name}-ca"}}]
+            tls = [{"name": "PGSSLMODE", "value": "verify-ca"}, {"name": "PGSSLROOTCERT", "value": f"/ca/{CA_FILE}"}]
         resources = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
-        k8s.batch.v1.Job(f"{name}-job", metadata={"name": self.job_name, "namespace": args.namespace, "labels": args.labels},
-                         spec={
+        k8s.batch.v1.Job(f"{name}-job", metadata=meta(self.job_name), spec={
             "backoffLimit": 4, "ttlSecondsAfterFinished": 86400,
             "template": {"metadata": {"labels": args.labels}, "spec": {
                 "serviceAccountName": args.service_account, "restartPolicy": "OnFailure",
+                # Workload Identity answers through the GKE metadata server; no Kubernetes API token needed.
+                "automountServiceAccountToken": False,
                 "securityContext": POD_SECURITY,
                 "initContainers": [{
                     "name": "fetch-password", "image": GCLOUD_IMAGE, "securityContext": CONTAINER_SECURITY,
@@ -60,18 +166,17 @@ class SqlApplyJob(pulumi.ComponentResource):
                         "gcloud secrets versions access latest --project=", args.project, " --secret=",
                         args.password_secret, " > /creds/password")],
                     "env": [{"name": "CLOUDSDK_CONFIG", "value": "/creds/gcloud"}],
-                    "volumeMounts": volume_mounts, "resources": resources,
+                    "volumeMounts": [creds_mount], "resources": resources,
                 }],
                 "containers": [{
                     "name": "psql", "image": PSQL_IMAGE, "securityContext": CONTAINER_SECURITY,
                     "command": ["/bin/sh", "-c"],
                     "args": [f'PGPASSWORD="$(cat /creds/password)" exec psql -v ON_ERROR_STOP=1 -1 {files}'],
                     "env": [{"name": "PGHOST", "value": args.host}, {"name": "PGDATABASE", "value": args.database},
-                            {"name": "PGUSER", "value": args.user}, {"name": "PGSSLMODE", "value": "require"}],
-                    "volumeMounts": volume_mounts, "resources": resources,
+                            {"name": "PGUSER", "value": args.user}, *tls],
+                    "volumeMounts": psql_mounts, "resources": resources,
                 }],
-                "volumes": [{"name": "sql", "configMap": {"name": self.job_name}},
-                            {"name": "creds", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}],
+                "volumes": volumes,
             }},
-        }, opts=pulumi.ResourceOptions(parent=self, depends_on=[cm], delete_before_replace=True))
+        }, opts=pulumi.ResourceOptions(parent=self, depends_on=deps, delete_before_replace=True))
         self.register_outputs({"job_name": self.job_name})

@@ -17,7 +17,7 @@ from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
-from components.sqljob import SqlApplyJob, SqlJobArgs
+from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
@@ -33,6 +33,11 @@ POOL_QUOTA = {"cpu": 16.0, "memory_gb": 64.0, "storage_gb": 200, "pods": 200, "p
 
 def sql_files() -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(SQL_DIR.glob("*.sql"))}
+
+
+def registration(t: Tenant) -> Registration:
+    """The tenant's row in `tenancy.tenants` of each database holding its rows (registered by the SQL job)."""
+    return Registration(id=t.id, plan=t.plan_name, model=t.model.value, state=t.state.value)
 
 
 def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
@@ -159,7 +164,8 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     SqlApplyJob("pooled-sql", SqlJobArgs(
         namespace=system_ns.metadata["name"], service_account=migrator.ksa_name, sql_files=sql_files(),
         host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
-        project=cfg.gcp_project, labels=k8s_labels(env, SHARED)), opts=kopts)
+        project=cfg.gcp_project, labels=k8s_labels(env, SHARED), server_ca=db.server_ca_cert,
+        registrations=tuple(registration(t) for t in pooled)), opts=kopts)
 
     AppRelease("pooled-app", AppArgs(
         release_name="app", namespace=pool_ns.namespace, chart=cfg.app_chart, version=cfg.app_chart_version,

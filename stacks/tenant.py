@@ -27,7 +27,7 @@ from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatab
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT
-from stacks.platform import _firestore_grant, sql_files
+from stacks.platform import _firestore_grant, registration, sql_files
 from tenancy import naming
 from tenancy.catalog import Feature, Model, NodeIsolation, State, Tenant
 
@@ -142,6 +142,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         namespace=naming.namespace(tenant.id), labels=kube_labels, cpu=tenant.limits.cpu, memory_gb=tenant.limits.memory_gb,
         storage_gb=tenant.limits.storage_gb, pods=tenant.limits.pods, pvcs=tenant.limits.pvcs,
         services=tenant.limits.services, ingress_namespace=INGRESS_NAMESPACE,
+        operators=[tenant.operator_group] if tenant.operator_group else [],
         egress_cidrs=[d.private_ip for d in databases.values()], egress_ports=[5432, 7687]), opts=kopts)
     identity = WorkloadIdentity("app", WorkloadIdentityArgs(
         project=project, account_id=naming.service_account_id(env, tenant.id), namespace=ns.namespace,
@@ -218,7 +219,8 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
         SqlApplyJob(f"{role}-sql", SqlJobArgs(
             namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
             database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
-            labels=kube_labels, job_prefix=f"sql-{role}"), opts=kopts)
+            labels=kube_labels, job_prefix=f"sql-{role}", server_ca=db.server_ca_cert,
+            registrations=(registration(tenant),)), opts=kopts)
 
 
 def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_labels: dict[str, str],

@@ -169,16 +169,18 @@ def test_pooled_app_values_come_from_the_pooled_tenants_plans(platform):
 
 
 def test_sql_is_applied_by_a_job_named_by_its_hash(platform):
-    files = sql_files()
-    name = sql_job_name("\n".join(files[k] for k in sorted(files)))
+    from components.sqljob import REGISTER_FILE
+
     job = [r for r in of_type(platform, "kubernetes:batch/v1:Job")][0]["inputs"]
-    assert job["metadata"]["name"] == name
-    cm = [r for r in of_type(platform, "kubernetes:core/v1:ConfigMap") if r["inputs"]["metadata"]["name"] == name][0]
+    cm = [r for r in of_type(platform, "kubernetes:core/v1:ConfigMap")
+          if r["inputs"]["metadata"]["name"] == job["metadata"]["name"]][0]
+    files = {**sql_files(), REGISTER_FILE: cm["inputs"]["data"][REGISTER_FILE]}  # the tenancy SQL + the registration
     assert cm["inputs"]["data"] == files
+    assert job["metadata"]["name"] == sql_job_name("\n".join(files[k] for k in sorted(files)))
     init = job["spec"]["template"]["spec"]["initContainers"][0]
     assert "--secret=dev-pooled-tenancy-owner" in init["args"][0]   # a secret's name, fetched at run time
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["PGSSLMODE"] == "require" and env["PGUSER"] == "tenancy_owner"
+    assert env["PGSSLMODE"] == "verify-ca" and env["PGUSER"] == "tenancy_owner"
 
 
 def _labelable(type_: str) -> str | None:
