@@ -274,6 +274,52 @@ def pod_scheduling(isolation: str, tenant_id: str) -> dict:
     return out
 
 
+class NodeIsolationPolicy(pulumi.ComponentResource):
+    """Admission rules that make the node pools' taints hold against tenants' own pod specs.
+
+    A taint only keeps away pods that do not tolerate it; anyone who can create a pod can add a
+    toleration. In namespaces labelled `tenancy.io/tenant` (tenant namespaces) a pod may tolerate only
+    its own tenant's pool, never every taint (a toleration without a key), and may tolerate the sandbox
+    pool only when it runs under gVisor: a runc container on a sandbox node would share the kernel the
+    other tenants' sandboxes run on."""
+
+    def __init__(self, name: str, labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("tenancy:k8s:NodeIsolationPolicy", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        policy_name = "tenancy-node-isolation"
+        policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
+            f"{name}-policy", metadata={"name": policy_name, "labels": labels},
+            spec={
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                        "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}]},
+                "variables": [
+                    {"name": "tenant", "expression": f"namespaceObject.metadata.labels['{TENANT_KEY}']"},
+                    {"name": "tolerations", "expression": "has(object.spec.tolerations) ? object.spec.tolerations : []"},
+                ],
+                "validations": [{"expression": e, "message": m} for e, m in ADMISSION_RULES],
+            }, opts=child)
+        k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
+            f"{name}-binding", metadata={"name": policy_name, "labels": labels},
+            spec={"policyName": policy_name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchExpressions": [{"key": TENANT_KEY, "operator": "Exists"}]}}},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]))
+        self.register_outputs({"policy": policy_name})
+
+
+# (CEL expression, message) pairs of NodeIsolationPolicy; a toleration's operator defaults to Equal.
+ADMISSION_RULES = (
+    ("variables.tolerations.all(t, has(t.key) && t.key != '')",
+     "tenant pods may not tolerate every taint (a toleration needs a key)"),
+    (f"variables.tolerations.all(t, !has(t.key) || t.key != '{TENANT_KEY}' || ((!has(t.operator) || t.operator == 'Equal') && "
+     f"has(t.value) && t.value == variables.tenant))",
+     f"a tenant's pods may tolerate only their own node pool ({TENANT_KEY}=<tenant id>)"),
+    (f"variables.tolerations.all(t, !has(t.key) || !(t.key in ['{SANDBOX_KEY}', 'sandbox.gke.io/runtime'])) || "
+     f"(has(object.spec.runtimeClassName) && object.spec.runtimeClassName == '{SANDBOX_RUNTIME_CLASS}')",
+     f"pods on the GKE Sandbox pool must run under gVisor (runtimeClassName: {SANDBOX_RUNTIME_CLASS})"),
+)
+
+
 def kubeconfig(name: str, endpoint: str, ca: str) -> str:
     """A kubeconfig that authenticates with the caller's Google identity (gke-gcloud-auth-plugin)."""
     return json.dumps({

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from components.cluster import ClusterArgs, GkeCluster, shared_node_account_id
+from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy, shared_node_account_id
 from components.directory import DirectoryArgs, TenantDirectory
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
 from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains, sign_in_host
@@ -100,6 +100,8 @@ def _foundation(env: str, cfg: PlatformConfig):
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}, opts=kopts)
+    # Node pools' taints hold against tenants' own pod specs (sandbox and per-tenant pools).
+    NodeIsolationPolicy("node-isolation", k8s_labels(env, SHARED), opts=kopts)
     return provider, net, cluster, edge, system_ns
 
 

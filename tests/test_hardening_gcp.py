@@ -281,6 +281,32 @@ def test_dedicated_clusters_get_a_sandbox_pool_only_when_their_plan_asks(plan_da
     assert "nodeSelector" not in _app_values(plan_data, "dev.orbit")   # the whole cluster is the tenant's
 
 
+def test_tenant_namespaces_may_not_tolerate_other_pools(plan_data):
+    platform = stack_of(plan_data, "dev")
+    [policy] = of_type(platform, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
+    [binding] = of_type(platform, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding")
+    spec = policy["inputs"]["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE", "UPDATE"], "resources": ["pods"]}]
+    assert {"name": "tenant", "expression": "namespaceObject.metadata.labels['tenancy.io/tenant']"} in spec["variables"]
+    rules = {v["message"]: v["expression"] for v in spec["validations"]}
+    assert rules["tenant pods may not tolerate every taint (a toleration needs a key)"] == \
+        "variables.tolerations.all(t, has(t.key) && t.key != '')"
+    own = rules["a tenant's pods may tolerate only their own node pool (tenancy.io/tenant=<tenant id>)"]
+    assert "t.value == variables.tenant" in own and "t.operator == 'Equal'" in own
+    gvisor = rules["pods on the GKE Sandbox pool must run under gVisor (runtimeClassName: gvisor)"]
+    assert "'tenancy.io/isolation', 'sandbox.gke.io/runtime'" in gvisor and "object.spec.runtimeClassName == 'gvisor'" in gvisor
+    b = binding["inputs"]["spec"]
+    assert b == {"policyName": "tenancy-node-isolation", "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchExpressions": [{"key": "tenancy.io/tenant", "operator": "Exists"}]}}}
+    # the selector matches tenant namespaces, not the pooled or platform ones
+    namespaces = {r["inputs"]["metadata"]["name"]: r["inputs"]["metadata"]["labels"]
+                  for s in plan_data["stacks"] for r in of_type(s, "kubernetes:core/v1:Namespace")}
+    assert namespaces["tenant-vault"]["tenancy.io/tenant"] == "vault"
+    assert "tenancy.io/tenant" not in namespaces["pooled"] and "tenancy.io/tenant" not in namespaces["tenancy-system"]
+
+
 # 7 ------------------------------------------------------------------------------------ Secret Manager
 
 def test_every_secret_is_replicated_only_in_its_region(plan_data):
