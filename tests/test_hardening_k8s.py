@@ -99,6 +99,7 @@ def operator_plan(tmp_path_factory):
 def test_operator_group_bound_in_its_namespace_only(operator_plan):
     data, out = operator_plan
     stark = stack_of(data, "dev.stark")
+    assert stark["violations"] == [], "the policy pack accepts the binding"
     bindings = k8s_objects(stark, "RoleBinding")
     assert len(bindings) == 1
     b = bindings[0]
