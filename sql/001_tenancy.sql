@@ -6,6 +6,10 @@
 --                  tenant at a time unless it sets none (then it sees nothing).
 --   tenancy_app    the runtime role: owns nothing, not superuser, not BYPASSRLS, no TRUNCATE, REFERENCES
 --                  or TRIGGER on tenant tables.
+--   tenancy_replication  what an online tier move's subscription connects as (tenancy/stores/replication.py):
+--                  REPLICATION and BYPASSRLS, SELECT on isolated tables only; NOLOGIN until an operator grants
+--                  LOGIN and a password. It reads every tenant's rows: the publication's row filter is what
+--                  limits a move to one tenant.
 -- The current tenant is set transaction-locally with tenancy.set_tenant(id) (never a session-wide SET,
 -- which would survive on a pooled connection).
 
@@ -28,6 +32,16 @@ BEGIN
   IF (SELECT rolbypassrls FROM pg_roles WHERE rolname = 'tenancy_owner') THEN
     ALTER ROLE tenancy_owner NOBYPASSRLS;
   END IF;
+  -- Only a superuser can grant REPLICATION and BYPASSRLS; where the applying role is not one (Cloud SQL), an
+  -- operator grants them, and replication.start() refuses to begin while they are missing.
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
+    CREATE ROLE tenancy_replication NOLOGIN;
+  END IF;
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+     AND (SELECT NOT (rolreplication AND rolbypassrls) FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
+    ALTER ROLE tenancy_replication REPLICATION BYPASSRLS;
+  END IF;
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_replication', current_database());
   EXECUTE format('GRANT CREATE, CONNECT ON DATABASE %I TO tenancy_owner', current_database());
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_app', current_database());
   EXECUTE format('REVOKE CREATE ON DATABASE %I FROM PUBLIC', current_database());
@@ -226,6 +240,10 @@ BEGIN
   EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', rel);
   EXECUTE format('REVOKE TRUNCATE, REFERENCES, TRIGGER ON %s FROM tenancy_app', rel);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO tenancy_app', rel);
+  -- Online moves read the table through a row-filtered publication as tenancy_replication (read only).
+  EXECUTE format('GRANT USAGE ON SCHEMA %I TO tenancy_replication',
+                 (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_table));
+  EXECUTE format('GRANT SELECT ON %s TO tenancy_replication', rel);
   INSERT INTO tenancy.isolated_tables (table_name) VALUES (p_table) ON CONFLICT DO NOTHING;
 END
 $$;

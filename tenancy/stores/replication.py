@@ -1,0 +1,706 @@
+"""Online tenant moves between PostgreSQL databases through row-filtered logical replication.
+
+The tenant keeps writing at the source while its rows copy; writes pause only for the switch.
+
+    start        publication `FOR TABLE t WHERE (tenant_id = '<id>'), ...` on the source, its slot, and a
+                 subscription on the target that copies the tenant's rows and then streams its changes
+    wait_synced  every table synchronised (pg_subscription_rel state 'r'); returns the lag in bytes
+    switch       full ordered checksum on the replicated copy (before the freeze), then: freeze the source,
+                 wait until the slot confirmed the freeze's LSN, re-verify cheaply (counts and an unordered
+                 hash sum per key bucket; the ordered checksum again only for buckets that changed since),
+                 move sequences, drop subscription, slot and publication, target 'active', source 'readonly'
+    cleanup      drop whatever replication objects of the move remain
+    abort        cleanup, then the target's partial copy goes and both registries return to their states
+    orphans      slots, publications and subscriptions of tenancy moves that no move owns
+
+How the target's defences meet the apply worker. The subscription's workers (initial copy and apply) run
+with `session_replication_role = replica`, so ordinary triggers -- the write guard among them, and the
+foreign-key triggers -- do not fire for replicated rows; the subscription owner is a superuser (PostgreSQL 15
+requires one to create a subscription: the target DSN's user), so row-level security does not filter it.
+The application is kept out instead: the target's registry says `frozen` for the tenant from `start` until
+the switch, so the write guard refuses every application write there.
+
+How the source's defences meet the publisher. The subscription connects as `tenancy_replication`
+(REPLICATION, BYPASSRLS, SELECT on isolated tables only). Without BYPASSRLS the initial copy would see zero
+rows and report success; the row filter, not RLS, limits the rows to the tenant. The filter may only use
+replica-identity columns while UPDATE/DELETE are published -- otherwise every UPDATE of that table, for
+every tenant, starts failing -- so `start` refuses a table whose replica identity lacks tenant_id. TRUNCATE
+is not published: it ignores row filters and would empty the target for every tenant.
+
+Resumable: each step looks at what exists (publication, slot, subscription, registry states) and continues.
+The publication carries a comment with the registry states from before the move, which `abort` restores.
+Object names are derived from the tenant and both databases (`names`), so a re-run finds its own objects.
+Within one cluster the slot is created before the subscription (`create_slot = false`): a subscription
+creating its own slot would wait for its own transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from tenancy.stores.postgres import DataError, VerificationError, clear_tenant, isolated_tables
+
+Checkpoint = Callable[[str], None]
+PREFIX = "tmove_"
+NAME_RE = re.compile(r"^tmove_[a-z0-9_]+_[0-9a-f]{10}$")
+SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_\d+_\d+$")
+BUCKETS = 256  # verification granularity: in the freeze, the ordered checksum is redone per changed bucket
+
+
+class ReplicationError(DataError):
+    pass
+
+
+class ReplicaIdentityError(ReplicationError):
+    exit_code = 2
+
+
+class SyncTimeout(ReplicationError):
+    pass
+
+
+@dataclass(frozen=True)
+class MoveNames:
+    """Publication, subscription and slot share one name (they live in different catalogs)."""
+
+    base: str
+
+    @property
+    def publication(self) -> str:
+        return self.base
+
+    @property
+    def subscription(self) -> str:
+        return self.base
+
+    @property
+    def slot(self) -> str:
+        return self.base
+
+
+@dataclass
+class SwitchReport:
+    tenant: str
+    rows: dict[str, int] = field(default_factory=dict)
+    freeze_seconds: float = 0.0      # freeze called -> target active
+    catchup_seconds: float = 0.0     # freeze committed -> slot confirmed past it
+    verify_seconds: float = 0.0      # verification inside the freeze
+    prefreeze_verify_seconds: float = 0.0
+    drop_seconds: float = 0.0
+    buckets_rechecked: int = 0       # ordered checksums redone inside the freeze (of BUCKETS per table)
+    freeze_started_at: float = 0.0   # wall clock (time.time())
+    freeze_ended_at: float = 0.0
+    resumed: bool = False
+    already_switched: bool = False
+
+
+@dataclass(frozen=True)
+class Orphan:
+    kind: str        # slot | publication | subscription
+    name: str
+    database: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} in database {self.database}: {self.detail}"
+
+
+def _where(dsn: str) -> str:
+    """host:port/dbname of a DSN: identifies a database without its user or password."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ReplicationError(f"invalid connection string: {str(exc).splitlines()[0]}") from None
+    return f"{d.get('host', '')}:{d.get('port', '5432')}/{d.get('dbname', d.get('user', ''))}"
+
+
+def names(tenant: str, source_dsn: str, target_dsn: str) -> MoveNames:
+    """`tmove_<tenant>_<hash>`: lowercase, <= 63 bytes; the hash covers the full tenant id and both databases,
+    so truncated long ids, and a move and its way back, never share a name."""
+    digest = hashlib.sha256(f"{tenant}\0{_where(source_dsn)}\0{_where(target_dsn)}".encode()).hexdigest()[:10]
+    return MoveNames(f"{PREFIX}{tenant.replace('-', '_')[:40]}_{digest}")
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise ReplicationError(f"cannot connect: {str(exc).strip()}") from None
+
+
+def _as_error(exc: psycopg.Error, doing: str) -> ReplicationError:
+    return ReplicationError(f"{doing}: {str(exc).strip().splitlines()[0]}")
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+def _pick(conn: psycopg.Connection, wanted: list[str] | None) -> list[str]:
+    """The isolated tables (format('%I.%I') names, parents first), or those of them the caller named. Only
+    names from this list are ever put into SQL text (`_ident`)."""
+    found = isolated_tables(conn)
+    if not wanted:
+        return found
+    bad = [t for t in wanted if t not in found]
+    if bad:
+        raise ReplicationError(f"{', '.join(bad)}: not isolated tables of the source (isolated: {', '.join(found)})")
+    return [t for t in found if t in wanted]
+
+
+def _ident(table: str) -> sql.Composable:
+    return sql.SQL(table)  # a format('%I.%I') name checked by _pick
+
+
+def _columns(conn: psycopg.Connection, table: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "AND attgenerated = '' ORDER BY attnum", (table,)).fetchall()]
+
+
+def _key(conn: psycopg.Connection, table: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n", (table,)).fetchall()] or _columns(conn, table)
+
+
+def _reset_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
+    """Sequences are not replicated: move the target's identity/serial sequences past the tenant's ids."""
+    for col, seq in conn.execute(
+            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attnum > 0 AND NOT attisdropped AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
+            (table, table, table)).fetchall():
+        conn.execute(sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
+                             "coalesce((SELECT max({c}) FROM {t} WHERE tenant_id = %s), 1)))").format(
+            c=sql.Identifier(col), t=_ident(table)), (seq, seq, tenant))
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+def replica_identity_problems(conn: psycopg.Connection, tables: Iterable[str]) -> list[str]:
+    """One message per table whose replica identity does not include tenant_id."""
+    problems = []
+    for table in tables:
+        ident, cols = conn.execute(
+            "SELECT c.relreplident, (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i "
+            "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+            "  WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END) "
+            "FROM pg_class c WHERE c.oid = %s::regclass", (table,)).fetchone()
+        if ident == "f":
+            continue
+        if cols and "tenant_id" in cols:
+            continue
+        what = {"n": "REPLICA IDENTITY NOTHING", "d": f"primary key ({', '.join(cols)})" if cols else "no primary key",
+                "i": f"index on ({', '.join(cols or [])})"}[ident]
+        problems.append(
+            f"table {table} cannot be moved online: its replica identity ({what}) does not include tenant_id, and a "
+            f"publication filtering on tenant_id with UPDATE/DELETE published may only use replica-identity columns "
+            f"(the table's updates would fail for every tenant). Fix: make the primary key include tenant_id, or "
+            f"ALTER TABLE {table} REPLICA IDENTITY USING INDEX <a unique index on (tenant_id, ...)>")
+    return problems
+
+
+def _check_replication_role(src: psycopg.Connection, conninfo: str, tables: list[str]) -> None:
+    try:
+        user = conninfo_to_dict(conninfo).get("user")
+    except psycopg.ProgrammingError:
+        raise ReplicationError("the replication connection string is not valid libpq syntax") from None
+    if not user:
+        raise ReplicationError("the replication connection string names no user: give user=tenancy_replication")
+    row = src.execute("SELECT rolsuper, rolreplication, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s",
+                      (user,)).fetchone()
+    if row is None:
+        raise ReplicationError(f"the replication role {user} does not exist on the source (apply the tenancy SQL)")
+    sup, repl, bypass, login = row
+    if not login:
+        raise ReplicationError(f"the replication role {user} cannot log in: ALTER ROLE {user} LOGIN PASSWORD ...")
+    if not (sup or repl):
+        raise ReplicationError(f"the replication role {user} lacks REPLICATION: ALTER ROLE {user} REPLICATION")
+    if not (sup or bypass):
+        raise ReplicationError(f"the replication role {user} lacks BYPASSRLS: row-level security would let the initial "
+                               f"copy see zero rows and report success (ALTER ROLE {user} BYPASSRLS)")
+    for t in tables:
+        if not src.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (user, t)).fetchone()[0]:
+            raise ReplicationError(f"the replication role {user} cannot read {t}: run SELECT tenancy.isolate('{t}')")
+
+
+def _tenant_rows(conn: psycopg.Connection, tenant: str, tables: list[str]) -> int:
+    total = 0
+    for t in tables:
+        total += conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(_ident(t)),
+                              (tenant,)).fetchone()[0]
+    return total
+
+
+def _state(conn: psycopg.Connection, tenant: str) -> str | None:
+    row = conn.execute("SELECT state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+    return row[0] if row else None
+
+
+# --- what exists ----------------------------------------------------------------------------------------
+
+def _publication(src: psycopg.Connection, n: MoveNames) -> dict | None:
+    """The publication's comment (registry states before the move), or None when there is no publication."""
+    row = src.execute("SELECT coalesce(obj_description(oid, 'pg_publication'), '{}') FROM pg_publication "
+                      "WHERE pubname = %s", (n.publication,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def _slot(src: psycopg.Connection, n: MoveNames) -> tuple | None:
+    return src.execute("SELECT active_pid, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                       (n.slot,)).fetchone()
+
+
+def _subscription(dst: psycopg.Connection, n: MoveNames) -> tuple | None:
+    """(oid, enabled, slot name) of the move's subscription in the target database."""
+    return dst.execute("SELECT oid, subenabled, subslotname FROM pg_subscription WHERE subname = %s "
+                       "AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                       (n.subscription,)).fetchone()
+
+
+def status(source_dsn: str, target_dsn: str, tenant: str) -> dict:
+    """What exists of the move: for `tenancy moves` and for people reading a stuck move."""
+    n = names(tenant, source_dsn, target_dsn)
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        sub = _subscription(dst, n)
+        rels = dst.execute("SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel WHERE srsubid = %s "
+                           "ORDER BY 1", (sub[0],)).fetchall() if sub else []
+        return {"name": n.base, "publication": _publication(src, n) is not None, "slot": _slot(src, n) is not None,
+                "subscription": sub is not None, "tables": dict(rels),
+                "source_state": _state(src, tenant), "target_state": _state(dst, tenant)}
+
+
+# --- start ----------------------------------------------------------------------------------------------
+
+def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None, replication_conninfo: str, *,
+          plan: str | None = None, model: str | None = None, checkpoint: Checkpoint | None = None) -> MoveNames:
+    """Begin (or continue) replicating one tenant's rows; returns the move's names. Safe to call again."""
+    step = checkpoint or (lambda s: None)
+    n = names(tenant, source_dsn, target_dsn)
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        try:
+            tables = _pick(src, tables)
+            problems = replica_identity_problems(src, tables)
+            if problems:
+                raise ReplicaIdentityError("\n".join(problems))
+            missing = sorted(set(tables) - set(isolated_tables(dst)))
+            if missing:
+                raise ReplicationError(f"the target lacks isolated tables {', '.join(missing)}: apply the tenancy SQL and "
+                                       "the application schema there first (tenancy db apply DSN)")
+            if not dst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+                raise ReplicationError("the target connection must be a superuser: PostgreSQL 15 lets only superusers "
+                                       "create subscriptions")
+            _check_replication_role(src, replication_conninfo, tables)
+            sub = _subscription(dst, n)
+            if sub is not None:
+                if not sub[1]:
+                    dst.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(n.subscription)))
+                return n
+            source_row = src.execute("SELECT plan, model, state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+            if source_row is None:
+                raise ReplicationError(f"tenant '{tenant}' is not registered in the source's tenancy.tenants")
+            if _tenant_rows(dst, tenant, tables):
+                raise ReplicationError(f"the target already holds rows of '{tenant}': an online move needs it empty for "
+                                       "that tenant (delete them, or abort the earlier move)")
+            before = _publication(src, n)
+            if before is None:
+                if source_row[2] != "active":
+                    raise ReplicationError(f"tenant '{tenant}' is {source_row[2]} at the source; an online move starts "
+                                           "from an active tenant")
+                before = {"tenant": tenant, "source_state": source_row[2], "target_state": _state(dst, tenant),
+                          "target": _where(target_dsn)}
+                _create_publication(src, n, tenant, tables, before)
+            step("publication")
+            dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, 'frozen') "
+                        "ON CONFLICT (id) DO UPDATE SET state = 'frozen', updated_at = now()",
+                        (tenant, plan or source_row[0], model or source_row[1]))
+            step("target frozen")
+            if _slot(src, n) is None:
+                # Needs no open transaction on either connection: slot creation waits for running transactions.
+                src.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (n.slot,))
+            step("slot")
+            dst.execute(sql.SQL("CREATE SUBSCRIPTION {sub} CONNECTION {conn} PUBLICATION {pub} WITH (create_slot = false, "
+                                "slot_name = {slot}, copy_data = true, synchronous_commit = 'on', "
+                                "disable_on_error = true)").format(
+                sub=sql.Identifier(n.subscription), conn=sql.Literal(replication_conninfo),
+                pub=sql.Identifier(n.publication), slot=sql.Literal(n.slot)))
+        except psycopg.Error as exc:
+            raise _as_error(exc, f"starting the online move of '{tenant}' failed") from None
+    return n
+
+
+def _create_publication(src: psycopg.Connection, n: MoveNames, tenant: str, tables: list[str], before: dict) -> None:
+    members = sql.SQL(", ").join(sql.SQL("{t} WHERE (tenant_id = {tid})").format(t=_ident(t), tid=sql.Literal(tenant))
+                                 for t in tables)
+    with src.transaction():
+        src.execute(sql.SQL("CREATE PUBLICATION {p} FOR TABLE {m} WITH (publish = 'insert, update, delete')").format(
+            p=sql.Identifier(n.publication), m=members))
+        src.execute(sql.SQL("COMMENT ON PUBLICATION {p} IS {c}").format(
+            p=sql.Identifier(n.publication), c=sql.Literal(json.dumps(before, sort_keys=True))))
+
+
+# --- sync -----------------------------------------------------------------------------------------------
+
+def lag(source_dsn: str, n: MoveNames) -> int | None:
+    """Bytes of source WAL the subscription has not confirmed yet; None when the slot does not exist."""
+    with _connect(source_dsn) as src:
+        row = src.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+                          "FROM pg_replication_slots WHERE slot_name = %s", (n.slot,)).fetchone()
+        return None if row is None else max(int(row[0] or 0), 0)
+
+
+def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float = 600.0, poll: float = 0.2) -> int:
+    """Wait until every table of the move is synchronised; returns the remaining lag in bytes."""
+    n = names(tenant, source_dsn, target_dsn)
+    deadline = time.monotonic() + timeout
+    with _connect(target_dsn) as dst:
+        while True:
+            sub = _subscription(dst, n)
+            if sub is None:
+                raise ReplicationError(f"no subscription {n.subscription} on the target: the move of '{tenant}' was not "
+                                       "started (run start) or has already switched")
+            if not sub[1]:
+                errors = dst.execute("SELECT apply_error_count + sync_error_count FROM pg_stat_subscription_stats "
+                                     "WHERE subid = %s", (sub[0],)).fetchone()
+                raise ReplicationError(f"subscription {n.subscription} is disabled ({errors[0] if errors else 0} worker "
+                                       "errors; see the target server's log): fix the cause and run start again, or abort")
+            states = dst.execute("SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel "
+                                 "WHERE srsubid = %s ORDER BY 1", (sub[0],)).fetchall()
+            waiting = [(t, s) for t, s in states if s != "r"]
+            if states and not waiting:
+                return lag(source_dsn, n) or 0
+            if time.monotonic() >= deadline:
+                raise SyncTimeout(f"tables of '{tenant}' not yet synchronised after {timeout:g}s: "
+                                  + ", ".join(f"{t} (state {s})" for t, s in waiting))
+            time.sleep(poll)
+
+
+# --- verification ---------------------------------------------------------------------------------------
+
+def _bucket_sql(conn: psycopg.Connection, table: str, ordered: bool, only: list[int] | None) -> sql.Composable:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(conn, table))
+    key_cols = [k for k in _key(conn, table) if k != "tenant_id"] or _key(conn, table)
+    key = sql.SQL(", ").join(sql.Identifier(k) for k in key_cols)
+    bucket = sql.SQL("(hashtextextended(ROW({key})::text, 0) & {m})").format(key=key, m=sql.Literal(BUCKETS - 1))
+    md5 = sql.SQL(", md5(string_agg(md5(ROW({cols})::text), '' ORDER BY {key}))").format(cols=cols, key=key) \
+        if ordered else sql.SQL("")
+    where = sql.SQL(" AND {b} = ANY(%s)").format(b=bucket) if only is not None else sql.SQL("")
+    return sql.SQL("SELECT {b} AS tenancy_bucket, count(*), sum(hashtextextended(ROW({cols})::text, 0)){md5} "
+                   "FROM {t} WHERE tenant_id = %s{where} GROUP BY 1").format(
+        b=bucket, cols=cols, md5=md5, t=_ident(table), where=where)
+
+
+def _buckets(dsn: str, tenant: str, tables: list[str], ordered: bool,
+             only: dict[str, list[int]] | None = None) -> dict[str, dict[int, tuple]]:
+    """Per table, per key bucket: (rows, unordered hash sum[, ordered md5]) of one tenant's rows."""
+    out: dict[str, dict[int, tuple]] = {}
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT tenancy.set_tenant(%s)", (tenant,))  # needed where the DSN's user is the owner
+        for t in tables:
+            if only is not None and not only.get(t):
+                out[t] = {}
+                continue
+            q = _bucket_sql(conn, t, ordered, only.get(t) if only is not None else None)
+            params = (tenant, only[t]) if only is not None else (tenant,)
+            out[t] = {int(r[0]): tuple(str(v) for v in r[1:]) for r in conn.execute(q, params).fetchall()}
+        conn.rollback()
+    return out
+
+
+def _both(source_dsn: str, target_dsn: str, *args, **kwargs) -> tuple[dict, dict]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        s = pool.submit(_buckets, source_dsn, *args, **kwargs)
+        t = pool.submit(_buckets, target_dsn, *args, **kwargs)
+        return s.result(), t.result()
+
+
+def _mismatch(tables: list[str], a: dict, b: dict) -> dict[str, list[int]]:
+    return {t: sorted(k for k in set(a[t]) | set(b[t]) if a[t].get(k) != b[t].get(k)) for t in tables}
+
+
+# --- switch ---------------------------------------------------------------------------------------------
+
+def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, lock_timeout: str = "5s",
+           catchup_timeout: float = 60.0, checkpoint: Checkpoint | None = None) -> SwitchReport:
+    """Freeze, catch up, verify, cut over. Safe to call again after an interruption at any point."""
+    step = checkpoint or (lambda s: None)
+    n = names(tenant, source_dsn, target_dsn)
+    report = SwitchReport(tenant)
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        tables = _pick(src, tables)
+        before = _publication(src, n)
+        sub = _subscription(dst, n)
+        source_state, target_state = _state(src, tenant), _state(dst, tenant)
+        if _switched(source_state, target_state):
+            # Interrupted after the flip (or called twice): finish the source side and the teardown only.
+            report.already_switched = True
+            src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
+            _drop_subscription(src, dst, n)
+            _drop_publication(src, n)
+            return report
+        if before is None and sub is None:
+            raise ReplicationError(f"the online move of '{tenant}' has not started: run start first")
+        if sub is None and source_state != "frozen":
+            raise ReplicationError(f"the online move of '{tenant}' is half started (no subscription yet): run start "
+                                   "again, or abort")
+        report.resumed = source_state == "frozen"
+        pre: tuple[dict, dict] | None = None
+        if not report.resumed:
+            states = dst.execute("SELECT srrelid::regclass::text FROM pg_subscription_rel WHERE srsubid = %s "
+                                 "AND srsubstate <> 'r'", (sub[0],)).fetchall()
+            if states:
+                raise ReplicationError(f"tables of '{tenant}' are not synchronised yet ({', '.join(r[0] for r in states)}): "
+                                       "run wait_synced first")
+            t0 = time.perf_counter()
+            pre = _both(source_dsn, target_dsn, tenant, tables, ordered=True)
+            report.prefreeze_verify_seconds = time.perf_counter() - t0
+
+        report.freeze_started_at = time.time()
+        t_freeze = time.perf_counter()
+        lsn = _freeze(src, tenant, lock_timeout)
+        step("frozen")
+        try:
+            t0 = time.perf_counter()
+            if sub is not None:
+                _wait_confirmed(src, n, lsn, catchup_timeout, tenant)
+            report.catchup_seconds = time.perf_counter() - t0
+            step("caught up")
+            t0 = time.perf_counter()
+            report.rows, report.buckets_rechecked = _verify_frozen(source_dsn, target_dsn, tenant, tables, pre)
+            report.verify_seconds = time.perf_counter() - t0
+            step("verified")
+            for t in tables:
+                _reset_sequences(dst, t, tenant)
+            t0 = time.perf_counter()
+            _drop_subscription(src, dst, n)
+            report.drop_seconds = time.perf_counter() - t0
+            step("subscription dropped")
+        except (ReplicationError, psycopg.Error) as exc:
+            # The move stays in place; the source takes writes again while someone looks.
+            src.execute("SELECT tenancy.freeze(%s, %s)", (tenant, (before or {}).get("source_state", "active")))
+            if isinstance(exc, psycopg.Error):
+                raise _as_error(exc, f"switching '{tenant}' failed; its writes resume at the source") from None
+            raise
+        dst.execute("UPDATE tenancy.tenants SET state = 'active', updated_at = now() WHERE id = %s", (tenant,))
+        report.freeze_ended_at = time.time()
+        report.freeze_seconds = time.perf_counter() - t_freeze
+        step("target active")
+        src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
+        _drop_publication(src, n)
+    return report
+
+
+def _freeze(src: psycopg.Connection, tenant: str, lock_timeout: str) -> str:
+    """Freeze in its own transaction (it waits for in-flight writers); returns an LSN past their commits.
+
+    The insert position is read after freeze() has waited out the writers, and the transaction commits
+    synchronously, so the WAL up to that LSN is flushed and the walsender can send it at once."""
+    try:
+        with src.transaction():
+            src.execute("SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'on', true)",
+                        (lock_timeout,))
+            src.execute("SELECT tenancy.freeze(%s)", (tenant,))
+            return str(src.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])
+    except psycopg.errors.LockNotAvailable:
+        raise ReplicationError(f"could not freeze '{tenant}' within {lock_timeout}: a long transaction is writing it; "
+                               "nothing changed, run switch again") from None
+
+
+def _wait_confirmed(src: psycopg.Connection, n: MoveNames, lsn: str, timeout: float, tenant: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = src.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                          (lsn, n.slot)).fetchone()
+        if row is None:
+            raise ReplicationError(f"slot {n.slot} is gone: the move of '{tenant}' cannot catch up; abort it")
+        if row[0]:
+            return
+        if time.monotonic() >= deadline:
+            raise ReplicationError(f"the target did not confirm the source's changes of '{tenant}' up to {lsn} within "
+                                   f"{timeout:g}s; its writes resume at the source, run switch again")
+        time.sleep(0.005)
+
+
+def _verify_frozen(source_dsn: str, target_dsn: str, tenant: str, tables: list[str],
+                   pre: tuple[dict, dict] | None) -> tuple[dict[str, int], int]:
+    """Counts and hash sums per bucket on both sides; the ordered checksum again where it is not already
+    established: buckets that differed before the freeze or whose source content changed since."""
+    src_now, dst_now = _both(source_dsn, target_dsn, tenant, tables, ordered=False)
+    bad = {t: b for t, b in _mismatch(tables, src_now, dst_now).items() if b}
+    if bad:
+        raise VerificationError(f"the target's copy of '{tenant}' differs from the source inside the freeze: " + "; ".join(
+            f"{t}: {len(b)} key buckets differ" for t, b in bad.items()))
+    if pre is None:
+        recheck = {t: sorted(src_now[t]) for t in tables}
+    else:
+        pre_src, pre_dst = pre
+        recheck = {t: sorted(k for k in src_now[t] if pre_src[t].get(k) != pre_dst[t].get(k)
+                             or pre_src[t].get(k, ())[:2] != src_now[t][k]) for t in tables}
+    if any(recheck.values()):
+        s, d = _both(source_dsn, target_dsn, tenant, tables, ordered=True, only=recheck)
+        bad = {t: b for t, b in _mismatch(tables, s, d).items() if b}
+        if bad:
+            raise VerificationError(f"ordered checksums of '{tenant}' differ inside the freeze: " + "; ".join(
+                f"{t}: buckets {b[:5]}" for t, b in bad.items()))
+    rows = {t: sum(int(v[0]) for v in src_now[t].values()) for t in tables}
+    return rows, sum(len(v) for v in recheck.values())
+
+
+# --- teardown -------------------------------------------------------------------------------------------
+
+def _drop_subscription(src: psycopg.Connection, dst: psycopg.Connection, n: MoveNames) -> list[str]:
+    """Subscription, its slot and any table-sync slots; works whichever of them exist.
+
+    DROP SUBSCRIPTION is never left to drop slots at the publisher: while a table is still syncing, it would
+    connect to drop that table's sync slot, and within one cluster that deadlocks with a sync slot being
+    created (slot creation waits for the DROP's own transaction). So the subscription is disabled, detached
+    from its slot and pointed at no server (a failed connection is tolerated once slot_name is NONE), and the
+    slots are dropped from the source side once the subscription's walsenders have gone."""
+    dropped = []
+    sub = _subscription(dst, n)
+    if sub is not None:
+        ident = sql.Identifier(n.subscription)
+        if sub[1]:
+            dst.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+        if sub[2] is not None:
+            dst.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+        dst.execute(sql.SQL("ALTER SUBSCRIPTION {} CONNECTION 'host=/nonexistent/tenancy-move-dropped'").format(ident))
+        dst.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+        dropped.append(f"subscription {n.subscription}")
+        sync = f"pg\\_{sub[0]}\\_sync\\_%"
+        _wait_walsenders_gone(src, n.subscription, sync)
+        slots = [n.slot] + [r[0] for r in src.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s ORDER BY 1", (sync,)).fetchall()]
+    else:
+        slots = [n.slot]
+    for slot in slots:
+        if _drop_slot(src, slot):
+            dropped.append(f"slot {slot}")
+    return dropped
+
+
+def _wait_walsenders_gone(src: psycopg.Connection, appname: str, sync_like: str, wait: float = 10.0) -> None:
+    """The apply worker's walsender is named after the subscription, a table sync's after its slot."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = [r[0] for r in src.execute(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' AND (application_name = %s "
+            "OR application_name LIKE %s)", (appname, sync_like)).fetchall()]
+        if not pids:
+            return
+        if time.monotonic() >= deadline:
+            for pid in pids:
+                src.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.01)
+
+
+def _drop_slot(src: psycopg.Connection, slot: str, wait: float = 10.0) -> bool:
+    """Drop a slot once its walsender has gone (it exits when the subscription's worker disconnects)."""
+    deadline = time.monotonic() + wait
+    while True:
+        row = src.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            if time.monotonic() >= deadline:
+                src.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            time.sleep(0.01)
+            continue
+        try:
+            src.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            return True
+        except (psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject):
+            continue
+
+
+def _drop_publication(src: psycopg.Connection, n: MoveNames) -> None:
+    src.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(n.publication)))
+
+
+def _switched(source_state: str | None, target_state: str | None) -> bool:
+    """During a move the target is frozen until the switch flips it, so an active target beside a source that
+    does not take writes means the tenant already lives at the target."""
+    return target_state == "active" and source_state in ("frozen", "readonly")
+
+
+def cleanup(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
+    """Drop the move's subscription, slots and publication, whichever exist. Data and registries stay."""
+    n = names(tenant, source_dsn, target_dsn)
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        try:
+            dropped = _drop_subscription(src, dst, n)
+            if _publication(src, n) is not None:
+                _drop_publication(src, n)
+                dropped.append(f"publication {n.publication}")
+        except psycopg.Error as exc:
+            raise _as_error(exc, f"dropping the replication objects of '{tenant}' failed") from None
+    return dropped
+
+
+def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
+    """Undo an unswitched move: replication objects dropped, the target's copy deleted, registries restored.
+
+    Refuses once the target is active and the source read-only (the tenant lives at the target)."""
+    n = names(tenant, source_dsn, target_dsn)
+    done: list[str] = []
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        try:
+            before = _publication(src, n)
+            if _switched(_state(src, tenant), _state(dst, tenant)):
+                raise ReplicationError(f"the move of '{tenant}' has already switched (the target is active): it cannot be "
+                                       "aborted; run switch again to finish it, or cleanup to drop what remains")
+            if before is None and _subscription(dst, n) is None and _slot(src, n) is None:
+                return done  # never started, or already aborted
+            before = before or {"source_state": "active", "target_state": None}
+            done += _drop_subscription(src, dst, n)
+            if _state(dst, tenant) is not None:
+                with dst.transaction():
+                    deleted = clear_tenant(dst, tenant, [t for t in isolated_tables(dst)])
+                done.append(f"deleted {deleted} rows of '{tenant}' at the target")
+                if before.get("target_state") is None:
+                    dst.execute("DELETE FROM tenancy.tenants WHERE id = %s", (tenant,))
+                else:
+                    dst.execute("UPDATE tenancy.tenants SET state = %s, updated_at = now() WHERE id = %s",
+                                (before["target_state"], tenant))
+            if _state(src, tenant) != before["source_state"]:
+                src.execute("SELECT tenancy.freeze(%s, %s)", (tenant, before["source_state"]))
+                done.append(f"source state back to {before['source_state']}")
+            if _publication(src, n) is not None:
+                _drop_publication(src, n)
+                done.append(f"publication {n.publication}")
+        except psycopg.Error as exc:
+            raise _as_error(exc, f"aborting the move of '{tenant}' failed (run abort again)") from None
+    return done
+
+
+def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
+    """Replication objects of tenancy moves that no move owns: pass the names (`names(...).base`) of moves in
+    progress. A slot left behind holds WAL forever; a publication or subscription left behind is clutter.
+    Slots are cluster-wide and so are subscriptions; publications are listed for `dsn`'s database."""
+    keep = set(owned)
+    found: list[Orphan] = []
+    with _connect(dsn) as conn:
+        subs = {int(r[0]): (r[1], r[2]) for r in conn.execute(
+            "SELECT s.oid, s.subname, d.datname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid").fetchall()}
+        for name, database, active, held in conn.execute(
+                "SELECT slot_name, database, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)) "
+                "FROM pg_replication_slots ORDER BY 1").fetchall():
+            sync = SYNC_SLOT_RE.match(name)
+            if (NAME_RE.match(name) and name not in keep) or (sync and int(sync.group(1)) not in subs):
+                found.append(Orphan("slot", name, database or "", f"{'active' if active else 'inactive'}, holds {held} of WAL"))
+        for (name,) in conn.execute("SELECT pubname FROM pg_publication ORDER BY 1").fetchall():
+            if NAME_RE.match(name) and name not in keep:
+                found.append(Orphan("publication", name, conn.info.dbname, "no move owns it"))
+        for name, database in sorted(subs.values()):
+            if NAME_RE.match(name) and name not in keep:
+                found.append(Orphan("subscription", name, database, "no move owns it"))
+    return found
