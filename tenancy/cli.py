@@ -152,7 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("tenant", metavar="TENANT")
     m.add_argument("--source", required=True, metavar="DSN")
     m.add_argument("--target", required=True, metavar="DSN")
-    m.add_argument("--delete-source", action="store_true", help="delete the tenant's source rows once verified")
+    m.add_argument("--delete-source", action="store_true",
+                   help="freeze the tenant at the source first, and delete its source rows once verified")
+    m.add_argument("--replace", action="store_true",
+                   help="replace rows the target already holds for the tenant (otherwise such a move is refused)")
+    m.add_argument("--state", choices=["active", "suspended", "frozen", "readonly"],
+                   help="the tenant's registry state at the target (default: its state at the source before the move)")
+    _tables_arg(m)
     m.set_defaults(func=cmd_data_move)
     v = dsub.add_parser("verify", help="compare one tenant's rows in two databases",
                         description="Per-table row counts and ordered checksums on both sides; exit 1 on a difference.")
@@ -160,15 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("tenant", metavar="TENANT")
     v.add_argument("--source", required=True, metavar="DSN")
     v.add_argument("--target", required=True, metavar="DSN")
+    _tables_arg(v)
     v.set_defaults(func=cmd_data_verify)
     e = dsub.add_parser("export", help="export one tenant's rows (one CSV per table plus manifest.json)",
                         description="Write one CSV per isolated table and manifest.json with counts and checksums.")
     _common(e)
     e.add_argument("tenant", metavar="TENANT")
     e.add_argument("--source", required=True, metavar="DSN")
-    e.add_argument("--out", required=True, metavar="DIR")
+    e.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory; created private (0700)")
+    _tables_arg(e)
     e.set_defaults(func=cmd_data_export)
     return parser
+
+
+def _tables_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", action="append", metavar="SCHEMA.TABLE", dest="tables",
+                   help="only this isolated table (repeatable or comma-separated; quote mixed-case names: app.\"Trips\")")
+
+
+def _table_list(values: list[str] | None) -> list[str] | None:
+    return None if not values else [t.strip() for v in values for t in v.split(",") if t.strip()]
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -275,18 +292,23 @@ def _progress(msg: str) -> None:
 def cmd_data_move(args) -> int:
     from tenancy.stores import postgres as data
 
-    r = data.move(args.source, args.target, args.tenant, delete_source=args.delete_source, progress=_progress)
-    rate = r.total_rows / max(r.copy_seconds + r.verify_seconds, 1e-9)
-    print(f"moved {r.total_rows} rows of '{args.tenant}' ({len(r.tables)} tables), verified, in "
-          f"{r.copy_seconds + r.verify_seconds:.2f}s ({rate:,.0f} rows/s)"
-          f"{'; source rows deleted' if r.deleted_source else '; source rows kept'}")
+    r = data.move(args.source, args.target, args.tenant, delete_source=args.delete_source, replace=args.replace,
+                  tables=_table_list(args.tables), target_state=args.state, progress=_progress)
+    if r.status == "already completed":
+        print(r.message)
+        return EXIT_OK
+    seconds = r.copy_seconds + r.verify_seconds
+    replaced = f"; replaced {r.replaced_rows} rows the target held" if r.replaced_rows else ""
+    print(f"moved {r.total_rows} rows of '{args.tenant}' ({len(r.tables)} tables), verified, in {seconds:.2f}s "
+          f"({r.total_rows / max(seconds, 1e-9):,.0f} rows/s){replaced}"
+          f"{'; source rows deleted' if r.deleted_source else '; source rows kept'} (move {r.move_id})")
     return EXIT_OK
 
 
 def cmd_data_verify(args) -> int:
     from tenancy.stores import postgres as data
 
-    checks = data.verify(args.source, args.target, args.tenant)
+    checks = data.verify(args.source, args.target, args.tenant, tables=_table_list(args.tables))
     for c in checks:
         if c.ok:
             print(f"{c.table}: {c.source_rows} rows, checksums match")
@@ -298,9 +320,10 @@ def cmd_data_verify(args) -> int:
 def cmd_data_export(args) -> int:
     from tenancy.stores import postgres as data
 
-    manifest = data.export(args.source, args.tenant, args.out, progress=_progress)
+    manifest = data.export(args.source, args.tenant, args.out, progress=_progress, tables=_table_list(args.tables))
     total = sum(t["rows"] for t in manifest["tables"].values())
-    print(f"exported {total} rows of '{args.tenant}' in {len(manifest['tables'])} tables to {args.out} (manifest.json)")
+    print(f"exported {total} rows of '{args.tenant}' in {len(manifest['tables'])} tables to {args.out} (manifest.json), "
+          "files re-read and checked against the database")
     return EXIT_OK
 
 

@@ -1,15 +1,19 @@
-"""Per-tenant row moves between PostgreSQL databases that carry the tenancy SQL.
+"""The PostgreSQL store: one tenant's rows in a database carrying the tenancy SQL.
 
-Only one tenant's rows are ever read or written: every statement runs with `app.current_tenant` set to that
-tenant (row-level security filters the rest even for the owner role) and names the tenant explicitly.
+Only one tenant's rows are ever read or written: every statement runs with the tenant set through
+`tenancy.set_tenant` (row-level security filters the rest, even for the owner role) and names the tenant.
 
-- Tables come from the source's `tenancy.isolated_tables`, copied parents first (foreign-key order).
-- Rows travel as binary COPY streams, source to target, never row by row.
-- The whole copy is one target transaction: an interruption leaves the target as it was, and a retried move
-  first clears that tenant's rows on the target.
-- Verification compares per-table row counts and an ordered checksum (md5 over the rows' md5s in primary-key
-  order) on both sides; sequences on the target are moved past the tenant's ids.
-- Nothing is deleted from the source unless verification passed.
+- Tables are the database's `tenancy.isolated_tables`, known by oid and named from pg_namespace/pg_class
+  (`app."Trips"`, `"my.schema"."select"`), copied parents first (foreign-key order); a caller may pick some.
+- Rows travel as binary COPY streams, source to target, never row by row; the whole copy is one target
+  transaction, so a kill leaves the target as it was.
+- Summaries count rows and take an ordered checksum (md5 over the rows' md5s, primary-key order, else the
+  row's text) over `ROW(columns by name)::text`, with the output settings pinned in the transaction, so any
+  column type (json, bytea, arrays, timestamptz, floats) sums the same way in two databases.
+- Every move is journalled in both databases (`tenancy.data_moves`): a finished move is recognised and not
+  redone, an interrupted one continues, and source and target being one database is refused.
+- With delete_source the tenant is frozen at the source first (draining writers), and its rows are deleted
+  only when the source still matches what was verified.
 
 Connect as the owner role (`tenancy_owner`) or a superuser: the owner may write a frozen tenant's rows.
 """
@@ -19,24 +23,38 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
-from tenancy.errors import TenancyError
+from tenancy.db import describe_dsn
+from tenancy.stores import Mismatch, Progress, StoreError, Summary, combine, private_export_dir, private_file, write_manifest
 
-Progress = Callable[[str], None]
+FREEZE_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10
+# Pinned in every reading transaction: row text (checksums, CSV exports) then does not depend on the session.
+STABLE_OUTPUT = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+                 "extra_float_digits": "1", "bytea_output": "hex"}
 
 
-class DataError(TenancyError):
+class DataError(StoreError):
     exit_code = 1
 
 
-class VerificationError(DataError):
+class DataInputError(DataError):
+    """The command was given something unusable (a malformed DSN, one database twice, an unknown table)."""
+
+    exit_code = 2
+
+
+class VerificationError(DataError, Mismatch):
     pass
 
 
@@ -62,254 +80,790 @@ class MoveReport:
     copy_seconds: float = 0.0
     verify_seconds: float = 0.0
     deleted_source: bool = False
+    move_id: str = ""
+    status: str = "moved"          # moved | already completed
+    message: str = ""
+    replaced_rows: int = 0
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
 
 
-def connect(dsn: str) -> psycopg.Connection:
+@dataclass(frozen=True)
+class Table:
+    """An isolated table as the catalog knows it: never a name split on '.'."""
+
+    oid: int
+    schema: str
+    name: str
+    qualified: str                  # format('%I.%I'): the name callers see and pass
+    columns: tuple[str, ...]        # copied columns (generated ones are recomputed by the target)
+    collatable: frozenset[str]
+    key: tuple[str, ...]            # primary key; empty when there is none
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def filename(self) -> str:
+        return quote(self.qualified, safe="._-") + ".csv"
+
+
+# ---------------------------------------------------------------------------------------------- connections
+
+def _first_line(exc: BaseException) -> str:
+    import re
+
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^connection (failed|is bad): ", "", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text)
+
+
+def _parse(dsn: str) -> dict:
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
-        return psycopg.connect(dsn, autocommit=False)
-    except psycopg.OperationalError as exc:
-        # libpq's message names host, port and user, never the password
-        raise DataError(f"cannot connect: {str(exc).strip()}") from None
+        return conninfo_to_dict(dsn)
+    except psycopg.Error:
+        raise DataInputError("malformed DSN (not shown: it may hold a password); give a libpq 'key=value ...' string "
+                             "or a postgresql:// URI") from None
+
+
+def connect(dsn: str, tenant: str | None = None) -> psycopg.Connection:
+    """A connection (not autocommit); failures become one line naming the database, never the password."""
+    params = _parse(dsn)
+    extra = {} if "connect_timeout" in params else {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        return psycopg.connect(dsn, autocommit=False, **extra)
+    except psycopg.Error as exc:
+        who = f" for tenant '{tenant}'" if tenant else ""
+        raise DataError(f"cannot connect to database {describe_dsn(dsn)}{who}: {_first_line(exc)}; check the host, port, "
+                        "user and credentials (PGPASSWORD/PGPASSFILE) and that the server is running") from None
+
+
+@contextmanager
+def _errors(tenant: str, dsn: str, doing: str) -> Iterator[None]:
+    """Turns any database error inside into one line: tenant, database, what failed, what to do."""
+    try:
+        yield
+    except (DataError, Mismatch):
+        raise
+    except psycopg.errors.LockNotAvailable:
+        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)} waited too long for a lock: a "
+                        "transaction that wrote the tenant is still open; find it in pg_stat_activity, then run the same "
+                        "command again") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)}: {_first_line(exc)}; connect as the "
+                        "owner role (tenancy_owner) or a superuser") from None
+    except psycopg.Error as exc:
+        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)} failed: {_first_line(exc)}; nothing "
+                        "of this step was committed; fix the cause and run the same command again") from None
+
+
+def _require_schema(conn: psycopg.Connection, dsn: str) -> None:
+    row = conn.execute("SELECT to_regnamespace('tenancy') IS NOT NULL, to_regclass('tenancy.isolated_tables') IS NOT NULL, "
+                       "to_regclass('tenancy.data_moves') IS NOT NULL").fetchone()
+    conn.rollback()
+    if not (row[0] and row[1]):
+        raise DataError(f"database {describe_dsn(dsn)} has no tenancy schema: run `tenancy db apply DSN` first")
+    if not row[2]:
+        raise DataError(f"database {describe_dsn(dsn)} has an older tenancy SQL without tenancy.data_moves: run "
+                        "`tenancy db apply DSN` first")
+
+
+@contextmanager
+def _open(dsn: str, tenant: str, doing: str) -> Iterator[psycopg.Connection]:
+    conn = connect(dsn, tenant)
+    try:
+        with _errors(tenant, dsn, doing):
+            _require_schema(conn, dsn)
+            yield conn
+    finally:
+        conn.close()
+
+
+def _identity(conn: psycopg.Connection) -> tuple[int, int]:
+    """(cluster system identifier, database oid): equal for two DSNs exactly when they reach one database."""
+    row = conn.execute("SELECT (SELECT system_identifier FROM pg_control_system()), "
+                       "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()
+    conn.rollback()
+    return int(row[0]), int(row[1])
 
 
 def _as_tenant(conn: psycopg.Connection, tenant: str) -> None:
-    """Inside the current transaction only, through tenancy.set_tenant (the only way that counts)."""
-    conn.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
+    """Inside the current transaction only: the tenant (through tenancy.set_tenant, the only way that counts)
+    and the output settings that checksums and exports rely on."""
+    conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(k), sql.Literal(v)) for k, v in STABLE_OUTPUT.items())))
+    if conn.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone():
+        conn.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
 
 
-def isolated_tables(conn: psycopg.Connection) -> list[str]:
-    """Isolated tables, parents before children (foreign keys among them define the order)."""
-    rows = conn.execute("SELECT table_name::regclass::text FROM tenancy.isolated_tables").fetchall()
-    tables = sorted(r[0] for r in rows)
-    deps = {t: set() for t in tables}
-    for child, parent in conn.execute(
-            "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint "
-            "WHERE contype = 'f' AND conrelid IN (SELECT table_name FROM tenancy.isolated_tables)").fetchall():
+def _registered(conn: psycopg.Connection, tenant: str) -> str | None:
+    row = conn.execute("SELECT state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+    return row[0] if row else None
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+
+def _all_tables(conn: psycopg.Connection) -> list[Table]:
+    """Every isolated table, parents before children (foreign keys among them define the order)."""
+    rels = conn.execute("SELECT c.oid, n.nspname, c.relname, format('%I.%I', n.nspname, c.relname) "
+                        "FROM tenancy.isolated_tables i JOIN pg_class c ON c.oid = i.table_name "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace").fetchall()
+    cols: dict[int, list[tuple[str, bool]]] = {}
+    for relid, name, collatable in conn.execute(
+            "SELECT attrelid, attname, attcollation <> 0 FROM pg_attribute WHERE attrelid IN "
+            "(SELECT table_name FROM tenancy.isolated_tables) AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
+            "ORDER BY attrelid, attnum").fetchall():
+        cols.setdefault(relid, []).append((name, collatable))
+    keys: dict[int, list[str]] = {}
+    for relid, name in conn.execute(
+            "SELECT i.indrelid, a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE i.indisprimary AND i.indrelid IN "
+            "(SELECT table_name FROM tenancy.isolated_tables) ORDER BY i.indrelid, k.n").fetchall():
+        keys.setdefault(relid, []).append(name)
+    tables = {oid: Table(oid, schema, name, qualified, tuple(c for c, _ in cols.get(oid, [])),
+                         frozenset(c for c, coll in cols.get(oid, []) if coll), tuple(keys.get(oid, [])))
+              for oid, schema, name, qualified in rels}
+    deps: dict[int, set[int]] = {oid: set() for oid in tables}
+    for child, parent in conn.execute("SELECT conrelid, confrelid FROM pg_constraint WHERE contype = 'f' AND conrelid IN "
+                                      "(SELECT table_name FROM tenancy.isolated_tables)").fetchall():
         if parent in deps and parent != child:
             deps[child].add(parent)
-    ordered: list[str] = []
+    ordered: list[Table] = []
     while deps:
-        ready = sorted(t for t, d in deps.items() if not d - set(ordered))
+        ready = sorted((t for t, d in deps.items() if not d - {o.oid for o in ordered}), key=lambda o: tables[o].qualified)
         if not ready:
-            raise DataError(f"foreign keys among {sorted(deps)} form a cycle; cannot order the copy")
-        ordered.extend(ready)
-        for t in ready:
-            del deps[t]
+            raise DataError(f"foreign keys among {sorted(tables[o].qualified for o in deps)} form a cycle; cannot order "
+                            "the copy")
+        ordered.extend(tables[o] for o in ready)
+        for o in ready:
+            del deps[o]
     return ordered
 
 
-def _ident(table: str) -> sql.Composable:
-    return sql.SQL(".").join(sql.Identifier(p) for p in table.split("."))
+def _select(conn: psycopg.Connection, dsn: str, wanted: list[str] | None) -> list[Table]:
+    """The isolated tables named in `wanted` (schema.table, quoted where needed), in copy order; all when None."""
+    found = _all_tables(conn)
+    if wanted is None:
+        return found
+    by_name = {t.qualified: t for t in found}
+    by_oid = {t.oid: t for t in found}
+    picked: set[int] = set()
+    bad = []
+    for name in wanted:
+        t = by_name.get(name)
+        if t is None:
+            oid = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()[0]
+            t = by_oid.get(oid) if oid is not None else None
+        if t is None:
+            bad.append(name)
+        else:
+            picked.add(t.oid)
+    if bad:
+        raise DataInputError(f"{', '.join(bad)}: not isolated table(s) in database {describe_dsn(dsn)}; isolated tables "
+                             f"there: {', '.join(t.qualified for t in found) or 'none'}")
+    return [t for t in found if t.oid in picked]
 
 
-def _columns(conn: psycopg.Connection, table: str) -> list[str]:
-    rows = conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                        "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum", (table,)).fetchall()
-    return [r[0] for r in rows]
+def isolated_tables(conn: psycopg.Connection) -> list[str]:
+    """Names of the isolated tables, parents first."""
+    return [t.qualified for t in _all_tables(conn)]
 
 
-def _key(conn: psycopg.Connection, table: str) -> list[str]:
-    rows = conn.execute("SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
-                        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-                        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n", (table,)).fetchall()
-    return [r[0] for r in rows] or _columns(conn, table)
+def _match_target(tables: list[Table], dst: psycopg.Connection, dsn: str) -> list[Table]:
+    """The target's tables for the source's: same names, and every copied column present."""
+    there = {t.qualified: t for t in _all_tables(dst)}
+    missing = [t.qualified for t in tables if t.qualified not in there]
+    if missing:
+        raise DataError(f"the target {describe_dsn(dsn)} lacks isolated tables {', '.join(missing)}: apply the tenancy SQL "
+                        "and the application schema there first (tenancy db apply DSN)")
+    out = []
+    for t in tables:
+        lacking = sorted(set(t.columns) - set(there[t.qualified].columns))
+        if lacking:
+            raise DataError(f"table {t.qualified} on the target {describe_dsn(dsn)} lacks column(s) {', '.join(lacking)}: "
+                            "migrate the target's schema first")
+        out.append(there[t.qualified])
+    return out
 
 
-def table_checksum(conn: psycopg.Connection, table: str, tenant: str) -> tuple[int, str]:
-    """(rows, ordered checksum) of one tenant's rows; call inside a transaction with the tenant set."""
-    cols = _columns(conn, table)
-    key = _key(conn, table)
-    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in cols))
-    q = sql.SQL("SELECT count(*), coalesce(md5(string_agg(md5({row}::text), '' ORDER BY {key})), '') "
-                "FROM {table} WHERE tenant_id = %s").format(
-        row=row, key=sql.SQL(", ").join(sql.Identifier(k) for k in key), table=_ident(table))
-    count, digest = conn.execute(q, (tenant,)).fetchone()
+# ---------------------------------------------------------------------------------------------- checksums
+
+def _checksum_query(t: Table, relation: sql.Composable, tenant_filter: bool) -> sql.Composable:
+    by_name = sorted(t.columns)
+    row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c) for c in by_name))
+    if t.key:
+        order = sql.SQL(", ").join(sql.SQL('{} COLLATE "C"' if k in t.collatable else "{}").format(sql.Identifier(k))
+                                   for k in t.key)
+    else:
+        order = sql.SQL('{} COLLATE "C"').format(row)
+    where = sql.SQL(" WHERE tenant_id = %s") if tenant_filter else sql.SQL("")
+    return sql.SQL("SELECT count(*), coalesce(md5(string_agg(md5({row}), '' ORDER BY {order})), '') FROM {rel}{where}").format(
+        row=row, order=order, rel=relation, where=where)
+
+
+def _table(conn: psycopg.Connection, table: str | Table) -> Table:
+    if isinstance(table, Table):
+        return table
+    for t in _all_tables(conn):
+        if t.qualified == table:
+            return t
+    raise DataError(f"{table} is not an isolated table")
+
+
+def table_checksum(conn: psycopg.Connection, table: str | Table, tenant: str) -> tuple[int, str]:
+    """(rows, ordered checksum) of one tenant's rows; call inside a transaction after _as_tenant."""
+    t = _table(conn, table)
+    count, digest = conn.execute(_checksum_query(t, t.ident, True), (tenant,)).fetchone()
     return int(count), digest
 
 
-def _ensure_registered(src: psycopg.Connection, dst: psycopg.Connection, tenant: str,
-                       plan: str | None, model: str | None, state: str | None) -> None:
-    row = src.execute("SELECT plan, model, state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+def _counts(conn: psycopg.Connection, tables: list[Table], tenant: str) -> dict[str, int]:
+    return {t.qualified: conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(t.ident),
+                                      (tenant,)).fetchone()[0] for t in tables}
+
+
+def _summary(conn: psycopg.Connection, tables: list[Table], tenant: str) -> Summary:
+    parts = {}
+    for t in tables:
+        n, digest = table_checksum(conn, t, tenant)
+        parts[t.qualified] = {"count": n, "checksum": digest}
+    count, checksum = combine(parts)
+    return Summary("postgres", count, checksum, parts)
+
+
+def _read_summary(dsn: str, tenant: str, tables: list[Table], snapshot: str | None = None) -> Summary:
+    """A summary in its own REPEATABLE READ transaction (optionally at an exported snapshot)."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "summing the tenant's rows"):
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            if snapshot:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            _as_tenant(conn, tenant)
+            out = _summary(conn, tables, tenant)
+            conn.rollback()
+            return out
+
+
+def summary(dsn: str, tenant: str, tables: list[str] | None = None) -> Summary:
+    """What the database holds for the tenant, per table, in one snapshot."""
+    with _open(dsn, tenant, "summing the tenant's rows") as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        picked = _select(conn, dsn, tables)
+        _as_tenant(conn, tenant)
+        out = _summary(conn, picked, tenant)
+        conn.rollback()
+        return out
+
+
+def _checks(source: Summary, target: Summary) -> list[TableCheck]:
+    return [TableCheck(name, source.parts[name]["count"], target.parts.get(name, {}).get("count", 0),
+                       source.parts[name]["checksum"], target.parts.get(name, {}).get("checksum", ""))
+            for name in source.parts]
+
+
+# -------------------------------------------------------------------------------------------------- journal
+
+@dataclass
+class _Entry:
+    move_id: str
+    status: str
+    delete_source: bool
+    previous_state: str | None
+    summary: Summary | None
+    tables: list[str] | None
+    finished_at: object
+
+
+def _latest(conn: psycopg.Connection, tenant: str, direction: str, peer: tuple[int, int],
+            move_id: str | None = None) -> _Entry | None:
+    q = ("SELECT move_id, status, delete_source, previous_state, summary, tables, finished_at FROM tenancy.data_moves "
+         "WHERE tenant_id = %s AND direction = %s AND peer_system_identifier = %s AND peer_database = %s")
+    args: list = [tenant, direction, peer[0], peer[1]]
+    if move_id:
+        q += " AND move_id = %s"
+        args.append(move_id)
+    row = conn.execute(q + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
+    conn.rollback()
     if row is None:
-        raise DataError(f"tenant '{tenant}' is not registered in the source's tenancy.tenants")
-    dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET plan = excluded.plan, model = excluded.model, updated_at = now()",
-                (tenant, plan or row[0], model or row[1], state or row[2]))
+        return None
+    return _Entry(row[0], row[1], row[2], row[3], Summary.from_json(row[4]) if row[4] else None, row[5], row[6])
 
 
-def _check_same_tables(tables: list[str], dst: psycopg.Connection) -> None:
-    target = set(isolated_tables(dst))
-    missing = [t for t in tables if t not in target]
-    if missing:
-        raise DataError(f"the target lacks isolated tables {', '.join(missing)}: apply the tenancy SQL and the "
-                        "application schema there first (tenancy db apply DSN)")
+def _journal(conn: psycopg.Connection, move_id: str, tenant: str, direction: str, peer: tuple[int, int], status: str, *,
+             tables: list[str] | None = None, delete_source: bool = False, summary_: Summary | None = None) -> None:
+    """Insert or advance a journal row inside the caller's transaction."""
+    conn.execute("INSERT INTO tenancy.data_moves (move_id, tenant_id, direction, peer_system_identifier, peer_database, "
+                 "tables, delete_source, status, summary, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                 "CASE WHEN %s IN ('completed', 'failed') THEN now() END) ON CONFLICT (move_id, direction) DO UPDATE SET "
+                 "status = excluded.status, summary = coalesce(excluded.summary, data_moves.summary), "
+                 "finished_at = excluded.finished_at",
+                 (move_id, tenant, direction, peer[0], peer[1], tables, delete_source, status,
+                  json.dumps(summary_.to_json()) if summary_ else None, status))
 
 
-def clear_tenant(conn: psycopg.Connection, tenant: str, tables: list[str]) -> int:
-    """Delete one tenant's rows, children first; inside the caller's transaction. Returns rows deleted."""
+def _checkpoint(name: str) -> None:
+    """Named points of a move (tests interrupt a move here to prove a re-run continues it)."""
+
+
+# ----------------------------------------------------------------------------------------------------- copy
+
+def clear_tenant(conn: psycopg.Connection, tenant: str, tables: list[str] | list[Table], side: str = "target") -> int:
+    """Delete one tenant's rows, children first, inside the caller's transaction. Returns rows deleted."""
     _as_tenant(conn, tenant)
     deleted = 0
-    for table in reversed(tables):
-        deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(_ident(table)), (tenant,)).rowcount
+    for t in reversed([_table(conn, x) for x in tables]):
+        deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(t.ident), (tenant,)).rowcount
+        _checkpoint(f"{side} deleted {t.qualified}")
     return deleted
 
 
-def _reset_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
+def _reset_sequences(conn: psycopg.Connection, t: Table, tenant: str) -> None:
     """Move identity/serial sequences past the tenant's ids (other tenants' ids are already behind them)."""
     for col, seq in conn.execute(
-            "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
-            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-            "AND pg_get_serial_sequence(%s, a.attname) IS NOT NULL", (table, table, table)).fetchall():
+            "SELECT a.attname, pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) FROM pg_attribute a "
+            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) IS NOT NULL",
+            (t.schema, t.name, t.oid, t.schema, t.name)).fetchall():
         q = sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
                     "coalesce((SELECT max({col}) FROM {table} WHERE tenant_id = %s), 1)))").format(
-            col=sql.Identifier(col), table=_ident(table))
+            col=sql.Identifier(col), table=t.ident)
         conn.execute(q, (seq, seq, tenant))
 
 
-def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[str],
-                progress: Progress | None = None) -> dict[str, int]:
-    """Stream one tenant's rows table by table; the caller owns both transactions."""
+def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[Table],
+                progress: Progress | None = None, targets: list[Table] | None = None) -> dict[str, int]:
+    """Stream one tenant's rows table by table (the source's columns, by name); the caller owns both
+    transactions. `targets` are the same tables as the target's catalog knows them (their oids differ)."""
     say = progress or (lambda m: None)
     _as_tenant(src, tenant)
     _as_tenant(dst, tenant)
     rows: dict[str, int] = {}
-    for table in tables:
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(src, table))
+    stage = sql.Identifier("tenancy_stage")
+    for t, there in zip(tables, targets or tables):
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in t.columns)
         out_q = sql.SQL("COPY (SELECT {cols} FROM {t} WHERE tenant_id = {tid}) TO STDOUT (FORMAT BINARY)").format(
-            cols=cols, t=_ident(table), tid=sql.Literal(tenant))
+            cols=cols, t=t.ident, tid=sql.Literal(tenant))
         # COPY FROM is refused on tables under RLS, so rows stream into a staging table (no RLS) and move
         # with one set-based INSERT ... SELECT, which RLS's WITH CHECK still guards.
-        stage = sql.Identifier("tenancy_stage")
-        dst.execute(sql.SQL("CREATE TEMP TABLE {s} (LIKE {t}) ON COMMIT DROP").format(s=stage, t=_ident(table)))
+        dst.execute(sql.SQL("CREATE TEMP TABLE {s} (LIKE {t}) ON COMMIT DROP").format(s=stage, t=t.ident))
         in_q = sql.SQL("COPY {s} ({cols}) FROM STDIN (FORMAT BINARY)").format(s=stage, cols=cols)
         with src.cursor().copy(out_q) as reader, dst.cursor().copy(in_q) as writer:
             for chunk in reader:
                 writer.write(chunk)
         n = dst.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {s}").format(
-            t=_ident(table), cols=cols, s=stage)).rowcount
+            t=t.ident, cols=cols, s=stage)).rowcount
         dst.execute(sql.SQL("DROP TABLE {s}").format(s=stage))
-        rows[table] = int(n)
-        say(f"  copied {table}: {n} rows")
-        _reset_sequences(dst, table, tenant)
+        rows[t.qualified] = int(n)
+        say(f"  copied {t.qualified}: {n} rows")
+        _reset_sequences(dst, there, tenant)
     return rows
 
 
-def verify_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[str]) -> list[TableCheck]:
-    """Both sides are summed at once (two connections, two threads), each in its own transaction's view."""
-    def side(conn: psycopg.Connection) -> list[tuple[int, str]]:
-        _as_tenant(conn, tenant)
-        return [table_checksum(conn, table, tenant) for table in tables]
+def _freeze(dsn: str, tenant: str, move_id: str, timeout_s: int) -> str:
+    """Freeze the tenant at the source in its own committed transaction (draining writers); keep the first
+    pre-freeze state in the journal, so a resumed move restores the state from before the first attempt."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "freezing the tenant's writes"):
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s)}s")))
+            previous = conn.execute("SELECT tenancy.freeze(%s)", (tenant,)).fetchone()[0]
+            row = conn.execute("UPDATE tenancy.data_moves SET previous_state = coalesce(previous_state, %s) "
+                               "WHERE move_id = %s AND direction = 'out' RETURNING previous_state",
+                               (previous, move_id)).fetchone()
+            conn.commit()
+            return row[0] if row else previous
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        source, target = pool.submit(side, src), pool.submit(side, dst)
-        s_sums, t_sums = source.result(), target.result()
-    return [TableCheck(table, sn, tn, sc, tc) for table, (sn, sc), (tn, tc) in zip(tables, s_sums, t_sums)]
+
+def _set_state(dsn: str, tenant: str, state: str) -> None:
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "restoring the tenant's state"):
+            conn.execute("UPDATE tenancy.tenants SET state = %s, updated_at = now() WHERE id = %s", (state, tenant))
+            conn.commit()
 
 
-def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool = False,
-         target_plan: str | None = None, target_model: str | None = None, target_state: str | None = None,
+def _where(dsn: str) -> str:
+    return describe_dsn(dsn)
+
+
+def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool = False, replace: bool = False,
+         tables: list[str] | None = None, target_plan: str | None = None, target_model: str | None = None,
+         target_state: str | None = None, freeze_timeout_s: int = FREEZE_TIMEOUT_S,
          progress: Progress | None = None) -> MoveReport:
-    """Copy one tenant's rows from source to target, verify, optionally delete them from the source."""
+    """Copy one tenant's rows from source to target, verify, optionally delete them from the source.
+
+    Journalled in both databases: a re-run of a finished move does nothing and says so; a re-run after an
+    interruption continues to the same end state."""
     say = progress or (lambda m: None)
-    with connect(source_dsn) as src, connect(target_dsn) as dst:
-        # Source: one REPEATABLE READ snapshot for copy and verification alike.
+    src_name, dst_name = _where(source_dsn), _where(target_dsn)
+    with _open(source_dsn, tenant, "reading the source") as src, _open(target_dsn, tenant, "reading the target") as dst:
+        src_id, dst_id = _identity(src), _identity(dst)
+        if src_id == dst_id:
+            raise DataInputError(f"source {src_name} and target {dst_name} are the same database (system {src_id[0]}, "
+                                 f"database oid {src_id[1]}); nothing was done")
+        with _errors(tenant, source_dsn, "reading the source's tables"):
+            picked = _select(src, source_dsn, tables)
+            state = _registered(src, tenant)
+            src.rollback()
+        with _errors(tenant, target_dsn, "reading the target's tables"):
+            dst_tables = _match_target(picked, dst, target_dsn)
+            dst.rollback()
+        names = [t.qualified for t in picked]
+        report = MoveReport(tenant=tenant, tables=names)
+        done = _resume(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, src_id, dst_id, state,
+                       delete_source, target_state, report, say)
+        if done is not None:
+            return done
+        if state is None:
+            raise DataError(f"tenant '{tenant}' is not registered in the source {src_name}'s tenancy.tenants: is this the "
+                            "database that holds its rows? Nothing was done")
+        replaced = _refusals(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, replace, say)
+
+        # A move interrupted before its copy committed is taken up again under its id: its journal row keeps the
+        # state the tenant had before the first attempt froze it.
+        with _errors(tenant, source_dsn, "reading the source's journal"):
+            pending = _latest(src, tenant, "out", dst_id)
+        if pending is not None and pending.status == "started":
+            move_id = pending.move_id
+            say(f"continuing move {move_id}, interrupted before its copy committed")
+        else:
+            move_id = f"dm-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        report.move_id = move_id
+        with _errors(tenant, source_dsn, "journalling the move at the source"):
+            _journal(src, move_id, tenant, "out", dst_id, "started", tables=tables and names, delete_source=delete_source)
+            src.commit()
+        previous = state
+        if delete_source:
+            previous = _freeze(source_dsn, tenant, move_id, freeze_timeout_s)
+            say(f"froze '{tenant}' at the source (was {previous})")
+        _checkpoint("frozen")
+        try:
+            verified = _copy(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, move_id, src_id, dst_id,
+                             tables and names, delete_source, target_plan, target_model,
+                             "frozen" if delete_source else (target_state or state), report, say)
+        except Mismatch:
+            with _errors(tenant, source_dsn, "journalling the failed move"):
+                _journal(src, move_id, tenant, "out", dst_id, "failed")
+                src.commit()
+            if delete_source:
+                _set_state(source_dsn, tenant, previous)
+            raise
+        report.replaced_rows = replaced
+        if delete_source:
+            _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, src_id, dst_id, verified,
+                           target_state or previous, report, say)
+        else:
+            with _errors(tenant, source_dsn, "journalling the move at the source"):
+                _journal(src, move_id, tenant, "out", dst_id, "completed", summary_=verified)
+                src.commit()
+        return report
+
+
+def _resume(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, src_id, dst_id, state, delete_source,
+            target_state, report: MoveReport, say) -> MoveReport | None:
+    """Finish or recognise an earlier move of this tenant between these two databases; None when there is none."""
+    entry = _latest(dst, tenant, "in", src_id)
+    if entry is None or entry.summary is None or {t.qualified for t in picked} != set(entry.summary.parts):
+        return None
+    out = _latest(src, tenant, "out", dst_id, entry.move_id)
+    target_now = _read_summary(target_dsn, tenant, dst_tables)
+    if not target_now.same_data(entry.summary):
+        return None                      # the target changed since: not the state that move left
+    source_now = _read_summary(source_dsn, tenant, picked)
+    report.move_id = entry.move_id
+    report.rows = {t.qualified: entry.summary.parts[t.qualified]["count"] for t in picked}
+    report.checks = _checks(entry.summary, target_now)
+    src_name, dst_name = _where(source_dsn), _where(target_dsn)
+    source_gone = out is not None and out.status == "completed" and out.delete_source
+    if entry.status == "completed" and (entry.delete_source or not delete_source):
+        if (source_now.count == 0) if entry.delete_source else source_now.same_data(entry.summary):
+            report.status, report.deleted_source = "already completed", entry.delete_source
+            report.message = (f"move of '{tenant}' from {src_name} to {dst_name} already completed at "
+                              f"{entry.finished_at}; nothing to do")
+            say(report.message)
+            return report
+        return None
+    if entry.status == "copied" and source_gone and source_now.count == 0:
+        # killed after the source's delete committed: only the target's side is left to finish
+        _finish_target(dst, target_dsn, tenant, entry.move_id, src_id, target_state or out.previous_state or "active")
+        report.status, report.deleted_source = "already completed", True
+        report.message = (f"move of '{tenant}' from {src_name} to {dst_name} already completed at {out.finished_at}; "
+                          "recorded it at the target too")
+        say(report.message)
+        return report
+    if entry.status == "copied" and source_now.same_data(entry.summary):
+        if not delete_source:
+            with _errors(tenant, target_dsn, "journalling the move at the target"):
+                _journal(dst, entry.move_id, tenant, "in", src_id, "completed")
+                dst.commit()
+            report.status = "already completed"
+            report.message = (f"move of '{tenant}' from {src_name} to {dst_name} was copied and verified earlier; "
+                              "source rows kept; nothing to do")
+            say(report.message)
+            return report
+        say(f"continuing move {entry.move_id}: rows already copied and verified; deleting them from the source")
+        previous = state or "active"
+        if state is not None:
+            previous = _freeze(source_dsn, tenant, entry.move_id, FREEZE_TIMEOUT_S)
+        _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, entry.move_id, src_id, dst_id, entry.summary,
+                       target_state or previous, report, say)
+        report.status = "moved"
+        return report
+    return None
+
+
+def _refusals(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, replace, say) -> int:
+    """Refuse a move that would lose data; returns how many target rows a --replace move replaces."""
+    with _errors(tenant, source_dsn, "counting the source's rows"):
+        _as_tenant(src, tenant)
+        s_count = sum(_counts(src, picked, tenant).values())
+        src.rollback()
+    with _errors(tenant, target_dsn, "counting the target's rows"):
+        _as_tenant(dst, tenant)
+        t_count = sum(_counts(dst, dst_tables, tenant).values())
+        dst.rollback()
+    if t_count == 0:
+        return 0
+    if s_count == 0:
+        raise DataError(f"nothing to move: '{tenant}' has no rows at the source but {t_count} at the target -- the move "
+                        f"may already have happened; see tenancy.data_moves (source {_where(source_dsn)}, target "
+                        f"{_where(target_dsn)})")
+    s, t = _read_summary(source_dsn, tenant, picked), _read_summary(target_dsn, tenant, dst_tables)
+    if s.same_data(t):
+        say(f"the target already holds the same {t_count} rows of '{tenant}'; copying again and verifying")
+        return 0
+    if not replace:
+        raise DataError(f"the target {_where(target_dsn)} already holds {t_count} different rows of '{tenant}' "
+                        f"(source vs target: {'; '.join(s.differences(t))}); nothing was done. Pass --replace to replace "
+                        "them with the source's rows")
+    say(f"replacing {t_count} rows of '{tenant}' on the target with the source's {s_count}")
+    return t_count
+
+
+def _copy(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, move_id, src_id, dst_id, names, delete_source,
+          target_plan, target_model, target_state, report: MoveReport, say) -> Summary:
+    """The copy, verification and the target's journal row: one target transaction. Returns the verified summary."""
+    with _errors(tenant, f"{source_dsn}", "copying to the target " + _where(target_dsn)):
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        tables = isolated_tables(src)
-        _check_same_tables(tables, dst)
-        report = MoveReport(tenant=tenant, tables=tables)
         start = time.perf_counter()
-        _ensure_registered(src, dst, tenant, target_plan, target_model, target_state)
+        row = src.execute("SELECT plan, model FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+        dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                    "SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()",
+                    (tenant, target_plan or row[0], target_model or row[1], target_state))
         # The source side of the verification runs while the copy does, on a second connection that sees
         # exactly the copy's snapshot; only the target side remains after the copy.
         snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
         with ThreadPoolExecutor(max_workers=1) as pool:
-            source_sums = pool.submit(_sums_at_snapshot, source_dsn, snapshot, tenant, tables)
-            cleared = clear_tenant(dst, tenant, tables)
+            source_sums = pool.submit(_read_summary, source_dsn, tenant, picked, snapshot)
+            cleared = clear_tenant(dst, tenant, dst_tables)
             if cleared:
-                say(f"cleared {cleared} rows of '{tenant}' left on the target by an earlier attempt")
-            report.rows = copy_tenant(src, dst, tenant, tables, say)
+                say(f"cleared {cleared} rows of '{tenant}' on the target")
+            report.rows = copy_tenant(src, dst, tenant, picked, say, dst_tables)
             report.copy_seconds = time.perf_counter() - start
             start = time.perf_counter()
-            target_sums = [table_checksum(dst, table, tenant) for table in tables]
-            report.checks = [TableCheck(t, sn, tn, sc, tc)
-                             for t, (sn, sc), (tn, tc) in zip(tables, source_sums.result(), target_sums)]
+            target_sum = _summary(dst, dst_tables, tenant)
+            source_sum = source_sums.result()
         report.verify_seconds = time.perf_counter() - start
+        report.checks = _checks(source_sum, target_sum)
         bad = [c for c in report.checks if not c.ok]
         if bad:
             dst.rollback()
-            raise VerificationError("verification failed, nothing committed on the target and nothing deleted: " +
-                                    "; ".join(f"{c.table}: {c.source_rows} rows/{c.source_checksum[:8]} vs "
-                                              f"{c.target_rows}/{c.target_checksum[:8]}" for c in bad))
+            src.rollback()
+            raise VerificationError(f"tenant '{tenant}': verification failed, nothing committed on the target and nothing "
+                                    "deleted: " + "; ".join(f"{c.table}: {c.source_rows} rows/{c.source_checksum[:8]} vs "
+                                                            f"{c.target_rows}/{c.target_checksum[:8]}" for c in bad))
+        _journal(dst, move_id, tenant, "in", src_id, "copied" if delete_source else "completed", tables=names,
+                 delete_source=delete_source, summary_=source_sum)
         dst.commit()
-        src.commit()
-        say(f"copied and verified {report.total_rows} rows of '{tenant}' in {len(tables)} tables")
-        if delete_source:
-            with src.transaction():
-                deleted = clear_tenant(src, tenant, tables)
-            report.deleted_source = True
-            say(f"deleted {deleted} rows of '{tenant}' from the source")
-    return report
-
-
-def _sums_at_snapshot(dsn: str, snapshot: str, tenant: str, tables: list[str]) -> list[tuple[int, str]]:
-    with connect(dsn) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        _as_tenant(conn, tenant)
-        sums = [table_checksum(conn, table, tenant) for table in tables]
-        conn.rollback()
-        return sums
-
-
-def verify(source_dsn: str, target_dsn: str, tenant: str) -> list[TableCheck]:
-    with connect(source_dsn) as src, connect(target_dsn) as dst:
-        tables = isolated_tables(src)
-        _check_same_tables(tables, dst)
-        checks = verify_tenant(src, dst, tenant, tables)
         src.rollback()
-        dst.rollback()
-        return checks
+    _checkpoint("copied")
+    with _errors(tenant, source_dsn, "journalling the copy at the source"):
+        src.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        _journal(src, move_id, tenant, "out", dst_id, "copied", summary_=source_sum)
+        src.commit()
+    say(f"copied and verified {report.total_rows} rows of '{tenant}' in {len(picked)} tables")
+    return source_sum
 
 
-def delete(dsn: str, tenant: str) -> int:
-    with connect(dsn) as conn:
-        with conn.transaction():
-            return clear_tenant(conn, tenant, isolated_tables(conn))
-
-
-def export(source_dsn: str, tenant: str, out_dir: str | Path, progress: Progress | None = None) -> dict:
-    """One CSV file per table plus manifest.json with row counts, row checksums and file SHA-256."""
-    say = progress or (lambda m: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"tenant": tenant, "format": "csv with header", "tables": {}}
-    with connect(source_dsn) as src:
-        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        tables = isolated_tables(src)
+def _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, src_id, dst_id, verified: Summary,
+                   final_state: str, report: MoveReport, say) -> None:
+    """Re-verify the (frozen) source against what was verified, delete its rows, then unregister it -- one
+    source transaction, journalled in it; then the target takes the tenant's final state."""
+    _checkpoint("before delete")
+    with _errors(tenant, source_dsn, "deleting the tenant's rows at the source"):
+        src.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,))
         _as_tenant(src, tenant)
-        for table in tables:
-            cols = _columns(src, table)
-            key = _key(src, table)
+        now = _summary(src, picked, tenant)
+        if not now.same_data(verified):
+            src.rollback()
+            raise Mismatch(f"tenant '{tenant}': the source {_where(source_dsn)} changed since verification "
+                           f"(verified vs now: {'; '.join(verified.differences(now))}); nothing was deleted and the tenant "
+                           "stays frozen there. Find out what wrote there, then run the same command again")
+        deleted = clear_tenant(src, tenant, picked, "source")
+        if not _all_tables_empty(src, tenant):
+            say(f"'{tenant}' keeps rows in other tables at the source; left registered there")
+        else:
+            src.execute("DELETE FROM tenancy.tenants WHERE id = %s", (tenant,))
+        _journal(src, move_id, tenant, "out", dst_id, "completed")
+        src.commit()
+    report.deleted_source = True
+    say(f"deleted {deleted} rows of '{tenant}' from the source")
+    _checkpoint("deleted")
+    _finish_target(dst, target_dsn, tenant, move_id, src_id, final_state)
+
+
+def _all_tables_empty(conn: psycopg.Connection, tenant: str) -> bool:
+    return not any(_counts(conn, _all_tables(conn), tenant).values())
+
+
+def _finish_target(dst, target_dsn, tenant, move_id, src_id, state: str) -> None:
+    with _errors(tenant, target_dsn, "finishing the move at the target"):
+        dst.execute("UPDATE tenancy.tenants SET state = %s, updated_at = now() WHERE id = %s", (state, tenant))
+        _journal(dst, move_id, tenant, "in", src_id, "completed")
+        dst.commit()
+
+
+# ------------------------------------------------------------------------------------------ verify, delete
+
+def verify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None) -> list[TableCheck]:
+    """Per-table counts and checksums on both sides, each in its own snapshot, summed concurrently."""
+    with _open(source_dsn, tenant, "reading the source") as src, _open(target_dsn, tenant, "reading the target") as dst:
+        with _errors(tenant, source_dsn, "reading the source's tables"):
+            picked = _select(src, source_dsn, tables)
+            src.rollback()
+        with _errors(tenant, target_dsn, "reading the target's tables"):
+            there = _match_target(picked, dst, target_dsn)
+            dst.rollback()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        s = pool.submit(_read_summary, source_dsn, tenant, picked)
+        t = pool.submit(_read_summary, target_dsn, tenant, there)
+        return _checks(s.result(), t.result())
+
+
+def delete(dsn: str, tenant: str, expect: Summary | None = None, tables: list[str] | None = None) -> int:
+    """Delete the tenant's rows (children first) when they still match `expect`; returns rows deleted.
+
+    The tenant's registry row is locked first, which waits out writers and holds new ones until the delete
+    commits, so what is compared is what is deleted. `expect=None` is for callers that compared already."""
+    with _open(dsn, tenant, "deleting the tenant's rows") as conn:
+        picked = _select(conn, dsn, tables)
+        conn.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,))
+        _as_tenant(conn, tenant)
+        if expect is not None:
+            now = _summary(conn, picked, tenant)
+            if not now.same_data(expect):
+                conn.rollback()
+                raise Mismatch(f"tenant '{tenant}': database {describe_dsn(dsn)} no longer holds what was verified "
+                               f"(verified vs now: {'; '.join(expect.differences(now))}); nothing was deleted")
+        n = clear_tenant(conn, tenant, picked)
+        conn.commit()
+        return n
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+def _file_sums(conn: psycopg.Connection, directory: Path, entry: dict, t: Table, tenant: str) -> tuple[int, str, bool]:
+    """(rows, checksum, every row is the tenant's) of an exported file, loaded into a temporary table."""
+    stage = sql.Identifier("tenancy_export_check")
+    cols = entry.get("columns") or list(t.columns)
+    conn.execute(sql.SQL("CREATE TEMP TABLE {s} (LIKE {t})").format(s=stage, t=t.ident))
+    q = sql.SQL("COPY {s} ({cols}) FROM STDIN (FORMAT CSV, HEADER)").format(
+        s=stage, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols))
+    with conn.cursor().copy(q) as writer, open(directory / entry["file"], "rb") as f:
+        while chunk := f.read(1 << 20):
+            writer.write(chunk)
+    n, digest = conn.execute(_checksum_query(t, stage, False)).fetchone()
+    foreign = conn.execute(sql.SQL("SELECT count(*) FROM {s} WHERE tenant_id IS DISTINCT FROM %s").format(s=stage),
+                           (tenant,)).fetchone()[0]
+    conn.execute(sql.SQL("DROP TABLE {s}").format(s=stage))
+    return int(n), digest, foreign == 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_files(conn: psycopg.Connection, directory: Path, manifest: dict, tables: dict[str, Table], tenant: str) -> None:
+    bad = []
+    for name, entry in manifest["tables"].items():
+        path = directory / entry["file"]
+        if not path.is_file():
+            bad.append(f"{name}: file {entry['file']} is missing")
+            continue
+        if _sha256(path) != entry["sha256"]:
+            bad.append(f"{name}: file {entry['file']} changed (sha256 differs)")
+            continue
+        n, digest, own = _file_sums(conn, directory, entry, tables[name], tenant)
+        if not own:
+            bad.append(f"{name}: file holds rows of another tenant")
+        elif (n, digest) != (entry["rows"], entry["rowChecksum"]):
+            bad.append(f"{name}: file has {n} rows/{digest[:8]}, manifest {entry['rows']}/{entry['rowChecksum'][:8]}")
+    if bad:
+        raise Mismatch(f"tenant '{tenant}': the export in {directory} does not match: {'; '.join(bad)}")
+
+
+def export(source_dsn: str, tenant: str, out_dir: str | Path, progress: Progress | None = None,
+           tables: list[str] | None = None) -> dict:
+    """One CSV per table plus manifest.json (rows, row checksums, SHA-256), in a new private directory; the files
+    are read back and checked against the database's snapshot they were written from."""
+    say = progress or (lambda m: None)
+    out = private_export_dir(out_dir)
+    manifest: dict = {"tenant": tenant, "format": "csv with header", "tables": {}}
+    with _open(source_dsn, tenant, "exporting the tenant's rows") as src:
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        picked = _select(src, source_dsn, tables)
+        _as_tenant(src, tenant)
+        for t in picked:
+            order = sql.SQL(", ").join(sql.Identifier(k) for k in t.key) if t.key else sql.SQL("1")
             q = sql.SQL("COPY (SELECT {cols} FROM {t} WHERE tenant_id = {tid} ORDER BY {key}) TO STDOUT "
-                        "(FORMAT CSV, HEADER)").format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-                                                       t=_ident(table), tid=sql.Literal(tenant),
-                                                       key=sql.SQL(", ").join(sql.Identifier(k) for k in key))
-            path = out / f"{table}.csv"
+                        "(FORMAT CSV, HEADER)").format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in t.columns),
+                                                       t=t.ident, tid=sql.Literal(tenant), key=order)
             h = hashlib.sha256()
-            with src.cursor().copy(q) as reader, path.open("wb") as f:
+            with src.cursor().copy(q) as reader, private_file(out / t.filename) as f:
                 for chunk in reader:
                     f.write(chunk)
                     h.update(chunk)
-            rows, checksum = table_checksum(src, table, tenant)
-            manifest["tables"][table] = {"file": path.name, "rows": rows, "rowChecksum": checksum, "sha256": h.hexdigest()}
-            say(f"  exported {table}: {rows} rows")
+            rows, checksum = table_checksum(src, t, tenant)
+            manifest["tables"][t.qualified] = {"file": t.filename, "rows": rows, "rowChecksum": checksum,
+                                               "sha256": h.hexdigest(), "columns": list(t.columns)}
+            say(f"  exported {t.qualified}: {rows} rows")
+        parts = {k: {"count": v["rows"], "checksum": v["rowChecksum"]} for k, v in manifest["tables"].items()}
+        count, checksum = combine(parts)
+        manifest["summary"] = Summary("postgres", count, checksum, parts).to_json()
+        _check_files(src, out, manifest, {t.qualified: t for t in picked}, tenant)
         src.rollback()
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(out, "manifest.json", manifest)
     return manifest
+
+
+def verify_export(directory: str | Path, dsn: str, tenant: str) -> Summary:
+    """Re-read an export (files against the manifest, then against the database now); returns its summary."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"tenant '{tenant}': no readable manifest.json in {directory} ({exc}); export again") from None
+    if manifest.get("tenant") != tenant:
+        raise Mismatch(f"the export in {directory} is of tenant '{manifest.get('tenant')}', not '{tenant}'")
+    expected = Summary.from_json(manifest["summary"])
+    with _open(dsn, tenant, "checking the export") as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        picked = _select(conn, dsn, list(manifest["tables"]))
+        _as_tenant(conn, tenant)
+        _check_files(conn, directory, manifest, {t.qualified: t for t in picked}, tenant)
+        now = _summary(conn, picked, tenant)
+        conn.rollback()
+    if not now.same_data(expected):
+        raise Mismatch(f"tenant '{tenant}': the export in {directory} no longer matches database {describe_dsn(dsn)} "
+                       f"(exported vs now: {'; '.join(expected.differences(now))})")
+    return expected
 
 
 def checks_json(checks: list[TableCheck]) -> list[dict]:
