@@ -350,7 +350,7 @@ def test_checksums_do_not_depend_on_session_settings(pg_server, odd_dbs):
 
 # ------------------------------------------------------------------------------------------- clean failures
 
-def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, dbs, fresh_db, capsys):
+def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, dbs, fresh_db, capsys, tmp_path):
     src, dst = dbs
     code, out, err = run(capsys, "move", "alpha", "--source", "host=127.0.0.1 port=1 user=x password=sekrit dbname=x",
                          "--target", owner(pg_server, dst))
@@ -360,11 +360,12 @@ def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, db
                          "--target", owner(pg_server, dst))
     assert code == 2 and "malformed DSN" in err and "sekrit" not in err and err.count("\n") == 1
     for argv in (["move", "alpha", "--source", owner(pg_server, src), "--target", pg_server.dsn(dbname=fresh_db)],
-                 ["export", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--out", "/nonexistent/never"],
+                 ["export", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--out", str(tmp_path / "never")],
                  ["verify", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--target", owner(pg_server, dst)]):
         code, out, err = run(capsys, *argv)
         assert code == 1 and err == (f"error: database 'host=127.0.0.1 port={pg_server.port} dbname={fresh_db} user=postgres'"
                                      " has no tenancy schema: run `tenancy db apply DSN` first\n"), argv
+    assert not (tmp_path / "never").exists()   # a failed export leaves no directory behind
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
                          "--table", "app.nope")
     assert code == 2 and "app.nope: not isolated table(s) in database" in err and "isolated tables there: app.users" in err

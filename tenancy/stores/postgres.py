@@ -694,7 +694,7 @@ def _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, sr
     source transaction, journalled in it; then the target takes the tenant's final state."""
     _checkpoint("before delete")
     with _errors(tenant, source_dsn, "deleting the tenant's rows at the source"):
-        src.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,))
+        _lock_registry(src, tenant)
         _as_tenant(src, tenant)
         now = _summary(src, picked, tenant)
         if not now.same_data(verified):
@@ -713,6 +713,13 @@ def _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, sr
     say(f"deleted {deleted} rows of '{tenant}' from the source")
     _checkpoint("deleted")
     _finish_target(dst, target_dsn, tenant, move_id, src_id, final_state)
+
+
+def _lock_registry(conn: psycopg.Connection, tenant: str) -> None:
+    """Lock the tenant's registry row for this transaction: waits out (bounded) and then holds off every writer
+    of the tenant, whose write guard takes a share lock on that row."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{FREEZE_TIMEOUT_S}s")))
+    conn.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,))
 
 
 def _all_tables_empty(conn: psycopg.Connection, tenant: str) -> bool:
@@ -750,7 +757,7 @@ def delete(dsn: str, tenant: str, expect: Summary | None = None, tables: list[st
     commits, so what is compared is what is deleted. `expect=None` is for callers that compared already."""
     with _open(dsn, tenant, "deleting the tenant's rows") as conn:
         picked = _select(conn, dsn, tables)
-        conn.execute("SELECT 1 FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,))
+        _lock_registry(conn, tenant)
         _as_tenant(conn, tenant)
         if expect is not None:
             now = _summary(conn, picked, tenant)
@@ -814,11 +821,11 @@ def export(source_dsn: str, tenant: str, out_dir: str | Path, progress: Progress
     """One CSV per table plus manifest.json (rows, row checksums, SHA-256), in a new private directory; the files
     are read back and checked against the database's snapshot they were written from."""
     say = progress or (lambda m: None)
-    out = private_export_dir(out_dir)
     manifest: dict = {"tenant": tenant, "format": "csv with header", "tables": {}}
     with _open(source_dsn, tenant, "exporting the tenant's rows") as src:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         picked = _select(src, source_dsn, tables)
+        out = private_export_dir(out_dir)   # only once the database is known to be usable
         _as_tenant(src, tenant)
         for t in picked:
             order = sql.SQL(", ").join(sql.Identifier(k) for k in t.key) if t.key else sql.SQL("1")
