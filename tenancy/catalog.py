@@ -6,6 +6,11 @@ Loading happens in two passes so that one run reports every problem, not only th
      overrides within the plan's bounds, custom domains only on dedicated plans, uniqueness).
 Every problem becomes one `Problem` naming the file, the line, the tenant (its id, or its position when
 the id itself is bad), the field, and what to do.
+
+The file is untrusted input (it arrives in pull requests): before anything is built from it, its size
+is capped, and its YAML event stream is walked once to refuse anchors and aliases (billion laughs),
+nesting deeper than a catalogue needs, and lists or mappings used as keys. Values echoed in messages
+are cut short, so a huge value never lands in a message.
 """
 
 from __future__ import annotations
@@ -26,10 +31,34 @@ from tenancy.errors import CatalogError, Problem
 SCHEMA_PATH = "schemas/tenants.schema.json"
 CATALOG_VERSION = 1
 
-ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-EMAIL_PATTERN = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-DOMAIN_PATTERN = re.compile(r"^(?=.{4,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-GCP_PROJECT_PATTERN = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+# Every pattern is applied with fullmatch: `$` alone would also match before a trailing newline.
+ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+EMAIL_PATTERN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+DOMAIN_PATTERN = re.compile(r"(?=.{4,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+GCP_PROJECT_PATTERN = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+PLAN_NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{1,30}")
+
+# Untrusted-input limits (see the module docstring). A real catalogue is about 6 levels deep and
+# 100 bytes per tenant, so these leave room for tens of thousands of tenants.
+MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_DEPTH = 20
+ECHO_CHARS = 60
+# Past this many problems a file is not a catalogue with typos; stop rather than print a million lines.
+MAX_PROBLEMS = 100
+
+
+def echo(value: Any) -> str:
+    """A value as a message quotes it: cut to ECHO_CHARS with an ellipsis, control characters escaped
+    (a newline in a value must not split a problem over two lines)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return {"inf": ".inf", "-inf": "-.inf"}.get(str(value), ".nan")
+    if isinstance(value, (dict, list, tuple)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    text = str(value)
+    cut = text[:ECHO_CHARS] + ("…" if len(text) > ECHO_CHARS else "")
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut) + "'"
 
 # Google Cloud regions. A region outside this list is almost always a typo ("europe-west" or "us-east").
 GCP_REGIONS = frozenset({
@@ -94,7 +123,9 @@ DEDICATED_INFRA_FEATURES = frozenset({Feature.RECOMMENDATIONS})
 class Strict(BaseModel):
     """One strict base: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # Pattern fields use pydantic's Rust regex engine, where `$` matches only at the very end (a trailing
+    # newline does not pass); pinned here because the Python engine would let it through.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, regex_engine="rust-regex")
 
 
 LIMIT_FIELDS: dict[str, str] = {
@@ -109,30 +140,54 @@ LIMIT_FIELDS: dict[str, str] = {
 }
 
 
+# (lower bound, upper bound, whole number?) per limit. Upper bounds are sane maxima: a typo of three
+# extra zeros is caught here rather than as a quota nobody can pay for.
+LIMIT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "api_rate_limit": (1, 10_000_000, True),
+    "storage_gb": (1, 1_000_000, True),
+    "cpu": (0, 4096, False),          # lower bound exclusive: more than 0 cores
+    "memory_gb": (0, 65536, False),   # lower bound exclusive
+    "pods": (1, 100_000, True),
+    "pvcs": (0, 100_000, True),
+    "services": (1, 10_000, True),    # Kubernetes is tested to 10,000 Services per cluster
+    "backup_retention_days": (1, 365, True),
+}
+
+
+def _limit(key: str, optional: bool = False) -> Any:
+    """The type of one limit. Strict: `true`, "5" and (for counts) 5.5 are not numbers; no .inf or .nan."""
+    low, high, whole = LIMIT_RANGES[key]
+    if whole:
+        field = Field(strict=True, ge=low, le=high, description=LIMIT_FIELDS[key])
+        return Annotated[int | None, field] if optional else Annotated[int, field]
+    field = Field(strict=True, gt=low, le=high, allow_inf_nan=False, description=LIMIT_FIELDS[key])
+    return Annotated[float | None, field] if optional else Annotated[float, field]
+
+
 class Limits(Strict):
     """A plan's limits: every value is required."""
 
-    api_rate_limit: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["api_rate_limit"])]
-    storage_gb: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["storage_gb"])]
-    cpu: Annotated[float, Field(gt=0, description=LIMIT_FIELDS["cpu"])]
-    memory_gb: Annotated[float, Field(gt=0, description=LIMIT_FIELDS["memory_gb"])]
-    pods: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["pods"])]
-    pvcs: Annotated[int, Field(ge=0, description=LIMIT_FIELDS["pvcs"])]
-    services: Annotated[int, Field(ge=1, description=LIMIT_FIELDS["services"])]
-    backup_retention_days: Annotated[int, Field(ge=1, le=365, description=LIMIT_FIELDS["backup_retention_days"])]
+    api_rate_limit: _limit("api_rate_limit")
+    storage_gb: _limit("storage_gb")
+    cpu: _limit("cpu")
+    memory_gb: _limit("memory_gb")
+    pods: _limit("pods")
+    pvcs: _limit("pvcs")
+    services: _limit("services")
+    backup_retention_days: _limit("backup_retention_days")
 
 
 class LimitOverrides(Strict):
     """A tenant's overrides of its plan's limits: each optional, each within the plan's bounds."""
 
-    api_rate_limit: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["api_rate_limit"])] = None
-    storage_gb: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["storage_gb"])] = None
-    cpu: Annotated[float | None, Field(gt=0, description=LIMIT_FIELDS["cpu"])] = None
-    memory_gb: Annotated[float | None, Field(gt=0, description=LIMIT_FIELDS["memory_gb"])] = None
-    pods: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["pods"])] = None
-    pvcs: Annotated[int | None, Field(ge=0, description=LIMIT_FIELDS["pvcs"])] = None
-    services: Annotated[int | None, Field(ge=1, description=LIMIT_FIELDS["services"])] = None
-    backup_retention_days: Annotated[int | None, Field(ge=1, le=365, description=LIMIT_FIELDS["backup_retention_days"])] = None
+    api_rate_limit: _limit("api_rate_limit", optional=True) = None
+    storage_gb: _limit("storage_gb", optional=True) = None
+    cpu: _limit("cpu", optional=True) = None
+    memory_gb: _limit("memory_gb", optional=True) = None
+    pods: _limit("pods", optional=True) = None
+    pvcs: _limit("pvcs", optional=True) = None
+    services: _limit("services", optional=True) = None
+    backup_retention_days: _limit("backup_retention_days", optional=True) = None
 
     def set_values(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -155,7 +210,7 @@ class Plan(Strict):
     databases: tuple[DatabaseName, ...] = Field(
         default=(), description="dedicated PostgreSQL instances; pooled plans share the pool and list none"
     )
-    high_availability: bool = Field(default=False, description="REGIONAL (HA) database instances")
+    high_availability: bool = Field(default=False, strict=True, description="REGIONAL (HA) database instances")
     node_isolation: NodeIsolation | None = Field(
         default=None,
         description="nodes the tenants' workloads run on: shared (pooled plans only), sandbox (GKE Sandbox node "
@@ -233,7 +288,7 @@ class ProjectSettings(Strict):
     """Where a dedicated tenant's resources live: an existing project, or a new one created for it."""
 
     id: str | None = Field(default=None, description="GCP project id (existing, or the id to create)")
-    create: bool = Field(default=False, description="create the project (needs folder_id and billing_account)")
+    create: bool = Field(default=False, strict=True, description="create the project (needs folder_id and billing_account)")
     folder_id: str | None = Field(default=None, pattern=r"^[0-9]{6,20}$", description="folder for a created project")
     billing_account: str | None = Field(
         default=None, pattern=r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", description="billing account for a created project"
@@ -242,8 +297,8 @@ class ProjectSettings(Strict):
     @field_validator("id")
     @classmethod
     def _project_id(cls, v: str | None) -> str | None:
-        if v is not None and not GCP_PROJECT_PATTERN.match(v):
-            raise ValueError(f"'{v}' is not a GCP project id (6-30 characters: lowercase letters, digits, hyphens; starts with a letter)")
+        if v is not None and not GCP_PROJECT_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a GCP project id (6-30 characters: lowercase letters, digits, hyphens; starts with a letter)")
         return v
 
     @model_validator(mode="after")
@@ -263,8 +318,8 @@ class DedicatedSettings(Strict):
     project: ProjectSettings | None = Field(
         default=None, description="the tenant's own GCP project; absent: the platform project"
     )
-    private_endpoint: bool = Field(default=False, description="GKE control plane reachable only on its private endpoint")
-    read_replicas: int = Field(default=0, ge=0, le=3, description="read replicas per database instance")
+    private_endpoint: bool = Field(default=False, strict=True, description="GKE control plane reachable only on its private endpoint")
+    read_replicas: int = Field(default=0, strict=True, ge=0, le=3, description="read replicas per database instance")
     log_sink: str | None = Field(
         default=None,
         description="tenant-owned log destination, e.g. storage.googleapis.com/acme-audit-logs or bigquery.googleapis.com/projects/p/datasets/d",
@@ -275,8 +330,8 @@ class DedicatedSettings(Strict):
     @field_validator("notification_email")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
-        if v is not None and not EMAIL_PATTERN.match(v):
-            raise ValueError(f"'{v}' is not a valid email address")
+        if v is not None and not EMAIL_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a valid email address")
         return v
 
 
@@ -285,15 +340,22 @@ def check_name(value: str, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a string")
     if not 3 <= len(value) <= 50:
-        raise ValueError(f"{what} '{value}' has {len(value)} characters; use 3 to 50")
-    if not ID_PATTERN.match(value):
+        raise ValueError(f"{what} {echo(value)} has {len(value)} characters; use 3 to 50")
+    if not ID_PATTERN.fullmatch(value):
         raise ValueError(
-            f"{what} '{value}' may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"
+            f"{what} {echo(value)} may contain only lowercase letters, digits and hyphens, and must not start or end with a hyphen"
         )
     if "--" in value:
         raise ValueError(f"{what} '{value}' contains '--' (reserved for derived names and punycode); use single hyphens")
     if value in naming.RESERVED_NAMES:
         raise ValueError(f"{what} '{value}' is reserved; choose another {what}")
+    if what == "id":
+        reason = naming.platform_collision(value)
+        if reason:
+            raise ValueError(f"tenant id '{value}' is reserved: {reason}; choose another id")
+    elif value in naming.PLATFORM_WORDS:
+        raise ValueError(f"{what} '{value}' is reserved: it is the name of the platform's "
+                         f"{naming.PLATFORM_WORDS[value]}; choose another {what}")
     return value
 
 
@@ -316,7 +378,8 @@ class TenantSpec(Strict):
     limits: LimitOverrides = Field(default_factory=LimitOverrides, description="overrides of the plan's limits")
     kms_key: str | None = Field(
         default=None,
-        pattern=r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$",
+        # No whitespace in a segment: `[^/]` alone would let "…/cryptoKeys/k\n" through, `$` or not.
+        pattern=r"^projects/[^/\s]+/locations/[^/\s]+/keyRings/[^/\s]+/cryptoKeys/[^/\s]+$",
         description="customer-managed key for the tenant's bucket (namespace and dedicated plans)",
     )
     dedicated: DedicatedSettings | None = Field(default=None, description="dedicated plans only")
@@ -334,15 +397,15 @@ class TenantSpec(Strict):
     @field_validator("custom_domain")
     @classmethod
     def _domain(cls, v: str | None) -> str | None:
-        if v is not None and not DOMAIN_PATTERN.match(v):
-            raise ValueError(f"'{v}' is not a domain name; write it lowercase without scheme or path, e.g. portal.acme.com")
+        if v is not None and not DOMAIN_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a domain name; write it lowercase without scheme or path, e.g. portal.acme.com")
         return v
 
     @field_validator("admin_email", "operator_group")
     @classmethod
     def _email(cls, v: str | None) -> str | None:
-        if v is not None and not EMAIL_PATTERN.match(v):
-            raise ValueError(f"'{v}' is not a valid email address")
+        if v is not None and not EMAIL_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a valid email address")
         return v
 
     @field_validator("region")
@@ -351,14 +414,15 @@ class TenantSpec(Strict):
         if v is not None and v not in GCP_REGIONS:
             close = difflib.get_close_matches(v, sorted(GCP_REGIONS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ValueError(f"'{v}' is not a Google Cloud region{hint}; use a region name such as europe-west1")
+            raise ValueError(f"{echo(v)} is not a Google Cloud region{hint}; use a region name such as europe-west1")
         return v
 
 
 class CatalogFile(Strict):
     """The whole file."""
 
-    version: int = Field(default=CATALOG_VERSION, description="catalogue format version")
+    # Required, not defaulted: a file without it is empty or cut short, and must not read as "no tenants".
+    version: int = Field(strict=True, description="catalogue format version (1)")
     plans: dict[str, Plan] = Field(default_factory=dict, description="plans added to (or replacing) the built-in ones")
     tenants: list[TenantSpec] = Field(default_factory=list)
 
@@ -373,8 +437,8 @@ class CatalogFile(Strict):
     @classmethod
     def _plan_names(cls, v: dict[str, Plan]) -> dict[str, Plan]:
         for name in v:
-            if not re.match(r"^[a-z][a-z0-9-]{1,30}$", name):
-                raise ValueError(f"plan name '{name}' must be 2-31 lowercase letters, digits or hyphens, starting with a letter")
+            if not PLAN_NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"plan name {echo(name)} must be 2-31 lowercase letters, digits or hyphens, starting with a letter")
         return v
 
 
@@ -418,6 +482,9 @@ class Catalog:
     path: str
     plans: Mapping[str, Plan]
     tenants: tuple[Tenant, ...]
+    # Deployment notes carried with a deployed catalogue (tenant id -> {"movedFrom", "movedTo", "moveId"}):
+    # what the lifecycle commands know that tenants.yaml does not say. Never part of the file.
+    notes: Mapping[str, Any] = field(default_factory=dict)
 
     def tenant(self, tenant_id: str) -> Tenant:
         for t in self.tenants:
@@ -451,7 +518,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1}); keep one", key_node.start_mark
+                None, None, f"duplicate key {echo(key)} (first at line {seen[key] + 1}); keep one", key_node.start_mark
             )
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
@@ -460,21 +527,58 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _line_index(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map every path in the document (('tenants', 3, 'subdomain')) to its 1-based line."""
-    out = {} if out is None else out
-    if node is None:
-        return out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_index(v, path + (key,), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_index(item, path + (i,), out)
+def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
+    """Map every path in the document (('tenants', 3, 'subdomain')) to its 1-based line.
+
+    Iterative: the depth is already capped, but nothing here should depend on that to stay on the stack."""
+    out: dict[tuple, int] = {}
+    todo: list[tuple[tuple, yaml.Node]] = [((), node)] if node is not None else []
+    while todo:
+        path, current = todo.pop()
+        out.setdefault(path, current.start_mark.line + 1)
+        if isinstance(current, yaml.MappingNode):
+            for k, v in current.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else id(k)  # complex keys are refused earlier
+                out[path + (key,)] = k.start_mark.line + 1
+                todo.append((path + (key,), v))
+        elif isinstance(current, yaml.SequenceNode):
+            for i, item in enumerate(current.value):
+                todo.append((path + (i,), item))
     return out
+
+
+def _check_shape(text: str, path: str) -> None:
+    """Walk the YAML events once, building nothing, and refuse what could take the loader down:
+    anchors and aliases (a few lines can expand to gigabytes), nesting deeper than MAX_DEPTH (the
+    composer recurses per level), and lists or mappings used as mapping keys."""
+
+    def refuse(event: Any, message: str) -> CatalogError:
+        return CatalogError([Problem(path, event.start_mark.line + 1, None, "(syntax)", message)])
+
+    loader = _BaseLoader(text)
+    try:
+        # One entry per open collection: [is a mapping, number of child nodes so far].
+        open_: list[list] = []
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.AliasEvent) or (isinstance(event, yaml.NodeEvent) and event.anchor is not None):
+                raise refuse(event, "YAML anchors and aliases (&name, *name) are not accepted in a catalogue "
+                                    "(limit: none); write each value out in full")
+            if isinstance(event, yaml.CollectionStartEvent):
+                if open_ and open_[-1][0] and open_[-1][1] % 2 == 0:
+                    raise refuse(event, "a list or mapping is used as a key; keys are plain names")
+                if len(open_) + 1 > MAX_DEPTH:
+                    raise refuse(event, f"nesting deeper than {MAX_DEPTH} levels (the limit; a catalogue needs about 6); "
+                                        "is the file what you meant to pass?")
+                open_.append([isinstance(event, yaml.MappingStartEvent), 0])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                open_.pop()
+                if open_:
+                    open_[-1][1] += 1
+            elif isinstance(event, yaml.ScalarEvent) and open_:
+                open_[-1][1] += 1
+    finally:
+        loader.dispose()
 
 
 def _line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
@@ -494,21 +598,37 @@ def _fix_for(err: Mapping[str, Any], model_fields: Iterable[str]) -> str:
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(field, list(model_fields), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(model_fields))}"
-        return f"unknown key '{field}'; remove it or fix the spelling ({hint})"
+        return f"unknown key {echo(field)}; remove it or fix the spelling ({hint})"
     if kind == "missing":
+        if tuple(loc) == ("version",):
+            return MISSING_VERSION
         return "is required; add it"
     if kind == "enum":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"'{err.get('input')}' is not allowed; use one of {expected}"
+        return f"{echo(err.get('input'))} is not allowed; use one of {expected}"
+    if kind in _TYPE_FIXES:
+        return f"{echo(err.get('input'))} {_TYPE_FIXES[kind]}"
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
     if kind in ("string_pattern_mismatch",):
-        return f"'{err.get('input')}' has the wrong format; {err['msg'].lower()}"
+        return f"{echo(err.get('input'))} has the wrong format; {msg[0].lower() + msg[1:]}"  # the pattern keeps its case
     if kind.startswith(("int_", "float_", "greater_than", "less_than", "string_", "bool_", "list_", "dict_", "tuple_")):
-        return f"'{err.get('input')}': {msg[0].lower() + msg[1:]}"
+        return f"{echo(err.get('input'))}: {msg[0].lower() + msg[1:]}"
     return msg
+
+
+MISSING_VERSION = "the catalogue has no 'version' (an empty or truncated file?); add `version: 1`"
+# Strict types: what a value of the wrong type gets told (YAML's `yes`, "5" and 5.5 are not counts).
+_TYPE_FIXES = {
+    "int_type": "is not a whole number; write digits without quotes, e.g. 5",
+    "int_from_float": "is not a whole number; write digits without quotes, e.g. 5",
+    "float_type": "is not a number; write it without quotes, e.g. 2 or 0.5",
+    "finite_number": "is not a finite number; write a number, e.g. 2 or 0.5",
+    "bool_type": "is not true or false; write true or false without quotes",
+    "string_type": "is not text; write it as a string",
+}
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -563,16 +683,21 @@ class _Who:
 
 def _where(who: _Who, loc: tuple) -> tuple[str | None, str]:
     """(tenant-or-plan label, dotted field) for a pydantic location."""
+    dotted = lambda parts: ".".join(echo(p)[1:-1] if isinstance(p, str) else str(p) for p in parts)  # noqa: E731
     if len(loc) >= 2 and loc[0] == "tenants" and isinstance(loc[1], int):
-        return who.tenant_label(loc[1]), ".".join(str(p) for p in loc[2:]) or "(entry)"
+        return who.tenant_label(loc[1]), dotted(loc[2:]) or "(entry)"
     if len(loc) >= 2 and loc[0] == "plans":
-        return f"plan '{loc[1]}'", ".".join(str(p) for p in loc[2:]) or "(entry)"
-    return None, ".".join(str(p) for p in loc) or "(file)"
+        return f"plan {echo(loc[1])}", dotted(loc[2:]) or "(entry)"
+    return None, dotted(loc) or "(file)"
 
 
 def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     """Parse and validate catalogue text; raise CatalogError with every problem found."""
+    size = len(text) if len(text) * 4 <= MAX_FILE_BYTES else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_BYTES:
+        raise CatalogError([_too_large(path, size)])
     try:
+        _check_shape(text, path)
         loader = _LineLoader(text)
         try:
             node = loader.get_single_node()
@@ -582,10 +707,10 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        what = exc.problem or str(exc)
+        what = _cut(exc.problem or str(exc), 200)
         raise CatalogError([Problem(path, line, None, "(syntax)", f"YAML syntax error: {what}; fix the YAML at this line")]) from None
     except yaml.YAMLError as exc:
-        raise CatalogError([Problem(path, None, None, "(syntax)", f"YAML error: {exc}")]) from None
+        raise CatalogError([Problem(path, None, None, "(syntax)", f"YAML error: {_cut(str(exc), 200)}")]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -602,11 +727,21 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
         parsed_head = CatalogFile.model_validate({**head, "tenants": []})
     except ValidationError as exc:
         problems.extend(_problems(exc, path, lines, who, ()))
+        # Still resolve tenants against the declared plans when only the file's other keys are wrong
+        # (e.g. a missing version), so that tenants on those plans are not also reported as unknown.
+        try:
+            parsed_head = CatalogFile.model_validate({"version": CATALOG_VERSION, "plans": head.get("plans", {}), "tenants": []})
+        except ValidationError:
+            pass
     specs: list[tuple[int, TenantSpec]] = []
     if not isinstance(tenants_raw, list):
         problems.append(Problem(path, _line_for(lines, ("tenants",)), None, "tenants", "must be a list of tenants (each entry starts with '- id: ...')"))
         tenants_raw = []
+    capped = False
     for i, entry in enumerate(tenants_raw):
+        if len(problems) >= MAX_PROBLEMS:
+            tenants_raw, capped = tenants_raw[:i], True  # pass 2 checks only the entries pass 1 looked at
+            break
         try:
             specs.append((i, TenantSpec.model_validate(entry)))
         except ValidationError as exc:
@@ -640,16 +775,32 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
                 if key_name == "subdomain" and "subdomain" not in entry and seen["id"].get(key):
                     continue  # a duplicate id already says it; its default subdomain follows from it
                 problems.append(Problem(path, _line_for(lines, loc), label, key_name,
-                                        f"'{value}' is already used by {seen[key_name][key]}; each tenant needs its own "
+                                        f"{echo(value)} is already used by {seen[key_name][key]}; each tenant needs its own "
                                         f"{key_name.replace('_', ' ')}"))
             else:
                 seen[key_name][key] = f"the tenant at line {_line_for(lines, ('tenants', i))}"
     for i, spec in specs:
         tenants.append(_resolve(spec, i, plans, path, lines, who, problems))
     problems.extend(_name_collisions([t for t in tenants if t is not None], path, lines, specs))
+    problems.extend(_shared_projects(specs, path, lines))
     if problems:
-        raise CatalogError(sorted(problems, key=lambda p: p.line or 0))
+        ordered = sorted(problems, key=lambda p: p.line or 0)
+        if capped or len(ordered) > MAX_PROBLEMS:
+            ordered = ordered[:MAX_PROBLEMS] + [Problem(path, None, None, "(file)", f"stopped after {MAX_PROBLEMS} "
+                                                        "problems (the limit); fix these and run again")]
+        raise CatalogError(ordered)
     return Catalog(path=path, plans=plans, tenants=tuple(t for t in tenants if t is not None))
+
+
+def _too_large(path: str, size: int) -> Problem:
+    return Problem(path, None, None, "(file)", f"the file has {size:,} bytes or more, over the limit of "
+                   f"{MAX_FILE_BYTES:,} bytes ({MAX_FILE_BYTES // 2**20} MiB); is it the catalogue you meant to pass?")
+
+
+def _cut(text: str, limit: int) -> str:
+    """One line of at most `limit` characters (parser messages can quote the input)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _problems(exc: ValidationError, path: str, lines: Mapping[tuple, int], who: _Who, prefix: tuple) -> list[Problem]:
@@ -682,24 +833,37 @@ def _partial_spec(entry: Any, exc: ValidationError) -> TenantSpec | None:
 
 def _name_collisions(tenants: list[Tenant], path: str, lines: Mapping[tuple, int],
                      specs: list[tuple[int, TenantSpec]]) -> list[Problem]:
-    """Shortened physical names carry a hash; this makes a hash collision an error rather than a clash."""
+    """No physical name of one tenant may equal another's. Shortened names carry a hash; this makes a
+    hash collision (or any overlap between derivations) an error rather than two tenants on one resource."""
     line_of = {spec.id: _line_for(lines, ("tenants", i, "id")) for i, spec in specs}
     problems: list[Problem] = []
-    derivations = {
-        "service account": lambda t: naming.service_account_id("dev", t.id),
-        "Identity Platform display name": lambda t: naming.identity_display_name(t.id),
-        "bucket": lambda t: naming.bucket("dev", t.id),
-    }
-    for what, derive in derivations.items():
-        owners: dict[str, str] = {}
-        for t in tenants:
-            if t.id == _PLACEHOLDERS["id"]:
-                continue
-            name = derive(t)
-            if name in owners and owners[name] != t.id:
+    owners: dict[tuple[str, str], str] = {}
+    for t in tenants:
+        if t.id == _PLACEHOLDERS["id"]:
+            continue
+        reported: set[str] = set()
+        for key in naming.tenant_names("dev", t.id, tuple(t.plan.databases)):
+            owner = owners.setdefault(key, t.id)
+            if owner != t.id and owner not in reported:
+                reported.add(owner)
                 problems.append(Problem(path, line_of.get(t.id), f"tenant '{t.id}'", "id",
-                                        f"its {what} '{name}' collides with tenant '{owners[name]}'; choose a different id"))
-            owners.setdefault(name, t.id)
+                                        f"its {key[0]} '{key[1]}' collides with tenant '{owner}'; choose a different id"))
+    return problems
+
+
+def _shared_projects(specs: list[tuple[int, TenantSpec]], path: str, lines: Mapping[tuple, int]) -> list[Problem]:
+    """Two dedicated tenants in one GCP project would share its IAM, quotas and log sinks: refuse it."""
+    problems: list[Problem] = []
+    owners: dict[str, str] = {}
+    for i, spec in specs:
+        project = spec.dedicated.project.id if spec.dedicated and spec.dedicated.project else None
+        if project is None or spec.id == _PLACEHOLDERS["id"]:
+            continue
+        owner = owners.setdefault(project, spec.id)
+        if owner != spec.id:
+            problems.append(Problem(path, _line_for(lines, ("tenants", i, "dedicated", "project", "id")), f"tenant '{spec.id}'",
+                                    "dedicated.project.id", f"project '{project}' is also the project of tenant '{owner}'; "
+                                    f"tenants '{owner}' and '{spec.id}' each need a project of their own"))
     return problems
 
 
@@ -749,9 +913,18 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
 def load_catalog(path: str | Path = "tenants.yaml") -> Catalog:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # Read at most one byte past the limit: /dev/zero or a 50 MB file costs no more than 5 MiB.
+        with p.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise CatalogError([_too_large(str(path), len(data))])
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise CatalogError([Problem(str(path), None, None, "(file)", "file not found; pass --tenants FILE or create tenants.yaml")]) from None
+    except IsADirectoryError:
+        raise CatalogError([Problem(str(path), None, None, "(file)", "is a directory; pass the catalogue file")]) from None
+    except PermissionError:
+        raise CatalogError([Problem(str(path), None, None, "(file)", "permission denied; check the file's permissions")]) from None
     except UnicodeDecodeError:
         raise CatalogError([Problem(str(path), None, None, "(file)", "not UTF-8 text; save the file as UTF-8")]) from None
     return parse_catalog(text, str(path))

@@ -9,12 +9,31 @@ that share a long prefix differ in their hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
 # Hostnames the platform itself serves under the base domain; no tenant may take them.
 PLATFORM_HOSTNAMES = frozenset({"app", "api", "auth", "status", "docs", "ingress"})
 RESERVED_NAMES = frozenset({"www", "api", "admin", "app", "staging"}) | PLATFORM_HOSTNAMES
+
+# Words that name the platform's own parts. A tenant id (or subdomain) equal to one would read, in
+# names, labels, logs and IAM bindings, as if it were that part, even where no physical name clashes
+# (the clashing ones are found by `platform_collision`, from the derivations themselves).
+PLATFORM_WORDS: dict[str, str] = {
+    "pooled": "pooled tier (namespace, database, bucket, service account)",
+    "shared": "shared GKE cluster",
+    "platform": "platform stack",
+    "sql-migrator": "SQL migrator identity",
+    "tenancy-system": "system namespace",
+    "gke-nodes": "GKE node service account",
+    "system": "system namespace",
+    "ingress": "ingress controller",
+    "ingress-nginx": "ingress controller namespace",
+    "cert-manager": "certificate manager namespace",
+    "identity": "Identity Platform configuration",
+    "directory": "tenant directory",
+}
 
 ENV_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 STACK_SEPARATOR = "."
@@ -48,7 +67,7 @@ def fit(name: str, limit: int) -> str:
 
 
 def check_env(env: str) -> str:
-    if not ENV_PATTERN.match(env or ""):
+    if not isinstance(env, str) or not ENV_PATTERN.fullmatch(env):
         raise ValueError(
             f"environment '{env}' must be 2-10 lowercase letters or digits starting with a letter (e.g. dev, prod)"
         )
@@ -111,6 +130,115 @@ def helm_release(tenant_id: str, chart: str) -> str:
 def cluster(env: str, tenant_id: str | None = None) -> str:
     """GKE cluster name (1-40 characters, letter first)."""
     return fit(f"{env}-shared" if tenant_id is None else f"{env}-{tenant_id}", 40)
+
+
+def cluster_key_ring(cluster_name: str) -> str:
+    """The KMS key ring holding a cluster's etcd secrets key (components/cluster.py)."""
+    return f"{cluster_name}-gke"
+
+
+def node_service_account_id(env: str, tenant_id: str | None = None) -> str:
+    """Service account of a cluster's nodes: the shared cluster's, or a dedicated tenant's."""
+    return f"{env}-gke-nodes" if tenant_id is None else fit(f"n-{env}-{tenant_id}", LIMITS["service_account"])
+
+
+def migrator_service_account_id(env: str, tenant_id: str | None = None) -> str:
+    """Service account of the job that applies the tenancy SQL: the platform's, or a tenant's."""
+    if tenant_id is None:
+        return service_account_id(env, "sql-migrator")
+    return fit(f"m-{env}-{tenant_id}", LIMITS["service_account"])
+
+
+# Kubernetes namespaces the platform creates in every cluster it runs (components/edge.py).
+PLATFORM_K8S_NAMESPACES = {"ingress-nginx": "ingress controller namespace",
+                           "cert-manager": "certificate manager namespace"}
+# The PostgreSQL roles whose passwords are kept in Secret Manager, as they appear in secret ids.
+DATABASE_SECRET_ROLES = ("tenancy-owner", "tenancy-app")
+# Every database role a plan may list (catalogue: postgres-1 .. postgres-9).
+DATABASE_ROLES = tuple(f"postgres-{n}" for n in range(1, 10))
+MAX_READ_REPLICAS = 3  # catalogue: dedicated.read_replicas <= 3
+
+
+def platform_names(env: str, project: str | None = None) -> dict[tuple[str, str], str]:
+    """(kind, physical name) -> the platform component that owns it: every name the platform stack derives.
+
+    The shared bucket's name includes the platform project, known only from stack config: it is listed
+    when `project` is given."""
+    names = {
+        ("service account", service_account_id(env, "pooled")): "pooled application identity",
+        ("service account", migrator_service_account_id(env)): "SQL migrator identity",
+        ("service account", node_service_account_id(env)): "GKE node service account",
+        ("Firestore database", firestore_database(env, "pooled")): "pooled Firestore database",
+        ("Cloud SQL instance", pooled_sql_instance(env)): "pooled PostgreSQL instance",
+        ("GKE cluster", cluster(env)): "shared GKE cluster",
+        ("KMS key ring", cluster_key_ring(cluster(env))): "shared cluster's secrets key ring",
+        ("namespace", POOLED_NAMESPACE): "pooled namespace",
+        ("namespace", PLATFORM_NAMESPACE): "system namespace",
+    }
+    for role in DATABASE_SECRET_ROLES:
+        names[("secret", f"{secret_id(env, 'pooled', '').rstrip('-')}-{role}")] = "pooled database credentials"
+    for ns, what in PLATFORM_K8S_NAMESPACES.items():
+        names[("namespace", ns)] = what
+    if project is not None:
+        names[("bucket", shared_bucket(env, project))] = "pooled uploads bucket"
+    return names
+
+
+def tenant_names(env: str, tenant_id: str, roles: tuple[str, ...] = DATABASE_ROLES) -> dict[tuple[str, str], str]:
+    """(kind, physical name) -> what it is, for every name a tenant's stack may derive (any plan; `roles`
+    narrows the database instances to a plan's)."""
+    names = {
+        ("namespace", namespace(tenant_id)): "namespace",
+        ("service account", service_account_id(env, tenant_id)): "workload identity",
+        ("service account", migrator_service_account_id(env, tenant_id)): "SQL migrator identity",
+        ("service account", node_service_account_id(env, tenant_id)): "GKE node service account",
+        ("bucket", bucket(env, tenant_id)): "uploads bucket",
+        ("Firestore database", firestore_database(env, tenant_id)): "Firestore database",
+        ("GKE cluster", cluster(env, tenant_id)): "GKE cluster",
+        ("KMS key ring", cluster_key_ring(cluster(env, tenant_id))): "cluster secrets key ring",
+        ("Identity Platform tenant", identity_display_name(tenant_id)): "Identity Platform tenant",
+    }
+    for role in roles:
+        names[("Cloud SQL instance", sql_instance(env, tenant_id, role))] = f"{role} instance"
+        for replica in range(1, MAX_READ_REPLICAS + 1):  # components/postgres.py names replicas <instance>-r<n>
+            names[("Cloud SQL instance", f"{sql_instance(env, tenant_id, role)}-r{replica}")] = f"{role} read replica"
+        for user in DATABASE_SECRET_ROLES:
+            names[("secret", f"{secret_id(env, tenant_id, role)}-{user}")] = f"{role} credentials"
+    return names
+
+
+# Environments the collision check derives names in: the names have the same shape in every environment,
+# and a long one makes sure shortened (hashed) names are covered too.
+_CHECK_ENVS = ("dev", "staging123")
+
+
+@functools.lru_cache(maxsize=None)
+def _platform_text(env: str) -> str:
+    return "\n".join(name for _, name in platform_names(env))
+
+
+def platform_collision(tenant_id: str) -> str | None:
+    """Why `tenant_id` may not be used (a reason for the catalogue's message), or None.
+
+    Reasons, in order: a physical name equal to one of the platform's (derived, not listed by hand);
+    an id ending in '-pooled', whose bucket `<env>-<id>-uploads` equals the shared bucket
+    `<project>-<env>-pooled-uploads` for some platform project; a word that names a platform part."""
+    for env in _CHECK_ENVS:
+        # Every tenant-derived name holds the id verbatim, or is shortened and holds '--' (which no platform
+        # name does): an id that appears in no platform name cannot produce one. Keeps the check O(1)-ish
+        # for catalogues of tens of thousands of tenants.
+        if tenant_id not in _platform_text(env):
+            continue
+        platform = platform_names(env)
+        for key in tenant_names(env, tenant_id):
+            if key in platform:
+                return f"it would name the same {key[0]} as the platform's {platform[key]}"
+    if tenant_id.endswith("-pooled"):
+        return ("it could name the same bucket as the platform's pooled uploads bucket "
+                "(<project>-<env>-pooled-uploads)")
+    if tenant_id in PLATFORM_WORDS:
+        return f"it is the name of the platform's {PLATFORM_WORDS[tenant_id]}"
+    return None
 
 
 def stack_name(env: str, tenant_id: str | None = None) -> str:

@@ -19,9 +19,18 @@ tenants:
 """
 
 
-def problems(text: str) -> list[str]:
+def versioned(text: str) -> str:
+    """The catalogue text with `version: 1` appended (at the end, so that line numbers stay put)."""
+    return textwrap.dedent(text) + "\nversion: 1\n"
+
+
+def parse(text: str):
+    return parse_catalog(versioned(text), "tenants.yaml")
+
+
+def problems(text: str, raw: bool = False) -> list[str]:
     with pytest.raises(CatalogError) as exc:
-        parse_catalog(textwrap.dedent(text), "tenants.yaml")
+        parse_catalog(textwrap.dedent(text) if raw else versioned(text), "tenants.yaml")
     return [str(p) for p in exc.value.problems]
 
 
@@ -48,7 +57,7 @@ def test_committed_catalogue_is_valid_and_covers_every_plan_and_state():
 
 
 def test_defaults_resolve_from_the_plan():
-    t = parse_catalog(GOOD).tenant("acme")
+    t = parse(GOOD).tenant("acme")
     assert t.subdomain == "acme"
     assert t.state is State.ACTIVE
     assert t.model is Model.NAMESPACE
@@ -136,7 +145,7 @@ def test_custom_domain_only_on_dedicated_plans():
     assert one(tenant(custom_domain="portal.acme.example")) == (
         "tenants.yaml:6: tenant 'acme': custom_domain: custom domains need a dedicated plan, and 'standard' is namespace; "
         "remove custom_domain or move the tenant to a dedicated plan")
-    assert parse_catalog(tenant(plan="enterprise", custom_domain="portal.acme.example")).tenant("acme").custom_domain == "portal.acme.example"
+    assert parse(tenant(plan="enterprise", custom_domain="portal.acme.example")).tenant("acme").custom_domain == "portal.acme.example"
 
 
 def test_custom_domain_must_be_a_domain():
@@ -160,7 +169,7 @@ def test_limit_overrides_within_the_plans_bounds():
         "tenants.yaml:6: tenant 'acme': limits.storage_gb: 2 exceeds plan 'free' maximum of 1; lower it or choose a larger plan")
     assert one(tenant(limits="{cpu: -1}")) == (
         "tenants.yaml:6: tenant 'acme': limits.cpu: '-1': input should be greater than 0")
-    ok = parse_catalog(tenant(limits="{api_rate_limit: 4000, cpu: 8}")).tenant("acme")
+    ok = parse(tenant(limits="{api_rate_limit: 4000, cpu: 8}")).tenant("acme")
     assert (ok.limits.api_rate_limit, ok.limits.cpu, ok.limits.storage_gb) == (4000, 8, 50)
 
 
@@ -173,7 +182,7 @@ def test_region_must_be_a_gcp_region():
     assert one(tenant(region="europe-west")) == (
         "tenants.yaml:6: tenant 'acme': region: 'europe-west' is not a Google Cloud region (did you mean 'europe-west9'?); "
         "use a region name such as europe-west1")
-    assert parse_catalog(tenant(region="us-central1")).tenant("acme").region == "us-central1"
+    assert parse(tenant(region="us-central1")).tenant("acme").region == "us-central1"
 
 
 def test_unknown_plan_suggests_the_closest():
@@ -243,7 +252,7 @@ def test_catalogue_may_add_pooled_plans_without_code_changes():
     tenants:
       - {id: hooli, name: Hooli, plan: premium, admin_email: a@hooli.example}
     """
-    t = parse_catalog(textwrap.dedent(text)).tenant("hooli")
+    t = parse(text).tenant("hooli")
     assert (t.model, t.limits.api_rate_limit, t.plan_name) == (Model.POOLED, 500, "premium")
 
 
@@ -268,20 +277,20 @@ def test_missing_file_is_bad_input(tmp_path):
 
 
 def test_models_are_frozen():
-    t = parse_catalog(GOOD).tenant("acme")
+    t = parse(GOOD).tenant("acme")
     with pytest.raises(Exception):
         t.plan.limits.cpu = 99  # type: ignore[misc]
 
 
 def test_operator_group_is_a_group_email_on_namespace_and_dedicated_plans():
     from tenancy.catalog import to_document, with_tenant
-    catalog = parse_catalog(tenant(operator_group="acme-ops@acme.example"))
+    catalog = parse(tenant(operator_group="acme-ops@acme.example"))
     assert catalog.tenant("acme").operator_group == "acme-ops@acme.example"
     assert to_document(catalog)["tenants"][0]["operator_group"] == "acme-ops@acme.example"
     moved = with_tenant(catalog, "acme", plan="enterprise")
     assert moved.tenant("acme").operator_group == "acme-ops@acme.example"
     assert with_tenant(catalog, "acme", plan="free").tenant("acme").operator_group is None
-    assert parse_catalog(GOOD).tenant("acme").operator_group is None
+    assert parse(GOOD).tenant("acme").operator_group is None
     assert one(tenant(operator_group="acme-ops")) == (
         "tenants.yaml:6: tenant 'acme': operator_group: 'acme-ops' is not a valid email address")
     assert one(tenant(plan="free", operator_group="acme-ops@acme.example")) == (
@@ -304,7 +313,7 @@ def test_node_isolation_defaults_per_model_and_pooled_plans_stay_shared():
     tenants: []
     """
     def load(model, extra="", dbs="[postgres-1]"):
-        return parse_catalog(textwrap.dedent(plan.format(model=model, extra=extra, dbs=dbs))).plans["custom"]
+        return parse(plan.format(model=model, extra=extra, dbs=dbs)).plans["custom"]
     assert load("namespace").node_isolation is NodeIsolation.SANDBOX
     assert load("dedicated").node_isolation is NodeIsolation.DEDICATED
     assert load("pooled", dbs="[]").node_isolation is NodeIsolation.SHARED
@@ -316,3 +325,267 @@ def test_node_isolation_defaults_per_model_and_pooled_plans_stay_shared():
         "tenants.yaml:3: plan 'custom': (entry): node_isolation shared is for pooled plans; a dedicated plan uses sandbox or dedicated")
     assert one(plan.format(model="namespace", extra="node_isolation: gvisor", dbs="[postgres-1]")) == (
         "tenants.yaml:5: plan 'custom': node_isolation: 'gvisor' is not allowed; use one of 'shared', 'sandbox' or 'dedicated'")
+
+
+# ------------------------------------------------------------------ untrusted input: the loader must hold
+
+
+LAUGHS = "version: 1\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b]\n"
+ALIASES = "anchors and aliases (&name, *name) are not accepted in a catalogue (limit: none); write each value out in full"
+TOO_DEEP = "nesting deeper than 20 levels (the limit; a catalogue needs about 6); is the file what you meant to pass?"
+
+
+@pytest.mark.parametrize("text,message", [
+    (LAUGHS, f"tenants.yaml:2: (syntax): YAML {ALIASES}"),
+    ("version: 1\ntenants:\n  - &t {id: acme, name: A, plan: free, admin_email: a@a.example}\n", f"tenants.yaml:3: (syntax): YAML {ALIASES}"),
+    ("[" * 100_000, f"tenants.yaml:1: (syntax): {TOO_DEEP}"),
+    ("version: 1\ntenants:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(30)), f"tenants.yaml:22: (syntax): {TOO_DEEP}"),
+    ("version: 1\n? [a, b]\n: 1\n", "tenants.yaml:2: (syntax): a list or mapping is used as a key; keys are plain names"),
+    ("a" * 4_000_000, "tenants.yaml:1: (file): the catalogue must be a mapping with 'plans' and 'tenants' keys"),
+    ("x" * (6 * 2**20), "tenants.yaml: (file): the file has 6,291,456 bytes or more, over the limit of 5,242,880 bytes (5 MiB); "
+                        "is it the catalogue you meant to pass?"),
+], ids=["billion-laughs", "anchor", "deep-list", "deep-mapping", "complex-key", "one-huge-scalar", "over-5-MiB"])
+def test_hostile_yaml_is_one_clear_problem(text, message):
+    assert problems(text, raw=True) == [message]
+
+
+def test_line_index_does_not_recurse():
+    import yaml
+
+    from tenancy.catalog import _line_index
+    node = leaf = yaml.ScalarNode("tag:yaml.org,2002:str", "x", start_mark=yaml.Mark("f", 0, 0, 0, None, None))
+    for _ in range(3000):  # three times the interpreter's recursion limit
+        node = yaml.SequenceNode("tag:yaml.org,2002:seq", [node], start_mark=leaf.start_mark)
+    lines = _line_index(node)
+    assert len(lines) == 3001 and lines[(0,) * 3000] == 1
+
+
+def test_a_50_mb_file_or_an_endless_device_is_refused_after_reading_5_mib(tmp_path):
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(50 * 2**20)
+    for path in (big, "/dev/zero"):
+        with pytest.raises(CatalogError) as exc:
+            load_catalog(path)
+        assert str(exc.value) == (f"{path}: (file): the file has 5,242,881 bytes or more, over the limit of 5,242,880 bytes "
+                                  "(5 MiB); is it the catalogue you meant to pass?")
+    with pytest.raises(CatalogError, match=f"^{tmp_path}: \\(file\\): is a directory; pass the catalogue file$"):
+        load_catalog(tmp_path)
+
+
+def test_cli_refuses_a_hostile_file_with_exit_2_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text(LAUGHS)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000)
+    for path, line in ((hostile, f"{hostile}:2: (syntax): YAML {ALIASES}"), (deep, f"{deep}:1: (syntax): {TOO_DEEP}")):
+        run = subprocess.run([sys.executable, "-m", "tenancy", "validate", "--tenants", str(path)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.splitlines() == [line, "1 problem(s); nothing was planned or applied"]
+        assert run.stdout == ""
+
+
+def test_huge_values_are_cut_short_in_messages():
+    found = problems(tenant(admin_email="x" * 3_000_000, name="n" * 200))
+    assert found == [
+        "tenants.yaml:3: tenant 'acme': name: " + "'" + "n" * 60 + "…': string should have at most 100 characters",
+        "tenants.yaml:5: tenant 'acme': admin_email: " + "'" + "x" * 60 + "…' is not a valid email address",
+    ]
+    key = problems("tenants: []\n" + "k" * 1000 + ": 1\n")  # YAML's longest plain key is 1024 characters
+    assert key == ["tenants.yaml:2: " + "k" * 60 + "…: unknown key '" + "k" * 60 + "…'; remove it or fix the spelling "
+                   "(allowed keys: plans, tenants, version)"]
+
+
+def test_a_flood_of_bad_entries_stops_at_100_problems():
+    found = problems("tenants:\n" + "- {}\n" * 10_000)
+    assert len(found) == 101
+    assert found[0] == "tenants.yaml:2: tenants[0] (position 1): id: is required; add it"
+    assert found[-1] == "tenants.yaml: (file): stopped after 100 problems (the limit); fix these and run again"
+
+
+# ------------------------------------------------------------------ patterns match the whole value
+
+
+PROJECT = "{create: true, id: acme-proj-1, folder_id: '123456789012', billing_account: 01AB23-45CD67-89EF01}"
+
+
+@pytest.mark.parametrize("fields,line,message", [
+    ({"id": '"globex\\n"'}, 2, "tenants[0] (position 1): id: id 'globex\\n' may contain only lowercase letters, digits and "
+                               "hyphens, and must not start or end with a hyphen"),
+    ({"subdomain": '"globex\\n"'}, 6, "tenant 'acme': subdomain: subdomain 'globex\\n' may contain only lowercase letters, "
+                                      "digits and hyphens, and must not start or end with a hyphen"),
+    ({"admin_email": '"a@acme.example\\n"'}, 5, "tenant 'acme': admin_email: 'a@acme.example\\n' is not a valid email address"),
+    ({"operator_group": '"ops@acme.example\\n"'}, 6, "tenant 'acme': operator_group: 'ops@acme.example\\n' is not a valid email address"),
+    ({"plan": "enterprise", "custom_domain": '"portal.acme.example\\n"'}, 6,
+     "tenant 'acme': custom_domain: 'portal.acme.example\\n' is not a domain name; write it lowercase without scheme or path, "
+     "e.g. portal.acme.com"),
+    ({"region": '"europe-west1\\n"'}, 6, "tenant 'acme': region: 'europe-west1\\n' is not a Google Cloud region (did you mean "
+                                        "'europe-west1'?); use a region name such as europe-west1"),
+    ({"kms_key": '"projects/p/locations/l/keyRings/r/cryptoKeys/k\\n"'}, 6,
+     "tenant 'acme': kms_key: 'projects/p/locations/l/keyRings/r/cryptoKeys/k\\n' has the wrong format; string should match "
+     "pattern '^projects/[^/\\s]+/locations/[^/\\s]+/keyRings/[^/\\s]+/cryptoKeys/[^/\\s]+$'"),
+    ({"plan": "enterprise", "dedicated": '{project: {id: "acme-proj-1\\n"}}'}, 6,
+     "tenant 'acme': dedicated.project.id: 'acme-proj-1\\n' is not a GCP project id (6-30 characters: lowercase letters, "
+     "digits, hyphens; starts with a letter)"),
+    ({"plan": "enterprise", "dedicated": "{project: " + PROJECT.replace("'123456789012'", '"123456789012\\n"') + "}"}, 6,
+     "tenant 'acme': dedicated.project.folder_id: '123456789012\\n' has the wrong format; string should match pattern "
+     "'^[0-9]{6,20}$'"),
+    ({"plan": "enterprise", "dedicated": "{project: " + PROJECT.replace("01AB23-45CD67-89EF01", '"01AB23-45CD67-89EF01\\n"') + "}"}, 6,
+     "tenant 'acme': dedicated.project.billing_account: '01AB23-45CD67-89EF01\\n' has the wrong format; string should match "
+     "pattern '^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$'"),
+    ({"plan": "enterprise", "dedicated": '{project: {id: acme-proj-1}, log_sink: "storage.googleapis.com/b\\n"}'}, 6,
+     "tenant 'acme': dedicated.log_sink: 'storage.googleapis.com/b\\n' has the wrong format; string should match pattern "
+     "'^(storage|bigquery|pubsub|logging)\\.googleapis\\.com/.+$'"),
+    ({"plan": "enterprise", "dedicated": '{project: {id: acme-proj-1}, notification_email: "a@acme.example\\n"}'}, 6,
+     "tenant 'acme': dedicated.notification_email: 'a@acme.example\\n' is not a valid email address"),
+])
+def test_a_trailing_newline_never_passes(fields, line, message):
+    assert one(tenant(**fields)) == f"tenants.yaml:{line}: {message}"
+
+
+def test_plan_names_and_database_names_match_whole_values():
+    text = """
+    plans:
+      "gold\\n":
+        model: namespace
+        limits: {api_rate_limit: 1, storage_gb: 1, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}
+        features: [core]
+        databases: ["postgres-1\\n"]
+    """
+    assert problems(text) == [
+        "tenants.yaml:7: plan 'gold\\n': databases.0: 'postgres-1\\n' has the wrong format; string should match pattern "
+        "'^postgres-[1-9]$'",
+    ]
+    assert problems(text.replace('databases: ["postgres-1\\n"]', "databases: [postgres-1]")) == [
+        "tenants.yaml:2: plans: plan name 'gold\\n' must be 2-31 lowercase letters, digits or hyphens, starting with a letter",
+    ]
+
+
+# ------------------------------------------------------------------ no name of the platform's
+
+
+@pytest.mark.parametrize("reserved,reason", [
+    ("pooled", "it would name the same service account as the platform's pooled application identity"),
+    ("shared", "it would name the same GKE cluster as the platform's shared GKE cluster"),
+    ("sql-migrator", "it would name the same service account as the platform's SQL migrator identity"),
+    ("globex-pooled", "it could name the same bucket as the platform's pooled uploads bucket (<project>-<env>-pooled-uploads)"),
+    ("platform", "it is the name of the platform's platform stack"),
+    ("tenancy-system", "it is the name of the platform's system namespace"),
+    ("gke-nodes", "it is the name of the platform's GKE node service account"),
+    ("system", "it is the name of the platform's system namespace"),
+    ("identity", "it is the name of the platform's Identity Platform configuration"),
+    ("directory", "it is the name of the platform's tenant directory"),
+    ("cert-manager", "it is the name of the platform's certificate manager namespace"),
+])
+def test_ids_naming_a_platform_component_are_reserved(reserved, reason):
+    assert one(tenant(id=reserved)) == (
+        f"tenants.yaml:2: tenants[0] (position 1): id: tenant id '{reserved}' is reserved: {reason}; choose another id")
+
+
+def test_subdomains_naming_a_platform_component_are_reserved():
+    assert one(tenant(subdomain="pooled")) == (
+        "tenants.yaml:6: tenant 'acme': subdomain: subdomain 'pooled' is reserved: it is the name of the platform's "
+        "pooled tier (namespace, database, bucket, service account); choose another subdomain")
+    assert one(tenant(subdomain="ingress")) == (
+        "tenants.yaml:6: tenant 'acme': subdomain: subdomain 'ingress' is reserved; choose another subdomain")
+
+
+def test_two_dedicated_tenants_may_not_share_a_project():
+    text = """
+    tenants:
+      - {id: acme, name: A, plan: enterprise, admin_email: a@a.example, dedicated: {project: {id: shared-proj-1}}}
+      - {id: bravo, name: B, plan: enterprise, admin_email: b@b.example, dedicated: {project: {id: shared-proj-1}}}
+    """
+    assert problems(text) == [
+        "tenants.yaml:4: tenant 'bravo': dedicated.project.id: project 'shared-proj-1' is also the project of tenant 'acme'; "
+        "tenants 'acme' and 'bravo' each need a project of their own"]
+
+
+# ------------------------------------------------------------------ numbers: finite, bounded, strictly typed
+
+
+LIMITS = "{api_rate_limit: 1, storage_gb: 1, cpu: 1, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("{cpu: .inf}", "limits.cpu: .inf is not a finite number; write a number, e.g. 2 or 0.5"),
+    ("{memory_gb: .nan}", "limits.memory_gb: .nan is not a finite number; write a number, e.g. 2 or 0.5"),
+    ("{cpu: yes}", "limits.cpu: true is not a number; write it without quotes, e.g. 2 or 0.5"),
+    ("{cpu: '2'}", "limits.cpu: '2' is not a number; write it without quotes, e.g. 2 or 0.5"),
+    ("{pods: '5'}", "limits.pods: '5' is not a whole number; write digits without quotes, e.g. 5"),
+    ("{pods: 5.5}", "limits.pods: '5.5' is not a whole number; write digits without quotes, e.g. 5"),
+    ("{pods: true}", "limits.pods: true is not a whole number; write digits without quotes, e.g. 5"),
+    ("{pvcs: 1.0}", "limits.pvcs: '1.0' is not a whole number; write digits without quotes, e.g. 5"),
+])
+def test_limits_are_finite_and_strictly_typed(override, message):
+    assert one(tenant(limits=override)) == f"tenants.yaml:6: tenant 'acme': {message}"
+
+
+@pytest.mark.parametrize("key,maximum", [
+    ("api_rate_limit", "10000000"), ("storage_gb", "1000000"), ("cpu", "4096"), ("memory_gb", "65536"),
+    ("pods", "100000"), ("pvcs", "100000"), ("services", "10000"), ("backup_retention_days", "365"),
+])
+def test_every_limit_has_an_upper_bound(key, maximum):
+    huge = "1.0e+300" if key in ("cpu", "memory_gb") else "10" + "0" * 30
+    limits = dict(item.split(": ") for item in LIMITS[1:-1].split(", "))
+    limits[key] = huge
+    text = ("plans:\n  big:\n    model: dedicated\n    databases: [postgres-1]\n    features: [core]\n    limits: {"
+            + ", ".join(f"{k}: {v}" for k, v in limits.items()) + "}\n")
+    shown = "1e+300" if key in ("cpu", "memory_gb") else str(10 ** 31)
+    assert one(text) == f"tenants.yaml:6: plan 'big': limits.{key}: '{shown}': input should be less than or equal to {maximum}"
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"plan": "enterprise", "dedicated": "{private_endpoint: 'yes'}"},
+     "dedicated.private_endpoint: 'yes' is not true or false; write true or false without quotes"),
+    ({"plan": "enterprise", "dedicated": "{project: {id: acme-proj-1}, read_replicas: true}"},
+     "dedicated.read_replicas: true is not a whole number; write digits without quotes, e.g. 5"),
+    ({"plan": "enterprise", "dedicated": "{project: {id: acme-proj-1, create: 1}}"},
+     "dedicated.project.create: '1' is not true or false; write true or false without quotes"),
+])
+def test_booleans_and_counts_are_strict_in_dedicated_settings(fields, message):
+    assert one(tenant(**fields)) == f"tenants.yaml:6: tenant 'acme': {message}"
+
+
+def test_plan_booleans_and_the_version_are_strict():
+    plan = f"plans:\n  big:\n    model: dedicated\n    databases: [postgres-1]\n    features: [core]\n    limits: {LIMITS}\n"
+    assert problems(plan + "    high_availability: 'true'\n") == [
+        "tenants.yaml:7: plan 'big': high_availability: 'true' is not true or false; write true or false without quotes"]
+    assert problems("version: true\n", raw=True) == [
+        "tenants.yaml:1: version: true is not a whole number; write digits without quotes, e.g. 5"]
+    assert problems("version: '1'\n", raw=True) == [
+        "tenants.yaml:1: version: '1' is not a whole number; write digits without quotes, e.g. 5"]
+
+
+# ------------------------------------------------------------------ the version is required
+
+
+@pytest.mark.parametrize("text,line", [("", ""), ("# nothing but a comment\n", ""), ("tenants: []\n", ":1"),
+                                       ("plans: {}\ntenants:\n  - {id: acme, name: A, plan: free, admin_email: a@a.example}\n", ":1")])
+def test_a_catalogue_without_version_is_refused(text, line):
+    assert problems(text, raw=True) == [
+        f"tenants.yaml{line}: version: the catalogue has no 'version' (an empty or truncated file?); add `version: 1`"]
+
+
+def test_a_missing_version_does_not_hide_the_declared_plans():
+    text = f"plans:\n  gold:\n    model: pooled\n    features: [core]\n    limits: {LIMITS}\ntenants:\n" \
+           "  - {id: acme, name: A, plan: gold, admin_email: a@a.example}\n"
+    assert problems(text, raw=True) == [
+        "tenants.yaml:1: version: the catalogue has no 'version' (an empty or truncated file?); add `version: 1`"]
+
+
+def test_cli_refuses_an_empty_catalogue(tmp_path):
+    import subprocess
+    import sys
+
+    empty = tmp_path / "tenants.yaml"
+    empty.write_text("")
+    run = subprocess.run([sys.executable, "-m", "tenancy", "validate", "--tenants", str(empty)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[0] == (
+        f"{empty}: version: the catalogue has no 'version' (an empty or truncated file?); add `version: 1`")

@@ -78,3 +78,90 @@ def test_stack_names_round_trip():
         naming.parse_stack_name("Prod")
     with pytest.raises(ValueError, match="ends with '.'"):
         naming.parse_stack_name("prod.")
+
+
+# Resource types whose physical names share one namespace per kind, and the input that holds the name.
+NAME_INPUTS = {
+    "gcp:serviceaccount/account:Account": ("service account", "accountId"),
+    "gcp:firestore/database:Database": ("Firestore database", "name"),
+    "gcp:sql/databaseInstance:DatabaseInstance": ("Cloud SQL instance", "name"),
+    "gcp:container/cluster:Cluster": ("GKE cluster", "name"),
+    "gcp:kms/keyRing:KeyRing": ("KMS key ring", "name"),
+    "gcp:secretmanager/secret:Secret": ("secret", "secretId"),
+    "gcp:storage/bucket:Bucket": ("bucket", "name"),
+    "kubernetes:core/v1:Namespace": ("namespace", "metadata.name"),
+}
+
+
+def physical_names(stack: dict) -> set[tuple[str, str]]:
+    out = set()
+    for r in stack["resources"]:
+        if r["type"] in NAME_INPUTS:
+            kind, key = NAME_INPUTS[r["type"]]
+            value = r["inputs"]
+            for part in key.split("."):
+                value = value[part]
+            out.add((kind, value))
+    return out
+
+
+def test_platform_names_are_exactly_what_the_platform_stack_creates(sample_plan):
+    # The reserved-id check compares tenant names with `platform_names`: a name the platform stack derives
+    # on its own, without naming.py, would escape it. This keeps the list and the program in step.
+    from tests.conftest import stack_of
+    _, data, _ = sample_plan
+    platform = stack_of(data, "dev")
+    project = next(r["inputs"]["project"] for r in platform["resources"] if r["type"] == "pulumi:providers:gcp")
+    assert physical_names(platform) == set(naming.platform_names("dev", project))
+
+
+def test_tenant_names_cover_every_name_a_tenant_stack_creates(sample_plan):
+    _, data, _ = sample_plan
+    tenant_stacks = [s for s in data["stacks"] if s["kind"] == "tenant"]
+    assert {s["tenant"] for s in tenant_stacks} >= {"acme", "cyberdyne", "stark"}
+    for stack in tenant_stacks:
+        made = {key for key in physical_names(stack) if key[0] != "namespace" or key[1] not in naming.PLATFORM_K8S_NAMESPACES}
+        missing = made - set(naming.tenant_names("dev", stack["tenant"]))
+        assert not missing, f"{stack['name']} creates names naming.tenant_names does not know: {sorted(missing)}"
+
+
+def test_no_platform_name_is_a_shortened_name():
+    # platform_collision skips ids that appear in no platform name; that is sound only because shortened
+    # tenant names carry '--' and no platform name does.
+    for env in ("dev", "prod", "staging123"):
+        for _, name in naming.platform_names(env, "tenancy-dev-482913"):
+            assert "--" not in name, name
+
+
+@pytest.mark.parametrize("tenant_id,reason", [
+    ("pooled", "it would name the same service account as the platform's pooled application identity"),
+    ("sql-migrator", "it would name the same service account as the platform's SQL migrator identity"),
+    ("shared", "it would name the same GKE cluster as the platform's shared GKE cluster"),
+    ("acme-pooled", "it could name the same bucket as the platform's pooled uploads bucket (<project>-<env>-pooled-uploads)"),
+    ("tenancy-system", "it is the name of the platform's system namespace"),
+    ("gke-nodes", "it is the name of the platform's GKE node service account"),
+    ("directory", "it is the name of the platform's tenant directory"),
+    ("acme", None),
+    ("pooled-acme", None),
+])
+def test_platform_collision_reasons(tenant_id, reason):
+    assert naming.platform_collision(tenant_id) == reason
+
+
+def test_the_acme_pooled_bucket_clash_is_real():
+    # Why ids ending in '-pooled' are refused: in platform project 'dev-acme' the shared bucket is the tenant's.
+    assert naming.bucket("dev", "acme-dev-pooled") == naming.shared_bucket("dev", "dev-acme") == "dev-acme-dev-pooled-uploads"
+
+
+def test_every_platform_collision_is_found_from_the_derivations():
+    for env in ("dev", "prod"):
+        platform = set(naming.platform_names(env))
+        for tenant_id in ("pooled", "sql-migrator", "shared"):
+            assert platform & set(naming.tenant_names(env, tenant_id)), tenant_id
+
+
+def test_env_pattern_matches_the_whole_value():
+    with pytest.raises(ValueError, match="environment 'dev\\n' must be 2-10 lowercase letters"):
+        naming.check_env("dev\n")
+    with pytest.raises(ValueError, match="does not follow the naming convention"):
+        naming.parse_stack_name("dev\n.acme")
