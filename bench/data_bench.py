@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tenancy import db  # noqa: E402
-from tenancy.lifecycle import ops  # noqa: E402
+from tenancy.lifecycle import deploy, moves  # noqa: E402
 from tenancy.stores import postgres as data  # noqa: E402
 from tenancy.catalog import parse_catalog  # noqa: E402
 from tenancy.engine import OfflineEngine  # noqa: E402
@@ -101,9 +101,9 @@ def freeze_window(server, rows: int, tmp: Path) -> tuple[float, float]:
     populate(server.dsn(dbname="fz_pooled"), "movingco", rows)
     catalog = parse_catalog("tenants:\n  - {id: movingco, name: M, plan: free, admin_email: a@m.example}\n")
     engine = OfflineEngine(tmp / "state", "dev")
-    ops.deploy(engine, catalog, "dev", mode="up")
+    deploy.deploy(engine, catalog, "dev", mode="up")
     start = time.perf_counter()
-    out = ops.upgrade(engine, catalog, "dev", "movingco", "standard", pooled_dsn=server.dsn(user="tenancy_owner", dbname="fz_pooled"),
+    out = moves.upgrade(engine, catalog, "dev", "movingco", "standard", pooled_dsn=server.dsn(user="tenancy_owner", dbname="fz_pooled"),
                       tenant_dsn=server.dsn(dbname="fz_tenant"))
     return time.perf_counter() - start, out.freeze_seconds or 0.0
 

@@ -194,11 +194,14 @@ BEGIN
     FROM (SELECT DISTINCT tenant_id FROM changed) c
     LEFT JOIN tenancy.tenants t ON t.id = c.tenant_id
    WHERE t.id IS NULL
-      OR (t.state IN ('frozen', 'readonly') AND NOT pg_has_role(session_user, 'tenancy_owner', 'MEMBER'))
+      OR (t.state IN ('frozen', 'readonly', 'suspended') AND NOT pg_has_role(session_user, 'tenancy_owner', 'MEMBER'))
    LIMIT 1;
   IF FOUND THEN
     IF bad.state IS NULL THEN
       RAISE EXCEPTION 'tenant % is not registered in tenancy.tenants', bad.tenant_id USING ERRCODE = '42704';
+    END IF;
+    IF bad.state = 'suspended' THEN
+      RAISE EXCEPTION 'tenant % is suspended; writes are refused until it is resumed', bad.tenant_id USING ERRCODE = '25006';
     END IF;
     RAISE EXCEPTION 'tenant % is % (a tier move is in progress); writes are refused until it ends', bad.tenant_id, bad.state
       USING ERRCODE = '25006';

@@ -19,6 +19,7 @@ from tenancy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_ENV = "TENANCY_CATALOG"
+NOTES_ENV = "TENANCY_NOTES"   # JSON file of deployment notes that travel with the catalogue (lifecycle commands)
 
 
 def catalog_path() -> Path:
@@ -70,4 +71,10 @@ def main() -> None:
 
 
 async def _main_async() -> None:
-    await program(pulumi.get_stack(), load_catalog(catalog_path()))()
+    import dataclasses
+    import json
+
+    catalog = load_catalog(catalog_path())
+    if os.environ.get(NOTES_ENV):
+        catalog = dataclasses.replace(catalog, notes=json.loads(Path(os.environ[NOTES_ENV]).read_text()))
+    await program(pulumi.get_stack(), catalog)()

@@ -17,6 +17,7 @@ DNS_ZONE = "dnsZone"
 APP_CHART = "appChart"
 APP_CHART_VERSION = "appChartVersion"
 TENANT_DIRECTORY = "tenantDirectory"        # JSON text: {tenant id: entry}
+DEPLOYED_RECORD = "deployedRecord"          # JSON text: {"catalog": the catalogue deployed, "notes": {...}}
 
 REQUIRED_BY_TENANTS = (ENVIRONMENT, GCP_PROJECT, REGION, BASE_DOMAIN, NETWORK_ID, CLUSTER_NAME, KUBECONFIG,
                        WORKLOAD_POOL, INGRESS_NAMESPACE, CLUSTER_ISSUER, APP_CHART, APP_CHART_VERSION)

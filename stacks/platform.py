@@ -24,6 +24,7 @@ from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
+from tenancy.lifecycle.record import record_json
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SHARED = "shared"
@@ -73,6 +74,8 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
         return
     directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns)
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
+    # The catalogue this deployment applied: lifecycle commands start from it, never from tenants.yaml alone.
+    pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog))
 
 
 def _foundation(env: str, cfg: PlatformConfig):

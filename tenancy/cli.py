@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     objs.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
     objs.add_argument("--skip-objects", action="store_true", help="move rows only (copy objects yourself)")
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+    p.add_argument("--discard", action="append", default=[], metavar="STORE",
+                   help="a downgrade may destroy this store of the old stack (postgres-2, postgres-3, firestore, graph, "
+                        "objects) without moving it: export it first (repeatable or comma-separated)")
     p.set_defaults(func=cmd_upgrade)
 
     for name, helptext in (("suspend", "suspend a tenant: data kept, workloads scaled to zero, routes removed"),
@@ -137,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", metavar="TENANT")
     p.add_argument("--source-dsn", required=True, metavar="DSN", help="the database holding the tenant's rows")
     p.add_argument("--export-to", metavar="DIR", help="export directory (required unless --no-export --yes)")
-    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-export", action="store_true", help="export nothing (with --yes: every store is discarded)")
     p.add_argument("--yes", action="store_true")
+    p.add_argument("--discard", action="append", default=[], metavar="STORE",
+                   help="destroy this store without exporting it (postgres-2, postgres-3, firestore, graph, objects)")
     p.set_defaults(func=cmd_offboard)
 
     p = sub.add_parser("data", help="per-tenant row moves between PostgreSQL databases",
@@ -210,17 +215,17 @@ def _engine(args):
 
 
 def cmd_deploy(args) -> int:
-    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
+    from tenancy.lifecycle import deploy
 
     catalog = load_catalog(args.tenants)
-    outcomes = ops.deploy(_engine(args), catalog, args.env, mode=args.mode, tenants=args.tenant,
-                          changed_since=args.changed_since, parallel=args.parallel, allow_destroy=args.allow_destroy)
+    outcomes = deploy.deploy(_engine(args), catalog, args.env, mode=args.mode, tenants=args.tenant,
+                             changed_since=args.changed_since, parallel=args.parallel, allow_destroy=args.allow_destroy)
     for o in outcomes:
         print(o.line())
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
-          f"{sum(o.status == 'pending' for o in outcomes)} pending a tier move, "
+          f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
     return EXIT_FAIL if bad else EXIT_OK
@@ -229,21 +234,33 @@ def cmd_deploy(args) -> int:
 def cmd_moves(args) -> int:
     from dataclasses import asdict
 
-    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
+    from tenancy.lifecycle import deploy
 
-    moves = ops.pending_moves(_engine(args), load_catalog(args.tenants), args.env)
-    print(json.dumps([asdict(m) for m in moves], indent=1))
+    found = deploy.pending(_engine(args), load_catalog(args.tenants), args.env)
+    print(json.dumps([asdict(p) for p in found], indent=1))
     return EXIT_OK
 
 
+def _stores(values: list[str]) -> frozenset[str]:
+    from tenancy.errors import ConfigError
+    from tenancy.lifecycle.destroy import STORES
+
+    out = set()
+    for v in values:
+        for s in v.split(","):
+            if s not in STORES:
+                raise ConfigError(f"--discard {s}: not a store; use one of {', '.join(STORES)}")
+            out.add(s)
+    return frozenset(out)
+
+
 def cmd_upgrade(args) -> int:
-    from tenancy.lifecycle import ops
     from tenancy.catalog import Model, load_catalog
     from tenancy.errors import ConfigError
+    from tenancy.lifecycle import moves
 
     catalog = load_catalog(args.tenants)
-    catalog.tenant(args.tenant)
     if args.to_plan not in catalog.plans:
         raise ConfigError(f"unknown plan '{args.to_plan}'; plans: {', '.join(sorted(catalog.plans))}")
     if not (args.source_dsn and args.target_dsn):
@@ -252,35 +269,42 @@ def cmd_upgrade(args) -> int:
     to_pool = catalog.plans[args.to_plan].model is Model.POOLED
     pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
     engine = _engine(args)
-    buckets = None if args.skip_objects else ops.bucket_urls(engine, args.env, args.tenant, args.objects_root)
-    out = ops.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
-                      tenant_dsn=tenant_dsn, keep_source_days=args.keep_source, abort=args.abort,
-                      allow_destroy=args.allow_destroy, buckets=buckets, say=_progress)
+    buckets = None if args.skip_objects else moves.bucket_urls(engine, args.env, args.tenant, args.objects_root)
+    out = moves.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
+                        tenant_dsn=tenant_dsn, keep_source_days=args.keep_source, abort=args.abort,
+                        allow_destroy=args.allow_destroy, buckets=buckets, discard=_stores(args.discard), say=_progress)
     freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
     print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
           + (f"; {out.message}" if out.message else ""))
+    if out.catalog_line:
+        print(out.catalog_line)
     return EXIT_OK
 
 
 def cmd_suspend(args) -> int:
-    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
+    from tenancy.lifecycle import tenant_ops
 
-    ops.suspend(_engine(args), load_catalog(args.tenants), args.env, args.tenant, args.pooled_dsn, resume=args.resume,
-                say=_progress)
+    tenant_ops.suspend(_engine(args), load_catalog(args.tenants), args.env, args.tenant, args.pooled_dsn,
+                       resume=args.resume, say=_progress)
     print(f"tenant '{args.tenant}' {'resumed' if args.resume else 'suspended'}")
     return EXIT_OK
 
 
 def cmd_offboard(args) -> int:
-    from tenancy.lifecycle import ops
     from tenancy.catalog import load_catalog
+    from tenancy.lifecycle import tenant_ops
 
     if args.no_export and args.export_to:
         print("--no-export and --export-to contradict each other", file=sys.stderr)
         return EXIT_INPUT
-    result = ops.offboard(_engine(args), load_catalog(args.tenants), args.env, args.tenant, source_dsn=args.source_dsn,
-                          export_to=args.export_to, yes=args.yes and args.no_export, say=_progress)
+    discard = _stores(args.discard)
+    if args.no_export and args.yes:
+        from tenancy.lifecycle.destroy import STORES
+        discard = frozenset(STORES)
+    result = tenant_ops.offboard(_engine(args), load_catalog(args.tenants), args.env, args.tenant,
+                                 source_dsn=args.source_dsn, export_to=args.export_to, discard=discard,
+                                 yes=args.yes and args.no_export, say=_progress)
     print(json.dumps(result, indent=1))
     return EXIT_OK
 
@@ -471,6 +495,25 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:   # a file or directory the command needs (export directory, state directory, ...)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error:{where}: {exc.strerror or exc}; nothing more was done", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line, never a traceback or a secret
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"error: database: {_redact(first)}; nothing more was done", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+
+
+def _redact(text: str) -> str:
+    import re
+
+    return re.sub(r"(password\s*=\s*)\S+|(://[^:/@\s]+:)[^@\s]+@", lambda m: (m.group(1) or m.group(2)) + "***"
+                  + ("" if m.group(1) else "@"), text)
 
 
 if __name__ == "__main__":  # pragma: no cover

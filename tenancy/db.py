@@ -13,6 +13,17 @@ class DatabaseError(TenancyError):
     exit_code = 1
 
 
+def describe_dsn(dsn: str) -> str:
+    """A DSN as it may be printed: host, port, database and user; never the password."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 -- a malformed DSN is described, not echoed (it may contain a password)
+        return "(a malformed DSN)"
+    shown = [f"{k}={parts[k]}" for k in ("host", "port", "dbname", "user") if parts.get(k)]
+    return "'" + " ".join(shown) + "'" if shown else "(the default database)"
+
+
 def sql_files(directory: Path = SQL_DIR) -> list[Path]:
     return sorted(directory.glob("*.sql"))
 

@@ -18,7 +18,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import yaml
 
@@ -80,7 +80,11 @@ class OpResult:
 class Engine(Protocol):
     def preview(self, stack: str, catalog: Catalog) -> OpResult: ...
     def up(self, stack: str, catalog: Catalog) -> OpResult: ...
-    def destroy(self, stack: str, catalog: Catalog) -> OpResult: ...
+    def preview_destroy(self, stack: str, catalog: Catalog) -> OpResult: ...
+    def destroy(self, stack: str, catalog: Catalog, release: Iterable[str] = ()) -> OpResult:
+        """Destroy the stack. Protected resources are released one by one, only those named in `release`
+        (URNs); a protected resource not released makes the destroy fail before anything is deleted."""
+        ...
     def outputs(self, stack: str) -> dict[str, Any]: ...
 
 
@@ -154,11 +158,26 @@ class OfflineEngine:
         tmp.replace(self._path(stack))
         return OpResult(stack, changes, outputs)
 
-    def destroy(self, stack: str, catalog: Catalog) -> OpResult:
+    def preview_destroy(self, stack: str, catalog: Catalog) -> OpResult:
+        self.calls.append(("preview-destroy", stack))
+        state = self._load(stack)
+        if state is None:
+            return OpResult(stack)
+        return OpResult(stack, [Change("delete", urn, r["type"]) for urn, r in sorted(state["resources"].items())])
+
+    def destroy(self, stack: str, catalog: Catalog, release: Iterable[str] = ()) -> OpResult:
+        release = set(release)
         self.calls.append(("destroy", stack))
         state = self._load(stack)
         if state is None:
             return OpResult(stack)
+        for urn in sorted(release):
+            if urn in state["resources"]:
+                self.calls.append(("unprotect", urn))
+        held = sorted(urn for urn, r in state["resources"].items() if r.get("protect") and urn not in release)
+        if held:
+            raise EngineError(f"destroy of '{stack}' refused by the engine: {len(held)} protected resource(s) were not "
+                              f"released: {', '.join(u.rsplit('::', 1)[-1] for u in held[:5])}; nothing was deleted")
         changes = [Change("delete", urn, r["type"]) for urn, r in state["resources"].items()]
         self._path(stack).unlink()
         return OpResult(stack, changes)
@@ -229,10 +248,15 @@ class AutomationEngine:
         path.write_text(yaml.safe_dump(to_document(catalog), sort_keys=False))
         return str(path)
 
+    def _notes_file(self, catalog: Catalog) -> str:
+        path = self._tmp / f"notes-{threading.get_ident()}.json"
+        path.write_text(json.dumps(dict(catalog.notes), sort_keys=True))
+        return str(path)
+
     def _stack(self, name: str, catalog: Catalog):
         from pulumi import automation as auto
 
-        env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog)}
+        env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog), "TENANCY_NOTES": self._notes_file(catalog)}
         ws = auto.LocalWorkspace(work_dir=str(self.project_dir), pulumi_home=str(self._home()), env_vars=env,
                                  pulumi_command=self.command)
         try:
@@ -283,14 +307,27 @@ class AutomationEngine:
             raise EngineError(f"update of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
         return OpResult(stack, _dedupe(changes), {k: ("[secret]" if v.secret else v.value) for k, v in res.outputs.items()})
 
-    def destroy(self, stack: str, catalog: Catalog) -> OpResult:
-        """Releases protection (the workflow decided to remove this stack), then destroys."""
+    def preview_destroy(self, stack: str, catalog: Catalog) -> OpResult:
+        from pulumi import automation as auto
+
+        changes: list[Change] = []
+        s = self._stack(stack, catalog)
+        try:
+            s.preview_destroy(on_event=self._events(changes), on_output=self._out(stack))
+        except auto.errors.CommandError as exc:
+            raise EngineError(f"destroy preview of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
+        return OpResult(stack, _dedupe(changes))
+
+    def destroy(self, stack: str, catalog: Catalog, release: Iterable[str] = ()) -> OpResult:
+        """Releases protection of the named resources only (the workflow verified their data is saved), then
+        destroys; any other protected resource makes the CLI refuse the destroy."""
         from pulumi import automation as auto
 
         s = self._stack(stack, catalog)
         changes: list[Change] = []
         try:
-            s._run_pulumi_cmd_sync(["state", "unprotect", "--all", "--yes"])
+            for urn in sorted(set(release)):
+                s._run_pulumi_cmd_sync(["state", "unprotect", urn, "--yes"])
             s.destroy(on_event=self._events(changes), on_output=self._out(stack))
         except auto.errors.CommandError as exc:
             raise EngineError(f"destroy of '{stack}' failed: {str(exc).strip()[-2000:]}") from None

@@ -13,7 +13,7 @@ import pytest
 from pulumi.automation import CommandResult, PulumiCommand
 from semver import VersionInfo
 
-from tenancy.lifecycle import ops
+from tenancy.lifecycle import deploy
 from tenancy.catalog import load_catalog, with_tenant
 from tenancy.engine import AutomationEngine, OfflineEngine
 from tests.conftest import ROOT, catalog_repo_at
@@ -49,23 +49,23 @@ class Watching(OfflineEngine):
 
 def test_platform_first_then_tenants_in_parallel(tmp_path, catalog):
     engine = Watching(tmp_path / "state", "dev")
-    outcomes = ops.deploy(engine, catalog, "dev", mode="up", parallel=3)
+    outcomes = deploy.deploy(engine, catalog, "dev", mode="up", parallel=3)
     assert [o.stack for o in outcomes] == ["dev", *SAMPLE_STACKS]
     assert all(o.status == "ok" for o in outcomes), [o.line() for o in outcomes]
     assert engine.calls[:2] == [("preview", "dev"), ("up", "dev")]
     assert {s for op, s in engine.calls[2:]} == set(SAMPLE_STACKS)
     assert engine.max_active >= 2, "tenant stacks run in parallel"
     assert sorted(engine.stacks()) == sorted(["dev", *SAMPLE_STACKS])
-    again = ops.deploy(engine, catalog, "dev", mode="preview")
+    again = deploy.deploy(engine, catalog, "dev", mode="preview")
     assert all(o.result.changes == [] for o in again), "a second run finds nothing to change"
 
 
 def test_a_stateful_replace_is_refused_without_allow_destroy(tmp_path, catalog):
     engine = OfflineEngine(tmp_path / "state", "dev")
-    ops.deploy(engine, catalog, "dev", mode="up")
+    deploy.deploy(engine, catalog, "dev", mode="up")
     moved = with_tenant(catalog, "pied-piper", region="europe-west1")   # databases and bucket would be replaced
     before = (tmp_path / "state" / "dev.pied-piper.json").read_text()
-    outcomes = {o.stack: o for o in ops.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"])}
+    outcomes = {o.stack: o for o in deploy.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"])}
     refused = outcomes["dev.pied-piper"]
     assert refused.status == "refused"
     assert refused.message.startswith("would replace gcp:storage/bucket:Bucket uploads-bucket; ")
@@ -74,15 +74,15 @@ def test_a_stateful_replace_is_refused_without_allow_destroy(tmp_path, catalog):
     assert refused.message.endswith("nothing was changed (review it, then --allow-destroy)")
     assert (tmp_path / "state" / "dev.pied-piper.json").read_text() == before
     assert ("up", "dev.pied-piper") not in engine.calls[-2:]
-    allowed = ops.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"], allow_destroy=True)
+    allowed = deploy.deploy(engine, moved, "dev", mode="up", tenants=["pied-piper"], allow_destroy=True)
     assert [o.status for o in allowed] == ["ok"]
 
 
 def test_preview_reports_stateful_deletes_without_refusing(tmp_path, catalog):
     engine = OfflineEngine(tmp_path / "state", "dev")
-    ops.deploy(engine, catalog, "dev", mode="up")
+    deploy.deploy(engine, catalog, "dev", mode="up")
     moved = with_tenant(catalog, "stark", region="us-east1")
-    [o] = ops.deploy(engine, moved, "dev", mode="preview", tenants=["stark"])
+    [o] = deploy.deploy(engine, moved, "dev", mode="preview", tenants=["stark"])
     assert o.status == "ok" and o.message.startswith("would replace gcp:") and o.message.endswith("(stateful)")
     assert o.result.counts()["replace"] >= 4
 
@@ -91,9 +91,9 @@ def test_changed_since_touches_only_changed_stacks(tmp_path, catalog):
     path = catalog_repo_at(tmp_path)
     path.write_text(path.read_text().replace("      cpu: 8\n", "      cpu: 12\n"))
     engine = OfflineEngine(tmp_path / "state", "dev")
-    ops.deploy(engine, catalog, "dev", mode="up")
+    deploy.deploy(engine, catalog, "dev", mode="up")
     engine.calls.clear()
-    outcomes = ops.deploy(engine, load_catalog(path), "dev", mode="up", changed_since="HEAD")
+    outcomes = deploy.deploy(engine, load_catalog(path), "dev", mode="up", changed_since="HEAD")
     assert [o.stack for o in outcomes] == ["dev.pied-piper"]
     assert engine.calls == [("preview", "dev.pied-piper"), ("up", "dev.pied-piper")]
 
@@ -106,14 +106,14 @@ def test_a_failed_platform_update_skips_the_tenants(tmp_path, catalog):
                 raise EngineError("quota exceeded")
             return super().up(stack, catalog)
 
-    outcomes = ops.deploy(Failing(tmp_path / "s", "dev"), catalog, "dev", mode="up")
+    outcomes = deploy.deploy(Failing(tmp_path / "s", "dev"), catalog, "dev", mode="up")
     assert outcomes[0].line() == "dev: failed: quota exceeded"
     assert {o.status for o in outcomes[1:]} == {"skipped"}
 
 
 def test_tenant_stack_before_platform_is_a_clear_error(tmp_path, catalog):
     engine = OfflineEngine(tmp_path / "s", "dev")
-    [o] = ops.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
+    [o] = deploy.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
     assert o.status == "failed" and "platform stack 'dev' has not been deployed" in o.message
 
 
@@ -190,13 +190,23 @@ def test_automation_engine_maps_preview_events_to_changes(tmp_path, catalog):
     assert [(c.op, c.urn) for c in result.destructive()] == [("replace", urn)]
 
 
-def test_automation_engine_destroy_releases_protection_first(tmp_path, catalog):
+def test_automation_engine_destroy_releases_only_the_named_resources(tmp_path, catalog):
     cmd = RecordingCommand()
     engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
-    engine.destroy("dev.wayne", catalog)
-    ops_ = [c[0] if c[0] != "state" else " ".join(c[:3]) for c in cmd.calls if c[0] != "stack"]
-    assert ops_ == ["state unprotect --all", "destroy"]
-    assert cmd.calls[1] == ["state", "unprotect", "--all", "--yes", "--stack", "dev.wayne"]
+    db = "urn:pulumi:dev.wayne::tenancy::gcp:sql/databaseInstance:DatabaseInstance::postgres-1-instance"
+    bucket = "urn:pulumi:dev.wayne::tenancy::gcp:storage/bucket:Bucket::uploads-bucket"
+    engine.preview_destroy("dev.wayne", catalog)
+    engine.destroy("dev.wayne", catalog, release=[db, bucket])
+    ops_ = [" ".join(c[:2]) if c[0] == "state" else c[0] for c in cmd.calls if c[0] != "stack"]
+    assert ops_ == ["destroy", "state unprotect", "state unprotect", "destroy"]
+    preview = [c for c in cmd.calls if c[0] == "destroy"][0]
+    assert "--preview-only" in preview
+    assert [c for c in cmd.calls if c[0] == "state"] == [
+        ["state", "unprotect", db, "--yes", "--stack", "dev.wayne"],
+        ["state", "unprotect", bucket, "--yes", "--stack", "dev.wayne"]]
+    assert not any("--all" in c for c in cmd.calls), "protection is never released wholesale"
+    final = [c for c in cmd.calls if c[0] == "destroy"][-1]
+    assert "--preview-only" not in final and final[-2:] == ["--stack", "dev.wayne"]
 
 
 def test_parallel_workers_get_separate_pulumi_homes(tmp_path, catalog):

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from tenancy.lifecycle import ops
+from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
 from tests.conftest import ROOT
@@ -23,6 +23,7 @@ from tests.sqlhelp import connect, seed
 pytestmark = pytest.mark.postgres
 
 CATALOG = """
+version: 1
 tenants:
   - {id: alpha, name: Alpha, plan: free, admin_email: a@alpha.example}
   - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}
@@ -61,7 +62,7 @@ def world(pg_server, tenancy_db, tmp_path):
         seed(pg_server, tenancy_db, t, users=n)
     catalog = parse_catalog(CATALOG)
     engine = OfflineEngine(tmp_path / "state", "dev")
-    outcomes = ops.deploy(engine, catalog, "dev", mode="up")
+    outcomes = deploy.deploy(engine, catalog, "dev", mode="up")
     assert [o.status for o in outcomes] == ["ok"]
     w = {
         "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_db, "catalog": catalog, "engine": engine,
@@ -76,7 +77,7 @@ def world(pg_server, tenancy_db, tmp_path):
 
 
 def do_upgrade(w, to="standard", catalog=None, **kw):
-    return ops.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, pooled_dsn=w["pooled_dsn"],
+    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, pooled_dsn=w["pooled_dsn"],
                        tenant_dsn=w["tenant_dsn"], **kw)
 
 
@@ -96,22 +97,38 @@ def assert_upgraded(w):
 
 def test_upgrade_pooled_to_namespace_moves_every_row_once(world):
     out = do_upgrade(world)
-    assert out.status == "done" and out.phases_run == list(ops.PHASES)
+    assert out.status == "done" and out.phases_run == list(moves.PHASES)
     assert out.rows == 16 and out.freeze_seconds is not None and out.freeze_seconds >= 0
     assert_upgraded(world)
     calls = world["engine"].calls
     assert calls[:2] == [("preview", "dev"), ("up", "dev")]  # the fixture's platform deploy
     assert calls[2:] == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
-    journal = ops.Journal(world["pooled_dsn"]).history("bravo")
-    assert [(p, s) for _, p, s in journal] == [(p, "done") for p in ops.PHASES]
+    journal = moves.Journal(world["pooled_dsn"]).history("bravo")
+    assert [(p, s) for _, p, s in journal] == [(p, "done") for p in moves.PHASES]
+
+
+ALL_BUT_ROWS = frozenset({"postgres-2", "postgres-3", "firestore", "graph", "objects"})
 
 
 def test_downgrade_back_to_pooled(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
-    out = ops.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
+    s = world["server"]
+    with pytest.raises(Refused) as refused:   # the stores a pooled plan cannot hold must be saved or let go
+        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
                       tenant_dsn=world["tenant_dsn"])
+    msg = str(refused.value)
+    assert "downgrading 'bravo' would destroy neo4j, uploads-bucket, firestore-firestore" in msg
+    assert msg.endswith("export it first and pass --discard firestore --discard graph --discard objects "
+                        "--discard postgres-2 --discard postgres-3; nothing was changed")
+    assert rows(s, world["tenant_db"], "bravo") == world["before"]["bravo"] and "dev.bravo" in world["engine"].stacks()
+    assert registry(s, world["tenant_db"], "bravo") == ("standard", "namespace", "active")
+    out = moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
+                        tenant_dsn=world["tenant_dsn"], discard=ALL_BUT_ROWS)
     assert out.status == "done"
+    unprotected = [u for op, u in world["engine"].calls if op == "unprotect"]
+    assert unprotected and all("::" in u for u in unprotected), "protection released resource by resource"
+    assert {u.rsplit("::", 1)[-1] for u in unprotected} >= {"postgres-1-instance", "uploads-bucket", "neo4j"}
     s = world["server"]
     assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
     assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
@@ -134,13 +151,13 @@ def stop_before(phase):
     return hook
 
 
-@pytest.mark.parametrize("phase", ops.PHASES)
+@pytest.mark.parametrize("phase", moves.PHASES)
 def test_interruption_at_every_phase_boundary_resumes(world, phase):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before(phase))
     out = do_upgrade(world)   # the same command again
     assert out.status == "done"
-    assert out.phases_run == list(ops.PHASES[ops.PHASES.index(phase):])
+    assert out.phases_run == list(moves.PHASES[moves.PHASES.index(phase):])
     assert_upgraded(world)
 
 
@@ -168,7 +185,7 @@ def test_killed_process_during_copy_resumes(world):
            "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"],
            "--objects-root", str(world["tmp"] / "buckets")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    journal = ops.Journal(world["pooled_dsn"])
+    journal = moves.Journal(world["pooled_dsn"])
     deadline = time.time() + 120
     while time.time() < deadline:
         hist = journal.history("bravo")
@@ -208,14 +225,14 @@ def test_abort_before_cutover_leaves_the_tenant_where_it_was(world):
 def test_abort_after_cutover_is_refused(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("unfreeze"))
-    with pytest.raises(ops.Refused, match="is past cutover; it can no longer be aborted"):
+    with pytest.raises(Refused, match="is past cutover; it can no longer be aborted"):
         do_upgrade(world, abort=True)
 
 
 def test_resuming_with_another_plan_is_refused(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("copy"))
-    with pytest.raises(ops.Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze\\)"):
+    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze\\)"):
         do_upgrade(world, to="enterprise")
 
 
@@ -239,18 +256,18 @@ def test_keep_source_keeps_rows_read_only_until_the_window_ends(world):
 def test_moves_between_namespace_and_dedicated_are_refused(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
-    with pytest.raises(ops.Refused, match="from namespace to dedicated is not supported"):
-        ops.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
+    with pytest.raises(Refused, match="from namespace to dedicated is not supported"):
+        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
                     tenant_dsn=world["tenant_dsn"])
 
 
 def test_suspend_and_resume_a_pooled_tenant(world):
-    ops.suspend(world["engine"], world["catalog"], "dev", "charlie", world["pooled_dsn"])
+    tenant_ops.suspend(world["engine"], world["catalog"], "dev", "charlie", world["pooled_dsn"])
     assert registry(world["server"], world["pooled"], "charlie")[2] == "suspended"
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"], "data kept"
     suspended = with_tenant(world["catalog"], "charlie", state="suspended")
-    ops.suspend(world["engine"], suspended, "dev", "charlie", world["pooled_dsn"], resume=True)
+    tenant_ops.suspend(world["engine"], suspended, "dev", "charlie", world["pooled_dsn"], resume=True)
     assert registry(world["server"], world["pooled"], "charlie")[2] == "active"
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "active"
 
@@ -258,7 +275,7 @@ def test_suspend_and_resume_a_pooled_tenant(world):
 def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
-    ops.suspend(world["engine"], upgraded, "dev", "bravo", None)
+    tenant_ops.suspend(world["engine"], upgraded, "dev", "bravo", None)
     state = json.loads((world["tmp"] / "state" / "dev.bravo.json").read_text())
     types = {r["type"] for r in state["resources"].values()}
     assert "kubernetes:networking.k8s.io/v1:Ingress" not in types
@@ -269,10 +286,13 @@ def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
 
 
 def test_offboard_exports_first_then_removes(world):
-    out = ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"],
+    out = tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"],
                        export_to=str(world["tmp"] / "export"))
     assert out["export"]["tables"] == {"app.users": 2, "app.itineraries": 2, "app.comments": 2, "app.likes": 2}
-    assert (world["tmp"] / "export" / "manifest.json").exists()
+    archive = world["tmp"] / "export"
+    assert (archive / "postgres-1" / "manifest.json").exists() and (archive / "archive.json").exists()
+    assert oct(archive.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (archive / "postgres-1").iterdir())
     assert rows(world["server"], world["pooled"], "charlie") == {t: [] for t in TABLES}
     assert registry(world["server"], world["pooled"], "charlie") is None
     assert "charlie" not in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
@@ -280,26 +300,28 @@ def test_offboard_exports_first_then_removes(world):
 
 
 def test_offboard_without_export_is_refused(world):
-    with pytest.raises(ops.Refused, match="give --export-to DIR \\(or --no-export --yes\\)"):
-        ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"], export_to=None)
+    with pytest.raises(Refused, match="give --export-to DIR \\(or --no-export --yes\\)"):
+        tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"], export_to=None)
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
 
 
 def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     edited = with_tenant(world["catalog"], "bravo", plan="standard")   # the engineer edits tenants.yaml
-    [move] = ops.pending_moves(world["engine"], edited, "dev")
-    assert (move.tenant, move.from_plan, move.to_plan, move.to_model) == ("bravo", "free", "standard", "namespace")
-    outcomes = {o.stack: o for o in ops.deploy(world["engine"], edited, "dev", mode="up")}
+    [move] = deploy.pending(world["engine"], edited, "dev")
+    assert (move.tenant, move.kind, move.command) == ("bravo", "move", "tenancy upgrade bravo --to standard")
+    assert move.message == "tier move free (pooled) → standard (namespace) waits for its data to move"
+    outcomes = {o.stack: o for o in deploy.deploy(world["engine"], edited, "dev", mode="up")}
     assert outcomes["dev.bravo"].status == "pending"
-    assert "tier move free (pooled) → standard (namespace) waits for: tenancy upgrade bravo --to standard" in outcomes["dev.bravo"].message
+    assert outcomes["dev.bravo"].message == ("tier move free (pooled) → standard (namespace) waits for its data to move; "
+                                             "run: tenancy upgrade bravo --to standard --env dev")
     directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
     assert "dev.bravo" not in world["engine"].stacks()
-    out = ops.upgrade(world["engine"], edited, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
+    out = moves.upgrade(world["engine"], edited, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
                       tenant_dsn=world["tenant_dsn"])
     assert out.status == "done" and out.move_id.startswith("bravo:free->standard@")
     assert_upgraded(world)
-    assert ops.pending_moves(world["engine"], edited, "dev") == []
+    assert deploy.pending(world["engine"], edited, "dev") == []
 
 
 def put(root, bucket, name, data):
@@ -321,7 +343,7 @@ def test_objects_move_with_the_rows_and_are_verified(world):
     put(root, shared, "bravo/avatars/1.png", b"\x89PNG bravo")
     put(root, shared, "bravo/docs/trip.pdf", b"%PDF bravo trip")
     put(root, shared, "alpha/avatars/1.png", b"\x89PNG alpha")
-    buckets = ops.bucket_urls(world["engine"], "dev", "bravo", str(root))
+    buckets = moves.bucket_urls(world["engine"], "dev", "bravo", str(root))
     assert buckets.tenant.endswith("/dev-bravo-uploads")
     with pytest.raises(Boom):   # interrupted after the copy: copied objects are not re-copied, nothing lost
         do_upgrade(world, buckets=buckets, before_phase=stop_before("verify"))
@@ -330,7 +352,7 @@ def test_objects_move_with_the_rows_and_are_verified(world):
     assert files(root, "dev-bravo-uploads") == {"avatars/1.png": b"\x89PNG bravo", "docs/trip.pdf": b"%PDF bravo trip"}
     assert files(root, shared, "bravo/") == {}, "source objects removed at cleanup"
     assert files(root, shared, "alpha/") == {"alpha/avatars/1.png": b"\x89PNG alpha"}, "other tenants untouched"
-    journal = ops.journal_detail(ops.Journal(world["pooled_dsn"]), "bravo", out.move_id, "verify")
+    journal = moves.journal_detail(moves.Journal(world["pooled_dsn"]), "bravo", out.move_id, "verify")
     assert journal["objects"] == 2
 
 
@@ -347,8 +369,8 @@ def test_object_verification_failure_stops_the_move(world, monkeypatch):
         return report
 
     monkeypatch.setattr(objects, "copy_objects", lossy)
-    buckets = ops.bucket_urls(world["engine"], "dev", "bravo", str(root))
-    with pytest.raises(ops.OperationError, match=r"object verification failed \(1 of 1: a.txt\)"):
+    buckets = moves.bucket_urls(world["engine"], "dev", "bravo", str(root))
+    with pytest.raises(OperationError, match=r"object verification failed \(1 of 1: a.txt\)"):
         do_upgrade(world, buckets=buckets)
     assert registry(world["server"], world["pooled"], "bravo")[2] == "frozen", "stays frozen where it was"
     assert do_upgrade(world, buckets=buckets, abort=True).status == "aborted"

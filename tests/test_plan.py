@@ -190,7 +190,7 @@ def test_each_stack_gets_a_fresh_runtime():
 
 
 def test_a_failing_stack_program_names_the_stack():
-    catalog = parse_catalog("tenants:\n  - {id: acme, name: A, plan: standard, admin_email: a@a.example}\n")
+    catalog = parse_catalog("version: 1\ntenants:\n  - {id: acme, name: A, plan: standard, admin_email: a@a.example}\n")
     import stacks.tenant as tenant_stack
     original = tenant_stack.build
     try:
@@ -209,7 +209,7 @@ def test_cli_validate_exit_codes(tmp_path):
     ok = run_cli("validate")
     assert ok.returncode == 0 and "tenants.yaml: valid: 10 tenants" in ok.stdout
     bad = tmp_path / "t.yaml"
-    bad.write_text("tenants:\n  - {id: admin, name: A, plan: free, admin_email: nope}\n")
+    bad.write_text("tenants:\n  - {id: admin, name: A, plan: free, admin_email: nope}\nversion: 1\n")
     res = run_cli("validate", "--tenants", str(bad))
     assert res.returncode == 2
     assert res.stderr.splitlines() == [

@@ -1,0 +1,229 @@
+"""Desired versus deployed: `tenants.yaml` is what the operator wants; the deployed record is where each
+tenant's data *is*.
+
+The platform stack exports the catalogue it was last deployed with (`deployedRecord`: the catalogue as
+`tenants.yaml` would say it, plus deployment notes). Every command starts from that record:
+
+- a one-tenant command (`suspend`, `resume`, `offboard`, an upgrade's `cutover`) runs the platform stack
+  with the record changed for its own tenant only, so every other tenant's directory entry, Helm values and
+  identity resources stay byte-for-byte what they were;
+- a deploy (`tenancy up`) applies the catalogue, except what only a lifecycle command may change: a
+  tenant's placement (a plan that moves it into or out of the pool, or between namespace and dedicated),
+  its state (suspended/active/offboarded), and its presence (a tenant deleted from the file stays deployed
+  until it is offboarded). Those are held at their deployed values and reported as pending, with the
+  command that makes them.
+
+Notes record a completed tier move ("movedFrom", "movedTo", "moveId") until `tenants.yaml` names the new
+plan, so `tenancy moves` does not offer the reverse move in the meantime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tenancy import naming
+from tenancy.catalog import Catalog, Model, State, parse_catalog, to_document
+from tenancy.engine import Engine, EngineError
+from tenancy.errors import CatalogError, TenancyError
+
+RECORD_OUTPUT = "deployedRecord"
+
+
+class RecordError(TenancyError):
+    """A command asked about a tenant the deployment does not know, or one it can no longer act on."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A difference between the catalogue and the deployment that only an explicit command resolves."""
+
+    tenant: str
+    kind: str            # move | state | removed | offboarded | catalog-behind
+    message: str
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class Deployed:
+    catalog: Catalog | None          # None: the platform stack has never been deployed
+    directory: dict[str, Any]
+
+    def knows(self, tenant_id: str) -> bool:
+        return self.catalog is not None and any(t.id == tenant_id for t in self.catalog.tenants)
+
+
+def record_json(catalog: Catalog) -> str:
+    """What the platform program exports: the catalogue it was given, and its notes."""
+    return json.dumps({"catalog": to_document(catalog), "notes": dict(catalog.notes)}, sort_keys=True)
+
+
+def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
+    try:
+        outputs = engine.outputs(naming.stack_name(env))
+    except EngineError:
+        return Deployed(None, {})
+    directory = json.loads(outputs.get("tenantDirectory") or "{}")
+    raw = outputs.get(RECORD_OUTPUT)
+    if not raw:
+        return Deployed(None, directory)
+    data = json.loads(raw)
+    try:
+        catalog = parse_catalog(yaml.safe_dump(data["catalog"], sort_keys=False), f"{naming.stack_name(env)}:{RECORD_OUTPUT}")
+    except CatalogError as exc:
+        raise RecordError(f"the deployed record of '{naming.stack_name(env)}' no longer validates: {exc}") from None
+    return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {})), directory)
+
+
+def _crosses(a: Model, b: Model) -> bool:
+    """A plan change that moves data: into or out of the pool, or between namespace and dedicated."""
+    return a is not b and (a is Model.POOLED or b is Model.POOLED or {a, b} == {Model.NAMESPACE, Model.DEDICATED})
+
+
+def _doc_tenant(doc: dict, tenant_id: str) -> dict:
+    return next(t for t in doc["tenants"] if t["id"] == tenant_id)
+
+
+def _set_plan(entry: dict, plans: dict, plan: str) -> None:
+    """The entry on another plan, without the fields that plan's model does not allow."""
+    entry["plan"] = plan
+    model = plans[plan]["model"] if isinstance(plans.get(plan), dict) else None
+    if model != Model.DEDICATED.value:
+        entry.pop("dedicated", None)
+        entry.pop("custom_domain", None)
+    if model == Model.POOLED.value:
+        entry.pop("kms_key", None)
+        entry.pop("operator_group", None)
+
+
+def _plans_doc(catalog: Catalog) -> dict[str, dict]:
+    return {name: p.model_dump(mode="json") for name, p in catalog.plans.items()}
+
+
+def for_deploy(desired: Catalog, deployed: Deployed) -> tuple[Catalog, list[Pending]]:
+    """The catalogue a deploy applies, and what it holds back (pending lifecycle commands)."""
+    if deployed.catalog is None:
+        return desired, []
+    base = deployed.catalog
+    doc = to_document(desired)
+    plans = {**_plans_doc(base), **_plans_doc(desired)}
+    doc["plans"] = {**{k: v for k, v in to_document(base)["plans"].items() if k not in desired.plans}, **doc["plans"]}
+    base_doc = to_document(base)
+    pending: list[Pending] = []
+    notes: dict[str, Any] = {}
+    wanted = {t.id for t in desired.tenants}
+    for was in base.tenants:
+        if was.id not in wanted:
+            doc["tenants"].append(_doc_tenant(base_doc, was.id))
+            if was.state is not State.OFFBOARDED:
+                pending.append(Pending(was.id, "removed", f"tenant '{was.id}' is deployed but missing from tenants.yaml; it "
+                                       "stays as deployed (nothing is deleted by removing a tenant from the file)",
+                                       f"tenancy offboard {was.id} --export-to DIR"))
+            continue
+        want = desired.tenant(was.id)
+        entry = _doc_tenant(doc, was.id)
+        if was.state is State.OFFBOARDED:
+            doc["tenants"][doc["tenants"].index(entry)] = _doc_tenant(base_doc, was.id)
+            if want.state is not State.OFFBOARDED:
+                pending.append(Pending(was.id, "offboarded", f"tenant '{was.id}' was offboarded; its data is gone. To "
+                                       "onboard it again, give it a new id"))
+            continue
+        note = base.notes.get(was.id)
+        if want.plan_name != was.plan_name and _crosses(was.model, want.model):
+            _set_plan(entry, plans, was.plan_name)
+            if note and note.get("movedTo") == was.plan_name and note.get("movedFrom") == want.plan_name:
+                notes[was.id] = note
+                pending.append(Pending(was.id, "catalog-behind", f"tenant '{was.id}' was moved to plan '{was.plan_name}' "
+                                       f"({note.get('moveId')}); tenants.yaml still says '{want.plan_name}'"
+                                       + _line_hint(desired.path, was.id, was.plan_name)))
+            else:
+                pending.append(Pending(was.id, "move", f"tier move {was.plan_name} ({was.model.value}) → {want.plan_name} "
+                                       f"({want.model.value}) waits for its data to move",
+                                       f"tenancy upgrade {was.id} --to {want.plan_name}"))
+        if want.state is not was.state and want.state is not State.OFFBOARDED:
+            entry["state"] = was.state.value
+            verb = "suspend" if want.state is State.SUSPENDED else "resume"
+            pending.append(Pending(was.id, "state", f"tenant '{was.id}' is {was.state.value} in the deployment and "
+                                   f"{want.state.value} in tenants.yaml; a deploy does not change a tenant's state",
+                                   f"tenancy {verb} {was.id}"))
+        elif want.state is State.OFFBOARDED:
+            entry["state"] = was.state.value
+            pending.append(Pending(was.id, "state", f"tenant '{was.id}' is offboarded in tenants.yaml but still deployed; "
+                                   "offboarding exports and deletes its data, which a deploy never does",
+                                   f"tenancy offboard {was.id} --export-to DIR"))
+    effective = parse_catalog(yaml.safe_dump(doc, sort_keys=False), desired.path)
+    return dataclasses.replace(effective, notes=notes), pending
+
+
+def for_tenant(deployed: Deployed, desired: Catalog, tenant_id: str, *, plan: str | None = None,
+               state: str | None = None, from_catalog: bool = False, note: dict | None = None) -> Catalog:
+    """The deployed catalogue with one tenant changed and nothing else.
+
+    `from_catalog`: take that tenant's entry from tenants.yaml (an upgrade applies the tenant's desired
+    settings for its new plan); otherwise its deployed entry is kept and only `plan`/`state` change."""
+    base = deployed.catalog
+    if base is None:
+        return desired
+    doc = to_document(base)
+    plans = {**_plans_doc(base), **_plans_doc(desired)}
+    doc["plans"] = {**to_document(base)["plans"], **to_document(desired)["plans"]}
+    entry = _doc_tenant(doc, tenant_id)
+    if from_catalog and any(t.id == tenant_id for t in desired.tenants):
+        fresh = _doc_tenant(to_document(desired), tenant_id)
+        fresh["state"] = entry["state"]
+        doc["tenants"][doc["tenants"].index(entry)] = entry = fresh
+    if plan is not None:
+        _set_plan(entry, plans, plan)
+    if state is not None:
+        entry["state"] = state
+    changed = parse_catalog(yaml.safe_dump(doc, sort_keys=False), base.path)
+    notes = dict(base.notes)
+    if note is not None:
+        notes[tenant_id] = note
+    return dataclasses.replace(changed, notes=notes)
+
+
+def require_active_tenant(deployed: Deployed, desired: Catalog, env: str, tenant_id: str) -> None:
+    """Lifecycle commands act on deployed tenants only, never on offboarded or unknown ones."""
+    if deployed.catalog is None:
+        raise RecordError(f"the platform stack '{naming.stack_name(env)}' has not been deployed (or predates the deployed "
+                          "record); run `tenancy up` first")
+    if not deployed.knows(tenant_id):
+        in_file = any(t.id == tenant_id for t in desired.tenants)
+        raise RecordError(f"tenant '{tenant_id}' has not been deployed in '{env}'" +
+                          ("; run `tenancy up` first" if in_file else " and is not in tenants.yaml; check the id"))
+    if deployed.catalog.tenant(tenant_id).state is State.OFFBOARDED:
+        raise RecordError(f"tenant '{tenant_id}' is offboarded in '{env}'; its data is gone and it has no resources left")
+
+
+def _line_hint(path: str, tenant_id: str, plan: str) -> str:
+    line = plan_line(path, tenant_id)
+    where = f"{path}:{line}" if line else path
+    return f": change {where} to `plan: {plan}`"
+
+
+def plan_line(path: str | Path, tenant_id: str) -> int | None:
+    """The 1-based line of the tenant's `plan:` key in the catalogue file (None when it cannot be read)."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if key.value != "tenants" or not isinstance(value, yaml.SequenceNode):
+            continue
+        for item in value.value:
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            fields = {k.value: v for k, v in item.value}
+            if getattr(fields.get("id"), "value", None) == tenant_id and "plan" in fields:
+                return fields["plan"].start_mark.line + 1
+    return None
