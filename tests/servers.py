@@ -75,7 +75,8 @@ def start_gcs() -> ApiServer:
     if not exe.exists():
         raise ServerUnavailable("gcp-storage-emulator is not installed (it is pinned in requirements.txt; run `make venv`)")
     port = free_port()
+    # Its request log goes nowhere: an unread pipe would fill up and block the server.
     proc = subprocess.Popen([str(exe), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     _wait_port(port, proc, "the GCS API server")
     return ApiServer(f"http://127.0.0.1:{port}", proc)
