@@ -376,3 +376,49 @@ def test_object_verification_failure_stops_the_move(world, monkeypatch):
     assert do_upgrade(world, buckets=buckets, abort=True).status == "aborted"
     assert files(root, "dev-bravo-uploads") == {}
     assert files(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/") == {"bravo/a.txt": b"a"}
+
+
+def test_one_tenant_commands_leave_every_other_directory_entry_unchanged(world):
+    """suspend/resume/offboard of charlie: alpha's and bravo's entries byte-for-byte as deployed, even when
+    tenants.yaml has meanwhile changed them (the change waits for a deploy) or holds a pending move."""
+    engine = world["engine"]
+
+    def others():
+        d = json.loads(engine.outputs("dev")["tenantDirectory"])
+        return {t: json.dumps(d[t], sort_keys=True) for t in ("alpha", "bravo")}
+
+    before = others()
+    edited = with_tenant(with_tenant(world["catalog"], "bravo", plan="standard"), "alpha", name="Renamed")
+    tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"])
+    assert others() == before
+    assert json.loads(engine.outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
+    tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"], resume=True)
+    assert others() == before
+    tenant_ops.offboard(engine, edited, "dev", "charlie", source_dsn=world["pooled_dsn"],
+                        export_to=str(world["tmp"] / "charlie-export"))
+    assert others() == before and "charlie" not in json.loads(engine.outputs("dev")["tenantDirectory"])
+    with pytest.raises(Exception, match="tenant 'charlie' is offboarded in 'dev'"):
+        tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"])
+    kinds = {(p.tenant, p.kind) for p in deploy.pending(engine, edited, "dev")}
+    assert ("bravo", "move") in kinds, "the pending move is still held"
+
+
+def test_offboard_with_the_wrong_database_is_refused(world):
+    with pytest.raises(Refused, match="has no tenancy schema, so it holds no tenant.s rows: is this the database of .charlie."):
+        tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["server"].dsn(
+            dbname=world["tenant_db"]), export_to=str(world["tmp"] / "x"))
+    assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
+    assert "charlie" in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    assert not (world["tmp"] / "x").exists()
+
+
+def test_upgrade_says_which_catalogue_line_to_change_and_moves_does_not_offer_the_reverse(world, tmp_path):
+    path = tmp_path / "tenants.yaml"
+    path.write_text(CATALOG)
+    from tenancy.catalog import load_catalog
+    catalog = load_catalog(path)
+    out = moves.upgrade(world["engine"], catalog, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
+                        tenant_dsn=world["tenant_dsn"])
+    assert out.catalog_line == f"tenants.yaml still says plan 'free' for 'bravo': change {path}:5 to `plan: standard`"
+    [p] = deploy.pending(world["engine"], catalog, "dev")
+    assert p.kind == "catalog-behind" and p.command is None

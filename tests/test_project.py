@@ -86,7 +86,7 @@ def test_catalogue_schema_validates_the_sample_and_rejects_typos():
     schema = json.loads((ROOT / "schemas" / "tenants.schema.json").read_text())
     jsonschema.validate(yaml.safe_load((ROOT / "tenants.yaml").read_text()), schema)
     with pytest.raises(jsonschema.ValidationError, match="Additional properties are not allowed"):
-        jsonschema.validate({"tenants": [{"id": "acme", "name": "A", "plan": "free", "admin_email": "a@b.co",
+        jsonschema.validate({"version": 1, "tenants": [{"id": "acme", "name": "A", "plan": "free", "admin_email": "a@b.co",
                                           "subdomian": "x"}]}, schema)
 
 

@@ -78,7 +78,11 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
     rec.require_active_tenant(deployed, catalog, env, tenant_id)
     t = deployed.catalog.tenant(tenant_id)
     journal = Journal(source_dsn)   # the database that holds the tenant's rows journals its offboarding
-    open_op = journal.open_move(tenant_id)
+    try:
+        open_op = journal.open_move(tenant_id)
+    except pg.psycopg.errors.UndefinedTable:
+        raise Refused(f"database {describe_dsn(source_dsn)} has no tenancy schema, so it holds no tenant's rows: is this "
+                      f"the database of '{tenant_id}'? Nothing was changed") from None
     if open_op is not None and open_op.get("plan", {}).get("operation") != "offboard":
         raise Refused(f"a tier move of '{tenant_id}' is unfinished ({open_op['move_id']}); finish or abort it first")
     if open_op is None:
