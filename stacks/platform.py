@@ -11,6 +11,7 @@ import pulumi_kubernetes as k8s
 
 from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy, shared_node_account_id
 from components.directory import DirectoryArgs, TenantDirectory
+from tenancy.stores.layout import stores_for
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
 from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains, sign_in_host
 from components.labels import k8s_labels, labels
@@ -62,6 +63,7 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
             "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
             "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id)}
         entry["databaseSecrets"] = {db: naming.secret_id(env, t.id, f"{db}-tenancy-app") for db in t.plan.databases}
+    entry["stores"] = stores_for(t, env, cfg.gcp_project).to_json()   # what moves, exports and is deleted with it
     return entry
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -114,13 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-dsn", metavar="DSN", help="where they go (the tenant's postgres-1 for an upgrade)")
     p.add_argument("--keep-source", type=int, default=0, metavar="DAYS", help="keep source rows read-only this long")
     p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before cutover)")
-    objs = p.add_mutually_exclusive_group()
-    objs.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
-    objs.add_argument("--skip-objects", action="store_true", help="move rows only (copy objects yourself)")
+    _store_args(p)
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+    p.add_argument("--export-to", metavar="DIR", help="archive every source store here first (a new or empty directory)")
     p.add_argument("--discard", action="append", default=[], metavar="STORE",
-                   help="a downgrade may destroy this store of the old stack (postgres-2, postgres-3, firestore, graph, "
-                        "objects) without moving it: export it first (repeatable or comma-separated)")
+                   help="a downgrade may let go of this store of the old stack (postgres-2, postgres-3, firestore, graph, "
+                        "objects) that the pooled plan cannot hold: with --export-to it is archived first (repeatable "
+                        "or comma-separated)")
     p.set_defaults(func=cmd_upgrade)
 
     for name, helptext in (("suspend", "suspend a tenant: data kept, workloads scaled to zero, routes removed"),
@@ -138,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _engine_args(p)
     p.add_argument("tenant", metavar="TENANT")
-    p.add_argument("--source-dsn", required=True, metavar="DSN", help="the database holding the tenant's rows")
+    p.add_argument("--source-dsn", required=True, metavar="DSN",
+                   help="the database holding the tenant's rows (the pooled database, or its postgres-1)")
+    _store_args(p)
     p.add_argument("--export-to", metavar="DIR", help="export directory (required unless --no-export --yes)")
     p.add_argument("--no-export", action="store_true", help="export nothing (with --yes: every store is discarded)")
     p.add_argument("--yes", action="store_true")
@@ -242,6 +245,37 @@ def cmd_moves(args) -> int:
     return EXIT_OK
 
 
+def _store_args(p) -> None:
+    p.add_argument("--db", action="append", default=[], metavar="postgres-N=DSN", dest="dbs",
+                   help="the tenant's other databases (postgres-2, postgres-3), repeatable")
+    p.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
+    p.add_argument("--kubeconfig", metavar="FILE", help="cluster credentials for the graph's neo4j-admin dump Job")
+    p.add_argument("--skip", action="append", default=[], metavar="KIND",
+                   help="do not carry this store kind in this run (objects, firestore, graph): its data stays where it is")
+
+
+def _reach(args, dsns: dict[str, str]):
+    from tenancy.errors import ConfigError
+    from tenancy.lifecycle.tenant_data import KINDS, Reach
+
+    for item in args.dbs:
+        name, sep, dsn = item.partition("=")
+        if not sep or not re.fullmatch(r"postgres-[1-9]", name) or not dsn:
+            raise ConfigError(f"--db {item.split('=', 1)[0]}=...: give postgres-N=DSN (e.g. postgres-2=host=... dbname=...)")
+        dsns.setdefault(name, dsn)
+    skip = set()
+    for v in args.skip:
+        for k in v.split(","):
+            if k not in KINDS or k == "postgres":
+                raise ConfigError(f"--skip {k}: not a store kind; use objects, firestore or graph")
+            skip.add(k)
+    runner = None
+    if args.kubeconfig:
+        from tenancy.stores.graph import KubernetesJobRunner
+        runner = KubernetesJobRunner(args.kubeconfig)
+    return Reach(dsns, args.objects_root, runner, frozenset(skip))
+
+
 def _stores(values: list[str]) -> frozenset[str]:
     from tenancy.errors import ConfigError
     from tenancy.lifecycle.destroy import STORES
@@ -265,16 +299,19 @@ def cmd_upgrade(args) -> int:
         raise ConfigError(f"unknown plan '{args.to_plan}'; plans: {', '.join(sorted(catalog.plans))}")
     if not (args.source_dsn and args.target_dsn):
         raise ConfigError("give --source-dsn and --target-dsn (connect through the Cloud SQL Auth Proxy as the owner role)")
-    # Towards a pooled plan the rows come from the tenant's database into the pool; otherwise the reverse.
+    # Towards a pooled plan the rows come from the tenant's databases into the pool; otherwise the reverse.
     to_pool = catalog.plans[args.to_plan].model is Model.POOLED
     pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
+    reach = _reach(args, {"pooled": pooled_dsn, "postgres-1": tenant_dsn})
+    for kind in sorted(reach.skip):
+        _progress(f"warning: --skip {kind}: this move does not carry the tenant's {kind}; move it yourself")
     engine = _engine(args)
-    buckets = None if args.skip_objects else moves.bucket_urls(engine, args.env, args.tenant, args.objects_root)
-    out = moves.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, pooled_dsn=pooled_dsn,
-                        tenant_dsn=tenant_dsn, keep_source_days=args.keep_source, abort=args.abort,
-                        allow_destroy=args.allow_destroy, buckets=buckets, discard=_stores(args.discard), say=_progress)
+    out = moves.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, reach=reach,
+                        keep_source_days=args.keep_source, abort=args.abort, allow_destroy=args.allow_destroy,
+                        discard=_stores(args.discard), export_to=args.export_to, say=_progress)
     freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
     print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
+          + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items()) for k, v in out.copied.items() if "rows" not in v)
           + (f"; {out.message}" if out.message else ""))
     if out.catalog_line:
         print(out.catalog_line)
@@ -304,6 +341,7 @@ def cmd_offboard(args) -> int:
         discard = frozenset(STORES)
     result = tenant_ops.offboard(_engine(args), load_catalog(args.tenants), args.env, args.tenant,
                                  source_dsn=args.source_dsn, export_to=args.export_to, discard=discard,
+                                 reach=_reach(args, {}),
                                  yes=args.yes and args.no_export, say=_progress)
     print(json.dumps(result, indent=1))
     return EXIT_OK

@@ -51,8 +51,10 @@ def test_move_copies_one_tenant_exactly_once_and_leaves_others(pg_server, pair):
     src, dst = pair
     before = {t: snapshot(pg_server, src, t) for t in ("alpha", "bravo", "charlie")}
     report = data.move(owner(pg_server, src), owner(pg_server, dst), "bravo", target_model="namespace", target_plan="standard")
-    assert report.tables == ["app.users", "app.itineraries", "app.comments", "app.likes"]  # parents first
-    assert report.rows == {"app.users": 3, "app.itineraries": 3, "app.comments": 3, "app.likes": 3}
+    assert report.tables == ["app.api_requests", "app.audit_events", "app.users", "app.itineraries", "app.comments",
+                             "app.likes"]  # parents first
+    assert report.rows == {"app.users": 3, "app.itineraries": 3, "app.comments": 3, "app.likes": 3,
+                           "app.api_requests": 0, "app.audit_events": 0}
     assert all(c.ok for c in report.checks)
     assert snapshot(pg_server, dst, "bravo") == before["bravo"]
     assert snapshot(pg_server, dst, "alpha")["app.users"] == [] and snapshot(pg_server, dst, "charlie")["app.users"] == []
@@ -137,7 +139,8 @@ def test_target_without_the_schema_is_refused(pg_server, pair):
             data.move(owner(pg_server, src), pg_server.dsn(dbname="bare_target"), "alpha")
         with connect(pg_server, "bare_target", autocommit=True) as c:
             c.execute("CREATE TABLE tenancy.data_moves (x int)")
-        with pytest.raises(DataError, match="the target .* lacks isolated tables app.users, app.itineraries, app.comments, "
+        with pytest.raises(DataError, match="the target .* lacks isolated tables app.api_requests, app.audit_events, app.users, app.itineraries, "
+                                            "app.comments, "
                                             "app.likes: apply the tenancy SQL"):
             data.move(owner(pg_server, src), pg_server.dsn(dbname="bare_target"), "alpha")
     finally:
@@ -148,7 +151,8 @@ def test_target_without_the_schema_is_refused(pg_server, pair):
 def test_export_writes_one_file_per_table_and_a_manifest(pg_server, pair, tmp_path):
     src, _ = pair
     manifest = data.export(owner(pg_server, src), "charlie", tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.comments.csv", "app.itineraries.csv", "app.likes.csv",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.api_requests.csv", "app.audit_events.csv", "app.comments.csv",
+                                                          "app.itineraries.csv", "app.likes.csv",
                                                           "app.users.csv", "manifest.json"]
     users = (tmp_path / "app.users.csv").read_text().splitlines()
     assert users[0].startswith("tenant_id,id,email") and len(users) == 5
@@ -162,7 +166,7 @@ def test_data_commands(pg_server, pair, tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "tenancy", "data", *a], capture_output=True, text=True, cwd=ROOT)
     res = run("move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst))
     assert res.returncode == 0, res.stderr
-    assert "moved 20 rows of 'alpha' (4 tables), verified" in res.stdout
+    assert "moved 20 rows of 'alpha' (6 tables), verified" in res.stdout
     res = run("verify", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst))
     assert res.returncode == 0 and "app.likes: 5 rows, checksums match" in res.stdout
     res = run("export", "alpha", "--source", owner(pg_server, src), "--out", str(tmp_path / "x"))

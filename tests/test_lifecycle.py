@@ -17,6 +17,7 @@ import pytest
 from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
+from tenancy.lifecycle.tenant_data import Reach
 from tests.conftest import ROOT
 from tests.sqlhelp import connect, seed
 
@@ -76,9 +77,15 @@ def world(pg_server, tenancy_db, tmp_path):
         c.execute(f'DROP DATABASE IF EXISTS "{tenant_db}" WITH (FORCE)')
 
 
-def do_upgrade(w, to="standard", catalog=None, **kw):
-    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, pooled_dsn=w["pooled_dsn"],
-                       tenant_dsn=w["tenant_dsn"], **kw)
+def reach(w, objects_root=None, skip=("firestore", "objects")):
+    """Rows only unless asked (the all-store round trip is in test_tier_moves_all_stores.py); the tenant's three
+    databases are one database here."""
+    return Reach({"pooled": w["pooled_dsn"], **{f"postgres-{i}": w["tenant_dsn"] for i in (1, 2, 3)}},
+                 str(objects_root) if objects_root else None, None, frozenset(skip if not objects_root else set(skip) - {"objects"}))
+
+
+def do_upgrade(w, to="standard", catalog=None, objects_root=None, **kw):
+    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, reach=reach(w, objects_root), **kw)
 
 
 def assert_upgraded(w):
@@ -115,16 +122,19 @@ def test_downgrade_back_to_pooled(world):
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
     s = world["server"]
     with pytest.raises(Refused) as refused:   # the stores a pooled plan cannot hold must be saved or let go
-        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
-                      tenant_dsn=world["tenant_dsn"])
-    msg = str(refused.value)
-    assert "downgrading 'bravo' would destroy neo4j, uploads-bucket, firestore-firestore" in msg
-    assert msg.endswith("export it first and pass --discard firestore --discard graph --discard objects "
-                        "--discard postgres-2 --discard postgres-3; nothing was changed")
+        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world))
+    assert str(refused.value) == ("downgrading 'bravo' removes its stack, but this run cannot reach objects, firestore; "
+                                  "give their DSNs / access, or --discard them; nothing was changed")
+    with pytest.raises(Refused) as refused:   # the graph has no place in the pool
+        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world),
+                      discard=frozenset({"objects", "firestore"}))
+    assert str(refused.value) == ("plan 'free' cannot hold all of 'bravo''s data: graph: the tenant's Neo4j graph (export "
+                                  "it with --export-to DIR, or --discard graph). Export it with --export-to DIR and pass "
+                                  "--discard graph; nothing was changed")
     assert rows(s, world["tenant_db"], "bravo") == world["before"]["bravo"] and "dev.bravo" in world["engine"].stacks()
     assert registry(s, world["tenant_db"], "bravo") == ("standard", "namespace", "active")
-    out = moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", pooled_dsn=world["pooled_dsn"],
-                        tenant_dsn=world["tenant_dsn"], discard=ALL_BUT_ROWS)
+    out = moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world),
+                        discard=ALL_BUT_ROWS)
     assert out.status == "done"
     unprotected = [u for op, u in world["engine"].calls if op == "unprotect"]
     assert unprotected and all("::" in u for u in unprotected), "protection released resource by resource"
@@ -183,7 +193,8 @@ def test_killed_process_during_copy_resumes(world):
     cmd = [sys.executable, "-m", "tenancy", "upgrade", "bravo", "--to", "standard", "--tenants", str(catalog_file),
            "--engine", "offline", "--state", str(world["tmp"] / "state"),
            "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"],
-           "--objects-root", str(world["tmp"] / "buckets")]
+           "--objects-root", str(world["tmp"] / "buckets"), "--skip", "firestore",
+           "--db", f"postgres-2={world['tenant_dsn']}", "--db", f"postgres-3={world['tenant_dsn']}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     journal = moves.Journal(world["pooled_dsn"])
     deadline = time.time() + 120
@@ -232,7 +243,7 @@ def test_abort_after_cutover_is_refused(world):
 def test_resuming_with_another_plan_is_refused(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("copy"))
-    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze\\)"):
+    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze, export\\)"):
         do_upgrade(world, to="enterprise")
 
 
@@ -257,8 +268,7 @@ def test_moves_between_namespace_and_dedicated_are_refused(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
     with pytest.raises(Refused, match="from namespace to dedicated is not supported"):
-        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", pooled_dsn=world["pooled_dsn"],
-                    tenant_dsn=world["tenant_dsn"])
+        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", reach=reach(world))
 
 
 def test_suspend_and_resume_a_pooled_tenant(world):
@@ -287,12 +297,16 @@ def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
 
 def test_offboard_exports_first_then_removes(world):
     out = tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"],
-                       export_to=str(world["tmp"] / "export"))
-    assert out["export"]["tables"] == {"app.users": 2, "app.itineraries": 2, "app.comments": 2, "app.likes": 2}
+                       export_to=str(world["tmp"] / "export"), reach=reach(world),
+                       discard=frozenset({"objects", "firestore"}))
+    assert out["export"]["stores"] == {"pooled": 8}
     archive = world["tmp"] / "export"
-    assert (archive / "postgres-1" / "manifest.json").exists() and (archive / "archive.json").exists()
+    index = json.loads((archive / "archive.json").read_text())
+    assert {k: v["rows"] for k, v in index["stores"]["pooled"]["tables"].items()} == {
+        "app.users": 2, "app.itineraries": 2, "app.comments": 2, "app.likes": 2, "app.audit_events": 0, "app.api_requests": 0}
+    assert (archive / "pooled" / "manifest.json").exists()
     assert oct(archive.stat().st_mode & 0o777) == "0o700"
-    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (archive / "postgres-1").iterdir())
+    assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (archive / "pooled").iterdir())
     assert rows(world["server"], world["pooled"], "charlie") == {t: [] for t in TABLES}
     assert registry(world["server"], world["pooled"], "charlie") is None
     assert "charlie" not in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
@@ -317,8 +331,7 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
     assert "dev.bravo" not in world["engine"].stacks()
-    out = moves.upgrade(world["engine"], edited, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
-                      tenant_dsn=world["tenant_dsn"])
+    out = moves.upgrade(world["engine"], edited, "dev", "bravo", "standard", reach=reach(world))
     assert out.status == "done" and out.move_id.startswith("bravo:free->standard@")
     assert_upgraded(world)
     assert deploy.pending(world["engine"], edited, "dev") == []
@@ -343,17 +356,15 @@ def test_objects_move_with_the_rows_and_are_verified(world):
     put(root, shared, "bravo/avatars/1.png", b"\x89PNG bravo")
     put(root, shared, "bravo/docs/trip.pdf", b"%PDF bravo trip")
     put(root, shared, "alpha/avatars/1.png", b"\x89PNG alpha")
-    buckets = moves.bucket_urls(world["engine"], "dev", "bravo", str(root))
-    assert buckets.tenant.endswith("/dev-bravo-uploads")
     with pytest.raises(Boom):   # interrupted after the copy: copied objects are not re-copied, nothing lost
-        do_upgrade(world, buckets=buckets, before_phase=stop_before("verify"))
-    out = do_upgrade(world, buckets=buckets)
+        do_upgrade(world, objects_root=root, before_phase=stop_before("verify"))
+    out = do_upgrade(world, objects_root=root)
     assert out.status == "done"
     assert files(root, "dev-bravo-uploads") == {"avatars/1.png": b"\x89PNG bravo", "docs/trip.pdf": b"%PDF bravo trip"}
     assert files(root, shared, "bravo/") == {}, "source objects removed at cleanup"
     assert files(root, shared, "alpha/") == {"alpha/avatars/1.png": b"\x89PNG alpha"}, "other tenants untouched"
     journal = moves.journal_detail(moves.Journal(world["pooled_dsn"]), "bravo", out.move_id, "verify")
-    assert journal["objects"] == 2
+    assert journal["stores"]["objects"] == 2
 
 
 def test_object_verification_failure_stops_the_move(world, monkeypatch):
@@ -361,19 +372,19 @@ def test_object_verification_failure_stops_the_move(world, monkeypatch):
     from tenancy.stores import objects
     root = world["tmp"] / "buckets"
     put(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/a.txt", b"a")
-    real_copy = objects.copy_objects
+    real_copy = objects.copy
 
     def lossy(src, sp, dst, dp, progress=None):
-        report = real_copy(src, sp, dst, dp, progress)
+        report = real_copy(src, sp, dst, dp, progress=progress)
         dst.write(dp + "a.txt", b"corrupted")
         return report
 
-    monkeypatch.setattr(objects, "copy_objects", lossy)
-    buckets = moves.bucket_urls(world["engine"], "dev", "bravo", str(root))
-    with pytest.raises(OperationError, match=r"object verification failed \(1 of 1: a.txt\)"):
-        do_upgrade(world, buckets=buckets)
+    monkeypatch.setattr(objects, "copy", lossy)
+    with pytest.raises(OperationError, match=r"verification failed: tenant 'bravo': objects \(.*dev-bravo-uploads/\) "
+                                             r"\(copy of objects .*\) does not match: \.: same count \(1\), different checksum"):
+        do_upgrade(world, objects_root=root)
     assert registry(world["server"], world["pooled"], "bravo")[2] == "frozen", "stays frozen where it was"
-    assert do_upgrade(world, buckets=buckets, abort=True).status == "aborted"
+    assert do_upgrade(world, objects_root=root, abort=True).status == "aborted"
     assert files(root, "dev-bravo-uploads") == {}
     assert files(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/") == {"bravo/a.txt": b"a"}
 
@@ -395,7 +406,8 @@ def test_one_tenant_commands_leave_every_other_directory_entry_unchanged(world):
     tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"], resume=True)
     assert others() == before
     tenant_ops.offboard(engine, edited, "dev", "charlie", source_dsn=world["pooled_dsn"],
-                        export_to=str(world["tmp"] / "charlie-export"))
+                        export_to=str(world["tmp"] / "charlie-export"), reach=reach(world),
+                        discard=frozenset({"objects", "firestore"}))
     assert others() == before and "charlie" not in json.loads(engine.outputs("dev")["tenantDirectory"])
     with pytest.raises(Exception, match="tenant 'charlie' is offboarded in 'dev'"):
         tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"])
@@ -417,8 +429,7 @@ def test_upgrade_says_which_catalogue_line_to_change_and_moves_does_not_offer_th
     path.write_text(CATALOG)
     from tenancy.catalog import load_catalog
     catalog = load_catalog(path)
-    out = moves.upgrade(world["engine"], catalog, "dev", "bravo", "standard", pooled_dsn=world["pooled_dsn"],
-                        tenant_dsn=world["tenant_dsn"])
+    out = moves.upgrade(world["engine"], catalog, "dev", "bravo", "standard", reach=reach(world))
     assert out.catalog_line == f"tenants.yaml still says plan 'free' for 'bravo': change {path}:5 to `plan: standard`"
     [p] = deploy.pending(world["engine"], catalog, "dev")
     assert p.kind == "catalog-behind" and p.command is None

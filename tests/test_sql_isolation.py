@@ -288,7 +288,7 @@ def test_apply_is_idempotent_and_audit_clean(pg_server, two_tenants):
     assert db.apply(pg_server.dsn(dbname=two_tenants)) == ["001_tenancy.sql", "002_sample_app.sql"]
     assert rows_as(pg_server, two_tenants, "alpha") == ["alpha"] * 3  # data survives re-application
     with connect(pg_server, two_tenants, autocommit=True) as c:
-        assert c.execute("SELECT count(*) FROM tenancy.isolated_tables").fetchone()[0] == 4
+        assert c.execute("SELECT count(*) FROM tenancy.isolated_tables").fetchone()[0] == 6
         assert [r[0] for r in c.execute("SELECT problem FROM tenancy.audit()")] == []
 
 

@@ -310,15 +310,3 @@ def test_bad_locations_give_one_line_errors(gcs_server, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
     with pytest.raises(StoreError, match=r"no Google Cloud credentials for gs:// buckets"):
         objects.open_store("gs://bucket")
-
-
-def test_older_entry_points_keep_working_on_gcs(shared, make_bucket, client):
-    store = objects.open_store(f"gs://{shared}")
-    own = objects.open_store(f"gs://{make_bucket('own')}")
-    report = objects.copy_objects(store, "acme/", own, "")
-    assert (report.copied, report.bytes) == (len(NAMES), sum(len(d) + 4 for d in NAMES.values()))
-    assert objects.verify_objects(store, "acme/", own, "") == (len(NAMES), [])
-    put(client, own.bucket.name, "readme.txt", b"corrupted")
-    assert objects.verify_objects(store, "acme/", own, "") == (len(NAMES), ["readme.txt"])
-    assert objects.delete_objects(own, "") == len(NAMES)
-    assert own.list("") == {}

@@ -116,7 +116,7 @@ def test_rerun_of_a_completed_delete_source_move_is_a_no_op(pg_server, dbs, caps
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
                          "--delete-source")
     assert code == 0, err
-    assert "moved 20 rows of 'alpha' (4 tables), verified" in out and "source rows deleted" in out
+    assert "moved 20 rows of 'alpha' (6 tables), verified" in out and "source rows deleted" in out
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
                          "--delete-source")
     assert code == 0, err
@@ -325,7 +325,7 @@ def test_odd_names_json_and_no_primary_key_move_verify_and_export(pg_server, odd
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
                          "--delete-source")
     assert code == 0, err
-    assert "moved 12 rows of 'alpha' (6 tables)" in out
+    assert "moved 12 rows of 'alpha' (8 tables)" in out
     assert rows(pg_server, dst, "alpha") == before
     assert rows(pg_server, src, "bravo")['"my.odd schema"."select"'] != []
     code, out, err = run(capsys, "export", "alpha", "--source", owner(pg_server, dst), "--out", str(tmp_path / "x"))
@@ -368,7 +368,7 @@ def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, db
     assert not (tmp_path / "never").exists()   # a failed export leaves no directory behind
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
                          "--table", "app.nope")
-    assert code == 2 and "app.nope: not isolated table(s) in database" in err and "isolated tables there: app.users" in err
+    assert code == 2 and "app.nope: not isolated table(s) in database" in err and "isolated tables there: app.api_requests, app.audit_events, app.users" in err
 
 
 def test_runtime_role_gets_one_line_naming_the_owner_role(pg_server, dbs, capsys):
@@ -389,7 +389,7 @@ def test_exports_are_private_refuse_a_used_directory_and_are_verified(pg_server,
     assert stat.S_IMODE(out_dir.stat().st_mode) == 0o700
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out_dir.iterdir()} == {
         "app.users.csv": 0o600, "app.itineraries.csv": 0o600, "app.comments.csv": 0o600, "app.likes.csv": 0o600,
-        "manifest.json": 0o600}
+        "app.audit_events.csv": 0o600, "app.api_requests.csv": 0o600, "manifest.json": 0o600}
     alpha_users = (out_dir / "app.users.csv").read_text()
     code, out, err = run(capsys, "export", "bravo", "--source", owner(pg_server, src), "--out", str(out_dir))
     assert code == 1 and "is not empty" in err

@@ -1,22 +1,26 @@
-"""Tier moves: a tenant goes between pooled and namespace/dedicated, data included.
+"""Tier moves: a tenant goes between pooled and namespace/dedicated with every store it has.
 
-A move is a state machine whose phases are journalled in the pooled database (`tenancy.move_journal`),
-so any interruption is resumed by running the same command again:
+The tenant's stores on each side come from the data layout (`stores.yaml` -> `tenancy.stores.layout`), the
+same list its directory entry publishes; `tenant_data.plan_move` pairs each source store with its target.
+A move is a state machine whose phases are journalled in the pooled database (`tenancy.move_journal`), so any
+interruption is resumed by running the same command again:
 
-    provision -> freeze -> copy -> verify -> cutover -> unfreeze -> cleanup
+    provision -> freeze -> export -> copy -> verify -> cutover -> unfreeze -> cleanup
 
-- provision: the tenant stack (upgrade) and the tenancy SQL on the target; the target registers the tenant
-  frozen. A downgrade first checks that destroying the old stack later is covered (every stateful store
-  moved, exported or explicitly discarded) and refuses before changing anything otherwise.
-- freeze: `tenancy.freeze()` at the source -- it waits for every transaction that already wrote the tenant,
-  so no write can commit after it and be left behind.
-- copy, verify: rows (and objects) copied; counts and checksums compared on both sides. The source's
-  verified summary is journalled.
+- provision: the tenant stack (upgrade) and the tenancy SQL on each target database, where the tenant is
+  registered frozen. A downgrade first refuses, naming tables and row counts, when the tenant has data the
+  pooled plan cannot hold (a feature's tables, the graph) that is not exported and explicitly discarded, and
+  when destroying the old stack later would remove a store this move does not save.
+- freeze: `tenancy.freeze()` on every source database -- it waits for every transaction that already wrote the
+  tenant, so no write can commit after it and be left behind.
+- export: with --export-to, every source store into a private archive with counts and checksums.
+- copy, verify: each pair copied (rows table by table, objects, documents with their subcollections), then
+  counts and checksums compared on both sides; each source's verified summary is journalled.
 - cutover: the platform stack runs with the deployed record changed for this tenant only; every other
   tenant's directory entry stays byte-for-byte as it was.
-- unfreeze: the target accepts writes; the source stays read-only for the --keep-source window.
-- cleanup: the source is re-verified against the journalled summary right before its rows are deleted;
-  a downgrade destroys the old stack through the guarded destroy.
+- unfreeze: the targets accept writes; the sources stay read-only for the --keep-source window.
+- cleanup: each source store is emptied only while it still holds exactly its journalled summary; a
+  downgrade destroys the old stack through the guarded destroy.
 Before `cutover`, `--abort` rolls back and leaves the tenant where it was, data intact.
 """
 
@@ -37,9 +41,12 @@ from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import registry
 from tenancy.lifecycle.deploy import Say, checked_up
 from tenancy.lifecycle.destroy import guarded_destroy, uncovered
+from tenancy.lifecycle import tenant_data as data
+from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
+from tenancy.stores.layout import DataLayout, stores_for
 
-PHASES = ("provision", "freeze", "copy", "verify", "cutover", "unfreeze", "cleanup")
+PHASES = ("provision", "freeze", "export", "copy", "verify", "cutover", "unfreeze", "cleanup")
 Hook = Callable[[str], None]   # called before each phase runs (tests inject interruptions here)
 
 
@@ -99,8 +106,6 @@ class MovePlan:
     to_plan: str
     from_model: str
     to_model: str
-    source_dsn: str
-    target_dsn: str
     move_id: str
     keep_source_days: int = 0
 
@@ -110,27 +115,12 @@ class MoveOutcome:
     move_id: str
     phases_run: list[str] = field(default_factory=list)
     rows: int = 0
+    copied: dict[str, Any] = field(default_factory=dict)   # per pair: rows / objects / documents
     freeze_seconds: float | None = None
     status: str = "done"        # done | aborted | waiting (source kept for the rollback window)
     message: str = ""
     catalog_line: str = ""      # what to change in tenants.yaml now
-
-
-@dataclass(frozen=True)
-class Buckets:
-    """Where the tenant's objects are: the shared bucket (under `{tenant_id}/`) and the tenant's own bucket."""
-
-    shared: str    # store URL: gs://bucket or a directory
-    tenant: str
-
-
-def bucket_urls(engine: Engine, env: str, tenant_id: str, objects_root: str | None) -> Buckets:
-    """Store URLs from the deployed platform (project) and the naming rules; a directory per bucket for dry runs."""
-    project = engine.outputs(naming.stack_name(env)).get("gcpProject", "")
-    shared, own = naming.shared_bucket(env, project), naming.bucket(env, tenant_id)
-    if objects_root:
-        return Buckets(str(Path(objects_root) / shared), str(Path(objects_root) / own))
-    return Buckets(f"gs://{shared}", f"gs://{own}")
+    archive: str | None = None
 
 
 class _Waiting(Exception):
@@ -138,44 +128,43 @@ class _Waiting(Exception):
 
 
 PHASE_TEXT = {
-    "provision": "tenant stack up with the new plan; tenancy SQL on the target database",
-    "freeze": "the source refuses the tenant's writes once every in-flight writer has ended",
-    "copy": "rows move table by table in foreign-key order",
-    "verify": "row counts and ordered checksums compared on both sides",
+    "provision": "tenant stack up with the new plan; tenancy SQL and the frozen registration on each target database",
+    "freeze": "every source database refuses the tenant's writes once every in-flight writer has ended",
+    "export": "every source store into the archive (--export-to), with counts and checksums",
+    "copy": "each store to its target: rows by table to the database the layout names, objects, documents",
+    "verify": "counts and checksums compared on both sides of each store; the archive read back",
     "cutover": "platform stack up with this tenant's record changed: the directory points at the new placement",
     "unfreeze": "the target accepts the tenant's writes; the source stays read-only",
-    "cleanup": "the source re-verified, then its rows removed (after the --keep-source window)",
+    "cleanup": "each source store re-verified, then emptied (after the --keep-source window); old stack destroyed",
 }
 
 
-def source_sums(dsn: str, tenant: str) -> dict[str, list]:
-    """{table: [rows, ordered checksum]} of one tenant in one database, in one snapshot."""
-    with pg.connect(dsn) as c:
-        c.isolation_level = pg.psycopg.IsolationLevel.REPEATABLE_READ
-        tables = pg.isolated_tables(c)
-        pg._as_tenant(c, tenant)
-        out = {t: list(pg.table_checksum(c, t, tenant)) for t in tables}
-        c.rollback()
-    return out
+def project_of(engine: Engine, env: str) -> str:
+    """The platform's GCP project, from the deployed platform stack."""
+    return engine.outputs(naming.stack_name(env)).get("gcpProject", "")
 
 
-def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan: str, *, pooled_dsn: str,
-            tenant_dsn: str, keep_source_days: int = 0, abort: bool = False, allow_destroy: bool = False,
-            buckets: Buckets | None = None, discard: frozenset[str] = frozenset(), say: Say | None = None,
-            before_phase: Hook | None = None, now: Callable[[], datetime] | None = None) -> MoveOutcome:
-    """Move a tenant between pooled and namespace/dedicated, data included; resumable, abortable before cutover.
+def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan: str, *, reach: data.Reach,
+            keep_source_days: int = 0, abort: bool = False, allow_destroy: bool = False,
+            discard: frozenset[str] = frozenset(), export_to: str | None = None, say: Say | None = None,
+            before_phase: Hook | None = None, now: Callable[[], datetime] | None = None,
+            layout: DataLayout | None = None) -> MoveOutcome:
+    """Move a tenant between pooled and namespace/dedicated with every store it has; resumable, abortable
+    before cutover.
 
     `catalog` is tenants.yaml (the tenant's settings for its new plan come from it); where the tenant is now
-    comes from the deployed record. `tenant_dsn` is the tenant's own primary database (its postgres-1), the
-    source of a downgrade and the target of an upgrade. `discard` names stores of the old stack whose data
-    the operator lets go (a downgrade to a plan that has no such store)."""
+    comes from the deployed record. The stores on each side come from the data layout; `reach` says how to
+    reach them. `discard` names source stores the target plan cannot hold whose data the operator lets go
+    (with `export_to`, every source store is archived first)."""
     say = say or (lambda m: None)
     clock = now or (lambda: datetime.now(timezone.utc))
     deployed = rec.read(engine, env)
     rec.require_active_tenant(deployed, catalog, env, tenant_id)
     if to_plan not in {**deployed.catalog.plans, **catalog.plans}:
         raise Refused(f"unknown plan '{to_plan}'")
-    journal = Journal(pooled_dsn)
+    if data.POOLED not in reach.dsns:
+        raise Refused("the pooled database's DSN is needed: it journals every tier move")
+    journal = Journal(reach.dsns[data.POOLED])
     open_move = journal.open_move(tenant_id)
     if open_move is not None:
         detail = open_move.get("plan", {})
@@ -188,6 +177,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         from_plan = detail["from_plan"]
         keep_source_days = int(detail.get("keep_source_days", keep_source_days))  # as the move was started
         discard = frozenset(detail.get("discard", [])) | discard
+        export_to = detail.get("export_to") or export_to
         done = list(open_move["done"])
         say(f"resuming move {open_move['move_id']} after: {', '.join(done) or 'nothing'}")
     else:
@@ -206,24 +196,20 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         raise Refused(f"moving '{tenant_id}' from {b.model.value} to {a.model.value} is not supported: tier moves go between "
                       "pooled and namespace/dedicated (the tenant's data must live in two places at once)")
     upgrade_ = b.model is Model.POOLED
-    mp = MovePlan(tenant_id, from_plan, to_plan, b.model.value, a.model.value,
-                  source_dsn=pooled_dsn if upgrade_ else tenant_dsn, target_dsn=tenant_dsn if upgrade_ else pooled_dsn,
-                  move_id=move_id, keep_source_days=keep_source_days)
+    mp = MovePlan(tenant_id, from_plan, to_plan, b.model.value, a.model.value, move_id=move_id,
+                  keep_source_days=keep_source_days)
     stack = naming.stack_name(env, tenant_id)
     platform = naming.stack_name(env)
     outcome = MoveOutcome(mp.move_id)
-    # Objects: under `{tenant}/` in the shared bucket while pooled, at the root of the tenant's bucket otherwise.
-    obj = None
-    if buckets is not None:
-        from tenancy.stores import objects
-        shared, own = objects.open_store(buckets.shared), objects.open_store(buckets.tenant)
-        obj = (shared, f"{tenant_id}/", own, "") if upgrade_ else (own, "", shared, f"{tenant_id}/")
-    covered = {"postgres-1": f"rows moved and verified ({mp.move_id})", **{s: f"discarded by --discard {s}" for s in discard}}
-    if obj is not None:
-        covered["objects"] = f"objects moved and verified ({mp.move_id})"
+    project = project_of(engine, env)
+    src_stores, dst_stores = stores_for(b, env, project, layout), stores_for(a, env, project, layout)
+    plan = data.plan_move(src_stores, dst_stores, reach)
+    archive = Path(export_to).resolve() if export_to else None
+    source_dsns = sorted({h.dsn for h in plan.sources.values() if isinstance(h, data.PgHandle)})
+    target_dsns = sorted({p.target.dsn for p in plan.pairs if isinstance(p.target, data.PgHandle)})
 
     if abort:
-        return _abort(engine, before, env, mp, done, journal, say, outcome, obj)
+        return _abort(engine, before, env, mp, done, journal, say, outcome, plan, source_dsns, target_dsns)
 
     def phase(name: str, fn: Callable[[], dict | None]) -> None:
         if name in done:
@@ -233,67 +219,103 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         say(f"[{name}] {PHASE_TEXT[name]}")
         journal.record(mp.move_id, tenant_id, name, "started",
                        {"from_plan": from_plan, "to_plan": to_plan, "from_model": mp.from_model, "to_model": mp.to_model,
-                        "keep_source_days": mp.keep_source_days, "discard": sorted(discard)} if name == "provision" else {})
+                        "keep_source_days": mp.keep_source_days, "discard": sorted(discard),
+                        "export_to": str(archive) if archive else None} if name == "provision" else {})
         detail = fn() or {}
         journal.record(mp.move_id, tenant_id, name, "done", detail)
         done.append(name)
         outcome.phases_run.append(name)
 
+    def covered() -> dict[str, str]:
+        """How each source store is saved once this move is through (for the destroy guard)."""
+        out = {}
+        for p in plan.pairs:
+            for n in p.covers:
+                out[n] = f"moved and verified ({mp.move_id})"
+        for n in src_stores.names:
+            if n in plan.left and n not in discard:
+                out.pop(n, None)
+            elif n in discard and n not in out:
+                out[n] = f"{'exported to ' + str(archive / n) + ' and ' if archive else ''}discarded by --discard {n}"
+        return out
+
     def provision() -> dict:
+        missing = data.unreachable(src_stores, reach)
+        if missing and not upgrade_:
+            not_discarded = [n for n in missing if n not in discard]
+            if not_discarded:
+                raise Refused(f"downgrading '{tenant_id}' removes its stack, but this run cannot reach "
+                              f"{', '.join(not_discarded)}; give their DSNs / access, or --discard them; nothing was changed")
+        if plan.unreached:
+            raise Refused(f"'{tenant_id}''s rows go to {', '.join(plan.unreached)} on plan '{to_plan}', which this run "
+                          f"cannot reach: give {' '.join('--db ' + n + '=DSN' for n in plan.unreached)}; nothing was changed")
+        for n in missing:
+            say(f"  not carried by this run: {n} of '{tenant_id}' stays where it is")
         if not upgrade_:
+            refuse_unsaved(plan, discard, archive, tenant_id, a.plan_name)
             # Refuse now, before anything changes, if destroying the old stack at cleanup would lose data.
-            missing = uncovered(engine.preview_destroy(stack, before), covered)
-            if missing:
-                stores = sorted({s for _, s in missing if s})
-                raise Refused(f"downgrading '{tenant_id}' would destroy {', '.join(c.urn.rsplit('::', 1)[-1] for c, _ in missing)}"
+            left = uncovered(engine.preview_destroy(stack, before), covered())
+            if left:
+                stores = sorted({s for _, s in left if s})
+                raise Refused(f"downgrading '{tenant_id}' would destroy {', '.join(c.urn.rsplit('::', 1)[-1] for c, _ in left)}"
                               f" ({', '.join(stores)}), whose data the pooled plan cannot hold and this move does not carry; "
-                              f"export it first and pass {' '.join('--discard ' + s for s in stores)}; nothing was changed")
+                              f"export it (--export-to DIR) and pass {' '.join('--discard ' + s for s in stores)}; "
+                              "nothing was changed")
         if upgrade_:
             checked_up(engine, stack, after, allow_destroy, set(), say)
-        db.apply(mp.target_dsn)   # the same tenancy SQL the stack's Job applies; idempotent
-        registry.set_state(mp.target_dsn, tenant_id, "frozen", to_plan, mp.to_model)
+        for dsn in target_dsns:
+            db.apply(dsn)   # the same tenancy SQL the stack's Job applies; idempotent
+            registry.set_state(dsn, tenant_id, "frozen", to_plan, mp.to_model)
         return {}
 
     def freeze() -> dict:
-        previous = registry.freeze(mp.source_dsn, tenant_id, "frozen")
-        return {"frozen_at": clock().isoformat(), "previous_state": previous}
+        previous = {}
+        for dsn in source_dsns:
+            previous[describe_dsn(dsn)] = registry.freeze(dsn, tenant_id, "frozen")
+        first = next(iter(previous.values()), None)
+        return {"frozen_at": clock().isoformat(), "previous_state": first}
+
+    def export() -> dict:
+        if archive is None:
+            return {}
+        found = dict(plan.sources)
+        if "graph" in found and "graph" in discard and reach.graph_runner is None:
+            say("  graph: discarded without an export (no --kubeconfig to run its dump Job)")
+            del found["graph"]
+        index = data.export_all(found, archive, tenant_id, mp.move_id, sorted(discard), say)
+        outcome.archive = str(archive)
+        return {"archive": str(archive), "stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def copy() -> dict:
-        report = pg.move(mp.source_dsn, mp.target_dsn, tenant_id, target_plan=to_plan, target_model=mp.to_model,
-                         target_state="frozen", progress=say)
-        outcome.rows = report.total_rows
-        detail: dict[str, Any] = {"rows": report.rows}
-        if obj is not None:
-            from tenancy.stores import objects
-            copied = objects.copy_objects(*obj, progress=say)
-            detail["objects"] = {"copied": copied.copied, "bytes": copied.bytes}
-        return detail
+        detail: dict[str, Any] = {}
+        for p in plan.pairs:
+            detail[p.name] = p.copy(say, **({"target_plan": to_plan, "target_model": mp.to_model, "target_state": "frozen"}
+                                            if p.source.kind == "postgres" else {}))
+            outcome.rows += detail[p.name].get("rows", 0)
+        outcome.copied = detail
+        return {"copied": detail}
 
     def verify() -> dict:
-        checks = pg.verify(mp.source_dsn, mp.target_dsn, tenant_id)
-        bad = [c for c in checks if not c.ok]
-        if bad:
-            raise OperationError(f"verification failed for {', '.join(c.table for c in bad)}; the tenant stays frozen "
-                                 f"on {mp.from_model}. Run the same command to retry, or --abort")
-        detail: dict[str, Any] = {"tables": {c.table: c.source_rows for c in checks},
-                                  "source": source_sums(mp.source_dsn, tenant_id)}
-        if obj is not None:
-            from tenancy.stores import objects
-            count, bad_objects = objects.verify_objects(*obj)
-            if bad_objects:
-                raise OperationError(f"object verification failed ({len(bad_objects)} of {count}: "
-                                     f"{', '.join(bad_objects[:5])}); run the same command to retry, or --abort")
-            detail["objects"] = count
-            detail["source_objects"] = obj[0].list(obj[1])
-        return detail
+        sums = {}
+        for p in plan.pairs:
+            try:
+                sums[p.name] = p.verify().to_json()
+            except Mismatch as exc:
+                raise OperationError(f"verification failed: {exc}; the tenant stays frozen on {mp.from_model}. "
+                                     "Run the same command to retry, or --abort") from None
+        if archive is not None:
+            data.verify_archive(plan.sources, archive)
+        return {"sources": sums, "stores": {n: s["count"] for n, s in sums.items()}}
 
     def cutover() -> dict:
         checked_up(engine, platform, after, allow_destroy, set(), say)
         return {}
 
     def unfreeze() -> dict:
-        registry.set_state(mp.target_dsn, tenant_id, "active")
-        registry.set_state(mp.source_dsn, tenant_id, "readonly")
+        for dsn in target_dsns:
+            registry.set_state(dsn, tenant_id, "active")
+        for dsn in source_dsns:
+            registry.set_state(dsn, tenant_id, "readonly")
         started = journal_detail(journal, tenant_id, mp.move_id, "freeze").get("frozen_at")
         if started:
             outcome.freeze_seconds = (clock() - datetime.fromisoformat(started)).total_seconds()
@@ -303,28 +325,24 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         unfrozen = journal_detail(journal, tenant_id, mp.move_id, "unfreeze").get("unfrozen_at")
         keep_until = datetime.fromisoformat(unfrozen) + timedelta(days=mp.keep_source_days) if unfrozen else clock()
         if clock() < keep_until:
-            raise _Waiting(f"source rows kept read-only until {keep_until.isoformat()}; run the same command after that "
-                           "to remove them")
-        verified = journal_detail(journal, tenant_id, mp.move_id, "verify")
-        now_sums = source_sums(mp.source_dsn, tenant_id)
-        if any(now_sums.get(t, [0, ""])[0] for t in now_sums) and now_sums != verified.get("source"):
-            changed = sorted(t for t in now_sums if now_sums[t] != verified.get("source", {}).get(t))
-            raise OperationError(f"the source {describe_dsn(mp.source_dsn)} changed since verification ({', '.join(changed)}); "
-                                 "nothing was deleted. Find out what wrote there before removing it")
-        deleted = pg.delete(mp.source_dsn, tenant_id)
-        registry.unregister(mp.source_dsn, tenant_id)
-        if obj is not None:
-            from tenancy.stores import objects
-            still = obj[0].list(obj[1])
-            if still and still != verified.get("source_objects", still):
-                raise OperationError("the source objects changed since verification; nothing more was deleted")
-            objects.delete_objects(obj[0], obj[1])
-        if not upgrade_:
-            guarded_destroy(engine, stack, before, covered, say)
-        return {"deleted_rows": deleted}
+            raise _Waiting(f"source data kept read-only until {keep_until.isoformat()}; run the same command after that "
+                           "to remove it")
+        verified = journal_detail(journal, tenant_id, mp.move_id, "verify").get("sources", {})
+        deleted = {}
+        for p in plan.pairs:
+            try:
+                deleted[p.name] = p.source.delete(Summary.from_json(verified[p.name]), say)
+            except Mismatch as exc:
+                raise OperationError(f"{exc}. Find out what wrote there before removing it") from None
+        if upgrade_:
+            for dsn in source_dsns:
+                registry.unregister(dsn, tenant_id)
+        else:
+            guarded_destroy(engine, stack, before, covered(), say)
+        return {"deleted": deleted}
 
-    steps = {"provision": provision, "freeze": freeze, "copy": copy, "verify": verify, "cutover": cutover,
-             "unfreeze": unfreeze, "cleanup": cleanup}
+    steps = {"provision": provision, "freeze": freeze, "export": export, "copy": copy, "verify": verify,
+             "cutover": cutover, "unfreeze": unfreeze, "cleanup": cleanup}
     try:
         for name in PHASES:
             phase(name, steps[name])
@@ -332,6 +350,10 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         outcome.status = "waiting"
         outcome.message = str(w)
         say(str(w))
+    if archive is not None:
+        outcome.archive = str(archive)
+    if not outcome.copied and "copy" in done:   # copied by an earlier, interrupted run
+        outcome.copied = journal_detail(journal, tenant_id, mp.move_id, "copy").get("copied", {})
     if "cutover" in done and any(t.id == tenant_id for t in catalog.tenants) and catalog.tenant(tenant_id).plan_name != to_plan:
         line = rec.plan_line(catalog.path, tenant_id)
         outcome.catalog_line = (f"tenants.yaml still says plan '{catalog.tenant(tenant_id).plan_name}' for '{tenant_id}': "
@@ -340,27 +362,53 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     return outcome
 
 
+def refuse_unsaved(plan: data.MovePlan, discard: frozenset[str], archive: Path | None, tenant_id: str,
+                   to_plan: str) -> None:
+    """Refuse, naming tables and counts, when a source store the target plan cannot hold has data that is not
+    both exported (--export-to) and explicitly discarded (--discard STORE); the graph may be discarded alone."""
+    problems = []
+    for name, h in plan.left.items():
+        if h.kind == "graph":
+            if name not in discard and archive is None:
+                problems.append(f"{name}: the tenant's Neo4j graph (export it with --export-to DIR, or --discard graph)")
+            elif name not in discard:
+                problems.append(f"{name}: the tenant's Neo4j graph is exported to the archive; pass --discard graph too")
+            continue
+        s = h.summary()
+        if not s.count:
+            continue
+        what = ", ".join(f"{part} {v['count']} rows" for part, v in sorted(s.parts.items()) if v["count"])
+        if name not in discard or archive is None:
+            problems.append(f"{name}: {what}")
+    if problems:
+        raise Refused(f"plan '{to_plan}' cannot hold all of '{tenant_id}''s data: {'; '.join(problems)}. Export it with "
+                      f"--export-to DIR and pass {' '.join('--discard ' + p.split(':')[0] for p in problems)}; nothing was changed")
+
+
 def _abort(engine: Engine, before: Catalog, env: str, mp: MovePlan, done: list[str], journal: Journal, say: Say,
-           outcome: MoveOutcome, obj) -> MoveOutcome:
+           outcome: MoveOutcome, plan: data.MovePlan, source_dsns: list[str], target_dsns: list[str]) -> MoveOutcome:
     if "cutover" in done:
         raise Refused(f"move {mp.move_id} is past cutover; it can no longer be aborted. Move the tenant back with "
                       f"`tenancy upgrade {mp.tenant} --to {mp.from_plan}`")
     say(f"aborting {mp.move_id}: the tenant stays on {mp.from_plan}")
-    # The target's copy goes; the source is untouched apart from its freeze, which is lifted.
-    if obj is not None and ("copy" in done or "freeze" in done):
-        from tenancy.stores import objects
-        objects.delete_objects(obj[2], obj[3])  # the copies; the originals stay
+    # The targets' copies go; the sources are untouched apart from their freeze, which is lifted.
     if "provision" in done or "copy" in done:
-        try:
-            pg.delete(mp.target_dsn, mp.tenant)
-            registry.unregister(mp.target_dsn, mp.tenant)
-        except pg.DataError as exc:
-            say(f"  could not clear the target's partial copy ({exc}); it is not in use and a later move clears it")
+        for p in plan.pairs:
+            try:
+                p.clear_target(say)
+            except (pg.DataError, StoreError) as exc:
+                say(f"  could not clear {p.target.describe()} ({exc}); it is not in use and a later move clears it")
+        for dsn in target_dsns:
+            try:
+                registry.unregister(dsn, mp.tenant)
+            except OperationError:
+                pass
     previous = journal_detail(journal, mp.tenant, mp.move_id, "freeze").get("previous_state") or "active"
-    try:
-        registry.set_state(mp.source_dsn, mp.tenant, previous)
-    except OperationError:
-        pass
+    for dsn in source_dsns:
+        try:
+            registry.set_state(dsn, mp.tenant, previous)
+        except OperationError:
+            pass
     if mp.from_model == Model.POOLED.value and "provision" in done:
         # The new tenant stack holds no data of record (the copy was just removed): discard its stores.
         from tenancy.lifecycle.destroy import STORES

@@ -3,13 +3,15 @@
 Offboarding is journalled like a tier move (`tenancy.move_journal`, operation "offboard"), so a re-run
 after an interruption continues where it stopped:
 
-    freeze -> export -> verify -> destroy -> delete -> cleanup
+    freeze -> export -> verify -> delete -> destroy -> cleanup
 
 - freeze: the tenant's writes stop once every in-flight writer has ended (`tenancy.freeze`);
-- export: every store into a new, owner-only archive directory (0700, files 0600), with a manifest;
-- verify: the export is read back and compared with the database (counts and checksums);
+- export: every store the tenant has (its databases' rows, objects, documents, graph) into a new, owner-only
+  archive directory (0700, files 0600), one directory per store, `archive.json` listing each with counts and
+  checksums;
+- verify: each store's export is read back and compared with the store (counts and checksums);
+- delete: each store emptied, only while it still matches what was exported and verified;
 - destroy: the tenant stack, only when every stateful resource is exported or explicitly discarded;
-- delete: pooled rows, only while the database still matches what was exported;
 - cleanup: the platform stack with this tenant marked offboarded (its directory entry goes; others stay).
 """
 
@@ -29,11 +31,13 @@ from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import registry
 from tenancy.lifecycle.deploy import Say, checked_up
 from tenancy.lifecycle.destroy import guarded_destroy
-from tenancy.lifecycle.moves import Journal, journal_detail, source_sums
+from tenancy.lifecycle import tenant_data as data
+from tenancy.lifecycle.moves import Journal, journal_detail, project_of
+from tenancy.stores import Mismatch, Summary
 from tenancy.stores import postgres as pg
-from tenancy.stores import private_export_dir
+from tenancy.stores.layout import POOLED, DataLayout, stores_for
 
-OFFBOARD_PHASES = ("freeze", "export", "verify", "destroy", "delete", "cleanup")
+OFFBOARD_PHASES = ("freeze", "export", "verify", "delete", "destroy", "cleanup")
 Hook = Callable[[str], None]
 
 
@@ -68,15 +72,21 @@ def suspend(engine: Engine, catalog: Catalog, env: str, tenant_id: str, pooled_d
 
 
 def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, source_dsn: str, export_to: str | None,
-             discard: frozenset[str] = frozenset(), yes: bool = False, say: Say | None = None,
-             before_phase: Hook | None = None) -> dict[str, Any]:
-    """Freeze, export every store, verify the export, then destroy the stack / delete pooled rows.
+             reach: data.Reach | None = None, discard: frozenset[str] = frozenset(), yes: bool = False,
+             say: Say | None = None, before_phase: Hook | None = None, layout: DataLayout | None = None) -> dict[str, Any]:
+    """Freeze, export every store the tenant has, verify the export, delete, destroy the stack.
 
-    Without --export-to, every store must be discarded explicitly (`--no-export --yes`)."""
+    `source_dsn` is the database holding the tenant's rows (the pooled database, or its postgres-1);
+    `reach` adds the other databases (postgres-2, postgres-3), the objects root, the graph runner and the store
+    kinds this run skips. Every store is exported and verified, or discarded explicitly (`--discard STORE`);
+    without --export-to, every store must be discarded (`--no-export --yes`)."""
     say = say or (lambda m: None)
     deployed = rec.read(engine, env)
     rec.require_active_tenant(deployed, catalog, env, tenant_id)
     t = deployed.catalog.tenant(tenant_id)
+    reach = reach or data.Reach({})
+    primary = POOLED if t.model is Model.POOLED else "postgres-1"
+    reach = data.Reach({**reach.dsns, primary: source_dsn}, reach.objects_root, reach.graph_runner, reach.skip)
     journal = Journal(source_dsn)   # the database that holds the tenant's rows journals its offboarding
     try:
         open_op = journal.open_move(tenant_id)
@@ -85,10 +95,17 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
                       f"the database of '{tenant_id}'? Nothing was changed") from None
     if open_op is not None and open_op.get("plan", {}).get("operation") != "offboard":
         raise Refused(f"a tier move of '{tenant_id}' is unfinished ({open_op['move_id']}); finish or abort it first")
+    stores = stores_for(t, env, project_of(engine, env), layout)
+    found = data.handles(stores, reach)
     if open_op is None:
         if export_to is None and not yes:
             raise Refused(f"offboarding '{tenant_id}' destroys its data; give --export-to DIR (or --no-export --yes)")
         registry.require_registered(source_dsn, tenant_id)    # the wrong database is refused before anything changes
+        missing = [n for n in data.unreachable(stores, reach) if n not in discard]
+        if missing:
+            raise Refused(f"this run cannot reach {', '.join(missing)} of '{tenant_id}', so it cannot export them: give "
+                          f"{' '.join('--db ' + m + '=DSN' if m.startswith('postgres') else '' for m in missing).strip() or 'access to them'}"
+                          f" or discard them explicitly ({' '.join('--discard ' + m for m in missing)}); nothing was changed")
         op_id = f"{tenant_id}:offboard@{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
         done: list[str] = []
         settings = {"operation": "offboard", "export_to": str(Path(export_to).resolve()) if export_to else None,
@@ -101,16 +118,19 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
         discard = frozenset(settings.get("discard", [])) | discard
         say(f"resuming {op_id} after: {', '.join(done) or 'nothing'}")
     archive = Path(export_to) if export_to else None
+    kept = {n: h for n, h in found.items() if n not in discard}   # what is exported, verified and then deleted
     result: dict[str, Any] = {"tenant": tenant_id, "operation": op_id}
     covered = {s: f"discarded by --discard {s}" for s in discard}
     if archive is not None:
-        covered["postgres-1"] = f"exported to {archive / 'postgres-1'} and verified"
+        covered.update({n: f"exported to {archive / n} and verified" for n in kept})
+    source_dsns = sorted({h.dsn for h in found.values() if isinstance(h, data.PgHandle)})
 
     def phase(name: str, fn: Callable[[], dict | None]) -> None:
         if name in done:
             return
         if before_phase:
             before_phase(name)
+        say(f"[{name}]")
         journal.record(op_id, tenant_id, name if name != "freeze" else "provision", "started",
                        settings if name == "freeze" else {})
         detail = fn() or {}
@@ -118,31 +138,41 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
         done.append(name)
 
     def freeze() -> dict:
-        return {"previous_state": registry.freeze(source_dsn, tenant_id, "frozen")}
+        previous = None
+        for dsn in source_dsns:
+            state = registry.freeze(dsn, tenant_id, "frozen")
+            previous = previous or state
+        return {"previous_state": previous}
 
     def export() -> dict:
         if archive is None:
             return {}
-        private_export_dir(archive)
-        manifest = pg.export(source_dsn, tenant_id, private_export_dir(archive / "postgres-1"), progress=say)
-        index = {"tenant": tenant_id, "operation": op_id, "stores": {"postgres-1": {
-            "kind": "postgres", "directory": "postgres-1",
-            "tables": {k: {"rows": v["rows"], "rowChecksum": v["rowChecksum"]} for k, v in manifest["tables"].items()}}},
-            "discarded": sorted(discard)}
-        from tenancy.stores import write_manifest
-        write_manifest(archive, "archive.json", index)
-        return {"tables": {k: v["rows"] for k, v in manifest["tables"].items()}}
+        index = data.export_all(kept, archive, tenant_id, op_id, sorted(discard), say)
+        return {"stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def verify() -> dict:
-        sums = source_sums(source_dsn, tenant_id)
-        if archive is not None:
-            manifest = json.loads((archive / "postgres-1" / "manifest.json").read_text())
-            exported = {k: [v["rows"], v["rowChecksum"]] for k, v in manifest["tables"].items()}
-            if exported != sums:
-                bad = sorted(k for k in set(exported) | set(sums) if exported.get(k) != sums.get(k))
-                raise OperationError(f"the export in {archive} does not match the database for {', '.join(bad)}; "
-                                     "nothing was deleted. Remove the archive directory and run the same command again")
-        return {"source": sums}
+        if archive is None:
+            return {"sources": {n: h.summary().to_json() for n, h in kept.items() if h.kind != "graph"}}
+        try:
+            sums = data.verify_archive(kept, archive)
+        except Mismatch as exc:
+            raise OperationError(f"{exc}; remove the archive directory and run the same command again") from None
+        return {"sources": {n: s.to_json() for n, s in sums.items() if kept[n].kind != "graph"}}
+
+    def delete() -> dict:
+        verified = journal_detail(journal, tenant_id, op_id, "verify").get("sources", {})
+        deleted = {}
+        for name, h in kept.items():
+            if name not in verified:
+                continue
+            try:
+                deleted[name] = h.delete(Summary.from_json(verified[name]), say)
+            except Mismatch as exc:
+                raise OperationError(f"{exc}: the tenant's data changed since the export was verified") from None
+        if not t.has_stack:
+            registry.unregister(source_dsn, tenant_id)
+        result["deleted"] = deleted
+        return {"deleted": deleted}
 
     def destroy() -> dict:
         if not t.has_stack:
@@ -152,29 +182,17 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
         result["destroyed"] = stack
         return {"destroyed": stack}
 
-    def delete() -> dict:
-        if t.has_stack:
-            return {}   # the rows lived in the tenant's own databases, destroyed with its stack
-        verified = journal_detail(journal, tenant_id, op_id, "verify").get("source")
-        if source_sums(source_dsn, tenant_id) != verified:
-            raise OperationError(f"the tenant's rows in {describe_dsn(source_dsn)} changed since the export was verified; "
-                                 "nothing was deleted")
-        deleted = pg.delete(source_dsn, tenant_id)
-        registry.unregister(source_dsn, tenant_id)
-        result["deletedRows"] = deleted
-        return {"deleted_rows": deleted}
-
     def cleanup() -> dict:
         gone = rec.for_tenant(rec.read(engine, env), catalog, tenant_id, state=State.OFFBOARDED.value)
         checked_up(engine, naming.stack_name(env), gone, False, _identity_urns(env, tenant_id), say)
         return {}
 
-    steps = {"freeze": freeze, "export": export, "verify": verify, "destroy": destroy, "delete": delete, "cleanup": cleanup}
+    steps = {"freeze": freeze, "export": export, "verify": verify, "delete": delete, "destroy": destroy, "cleanup": cleanup}
     for name in OFFBOARD_PHASES:
         phase(name, steps[name])
-    exported = journal_detail(journal, tenant_id, op_id, "export").get("tables")
+    exported = journal_detail(journal, tenant_id, op_id, "export").get("stores")
     if exported is not None and archive is not None:
-        result["export"] = {"dir": str(archive), "tables": exported}
+        result["export"] = {"dir": str(archive), "stores": exported}
     say(f"tenant '{tenant_id}' offboarded; set `state: offboarded` for it in {catalog.path}")
     return result
 

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Protocol
@@ -147,7 +147,7 @@ def gcs_client():
         from google.cloud import storage  # type: ignore[import-not-found]
     except ImportError:
         raise ObjectError("gs:// buckets need the google-cloud-storage package (pip install google-cloud-storage); "
-                          "or pass --skip-objects and copy them with `gcloud storage cp -r`") from None
+                          "or pass --skip objects and copy them with `gcloud storage cp -r`") from None
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUDSDK_CORE_PROJECT")
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
@@ -471,38 +471,4 @@ def delete(store: Store, prefix: str, expect: Summary, progress: Progress | None
     for p in placeholders:
         store.delete(p.name, p.generation)
     say(f"  deleted {len(objs)} objects from {store.url}/{prefix}")
-    return len(objs)
-
-
-# --- older entry points (tier moves in tenancy.lifecycle.ops) ----------------------------------------------------
-
-@dataclass
-class ObjectReport:
-    copied: int = 0
-    bytes: int = 0
-    mismatched: list[str] = field(default_factory=list)
-
-
-def copy_objects(src: Store, src_prefix: str, dst: Store, dst_prefix: str, progress: Progress | None = None) -> ObjectReport:
-    """Copy every object under `src_prefix` to `dst_prefix` (same relative names); idempotent, no verification."""
-    say = progress or (lambda m: None)
-    src_prefix, dst_prefix = normalise_prefix(src_prefix), normalise_prefix(dst_prefix)
-    _refuse_overlap(src, src_prefix, dst, dst_prefix)
-    copied, nbytes, _ = _copy_missing(src, src_prefix, dst, dst_prefix, None, say)
-    return ObjectReport(copied=copied, bytes=nbytes)
-
-
-def verify_objects(src: Store, src_prefix: str, dst: Store, dst_prefix: str) -> tuple[int, list[str]]:
-    """(objects on the source, names that are missing or differ on the target, or exist only there)."""
-    src_prefix, dst_prefix = normalise_prefix(src_prefix), normalise_prefix(dst_prefix)
-    result, bad = _compare(src, src_prefix, dst, dst_prefix)
-    return result.count, [b.replace(" (missing at the target)", "").replace(" (different content)", "") for b in bad]
-
-
-def delete_objects(store: Store, prefix: str) -> int:
-    """Unconditional delete (an aborted move's own copies); prefer `delete` with a verified summary."""
-    prefix = normalise_prefix(prefix)
-    objs = store.objects(prefix)
-    for o in objs:
-        store.delete(o.name, o.generation)
     return len(objs)
