@@ -185,19 +185,20 @@ class DumpJob:
 class Writer(threading.Thread):
     """The application writing bravo's users into the pooled database until stopped; records what committed."""
 
-    def __init__(self, w):
+    def __init__(self, w, tenant="bravo"):
         super().__init__(daemon=True)
-        self.w, self.committed, self.refused, self.stop = w, [], 0, threading.Event()
+        self.w, self.tenant, self.committed, self.refused, self.stop = w, tenant, [], 0, threading.Event()
 
     def run(self):
         i = 0
         while not self.stop.is_set():
             i += 1
-            email = f"live{i}@bravo.example"
+            email = f"live{i}@{self.tenant}.example"
             try:
                 with connect(self.w["server"], self.w["pooled"], user="tenancy_app") as c:
-                    c.execute("SELECT tenancy.set_tenant('bravo')")
-                    c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('bravo', %s, 'Live')", (email,))
+                    c.execute("SELECT tenancy.set_tenant(%s)", (self.tenant,))
+                    c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, 'Live')",
+                              (self.tenant, email))
                     c.commit()
                 self.committed.append(email)
             except psycopg.Error:
@@ -323,3 +324,25 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     # the neighbour is untouched in every store
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and objects_of(w["shared"], "bravo/") == w["objects"]["bravo"]
+
+
+def test_offboard_raced_by_a_writer_archives_every_committed_write(fleet):
+    w, s = fleet, fleet["server"]
+    writer = Writer(w, "alpha")
+    writer.start()
+    archive = w["tmp"] / "alpha-archive"
+    try:
+        with pytest.raises(Boom):   # interrupted once, between the export and its verification
+            tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
+                                export_to=str(archive), reach=w["reach"], before_phase=stop_before("verify"))
+        tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
+                            export_to=None, reach=w["reach"])
+    finally:
+        writer.stop.set()
+        writer.join()
+    assert writer.committed and writer.refused, "the writer committed before the freeze and was refused after it"
+    users = (archive / "pooled" / "app.users.csv").read_text()
+    assert sorted(line.split(",")[2] for line in users.splitlines()[1:]) == sorted(
+        ["user0@alpha.example", "user1@alpha.example"] + writer.committed), "every committed write is in the archive"
+    assert emails(s, w["pooled"], "alpha") == [], "and nowhere else"
+    assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
