@@ -21,7 +21,7 @@ from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig
+from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
 from tenancy.lifecycle.record import record_json
@@ -68,6 +68,8 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
 def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: bool = False) -> None:
     """The platform stack. `tenant_facing_only` builds just the components whose exports tenant stacks read
     (network, cluster, edge): the offline plan uses it to feed `--tenant` plans without the pooled tier."""
+    # Refused before anything is declared, whichever tool runs the program (`pulumi up` included).
+    require_catalog_fits(catalog, cfg)
     provider, net, cluster, edge, system_ns = _foundation(env, cfg)
     _export_tenant_facts(env, cfg, net, cluster, edge)
     if tenant_facing_only:
