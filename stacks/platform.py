@@ -9,7 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy, shared_node_account_id
+from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy
 from components.directory import DirectoryArgs, TenantDirectory
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
 from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains, sign_in_host
@@ -50,7 +50,7 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
                               "bucket": naming.shared_bucket(env, cfg.gcp_project), "prefix": f"{t.id}/",
                               "firestore": naming.firestore_database(env, "pooled"),
                               "stack": naming.stack_name(env)}
-        entry["databaseSecrets"] = {"pooled": naming.secret_id(env, "pooled", "tenancy-app")}
+        entry["databaseSecrets"] = {"pooled": naming.database_secret(naming.database_secret_prefix(env), RUNTIME_USER)}
     else:
         hosts = [naming.hostname(t.subdomain, cfg.base_domain)]
         if t.custom_domain:
@@ -61,7 +61,8 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
             "cluster": naming.cluster(env) if t.model is Model.NAMESPACE else naming.cluster(env, t.id),
             "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
             "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id)}
-        entry["databaseSecrets"] = {db: naming.secret_id(env, t.id, f"{db}-tenancy-app") for db in t.plan.databases}
+        entry["databaseSecrets"] = {db: naming.database_secret(naming.database_secret_prefix(env, t.id, db), RUNTIME_USER)
+                                    for db in t.plan.databases}
     return entry
 
 
@@ -87,11 +88,11 @@ def _foundation(env: str, cfg: PlatformConfig):
 
     net = Network("platform", NetworkArgs(project=cfg.gcp_project, region=cfg.region, subnet_cidr=cfg.network_cidr,
                                           pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
-                                          labels=shared_labels), opts=gopts)
+                                          labels=shared_labels, name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
     cluster = GkeCluster("shared", ClusterArgs(
         cluster_name=naming.cluster(env), project=cfg.gcp_project, region=cfg.region, network_id=net.network_id,
         subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
-        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=shared_node_account_id(env),
+        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=naming.node_service_account_id(env),
         labels=shared_labels, groups_domain=cfg.groups_domain, machine_type=cfg.cluster_machine_type,
         min_nodes=cfg.cluster_min_nodes, max_nodes=cfg.cluster_max_nodes, sandbox_pool=True), opts=gopts)
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
@@ -100,7 +101,7 @@ def _foundation(env: str, cfg: PlatformConfig):
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=shared_labels,
-                                 k8s_labels=k8s_labels(env, SHARED)),
+                                 k8s_labels=k8s_labels(env, SHARED), address_name=naming.ingress_address()),
                 opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
@@ -142,7 +143,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     db = PostgresInstance("pooled-db", PostgresArgs(
         instance_name=naming.pooled_sql_instance(env), project=cfg.gcp_project, region=cfg.region,
         network_id=net.network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
-        secret_prefix=naming.secret_id(env, "pooled", "").rstrip("-"), depends_on=[net.private_services]), opts=gopts)
+        secret_prefix=naming.database_secret_prefix(env), depends_on=[net.private_services]), opts=gopts)
     firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
         database_id=naming.firestore_database(env, "pooled"), project=cfg.gcp_project, location=cfg.region), opts=gopts)
     pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(
@@ -161,7 +162,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     _firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
 
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
-        project=cfg.gcp_project, account_id=naming.service_account_id(env, "sql-migrator"),
+        project=cfg.gcp_project, account_id=naming.migrator_service_account_id(env),
         namespace=system_ns.metadata["name"], workload_pool=cluster.workload_pool, labels=k8s_labels(env, SHARED),
         display_name=f"applies the tenancy SQL ({env})", ksa_name="sql-migrator"),
         opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
