@@ -190,7 +190,9 @@ def read_replica(instance_name: str, n: int) -> str:
 # Networks (components/network.py): every physical name is `<prefix>-<role>`. The platform's prefix is
 # `platform`; a dedicated tenant in a project of its own uses `tenant`; one in the platform project uses
 # `network_prefix(env, id)`, so that its names cannot meet the platform's or another tenant's there.
-NETWORK_ROLES = ("vpc", "subnet", "sql-range", "router", "nat")
+# role -> the kind of resource it names (for messages).
+NETWORK_KINDS = {"vpc": "VPC network", "subnet": "subnetwork", "sql-range": "global address", "router": "Cloud Router",
+                 "nat": "Cloud NAT"}
 PLATFORM_NETWORK_PREFIX = "platform"
 OWN_PROJECT_NETWORK_PREFIX = "tenant"
 
@@ -241,11 +243,6 @@ DATABASE_USERS = ("tenancy_owner", "tenancy_app")
 # Every database role a plan may list (catalogue: postgres-1 .. postgres-9).
 DATABASE_ROLES = tuple(f"postgres-{n}" for n in range(1, 10))
 MAX_READ_REPLICAS = 3  # catalogue: dedicated.read_replicas <= 3
-
-
-# What each network role's physical name names (for messages).
-NETWORK_KINDS = {"vpc": "VPC network", "subnet": "subnetwork", "sql-range": "global address", "router": "Cloud Router",
-                 "nat": "Cloud NAT"}
 
 
 def platform_names(env: str, project: str | None = None, base_domain: str | None = None) -> dict[tuple[str, str], str]:
