@@ -27,7 +27,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@touch $@
 
 plan: $(STAMP)
-	$(BIN)/tenancy validate
+	$(BIN)/tenancy validate --env $(ENV)
 	$(BIN)/tenancy plan --env $(ENV) --out $(OUT)
 
 postgres:

@@ -19,6 +19,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from tenancy import naming
+
 # Roles the node service account needs, and no more (the Compute default account has Editor).
 NODE_ROLES = (
     "roles/logging.logWriter",
@@ -69,11 +71,6 @@ class ClusterArgs:
 def security_group(domain: pulumi.Input[str]) -> pulumi.Output[str]:
     """The group GKE reads RBAC group memberships through (Google Groups for RBAC)."""
     return pulumi.Output.concat("gke-security-groups@", domain)
-
-
-def shared_node_account_id(env: str) -> str:
-    """Service account id of the shared cluster's nodes (tenant node pools run as it too)."""
-    return f"{env}-gke-nodes"
 
 
 class GkeCluster(pulumi.ComponentResource):
@@ -152,7 +149,7 @@ class GkeCluster(pulumi.ComponentResource):
         )
         gcp.container.NodePool(
             f"{name}-nodes",
-            name="workloads",
+            name=naming.WORKLOAD_NODE_POOL,
             project=args.project,
             cluster=cluster.name,
             location=args.region,
@@ -164,7 +161,7 @@ class GkeCluster(pulumi.ComponentResource):
         if args.sandbox_pool:
             gcp.container.NodePool(
                 f"{name}-sandbox-nodes",
-                name="sandbox",
+                name=naming.SANDBOX_NODE_POOL,
                 project=args.project,
                 cluster=cluster.name,
                 location=args.region,
@@ -192,7 +189,7 @@ class GkeCluster(pulumi.ComponentResource):
         return sa
 
     def _secrets_key(self, name: str, args: ClusterArgs, child: pulumi.ResourceOptions) -> gcp.kms.CryptoKey:
-        ring = gcp.kms.KeyRing(f"{name}-keyring", name=f"{args.cluster_name}-gke", project=args.project,
+        ring = gcp.kms.KeyRing(f"{name}-keyring", name=naming.cluster_key_ring(args.cluster_name), project=args.project,
                                location=args.region, opts=pulumi.ResourceOptions(parent=self, protect=True))
         key = gcp.kms.CryptoKey(f"{name}-secrets-key", name="etcd-secrets", key_ring=ring.id, rotation_period="7776000s",
                                 labels=args.labels, opts=pulumi.ResourceOptions(parent=self, protect=True))

@@ -8,6 +8,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from tenancy import naming
+
 INGRESS_NAMESPACE = "ingress-nginx"
 CERT_MANAGER_NAMESPACE = "cert-manager"
 CLUSTER_ISSUER = "letsencrypt"
@@ -25,6 +27,8 @@ class EdgeArgs:
     acme_email: str
     labels: dict[str, str]
     k8s_labels: dict[str, str]
+    # The regional address's name (naming.ingress_address): unique in its project.
+    address_name: str
 
 
 class Edge(pulumi.ComponentResource):
@@ -37,7 +41,7 @@ class Edge(pulumi.ComponentResource):
     def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:edge:Edge", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        ip = gcp.compute.Address(f"{name}-ingress-ip", name=f"{name}-ingress", project=args.project, region=args.region,
+        ip = gcp.compute.Address(f"{name}-ingress-ip", name=args.address_name, project=args.project, region=args.region,
                                  address_type="EXTERNAL", network_tier="PREMIUM", labels=args.labels, opts=child)
         self.ip_address = ip.address
         self.zone_name = pulumi.Output.from_input("")
@@ -48,7 +52,7 @@ class Edge(pulumi.ComponentResource):
 
     def _zone(self, name: str, args: EdgeArgs, ip: gcp.compute.Address, child: pulumi.ResourceOptions) -> None:
         zone = gcp.dns.ManagedZone(
-            f"{name}-zone", name=args.base_domain.replace(".", "-"), project=args.project,
+            f"{name}-zone", name=naming.dns_zone(args.base_domain), project=args.project,
             dns_name=f"{args.base_domain}.", visibility="public", dnssec_config={"state": "on"},
             description=f"tenancy platform zone for {args.base_domain}", labels=args.labels,
             force_destroy=False, opts=pulumi.ResourceOptions(parent=self, protect=True))

@@ -1,7 +1,8 @@
 """The VPC every cluster and private database of one project sits in.
 
-Physical names (network, subnet, peering range, router, NAT) start with `name_prefix`: two networks in
-one project (the platform's and dedicated tenants' without their own project) must not share a name.
+Physical names (network, subnet, peering range, router, NAT) are `naming.network_resource(name_prefix, role)`:
+two networks in one project (the platform's and dedicated tenants' without their own project) must not share
+a name.
 """
 
 from __future__ import annotations
@@ -13,10 +14,6 @@ import pulumi_gcp as gcp
 
 from tenancy import naming
 
-# Compute Engine resource names: 1-63 characters.
-NAME_LIMIT = 63
-
-
 @dataclass(frozen=True)
 class NetworkArgs:
     project: str
@@ -25,9 +22,9 @@ class NetworkArgs:
     pods_cidr: str
     services_cidr: str
     labels: dict[str, str]
-    # Prefix of every physical name; None keeps the component's name (the platform's, and tenants in
-    # their own project, whose names predate the prefix).
-    name_prefix: str | None = None
+    # Prefix of every physical name (tenancy/naming.py: PLATFORM_NETWORK_PREFIX, OWN_PROJECT_NETWORK_PREFIX
+    # or network_prefix(env, tenant id)).
+    name_prefix: str
 
 
 class Network(pulumi.ComponentResource):
@@ -41,10 +38,9 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:gcp:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        prefix = args.name_prefix or name
 
         def physical(role: str) -> str:
-            return naming.fit(f"{prefix}-{role}", NAME_LIMIT)
+            return naming.network_resource(args.name_prefix, role)
 
         # Custom-mode network: every subnet is declared here, nothing appears implicitly in new regions.
         vpc = gcp.compute.Network(f"{name}-vpc", name=physical("vpc"), project=args.project,

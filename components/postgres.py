@@ -14,9 +14,10 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from tenancy import naming
+
 # The two roles the tenancy SQL expects: the owner runs migrations, the runtime role is subject to RLS.
-OWNER_USER = "tenancy_owner"
-RUNTIME_USER = "tenancy_app"
+OWNER_USER, RUNTIME_USER = naming.DATABASE_USERS
 DATABASE = "app"
 # Clients check the server's certificate against the instance's CA (`server_ca_cert`): a host on the
 # path cannot pose as the database. `verify-full` is not used because Cloud SQL server certificates
@@ -50,7 +51,7 @@ class PostgresArgs:
     tier: str
     retention_days: int
     labels: dict[str, str]
-    secret_prefix: str
+    secret_prefix: str   # naming.database_secret_prefix(...): each user's secret is named from it
     high_availability: bool = False
     read_replicas: int = 0
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -80,7 +81,7 @@ class PostgresInstance(pulumi.ComponentResource):
         for i in range(args.read_replicas):
             gcp.sql.DatabaseInstance(
                 f"{name}-replica-{i + 1}",
-                name=f"{args.instance_name}-r{i + 1}",
+                name=naming.read_replica(args.instance_name, i + 1),
                 project=args.project,
                 region=args.region,
                 database_version="POSTGRES_15",
@@ -137,7 +138,7 @@ class PostgresInstance(pulumi.ComponentResource):
         gcp.sql.User(f"{name}-{role}", name=user, instance=instance.name, project=args.project,
                      password=secret_value, deletion_policy="ABANDON", opts=child)
         secret = gcp.secretmanager.Secret(
-            f"{name}-{role}-secret", secret_id=f"{args.secret_prefix}-{role}", project=args.project,
+            f"{name}-{role}-secret", secret_id=naming.database_secret(args.secret_prefix, user), project=args.project,
             replication=regional_replication(args.region), labels=args.labels, opts=child)
         gcp.secretmanager.SecretVersion(f"{name}-{role}-secret-v", secret=secret.id, secret_data=secret_value, opts=child)
         return secret.secret_id

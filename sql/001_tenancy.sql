@@ -82,6 +82,31 @@ BEGIN
 END
 $side$;
 
+-- pgAudit: DDL and role changes logged as audit records (pgaudit.log = 'ddl,role'). On Cloud SQL the instance flag
+-- cloudsql.enable_pgaudit loads the library (components/postgres.py sets it, with pgaudit.log); the extension is
+-- then created here, once per database, by the applying role (a cloudsqlsuperuser member there). A server that
+-- does not ship pgaudit (a local PostgreSQL) skips it; one that ships it without preloading it is told how to.
+-- The catalogue views are named unqualified: pg_catalog is searched first unless a search_path lists it later
+-- (tests/test_sql_pgaudit.py does, to stand in for them).
+DO $pgaudit$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgaudit') THEN
+    RETURN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pgaudit') THEN
+    RAISE NOTICE 'pgaudit is not available on this server; DDL and role changes are not audit-logged here';
+    RETURN;
+  END IF;
+  BEGIN
+    CREATE EXTENSION pgaudit;
+  EXCEPTION WHEN object_not_in_prerequisite_state THEN
+    -- pgaudit refuses to load unless it is in shared_preload_libraries.
+    RAISE WARNING 'pgaudit is installed but not preloaded (%); add it to shared_preload_libraries (Cloud SQL: '
+                  'flag cloudsql.enable_pgaudit=on) and apply again', SQLERRM;
+  END;
+END
+$pgaudit$;
+
 SET ROLE tenancy_owner;
 
 CREATE SCHEMA IF NOT EXISTS tenancy;

@@ -13,7 +13,7 @@ import yaml
 
 from tenancy import naming
 from tenancy.catalog import Catalog
-from tenancy.errors import ConfigError, Problem
+from tenancy.errors import CatalogError, ConfigError, Problem
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 STACKS_DIR = Path(__file__).resolve().parent
@@ -152,14 +152,40 @@ def known_environments() -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
 
 
+def offline_platform_config(environment: str) -> PlatformConfig:
+    """The environment's platform config, validated, read from stacks/Pulumi.<env>.yaml without the Pulumi
+    engine (`tenancy validate` and `tenancy plan` check the catalogue against it before anything runs)."""
+    raw = load_stack_config(environment)
+    values = {f.name: raw[f"{NAMESPACE}:{_camel(f.name)}"] for f in fields(PlatformConfig)
+              if f"{NAMESPACE}:{_camel(f.name)}" in raw}
+    return PlatformConfig.validate(values, environment)
+
+
+def require_catalog_fits(catalog: Catalog, cfg: PlatformConfig) -> None:
+    """Raise CatalogError (exit 2, one line per problem) when `check_catalog` finds anything."""
+    problems = check_catalog(catalog, cfg)
+    if problems:
+        raise CatalogError(problems)
+
+
 def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:
-    """Catalogue rules that need the environment's config: a tenant's custom domain must not be a name the
-    platform serves (a hostname under the base domain would route to two tenants, or to the platform and
-    a tenant, and share the platform's certificates and sign-in domain)."""
+    """Catalogue rules that need the environment's config.
+
+    A tenant's custom domain must not be a name the platform serves (a hostname under the base domain
+    would route to two tenants, or to the platform and a tenant, and share the platform's certificates and
+    sign-in domain). A dedicated tenant's project must not be the platform's: the tenant would share the
+    platform's IAM, quotas and audit configuration (leave `project` out to place it in the platform project,
+    where every name carries the tenant)."""
     base = cfg.base_domain.lower().rstrip(".")
     platform_hosts = {naming.hostname(h, base) for h in naming.PLATFORM_HOSTNAMES}
     problems = []
     for t in catalog.tenants:
+        project = t.dedicated.project.id if t.dedicated and t.dedicated.project else None
+        if project is not None and project == cfg.gcp_project:
+            problems.append(Problem(
+                file=str(catalog.path), line=None, subject=f"tenant '{t.id}'", field="dedicated.project.id",
+                message=(f"project '{project}' is the platform's project in environment {cfg.environment}; name a "
+                         "project of the tenant's own, or remove 'project' to place the tenant in the platform project")))
         domain = (t.custom_domain or "").lower().rstrip(".")
         if not domain:
             continue

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy, shared_node_account_id
+from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy
 from components.directory import DirectoryArgs, TenantDirectory
 from tenancy.stores.layout import stores_for
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
@@ -22,7 +22,7 @@ from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig
+from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
 from tenancy.lifecycle.record import record_json
@@ -51,7 +51,7 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
                               "bucket": naming.shared_bucket(env, cfg.gcp_project), "prefix": f"{t.id}/",
                               "firestore": naming.firestore_database(env, "pooled"),
                               "stack": naming.stack_name(env)}
-        entry["databaseSecrets"] = {"pooled": naming.secret_id(env, "pooled", "tenancy-app")}
+        entry["databaseSecrets"] = {"pooled": naming.database_secret(naming.database_secret_prefix(env), RUNTIME_USER)}
     else:
         hosts = [naming.hostname(t.subdomain, cfg.base_domain)]
         if t.custom_domain:
@@ -62,7 +62,8 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
             "cluster": naming.cluster(env) if t.model is Model.NAMESPACE else naming.cluster(env, t.id),
             "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
             "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id)}
-        entry["databaseSecrets"] = {db: naming.secret_id(env, t.id, f"{db}-tenancy-app") for db in t.plan.databases}
+        entry["databaseSecrets"] = {db: naming.database_secret(naming.database_secret_prefix(env, t.id, db), RUNTIME_USER)
+                                    for db in t.plan.databases}
     entry["stores"] = stores_for(t, env, cfg.gcp_project).to_json()   # what moves, exports and is deleted with it
     return entry
 
@@ -70,6 +71,8 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
 def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: bool = False) -> None:
     """The platform stack. `tenant_facing_only` builds just the components whose exports tenant stacks read
     (network, cluster, edge): the offline plan uses it to feed `--tenant` plans without the pooled tier."""
+    # Refused before anything is declared, whichever tool runs the program (`pulumi up` included).
+    require_catalog_fits(catalog, cfg)
     provider, net, cluster, edge, system_ns = _foundation(env, cfg)
     _export_tenant_facts(env, cfg, net, cluster, edge)
     if tenant_facing_only:
@@ -87,11 +90,11 @@ def _foundation(env: str, cfg: PlatformConfig):
 
     net = Network("platform", NetworkArgs(project=cfg.gcp_project, region=cfg.region, subnet_cidr=cfg.network_cidr,
                                           pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
-                                          labels=shared_labels), opts=gopts)
+                                          labels=shared_labels, name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
     cluster = GkeCluster("shared", ClusterArgs(
         cluster_name=naming.cluster(env), project=cfg.gcp_project, region=cfg.region, network_id=net.network_id,
         subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
-        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=shared_node_account_id(env),
+        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=naming.node_service_account_id(env),
         labels=shared_labels, groups_domain=cfg.groups_domain, machine_type=cfg.cluster_machine_type,
         min_nodes=cfg.cluster_min_nodes, max_nodes=cfg.cluster_max_nodes, sandbox_pool=True), opts=gopts)
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
@@ -100,7 +103,7 @@ def _foundation(env: str, cfg: PlatformConfig):
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=shared_labels,
-                                 k8s_labels=k8s_labels(env, SHARED)),
+                                 k8s_labels=k8s_labels(env, SHARED), address_name=naming.ingress_address()),
                 opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
@@ -142,7 +145,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     db = PostgresInstance("pooled-db", PostgresArgs(
         instance_name=naming.pooled_sql_instance(env), project=cfg.gcp_project, region=cfg.region,
         network_id=net.network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
-        secret_prefix=naming.secret_id(env, "pooled", "").rstrip("-"), depends_on=[net.private_services]), opts=gopts)
+        secret_prefix=naming.database_secret_prefix(env), depends_on=[net.private_services]), opts=gopts)
     firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
         database_id=naming.firestore_database(env, "pooled"), project=cfg.gcp_project, location=cfg.region), opts=gopts)
     pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(
@@ -161,7 +164,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     _firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
 
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
-        project=cfg.gcp_project, account_id=naming.service_account_id(env, "sql-migrator"),
+        project=cfg.gcp_project, account_id=naming.migrator_service_account_id(env),
         namespace=system_ns.metadata["name"], workload_pool=cluster.workload_pool, labels=k8s_labels(env, SHARED),
         display_name=f"applies the tenancy SQL ({env})", ksa_name="sql-migrator"),
         opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))

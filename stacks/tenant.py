@@ -14,8 +14,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.cluster import (ClusterArgs, GkeCluster, TenantNodePool, TenantNodePoolArgs, pod_scheduling,
-                                shared_node_account_id)
+from components.cluster import ClusterArgs, GkeCluster, TenantNodePool, TenantNodePoolArgs, pod_scheduling
 from components.edge import CLUSTER_ISSUER, INGRESS_CLASS, INGRESS_NAMESPACE, Edge, EdgeArgs
 from components.identity import sign_in_host
 from components.labels import k8s_labels, labels
@@ -89,7 +88,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         # In the platform project (no project of its own) every physical name carries the tenant: the
         # platform's and other dedicated tenants' networks, routers and addresses live there too.
         in_platform_project = project == platform_project
-        prefix = naming.fit(f"{env}-{tenant.id}", 40) if in_platform_project else None
+        prefix = naming.network_prefix(env, tenant.id) if in_platform_project else naming.OWN_PROJECT_NETWORK_PREFIX
         net = Network("tenant", NetworkArgs(project=project, region=region, subnet_cidr="10.30.0.0/20",
                                             pods_cidr="10.128.0.0/14", services_cidr="10.132.0.0/20",
                                             labels=gcp_labels, name_prefix=prefix), opts=gopts)
@@ -97,7 +96,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
             cluster_name=naming.cluster(env, tenant.id), project=project, region=region, network_id=net.network_id,
             subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
             master_cidr="172.16.32.0/28", authorized_cidr="10.30.0.0/20",
-            node_service_account_id=naming.fit(f"n-{env}-{tenant.id}", naming.LIMITS["service_account"]),
+            node_service_account_id=naming.node_service_account_id(env, tenant.id),
             labels=gcp_labels, groups_domain=facts.groups_domain,
             private_endpoint=bool(tenant.dedicated and tenant.dedicated.private_endpoint),
             machine_type="e2-standard-8", min_nodes=1, max_nodes=10,
@@ -107,9 +106,10 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         workload_pool: pulumi.Input[str] = cluster.workload_pool
         db_deps: list[pulumi.Resource] = [net.private_services]
         edge = Edge("edge", EdgeArgs(project=project, region=region, base_domain=None, acme_email=tenant.admin_email,
-                                     labels=gcp_labels, k8s_labels=kube_labels),
-                    opts=pulumi.ResourceOptions(providers=[provider, k8s_provider],
-                                                transformations=[_prefix_address(prefix)] if prefix else None))
+                                     labels=gcp_labels, k8s_labels=kube_labels,
+                                     address_name=naming.ingress_address(prefix) if in_platform_project
+                                     else naming.ingress_address()),
+                    opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
         if not in_platform_project:
             # The tenant's own project: its object reads and writes are audited there (the platform stack
             # audits the platform project).
@@ -119,9 +119,9 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
         if isolation is NodeIsolation.DEDICATED:
             TenantNodePool("nodes", TenantNodePoolArgs(
-                tenant_id=tenant.id, pool_name=naming.fit(f"t-{tenant.id}", 40), project=platform_project,
+                tenant_id=tenant.id, pool_name=naming.tenant_node_pool(tenant.id), project=platform_project,
                 region=platform_region, cluster_name=facts.cluster_name,
-                node_service_account=f"{shared_node_account_id(env)}@{platform_project}.iam.gserviceaccount.com",
+                node_service_account=naming.service_account_email(naming.node_service_account_id(env), platform_project),
                 labels=gcp_labels), opts=gopts)
     # Where the tenant's pods run: the shared pool, the gVisor pool, or its own pool (components/cluster.py).
     scheduling = pod_scheduling(isolation.value, tenant.id) if tenant.model is Model.NAMESPACE or \
@@ -133,7 +133,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
         role: PostgresInstance(role, PostgresArgs(
             instance_name=naming.sql_instance(env, tenant.id, role), project=project, region=region,
             network_id=network_id, tier=TENANT_DB_TIER[tenant.model], retention_days=tenant.limits.backup_retention_days,
-            labels=gcp_labels, secret_prefix=naming.secret_id(env, tenant.id, role),
+            labels=gcp_labels, secret_prefix=naming.database_secret_prefix(env, tenant.id, role),
             high_availability=tenant.plan.high_availability,
             read_replicas=tenant.dedicated.read_replicas if tenant.dedicated else 0, depends_on=db_deps), opts=gopts)
         for role in tenant.plan.databases
@@ -209,7 +209,7 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
                        gopts: pulumi.ResourceOptions, kopts: pulumi.ResourceOptions) -> None:
     """The same tenancy SQL as the pool, so a tenant's rows can move between them; one Job per database."""
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
-        project=project, account_id=naming.fit(f"m-{env}-{tenant.id}", naming.LIMITS["service_account"]),
+        project=project, account_id=naming.migrator_service_account_id(env, tenant.id),
         namespace=ns.namespace, workload_pool=workload_pool, labels=kube_labels,
         display_name=f"applies the tenancy SQL for {tenant.id} ({env})", ksa_name="sql-migrator"), opts=both)
     files = sql_files()
@@ -229,7 +229,7 @@ def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_la
     settings = tenant.dedicated
     if settings and settings.log_sink:
         sink = gcp.logging.ProjectSink(
-            "log-sink", name=naming.fit(f"tenancy-{env}-{tenant.id}", 100), project=project,
+            "log-sink", name=naming.log_sink(env, tenant.id), project=project,
             destination=settings.log_sink, unique_writer_identity=True,
             filter=f'resource.labels.namespace_name="{naming.namespace(tenant.id)}" OR labels.tenant="{tenant.id}"',
             description=f"logs of tenant {tenant.id} ({env}) to the tenant's own destination", opts=gopts)
@@ -280,7 +280,7 @@ def _tenant_project(tenant: Tenant, env: str, platform_project: str,
         return settings.id, []
     org_provider = gcp.Provider("gcp-org", project=platform_project)
     proj = gcp.organizations.Project(
-        "project", project_id=settings.id, name=naming.fit(f"{tenant.id}", 30), folder_id=settings.folder_id,
+        "project", project_id=settings.id, name=naming.project_display_name(tenant.id), folder_id=settings.folder_id,
         billing_account=settings.billing_account, auto_create_network=False, labels=gcp_labels, deletion_policy="PREVENT",
         opts=pulumi.ResourceOptions(provider=org_provider, protect=True))
     apis = [gcp.projects.Service(f"api-{api.split('.')[0]}", project=proj.project_id, service=api,
@@ -299,7 +299,7 @@ def _neo4j(tenant: Tenant, ns: TenantNamespace, kube_labels: dict[str, str], clu
         "neo4j", name="neo4j", namespace=ns.namespace, chart="neo4j", version=NEO4J_CHART_VERSION,
         repository_opts={"repo": "https://helm.neo4j.com/neo4j"},
         values={
-            "neo4j": {"name": f"graph-{tenant.id}", "passwordFromSecret": "neo4j-auth",
+            "neo4j": {"name": naming.graph_name(tenant.id), "passwordFromSecret": "neo4j-auth",
                       "minimumClusterSize": 3 if clustered else 1,
                       "resources": {"cpu": "500m", "memory": "2Gi"}},
             "volumes": {"data": {"mode": "dynamic", "dynamic": {"storageClassName": "premium-rwo",
@@ -335,13 +335,3 @@ def _routes(tenant: Tenant, ns: TenantNamespace, hosts: list[str], kube_labels: 
 def _own_pool(scheduling: dict | None) -> bool:
     """True when `scheduling` pins pods to a tenant's own node pool (no special runtime needed)."""
     return bool(scheduling) and "runtimeClassName" not in scheduling
-
-
-def _prefix_address(prefix: str):
-    """Gives the Edge's regional address a tenant-derived name (it lives beside the platform's)."""
-    def transform(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
-        if args.type_ != "gcp:compute/address:Address":
-            return None
-        return pulumi.ResourceTransformationResult(props={**args.props, "name": naming.fit(f"{prefix}-ingress", 63)},
-                                                   opts=args.opts)
-    return transform

@@ -309,6 +309,10 @@ class ProjectSettings(Strict):
             raise ValueError("folder_id and billing_account only apply with create: true")
         if not self.create and not self.id:
             raise ValueError("give the existing project's id, or create: true with folder_id and billing_account")
+        if self.create and not self.id:
+            # Without it the stack would create a project named by nobody and place the tenant's resources in
+            # whatever project the provider defaults to.
+            raise ValueError("create: true needs the id of the project to create")
         return self
 
 

@@ -434,14 +434,18 @@ def cmd_db_apply(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from stacks.config import offline_platform_config, require_catalog_fits
     from tenancy.catalog import load_catalog
 
     catalog = load_catalog(args.tenants)
+    # Rules that need the environment (custom domains against its base domain, its platform project).
+    require_catalog_fits(catalog, offline_platform_config(args.env))
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1
     counts = ", ".join(f"{n} {m}" for m, n in sorted(models.items()))
-    print(f"{args.tenants}: valid: {len(catalog.tenants)} tenants ({counts}), {len(catalog.plans)} plans")
+    print(f"{args.tenants}: valid: {len(catalog.tenants)} tenants ({counts}), {len(catalog.plans)} plans; "
+          f"checked against environment {args.env}")
     return EXIT_OK
 
 

@@ -50,6 +50,11 @@ LIMITS = {
     "secret": 255,            # Secret Manager secret id
     "helm_release": 53,       # Helm release names
     "stack": 100,             # Pulumi stack name
+    "cluster": 40,            # GKE cluster: 1-40, letter first (also dedicated tenants' network prefix)
+    "node_pool": 40,          # GKE node pool
+    "compute": 63,            # Compute Engine networks, subnets, addresses, routers, NATs
+    "log_sink": 100,          # Cloud Logging sink id
+    "project_name": 30,       # GCP project display name
 }
 HASH_LEN = 6
 
@@ -129,7 +134,7 @@ def helm_release(tenant_id: str, chart: str) -> str:
 
 def cluster(env: str, tenant_id: str | None = None) -> str:
     """GKE cluster name (1-40 characters, letter first)."""
-    return fit(f"{env}-shared" if tenant_id is None else f"{env}-{tenant_id}", 40)
+    return fit(f"{env}-shared" if tenant_id is None else f"{env}-{tenant_id}", LIMITS["cluster"])
 
 
 def cluster_key_ring(cluster_name: str) -> str:
@@ -137,9 +142,24 @@ def cluster_key_ring(cluster_name: str) -> str:
     return f"{cluster_name}-gke"
 
 
+# Node pools every cluster of the platform has (names are per cluster): the general pool, and the GKE
+# Sandbox (gVisor) pool where a plan asks for it.
+WORKLOAD_NODE_POOL = "workloads"
+SANDBOX_NODE_POOL = "sandbox"
+
+
+def tenant_node_pool(tenant_id: str) -> str:
+    """A namespace tenant's own node pool in the shared cluster (node isolation `dedicated`)."""
+    return fit(f"t-{tenant_id}", LIMITS["node_pool"])
+
+
 def node_service_account_id(env: str, tenant_id: str | None = None) -> str:
     """Service account of a cluster's nodes: the shared cluster's, or a dedicated tenant's."""
     return f"{env}-gke-nodes" if tenant_id is None else fit(f"n-{env}-{tenant_id}", LIMITS["service_account"])
+
+
+def service_account_email(account_id: str, project: str) -> str:
+    return f"{account_id}@{project}.iam.gserviceaccount.com"
 
 
 def migrator_service_account_id(env: str, tenant_id: str | None = None) -> str:
@@ -149,21 +169,87 @@ def migrator_service_account_id(env: str, tenant_id: str | None = None) -> str:
     return fit(f"m-{env}-{tenant_id}", LIMITS["service_account"])
 
 
+def database_secret_prefix(env: str, tenant_id: str | None = None, role: str | None = None) -> str:
+    """Start of the Secret Manager ids of one database's credentials: the pooled database's, or a tenant's
+    instance `role` (postgres-1..)."""
+    if tenant_id is None:
+        return secret_id(env, "pooled", "").rstrip("-")
+    return secret_id(env, tenant_id, role or "")
+
+
+def database_secret(prefix: str, user: str) -> str:
+    """The secret holding database user `user`'s password (`tenancy_app` -> `<prefix>-tenancy-app`)."""
+    return f"{prefix}-{user.replace('_', '-')}"
+
+
+def read_replica(instance_name: str, n: int) -> str:
+    """Read replica `n` (1-based) of a Cloud SQL instance."""
+    return f"{instance_name}-r{n}"
+
+
+# Networks (components/network.py): every physical name is `<prefix>-<role>`. The platform's prefix is
+# `platform`; a dedicated tenant in a project of its own uses `tenant`; one in the platform project uses
+# `network_prefix(env, id)`, so that its names cannot meet the platform's or another tenant's there.
+# role -> the kind of resource it names (for messages).
+NETWORK_KINDS = {"vpc": "VPC network", "subnet": "subnetwork", "sql-range": "global address", "router": "Cloud Router",
+                 "nat": "Cloud NAT"}
+PLATFORM_NETWORK_PREFIX = "platform"
+OWN_PROJECT_NETWORK_PREFIX = "tenant"
+
+
+def network_prefix(env: str, tenant_id: str) -> str:
+    return fit(f"{env}-{tenant_id}", LIMITS["cluster"])
+
+
+def network_resource(prefix: str, role: str) -> str:
+    """Network, subnet, peering range, router or NAT name (Compute Engine names: 1-63 characters)."""
+    return fit(f"{prefix}-{role}", LIMITS["compute"])
+
+
+# The ingress controller's regional address (components/edge.py): `edge-ingress` in the platform project
+# (and in a dedicated tenant's own project), `<network prefix>-ingress` for a tenant in the platform project.
+EDGE = "edge"
+
+
+def ingress_address(prefix: str = EDGE) -> str:
+    return fit(f"{prefix}-ingress", LIMITS["compute"])
+
+
+def dns_zone(base_domain: str) -> str:
+    """The Cloud DNS managed zone of the base domain."""
+    return base_domain.replace(".", "-")
+
+
+def log_sink(env: str, tenant_id: str) -> str:
+    """A dedicated tenant's log sink (to a destination the tenant owns)."""
+    return fit(f"tenancy-{env}-{tenant_id}", LIMITS["log_sink"])
+
+
+def project_display_name(tenant_id: str) -> str:
+    """Display name of a project created for a dedicated tenant (4-30 characters)."""
+    return fit(tenant_id, LIMITS["project_name"])
+
+
+def graph_name(tenant_id: str) -> str:
+    """The Neo4j DBMS name in the tenant's namespace."""
+    return f"graph-{tenant_id}"
+
+
 # Kubernetes namespaces the platform creates in every cluster it runs (components/edge.py).
 PLATFORM_K8S_NAMESPACES = {"ingress-nginx": "ingress controller namespace",
                            "cert-manager": "certificate manager namespace"}
-# The PostgreSQL roles whose passwords are kept in Secret Manager, as they appear in secret ids.
-DATABASE_SECRET_ROLES = ("tenancy-owner", "tenancy-app")
+# The PostgreSQL users whose passwords are kept in Secret Manager (components/postgres.py).
+DATABASE_USERS = ("tenancy_owner", "tenancy_app")
 # Every database role a plan may list (catalogue: postgres-1 .. postgres-9).
 DATABASE_ROLES = tuple(f"postgres-{n}" for n in range(1, 10))
 MAX_READ_REPLICAS = 3  # catalogue: dedicated.read_replicas <= 3
 
 
-def platform_names(env: str, project: str | None = None) -> dict[tuple[str, str], str]:
+def platform_names(env: str, project: str | None = None, base_domain: str | None = None) -> dict[tuple[str, str], str]:
     """(kind, physical name) -> the platform component that owns it: every name the platform stack derives.
 
-    The shared bucket's name includes the platform project, known only from stack config: it is listed
-    when `project` is given."""
+    The shared bucket's name includes the platform project and the DNS zone's the base domain, known only
+    from stack config: they are listed when `project` / `base_domain` are given."""
     names = {
         ("service account", service_account_id(env, "pooled")): "pooled application identity",
         ("service account", migrator_service_account_id(env)): "SQL migrator identity",
@@ -172,21 +258,30 @@ def platform_names(env: str, project: str | None = None) -> dict[tuple[str, str]
         ("Cloud SQL instance", pooled_sql_instance(env)): "pooled PostgreSQL instance",
         ("GKE cluster", cluster(env)): "shared GKE cluster",
         ("KMS key ring", cluster_key_ring(cluster(env))): "shared cluster's secrets key ring",
+        ("node pool", WORKLOAD_NODE_POOL): "shared cluster's node pool",
+        ("node pool", SANDBOX_NODE_POOL): "shared cluster's GKE Sandbox node pool",
+        ("address", ingress_address()): "ingress address",
         ("namespace", POOLED_NAMESPACE): "pooled namespace",
         ("namespace", PLATFORM_NAMESPACE): "system namespace",
     }
-    for role in DATABASE_SECRET_ROLES:
-        names[("secret", f"{secret_id(env, 'pooled', '').rstrip('-')}-{role}")] = "pooled database credentials"
+    for role, kind in NETWORK_KINDS.items():
+        names[(kind, network_resource(PLATFORM_NETWORK_PREFIX, role))] = f"platform {kind}"
+    for user in DATABASE_USERS:
+        names[("secret", database_secret(database_secret_prefix(env), user))] = "pooled database credentials"
     for ns, what in PLATFORM_K8S_NAMESPACES.items():
         names[("namespace", ns)] = what
     if project is not None:
         names[("bucket", shared_bucket(env, project))] = "pooled uploads bucket"
+    if base_domain is not None:
+        names[("DNS zone", dns_zone(base_domain))] = "DNS zone of the base domain"
     return names
 
 
 def tenant_names(env: str, tenant_id: str, roles: tuple[str, ...] = DATABASE_ROLES) -> dict[tuple[str, str], str]:
-    """(kind, physical name) -> what it is, for every name a tenant's stack may derive (any plan; `roles`
-    narrows the database instances to a plan's)."""
+    """(kind, physical name) -> what it is, for every name a tenant's stack may derive from its id (any plan;
+    `roles` narrows the database instances to a plan's). Names that hold no id live only in a dedicated
+    tenant's own project or cluster: `own_scope_names`."""
+    prefix = network_prefix(env, tenant_id)
     names = {
         ("namespace", namespace(tenant_id)): "namespace",
         ("service account", service_account_id(env, tenant_id)): "workload identity",
@@ -197,13 +292,32 @@ def tenant_names(env: str, tenant_id: str, roles: tuple[str, ...] = DATABASE_ROL
         ("GKE cluster", cluster(env, tenant_id)): "GKE cluster",
         ("KMS key ring", cluster_key_ring(cluster(env, tenant_id))): "cluster secrets key ring",
         ("Identity Platform tenant", identity_display_name(tenant_id)): "Identity Platform tenant",
+        ("node pool", tenant_node_pool(tenant_id)): "node pool in the shared cluster",
+        ("address", ingress_address(prefix)): "ingress address in the platform project",
+        ("log sink", log_sink(env, tenant_id)): "log sink",
     }
+    for role, kind in NETWORK_KINDS.items():
+        names[(kind, network_resource(prefix, role))] = f"{kind} in the platform project"
     for role in roles:
-        names[("Cloud SQL instance", sql_instance(env, tenant_id, role))] = f"{role} instance"
-        for replica in range(1, MAX_READ_REPLICAS + 1):  # components/postgres.py names replicas <instance>-r<n>
-            names[("Cloud SQL instance", f"{sql_instance(env, tenant_id, role)}-r{replica}")] = f"{role} read replica"
-        for user in DATABASE_SECRET_ROLES:
-            names[("secret", f"{secret_id(env, tenant_id, role)}-{user}")] = f"{role} credentials"
+        instance = sql_instance(env, tenant_id, role)
+        names[("Cloud SQL instance", instance)] = f"{role} instance"
+        for replica in range(1, MAX_READ_REPLICAS + 1):
+            names[("Cloud SQL instance", read_replica(instance, replica))] = f"{role} read replica"
+        for user in DATABASE_USERS:
+            names[("secret", database_secret(database_secret_prefix(env, tenant_id, role), user))] = f"{role} credentials"
+    return names
+
+
+def own_scope_names() -> dict[tuple[str, str], str]:
+    """Names a dedicated tenant's stack gives inside a scope of its own, the same for every tenant: its own
+    project's network and ingress address, and its own cluster's node pools and system namespaces."""
+    names = {("address", ingress_address()): "ingress address in the tenant's project",
+             ("node pool", WORKLOAD_NODE_POOL): "its cluster's node pool",
+             ("node pool", SANDBOX_NODE_POOL): "its cluster's GKE Sandbox node pool"}
+    for role, kind in NETWORK_KINDS.items():
+        names[(kind, network_resource(OWN_PROJECT_NETWORK_PREFIX, role))] = f"{kind} in the tenant's project"
+    for ns, what in PLATFORM_K8S_NAMESPACES.items():
+        names[("namespace", ns)] = f"its cluster's {what}"
     return names
 
 

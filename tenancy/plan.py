@@ -141,6 +141,8 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     say = progress or (lambda msg: None)
     naming.check_env(env)
     config = _platform_config(env)
+    from stacks.config import offline_platform_config, require_catalog_fits
+    require_catalog_fits(catalog, offline_platform_config(env))
     wanted = list(tenants or [])
     for tid in wanted:
         catalog.tenant(tid)  # unknown ids are bad input before anything runs

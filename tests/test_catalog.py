@@ -262,6 +262,9 @@ def test_dedicated_settings_only_for_dedicated_plans_and_complete():
         "remove the 'dedicated' block")
     assert one(tenant(plan="enterprise", dedicated="{project: {create: true, id: acme-proj-1}}")) == (
         "tenants.yaml:6: tenant 'acme': dedicated.project: create: true needs folder_id and billing_account")
+    assert one(tenant(plan="enterprise", dedicated='{project: {create: true, folder_id: "123456789012", '
+                                                   'billing_account: 01AB23-45CD67-89EF01}}')) == (
+        "tenants.yaml:6: tenant 'acme': dedicated.project: create: true needs the id of the project to create")
 
 
 def test_kms_key_not_on_pooled_plans():

@@ -167,6 +167,77 @@ def test_check_catalog_refuses_custom_domains_the_platform_serves(tmp_path):
     assert check_catalog(load_catalog(ROOT / "tenants.yaml"), _cfg()) == []
 
 
+
+def _cli(capsys, *argv: str) -> tuple[int, list[str], list[str]]:
+    """`tenancy ARGV` through the real entry point: (exit code, stdout lines, stderr lines)."""
+    from tenancy.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err.splitlines()
+
+
+def test_validate_and_plan_refuse_custom_domains_the_platform_serves(tmp_path, capsys):
+    _catalog_with_domains(tmp_path, "auth.dev.saas-example.com", "shop.dev.saas-example.com", "portal.orbit.example")
+    path = tmp_path / "tenants.yaml"
+    expected = [
+        f"{path}: tenant 'ent0': custom_domain: custom domain 'auth.dev.saas-example.com' is the platform's own host "
+        "auth.<baseDomain> in environment dev; use a domain the tenant owns",
+        f"{path}: tenant 'ent1': custom_domain: custom domain 'shop.dev.saas-example.com' is under the platform's base "
+        "domain 'dev.saas-example.com' (dev), where the platform routes tenant subdomains; use a domain the tenant owns, "
+        "or its subdomain instead",
+        "2 problem(s); nothing was planned or applied",
+    ]
+    assert _cli(capsys, "validate", "--tenants", str(path), "--env", "dev") == (2, [], expected)
+    out = tmp_path / "plan"
+    assert _cli(capsys, "plan", "--tenants", str(path), "--env", "dev", "--out", str(out)) == (2, [], expected)
+    assert not out.exists()                                   # refused before any stack program ran
+    # --tenant plans too, even of a tenant whose own domain is fine
+    code, _, err = _cli(capsys, "plan", "--tenants", str(path), "--env", "dev", "--tenant", "ent2", "--out", str(out))
+    assert (code, err) == (2, expected) and not out.exists()
+
+
+def test_the_environment_decides_which_custom_domains_are_the_platforms(tmp_path, capsys):
+    # prod serves saas-example.com itself: a domain dev leaves alone is prod's (stacks/Pulumi.prod.yaml)
+    _catalog_with_domains(tmp_path, "portal.saas-example.com")
+    path = str(tmp_path / "tenants.yaml")
+    code, out, err = _cli(capsys, "validate", "--tenants", path, "--env", "dev")
+    assert (code, err) == (0, [])
+    assert out == [f"{path}: valid: 1 tenants (1 dedicated), 3 plans; checked against environment dev"]
+    assert _cli(capsys, "validate", "--tenants", path, "--env", "prod") == (2, [], [
+        f"{path}: tenant 'ent0': custom_domain: custom domain 'portal.saas-example.com' is under the platform's base "
+        "domain 'saas-example.com' (prod), where the platform routes tenant subdomains; use a domain the tenant owns, "
+        "or its subdomain instead",
+        "1 problem(s); nothing was planned or applied"])
+    # an environment without a platform config cannot be checked: bad input, one line
+    assert _cli(capsys, "validate", "--tenants", path, "--env", "qa") == (2, [], [
+        "error: stacks/Pulumi.qa.yaml not found: environment 'qa' has no platform stack config; known environments: dev, prod"])
+
+
+def test_a_dedicated_tenant_may_not_name_the_platforms_project(tmp_path, capsys):
+    path = tmp_path / "tenants.yaml"
+    path.write_text("version: 1\ntenants:\n"
+                    f"  - {{id: ent0, name: E, plan: enterprise, admin_email: a@b.example, dedicated: {{project: {{id: {PROJECT}}}}}}}\n")
+    problem = (f"{path}: tenant 'ent0': dedicated.project.id: project '{PROJECT}' is the platform's project in environment "
+               "dev; name a project of the tenant's own, or remove 'project' to place the tenant in the platform project")
+    assert [str(p) for p in check_catalog(load_catalog(path), _cfg())] == [problem]
+    assert _cli(capsys, "validate", "--tenants", str(path), "--env", "dev") == (
+        2, [], [problem, "1 problem(s); nothing was planned or applied"])
+    assert _cli(capsys, "validate", "--tenants", str(path), "--env", "prod")[0] == 0   # prod's project is another
+
+
+def test_the_platform_program_refuses_them_too(tmp_path):
+    # `pulumi up` and the lifecycle engines run the program without `tenancy plan`: it checks on its own.
+    from stacks import platform
+    from tenancy.errors import CatalogError
+
+    catalog = _catalog_with_domains(tmp_path, "app.dev.saas-example.com")
+    with pytest.raises(CatalogError) as exc:
+        platform.build("dev", catalog, _cfg())
+    assert [p.field for p in exc.value.problems] == ["custom_domain"]
+    assert "is the platform's own host app.<baseDomain>" in exc.value.problems[0].message
+
+
 # 3 -------------------------------------------------------------------------------------- Cloud SQL
 
 EXPECTED_FLAGS = {

@@ -86,9 +86,19 @@ NAME_INPUTS = {
     "gcp:firestore/database:Database": ("Firestore database", "name"),
     "gcp:sql/databaseInstance:DatabaseInstance": ("Cloud SQL instance", "name"),
     "gcp:container/cluster:Cluster": ("GKE cluster", "name"),
+    "gcp:container/nodePool:NodePool": ("node pool", "name"),
     "gcp:kms/keyRing:KeyRing": ("KMS key ring", "name"),
     "gcp:secretmanager/secret:Secret": ("secret", "secretId"),
     "gcp:storage/bucket:Bucket": ("bucket", "name"),
+    "gcp:compute/network:Network": ("VPC network", "name"),
+    "gcp:compute/subnetwork:Subnetwork": ("subnetwork", "name"),
+    "gcp:compute/globalAddress:GlobalAddress": ("global address", "name"),
+    "gcp:compute/router:Router": ("Cloud Router", "name"),
+    "gcp:compute/routerNat:RouterNat": ("Cloud NAT", "name"),
+    "gcp:compute/address:Address": ("address", "name"),
+    "gcp:dns/managedZone:ManagedZone": ("DNS zone", "name"),
+    "gcp:logging/projectSink:ProjectSink": ("log sink", "name"),
+    "gcp:identityplatform/tenant:Tenant": ("Identity Platform tenant", "displayName"),
     "kubernetes:core/v1:Namespace": ("namespace", "metadata.name"),
 }
 
@@ -105,24 +115,90 @@ def physical_names(stack: dict) -> set[tuple[str, str]]:
     return out
 
 
-def test_platform_names_are_exactly_what_the_platform_stack_creates(sample_plan):
-    # The reserved-id check compares tenant names with `platform_names`: a name the platform stack derives
-    # on its own, without naming.py, would escape it. This keeps the list and the program in step.
-    from tests.conftest import stack_of
-    _, data, _ = sample_plan
-    platform = stack_of(data, "dev")
+def _platform_facts(platform: dict) -> tuple[str, str]:
     project = next(r["inputs"]["project"] for r in platform["resources"] if r["type"] == "pulumi:providers:gcp")
-    assert physical_names(platform) == set(naming.platform_names("dev", project))
+    return project, platform["outputs"]["baseDomain"]
 
 
-def test_tenant_names_cover_every_name_a_tenant_stack_creates(sample_plan):
+def _check_stacks_against_naming(data: dict) -> None:
+    """Every physical name a stack gives is one naming.py derives: the platform's exactly `platform_names`
+    (Identity Platform tenants are the catalogue tenants'), a tenant's its `tenant_names`, plus, for a
+    dedicated tenant, the fixed names of its own cluster and (in a project of its own) its own project."""
+    from tests.conftest import stack_of
+    platform = stack_of(data, "dev")
+    made = {k for k in physical_names(platform) if k[0] != "Identity Platform tenant"}
+    assert made == set(naming.platform_names("dev", *_platform_facts(platform)))
+    for stack in (s for s in data["stacks"] if s["kind"] == "tenant"):
+        allowed = set(naming.tenant_names("dev", stack["tenant"]))
+        if stack["model"] == "dedicated":
+            own_project = stack["outputs"]["project"] != _platform_facts(platform)[0]
+            allowed |= {k for k in naming.own_scope_names()
+                        if own_project or k[0] in ("node pool", "namespace")}
+        missing = physical_names(stack) - allowed
+        assert not missing, f"{stack['name']} creates names naming.py does not derive: {sorted(missing)}"
+
+
+def test_platform_and_tenant_names_are_what_the_stacks_create(sample_plan):
+    # The reserved-id check compares tenant names with `platform_names`: a name a stack derives on its own,
+    # without naming.py, would escape it. This keeps the lists and the programs in step.
     _, data, _ = sample_plan
-    tenant_stacks = [s for s in data["stacks"] if s["kind"] == "tenant"]
-    assert {s["tenant"] for s in tenant_stacks} >= {"acme", "cyberdyne", "stark"}
-    for stack in tenant_stacks:
-        made = {key for key in physical_names(stack) if key[0] != "namespace" or key[1] not in naming.PLATFORM_K8S_NAMESPACES}
-        missing = made - set(naming.tenant_names("dev", stack["tenant"]))
-        assert not missing, f"{stack['name']} creates names naming.tenant_names does not know: {sorted(missing)}"
+    assert {s["tenant"] for s in data["stacks"] if s["kind"] == "tenant"} >= {"acme", "cyberdyne", "stark"}
+    _check_stacks_against_naming(data)
+
+
+LONG_NS = "l" * 44 + "-abcde"      # 50 characters: every derived name that has a limit is shortened
+LONG_DEDICATED = "m" * 44 + "-vwxyz"
+ISOLATED_PLAN = ("{model: namespace, node_isolation: dedicated, limits: {api_rate_limit: 1000, storage_gb: 50, cpu: 4, "
+                 "memory_gb: 8, pods: 50, pvcs: 10, services: 10, backup_retention_days: 30}, "
+                 "features: [core, comments, recommendations], databases: [postgres-1, postgres-2]}")
+# Long ids, ids sharing a prefix, a namespace tenant with its own node pool, dedicated tenants in the platform
+# project (one with read replicas and a log sink) and in a project created for it.
+NAMES_CATALOG = f"""\
+version: 1
+plans:
+  isolated: {ISOLATED_PLAN}
+tenants:
+  - {{id: {LONG_NS}, name: L, plan: isolated, admin_email: a@b.example, operator_group: ops@b.example}}
+  - {{id: {LONG_DEDICATED}, name: M, plan: enterprise, admin_email: a@b.example, custom_domain: portal.m.example,
+     dedicated: {{read_replicas: 2, log_sink: storage.googleapis.com/m-logs}}}}
+  - {{id: stark, name: S, plan: isolated, admin_email: a@b.example}}
+  - {{id: stark-labs, name: SL, plan: standard, admin_email: a@b.example}}
+  - {{id: orbit, name: O, plan: enterprise, admin_email: a@b.example, features: [core]}}
+  - {{id: created, name: C, plan: enterprise, admin_email: a@b.example, features: [core],
+     dedicated: {{project: {{create: true, id: created-proj-123, folder_id: "123456789012",
+                            billing_account: 01AB23-45CD67-89EF01}}}}}}
+  - {{id: tiny, name: T, plan: free, admin_email: a@b.example}}
+"""
+
+
+@pytest.fixture(scope="module")
+def names_plan(tmp_path_factory):
+    from tenancy import plan as planmod
+    from tenancy.catalog import load_catalog
+
+    path = tmp_path_factory.mktemp("names") / "tenants.yaml"
+    path.write_text(NAMES_CATALOG)
+    return planmod.plan(load_catalog(path), "dev", workers=1).to_json()
+
+
+def test_names_of_long_ids_and_tenants_in_the_platform_project_come_from_naming(names_plan):
+    _check_stacks_against_naming(names_plan)
+    from tests.conftest import stack_of
+    made = physical_names(stack_of(names_plan, f"dev.{LONG_DEDICATED}"))
+    prefix = naming.network_prefix("dev", LONG_DEDICATED)
+    assert prefix == "dev-" + "m" * 28 + "--14da38" and naming.cluster("dev", LONG_DEDICATED) == prefix
+    assert {("VPC network", f"{prefix}-vpc"), ("address", f"{prefix}-ingress"), ("log sink", f"tenancy-dev-{LONG_DEDICATED}"),
+            ("Cloud SQL instance", f"dev-{LONG_DEDICATED}-postgres-1-r2"), ("KMS key ring", f"{prefix}-gke"),
+            ("node pool", "workloads")} <= made
+    assert ("node pool", naming.tenant_node_pool(LONG_NS)) in physical_names(stack_of(names_plan, f"dev.{LONG_NS}"))
+    assert naming.tenant_node_pool(LONG_NS) == "t-" + "l" * 30 + "--0287f2"
+    assert ("VPC network", "tenant-vpc") in physical_names(stack_of(names_plan, "dev.created"))
+
+
+def test_the_policy_pack_passes_the_plan_of_long_and_prefix_sharing_ids(names_plan):
+    # Shortened service account names and ids that prefix one another are the tenants' own, not another's.
+    found = [(s["name"], v["policy"], v["message"]) for s in names_plan["stacks"] for v in s["violations"]]
+    assert found == []
 
 
 def test_no_platform_name_is_a_shortened_name():

@@ -216,6 +216,16 @@ def test_prefix_condition_reaches_a_neighbouring_database(plan):
     assert found(plan, "iam-condition-exact") == [] and found(plan, "iam-tenant-scope") == []
 
 
+def test_the_exact_condition_the_stacks_write_does_not_reach_a_neighbour(plan):
+    # `== x || startsWith(x + "/")`: the `==` term names x alone, even beside a startsWith() term.
+    add(plan, "dev.wayne", "gcp:firestore/database:Database", "labs-db",
+        {"name": "dev-stark-labs", "project": PROJECT, "locationId": "europe-west1"}, like="firestore-firestore")
+    path = f"projects/{PROJECT}/databases/dev-stark"
+    assert res(plan, "dev.stark", "app-firestore")["inputs"]["condition"]["expression"] == (
+        f'resource.name == "{path}" || resource.name.startsWith("{path}/")')
+    assert found(plan, "iam-tenant-scope") == [] and found(plan, "iam-condition-exact") == []
+
+
 # --------------------------------------------------------------------------------------- Kubernetes
 
 def test_network_policy_open_to_every_namespace_or_address(plan):
