@@ -20,6 +20,7 @@ from tenancy.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_ENV = "TENANCY_CATALOG"
 NOTES_ENV = "TENANCY_NOTES"   # JSON file of deployment notes that travel with the catalogue (lifecycle commands)
+PLACEMENTS_ENV = "TENANCY_PLACEMENTS"   # JSON file of the deployed placements (tenancy/fleet), likewise
 
 
 def catalog_path() -> Path:
@@ -77,4 +78,6 @@ async def _main_async() -> None:
     catalog = load_catalog(catalog_path())
     if os.environ.get(NOTES_ENV):
         catalog = dataclasses.replace(catalog, notes=json.loads(Path(os.environ[NOTES_ENV]).read_text()))
+    if os.environ.get(PLACEMENTS_ENV):
+        catalog = dataclasses.replace(catalog, placements=json.loads(Path(os.environ[PLACEMENTS_ENV]).read_text()))
     await program(pulumi.get_stack(), catalog)()

@@ -25,6 +25,8 @@ from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
+from tenancy.fleet.capacity import Capacity
+from tenancy.fleet.placement import Placement, TenantPlacement, place
 from tenancy.lifecycle.record import record_json
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -42,15 +44,19 @@ def registration(t: Tenant) -> Registration:
     return Registration(id=t.id, plan=t.plan_name, model=t.model.value, state=t.state.value)
 
 
-def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
-    """Where a tenant lives and which secrets (by name) hold its database credentials."""
+def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None) -> dict[str, Any]:
+    """Where a tenant lives and which secrets (by name) hold its database credentials. `placed`: its cell,
+    pool shard and data project (tenancy/fleet); the physical names follow from them."""
+    placed = placed or TenantPlacement()
     entry: dict[str, Any] = {"name": t.name, "plan": t.plan_name, "model": t.model.value, "state": t.state.value}
     if t.model is Model.POOLED:
         entry["hostnames"] = [naming.hostname("app", cfg.base_domain)]
         entry["placement"] = {"cluster": naming.cluster(env), "namespace": naming.POOLED_NAMESPACE,
                               "bucket": naming.shared_bucket(env, cfg.gcp_project), "prefix": f"{t.id}/",
                               "firestore": naming.firestore_database(env, "pooled"),
-                              "stack": naming.stack_name(env)}
+                              "stack": naming.stack_name(env), **placed.to_json()}
+        if placed.pool_shard:
+            entry["placement"]["database"] = naming.pool_shard_instance(env, placed.pool_shard)
         entry["databaseSecrets"] = {"pooled": naming.database_secret(naming.database_secret_prefix(env), RUNTIME_USER)}
     else:
         hosts = [naming.hostname(t.subdomain, cfg.base_domain)]
@@ -58,10 +64,12 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig) -> dict[str, Any]:
             hosts.append(t.custom_domain)
         project = (t.dedicated.project.id if t.dedicated and t.dedicated.project else None) or cfg.gcp_project
         entry["hostnames"] = hosts
+        cluster = naming.cluster(env, t.id)
+        if t.model is Model.NAMESPACE:
+            cluster = naming.cell_cluster(env, placed.cell) if placed.cell else naming.cluster(env)
         entry["placement"] = {
-            "cluster": naming.cluster(env) if t.model is Model.NAMESPACE else naming.cluster(env, t.id),
-            "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
-            "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id)}
+            "cluster": cluster, "namespace": naming.namespace(t.id), "project": project, "bucket": naming.bucket(env, t.id),
+            "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id), **placed.to_json()}
         entry["databaseSecrets"] = {db: naming.database_secret(naming.database_secret_prefix(env, t.id, db), RUNTIME_USER)
                                     for db in t.plan.databases}
     entry["stores"] = stores_for(t, env, cfg.gcp_project).to_json()   # what moves, exports and is deleted with it
@@ -73,14 +81,18 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     (network, cluster, edge): the offline plan uses it to feed `--tenant` plans without the pooled tier."""
     # Refused before anything is declared, whichever tool runs the program (`pulumi up` included).
     require_catalog_fits(catalog, cfg)
+    # Every tenant's cell, pool shard and data project, before anything is built: a full environment or an
+    # impossible pin stops the program with the capacity to add. Deployed tenants keep their placement.
+    placement = None if tenant_facing_only else place(catalog, Capacity.from_pulumi(env, cfg.gcp_project))
     provider, net, cluster, edge, system_ns = _foundation(env, cfg)
     _export_tenant_facts(env, cfg, net, cluster, edge)
-    if tenant_facing_only:
+    if placement is None:
         return
-    directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns)
+    directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns, placement)
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
-    # The catalogue this deployment applied: lifecycle commands start from it, never from tenants.yaml alone.
-    pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog))
+    # The catalogue this deployment applied, and where it placed each tenant: lifecycle commands start from it,
+    # never from tenants.yaml alone, and later deployments keep every placed tenant where it is.
+    pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog, placement.to_json()))
 
 
 def _foundation(env: str, cfg: PlatformConfig):
@@ -134,7 +146,7 @@ def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: G
 
 
 def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, provider: gcp.Provider, net: Network,
-                               cluster: GkeCluster, system_ns: k8s.core.v1.Namespace) -> TenantDirectory:
+                               cluster: GkeCluster, system_ns: k8s.core.v1.Namespace, placement: Placement) -> TenantDirectory:
     gopts = pulumi.ResourceOptions(provider=provider)
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
@@ -190,7 +202,7 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
         tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]), opts=gopts)
     directory = TenantDirectory("directory", DirectoryArgs(
         namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
-        entries={t.id: directory_entry(t, env, cfg) for t in directory_tenants},
+        entries={t.id: directory_entry(t, env, cfg, placement.tenants.get(t.id)) for t in directory_tenants},
         identity_tenants=identity.tenant_names), opts=kopts)
     return directory
 

@@ -339,6 +339,71 @@ class DedicatedSettings(Strict):
         return v
 
 
+class PlacementPin(Strict):
+    """An operator's choice of where a new tenant goes (tenancy/fleet); absent keys are placed by capacity.
+
+    Only decides where a tenant is first placed: once deployed, a tenant stays where it is until
+    `tenancy place` moves it."""
+
+    cell: str | None = Field(default=None, description="namespace plans: the cell (shared cluster) hosting the tenant's "
+                             "namespace, e.g. cell-2")
+    pool_shard: str | None = Field(default=None, description="pooled plans: the pool shard (pooled database) holding "
+                                   "the tenant's rows, e.g. pool-1")
+    data_project: str | None = Field(default=None, description="namespace plans: the GCP project holding the tenant's "
+                                     "Cloud SQL instances (the platform project or one of tenancy:dataProjects)")
+
+    @field_validator("cell")
+    @classmethod
+    def _cell(cls, v: str | None) -> str | None:
+        if v is not None and not naming.CELL_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a cell name; cells are named cell-1, cell-2, ...")
+        return v
+
+    @field_validator("pool_shard")
+    @classmethod
+    def _pool_shard(cls, v: str | None) -> str | None:
+        if v is not None and not naming.POOL_SHARD_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a pool shard name; pool shards are named pool-1, pool-2, ...")
+        return v
+
+    @field_validator("data_project")
+    @classmethod
+    def _data_project(cls, v: str | None) -> str | None:
+        if v is not None and not GCP_PROJECT_PATTERN.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a GCP project id (6-30 characters: lowercase letters, digits, hyphens; "
+                             "starts with a letter)")
+        return v
+
+    def pins(self) -> dict[str, str]:
+        """The keys set, as written."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+# Which placement keys apply to which model (tenancy/fleet places the others).
+PLACEMENT_KEYS: dict[Model, tuple[str, ...]] = {
+    Model.POOLED: ("pool_shard",),
+    Model.NAMESPACE: ("cell", "data_project"),
+    Model.DEDICATED: (),
+}
+
+
+def fit_entry_to_model(entry: dict[str, Any], model: Model) -> None:
+    """A tenant's catalogue entry (as tenants.yaml says it) without the fields its plan's model does not allow:
+    what a plan change keeps of the entry."""
+    if model is not Model.DEDICATED:
+        entry.pop("dedicated", None)
+        entry.pop("custom_domain", None)
+    if model is Model.POOLED:
+        entry.pop("kms_key", None)
+        entry.pop("operator_group", None)
+    if isinstance(entry.get("placement"), dict):
+        kept = {k: v for k, v in entry["placement"].items() if k in PLACEMENT_KEYS[model]}
+        if kept:
+            entry["placement"] = kept
+        else:
+            entry.pop("placement")
+
+
 def check_name(value: str, what: str) -> str:
     """The id/subdomain rule; the message names the value and the fix."""
     if not isinstance(value, str):
@@ -387,6 +452,9 @@ class TenantSpec(Strict):
         description="customer-managed key for the tenant's bucket (namespace and dedicated plans)",
     )
     dedicated: DedicatedSettings | None = Field(default=None, description="dedicated plans only")
+    placement: PlacementPin | None = Field(
+        default=None, description="where a new tenant goes (a cell, pool shard or data project); absent: placed by "
+        "capacity. A deployed tenant stays where it is until `tenancy place` moves it")
 
     @field_validator("id")
     @classmethod
@@ -466,6 +534,7 @@ class Tenant:
     limit_overrides: Mapping[str, float] = field(default_factory=dict)   # as written in the catalogue
     operator_group: str | None = None                                     # Google Group of the tenant's operators
     explicit_features: tuple[Feature, ...] | None = None                  # as written (None: the plan's)
+    placement: PlacementPin | None = None                                 # operator's pins (tenancy/fleet)
 
     @property
     def model(self) -> Model:
@@ -489,6 +558,9 @@ class Catalog:
     # Deployment notes carried with a deployed catalogue (tenant id -> {"movedFrom", "movedTo", "moveId"}):
     # what the lifecycle commands know that tenants.yaml does not say. Never part of the file.
     notes: Mapping[str, Any] = field(default_factory=dict)
+    # Deployed placements (tenant id -> {"cell", "poolShard", "dataProject"}, tenancy/fleet): where each tenant
+    # already is. Carried with a deployed catalogue, never part of the file; new tenants are placed around them.
+    placements: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def tenant(self, tenant_id: str) -> Tenant:
         for t in self.tenants:
@@ -893,6 +965,14 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
     if spec.operator_group and plan.model is Model.POOLED:
         bad("operator_group", "a pooled plan has no namespace or cluster of the tenant's own for operators to run; "
             "remove operator_group or move the tenant to a namespace or dedicated plan")
+    if spec.placement is not None:
+        allowed = PLACEMENT_KEYS[plan.model]
+        for key in spec.placement.pins():
+            if key not in allowed:
+                fix = (f"pin {' or '.join(allowed)} instead" if allowed else
+                       "a dedicated tenant has its own cluster and project; remove 'placement'")
+                bad(f"placement.{key}", f"plan '{spec.plan}' is {plan.model.value}, and {key} applies to "
+                    f"{'pooled' if key == 'pool_shard' else 'namespace'} plans only; {fix}")
     if spec.features is not None:
         extra = [f.value for f in spec.features if f not in plan.features]
         if extra:
@@ -910,8 +990,31 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
         subdomain=spec.subdomain or spec.id, custom_domain=spec.custom_domain, admin_email=spec.admin_email,
         region=spec.region, features=tuple(features), limits=Limits(**limits), kms_key=spec.kms_key,
         dedicated=spec.dedicated, limit_overrides=spec.limits.set_values(), explicit_features=spec.features,
-        operator_group=spec.operator_group,
+        operator_group=spec.operator_group, placement=spec.placement,
     )
+
+
+def entry_lines(path: str | Path, key: str) -> dict[str, int]:
+    """tenant id -> the 1-based line of that tenant's `key` in the catalogue file ({} when it cannot be read):
+    for messages about a catalogue already loaded."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=_BaseLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return out
+    for k, value in node.value:
+        if k.value != "tenants" or not isinstance(value, yaml.SequenceNode):
+            continue
+        for item in value.value:
+            if not isinstance(item, yaml.MappingNode):
+                continue
+            fields = {f.value: v for f, v in item.value}
+            tid = getattr(fields.get("id"), "value", None)
+            if isinstance(tid, str) and key in fields:
+                out.setdefault(tid, fields[key].start_mark.line + 1)
+    return out
 
 
 def load_catalog(path: str | Path = "tenants.yaml") -> Catalog:
@@ -964,6 +1067,8 @@ def to_document(catalog: Catalog) -> dict[str, Any]:
             doc["limits"] = dict(t.limit_overrides)
         if t.dedicated is not None:
             doc["dedicated"] = t.dedicated.model_dump(mode="json", exclude_defaults=True)
+        if t.placement is not None:
+            doc["placement"] = t.placement.pins()
         tenants.append(doc)
     return {"version": CATALOG_VERSION, "plans": plans, "tenants": tenants}
 
@@ -976,10 +1081,5 @@ def with_tenant(catalog: Catalog, tenant_id: str, **changes: Any) -> Catalog:
         if t["id"] == tenant_id:
             t.update({k: v for k, v in changes.items() if v is not None})
             if "plan" in changes and changes["plan"] and catalog.plans.get(changes["plan"]):
-                if catalog.plans[changes["plan"]].model is not Model.DEDICATED:
-                    t.pop("dedicated", None)
-                    t.pop("custom_domain", None)
-                if catalog.plans[changes["plan"]].model is Model.POOLED:
-                    t.pop("kms_key", None)
-                    t.pop("operator_group", None)
+                fit_entry_to_model(t, catalog.plans[changes["plan"]].model)
     return parse_catalog(yaml.safe_dump(doc, sort_keys=False), catalog.path)

@@ -253,10 +253,17 @@ class AutomationEngine:
         path.write_text(json.dumps(dict(catalog.notes), sort_keys=True))
         return str(path)
 
+    def _placements_file(self, catalog: Catalog) -> str:
+        """The deployed placements the platform program keeps (tenancy/fleet/placement.py)."""
+        path = self._tmp / f"placements-{threading.get_ident()}.json"
+        path.write_text(json.dumps({k: dict(v) for k, v in catalog.placements.items()}, sort_keys=True))
+        return str(path)
+
     def _stack(self, name: str, catalog: Catalog):
         from pulumi import automation as auto
 
-        env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog), "TENANCY_NOTES": self._notes_file(catalog)}
+        env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog), "TENANCY_NOTES": self._notes_file(catalog),
+               "TENANCY_PLACEMENTS": self._placements_file(catalog)}
         ws = auto.LocalWorkspace(work_dir=str(self.project_dir), pulumi_home=str(self._home()), env_vars=env,
                                  pulumi_command=self.command)
         try:

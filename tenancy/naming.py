@@ -35,6 +35,12 @@ PLATFORM_WORDS: dict[str, str] = {
     "directory": "tenant directory",
 }
 
+# The fleet's capacity units (tenancy/fleet): cells host namespace tenants, pool shards pooled tenants. A tenant
+# id of that shape would read as one of them in every name, label and directory entry.
+CELL_PATTERN = re.compile(r"cell-[1-9][0-9]{0,3}")
+POOL_SHARD_PATTERN = re.compile(r"pool-[1-9][0-9]{0,3}")
+UNIT_ID = re.compile(r"(cell|pool)-[0-9]+")
+
 ENV_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 STACK_SEPARATOR = "."
 
@@ -135,6 +141,32 @@ def helm_release(tenant_id: str, chart: str) -> str:
 def cluster(env: str, tenant_id: str | None = None) -> str:
     """GKE cluster name (1-40 characters, letter first)."""
     return fit(f"{env}-shared" if tenant_id is None else f"{env}-{tenant_id}", LIMITS["cluster"])
+
+
+def cell(index: int) -> str:
+    """The name of cell `index` (1-based): `cell-1`, `cell-2`, ..."""
+    return f"cell-{index}"
+
+
+def pool_shard(index: int) -> str:
+    """The name of pool shard `index` (1-based): `pool-1`, `pool-2`, ..."""
+    return f"pool-{index}"
+
+
+def unit_index(name: str) -> int:
+    """1 for `cell-1` or `pool-1`."""
+    return int(name.rsplit("-", 1)[1])
+
+
+def cell_cluster(env: str, cell_name: str) -> str:
+    """The GKE cluster of a cell. Cell 1 is the environment's original shared cluster (`<env>-shared`), so
+    existing environments keep their cluster; later cells are `<env>-cell-<n>`."""
+    return cluster(env) if cell_name == cell(1) else fit(f"{env}-{cell_name}", 40)
+
+
+def pool_shard_instance(env: str, shard_name: str) -> str:
+    """The Cloud SQL instance of a pool shard. Pool shard 1 is the original pooled instance."""
+    return pooled_sql_instance(env) if shard_name == pool_shard(1) else fit(f"{env}-{shard_name}-postgres", LIMITS["sql_instance"])
 
 
 def cluster_key_ring(cluster_name: str) -> str:
@@ -336,7 +368,8 @@ def platform_collision(tenant_id: str) -> str | None:
 
     Reasons, in order: a physical name equal to one of the platform's (derived, not listed by hand);
     an id ending in '-pooled', whose bucket `<env>-<id>-uploads` equals the shared bucket
-    `<project>-<env>-pooled-uploads` for some platform project; a word that names a platform part."""
+    `<project>-<env>-pooled-uploads` for some platform project; a word that names a platform part; the
+    shape of a cell or pool shard name (`cell-2`, `pool-7`)."""
     for env in _CHECK_ENVS:
         # Every tenant-derived name holds the id verbatim, or is shortened and holds '--' (which no platform
         # name does): an id that appears in no platform name cannot produce one. Keeps the check O(1)-ish
@@ -352,6 +385,9 @@ def platform_collision(tenant_id: str) -> str | None:
                 "(<project>-<env>-pooled-uploads)")
     if tenant_id in PLATFORM_WORDS:
         return f"it is the name of the platform's {PLATFORM_WORDS[tenant_id]}"
+    if UNIT_ID.fullmatch(tenant_id):
+        kind = "cell (a shared cluster)" if tenant_id.startswith("cell") else "pool shard (a pooled database)"
+        return f"it has the shape of the name of a platform {kind}"
     return None
 
 

@@ -13,6 +13,10 @@ The platform stack exports the catalogue it was last deployed with (`deployedRec
   until it is offboarded). Those are held at their deployed values and reported as pending, with the
   command that makes them.
 
+The record also holds where the deployment placed each tenant (cell, pool shard, data project; tenancy/fleet),
+carried as `Catalog.placements`: placement never recomputes a placed tenant, and only `tenancy place` changes
+one. A pin in tenants.yaml that disagrees with a deployed placement is reported as pending.
+
 Notes record a completed tier move ("movedFrom", "movedTo", "moveId") until `tenants.yaml` names the new
 plan, so `tenancy moves` does not offer the reverse move in the meantime.
 """
@@ -28,7 +32,7 @@ from typing import Any
 import yaml
 
 from tenancy import naming
-from tenancy.catalog import Catalog, Model, State, parse_catalog, to_document
+from tenancy.catalog import Catalog, Model, State, entry_lines, fit_entry_to_model, parse_catalog, to_document
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import CatalogError, TenancyError
 
@@ -46,7 +50,7 @@ class Pending:
     """A difference between the catalogue and the deployment that only an explicit command resolves."""
 
     tenant: str
-    kind: str            # move | state | removed | offboarded | catalog-behind
+    kind: str            # move | state | removed | offboarded | catalog-behind | placement
     message: str
     command: str | None = None
 
@@ -60,9 +64,11 @@ class Deployed:
         return self.catalog is not None and any(t.id == tenant_id for t in self.catalog.tenants)
 
 
-def record_json(catalog: Catalog) -> str:
-    """What the platform program exports: the catalogue it was given, and its notes."""
-    return json.dumps({"catalog": to_document(catalog), "notes": dict(catalog.notes)}, sort_keys=True)
+def record_json(catalog: Catalog, placements: dict[str, dict[str, str]] | None = None) -> str:
+    """What the platform program exports: the catalogue it was given, its notes, and where it placed each
+    tenant (tenancy/fleet: tenant id -> {"cell", "poolShard", "dataProject"})."""
+    return json.dumps({"catalog": to_document(catalog), "notes": dict(catalog.notes),
+                       "placements": dict(placements if placements is not None else catalog.placements)}, sort_keys=True)
 
 
 def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
@@ -79,7 +85,12 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
         catalog = parse_catalog(yaml.safe_dump(data["catalog"], sort_keys=False), f"{naming.stack_name(env)}:{RECORD_OUTPUT}")
     except CatalogError as exc:
         raise RecordError(f"the deployed record of '{naming.stack_name(env)}' no longer validates: {exc}") from None
-    return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {})), directory)
+    placements = data.get("placements")
+    if placements is None:
+        # Recorded before placement existed: every tenant is in the one shared cluster, pooled instance and project.
+        from tenancy.fleet.placement import legacy
+        placements = legacy(catalog, outputs.get("gcpProject") or "")
+    return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {}), placements=placements), directory)
 
 
 def _crosses(a: Model, b: Model) -> bool:
@@ -95,12 +106,7 @@ def _set_plan(entry: dict, plans: dict, plan: str) -> None:
     """The entry on another plan, without the fields that plan's model does not allow."""
     entry["plan"] = plan
     model = plans[plan]["model"] if isinstance(plans.get(plan), dict) else None
-    if model != Model.DEDICATED.value:
-        entry.pop("dedicated", None)
-        entry.pop("custom_domain", None)
-    if model == Model.POOLED.value:
-        entry.pop("kms_key", None)
-        entry.pop("operator_group", None)
+    fit_entry_to_model(entry, Model(model) if model in {m.value for m in Model} else Model.NAMESPACE)
 
 
 def _plans_doc(catalog: Catalog) -> dict[str, dict]:
@@ -158,16 +164,22 @@ def for_deploy(desired: Catalog, deployed: Deployed) -> tuple[Catalog, list[Pend
             pending.append(Pending(was.id, "state", f"tenant '{was.id}' is offboarded in tenants.yaml but still deployed; "
                                    "offboarding exports and deletes its data, which a deploy never does",
                                    f"tenancy offboard {was.id} --export-to DIR"))
+    from tenancy.fleet.placement import pin_conflicts
+    placements = dict(base.placements)
+    for c in pin_conflicts(dataclasses.replace(desired, placements=placements)):
+        pending.append(Pending(c.tenant, "placement", c.message, c.command))
     effective = parse_catalog(yaml.safe_dump(doc, sort_keys=False), desired.path)
-    return dataclasses.replace(effective, notes=notes), pending
+    return dataclasses.replace(effective, notes=notes, placements=placements), pending
 
 
 def for_tenant(deployed: Deployed, desired: Catalog, tenant_id: str, *, plan: str | None = None,
-               state: str | None = None, from_catalog: bool = False, note: dict | None = None) -> Catalog:
+               state: str | None = None, from_catalog: bool = False, note: dict | None = None,
+               placement: dict[str, str] | None = None) -> Catalog:
     """The deployed catalogue with one tenant changed and nothing else.
 
     `from_catalog`: take that tenant's entry from tenants.yaml (an upgrade applies the tenant's desired
-    settings for its new plan); otherwise its deployed entry is kept and only `plan`/`state` change."""
+    settings for its new plan); otherwise its deployed entry is kept and only `plan`/`state` change.
+    `placement`: the tenant's new recorded placement (`tenancy place`); every other tenant keeps its own."""
     base = deployed.catalog
     if base is None:
         return desired
@@ -187,7 +199,10 @@ def for_tenant(deployed: Deployed, desired: Catalog, tenant_id: str, *, plan: st
     notes = dict(base.notes)
     if note is not None:
         notes[tenant_id] = note
-    return dataclasses.replace(changed, notes=notes)
+    placements = dict(base.placements)
+    if placement is not None:
+        placements[tenant_id] = dict(placement)
+    return dataclasses.replace(changed, notes=notes, placements=placements)
 
 
 def require_active_tenant(deployed: Deployed, desired: Catalog, env: str, tenant_id: str) -> None:
@@ -211,19 +226,4 @@ def _line_hint(path: str, tenant_id: str, plan: str) -> str:
 
 def plan_line(path: str | Path, tenant_id: str) -> int | None:
     """The 1-based line of the tenant's `plan:` key in the catalogue file (None when it cannot be read)."""
-    try:
-        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key, value in node.value:
-        if key.value != "tenants" or not isinstance(value, yaml.SequenceNode):
-            continue
-        for item in value.value:
-            if not isinstance(item, yaml.MappingNode):
-                continue
-            fields = {k.value: v for k, v in item.value}
-            if getattr(fields.get("id"), "value", None) == tenant_id and "plan" in fields:
-                return fields["plan"].start_mark.line + 1
-    return None
+    return entry_lines(path, "plan").get(tenant_id)

@@ -1,0 +1,357 @@
+"""Where each tenant lives: its cell (namespace tenants), pool shard (pooled tenants) and data project
+(namespace tenants' Cloud SQL instances). Dedicated tenants have their own cluster and need none.
+
+Rules, in the order they apply:
+
+1. **Sticky.** A tenant with a deployed placement (the platform stack's deployed record, carried as
+   `Catalog.placements`) stays there. Nothing in tenants.yaml, and no other tenant, moves it; only
+   `tenancy place` does (tenancy/fleet/relocate.py). A deployed tenant counts against its unit even when the
+   unit's capacity was lowered below its load since.
+2. **Pinned.** A new tenant's `placement:` in tenants.yaml is honoured when the unit exists, is built and
+   has room; otherwise the tenant is refused (never silently placed elsewhere).
+3. **Placed.** Every other new tenant goes to the lowest-numbered built unit with room for it: cells and
+   shards fill in order, so a new cell or shard is used once the earlier ones are full and a freed slot is
+   reused first. Tenants are taken in order of their ids, so the result does not depend on the order of
+   tenants.yaml, and a new tenant only ever takes free room: it cannot move a placed one.
+
+Room: a cell holds `tenancy:cellCapacity` namespaces, a pool shard `tenancy:poolShardCapacity` pooled
+tenants, a data project `tenancy:dataProjectInstances` Cloud SQL instances (a tenant takes one per database
+of its plan: three for `standard`). The platform project also holds each pool shard's instance and the
+instances of dedicated tenants without a project of their own (with their read replicas).
+
+When new tenants do not fit, placement fails as a whole, naming the tenants, the units that are full and the
+key in stacks/Pulumi.<env>.yaml that adds capacity: nothing is planned or applied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from tenancy import naming
+from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
+from tenancy.errors import TenancyError
+from tenancy.fleet.capacity import CURRENT_LAYOUT, Capacity, Layout
+
+# TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
+JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject"}
+# TenantPlacement field -> `tenancy place` option.
+OPTIONS = {"cell": "--cell", "pool_shard": "--pool-shard", "data_project": "--data-project"}
+
+
+class PlacementError(TenancyError):
+    """New tenants that cannot be placed (a full environment, or a pin that cannot be honoured)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class TenantPlacement:
+    cell: str | None = None
+    pool_shard: str | None = None
+    data_project: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {JSON_KEYS[k]: v for k, v in (("cell", self.cell), ("pool_shard", self.pool_shard),
+                                             ("data_project", self.data_project)) if v}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str] | None) -> "TenantPlacement":
+        data = data or {}
+        return cls(**{k: data[j] for k, j in JSON_KEYS.items() if isinstance(data.get(j), str)})
+
+    def describe(self) -> str:
+        parts = []
+        if self.cell:
+            parts.append(self.cell)
+        if self.pool_shard:
+            parts.append(self.pool_shard)
+        if self.data_project:
+            parts.append(f"data project {self.data_project}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class PinConflict:
+    """A deployed tenant whose pin in tenants.yaml names another unit than the one it is in."""
+
+    tenant: str
+    key: str            # TenantPlacement field
+    pinned: str
+    deployed: str
+
+    @property
+    def message(self) -> str:
+        return (f"tenant '{self.tenant}' is pinned to {self.pinned} (placement.{self.key}) in tenants.yaml but deployed "
+                f"in {self.deployed}; a deploy never moves a placed tenant")
+
+    @property
+    def command(self) -> str:
+        return f"tenancy place {self.tenant} {OPTIONS[self.key]} {self.pinned}"
+
+
+@dataclass
+class Units:
+    """The units of one kind (cells, pool shards or data projects) and how much each holds."""
+
+    kind: str                      # Layout attribute: cells | pool_shards | data_projects
+    key: str                       # TenantPlacement field: cell | pool_shard | data_project
+    names: list[str]
+    capacity: int
+    unit: str                      # "cell", "pool shard", "data project"
+    holds: str                     # what the capacity counts
+    load: dict[str, int] = field(default_factory=dict)
+    built: dict[str, bool] = field(default_factory=dict)
+    _next: dict[int, int] = field(default_factory=dict)   # cost -> first index that may still have room
+
+    def __post_init__(self) -> None:
+        self.load = {n: 0 for n in self.names}
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def room(self, name: str) -> int:
+        return self.capacity - self.load[name]
+
+    def take_first(self, cost: int) -> str | None:
+        """The lowest-numbered built unit with room for `cost`, charged; None when none has room. Loads
+        only grow while new tenants are placed, so a unit without room for `cost` never gets it back."""
+        i = self._next.get(cost, 0)
+        while i < len(self.names) and (not self.built[self.names[i]] or self.room(self.names[i]) < cost):
+            i += 1
+        self._next[cost] = i
+        if i == len(self.names):
+            return None
+        self.load[self.names[i]] += cost
+        return self.names[i]
+
+    def built_names(self) -> list[str]:
+        return [n for n in self.names if self.built[n]]
+
+
+@dataclass
+class Placement:
+    capacity: Capacity
+    tenants: dict[str, TenantPlacement]          # every tenant in the directory (dedicated: empty)
+    decided: dict[str, str]                      # tenant -> deployed | pinned | placed | own (dedicated)
+    units: dict[str, Units]                      # TenantPlacement field -> its units, with their load
+    conflicts: list[PinConflict]
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        """What the deployed record keeps: tenant id -> {"cell", "poolShard", "dataProject"}."""
+        return {tid: p.to_json() for tid, p in sorted(self.tenants.items()) if p.to_json()}
+
+    def usage(self) -> list[dict]:
+        """Every unit with its load: [{"kind", "unit", "used", "capacity", "built"}]."""
+        return [{"kind": u.kind, "unit": name, "used": u.load[name], "capacity": u.capacity, "built": u.built[name]}
+                for u in self.units.values() for name in u.names]
+
+
+def cost(t: Tenant, key: str) -> int:
+    """What one tenant takes of a unit: a namespace, a pooled slot, or its Cloud SQL instances."""
+    return len(t.plan.databases) if key == "data_project" else 1
+
+
+def _units(capacity: Capacity, layout: Layout) -> dict[str, Units]:
+    units = {
+        "cell": Units("cells", "cell", capacity.cell_names, capacity.cell_capacity, "cell", "namespaces"),
+        "pool_shard": Units("pool_shards", "pool_shard", capacity.pool_shard_names, capacity.pool_shard_capacity,
+                            "pool shard", "pooled tenants"),
+        "data_project": Units("data_projects", "data_project", list(capacity.data_projects),
+                              capacity.data_project_instances, "data project", "Cloud SQL instances"),
+    }
+    for u in units.values():
+        u.built = {n: layout.builds(u.kind, i + 1) for i, n in enumerate(u.names)}
+    return units
+
+
+def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
+    """Cloud SQL instances in the platform project that placement does not choose: one per pool shard, and
+    dedicated tenants without a project of their own (each database with its read replicas)."""
+    load = capacity.pool_shards
+    for t in catalog.tenants:
+        if t.model is Model.DEDICATED and t.in_directory and not (t.dedicated and t.dedicated.project):
+            replicas = t.dedicated.read_replicas if t.dedicated else 0
+            load += len(t.plan.databases) * (1 + replicas)
+    return load
+
+
+def place(catalog: Catalog, capacity: Capacity, layout: Layout = CURRENT_LAYOUT) -> Placement:
+    """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed."""
+    units = _units(capacity, layout)
+    units["data_project"].load[capacity.platform_project] += _fixed_platform_load(catalog, capacity)
+    deployed = catalog.placements
+    tenants = sorted((t for t in catalog.tenants if t.in_directory), key=lambda t: t.id)
+    chosen: dict[str, dict[str, str]] = {t.id: {} for t in tenants}
+    decided: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []          # (tenant id or "" for the environment, message)
+    refused: set[tuple[str, str]] = set()
+
+    # 1. Sticky: deployed tenants stay where they are.
+    for t in tenants:
+        was = deployed.get(t.id) or {}
+        for key in PLACEMENT_KEYS[t.model]:
+            name = was.get(JSON_KEYS[key])
+            if not name:
+                continue
+            u = units[key]
+            if name not in u.index:
+                problems.append((t.id, _gone(t, u, name, capacity)))
+            elif not u.built[name]:
+                problems.append((t.id, f"tenant '{t.id}' is recorded in {u.unit} {name}, which this version's stacks do "
+                                       f"not build (they build {_names(u.built_names())})"))
+            else:
+                u.load[name] += cost(t, key)
+                chosen[t.id][key] = name
+                decided[t.id] = "deployed"
+
+    # 2. Pinned new tenants (or a tenant's dimension that is new, e.g. a cell after a tier move).
+    lines: dict[str, int] | None = None
+    for t in tenants:
+        pins = t.placement.pins() if t.placement else {}
+        for key in PLACEMENT_KEYS[t.model]:
+            if key in chosen[t.id] or key not in pins:
+                continue
+            u, name, c = units[key], pins[key], cost(t, key)
+            why = None
+            if name not in u.index:
+                why = _unknown(u, name, capacity)
+            elif not u.built[name]:
+                why = (f"{name} is declared in {capacity.where} but not built by this version's stacks (they build "
+                       f"{_names(u.built_names())}); pin one of those or leave the {u.unit} to placement")
+            elif u.room(name) < c:
+                why = (f"{u.unit} {name} is full ({u.load[name]:,} of {u.capacity:,} {u.holds}"
+                       f"{f'; the tenant needs {c}' if c > 1 else ''}); pin another {u.unit}, leave it to placement, "
+                       f"or raise {_capacity_key(key)} in {capacity.where}")
+            if why:
+                if lines is None:
+                    lines = entry_lines(catalog.path, "placement")
+                where = f"{catalog.path}:{lines[t.id]}" if t.id in lines else catalog.path
+                problems.append((t.id, f"{where}: tenant '{t.id}': placement.{key}: {why}"))
+                refused.add((t.id, key))
+                continue
+            u.load[name] += c
+            chosen[t.id][key] = name
+            decided.setdefault(t.id, "pinned")
+
+    # 3. Everyone else: the lowest-numbered built unit with room.
+    waiting: dict[str, list[Tenant]] = {key: [] for key in units}
+    for t in tenants:
+        for key in PLACEMENT_KEYS[t.model]:
+            if key in chosen[t.id] or (t.id, key) in refused:
+                continue
+            name = units[key].take_first(cost(t, key))
+            if name is None:
+                waiting[key].append(t)
+            else:
+                chosen[t.id][key] = name
+                decided.setdefault(t.id, "placed")
+        if not PLACEMENT_KEYS[t.model]:
+            decided[t.id] = "own"
+    for key, ts in waiting.items():
+        if ts:
+            problems.append(("", _full(units[key], ts, capacity, layout)))
+    if problems:
+        ordered = [m for _, m in sorted(problems, key=lambda p: (p[0] != "", p[0]))]
+        if len(ordered) > MAX_PROBLEMS:
+            ordered = ordered[:MAX_PROBLEMS] + [f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again"]
+        raise PlacementError(ordered)
+    return Placement(capacity=capacity, tenants={tid: TenantPlacement(**c) for tid, c in chosen.items()},
+                     decided=decided, units=units, conflicts=pin_conflicts(catalog))
+
+
+def pin_conflicts(catalog: Catalog) -> list[PinConflict]:
+    """Deployed tenants whose pin in the catalogue says another unit: reported, never acted on."""
+    out = []
+    for t in catalog.tenants:
+        was = catalog.placements.get(t.id) or {}
+        pins = t.placement.pins() if t.placement else {}
+        for key, pinned in sorted(pins.items()):
+            deployed = was.get(JSON_KEYS[key])
+            if deployed and deployed != pinned and key in PLACEMENT_KEYS[t.model]:
+                out.append(PinConflict(t.id, key, pinned, deployed))
+    return out
+
+
+def legacy(catalog: Catalog, platform_project: str) -> dict[str, dict[str, str]]:
+    """The placements of a deployment recorded before placement existed: one shared cluster, one pooled
+    instance and the platform project, which are cell 1, pool shard 1 and the first data project."""
+    out: dict[str, dict[str, str]] = {}
+    for t in catalog.tenants:
+        if not t.in_directory:
+            continue
+        if t.model is Model.POOLED:
+            out[t.id] = {"poolShard": naming.pool_shard(1)}
+        elif t.model is Model.NAMESPACE:
+            out[t.id] = {"cell": naming.cell(1), "dataProject": platform_project}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+def _names(names: Iterable[str]) -> str:
+    names = list(names)
+    if len(names) > 3 and all(naming.UNIT_ID.fullmatch(n) for n in names):
+        return f"{names[0]} .. {names[-1]}"
+    return ", ".join(names) or "none"
+
+
+def _capacity_key(key: str) -> str:
+    return {"cell": "tenancy:cellCapacity", "pool_shard": "tenancy:poolShardCapacity",
+            "data_project": "tenancy:dataProjectInstances"}[key]
+
+
+def _count_key(key: str) -> str:
+    return {"cell": "tenancy:cells", "pool_shard": "tenancy:poolShards", "data_project": "tenancy:dataProjects"}[key]
+
+
+def _unknown(u: Units, name: str, capacity: Capacity) -> str:
+    if u.key == "data_project":
+        return (f"'{name}' is not a data project of '{capacity.environment}': {capacity.where} has "
+                f"{_names(u.names)} (tenancy:gcpProject, then tenancy:dataProjects); pin one of those or add it to "
+                "tenancy:dataProjects")
+    return (f"{name} is not a {u.unit} of '{capacity.environment}': {capacity.where} declares {_names(u.names)} "
+            f"({_count_key(u.key)}: {len(u.names)}); pin one of those or raise {_count_key(u.key)}")
+
+
+def _gone(t: Tenant, u: Units, name: str, capacity: Capacity) -> str:
+    if u.key == "data_project":
+        fix = "add it to tenancy:dataProjects again"
+    else:
+        fix = f"declare it again ({_count_key(u.key)}: {naming.unit_index(name)} or more)"
+    return (f"tenant '{t.id}' is deployed in {u.unit} {name}, which {capacity.where} no longer declares "
+            f"(it declares {_names(u.names)}): a {u.unit} that holds tenants cannot be removed; {fix}, or move its "
+            f"tenants first with `tenancy place`")
+
+
+def _full(u: Units, waiting: list[Tenant], capacity: Capacity, layout: Layout) -> str:
+    """The environment is full for one kind of unit: who waits, what is full, which key adds capacity."""
+    ids = ", ".join(t.id for t in waiting[:5]) + (f" and {len(waiting) - 5:,} more" if len(waiting) > 5 else "")
+    need = sum(cost(t, u.key) for t in waiting)
+    built = u.built_names()
+    used = sum(u.load[n] for n in built)
+    message = (f"environment '{capacity.environment}' is full: {len(waiting):,} new tenant(s) need a {u.unit} ({ids}), "
+               f"and {_names(built)} hold{'s' if len(built) == 1 else ''} {used:,} of {u.capacity * len(built):,} "
+               f"{u.holds}")
+    message += f" ({need:,} more needed)" if u.key == "data_project" else ""
+    unbuilt = [n for n in u.names if not u.built[n]]
+    limit = getattr(layout, u.kind)
+    if limit is not None:
+        # More units of this kind need their stacks first: only the capacity of the built ones can grow.
+        if unbuilt:
+            why = (f"{_names(unbuilt)} {'is' if len(unbuilt) == 1 else 'are'} declared, but this version's stacks build "
+                   f"only {_names(built)}")
+        else:
+            why = f"this version's stacks build no {u.unit} beyond {_names(built)}"
+        return (f"{message}; {why}. Add capacity in {capacity.where}: raise {_capacity_key(u.key)} (now {u.capacity:,})")
+    if u.key == "data_project":
+        more = max(1, math.ceil(need / u.capacity))
+        return (f"{message}. Add capacity in {capacity.where}: add {more} project id(s) to tenancy:dataProjects (each "
+                f"holds {_capacity_key(u.key)} = {u.capacity:,} {u.holds}), or raise {_capacity_key(u.key)}")
+    more = max(1, math.ceil(need / u.capacity))
+    return (f"{message}. Add capacity in {capacity.where}: raise {_count_key(u.key)} from {len(u.names)} to "
+            f"{len(u.names) + more} (each {u.unit} holds {_capacity_key(u.key)} = {u.capacity:,} {u.holds}), or raise "
+            f"{_capacity_key(u.key)}")
