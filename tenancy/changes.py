@@ -13,7 +13,7 @@ from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
 PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
+                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
                "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
 
@@ -45,6 +45,7 @@ def _tenant_view(t: Tenant) -> dict[str, Any]:
     d = asdict(t)
     for derived in ("limit_overrides", "explicit_features"):  # what `limits` and `features` resolve from
         d.pop(derived, None)
+    d.pop("placement", None)  # pins decide the platform stack's placement of a new tenant (_platform_view)
     d["plan"] = t.plan.model_dump(mode="json")
     d["limits"] = t.limits.model_dump(mode="json")
     d["dedicated"] = t.dedicated.model_dump(mode="json") if t.dedicated else None
@@ -57,7 +58,8 @@ def _platform_view(t: Tenant) -> dict[str, Any]:
     """What the platform stack reads of a tenant: directory entry, identity tenant; pooled tenants' limits."""
     view = {"name": t.name, "plan": t.plan_name, "model": t.model.value, "state": t.state.value,
             "subdomain": t.subdomain, "custom_domain": t.custom_domain,
-            "project": t.dedicated.project.id if t.dedicated and t.dedicated.project else None}
+            "project": t.dedicated.project.id if t.dedicated and t.dedicated.project else None,
+            "placement": t.placement.pins() if t.placement else None}
     if t.model is Model.POOLED:
         view["limits"] = t.limits.model_dump(mode="json")
         view["features"] = sorted(f.value for f in t.features)

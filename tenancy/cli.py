@@ -149,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="destroy this store without exporting it (postgres-2, postgres-3, firestore, graph, objects)")
     p.set_defaults(func=cmd_offboard)
 
+    p = sub.add_parser("place", help="move one deployed tenant to another cell, pool shard or data project",
+                       description="Change where a deployed tenant is placed, and nothing else: the target must exist, be "
+                       "built and have room, and no data may be left behind (a pooled tenant must have no rows left in "
+                       "its current shard, checked with --source-dsn; cells and data projects hold a namespace tenant's "
+                       "namespace and databases, which this version does not move). Placement never moves a placed "
+                       "tenant by itself.")
+    _common(p)
+    _engine_args(p)
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("--cell", metavar="CELL", help="namespace tenants: the cell, e.g. cell-2")
+    p.add_argument("--pool-shard", metavar="SHARD", help="pooled tenants: the pool shard, e.g. pool-2")
+    p.add_argument("--data-project", metavar="PROJECT", help="namespace tenants: the project of its Cloud SQL instances")
+    p.add_argument("--source-dsn", metavar="DSN", help="pooled tenants: the database of the current pool shard")
+    p.set_defaults(func=cmd_place)
+
     p = sub.add_parser("data", help="per-tenant row moves between PostgreSQL databases",
                        description="Building blocks of tier moves, usable on any PostgreSQL with the tenancy SQL. "
                        "Connect as the owner role; DSNs are libpq strings (prefer PGPASSWORD/PGPASSFILE to passwords in them).")
@@ -347,6 +362,20 @@ def cmd_offboard(args) -> int:
     return EXIT_OK
 
 
+def cmd_place(args) -> int:
+    from tenancy.catalog import load_catalog
+    from tenancy.fleet import relocate
+
+    out = relocate.relocate(_engine(args), load_catalog(args.tenants), args.env, args.tenant, cell=args.cell,
+                            pool_shard=args.pool_shard, data_project=args.data_project, source_dsn=args.source_dsn,
+                            say=_progress)
+    was = ", ".join(out["from"].values()) or "nowhere"
+    now = ", ".join(out["to"].values())
+    print(f"tenant '{args.tenant}' is already in {now}; nothing to do" if out["status"] == "unchanged" else
+          f"tenant '{args.tenant}' moved from {was} to {now}")
+    return EXIT_OK
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -421,7 +450,14 @@ def cmd_pr_comment(args) -> int:
         base, _ = catalog_at(args.tenants, args.base)
         label = args.base
     plan = json.loads(Path(args.plan).read_text()) if args.plan else None
-    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label))
+    from tenancy.fleet import capacity, placement as fleet
+    placed, refused = None, None
+    try:
+        placed = fleet.place(head, capacity.load(args.env))
+    except fleet.PlacementError as exc:   # shown in the comment: the change cannot be deployed as it is
+        refused = str(exc)
+    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label, placement=placed,
+                                      placement_refused=refused))
     return EXIT_OK
 
 
@@ -487,7 +523,7 @@ def cmd_plan(args) -> int:
         print(json.dumps({
             "environment": result.environment, "planFile": str(path),
             "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": len(s.resources),
-                        "reasons": s.reasons, "violations": s.violations} for s in result.stacks],
+                        "reasons": s.reasons, "violations": s.violations, "placement": s.placement} for s in result.stacks],
             "removed": result.removed, "unchanged": result.unchanged}, indent=1))
     else:
         print(planmod.summary(result))

@@ -39,12 +39,15 @@ class StackPlan:
     violations: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    placement: dict[str, Any] | None = None   # tenancy/fleet/report.py: stack_json
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "kind": self.kind, "tenant": self.tenant, "model": self.model,
                "resources": self.resources, "outputs": self.outputs, "violations": self.violations}
         if self.reasons:
             out["reasons"] = self.reasons
+        if self.placement is not None:
+            out["placement"] = self.placement
         return out
 
     @property
@@ -60,6 +63,7 @@ class PlanResult:
     unchanged: list[str] = field(default_factory=list)
     changed_since: str | None = None
     seconds: float = 0.0
+    placement_lines: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": PLAN_VERSION, "environment": self.environment,
@@ -146,6 +150,8 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     wanted = list(tenants or [])
     for tid in wanted:
         catalog.tenant(tid)  # unknown ids are bad input before anything runs
+    from tenancy.fleet import capacity, placement as fleet, report
+    placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     include_platform = True
@@ -199,8 +205,11 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         tp.reasons = reasons.get(tp.name, [])
     stacks_out.extend(tenant_plans)
     _plan_wide_violations(stacks_out)
+    for sp in stacks_out:
+        sp.placement = report.stack_json(placed, catalog, sp.kind, sp.tenant)
     return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
-                      changed_since=changed_since, seconds=time.perf_counter() - start)
+                      changed_since=changed_since, seconds=time.perf_counter() - start,
+                      placement_lines=report.summary_lines(placed, catalog, stacks_out))
 
 
 # ------------------------------------------------------------------------------------- exports cache
@@ -337,6 +346,7 @@ def summary(result: PlanResult) -> str:
             lines.append(f"  {name}: {why}")
         if result.unchanged:
             lines.append(f"  unchanged since {result.changed_since}: {len(result.unchanged)} stack(s)")
+    lines.extend(result.placement_lines)
     for s in result.stacks:
         for v in s.violations:
             lines.append(f"[{v['enforcement']}] {s.name}: {v['policy']}: {v['urn']}: {v['message']}")

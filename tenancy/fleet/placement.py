@@ -32,7 +32,8 @@ from typing import Iterable, Mapping
 from tenancy import naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
 from tenancy.errors import TenancyError
-from tenancy.fleet.capacity import CURRENT_LAYOUT, Capacity, Layout
+from tenancy.fleet import capacity as fleet_capacity
+from tenancy.fleet.capacity import Capacity, Layout
 
 # TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
 JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject"}
@@ -179,8 +180,10 @@ def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
     return load
 
 
-def place(catalog: Catalog, capacity: Capacity, layout: Layout = CURRENT_LAYOUT) -> Placement:
-    """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed."""
+def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) -> Placement:
+    """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed.
+    `layout`: which declared units exist (default: what this version's stacks build)."""
+    layout = layout if layout is not None else fleet_capacity.CURRENT_LAYOUT
     units = _units(capacity, layout)
     units["data_project"].load[capacity.platform_project] += _fixed_platform_load(catalog, capacity)
     deployed = catalog.placements
@@ -221,7 +224,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout = CURRENT_LAYOUT)
                 why = _unknown(u, name, capacity)
             elif not u.built[name]:
                 why = (f"{name} is declared in {capacity.where} but not built by this version's stacks (they build "
-                       f"{_names(u.built_names())}); pin one of those or leave the {u.unit} to placement")
+                       f"{_names(u.built_names())}); use one of those or leave the {u.unit} to placement")
             elif u.room(name) < c:
                 why = (f"{u.unit} {name} is full ({u.load[name]:,} of {u.capacity:,} {u.holds}"
                        f"{f'; the tenant needs {c}' if c > 1 else ''}); pin another {u.unit}, leave it to placement, "
@@ -311,10 +314,10 @@ def _count_key(key: str) -> str:
 def _unknown(u: Units, name: str, capacity: Capacity) -> str:
     if u.key == "data_project":
         return (f"'{name}' is not a data project of '{capacity.environment}': {capacity.where} has "
-                f"{_names(u.names)} (tenancy:gcpProject, then tenancy:dataProjects); pin one of those or add it to "
+                f"{_names(u.names)} (tenancy:gcpProject, then tenancy:dataProjects); use one of those or add it to "
                 "tenancy:dataProjects")
     return (f"{name} is not a {u.unit} of '{capacity.environment}': {capacity.where} declares {_names(u.names)} "
-            f"({_count_key(u.key)}: {len(u.names)}); pin one of those or raise {_count_key(u.key)}")
+            f"({_count_key(u.key)}: {len(u.names)}); use one of those or raise {_count_key(u.key)}")
 
 
 def _gone(t: Tenant, u: Units, name: str, capacity: Capacity) -> str:
