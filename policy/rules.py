@@ -22,6 +22,11 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+if __package__:
+    from . import sizes
+else:  # the CrossGuard pack imports this file as a top-level module (policy/ is its working directory)
+    import sizes
+
 SECRET_MARKER = "[secret]"     # how the offline recorder writes a secret value
 UNKNOWN_MARKER = "[unknown]"
 TENANT_LABEL = "tenant"
@@ -1159,6 +1164,10 @@ def _stack_mandatory(name: str, description: str, validate, config_schema: Polic
                                  enforcement_level=EnforcementLevel.MANDATORY, config_schema=config_schema)
 
 
+SIZE_SCHEMA = PolicyConfigSchema(properties={
+    "maxObjectBytes": {"type": "integer", "default": sizes.MAX_OBJECT_BYTES, "minimum": 1},
+    "maxResourcesPerStack": {"type": "integer", "default": sizes.MAX_STACK_RESOURCES, "minimum": 1}})
+
 STACK_POLICIES = [
     _stack_mandatory("tenant-namespace-guardrails", "Tenant namespaces have quota, limits, default-deny, PSA",
                      tenant_namespace_guardrails),
@@ -1167,10 +1176,12 @@ STACK_POLICIES = [
     _stack_mandatory("one-tenant-per-stack", "A tenant stack holds exactly one tenant", one_tenant_per_stack),
     _stack_mandatory("iam-tenant-scope", "Tenant principals reach only their tenant's resources; tenant data only its "
                      "principals and known platform principals", tenant_iam_scope, TENANT_SCOPE_SCHEMA),
+    _stack_mandatory("object-and-stack-size", "No Kubernetes object, ConfigMap/Secret data or Helm values over 1 MiB; "
+                     "no stack over its resource bound (policy/sizes.py)", sizes.object_and_stack_size, SIZE_SCHEMA),
 ]
 # Offline, these run once over the whole plan (tenancy.policycheck.evaluate_plan), which knows every stack's
 # owners; the per-stack form is what a real `pulumi preview` can run.
-PLAN_WIDE_FORMS = {"iam-tenant-scope": tenant_iam_scope_plan}
+PLAN_WIDE_FORMS = {"iam-tenant-scope": tenant_iam_scope_plan, "object-and-stack-size": sizes.object_and_stack_size_plan}
 # Rules only decidable across stacks: (name, function(stacks, report)).
 PLAN_POLICIES = [
     ("no-shared-tenant-stores", shared_across_tenants),
