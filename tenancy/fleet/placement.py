@@ -191,9 +191,10 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
     chosen: dict[str, dict[str, str]] = {t.id: {} for t in tenants}
     decided: dict[str, str] = {}
     problems: list[tuple[str, str]] = []          # (tenant id or "" for the environment, message)
-    refused: set[tuple[str, str]] = set()
+    refused: set[tuple[str, str]] = set()         # (tenant, key) already reported: not placed elsewhere
 
     # 1. Sticky: deployed tenants stay where they are.
+    stranded: dict[tuple[str, str], list[str]] = {}   # (key, unit) -> deployed tenants in a unit that is gone
     for t in tenants:
         was = deployed.get(t.id) or {}
         for key in PLACEMENT_KEYS[t.model]:
@@ -201,15 +202,15 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
             if not name:
                 continue
             u = units[key]
-            if name not in u.index:
-                problems.append((t.id, _gone(t, u, name, capacity)))
-            elif not u.built[name]:
-                problems.append((t.id, f"tenant '{t.id}' is recorded in {u.unit} {name}, which this version's stacks do "
-                                       f"not build (they build {_names(u.built_names())})"))
+            if name not in u.index or not u.built[name]:
+                stranded.setdefault((key, name), []).append(t.id)
+                refused.add((t.id, key))
             else:
                 u.load[name] += cost(t, key)
                 chosen[t.id][key] = name
                 decided[t.id] = "deployed"
+    for (key, name), ids in sorted(stranded.items()):
+        problems.append((ids[0], _stranded(units[key], name, ids, capacity)))
 
     # 2. Pinned new tenants (or a tenant's dimension that is new, e.g. a cell after a tier move).
     lines: dict[str, int] | None = None
@@ -258,7 +259,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
         if ts:
             problems.append(("", _full(units[key], ts, capacity, layout)))
     if problems:
-        ordered = [m for _, m in sorted(problems, key=lambda p: (p[0] != "", p[0]))]
+        ordered = [m for _, m in sorted(problems, key=lambda p: (p[0] == "", p[0]))]
         if len(ordered) > MAX_PROBLEMS:
             ordered = ordered[:MAX_PROBLEMS] + [f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again"]
         raise PlacementError(ordered)
@@ -320,14 +321,20 @@ def _unknown(u: Units, name: str, capacity: Capacity) -> str:
             f"({_count_key(u.key)}: {len(u.names)}); use one of those or raise {_count_key(u.key)}")
 
 
-def _gone(t: Tenant, u: Units, name: str, capacity: Capacity) -> str:
+def _stranded(u: Units, name: str, ids: list[str], capacity: Capacity) -> str:
+    """Deployed tenants recorded in a unit the config no longer declares (or this version does not build)."""
+    who = ", ".join(ids[:5]) + (f" and {len(ids) - 5:,} more" if len(ids) > 5 else "")
+    held = f"{len(ids):,} deployed tenant(s) ({who})"
+    if name in u.index:
+        return (f"{u.unit} {name} holds {held}, but this version's stacks do not build it (they build "
+                f"{_names(u.built_names())})")
     if u.key == "data_project":
         fix = "add it to tenancy:dataProjects again"
     else:
         fix = f"declare it again ({_count_key(u.key)}: {naming.unit_index(name)} or more)"
-    return (f"tenant '{t.id}' is deployed in {u.unit} {name}, which {capacity.where} no longer declares "
-            f"(it declares {_names(u.names)}): a {u.unit} that holds tenants cannot be removed; {fix}, or move its "
-            f"tenants first with `tenancy place`")
+    return (f"{u.unit} {name} holds {held}, but {capacity.where} no longer declares it (it declares "
+            f"{_names(u.names)}): a {u.unit} that holds tenants cannot be removed; {fix}, or move its tenants first "
+            "with `tenancy place`")
 
 
 def _full(u: Units, waiting: list[Tenant], capacity: Capacity, layout: Layout) -> str:
