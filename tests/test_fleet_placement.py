@@ -197,8 +197,8 @@ def test_a_pin_to_a_full_unknown_or_unbuilt_unit_is_refused_with_its_line(tmp_pa
     with pytest.raises(PlacementError) as exc:
         place(crowded, cap(cells=2, cell_capacity=2, pool_shards=2), EVERY_UNIT)
     assert exc.value.problems == [
-        f"{path}:10: tenant 'delta': placement.cell: cell cell-2 is full (2 of 2 namespaces); pin another cell, leave it "
-        "to placement, or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml",
+        f"{path}:10: tenant 'delta': placement.cell: cell cell-2 is full (2 of 2 namespaces); choose another cell (or "
+        "leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml",
         f"{path}:11: tenant 'echo': placement.pool_shard: pool-9 is not a pool shard of 'dev': stacks/Pulumi.dev.yaml "
         "declares pool-1, pool-2 (tenancy:poolShards: 2); use one of those or raise tenancy:poolShards",
     ]
@@ -333,8 +333,8 @@ def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet)
     with pytest.raises(PlacementError) as exc:
         place(later, FLEET_CAPACITY, EVERY_UNIT)
     assert exc.value.problems == [
-        "generated.yaml: tenant 'n000001': placement.cell: cell cell-1 is full (300 of 300 namespaces); pin another "
-        "cell, leave it to placement, or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml"]
+        "generated.yaml: tenant 'n000001': placement.cell: cell cell-1 is full (300 of 300 namespaces); choose "
+        "another cell (or leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml"]
 
 
 def test_deployed_tenants_stay_when_capacity_shrinks_but_a_cell_holding_tenants_cannot_go(fleet):

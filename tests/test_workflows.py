@@ -172,7 +172,10 @@ def test_pr_comment_from_two_catalogues(head_catalog, tmp_path):
     assert "```mermaid" in lines
     mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert mermaid.startswith("flowchart LR\n")
-    assert 'subgraph pool["pooled: shared namespace and database (dev)"]' in mermaid
+    # grouped by placement: pool shard, cell
+    assert 'subgraph pool_1["pooled: pool shard pool-1 (dev-pooled-postgres)"]' in mermaid
+    assert 'subgraph cell_1["namespace: cell cell-1 (cluster dev-shared)"]' in mermaid
+    assert "| `newco` | pool shard pool-1 (instance dev-pooled-postgres) | placed by capacity |" in lines
     assert 'newco["newco: free"]' in mermaid
     assert 'globex["globex: standard"]' in mermaid and 'cyberdyne["cyberdyne: enterprise (suspended)"]' in mermaid
     assert 'globex_was(("free")) -->|"pooled → namespace"| globex' in mermaid

@@ -228,8 +228,8 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                        f"{_names(u.built_names())}); use one of those or leave the {u.unit} to placement")
             elif u.room(name) < c:
                 why = (f"{u.unit} {name} is full ({u.load[name]:,} of {u.capacity:,} {u.holds}"
-                       f"{f'; the tenant needs {c}' if c > 1 else ''}); pin another {u.unit}, leave it to placement, "
-                       f"or raise {_capacity_key(key)} in {capacity.where}")
+                       f"{f'; the tenant needs {c}' if c > 1 else ''}); choose another {u.unit} (or leave it to "
+                       f"placement), or raise {_capacity_key(key)} in {capacity.where}")
             if why:
                 if lines is None:
                     lines = entry_lines(catalog.path, "placement")

@@ -1,0 +1,238 @@
+"""Placement through the real platform program and the deployed record: it sticks across deploys, pins that
+disagree are pending, `tenancy place` moves one tenant only and never leaves data behind; plan and PR comment."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import stacks.config
+from tenancy import cli, prcomment
+from tenancy.catalog import load_catalog, parse_catalog
+from tenancy.changes import changes_between
+from tenancy.engine import OfflineEngine
+from tenancy.fleet import capacity as fleet_capacity
+from tenancy.fleet import relocate
+from tenancy.fleet.placement import PlacementError
+from tenancy.lifecycle import Refused, deploy
+from tenancy.lifecycle import record as rec
+from tests.conftest import ROOT, stack_of
+from tests.sqlhelp import register, seed
+
+BASE = """version: 1
+tenants:
+  - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}
+  - {id: charlie, name: Charlie, plan: free, admin_email: c@charlie.example}
+"""
+WITH_ALPHA = BASE + "  - {id: alpha, name: Alpha, plan: free, admin_email: a@alpha.example}\n"
+
+
+@pytest.fixture
+def two_shards(monkeypatch):
+    """The dev environment with two pool shards of two tenants each, both built (as the pool-shard stacks will)."""
+    real = stacks.config.load_stack_config
+    monkeypatch.setattr(stacks.config, "load_stack_config",
+                        lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
+    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
+
+
+def directory(engine) -> dict:
+    return json.loads(engine.outputs("dev")["tenantDirectory"])
+
+
+def shards(engine) -> dict[str, str]:
+    return {tid: e["placement"]["poolShard"] for tid, e in directory(engine).items()}
+
+
+def test_deploys_keep_placed_tenants_where_the_record_says(two_shards, tmp_path):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    assert [o.status for o in deploy.deploy(engine, parse_catalog(BASE), "dev")] == ["ok"]
+    assert shards(engine) == {"bravo": "pool-1", "charlie": "pool-1"}
+    # alpha sorts first: placed from scratch it would take pool-1 and push charlie to pool-2
+    assert [o.status for o in deploy.deploy(engine, parse_catalog(WITH_ALPHA), "dev")] == ["ok"]
+    assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
+    record = json.loads(engine.outputs("dev")["deployedRecord"])
+    assert record["placements"] == {"alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"},
+                                    "charlie": {"poolShard": "pool-1"}}
+    entry = directory(engine)["alpha"]["placement"]
+    assert entry["database"] == "dev-pool-2-postgres" and entry["prefix"] == "alpha/"
+    # tenants.yaml reordered: nothing moves
+    reordered = WITH_ALPHA.replace(BASE.split("\n", 2)[2], "") + BASE.split("\n", 2)[2]
+    deploy.deploy(engine, parse_catalog(reordered), "dev")
+    assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
+
+
+def test_a_pin_that_disagrees_with_the_deployment_is_pending_not_applied(two_shards, tmp_path):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    deploy.deploy(engine, parse_catalog(BASE), "dev")
+    pinned = parse_catalog(BASE.replace("admin_email: c@charlie.example}",
+                                        "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
+    outcomes = deploy.deploy(engine, pinned, "dev")
+    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), ("dev.charlie", "pending")]
+    assert outcomes[1].message == ("tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but "
+                                   "deployed in pool-1; a deploy never moves a placed tenant; run: tenancy place charlie "
+                                   "--pool-shard pool-2 --env dev")
+    assert shards(engine)["charlie"] == "pool-1"
+
+
+def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_path):
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    record = json.loads(rec.record_json(catalog))
+    del record["placements"]
+    (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record),
+                                                               "gcpProject": "tenancy-dev-482913"}}))
+    deployed = rec.read(OfflineEngine(tmp_path, "dev"), "dev")
+    assert deployed.catalog.placements["stark"] == {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}
+    assert deployed.catalog.placements["globex"] == {"poolShard": "pool-1"}
+    assert "acme" not in deployed.catalog.placements and "cyberdyne" not in deployed.catalog.placements
+
+
+def test_one_tenant_commands_carry_every_placement(two_shards, tmp_path):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    deploy.deploy(engine, parse_catalog(BASE), "dev")
+    deploy.deploy(engine, parse_catalog(WITH_ALPHA), "dev")
+    deployed = rec.read(engine, "dev")
+    suspended = rec.for_tenant(deployed, parse_catalog(WITH_ALPHA), "bravo", state="suspended")
+    assert suspended.placements == deployed.catalog.placements
+    assert dict(rec.for_tenant(deployed, parse_catalog(BASE), "alpha", placement={"poolShard": "pool-1"}).placements) == {
+        "alpha": {"poolShard": "pool-1"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
+
+
+@pytest.mark.postgres
+def test_place_moves_one_pooled_tenant_only_when_no_rows_are_left(two_shards, tmp_path, pg_server, tenancy_db):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    catalog = parse_catalog(WITH_ALPHA)
+    deploy.deploy(engine, parse_catalog(BASE), "dev")
+    deploy.deploy(engine, catalog, "dev")
+    before = directory(engine)
+    assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
+    dsn = pg_server.dsn(user="tenancy_owner", dbname=tenancy_db)
+    register(pg_server, tenancy_db, "bravo", "charlie")
+    seed(pg_server, tenancy_db, "bravo", users=2)
+    with pytest.raises(Refused, match=r"^tenant 'bravo' has 8 row\(s\) in pool-1 \(.*\): move them first \(`tenancy data "
+                                      r"move bravo --source <pool-1 DSN> --target <pool-2 DSN> --delete-source`, with the "
+                                      r"tenant suspended\), then run this again; nothing was changed$"):
+        relocate.relocate(engine, catalog, "dev", "bravo", pool_shard="pool-2", source_dsn=dsn)
+    with pytest.raises(Refused, match=r"^give --source-dsn, the database of pool-1 \(dev-pooled-postgres\)"):
+        relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2")
+    with pytest.raises(PlacementError, match=r"^tenancy place: tenant 'charlie': placement.pool_shard: pool shard pool-2 "
+                                             r"is full \(1 of 1 pooled tenants\); choose another pool shard"):
+        relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2", source_dsn=dsn,
+                          capacity=dataclasses.replace(fleet_capacity.load("dev"), pool_shard_capacity=1))
+    assert directory(engine) == before, "refusals change nothing"
+    out = relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2", source_dsn=dsn)
+    assert out == {"tenant": "charlie", "from": {"poolShard": "pool-1"}, "to": {"poolShard": "pool-2"}, "status": "moved"}
+    after = directory(engine)
+    assert after["charlie"]["placement"]["poolShard"] == "pool-2"
+    assert after["charlie"]["placement"]["database"] == "dev-pool-2-postgres"
+    assert {t: e for t, e in after.items() if t != "charlie"} == {t: e for t, e in before.items() if t != "charlie"}
+    # the next deploy keeps it there
+    deploy.deploy(engine, catalog, "dev")
+    assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-2"}
+    assert relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2")["status"] == "unchanged"
+
+
+def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch, tmp_path):
+    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    two_cells = dataclasses.replace(fleet_capacity.load("dev"), cells=2, data_projects=("tenancy-dev-482913", "data-proj-1"))
+    record = json.loads(rec.record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}}))
+    (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record)}}))
+    engine = OfflineEngine(tmp_path, "dev")
+    with pytest.raises(Refused, match=r"^tenant 'stark' runs in cell cell-1 \(cluster dev-shared\): its namespace "
+                                      r"tenant-stark, workloads and the Neo4j volume are there, and moving them to cell-2 "
+                                      r"means rebuilding its tenant stack in that cell's cluster, which this version does "
+                                      r"not do; nothing was changed$"):
+        relocate.relocate(engine, catalog, "dev", "stark", cell="cell-2", capacity=two_cells)
+    with pytest.raises(Refused, match=r"^tenant 'stark' keeps its 3 Cloud SQL instance\(s\) in project tenancy-dev-482913; "
+                                      r"moving them to data-proj-1 means new instances there and a data move"):
+        relocate.relocate(engine, catalog, "dev", "stark", data_project="data-proj-1", capacity=two_cells)
+    assert engine.calls == [], "nothing was deployed"
+
+
+def test_place_command_line_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    state = tmp_path / "state"
+    engine = OfflineEngine(state, "dev")
+    deploy.deploy(engine, parse_catalog(BASE), "dev")
+    capsys.readouterr()
+    catalog = tmp_path / "tenants.yaml"
+    catalog.write_text(WITH_ALPHA)
+    base = ["place", "--tenants", str(catalog), "--engine", "offline", "--state", str(state)]
+    cases = [
+        (["bravo", "--cell", "cell-1"], "error: tenant 'bravo' is pooled (free): --cell does not apply; use --pool-shard"),
+        (["bravo", "--pool-shard", "pool-3"], "error: tenancy place: tenant 'bravo': placement.pool_shard: pool-3 is not a "
+                                              "pool shard of 'dev': stacks/Pulumi.dev.yaml declares pool-1 (tenancy:poolShards: "
+                                              "1); use one of those or raise tenancy:poolShards"),
+        (["alpha", "--pool-shard", "pool-1"], f"error: tenant 'alpha' has not been deployed in 'dev', so it is not placed yet: "
+                                              f"pin it in {catalog} instead (placement: {{pool_shard: pool-1}}) and deploy"),
+        (["bravo"], "error: give the unit to move the tenant to: --cell, --pool-shard or --data-project"),
+    ]
+    for args, message in cases:
+        assert cli.main([*base, *args]) == 2, args
+        assert capsys.readouterr().err.strip() == message
+    assert cli.main([*base, "bravo", "--pool-shard", "pool-1"]) == 0
+    assert capsys.readouterr().out.strip() == "tenant 'bravo' is already in pool-1; nothing to do"
+
+
+# ------------------------------------------------------------------------------------- plan and PR comment
+
+def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
+    result, data, _ = sample_plan
+    assert stack_of(data, "dev.stark")["placement"] == {"cell": "cell-1", "dataProject": "tenancy-dev-482913",
+                                                        "cluster": "dev-shared", "decided": "placed"}
+    assert stack_of(data, "dev.acme")["placement"] == {"decided": "own"}
+    platform = stack_of(data, "dev")["placement"]
+    assert platform["pooled"] == {"globex": {"poolShard": "pool-1"}, "hooli": {"poolShard": "pool-1"},
+                                  "initech": {"poolShard": "pool-1"}, "vandelay": {"poolShard": "pool-1"}}
+    assert {u["unit"]: (u["used"], u["capacity"]) for u in platform["units"]} == {
+        "cell-1": (3, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
+    from tenancy import plan as planmod
+    lines = planmod.summary(result).splitlines()
+    start = lines.index("placement (capacity: stacks/Pulumi.dev.yaml):")
+    assert lines[start + 1:start + 14] == [
+        "  dev.pied-piper   cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
+        "  dev.stark        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
+        "  dev.wayne        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
+        "  dev.acme         own cluster dev-acme in acme-tenancy-prod",
+        "  dev.cyberdyne    own cluster dev-cyberdyne in cyberdyne-saas",
+        "  pooled globex    pool shard pool-1 (instance dev-pooled-postgres)",
+        "  pooled hooli     pool shard pool-1 (instance dev-pooled-postgres)",
+        "  pooled initech   pool shard pool-1 (instance dev-pooled-postgres)",
+        "  pooled vandelay  pool shard pool-1 (instance dev-pooled-postgres)",
+        "  cells: 3 of 300 namespaces used in 1 built (cell-1 3/300)",
+        "  pool shards: 4 of 2,000 pooled tenants used in 1 built (pool-1 4/2,000)",
+        "  data projects: 10 of 1,000 Cloud SQL instances used in 1 built (tenancy-dev-482913 10/1,000)",
+    ][:13]
+
+
+def test_a_full_environment_stops_the_plan_with_the_capacity_to_add(monkeypatch):
+    from tenancy import plan as planmod
+
+    real = stacks.config.load_stack_config
+    monkeypatch.setattr(stacks.config, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "2"})
+    with pytest.raises(PlacementError, match=r"^environment 'dev' is full: 1 new tenant\(s\) need a cell \(wayne\), and "
+                                             r"cell-1 holds 2 of 2 namespaces"):
+        planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1)
+
+
+def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused():
+    base = load_catalog(ROOT / "tenants.yaml")
+    head = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
+                         "admin_email: a@newco.example, placement: {cell: cell-1}}\n")
+    changes = changes_between(base, head, "dev")
+    assert changes.reasons["dev"] == ["tenant added: newco"]
+    from tenancy.fleet.placement import place
+    placed = place(head, fleet_capacity.load("dev"))
+    md = prcomment.render(base, head, changes, "dev", placement=placed)
+    assert ("| `newco` | cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913 | pinned in tenants.yaml |"
+            in md.splitlines())
+    assert 'subgraph cell_1["namespace: cell cell-1 (cluster dev-shared)"]' in md
+    refused = prcomment.render(base, head, changes, "dev", placement_refused="environment 'dev' is full: ...\nsecond")
+    assert "**Placement refused** — this change cannot be deployed as it is:" in refused
+    assert "- environment 'dev' is full: ..." in refused.splitlines() and "- second" in refused.splitlines()
+    # a pin that changes is a change of the platform stack (it decides where a new tenant goes)
+    repinned = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
+                             "admin_email: a@newco.example, placement: {cell: cell-2}}\n")
+    assert changes_between(head, repinned, "dev").reasons == {"dev": ["tenant newco changed: placement"]}
