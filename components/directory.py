@@ -24,6 +24,12 @@ class DirectoryArgs:
     labels: dict[str, str]
 
 
+def document(entries: dict[str, dict[str, Any]], identity_tenants: dict[str, str]) -> str:
+    """The directory as published: {tenant id: entry with its Identity Platform tenant}, one JSON text."""
+    return json.dumps({i: {**entries[i], "identityTenant": identity_tenants[i]} for i in sorted(entries)},
+                      indent=1, sort_keys=True)
+
+
 class TenantDirectory(pulumi.ComponentResource):
     json: pulumi.Output[str]  # {tenant id: entry}
 
@@ -31,10 +37,9 @@ class TenantDirectory(pulumi.ComponentResource):
         super().__init__("tenancy:k8s:TenantDirectory", name, None, opts)
         ids = sorted(args.entries)
         idp = pulumi.Output.all(*[args.identity_tenants[i] for i in ids]).apply(lambda names: dict(zip(ids, names)))
-        entries = idp.apply(lambda names: {i: {**args.entries[i], "identityTenant": names[i]} for i in ids})
         # One JSON document, not a nested output: StackReference consumers lift every element of a nested
         # output into an Output of its own, which costs more per tenant than everything else they do.
-        self.json = entries.apply(lambda e: json.dumps(e, indent=1, sort_keys=True))
+        self.json = idp.apply(lambda names: document(args.entries, names))
         k8s.core.v1.ConfigMap(f"{name}-configmap", metadata={
             "name": CONFIGMAP_NAME, "namespace": args.namespace, "labels": args.labels},
             data={"tenants.json": self.json}, opts=pulumi.ResourceOptions(parent=self))

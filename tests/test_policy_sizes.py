@@ -1,0 +1,137 @@
+"""Rule `object-and-stack-size` (policy/sizes.py) on copies of the real plan: objects, data, Helm values and
+stacks over their bounds fail; the committed catalogue's plan passes."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+
+import pytest
+from pulumi_policy import StackValidationArgs
+
+from components.directory import document
+from policy import rules
+from stacks.config import PlatformConfig, load_stack_config
+from stacks.platform import directory_entry, pooled_app_values
+from tenancy.fleet import capacity as fleet_capacity
+from tenancy.fleet import sample
+from tenancy.fleet.placement import place
+from tenancy.policycheck import _policy_resources, evaluate_plan
+from tests.conftest import stack_of
+
+RULE = "object-and-stack-size"
+ROOT_URN = "urn:pulumi:dev::tenancy::pulumi:pulumi:Stack::tenancy-dev"
+
+
+@pytest.fixture
+def plan(sample_plan):
+    return copy.deepcopy(sample_plan[1])
+
+
+def size_violations(plan: dict) -> list[dict]:
+    return [v for v in evaluate_plan(plan["stacks"]) if v["policy"] == RULE]
+
+
+def resource(stack: dict, name: str) -> dict:
+    return next(r for r in stack["resources"] if r["name"] == name)
+
+
+def dev_config() -> PlatformConfig:
+    raw = {k.split(":", 1)[1]: v for k, v in load_stack_config("dev").items() if k.startswith("tenancy:")}
+    return PlatformConfig.validate({"gcp_project": raw["gcpProject"], "base_domain": raw["baseDomain"],
+                                    "acme_email": raw["acmeEmail"], "environment": "dev"}, "dev")
+
+
+def test_the_committed_catalogues_plan_is_within_every_bound(plan):
+    assert size_violations(plan) == []
+    configmap = resource(stack_of(plan, "dev"), "directory-configmap")
+    assert len(configmap["inputs"]["data"]["tenants.json"]) < 10_000
+
+
+def test_a_tenant_directory_of_2300_tenants_is_over_the_configmap_data_limit(plan):
+    """What the platform stack would publish for a generated fleet of 2,300 tenants (its real entries)."""
+    fleet = sample.catalog(2_300)
+    # (2,070 pooled tenants fill more than one pool shard of 2,000)
+    placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=2), fleet_capacity.EVERY_UNIT)
+    cfg = dev_config()
+    entries = {t.id: directory_entry(t, "dev", cfg, placed.tenants.get(t.id)) for t in fleet.tenants}
+    text = document(entries, {t.id: f"t-{t.id}-0a1b2" for t in fleet.tenants})
+    platform = stack_of(plan, "dev")
+    configmap = resource(platform, "directory-configmap")
+    configmap["inputs"]["data"]["tenants.json"] = text
+    size = len(text.encode())
+    assert size > 1024 * 1024
+    assert size_violations(plan) == [{
+        "policy": RULE, "urn": configmap["urn"], "enforcement": "mandatory",
+        "message": f"ConfigMap tenancy-system/tenant-directory: its data is {size:,} bytes, over the 1,048,576-byte limit "
+                   "of ConfigMap data: the API server refuses it; split it (one object per cell or shard, not per fleet) "
+                   "or keep the data in a registry"}]
+
+
+def test_a_secret_counts_its_decoded_data_and_skips_masked_values(plan):
+    tenant = stack_of(plan, "dev.stark")
+    secret = next(r for r in tenant["resources"] if r["type"] == "kubernetes:core/v1:Secret")
+    assert secret["inputs"]["stringData"] == "[secret]", "the plan masks secret values: nothing to measure"
+    assert size_violations(plan) == []
+    blob = base64.b64encode(b"x" * (1024 * 1024 + 1)).decode()
+    secret["inputs"] = {**secret["inputs"], "data": {"big": blob}}
+    secret["inputs"].pop("stringData", None)
+    [v] = size_violations(plan)
+    assert v["urn"] == secret["urn"] and v["message"].startswith(
+        "Secret tenant-stark/neo4j-auth: its data is 1,048,577 bytes, over the 1,048,576-byte limit of Secret data")
+
+
+def test_any_kubernetes_object_over_1_mib_fails(plan):
+    tenant = stack_of(plan, "dev.stark")
+    ingress = next(r for r in tenant["resources"] if r["type"] == "kubernetes:networking.k8s.io/v1:Ingress")
+    ingress["inputs"]["metadata"]["annotations"]["padding"] = "x" * (1024 * 1024)
+    [v] = size_violations(plan)
+    size = len(json.dumps(ingress["inputs"], separators=(",", ":"), sort_keys=True).encode())
+    assert v == {"policy": RULE, "urn": ingress["urn"], "enforcement": "mandatory",
+                 "message": f"Ingress tenant-stark/app: its manifest is {size:,} bytes, over the 1,048,576-byte bound "
+                            "of a Kubernetes object (etcd refuses objects of about 1.5 MiB); split it or keep the data in "
+                            "a registry"}
+
+
+def test_helm_values_of_a_large_pool_fail(plan):
+    """The pooled application's real values for 10,000 pooled tenants."""
+    pooled = [t for t in sample.catalog(11_200).tenants if t.model.value == "pooled"][:10_000]
+    values = pooled_app_values("dev", dev_config(), pooled, "dev-pooled-tenancy-app")
+    release = resource(stack_of(plan, "dev"), "pooled-app-release")
+    release["inputs"]["values"] = values
+    [v] = size_violations(plan)
+    size = len(json.dumps(values, separators=(",", ":"), sort_keys=True).encode())
+    assert v["urn"] == release["urn"] and v["message"] == (
+        f"Helm release app: its values are {size:,} bytes, over 1,048,576 bytes: Helm keeps each release revision in "
+        "one Secret, limited to 1 MiB; keep per-tenant data out of the values (a registry, or one release per cell)")
+
+
+def test_a_stack_over_the_resource_bound_fails_against_the_stack(plan):
+    platform = stack_of(plan, "dev")
+    template = resource(platform, "identity-globex")
+    for i in range(2_001 - len(platform["resources"])):
+        extra = copy.deepcopy(template)
+        extra["urn"] = template["urn"].replace("identity-globex", f"identity-extra{i}")
+        platform["resources"].append(extra)
+    assert len(platform["resources"]) == 2_001
+    assert size_violations(plan) == [{
+        "policy": RULE, "urn": ROOT_URN, "enforcement": "mandatory",
+        "message": "stack dev has 2,001 resources, over the bound of 2,000 per stack (policy config maxResourcesPerStack): "
+                   "every preview and update of it reads and diffs them all; split it (cells, pool shards, identity "
+                   "shards)"}]
+    platform["resources"].pop()
+    assert size_violations(plan) == []
+
+
+def test_the_stack_form_runs_in_a_real_preview_with_its_configured_bounds(plan):
+    policy = {p.name: p for p in rules.STACK_POLICIES}[RULE]
+    assert policy.enforcement_level.value == "mandatory"
+    resources = _policy_resources(stack_of(plan, "dev"))
+    found: list[tuple[str, str | None]] = []
+    policy.validate(StackValidationArgs(resources, {"maxResourcesPerStack": 50, "maxObjectBytes": 20_000}),
+                    lambda message, urn=None: found.append((message, urn)))
+    assert [urn.rsplit("::", 1)[-1] for _, urn in found] == ["pooled-sql-sql", "tenancy-dev"]
+    assert found[0][0].startswith("ConfigMap tenancy-system/tenancy-sql-") and "over the 20,000-byte limit" in found[0][0]
+    assert found[1][0].startswith(f"stack dev has {len(resources)} resources, over the bound of 50 per stack")
