@@ -181,6 +181,17 @@ def test_automation_engine_sends_the_expected_cli_arguments(tmp_path, catalog):
     assert env["PULUMI_HOME"].startswith(str(engine._tmp)) and Path(env["TENANCY_CATALOG"]).exists()
 
 
+def test_automation_engine_hands_the_program_its_deployed_placements(tmp_path, catalog):
+    import dataclasses
+
+    cmd = RecordingCommand()
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    placed = {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}, "globex": {"poolShard": "pool-1"}}
+    engine.up("dev", dataclasses.replace(catalog, placements=placed))
+    env = cmd.envs[-1]
+    assert json.loads(Path(env["TENANCY_PLACEMENTS"]).read_text()) == placed
+
+
 def test_automation_engine_maps_preview_events_to_changes(tmp_path, catalog):
     urn = "urn:pulumi:dev.stark::tenancy::tenancy:gcp:PostgresInstance$gcp:sql/databaseInstance:DatabaseInstance::postgres-1-instance"
     cmd = RecordingCommand(events=[{"resourcePreEvent": {"metadata": {

@@ -64,6 +64,22 @@ def test_deploys_keep_placed_tenants_where_the_record_says(two_shards, tmp_path)
     assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
 
 
+def test_under_the_pulumi_cli_the_program_reads_the_deployed_placements_the_engine_hands_it(two_shards, tmp_path,
+                                                                                           monkeypatch):
+    import stacks
+    from tenancy.plan import _platform_config
+    from tenancy.recorder import run_program
+
+    (tmp_path / "tenants.yaml").write_text(WITH_ALPHA)
+    (tmp_path / "placements.json").write_text(json.dumps({"alpha": {"poolShard": "pool-2"}}))
+    monkeypatch.setenv(stacks.CATALOG_ENV, str(tmp_path / "tenants.yaml"))
+    monkeypatch.setenv(stacks.PLACEMENTS_ENV, str(tmp_path / "placements.json"))
+    result = run_program(stacks._main_async, project="tenancy", stack="dev", config=_platform_config("dev"))
+    # placed from scratch alpha would take pool-1 (first by id); the deployed placement keeps it in pool-2
+    assert json.loads(result.outputs["deployedRecord"])["placements"] == {
+        "alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
+
+
 def test_a_pin_that_disagrees_with_the_deployment_is_pending_not_applied(two_shards, tmp_path):
     engine = OfflineEngine(tmp_path / "state", "dev")
     deploy.deploy(engine, parse_catalog(BASE), "dev")
