@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from tenancy import naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
@@ -51,8 +51,9 @@ class PlacementError(TenancyError):
         super().__init__("\n".join(self.problems))
 
 
-@dataclass(frozen=True)
-class TenantPlacement:
+class TenantPlacement(NamedTuple):
+    """A tenant's units (None where its model has none). A tuple: a large fleet creates one per tenant."""
+
     cell: str | None = None
     pool_shard: str | None = None
     data_project: str | None = None
@@ -143,7 +144,7 @@ class Placement:
 
     def to_json(self) -> dict[str, dict[str, str]]:
         """What the deployed record keeps: tenant id -> {"cell", "poolShard", "dataProject"}."""
-        return {tid: p.to_json() for tid, p in sorted(self.tenants.items()) if p.to_json()}
+        return {tid: j for tid, p in self.tenants.items() if (j := p.to_json())}
 
     def usage(self) -> list[dict]:
         """Every unit with its load: [{"kind", "unit", "used", "capacity", "built"}]."""
@@ -174,7 +175,7 @@ def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
     dedicated tenants without a project of their own (each database with its read replicas)."""
     load = capacity.pool_shards
     for t in catalog.tenants:
-        if t.model is Model.DEDICATED and t.in_directory and not (t.dedicated and t.dedicated.project):
+        if t.plan.model is Model.DEDICATED and t.in_directory and not (t.dedicated and t.dedicated.project):
             replicas = t.dedicated.read_replicas if t.dedicated else 0
             load += len(t.plan.databases) * (1 + replicas)
     return load
@@ -187,19 +188,29 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
     units = _units(capacity, layout)
     units["data_project"].load[capacity.platform_project] += _fixed_platform_load(catalog, capacity)
     deployed = catalog.placements
-    tenants = sorted((t for t in catalog.tenants if t.in_directory), key=lambda t: t.id)
-    chosen: dict[str, dict[str, str]] = {t.id: {} for t in tenants}
+    chosen: dict[str, dict[str, str]] = {}
     decided: dict[str, str] = {}
     problems: list[tuple[str, str]] = []          # (tenant id or "" for the environment, message)
     refused: set[tuple[str, str]] = set()         # (tenant, key) already reported: not placed elsewhere
+    todo: list[tuple[Tenant, list[str]]] = []     # tenants with a unit still to choose, and which
 
-    # 1. Sticky: deployed tenants stay where they are.
+    # 1. Sticky: deployed tenants stay where they are (counting needs no order).
     stranded: dict[tuple[str, str], list[str]] = {}   # (key, unit) -> deployed tenants in a unit that is gone
-    for t in tenants:
-        was = deployed.get(t.id) or {}
-        for key in PLACEMENT_KEYS[t.model]:
-            name = was.get(JSON_KEYS[key])
+    for t in catalog.tenants:
+        if not t.in_directory:
+            continue
+        keys = PLACEMENT_KEYS[t.plan.model]
+        mine: dict[str, str] = {}
+        chosen[t.id] = mine
+        if not keys:
+            decided[t.id] = "own"
+            continue
+        was = deployed.get(t.id)
+        missing = []
+        for key in keys:
+            name = was.get(JSON_KEYS[key]) if was else None
             if not name:
+                missing.append(key)
                 continue
             u = units[key]
             if name not in u.index or not u.built[name]:
@@ -207,17 +218,22 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                 refused.add((t.id, key))
             else:
                 u.load[name] += cost(t, key)
-                chosen[t.id][key] = name
+                mine[key] = name
                 decided[t.id] = "deployed"
+        if missing:
+            todo.append((t, missing))
     for (key, name), ids in sorted(stranded.items()):
+        ids.sort()
         problems.append((ids[0], _stranded(units[key], name, ids, capacity)))
+    # New tenants (and new dimensions of deployed ones) are taken in order of their ids, never of the file.
+    todo.sort(key=lambda item: item[0].id)
 
     # 2. Pinned new tenants (or a tenant's dimension that is new, e.g. a cell after a tier move).
     lines: dict[str, int] | None = None
-    for t in tenants:
+    for t, missing in todo:
         pins = t.placement.pins() if t.placement else {}
-        for key in PLACEMENT_KEYS[t.model]:
-            if key in chosen[t.id] or key not in pins:
+        for key in missing:
+            if key not in pins:
                 continue
             u, name, c = units[key], pins[key], cost(t, key)
             why = None
@@ -243,8 +259,8 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
 
     # 3. Everyone else: the lowest-numbered built unit with room.
     waiting: dict[str, list[Tenant]] = {key: [] for key in units}
-    for t in tenants:
-        for key in PLACEMENT_KEYS[t.model]:
+    for t, missing in todo:
+        for key in missing:
             if key in chosen[t.id] or (t.id, key) in refused:
                 continue
             name = units[key].take_first(cost(t, key))
@@ -253,8 +269,6 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
             else:
                 chosen[t.id][key] = name
                 decided.setdefault(t.id, "placed")
-        if not PLACEMENT_KEYS[t.model]:
-            decided[t.id] = "own"
     for key, ts in waiting.items():
         if ts:
             problems.append(("", _full(units[key], ts, capacity, layout)))
@@ -263,7 +277,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
         if len(ordered) > MAX_PROBLEMS:
             ordered = ordered[:MAX_PROBLEMS] + [f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again"]
         raise PlacementError(ordered)
-    return Placement(capacity=capacity, tenants={tid: TenantPlacement(**c) for tid, c in chosen.items()},
+    return Placement(capacity=capacity, tenants={tid: TenantPlacement(**c) for tid, c in sorted(chosen.items())},
                      decided=decided, units=units, conflicts=pin_conflicts(catalog))
 
 
@@ -271,8 +285,10 @@ def pin_conflicts(catalog: Catalog) -> list[PinConflict]:
     """Deployed tenants whose pin in the catalogue says another unit: reported, never acted on."""
     out = []
     for t in catalog.tenants:
+        if t.placement is None:
+            continue
         was = catalog.placements.get(t.id) or {}
-        pins = t.placement.pins() if t.placement else {}
+        pins = t.placement.pins()
         for key, pinned in sorted(pins.items()):
             deployed = was.get(JSON_KEYS[key])
             if deployed and deployed != pinned and key in PLACEMENT_KEYS[t.model]:

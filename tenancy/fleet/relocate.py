@@ -59,7 +59,7 @@ def relocate(engine: Engine, desired: Catalog, env: str, tenant_id: str, *, cell
                                   + (f"; use {options}" if options else "; it has its own cluster and project")])
     capacity = capacity or fleet_capacity.load(env)
     now = place(record, capacity).tenants[tenant_id]
-    target = dataclasses.replace(now, **wanted)
+    target = now._replace(**wanted)
     if target == now:
         return {"tenant": tenant_id, "from": now.to_json(), "to": target.to_json(), "status": "unchanged"}
     _check_target(record, capacity, tenant_id, now, wanted)
