@@ -46,7 +46,7 @@ def shards(engine) -> dict[str, str]:
     return {tid: e["placement"]["poolShard"] for tid, e in directory(engine).items()}
 
 
-def test_deploys_keep_placed_tenants_where_the_record_says(two_shards, tmp_path):
+def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml_says(two_shards, tmp_path):
     engine = OfflineEngine(tmp_path / "state", "dev")
     assert [o.status for o in deploy.deploy(engine, parse_catalog(BASE), "dev")] == ["ok"]
     assert shards(engine) == {"bravo": "pool-1", "charlie": "pool-1"}
@@ -62,6 +62,15 @@ def test_deploys_keep_placed_tenants_where_the_record_says(two_shards, tmp_path)
     reordered = WITH_ALPHA.replace(BASE.split("\n", 2)[2], "") + BASE.split("\n", 2)[2]
     deploy.deploy(engine, parse_catalog(reordered), "dev")
     assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
+    # a pin that disagrees with the deployment is pending, not applied
+    pinned = parse_catalog(WITH_ALPHA.replace("admin_email: c@charlie.example}",
+                                              "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
+    outcomes = deploy.deploy(engine, pinned, "dev")
+    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), ("dev.charlie", "pending")]
+    assert outcomes[1].message == ("tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but "
+                                   "deployed in pool-1; a deploy never moves a placed tenant; run: tenancy place charlie "
+                                   "--pool-shard pool-2 --env dev")
+    assert shards(engine)["charlie"] == "pool-1"
 
 
 def test_under_the_pulumi_cli_the_program_reads_the_deployed_placements_the_engine_hands_it(two_shards, tmp_path,
@@ -80,19 +89,6 @@ def test_under_the_pulumi_cli_the_program_reads_the_deployed_placements_the_engi
         "alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
 
 
-def test_a_pin_that_disagrees_with_the_deployment_is_pending_not_applied(two_shards, tmp_path):
-    engine = OfflineEngine(tmp_path / "state", "dev")
-    deploy.deploy(engine, parse_catalog(BASE), "dev")
-    pinned = parse_catalog(BASE.replace("admin_email: c@charlie.example}",
-                                        "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
-    outcomes = deploy.deploy(engine, pinned, "dev")
-    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), ("dev.charlie", "pending")]
-    assert outcomes[1].message == ("tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but "
-                                   "deployed in pool-1; a deploy never moves a placed tenant; run: tenancy place charlie "
-                                   "--pool-shard pool-2 --env dev")
-    assert shards(engine)["charlie"] == "pool-1"
-
-
 def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_path):
     catalog = load_catalog(ROOT / "tenants.yaml")
     record = json.loads(rec.record_json(catalog))
@@ -105,15 +101,15 @@ def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_pat
     assert "acme" not in deployed.catalog.placements and "cyberdyne" not in deployed.catalog.placements
 
 
-def test_one_tenant_commands_carry_every_placement(two_shards, tmp_path):
-    engine = OfflineEngine(tmp_path / "state", "dev")
-    deploy.deploy(engine, parse_catalog(BASE), "dev")
-    deploy.deploy(engine, parse_catalog(WITH_ALPHA), "dev")
-    deployed = rec.read(engine, "dev")
+def test_one_tenant_commands_carry_every_placement():
+    placements = {"alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
+    deployed = rec.Deployed(dataclasses.replace(parse_catalog(WITH_ALPHA), placements=placements), {})
     suspended = rec.for_tenant(deployed, parse_catalog(WITH_ALPHA), "bravo", state="suspended")
-    assert suspended.placements == deployed.catalog.placements
-    assert dict(rec.for_tenant(deployed, parse_catalog(BASE), "alpha", placement={"poolShard": "pool-1"}).placements) == {
-        "alpha": {"poolShard": "pool-1"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
+    assert suspended.placements == placements and suspended.tenant("bravo").state.value == "suspended"
+    moved = rec.for_tenant(deployed, parse_catalog(BASE), "alpha", placement={"poolShard": "pool-1"})
+    assert dict(moved.placements) == {**placements, "alpha": {"poolShard": "pool-1"}}
+    effective, pending = rec.for_deploy(parse_catalog(BASE), deployed)
+    assert effective.placements == placements and [p.kind for p in pending] == ["removed"]
 
 
 @pytest.mark.postgres
