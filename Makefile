@@ -72,6 +72,7 @@ schema: $(STAMP)
 
 bench: $(STAMP) postgres
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) $(OUT) $(TOOLS) .pytest_cache

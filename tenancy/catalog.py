@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tenancy import naming
 from tenancy.errors import CatalogError, Problem
@@ -352,18 +352,13 @@ class PlacementPin(Strict):
     data_project: str | None = Field(default=None, description="namespace plans: the GCP project holding the tenant's "
                                      "Cloud SQL instances (the platform project or one of tenancy:dataProjects)")
 
-    @field_validator("cell")
+    @field_validator("cell", "pool_shard")
     @classmethod
-    def _cell(cls, v: str | None) -> str | None:
-        if v is not None and not naming.CELL_PATTERN.fullmatch(v):
-            raise ValueError(f"{echo(v)} is not a cell name; cells are named cell-1, cell-2, ...")
-        return v
-
-    @field_validator("pool_shard")
-    @classmethod
-    def _pool_shard(cls, v: str | None) -> str | None:
-        if v is not None and not naming.POOL_SHARD_PATTERN.fullmatch(v):
-            raise ValueError(f"{echo(v)} is not a pool shard name; pool shards are named pool-1, pool-2, ...")
+    def _unit(cls, v: str | None, info: ValidationInfo) -> str | None:
+        pattern, what = {"cell": (naming.CELL_PATTERN, ("cell", "cell")),
+                         "pool_shard": (naming.POOL_SHARD_PATTERN, ("pool shard", "pool"))}[info.field_name]
+        if v is not None and not pattern.fullmatch(v):
+            raise ValueError(f"{echo(v)} is not a {what[0]} name; {what[0]}s are named {what[1]}-1, {what[1]}-2, ...")
         return v
 
     @field_validator("data_project")

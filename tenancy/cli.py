@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--changed-since", metavar="GIT_REF", help="plan only stacks whose catalogue entries or code changed since GIT_REF")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for tenant stacks (default: CPU count)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON (stacks, reasons, violations)")
+    _deployed_record_arg(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("policy-check", help="evaluate the policy pack against a plan file",
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--base", metavar="GIT_REF", help="compare with the catalogue and code at this git ref")
     base.add_argument("--base-catalog", metavar="FILE", help="compare with this catalogue file (no git needed)")
     p.add_argument("--plan", metavar="PLAN.json", help="the head's offline plan, for resource counts and violations")
+    _deployed_record_arg(p)
     p.set_defaults(func=cmd_pr_comment)
 
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
@@ -200,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     _tables_arg(e)
     e.set_defaults(func=cmd_data_export)
     return parser
+
+
+def _deployed_record_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deployed-record", metavar="FILE", help="the platform stack's deployedRecord output saved to FILE "
+                   "(`pulumi stack output deployedRecord -s ENV > FILE`): placed tenants are shown where they are")
+
+
+def _with_deployed(catalog, args):
+    """The catalogue with the deployed placements of --deployed-record (unchanged without it)."""
+    if not getattr(args, "deployed_record", None):
+        return catalog
+    import dataclasses
+
+    from tenancy.fleet import capacity, placement
+
+    project = capacity.load(args.env).platform_project
+    return dataclasses.replace(catalog, placements=placement.record_placements(args.deployed_record, catalog, project))
 
 
 def _tables_arg(p: argparse.ArgumentParser) -> None:
@@ -453,7 +472,7 @@ def cmd_pr_comment(args) -> int:
     from tenancy.fleet import capacity, placement as fleet
     placed, refused = None, None
     try:
-        placed = fleet.place(head, capacity.load(args.env))
+        placed = fleet.place(_with_deployed(head, args), capacity.load(args.env))
     except fleet.PlacementError as exc:   # shown in the comment: the change cannot be deployed as it is
         refused = str(exc)
     sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label, placement=placed,
@@ -512,7 +531,7 @@ def cmd_plan(args) -> int:
     from tenancy import plan as planmod
     from tenancy.catalog import load_catalog
 
-    catalog = load_catalog(args.tenants)
+    catalog = _with_deployed(load_catalog(args.tenants), args)
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT

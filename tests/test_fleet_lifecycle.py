@@ -248,3 +248,23 @@ def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused
     repinned = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
                              "admin_email: a@newco.example, placement: {cell: cell-2}}\n")
     assert changes_between(head, repinned, "dev").reasons == {"dev": ["tenant newco changed: placement"]}
+
+
+def test_plan_and_pr_comment_read_a_saved_deployed_record(tmp_path, capsys):
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    record = tmp_path / "record.json"
+    # as `pulumi stack output deployedRecord --json` prints it: a JSON string holding the record
+    record.write_text(json.dumps(rec.record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}})))
+    out = tmp_path / "plan"
+    assert cli.main(["plan", "--tenant", "stark", "--out", str(out), "--deployed-record", str(record)]) == 0
+    assert "  dev.stark  cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913  [deployed]" in \
+        capsys.readouterr().out.splitlines()
+    assert stack_of(json.loads((out / "plan.json").read_text()), "dev.stark")["placement"]["decided"] == "deployed"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"catalog": {}, "placements": ["stark"]}')
+    for path, message in ((bad, f"error: {bad}: its placements are not {{tenant: {{cell, poolShard, dataProject}}}}"),
+                          (tmp_path / "none.json", f"error: {tmp_path / 'none.json'}: No such file or directory; save it "
+                                                   f"with `pulumi stack output deployedRecord -s <env> > "
+                                                   f"{tmp_path / 'none.json'}`")):
+        assert cli.main(["pr-comment", "--base-catalog", str(ROOT / "tenants.yaml"), "--deployed-record", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == message

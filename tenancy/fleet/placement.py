@@ -296,6 +296,34 @@ def pin_conflicts(catalog: Catalog) -> list[PinConflict]:
     return out
 
 
+def record_placements(path: str, catalog: Catalog, platform_project: str) -> dict[str, dict[str, str]]:
+    """The placements of a deployed record saved to a file (`pulumi stack output deployedRecord -s <env>`,
+    with or without --json), for offline plans and PR comments that should show tenants where they are."""
+    import json
+    from pathlib import Path
+
+    from tenancy.errors import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, str):
+            data = json.loads(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}; save it with `pulumi stack output deployedRecord -s <env> > "
+                          f"{path}`") from None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or "catalog" not in data:
+        raise ConfigError(f"{path}: not a deployed record (the platform stack's deployedRecord output, "
+                          "`pulumi stack output deployedRecord -s <env>`)")
+    placements = data.get("placements")
+    if placements is None:
+        return legacy(catalog, platform_project)
+    if not isinstance(placements, dict) or not all(isinstance(v, dict) for v in placements.values()):
+        raise ConfigError(f"{path}: its placements are not {{tenant: {{cell, poolShard, dataProject}}}}")
+    return placements
+
+
 def legacy(catalog: Catalog, platform_project: str) -> dict[str, dict[str, str]]:
     """The placements of a deployment recorded before placement existed: one shared cluster, one pooled
     instance and the platform project, which are cell 1, pool shard 1 and the first data project."""
