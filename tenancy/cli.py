@@ -493,8 +493,11 @@ def cmd_validate(args) -> int:
     from tenancy.catalog import load_catalog
 
     catalog = load_catalog(args.tenants)
-    # Rules that need the environment (custom domains against its base domain, its platform project).
+    # Rules that need the environment (custom domains against its base domain, its platform project), and
+    # whether its capacity holds every tenant and each pin (tenancy/fleet).
     require_catalog_fits(catalog, offline_platform_config(args.env))
+    from tenancy.fleet import capacity, placement
+    placement.place(catalog, capacity.load(args.env))
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1

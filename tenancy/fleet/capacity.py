@@ -130,14 +130,10 @@ class Capacity:
 
 def load(environment: str) -> Capacity:
     """Outside a program (plan, CLI, benchmarks): from stacks/Pulumi.<env>.yaml and Pulumi.yaml's defaults."""
-    from stacks.config import load_stack_config, project_defaults
+    from stacks.config import load_stack_config, offline_platform_config
 
     config = load_stack_config(environment)
-    project = config.get(f"{NAMESPACE}:gcpProject") or project_defaults().get("gcpProject")
-    if not project:
-        raise ConfigError(f"stacks/Pulumi.{environment}.yaml: {NAMESPACE}:gcpProject is required for the platform stack; "
-                          f"set it with `pulumi config set {NAMESPACE}:gcpProject <value> -s {environment}` "
-                          "(the GCP project id)")
+    project = offline_platform_config(environment).gcp_project
     return Capacity.validate({key: config.get(f"{NAMESPACE}:{key}") for key in KEYS}, environment, project)
 
 
