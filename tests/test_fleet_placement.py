@@ -349,3 +349,16 @@ def test_deployed_tenants_stay_when_capacity_shrinks_but_a_cell_holding_tenants_
         "cell cell-3 holds 300 deployed tenant(s) (t006607, t006608, t006609, t006701, t006702 and 295 more), but "
         "stacks/Pulumi.dev.yaml no longer declares it (it declares cell-1, cell-2): a cell that holds tenants cannot be "
         "removed; declare it again (tenancy:cells: 3 or more), or move its tenants first with `tenancy place`"]
+
+
+def test_validate_checks_the_catalogue_against_the_environments_capacity(tmp_path, capsys):
+    from tenancy import cli
+
+    path = tmp_path / "tenants.yaml"
+    path.write_text(SMALL)          # echo is pinned to pool-2; dev declares one pool shard
+    assert cli.main(["validate", "--tenants", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {path}:11: tenant 'echo': placement.pool_shard: pool-2 is not a pool shard of 'dev': "
+        "stacks/Pulumi.dev.yaml declares pool-1 (tenancy:poolShards: 1); use one of those or raise tenancy:poolShards")
+    path.write_text(SMALL.replace(", placement: {pool_shard: pool-2}", ""))
+    assert cli.main(["validate", "--tenants", str(path)]) == 0
