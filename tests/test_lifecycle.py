@@ -323,6 +323,7 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     edited = with_tenant(world["catalog"], "bravo", plan="standard")   # the engineer edits tenants.yaml
     [move] = deploy.pending(world["engine"], edited, "dev")
     assert (move.tenant, move.kind, move.command) == ("bravo", "move", "tenancy upgrade bravo --to standard")
+    assert (move.to_plan, move.to_model) == ("standard", "namespace"), "what the deploy workflow's move step reads"
     assert move.message == "tier move free (pooled) → standard (namespace) waits for its data to move"
     outcomes = {o.stack: o for o in deploy.deploy(world["engine"], edited, "dev", mode="up")}
     assert outcomes["dev.bravo"].status == "pending"

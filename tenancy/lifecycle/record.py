@@ -53,6 +53,8 @@ class Pending:
     kind: str            # move | state | removed | offboarded | catalog-behind | placement
     message: str
     command: str | None = None
+    to_plan: str | None = None     # a move: the plan (and model) tenants.yaml asks for
+    to_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def for_deploy(desired: Catalog, deployed: Deployed) -> tuple[Catalog, list[Pend
             else:
                 pending.append(Pending(was.id, "move", f"tier move {was.plan_name} ({was.model.value}) → {want.plan_name} "
                                        f"({want.model.value}) waits for its data to move",
-                                       f"tenancy upgrade {was.id} --to {want.plan_name}"))
+                                       f"tenancy upgrade {was.id} --to {want.plan_name}", want.plan_name,
+                                       want.model.value))
         if want.state is not was.state and want.state is not State.OFFBOARDED:
             entry["state"] = was.state.value
             verb = "suspend" if want.state is State.SUSPENDED else "resume"
