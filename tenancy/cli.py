@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="PLAN.json", help="the head's offline plan, for resource counts and violations")
     p.set_defaults(func=cmd_pr_comment)
 
+    p = sub.add_parser("operator", help="the Pulumi Kubernetes Operator's Stack objects",
+                       description="Stack objects of the Pulumi Kubernetes Operator, one per stack of the environment.")
+    osub = p.add_subparsers(dest="operator_command", required=True, parser_class=_Parser, metavar="ACTION")
+    m = osub.add_parser("manifests", help="every Stack object of the environment at a commit, as YAML",
+                        description="Print every Stack object of the environment at COMMIT as YAML documents, each "
+                        "validated against the operator's CRD (schemas/pko/). `tenancy up --engine operator` creates and "
+                        "patches them itself; this is for review, bootstrap and GitOps.")
+    _common(m)
+    m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
+    m.set_defaults(func=cmd_operator_manifests)
+
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
     a = dbsub.add_parser("apply", help="apply the tenancy SQL (sql/*.sql) to DSN in one transaction",
@@ -197,24 +208,41 @@ def _table_list(values: list[str] | None) -> list[str] | None:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["auto", "offline"], default="auto",
-                   help="auto: the Pulumi CLI through the Automation API; offline: run programs locally (dry runs)")
+    p.add_argument("--engine", choices=["auto", "offline", "operator"], default="auto",
+                   help="auto: the Pulumi CLI through the Automation API; offline: run programs locally (dry runs); "
+                        "operator: Stack objects on the Pulumi Kubernetes Operator")
     p.add_argument("--state", metavar="DIR", default=".tenancy-state", help="state directory of the offline engine")
     p.add_argument("--policy-pack", metavar="DIR", default="policy", help="policy pack passed to every preview/up")
+    op = p.add_argument_group("operator engine")
+    op.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the rollout pins (default: HEAD; pushed)")
+    op.add_argument("--kube-context", metavar="NAME", help="kubeconfig context of the operator's cluster")
+    op.add_argument("--operator-preview", choices=["stacks", "offline", "both"], default="stacks",
+                    help="preview through `preview: true` Stack objects, the offline engine (--state), or both")
+    op.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="wait at most this long per stack")
 
 
 def _engine(args):
+    import shutil
+
     from tenancy.engine import AutomationEngine, OfflineEngine
 
     if args.engine == "offline":
         return OfflineEngine(args.state, args.env)
-    import shutil
-    if shutil.which("pulumi") is None:
+    root = Path(__file__).resolve().parent.parent
+    auto = None
+    if shutil.which("pulumi") is not None:
+        auto = AutomationEngine(root, root / args.policy_pack,
+                                on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
+    if args.engine == "operator":
+        from tenancy.operator import engine as operator
+
+        return operator.build(args.env, commit=args.commit, kube_context=args.kube_context, preview=args.operator_preview,
+                              state=args.state, timeout=args.timeout, outputs_fallback=auto.outputs if auto else None,
+                              on_status=lambda stack, msg: print(f"[{stack}] {msg}", file=sys.stderr, flush=True))
+    if auto is None:
         from tenancy.errors import ConfigError
         raise ConfigError("the Pulumi CLI is not on PATH; install it, or use --engine offline --state DIR for a dry run")
-    root = Path(__file__).resolve().parent.parent
-    return AutomationEngine(root, root / args.policy_pack,
-                            on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
+    return auto
 
 
 def cmd_deploy(args) -> int:
@@ -422,6 +450,26 @@ def cmd_pr_comment(args) -> int:
         label = args.base
     plan = json.loads(Path(args.plan).read_text()) if args.plan else None
     sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label))
+    return EXIT_OK
+
+
+def cmd_operator_manifests(args) -> int:
+    import yaml
+
+    from tenancy.catalog import load_catalog
+    from tenancy.operator import schema
+    from tenancy.operator.settings import OperatorSettings
+    from tenancy.operator.stacks import fleet_objects, resolve_commit
+
+    settings = OperatorSettings.load(args.env).require_rollout()
+    commit = resolve_commit(args.commit)
+    objects = fleet_objects(load_catalog(args.tenants), settings, commit)
+    for obj in objects:
+        if found := schema.problems(obj):
+            print(f"error: Stack {obj['metadata']['name']}: {'; '.join(found)}", file=sys.stderr)
+            return EXIT_FAIL
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    print(f"{len(objects)} Stack object(s) at commit {commit[:12]}, each valid against the operator's CRD", file=sys.stderr)
     return EXIT_OK
 
 
