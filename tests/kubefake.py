@@ -67,6 +67,7 @@ class FakeKube:
         self.outcomes: dict[str, tuple[str, str]] = {}     # object name -> ("failed", message) | ("stalled", message)
         self.outputs: dict[str, dict] = {}                 # object name -> stack outputs once succeeded
         self.frozen: set[str] = set()                      # objects the operator never gets to
+        self.errors: dict[str, tuple[int, str]] = {}       # object name -> (HTTP status, message) for every call
         self._reads: dict[str, int] = {}
 
     def api_client(self) -> client.ApiClient:
@@ -91,6 +92,9 @@ class FakeKube:
         ns = segs[4]
         name = segs[6] if len(segs) > 6 else (payload or {}).get("metadata", {}).get("name")
         key = (ns, name)
+        if name in self.errors:
+            status, message = self.errors[name]
+            return _Response(status, {"kind": "Status", "message": message}, "Error")
         if method == "POST":
             if key in self.objects:
                 return _Response(409, {"kind": "Status", "message": f'stacks.pulumi.com "{name}" already exists'}, "Conflict")
