@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -101,9 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         _engine_args(p)
         p.add_argument("--tenant", action="append", default=[], metavar="ID", help="only this tenant's stack (repeatable)")
+        p.add_argument("--stack", action="append", default=None, metavar="NAME",
+                       help="only this stack (repeatable; a CI batch from `tenancy affected`)")
         p.add_argument("--changed-since", metavar="REF", help="only stacks whose catalogue entries or code changed since REF")
-        p.add_argument("--parallel", type=int, default=4, metavar="N", help="tenant stacks at once (default 4)")
+        p.add_argument("--parallel", type=int, default=None, metavar="N",
+                       help="stacks at once within a wave (default 4; 50 with --engine operator)")
         p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+        if name == "up":
+            w = p.add_argument_group("waves")
+            w.add_argument("--waves", metavar="FILE", help="the rollout's waves (default: rollout.yaml if present, "
+                           "else the platform stack, then the tenant stacks)")
+            w.add_argument("--from-wave", type=int, default=1, metavar="N", help="resume a halted rollout at wave N")
+            w.add_argument("--pause", type=float, metavar="SECONDS", help="pause between waves (overrides the file)")
+            w.add_argument("--no-health-gate", action="store_true", help="go on to the next wave without the health gate")
         p.set_defaults(func=cmd_deploy, mode=name)
 
     p = sub.add_parser("moves", help="tier moves the catalogue asks for and the deployment has not made, as JSON",
@@ -247,11 +258,30 @@ def _engine(args):
 
 def cmd_deploy(args) -> int:
     from tenancy.catalog import load_catalog
-    from tenancy.lifecycle import deploy
+    from tenancy.lifecycle import deploy, waves
 
     catalog = load_catalog(args.tenants)
-    outcomes = deploy.deploy(_engine(args), catalog, args.env, mode=args.mode, tenants=args.tenant,
-                             changed_since=args.changed_since, parallel=args.parallel, allow_destroy=args.allow_destroy)
+    parallel = args.parallel or (50 if args.engine == "operator" else 4)
+    if parallel < 1:
+        print("--parallel must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
+    engine = _engine(args)
+    spec = gate = None
+    if args.mode == "up":
+        explicit = args.waves is not None
+        spec = waves.load(args.waves if explicit else Path(args.tenants).resolve().parent / "rollout.yaml", args.env,
+                          required=explicit)
+        if args.pause is not None:
+            spec = spec.model_copy(update={"pause_seconds": args.pause,
+                                           "waves": tuple(w.model_copy(update={"pause_seconds": None}) for w in spec.waves)})
+        if args.engine == "offline":   # nothing serves traffic in a dry run: the gate checks outputs only
+            spec = spec.model_copy(update={"health": spec.health.model_copy(update={"endpoints": False})})
+        if not args.no_health_gate:
+            gate = waves.HealthGate(engine, spec.health, sleep=time.sleep)
+    result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
+                            changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
+                            waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    outcomes = result.outcomes
     for o in outcomes:
         print(o.line())
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
@@ -259,7 +289,31 @@ def cmd_deploy(args) -> int:
           f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+    if result.halted:
+        h = result.halted
+        print(f"halted at wave {h.wave}/{len(result.waves)} '{h.name}': {h.reason}")
+        print(f"to resume once it is fixed: {_resume_command(args, h.wave)}")
+        return EXIT_FAIL
     return EXIT_FAIL if bad else EXIT_OK
+
+
+def _resume_command(args, wave: int) -> str:
+    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--from-wave":
+            skip = True
+            continue
+        if a.startswith("--from-wave="):
+            continue
+        out.append(a)
+    return shlex.join(["tenancy", *out, "--from-wave", str(wave)])
 
 
 def cmd_moves(args) -> int:
@@ -572,6 +626,7 @@ def cmd_policy_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable = args.func
     try:
         return func(args)
