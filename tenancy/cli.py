@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_check)
     p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
                        description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
-                       '{"environment", "platform": bool, "stacks": [...], "matrix": {"include": [{"stack": ...}]}, "reasons", "removed"}.')
+                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "jobs": N, '
+                       '"matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", "removed"}. The matrix '
+                       "holds the stacks to preview for real, in at most --max-jobs batches.")
     _common(p)
     p.add_argument("--changed-since", required=True, metavar="GIT_REF")
+    p.add_argument("--max-jobs", type=int, default=256, metavar="N", help="matrix jobs at most (GitHub's limit: 256)")
+    p.add_argument("--max-real", type=int, metavar="N",
+                   help="preview at most N stacks for real (the rest offline only); default: every affected stack")
     p.set_defaults(func=cmd_affected)
 
     p = sub.add_parser("pr-comment", help="the pull-request comment (Markdown with a Mermaid diagram)",
@@ -76,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--base", metavar="GIT_REF", help="compare with the catalogue and code at this git ref")
     base.add_argument("--base-catalog", metavar="FILE", help="compare with this catalogue file (no git needed)")
     p.add_argument("--plan", metavar="PLAN.json", help="the head's offline plan, for resource counts and violations")
+    p.add_argument("--affected", metavar="AFFECTED.json", help="`tenancy affected` output: which stacks are previewed for real")
+    p.add_argument("--full-out", metavar="FILE", help="also write the comment with every stack's row (a job artifact)")
+    p.add_argument("--details-url", metavar="URL", help="where the full table is (the workflow run's artifacts)")
     p.set_defaults(func=cmd_pr_comment)
 
     p = sub.add_parser("operator", help="the Pulumi Kubernetes Operator's Stack objects",
@@ -472,18 +480,26 @@ def cmd_data_export(args) -> int:
 
 
 def cmd_affected(args) -> int:
-    from tenancy import naming
+    from tenancy import ci, naming
     from tenancy.catalog import load_catalog
     from tenancy.changes import changes_since
 
+    if not 1 <= args.max_jobs <= ci.MAX_JOBS:
+        print(f"--max-jobs must be between 1 and {ci.MAX_JOBS} (GitHub Actions' matrix limit)", file=sys.stderr)
+        return EXIT_INPUT
+    if args.max_real is not None and args.max_real < 1:
+        print("--max-real must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
     catalog = load_catalog(args.tenants)
     naming.check_env(args.env)
     ch = changes_since(catalog, args.env, args.changed_since)
     platform = naming.stack_name(args.env)
     stacks = ([platform] if platform in ch.reasons else []) + sorted(s for s in ch.reasons if s != platform)
+    chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
+    matrix = ci.matrix(chosen, args.max_jobs, platform)
     print(json.dumps({"environment": args.env, "platform": platform in ch.reasons, "stacks": stacks,
-                      "matrix": {"include": [{"stack": s} for s in stacks]}, "reasons": ch.reasons,
-                      "removed": ch.removed}, indent=1))
+                      "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
+                      "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
 
 
@@ -503,7 +519,11 @@ def cmd_pr_comment(args) -> int:
         base, _ = catalog_at(args.tenants, args.base)
         label = args.base
     plan = json.loads(Path(args.plan).read_text()) if args.plan else None
-    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label))
+    affected = json.loads(Path(args.affected).read_text()) if args.affected else None
+    kw = dict(base_label=label, affected=affected, details_url=args.details_url)
+    if args.full_out:
+        Path(args.full_out).write_text(prcomment.render(base, head, changes, args.env, plan, full=True, **kw))
+    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, **kw))
     return EXIT_OK
 
 
