@@ -602,8 +602,11 @@ def cmd_plan(args) -> int:
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
+    from tenancy.progress import Meter
+
+    meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=planmod.eprint)
+                          workers=args.workers, progress=meter.say, meter=meter)
     path = planmod.write(result, args.out)
     if args.json:
         print(json.dumps({
