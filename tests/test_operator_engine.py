@@ -240,3 +240,36 @@ def test_merge_patch_is_the_exact_difference():
     want = {"commit": "b", "config": {"x": "1", "z": "3"}, "env": [], "keep": True}
     assert merge_patch(live, want) == {"commit": "b", "config": {"y": None, "z": "3"}, "env": []}
     assert merge_patch({"a": {"b": 1}, "other": 1}, {"a": {"b": 1}}, remove=False) == {}
+
+
+def test_the_program_applies_the_overlay_it_is_given(monkeypatch, catalog):
+    """What a workspace does with TENANCY_CATALOG_OVERLAY: the platform program builds the held catalogue."""
+    import stacks
+    from stacks.config import project_name
+    from tenancy.plan import _platform_config
+    from tenancy.recorder import run_program
+
+    held = with_tenant(catalog, "globex", plan="basic")
+    monkeypatch.setenv("TENANCY_CATALOG_OVERLAY", ov.encode(ov.difference(held, catalog)))
+    monkeypatch.delenv("TENANCY_CATALOG", raising=False)
+    result = run_program(stacks._main_async, project=project_name(), stack="dev", config=_platform_config("dev"))
+    directory = json.loads(result.outputs["tenantDirectory"])
+    assert directory["globex"]["plan"] == "basic" and directory["initech"]["plan"] == "basic"
+    record = json.loads(result.outputs["deployedRecord"])
+    assert next(t for t in record["catalog"]["tenants"] if t["id"] == "globex")["plan"] == "basic"
+
+
+def test_the_command_needs_the_operator_settings_and_credentials():
+    import os
+    import subprocess
+    import sys
+
+    run = lambda *a, **env: subprocess.run([sys.executable, "-m", "tenancy", "up", "--engine", "operator", *a], cwd=ROOT,
+                                           capture_output=True, text=True, env={**os.environ, **env})
+    res = run("--env", "dev")
+    assert res.returncode == 2 and res.stderr.startswith("error: stacks/Pulumi.dev.yaml: tenancy:operatorDeployer is required")
+    res = run("--env", "prod", KUBECONFIG=str(ROOT / "no-such-kubeconfig"), KUBERNETES_SERVICE_HOST="")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == ("error: no Kubernetes credentials for the operator's cluster: Invalid kube-config file. "
+                                  "No configuration found.; run `gcloud container clusters get-credentials <cluster>` or "
+                                  "pass --kube-context")
