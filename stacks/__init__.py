@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOG_ENV = "TENANCY_CATALOG"
 NOTES_ENV = "TENANCY_NOTES"   # JSON file of deployment notes that travel with the catalogue (lifecycle commands)
 PLACEMENTS_ENV = "TENANCY_PLACEMENTS"   # JSON file of the deployed placements (tenancy/fleet), likewise
+OVERLAY_ENV = "TENANCY_CATALOG_OVERLAY"   # JSON: a rollout's changes to tenants.yaml (tenancy/operator/overlay.py)
 
 
 def catalog_path() -> Path:
@@ -80,4 +81,8 @@ async def _main_async() -> None:
         catalog = dataclasses.replace(catalog, notes=json.loads(Path(os.environ[NOTES_ENV]).read_text()))
     if os.environ.get(PLACEMENTS_ENV):
         catalog = dataclasses.replace(catalog, placements=json.loads(Path(os.environ[PLACEMENTS_ENV]).read_text()))
+    if os.environ.get(OVERLAY_ENV):
+        from tenancy.operator.overlay import apply
+
+        catalog = apply(catalog, json.loads(os.environ[OVERLAY_ENV]))
     await program(pulumi.get_stack(), catalog)()

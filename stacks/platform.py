@@ -88,6 +88,7 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     _export_tenant_facts(env, cfg, net, cluster, edge)
     if placement is None:
         return
+    _operator(env, provider, cluster)
     directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns, placement)
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
     # The catalogue this deployment applied, and where it placed each tenant: lifecycle commands start from it,
@@ -123,6 +124,20 @@ def _foundation(env: str, cfg: PlatformConfig):
     # Node pools' taints hold against tenants' own pod specs (sandbox and per-tenant pools).
     NodeIsolationPolicy("node-isolation", k8s_labels(env, SHARED), opts=kopts)
     return provider, net, cluster, edge, system_ns
+
+
+def _operator(env: str, provider: gcp.Provider, cluster: GkeCluster) -> None:
+    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default)."""
+    from components.operator import OperatorArgs, PulumiOperator
+    from tenancy.operator.settings import CHART, CHART_VERSION, DEPLOYER_KSA, OperatorSettings
+
+    op = OperatorSettings.from_pulumi(env)
+    if op.enabled:
+        PulumiOperator("pulumi-operator", OperatorArgs(
+            namespace=op.namespace, chart=CHART, chart_version=CHART_VERSION, deployer_email=op.deployer,
+            deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
+            labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles),
+            opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
 
 
 def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:

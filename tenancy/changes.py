@@ -13,7 +13,8 @@ from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
 PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/")
+                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/",
+                 "tenancy/operator/settings.py")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
                "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -63,9 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_check)
     p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
                        description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
-                       '{"environment", "platform": bool, "stacks": [...], "matrix": {"include": [{"stack": ...}]}, "reasons", "removed"}.')
+                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "jobs": N, '
+                       '"matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", "removed"}. The matrix '
+                       "holds the stacks to preview for real, in at most --max-jobs batches.")
     _common(p)
     p.add_argument("--changed-since", required=True, metavar="GIT_REF")
+    p.add_argument("--max-jobs", type=int, default=256, metavar="N", help="matrix jobs at most (GitHub's limit: 256)")
+    p.add_argument("--max-real", type=int, metavar="N",
+                   help="preview at most N stacks for real (the rest offline only); default: every affected stack")
     p.set_defaults(func=cmd_affected)
 
     p = sub.add_parser("pr-comment", help="the pull-request comment (Markdown with a Mermaid diagram)",
@@ -77,7 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--base-catalog", metavar="FILE", help="compare with this catalogue file (no git needed)")
     p.add_argument("--plan", metavar="PLAN.json", help="the head's offline plan, for resource counts and violations")
     _deployed_record_arg(p)
+    p.add_argument("--affected", metavar="AFFECTED.json", help="`tenancy affected` output: which stacks are previewed for real")
+    p.add_argument("--full-out", metavar="FILE", help="also write the comment with every stack's row (a job artifact)")
+    p.add_argument("--details-url", metavar="URL", help="where the full table is (the workflow run's artifacts)")
     p.set_defaults(func=cmd_pr_comment)
+
+    p = sub.add_parser("operator", help="the Pulumi Kubernetes Operator's Stack objects",
+                       description="Stack objects of the Pulumi Kubernetes Operator, one per stack of the environment.")
+    osub = p.add_subparsers(dest="operator_command", required=True, parser_class=_Parser, metavar="ACTION")
+    m = osub.add_parser("manifests", help="every Stack object of the environment at a commit, as YAML",
+                        description="Print every Stack object of the environment at COMMIT as YAML documents, each "
+                        "validated against the operator's CRD (schemas/pko/). `tenancy up --engine operator` creates and "
+                        "patches them itself; this is for review, bootstrap and GitOps.")
+    _common(m)
+    m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
+    m.set_defaults(func=cmd_operator_manifests)
 
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
@@ -92,9 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         _engine_args(p)
         p.add_argument("--tenant", action="append", default=[], metavar="ID", help="only this tenant's stack (repeatable)")
+        p.add_argument("--stack", action="append", default=None, metavar="NAME",
+                       help="only this stack (repeatable; a CI batch from `tenancy affected`)")
         p.add_argument("--changed-since", metavar="REF", help="only stacks whose catalogue entries or code changed since REF")
-        p.add_argument("--parallel", type=int, default=4, metavar="N", help="tenant stacks at once (default 4)")
+        p.add_argument("--parallel", type=int, default=None, metavar="N",
+                       help="stacks at once within a wave (default 4; 50 with --engine operator)")
         p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
+        if name == "up":
+            w = p.add_argument_group("waves")
+            w.add_argument("--waves", metavar="FILE", help="the rollout's waves (default: rollout.yaml if present, "
+                           "else the platform stack, then the tenant stacks)")
+            w.add_argument("--from-wave", type=int, default=1, metavar="N", help="resume a halted rollout at wave N")
+            w.add_argument("--pause", type=float, metavar="SECONDS", help="pause between waves (overrides the file)")
+            w.add_argument("--no-health-gate", action="store_true", help="go on to the next wave without the health gate")
         p.set_defaults(func=cmd_deploy, mode=name)
 
     p = sub.add_parser("moves", help="tier moves the catalogue asks for and the deployment has not made, as JSON",
@@ -231,33 +261,69 @@ def _table_list(values: list[str] | None) -> list[str] | None:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["auto", "offline"], default="auto",
-                   help="auto: the Pulumi CLI through the Automation API; offline: run programs locally (dry runs)")
+    p.add_argument("--engine", choices=["auto", "offline", "operator"], default="auto",
+                   help="auto: the Pulumi CLI through the Automation API; offline: run programs locally (dry runs); "
+                        "operator: Stack objects on the Pulumi Kubernetes Operator")
     p.add_argument("--state", metavar="DIR", default=".tenancy-state", help="state directory of the offline engine")
     p.add_argument("--policy-pack", metavar="DIR", default="policy", help="policy pack passed to every preview/up")
+    op = p.add_argument_group("operator engine")
+    op.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the rollout pins (default: HEAD; pushed)")
+    op.add_argument("--kube-context", metavar="NAME", help="kubeconfig context of the operator's cluster")
+    op.add_argument("--operator-preview", choices=["stacks", "offline", "both"], default="stacks",
+                    help="preview through `preview: true` Stack objects, the offline engine (--state), or both")
+    op.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="wait at most this long per stack")
 
 
 def _engine(args):
+    import shutil
+
     from tenancy.engine import AutomationEngine, OfflineEngine
 
     if args.engine == "offline":
         return OfflineEngine(args.state, args.env)
-    import shutil
-    if shutil.which("pulumi") is None:
+    root = Path(__file__).resolve().parent.parent
+    auto = None
+    if shutil.which("pulumi") is not None:
+        auto = AutomationEngine(root, root / args.policy_pack,
+                                on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
+    if args.engine == "operator":
+        from tenancy.operator import engine as operator
+
+        return operator.build(args.env, commit=args.commit, kube_context=args.kube_context, preview=args.operator_preview,
+                              state=args.state, timeout=args.timeout, outputs_fallback=auto.outputs if auto else None,
+                              on_status=lambda stack, msg: print(f"[{stack}] {msg}", file=sys.stderr, flush=True))
+    if auto is None:
         from tenancy.errors import ConfigError
         raise ConfigError("the Pulumi CLI is not on PATH; install it, or use --engine offline --state DIR for a dry run")
-    root = Path(__file__).resolve().parent.parent
-    return AutomationEngine(root, root / args.policy_pack,
-                            on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
+    return auto
 
 
 def cmd_deploy(args) -> int:
     from tenancy.catalog import load_catalog
-    from tenancy.lifecycle import deploy
+    from tenancy.lifecycle import deploy, waves
 
     catalog = load_catalog(args.tenants)
-    outcomes = deploy.deploy(_engine(args), catalog, args.env, mode=args.mode, tenants=args.tenant,
-                             changed_since=args.changed_since, parallel=args.parallel, allow_destroy=args.allow_destroy)
+    parallel = args.parallel or (50 if args.engine == "operator" else 4)
+    if parallel < 1:
+        print("--parallel must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
+    engine = _engine(args)
+    spec = gate = None
+    if args.mode == "up":
+        explicit = args.waves is not None
+        spec = waves.load(args.waves if explicit else Path(args.tenants).resolve().parent / "rollout.yaml", args.env,
+                          required=explicit)
+        if args.pause is not None:
+            spec = spec.model_copy(update={"pause_seconds": args.pause,
+                                           "waves": tuple(w.model_copy(update={"pause_seconds": None}) for w in spec.waves)})
+        if args.engine == "offline":   # nothing serves traffic in a dry run: the gate checks outputs only
+            spec = spec.model_copy(update={"health": spec.health.model_copy(update={"endpoints": False})})
+        if not args.no_health_gate:
+            gate = waves.HealthGate(engine, spec.health, sleep=time.sleep)
+    result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
+                            changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
+                            waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    outcomes = result.outcomes
     for o in outcomes:
         print(o.line())
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
@@ -265,7 +331,31 @@ def cmd_deploy(args) -> int:
           f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+    if result.halted:
+        h = result.halted
+        print(f"halted at wave {h.wave}/{len(result.waves)} '{h.name}': {h.reason}")
+        print(f"to resume once it is fixed: {_resume_command(args, h.wave)}")
+        return EXIT_FAIL
     return EXIT_FAIL if bad else EXIT_OK
+
+
+def _resume_command(args, wave: int) -> str:
+    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--from-wave":
+            skip = True
+            continue
+        if a.startswith("--from-wave="):
+            continue
+        out.append(a)
+    return shlex.join(["tenancy", *out, "--from-wave", str(wave)])
 
 
 def cmd_moves(args) -> int:
@@ -438,18 +528,26 @@ def cmd_data_export(args) -> int:
 
 
 def cmd_affected(args) -> int:
-    from tenancy import naming
+    from tenancy import ci, naming
     from tenancy.catalog import load_catalog
     from tenancy.changes import changes_since
 
+    if not 1 <= args.max_jobs <= ci.MAX_JOBS:
+        print(f"--max-jobs must be between 1 and {ci.MAX_JOBS} (GitHub Actions' matrix limit)", file=sys.stderr)
+        return EXIT_INPUT
+    if args.max_real is not None and args.max_real < 1:
+        print("--max-real must be at least 1", file=sys.stderr)
+        return EXIT_INPUT
     catalog = load_catalog(args.tenants)
     naming.check_env(args.env)
     ch = changes_since(catalog, args.env, args.changed_since)
     platform = naming.stack_name(args.env)
     stacks = ([platform] if platform in ch.reasons else []) + sorted(s for s in ch.reasons if s != platform)
+    chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
+    matrix = ci.matrix(chosen, args.max_jobs, platform)
     print(json.dumps({"environment": args.env, "platform": platform in ch.reasons, "stacks": stacks,
-                      "matrix": {"include": [{"stack": s} for s in stacks]}, "reasons": ch.reasons,
-                      "removed": ch.removed}, indent=1))
+                      "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
+                      "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
 
 
@@ -475,8 +573,32 @@ def cmd_pr_comment(args) -> int:
         placed = fleet.place(_with_deployed(head, args), capacity.load(args.env))
     except fleet.PlacementError as exc:   # shown in the comment: the change cannot be deployed as it is
         refused = str(exc)
-    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, base_label=label, placement=placed,
-                                      placement_refused=refused))
+    affected = json.loads(Path(args.affected).read_text()) if args.affected else None
+    kw = dict(base_label=label, affected=affected, details_url=args.details_url, placement=placed,
+              placement_refused=refused)
+    if args.full_out:
+        Path(args.full_out).write_text(prcomment.render(base, head, changes, args.env, plan, full=True, **kw))
+    sys.stdout.write(prcomment.render(base, head, changes, args.env, plan, **kw))
+    return EXIT_OK
+
+
+def cmd_operator_manifests(args) -> int:
+    import yaml
+
+    from tenancy.catalog import load_catalog
+    from tenancy.operator import schema
+    from tenancy.operator.settings import OperatorSettings
+    from tenancy.operator.stacks import fleet_objects, resolve_commit
+
+    settings = OperatorSettings.load(args.env).require_rollout()
+    commit = resolve_commit(args.commit)
+    objects = fleet_objects(load_catalog(args.tenants), settings, commit)
+    for obj in objects:
+        if found := schema.problems(obj):
+            print(f"error: Stack {obj['metadata']['name']}: {'; '.join(found)}", file=sys.stderr)
+            return EXIT_FAIL
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+    print(f"{len(objects)} Stack object(s) at commit {commit[:12]}, each valid against the operator's CRD", file=sys.stderr)
     return EXIT_OK
 
 
@@ -538,8 +660,11 @@ def cmd_plan(args) -> int:
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
+    from tenancy.progress import Meter
+
+    meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=planmod.eprint)
+                          workers=args.workers, progress=meter.say, meter=meter)
     path = planmod.write(result, args.out)
     if args.json:
         print(json.dumps({
@@ -582,6 +707,7 @@ def cmd_policy_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable = args.func
     try:
         return func(args)

@@ -1,4 +1,5 @@
-"""Stack operations behind one interface, with two implementations.
+"""Stack operations behind one interface, with two implementations here (and a third, the Pulumi
+Kubernetes Operator, in tenancy/operator/engine.py).
 
 - `OfflineEngine` runs stack programs under the recording runtime of `tenancy plan` and keeps each stack's
   last recorded resources in a state directory, so previews report creates, updates, replaces and deletes.

@@ -15,13 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.errors import PlanError, TenancyError
+from tenancy.progress import Meter
 from tenancy.recorder import ORGANIZATION, SECRET, RunResult, run_program
 
 PLAN_VERSION = 1
@@ -123,13 +124,22 @@ def _plan_tenant(stack: str) -> StackPlan:
     return _to_stack_plan(stack, "tenant", tenant.id, tenant.model.value, result, seconds)
 
 
-def _plan_tenants(stacks_: list[str], workers: int) -> list[StackPlan]:
+def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = lambda: None) -> list[StackPlan]:
     if workers <= 1 or len(stacks_) < 4:
-        return [_plan_tenant(s) for s in stacks_]
+        results = []
+        for s in stacks_:
+            results.append(_plan_tenant(s))
+            done()
+        return results
     ctx = multiprocessing.get_context("fork")
-    chunk = max(1, len(stacks_) // (workers * 4))
+    # Chunks bounded so progress (and its rate) moves steadily on large fleets.
+    chunk = max(1, min(32, len(stacks_) // (workers * 4)))
     with ctx.Pool(processes=workers) as pool:
-        return list(pool.imap(_plan_tenant, stacks_, chunksize=chunk))
+        results = []
+        for r in pool.imap(_plan_tenant, stacks_, chunksize=chunk):
+            results.append(r)
+            done()
+        return results
 
 
 def default_workers() -> int:
@@ -137,8 +147,9 @@ def default_workers() -> int:
 
 
 def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, changed_since: str | None = None,
-         workers: int | None = None, progress=None) -> PlanResult:
-    """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref."""
+         workers: int | None = None, progress=None, meter: Meter | None = None) -> PlanResult:
+    """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref.
+    `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py)."""
     from stacks.config import project_name
 
     start = time.perf_counter()
@@ -178,6 +189,8 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     # run; otherwise from the cache of its tenant-facing exports, or from a run of only the components
     # whose exports tenant stacks read.
     stacks_out: list[StackPlan] = []
+    meter = meter or Meter(live=False, interval=float("inf"))
+    meter.start(int(include_platform) + len(tenant_stacks))
     key = exports_cache_key(env)
     exports = None if include_platform or not tenant_stacks else _read_exports_cache(env, key)
     if exports is None:
@@ -190,6 +203,7 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
             sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
             sp.reasons = reasons.get(platform_stack, [])
             stacks_out.append(sp)
+            meter.advance()
         exports = _write_exports_cache(env, key, presult)
     else:
         say(f"using the cached tenant-facing exports of platform stack {platform_stack}")
@@ -198,9 +212,10 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     n = workers or default_workers()
     say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
     try:
-        tenant_plans = _plan_tenants(tenant_stacks, n)
+        tenant_plans = _plan_tenants(tenant_stacks, n, meter.advance)
     finally:
         _WORKER.clear()
+        meter.finish()
     for tp in tenant_plans:
         tp.reasons = reasons.get(tp.name, [])
     stacks_out.extend(tenant_plans)

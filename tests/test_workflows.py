@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,21 +61,47 @@ def test_tests_workflow_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_preview_workflow_uses_the_tool_and_pulumi_actions():
+def test_preview_workflow_uses_the_tool_and_batches_real_previews():
     wf = workflow("preview.yml")
     offline = wf["jobs"]["offline"]
     runs = "\n".join(s.get("run", "") for s in offline["steps"])
-    assert "tenancy affected" in runs and "tenancy plan" in runs and "tenancy pr-comment" in runs
+    assert "tenancy affected" in runs and "--max-jobs 256" in runs and "tenancy plan" in runs and "tenancy pr-comment" in runs
+    assert "--affected affected.json" in runs and "--full-out comment-full.md" in runs
+    upload = next(s for s in offline["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["with"]["name"] == "preview-details" and "comment-full.md" in upload["with"]["path"]
     preview = wf["jobs"]["pulumi-preview"]
     assert preview["strategy"]["matrix"] == "${{ fromJSON(needs.offline.outputs.matrix) }}"
     assert preview["permissions"]["id-token"] == "write"
-    pulumi = next(s for s in preview["steps"] if str(s.get("uses", "")).startswith("pulumi/actions"))
-    assert pulumi["with"]["command"] == "preview" and pulumi["with"]["comment-on-pr"] is True
-    assert pulumi["with"]["policyPacks"] == "policy" and "cloud-url" in pulumi["with"]
+    step = next(s for s in preview["steps"] if "tenancy preview" in s.get("run", ""))
+    assert step["env"]["STACKS"] == "${{ join(matrix.stacks, ' ') }}"
+    assert "--engine auto" in step["run"] and "--parallel 4" in step["run"]
+    assert any(str(s.get("uses", "")).startswith("pulumi/actions") for s in preview["steps"]), "installs the Pulumi CLI"
+    assert any("pulumi login" in s.get("run", "") for s in preview["steps"])
     auth = next(s for s in preview["steps"] if str(s.get("uses", "")).startswith("google-github-actions/auth"))
     assert "workload_identity_provider" in auth["with"] and "credentials_json" not in auth["with"]
     script = next(s for s in offline["steps"] if str(s.get("uses", "")).startswith("actions/github-script"))["with"]["script"]
     assert "updateComment" in script and "<!-- tenancy:preview -->" in script
+
+
+def test_a_batch_previews_each_of_its_stacks(tmp_path):
+    """The preview step, run as GitHub runs it, with a matrix entry of three stacks and a recording tenancy."""
+    wf = workflow("preview.yml")
+    job = wf["jobs"]["pulumi-preview"]
+    step = next(s for s in job["steps"] if "tenancy preview" in s.get("run", ""))
+    stub = tmp_path / ".venv" / "bin" / "tenancy"
+    stub.parent.mkdir(parents=True)
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > args.txt\necho previewed\n')
+    stub.chmod(0o755)
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    env = {"PATH": os.environ["PATH"], "TENANCY_ENV": "prod", "STACKS": "prod prod.acme prod.stark", "BATCH": "7"}
+    res = subprocess.run([*GITHUB_SHELLS[effective_shell(wf, job, step)], str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "args.txt").read_text().split() == [
+        "preview", "--env", "prod", "--engine", "auto", "--parallel", "4",
+        "--stack", "prod", "--stack", "prod.acme", "--stack", "prod.stark"]
+    assert (tmp_path / "preview-7.txt").read_text() == "previewed\n"
 
 
 def test_deploy_workflow_is_gated_and_uses_the_tool():
@@ -195,5 +222,75 @@ def test_affected_lists_stacks_for_the_matrix(tmp_path):
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["stacks"] == ["dev.stark"] and data["platform"] is False
-    assert data["matrix"] == {"include": [{"stack": "dev.stark"}]}
+    assert data["matrix"] == {"include": [{"batch": 1, "stacks": ["dev.stark"]}]} and data["jobs"] == 1
+    assert data["real"] == ["dev.stark"] and data["offlineOnly"] == []
     assert data["reasons"] == {"dev.stark": ["changed: region"]}
+    bad = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD", "--max-jobs", "257")
+    assert bad.returncode == 2 and bad.stderr.strip() == "--max-jobs must be between 1 and 256 (GitHub Actions' matrix limit)"
+
+
+def fleet_repo(tmp_path, n: int) -> Path:
+    """A repository whose base commit has no catalogue; the head's catalogue has n - 1 namespace tenants."""
+    repo = tmp_path / "fleet"
+    repo.mkdir()
+    (repo / "README.md").write_text("fleet\n")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    tenants = [{"id": f"tenant-{i:05d}", "name": f"Tenant {i}", "plan": "standard", "admin_email": f"a@t{i}.example"}
+               for i in range(n - 1)]
+    (repo / "tenants.yaml").write_text(yaml.safe_dump({"version": 1, "tenants": tenants}, sort_keys=False))
+    return repo / "tenants.yaml"
+
+
+def test_a_thousand_stacks_fit_the_matrix_limit_each_stack_once(tmp_path):
+    path = fleet_repo(tmp_path, 1000)
+    res = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert len(data["stacks"]) == 1000 and data["stacks"][0] == "dev"
+    jobs = data["matrix"]["include"]
+    assert len(jobs) == data["jobs"] <= 256
+    assert [j["batch"] for j in jobs] == list(range(1, len(jobs) + 1))
+    previewed = [s for j in jobs for s in j["stacks"]]
+    assert sorted(previewed) == sorted(data["stacks"]) and len(previewed) == len(set(previewed)), "every stack exactly once"
+    assert jobs[0]["stacks"] == ["dev"], "the platform preview has a job of its own"
+    sizes = {len(j["stacks"]) for j in jobs[1:]}
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) == 4
+    # a budget of real previews: the rest are planned offline only
+    res = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD", "--max-real", "100", "--max-jobs", "10")
+    data = json.loads(res.stdout)
+    assert len(data["real"]) == 100 and len(data["offlineOnly"]) == 900 and data["jobs"] == 10
+    assert sorted(data["real"] + data["offlineOnly"]) == sorted(data["stacks"])
+    assert sorted(s for j in data["matrix"]["include"] for s in j["stacks"]) == sorted(data["real"])
+
+
+def test_pr_comment_at_fleet_size_stays_within_githubs_limit(tmp_path):
+    from tenancy import prcomment
+    from tenancy.catalog import load_catalog
+    from tenancy.changes import changes_between
+
+    path = fleet_repo(tmp_path, 3000)
+    head = load_catalog(path)
+    changes = changes_between(None, head, "dev")
+    plan = {"stacks": [{"name": s, "model": "namespace" if "." in s else None, "resources": [{}] * 80,
+                        "violations": [{"enforcement": "advisory", "policy": "p", "message": "m", "urn": "u"}]}
+                       for s in changes.reasons]}
+    stacks = sorted(changes.reasons)
+    affected = {"real": stacks[:1000], "offlineOnly": stacks[1000:], "jobs": 250}
+    full = prcomment.render(None, head, changes, "dev", plan, affected=affected, full=True)
+    assert len(full) > prcomment.COMMENT_LIMIT, "one row per stack would not fit"
+    assert full.count("| real |") == 1000 and full.count("| offline only |") == 2000
+    md = prcomment.render(None, head, changes, "dev", plan, affected=affected, details_url="https://ci.example/run/1")
+    assert len(md) < prcomment.COMMENT_LIMIT
+    lines = md.splitlines()
+    assert lines[0] == prcomment.MARKER
+    assert "3,000 stacks change: summarised by model; every stack's row is in the [full table](https://ci.example/run/1)." in lines
+    assert "| platform | 1 | no catalogue at the base (1) | 80 | 0 |" in lines
+    assert "| namespace | 2,999 | no catalogue at the base (2,999) | 239,920 | 0 |" in lines
+    previews = next(l for l in lines if l.startswith("**Previews:**"))
+    assert previews.startswith("**Previews:** 3,000 of 3,000 stack(s) planned offline with the policy pack; 1,000 previewed "
+                               "for real (`pulumi preview` in 250 job(s)); 2,000 offline only: `dev.tenant-00999`, ")
+    assert previews.endswith("and 1,980 more (full table).")
+    assert "- … and 2,950 more in the full table" in lines
+    mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert 'shared_n["2,999 tenants"]' in mermaid and "tenant-00001" not in mermaid

@@ -1,4 +1,5 @@
-"""Deploying many stacks: the platform stack first when it is affected, then tenant stacks in parallel.
+"""Deploying many stacks, in waves (tenancy/lifecycle/waves.py): by default the platform stack first when it
+is affected, then tenant stacks in parallel.
 
 Every `up` is preceded by a preview, and an update that would delete or replace a stateful resource the
 workflow did not plan to remove is refused unless `allow_destroy` is set. A deploy applies tenants.yaml
@@ -10,15 +11,18 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.engine import Engine, EngineError, OpResult
 from tenancy.lifecycle import Refused
+from tenancy.errors import ConfigError
 from tenancy.lifecycle import record as rec
+from tenancy.lifecycle.waves import DEFAULT, Gate, RolloutSpec, Wave, assign
 
 Say = Callable[[str], None]
 
@@ -79,9 +83,9 @@ class Outcome:
         return f"{self.stack}: {self.status}" + (f" ({counts})" if counts else "") + (f": {self.message}" if self.message else "")
 
 
-def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None,
-                    changed_since: str | None = None) -> tuple[bool, list[str], dict[str, list[str]]]:
-    """(platform affected?, tenant stacks, reasons)."""
+def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None, changed_since: str | None = None,
+                    stacks: list[str] | None = None) -> tuple[bool, list[str], dict[str, list[str]]]:
+    """(platform affected?, tenant stacks, reasons). `stacks`: only these (a CI batch)."""
     platform = naming.stack_name(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     reasons: dict[str, list[str]] = {}
@@ -98,7 +102,21 @@ def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None
         wanted = {naming.stack_name(env, t) for t in tenants}
         tenant_stacks = [s for s in tenant_stacks if s in wanted]
         include_platform = include_platform and any(not catalog.tenant(t).has_stack for t in tenants)
+    if stacks is not None:
+        chosen = set(stacks)
+        tenant_stacks = [s for s in tenant_stacks if s in chosen]
+        include_platform = include_platform and platform in chosen
     return include_platform, tenant_stacks, reasons
+
+
+def check_stack_names(stacks: list[str], env: str, *catalogs: Catalog) -> None:
+    """Bad input before anything runs: every name must be a stack of `env` in one of the catalogues."""
+    known = {naming.stack_name(env)} | {naming.stack_name(env, t.id) for c in catalogs for t in c.stack_tenants}
+    unknown = [s for s in stacks if s not in known]
+    if unknown:
+        raise ConfigError(f"stack '{unknown[0]}' is not a stack of environment {env} (the platform stack '{env}' or "
+                          f"'{env}.<tenant>' of a namespace or dedicated tenant)"
+                          + (f"; {len(unknown) - 1} more unknown" if len(unknown) > 1 else ""))
 
 
 def unexpected_destruction(preview: OpResult, expected: set[str]) -> str | None:
@@ -140,19 +158,54 @@ def pending(engine: Engine, desired: Catalog, env: str) -> list[rec.Pending]:
     return rec.for_deploy(desired, rec.read(engine, env))[1]
 
 
+@dataclass
+class Halt:
+    wave: int
+    name: str
+    reason: str
+
+
+@dataclass
+class Result:
+    outcomes: list[Outcome]
+    waves: list[Wave] = field(default_factory=list)
+    halted: Halt | None = None
+
+
 def deploy(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", tenants: list[str] | None = None,
            changed_since: str | None = None, parallel: int = 4, allow_destroy: bool = False,
-           expected_deletes: set[str] | None = None, stream=None) -> list[Outcome]:
-    """Preview or update the affected stacks: platform first (when affected), then tenants in parallel.
+           expected_deletes: set[str] | None = None, stream=None, stacks: list[str] | None = None) -> list[Outcome]:
+    """Preview or update the affected stacks: platform first (when affected), then tenants in parallel."""
+    return rollout(engine, desired, env, mode=mode, tenants=tenants, changed_since=changed_since, parallel=parallel,
+                   allow_destroy=allow_destroy, expected_deletes=expected_deletes, stream=stream, stacks=stacks).outcomes
+
+
+def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", tenants: list[str] | None = None,
+            changed_since: str | None = None, stacks: list[str] | None = None, parallel: int = 4,
+            allow_destroy: bool = False, expected_deletes: set[str] | None = None, stream=None,
+            waves: RolloutSpec | None = None, from_wave: int = 1, gate: Gate | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> Result:
+    """Preview or update the affected stacks wave by wave (tenancy/lifecycle/waves.py; previews: the platform
+    stack, then the rest). Within a wave the platform stack goes first, then the others in parallel. A failed
+    or refused stack halts the rollout after its wave; between waves the rollout pauses, then `gate` checks
+    the wave. The result says where it halted: `--from-wave N` resumes there.
 
     The catalogue applied is tenants.yaml held at the deployed record (see tenancy.lifecycle.record); each
     held difference is reported as a `pending` outcome naming the command that resolves it."""
     catalog, held = rec.for_deploy(desired, rec.read(engine, env))
-    include_platform, tenant_stacks, _ = affected_stacks(catalog, env, tenants, changed_since)
+    if stacks is not None:
+        check_stack_names(stacks, env, desired, catalog)
+    include_platform, tenant_stacks, _ = affected_stacks(catalog, env, tenants, changed_since, stacks)
     platform = naming.stack_name(env)
     order = ([platform] if include_platform else []) + tenant_stacks
+    plan = assign(waves if waves is not None and mode == "up" else DEFAULT, catalog, env, order)
+    if from_wave < 1 or from_wave > len(plan):
+        raise ConfigError(f"--from-wave {from_wave}: this rollout has waves 1 to {len(plan)} "
+                          f"({', '.join(f'{w.number} {w.name}' for w in plan)})")
     expected = set(expected_deletes or ())
     outcomes: list[Outcome] = []
+    halted: Halt | None = None
+    out = stream or sys.stderr
     with Progress(order, f"tenancy {mode} ({env})", stream) as progress:
         def run(stack: str) -> Outcome:
             if mode == "preview":
@@ -167,18 +220,58 @@ def deploy(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", tena
                     return Outcome(stack, "failed", None, str(exc))
             return guarded_up(engine, stack, catalog, allow_destroy, expected, progress)
 
-        if include_platform:
-            first = run(platform)
-            outcomes.append(first)
-            if first.status != "ok":
-                for s in tenant_stacks:
-                    progress.update(s, "skipped")
-                outcomes.extend(Outcome(s, "skipped", None, f"platform stack {first.status}") for s in tenant_stacks)
-                return outcomes
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            outcomes.extend(pool.map(run, tenant_stacks))
+        def skip(wave: Wave, why: str) -> None:
+            for s in wave.stacks:
+                progress.update(s, "skipped")
+                outcomes.append(Outcome(s, "skipped", None, why))
+
+        for i, wave in enumerate(plan):
+            label = f"wave {wave.number}/{len(plan)} '{wave.name}'"
+            if halted is not None:
+                skip(wave, f"{label} not started: the rollout halted at wave {halted.wave}")
+                continue
+            if wave.number < from_wave:
+                skip(wave, f"{label} skipped (--from-wave {from_wave})")
+                continue
+            if not wave.stacks:
+                continue
+            if len(plan) > 1:
+                print(f"{label}: {len(wave.stacks)} stack(s)", file=out, flush=True)
+            got = _run_wave(wave, platform, run, progress, parallel)
+            outcomes.extend(got)
+            bad = [o for o in got if o.status in ("failed", "refused")]
+            if bad:
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                halted = Halt(wave.number, wave.name, f"{bad[0].stack} {bad[0].status}: {bad[0].message}{more}")
+                continue
+            if mode != "up":
+                continue
+            if wave.pause > 0 and any(w.stacks for w in plan[i + 1:]):
+                print(f"{label} done; pausing {wave.pause:g}s before the next wave", file=out, flush=True)
+                sleep(wave.pause)
+            if gate is not None:
+                problems = gate.check(wave, {o.stack: o.result.outputs for o in got if o.result}, catalog, env)
+                if problems:
+                    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                    halted = Halt(wave.number, wave.name, "health gate: " + "; ".join(problems[:3]) + more)
     wanted = set(tenants or ())
     outcomes.extend(Outcome(naming.stack_name(env, p.tenant), "pending", None,
                             p.message + (f"; run: {p.command} --env {env}" if p.command else ""))
                     for p in held if not wanted or p.tenant in wanted)
-    return outcomes
+    return Result(outcomes, plan, halted)
+
+
+def _run_wave(wave: Wave, platform: str, run: Callable[[str], Outcome], progress: Progress, parallel: int) -> list[Outcome]:
+    """The platform stack first (the others read its outputs), then the rest in parallel."""
+    got: list[Outcome] = []
+    rest = [s for s in wave.stacks if s != platform]
+    if platform in wave.stacks:
+        first = run(platform)
+        got.append(first)
+        if first.status != "ok":
+            for s in rest:
+                progress.update(s, "skipped")
+            return got + [Outcome(s, "skipped", None, f"platform stack {first.status}") for s in rest]
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        got.extend(pool.map(run, rest))
+    return got

@@ -1,0 +1,275 @@
+"""`--engine operator`: rollouts as Stack objects through the official kubernetes client, against a recording
+API server (tests/kubefake.py). Asserts the exact objects and merge patches sent, waiting on status, the
+stateful-delete guard, and the catalogue a deploy holds travelling to the workspaces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tenancy.catalog import load_catalog, to_document, with_tenant
+from tenancy.engine import EngineError, OfflineEngine, StackMissing
+from tenancy.lifecycle import deploy
+from tenancy.lifecycle.record import record_json
+from tenancy.operator import overlay as ov
+from tenancy.operator.engine import NotAdopted, OperatorEngine, merge_patch, preview_name
+from tenancy.operator.settings import OperatorSettings
+from tenancy.operator.stacks import FleetStack, platform_config, stack_object
+from tests.conftest import ROOT
+from tests.kubefake import FakeKube
+
+OLD = "1" * 40
+NEW = "2" * 40
+STACKS = ["prod", "prod.pied-piper", "prod.stark", "prod.wayne", "prod.acme", "prod.cyberdyne"]
+PATH = "/apis/pulumi.com/v1/namespaces/pulumi-operator/stacks"
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(ROOT / "tenants.yaml")
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return OperatorSettings.load("prod")
+
+
+def never_deployed(stack):
+    raise StackMissing(f"stack '{stack}' does not exist")
+
+
+def engine_for(fake, settings, catalog, commit, **kw):
+    sleeps = []
+    kw.setdefault("outputs_fallback", never_deployed)
+    e = OperatorEngine(fake.api_client(), settings, commit, committed=lambda c: catalog, sleep=sleeps.append, **kw)
+    e.sleeps = sleeps
+    return e
+
+
+def expected(settings, stack, commit, preview=False):
+    env, _, tenant = stack.partition(".")
+    if tenant:
+        model = load_catalog(ROOT / "tenants.yaml").tenant(tenant).model.value
+        fs = FleetStack(stack, "tenant", tenant, model, after=(env,))
+    else:
+        fs = FleetStack(stack, "platform")
+    obj = stack_object(fs, settings, commit, config=platform_config(env) if not tenant else None, preview=preview)
+    if preview:
+        obj["metadata"]["name"] = preview_name(stack)
+        obj["metadata"]["labels"]["tenancy.io/preview"] = "true"
+        obj["spec"].pop("prerequisites", None)
+    return obj
+
+
+def rollout(fake, settings, catalog, commit, **kw):
+    fake.outputs["prod"] = {"deployedRecord": record_json(catalog), "tenantDirectory": "{}"}
+    engine = engine_for(fake, settings, catalog, commit)
+    return deploy.deploy(engine, catalog, "prod", mode="up", parallel=1, **kw), engine
+
+
+def test_first_rollout_creates_a_stack_object_per_stack_after_a_preview(catalog, settings):
+    fake = FakeKube()
+    outcomes, engine = rollout(fake, settings, catalog, OLD)
+    assert [(o.stack, o.status) for o in outcomes] == [(s, "ok") for s in STACKS]
+    writes = [(r.method, r.path, r.query, r.content_type) for r in fake.writes()]
+    want = []
+    for stack in STACKS:
+        name, twin = stack.replace(".", "-"), preview_name(stack)
+        want += [("POST", PATH, {"fieldManager": "tenancy"}, "application/json"),
+                 ("DELETE", f"{PATH}/{twin}", {}, "application/json"),
+                 ("POST", PATH, {"fieldManager": "tenancy"}, "application/json")]
+    assert writes == want
+    posts = [r.body for r in fake.writes() if r.method == "POST"]
+    for i, stack in enumerate(STACKS):
+        assert posts[2 * i] == expected(settings, stack, OLD, preview=True), stack
+        assert posts[2 * i + 1] == expected(settings, stack, OLD), stack
+    assert posts[0]["spec"]["preview"] is True and "preview" not in posts[1]["spec"]
+    assert sorted(n for _, n in fake.objects) == sorted(s.replace(".", "-") for s in STACKS), "preview twins are deleted"
+    assert engine.sleeps == [10.0] * (2 * len(STACKS)), "each object is read again after one poll interval"
+
+
+def test_a_rollout_patches_only_the_commit(catalog, settings):
+    fake = FakeKube()
+    rollout(fake, settings, catalog, OLD)
+    fake.requests.clear()
+    outcomes, _ = rollout(fake, settings, catalog, NEW)
+    assert {o.status for o in outcomes} == {"ok"}
+    patches = [r for r in fake.writes() if r.method == "PATCH"]
+    assert [(r.path, r.query, r.content_type, r.body) for r in patches] == [
+        (f"{PATH}/{s.replace('.', '-')}", {"fieldManager": "tenancy"}, "application/merge-patch+json", {"spec": {"commit": NEW}})
+        for s in STACKS]
+    assert all(fake.objects[("pulumi-operator", s.replace(".", "-"))]["metadata"]["generation"] == 2 for s in STACKS)
+    # the same commit again: nothing to patch, the operator's last result stands
+    fake.requests.clear()
+    engine = engine_for(fake, settings, catalog, NEW)
+    assert engine.up("prod.stark", catalog).stack == "prod.stark"
+    assert fake.writes() == [] and [r.method for r in fake.requests] == ["GET", "GET"]
+
+
+def test_a_failed_update_is_reported_with_the_operators_message(catalog, settings):
+    fake = FakeKube()
+    rollout(fake, settings, catalog, OLD)
+    fake.outcomes["prod-stark"] = ("failed", "error: googleapi: Error 403: quota exceeded")
+    outcomes, _ = rollout(fake, settings, catalog, NEW)
+    by = {o.stack: o for o in outcomes}
+    assert by["prod.stark"].status == "failed"
+    assert by["prod.stark"].message == ("update of 'prod.stark' failed on the operator (Stack prod-stark, commit "
+                                        "222222222222): error: googleapi: Error 403: quota exceeded")
+    assert {o.status for s, o in by.items() if s != "prod.stark"} == {"ok"}
+
+
+def test_a_failed_preview_stops_the_update(catalog, settings):
+    fake = FakeKube()
+    rollout(fake, settings, catalog, OLD)
+    fake.outcomes[preview_name("prod.wayne")] = ("failed", "error: resource postgres-1-instance is protected and cannot be replaced")
+    fake.requests.clear()
+    outcomes, _ = rollout(fake, settings, catalog, NEW)
+    wayne = next(o for o in outcomes if o.stack == "prod.wayne")
+    assert wayne.status == "failed" and wayne.message.startswith("preview of 'prod.wayne' failed on the operator")
+    assert "cannot be replaced" in wayne.message
+    assert not [r for r in fake.writes() if r.method == "PATCH" and r.name == "prod-wayne"], "the update was never sent"
+    assert ("pulumi-operator", "prod-wayne--pv") not in fake.objects, "the twin is deleted even when its preview failed"
+    assert fake.objects[("pulumi-operator", "prod-wayne")]["spec"]["commit"] == OLD
+
+
+def test_the_offline_preview_refuses_a_stateful_replace_before_anything_is_sent(catalog, settings, tmp_path):
+    fake = FakeKube()
+    fake.outputs["prod"] = {"deployedRecord": record_json(catalog), "tenantDirectory": "{}"}
+    offline = OfflineEngine(tmp_path / "state", "prod")
+    first = engine_for(fake, settings, catalog, OLD, preview="offline", offline=offline)
+    assert {o.status for o in deploy.deploy(first, catalog, "prod", mode="up", parallel=1)} == {"ok"}
+    assert offline.stacks() == sorted(STACKS), "the offline record follows the rollout"
+    moved = with_tenant(catalog, "stark", region="us-east1")
+    fake.requests.clear()
+    engine = engine_for(fake, settings, moved, NEW, preview="offline", offline=offline)
+    [o] = deploy.deploy(engine, moved, "prod", mode="up", tenants=["stark"])
+    assert o.status == "refused" and o.message.startswith("would replace gcp:")
+    assert o.message.endswith("nothing was changed (review it, then --allow-destroy)")
+    assert fake.writes() == [], "no twin, no patch: the offline preview decided"
+
+
+def test_the_catalogue_a_deploy_holds_reaches_the_workspaces(catalog, settings):
+    """globex's move out of the pool is pending: the platform object carries its deployed entry."""
+    fake = FakeKube()
+    rollout(fake, settings, catalog, OLD)
+    desired = with_tenant(catalog, "globex", plan="standard")       # what tenants.yaml says at the new commit
+    fake.requests.clear()
+    engine = engine_for(fake, settings, desired, NEW)
+    outcomes = deploy.deploy(engine, desired, "prod", mode="up", parallel=1)
+    assert ("prod.globex", "pending") in [(o.stack, o.status) for o in outcomes]
+    assert not [r for r in fake.writes() if "globex" in r.path], "the held tenant's stack is not created"
+    [patch] = [r.body for r in fake.writes() if r.method == "PATCH" and r.name == "prod"]
+    [env] = patch["spec"]["workspaceTemplate"]["spec"]["env"]
+    assert env["name"] == "TENANCY_CATALOG_OVERLAY"
+    data = json.loads(env["value"])
+    assert data["tenants"] == {"globex": next(t for t in to_document(catalog)["tenants"] if t["id"] == "globex")}
+    # what the program does with it: tenants.yaml at the commit, changed back to the deployed entry
+    assert to_document(ov.apply(desired, data)) == to_document(catalog)
+    tenant_patches = [r.body for r in fake.writes() if r.method == "PATCH" and r.name != "prod"]
+    assert tenant_patches and all(b == {"spec": {"commit": NEW}} for b in tenant_patches), "tenant stacks need no overlay"
+
+
+def test_overlay_round_trips_removed_and_reordered_tenants(catalog):
+    committed = load_catalog(ROOT / "tenants.yaml")
+    doc = to_document(committed)
+    doc["tenants"] = [t for t in doc["tenants"] if t["id"] != "hooli"]
+    import yaml
+
+    from tenancy.catalog import parse_catalog
+
+    without_hooli = parse_catalog(yaml.safe_dump(doc, sort_keys=False))
+    d = ov.difference(committed, without_hooli)       # the deployment still holds hooli, the file dropped it
+    assert set(d) == {"tenants", "order"} and list(d["tenants"]) == ["hooli"]
+    assert to_document(ov.apply(without_hooli, d)) == to_document(committed)
+    assert ov.difference(committed, committed) is None
+    assert ov.difference(without_hooli, committed) == {"tenants": {"hooli": None}}
+
+
+def test_waiting_stops_at_a_stall_and_at_the_timeout(catalog, settings):
+    fake = FakeKube()
+    fake.outcomes["prod-stark"] = ("stalled", "failed to fetch https://github.com/saas-example/tenancy.git: not found")
+    engine = engine_for(fake, settings, catalog, OLD, preview="stacks")
+    with pytest.raises(EngineError, match=r"update of 'prod.stark' stalled on the operator \(Stack prod-stark\): "
+                                          r"SourceUnavailable: failed to fetch"):
+        engine.up("prod.stark", catalog)
+    fake.frozen.add("prod-wayne")
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    slow = OperatorEngine(fake.api_client(), settings, OLD, committed=lambda c: catalog, sleep=sleep, clock=lambda: now[0],
+                          poll_seconds=30, timeout_seconds=120)
+    with pytest.raises(EngineError, match=r"update of 'prod.wayne' did not finish within 120s \(Stack prod-wayne: "
+                                          r"waiting for the operator\); the operator keeps reconciling it"):
+        slow.up("prod.wayne", catalog)
+    assert now[0] == 120
+
+
+def test_outputs_come_from_the_stack_status_or_the_state_backend(catalog, settings):
+    fake = FakeKube()
+    fake.outputs["prod-stark"] = {"bucket": "prod-stark-uploads", "kubeconfig": "[secret]"}
+    engine = engine_for(fake, settings, catalog, OLD)
+    assert engine.up("prod.stark", catalog).outputs == {"bucket": "prod-stark-uploads", "kubeconfig": "[secret]"}
+    assert engine.outputs("prod.stark") == {"bucket": "prod-stark-uploads", "kubeconfig": "[secret]"}
+    read = []
+    fallback = engine_for(fake, settings, catalog, OLD, outputs_fallback=lambda s: read.append(s) or {"from": "backend"})
+    assert fallback.outputs("prod.wayne") == {"from": "backend"} and read == ["prod.wayne"]
+    alone = OperatorEngine(fake.api_client(), settings, OLD, committed=lambda c: catalog)
+    with pytest.raises(NotAdopted, match="stack 'prod.wayne' has no Stack object in namespace pulumi-operator yet"):
+        alone.outputs("prod.wayne")
+    assert NotAdopted.exit_code == 2
+
+
+def test_destroys_are_refused_and_api_errors_are_one_line(catalog, settings):
+    fake = FakeKube()
+    engine = engine_for(fake, settings, catalog, OLD)
+    with pytest.raises(EngineError, match="the operator engine does not destroy stacks \\('prod.acme'\\)"):
+        engine.destroy("prod.acme", catalog, release=["urn:x"])
+    assert fake.requests == []
+    fake.errors["prod-stark"] = (403, 'stacks.pulumi.com "prod-stark" is forbidden: User "ci" cannot get resource "stacks"')
+    with pytest.raises(EngineError) as exc:
+        engine.up("prod.stark", catalog)
+    assert str(exc.value) == ('Kubernetes API: read Stack prod-stark: 403 stacks.pulumi.com "prod-stark" is forbidden: '
+                              'User "ci" cannot get resource "stacks"')
+
+
+def test_merge_patch_is_the_exact_difference():
+    live = {"commit": "a", "config": {"x": "1", "y": "2"}, "env": [{"name": "A"}], "keep": True}
+    want = {"commit": "b", "config": {"x": "1", "z": "3"}, "env": [], "keep": True}
+    assert merge_patch(live, want) == {"commit": "b", "config": {"y": None, "z": "3"}, "env": []}
+    assert merge_patch({"a": {"b": 1}, "other": 1}, {"a": {"b": 1}}, remove=False) == {}
+
+
+def test_the_program_applies_the_overlay_it_is_given(monkeypatch, catalog):
+    """What a workspace does with TENANCY_CATALOG_OVERLAY: the platform program builds the held catalogue."""
+    import stacks
+    from stacks.config import project_name
+    from tenancy.plan import _platform_config
+    from tenancy.recorder import run_program
+
+    held = with_tenant(catalog, "globex", plan="basic")
+    monkeypatch.setenv("TENANCY_CATALOG_OVERLAY", ov.encode(ov.difference(held, catalog)))
+    monkeypatch.delenv("TENANCY_CATALOG", raising=False)
+    result = run_program(stacks._main_async, project=project_name(), stack="dev", config=_platform_config("dev"))
+    directory = json.loads(result.outputs["tenantDirectory"])
+    assert directory["globex"]["plan"] == "basic" and directory["initech"]["plan"] == "basic"
+    record = json.loads(result.outputs["deployedRecord"])
+    assert next(t for t in record["catalog"]["tenants"] if t["id"] == "globex")["plan"] == "basic"
+
+
+def test_the_command_needs_the_operator_settings_and_credentials():
+    import os
+    import subprocess
+    import sys
+
+    run = lambda *a, **env: subprocess.run([sys.executable, "-m", "tenancy", "up", "--engine", "operator", *a], cwd=ROOT,
+                                           capture_output=True, text=True, env={**os.environ, **env})
+    res = run("--env", "dev")
+    assert res.returncode == 2 and res.stderr.startswith("error: stacks/Pulumi.dev.yaml: tenancy:operatorDeployer is required")
+    res = run("--env", "prod", KUBECONFIG=str(ROOT / "no-such-kubeconfig"), KUBERNETES_SERVICE_HOST="")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == ("error: no Kubernetes credentials for the operator's cluster: Invalid kube-config file. "
+                                  "No configuration found.; run `gcloud container clusters get-credentials <cluster>` or "
+                                  "pass --kube-context")
