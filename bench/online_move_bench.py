@@ -5,11 +5,13 @@ schema and two neighbour tenants have ROWS/2 each. While a writer inserts and up
 about --rate rows/s through the runtime role (routed to whichever database the registry says is active),
 the tenant moves into a fresh database twice:
 
-  online   replication.start -> wait_synced -> switch (freeze only for catch-up, cheap verification, cutover)
+  online   replication.start -> wait_synced -> preverify (every row compared while the tenant writes) ->
+           switch (freeze: catch-up, the rows changed since the last comparison, cutover)
   copy     freeze the source, tenancy.stores.postgres.move (COPY + ordered verification), cut over
 
 Per method: total move time, the freeze window the writer saw (first refused write to first write accepted at
-the target), refused writes, and for the online move where the freeze went.
+the target), refused writes, lost writes (committed writes whose row is missing or stale at the target once
+the writer stopped: must be 0), and for the online move where the time went.
 
     .venv/bin/python bench/online_move_bench.py [--rows 100000,1000000] [--rate 200]
 """
@@ -47,6 +49,7 @@ class Writer(threading.Thread):
         self.server, self.databases, self.current, self.rate = server, databases, current, rate
         self.refused: list[float] = []
         self.accepted: list[tuple[float, str]] = []
+        self.committed: dict[int, str] = {}   # user id -> display name last committed
         self.errors: list[str] = []
         self.stop = threading.Event()
 
@@ -68,12 +71,14 @@ class Writer(threading.Thread):
                     with conn.transaction():
                         conn.execute("SELECT tenancy.set_tenant(%s)", (TENANT,))
                         if i % 2:
+                            uid, name = 1 + i % 1000, f"renamed {i}"
                             conn.execute("UPDATE app.users SET display_name = %s WHERE tenant_id = %s AND id = %s",
-                                         (f"renamed {i}", TENANT, 1 + i % 1000))
+                                         (name, TENANT, uid))
                         else:
-                            uid = next(NEXT_ID)
+                            uid, name = next(NEXT_ID), "writer"
                             conn.execute("INSERT INTO app.users (tenant_id, id, email, display_name) VALUES (%s, %s, %s, %s)",
-                                         (TENANT, uid, f"w{uid}@x.example", "writer"))
+                                         (TENANT, uid, f"w{uid}@x.example", name))
+                    self.committed[uid] = name
                     self.accepted.append((time.time(), self.current))
                     i += 1
                 except psycopg.errors.ReadOnlySqlTransaction:
@@ -95,6 +100,13 @@ class Writer(threading.Thread):
             return 0.0, len(refused)
         return first_ok - refused[0], len(refused)
 
+    def lost(self, server, target: str) -> int:
+        """Committed writes not at the target as last committed (call once the writer stopped)."""
+        with psycopg.connect(server.dsn(dbname=target)) as c:
+            there = dict(c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s AND id = ANY(%s)",
+                                   (TENANT, list(self.committed))).fetchall())
+        return sum(1 for uid, name in self.committed.items() if there.get(uid) != name)
+
 
 def fresh_db(server, name: str) -> str:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
@@ -114,11 +126,12 @@ def online(server, pooled: str, target: str, writer: Writer) -> dict:
     rep.start(source, dst, TENANT, None, server.dsn(user="tenancy_replication", dbname=pooled))
     rep.wait_synced(source, dst, TENANT, timeout=1800)
     synced = time.time() - began
+    pre = rep.preverify(source, dst, TENANT, timeout=600)
     report = rep.switch(source, dst, TENANT)
     total = time.time() - began
     time.sleep(1.0)  # let the writer land at the target
     window, refused = writer.window(target, began)
-    return {"total": total, "window": window, "refused": refused, "synced": synced, "report": report}
+    return {"total": total, "window": window, "refused": refused, "synced": synced, "pre": pre, "report": report}
 
 
 def copy(server, pooled: str, target: str, writer: Writer) -> dict:
@@ -157,13 +170,20 @@ def run(server, rows: int, rate: float) -> list[str]:
         writer.join(10)
         if writer.errors:
             raise SystemExit(f"writer failed: {writer.errors}")
-        lines.append(f"| {rows:,} | {method} | {out['total']:.1f} | {out['window']:.2f} | {out['refused']} |")
+        lost = writer.lost(server, target)
+        lines.append(f"| {rows:,} | {method} | {out['window']:.2f} | {out['total']:.1f} | {out['refused']} | "
+                     f"{len(writer.committed):,} | {lost} |")
         if "report" in out:
-            r = out["report"]
-            print(f"    synced after {out['synced']:.1f} s; ordered checksum before the freeze {r.prefreeze_verify_seconds:.2f} s; "
-                  f"inside the freeze: catch-up {r.catchup_seconds:.3f} s, verification {r.verify_seconds:.2f} s "
-                  f"({r.buckets_rechecked} buckets re-summed in order), drop {r.drop_seconds:.3f} s, "
-                  f"freeze to target active {r.freeze_seconds:.2f} s", flush=True)
+            r, p = out["report"], out["pre"]
+            fp = p.full_pass
+            print(f"    synced after {out['synced']:.1f} s; before the freeze: full pass {fp.seconds:.1f} s over "
+                  f"{fp.buckets} key ranges ({fp.differing_buckets} differed in flight, {fp.in_flight_rows} rows "
+                  f"recorded as changed), {len(p.passes)} passes over changed rows "
+                  f"({', '.join(str(x.keys) for x in p.passes)} keys), switch's own pre-freeze pass "
+                  f"{r.prefreeze_verify_seconds:.2f} s", flush=True)
+            print(f"    inside the freeze: catch-up {r.catchup_seconds:.3f} s, verification {r.verify_seconds:.3f} s "
+                  f"({r.keys_rechecked} changed rows compared), drop {r.drop_seconds:.3f} s, freeze to target active "
+                  f"{r.freeze_seconds:.2f} s; source summary after the freeze {r.summary_seconds:.1f} s", flush=True)
     return lines
 
 
@@ -185,8 +205,9 @@ def main() -> None:
         for rows in sizes:
             table += run(server, rows, a.rate)
         print()
-        print(f"| tenant rows | method | total move s | write freeze seen by the writer s | refused writes (at ~{a.rate:g}/s) |")
-        print("|---:|---|---:|---:|---:|")
+        print(f"| tenant rows | method | write freeze seen by the writer s | total move s | refused writes "
+              f"(at ~{a.rate:g}/s) | committed writes | lost writes |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
         print("\n".join(table))
     finally:
         server.stop()

@@ -254,6 +254,44 @@ END
 $$;
 REVOKE ALL ON FUNCTION tenancy.freeze(text, text) FROM PUBLIC;
 
+-- Change tracking of an online tier move (tenancy/stores/replication.py). While a tenant's rows replicate
+-- to another database, row triggers named after the move, on both sides, record the key of every row of
+-- that tenant that changes: the replicated copy is verified in full before the write freeze, and inside the
+-- freeze only the rows recorded here since are compared again. The triggers are ENABLE ALWAYS, so they fire
+-- for the subscription's apply worker too (it runs with session_replication_role = replica). Trigger
+-- arguments: the move's name, then the table's key columns. Rows go when the move's triggers are dropped.
+-- Keys are written in UTC (a timestamptz key reads the same whichever session changed the row).
+CREATE TABLE IF NOT EXISTS tenancy.move_changes (
+  id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  move        text NOT NULL,
+  table_name  text NOT NULL,          -- format('%I.%I'), as tenancy/stores/postgres.py names tables
+  key         jsonb NOT NULL          -- the key columns' values, in key order
+);
+CREATE INDEX IF NOT EXISTS move_changes_move_idx ON tenancy.move_changes (move, id);
+REVOKE ALL ON tenancy.move_changes FROM PUBLIC, tenancy_app;
+
+CREATE OR REPLACE FUNCTION tenancy.track_move_change() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy SET TimeZone = 'UTC'
+  AS $$
+DECLARE
+  cols text[] := TG_ARGV[1:TG_NARGS - 1];
+  old_key jsonb;
+  new_key jsonb;
+BEGIN
+  IF TG_OP <> 'INSERT' THEN
+    SELECT jsonb_agg(to_jsonb(OLD) -> c ORDER BY n) INTO old_key FROM unnest(cols) WITH ORDINALITY u(c, n);
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    SELECT jsonb_agg(to_jsonb(NEW) -> c ORDER BY n) INTO new_key FROM unnest(cols) WITH ORDINALITY u(c, n);
+  END IF;
+  INSERT INTO tenancy.move_changes (move, table_name, key)
+  SELECT DISTINCT TG_ARGV[0], format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), k
+    FROM unnest(ARRAY[old_key, new_key]) k WHERE k IS NOT NULL;
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy.track_move_change() FROM PUBLIC;
+
 -- Puts an application table under tenant isolation.
 CREATE OR REPLACE FUNCTION tenancy.isolate(p_table regclass) RETURNS void
   LANGUAGE plpgsql

@@ -349,11 +349,18 @@ def _read_summary(dsn: str, tenant: str, tables: list[Table], snapshot: str | No
             return out
 
 
-def summary(dsn: str, tenant: str, tables: list[str] | None = None) -> Summary:
-    """What the database holds for the tenant, per table, in one snapshot."""
+def summary(dsn: str, tenant: str, tables: list[str] | None = None, snapshot: str | None = None) -> Summary:
+    """What the database holds for the tenant, per table, in one snapshot (an exported one when given:
+    what another transaction of this database saw, for example inside a freeze)."""
     with _open(dsn, tenant, "summing the tenant's rows") as conn:
+        if snapshot:
+            picked = _select(conn, dsn, tables)
+            conn.rollback()
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        picked = _select(conn, dsn, tables)
+        if snapshot:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        else:
+            picked = _select(conn, dsn, tables)
         _as_tenant(conn, tenant)
         out = _summary(conn, picked, tenant)
         conn.rollback()

@@ -5,13 +5,20 @@ The tenant keeps writing at the source while its rows copy; writes pause only fo
     start        publication `FOR TABLE t WHERE (tenant_id = '<id>'), ...` on the source, its slot, and a
                  subscription on the target that copies the tenant's rows and then streams its changes
     wait_synced  every table synchronised (pg_subscription_rel state 'r'); returns the lag in bytes
-    switch       full ordered checksum on the replicated copy (before the freeze), then: freeze the source,
-                 wait until the slot confirmed the freeze's LSN, re-verify cheaply (counts and an unordered
-                 hash sum per key bucket; the ordered checksum again only for buckets that changed since),
-                 move sequences, drop subscription, slot and publication, target 'active', source 'readonly'
-    cleanup      drop whatever replication objects of the move remain
+    preverify    while the tenant writes: change tracking on at both sides, every row of the replicated copy
+                 compared with the source once (key ranges, at LSN-coordinated snapshots), then the changed
+                 rows until few remain (tenancy/stores/replica_verify.py)
+    switch       preverify (cheap when it just ran), then: freeze the source, wait until the slot confirmed
+                 the freeze's LSN, compare only the rows changed since the last comparison, move sequences,
+                 drop subscription and slot, target 'active', source 'readonly'; after the freeze: the
+                 source's summary in the snapshot that was verified, tracking and publication dropped
+    cleanup      drop whatever replication objects (and tracking triggers) of the move remain
     abort        cleanup, then the target's partial copy goes and both registries return to their states
-    orphans      slots, publications and subscriptions of tenancy moves that no move owns
+    orphans      slots, publications, subscriptions and tracking triggers that no move owns
+
+The freeze therefore lasts the drain, the catch-up of the last changes, a comparison of the rows changed
+since the last pre-freeze pass (a number that follows the write rate, not the tenant's size), the
+sequences and dropping the subscription.
 
 How the target's defences meet the apply worker. The subscription's workers (initial copy and apply) run
 with `session_replication_role = replica`, so ordinary triggers -- the write guard among them, and the
@@ -28,7 +35,8 @@ every tenant, starts failing -- so `start` refuses a table whose replica identit
 is not published: it ignores row filters and would empty the target for every tenant.
 
 Resumable: each step looks at what exists (publication, slot, subscription, registry states) and continues.
-The publication carries a comment with the registry states from before the move, which `abort` restores.
+The publication carries a comment with the registry states from before the move, which `abort` restores,
+and the time of the last full pass (`verified`), cleared whenever tracking had to be switched on again.
 Object names are derived from the tenant and both databases (`names`), so a re-run finds its own objects.
 Within one cluster the slot is created before the subscription (`create_slot = false`): a subscription
 creating its own slot would wait for its own transaction.
@@ -36,11 +44,11 @@ creating its own slot would wait for its own transaction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -48,13 +56,15 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tenancy.stores.postgres import DataError, VerificationError, clear_tenant, isolated_tables
+from tenancy.stores import Summary
+from tenancy.stores import postgres as pg
+from tenancy.stores import replica_verify as rv
+from tenancy.stores.postgres import DataError, clear_tenant, isolated_tables
 
 Checkpoint = Callable[[str], None]
 PREFIX = "tmove_"
 NAME_RE = re.compile(r"^tmove_[a-z0-9_]+_[0-9a-f]{10}$")
 SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_\d+_\d+$")
-BUCKETS = 256  # verification granularity: in the freeze, the ordered checksum is redone per changed bucket
 
 
 class ReplicationError(DataError):
@@ -97,7 +107,11 @@ class SwitchReport:
     verify_seconds: float = 0.0      # verification inside the freeze
     prefreeze_verify_seconds: float = 0.0
     drop_seconds: float = 0.0
-    buckets_rechecked: int = 0       # ordered checksums redone inside the freeze (of BUCKETS per table)
+    summary_seconds: float = 0.0     # the source's summary, after the freeze
+    keys_rechecked: int = 0          # recorded changes compared inside the freeze
+    preverify: "PreverifyReport | None" = None
+    full_pass_in_freeze: rv.FullPass | None = None   # only when tracking had been interrupted
+    source_summary: Summary | None = None            # the source as verified (for deleting it later)
     freeze_started_at: float = 0.0   # wall clock (time.time())
     freeze_ended_at: float = 0.0
     resumed: bool = False
@@ -158,19 +172,6 @@ def _pick(conn: psycopg.Connection, wanted: list[str] | None) -> list[str]:
 
 def _ident(table: str) -> sql.Composable:
     return sql.SQL(table)  # a format('%I.%I') name checked by _pick
-
-
-def _columns(conn: psycopg.Connection, table: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-        "AND attgenerated = '' ORDER BY attnum", (table,)).fetchall()]
-
-
-def _key(conn: psycopg.Connection, table: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n) ON true "
-        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-        "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n", (table,)).fetchall()] or _columns(conn, table)
 
 
 def _reset_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
@@ -296,6 +297,8 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
             if missing:
                 raise ReplicationError(f"the target lacks isolated tables {', '.join(missing)}: apply the tenancy SQL and "
                                        "the application schema there first (tenancy db apply DSN)")
+            _require_tracking_sql(src, "source")
+            _require_tracking_sql(dst, "target")
             if not dst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
                 raise ReplicationError("the target connection must be a superuser: PostgreSQL 15 lets only superusers "
                                        "create subscriptions")
@@ -384,54 +387,110 @@ def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float
             time.sleep(poll)
 
 
-# --- verification ---------------------------------------------------------------------------------------
+# --- verification before the freeze --------------------------------------------------------------------
 
-def _bucket_sql(conn: psycopg.Connection, table: str, ordered: bool, only: list[int] | None) -> sql.Composable:
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in _columns(conn, table))
-    key_cols = [k for k in _key(conn, table) if k != "tenant_id"] or _key(conn, table)
-    key = sql.SQL(", ").join(sql.Identifier(k) for k in key_cols)
-    bucket = sql.SQL("(hashtextextended(ROW({key})::text, 0) & {m})").format(key=key, m=sql.Literal(BUCKETS - 1))
-    md5 = sql.SQL(", md5(string_agg(md5(ROW({cols})::text), '' ORDER BY {key}))").format(cols=cols, key=key) \
-        if ordered else sql.SQL("")
-    where = sql.SQL(" AND {b} = ANY(%s)").format(b=bucket) if only is not None else sql.SQL("")
-    return sql.SQL("SELECT {b} AS tenancy_bucket, count(*), sum(hashtextextended(ROW({cols})::text, 0)){md5} "
-                   "FROM {t} WHERE tenant_id = %s{where} GROUP BY 1").format(
-        b=bucket, cols=cols, md5=md5, t=_ident(table), where=where)
+@dataclass
+class PreverifyReport:
+    tenant: str
+    full_pass: rv.FullPass | None = None     # None: an earlier full pass still holds (tracking never stopped)
+    passes: list[rv.Pass] = field(default_factory=list)
+    recorded: int = 0                        # changes recorded and not yet consumed, both sides
+    seconds: float = 0.0
 
-
-def _buckets(dsn: str, tenant: str, tables: list[str], ordered: bool,
-             only: dict[str, list[int]] | None = None) -> dict[str, dict[int, tuple]]:
-    """Per table, per key bucket: (rows, unordered hash sum[, ordered md5]) of one tenant's rows."""
-    out: dict[str, dict[int, tuple]] = {}
-    with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT tenancy.set_tenant(%s)", (tenant,))  # needed where the DSN's user is the owner
-        for t in tables:
-            if only is not None and not only.get(t):
-                out[t] = {}
-                continue
-            q = _bucket_sql(conn, t, ordered, only.get(t) if only is not None else None)
-            params = (tenant, only[t]) if only is not None else (tenant,)
-            out[t] = {int(r[0]): tuple(str(v) for v in r[1:]) for r in conn.execute(q, params).fetchall()}
-        conn.rollback()
-    return out
+    def to_json(self) -> dict:
+        fp = self.full_pass
+        return {"full_pass": None if fp is None else {"seconds": round(fp.seconds, 3), "buckets": fp.buckets,
+                                                      "differing_buckets": fp.differing_buckets,
+                                                      "in_flight_rows": fp.in_flight_rows},
+                "passes": [{"seconds": round(p.seconds, 3), "keys": p.keys, "equal": p.equal} for p in self.passes],
+                "recorded": self.recorded, "seconds": round(self.seconds, 3)}
 
 
-def _both(source_dsn: str, target_dsn: str, *args, **kwargs) -> tuple[dict, dict]:
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        s = pool.submit(_buckets, source_dsn, *args, **kwargs)
-        t = pool.submit(_buckets, target_dsn, *args, **kwargs)
-        return s.result(), t.result()
+def _note(src: psycopg.Connection, n: MoveNames, **changes) -> dict:
+    """Update the publication's comment (the move's notes: states before the move, pre-verification)."""
+    note = {**(_publication(src, n) or {}), **changes}
+    note = {k: v for k, v in note.items() if v is not None}
+    src.execute(sql.SQL("COMMENT ON PUBLICATION {p} IS {c}").format(
+        p=sql.Identifier(n.publication), c=sql.Literal(json.dumps(note, sort_keys=True))))
+    return note
 
 
-def _mismatch(tables: list[str], a: dict, b: dict) -> dict[str, list[int]]:
-    return {t: sorted(k for k in set(a[t]) | set(b[t]) if a[t].get(k) != b[t].get(k)) for t in tables}
+def _unsynced(dst: psycopg.Connection, sub) -> list[str]:
+    return [r[0] for r in dst.execute("SELECT srrelid::regclass::text FROM pg_subscription_rel WHERE srsubid = %s "
+                                      "AND srsubstate <> 'r' ORDER BY 1", (sub[0],)).fetchall()]
+
+
+def _waiter(src: psycopg.Connection, n: MoveNames, tenant: str, timeout: float, after: str) -> rv.WaitLsn:
+    return lambda lsn: _wait_confirmed(src, n, lsn, timeout, tenant, after)
+
+
+def _require_tracking_sql(conn: psycopg.Connection, where: str) -> None:
+    if not conn.execute("SELECT to_regprocedure('tenancy.track_move_change()') IS NOT NULL "
+                        "AND to_regclass('tenancy.move_changes') IS NOT NULL").fetchone()[0]:
+        raise ReplicationError(f"the {where} has an older tenancy SQL without tenancy.move_changes: run `tenancy db apply "
+                               "DSN` there first")
+
+
+def _preverify(src, dst, source_dsn, target_dsn, n: MoveNames, tenant: str, keyed: list[rv.Keyed], step: Checkpoint,
+               timeout: float) -> PreverifyReport:
+    report = PreverifyReport(tenant)
+    t0 = time.perf_counter()
+    if not (rv.tracking(src, n.base, keyed) and rv.tracking(dst, n.base, keyed)):
+        _note(src, n, verified=None)   # changes went unrecorded: an earlier full pass no longer holds
+    rv.track(src, n.base, tenant, keyed)
+    step("tracking source")
+    rv.track(dst, n.base, tenant, keyed)
+    step("tracking target")
+    wait = _waiter(src, n, tenant, timeout, "before the freeze; nothing is frozen, run it again")
+    if not (_publication(src, n) or {}).get("verified"):
+        report.full_pass = rv.full_pass(source_dsn, target_dsn, tenant, keyed, n.base, wait)
+        _note(src, n, verified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        step("full pass")
+    report.passes = rv.converge(source_dsn, target_dsn, tenant, keyed, n.base, wait)
+    report.recorded = rv.recorded(source_dsn, n.base) + rv.recorded(target_dsn, n.base)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def preverify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *,
+              timeout: float = 120.0, checkpoint: Checkpoint | None = None) -> PreverifyReport:
+    """Before the freeze: change tracking on at both sides, every row compared once (the full pass, skipped
+    when an earlier one still holds), then the recorded changes until few remain. Safe to call again."""
+    step = checkpoint or (lambda s: None)
+    n = names(tenant, source_dsn, target_dsn)
+    with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+        try:
+            tables = _pick(src, tables)
+            sub = _subscription(dst, n)
+            if _publication(src, n) is None or sub is None:
+                raise ReplicationError(f"the online move of '{tenant}' is not running (no publication or subscription): "
+                                       "run start first")
+            if _switched(_state(src, tenant), _state(dst, tenant)):
+                raise ReplicationError(f"the move of '{tenant}' has already switched: nothing to verify before a freeze")
+            waiting = _unsynced(dst, sub)
+            if waiting:
+                raise ReplicationError(f"tables of '{tenant}' are not synchronised yet ({', '.join(waiting)}): run "
+                                       "wait_synced first")
+            _require_tracking_sql(src, "source")
+            _require_tracking_sql(dst, "target")
+            keyed = rv.keyed_tables(src, tables)
+            return _preverify(src, dst, source_dsn, target_dsn, n, tenant, keyed, step, timeout)
+        except psycopg.Error as exc:
+            raise _as_error(exc, f"verifying the replicated copy of '{tenant}' failed; nothing is frozen, run it "
+                                 "again") from None
 
 
 # --- switch ---------------------------------------------------------------------------------------------
 
 def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, lock_timeout: str = "5s",
-           catchup_timeout: float = 60.0, checkpoint: Checkpoint | None = None) -> SwitchReport:
-    """Freeze, catch up, verify, cut over. Safe to call again after an interruption at any point."""
+           catchup_timeout: float = 60.0, cutover: bool = True, checkpoint: Checkpoint | None = None) -> SwitchReport:
+    """Verify (before the freeze), freeze, catch up, verify what changed, cut over. Safe to call again after
+    an interruption at any point.
+
+    `cutover=False` is for a caller that owns the freeze and the cutover (a tier move, which moves other
+    stores in the same freeze): the source is frozen (again: it drains), but neither registry is changed
+    afterwards, a failure leaves the source frozen, and the publication stays -- its comment records that
+    the switch is done and the source's summary -- until `cleanup` or `abort`."""
     step = checkpoint or (lambda s: None)
     n = names(tenant, source_dsn, target_dsn)
     report = SwitchReport(tenant)
@@ -440,12 +499,17 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
         before = _publication(src, n)
         sub = _subscription(dst, n)
         source_state, target_state = _state(src, tenant), _state(dst, tenant)
-        if _switched(source_state, target_state):
+        if cutover and _switched(source_state, target_state):
             # Interrupted after the flip (or called twice): finish the source side and the teardown only.
             report.already_switched = True
             src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
-            _drop_subscription(src, dst, n)
-            _drop_publication(src, n)
+            _finish(src, dst, source_dsn, n, tenant, tables, None, report, cutover)
+            return report
+        if (before or {}).get("switched"):
+            report.already_switched = True
+            _summarised(report, Summary.from_json(before["switched"]))
+            rv.untrack(dst, n.base)
+            rv.untrack(src, n.base)
             return report
         if before is None and sub is None:
             raise ReplicationError(f"the online move of '{tenant}' has not started: run start first")
@@ -453,50 +517,106 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             raise ReplicationError(f"the online move of '{tenant}' is half started (no subscription yet): run start "
                                    "again, or abort")
         report.resumed = source_state == "frozen"
-        pre: tuple[dict, dict] | None = None
+        _require_tracking_sql(src, "source")
+        _require_tracking_sql(dst, "target")
+        keyed = rv.keyed_tables(src, tables)
         if not report.resumed:
-            states = dst.execute("SELECT srrelid::regclass::text FROM pg_subscription_rel WHERE srsubid = %s "
-                                 "AND srsubstate <> 'r'", (sub[0],)).fetchall()
-            if states:
-                raise ReplicationError(f"tables of '{tenant}' are not synchronised yet ({', '.join(r[0] for r in states)}): "
+            waiting = _unsynced(dst, sub)
+            if waiting:
+                raise ReplicationError(f"tables of '{tenant}' are not synchronised yet ({', '.join(waiting)}): "
                                        "run wait_synced first")
             t0 = time.perf_counter()
-            pre = _both(source_dsn, target_dsn, tenant, tables, ordered=True)
+            report.preverify = _preverify(src, dst, source_dsn, target_dsn, n, tenant, keyed, step, catchup_timeout)
             report.prefreeze_verify_seconds = time.perf_counter() - t0
+        # What the freeze re-checks rests on tracking that never stopped since a full pass.
+        tracked = bool((_publication(src, n) or {}).get("verified")) and rv.tracking(src, n.base, keyed) \
+            and rv.tracking(dst, n.base, keyed)
 
-        report.freeze_started_at = time.time()
-        t_freeze = time.perf_counter()
-        lsn = _freeze(src, tenant, lock_timeout)
-        step("frozen")
-        try:
-            t0 = time.perf_counter()
-            if sub is not None:
-                _wait_confirmed(src, n, lsn, catchup_timeout, tenant)
-            report.catchup_seconds = time.perf_counter() - t0
-            step("caught up")
-            t0 = time.perf_counter()
-            report.rows, report.buckets_rechecked = _verify_frozen(source_dsn, target_dsn, tenant, tables, pre)
-            report.verify_seconds = time.perf_counter() - t0
-            step("verified")
-            for t in tables:
-                _reset_sequences(dst, t, tenant)
-            t0 = time.perf_counter()
-            _drop_subscription(src, dst, n)
-            report.drop_seconds = time.perf_counter() - t0
-            step("subscription dropped")
-        except (ReplicationError, psycopg.Error) as exc:
-            # The move stays in place; the source takes writes again while someone looks.
-            src.execute("SELECT tenancy.freeze(%s, %s)", (tenant, (before or {}).get("source_state", "active")))
-            if isinstance(exc, psycopg.Error):
-                raise _as_error(exc, f"switching '{tenant}' failed; its writes resume at the source") from None
-            raise
-        dst.execute("UPDATE tenancy.tenants SET state = 'active', updated_at = now() WHERE id = %s", (tenant,))
-        report.freeze_ended_at = time.time()
-        report.freeze_seconds = time.perf_counter() - t_freeze
-        step("target active")
-        src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
-        _drop_publication(src, n)
+        # Connections for the verification and the summary's snapshot, opened before the freeze starts.
+        with contextlib.ExitStack() as stack:
+            ready = [stack.enter_context(pg.connect(d, tenant)) for d in (source_dsn, target_dsn, source_dsn)]
+            report.freeze_started_at = time.time()
+            t_freeze = time.perf_counter()
+            lsn = _freeze(src, tenant, lock_timeout)
+            step("frozen")
+            try:
+                snapshot = _inside_freeze(src, dst, ready, (source_dsn, target_dsn), n, tenant, tables, keyed, lsn,
+                                          sub is not None, tracked, catchup_timeout, report, step)
+            except (ReplicationError, psycopg.Error) as exc:
+                if not cutover:   # the caller's freeze: it decides
+                    if isinstance(exc, psycopg.Error):
+                        raise _as_error(exc, f"switching '{tenant}' failed; it stays frozen, run it again or abort") from None
+                    raise
+                # The move stays in place; the source takes writes again while someone looks.
+                src.execute("SELECT tenancy.freeze(%s, %s)", (tenant, (before or {}).get("source_state", "active")))
+                if isinstance(exc, psycopg.Error):
+                    raise _as_error(exc, f"switching '{tenant}' failed; its writes resume at the source") from None
+                raise
+            if cutover:
+                dst.execute("UPDATE tenancy.tenants SET state = 'active', updated_at = now() WHERE id = %s", (tenant,))
+            report.freeze_ended_at = time.time()
+            report.freeze_seconds = time.perf_counter() - t_freeze
+            if cutover:
+                step("target active")
+                src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
+            _finish(src, dst, source_dsn, n, tenant, tables, snapshot, report, cutover)
+        step("finished")
     return report
+
+
+def _inside_freeze(src, dst, ready: list[psycopg.Connection], dsns: tuple[str, str], n: MoveNames, tenant: str, tables: list[str],
+                   keyed: list[rv.Keyed], lsn: str, subscribed: bool, tracked: bool, timeout: float,
+                   report: SwitchReport, step: Checkpoint) -> str:
+    """Catch up, verify, sequences, subscription dropped; returns the exported snapshot that was verified
+    (held by ready[2])."""
+    t0 = time.perf_counter()
+    if subscribed:
+        _wait_confirmed(src, n, lsn, timeout, tenant, "inside the freeze; run switch again")
+    report.catchup_seconds = time.perf_counter() - t0
+    step("caught up")
+    t0 = time.perf_counter()
+    if tracked:
+        report.keys_rechecked = rv.final_check(ready[0], ready[1], tenant, keyed, n.base).keys
+    else:
+        # No trustworthy record of what changed (tracking was interrupted): every row, in the freeze.
+        report.full_pass_in_freeze = rv.full_pass(*dsns, tenant, keyed, n.base, lambda _: None, strict=True)
+    report.verify_seconds = time.perf_counter() - t0
+    step("verified")
+    snapshot = _hold_snapshot(ready[2])   # what was verified, for the source's summary after the freeze
+    for t in tables:
+        _reset_sequences(dst, t, tenant)
+    t0 = time.perf_counter()
+    _drop_subscription(src, dst, n)
+    report.drop_seconds = time.perf_counter() - t0
+    step("subscription dropped")
+    return snapshot
+
+
+def _hold_snapshot(conn: psycopg.Connection) -> str:
+    """Start a transaction on the source, kept open, whose snapshot other connections can import."""
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    return str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
+
+
+def _summarised(report: SwitchReport, summary: Summary) -> None:
+    report.source_summary = summary
+    report.rows = {t: int(p["count"]) for t, p in summary.parts.items()}
+
+
+def _finish(src, dst, source_dsn: str, n: MoveNames, tenant: str, tables: list[str], snapshot: str | None,
+            report: SwitchReport, cutover: bool) -> None:
+    """After the verification: the source's summary (in the snapshot verified inside the freeze, or now when
+    resuming: the source takes no writes), then tracking goes, and the publication -- or, when the caller
+    cuts over, the publication's comment records the switch and the summary."""
+    t0 = time.perf_counter()
+    _summarised(report, pg.summary(source_dsn, tenant, tables, snapshot=snapshot))
+    report.summary_seconds = time.perf_counter() - t0
+    if not cutover:
+        _note(src, n, switched=report.source_summary.to_json())
+    rv.untrack(dst, n.base)
+    rv.untrack(src, n.base)
+    if cutover:
+        _drop_publication(src, n)
 
 
 def _freeze(src: psycopg.Connection, tenant: str, lock_timeout: str) -> str:
@@ -515,7 +635,7 @@ def _freeze(src: psycopg.Connection, tenant: str, lock_timeout: str) -> str:
                                "nothing changed, run switch again") from None
 
 
-def _wait_confirmed(src: psycopg.Connection, n: MoveNames, lsn: str, timeout: float, tenant: str) -> None:
+def _wait_confirmed(src: psycopg.Connection, n: MoveNames, lsn: str, timeout: float, tenant: str, after: str) -> None:
     deadline = time.monotonic() + timeout
     while True:
         row = src.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
@@ -526,33 +646,8 @@ def _wait_confirmed(src: psycopg.Connection, n: MoveNames, lsn: str, timeout: fl
             return
         if time.monotonic() >= deadline:
             raise ReplicationError(f"the target did not confirm the source's changes of '{tenant}' up to {lsn} within "
-                                   f"{timeout:g}s; its writes resume at the source, run switch again")
+                                   f"{timeout:g}s ({after})")
         time.sleep(0.005)
-
-
-def _verify_frozen(source_dsn: str, target_dsn: str, tenant: str, tables: list[str],
-                   pre: tuple[dict, dict] | None) -> tuple[dict[str, int], int]:
-    """Counts and hash sums per bucket on both sides; the ordered checksum again where it is not already
-    established: buckets that differed before the freeze or whose source content changed since."""
-    src_now, dst_now = _both(source_dsn, target_dsn, tenant, tables, ordered=False)
-    bad = {t: b for t, b in _mismatch(tables, src_now, dst_now).items() if b}
-    if bad:
-        raise VerificationError(f"the target's copy of '{tenant}' differs from the source inside the freeze: " + "; ".join(
-            f"{t}: {len(b)} key buckets differ" for t, b in bad.items()))
-    if pre is None:
-        recheck = {t: sorted(src_now[t]) for t in tables}
-    else:
-        pre_src, pre_dst = pre
-        recheck = {t: sorted(k for k in src_now[t] if pre_src[t].get(k) != pre_dst[t].get(k)
-                             or pre_src[t].get(k, ())[:2] != src_now[t][k]) for t in tables}
-    if any(recheck.values()):
-        s, d = _both(source_dsn, target_dsn, tenant, tables, ordered=True, only=recheck)
-        bad = {t: b for t, b in _mismatch(tables, s, d).items() if b}
-        if bad:
-            raise VerificationError(f"ordered checksums of '{tenant}' differ inside the freeze: " + "; ".join(
-                f"{t}: buckets {b[:5]}" for t, b in bad.items()))
-    rows = {t: sum(int(v[0]) for v in src_now[t].values()) for t in tables}
-    return rows, sum(len(v) for v in recheck.values())
 
 
 # --- teardown -------------------------------------------------------------------------------------------
@@ -638,6 +733,7 @@ def cleanup(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
             dropped = _drop_subscription(src, dst, n)
+            dropped += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
             if _publication(src, n) is not None:
                 _drop_publication(src, n)
                 dropped.append(f"publication {n.publication}")
@@ -659,9 +755,11 @@ def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
                 raise ReplicationError(f"the move of '{tenant}' has already switched (the target is active): it cannot be "
                                        "aborted; run switch again to finish it, or cleanup to drop what remains")
             if before is None and _subscription(dst, n) is None and _slot(src, n) is None:
+                done += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
                 return done  # never started, or already aborted
             before = before or {"source_state": "active", "target_state": None}
             done += _drop_subscription(src, dst, n)
+            done += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
             if _state(dst, tenant) is not None:
                 with dst.transaction():
                     deleted = clear_tenant(dst, tenant, [t for t in isolated_tables(dst)])
@@ -684,8 +782,9 @@ def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
 
 def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
     """Replication objects of tenancy moves that no move owns: pass the names (`names(...).base`) of moves in
-    progress. A slot left behind holds WAL forever; a publication or subscription left behind is clutter.
-    Slots are cluster-wide and so are subscriptions; publications are listed for `dsn`'s database."""
+    progress. A slot left behind holds WAL forever; a change-tracking trigger taxes every write of its table;
+    a publication or subscription left behind is clutter. Slots are cluster-wide and so are subscriptions;
+    publications and triggers are listed for `dsn`'s database."""
     keep = set(owned)
     found: list[Orphan] = []
     with _connect(dsn) as conn:
@@ -703,4 +802,9 @@ def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
         for name, database in sorted(subs.values()):
             if NAME_RE.match(name) and name not in keep:
                 found.append(Orphan("subscription", name, database, "no move owns it"))
+        for name, table in rv.triggers(conn):
+            base = name.rsplit("_", 1)[0]
+            if base not in keep:
+                found.append(Orphan("trigger", name, conn.info.dbname,
+                                    f"records {table}'s changes for a move no one owns (cost on every write)"))
     return found
