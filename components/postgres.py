@@ -16,8 +16,12 @@ import pulumi_random as random
 
 from tenancy import naming
 
-# The two roles the tenancy SQL expects: the owner runs migrations, the runtime role is subject to RLS.
-OWNER_USER, RUNTIME_USER = naming.DATABASE_USERS
+# The roles the tenancy SQL expects: the owner runs migrations, the runtime role is subject to RLS, and
+# the replication role is what an online tier move's subscription connects as (REPLICATION, BYPASSRLS,
+# SELECT on isolated tables; tenancy/stores/replication.py). It reads every tenant's rows, so its
+# password goes to Secret Manager for the operators who run moves and to no workload: the policy pack
+# refuses a grant of its secret to a tenant principal.
+OWNER_USER, RUNTIME_USER, REPLICATION_USER = naming.DATABASE_USERS
 DATABASE = "app"
 # Clients check the server's certificate against the instance's CA (`server_ca_cert`): a host on the
 # path cannot pose as the database. `verify-full` is not used because Cloud SQL server certificates
@@ -38,7 +42,8 @@ AUDIT_FLAGS = (
     ("log_checkpoints", "on"),
     ("log_min_duration_statement", "-1"),
 )
-# Online tier moves copy a tenant's rows with row-filtered logical replication from the primary.
+# Online tier moves copy a tenant's rows with row-filtered logical replication from the primary (read
+# replicas of PostgreSQL 15 cannot publish). Without it a move falls back to copying inside the freeze.
 PRIMARY_FLAGS = (("cloudsql.logical_decoding", "on"),)
 
 
@@ -93,7 +98,7 @@ class PostgresInstance(pulumi.ComponentResource):
         gcp.sql.Database(f"{name}-db", name=DATABASE, instance=instance.name, project=args.project,
                          deletion_policy="ABANDON", opts=stateful)
         self.secret_ids = {}
-        for user in (OWNER_USER, RUNTIME_USER):
+        for user in (OWNER_USER, RUNTIME_USER, REPLICATION_USER):
             self.secret_ids[user] = self._user(name, args, instance, user, child)
         self.instance_name = instance.name
         self.connection_name = instance.connection_name

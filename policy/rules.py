@@ -173,6 +173,65 @@ def cloudsql_private_ssl_backups(args: ResourceValidationArgs, report: ReportVio
         report("Cloud SQL: deletion protection must be on at the API (settings.deletionProtectionEnabled) and in the provider")
 
 
+# The database flags the platform sets and the values it allows; a flag not listed has not been reviewed.
+# Statement text carries tenant data, so no flag may put it in the logs (log_statement beyond 'ddl', a
+# log_min_duration_statement threshold). cloudsql.logical_decoding lets online tier moves replicate one
+# tenant's rows out of a primary; a PostgreSQL 15 read replica cannot decode, so it is a primary's flag.
+CLOUDSQL_FLAGS: dict[str, tuple[str, ...]] = {
+    "cloudsql.iam_authentication": ("on",),
+    "cloudsql.enable_pgaudit": ("on",),
+    "pgaudit.log": (),                       # any list that includes ddl and role
+    "log_connections": ("on",),
+    "log_disconnections": ("on",),
+    "log_statement": ("none", "ddl"),
+    "log_lock_waits": ("on", "off"),
+    "log_checkpoints": ("on", "off"),
+    "log_min_duration_statement": ("-1",),
+    "cloudsql.logical_decoding": ("on", "off"),
+}
+
+
+def cloudsql_flags(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != "gcp:sql/databaseInstance:DatabaseInstance":
+        return
+    s = _first(args.props.get("settings")) or {}
+    flags = {str(f.get("name")): str(f.get("value")) for f in s.get("databaseFlags") or [] if isinstance(f, dict)}
+    for name, value in flags.items():
+        allowed = CLOUDSQL_FLAGS.get(name)
+        if allowed is None:
+            report(f"Cloud SQL: flag {name} has not been reviewed for tenant isolation; add it to the policy pack's "
+                   "CLOUDSQL_FLAGS with the values it may take and why")
+        elif allowed and value not in allowed and _known(value):
+            report(f"Cloud SQL: {name}={value} is not allowed ({' or '.join(allowed)}): statement text in logs carries "
+                   "tenant data, and audit and IAM authentication stay on")
+    audited = set(flags.get("pgaudit.log", "").replace(" ", "").split(","))
+    if flags.get("cloudsql.enable_pgaudit") != "on" or not {"ddl", "role"} <= audited:
+        report("Cloud SQL: pgAudit must be on and log ddl and role (cloudsql.enable_pgaudit=on, pgaudit.log=ddl,role): "
+               "who changed the schema or a role is how isolation breaks are traced")
+    if args.props.get("masterInstanceName") and flags.get("cloudsql.logical_decoding") == "on":
+        report("Cloud SQL: cloudsql.logical_decoding belongs on the primary: a PostgreSQL 15 read replica cannot decode, "
+               "and online tier moves replicate from the primary")
+
+
+# The replication user (tenancy_replication) bypasses row-level security to read any tenant's rows for an
+# online tier move; its password is for the operators who run moves.
+REPLICATION_SECRET = re.compile(r"(^|[-/])tenancy-replication$")
+
+
+def replication_secret_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    t, p = args.resource_type, args.props
+    if not (t.startswith("gcp:secretmanager/") and IAM_TYPE.search(t)):
+        return
+    secret = str(p.get("secretId") or "")
+    if not REPLICATION_SECRET.search(secret):
+        return
+    for g in iam_grants(t, p):
+        if TENANT_SA.match(g.member) or any(r.match(g.member) for r in (KSA_MEMBER, WI_PRINCIPAL, WI_NAMESPACE_SET,
+                                                                         WI_POOL_SET)):
+            report(f"secret {secret}: {g.role} must not go to {g.member}: the replication user reads every tenant's "
+                   "rows (BYPASSRLS); only the operators who run tier moves may read its password")
+
+
 # ---------------------------------------------------------------------------------------------- Storage
 
 def storage_bucket_private(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -1139,6 +1198,10 @@ RESOURCE_POLICIES = [
     _mandatory("gke-node-pool-hardened", "GKE node pools run hardened, patched nodes", gke_node_pool_hardened),
     _mandatory("cloudsql-private-ssl-backups", "Cloud SQL is private, encrypted in transit, backed up, protected",
                cloudsql_private_ssl_backups, RETENTION_SCHEMA),
+    _mandatory("cloudsql-flags", "Cloud SQL flags are reviewed ones: audit on, no statement text in logs, logical "
+               "decoding on primaries", cloudsql_flags),
+    _mandatory("replication-secret-private", "The replication user's password is never granted to tenant principals",
+               replication_secret_private),
     _mandatory("storage-bucket-private", "Buckets are IAM-only, never public, versioned for tenants", storage_bucket_private),
     _mandatory("no-public-members", "allUsers/allAuthenticatedUsers are never granted", no_public_members),
     _mandatory("iam-least-privilege", "No basic roles, no keys, no project-wide grants to tenant accounts", iam_least_privilege),

@@ -41,6 +41,23 @@ BEGIN
      AND (SELECT NOT (rolreplication AND rolbypassrls) FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
     ALTER ROLE tenancy_replication REPLICATION BYPASSRLS;
   END IF;
+  -- On Cloud SQL the component creates tenancy_replication through the API (it has a login and a password in
+  -- Secret Manager), which makes it a cloudsqlsuperuser: it must hold only what replication needs. Cloud SQL
+  -- lets a cloudsqlsuperuser grant REPLICATION; BYPASSRLS may need an operator (replication.start checks).
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudsqlsuperuser') THEN
+    IF pg_has_role('tenancy_replication', 'cloudsqlsuperuser', 'MEMBER')
+       AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
+      REVOKE cloudsqlsuperuser FROM tenancy_replication;
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND (SELECT NOT rolreplication FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
+      BEGIN
+        ALTER ROLE tenancy_replication REPLICATION;
+      EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'tenancy_replication lacks REPLICATION and % cannot grant it: an operator must', current_user;
+      END;
+    END IF;
+  END IF;
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_replication', current_database());
   EXECUTE format('GRANT CREATE, CONNECT ON DATABASE %I TO tenancy_owner', current_database());
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_app', current_database());

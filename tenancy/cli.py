@@ -129,9 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("moves", help="tier moves the catalogue asks for and the deployment has not made, as JSON",
                        description="Compare the catalogue with the deployed tenant directory and print the tenants whose "
-                       "plan moves them into or out of the pool: [{tenant, from_plan, to_plan, from_model, to_model}].")
+                       "plan moves them into or out of the pool: [{tenant, from_plan, to_plan, from_model, to_model}]. "
+                       "With --dsn, also report (on stderr, exit 1) what online moves left behind in those databases: "
+                       "replication slots (they hold WAL forever), publications, subscriptions and change-tracking "
+                       "triggers that no unfinished move owns.")
     _common(p)
     _engine_args(p)
+    p.add_argument("--dsn", action="append", default=[], metavar="DSN",
+                   help="a database to check for leftovers of online moves: the pooled database and the tenants' own "
+                        "(repeatable; the pooled one first, its move journal says which moves are unfinished)")
     p.set_defaults(func=cmd_moves)
 
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
@@ -364,9 +370,33 @@ def cmd_moves(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.lifecycle import deploy
 
+    for dsn in args.dsn:
+        _check_dsn("--dsn", dsn)
     found = deploy.pending(_engine(args), load_catalog(args.tenants), args.env)
     print(json.dumps([asdict(p) for p in found], indent=1))
-    return EXIT_OK
+    if not args.dsn:
+        return EXIT_OK
+    from tenancy.lifecycle.online import leftovers
+
+    left = leftovers(args.dsn)
+    for server, o in left:
+        print(f"leftover of an online move on {server}: {o}", file=sys.stderr)
+    if left:
+        print(f"{len(left)} leftover(s): finish or abort the move that made them (`tenancy upgrade TENANT --to PLAN` or "
+              "`--abort`); for a move no one will resume, drop them (tenancy.stores.replication.cleanup)", file=sys.stderr)
+    return EXIT_FAIL if left else EXIT_OK
+
+
+def _check_dsn(option: str, dsn: str) -> None:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tenancy.errors import ConfigError
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError:
+        raise ConfigError(f"{option}: not a libpq connection string (key=value ... or postgresql://...); not shown, it "
+                          "may hold a password") from None
 
 
 def _store_args(p) -> None:

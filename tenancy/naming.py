@@ -270,8 +270,9 @@ def graph_name(tenant_id: str) -> str:
 # Kubernetes namespaces the platform creates in every cluster it runs (components/edge.py).
 PLATFORM_K8S_NAMESPACES = {"ingress-nginx": "ingress controller namespace",
                            "cert-manager": "certificate manager namespace"}
-# The PostgreSQL users whose passwords are kept in Secret Manager (components/postgres.py).
-DATABASE_USERS = ("tenancy_owner", "tenancy_app")
+# The PostgreSQL users whose passwords are kept in Secret Manager (components/postgres.py): owner, runtime,
+# and the replication role of online tier moves.
+DATABASE_USERS = ("tenancy_owner", "tenancy_app", "tenancy_replication")
 # Every database role a plan may list (catalogue: postgres-1 .. postgres-9).
 DATABASE_ROLES = tuple(f"postgres-{n}" for n in range(1, 10))
 MAX_READ_REPLICAS = 3  # catalogue: dedicated.read_replicas <= 3

@@ -89,10 +89,10 @@ def test_pooled_postgres_is_private_ssl_only_backed_up_and_protected(platform):
 
 def test_passwords_are_generated_secret_and_in_secret_manager(platform):
     users = of_type(platform, "gcp:sql/user:User")
-    assert sorted(u["inputs"]["name"] for u in users) == ["tenancy_app", "tenancy_owner"]
+    assert sorted(u["inputs"]["name"] for u in users) == ["tenancy_app", "tenancy_owner", "tenancy_replication"]
     assert all(u["inputs"]["password"] == "[secret]" for u in users)
     secrets = sorted(s["inputs"]["secretId"] for s in of_type(platform, "gcp:secretmanager/secret:Secret"))
-    assert secrets == ["dev-pooled-tenancy-app", "dev-pooled-tenancy-owner"]
+    assert secrets == ["dev-pooled-tenancy-app", "dev-pooled-tenancy-owner", "dev-pooled-tenancy-replication"]
     assert all(v["inputs"]["secretData"] == "[secret]" for v in of_type(platform, "gcp:secretmanager/secretVersion:SecretVersion"))
 
 

@@ -7,165 +7,17 @@ BaseException at a named step (nothing of the module's error handling runs, as a
 
 from __future__ import annotations
 
-import random
-import threading
-import time
-import uuid
-
 import psycopg
 import pytest
 
-from tenancy import db
 from tenancy.stores import postgres as data
 from tenancy.stores import replication as rep
 from tests import sqlhelp
-
-TENANT = "moving-co"
-NEIGHBOURS = ("neighbour-a", "neighbour-b")
-
-
-class Killed(BaseException):
-    """A kill at a step: not an Exception, so no cleanup handler in the module sees it."""
+from tests.movehelp import (NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, dsns, foreign_rows, kill_at, replication_objects,
+                            state, sums, two_databases, user_rows)
 
 
-def kill_at(point: str):
-    def step(name: str) -> None:
-        if name == point:
-            raise Killed(name)
-    return step
-
-
-@pytest.fixture
-def dbs(pg_server, tenancy_db):
-    """(pooled database, the tenant's own database), both with the tenancy SQL; replication objects left by a
-    failing test are dropped before the databases go."""
-    own = f"{tenancy_db}_own"
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{own}"')
-        c.execute("ALTER ROLE tenancy_replication LOGIN")
-    db.apply(pg_server.dsn(dbname=own))
-    sqlhelp.register(pg_server, tenancy_db, TENANT, *NEIGHBOURS)
-    for t in (TENANT, *NEIGHBOURS):
-        sqlhelp.seed(pg_server, tenancy_db, t, users=15)
-    yield tenancy_db, own
-    with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
-        for (name,) in c.execute("SELECT subname FROM pg_subscription").fetchall():
-            c.execute(f'ALTER SUBSCRIPTION "{name}" DISABLE')
-            c.execute(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)')
-            c.execute(f'DROP SUBSCRIPTION "{name}"')
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        for _ in range(100):
-            if not c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active"
-                             ).fetchall() and not c.execute("SELECT 1 FROM pg_replication_slots").fetchall():
-                break
-            time.sleep(0.05)
-        c.execute(f'DROP DATABASE "{own}" WITH (FORCE)')
-
-
-def dsns(server, src: str, dst: str) -> tuple[str, str, str]:
-    return server.dsn(dbname=src), server.dsn(dbname=dst), server.dsn(user="tenancy_replication", dbname=src)
-
-
-def replication_objects(server, *databases: str) -> dict[str, list]:
-    found = {}
-    with psycopg.connect(server.dsn(), autocommit=True) as c:
-        found["slots"] = [r[0] for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
-        found["subscriptions"] = [r[0] for r in c.execute("SELECT subname FROM pg_subscription").fetchall()]
-    found["publications"] = []
-    for d in databases:
-        with psycopg.connect(server.dsn(dbname=d), autocommit=True) as c:
-            found["publications"] += [r[0] for r in c.execute("SELECT pubname FROM pg_publication").fetchall()]
-    return found
-
-
-NONE_LEFT = {"slots": [], "subscriptions": [], "publications": []}
-
-
-def state(server, dbname: str, tenant: str = TENANT) -> str | None:
-    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
-        row = c.execute("SELECT state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
-        return row[0] if row else None
-
-
-def sums(server, dbname: str, tenant: str) -> dict[str, tuple[int, str]]:
-    with psycopg.connect(server.dsn(dbname=dbname)) as c:
-        c.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
-        return {t: data.table_checksum(c, t, tenant) for t in data.isolated_tables(c)}
-
-
-def foreign_rows(server, dbname: str, tenant: str) -> int:
-    """Rows of any tenant other than `tenant` (read as the superuser: no RLS)."""
-    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
-        return sum(c.execute(f"SELECT count(*) FROM {t} WHERE tenant_id <> %s", (tenant,)).fetchone()[0]
-                   for t in ("app.users", "app.itineraries", "app.comments", "app.likes"))
-
-
-def user_rows(server, dbname: str, tenant: str = TENANT) -> list[tuple[int, str]]:
-    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
-        return c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s ORDER BY id", (tenant,)).fetchall()
-
-
-class Writer(threading.Thread):
-    """The application: inserts and updates the tenant's users through tenancy_app, routed to whichever database
-    the directory (the registry) says is active once the current one refuses."""
-
-    def __init__(self, server, databases: list[str], current: str):
-        super().__init__(daemon=True)
-        self.server, self.databases, self.current = server, databases, current
-        self.names: dict[int, str] = {}          # committed: user id -> display name
-        self.ids: list[int] = []
-        self.refusals: list[tuple[float, str, str]] = []  # (time, database, message)
-        self.accepted: list[tuple[float, str]] = []       # (time, database) of each commit
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.rng = random.Random(7)
-
-    def _route(self) -> None:
-        for d in self.databases:
-            if d != self.current and state(self.server, d) == "active":
-                self.current = d
-
-    def run(self) -> None:
-        conns = {d: sqlhelp.connect(self.server, d, user="tenancy_app") for d in self.databases}
-        try:
-            while not self.stop.is_set():
-                conn = conns[self.current]
-                try:
-                    with conn.transaction():
-                        conn.execute("SELECT tenancy.set_tenant(%s)", (TENANT,))
-                        name = f"n-{uuid.uuid4().hex[:8]}"
-                        if self.ids and self.rng.random() < 0.5:
-                            uid = self.rng.choice(self.ids)
-                            n = conn.execute("UPDATE app.users SET display_name = %s WHERE id = %s", (name, uid)).rowcount
-                            if n != 1:
-                                raise AssertionError(f"user {uid} missing in {self.current}")
-                        else:
-                            uid = conn.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) "
-                                               "RETURNING id", (TENANT, f"{name}@x.example", name)).fetchone()[0]
-                    if uid not in self.names:
-                        self.ids.append(uid)
-                    self.names[uid] = name
-                    self.accepted.append((time.time(), self.current))
-                except psycopg.errors.ReadOnlySqlTransaction as exc:
-                    self.refusals.append((time.time(), self.current, str(exc).splitlines()[0]))
-                    self._route()
-                except (psycopg.Error, AssertionError) as exc:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                time.sleep(0.003)
-        finally:
-            for c in conns.values():
-                c.close()
-
-    def wait_writes(self, n: int) -> None:
-        target = len(self.accepted) + n
-        while len(self.accepted) < target and self.is_alive():
-            time.sleep(0.01)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(30)
-        assert not self.errors, self.errors
+dbs = pytest.fixture(two_databases)
 
 
 def online_move(server, src: str, dst: str, writer: Writer) -> rep.SwitchReport:
@@ -406,3 +258,143 @@ def test_names_are_short_valid_and_distinct():
         assert "secret" not in name
     assert rep.names("acme", a, b) == rep.names("acme", a.replace("user=postgres", "user=other"), b), \
         "the user does not change a move's identity"
+
+
+# --- verification before and inside the freeze ----------------------------------------------------------
+
+def tamper(server, dbname: str, tenant: str = TENANT) -> int:
+    """Change one of the tenant's rows directly (as the superuser, past the write guard); returns its id."""
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        uid = c.execute("SELECT min(id) FROM app.users WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+        c.execute("UPDATE app.users SET display_name = 'tampered' WHERE tenant_id = %s AND id = %s", (tenant, uid))
+    return uid
+
+
+def synced(server, pooled: str, own: str) -> tuple[str, str, str]:
+    source, target, conninfo = dsns(server, pooled, own)
+    rep.start(source, target, TENANT, None, conninfo)
+    rep.wait_synced(source, target, TENANT, timeout=120)
+    return source, target, conninfo
+
+
+def test_preverify_finds_a_copied_row_that_differs_without_having_changed(pg_server, dbs):
+    pooled, own = dbs
+    before = sums(pg_server, pooled, TENANT)
+    source, target, _ = synced(pg_server, pooled, own)
+    uid = tamper(pg_server, own)                 # before tracking starts: no record explains it
+    with pytest.raises(data.VerificationError, match=rf"the replicated copy of 'moving-co' differs from the source in "
+                                                     rf"rows that did not change since tracking began: app\.users: keys \[{uid}\]"):
+        rep.preverify(source, target, TENANT)
+    assert state(pg_server, pooled) == "active", "verification before the freeze never stops the tenant's writes"
+    rep.abort(source, target, TENANT)
+    assert_aborted(pg_server, pooled, own, before)
+
+
+def test_a_row_changed_at_the_target_after_preverify_is_caught_inside_the_freeze(pg_server, dbs):
+    pooled, own = dbs
+    before = sums(pg_server, pooled, TENANT)
+    source, target, _ = synced(pg_server, pooled, own)
+    first = rep.preverify(source, target, TENANT)
+    assert first.full_pass is not None and first.full_pass.buckets == 4   # one key range per (small) table
+    assert rep.preverify(source, target, TENANT).full_pass is None, "a second call relies on the tracked changes"
+    uid = tamper(pg_server, own)                 # recorded by the target's tracking trigger
+    with pytest.raises(data.VerificationError, match=rf"the target's copy of 'moving-co' differs from the frozen source: "
+                                                     rf"app\.users: 1 rows \(keys \[{uid}\]\)"):
+        rep.switch(source, target, TENANT)
+    assert (state(pg_server, pooled), state(pg_server, own)) == ("active", "frozen"), \
+        "a failed verification gives the source its writes back and never activates the target"
+    rep.abort(source, target, TENANT)
+    assert_aborted(pg_server, pooled, own, before)
+
+
+def test_tracking_that_stopped_means_a_new_full_pass(pg_server, dbs):
+    pooled, own = dbs
+    source, target, _ = synced(pg_server, pooled, own)
+    rep.preverify(source, target, TENANT)
+    n = rep.names(TENANT, source, target)
+    with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
+        c.execute(f'DROP TRIGGER "{n.base}_u" ON app.users')
+    uid = tamper(pg_server, own)                 # unrecorded: tracking had a gap
+    with pytest.raises(data.VerificationError, match=rf"did not change since tracking began: app\.users: keys \[{uid}\]"):
+        rep.preverify(source, target, TENANT)
+    rep.abort(source, target, TENANT)
+    assert replication_objects(pg_server, pooled, own) == NONE_LEFT
+
+
+def test_resumed_inside_the_freeze_without_tracking_compares_every_row(pg_server, dbs):
+    pooled, own = dbs
+    before = sums(pg_server, pooled, TENANT)
+    source, target, _ = synced(pg_server, pooled, own)
+    with pytest.raises(Killed):
+        rep.switch(source, target, TENANT, checkpoint=kill_at("frozen"))
+    n = rep.names(TENANT, source, target)
+    with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
+        c.execute(f'DROP TRIGGER "{n.base}_d" ON app.likes')
+    report = rep.switch(source, target, TENANT)
+    assert report.resumed and report.full_pass_in_freeze is not None and report.full_pass_in_freeze.buckets == 4
+    assert report.source_summary.same_data(data.summary(source, TENANT))
+    assert_switched(pg_server, pooled, own, before)
+
+
+@pytest.mark.parametrize("point", ["tracking source", "tracking target", "full pass", "consumed at the source"])
+def test_preverify_killed_at_each_step_resumes(pg_server, dbs, point):
+    pooled, own = dbs
+    source, target, _ = synced(pg_server, pooled, own)
+    writer = Writer(pg_server, [pooled, own], pooled)
+    writer.start()
+    try:
+        writer.wait_writes(30)
+        with pytest.raises(Killed):
+            rep.preverify(source, target, TENANT, checkpoint=kill_at(point))
+        writer.wait_writes(30)
+        again = rep.preverify(source, target, TENANT)
+        assert (again.full_pass is None) == (point in ("full pass", "consumed at the source")), \
+            "a full pass is redone unless one finished with tracking on throughout"
+        report = rep.switch(source, target, TENANT)
+        writer.wait_writes(20)
+        writer.finish()
+    finally:
+        writer.stop.set()
+    assert report.rows["app.users"] >= 15
+    assert replication_objects(pg_server, pooled, own) == NONE_LEFT
+    rows = user_rows(pg_server, own)
+    assert {uid: name for uid, name in rows if not name.startswith("User ")} == writer.names
+
+
+def test_orphaned_tracking_triggers_are_reported_and_cleaned(pg_server, dbs):
+    pooled, own = dbs
+    source, target, _ = synced(pg_server, pooled, own)
+    with pytest.raises(Killed):
+        rep.preverify(source, target, TENANT, checkpoint=kill_at("tracking target"))
+    n = rep.names(TENANT, source, target)
+    found = [o for o in rep.orphans(target) if o.kind == "trigger"]
+    assert sorted(o.name for o in found) == sorted(f"{n.base}_{op}" for op in "idu" for _ in range(4))
+    assert all(o.database == own and "for a move no one owns" in o.detail for o in found)
+    assert [o for o in rep.orphans(target, owned=[n.base]) if o.kind == "trigger"] == []
+    rep.cleanup(source, target, TENANT)
+    assert [o for o in rep.orphans(target) if o.kind == "trigger"] == []
+    assert [o for o in rep.orphans(source) if o.kind == "trigger"] == []
+    assert replication_objects(pg_server, pooled, own) == NONE_LEFT
+
+
+def test_tenancy_sql_keeps_the_replication_role_out_of_cloudsqlsuperuser(pg_server, fresh_db):
+    """Cloud SQL makes every user created through its API a cloudsqlsuperuser, the component's
+    tenancy_replication among them; the tenancy SQL takes that back and leaves it what replication needs."""
+    from tenancy import db
+
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute("CREATE ROLE cloudsqlsuperuser NOLOGIN")
+    try:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_replication') THEN "
+                      "CREATE ROLE tenancy_replication NOLOGIN; END IF; END $$")
+            c.execute("GRANT cloudsqlsuperuser TO tenancy_replication")
+        db.apply(pg_server.dsn(dbname=fresh_db))
+        with psycopg.connect(pg_server.dsn(dbname=fresh_db), autocommit=True) as c:
+            assert c.execute("SELECT pg_has_role('tenancy_replication', 'cloudsqlsuperuser', 'MEMBER'), rolreplication, "
+                             "rolbypassrls, has_table_privilege('tenancy_replication', 'app.users', 'SELECT'), "
+                             "has_table_privilege('tenancy_replication', 'app.users', 'INSERT') FROM pg_roles "
+                             "WHERE rolname = 'tenancy_replication'").fetchone() == (False, True, True, True, False)
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute("DROP ROLE cloudsqlsuperuser")

@@ -401,7 +401,8 @@ def _consume(dsn: str, records: list[tuple[int, str, str]], equal: dict[str, set
 
 
 def converge(source_dsn: str, target_dsn: str, tenant: str, keyed: list[Keyed], base: str, wait_lsn: WaitLsn, *,
-             settled: int = SETTLED_KEYS, max_passes: int = MAX_PASSES) -> list[Pass]:
+             settled: int = SETTLED_KEYS, max_passes: int = MAX_PASSES,
+             checkpoint: Callable[[str], None] | None = None) -> list[Pass]:
     """Compare the recorded keys while replication runs, consuming the records of rows found equal, until at
     most `settled` keys remain (or `max_passes` passes ran)."""
     passes: list[Pass] = []
@@ -422,6 +423,8 @@ def converge(source_dsn: str, target_dsn: str, tenant: str, keyed: list[Keyed], 
         finally:
             _close(src, *([dst] if dst is not None else []))
         _consume(source_dsn, s_rec, equal)
+        if checkpoint:
+            checkpoint("consumed at the source")
         _consume(target_dsn, d_rec, equal)
         n = sum(len(v) for v in keys.values())
         passes.append(Pass(time.perf_counter() - t0, n, sum(len(v) for v in equal.values())))

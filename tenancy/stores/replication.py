@@ -299,9 +299,12 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
                                        "the application schema there first (tenancy db apply DSN)")
             _require_tracking_sql(src, "source")
             _require_tracking_sql(dst, "target")
-            if not dst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-                raise ReplicationError("the target connection must be a superuser: PostgreSQL 15 lets only superusers "
-                                       "create subscriptions")
+            if not dst.execute("SELECT rolsuper OR (rolbypassrls AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE "
+                               "rolname = 'cloudsqlsuperuser') THEN pg_has_role(current_user, 'cloudsqlsuperuser', "
+                               "'MEMBER') ELSE false END) FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+                raise ReplicationError("the target connection must be a superuser (on Cloud SQL: a cloudsqlsuperuser with "
+                                       "BYPASSRLS): PostgreSQL 15 lets only superusers create subscriptions, and its apply "
+                                       "worker writes no table under row-level security for an owner without BYPASSRLS")
             _check_replication_role(src, replication_conninfo, tables)
             sub = _subscription(dst, n)
             if sub is not None:
@@ -361,8 +364,10 @@ def lag(source_dsn: str, n: MoveNames) -> int | None:
         return None if row is None else max(int(row[0] or 0), 0)
 
 
-def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float = 600.0, poll: float = 0.2) -> int:
+def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float = 600.0, poll: float = 0.2,
+                checkpoint: Checkpoint | None = None) -> int:
     """Wait until every table of the move is synchronised; returns the remaining lag in bytes."""
+    step = checkpoint or (lambda s: None)
     n = names(tenant, source_dsn, target_dsn)
     deadline = time.monotonic() + timeout
     with _connect(target_dsn) as dst:
@@ -384,6 +389,7 @@ def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float
             if time.monotonic() >= deadline:
                 raise SyncTimeout(f"tables of '{tenant}' not yet synchronised after {timeout:g}s: "
                                   + ", ".join(f"{t} (state {s})" for t, s in waiting))
+            step("syncing")
             time.sleep(poll)
 
 
@@ -446,7 +452,7 @@ def _preverify(src, dst, source_dsn, target_dsn, n: MoveNames, tenant: str, keye
         report.full_pass = rv.full_pass(source_dsn, target_dsn, tenant, keyed, n.base, wait)
         _note(src, n, verified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         step("full pass")
-    report.passes = rv.converge(source_dsn, target_dsn, tenant, keyed, n.base, wait)
+    report.passes = rv.converge(source_dsn, target_dsn, tenant, keyed, n.base, wait, checkpoint=step)
     report.recorded = rv.recorded(source_dsn, n.base) + rv.recorded(target_dsn, n.base)
     report.seconds = time.perf_counter() - t0
     return report
@@ -542,7 +548,7 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             try:
                 snapshot = _inside_freeze(src, dst, ready, (source_dsn, target_dsn), n, tenant, tables, keyed, lsn,
                                           sub is not None, tracked, catchup_timeout, report, step)
-            except (ReplicationError, psycopg.Error) as exc:
+            except (DataError, psycopg.Error) as exc:   # a failed verification among them
                 if not cutover:   # the caller's freeze: it decides
                     if isinstance(exc, psycopg.Error):
                         raise _as_error(exc, f"switching '{tenant}' failed; it stays frozen, run it again or abort") from None

@@ -1,0 +1,130 @@
+"""The online method of a tier move's PostgreSQL step: the tenant's rows travel by logical replication.
+
+A tier move (tenancy/lifecycle/moves.py) freezes the tenant's writes once for all of its stores. With the
+copy method the rows are copied inside that freeze; with this one they are copied before it, while the
+tenant keeps writing, and the freeze only waits for the last changes and compares the rows changed since
+the last comparison (tenancy/stores/replication.py, tenancy/stores/replica_verify.py):
+
+    sync()      before the freeze: replication started (or found running), the initial copy waited for,
+                every row of the replicated copy compared with the source, then the changed rows until few
+                remain. Returns the journal's detail.
+    switch()    inside the freeze: the source's draining freeze (idempotent with the move's own), the
+                remaining WAL applied, the changed rows compared, sequences moved, subscription and slot
+                dropped. Neither registry changes: the move cuts over and unfreezes. Returns the journal's
+                detail, with the source's summary as verified (`source`) for `cleanup`.
+    cleanup()   the move's publication and any tracking left dropped; with `expect` (the `source` summary),
+                the source's rows deleted when they still match it.
+    abort()     before the move cuts over: replication objects dropped, the target's copy deleted, both
+                registries back to their states from before `sync`.
+
+Each is safe to run again after a kill at any point: the replication objects and registry states say how far
+it got. None leaves a replication slot, publication, subscription or tracking trigger behind once `cleanup`
+or `abort` returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tenancy.stores import Summary
+from tenancy.stores import postgres as pg
+from tenancy.stores import replication as rep
+
+Say = Callable[[str], None]
+
+
+def _rounded(seconds: float) -> float:
+    return round(seconds, 3)
+
+
+class OnlinePostgresMove:
+    """One tenant's rows from `source_dsn` to `target_dsn` through logical replication, in the steps a tier
+    move runs around its freeze. `replication_conninfo` is how the target's subscription reaches the source
+    (user tenancy_replication); `tables` None means every isolated table."""
+
+    method = "online"
+
+    def __init__(self, source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None,
+                 replication_conninfo: str, say: Say | None = None, *, plan: str | None = None,
+                 model: str | None = None, sync_timeout: float = 3600.0, catchup_timeout: float = 60.0,
+                 lock_timeout: str = "30s", checkpoint: rep.Checkpoint | None = None):
+        self.source_dsn, self.target_dsn, self.tenant = source_dsn, target_dsn, tenant
+        self.tables = list(tables) if tables else None
+        self.replication_conninfo = replication_conninfo
+        self.say = say or (lambda m: None)
+        self.plan, self.model = plan, model
+        self.sync_timeout, self.catchup_timeout, self.lock_timeout = sync_timeout, catchup_timeout, lock_timeout
+        self.checkpoint = checkpoint
+
+    @property
+    def name(self) -> str:
+        return rep.names(self.tenant, self.source_dsn, self.target_dsn).base
+
+    def sync(self) -> dict[str, Any]:
+        n = rep.start(self.source_dsn, self.target_dsn, self.tenant, self.tables, self.replication_conninfo,
+                      plan=self.plan, model=self.model, checkpoint=self.checkpoint)
+        self.say(f"  replicating the rows of '{self.tenant}' ({n.base}); the tenant keeps writing")
+        lag = rep.wait_synced(self.source_dsn, self.target_dsn, self.tenant, timeout=self.sync_timeout,
+                              checkpoint=self.checkpoint)
+        self.say(f"  initial copy done; {lag} bytes of changes behind")
+        pre = rep.preverify(self.source_dsn, self.target_dsn, self.tenant, self.tables, timeout=self.catchup_timeout,
+                            checkpoint=self.checkpoint)
+        fp = pre.full_pass
+        self.say("  replicated copy verified: " + (f"every row compared over {fp.buckets} key ranges in {fp.seconds:.1f}s, "
+                                                   if fp else "an earlier full comparison still holds, ")
+                 + f"{pre.recorded} changed rows left for the freeze")
+        return {"method": self.method, "replication": n.base, "lag_bytes": lag, "preverify": pre.to_json()}
+
+    def switch(self) -> dict[str, Any]:
+        r = rep.switch(self.source_dsn, self.target_dsn, self.tenant, self.tables, lock_timeout=self.lock_timeout,
+                       catchup_timeout=self.catchup_timeout, cutover=False, checkpoint=self.checkpoint)
+        if r.already_switched:
+            self.say(f"  the rows of '{self.tenant}' had already switched")
+        else:
+            self.say(f"  caught up in {r.catchup_seconds:.2f}s, {r.keys_rechecked} changed rows compared in "
+                     f"{r.verify_seconds:.2f}s; {sum(r.rows.values())} rows verified")
+        return {"method": self.method, "rows": r.rows, "already_switched": r.already_switched,
+                "catchup_seconds": _rounded(r.catchup_seconds), "verify_seconds": _rounded(r.verify_seconds),
+                "keys_rechecked": r.keys_rechecked, "freeze_seconds": _rounded(r.freeze_seconds),
+                "full_pass_in_freeze": r.full_pass_in_freeze is not None, "source": r.source_summary.to_json() if r.source_summary else None}
+
+    def cleanup(self, expect: Summary | dict | None = None) -> dict[str, Any]:
+        dropped = rep.cleanup(self.source_dsn, self.target_dsn, self.tenant)
+        detail: dict[str, Any] = {"dropped": dropped}
+        if expect is not None:
+            summary = expect if isinstance(expect, Summary) else Summary.from_json(expect)
+            detail["deleted_rows"] = pg.delete(self.source_dsn, self.tenant, expect=summary, tables=self.tables)
+            self.say(f"  deleted {detail['deleted_rows']} rows of '{self.tenant}' at the source")
+        return detail
+
+    def abort(self) -> list[str]:
+        done = rep.abort(self.source_dsn, self.target_dsn, self.tenant)
+        for line in done:
+            self.say(f"  {line}")
+        return done
+
+
+def _owned(dsn: str) -> set[str]:
+    """Replication names of the unfinished tier moves journalled in this database (its move_journal)."""
+    with rep._connect(dsn) as conn:
+        if not conn.execute("SELECT to_regclass('tenancy.move_journal') IS NOT NULL").fetchone()[0]:
+            return set()
+        return {r[0] for r in conn.execute(
+            "SELECT DISTINCT j.detail ->> 'replication' FROM tenancy.move_journal j WHERE j.detail ? 'replication' "
+            "AND NOT EXISTS (SELECT 1 FROM tenancy.move_journal f WHERE f.move_id = j.move_id "
+            "AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
+
+
+def leftovers(dsns: list[str]) -> list[tuple[str, rep.Orphan]]:
+    """(server, orphan) for every replication slot, publication, subscription and tracking trigger of an online
+    move in these databases that no unfinished tier move journalled in them owns. Slots and subscriptions
+    belong to a server, so two databases of one server report them once."""
+    owned: set[str] = set()
+    for dsn in dsns:
+        owned |= _owned(dsn)
+    found: dict[tuple[str, str, str, str], tuple[str, rep.Orphan]] = {}
+    for dsn in dsns:
+        server = rep._where(dsn).rsplit("/", 1)[0]
+        for o in rep.orphans(dsn, owned):
+            found.setdefault((server, o.kind, o.name, o.database), (server, o))
+    return [found[k] for k in sorted(found)]

@@ -1,0 +1,163 @@
+"""Shared by the online-move tests: two databases with the tenancy SQL, a writer thread acting as the
+application, kill points, and what a test asserts about replication objects and rows."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+
+import psycopg
+
+from tenancy import db
+from tenancy.stores import postgres as data
+from tests import sqlhelp
+
+TENANT = "moving-co"
+NEIGHBOURS = ("neighbour-a", "neighbour-b")
+
+
+class Killed(BaseException):
+    """A kill at a step: not an Exception, so no cleanup handler in the module sees it."""
+
+
+def kill_at(point: str):
+    def step(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+    return step
+
+
+def two_databases(pg_server, tenancy_db):
+    """(pooled database, the tenant's own database), both with the tenancy SQL; replication objects left by a
+    failing test are dropped before the databases go."""
+    own = f"{tenancy_db}_own"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{own}"')
+        c.execute("ALTER ROLE tenancy_replication LOGIN")
+    db.apply(pg_server.dsn(dbname=own))
+    sqlhelp.register(pg_server, tenancy_db, TENANT, *NEIGHBOURS)
+    for t in (TENANT, *NEIGHBOURS):
+        sqlhelp.seed(pg_server, tenancy_db, t, users=15)
+    yield tenancy_db, own
+    with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
+        for (name,) in c.execute("SELECT subname FROM pg_subscription").fetchall():
+            c.execute(f'ALTER SUBSCRIPTION "{name}" DISABLE')
+            c.execute(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)')
+            c.execute(f'DROP SUBSCRIPTION "{name}"')
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for _ in range(100):
+            if not c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active"
+                             ).fetchall() and not c.execute("SELECT 1 FROM pg_replication_slots").fetchall():
+                break
+            time.sleep(0.05)
+        c.execute(f'DROP DATABASE "{own}" WITH (FORCE)')
+
+
+def dsns(server, src: str, dst: str) -> tuple[str, str, str]:
+    return server.dsn(dbname=src), server.dsn(dbname=dst), server.dsn(user="tenancy_replication", dbname=src)
+
+
+def replication_objects(server, *databases: str) -> dict[str, list]:
+    found = {}
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        found["slots"] = [r[0] for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
+        found["subscriptions"] = [r[0] for r in c.execute("SELECT subname FROM pg_subscription").fetchall()]
+    found["publications"], found["triggers"], found["recorded changes"] = [], [], 0
+    for d in databases:
+        with psycopg.connect(server.dsn(dbname=d), autocommit=True) as c:
+            found["publications"] += [r[0] for r in c.execute("SELECT pubname FROM pg_publication").fetchall()]
+            found["triggers"] += [r[0] for r in c.execute("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'tmove%'")]
+            found["recorded changes"] += c.execute("SELECT count(*) FROM tenancy.move_changes").fetchone()[0]
+    return found
+
+
+NONE_LEFT = {"slots": [], "subscriptions": [], "publications": [], "triggers": [], "recorded changes": 0}
+
+
+def state(server, dbname: str, tenant: str = TENANT) -> str | None:
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        row = c.execute("SELECT state FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+        return row[0] if row else None
+
+
+def sums(server, dbname: str, tenant: str) -> dict[str, tuple[int, str]]:
+    with psycopg.connect(server.dsn(dbname=dbname)) as c:
+        c.execute("SELECT tenancy.set_tenant(%s)", (tenant,))
+        return {t: data.table_checksum(c, t, tenant) for t in data.isolated_tables(c)}
+
+
+def foreign_rows(server, dbname: str, tenant: str) -> int:
+    """Rows of any tenant other than `tenant` (read as the superuser: no RLS)."""
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        return sum(c.execute(f"SELECT count(*) FROM {t} WHERE tenant_id <> %s", (tenant,)).fetchone()[0]
+                   for t in ("app.users", "app.itineraries", "app.comments", "app.likes"))
+
+
+def user_rows(server, dbname: str, tenant: str = TENANT) -> list[tuple[int, str]]:
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        return c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s ORDER BY id", (tenant,)).fetchall()
+
+
+class Writer(threading.Thread):
+    """The application: inserts and updates the tenant's users through tenancy_app, routed to whichever database
+    the directory (the registry) says is active once the current one refuses."""
+
+    def __init__(self, server, databases: list[str], current: str):
+        super().__init__(daemon=True)
+        self.server, self.databases, self.current = server, databases, current
+        self.names: dict[int, str] = {}          # committed: user id -> display name
+        self.ids: list[int] = []
+        self.refusals: list[tuple[float, str, str]] = []  # (time, database, message)
+        self.accepted: list[tuple[float, str]] = []       # (time, database) of each commit
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.rng = random.Random(7)
+
+    def _route(self) -> None:
+        for d in self.databases:
+            if d != self.current and state(self.server, d) == "active":
+                self.current = d
+
+    def run(self) -> None:
+        conns = {d: sqlhelp.connect(self.server, d, user="tenancy_app") for d in self.databases}
+        try:
+            while not self.stop.is_set():
+                conn = conns[self.current]
+                try:
+                    with conn.transaction():
+                        conn.execute("SELECT tenancy.set_tenant(%s)", (TENANT,))
+                        name = f"n-{uuid.uuid4().hex[:8]}"
+                        if self.ids and self.rng.random() < 0.5:
+                            uid = self.rng.choice(self.ids)
+                            n = conn.execute("UPDATE app.users SET display_name = %s WHERE id = %s", (name, uid)).rowcount
+                            if n != 1:
+                                raise AssertionError(f"user {uid} missing in {self.current}")
+                        else:
+                            uid = conn.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) "
+                                               "RETURNING id", (TENANT, f"{name}@x.example", name)).fetchone()[0]
+                    if uid not in self.names:
+                        self.ids.append(uid)
+                    self.names[uid] = name
+                    self.accepted.append((time.time(), self.current))
+                except psycopg.errors.ReadOnlySqlTransaction as exc:
+                    self.refusals.append((time.time(), self.current, str(exc).splitlines()[0]))
+                    self._route()
+                except (psycopg.Error, AssertionError) as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    return
+                time.sleep(0.003)
+        finally:
+            for c in conns.values():
+                c.close()
+
+    def wait_writes(self, n: int) -> None:
+        target = len(self.accepted) + n
+        while len(self.accepted) < target and self.is_alive():
+            time.sleep(0.01)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(30)
+        assert not self.errors, self.errors
