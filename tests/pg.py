@@ -52,7 +52,8 @@ class Server:
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
-def start() -> Server:
+def start(options: str = "") -> Server:
+    """A new server; `options` are extra server settings (`-c name=value ...`), after the defaults."""
     bd = bindir()
     base = Path(tempfile.mkdtemp(prefix="tenancy-pg-"))
     datadir, sockdir = base / "data", base / "sock"
@@ -74,7 +75,7 @@ def start() -> Server:
     port = _free_port()
     opts = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=100 -c wal_level=logical -c max_replication_slots=20 "
-            "-c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16")
+            f"-c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16 {options}").strip()
     proc = subprocess.run([*run_as, str(bd / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"),
                            "-w", "-t", "60", "start"], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -398,3 +398,31 @@ def test_tenancy_sql_keeps_the_replication_role_out_of_cloudsqlsuperuser(pg_serv
     finally:
         with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
             c.execute("DROP ROLE cloudsqlsuperuser")
+
+
+def test_unavailable_says_why_an_online_move_cannot_start(pg_server, dbs):
+    from tests import pg
+
+    pooled, own = dbs
+    source, target, conninfo = dsns(pg_server, pooled, own)
+    assert rep.unavailable(source, target, conninfo) is None
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute("ALTER ROLE tenancy_replication NOLOGIN")
+    try:
+        assert rep.unavailable(source, target, conninfo) == (
+            "the replication role tenancy_replication cannot log in: ALTER ROLE tenancy_replication LOGIN PASSWORD ...")
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute("ALTER ROLE tenancy_replication LOGIN")
+    assert rep.unavailable(source, pg_server.dsn(user="tenancy_owner", dbname=own), conninfo).startswith(
+        "the target connection must be a superuser (on Cloud SQL: a cloudsqlsuperuser with BYPASSRLS)")
+    physical = pg.start("-c wal_level=replica")   # a server that cannot decode its changes
+    try:
+        with psycopg.connect(physical.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE src")
+        assert rep.unavailable(physical.dsn(dbname="src"), target, conninfo) == (
+            "the source's wal_level is replica, not logical: it cannot decode its changes for replication (Cloud SQL: "
+            "cloudsql.logical_decoding=on; elsewhere wal_level = logical and a restart)")
+    finally:
+        physical.stop()
+    assert replication_objects(pg_server, pooled, own) == NONE_LEFT

@@ -282,6 +282,51 @@ def status(source_dsn: str, target_dsn: str, tenant: str) -> dict:
 
 # --- start ----------------------------------------------------------------------------------------------
 
+def _preflight(src: psycopg.Connection, dst: psycopg.Connection, wanted: list[str] | None, replication_conninfo: str,
+               slots_needed: int = 3) -> list[str]:
+    """The tables to move; raises with what to do when an online move between these databases cannot start."""
+    level = src.execute("SELECT current_setting('wal_level')").fetchone()[0]
+    if level != "logical":
+        raise ReplicationError(f"the source's wal_level is {level}, not logical: it cannot decode its changes for "
+                               "replication (Cloud SQL: cloudsql.logical_decoding=on; elsewhere wal_level = logical and a "
+                               "restart)")
+    free = src.execute("SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM "
+                       "pg_replication_slots)").fetchone()[0]
+    if free < slots_needed:
+        raise ReplicationError(f"the source has {free} free replication slots; an online move needs {slots_needed} (one, "
+                               "and one per table while its initial copy runs): raise max_replication_slots")
+    _require_tracking_sql(src, "source")
+    tables = _pick(src, wanted)
+    problems = replica_identity_problems(src, tables)
+    if problems:
+        raise ReplicaIdentityError("\n".join(problems))
+    missing = sorted(set(tables) - set(isolated_tables(dst)))
+    if missing:
+        raise ReplicationError(f"the target lacks isolated tables {', '.join(missing)}: apply the tenancy SQL and "
+                               "the application schema there first (tenancy db apply DSN)")
+    _require_tracking_sql(dst, "target")
+    if not dst.execute("SELECT rolsuper OR (rolbypassrls AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE "
+                       "rolname = 'cloudsqlsuperuser') THEN pg_has_role(current_user, 'cloudsqlsuperuser', "
+                       "'MEMBER') ELSE false END) FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        raise ReplicationError("the target connection must be a superuser (on Cloud SQL: a cloudsqlsuperuser with "
+                               "BYPASSRLS): PostgreSQL 15 lets only superusers create subscriptions, and its apply "
+                               "worker writes no table under row-level security for an owner without BYPASSRLS")
+    _check_replication_role(src, replication_conninfo, tables)
+    return tables
+
+
+def unavailable(source_dsn: str, target_dsn: str, replication_conninfo: str, tables: list[str] | None = None) -> str | None:
+    """Why an online move between these databases cannot start (one line), or None when it can."""
+    try:
+        with _connect(source_dsn) as src, _connect(target_dsn) as dst:
+            _preflight(src, dst, tables, replication_conninfo)
+    except ReplicationError as exc:
+        return str(exc).splitlines()[0]
+    except psycopg.Error as exc:
+        return str(_as_error(exc, "checking the databases failed"))
+    return None
+
+
 def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None, replication_conninfo: str, *,
           plan: str | None = None, model: str | None = None, checkpoint: Checkpoint | None = None) -> MoveNames:
     """Begin (or continue) replicating one tenant's rows; returns the move's names. Safe to call again."""
@@ -289,24 +334,8 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
     n = names(tenant, source_dsn, target_dsn)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
-            tables = _pick(src, tables)
-            problems = replica_identity_problems(src, tables)
-            if problems:
-                raise ReplicaIdentityError("\n".join(problems))
-            missing = sorted(set(tables) - set(isolated_tables(dst)))
-            if missing:
-                raise ReplicationError(f"the target lacks isolated tables {', '.join(missing)}: apply the tenancy SQL and "
-                                       "the application schema there first (tenancy db apply DSN)")
-            _require_tracking_sql(src, "source")
-            _require_tracking_sql(dst, "target")
-            if not dst.execute("SELECT rolsuper OR (rolbypassrls AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE "
-                               "rolname = 'cloudsqlsuperuser') THEN pg_has_role(current_user, 'cloudsqlsuperuser', "
-                               "'MEMBER') ELSE false END) FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-                raise ReplicationError("the target connection must be a superuser (on Cloud SQL: a cloudsqlsuperuser with "
-                                       "BYPASSRLS): PostgreSQL 15 lets only superusers create subscriptions, and its apply "
-                                       "worker writes no table under row-level security for an owner without BYPASSRLS")
-            _check_replication_role(src, replication_conninfo, tables)
             sub = _subscription(dst, n)
+            tables = _preflight(src, dst, tables, replication_conninfo, slots_needed=0 if sub or _slot(src, n) else 3)
             if sub is not None:
                 if not sub[1]:
                     dst.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(n.subscription)))
