@@ -416,6 +416,9 @@ def test_unavailable_says_why_an_online_move_cannot_start(pg_server, dbs):
             c.execute("ALTER ROLE tenancy_replication LOGIN")
     assert rep.unavailable(source, pg_server.dsn(user="tenancy_owner", dbname=own), conninfo).startswith(
         "the target connection must be a superuser (on Cloud SQL: a cloudsqlsuperuser with BYPASSRLS)")
+    assert rep.unavailable(pg_server.dsn(user="tenancy_owner", dbname=pooled), target, conninfo) == (
+        "the source connection's role tenancy_owner lacks REPLICATION, which creating and dropping the move's "
+        "replication slot needs: ALTER ROLE tenancy_owner REPLICATION (or connect as a superuser)")
     physical = pg.start("-c wal_level=replica")   # a server that cannot decode its changes
     try:
         with psycopg.connect(physical.dsn(), autocommit=True) as c:

@@ -290,6 +290,10 @@ def _preflight(src: psycopg.Connection, dst: psycopg.Connection, wanted: list[st
         raise ReplicationError(f"the source's wal_level is {level}, not logical: it cannot decode its changes for "
                                "replication (Cloud SQL: cloudsql.logical_decoding=on; elsewhere wal_level = logical and a "
                                "restart)")
+    if not src.execute("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        user = src.execute("SELECT current_user").fetchone()[0]
+        raise ReplicationError(f"the source connection's role {user} lacks REPLICATION, which creating and dropping the "
+                               f"move's replication slot needs: ALTER ROLE {user} REPLICATION (or connect as a superuser)")
     free = src.execute("SELECT current_setting('max_replication_slots')::int - (SELECT count(*) FROM "
                        "pg_replication_slots)").fetchone()[0]
     if free < slots_needed:
