@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_moves)
 
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
-                       description="Move TENANT to PLAN between pooled and namespace/dedicated: provision, freeze, copy, "
-                       "verify, cutover, unfreeze, cleanup. Each phase is journalled in the pooled database; run the "
+                       description="Move TENANT to PLAN between pooled and namespace/dedicated: provision, sync (rows "
+                       "replicating while the tenant writes, --method online/auto), freeze, copy, verify, cutover, "
+                       "unfreeze, cleanup. Each phase is journalled in the pooled database; run the "
                        "same command again to resume after any interruption. --abort before cutover leaves the tenant "
                        "where it was. Downgrades use the same command with a pooled plan.")
     _common(p)
@@ -156,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
     p.add_argument("--export-to", metavar="DIR", help="archive every source store here first (a new or empty directory)")
+    p.add_argument("--method", choices=["auto", "online", "copy"], default="auto",
+                   help="how PostgreSQL rows move: online (logical replication while the tenant writes; the freeze "
+                        "only waits for the last changes), copy (inside the freeze), auto (default: online where the "
+                        "databases allow it, copy elsewhere, saying why)")
+    p.add_argument("--replication-dsn", action="append", default=[], metavar="STORE=DSN",
+                   help="how the target's server reaches source STORE (pooled, postgres-N) as tenancy_replication "
+                        "(default: that store's DSN with user tenancy_replication and no password; repeatable)")
     p.add_argument("--discard", action="append", default=[], metavar="STORE",
                    help="a downgrade may let go of this store of the old stack (postgres-2, postgres-3, firestore, graph, "
                         "objects) that the pooled plan cannot hold: with --export-to it is archived first (repeatable "
@@ -453,6 +461,7 @@ def cmd_upgrade(args) -> int:
         raise ConfigError(f"unknown plan '{args.to_plan}'; plans: {', '.join(sorted(catalog.plans))}")
     if not (args.source_dsn and args.target_dsn):
         raise ConfigError("give --source-dsn and --target-dsn (connect through the Cloud SQL Auth Proxy as the owner role)")
+    replication = _replication_dsns(args.replication_dsn)
     # Towards a pooled plan the rows come from the tenant's databases into the pool; otherwise the reverse.
     to_pool = catalog.plans[args.to_plan].model is Model.POOLED
     pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
@@ -462,7 +471,8 @@ def cmd_upgrade(args) -> int:
     engine = _engine(args)
     out = moves.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, reach=reach,
                         keep_source_days=args.keep_source, abort=args.abort, allow_destroy=args.allow_destroy,
-                        discard=_stores(args.discard), export_to=args.export_to, say=_progress)
+                        discard=_stores(args.discard), export_to=args.export_to, say=_progress, method=args.method,
+                        replication=replication)
     freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
     print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
           + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items()) for k, v in out.copied.items() if "rows" not in v)
@@ -470,6 +480,19 @@ def cmd_upgrade(args) -> int:
     if out.catalog_line:
         print(out.catalog_line)
     return EXIT_OK
+
+
+def _replication_dsns(items: list[str]) -> dict[str, str]:
+    from tenancy.errors import ConfigError
+
+    out = {}
+    for item in items:
+        name, sep, dsn = item.partition("=")
+        if not sep or not re.fullmatch(r"pooled|postgres-[1-9]", name) or not dsn:
+            raise ConfigError(f"--replication-dsn {name}=...: give STORE=DSN with STORE pooled or postgres-N")
+        _check_dsn(f"--replication-dsn {name}", dsn)
+        out[name] = dsn
+    return out
 
 
 def cmd_suspend(args) -> int:

@@ -104,9 +104,9 @@ class Writer(threading.Thread):
     """The application: inserts and updates the tenant's users through tenancy_app, routed to whichever database
     the directory (the registry) says is active once the current one refuses."""
 
-    def __init__(self, server, databases: list[str], current: str):
+    def __init__(self, server, databases: list[str], current: str, tenant: str = TENANT):
         super().__init__(daemon=True)
-        self.server, self.databases, self.current = server, databases, current
+        self.server, self.databases, self.current, self.tenant = server, databases, current, tenant
         self.names: dict[int, str] = {}          # committed: user id -> display name
         self.ids: list[int] = []
         self.refusals: list[tuple[float, str, str]] = []  # (time, database, message)
@@ -117,7 +117,7 @@ class Writer(threading.Thread):
 
     def _route(self) -> None:
         for d in self.databases:
-            if d != self.current and state(self.server, d) == "active":
+            if d != self.current and state(self.server, d, self.tenant) == "active":
                 self.current = d
 
     def run(self) -> None:
@@ -127,7 +127,7 @@ class Writer(threading.Thread):
                 conn = conns[self.current]
                 try:
                     with conn.transaction():
-                        conn.execute("SELECT tenancy.set_tenant(%s)", (TENANT,))
+                        conn.execute("SELECT tenancy.set_tenant(%s)", (self.tenant,))
                         name = f"n-{uuid.uuid4().hex[:8]}"
                         if self.ids and self.rng.random() < 0.5:
                             uid = self.rng.choice(self.ids)
@@ -136,7 +136,7 @@ class Writer(threading.Thread):
                                 raise AssertionError(f"user {uid} missing in {self.current}")
                         else:
                             uid = conn.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) "
-                                               "RETURNING id", (TENANT, f"{name}@x.example", name)).fetchone()[0]
+                                               "RETURNING id", (self.tenant, f"{name}@x.example", name)).fetchone()[0]
                     if uid not in self.names:
                         self.ids.append(uid)
                     self.names[uid] = name
@@ -161,3 +161,9 @@ class Writer(threading.Thread):
         self.stop.set()
         self.join(30)
         assert not self.errors, self.errors
+
+
+def isolated(server, dbname: str) -> list[str]:
+    """The database's isolated tables (one key range each in a full pass over a small tenant)."""
+    with psycopg.connect(server.dsn(dbname=dbname)) as c:
+        return data.isolated_tables(c)

@@ -243,7 +243,7 @@ def test_abort_after_cutover_is_refused(world):
 def test_resuming_with_another_plan_is_refused(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("copy"))
-    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, freeze, export\\)"):
+    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, sync, freeze, export\\)"):
         do_upgrade(world, to="enterprise")
 
 

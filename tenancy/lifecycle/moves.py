@@ -5,20 +5,26 @@ same list its directory entry publishes; `tenant_data.plan_move` pairs each sour
 A move is a state machine whose phases are journalled in the pooled database (`tenancy.move_journal`), so any
 interruption is resumed by running the same command again:
 
-    provision -> freeze -> export -> copy -> verify -> cutover -> unfreeze -> cleanup
+    provision -> sync -> freeze -> export -> copy -> verify -> cutover -> unfreeze -> cleanup
 
 - provision: the tenant stack (upgrade) and the tenancy SQL on each target database, where the tenant is
   registered frozen. A downgrade first refuses, naming tables and row counts, when the tenant has data the
   pooled plan cannot hold (a feature's tables, the graph) that is not exported and explicitly discarded, and
   when destroying the old stack later would remove a store this move does not save.
+- sync (the online method, tenancy/lifecycle/online.py): each PostgreSQL pair that can replicates its rows
+  to its target while the tenant keeps writing, and every replicated row is verified; the method of each
+  pair (online, or copy and why) is journalled before anything starts.
 - freeze: `tenancy.freeze()` on every source database -- it waits for every transaction that already wrote the
   tenant, so no write can commit after it and be left behind.
 - export: with --export-to, every source store into a private archive with counts and checksums.
 - copy, verify: each pair copied (rows table by table, objects, documents with their subcollections), then
-  counts and checksums compared on both sides; each source's verified summary is journalled.
+  counts and checksums compared on both sides; each source's verified summary is journalled. An online pair
+  instead switches: the remaining changes applied and the rows changed since its verification compared, its
+  summary taken in the verified snapshot.
 - cutover: the platform stack runs with the deployed record changed for this tenant only; every other
   tenant's directory entry stays byte-for-byte as it was.
-- unfreeze: the targets accept writes; the sources stay read-only for the --keep-source window.
+- unfreeze: the targets accept writes; the sources stay read-only for the --keep-source window; what online
+  pairs left (their publications) is dropped.
 - cleanup: each source store is emptied only while it still holds exactly its journalled summary; a
   downgrade destroys the old stack through the guarded destroy.
 Before `cutover`, `--abort` rolls back and leaves the tenant where it was, data intact.
@@ -30,7 +36,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from tenancy import db, naming
 from tenancy.catalog import Catalog, Model
@@ -41,12 +47,13 @@ from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import registry
 from tenancy.lifecycle.deploy import Say, checked_up
 from tenancy.lifecycle.destroy import guarded_destroy, uncovered
+from tenancy.lifecycle import online
 from tenancy.lifecycle import tenant_data as data
 from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import DataLayout, stores_for
 
-PHASES = ("provision", "freeze", "export", "copy", "verify", "cutover", "unfreeze", "cleanup")
+PHASES = ("provision", "sync", "freeze", "export", "copy", "verify", "cutover", "unfreeze", "cleanup")
 Hook = Callable[[str], None]   # called before each phase runs (tests inject interruptions here)
 
 
@@ -129,6 +136,7 @@ class _Waiting(Exception):
 
 PHASE_TEXT = {
     "provision": "tenant stack up with the new plan; tenancy SQL and the frozen registration on each target database",
+    "sync": "PostgreSQL rows that can replicate to their targets do so while the tenant writes, and are verified",
     "freeze": "every source database refuses the tenant's writes once every in-flight writer has ended",
     "export": "every source store into the archive (--export-to), with counts and checksums",
     "copy": "each store to its target: rows by table to the database the layout names, objects, documents",
@@ -148,14 +156,18 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
             keep_source_days: int = 0, abort: bool = False, allow_destroy: bool = False,
             discard: frozenset[str] = frozenset(), export_to: str | None = None, say: Say | None = None,
             before_phase: Hook | None = None, now: Callable[[], datetime] | None = None,
-            layout: DataLayout | None = None) -> MoveOutcome:
+            layout: DataLayout | None = None, method: str = "auto",
+            replication: Mapping[str, str] | None = None) -> MoveOutcome:
     """Move a tenant between pooled and namespace/dedicated with every store it has; resumable, abortable
     before cutover.
 
     `catalog` is tenants.yaml (the tenant's settings for its new plan come from it); where the tenant is now
     comes from the deployed record. The stores on each side come from the data layout; `reach` says how to
     reach them. `discard` names source stores the target plan cannot hold whose data the operator lets go
-    (with `export_to`, every source store is archived first)."""
+    (with `export_to`, every source store is archived first). `method` is how PostgreSQL rows move: "online"
+    (logical replication before the freeze), "copy" (inside the freeze), or "auto" (online where the
+    databases allow it, saying why not elsewhere); `replication` maps a source store to how its target's
+    server reaches it as tenancy_replication (default: its DSN with that user)."""
     say = say or (lambda m: None)
     clock = now or (lambda: datetime.now(timezone.utc))
     deployed = rec.read(engine, env)
@@ -207,8 +219,21 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     archive = Path(export_to).resolve() if export_to else None
     source_dsns = sorted({h.dsn for h in plan.sources.values() if isinstance(h, data.PgHandle)})
     target_dsns = sorted({p.target.dsn for p in plan.pairs if isinstance(p.target, data.PgHandle)})
+    pg_pairs = [p for p in plan.pairs if isinstance(p.source, data.PgHandle) and isinstance(p.target, data.PgHandle)]
+    replication = dict(replication or {})
+
+    def methods() -> dict[str, dict[str, str]]:
+        """Each PostgreSQL pair's method as journalled when `sync` began (copy for a move from before it)."""
+        return journal_detail(journal, tenant_id, mp.move_id, "sync").get("methods") or {}
+
+    def movers(chosen: dict[str, dict[str, str]] | None = None) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
+        chosen = methods() if chosen is None else chosen
+        return [(p, online.mover(p, tenant_id, replication, say, plan=to_plan, model=mp.to_model)) for p in pg_pairs
+                if chosen.get(p.name, {}).get("method") == "online"]
 
     if abort:
+        for _, m in movers():   # replication objects, tracking and the targets' copies; sources' states back
+            m.abort()
         return _abort(engine, before, env, mp, done, journal, say, outcome, plan, source_dsns, target_dsns)
 
     def phase(name: str, fn: Callable[[], dict | None]) -> None:
@@ -268,6 +293,14 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
             registry.set_state(dsn, tenant_id, "frozen", to_plan, mp.to_model)
         return {}
 
+    def sync() -> dict:
+        chosen = methods() or online.choose(pg_pairs, method, replication, say)   # a re-run keeps the first choice
+        going = movers(chosen)
+        names = sorted(m.name for _, m in going)
+        # Journalled before replication starts: an interrupted move owns what it created (`tenancy moves`).
+        journal.record(mp.move_id, tenant_id, "sync", "started", {"methods": chosen, "replication": names})
+        return {"methods": chosen, "replication": names, "synced": {p.name: m.sync() for p, m in going}}
+
     def freeze() -> dict:
         previous = {}
         for dsn in source_dsns:
@@ -288,16 +321,25 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
 
     def copy() -> dict:
         detail: dict[str, Any] = {}
+        switching = dict((p.name, m) for p, m in movers())
         for p in plan.pairs:
-            detail[p.name] = p.copy(say, **({"target_plan": to_plan, "target_model": mp.to_model, "target_state": "frozen"}
-                                            if p.source.kind == "postgres" else {}))
+            if p.name in switching:   # inside the freeze: only what changed since its verification
+                switched = switching[p.name].switch()
+                detail[p.name] = {"rows": sum(switched["rows"].values()), "online": switched}
+            else:
+                detail[p.name] = p.copy(say, **({"target_plan": to_plan, "target_model": mp.to_model,
+                                                 "target_state": "frozen"} if p.source.kind == "postgres" else {}))
             outcome.rows += detail[p.name].get("rows", 0)
         outcome.copied = detail
         return {"copied": detail}
 
     def verify() -> dict:
         sums = {}
+        copied = journal_detail(journal, tenant_id, mp.move_id, "copy").get("copied", {})
         for p in plan.pairs:
+            if "online" in copied.get(p.name, {}):   # verified row by row by its switch; its source summary
+                sums[p.name] = copied[p.name]["online"]["source"]
+                continue
             try:
                 sums[p.name] = p.verify().to_json()
             except Mismatch as exc:
@@ -319,7 +361,9 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         started = journal_detail(journal, tenant_id, mp.move_id, "freeze").get("frozen_at")
         if started:
             outcome.freeze_seconds = (clock() - datetime.fromisoformat(started)).total_seconds()
-        return {"unfrozen_at": clock().isoformat(), "freeze_seconds": outcome.freeze_seconds}
+        dropped = [line for _, m in movers() for line in m.cleanup()["dropped"]]
+        return {"unfrozen_at": clock().isoformat(), "freeze_seconds": outcome.freeze_seconds,
+                **({"dropped": dropped} if dropped else {})}
 
     def cleanup() -> dict | None:
         unfrozen = journal_detail(journal, tenant_id, mp.move_id, "unfreeze").get("unfrozen_at")
@@ -341,7 +385,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
             guarded_destroy(engine, stack, before, covered(), say)
         return {"deleted": deleted}
 
-    steps = {"provision": provision, "freeze": freeze, "export": export, "copy": copy, "verify": verify,
+    steps = {"provision": provision, "sync": sync, "freeze": freeze, "export": export, "copy": copy, "verify": verify,
              "cutover": cutover, "unfreeze": unfreeze, "cleanup": cleanup}
     try:
         for name in PHASES:

@@ -24,13 +24,16 @@ or `abort` returned.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from tenancy.lifecycle import Refused
+from tenancy.naming import DATABASE_USERS
 from tenancy.stores import Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores import replication as rep
 
 Say = Callable[[str], None]
+_, _, REPLICATION_USER = DATABASE_USERS   # owner, runtime, replication
 
 
 def _rounded(seconds: float) -> float:
@@ -109,10 +112,11 @@ def _owned(dsn: str) -> set[str]:
     with rep._connect(dsn) as conn:
         if not conn.execute("SELECT to_regclass('tenancy.move_journal') IS NOT NULL").fetchone()[0]:
             return set()
-        return {r[0] for r in conn.execute(
-            "SELECT DISTINCT j.detail ->> 'replication' FROM tenancy.move_journal j WHERE j.detail ? 'replication' "
-            "AND NOT EXISTS (SELECT 1 FROM tenancy.move_journal f WHERE f.move_id = j.move_id "
-            "AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
+        return {r[0] for r in conn.execute(   # a name, or a list of names (one per PostgreSQL pair of a tier move)
+            "SELECT DISTINCT n FROM tenancy.move_journal j, jsonb_array_elements_text(CASE jsonb_typeof(j.detail -> "
+            "'replication') WHEN 'array' THEN j.detail -> 'replication' ELSE jsonb_build_array(j.detail -> 'replication') "
+            "END) n WHERE j.detail ? 'replication' AND NOT EXISTS (SELECT 1 FROM tenancy.move_journal f WHERE "
+            "f.move_id = j.move_id AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
 
 
 def leftovers(dsns: list[str]) -> list[tuple[str, rep.Orphan]]:
@@ -128,3 +132,48 @@ def leftovers(dsns: list[str]) -> list[tuple[str, rep.Orphan]]:
         for o in rep.orphans(dsn, owned):
             found.setdefault((server, o.kind, o.name, o.database), (server, o))
     return [found[k] for k in sorted(found)]
+
+
+# --- in a tier move --------------------------------------------------------------------------------------
+
+METHODS = ("auto", "online", "copy")
+
+
+def replication_conninfo(source_dsn: str, given: str | None = None) -> str:
+    """How the target's server reaches the source as the replication role: `given`, else the source DSN with
+    user tenancy_replication and no password (the target's server then needs a .pgpass entry, or trust)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    if given:
+        return given
+    params = {k: v for k, v in conninfo_to_dict(source_dsn).items() if k != "password"}
+    params["user"] = REPLICATION_USER
+    return make_conninfo(**params)
+
+
+def choose(pairs: list, method: str, replication: Mapping[str, str], say: Say) -> dict[str, dict[str, str]]:
+    """For each PostgreSQL pair of a tier move ({name, source and target handles with dsn and tables}): moved
+    "online", or copied inside the freeze ("copy") and why. `auto` takes online where it can and says why
+    not; `online` refuses a pair that cannot be."""
+    out: dict[str, dict[str, str]] = {}
+    for p in pairs:
+        if method == "copy":
+            out[p.name] = {"method": "copy", "why": "--method copy"}
+            continue
+        why = rep.unavailable(p.source.dsn, p.target.dsn, replication_conninfo(p.source.dsn, replication.get(p.source.name)),
+                              list(p.source.tables))
+        if why is None:
+            out[p.name] = {"method": "online"}
+        elif method == "online":
+            raise Refused(f"{p.name}: the rows cannot move online: {why}. Fix that, or run with --method copy (the rows "
+                          "then copy inside the write freeze), or --abort")
+        else:
+            say(f"  {p.name}: rows copy inside the write freeze: {why}")
+            out[p.name] = {"method": "copy", "why": why}
+    return out
+
+
+def mover(pair, tenant: str, replication: Mapping[str, str], say: Say, **kw: Any) -> OnlinePostgresMove:
+    """The online move of one PostgreSQL pair of a tier move."""
+    return OnlinePostgresMove(pair.source.dsn, pair.target.dsn, tenant, list(pair.source.tables),
+                              replication_conninfo(pair.source.dsn, replication.get(pair.source.name)), say, **kw)

@@ -1,0 +1,151 @@
+"""Tier moves with the online method (`tenancy upgrade --method online|auto`): the offline engine, real PostgreSQL,
+and a writer thread acting as the application throughout -- the tenant moves out of the pool and back."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from tenancy import cli
+from tenancy.catalog import with_tenant
+from tenancy.lifecycle import Refused, moves
+from tenancy.lifecycle.tenant_data import Reach
+from tests.movehelp import Writer, replication_objects, user_rows
+from tests.test_lifecycle import ALL_BUT_ROWS, registry, rows, world  # noqa: F401 -- world is a fixture
+
+pytestmark = pytest.mark.postgres
+TENANT = "bravo"
+
+
+def superuser_reach(w) -> Reach:
+    """The pool reached as a superuser (a role with REPLICATION, which an online move's slot needs)."""
+    server = w["server"]
+    return Reach({"pooled": server.dsn(dbname=w["pooled"]), **{f"postgres-{i}": w["tenant_dsn"] for i in (1, 2, 3)}},
+                 None, None, frozenset({"firestore", "objects"}))
+
+
+@pytest.fixture
+def replication_login(pg_server):
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute("ALTER ROLE tenancy_replication LOGIN")
+
+
+def slots(server) -> list[str]:
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
+
+
+def assert_refused_only_in_the_freeze(writer: Writer, froze: float, target: str, mark: float) -> None:
+    refused = [r for r in writer.refusals if r[0] >= mark]
+    first_at_target = min(t for t, d in writer.accepted if d == target and t >= froze)
+    assert [r for r in refused if not froze <= r[0] <= first_at_target] == [], "a write refused outside the freeze"
+    assert all(f"tenant {TENANT} is frozen" in m or f"tenant {TENANT} is readonly" in m for _, _, m in refused), refused
+
+
+def move(w, catalog, to: str, writer: Writer, target: str, **kw) -> moves.MoveOutcome:
+    started: dict[str, float] = {}
+    mark = time.time()
+    out = moves.upgrade(w["engine"], catalog, "dev", TENANT, to, reach=superuser_reach(w), method="online",
+                        before_phase=lambda p: started.setdefault(p, time.time()), **kw)
+    writer.wait_writes(20)
+    assert out.status == "done" and out.phases_run == list(moves.PHASES)
+    assert_refused_only_in_the_freeze(writer, started["freeze"], target, mark)
+    return out
+
+
+def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world, replication_login):
+    w, s = world, world["server"]
+    writer = Writer(s, [w["pooled"], w["tenant_db"]], w["pooled"], tenant=TENANT)
+    writer.start()
+    try:
+        writer.wait_writes(20)
+        out = move(w, w["catalog"], "standard", writer, w["tenant_db"])
+        journal = moves.Journal(superuser_reach(w).dsns["pooled"])
+        sync = moves.journal_detail(journal, TENANT, out.move_id, "sync")
+        (pair, method), = sync["methods"].items()
+        assert method == {"method": "online"} and len(sync["replication"]) == 1
+        copied = moves.journal_detail(journal, TENANT, out.move_id, "copy")["copied"][pair]
+        assert copied["online"]["source"]["kind"] == "postgres" and copied["rows"] == out.rows
+        verified = moves.journal_detail(journal, TENANT, out.move_id, "verify")["sources"][pair]
+        assert verified == copied["online"]["source"], "cleanup deletes against the summary the switch verified"
+        assert registry(s, w["tenant_db"], TENANT) == ("standard", "namespace", "active")
+        assert registry(s, w["pooled"], TENANT) is None and rows(s, w["pooled"], TENANT)["app.users"] == []
+        assert replication_objects(s, w["pooled"], w["tenant_db"])["publications"] == [] and slots(s) == []
+
+        back = move(w, with_tenant(w["catalog"], TENANT, plan="standard"), "free", writer, w["pooled"],
+                    discard=ALL_BUT_ROWS)
+        back_methods = moves.journal_detail(journal, TENANT, back.move_id, "sync")["methods"]
+        assert back_methods and all(m == {"method": "online"} for m in back_methods.values())
+        writer.finish()
+    finally:
+        writer.stop.set()
+    assert registry(s, w["pooled"], TENANT)[2] == "active"
+    assert not [v for v in replication_objects(s, w["pooled"], w["tenant_db"]).values() if v] and slots(s) == []
+    final = user_rows(s, w["pooled"], TENANT)
+    assert len(final) == len({uid for uid, _ in final}), "a row arrived twice"
+    assert {uid: name for uid, name in final if not name.startswith("User ")} == writer.names
+    assert len([1 for _, name in final if name.startswith("User ")]) == 4
+    assert any(d == w["tenant_db"] for _, d in writer.accepted), "no write landed in the tenant's own database"
+    assert user_rows(s, w["tenant_db"], TENANT) == []
+    for other in ("alpha", "charlie"):
+        assert rows(s, w["pooled"], other) == w["before"][other], f"{other} untouched"
+
+
+def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_why(world, replication_login):
+    said: list[str] = []
+    out = moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", say=said.append,
+                        reach=Reach({"pooled": world["pooled_dsn"], **{f"postgres-{i}": world["tenant_dsn"] for i in (1, 2, 3)}},
+                                    None, None, frozenset({"firestore", "objects"})))
+    assert out.status == "done"
+    why = ("the source connection's role tenancy_owner lacks REPLICATION, which creating and dropping the move's "
+           "replication slot needs: ALTER ROLE tenancy_owner REPLICATION (or connect as a superuser)")
+    assert any(line.endswith(f"rows copy inside the write freeze: {why}") for line in said), said
+    sync = moves.journal_detail(moves.Journal(world["pooled_dsn"]), TENANT, out.move_id, "sync")
+    assert list(sync["methods"].values()) == [{"method": "copy", "why": why}] and sync["replication"] == []
+    assert rows(world["server"], world["tenant_db"], TENANT) == world["before"][TENANT]
+
+
+def test_method_online_refuses_a_pair_that_cannot_and_the_move_can_be_aborted(world, replication_login):
+    reach = Reach({"pooled": world["pooled_dsn"], **{f"postgres-{i}": world["tenant_dsn"] for i in (1, 2, 3)}},
+                  None, None, frozenset({"firestore", "objects"}))
+    with pytest.raises(Refused, match=r"the rows cannot move online: the source connection's role tenancy_owner lacks "
+                                      r"REPLICATION.*or run with --method copy"):
+        moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", reach=reach, method="online")
+    out = moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", reach=reach, abort=True)
+    assert out.status == "aborted"
+    assert registry(world["server"], world["pooled"], TENANT)[2] == "active"
+    assert rows(world["server"], world["pooled"], TENANT) == world["before"][TENANT]
+
+
+@pytest.mark.parametrize("phase", ["freeze", "copy", "verify"])
+def test_an_online_move_interrupted_before_a_phase_aborts_cleanly(world, replication_login, phase):
+    class Stop(BaseException):
+        pass
+
+    def stop(name: str) -> None:
+        if name == phase:
+            raise Stop(name)
+
+    w = world
+    with pytest.raises(Stop):
+        moves.upgrade(w["engine"], w["catalog"], "dev", TENANT, "standard", reach=superuser_reach(w), method="online",
+                      before_phase=stop)
+    out = moves.upgrade(w["engine"], w["catalog"], "dev", TENANT, "standard", reach=superuser_reach(w), abort=True)
+    assert out.status == "aborted"
+    s = w["server"]
+    assert not [v for v in replication_objects(s, w["pooled"], w["tenant_db"]).values() if v] and slots(s) == []
+    assert registry(s, w["pooled"], TENANT)[2] == "active"
+    assert rows(s, w["pooled"], TENANT) == w["before"][TENANT]
+    assert rows(s, w["tenant_db"], TENANT) == {t: [] for t in rows(s, w["tenant_db"], TENANT)}
+
+
+def test_upgrade_cli_takes_the_method_and_replication_dsns(capsys):
+    assert cli.main(["upgrade", "bravo", "--to", "standard", "--source-dsn", "dbname=a", "--target-dsn", "dbname=b",
+                     "--replication-dsn", "postgres-x=host=h"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --replication-dsn postgres-x=...: give STORE=DSN with STORE pooled or postgres-N"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["upgrade", "bravo", "--to", "standard", "--method", "fast"])
+    assert exit_.value.code == 2 and "invalid choice: 'fast' (choose from 'auto', 'online', 'copy')" in capsys.readouterr().err
