@@ -110,6 +110,8 @@ def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_
 def test_method_online_refuses_a_pair_that_cannot_and_the_move_can_be_aborted(world, replication_login):
     reach = Reach({"pooled": world["pooled_dsn"], **{f"postgres-{i}": world["tenant_dsn"] for i in (1, 2, 3)}},
                   None, None, frozenset({"firestore", "objects"}))
+    with pytest.raises(Refused, match=r"unknown method 'fast': use one of auto, online, copy"):
+        moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", reach=reach, method="fast")
     with pytest.raises(Refused, match=r"the rows cannot move online: the source connection's role tenancy_owner lacks "
                                       r"REPLICATION.*or run with --method copy"):
         moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", reach=reach, method="online")

@@ -170,6 +170,8 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     server reaches it as tenancy_replication (default: its DSN with that user)."""
     say = say or (lambda m: None)
     clock = now or (lambda: datetime.now(timezone.utc))
+    if method not in online.METHODS:
+        raise Refused(f"unknown method '{method}': use one of {', '.join(online.METHODS)}")
     deployed = rec.read(engine, env)
     rec.require_active_tenant(deployed, catalog, env, tenant_id)
     if to_plan not in {**deployed.catalog.plans, **catalog.plans}:
