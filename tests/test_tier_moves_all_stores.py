@@ -346,3 +346,39 @@ def test_offboard_raced_by_a_writer_archives_every_committed_write(fleet):
         ["user0@alpha.example", "user1@alpha.example"] + writer.committed), "every committed write is in the archive"
     assert emails(s, w["pooled"], "alpha") == [], "and nowhere else"
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
+
+
+def test_documents_and_objects_copied_while_live_then_only_changes_inside_the_freeze(fleet):
+    w = fleet
+    with pytest.raises(Boom):   # the live first pass has run; the tenant keeps writing documents and objects
+        upgrade(w, "standard", before_phase=stop_before("freeze"))
+    assert docs(w["fs_own"]) == w["docs"]["bravo"], "documents copied before the freeze"
+    assert len(objects_of(w["bucket"], "")) == 2, "objects copied before the freeze"
+    pool = w["fs_pool"]("bravo")
+    c = fs._client(pool)
+    c.document(pool.path("users/u0")).set({"name": "renamed while live", "rank": 0})
+    c.document(pool.path("users/u2")).delete()
+    c.document(pool.path("itineraries/i0/notes/n2")).set({"text": "written while live"})
+    w["shared"].write("bravo/avatars/2.png", b"new while live")
+    w["shared"].delete("bravo/docs/trip.pdf")
+    at_freeze_docs, at_freeze_objects = docs(pool), objects_of(w["shared"], "bravo/")
+    copied = []
+    import tenancy.stores.firestore as fsmod
+    real = fsmod._write
+
+    def counting(dst, todo, target, batch_size):
+        items = list(todo)
+        copied.extend(d.rel for d in items)
+        return real(dst, iter(items), target, batch_size)
+
+    fsmod._write, saved = counting, fsmod._write
+    try:
+        out = upgrade(w, "standard")
+    finally:
+        fsmod._write = saved
+    assert out.status == "done"
+    assert docs(w["fs_own"]) == at_freeze_docs and "users/u2" not in docs(w["fs_own"])
+    assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in at_freeze_objects.items()}
+    assert docs(pool) == {} and objects_of(w["shared"], "bravo/") == {}
+    assert_neighbour_untouched(w)
+    assert "users/u0" in copied and "itineraries/i0/notes/n2" in copied

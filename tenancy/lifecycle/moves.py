@@ -13,7 +13,9 @@ interruption is resumed by running the same command again:
   when destroying the old stack later would remove a store this move does not save.
 - sync (the online method, tenancy/lifecycle/online.py): each PostgreSQL pair that can replicates its rows
   to its target while the tenant keeps writing, and every replicated row is verified; the method of each
-  pair (online, or copy and why) is journalled before anything starts.
+  pair (online, or copy and why) is journalled before anything starts. Unless --method copy, documents and
+  objects get a first copy while the tenant is live; inside the freeze `copy` then writes only what changed
+  since (and starts that store's copy over when the source deleted something meanwhile).
 - freeze: `tenancy.freeze()` on every source database -- it waits for every transaction that already wrote the
   tenant, so no write can commit after it and be left behind.
 - export: with --export-to, every source store into a private archive with counts and checksums.
@@ -136,7 +138,8 @@ class _Waiting(Exception):
 
 PHASE_TEXT = {
     "provision": "tenant stack up with the new plan; tenancy SQL and the frozen registration on each target database",
-    "sync": "PostgreSQL rows that can replicate to their targets do so while the tenant writes, and are verified",
+    "sync": "PostgreSQL rows that can replicate to their targets do so while the tenant writes, and are verified; "
+            "documents and objects get a first copy while the tenant is live",
     "freeze": "every source database refuses the tenant's writes once every in-flight writer has ended",
     "export": "every source store into the archive (--export-to), with counts and checksums",
     "copy": "each store to its target: rows by table to the database the layout names, objects, documents",
@@ -222,6 +225,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     source_dsns = sorted({h.dsn for h in plan.sources.values() if isinstance(h, data.PgHandle)})
     target_dsns = sorted({p.target.dsn for p in plan.pairs if isinstance(p.target, data.PgHandle)})
     pg_pairs = [p for p in plan.pairs if isinstance(p.source, data.PgHandle) and isinstance(p.target, data.PgHandle)]
+    other_pairs = [p for p in plan.pairs if p not in pg_pairs]
     replication = dict(replication or {})
 
     def methods() -> dict[str, dict[str, str]]:
@@ -301,7 +305,23 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         names = sorted(m.name for _, m in going)
         # Journalled before replication starts: an interrupted move owns what it created (`tenancy moves`).
         journal.record(mp.move_id, tenant_id, "sync", "started", {"methods": chosen, "replication": names})
-        return {"methods": chosen, "replication": names, "synced": {p.name: m.sync() for p, m in going}}
+        synced = {p.name: m.sync() for p, m in going}
+        live = {}
+        if method != "copy":   # the bulk of documents and objects moves now; the freeze copies what changed since
+            for p in other_pairs:
+                live[p.name] = copy_store(p, "first pass while the tenant is live")
+        return {"methods": chosen, "replication": names, "synced": synced, "live": live}
+
+    def copy_store(p: data.Pair, when: str) -> dict:
+        """Documents or objects to the target (only what is missing or different there). The target is this
+        move's own copy, not yet in use: if it holds what the source no longer has (deleted since a first
+        pass), it is cleared and copied again."""
+        try:
+            return p.copy(say)
+        except Mismatch as exc:
+            say(f"  {p.name} ({when}): {exc}; the target is this move's unused copy: clearing it and copying again")
+            p.clear_target(say)
+            return p.copy(say)
 
     def freeze() -> dict:
         previous = {}
@@ -328,9 +348,10 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
             if p.name in switching:   # inside the freeze: only what changed since its verification
                 switched = switching[p.name].switch()
                 detail[p.name] = {"rows": sum(switched["rows"].values()), "online": switched}
+            elif p in other_pairs:   # after a live first pass: what changed since, and deletions
+                detail[p.name] = copy_store(p, "inside the freeze")
             else:
-                detail[p.name] = p.copy(say, **({"target_plan": to_plan, "target_model": mp.to_model,
-                                                 "target_state": "frozen"} if p.source.kind == "postgres" else {}))
+                detail[p.name] = p.copy(say, target_plan=to_plan, target_model=mp.to_model, target_state="frozen")
             outcome.rows += detail[p.name].get("rows", 0)
         outcome.copied = detail
         return {"copied": detail}
