@@ -1,4 +1,4 @@
-"""Shared by the online-move tests: two databases with the tenancy SQL, a writer thread acting as the
+"""Shared by the move tests: interruptions between phases, two databases with the tenancy SQL, a writer thread acting as the
 application, kill points, and what a test asserts about replication objects and rows."""
 
 from __future__ import annotations
@@ -13,6 +13,18 @@ import psycopg
 from tenancy import db
 from tenancy.stores import postgres as data
 from tests import sqlhelp
+
+class Boom(RuntimeError):
+    """An interruption injected between two phases of a lifecycle command."""
+
+
+def stop_before(phase):
+    """A before-phase hook that interrupts the command just before `phase` runs."""
+    def hook(name):
+        if name == phase:
+            raise Boom(f"interrupted before {name}")
+    return hook
+
 
 TENANT = "moving-co"
 NEIGHBOURS = ("neighbour-a", "neighbour-b")

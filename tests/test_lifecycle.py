@@ -19,6 +19,7 @@ from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
 from tenancy.lifecycle.tenant_data import Reach
 from tests.conftest import ROOT
+from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
 pytestmark = pytest.mark.postgres
@@ -147,18 +148,6 @@ def test_downgrade_back_to_pooled(world):
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
     for other in ("alpha", "charlie"):
         assert rows(s, world["pooled"], other) == world["before"][other]
-
-
-class Boom(RuntimeError):
-    pass
-
-
-def stop_before(phase):
-    """A before-phase hook that interrupts the move just before `phase` runs."""
-    def hook(name):
-        if name == phase:
-            raise Boom(f"interrupted before {name}")
-    return hook
 
 
 @pytest.mark.parametrize("phase", moves.PHASES)

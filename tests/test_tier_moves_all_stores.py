@@ -18,6 +18,7 @@ from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
 from tenancy.lifecycle.tenant_data import Reach
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
+from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
 pytestmark = pytest.mark.postgres
@@ -39,17 +40,6 @@ plans:
 """
 TABLES = ("app.users", "app.itineraries", "app.comments", "app.likes", "app.audit_events", "app.api_requests")
 TREE = {"users": {}, "itineraries": {"notes": {}}, "settings": {}}
-
-
-class Boom(RuntimeError):
-    pass
-
-
-def stop_before(phase):
-    def hook(name):
-        if name == phase:
-            raise Boom(f"interrupted before {name}")
-    return hook
 
 
 def rows(server, dbname, tenant):

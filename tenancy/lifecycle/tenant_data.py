@@ -16,7 +16,6 @@ the graph) is left unpaired: it must be empty, or exported and explicitly discar
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from tenancy.db import describe_dsn
 from tenancy.lifecycle import Refused
-from tenancy.stores import Mismatch, StoreError, Summary, private_export_dir, write_manifest
+from tenancy.stores import Mismatch, StoreError, Summary, file_sha256, private_export_dir, write_manifest
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
 from tenancy.stores import postgres as pg
@@ -126,7 +125,7 @@ class ObjectsHandle:
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
         files = json.loads((directory / "objects.json").read_text())
         for f in files["files"]:
-            if _sha256(directory / f["path"]) != f["sha256"]:
+            if file_sha256(directory / f["path"]) != f["sha256"]:
                 raise Mismatch(f"tenant '{self.tenant}': exported object {f['name']} in {directory} changed (sha256 differs)")
         return _same(Summary.from_json(files["summary"]), self.summary(), f"the objects export in {directory}", self.tenant)
 
@@ -157,7 +156,7 @@ class FirestoreHandle:
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
         manifest = json.loads((directory / fs.MANIFEST).read_text())
         for name, digest in manifest["files"].items():
-            if _sha256(directory / name) != digest:
+            if file_sha256(directory / name) != digest:
                 raise Mismatch(f"tenant '{self.tenant}': exported file {directory / name} changed (sha256 differs)")
         return _same(Summary.from_json(manifest), self.summary(), f"the Firestore export in {directory}", self.tenant)
 
@@ -209,7 +208,7 @@ class GraphHandle:
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
         files = json.loads((directory / "objects.json").read_text())
         for f in files["files"]:
-            if _sha256(directory / f["path"]) != f["sha256"] or not f["size"]:
+            if file_sha256(directory / f["path"]) != f["sha256"] or not f["size"]:
                 raise Mismatch(f"tenant '{self.tenant}': the graph dump in {directory} is empty or changed")
         return Summary.from_json(files["summary"])
 
@@ -386,14 +385,6 @@ def _same(a: Summary, b: Summary, what: str, tenant: str) -> Summary:
     if not a.same_data(b):
         raise Mismatch(f"tenant '{tenant}': {what} does not match: {'; '.join(a.differences(b))}; nothing was deleted")
     return a
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _remove_tree(path: Path) -> None:

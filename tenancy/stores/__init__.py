@@ -117,6 +117,17 @@ def private_file(path: Path):
     return os.fdopen(fd, "wb")
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (export files are checked against their manifests with it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_manifest(directory: Path, name: str, manifest: dict[str, Any]) -> Path:
     path = directory / name
     with private_file(path) as f:

@@ -35,7 +35,8 @@ import psycopg
 from psycopg import sql
 
 from tenancy.db import describe_dsn
-from tenancy.stores import Mismatch, Progress, StoreError, Summary, combine, private_export_dir, private_file, write_manifest
+from tenancy.stores import (Mismatch, Progress, StoreError, Summary, combine, file_sha256, private_export_dir, private_file,
+                            write_manifest)
 
 FREEZE_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 10
@@ -796,14 +797,6 @@ def _file_sums(conn: psycopg.Connection, directory: Path, entry: dict, t: Table,
     return int(n), digest, foreign == 0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_files(conn: psycopg.Connection, directory: Path, manifest: dict, tables: dict[str, Table], tenant: str) -> None:
     bad = []
     for name, entry in manifest["tables"].items():
@@ -811,7 +804,7 @@ def _check_files(conn: psycopg.Connection, directory: Path, manifest: dict, tabl
         if not path.is_file():
             bad.append(f"{name}: file {entry['file']} is missing")
             continue
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             bad.append(f"{name}: file {entry['file']} changed (sha256 differs)")
             continue
         n, digest, own = _file_sums(conn, directory, entry, tables[name], tenant)
