@@ -372,3 +372,25 @@ def test_documents_and_objects_copied_while_live_then_only_changes_inside_the_fr
     assert docs(pool) == {} and objects_of(w["shared"], "bravo/") == {}
     assert_neighbour_untouched(w)
     assert "users/u0" in copied and "itineraries/i0/notes/n2" in copied
+
+
+def test_offboard_of_a_tenant_with_a_graph_needs_the_dump_job_or_a_discard_before_anything_changes(fleet):
+    w = fleet
+    upgrade(w, "standard")
+    standard = with_tenant(w["catalog"], "bravo", plan="standard")
+    with pytest.raises(Refused, match="'bravo' has a Neo4j graph: exporting it runs a neo4j-admin dump Job in namespace "
+                                      "tenant-bravo; give --kubeconfig, or --discard graph to let it go; nothing was changed"):
+        tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
+                            export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+    assert not (w["tmp"] / "bravo-archive").exists()
+    assert rows(w["server"], w["own"][0], "bravo")["app.users"] == w["before"]["bravo"]["app.users"]
+    job = DumpJob(w["bucket"])
+    w["reach"].graph_runner = job
+    result = tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
+                                 export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+    assert result["export"]["stores"] == {"postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2,
+                                          "firestore": 7, "graph": 1}
+    assert result["destroyed"] == "dev.bravo" and "dev.bravo" not in w["engine"].stacks()
+    assert all(rows(w["server"], d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
+    assert docs(w["fs_own"]) == {} and objects_of(w["bucket"], "") == {}
+    assert_neighbour_untouched(w)

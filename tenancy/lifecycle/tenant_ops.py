@@ -106,6 +106,9 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
             raise Refused(f"this run cannot reach {', '.join(missing)} of '{tenant_id}', so it cannot export them: give "
                           f"{' '.join('--db ' + m + '=DSN' if m.startswith('postgres') else '' for m in missing).strip() or 'access to them'}"
                           f" or discard them explicitly ({' '.join('--discard ' + m for m in missing)}); nothing was changed")
+        if "graph" in found and "graph" not in discard and export_to and reach.graph_runner is None:
+            raise Refused(f"'{tenant_id}' has a Neo4j graph: exporting it runs a neo4j-admin dump Job in namespace "
+                          f"{stores.namespace}; give --kubeconfig, or --discard graph to let it go; nothing was changed")
         op_id = f"{tenant_id}:offboard@{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
         done: list[str] = []
         settings = {"operation": "offboard", "export_to": str(Path(export_to).resolve()) if export_to else None,
