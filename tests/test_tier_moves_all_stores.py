@@ -82,8 +82,8 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
 
     drain(gcs_server)
     project = f"test-{uuid.uuid4().hex[:10]}"           # one project per test: Firestore and buckets start empty
-    monkeypatch.setattr(moves, "project_of", lambda engine, env: project)
-    monkeypatch.setattr(tenant_ops, "project_of", lambda engine, env: project)
+    monkeypatch.setattr(moves, "project_of", lambda deployed: project)
+    monkeypatch.setattr(tenant_ops, "project_of", lambda deployed: project)
     own_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for name in own_dbs:

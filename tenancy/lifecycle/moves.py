@@ -150,9 +150,9 @@ PHASE_TEXT = {
 }
 
 
-def project_of(engine: Engine, env: str) -> str:
-    """The platform's GCP project, from the deployed platform stack."""
-    return engine.outputs(naming.stack_name(env)).get("gcpProject", "")
+def project_of(deployed: rec.Deployed) -> str:
+    """The platform's GCP project, as the deployed platform stack reports it (where the stores' names live)."""
+    return deployed.project
 
 
 def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan: str, *, reach: data.Reach,
@@ -218,7 +218,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     stack = naming.stack_name(env, tenant_id)
     platform = naming.stack_name(env)
     outcome = MoveOutcome(mp.move_id)
-    project = project_of(engine, env)
+    project = project_of(deployed)
     src_stores, dst_stores = stores_for(b, env, project, layout), stores_for(a, env, project, layout)
     plan = data.plan_move(src_stores, dst_stores, reach)
     archive = Path(export_to).resolve() if export_to else None

@@ -61,6 +61,7 @@ class Pending:
 class Deployed:
     catalog: Catalog | None          # None: the platform stack has never been deployed
     directory: dict[str, Any]
+    project: str = ""                # the platform's GCP project (its stack output gcpProject)
 
     def knows(self, tenant_id: str) -> bool:
         return self.catalog is not None and any(t.id == tenant_id for t in self.catalog.tenants)
@@ -81,7 +82,7 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
     directory = json.loads(outputs.get("tenantDirectory") or "{}")
     raw = outputs.get(RECORD_OUTPUT)
     if not raw:
-        return Deployed(None, directory)
+        return Deployed(None, directory, outputs.get("gcpProject") or "")
     data = json.loads(raw)
     try:
         catalog = parse_catalog(yaml.safe_dump(data["catalog"], sort_keys=False), f"{naming.stack_name(env)}:{RECORD_OUTPUT}")
@@ -92,7 +93,8 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
         # Recorded before placement existed: every tenant is in the one shared cluster, pooled instance and project.
         from tenancy.fleet.placement import legacy
         placements = legacy(catalog, outputs.get("gcpProject") or "")
-    return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {}), placements=placements), directory)
+    return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {}), placements=placements), directory,
+                    outputs.get("gcpProject") or "")
 
 
 def _crosses(a: Model, b: Model) -> bool:

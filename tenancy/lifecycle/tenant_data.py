@@ -17,6 +17,7 @@ the graph) is left unpaired: it must be empty, or exported and explicitly discar
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -50,12 +51,14 @@ class Reach:
     objects_root: str | None = None
     graph_runner: Any = None
     skip: frozenset[str] = frozenset()
-
-    def dsn(self, store: str) -> str | None:
-        return self.dsns.get(store)
+    _stores: dict[str, obj.Store] = field(default_factory=dict, repr=False, compare=False)
 
     def bucket(self, name: str) -> obj.Store:
-        return obj.open_store(str(Path(self.objects_root) / name) if self.objects_root else f"gs://{name}")
+        """One store (and client) per bucket for the whole run, opened when first used: a command refused
+        early needs no credentials."""
+        if name not in self._stores:
+            self._stores[name] = obj.open_store(str(Path(self.objects_root) / name) if self.objects_root else f"gs://{name}")
+        return self._stores[name]
 
 
 class Handle(Protocol):
@@ -107,10 +110,8 @@ class ObjectsHandle:
     kind: str = "objects"
 
     @property
-    def store(self) -> obj.Store:   # opened when used: a command refused early needs no credentials
-        if not hasattr(self, "_store"):
-            self._store = self.reach.bucket(self.bucket)
-        return self._store
+    def store(self) -> obj.Store:
+        return self.reach.bucket(self.bucket)
 
     def describe(self) -> str:
         return f"objects ({self.store.url}/{self.prefix})"
@@ -123,11 +124,7 @@ class ObjectsHandle:
         return {"kind": self.kind, "directory": directory.name, **entry["summary"]}
 
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
-        files = json.loads((directory / "objects.json").read_text())
-        for f in files["files"]:
-            if file_sha256(directory / f["path"]) != f["sha256"]:
-                raise Mismatch(f"tenant '{self.tenant}': exported object {f['name']} in {directory} changed (sha256 differs)")
-        return _same(Summary.from_json(files["summary"]), self.summary(), f"the objects export in {directory}", self.tenant)
+        return _same(obj.read_export(directory), self.summary(), f"the objects export in {directory}", self.tenant)
 
     def delete(self, expect: Summary, say: Say) -> int:
         return obj.delete(self.store, self.prefix, expect, progress=say)
@@ -206,11 +203,10 @@ class GraphHandle:
         return {"kind": self.kind, "directory": directory.name, **entry["summary"], "job": dumped["job"], "md5": dumped["md5"]}
 
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
-        files = json.loads((directory / "objects.json").read_text())
-        for f in files["files"]:
-            if file_sha256(directory / f["path"]) != f["sha256"] or not f["size"]:
-                raise Mismatch(f"tenant '{self.tenant}': the graph dump in {directory} is empty or changed")
-        return Summary.from_json(files["summary"])
+        dump = obj.read_export(directory)
+        if not dump.count or not all(p.get("bytes", 1) for p in dump.parts.values()):
+            raise Mismatch(f"tenant '{self.tenant}': the graph dump in {directory} is empty")
+        return dump
 
     def delete(self, expect: Summary, say: Say) -> int:
         return 0   # the graph goes with the tenant stack's destroy, once exported or discarded
@@ -222,7 +218,7 @@ def handles(stores: TenantStores, reach: Reach) -> dict[str, Handle]:
     t = stores.tenant
     if "postgres" not in reach.skip:
         for name, tables in stores.postgres.items():
-            dsn = reach.dsn(name)
+            dsn = reach.dsns.get(name)
             if dsn and tables:
                 out[name] = PgHandle(name, t, dsn, tables)
     if "objects" not in reach.skip:
@@ -359,7 +355,7 @@ def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operatio
             continue
         folder = archive / name
         if folder.exists():   # an export killed half-way: this store again
-            _remove_tree(folder)
+            shutil.rmtree(folder)
         say(f"  exporting {h.describe()}")
         entry = h.export(folder, say)
         write_manifest(archive, done.name, entry)
@@ -385,8 +381,3 @@ def _same(a: Summary, b: Summary, what: str, tenant: str) -> Summary:
     if not a.same_data(b):
         raise Mismatch(f"tenant '{tenant}': {what} does not match: {'; '.join(a.differences(b))}; nothing was deleted")
     return a
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path)

@@ -17,7 +17,6 @@ after an interruption continues where it stopped:
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -95,7 +94,7 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
                       f"the database of '{tenant_id}'? Nothing was changed") from None
     if open_op is not None and open_op.get("plan", {}).get("operation") != "offboard":
         raise Refused(f"a tier move of '{tenant_id}' is unfinished ({open_op['move_id']}); finish or abort it first")
-    stores = stores_for(t, env, project_of(engine, env), layout)
+    stores = stores_for(t, env, project_of(deployed), layout)
     found = data.handles(stores, reach)
     if open_op is None:
         if export_to is None and not yes:

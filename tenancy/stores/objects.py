@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -34,7 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Protocol
 
-from tenancy.stores import Mismatch, StoreError, Summary, combine, private_export_dir, private_file, write_manifest
+from tenancy.stores import (Mismatch, StoreError, Summary, combine, file_sha256, private_export_dir, private_file,
+                            write_manifest)
 
 Progress = Callable[[str], None]
 KIND = "objects"
@@ -432,6 +434,20 @@ def export(store: Store, prefix: str, directory: str | Path, progress: Progress 
     write_manifest(root, "objects.json", entry)
     say(f"  exported {len(files)} objects ({entry['bytes']:,} bytes) from {store.url}/{prefix} to {root}")
     return entry
+
+
+def read_export(directory: str | Path) -> Summary:
+    """An export read back: every file against `objects.json` (size and SHA-256); the summary it was taken with."""
+    root = Path(directory)
+    try:
+        entry = json.loads((root / "objects.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ObjectError(f"no readable objects.json in {root} ({exc}); export again") from None
+    for f in entry["files"]:
+        path = _safe_path(root, f["path"])
+        if not path.is_file() or path.stat().st_size != f["size"] or file_sha256(path) != f["sha256"]:
+            raise Mismatch(f"exported object {f['name']} in {root} is missing or changed (size or SHA-256 differs)")
+    return Summary.from_json(entry["summary"])
 
 
 def _is_remainder(now: Summary, expect: Summary) -> bool:
