@@ -29,6 +29,12 @@ class EdgeArgs:
     k8s_labels: dict[str, str]
     # The regional address's name (naming.ingress_address): unique in its project.
     address_name: str
+    # Split across stacks (cells layout): the zone alone (the global stack, `address=False`), or the address,
+    # its records in an existing zone (`zone_name`) and the controllers (a cell).
+    zone_name: pulumi.Input[str] | None = None
+    records: tuple[str, ...] = ("app", "*")       # A records to the address: labels under base_domain
+    address: bool = True
+    controllers: bool = True
 
 
 class Edge(pulumi.ComponentResource):
@@ -41,27 +47,34 @@ class Edge(pulumi.ComponentResource):
     def __init__(self, name: str, args: EdgeArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:edge:Edge", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        ip = gcp.compute.Address(f"{name}-ingress-ip", name=args.address_name, project=args.project, region=args.region,
-                                 address_type="EXTERNAL", network_tier="PREMIUM", labels=args.labels, opts=child)
-        self.ip_address = ip.address
-        self.zone_name = pulumi.Output.from_input("")
+        ip = None
+        self.ip_address = pulumi.Output.from_input("")
+        if args.address:
+            ip = gcp.compute.Address(f"{name}-ingress-ip", name=args.address_name, project=args.project,
+                                     region=args.region, address_type="EXTERNAL", network_tier="PREMIUM",
+                                     labels=args.labels, opts=child)
+            self.ip_address = ip.address
+        self.zone_name = pulumi.Output.from_input(args.zone_name or "")
         if args.base_domain:
-            self._zone(name, args, ip, child)
-        self._controllers(name, args, ip)
+            zone_name = args.zone_name if args.zone_name is not None else self._zone(name, args)
+            if ip is not None:
+                for label in args.records:
+                    gcp.dns.RecordSet(f"{name}-{'wildcard' if label == '*' else label}", project=args.project,
+                                      managed_zone=zone_name, name=f"{label}.{args.base_domain}.", type="A", ttl=300,
+                                      rrdatas=[ip.address], opts=child)
+        if ip is not None and args.controllers:
+            self._controllers(name, args, ip)
         self.register_outputs({"ip_address": self.ip_address, "zone_name": self.zone_name})
 
-    def _zone(self, name: str, args: EdgeArgs, ip: gcp.compute.Address, child: pulumi.ResourceOptions) -> None:
+    def _zone(self, name: str, args: EdgeArgs) -> pulumi.Output[str]:
         zone = gcp.dns.ManagedZone(
             f"{name}-zone", name=naming.dns_zone(args.base_domain), project=args.project,
             dns_name=f"{args.base_domain}.", visibility="public", dnssec_config={"state": "on"},
             description=f"tenancy platform zone for {args.base_domain}", labels=args.labels,
             force_destroy=False, opts=pulumi.ResourceOptions(parent=self, protect=True))
-        for label in ("app", "*"):
-            gcp.dns.RecordSet(f"{name}-{'wildcard' if label == '*' else label}", project=args.project,
-                              managed_zone=zone.name, name=f"{label}.{args.base_domain}.", type="A", ttl=300,
-                              rrdatas=[ip.address], opts=child)
         self.zone_name = zone.name
         self.name_servers = zone.name_servers
+        return zone.name
 
     def _controllers(self, name: str, args: EdgeArgs, ip: gcp.compute.Address) -> None:
         ingress_ns = self._namespace(f"{name}-ingress-ns", INGRESS_NAMESPACE, args, privileged=False)

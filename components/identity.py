@@ -45,6 +45,9 @@ class IdentityArgs:
     project: str
     authorized_domains: list[str]
     tenants: list[IdentityTenant]
+    # The project-wide configuration (multi-tenancy, authorized domains). In the cells layout the global stack
+    # holds it and identity shards hold only tenants (`config=False`), under the same component name.
+    config: bool = True
 
 
 class IdentityPlatform(pulumi.ComponentResource):
@@ -52,7 +55,7 @@ class IdentityPlatform(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tenancy:gcp:IdentityPlatform", name, None, opts)
-        config = gcp.identityplatform.Config(
+        config = None if not args.config else gcp.identityplatform.Config(
             f"{name}-config",
             project=args.project,
             multi_tenant={"allow_tenants": True},
@@ -70,7 +73,7 @@ class IdentityPlatform(pulumi.ComponentResource):
                 allow_password_signup=True,
                 # A user pool is stateful: protected, and kept if it is ever dropped from the program.
                 deletion_policy="ABANDON",
-                opts=pulumi.ResourceOptions(parent=self, protect=True, depends_on=[config]),
+                opts=pulumi.ResourceOptions(parent=self, protect=True, depends_on=[config] if config else []),
             )
             self.tenant_names[t.tenant_id] = idp.name
         self.register_outputs({"tenant_names": self.tenant_names})

@@ -1074,6 +1074,11 @@ def _labels_of(t: str, p: dict) -> dict | None:
     return None
 
 
+# A unit stack of the cells layout (`<env>.cell-2`, `<env>.pool-1`, `<env>.identity-3`) is platform, not a tenant:
+# tenant ids never have this shape (tenancy/naming.py refuses them).
+UNIT_STACK = re.compile(r"(cell|pool|identity)-[0-9]+")
+
+
 def _stack_tenant(args: ResourceValidationArgs) -> str | None:
     """The tenant of a tenant stack, from the stack name in the URN (`<env>.<tenant-id>`)."""
     try:
@@ -1081,7 +1086,7 @@ def _stack_tenant(args: ResourceValidationArgs) -> str | None:
     except (AttributeError, IndexError):
         return None
     env, _, tenant = stack.partition(".")
-    return tenant or None
+    return None if not tenant or UNIT_STACK.fullmatch(tenant) else tenant
 
 
 def stateful_protected(args: ResourceValidationArgs, report: ReportViolation) -> None:

@@ -33,15 +33,22 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
     """The program of stack `stack`, as an async callable (tenant stacks await their platform's outputs).
 
     `tenant_facing_only` (platform stacks): build only what tenant stacks read (offline `--tenant` plans)."""
-    env, tenant_id = naming.parse_stack_name(stack)
-    if tenant_id is None:
+    kind, env, tenant_id = naming.stack_kind(stack)
+    if kind == naming.ENV_STACK:
         from stacks import platform
         from stacks.config import PlatformConfig
 
         async def run_platform() -> None:
-            platform.build(env, catalog, PlatformConfig.from_pulumi(env), tenant_facing_only)
+            cfg = PlatformConfig.from_pulumi(env)
+            if cells_layout(env):
+                from stacks import cells
+                cells.build_global(env, catalog, cfg)
+            else:
+                platform.build(env, catalog, cfg, tenant_facing_only)
 
         return run_platform
+    if kind != naming.TENANT_STACK:
+        return _unit_program(stack, kind, env, tenant_id, catalog)
 
     tenant = catalog.tenant(tenant_id)
     if not tenant.has_stack:
@@ -53,7 +60,15 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
         from stacks import contract, tenant as tenant_stack
         from stacks.config import project_name
 
-        ref, facts = tenant_stack.read_platform(env, project_name())
+        cell = home = None
+        if cells_layout(env):
+            from stacks import cells
+            from stacks.config import offline_platform_config
+
+            _, placement = cells.placement_for(env, catalog, offline_platform_config(env))
+            home = placement.tenants[tenant.id]
+            cell = home.cell
+        ref, facts = tenant_stack.read_platform(env, project_name(), cell)
         plain = {}
         for key in (contract.GCP_PROJECT, contract.REGION, contract.BASE_DOMAIN, contract.APP_CHART, contract.APP_CHART_VERSION):
             details = await ref.get_output_details(key)
@@ -63,8 +78,34 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
             plain[key] = details.value
         tenant_stack.build(env, tenant, plain[contract.GCP_PROJECT], plain[contract.REGION], plain[contract.BASE_DOMAIN],
                            plain[contract.APP_CHART], plain[contract.APP_CHART_VERSION], facts)
+        if home is not None and tenant.model.value == "dedicated":
+            cells.dedicated_directory(env, catalog, tenant, home)
 
     return run_tenant
+
+
+def cells_layout(env: str) -> bool:
+    """Whether environment `env` is in the cells layout (`tenancy:layout: cells` in stacks/Pulumi.<env>.yaml)."""
+    from stacks.config import load_stack_config
+
+    return load_stack_config(env).get("tenancy:layout") == "cells"
+
+
+def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog) -> Callable[[], Awaitable[None]]:
+    """A cell, pool-shard or identity-shard stack (cells layout only)."""
+    if not cells_layout(env):
+        raise ConfigError(f"stack '{stack}' is a {kind} stack of the cells layout, but environment '{env}' is in the "
+                          f"single layout (stacks/Pulumi.{env}.yaml: tenancy:layout); its platform stack is '{env}'")
+
+    async def run_unit() -> None:
+        from stacks import cells
+        from stacks.config import offline_platform_config
+
+        build = {naming.CELL_STACK: cells.build_cell, naming.POOL_STACK: cells.build_pool,
+                 naming.IDENTITY_STACK: cells.build_identity}[kind]
+        build(env, unit, catalog, offline_platform_config(env))
+
+    return run_unit
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +45,23 @@ def registration(t: Tenant) -> Registration:
     return Registration(id=t.id, plan=t.plan_name, model=t.model.value, state=t.state.value)
 
 
-def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None) -> dict[str, Any]:
+def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None,
+                    cells_layout: bool = False) -> dict[str, Any]:
     """Where a tenant lives and which secrets (by name) hold its database credentials. `placed`: its cell,
     pool shard and data project (tenancy/fleet); the physical names follow from them."""
     placed = placed or TenantPlacement()
     entry: dict[str, Any] = {"name": t.name, "plan": t.plan_name, "model": t.model.value, "state": t.state.value}
+    shard = placed.pool_shard or naming.pool_shard(1)
     if t.model is Model.POOLED:
         entry["hostnames"] = [naming.hostname("app", cfg.base_domain)]
-        entry["placement"] = {"cluster": naming.cluster(env), "namespace": naming.POOLED_NAMESPACE,
-                              "bucket": naming.shared_bucket(env, cfg.gcp_project), "prefix": f"{t.id}/",
-                              "firestore": naming.firestore_database(env, "pooled"),
-                              "stack": naming.stack_name(env), **placed.to_json()}
+        entry["placement"] = {"cluster": naming.cluster(env), "namespace": naming.pool_namespace(shard),
+                              "bucket": naming.pool_bucket(env, cfg.gcp_project, shard), "prefix": f"{t.id}/",
+                              "firestore": naming.pool_firestore(env, shard),
+                              "stack": naming.unit_stack(env, shard) if cells_layout else naming.stack_name(env),
+                              **placed.to_json()}
         if placed.pool_shard:
             entry["placement"]["database"] = naming.pool_shard_instance(env, placed.pool_shard)
-        entry["databaseSecrets"] = {"pooled": naming.database_secret(naming.database_secret_prefix(env), RUNTIME_USER)}
+        entry["databaseSecrets"] = {"pooled": naming.database_secret(naming.pool_secret_prefix(env, shard), RUNTIME_USER)}
     else:
         hosts = [naming.hostname(t.subdomain, cfg.base_domain)]
         if t.custom_domain:
@@ -72,7 +76,8 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlac
             "firestore": naming.firestore_database(env, t.id), "stack": naming.stack_name(env, t.id), **placed.to_json()}
         entry["databaseSecrets"] = {db: naming.database_secret(naming.database_secret_prefix(env, t.id, db), RUNTIME_USER)
                                     for db in t.plan.databases}
-    entry["stores"] = stores_for(t, env, cfg.gcp_project).to_json()   # what moves, exports and is deleted with it
+    # what moves, exports and is deleted with it
+    entry["stores"] = stores_for(t, env, cfg.gcp_project, pool_shard=placed.pool_shard).to_json()
     return entry
 
 
@@ -89,41 +94,95 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     if placement is None:
         return
     _operator(env, provider, cluster)
-    directory = _pooled_tier_and_directory(env, catalog, cfg, provider, net, cluster, system_ns, placement)
+    pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
+    kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
+    _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube)
+    directory_tenants = [t for t in catalog.tenants if t.in_directory]
+    identity = IdentityPlatform("identity", IdentityArgs(
+        project=cfg.gcp_project,
+        # Platform hosts only: tenants on their own hosts sign in through auth.<base> (components/identity.py).
+        authorized_domains=authorized_domains(cfg.base_domain),
+        tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]),
+        opts=pulumi.ResourceOptions(provider=provider))
+    directory = TenantDirectory("directory", DirectoryArgs(
+        namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
+        entries={t.id: directory_entry(t, env, cfg, placement.tenants.get(t.id)) for t in directory_tenants},
+        identity_tenants=identity.tenant_names), opts=pulumi.ResourceOptions(provider=cluster.provider))
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
     # The catalogue this deployment applied, and where it placed each tenant: lifecycle commands start from it,
     # never from tenants.yaml alone, and later deployments keep every placed tenant where it is.
     pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog, placement.to_json()))
 
 
-def _foundation(env: str, cfg: PlatformConfig):
-    shared_labels = labels(env, SHARED)
-    provider = gcp.Provider("gcp", project=cfg.gcp_project, region=cfg.region, default_labels=shared_labels)
-    gopts = pulumi.ResourceOptions(provider=provider)
+@dataclass(frozen=True)
+class Kube:
+    """A cell's cluster as the stacks that run workloads in it see it."""
 
-    net = Network("platform", NetworkArgs(project=cfg.gcp_project, region=cfg.region, subnet_cidr=cfg.network_cidr,
-                                          pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
-                                          labels=shared_labels, name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
-    cluster = GkeCluster("shared", ClusterArgs(
-        cluster_name=naming.cluster(env), project=cfg.gcp_project, region=cfg.region, network_id=net.network_id,
-        subnet_id=net.subnet_id, pods_range=net.pods_range, services_range=net.services_range,
-        master_cidr=cfg.master_cidr, authorized_cidr=cfg.network_cidr, node_service_account_id=naming.node_service_account_id(env),
-        labels=shared_labels, groups_domain=cfg.groups_domain, machine_type=cfg.cluster_machine_type,
-        min_nodes=cfg.cluster_min_nodes, max_nodes=cfg.cluster_max_nodes, sandbox_pool=True), opts=gopts)
+    provider: pulumi.ProviderResource
+    workload_pool: pulumi.Input[str]
+    system_namespace: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class CellNet:
+    """Where a cell's cluster sits: the subnet and its secondary ranges, and the control plane's range."""
+
+    network_id: pulumi.Input[str]
+    subnet_id: pulumi.Input[str]
+    subnet_cidr: str
+    pods_range: str
+    services_range: str
+    master_cidr: str
+
+
+def gcp_provider(cfg: PlatformConfig) -> gcp.Provider:
+    return gcp.Provider("gcp", project=cfg.gcp_project, region=cfg.region, default_labels=labels(cfg.environment, SHARED))
+
+
+def platform_network(cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Network:
+    return Network("platform", NetworkArgs(project=cfg.gcp_project, region=cfg.region, subnet_cidr=cfg.network_cidr,
+                                           pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
+                                           labels=labels(cfg.environment, SHARED),
+                                           name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
+
+
+def _foundation(env: str, cfg: PlatformConfig):
+    provider = gcp_provider(cfg)
+    gopts = pulumi.ResourceOptions(provider=provider)
+    net = platform_network(cfg, gopts)
+    where = CellNet(net.network_id, net.subnet_id, cfg.network_cidr, net.pods_range, net.services_range, cfg.master_cidr)
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
     # project of their own) are audited.
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
+    cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where)
+    return provider, net, cluster, edge, system_ns
+
+
+def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provider, where: CellNet,
+                 zone_name: pulumi.Input[str] | None = None, records: tuple[str, ...] = ("app", "*"),
+                 ) -> tuple[GkeCluster, Edge, k8s.core.v1.Namespace]:
+    """A cell: its shared cluster, the edge in front of it (address, records, ingress controller, certificates)
+    and the platform's system namespace in it. `zone_name`: the zone exists elsewhere (the global stack)."""
+    shared_labels = labels(env, SHARED)
+    gopts = pulumi.ResourceOptions(provider=provider)
+    cluster = GkeCluster("shared", ClusterArgs(
+        cluster_name=naming.cell_cluster(env, cell), project=cfg.gcp_project, region=cfg.region,
+        network_id=where.network_id, subnet_id=where.subnet_id, pods_range=where.pods_range,
+        services_range=where.services_range, master_cidr=where.master_cidr, authorized_cidr=where.subnet_cidr,
+        node_service_account_id=naming.cell_node_service_account_id(env, cell),
+        labels=shared_labels, groups_domain=cfg.groups_domain, machine_type=cfg.cluster_machine_type,
+        min_nodes=cfg.cluster_min_nodes, max_nodes=cfg.cluster_max_nodes, sandbox_pool=True), opts=gopts)
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
-                                 acme_email=cfg.acme_email, labels=shared_labels,
-                                 k8s_labels=k8s_labels(env, SHARED), address_name=naming.ingress_address()),
+                                 acme_email=cfg.acme_email, labels=shared_labels, k8s_labels=k8s_labels(env, SHARED),
+                                 address_name=naming.cell_ingress_address(cell), zone_name=zone_name, records=records),
                 opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}, opts=kopts)
     # Node pools' taints hold against tenants' own pod specs (sandbox and per-tenant pools).
     NodeIsolationPolicy("node-isolation", k8s_labels(env, SHARED), opts=kopts)
-    return provider, net, cluster, edge, system_ns
+    return cluster, edge, system_ns
 
 
 def _operator(env: str, provider: gcp.Provider, cluster: GkeCluster) -> None:
@@ -141,49 +200,60 @@ def _operator(env: str, provider: gcp.Provider, cluster: GkeCluster) -> None:
 
 
 def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:
-    pulumi.export(contract.ENVIRONMENT, env)
-    pulumi.export(contract.GCP_PROJECT, cfg.gcp_project)
-    pulumi.export(contract.REGION, cfg.region)
-    pulumi.export(contract.BASE_DOMAIN, cfg.base_domain)
-    pulumi.export(contract.NETWORK_ID, net.network_id)
-    pulumi.export(contract.SUBNET_ID, net.subnet_id)
-    pulumi.export(contract.CLUSTER_NAME, cluster.name)
-    pulumi.export(contract.CLUSTER_ENDPOINT, cluster.endpoint)
-    pulumi.export(contract.KUBECONFIG, cluster.kubeconfig)
-    pulumi.export(contract.WORKLOAD_POOL, cluster.workload_pool)
-    pulumi.export(contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE)
-    pulumi.export(contract.INGRESS_IP, edge.ip_address)
-    pulumi.export(contract.CLUSTER_ISSUER, CLUSTER_ISSUER)
-    pulumi.export(contract.DNS_ZONE, edge.zone_name)
-    pulumi.export(contract.APP_CHART, cfg.app_chart)
-    pulumi.export(contract.APP_CHART_VERSION, cfg.app_chart_version)
-    pulumi.export(GROUPS_DOMAIN_EXPORT, cfg.groups_domain)
+    env_facts = environment_facts(env, cfg, net.network_id, net.subnet_id, edge.zone_name)
+    # The order of the single platform stack's outputs: the environment's, the cluster's, then the rest.
+    for key, value in [*env_facts[:6], *cell_facts(cluster, edge), *env_facts[6:]]:
+        pulumi.export(key, value)
 
 
-def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, provider: gcp.Provider, net: Network,
-                               cluster: GkeCluster, system_ns: k8s.core.v1.Namespace, placement: Placement) -> TenantDirectory:
+def environment_facts(env: str, cfg: PlatformConfig, network_id: pulumi.Input[str], subnet_id: pulumi.Input[str],
+                      zone_name: pulumi.Input[str]) -> list[tuple[str, Any]]:
+    """What tenant stacks read of the environment (the platform stack's, or the global stack's outputs)."""
+    return [(contract.ENVIRONMENT, env), (contract.GCP_PROJECT, cfg.gcp_project), (contract.REGION, cfg.region),
+            (contract.BASE_DOMAIN, cfg.base_domain), (contract.NETWORK_ID, network_id), (contract.SUBNET_ID, subnet_id),
+            (contract.DNS_ZONE, zone_name), (contract.APP_CHART, cfg.app_chart),
+            (contract.APP_CHART_VERSION, cfg.app_chart_version), (GROUPS_DOMAIN_EXPORT, cfg.groups_domain)]
+
+
+def cell_facts(cluster: GkeCluster, edge: Edge) -> list[tuple[str, Any]]:
+    """What namespace tenants read of their cluster (the platform stack's, or their cell's outputs)."""
+    return [(contract.CLUSTER_NAME, cluster.name), (contract.CLUSTER_ENDPOINT, cluster.endpoint),
+            (contract.KUBECONFIG, cluster.kubeconfig), (contract.WORKLOAD_POOL, cluster.workload_pool),
+            (contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE), (contract.INGRESS_IP, edge.ip_address),
+            (contract.CLUSTER_ISSUER, CLUSTER_ISSUER)]
+
+
+def export_all(facts: list[tuple[str, Any]]) -> None:
+    for key, value in facts:
+        pulumi.export(key, value)
+
+
+def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Tenant], shard: str,
+                 provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube) -> None:
+    """A pool shard: its pooled instance, Firestore database, bucket, namespace, application and SQL job."""
     gopts = pulumi.ResourceOptions(provider=provider)
-    kopts = pulumi.ResourceOptions(provider=cluster.provider)
-    pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
+    kopts = pulumi.ResourceOptions(provider=kube.provider)
+    both = pulumi.ResourceOptions(providers=[provider, kube.provider])
     pooled_plans = {t.plan_name: t.plan for t in pooled} or {"free": catalog.plans["free"]}
     retention = max(p.limits.backup_retention_days for p in pooled_plans.values())
     pooled_labels = labels(env, Model.POOLED.value)
+    first = naming.unit_index(shard) == 1
 
     db = PostgresInstance("pooled-db", PostgresArgs(
-        instance_name=naming.pooled_sql_instance(env), project=cfg.gcp_project, region=cfg.region,
-        network_id=net.network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
-        secret_prefix=naming.database_secret_prefix(env), depends_on=[net.private_services]), opts=gopts)
+        instance_name=naming.pool_shard_instance(env, shard), project=cfg.gcp_project, region=cfg.region,
+        network_id=network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
+        secret_prefix=naming.pool_secret_prefix(env, shard), depends_on=db_deps), opts=gopts)
     firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
-        database_id=naming.firestore_database(env, "pooled"), project=cfg.gcp_project, location=cfg.region), opts=gopts)
+        database_id=naming.pool_firestore(env, shard), project=cfg.gcp_project, location=cfg.region), opts=gopts)
     pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(
-        namespace=naming.POOLED_NAMESPACE, labels=k8s_labels(env, Model.POOLED.value), ingress_namespace=INGRESS_NAMESPACE,
-        egress_cidrs=[db.private_ip], **POOL_QUOTA), opts=kopts)
+        namespace=naming.pool_namespace(shard), labels=k8s_labels(env, Model.POOLED.value),
+        ingress_namespace=INGRESS_NAMESPACE, egress_cidrs=[db.private_ip], **POOL_QUOTA), opts=kopts)
     app_identity = WorkloadIdentity("pooled-app", WorkloadIdentityArgs(
-        project=cfg.gcp_project, account_id=naming.service_account_id(env, "pooled"), namespace=pool_ns.namespace,
-        workload_pool=cluster.workload_pool, labels=k8s_labels(env, Model.POOLED.value),
-        display_name=f"pooled tenants' application ({env})"), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+        project=cfg.gcp_project, account_id=naming.pool_service_account_id(env, shard), namespace=pool_ns.namespace,
+        workload_pool=kube.workload_pool, labels=k8s_labels(env, Model.POOLED.value),
+        display_name=f"pooled tenants' application ({env}{'' if first else ', ' + shard})"), opts=both)
     Bucket("pooled-bucket", BucketArgs(
-        bucket_name=naming.shared_bucket(env, cfg.gcp_project), project=cfg.gcp_project, location=cfg.region,
+        bucket_name=naming.pool_bucket(env, cfg.gcp_project, shard), project=cfg.gcp_project, location=cfg.region,
         labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)]), opts=gopts)
     gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[RUNTIME_USER], role="roles/secretmanager.secretAccessor",
@@ -191,35 +261,24 @@ def _pooled_tier_and_directory(env: str, catalog: Catalog, cfg: PlatformConfig, 
     _firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
 
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
-        project=cfg.gcp_project, account_id=naming.migrator_service_account_id(env),
-        namespace=system_ns.metadata["name"], workload_pool=cluster.workload_pool, labels=k8s_labels(env, SHARED),
-        display_name=f"applies the tenancy SQL ({env})", ksa_name="sql-migrator"),
-        opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+        project=cfg.gcp_project, account_id=naming.pool_migrator_service_account_id(env, shard),
+        namespace=kube.system_namespace, workload_pool=kube.workload_pool, labels=k8s_labels(env, SHARED),
+        display_name=f"applies the tenancy SQL ({env}{'' if first else ', ' + shard})",
+        ksa_name="sql-migrator" if first else f"sql-migrator-{shard}"), opts=both)
     gcp.secretmanager.SecretIamMember("sql-migrator-owner-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[OWNER_USER], role="roles/secretmanager.secretAccessor",
                                       member=migrator.member, opts=gopts)
     SqlApplyJob("pooled-sql", SqlJobArgs(
-        namespace=system_ns.metadata["name"], service_account=migrator.ksa_name, sql_files=sql_files(),
+        namespace=kube.system_namespace, service_account=migrator.ksa_name, sql_files=sql_files(),
         host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
         project=cfg.gcp_project, labels=k8s_labels(env, SHARED), server_ca=db.server_ca_cert,
-        registrations=tuple(registration(t) for t in pooled)), opts=kopts)
+        registrations=tuple(registration(t) for t in pooled),
+        **({} if first else {"job_prefix": f"tenancy-sql-{shard}"})), opts=kopts)
 
     AppRelease("pooled-app", AppArgs(
         release_name="app", namespace=pool_ns.namespace, chart=cfg.app_chart, version=cfg.app_chart_version,
         labels=k8s_labels(env, Model.POOLED.value), depends_on=[app_identity],
-        values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER], db.server_ca_cert)), opts=kopts)
-
-    directory_tenants = [t for t in catalog.tenants if t.in_directory]
-    identity = IdentityPlatform("identity", IdentityArgs(
-        project=cfg.gcp_project,
-        # Platform hosts only: tenants on their own hosts sign in through auth.<base> (components/identity.py).
-        authorized_domains=authorized_domains(cfg.base_domain),
-        tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]), opts=gopts)
-    directory = TenantDirectory("directory", DirectoryArgs(
-        namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
-        entries={t.id: directory_entry(t, env, cfg, placement.tenants.get(t.id)) for t in directory_tenants},
-        identity_tenants=identity.tenant_names), opts=kopts)
-    return directory
+        values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER], db.server_ca_cert, shard)), opts=kopts)
 
 
 def _firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],
@@ -234,7 +293,7 @@ def _firestore_grant(name: str, project: str, database: pulumi.Input[str], membe
 
 
 def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_secret: pulumi.Input[str],
-                      db_server_ca: pulumi.Input[str] | None = None) -> dict:
+                      db_server_ca: pulumi.Input[str] | None = None, shard: str = "pool-1") -> dict:
     """Helm values of the shared deployment: per-tenant limits and feature flags, secret *names* only."""
     return {
         "environment": env,
@@ -246,8 +305,8 @@ def pooled_app_values(env: str, cfg: PlatformConfig, pooled: list[Tenant], db_se
         # The client verifies the server against the instance's CA (public, not a secret).
         "database": {"secretName": db_secret, "project": cfg.gcp_project, "user": RUNTIME_USER,
                      "sslMode": SSL_MODE, "serverCaCert": db_server_ca},
-        "storage": {"bucket": naming.shared_bucket(env, cfg.gcp_project), "prefixTemplate": "{tenant_id}/"},
-        "firestore": {"database": naming.firestore_database(env, "pooled")},
+        "storage": {"bucket": naming.pool_bucket(env, cfg.gcp_project, shard), "prefixTemplate": "{tenant_id}/"},
+        "firestore": {"database": naming.pool_firestore(env, shard)},
         "tenants": {t.id: {
             "plan": t.plan_name, "active": t.state is State.ACTIVE, "features": sorted(f.value for f in t.features),
             "apiRateLimitPerMinute": t.limits.api_rate_limit, "storageQuotaGb": t.limits.storage_gb,

@@ -55,15 +55,28 @@ class PlatformFacts:
     groups_domain: pulumi.Output[str]
 
 
-def read_platform(env: str, project: str) -> tuple[pulumi.StackReference, PlatformFacts]:
+def read_platform(env: str, project: str, cell: str | None = None) -> tuple[pulumi.StackReference, PlatformFacts]:
+    """The platform's facts: from the platform stack, or (cells layout) the global stack's plus the cluster
+    facts of the tenant's cell (`cell`; dedicated tenants have a cluster of their own and read none)."""
     ref = pulumi.StackReference(f"{pulumi.get_organization()}/{project}/{naming.stack_name(env)}")
     out = ref.require_output
+    cluster_out = out
+    if cell is not None:
+        cluster_out = pulumi.StackReference(
+            f"{pulumi.get_organization()}/{project}/{naming.unit_stack(env, cell)}").require_output
+    cluster_fact = (lambda key: cluster_out(key)) if cell is not None or not _cells_layout(env) else \
+        (lambda key: pulumi.Output.from_input(""))
     return ref, PlatformFacts(
         environment=out(contract.ENVIRONMENT), project=out(contract.GCP_PROJECT), region=out(contract.REGION),
-        base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID), kubeconfig=out(contract.KUBECONFIG),
-        workload_pool=out(contract.WORKLOAD_POOL), app_chart=out(contract.APP_CHART),
-        app_chart_version=out(contract.APP_CHART_VERSION), cluster_name=out(contract.CLUSTER_NAME),
-        groups_domain=out(GROUPS_DOMAIN_EXPORT))
+        base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID),
+        kubeconfig=cluster_fact(contract.KUBECONFIG), workload_pool=cluster_fact(contract.WORKLOAD_POOL),
+        app_chart=out(contract.APP_CHART), app_chart_version=out(contract.APP_CHART_VERSION),
+        cluster_name=cluster_fact(contract.CLUSTER_NAME), groups_domain=out(GROUPS_DOMAIN_EXPORT))
+
+
+def _cells_layout(env: str) -> bool:
+    from stacks import cells_layout
+    return cells_layout(env)
 
 
 def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,

@@ -12,7 +12,7 @@ from tenancy.catalog import Catalog, CatalogError, Model, Tenant, parse_catalog
 from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
-PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
+PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
                  "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/",
                  "tenancy/operator/settings.py")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
@@ -29,10 +29,73 @@ class Changes:
     removed: dict[str, str] = field(default_factory=dict)         # stack -> why it would be destroyed
     tenants: set[str] = field(default_factory=set)                # tenants whose catalogue entry changed
 
-    def add(self, stack: str, why: str) -> None:
+    def add(self, stack: str, why: str, tenant: str | None = None, identity: bool = False) -> None:
+        """`tenant`: a reason about one tenant's share of the platform (`identity`: its identity tenant too)."""
         self.reasons.setdefault(stack, [])
         if why not in self.reasons[stack]:
             self.reasons[stack].append(why)
+
+
+class _Homes:
+    """Cells layout: which unit stacks hold a tenant's share of the platform (its pool shard or cell with its
+    directory entry; a dedicated tenant's own stack), before and after the change, and its identity shard."""
+
+    def __init__(self, env: str, before: dict[str, Any], after: dict[str, Any], units: list[str]):
+        self.env, self.before, self.after, self.units = env, before, after, units
+
+    @classmethod
+    def of(cls, old: Catalog | None, catalog: Catalog, env: str) -> "_Homes | None":
+        from tenancy.fleet import capacity as fleet_capacity
+        from tenancy.fleet.placement import place
+
+        try:
+            capacity = fleet_capacity.load(env)
+        except TenancyError:
+            return None
+        if not capacity.cells_layout:
+            return None
+        after = place(catalog, capacity).tenants
+        before = {}
+        if old is not None:
+            import dataclasses
+            before = place(dataclasses.replace(old, placements=catalog.placements), capacity).tenants
+        from stacks.cells import unit_stacks
+        return cls(env, {t: (p, old.tenant(t).model) for t, p in before.items()} if old else {},
+                   {t: (p, catalog.tenant(t).model) for t, p in after.items()}, unit_stacks(env, capacity))
+
+    def stacks(self, tenant: str, identity: bool) -> list[str]:
+        out = []
+        for placed, model in (self.before.get(tenant), self.after.get(tenant)):
+            if placed is None:
+                continue
+            if model is Model.POOLED:
+                out.append(naming.unit_stack(self.env, placed.pool_shard))
+            elif model is Model.NAMESPACE:
+                out.append(naming.unit_stack(self.env, placed.cell))
+            else:
+                out.append(naming.stack_name(self.env, tenant))
+            if identity:
+                out.append(naming.unit_stack(self.env, placed.identity_shard))
+        return out
+
+
+class _CellsChanges(Changes):
+    """Changes in the cells layout: a tenant's platform-side change lands on its unit stacks, not on the global
+    stack; code and config changes land on every stack of the layout."""
+
+    def __init__(self, homes: _Homes):
+        super().__init__()
+        self.homes = homes
+
+    def add(self, stack: str, why: str, tenant: str | None = None, identity: bool = False) -> None:
+        if stack != naming.stack_name(self.homes.env):
+            return super().add(stack, why)
+        if tenant is None:
+            for s in (stack, *self.homes.units):
+                super().add(s, why)
+            return
+        for s in self.homes.stacks(tenant, identity):
+            super().add(s, why)
 
 
 def _git(root: Path, *args: str) -> str:
@@ -103,6 +166,9 @@ def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_fil
     ch = Changes()
     platform = naming.stack_name(env)
     changed_files = changed_files or []
+    homes = _Homes.of(old, catalog, env)
+    if homes is not None:
+        ch = _CellsChanges(homes)
     platform_files = [f for f in changed_files if f.startswith(PLATFORM_CODE) or f == f"stacks/Pulumi.{env}.yaml"]
     tenant_files = [f for f in changed_files if f.startswith(TENANT_CODE)]
     if platform_files:
@@ -120,7 +186,7 @@ def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_fil
             continue
         if before is None:
             ch.tenants.add(tid)
-            ch.add(platform, f"tenant added: {tid}")
+            ch.add(platform, f"tenant added: {tid}", tenant=tid, identity=True)
             if t.has_stack:
                 ch.add(stack, "tenant added")
             continue
@@ -128,7 +194,8 @@ def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_fil
         if pdiff or _diff_fields(_tenant_view(before), _tenant_view(t)):
             ch.tenants.add(tid)
         if pdiff:
-            ch.add(platform, f"tenant {tid} changed: {', '.join(pdiff)}")
+            ch.add(platform, f"tenant {tid} changed: {', '.join(pdiff)}", tenant=tid,
+                   identity=before.in_directory != t.in_directory)
         if t.has_stack:
             if not before.has_stack:
                 ch.add(stack, f"new tenant stack: {before.plan_name} ({before.model.value}) → {t.plan_name} ({t.model.value})"
@@ -151,7 +218,7 @@ def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_fil
     for tid, before in old_by_id.items():
         if tid not in new_by_id:
             ch.tenants.add(tid)
-            ch.add(platform, f"tenant removed: {tid}")
+            ch.add(platform, f"tenant removed: {tid}", tenant=tid, identity=True)
             if before.has_stack:
                 ch.removed[naming.stack_name(env, tid)] = "tenant removed from the catalogue: the stack would be destroyed"
     return ch

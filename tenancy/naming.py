@@ -39,7 +39,8 @@ PLATFORM_WORDS: dict[str, str] = {
 # id of that shape would read as one of them in every name, label and directory entry.
 CELL_PATTERN = re.compile(r"cell-[1-9][0-9]{0,3}")
 POOL_SHARD_PATTERN = re.compile(r"pool-[1-9][0-9]{0,3}")
-UNIT_ID = re.compile(r"(cell|pool)-[0-9]+")
+IDENTITY_SHARD_PATTERN = re.compile(r"identity-[1-9][0-9]{0,3}")
+UNIT_ID = re.compile(r"(cell|pool|identity)-[0-9]+")
 
 ENV_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,9}$")
 STACK_SEPARATOR = "."
@@ -153,6 +154,11 @@ def pool_shard(index: int) -> str:
     return f"pool-{index}"
 
 
+def identity_shard(index: int) -> str:
+    """The name of identity shard `index` (1-based): `identity-1`, ..."""
+    return f"identity-{index}"
+
+
 def unit_index(name: str) -> int:
     """1 for `cell-1` or `pool-1`."""
     return int(name.rsplit("-", 1)[1])
@@ -167,6 +173,49 @@ def cell_cluster(env: str, cell_name: str) -> str:
 def pool_shard_instance(env: str, shard_name: str) -> str:
     """The Cloud SQL instance of a pool shard. Pool shard 1 is the original pooled instance."""
     return pooled_sql_instance(env) if shard_name == pool_shard(1) else fit(f"{env}-{shard_name}-postgres", LIMITS["sql_instance"])
+
+
+# A unit's physical names (cells layout). Cell 1 and pool shard 1 keep the single platform stack's names, so an
+# environment that moves to the cells layout recreates nothing; later units carry their name.
+def _first(unit: str) -> bool:
+    return unit_index(unit) == 1
+
+
+def cell_node_service_account_id(env: str, cell_name: str) -> str:
+    return node_service_account_id(env) if _first(cell_name) else fit(f"{env}-{cell_name}-nodes", LIMITS["service_account"])
+
+
+def cell_subnet_prefix(cell_name: str) -> str:
+    """Cells 2 and up have a subnet of their own in the platform network: `platform-cell-2-subnet`."""
+    return f"{PLATFORM_NETWORK_PREFIX}-{cell_name}"
+
+
+def cell_ingress_address(cell_name: str) -> str:
+    return ingress_address() if _first(cell_name) else ingress_address(f"{EDGE}-{cell_name}")
+
+
+def pool_namespace(shard_name: str) -> str:
+    return POOLED_NAMESPACE if _first(shard_name) else f"{POOLED_NAMESPACE}-{unit_index(shard_name)}"
+
+
+def pool_bucket(env: str, project: str, shard_name: str) -> str:
+    return shared_bucket(env, project) if _first(shard_name) else fit(f"{project}-{env}-{shard_name}-uploads", LIMITS["bucket"])
+
+
+def pool_firestore(env: str, shard_name: str) -> str:
+    return firestore_database(env, "pooled" if _first(shard_name) else shard_name)
+
+
+def pool_service_account_id(env: str, shard_name: str) -> str:
+    return service_account_id(env, "pooled" if _first(shard_name) else shard_name)
+
+
+def pool_migrator_service_account_id(env: str, shard_name: str) -> str:
+    return migrator_service_account_id(env) if _first(shard_name) else service_account_id(env, f"{shard_name}-sql")
+
+
+def pool_secret_prefix(env: str, shard_name: str) -> str:
+    return database_secret_prefix(env) if _first(shard_name) else secret_id(env, shard_name, "").rstrip("-")
 
 
 def cluster_key_ring(cluster_name: str) -> str:
@@ -387,7 +436,8 @@ def platform_collision(tenant_id: str) -> str | None:
     if tenant_id in PLATFORM_WORDS:
         return f"it is the name of the platform's {PLATFORM_WORDS[tenant_id]}"
     if UNIT_ID.fullmatch(tenant_id):
-        kind = "cell (a shared cluster)" if tenant_id.startswith("cell") else "pool shard (a pooled database)"
+        kind = {"cell": "cell (a shared cluster)", "pool": "pool shard (a pooled database)",
+                "identity": "identity shard (Identity Platform tenants)"}[tenant_id.split("-", 1)[0]]
         return f"it has the shape of the name of a platform {kind}"
     return None
 
@@ -396,6 +446,30 @@ def stack_name(env: str, tenant_id: str | None = None) -> str:
     """`dev` is the platform stack of environment dev; `dev.acme` is tenant acme's stack in dev."""
     check_env(env)
     return env if tenant_id is None else f"{env}{STACK_SEPARATOR}{tenant_id}"
+
+
+# Stack kinds (stack_kind): the environment's own stack, its unit stacks (cells layout), tenant stacks.
+ENV_STACK, CELL_STACK, POOL_STACK, IDENTITY_STACK, TENANT_STACK = "environment", "cell", "pool", "identity", "tenant"
+UNIT_KINDS = {"cell": CELL_STACK, "pool": POOL_STACK, "identity": IDENTITY_STACK}
+
+
+def unit_stack(env: str, unit: str) -> str:
+    """`prod.cell-2`, `prod.pool-1`, `prod.identity-3`: a unit's own stack (cells layout)."""
+    if not (CELL_PATTERN.fullmatch(unit) or POOL_SHARD_PATTERN.fullmatch(unit) or IDENTITY_SHARD_PATTERN.fullmatch(unit)):
+        raise ValueError(f"'{unit}' is not a cell, pool shard or identity shard name")
+    return f"{check_env(env)}{STACK_SEPARATOR}{unit}"
+
+
+def stack_kind(name: str) -> tuple[str, str, str | None]:
+    """(kind, environment, unit or tenant id) of a stack name: kind is ENV_STACK (`prod`: the platform stack, or
+    the global stack in the cells layout), CELL_STACK/POOL_STACK/IDENTITY_STACK (`prod.cell-2`), or TENANT_STACK.
+    Tenant ids never have a unit's shape (platform_collision), so the two cannot be confused."""
+    env, rest = parse_stack_name(name)
+    if rest is None:
+        return ENV_STACK, env, None
+    if UNIT_ID.fullmatch(rest):
+        return UNIT_KINDS[rest.split("-", 1)[0]], env, rest
+    return TENANT_STACK, env, rest
 
 
 def parse_stack_name(name: str) -> tuple[str, str | None]:

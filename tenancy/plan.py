@@ -124,11 +124,26 @@ def _plan_tenant(stack: str) -> StackPlan:
     return _to_stack_plan(stack, "tenant", tenant.id, tenant.model.value, result, seconds)
 
 
-def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = lambda: None) -> list[StackPlan]:
+def _plan_unit(stack: str) -> tuple[StackPlan, tuple[dict, list[str]]]:
+    """A cell, pool-shard or identity-shard stack (cells layout), with the exports its dependents read."""
+    catalog: Catalog = _WORKER["catalog"]
+    kind, _, _ = naming.stack_kind(stack)
+    result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"])
+    return _to_stack_plan(stack, kind, None, None, result, seconds), _exports(result)
+
+
+def _exports(result: RunResult) -> tuple[dict, list[str]]:
+    """A stack's outputs as its dependents' StackReferences read them (secrets as the marker, never a value)."""
+    return ({k: (SECRET if k in result.secret_outputs else v) for k, v in result.raw_outputs.items()},
+            list(result.secret_outputs))
+
+
+def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = lambda: None,
+                  one: Callable[[str], Any] = _plan_tenant) -> list:
     if workers <= 1 or len(stacks_) < 4:
         results = []
         for s in stacks_:
-            results.append(_plan_tenant(s))
+            results.append(one(s))
             done()
         return results
     ctx = multiprocessing.get_context("fork")
@@ -136,7 +151,7 @@ def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = l
     chunk = max(1, min(32, len(stacks_) // (workers * 4)))
     with ctx.Pool(processes=workers) as pool:
         results = []
-        for r in pool.imap(_plan_tenant, stacks_, chunksize=chunk):
+        for r in pool.imap(one, stacks_, chunksize=chunk):
             results.append(r)
             done()
         return results
@@ -178,6 +193,9 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         include_platform = platform_stack in reasons
         unchanged = [s for s in [platform_stack, *tenant_stacks] if s not in reasons]
         tenant_stacks = [s for s in tenant_stacks if s in reasons]
+    if placed.capacity.cells_layout:
+        return _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
+                           changed_since, workers, say, meter, start)
     if wanted:
         chosen = {naming.stack_name(env, t) for t in wanted if catalog.tenant(t).has_stack}
         pooled_or_gone = [t for t in wanted if not catalog.tenant(t).has_stack]
@@ -212,6 +230,84 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     n = workers or default_workers()
     say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
     try:
+        tenant_plans = _plan_tenants(tenant_stacks, n, meter.advance)
+    finally:
+        _WORKER.clear()
+        meter.finish()
+    for tp in tenant_plans:
+        tp.reasons = reasons.get(tp.name, [])
+    stacks_out.extend(tenant_plans)
+    _plan_wide_violations(stacks_out)
+    for sp in stacks_out:
+        sp.placement = report.stack_json(placed, catalog, sp.kind, sp.tenant)
+    return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
+                      changed_since=changed_since, seconds=time.perf_counter() - start,
+                      placement_lines=report.summary_lines(placed, catalog, stacks_out))
+
+
+def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str], wanted: list[str],
+                reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str], changed_since: str | None,
+                workers: int | None, say: Callable[[str], None], meter: Meter | None, start: float) -> PlanResult:
+    """The cells layout: the global stack, then identity shards, cells and pool shards (each stage reads the
+    previous stages' outputs), then tenant stacks. Stacks outside the plan that planned ones read are run for
+    their outputs only."""
+    from stacks.cells import unit_stacks
+    from tenancy.fleet import report
+
+    capacity = placed.capacity
+    platform_stack = naming.stack_name(env)
+    units = unit_stacks(env, capacity)
+    if changed_since is not None:
+        chosen = {platform_stack, *units} & set(reasons)
+        unchanged = [s for s in unchanged if s != platform_stack] + [s for s in [platform_stack, *units] if s not in reasons]
+    elif wanted:
+        chosen = set()
+        for tid in wanted:
+            p = placed.tenants.get(tid)
+            if catalog.tenant(tid).model.value == "pooled" and p is not None:
+                chosen.add(naming.unit_stack(env, p.pool_shard))
+    else:
+        chosen = {platform_stack, *units}
+    # What the chosen stacks read: cells and pools read identity shards, pools read cell 1, tenant stacks their cell.
+    needs_cells = {naming.unit_stack(env, placed.tenants[naming.parse_stack_name(s)[1]].cell)
+                   for s in tenant_stacks if placed.tenants.get(naming.parse_stack_name(s)[1], None) is not None
+                   and placed.tenants[naming.parse_stack_name(s)[1]].cell}
+    if any(naming.stack_kind(s)[0] == naming.POOL_STACK for s in chosen):
+        needs_cells.add(naming.unit_stack(env, naming.cell(1)))
+    run_cells = [s for s in units if naming.stack_kind(s)[0] == naming.CELL_STACK and (s in chosen or s in needs_cells)]
+    run_pools = [s for s in units if naming.stack_kind(s)[0] == naming.POOL_STACK and s in chosen]
+    need_identity = bool(run_cells or run_pools or tenant_stacks)
+    run_identity = [s for s in units if naming.stack_kind(s)[0] == naming.IDENTITY_STACK and (s in chosen or need_identity)]
+
+    stacks_out: list[StackPlan] = []
+    meter = meter or Meter(live=False, interval=float("inf"))
+    meter.start(len(chosen) + len(tenant_stacks))
+    say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants, cells layout)")
+    presult, pseconds = run_stack(platform_stack, catalog, config, {})
+    from stacks.config import project_name
+    prefix = f"{ORGANIZATION}/{project_name()}/"
+    outputs: dict[str, tuple[dict, list[str]]] = {prefix + platform_stack: _exports(presult)}
+    if platform_stack in chosen:
+        sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
+        sp.reasons = reasons.get(platform_stack, [])
+        stacks_out.append(sp)
+        meter.advance()
+    n = workers or default_workers()
+    try:
+        for stage in (run_identity, run_cells, run_pools):
+            if not stage:
+                continue
+            say(f"planning {len(stage)} {naming.stack_kind(stage[0])[0]} stack(s)")
+            _WORKER.update(catalog=catalog, stack_outputs=dict(outputs))
+            for sp, exports in _plan_tenants(stage, n, lambda: None, _plan_unit):
+                outputs[prefix + sp.name] = exports
+                if sp.name in chosen:
+                    sp.reasons = reasons.get(sp.name, [])
+                    stacks_out.append(sp)
+                    meter.advance()
+            _WORKER.clear()
+        say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
+        _WORKER.update(catalog=catalog, stack_outputs=outputs)
         tenant_plans = _plan_tenants(tenant_stacks, n, meter.advance)
     finally:
         _WORKER.clear()

@@ -9,18 +9,28 @@ Declared in the platform stack's config, `stacks/Pulumi.<env>.yaml` (defaults in
     tenancy:dataProjects            GCP projects for namespace tenants' Cloud SQL instances, after the platform
                                     project (always the first data project)
     tenancy:dataProjectInstances    Cloud SQL instances per project (Google's default quota is about 1,000)
+    tenancy:layout                  `single` (one platform stack builds cell 1 and pool shard 1) or `cells`
+                                    (a global stack plus one stack per cell, pool shard and identity shard)
+    tenancy:identityShards          stacks holding the Identity Platform tenants (cells layout): a tenant's
+                                    shard is a stable hash of its id, kept once deployed
+    tenancy:cellNetworks            cells layout, cells 2 and up: each cell's subnet, pod and service ranges
+                                    and control-plane range ({cell-2: {networkCidr, podsCidr, servicesCidr,
+                                    masterCidr}}); cell 1 uses the environment's own ranges
 
 Adding capacity is a config change: another cell, shard or project. Existing tenants never move because
 of it (tenancy/fleet/placement.py).
 
-What the stacks of this version build is narrower than what may be declared: one cell (the shared cluster
-`<env>-shared`), one pool shard (the pooled instance `<env>-pooled-postgres`) and the platform project.
-`CURRENT_LAYOUT` says so, and placement never puts a tenant in a unit that is declared but not built: the
-directory would route it to a cluster or database that does not exist.
+In the `single` layout the one platform stack builds one cell (the shared cluster `<env>-shared`), one pool
+shard (the pooled instance `<env>-pooled-postgres`) and uses the platform project; `SINGLE_STACK` says so, and
+placement never puts a tenant in a unit that is declared but not built: the directory would route it to a
+cluster or database that does not exist. The `cells` layout builds every declared unit in a stack of its own
+(stacks/cells.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +49,26 @@ INT_KEYS: dict[str, tuple[int, int]] = {
     "poolShards": (1, 1000),
     "poolShardCapacity": (1, 1_000_000),
     "dataProjectInstances": (1, 100_000),
+    "identityShards": (1, 1000),
 }
 LIST_KEYS = ("dataProjects",)
-KEYS = (*INT_KEYS, *LIST_KEYS)
+SINGLE, CELLS = "single", "cells"
+LAYOUTS = (SINGLE, CELLS)
+KEYS = (*INT_KEYS, *LIST_KEYS, "layout", "cellNetworks")
+CELL_NETWORK_KEYS = ("networkCidr", "podsCidr", "servicesCidr", "masterCidr")
+# Identity Platform tenants per identity shard the README and the size rule plan for (2,000 resources a stack).
+IDENTITY_SHARD_PLANNING = 1500
+
+
+@dataclass(frozen=True)
+class CellNetwork:
+    """A cell's own ranges (cells 2 and up): its subnet in the environment's network, its pods and services
+    secondary ranges and its control plane's /28."""
+
+    network_cidr: str
+    pods_cidr: str
+    services_cidr: str
+    master_cidr: str
 
 
 @dataclass(frozen=True)
@@ -58,10 +85,10 @@ class Layout:
         return limit is None or index <= limit
 
 
-# The platform stack builds cell 1 (its shared cluster), pool shard 1 (its pooled instance) and uses its own
-# project for namespace tenants' databases. The cell and pool-shard stacks will lift these limits.
-CURRENT_LAYOUT = Layout(cells=1, pool_shards=1, data_projects=1)
-# Every declared unit: what placement will be once every unit has its stack (tests and benchmarks).
+# The single platform stack builds cell 1 (its shared cluster), pool shard 1 (its pooled instance) and uses its
+# own project for namespace tenants' databases.
+SINGLE_STACK = CURRENT_LAYOUT = Layout(cells=1, pool_shards=1, data_projects=1)
+# Every declared unit: the cells layout, where each unit has its stack.
 EVERY_UNIT = Layout(cells=None, pool_shards=None, data_projects=None)
 
 
@@ -74,6 +101,29 @@ class Capacity:
     pool_shard_capacity: int
     data_projects: tuple[str, ...]          # the platform project first
     data_project_instances: int
+    layout: str = SINGLE
+    identity_shards: int = 1
+    cell_networks: tuple[tuple[str, CellNetwork], ...] = ()
+
+    @property
+    def cells_layout(self) -> bool:
+        return self.layout == CELLS
+
+    def builds(self) -> Layout:
+        """Which declared units exist: all of them in the cells layout, the first of each otherwise."""
+        return EVERY_UNIT if self.cells_layout else CURRENT_LAYOUT
+
+    @property
+    def identity_shard_names(self) -> list[str]:
+        return [naming.identity_shard(i) for i in range(1, self.identity_shards + 1)]
+
+    def identity_shard_of(self, tenant_id: str) -> str:
+        """A new tenant's identity shard: a stable hash of its id (never its position in any list)."""
+        digest = int.from_bytes(hashlib.sha256(tenant_id.encode()).digest()[:8], "big")
+        return naming.identity_shard(digest % self.identity_shards + 1)
+
+    def cell_network(self, cell: str) -> CellNetwork | None:
+        return dict(self.cell_networks).get(cell)
 
     @property
     def where(self) -> str:
@@ -113,11 +163,16 @@ class Capacity:
         v = raw.get("dataProjects")
         v = defaults.get("dataProjects", []) if v is None else v
         projects = _project_list(v, where, environment, platform_project, problems)
+        layout = raw.get("layout") or defaults.get("layout") or SINGLE
+        if layout not in LAYOUTS:
+            problems.append(f"{where}: {NAMESPACE}:layout must be one of {', '.join(LAYOUTS)}, not {_echo(layout)}")
+        networks = _cell_networks(raw.get("cellNetworks"), where, values["cells"] if layout == CELLS else None, problems)
         if problems:
             raise ConfigError("\n".join(problems))
         return cls(environment=environment, cells=values["cells"], cell_capacity=values["cellCapacity"],
                    pool_shards=values["poolShards"], pool_shard_capacity=values["poolShardCapacity"],
-                   data_projects=(platform_project, *projects), data_project_instances=values["dataProjectInstances"])
+                   data_projects=(platform_project, *projects), data_project_instances=values["dataProjectInstances"],
+                   layout=layout, identity_shards=values["identityShards"], cell_networks=networks)
 
     @classmethod
     def from_pulumi(cls, environment: str, platform_project: str) -> "Capacity":
@@ -135,6 +190,63 @@ def load(environment: str) -> Capacity:
     config = load_stack_config(environment)
     project = offline_platform_config(environment).gcp_project
     return Capacity.validate({key: config.get(f"{NAMESPACE}:{key}") for key in KEYS}, environment, project)
+
+
+def _cell_networks(v: Any, where: str, cells: int | None, problems: list[str]) -> tuple[tuple[str, CellNetwork], ...]:
+    """`cellNetworks`: every cell from 2 to `cells` (cells layout) needs its ranges; none may overlap another
+    cell's. Cell 1 uses the environment's own networkCidr/podsCidr/servicesCidr/masterCidr."""
+    key = f"{NAMESPACE}:cellNetworks"
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else {}
+        except ValueError:
+            v = None
+    v = {} if v is None else v
+    if not isinstance(v, dict):
+        problems.append(f"{where}: {key} must be a map of cell name to its ranges, e.g. "
+                        "{cell-2: {networkCidr: 10.20.16.0/20, podsCidr: 10.104.0.0/14, servicesCidr: 10.100.16.0/20, "
+                        "masterCidr: 172.16.0.32/28}}")
+        return ()
+    out: list[tuple[str, CellNetwork]] = []
+    for cell in sorted(v, key=lambda c: (len(str(c)), str(c))):
+        ranges = v[cell]
+        if not (isinstance(cell, str) and naming.CELL_PATTERN.fullmatch(cell)) or cell == naming.cell(1):
+            problems.append(f"{where}: {key}: {_echo(cell)} is not a cell with ranges of its own (cell-2, cell-3, ...; "
+                            "cell-1 uses the environment's networkCidr, podsCidr, servicesCidr and masterCidr)")
+            continue
+        if not isinstance(ranges, dict) or set(ranges) != set(CELL_NETWORK_KEYS):
+            problems.append(f"{where}: {key}.{cell} must give exactly {', '.join(CELL_NETWORK_KEYS)}")
+            continue
+        bad = [k for k in CELL_NETWORK_KEYS if not _cidr(ranges[k])]
+        if bad or not str(ranges["masterCidr"]).endswith("/28"):
+            problems.append(f"{where}: {key}.{cell}: {', '.join(bad) or 'masterCidr'} must be "
+                            f"{'CIDR ranges' if bad else 'a /28'} (e.g. 10.20.16.0/20)")
+            continue
+        out.append((cell, CellNetwork(*(str(ranges[k]) for k in CELL_NETWORK_KEYS))))
+    if cells is not None:
+        have = {c for c, _ in out}
+        missing = [naming.cell(i) for i in range(2, cells + 1) if naming.cell(i) not in have]
+        if missing:
+            problems.append(f"{where}: {key} has no ranges for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}: "
+                            "each cell after the first is a cluster with a subnet of its own; add its networkCidr, "
+                            "podsCidr, servicesCidr and masterCidr")
+    seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    for cell, net in out:
+        for k, text in zip(CELL_NETWORK_KEYS, (net.network_cidr, net.pods_cidr, net.services_cidr, net.master_cidr)):
+            r = ipaddress.ip_network(text, strict=False)
+            clash = next((w for w, other in seen if other.version == r.version and other.overlaps(r)), None)
+            if clash:
+                problems.append(f"{where}: {key}.{cell}.{k} {text} overlaps {clash}; every cell's ranges must be distinct")
+            seen.append((f"{cell}.{k}", r))
+    return tuple(out)
+
+
+def _cidr(v: Any) -> bool:
+    try:
+        ipaddress.ip_network(str(v), strict=False)
+        return True
+    except ValueError:
+        return False
 
 
 def _whole(v: Any) -> int | None:

@@ -32,11 +32,10 @@ from typing import Iterable, Mapping, NamedTuple
 from tenancy import naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
 from tenancy.errors import TenancyError
-from tenancy.fleet import capacity as fleet_capacity
 from tenancy.fleet.capacity import Capacity, Layout
 
 # TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
-JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject"}
+JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject", "identity_shard": "identityShard"}
 # TenantPlacement field -> `tenancy place` option.
 OPTIONS = {"cell": "--cell", "pool_shard": "--pool-shard", "data_project": "--data-project"}
 
@@ -57,10 +56,12 @@ class TenantPlacement(NamedTuple):
     cell: str | None = None
     pool_shard: str | None = None
     data_project: str | None = None
+    identity_shard: str | None = None     # cells layout: the stack holding its Identity Platform tenant
 
     def to_json(self) -> dict[str, str]:
         return {JSON_KEYS[k]: v for k, v in (("cell", self.cell), ("pool_shard", self.pool_shard),
-                                             ("data_project", self.data_project)) if v}
+                                             ("data_project", self.data_project),
+                                             ("identity_shard", self.identity_shard)) if v}
 
     @classmethod
     def from_json(cls, data: Mapping[str, str] | None) -> "TenantPlacement":
@@ -184,7 +185,7 @@ def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
 def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) -> Placement:
     """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed.
     `layout`: which declared units exist (default: what this version's stacks build)."""
-    layout = layout if layout is not None else fleet_capacity.CURRENT_LAYOUT
+    layout = layout if layout is not None else capacity.builds()
     units = _units(capacity, layout)
     units["data_project"].load[capacity.platform_project] += _fixed_platform_load(catalog, capacity)
     deployed = catalog.placements
@@ -272,6 +273,8 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
     for key, ts in waiting.items():
         if ts:
             problems.append(("", _full(units[key], ts, capacity, layout)))
+    if capacity.cells_layout:
+        _identity_shards(catalog, capacity, chosen, problems)
     if problems:
         ordered = [m for _, m in sorted(problems, key=lambda p: (p[0] == "", p[0]))]
         if len(ordered) > MAX_PROBLEMS:
@@ -279,6 +282,26 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
         raise PlacementError(ordered)
     return Placement(capacity=capacity, tenants={tid: TenantPlacement(**c) for tid, c in sorted(chosen.items())},
                      decided=decided, units=units, conflicts=pin_conflicts(catalog))
+
+
+def _identity_shards(catalog: Catalog, capacity: Capacity, chosen: dict[str, dict[str, str]],
+                     problems: list[tuple[str, str]]) -> None:
+    """Every tenant in the directory has an identity shard: the deployed one, else a stable hash of its id. A
+    tier change or a move between cells never changes it, so a user pool is never re-homed."""
+    known = set(capacity.identity_shard_names)
+    stranded: dict[str, list[str]] = {}
+    for tid, mine in chosen.items():
+        was = (catalog.placements.get(tid) or {}).get(JSON_KEYS["identity_shard"])
+        if was and was not in known:
+            stranded.setdefault(was, []).append(tid)
+            continue
+        mine["identity_shard"] = was or capacity.identity_shard_of(tid)
+    for shard, ids in sorted(stranded.items()):
+        ids.sort()
+        problems.append((ids[0], f"{len(ids):,} deployed tenant(s) ({_names(ids[:3])}{' …' if len(ids) > 3 else ''}) have their Identity Platform tenants in "
+                                 f"{shard}, which {capacity.where} no longer declares (tenancy:identityShards = "
+                                 f"{capacity.identity_shards}); identity shards are never removed: raise "
+                                 f"tenancy:identityShards back to at least {naming.unit_index(shard)}"))
 
 
 def pin_conflicts(catalog: Catalog) -> list[PinConflict]:

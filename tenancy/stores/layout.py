@@ -95,15 +95,18 @@ def graph_dump_object(tenant_id: str) -> str:
     return f"_tenancy/graph/{tenant_id}/neo4j.dump"
 
 
-def stores_for(tenant: Tenant, env: str, platform_project: str, layout: DataLayout | None = None) -> TenantStores:
+def stores_for(tenant: Tenant, env: str, platform_project: str, layout: DataLayout | None = None,
+               pool_shard: str | None = None) -> TenantStores:
+    """`pool_shard`: a pooled tenant's shard (tenancy/fleet/placement.py); pool-1 when not given."""
     layout = layout or load_layout()
     features = tuple(f.value for f in tenant.features)
     if tenant.model is Model.POOLED:
+        shard = pool_shard or naming.pool_shard(1)
         return TenantStores(
             tenant.id, True, {POOLED: tuple(t.name for t in layout.tables)},
             layout.pooled_tables(tuple(f.value for f in tenant.plan.features)),
-            naming.shared_bucket(env, platform_project), f"{tenant.id}/", platform_project,
-            naming.firestore_database(env, POOLED), f"tenants/{tenant.id}", False, naming.POOLED_NAMESPACE,
+            naming.pool_bucket(env, platform_project, shard), f"{tenant.id}/", platform_project,
+            naming.pool_firestore(env, shard), f"tenants/{tenant.id}", False, naming.pool_namespace(shard),
             layout.collections)
     databases = tuple(tenant.plan.databases)
     postgres: dict[str, tuple[str, ...]] = {db: () for db in databases}
