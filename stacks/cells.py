@@ -132,7 +132,8 @@ def build_pool(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) -> N
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory and placement.tenants[t.id].pool_shard == shard]
     _pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
                  Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")))
-    _directory(env, cfg, capacity, placement, pooled, naming.pool_namespace(shard), kube)
+    # Its own logical name: the platform stack's `directory` (tenancy-system in cell 1) becomes cell 1's.
+    _directory(env, cfg, capacity, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
 
 
 # -------------------------------------------------------------------------------------------- identity shards
@@ -156,16 +157,16 @@ def build_identity(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) 
 # ------------------------------------------------------------------------------------------------- shared
 
 def _directory(env: str, cfg: PlatformConfig, capacity: Capacity, placement: Placement, tenants: list,
-               namespace: pulumi.Input[str], provider: pulumi.ProviderResource) -> None:
+               namespace: pulumi.Input[str], provider: pulumi.ProviderResource, name: str = "directory") -> None:
     """This unit's share of the directory (a ConfigMap the application reads and the `tenantDirectory` output),
     and where its tenants are placed (`placements`: what keeps them there on the next deployment)."""
     shards = sorted({placement.tenants[t.id].identity_shard for t in tenants})
     names = {s: ref(env, s).require_output(IDENTITY_TENANTS).apply(json.loads) for s in shards}
     identity = {t.id: names[placement.tenants[t.id].identity_shard].apply(lambda d, i=t.id: d[i]) for t in tenants}
-    directory = TenantDirectory("directory", DirectoryArgs(
+    directory = TenantDirectory(name, DirectoryArgs(
         namespace=namespace, labels=k8s_labels(env, SHARED),
         entries={t.id: directory_entry(t, env, cfg, placement.tenants[t.id], cells_layout=True) for t in tenants},
-        identity_tenants=identity), opts=pulumi.ResourceOptions(provider=provider))
+        identity_tenants=identity, compact=True), opts=pulumi.ResourceOptions(provider=provider))
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
     pulumi.export(PLACEMENTS, json.dumps({t.id: placement.tenants[t.id].to_json() for t in tenants}, sort_keys=True))
 
@@ -193,4 +194,5 @@ def dedicated_directory(env: str, catalog: Catalog, tenant, placed) -> None:
     names = ref(env, placed.identity_shard).require_output(IDENTITY_TENANTS).apply(json.loads)
     entry = directory_entry(tenant, env, cfg, placed, cells_layout=True)
     pulumi.export(contract.TENANT_DIRECTORY, names.apply(
-        lambda d: json.dumps({tenant.id: {**entry, "identityTenant": d[tenant.id]}}, indent=1, sort_keys=True)))
+        lambda d: json.dumps({tenant.id: {**entry, "identityTenant": d[tenant.id]}}, separators=(",", ":"),
+                             sort_keys=True)))

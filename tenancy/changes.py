@@ -65,9 +65,10 @@ class _Homes:
 
     def stacks(self, tenant: str, identity: bool) -> list[str]:
         out = []
-        for placed, model in (self.before.get(tenant), self.after.get(tenant)):
-            if placed is None:
+        for home in (self.before.get(tenant), self.after.get(tenant)):
+            if home is None:
                 continue
+            placed, model = home
             if model is Model.POOLED:
                 out.append(naming.unit_stack(self.env, placed.pool_shard))
             elif model is Model.NAMESPACE:

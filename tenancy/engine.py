@@ -36,6 +36,7 @@ STATEFUL_TYPES = frozenset({
 REPLACE_KEYS = frozenset({"name", "project", "region", "location", "locationId", "databaseVersion", "accountId",
                           "secretId", "projectId", "instance", "bucket", "metadata.name", "metadata.namespace"})
 Progress = Callable[[str, str], None]   # (stack, message)
+STATE_MOVE_BATCH = 200                  # URNs per `pulumi state move` (each URN is about 150 characters)
 
 
 class EngineError(TenancyError):
@@ -117,11 +118,16 @@ class OfflineEngine:
         if tenant is None:
             result, _ = run_stack(stack, catalog, _platform_config(env), {})
         else:
-            state = self._load(platform)
-            if state is None:
+            if self._load(platform) is None:
                 raise StackMissing(f"platform stack '{platform}' has not been deployed; run `tenancy up` for it first")
-            ref = f"{ORGANIZATION}/{project_name()}/{platform}"
-            result, _ = run_stack(stack, catalog, {}, {ref: (state["rawOutputs"], state["secretOutputs"])})
+            # Every deployed stack's outputs, as StackReferences read them (the platform's; in the cells layout
+            # also the cells', identity shards' and pool shards').
+            refs = {}
+            for other in self.stacks():
+                if other != stack and naming.parse_stack_name(other)[0] == env:
+                    state = self._load(other)
+                    refs[f"{ORGANIZATION}/{project_name()}/{other}"] = (state["rawOutputs"], state["secretOutputs"])
+            result, _ = run_stack(stack, catalog, {}, refs)
         resources = {r.urn: {"type": r.type, "inputs": r.inputs, "protect": r.options.get("protect", False)}
                      for r in result.records if r.custom}
         # Secret outputs are kept as the marker: the state directory never holds a secret value.
@@ -191,6 +197,44 @@ class OfflineEngine:
 
     def stacks(self) -> list[str]:
         return sorted(p.stem for p in self.state_dir.glob("*.json"))
+
+    def resources(self, stack: str) -> dict[str, str]:
+        """URN -> type of every resource in the stack's state ({} when it has none)."""
+        return {urn: r["type"] for urn, r in ((self._load(stack) or {}).get("resources") or {}).items()}
+
+    def state_move(self, source: str, dest: str, urns: Iterable[str]) -> None:
+        """`pulumi state move`: the resources leave `source`'s state and join `dest`'s under the same URN but for
+        the stack; nothing in the cloud changes. Written destination first (as the CLI does), so an interruption
+        leaves a resource in both states, never in neither."""
+        urns = list(urns)
+        self.calls.append(("state-move", f"{source}->{dest}:{len(urns)}"))
+        src = self._load(source)
+        if src is None:
+            raise StackMissing(f"stack '{source}' has no state in {self.state_dir}")
+        dst = self._load(dest) or {"resources": {}, "outputs": {}, "rawOutputs": {}, "secretOutputs": []}
+        missing = [u for u in urns if u not in src["resources"]]
+        if missing:
+            raise EngineError(f"state move {source} -> {dest}: {len(missing)} resource(s) not in {source}: {missing[0]}")
+        for urn in urns:
+            moved = rename_urn_stack(urn, dest)
+            if moved in dst["resources"]:
+                raise EngineError(f"state move {source} -> {dest}: {moved} already exists in {dest}")
+            dst["resources"][moved] = src["resources"][urn]
+        self._save(dest, dst)
+        for urn in urns:
+            del src["resources"][urn]
+        self._save(source, src)
+
+    def _save(self, stack: str, state: dict[str, Any]) -> None:
+        tmp = self._path(stack).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+        tmp.replace(self._path(stack))
+
+
+def rename_urn_stack(urn: str, stack: str) -> str:
+    """`urn:pulumi:<stack>::<project>::<type>::<name>` with another stack."""
+    head, _, rest = urn.partition("::")
+    return f"urn:pulumi:{stack}::{rest}"
 
 
 def _changed_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
@@ -341,6 +385,26 @@ class AutomationEngine:
             raise EngineError(f"destroy of '{stack}' failed: {str(exc).strip()[-2000:]}") from None
         return OpResult(stack, _dedupe(changes))
 
+    def resources(self, stack: str) -> dict[str, str]:
+        """URN -> type of every resource in the stack's state (`pulumi stack export`)."""
+        s = self._stack(stack, _EMPTY)
+        deployment = s.export_stack().deployment or {}
+        return {r["urn"]: r["type"] for r in deployment.get("resources") or [] if "urn" in r}
+
+    def state_move(self, source: str, dest: str, urns: Iterable[str]) -> None:
+        """`pulumi state move --source <source> --dest <dest> --yes <urn>...`, run in the destination's workspace
+        (the CLI needs the destination stack to exist), in batches that keep the command line short."""
+        from pulumi import automation as auto
+
+        s = self._stack(dest, _EMPTY)
+        urns = list(urns)
+        try:
+            for i in range(0, len(urns), STATE_MOVE_BATCH):
+                s._run_pulumi_cmd_sync(["state", "move", "--source", source, "--dest", dest, "--yes",
+                                        *urns[i:i + STATE_MOVE_BATCH]])
+        except auto.errors.CommandError as exc:
+            raise EngineError(f"state move {source} -> {dest} failed: {str(exc).strip()[-2000:]}") from None
+
     def outputs(self, stack: str) -> dict[str, Any]:
         from pulumi import automation as auto
 
@@ -350,6 +414,9 @@ class AutomationEngine:
         except auto.errors.StackNotFoundError:
             raise StackMissing(f"stack '{stack}' does not exist") from None
         return {k: ("[secret]" if v.secret else v.value) for k, v in s.outputs().items()}
+
+
+_EMPTY = Catalog(path="(state operation)", plans={}, tenants=())   # state commands run no program
 
 
 def _dedupe(changes: list[Change]) -> list[Change]:

@@ -79,6 +79,10 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
         outputs = engine.outputs(naming.stack_name(env))
     except EngineError:
         return Deployed(None, {})
+    if outputs.get("layout") == "cells":
+        raise RecordError(f"environment '{env}' is in the cells layout: its tenants' records are in its unit stacks, "
+                          "and this command reads the single platform stack's record; deploy with `tenancy plan` and "
+                          "`pulumi up` per stack (README: Cells, pool shards and placement)")
     directory = json.loads(outputs.get("tenantDirectory") or "{}")
     raw = outputs.get(RECORD_OUTPUT)
     if not raw:

@@ -1,0 +1,349 @@
+"""The cells layout (stacks/cells.py): bounded stacks and objects at 10,000 tenants, identity shards a tier
+change never touches, and the migration of a single-platform-stack environment through the offline engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import stacks.config
+from policy.sizes import MAX_OBJECT_BYTES, MAX_STACK_RESOURCES
+from tenancy import naming
+from tenancy.catalog import BUILTIN_PLANS, parse_catalog
+from tenancy.changes import changes_between
+from tenancy.engine import STATEFUL_TYPES, EngineError, OfflineEngine
+from tenancy.fleet import capacity as fleet_capacity
+from tenancy.fleet import migrate as mig
+from tenancy.fleet import sample
+from tenancy.fleet.placement import PlacementError, place
+from tenancy.lifecycle import deploy
+from tenancy.plan import _to_stack_plan, run_stack
+from tenancy.recorder import ORGANIZATION
+
+REAL = stacks.config.load_stack_config
+
+
+def cells_config(monkeypatch, env: str = "dev", **extra: str) -> None:
+    """`env` in the cells layout: `cells` cells with ranges of their own, and the other keys given."""
+    cells = int(extra.get("tenancy:cells", "1"))
+    networks = {f"cell-{n}": {"networkCidr": f"10.{40 + n}.0.0/20", "podsCidr": f"10.{(n * 4) + 128}.0.0/14",
+                              "servicesCidr": f"10.{40 + n}.16.0/20", "masterCidr": f"172.16.{n}.0/28"}
+                for n in range(2, cells + 1)}
+    monkeypatch.setattr(stacks.config, "load_stack_config", lambda e: {
+        **REAL(e), "tenancy:layout": "cells", "tenancy:cellNetworks": json.dumps(networks), **extra})
+
+
+# -------------------------------------------------------------------------------------------- 10,000 tenants
+
+FLEET = {"tenancy:cells": "4", "tenancy:cellCapacity": "300", "tenancy:poolShards": "10",
+         "tenancy:poolShardCapacity": "1000", "tenancy:identityShards": "8",
+         "tenancy:dataProjects": json.dumps(["prod-data-1", "prod-data-2", "prod-data-3"])}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """10,000 generated tenants (90% pooled, 9% namespace, 1% dedicated) placed in the cells layout of prod."""
+    mp = pytest.MonkeyPatch()
+    cells_config(mp, **FLEET)
+    catalog = sample.catalog(10_000)
+    capacity = fleet_capacity.load("prod")
+    mp.undo()
+    return catalog, capacity, place(catalog, capacity)
+
+
+def _ref(stack: str) -> str:
+    return f"{ORGANIZATION}/tenancy/{stack}"
+
+
+def _run(stack: str, catalog, refs: dict) -> dict:
+    """A stack program under the recorder, with its policy violations (the real pack), as a plan.json entry."""
+    config = REAL("prod") if naming.stack_kind(stack)[0] == naming.ENV_STACK else {}
+    result, seconds = run_stack(stack, catalog, config, refs)
+    plan = _to_stack_plan(stack, naming.stack_kind(stack)[0], None, None, result, seconds)
+    return {**plan.to_json(), "raw": result.raw_outputs, "secret": list(result.secret_outputs)}
+
+
+def _identity_names(placement, shard: str | None = None) -> dict:
+    return {tid: f"{naming.identity_display_name(tid)}-x1" for tid, p in placement.tenants.items()
+            if shard is None or p.identity_shard == shard}
+
+
+def _largest(placement, key: str) -> tuple[str, int]:
+    counts: dict[str, int] = {}
+    for p in placement.tenants.values():
+        if getattr(p, key):
+            counts[getattr(p, key)] = counts.get(getattr(p, key), 0) + 1
+    return max(counts.items(), key=lambda kv: kv[1])
+
+
+def _objects(stack: dict) -> list[tuple[str, int]]:
+    """(urn, bytes) of every Kubernetes object (a ConfigMap's data as the API server counts it) and Helm values
+    document of a stack."""
+    from policy.sizes import data_size, serialized_size
+
+    out = []
+    for r in stack["resources"]:
+        i = r["inputs"]
+        if r["type"].startswith("kubernetes:helm.sh/"):
+            out.append((r["urn"], serialized_size(i.get("values") or {})))
+        elif r["type"].startswith("kubernetes:") and "kind" in i:
+            out.append((r["urn"], serialized_size(i)))
+            if i["kind"] == "ConfigMap":
+                out.append((r["urn"] + "#data", data_size(i)))
+    return out
+
+
+def test_every_stack_of_a_10000_tenant_fleet_is_bounded_and_every_object_under_1_mib(fleet, monkeypatch):
+    cells_config(monkeypatch, **FLEET)
+    catalog, capacity, placement = fleet
+    glob = _run("prod", catalog, {})
+    refs = {_ref("prod"): (glob["raw"], glob["secret"])}
+    shard, n_identity = _largest(placement, "identity_shard")
+    cell, n_cell = _largest(placement, "cell")
+    pool, n_pool = _largest(placement, "pool_shard")
+    # placement spreads the fleet over every unit and fills cells and shards one after another
+    assert (n_cell, n_pool) == (300, 1000) and 1000 < n_identity < 1500
+    identity = _run(naming.unit_stack("prod", shard), catalog, refs)
+    for s in capacity.identity_shard_names:
+        refs[_ref(naming.unit_stack("prod", s))] = ({"identityTenants": json.dumps(_identity_names(placement, s))}, [])
+    cell_plan = _run(naming.unit_stack("prod", cell), catalog, refs)
+    refs[_ref("prod.cell-1")] = (cell_plan["raw"] if cell == "cell-1" else
+                                 _run("prod.cell-1", catalog, refs)["raw"], cell_plan["secret"])
+    pool_plan = _run(naming.unit_stack("prod", pool), catalog, refs)
+    sizes = {}
+    for plan in (glob, identity, cell_plan, pool_plan):
+        assert plan["violations"] == [], plan["name"]        # the object-and-stack-size rule among them
+        sizes[plan["name"]] = len(plan["resources"])
+        assert sizes[plan["name"]] <= MAX_STACK_RESOURCES
+        assert [(u, n) for u, n in _objects(plan) if n >= MAX_OBJECT_BYTES] == []
+    # the global stack holds nothing per tenant; the others grow with their own unit's tenants only
+    assert sizes["prod"] < 40
+    assert sizes[naming.unit_stack("prod", shard)] == n_identity + 2       # its tenants, the component, the provider
+    directory = next(r for r in cell_plan["resources"] if r["urn"].endswith("::directory-configmap"))
+    assert len(json.loads(directory["inputs"]["data"]["tenants.json"])) == 300
+    pooled_dir = next(r for r in pool_plan["resources"] if r["urn"].endswith("::pool-directory-configmap"))
+    entries = json.loads(pooled_dir["inputs"]["data"]["tenants.json"])
+    assert len(pooled_dir["inputs"]["data"]["tenants.json"]) < 0.8 * MAX_OBJECT_BYTES   # room to spare at 1,000
+    assert len(entries) == 1000 and {e["placement"]["poolShard"] for e in entries.values()} == {pool}
+    assert {e["placement"]["stack"] for e in entries.values()} == {f"prod.{pool}"}
+    # a pool shard's resources do not grow with its tenants (they are rows, entries and values); a cell's grow
+    # by one DNS record per tenant at most: the other units of each kind hold fewer tenants than these
+    assert sizes[naming.unit_stack("prod", pool)] < 100 and sizes[naming.unit_stack("prod", cell)] < 100 + n_cell
+
+
+def test_placement_of_10000_tenants_is_deterministic_and_sticky_with_identity_shards(fleet):
+    catalog, capacity, placement = fleet
+    shuffled = dataclasses.replace(catalog, tenants=tuple(reversed(catalog.tenants)))
+    assert place(shuffled, capacity).tenants == placement.tenants
+    deployed = dataclasses.replace(catalog, placements=placement.to_json())
+    # 200 new tenants whose ids sort first, and 100 placed ones removed: nobody placed moves
+    more = sample.catalog(200, prefix="a")
+    grown = dataclasses.replace(deployed, tenants=more.tenants + catalog.tenants[100:])
+    again = place(grown, capacity).tenants
+    assert all(again[t] == placement.tenants[t] for t in placement.tenants if t in again)
+    # fewer identity shards later: deployed tenants keep theirs, new ones hash over what is declared
+    fewer = dataclasses.replace(capacity, identity_shards=4)
+    with pytest.raises(PlacementError) as exc:
+        place(deployed, fewer)
+    assert "identity shards are never removed: raise tenancy:identityShards back to at least 8" in str(exc.value)
+    more_shards = dataclasses.replace(capacity, identity_shards=16)
+    kept = place(deployed, more_shards).tenants
+    assert all(kept[t].identity_shard == placement.tenants[t].identity_shard for t in kept)
+
+
+def test_a_full_cell_layout_refuses_new_namespace_tenants_naming_the_capacity_to_add(fleet):
+    catalog, capacity, _ = fleet
+    with pytest.raises(PlacementError) as exc:
+        place(catalog, dataclasses.replace(capacity, cells=3, cell_capacity=299))
+    assert str(exc.value).startswith("environment 'prod' is full: 3 new tenant(s) need a cell")
+    assert "raise tenancy:cells from 3 to 4" in str(exc.value)
+
+
+def test_unit_stacks_refuse_undeclared_units_and_the_single_layout(monkeypatch, tmp_path):
+    from stacks import program
+    from tenancy.errors import ConfigError
+
+    catalog = parse_catalog("version: 1\ntenants:\n  - {id: acme, name: Acme, plan: free, admin_email: a@acme.example}\n")
+    with pytest.raises(ConfigError) as exc:
+        program("dev.cell-1", catalog)
+    assert str(exc.value) == ("stack 'dev.cell-1' is a cell stack of the cells layout, but environment 'dev' is in the "
+                              "single layout (stacks/Pulumi.dev.yaml: tenancy:layout); its platform stack is 'dev'")
+    with pytest.raises(ValueError):
+        naming.unit_stack("dev", "shard-1")
+    assert naming.platform_collision("identity-3") == "it has the shape of the name of a platform identity shard " \
+                                                      "(Identity Platform tenants)"
+
+
+def test_cell_networks_are_required_for_later_cells_and_must_not_overlap():
+    from tenancy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        fleet_capacity.Capacity.validate({"layout": "cells", "cells": 3, "cellNetworks": {
+            "cell-2": {"networkCidr": "10.50.0.0/20", "podsCidr": "10.50.0.0/14", "servicesCidr": "10.60.0.0/20",
+                       "masterCidr": "172.16.9.0/28"}}}, "dev", "tenancy-dev-482913")
+    lines = str(exc.value).splitlines()
+    assert lines[0].startswith("stacks/Pulumi.dev.yaml: tenancy:cellNetworks has no ranges for cell-3")
+    assert lines[1] == ("stacks/Pulumi.dev.yaml: tenancy:cellNetworks.cell-2.podsCidr 10.50.0.0/14 overlaps "
+                        "cell-2.networkCidr; every cell's ranges must be distinct")
+    with pytest.raises(ConfigError) as exc:
+        fleet_capacity.Capacity.validate({"layout": "cellular"}, "dev", "tenancy-dev-482913")
+    assert str(exc.value) == "stacks/Pulumi.dev.yaml: tenancy:layout must be one of single, cells, not 'cellular'"
+
+
+# ------------------------------------------------------------------------------------- deployments, offline
+
+SMALL = """version: 1
+tenants:
+  - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}
+  - {id: charlie, name: Charlie, plan: free, admin_email: c@charlie.example}
+  - {id: delta, name: Delta, plan: standard, admin_email: d@delta.example}
+  - {id: echo, name: Echo, plan: enterprise, admin_email: e@echo.example}
+"""
+
+
+def _up_cells(engine: OfflineEngine, catalog) -> None:
+    from stacks.cells import unit_stacks
+
+    capacity = fleet_capacity.load("dev")
+    for stack in ["dev", *sorted(unit_stacks("dev", capacity), key=mig._order),
+                  *(naming.stack_name("dev", t.id) for t in catalog.stack_tenants)]:
+        engine.up(stack, catalog)
+
+
+def test_a_tier_change_touches_the_tenants_units_and_no_identity_stack(monkeypatch, tmp_path):
+    cells_config(monkeypatch, **{"tenancy:identityShards": "3"})
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    old = parse_catalog(SMALL)
+    _up_cells(engine, old)
+    new = parse_catalog(SMALL.replace("{id: bravo, name: Bravo, plan: free", "{id: bravo, name: Bravo, plan: standard"))
+    touched = set(changes_between(old, new, "dev").reasons)
+    assert touched == {"dev.pool-1", "dev.cell-1", "dev.bravo"}
+    for shard in ("identity-1", "identity-2", "identity-3"):
+        assert engine.preview(f"dev.{shard}", new).changes == []
+    pool = engine.preview("dev.pool-1", new)
+    # bravo leaves the pool's directory, Helm values and registrations (a new SQL Job): no stateful resource goes
+    assert pool.destructive() == [] and any(c.urn.endswith("::pool-directory-configmap") and c.op == "update"
+                                            for c in pool.changes)
+    cell = engine.preview("dev.cell-1", new)
+    assert [c.op for c in cell.changes if "directory" in c.urn] == ["update"]
+    # adding a tenant touches its identity shard and its unit, nothing else
+    added = parse_catalog(SMALL + "  - {id: foxtrot, name: Foxtrot, plan: free, admin_email: f@foxtrot.example}\n")
+    shard = fleet_capacity.load("dev").identity_shard_of("foxtrot")
+    assert set(changes_between(old, added, "dev").reasons) == {"dev.pool-1", f"dev.{shard}"}
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _FlakyEngine(OfflineEngine):
+    """Dies after `ok` state moves (a kill between two CLI calls)."""
+
+    ok = 10 ** 6
+
+    def state_move(self, source, dest, urns):
+        if self.ok == 0:
+            raise _Interrupted(dest)
+        self.ok -= 1
+        super().state_move(source, dest, urns)
+
+
+def _everything(engine: OfflineEngine) -> dict[str, str]:
+    """Every platform-side resource (providers aside: each stack has its own) by its URN without the stack ->
+    the stack holding it."""
+    out = {}
+    for stack in engine.stacks():
+        if naming.stack_kind(stack)[0] == naming.TENANT_STACK:
+            continue
+        for urn, type_ in engine.resources(stack).items():
+            if type_.startswith("pulumi:providers:") or type_ == "pulumi:pulumi:StackReference":
+                continue
+            key = urn.split("::", 1)[1]
+            assert key not in out, f"{key} in {out.get(key)} and {stack}"
+            out[key] = stack
+    return out
+
+
+def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(monkeypatch, tmp_path):
+    engine = _FlakyEngine(tmp_path / "state", "dev")
+    catalog = parse_catalog(SMALL)
+    assert [o.status for o in deploy.deploy(engine, catalog, "dev")] == ["ok", "ok", "ok"]
+    before = _everything(engine)
+    stateful = {k: s for k, s in before.items() if any(k.split("::")[1].endswith(t) for t in STATEFUL_TYPES)}
+    with pytest.raises(Exception) as exc:            # still the single layout
+        mig.migrate(engine, "dev")
+    assert "set `tenancy:layout: cells`" in str(exc.value)
+
+    cells_config(monkeypatch, **{"tenancy:identityShards": "2"})
+    engine.ok = 1                                    # killed after the first move
+    said: list[str] = []
+    with pytest.raises(_Interrupted):
+        mig.migrate(engine, "dev", said.append)
+    engine.ok = 10 ** 6
+    result = mig.migrate(engine, "dev", said.append)
+    after = _everything(engine)
+    # nothing lost and nothing recreated: every resource is where it was or in its new stack; the one new
+    # resource is pool shard 1's directory (its tenants' entries, in its namespace)
+    assert set(before) <= set(after)
+    assert [k.rsplit("::", 1)[1] for k in set(after) - set(before)] == ["pool-directory-configmap"]
+    assert after[next(iter(set(after) - set(before)))] == "dev.pool-1"
+    where = {k.rsplit("::", 1)[1]: s for k, s in after.items()}
+    assert where["pooled-db-instance"] == "dev.pool-1" and where["shared-cluster"] == "dev.cell-1"
+    assert where["edge-zone"] == "dev" and where["identity-config"] == "dev" and where["platform-vpc"] == "dev"
+    shards = {s for k, s in after.items() if "identityplatform/tenant:Tenant" in k}
+    assert shards == {"dev.identity-1", "dev.identity-2"}
+    assert {k for k in stateful} <= set(after)
+    moves = [c for c in engine.calls if c[0] == "state-move"]
+    # identity-1 moved before the kill; the re-run moved only what was left
+    assert [m[1].split(":")[0] for m in moves] == ["dev->dev.identity-1", "dev->dev.identity-2", "dev->dev.cell-1",
+                                                   "dev->dev.pool-1"]
+    # creates and updates only; what the global stack drops is the k8s provider the cluster's move left behind
+    assert {(c.op, c.type) for p in result.previews for c in p.changes if c.op not in ("create", "update")} == \
+        {("delete", "pulumi:providers:kubernetes")}
+    assert said[-1] == "preview dev: 1 delete"
+    # the platform stack is now the global stack; a re-run moves nothing
+    assert engine.outputs("dev")["layout"] == "cells" and "deployedRecord" not in engine.outputs("dev")
+    calls = len(engine.calls)
+    again: list[str] = []
+    mig.migrate(engine, "dev", again.append)
+    assert again == ["environment 'dev' is already in the cells layout: nothing to move"]
+    assert not [c for c in engine.calls[calls:] if c[0] in ("state-move", "up")]
+    # and every stack previews clean
+    for stack in engine.stacks():
+        assert [c for c in engine.preview(stack, catalog).changes if c.op in ("delete", "replace")] == []
+
+
+def test_migration_stops_before_moving_when_a_resource_has_no_stack(monkeypatch, tmp_path):
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    catalog = parse_catalog(SMALL)
+    deploy.deploy(engine, catalog, "dev")
+    state = json.loads((tmp_path / "state" / "dev.json").read_text())
+    state["resources"]["urn:pulumi:dev::tenancy::gcp:storage/bucket:Bucket::stray"] = {
+        "type": "gcp:storage/bucket:Bucket", "inputs": {}, "protect": True}
+    (tmp_path / "state" / "dev.json").write_text(json.dumps(state))
+    cells_config(monkeypatch)
+    with pytest.raises(mig.MigrationError) as exc:
+        mig.migrate(engine, "dev")
+    assert str(exc.value) == ("1 resource(s) of 'dev' are declared by no stack of the cells layout, so a migration "
+                              "would delete them: stray; nothing was moved")
+    assert not [c for c in engine.calls if c[0] == "state-move"]
+
+
+def test_the_automation_engine_runs_state_move_through_the_cli_in_batches(tmp_path):
+    from tenancy.engine import STATE_MOVE_BATCH, AutomationEngine
+
+    ran: list[list[str]] = []
+
+    class FakeStack:
+        def _run_pulumi_cmd_sync(self, args):
+            ran.append(args)
+
+    engine = AutomationEngine(tmp_path, None)
+    engine._stack = lambda name, catalog: FakeStack()
+    urns = [f"urn:pulumi:dev::tenancy::gcp:identityplatform/tenant:Tenant::identity-t{i}" for i in range(450)]
+    engine.state_move("dev", "dev.identity-1", urns)
+    assert [len(a) for a in ran] == [7 + STATE_MOVE_BATCH, 7 + STATE_MOVE_BATCH, 7 + 50]
+    assert ran[0][:7] == ["state", "move", "--source", "dev", "--dest", "dev.identity-1", "--yes"]
+    assert [u for a in ran for u in a[7:]] == urns
