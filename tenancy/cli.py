@@ -210,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-dsn", metavar="DSN", help="pooled tenants: the database of the current pool shard")
     p.set_defaults(func=cmd_place)
 
+    p = sub.add_parser("migrate", help="move a single-platform-stack environment to the cells layout (state only)",
+                       description="Move an environment deployed as one platform stack to the cells layout set in "
+                       "stacks/Pulumi.<env>.yaml (tenancy:layout: cells): each resource's state moves to the cell, pool-shard "
+                       "or identity-shard stack that now declares it (`pulumi state move`), nothing in the cloud is "
+                       "recreated, every stack is previewed (nothing may be deleted or replaced) and the unit stacks and "
+                       "the global stack are updated in dependency order. Resumable; a re-run after success does nothing. "
+                       "Run it with deploys paused.")
+    _common(p)
+    _engine_args(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would move where, and change nothing")
+    p.set_defaults(func=cmd_migrate)
+
     p = sub.add_parser("data", help="per-tenant row moves between PostgreSQL databases",
                        description="Building blocks of tier moves, usable on any PostgreSQL with the tenancy SQL. "
                        "Connect as the owner role; DSNs are libpq strings (prefer PGPASSWORD/PGPASSFILE to passwords in them).")
@@ -535,6 +547,22 @@ def cmd_place(args) -> int:
     now = ", ".join(out["to"].values())
     print(f"tenant '{args.tenant}' is already in {now}; nothing to do" if out["status"] == "unchanged" else
           f"tenant '{args.tenant}' moved from {was} to {now}")
+    return EXIT_OK
+
+
+def cmd_migrate(args) -> int:
+    from tenancy.fleet import migrate
+
+    engine = _engine(args)
+    if args.engine == "operator":
+        from tenancy.errors import ConfigError
+        raise ConfigError("`tenancy migrate` moves state through the Pulumi CLI: use --engine auto (or offline)")
+    out = migrate.migrate(engine, args.env, say=_progress, dry_run=args.dry_run)
+    for stack, urns in sorted(out.plan.moves.items()):
+        print(f"{stack}: {len(urns)} resource(s) {'would move' if args.dry_run else 'moved'}")
+    if out.plan.count or not args.dry_run:
+        print(f"global stack {args.env}: keeps {len(out.plan.kept)} resource(s)" if out.plan.count else
+              f"environment '{args.env}' is in the cells layout")
     return EXIT_OK
 
 

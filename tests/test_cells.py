@@ -347,3 +347,25 @@ def test_the_automation_engine_runs_state_move_through_the_cli_in_batches(tmp_pa
     assert [len(a) for a in ran] == [7 + STATE_MOVE_BATCH, 7 + STATE_MOVE_BATCH, 7 + 50]
     assert ran[0][:7] == ["state", "move", "--source", "dev", "--dest", "dev.identity-1", "--yes"]
     assert [u for a in ran for u in a[7:]] == urns
+
+
+def test_migrate_command_line(monkeypatch, tmp_path, capsys):
+    from tenancy import cli
+
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    (tmp_path / "tenants.yaml").write_text(SMALL)
+    deploy.deploy(engine, parse_catalog(SMALL), "dev")
+    args = ["migrate", "--env", "dev", "--engine", "offline", "--state", str(tmp_path / "state"),
+            "--tenants", str(tmp_path / "tenants.yaml")]
+    assert cli.main(args) == 2
+    assert "stacks/Pulumi.dev.yaml: set `tenancy:layout: cells`" in capsys.readouterr().err
+    cells_config(monkeypatch)
+    assert cli.main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out[:3]] == ["dev.cell-1", "dev.identity-1", "dev.pool-1"]
+    assert out[1] == "dev.identity-1: 4 resource(s) would move"        # one identity tenant per tenant
+    assert not [p for p in (tmp_path / "state").glob("dev.cell-1.json")]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("global stack dev: keeps ")
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.splitlines() == ["environment 'dev' is in the cells layout"]
