@@ -48,7 +48,7 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
 
         return run_platform
     if kind != naming.TENANT_STACK:
-        return _unit_program(stack, kind, env, tenant_id, catalog)
+        return _unit_program(stack, kind, env, tenant_id, catalog, tenant_facing_only)
 
     tenant = catalog.tenant(tenant_id)
     if not tenant.has_stack:
@@ -60,14 +60,13 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
         from stacks import contract, tenant as tenant_stack
         from stacks.config import project_name
 
-        cell = home = None
-        if cells_layout(env):
+        cell = None
+        if cells_layout(env) and tenant.model.value == "namespace":
             from stacks import cells
             from stacks.config import offline_platform_config
 
             _, placement = cells.placement_for(env, catalog, offline_platform_config(env))
-            home = placement.tenants[tenant.id]
-            cell = home.cell
+            cell = placement.tenants[tenant.id].cell
         ref, facts = tenant_stack.read_platform(env, project_name(), cell)
         plain = {}
         for key in (contract.GCP_PROJECT, contract.REGION, contract.BASE_DOMAIN, contract.APP_CHART, contract.APP_CHART_VERSION):
@@ -78,8 +77,6 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
             plain[key] = details.value
         tenant_stack.build(env, tenant, plain[contract.GCP_PROJECT], plain[contract.REGION], plain[contract.BASE_DOMAIN],
                            plain[contract.APP_CHART], plain[contract.APP_CHART_VERSION], facts)
-        if home is not None and tenant.model.value == "dedicated":
-            cells.dedicated_directory(env, catalog, tenant, home)
 
     return run_tenant
 
@@ -91,8 +88,10 @@ def cells_layout(env: str) -> bool:
     return load_stack_config(env).get("tenancy:layout") == "cells"
 
 
-def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog) -> Callable[[], Awaitable[None]]:
-    """A cell, pool-shard or identity-shard stack (cells layout only)."""
+def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog,
+                  tenant_facing_only: bool = False) -> Callable[[], Awaitable[None]]:
+    """A cell, pool-shard or identity-shard stack (cells layout only). `tenant_facing_only` (cells): only what
+    tenant stacks read (the cluster and its edge), for offline plans of single tenants."""
     if not cells_layout(env):
         raise ConfigError(f"stack '{stack}' is a {kind} stack of the cells layout, but environment '{env}' is in the "
                           f"single layout (stacks/Pulumi.{env}.yaml: tenancy:layout); its platform stack is '{env}'")
@@ -101,8 +100,10 @@ def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog) 
         from stacks import cells
         from stacks.config import offline_platform_config
 
-        build = {naming.CELL_STACK: cells.build_cell, naming.POOL_STACK: cells.build_pool,
-                 naming.IDENTITY_STACK: cells.build_identity}[kind]
+        if kind == naming.CELL_STACK:
+            cells.build_cell(env, unit, catalog, offline_platform_config(env), tenant_facing_only)
+            return
+        build = {naming.POOL_STACK: cells.build_pool, naming.IDENTITY_STACK: cells.build_identity}[kind]
         build(env, unit, catalog, offline_platform_config(env))
 
     return run_unit

@@ -12,11 +12,12 @@ Cell 1 and pool shard 1 keep every logical and physical name of the single platf
 builds them with the same functions), so `tenancy migrate` moves their state (`pulumi state move`) and
 nothing is recreated. Each unit stack reads its environment's config from stacks/Pulumi.<env>.yaml (it has no
 config file of its own), and the global stack's outputs (and cell 1's, and its identity shards') through
-StackReferences. Dedicated tenants' directory entries are their own stacks' (`tenantDirectory` output).
+StackReferences. A dedicated tenant has a home cell too: its directory entry and deployed record live there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pulumi
@@ -36,26 +37,40 @@ from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.fleet.capacity import Capacity
 from tenancy.fleet.placement import Placement, place
+from tenancy.lifecycle.record import record_json
 
 IDENTITY_TENANTS = "identityTenants"      # identity shard output: {tenant id: Identity Platform tenant name}
-PLACEMENTS = "placements"                 # unit stack output: {tenant id: placement} of the tenants it hosts
+LAYOUT = "layout"                         # the global stack's output: "cells"
 GLOBAL_REFS = (contract.NETWORK_ID, contract.DNS_ZONE)
 
 
 def placement_for(env: str, catalog: Catalog, cfg: PlatformConfig) -> tuple[Capacity, Placement]:
     """Every unit stack places the whole catalogue the same way (deployed placements are sticky, new tenants
-    are placed by the same deterministic rules), then builds its own share."""
+    are placed by the same deterministic rules), then builds its own share. Within one process (an offline plan
+    and its workers) the same catalogue is placed once."""
     require_catalog_fits(catalog, cfg)
     capacity = capacity_of(env, cfg)
-    return capacity, place(catalog, capacity)
+    key = (id(catalog), capacity)
+    hit = _PLACED.get(key)
+    if hit is None or hit[0] is not catalog:
+        hit = _PLACED[key] = (catalog, place(catalog, capacity))
+    return capacity, hit[1]
+
+
+# (id of a catalogue, capacity) -> (that catalogue, its placement); tenancy/plan.py seeds it before forking.
+_PLACED: dict[tuple[int, Capacity], tuple[Catalog, Placement]] = {}
+
+
+def remember_placement(catalog: Catalog, placement: Placement) -> None:
+    _PLACED[(id(catalog), placement.capacity)] = (catalog, placement)
 
 
 def capacity_of(env: str, cfg: PlatformConfig) -> Capacity:
-    from tenancy.fleet.capacity import KEYS, NAMESPACE
+    from tenancy.fleet.capacity import CELL_NETWORK_KEYS, KEYS, NAMESPACE
     from stacks.config import load_stack_config
 
     raw = load_stack_config(env)
-    return Capacity.validate({k: raw.get(f"{NAMESPACE}:{k}") for k in KEYS}, env, cfg.gcp_project)
+    return Capacity.validate({k: raw.get(f"{NAMESPACE}:{k}") for k in (*KEYS, *CELL_NETWORK_KEYS)}, env, cfg.gcp_project)
 
 
 def ref(env: str, unit: str | None = None) -> pulumi.StackReference:
@@ -80,12 +95,16 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     IdentityPlatform("identity", IdentityArgs(project=cfg.gcp_project, authorized_domains=authorized_domains(cfg.base_domain),
                                               tenants=[]), opts=gopts)
     export_all(environment_facts(env, cfg, net.network_id, net.subnet_id, zone.zone_name))
-    pulumi.export("layout", "cells")
+    pulumi.export(LAYOUT, "cells")
+    # The catalogue's plans and its offboarded tenants (they have no unit any more); every other tenant's record
+    # is its unit's (`_directory`).
+    gone = tuple(t for t in catalog.tenants if not t.in_directory)
+    pulumi.export(contract.DEPLOYED_RECORD, record_json(_subset(catalog, gone), {}))
 
 
 # --------------------------------------------------------------------------------------------------- cells
 
-def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig) -> None:
+def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: bool = False) -> None:
     capacity, placement = placement_for(env, catalog, cfg)
     if cell not in capacity.cell_names:
         raise _undeclared(capacity, "cell", cell, "cells", capacity.cells)
@@ -107,16 +126,20 @@ def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig) -> No
             opts=pulumi.ResourceOptions(provider=provider))
         where = CellNet(glob.require_output(contract.NETWORK_ID), subnet.id, ranges.network_cidr, "pods", "services",
                         ranges.master_cidr)
-    hosted = [t for t in catalog.tenants if t.in_directory and t.model is Model.NAMESPACE
+    # Its namespace tenants, and the dedicated tenants it is home to (their directory entries and records).
+    hosted = [t for t in catalog.tenants if t.in_directory and t.model is not Model.POOLED
               and placement.tenants[t.id].cell == cell]
     # Cell 1 serves the platform hosts (app, auth) and the wildcard; later cells name their tenants' hosts.
-    records = ("app", "*") if naming.unit_index(cell) == 1 else tuple(sorted(t.subdomain for t in hosted))
+    records = ("app", "*") if naming.unit_index(cell) == 1 else \
+        tuple(sorted(t.subdomain for t in hosted if t.model is Model.NAMESPACE))
     cluster, edge, system_ns = cell_cluster(env, cfg, cell, provider, where, glob.require_output(contract.DNS_ZONE), records)
     export_all(cell_facts(cluster, edge))
     pulumi.export("systemNamespace", system_ns.metadata["name"])
+    if tenant_facing_only:
+        return
     if naming.unit_index(cell) == 1:
         _operator(env, provider, cluster)
-    _directory(env, cfg, capacity, placement, hosted, system_ns.metadata["name"], cluster.provider)
+    _directory(env, cfg, catalog, placement, hosted, system_ns.metadata["name"], cluster.provider)
 
 
 # ----------------------------------------------------------------------------------------------- pool shards
@@ -133,7 +156,7 @@ def build_pool(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) -> N
     _pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
                  Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")))
     # Its own logical name: the platform stack's `directory` (tenancy-system in cell 1) becomes cell 1's.
-    _directory(env, cfg, capacity, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
+    _directory(env, cfg, catalog, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
 
 
 # -------------------------------------------------------------------------------------------- identity shards
@@ -156,7 +179,7 @@ def build_identity(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) 
 
 # ------------------------------------------------------------------------------------------------- shared
 
-def _directory(env: str, cfg: PlatformConfig, capacity: Capacity, placement: Placement, tenants: list,
+def _directory(env: str, cfg: PlatformConfig, catalog: Catalog, placement: Placement, tenants: list,
                namespace: pulumi.Input[str], provider: pulumi.ProviderResource, name: str = "directory") -> None:
     """This unit's share of the directory (a ConfigMap the application reads and the `tenantDirectory` output),
     and where its tenants are placed (`placements`: what keeps them there on the next deployment)."""
@@ -168,7 +191,15 @@ def _directory(env: str, cfg: PlatformConfig, capacity: Capacity, placement: Pla
         entries={t.id: directory_entry(t, env, cfg, placement.tenants[t.id], cells_layout=True) for t in tenants},
         identity_tenants=identity, compact=True), opts=pulumi.ResourceOptions(provider=provider))
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
-    pulumi.export(PLACEMENTS, json.dumps({t.id: placement.tenants[t.id].to_json() for t in tenants}, sort_keys=True))
+    # The deployed record of its tenants: their catalogue entries, notes and placements (tenancy/lifecycle/record.py
+    # merges every unit's). Bounded like the unit.
+    pulumi.export(contract.DEPLOYED_RECORD, record_json(_subset(catalog, tuple(tenants)),
+                                                       {t.id: placement.tenants[t.id].to_json() for t in tenants}))
+
+
+def _subset(catalog: Catalog, tenants: tuple) -> Catalog:
+    ids = {t.id for t in tenants}
+    return dataclasses.replace(catalog, tenants=tenants, notes={k: v for k, v in catalog.notes.items() if k in ids})
 
 
 def _undeclared(capacity: Capacity, unit: str, name: str, key: str, count: int) -> Exception:
@@ -184,15 +215,3 @@ def unit_stacks(env: str, capacity: Capacity) -> list[str]:
     return [naming.unit_stack(env, u) for u in (*capacity.identity_shard_names, *capacity.cell_names,
                                                  *capacity.pool_shard_names)]
 
-
-def dedicated_directory(env: str, catalog: Catalog, tenant, placed) -> None:
-    """A dedicated tenant's directory entry is its own stack's `tenantDirectory` output (cells layout): no cell
-    hosts it, and its application reads its own settings from its release."""
-    from stacks.config import offline_platform_config
-
-    cfg = offline_platform_config(env)
-    names = ref(env, placed.identity_shard).require_output(IDENTITY_TENANTS).apply(json.loads)
-    entry = directory_entry(tenant, env, cfg, placed, cells_layout=True)
-    pulumi.export(contract.TENANT_DIRECTORY, names.apply(
-        lambda d: json.dumps({tenant.id: {**entry, "identityTenant": d[tenant.id]}}, separators=(",", ":"),
-                             sort_keys=True)))

@@ -23,7 +23,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.errors import PlanError, TenancyError
 from tenancy.progress import Meter
-from tenancy.recorder import ORGANIZATION, SECRET, RunResult, run_program
+from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
 
 PLAN_VERSION = 1
 K8S_NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
@@ -128,7 +128,8 @@ def _plan_unit(stack: str) -> tuple[StackPlan, tuple[dict, list[str]]]:
     """A cell, pool-shard or identity-shard stack (cells layout), with the exports its dependents read."""
     catalog: Catalog = _WORKER["catalog"]
     kind, _, _ = naming.stack_kind(stack)
-    result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"])
+    result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"],
+                                tenant_facing_only=stack in _WORKER.get("facing_only", ()))
     return _to_stack_plan(stack, kind, None, None, result, seconds), _exports(result)
 
 
@@ -193,15 +194,15 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         include_platform = platform_stack in reasons
         unchanged = [s for s in [platform_stack, *tenant_stacks] if s not in reasons]
         tenant_stacks = [s for s in tenant_stacks if s in reasons]
-    if placed.capacity.cells_layout:
-        return _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
-                           changed_since, workers, say, meter, start)
     if wanted:
         chosen = {naming.stack_name(env, t) for t in wanted if catalog.tenant(t).has_stack}
         pooled_or_gone = [t for t in wanted if not catalog.tenant(t).has_stack]
         tenant_stacks = [s for s in tenant_stacks if s in chosen]
         # A pooled tenant lives in the platform stack; a tenant stack only needs the platform's outputs.
         include_platform = include_platform and bool(pooled_or_gone)
+    if placed.capacity.cells_layout:
+        return _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
+                           changed_since, workers, say, meter, start)
 
     # Tenant stacks need the platform's exports. When the platform stack is in the plan they come from its
     # run; otherwise from the cache of its tenant-facing exports, or from a run of only the components
@@ -234,15 +235,7 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     finally:
         _WORKER.clear()
         meter.finish()
-    for tp in tenant_plans:
-        tp.reasons = reasons.get(tp.name, [])
-    stacks_out.extend(tenant_plans)
-    _plan_wide_violations(stacks_out)
-    for sp in stacks_out:
-        sp.placement = report.stack_json(placed, catalog, sp.kind, sp.tenant)
-    return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
-                      changed_since=changed_since, seconds=time.perf_counter() - start,
-                      placement_lines=report.summary_lines(placed, catalog, stacks_out))
+    return _finish(env, catalog, placed, stacks_out, tenant_plans, reasons, removed, unchanged, changed_since, start)
 
 
 def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str], wanted: list[str],
@@ -251,8 +244,7 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     """The cells layout: the global stack, then identity shards, cells and pool shards (each stage reads the
     previous stages' outputs), then tenant stacks. Stacks outside the plan that planned ones read are run for
     their outputs only."""
-    from stacks.cells import unit_stacks
-    from tenancy.fleet import report
+    from stacks.cells import IDENTITY_TENANTS, unit_stacks
 
     capacity = placed.capacity
     platform_stack = naming.stack_name(env)
@@ -269,16 +261,22 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     else:
         chosen = {platform_stack, *units}
     # What the chosen stacks read: cells and pools read identity shards, pools read cell 1, tenant stacks their cell.
-    needs_cells = {naming.unit_stack(env, placed.tenants[naming.parse_stack_name(s)[1]].cell)
-                   for s in tenant_stacks if placed.tenants.get(naming.parse_stack_name(s)[1], None) is not None
-                   and placed.tenants[naming.parse_stack_name(s)[1]].cell}
+    namespace_ids = [tid for tid in (naming.parse_stack_name(s)[1] for s in tenant_stacks)
+                     if catalog.tenant(tid).model.value == "namespace" and tid in placed.tenants]
+    needs_cells = {naming.unit_stack(env, placed.tenants[tid].cell) for tid in namespace_ids}
     if any(naming.stack_kind(s)[0] == naming.POOL_STACK for s in chosen):
         needs_cells.add(naming.unit_stack(env, naming.cell(1)))
     run_cells = [s for s in units if naming.stack_kind(s)[0] == naming.CELL_STACK and (s in chosen or s in needs_cells)]
     run_pools = [s for s in units if naming.stack_kind(s)[0] == naming.POOL_STACK and s in chosen]
-    need_identity = bool(run_cells or run_pools or tenant_stacks)
-    run_identity = [s for s in units if naming.stack_kind(s)[0] == naming.IDENTITY_STACK and (s in chosen or need_identity)]
+    # A cell run only for a tenant stack's sake builds what tenant stacks read (no directory: no identity shards).
+    facing_only = {s for s in run_cells if s not in chosen}
+    # Identity shards run when planned; otherwise the directories that read them get their tenants' names as
+    # known only after an update (an identity shard of 1,500 tenants takes seconds to run, and a one-tenant
+    # plan must not run them all).
+    run_identity = [s for s in units if naming.stack_kind(s)[0] == naming.IDENTITY_STACK and s in chosen]
 
+    from stacks.cells import remember_placement
+    remember_placement(catalog, placed)      # every program of this plan (and its workers) places it the same way
     stacks_out: list[StackPlan] = []
     meter = meter or Meter(live=False, interval=float("inf"))
     meter.start(len(chosen) + len(tenant_stacks))
@@ -287,6 +285,11 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     from stacks.config import project_name
     prefix = f"{ORGANIZATION}/{project_name()}/"
     outputs: dict[str, tuple[dict, list[str]]] = {prefix + platform_stack: _exports(presult)}
+    unknown: dict[str, dict[str, str]] = {}
+    for tid, p in placed.tenants.items():
+        unknown.setdefault(naming.unit_stack(env, p.identity_shard), {})[tid] = UNKNOWN
+    for stack, names in unknown.items():
+        outputs[prefix + stack] = ({IDENTITY_TENANTS: json.dumps(names, sort_keys=True)}, [])
     if platform_stack in chosen:
         sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
         sp.reasons = reasons.get(platform_stack, [])
@@ -298,7 +301,7 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
             if not stage:
                 continue
             say(f"planning {len(stage)} {naming.stack_kind(stage[0])[0]} stack(s)")
-            _WORKER.update(catalog=catalog, stack_outputs=dict(outputs))
+            _WORKER.update(catalog=catalog, stack_outputs=dict(outputs), facing_only=facing_only)
             for sp, exports in _plan_tenants(stage, n, lambda: None, _plan_unit):
                 outputs[prefix + sp.name] = exports
                 if sp.name in chosen:
@@ -312,6 +315,15 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     finally:
         _WORKER.clear()
         meter.finish()
+    return _finish(env, catalog, placed, stacks_out, tenant_plans, reasons, removed, unchanged, changed_since, start)
+
+
+def _finish(env: str, catalog: Catalog, placed, stacks_out: list[StackPlan], tenant_plans: list[StackPlan],
+            reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str], changed_since: str | None,
+            start: float) -> PlanResult:
+    """Tenant stacks after the platform side, plan-wide rules, and every stack's placement."""
+    from tenancy.fleet import report
+
     for tp in tenant_plans:
         tp.reasons = reasons.get(tp.name, [])
     stacks_out.extend(tenant_plans)

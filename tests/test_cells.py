@@ -28,8 +28,9 @@ REAL = stacks.config.load_stack_config
 def cells_config(monkeypatch, env: str = "dev", **extra: str) -> None:
     """`env` in the cells layout: `cells` cells with ranges of their own, and the other keys given."""
     cells = int(extra.get("tenancy:cells", "1"))
-    networks = {f"cell-{n}": {"networkCidr": f"10.{40 + n}.0.0/20", "podsCidr": f"10.{(n * 4) + 128}.0.0/14",
-                              "servicesCidr": f"10.{40 + n}.16.0/20", "masterCidr": f"172.16.{n}.0/28"}
+    networks = {f"cell-{n}": {"networkCidr": f"172.{17 + n // 16}.{(n % 16) * 16}.0/20", "podsCidr": f"10.{150 + n}.0.0/16",
+                              "servicesCidr": f"100.{64 + n // 16}.{(n % 16) * 16}.0/20",
+                              "masterCidr": f"192.168.{n}.0/28"}
                 for n in range(2, cells + 1)}
     monkeypatch.setattr(stacks.config, "load_stack_config", lambda e: {
         **REAL(e), "tenancy:layout": "cells", "tenancy:cellNetworks": json.dumps(networks), **extra})
@@ -156,8 +157,10 @@ def test_placement_of_10000_tenants_is_deterministic_and_sticky_with_identity_sh
 def test_a_full_cell_layout_refuses_new_namespace_tenants_naming_the_capacity_to_add(fleet):
     catalog, capacity, _ = fleet
     with pytest.raises(PlacementError) as exc:
-        place(catalog, dataclasses.replace(capacity, cells=3, cell_capacity=299))
-    assert str(exc.value).startswith("environment 'prod' is full: 3 new tenant(s) need a cell")
+        # 900 namespace tenants and 100 dedicated ones (a cell is their home too) in 3 cells of 333
+        place(catalog, dataclasses.replace(capacity, cells=3, cell_capacity=333))
+    assert str(exc.value).startswith("environment 'prod' is full: 1 new tenant(s) need a cell (t009909), and cell-1, "
+                                     "cell-2, cell-3 hold 999 of 999 tenants")
     assert "raise tenancy:cells from 3 to 4" in str(exc.value)
 
 
@@ -304,7 +307,13 @@ def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(mon
         {("delete", "pulumi:providers:kubernetes")}
     assert said[-1] == "preview dev: 1 delete"
     # the platform stack is now the global stack; a re-run moves nothing
-    assert engine.outputs("dev")["layout"] == "cells" and "deployedRecord" not in engine.outputs("dev")
+    # the global stack records no tenant (none is offboarded); each unit records its own
+    assert engine.outputs("dev")["layout"] == "cells"
+    assert json.loads(engine.outputs("dev")["deployedRecord"])["catalog"]["tenants"] == []
+    assert [t["id"] for t in json.loads(engine.outputs("dev.pool-1")["deployedRecord"])["catalog"]["tenants"]] == \
+        ["bravo", "charlie"]
+    assert [t["id"] for t in json.loads(engine.outputs("dev.cell-1")["deployedRecord"])["catalog"]["tenants"]] == \
+        ["delta", "echo"]
     calls = len(engine.calls)
     again: list[str] = []
     mig.migrate(engine, "dev", again.append)
@@ -369,3 +378,62 @@ def test_migrate_command_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith("global stack dev: keeps ")
     assert cli.main(args) == 0
     assert capsys.readouterr().out.splitlines() == ["environment 'dev' is in the cells layout"]
+
+
+def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch, tmp_path):
+    from tenancy.lifecycle import record as rec
+    from tenancy.lifecycle import tenant_ops
+
+    cells_config(monkeypatch, **{"tenancy:identityShards": "2", "tenancy:poolShards": "2",
+                                 "tenancy:poolShardCapacity": "1"})
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    catalog = parse_catalog(SMALL)
+    outcomes = deploy.deploy(engine, catalog, "dev")
+    assert [(o.stack, o.status) for o in outcomes] == [
+        ("dev", "ok"), ("dev.identity-1", "ok"), ("dev.identity-2", "ok"), ("dev.cell-1", "ok"), ("dev.pool-1", "ok"),
+        ("dev.pool-2", "ok"), ("dev.delta", "ok"), ("dev.echo", "ok")]
+    deployed = rec.read(engine, "dev")
+    assert sorted(t.id for t in deployed.catalog.tenants) == ["bravo", "charlie", "delta", "echo"]
+    assert {t: p.get("poolShard") or p.get("cell") for t, p in deployed.catalog.placements.items()} == {
+        "bravo": "pool-1", "charlie": "pool-2", "delta": "cell-1", "echo": "cell-1"}
+    assert deployed.directory["charlie"]["placement"]["stack"] == "dev.pool-2"
+    assert deployed.directory["charlie"]["placement"]["namespace"] == "pooled-2"
+
+    # suspending a pooled tenant runs its pool shard only: no other shard, cell, identity or global stack
+    engine.calls.clear()
+    tenant_ops.suspend(engine, catalog, "dev", "charlie", None)
+    assert [c for c in engine.calls if c[0] == "up"] == [("up", "dev.pool-2")]
+    after = rec.read(engine, "dev")
+    assert after.catalog.tenant("charlie").state.value == "suspended"
+    assert after.catalog.tenant("bravo") == deployed.catalog.tenant("bravo")
+    # a namespace tenant: its own stack and its cell
+    engine.calls.clear()
+    tenant_ops.suspend(engine, catalog, "dev", "delta", None)
+    assert [c for c in engine.calls if c[0] == "up"] == [("up", "dev.delta"), ("up", "dev.cell-1")]
+    assert rec.read(engine, "dev").directory["delta"]["state"] == "suspended"
+    # a deploy keeps both suspended (held at the record) and places nobody elsewhere
+    outcomes = deploy.deploy(engine, catalog, "dev")
+    assert {o.stack: o.status for o in outcomes}["dev.charlie"] == "pending"
+    again = rec.read(engine, "dev")
+    assert again.catalog.placements == after.catalog.placements | {"delta": again.catalog.placements["delta"]}
+    assert again.catalog.tenant("charlie").state.value == "suspended"
+
+
+def test_plan_of_a_cells_layout_environment(monkeypatch):
+    from tenancy.plan import plan
+
+    cells_config(monkeypatch, **{"tenancy:identityShards": "2"})
+    catalog = parse_catalog(SMALL)
+    full = plan(catalog, "dev", workers=1)
+    assert [(s.name, s.kind) for s in full.stacks] == [
+        ("dev", "platform"), ("dev.identity-1", "identity"), ("dev.identity-2", "identity"), ("dev.cell-1", "cell"),
+        ("dev.pool-1", "pool"), ("dev.delta", "tenant"), ("dev.echo", "tenant")]
+    assert full.mandatory_violations == 0
+    # one namespace tenant: its stack only (the global stack, identity shards and its cell run for their outputs)
+    assert [s.name for s in plan(catalog, "dev", tenants=["delta"], workers=1).stacks] == ["dev.delta"]
+    # one pooled tenant: its pool shard
+    assert [s.name for s in plan(catalog, "dev", tenants=["bravo"], workers=1).stacks] == ["dev.pool-1"]
+    cell = next(s for s in full.stacks if s.name == "dev.cell-1")
+    record = json.loads(cell.outputs["deployedRecord"])
+    assert [t["id"] for t in record["catalog"]["tenants"]] == ["delta", "echo"]
+    assert set(record["placements"]["echo"]) == {"cell", "identityShard"}      # dedicated: its home cell

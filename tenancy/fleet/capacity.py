@@ -166,7 +166,8 @@ class Capacity:
         layout = raw.get("layout") or defaults.get("layout") or SINGLE
         if layout not in LAYOUTS:
             problems.append(f"{where}: {NAMESPACE}:layout must be one of {', '.join(LAYOUTS)}, not {_echo(layout)}")
-        networks = _cell_networks(raw.get("cellNetworks"), where, values["cells"] if layout == CELLS else None, problems)
+        networks = _cell_networks(raw.get("cellNetworks"), where, values["cells"] if layout == CELLS else None, problems,
+                                  {k: raw.get(k) or defaults.get(k) for k in CELL_NETWORK_KEYS if raw.get(k) or defaults.get(k)})
         if problems:
             raise ConfigError("\n".join(problems))
         return cls(environment=environment, cells=values["cells"], cell_capacity=values["cellCapacity"],
@@ -180,7 +181,7 @@ class Capacity:
         import pulumi
 
         cfg = pulumi.Config(NAMESPACE)
-        return cls.validate({key: cfg.get(key) for key in KEYS}, environment, platform_project)
+        return cls.validate({key: cfg.get(key) for key in (*KEYS, *CELL_NETWORK_KEYS)}, environment, platform_project)
 
 
 def load(environment: str) -> Capacity:
@@ -189,12 +190,14 @@ def load(environment: str) -> Capacity:
 
     config = load_stack_config(environment)
     project = offline_platform_config(environment).gcp_project
-    return Capacity.validate({key: config.get(f"{NAMESPACE}:{key}") for key in KEYS}, environment, project)
+    return Capacity.validate({key: config.get(f"{NAMESPACE}:{key}") for key in (*KEYS, *CELL_NETWORK_KEYS)},
+                             environment, project)
 
 
-def _cell_networks(v: Any, where: str, cells: int | None, problems: list[str]) -> tuple[tuple[str, CellNetwork], ...]:
+def _cell_networks(v: Any, where: str, cells: int | None, problems: list[str],
+                   first: dict[str, str] | None = None) -> tuple[tuple[str, CellNetwork], ...]:
     """`cellNetworks`: every cell from 2 to `cells` (cells layout) needs its ranges; none may overlap another
-    cell's. Cell 1 uses the environment's own networkCidr/podsCidr/servicesCidr/masterCidr."""
+    cell's. Cell 1 uses the environment's own networkCidr/podsCidr/servicesCidr/masterCidr (`first`)."""
     key = f"{NAMESPACE}:cellNetworks"
     if isinstance(v, str):
         try:
@@ -230,7 +233,9 @@ def _cell_networks(v: Any, where: str, cells: int | None, problems: list[str]) -
             problems.append(f"{where}: {key} has no ranges for {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}: "
                             "each cell after the first is a cluster with a subnet of its own; add its networkCidr, "
                             "podsCidr, servicesCidr and masterCidr")
-    seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = [
+        (f"cell-1's {NAMESPACE}:{k}", ipaddress.ip_network(str(r), strict=False))
+        for k, r in (first or {}).items() if _cidr(r)]
     for cell, net in out:
         for k, text in zip(CELL_NETWORK_KEYS, (net.network_cidr, net.pods_cidr, net.services_cidr, net.master_cidr)):
             r = ipaddress.ip_network(text, strict=False)

@@ -34,7 +34,7 @@ from tenancy.engine import EngineError, OpResult, rename_urn_stack
 from tenancy.errors import ConfigError, TenancyError
 
 PROVIDER_PREFIX = "pulumi:providers:"
-LAYOUT_OUTPUT = "layout"          # the global stack's output (stacks/cells.py)
+LAYOUT_OUTPUT = "layout"          # the global stack's output (stacks/cells.py LAYOUT)
 
 
 class MigrationError(TenancyError):

@@ -160,7 +160,9 @@ def cost(t: Tenant, key: str) -> int:
 
 def _units(capacity: Capacity, layout: Layout) -> dict[str, Units]:
     units = {
-        "cell": Units("cells", "cell", capacity.cell_names, capacity.cell_capacity, "cell", "namespaces"),
+        # In the cells layout a cell is also the home of dedicated tenants (their directory entries and records).
+        "cell": Units("cells", "cell", capacity.cell_names, capacity.cell_capacity, "cell",
+                      "tenants" if capacity.cells_layout else "namespaces"),
         "pool_shard": Units("pool_shards", "pool_shard", capacity.pool_shard_names, capacity.pool_shard_capacity,
                             "pool shard", "pooled tenants"),
         "data_project": Units("data_projects", "data_project", list(capacity.data_projects),
@@ -200,7 +202,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
     for t in catalog.tenants:
         if not t.in_directory:
             continue
-        keys = PLACEMENT_KEYS[t.plan.model]
+        keys = placement_keys(t.plan.model, capacity)
         mine: dict[str, str] = {}
         chosen[t.id] = mine
         if not keys:
@@ -302,6 +304,14 @@ def _identity_shards(catalog: Catalog, capacity: Capacity, chosen: dict[str, dic
                                  f"{shard}, which {capacity.where} no longer declares (tenancy:identityShards = "
                                  f"{capacity.identity_shards}); identity shards are never removed: raise "
                                  f"tenancy:identityShards back to at least {naming.unit_index(shard)}"))
+
+
+def placement_keys(model: Model, capacity: Capacity) -> tuple[str, ...]:
+    """The units a tenant of `model` is placed in. In the cells layout a dedicated tenant also has a home cell:
+    its directory entry and deployed record live in that cell's stack (it takes one of the cell's places)."""
+    if model is Model.DEDICATED and capacity.cells_layout:
+        return ("cell",)
+    return PLACEMENT_KEYS[model]
 
 
 def pin_conflicts(catalog: Catalog) -> list[PinConflict]:

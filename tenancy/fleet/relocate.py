@@ -31,7 +31,7 @@ from tenancy.fleet.capacity import Capacity
 from tenancy.fleet.placement import JSON_KEYS, OPTIONS, PlacementError, TenantPlacement, place
 from tenancy.lifecycle import Refused
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle.deploy import checked_up
+from tenancy.lifecycle import units
 
 WHERE = "tenancy place"   # how the command names itself in a refused target's message
 
@@ -66,7 +66,7 @@ def relocate(engine: Engine, desired: Catalog, env: str, tenant_id: str, *, cell
     _check_no_data_left(t, env, now, target, source_dsn)
     changed = rec.for_tenant(deployed, desired, tenant_id, placement=target.to_json())
     say(f"recording {tenant_id} in {target.describe()} (was {now.describe()})")
-    checked_up(engine, naming.stack_name(env), changed, False, set(), say)
+    units.up_tenant_platform(engine, env, record, changed, tenant_id, False, set(), say)
     return {"tenant": tenant_id, "from": now.to_json(), "to": target.to_json(), "status": "moved"}
 
 

@@ -22,6 +22,7 @@ from tenancy.engine import Engine, EngineError, OpResult
 from tenancy.lifecycle import Refused
 from tenancy.errors import ConfigError
 from tenancy.lifecycle import record as rec
+from tenancy.lifecycle.units import every_platform_stack
 from tenancy.lifecycle.waves import DEFAULT, Gate, RolloutSpec, Wave, assign
 
 Say = Callable[[str], None]
@@ -84,34 +85,35 @@ class Outcome:
 
 
 def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None, changed_since: str | None = None,
-                    stacks: list[str] | None = None) -> tuple[bool, list[str], dict[str, list[str]]]:
-    """(platform affected?, tenant stacks, reasons). `stacks`: only these (a CI batch)."""
-    platform = naming.stack_name(env)
+                    stacks: list[str] | None = None) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """(platform-side stacks, tenant stacks, reasons). `stacks`: only these (a CI batch). The platform side is
+    the platform stack, or in the cells layout the global stack and its unit stacks (tenancy/lifecycle/units.py)."""
+    platform = every_platform_stack(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     reasons: dict[str, list[str]] = {}
-    include_platform = True
     if changed_since is not None:
         from tenancy.changes import changes_since
         ch = changes_since(catalog, env, changed_since)
         reasons = ch.reasons
-        include_platform = platform in reasons
+        platform = [s for s in platform if s in reasons]
         tenant_stacks = [s for s in tenant_stacks if s in reasons]
     if tenants:
         for t in tenants:
             catalog.tenant(t)
         wanted = {naming.stack_name(env, t) for t in tenants}
         tenant_stacks = [s for s in tenant_stacks if s in wanted]
-        include_platform = include_platform and any(not catalog.tenant(t).has_stack for t in tenants)
+        if all(catalog.tenant(t).has_stack for t in tenants):
+            platform = []
     if stacks is not None:
         chosen = set(stacks)
         tenant_stacks = [s for s in tenant_stacks if s in chosen]
-        include_platform = include_platform and platform in chosen
-    return include_platform, tenant_stacks, reasons
+        platform = [s for s in platform if s in chosen]
+    return platform, tenant_stacks, reasons
 
 
 def check_stack_names(stacks: list[str], env: str, *catalogs: Catalog) -> None:
     """Bad input before anything runs: every name must be a stack of `env` in one of the catalogues."""
-    known = {naming.stack_name(env)} | {naming.stack_name(env, t.id) for c in catalogs for t in c.stack_tenants}
+    known = set(every_platform_stack(env)) | {naming.stack_name(env, t.id) for c in catalogs for t in c.stack_tenants}
     unknown = [s for s in stacks if s not in known]
     if unknown:
         raise ConfigError(f"stack '{unknown[0]}' is not a stack of environment {env} (the platform stack '{env}' or "
@@ -195,9 +197,8 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
     catalog, held = rec.for_deploy(desired, rec.read(engine, env))
     if stacks is not None:
         check_stack_names(stacks, env, desired, catalog)
-    include_platform, tenant_stacks, _ = affected_stacks(catalog, env, tenants, changed_since, stacks)
-    platform = naming.stack_name(env)
-    order = ([platform] if include_platform else []) + tenant_stacks
+    platform, tenant_stacks, _ = affected_stacks(catalog, env, tenants, changed_since, stacks)
+    order = platform + tenant_stacks
     plan = assign(waves if waves is not None and mode == "up" else DEFAULT, catalog, env, order)
     if from_wave < 1 or from_wave > len(plan):
         raise ConfigError(f"--from-wave {from_wave}: this rollout has waves 1 to {len(plan)} "
@@ -261,17 +262,20 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
     return Result(outcomes, plan, halted)
 
 
-def _run_wave(wave: Wave, platform: str, run: Callable[[str], Outcome], progress: Progress, parallel: int) -> list[Outcome]:
-    """The platform stack first (the others read its outputs), then the rest in parallel."""
+def _run_wave(wave: Wave, platform: list[str], run: Callable[[str], Outcome], progress: Progress,
+              parallel: int) -> list[Outcome]:
+    """The platform-side stacks first, one after another in their order (each reads the earlier ones' outputs),
+    then the rest in parallel."""
     got: list[Outcome] = []
-    rest = [s for s in wave.stacks if s != platform]
-    if platform in wave.stacks:
-        first = run(platform)
+    rest = [s for s in wave.stacks if s not in platform]
+    for first_stack in [s for s in platform if s in wave.stacks]:
+        first = run(first_stack)
         got.append(first)
         if first.status != "ok":
-            for s in rest:
+            left = [s for s in wave.stacks if s not in {o.stack for o in got}]
+            for s in left:
                 progress.update(s, "skipped")
-            return got + [Outcome(s, "skipped", None, f"platform stack {first.status}") for s in rest]
+            return got + [Outcome(s, "skipped", None, f"platform stack {first.stack} {first.status}") for s in left]
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         got.extend(pool.map(run, rest))
     return got

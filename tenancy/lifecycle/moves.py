@@ -47,6 +47,7 @@ from tenancy.engine import Engine
 from tenancy.lifecycle import OperationError, Refused
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import registry
+from tenancy.lifecycle import units
 from tenancy.lifecycle.deploy import Say, checked_up
 from tenancy.lifecycle.destroy import guarded_destroy, uncovered
 from tenancy.lifecycle import online
@@ -216,7 +217,6 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     mp = MovePlan(tenant_id, from_plan, to_plan, b.model.value, a.model.value, move_id=move_id,
                   keep_source_days=keep_source_days)
     stack = naming.stack_name(env, tenant_id)
-    platform = naming.stack_name(env)
     outcome = MoveOutcome(mp.move_id)
     project = project_of(deployed)
     src_stores, dst_stores = stores_for(b, env, project, layout), stores_for(a, env, project, layout)
@@ -373,7 +373,7 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
         return {"sources": sums, "stores": {n: s["count"] for n, s in sums.items()}}
 
     def cutover() -> dict:
-        checked_up(engine, platform, after, allow_destroy, set(), say)
+        units.up_tenant_platform(engine, env, before, after, tenant_id, allow_destroy, set(), say)
         return {}
 
     def unfreeze() -> dict:

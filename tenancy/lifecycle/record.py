@@ -80,9 +80,7 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
     except EngineError:
         return Deployed(None, {})
     if outputs.get("layout") == "cells":
-        raise RecordError(f"environment '{env}' is in the cells layout: its tenants' records are in its unit stacks, "
-                          "and this command reads the single platform stack's record; deploy with `tenancy plan` and "
-                          "`pulumi up` per stack (README: Cells, pool shards and placement)")
+        outputs = _merged_cells_record(engine, env, outputs)
     directory = json.loads(outputs.get("tenantDirectory") or "{}")
     raw = outputs.get(RECORD_OUTPUT)
     if not raw:
@@ -99,6 +97,37 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
         placements = legacy(catalog, outputs.get("gcpProject") or "")
     return Deployed(dataclasses.replace(catalog, notes=dict(data.get("notes") or {}), placements=placements), directory,
                     outputs.get("gcpProject") or "")
+
+
+def _merged_cells_record(engine: Engine, env: str, glob: dict[str, Any]) -> dict[str, Any]:
+    """The cells layout: the global stack records the plans and offboarded tenants, each cell and pool shard its
+    own tenants (stacks/cells.py). One record and one directory made of them, as the platform stack's would be.
+    A unit stack not deployed yet holds nobody."""
+    from stacks.cells import unit_stacks
+    from tenancy.fleet import capacity as fleet_capacity
+
+    data = json.loads(glob.get(RECORD_OUTPUT) or "null")
+    if data is None:
+        return glob
+    tenants = list(data["catalog"].get("tenants") or [])
+    notes, placements, directory = dict(data.get("notes") or {}), dict(data.get("placements") or {}), {}
+    for stack in unit_stacks(env, fleet_capacity.load(env)):
+        if naming.stack_kind(stack)[0] == naming.IDENTITY_STACK:
+            continue
+        try:
+            out = engine.outputs(stack)
+        except EngineError:
+            continue
+        unit = json.loads(out.get(RECORD_OUTPUT) or "null")
+        if unit is None:
+            continue
+        tenants.extend(unit["catalog"].get("tenants") or [])
+        notes.update(unit.get("notes") or {})
+        placements.update(unit.get("placements") or {})
+        directory.update(json.loads(out.get("tenantDirectory") or "{}"))
+    tenants.sort(key=lambda t: str(t.get("id")))
+    record = {"catalog": {**data["catalog"], "tenants": tenants}, "notes": notes, "placements": placements}
+    return {**glob, RECORD_OUTPUT: json.dumps(record, sort_keys=True), "tenantDirectory": json.dumps(directory)}
 
 
 def _crosses(a: Model, b: Model) -> bool:

@@ -28,6 +28,7 @@ from tenancy.engine import Engine, OpResult
 from tenancy.lifecycle import OperationError, Refused
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import registry
+from tenancy.lifecycle import units
 from tenancy.lifecycle.deploy import Say, checked_up
 from tenancy.lifecycle.destroy import guarded_destroy
 from tenancy.lifecycle import tenant_data as data
@@ -61,7 +62,7 @@ def suspend(engine: Engine, catalog: Catalog, env: str, tenant_id: str, pooled_d
             say("no --pooled-dsn: the pooled database's registry is updated by the platform's SQL job on this deploy")
     if current.has_stack:
         results.append(checked_up(engine, naming.stack_name(env, tenant_id), new, False, set(), say))
-    results.append(checked_up(engine, naming.stack_name(env), new, False, set(), say))
+    results.extend(units.up_tenant_platform(engine, env, deployed.catalog, new, tenant_id, False, set(), say))
     want = catalog.tenant(tenant_id).state if any(t.id == tenant_id for t in catalog.tenants) else None
     if want is not state:
         line = rec.plan_line(catalog.path, tenant_id)
@@ -185,8 +186,10 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
         return {"destroyed": stack}
 
     def cleanup() -> dict:
-        gone = rec.for_tenant(rec.read(engine, env), catalog, tenant_id, state=State.OFFBOARDED.value)
-        checked_up(engine, naming.stack_name(env), gone, False, _identity_urns(env, tenant_id), say)
+        now = rec.read(engine, env)
+        gone = rec.for_tenant(now, catalog, tenant_id, state=State.OFFBOARDED.value)
+        units.up_tenant_platform(engine, env, now.catalog, gone, tenant_id, False,
+                                 _identity_urns(env, now.catalog, tenant_id), say)
         return {}
 
     steps = {"freeze": freeze, "export": export, "verify": verify, "delete": delete, "destroy": destroy, "cleanup": cleanup}
@@ -199,6 +202,8 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
     return result
 
 
-def _identity_urns(env: str, tenant_id: str) -> set[str]:
-    """The offboarded tenant's Identity Platform tenant: its removal from the platform stack is expected."""
-    return {f"urn:pulumi:{naming.stack_name(env)}::tenancy::tenancy:gcp:IdentityPlatform$gcp:identityplatform/tenant:Tenant::identity-{tenant_id}"}
+def _identity_urns(env: str, record: Catalog, tenant_id: str) -> set[str]:
+    """The offboarded tenant's Identity Platform tenant: its removal from its stack (the platform stack, or its
+    identity shard) is expected."""
+    stack = units.identity_stack(env, record, tenant_id)
+    return {f"urn:pulumi:{stack}::tenancy::tenancy:gcp:IdentityPlatform$gcp:identityplatform/tenant:Tenant::identity-{tenant_id}"}

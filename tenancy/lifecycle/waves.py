@@ -130,7 +130,8 @@ def assign(spec: RolloutSpec, catalog: Catalog, env: str, order: list[str], wher
         _, tid = naming.parse_stack_name(stack)
         tenant = by_id.get(tid) if tid else None
         for w, ws in zip(spec.waves, waves):
-            if (stack in w.stacks or (tid is None and stack == platform and w.platform) or (tid in w.tenants)
+            if (stack in w.stacks or (w.platform and naming.stack_kind(stack)[0] != naming.TENANT_STACK)
+                    or (tid in w.tenants)
                     or (tenant is not None and tenant.model.value in w.models)):
                 ws.stacks.append(stack)
                 break
@@ -189,12 +190,16 @@ class HealthGate:
     def _check_outputs(self, stack: str, out: dict[str, Any], catalog: Catalog, platform: str) -> list[str]:
         from stacks.contract import REQUIRED_BY_TENANTS, TENANT_DIRECTORY
 
-        if stack == platform:
-            missing = [k for k in REQUIRED_BY_TENANTS if out.get(k) in (None, "")]
+        kind, env, unit = naming.stack_kind(stack)
+        if kind != naming.TENANT_STACK:
+            required, holds = _unit_expectations(stack, kind, env, unit, out, catalog, REQUIRED_BY_TENANTS)
+            missing = [k for k in required if out.get(k) in (None, "")]
             if missing:
                 return [f"{stack}: outputs missing: {', '.join(missing)}"]
+            if holds is None:
+                return []
             directory = _directory(out.get(TENANT_DIRECTORY))
-            absent = [t.id for t in catalog.tenants if t.in_directory and t.id not in directory]
+            absent = [tid for tid in holds if tid not in directory]
             return [f"{stack}: the tenant directory lacks {len(absent)} tenant(s): {', '.join(absent[:5])}"] if absent else []
         _, tid = naming.parse_stack_name(stack)
         if out.get("tenant") != tid or not out.get("hostnames"):
@@ -207,13 +212,22 @@ class HealthGate:
 
         platform = naming.stack_name(env)
         try:
-            directory = _directory((seen.get(platform) or self.engine.outputs(platform)).get(TENANT_DIRECTORY))
+            if _cells(env):
+                from tenancy.lifecycle import record as rec
+                directory = rec.read(self.engine, env).directory
+            else:
+                directory = _directory((seen.get(platform) or self.engine.outputs(platform)).get(TENANT_DIRECTORY))
         except EngineError as exc:
             return [f"{platform}: the tenant directory cannot be read: {exc}"]
         tenants: list[str] = []
         for stack in wave.stacks:
-            _, tid = naming.parse_stack_name(stack)
-            tenants += [t.id for t in catalog.by_model(Model.POOLED)] if tid is None else [tid]
+            kind, _, tid = naming.stack_kind(stack)
+            if kind == naming.TENANT_STACK:
+                tenants.append(tid)
+            elif kind == naming.ENV_STACK and not _cells(env):
+                tenants += [t.id for t in catalog.by_model(Model.POOLED)]
+            elif kind == naming.POOL_STACK:
+                tenants += sorted(_directory(seen.get(stack, {}).get(TENANT_DIRECTORY)))
         hosts: list[str] = []
         for tid in tenants:
             entry = directory.get(tid) or {}
@@ -239,6 +253,36 @@ class HealthGate:
             if last:
                 problems.append(f"{url} {last} ({self.spec.attempts} attempt(s))")
         return problems
+
+
+def _cells(env: str) -> bool:
+    from tenancy.lifecycle.units import cells_layout
+    return cells_layout(env)
+
+
+def _unit_expectations(stack: str, kind: str, env: str, unit: str | None, out: dict[str, Any], catalog: Catalog,
+                       required_by_tenants: tuple[str, ...]) -> tuple[tuple[str, ...], list[str] | None]:
+    """(outputs a platform-side stack must have, tenants its directory must list or None)."""
+    from stacks import contract
+
+    if kind == naming.ENV_STACK:
+        if not _cells(env):
+            return required_by_tenants, [t.id for t in catalog.tenants if t.in_directory]
+        return tuple(k for k in required_by_tenants if k in _ENV_FACTS), None
+    if kind == naming.IDENTITY_STACK:
+        return ("identityTenants",), None
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.fleet.placement import place
+
+    placed = place(catalog, fleet_capacity.load(env)).tenants
+    key = "cell" if kind == naming.CELL_STACK else "pool_shard"
+    holds = [tid for tid, p in placed.items() if getattr(p, key) == unit]
+    cell_facts = tuple(k for k in required_by_tenants if k not in _ENV_FACTS)
+    return ((*cell_facts, contract.TENANT_DIRECTORY) if kind == naming.CELL_STACK else (contract.TENANT_DIRECTORY,)), holds
+
+
+# What the global stack of the cells layout exports of REQUIRED_BY_TENANTS (the rest is each cell's).
+_ENV_FACTS = ("environment", "gcpProject", "region", "baseDomain", "networkId", "appChart", "appChartVersion")
 
 
 def _directory(raw: Any) -> dict[str, Any]:

@@ -98,12 +98,17 @@ class OperatorEngine:
         self._committed: dict[str, Catalog | None] = {}
 
     # ----------------------------------------------------------------------------------- objects
-    def _fleet_stack(self, stack: str) -> FleetStack:
-        env, tenant = naming.parse_stack_name(stack)
+    def _fleet_stack(self, stack: str, catalog: Catalog) -> FleetStack:
+        kind, env, tenant = naming.stack_kind(stack)
         if env != self.settings.environment:
             raise EngineError(f"stack '{stack}' is not of environment '{self.settings.environment}'")
-        if tenant is None:
+        if kind == naming.ENV_STACK:
             return FleetStack(stack, "platform")
+        from tenancy.lifecycle.units import cells_layout
+
+        if kind != naming.TENANT_STACK or cells_layout(env):
+            from tenancy.operator.stacks import fleet_stack
+            return fleet_stack(stack, catalog)     # what it waits for depends on the layout and its placement
         return FleetStack(stack, "tenant", tenant, after=(naming.stack_name(env),))
 
     def _committed_catalog(self) -> Catalog | None:
@@ -112,7 +117,7 @@ class OperatorEngine:
         return self._committed[self.commit]
 
     def desired(self, stack: str, catalog: Catalog, preview: bool = False) -> dict[str, Any]:
-        fs = self._fleet_stack(stack)
+        fs = self._fleet_stack(stack, catalog)
         if fs.tenant is not None:
             try:
                 fs = FleetStack(fs.stack, fs.kind, fs.tenant, catalog.tenant(fs.tenant).model.value, fs.after)

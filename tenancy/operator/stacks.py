@@ -70,13 +70,41 @@ def object_name(stack: str) -> str:
 
 
 def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
-    """Every stack of the environment, platform first."""
-    platform = naming.stack_name(env)
-    out = [FleetStack(platform, "platform")]
-    out += [FleetStack(naming.stack_name(env, t.id), "tenant", t.id, t.model.value, after=(platform,))
-            for t in catalog.stack_tenants]
+    """Every stack of the environment, platform side first (in the cells layout: the global stack, identity
+    shards, cells, pool shards), then the tenants' stacks."""
+    from tenancy.lifecycle.units import every_platform_stack
+
+    out = [fleet_stack(s, catalog) for s in every_platform_stack(env)]
+    out += [fleet_stack(naming.stack_name(env, t.id), catalog) for t in catalog.stack_tenants]
     check_names(out)
     return out
+
+
+def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
+    """A stack as the operator runs it, with the stacks it waits for (`prerequisites`): the ones whose outputs it
+    reads. In the cells layout cells wait for the identity shards, pool shards also for cell 1, a namespace
+    tenant's stack for its cell."""
+    kind, env, rest = naming.stack_kind(stack)
+    platform = naming.stack_name(env)
+    if kind == naming.ENV_STACK:
+        return FleetStack(stack, "platform")
+    if kind != naming.TENANT_STACK:
+        from tenancy.fleet import capacity as fleet_capacity
+
+        identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
+        after = {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
+                 naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
+        return FleetStack(stack, kind, after=after)
+    t = catalog.tenant(rest)
+    after: tuple[str, ...] = (platform,)
+    from tenancy.lifecycle.units import cells_layout
+
+    if t.model.value == "namespace" and cells_layout(env):
+        from tenancy.fleet import capacity as fleet_capacity
+        from tenancy.fleet.placement import place
+
+        after = (platform, naming.unit_stack(env, place(catalog, fleet_capacity.load(env)).tenants[t.id].cell))
+    return FleetStack(stack, "tenant", t.id, t.model.value, after=after)
 
 
 def check_names(stacks: Iterable[FleetStack]) -> None:

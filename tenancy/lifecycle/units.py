@@ -1,0 +1,87 @@
+"""The platform-side stacks a lifecycle command runs: the single platform stack, or in the cells layout the
+unit stacks that hold the tenant's share of the platform (stacks/cells.py).
+
+A one-tenant command (suspend, resume, offboard, an upgrade's cutover, `tenancy place`) runs them with the
+deployed record changed for that tenant only, so every other tenant in those stacks stays exactly as deployed.
+In the cells layout those are the tenant's home units before and after the change (its pool shard, or its
+cell), its identity shard when it joins or leaves the directory, and the global stack when it is offboarded
+(the global stack records offboarded tenants). Nothing else runs: no other cell, shard or identity stack.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from tenancy import naming
+from tenancy.catalog import Catalog, Model
+from tenancy.engine import Engine, OpResult
+
+
+def cells_layout(env: str) -> bool:
+    """Whether `env` is in the cells layout (an environment without a config file is not)."""
+    from stacks.config import STACKS_DIR, load_stack_config
+
+    if not (STACKS_DIR / f"Pulumi.{env}.yaml").exists():
+        return False
+    return load_stack_config(env).get("tenancy:layout") == "cells"
+
+
+def every_platform_stack(env: str) -> list[str]:
+    """Every platform-side stack of the environment, in the order they deploy (each reads the earlier ones)."""
+    if not cells_layout(env):
+        return [naming.stack_name(env)]
+    from stacks.cells import unit_stacks
+    from tenancy.fleet import capacity as fleet_capacity
+
+    return [naming.stack_name(env), *unit_stacks(env, fleet_capacity.load(env))]
+
+
+def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id: str) -> list[str]:
+    """The platform-side stacks that hold tenant `tenant_id`'s share, before and after a change of that tenant."""
+    if not cells_layout(env):
+        return [naming.stack_name(env)]
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.fleet.placement import place
+
+    capacity = fleet_capacity.load(env)
+    homes = []
+    for catalog in (before, after):
+        t = next((t for t in catalog.tenants if t.id == tenant_id), None)
+        placed = place(catalog, capacity).tenants.get(tenant_id) if t is not None and t.in_directory else None
+        homes.append((t, placed))
+    stacks: list[str] = []
+    (_, pb), (_, pa) = homes
+    if (pb is None) != (pa is None):     # joins or leaves the directory: its identity tenant, its global record
+        stacks.append(naming.stack_name(env))
+        stacks.append(naming.unit_stack(env, (pa or pb).identity_shard))
+    for t, placed in homes:
+        if placed is None:
+            continue
+        unit = placed.pool_shard if t.model is Model.POOLED else placed.cell
+        stacks.append(naming.unit_stack(env, unit))
+    return _ordered(dict.fromkeys(stacks))
+
+
+def identity_stack(env: str, catalog: Catalog, tenant_id: str) -> str:
+    """The stack holding the tenant's Identity Platform tenant."""
+    if not cells_layout(env):
+        return naming.stack_name(env)
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.fleet.placement import place
+
+    return naming.unit_stack(env, place(catalog, fleet_capacity.load(env)).tenants[tenant_id].identity_shard)
+
+
+def up_tenant_platform(engine: Engine, env: str, before: Catalog, after: Catalog, tenant_id: str, allow_destroy: bool,
+                       expected: set[str], say) -> list[OpResult]:
+    """Preview-checked updates of the tenant's platform-side stacks (tenant_platform_stacks), in deploy order."""
+    from tenancy.lifecycle.deploy import checked_up
+
+    return [checked_up(engine, stack, after, allow_destroy, expected, say)
+            for stack in tenant_platform_stacks(env, before, after, tenant_id)]
+
+
+def _ordered(stacks: Iterable[str]) -> list[str]:
+    rank = {naming.ENV_STACK: 0, naming.IDENTITY_STACK: 1, naming.CELL_STACK: 2, naming.POOL_STACK: 3}
+    return sorted(stacks, key=lambda s: (rank.get(naming.stack_kind(s)[0], 4), naming.unit_index(s.rsplit(".", 1)[-1])
+                                         if "." in s else 0, s))
