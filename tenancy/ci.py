@@ -77,8 +77,10 @@ def _model_of(catalog: Catalog) -> Callable[[str], str]:
     models = {t.id: t.model.value for t in catalog.tenants}
 
     def group(stack: str) -> str:
-        tid = naming.parse_stack_name(stack)[1]
-        return "platform" if tid is None else models.get(tid, "unknown")
+        kind, _, tid = naming.stack_kind(stack)
+        if kind != naming.TENANT_STACK:
+            return "platform" if kind == naming.ENV_STACK else kind
+        return models.get(tid, "unknown")
 
     return group
 

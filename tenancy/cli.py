@@ -622,11 +622,15 @@ def cmd_affected(args) -> int:
     catalog = load_catalog(args.tenants)
     naming.check_env(args.env)
     ch = changes_since(catalog, args.env, args.changed_since)
+    from tenancy.lifecycle.units import every_platform_stack
+
     platform = naming.stack_name(args.env)
-    stacks = ([platform] if platform in ch.reasons else []) + sorted(s for s in ch.reasons if s != platform)
+    # The platform side first (in the cells layout: the global stack, identity shards, cells, pool shards).
+    sides = [s for s in every_platform_stack(args.env) if s in ch.reasons]
+    stacks = sides + sorted(s for s in ch.reasons if s not in sides)
     chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
     matrix = ci.matrix(chosen, args.max_jobs, platform)
-    print(json.dumps({"environment": args.env, "platform": platform in ch.reasons, "stacks": stacks,
+    print(json.dumps({"environment": args.env, "platform": bool(sides), "stacks": stacks,
                       "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
                       "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK

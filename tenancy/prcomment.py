@@ -163,8 +163,11 @@ def render(base: Catalog | None, head: Catalog, changes: Changes, env: str, plan
 
 def _stack_group(stack: str, s: dict[str, Any] | None, head: Catalog, env: str) -> str:
     """Summary rows: the stack's cell (when the plan names one) and model."""
-    if stack == naming.stack_name(env):
+    kind = naming.stack_kind(stack)[0]
+    if kind == naming.ENV_STACK:
         return "platform"
+    if kind != naming.TENANT_STACK:
+        return f"platform: {kind} stacks"      # cells layout: cells, pool shards, identity shards
     model = (s or {}).get("model")
     if model is None:
         tid = naming.parse_stack_name(stack)[1]

@@ -437,3 +437,31 @@ def test_plan_of_a_cells_layout_environment(monkeypatch):
     record = json.loads(cell.outputs["deployedRecord"])
     assert [t["id"] for t in record["catalog"]["tenants"]] == ["delta", "echo"]
     assert set(record["placements"]["echo"]) == {"cell", "identityShard"}      # dedicated: its home cell
+
+
+def test_a_pooled_tenants_stores_are_its_pool_shards(monkeypatch, tmp_path):
+    """What moves, exports and is deleted with a pooled tenant in pool-2 is pool-2's: its directory entry, and the
+    stores a tier move or an offboard reads (tenancy/lifecycle/units.pool_shard_of)."""
+    from tenancy.lifecycle import record as rec
+    from tenancy.lifecycle import units
+    from tenancy.stores.layout import stores_for
+
+    cells_config(monkeypatch, **{"tenancy:poolShards": "2", "tenancy:poolShardCapacity": "1"})
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    catalog = parse_catalog(SMALL)
+    deploy.deploy(engine, catalog, "dev")
+    deployed = rec.read(engine, "dev")
+    assert units.pool_shard_of("dev", deployed.catalog, "charlie") == "pool-2"
+    assert units.pool_shard_of("dev", deployed.catalog, "delta") is None
+    stores = stores_for(deployed.catalog.tenant("charlie"), "dev", "tenancy-dev-482913", pool_shard="pool-2")
+    assert (stores.bucket, stores.firestore_database, stores.namespace) == (
+        "tenancy-dev-482913-dev-pool-2-uploads", "dev-pool-2", "pooled-2")
+    assert deployed.directory["charlie"]["stores"] == stores.to_json()
+    pool2 = json.loads(engine.outputs("dev.pool-2")["tenantDirectory"])
+    assert list(pool2) == ["charlie"] and pool2["charlie"]["placement"]["database"] == "dev-pool-2-postgres"
+    # moved to standard, charlie's platform share goes from pool-2 to a cell; nothing else is touched
+    moved = rec.for_tenant(deployed, catalog, "charlie", plan="standard")
+    assert units.tenant_platform_stacks("dev", deployed.catalog, moved, "charlie") == ["dev.cell-1", "dev.pool-2"]
+    gone = rec.for_tenant(deployed, catalog, "charlie", state="offboarded")
+    shard = fleet_capacity.load("dev").identity_shard_of("charlie")
+    assert units.tenant_platform_stacks("dev", deployed.catalog, gone, "charlie") == ["dev", f"dev.{shard}", "dev.pool-2"]

@@ -219,7 +219,9 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
     stack = naming.stack_name(env, tenant_id)
     outcome = MoveOutcome(mp.move_id)
     project = project_of(deployed)
-    src_stores, dst_stores = stores_for(b, env, project, layout), stores_for(a, env, project, layout)
+    # A pooled side's stores are its pool shard's (the deployed one before, the one placement gives after).
+    src_stores = stores_for(b, env, project, layout, pool_shard=units.pool_shard_of(env, before, tenant_id))
+    dst_stores = stores_for(a, env, project, layout, pool_shard=units.pool_shard_of(env, after, tenant_id))
     plan = data.plan_move(src_stores, dst_stores, reach)
     archive = Path(export_to).resolve() if export_to else None
     source_dsns = sorted({h.dsn for h in plan.sources.values() if isinstance(h, data.PgHandle)})

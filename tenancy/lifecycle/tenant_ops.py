@@ -95,7 +95,8 @@ def offboard(engine: Engine, catalog: Catalog, env: str, tenant_id: str, *, sour
                       f"the database of '{tenant_id}'? Nothing was changed") from None
     if open_op is not None and open_op.get("plan", {}).get("operation") != "offboard":
         raise Refused(f"a tier move of '{tenant_id}' is unfinished ({open_op['move_id']}); finish or abort it first")
-    stores = stores_for(t, env, project_of(deployed), layout)
+    stores = stores_for(t, env, project_of(deployed), layout,
+                        pool_shard=units.pool_shard_of(env, deployed.catalog, tenant_id))
     found = data.handles(stores, reach)
     if open_op is None:
         if export_to is None and not yes:

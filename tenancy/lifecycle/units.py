@@ -62,6 +62,18 @@ def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id:
     return _ordered(dict.fromkeys(stacks))
 
 
+def pool_shard_of(env: str, catalog: Catalog, tenant_id: str) -> str | None:
+    """The pool shard a pooled tenant is (or will be) placed in, by the catalogue's deployed placements: where its
+    rows, objects and documents are. None for other models."""
+    t = catalog.tenant(tenant_id)
+    if t.model is not Model.POOLED or not t.in_directory:
+        return None
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.fleet.placement import place
+
+    return place(catalog, fleet_capacity.load(env)).tenants[tenant_id].pool_shard
+
+
 def identity_stack(env: str, catalog: Catalog, tenant_id: str) -> str:
     """The stack holding the tenant's Identity Platform tenant."""
     if not cells_layout(env):
