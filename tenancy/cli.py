@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(m)
     m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
     m.set_defaults(func=cmd_operator_manifests)
+    m = osub.add_parser("prune", help="delete the Stack objects of stacks that no longer exist",
+                        description="Delete the environment's Stack objects whose stacks the deployed record no longer "
+                        "has (offboarded tenants, tenants moved into the pool): the operator stops reconciling them. "
+                        "Nothing is destroyed (Stack objects never destroy on deletion; one that would is refused).")
+    _common(m)
+    m.add_argument("--kube-context", metavar="NAME", help="kubeconfig context of the operator's cluster")
+    m.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    m.set_defaults(func=cmd_operator_prune)
 
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
@@ -684,6 +692,29 @@ def cmd_operator_manifests(args) -> int:
             return EXIT_FAIL
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
     print(f"{len(objects)} Stack object(s) at commit {commit[:12]}, each valid against the operator's CRD", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_operator_prune(args) -> int:
+    import shutil
+
+    from tenancy.engine import AutomationEngine
+    from tenancy.lifecycle import record as rec
+    from tenancy.operator import engine as operator
+    from tenancy.operator.stacks import fleet
+
+    root = Path(__file__).resolve().parent.parent
+    auto = AutomationEngine(root, None) if shutil.which("pulumi") else None
+    engine = operator.build(args.env, commit="HEAD", kube_context=args.kube_context, preview="stacks", state=".tenancy-state",
+                            timeout=60.0, outputs_fallback=auto.outputs if auto else None, on_status=None)
+    deployed = rec.read(engine, args.env)
+    if deployed.catalog is None:
+        raise rec.RecordError(f"environment '{args.env}' has no deployed record: nothing to compare Stack objects with")
+    gone = engine.prune([s.stack for s in fleet(deployed.catalog, args.env)], dry_run=args.dry_run)
+    for name, stack in gone:
+        print(f"{'would delete' if args.dry_run else 'deleted'} Stack {name} ({stack})")
+    if not gone:
+        print("every Stack object belongs to a deployed stack")
     return EXIT_OK
 
 

@@ -90,6 +90,11 @@ class FakeKube:
         if segs[:3] != ["apis", "pulumi.com", "v1"] or segs[3] != "namespaces" or segs[5] != "stacks":
             return _Response(404, {"kind": "Status", "message": f"no route {parts.path}"}, "Not Found")
         ns = segs[4]
+        if method == "GET" and len(segs) == 6:        # a list, by label selector
+            wanted = dict(kv.split("=", 1) for kv in query.get("labelSelector", "").split(",") if kv)
+            items = [copy.deepcopy(o) for (n, _), o in sorted(self.objects.items()) if n == ns and all(
+                (o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+            return _Response(200, {"kind": "StackList", "apiVersion": "pulumi.com/v1", "items": items})
         name = segs[6] if len(segs) > 6 else (payload or {}).get("metadata", {}).get("name")
         key = (ns, name)
         if name in self.errors:

@@ -465,3 +465,28 @@ def test_a_pooled_tenants_stores_are_its_pool_shards(monkeypatch, tmp_path):
     gone = rec.for_tenant(deployed, catalog, "charlie", state="offboarded")
     shard = fleet_capacity.load("dev").identity_shard_of("charlie")
     assert units.tenant_platform_stacks("dev", deployed.catalog, gone, "charlie") == ["dev", f"dev.{shard}", "dev.pool-2"]
+
+
+def test_operator_stack_objects_of_a_cells_layout_wait_for_what_they_read(monkeypatch):
+    from tenancy.catalog import load_catalog
+    from tenancy.operator import schema
+    from tenancy.operator.settings import OperatorSettings
+    from tenancy.operator.stacks import fleet_objects
+    from tests.conftest import ROOT
+
+    cells_config(monkeypatch, env="prod", **{"tenancy:identityShards": "2"})
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    objects = {o["metadata"]["annotations"]["tenancy.io/stack"]: o
+               for o in fleet_objects(load_catalog(ROOT / "tenants.yaml"), OperatorSettings.load("prod"), sha)}
+    assert list(objects)[:5] == ["prod", "prod.identity-1", "prod.identity-2", "prod.cell-1", "prod.pool-1"]
+    for stack, obj in objects.items():
+        assert schema.problems(obj) == [], stack
+        assert obj["spec"]["destroyOnFinalize"] is False
+    waits = {s: [p["name"] for p in o["spec"].get("prerequisites", [])] for s, o in objects.items()}
+    assert waits["prod.identity-1"] == ["prod"]
+    assert waits["prod.cell-1"] == ["prod", "prod-identity-1", "prod-identity-2"]
+    assert waits["prod.pool-1"] == ["prod", "prod-identity-1", "prod-identity-2", "prod-cell-1"]
+    namespace = next(s for s, o in objects.items() if o["metadata"]["labels"].get("tenancy.io/model") == "namespace")
+    dedicated = next(s for s, o in objects.items() if o["metadata"]["labels"].get("tenancy.io/model") == "dedicated")
+    assert waits[namespace] == ["prod", "prod-cell-1"] and waits[dedicated] == ["prod"]
+    assert objects["prod.cell-1"]["metadata"]["labels"]["tenancy.io/stack-kind"] == "cell"

@@ -273,3 +273,29 @@ def test_the_command_needs_the_operator_settings_and_credentials():
     assert res.stderr.strip() == ("error: no Kubernetes credentials for the operator's cluster: Invalid kube-config file. "
                                   "No configuration found.; run `gcloud container clusters get-credentials <cluster>` or "
                                   "pass --kube-context")
+
+
+def test_prune_deletes_only_the_stack_objects_of_stacks_that_are_gone(catalog, settings):
+    fake = FakeKube()
+    outcomes, engine = rollout(fake, settings, catalog, NEW)
+    assert [o.status for o in outcomes] == ["ok"] * len(STACKS)
+    # another environment's object and a foreign object in the namespace are never touched
+    fake.objects[("pulumi-operator", "dev-acme")] = {"metadata": {"name": "dev-acme", "labels": {
+        "app.kubernetes.io/managed-by": "tenancy", "tenancy.io/environment": "dev"},
+        "annotations": {"tenancy.io/stack": "dev.acme"}}, "spec": {}}
+    fake.objects[("pulumi-operator", "other")] = {"metadata": {"name": "other", "labels": {}}, "spec": {}}
+    keep = [s for s in STACKS if s != "prod.acme"]
+    fake.requests.clear()
+    assert engine.prune(keep, dry_run=True) == [("prod-acme", "prod.acme")]
+    assert fake.writes() == []
+    assert engine.prune(keep) == [("prod-acme", "prod.acme")]
+    assert [(r.method, r.path) for r in fake.writes()] == [("DELETE", f"{PATH}/prod-acme")]
+    assert ("pulumi-operator", "prod-acme") not in fake.objects and ("pulumi-operator", "dev-acme") in fake.objects
+    assert engine.prune(keep) == []                      # a re-run finds nothing
+    # an object that would destroy its stack on deletion stops the prune before anything is deleted
+    fake.objects[("pulumi-operator", "prod-wayne")]["spec"]["destroyOnFinalize"] = True
+    fake.requests.clear()
+    with pytest.raises(EngineError) as exc:
+        engine.prune([s for s in keep if s not in ("prod.wayne", "prod.stark")])
+    assert str(exc.value).startswith("Stack prod-wayne (prod.wayne) has destroyOnFinalize set")
+    assert fake.writes() == []

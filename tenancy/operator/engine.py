@@ -215,6 +215,31 @@ class OperatorEngine:
                                   "the operator keeps reconciling it")
             self.sleep(self.poll)
 
+    def prune(self, keep: Iterable[str], dry_run: bool = False) -> list[tuple[str, str]]:
+        """Delete the Stack objects of this environment whose stacks are not in `keep` (offboarded tenants', and
+        tenants' that moved into the pool): [(object name, stack)]. Deleting one stops the operator reconciling a
+        stack that no longer exists; it never destroys anything, and an object that would (`destroyOnFinalize`)
+        is refused before any is deleted."""
+        from tenancy.operator.stacks import MANAGED_BY, STACK_ANNOTATION
+
+        env, keep = self.settings.environment, set(keep)
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY},tenancy.io/environment={env}"
+        listed = self._api(f"list Stacks in {self.settings.namespace}", lambda: self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.settings.namespace, PLURAL, label_selector=selector))
+        gone = []
+        for obj in sorted((listed or {}).get("items") or [], key=lambda o: o["metadata"]["name"]):
+            stack = (obj["metadata"].get("annotations") or {}).get(STACK_ANNOTATION)
+            if not stack or stack in keep:
+                continue
+            if (obj.get("spec") or {}).get("destroyOnFinalize"):
+                raise EngineError(f"Stack {obj['metadata']['name']} ({stack}) has destroyOnFinalize set: deleting it would "
+                                  "destroy the stack; nothing was deleted (destroy with --engine auto first)")
+            gone.append((obj["metadata"]["name"], stack))
+        if not dry_run:
+            for name, _ in gone:
+                self._delete(name)
+        return gone
+
     # ------------------------------------------------------------------------------- the Engine
     def preview(self, stack: str, catalog: Catalog) -> OpResult:
         changes = self.offline.preview(stack, catalog).changes if self.preview_mode != "stacks" else []
