@@ -41,7 +41,6 @@ from tenancy.lifecycle.record import record_json
 
 IDENTITY_TENANTS = "identityTenants"      # identity shard output: {tenant id: Identity Platform tenant name}
 LAYOUT = "layout"                         # the global stack's output: "cells"
-GLOBAL_REFS = (contract.NETWORK_ID, contract.DNS_ZONE)
 
 
 def placement_for(env: str, catalog: Catalog, cfg: PlatformConfig) -> tuple[Capacity, Placement]:
@@ -182,10 +181,14 @@ def build_identity(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) 
 def _directory(env: str, cfg: PlatformConfig, catalog: Catalog, placement: Placement, tenants: list,
                namespace: pulumi.Input[str], provider: pulumi.ProviderResource, name: str = "directory") -> None:
     """This unit's share of the directory (a ConfigMap the application reads and the `tenantDirectory` output),
-    and where its tenants are placed (`placements`: what keeps them there on the next deployment)."""
+    and its share of the deployed record (`deployedRecord`: its tenants, with where they are placed, which is
+    what keeps them there on the next deployment)."""
     shards = sorted({placement.tenants[t.id].identity_shard for t in tenants})
     names = {s: ref(env, s).require_output(IDENTITY_TENANTS).apply(json.loads) for s in shards}
-    identity = {t.id: names[placement.tenants[t.id].identity_shard].apply(lambda d, i=t.id: d[i]) for t in tenants}
+    # A tenant new in this change has no Identity Platform tenant until its identity shard is updated (deploys
+    # update identity shards first; a preview before that shows it empty).
+    identity = {t.id: names[placement.tenants[t.id].identity_shard].apply(lambda d, i=t.id: d.get(i, ""))
+                for t in tenants}
     directory = TenantDirectory(name, DirectoryArgs(
         namespace=namespace, labels=k8s_labels(env, SHARED),
         entries={t.id: directory_entry(t, env, cfg, placement.tenants[t.id], cells_layout=True) for t in tenants},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,20 @@ def _camel(snake: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+def _project() -> dict[str, Any]:
+    stat = PROJECT_FILE.stat()
+    return _parsed_project(stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _parsed_project(mtime_ns: int, size: int) -> dict[str, Any]:
+    """Pulumi.yaml, parsed once per version of the file (every program asks for the project name)."""
+    return yaml.load(PROJECT_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+
+
 def project_defaults() -> dict[str, Any]:
     """Defaults of the `tenancy:` keys declared in Pulumi.yaml (without the namespace)."""
-    data = yaml.safe_load(PROJECT_FILE.read_text()) or {}
+    data = _project()
     out = {}
     for key, decl in (data.get("config") or {}).items():
         if key.startswith(NAMESPACE + ":") and isinstance(decl, dict) and "default" in decl:
@@ -116,7 +128,7 @@ def project_defaults() -> dict[str, Any]:
 
 
 def project_name() -> str:
-    return (yaml.safe_load(PROJECT_FILE.read_text()) or {})["name"]
+    return _project()["name"]
 
 
 def load_stack_config(environment: str) -> dict[str, Any]:
@@ -127,13 +139,21 @@ def load_stack_config(environment: str) -> dict[str, Any]:
         known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
         raise ConfigError(f"stacks/Pulumi.{environment}.yaml not found: environment '{environment}' has no platform "
                           f"stack config; known environments: {', '.join(known) or 'none'}")
-    data = yaml.safe_load(path.read_text()) or {}
-    config = {}
+    stat = path.stat()
+    return dict(_parsed_config(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=16)
+def _parsed_config(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, str], ...]:
+    """The file's config, parsed once per version of the file (every unit and tenant program of a plan asks)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(Path(path).read_text(), Loader=loader) or {}
+    config = []
     for key, value in (data.get("config") or {}).items():
         if isinstance(value, dict) and "secure" in value:
             continue  # encrypted values cannot be read offline; the platform program does not need any
-        config[key] = _config_string(value)
-    return config
+        config.append((key, _config_string(value)))
+    return tuple(config)
 
 
 def _config_string(value: Any) -> str:
