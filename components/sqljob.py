@@ -42,6 +42,9 @@ class Registration:
     plan: str
     model: str
     state: str
+    # Where the tenant lives, as compact JSON (stacks/platform.py registry_entry): its hostnames, units and
+    # store names, never credentials. Each database's registry is the directory of record of its tenants.
+    directory: str = "{}"
 
     def __post_init__(self) -> None:
         if self.state not in REGISTRABLE_STATES:
@@ -103,23 +106,24 @@ $audit$;
 
 
 def registration_sql(registrations: Iterable[Registration]) -> str:
-    """Upsert each tenant's plan, model and state; a row a tier move has frozen or made read-only is left
-    alone, and an unchanged row is not rewritten (re-runs are no-ops). Then the audit check."""
+    """Upsert each tenant's plan, model, state and directory entry; a row a tier move has frozen or made
+    read-only is left alone, and an unchanged row is not rewritten (re-runs are no-ops). Then the audit check."""
     rows = sorted(registrations, key=lambda r: r.id)
     ids = [r.id for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate tenant ids in the registration: {sorted({i for i in ids if ids.count(i) > 1})}")
     out = ["-- Generated from the tenant catalogue: the tenants whose rows this database holds."]
     if rows:
-        values = ",\n  ".join("(" + ", ".join(sql_literal(v) for v in (r.id, r.plan, r.model, r.state)) + ")"
-                              for r in rows)
+        values = ",\n  ".join("(" + ", ".join(sql_literal(v) for v in (r.id, r.plan, r.model, r.state))
+                              + f", {sql_literal(r.directory)}::jsonb)" for r in rows)
         out.append(
-            "INSERT INTO tenancy.tenants (id, plan, model, state) VALUES\n  " + values + "\n"
+            "INSERT INTO tenancy.tenants (id, plan, model, state, directory) VALUES\n  " + values + "\n"
             "ON CONFLICT (id) DO UPDATE\n"
-            "   SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()\n"
+            "   SET plan = excluded.plan, model = excluded.model, state = excluded.state,\n"
+            "       directory = excluded.directory, updated_at = now()\n"
             " WHERE tenancy.tenants.state IN ('active', 'suspended')\n"
-            "   AND (tenancy.tenants.plan, tenancy.tenants.model, tenancy.tenants.state)\n"
-            "       IS DISTINCT FROM (excluded.plan, excluded.model, excluded.state);\n")
+            "   AND (tenancy.tenants.plan, tenancy.tenants.model, tenancy.tenants.state, tenancy.tenants.directory)\n"
+            "       IS DISTINCT FROM (excluded.plan, excluded.model, excluded.state, excluded.directory);\n")
     out.append(AUDIT_BLOCK)
     return "\n".join(out)
 

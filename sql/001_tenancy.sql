@@ -138,6 +138,9 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
   state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'suspended', 'frozen', 'readonly')),
   updated_at  timestamptz NOT NULL DEFAULT now()
 );
+-- The directory of record of this database's tenants (what the platform registers): hostnames, cell, pool shard,
+-- data project, identity shard and store names. Names only, never credentials.
+ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS directory jsonb NOT NULL DEFAULT '{}'::jsonb;
 REVOKE ALL ON tenancy.tenants FROM PUBLIC, tenancy_app;
 
 -- Tables under isolation (maintained by tenancy.isolate).

@@ -153,7 +153,8 @@ def build_pool(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) -> N
     kube = k8s.Provider("cell-1", kubeconfig=home.require_output(contract.KUBECONFIG), enable_server_side_apply=True)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory and placement.tenants[t.id].pool_shard == shard]
     _pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
-                 Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")))
+                 Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")),
+                 placement.tenants, cells_layout=True)
     # Its own logical name: the platform stack's `directory` (tenancy-system in cell 1) becomes cell 1's.
     _directory(env, cfg, catalog, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,18 @@ def sql_files() -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(SQL_DIR.glob("*.sql"))}
 
 
-def registration(t: Tenant) -> Registration:
-    """The tenant's row in `tenancy.tenants` of each database holding its rows (registered by the SQL job)."""
-    return Registration(id=t.id, plan=t.plan_name, model=t.model.value, state=t.state.value)
+def registration(t: Tenant, entry: dict[str, Any] | None = None) -> Registration:
+    """The tenant's row in `tenancy.tenants` of each database holding its rows (registered by the SQL job), with
+    its directory entry's hostnames and placement (`entry`: directory_entry's, or a tenant stack's own)."""
+    return Registration(id=t.id, plan=t.plan_name, model=t.model.value, state=t.state.value,
+                        directory=registry_entry(entry) if entry else "{}")
+
+
+def registry_entry(entry: dict[str, Any]) -> str:
+    """What the registry keeps of a directory entry: hostnames and placement (units and store names), as compact
+    JSON. Never the secrets' names or anything else."""
+    return json.dumps({"hostnames": entry.get("hostnames") or [], "placement": entry.get("placement") or {}},
+                      separators=(",", ":"), sort_keys=True)
 
 
 def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None,
@@ -96,7 +106,8 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     _operator(env, provider, cluster)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
-    _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube)
+    _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
+                 placement.tenants)
     directory_tenants = [t for t in catalog.tenants if t.in_directory]
     identity = IdentityPlatform("identity", IdentityArgs(
         project=cfg.gcp_project,
@@ -229,7 +240,8 @@ def export_all(facts: list[tuple[str, Any]]) -> None:
 
 
 def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Tenant], shard: str,
-                 provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube) -> None:
+                 provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube,
+                 placed: dict[str, TenantPlacement], cells_layout: bool = False) -> None:
     """A pool shard: its pooled instance, Firestore database, bucket, namespace, application and SQL job."""
     gopts = pulumi.ResourceOptions(provider=provider)
     kopts = pulumi.ResourceOptions(provider=kube.provider)
@@ -272,7 +284,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         namespace=kube.system_namespace, service_account=migrator.ksa_name, sql_files=sql_files(),
         host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
         project=cfg.gcp_project, labels=k8s_labels(env, SHARED), server_ca=db.server_ca_cert,
-        registrations=tuple(registration(t) for t in pooled),
+        registrations=tuple(registration(t, directory_entry(t, env, cfg, placed.get(t.id), cells_layout))
+                            for t in pooled),
         **({} if first else {"job_prefix": f"tenancy-sql-{shard}"})), opts=kopts)
 
     AppRelease("pooled-app", AppArgs(

@@ -163,7 +163,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     for role, db in databases.items():
         gcp.secretmanager.SecretIamMember(f"{role}-runtime-secret", project=project, secret_id=db.secret_ids[RUNTIME_USER],
                                           role="roles/secretmanager.secretAccessor", member=identity.member, opts=gopts)
-    _apply_tenancy_sql(env, tenant, project, ns, workload_pool, databases, kube_labels, both, gopts, kopts)
+    hosts = [naming.hostname(tenant.subdomain, base_domain)] + ([tenant.custom_domain] if tenant.custom_domain else [])
+    _apply_tenancy_sql(env, tenant, project, ns, workload_pool, databases, kube_labels, both, gopts, kopts, hosts)
     firestore = FirestoreDatabase("firestore", FirestoreArgs(
         database_id=naming.firestore_database(env, tenant.id), project=project, location=region), opts=gopts)
     _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
@@ -175,7 +176,6 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     graph = Feature.RECOMMENDATIONS in tenant.features
     if graph:
         _neo4j(tenant, ns, kube_labels, clustered=tenant.model is Model.DEDICATED, opts=kopts, scheduling=scheduling)
-    hosts = [naming.hostname(tenant.subdomain, base_domain)] + ([tenant.custom_domain] if tenant.custom_domain else [])
     AppRelease("app", AppArgs(
         release_name="app", namespace=ns.namespace, chart=app_chart, version=app_chart_version, labels=kube_labels,
         depends_on=[identity],
@@ -219,7 +219,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
 
 def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespace, workload_pool: pulumi.Input[str],
                        databases: dict[str, PostgresInstance], kube_labels: dict[str, str], both: pulumi.ResourceOptions,
-                       gopts: pulumi.ResourceOptions, kopts: pulumi.ResourceOptions) -> None:
+                       gopts: pulumi.ResourceOptions, kopts: pulumi.ResourceOptions, hosts: list[str]) -> None:
     """The same tenancy SQL as the pool, so a tenant's rows can move between them; one Job per database."""
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
         project=project, account_id=naming.migrator_service_account_id(env, tenant.id),
@@ -233,7 +233,14 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
             namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
             database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
             labels=kube_labels, job_prefix=f"sql-{role}", server_ca=db.server_ca_cert,
-            registrations=(registration(tenant),)), opts=kopts)
+            registrations=(registration(tenant, own_entry(env, tenant, project, hosts)),)), opts=kopts)
+
+
+def own_entry(env: str, tenant: Tenant, project: str, hosts: list[str]) -> dict:
+    """What the tenant's own databases register of where it lives (the platform's directory holds its units)."""
+    return {"hostnames": hosts,
+            "placement": {"namespace": naming.namespace(tenant.id), "project": project, "bucket": naming.bucket(env, tenant.id),
+                          "firestore": naming.firestore_database(env, tenant.id), "stack": naming.stack_name(env, tenant.id)}}
 
 
 def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_labels: dict[str, str],

@@ -302,9 +302,13 @@ def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(mon
     # identity-1 moved before the kill; the re-run moved only what was left
     assert [m[1].split(":")[0] for m in moves] == ["dev->dev.identity-1", "dev->dev.identity-2", "dev->dev.cell-1",
                                                    "dev->dev.pool-1"]
-    # creates and updates only; what the global stack drops is the k8s provider the cluster's move left behind
-    assert {(c.op, c.type) for p in result.previews for c in p.changes if c.op not in ("create", "update")} == \
+    # nothing stateful replaced or deleted; the one delete is the k8s provider the cluster's move left behind in the
+    # global stack; the pool's SQL Job is replaced (its registrations now name the tenants' unit stacks)
+    assert [c for p in result.previews for c in p.destructive()] == []
+    assert {(c.op, c.type) for p in result.previews for c in p.changes if c.op == "delete"} == \
         {("delete", "pulumi:providers:kubernetes")}
+    assert {c.urn.rsplit("::", 1)[1] for p in result.previews for c in p.changes if c.op == "replace"} == \
+        {"pooled-sql-sql", "pooled-sql-ca", "pooled-sql-job"}
     assert said[-1] == "preview dev: 1 delete"
     # the platform stack is now the global stack; a re-run moves nothing
     # the global stack records no tenant (none is offboarded); each unit records its own

@@ -4,6 +4,7 @@ gate run against a real PostgreSQL, and the job verifying the server's CA."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -180,8 +181,14 @@ def test_pooled_job_registers_the_catalogues_pooled_tenants_and_tenant_jobs_thei
         return [c["data"][REGISTER_FILE] for c in k8s_objects(stack, "ConfigMap") if REGISTER_FILE in c.get("data", {})]
 
     [pooled] = register_sql("dev")
-    rows = re.findall(r"\(\$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z]+)\$r0\$, \$r0\$([a-z]+)\$r0\$\)",
-                      pooled)
+    found = re.findall(r"\(\$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z]+)\$r0\$, \$r0\$([a-z]+)\$r0\$, "
+                       r"\$r0\$(\{.*?\})\$r0\$::jsonb\)", pooled)
+    rows = [r[:4] for r in found]
+    # each row carries the tenant's directory entry: its hostnames and placement, names only
+    directory = {r[0]: json.loads(r[4]) for r in found}
+    assert set(directory["vandelay"]) == {"hostnames", "placement"}
+    assert directory["vandelay"]["placement"]["poolShard"] == "pool-1"
+    assert all("secret" not in r[4].lower() for r in found)
     catalog = load_catalog(ROOT / "tenants.yaml")
     expected = sorted((t.id, t.plan_name, "pooled", t.state.value) for t in catalog.by_model(Model.POOLED)
                       if t.state.value != "offboarded")
@@ -261,3 +268,30 @@ def test_registration_rejects_states_the_catalogue_cannot_set():
     with pytest.raises(ValueError, match="duplicate tenant ids"):
         registration_sql([REGS[0], REGS[0]])
     assert "INSERT" not in registration_sql([]) and "tenancy.audit()" in registration_sql([])
+
+
+def test_the_registry_holds_each_tenants_directory_entry_without_credentials(pg_server, tenancy_db, tmp_path):
+    """The registry in PostgreSQL is the directory of record of the database's tenants: hostnames, units and store
+    names as the platform program registers them; a changed entry is updated, an unchanged one not rewritten."""
+    from stacks.config import offline_platform_config
+    from stacks.platform import directory_entry, registration
+    from tenancy.catalog import parse_catalog
+    from tenancy.fleet.placement import TenantPlacement
+
+    catalog = parse_catalog("version: 1\ntenants:\n  - {id: globex, name: Globex, plan: free, admin_email: a@globex.example}\n")
+    t = catalog.tenant("globex")
+    entry = directory_entry(t, "dev", offline_platform_config("dev"), TenantPlacement(pool_shard="pool-1"))
+    reg = registration(t, entry)
+    assert psql_run(pg_server, tenancy_db, registration_sql([reg]), tmp_path).returncode == 0
+    with connect(pg_server, tenancy_db) as c:
+        got = c.execute("SELECT directory FROM tenancy.tenants WHERE id = 'globex'").fetchone()[0]
+    assert got == {"hostnames": ["app.dev.saas-example.com"], "placement": entry["placement"]}
+    assert got["placement"]["poolShard"] == "pool-1" and got["placement"]["bucket"].endswith("-dev-pooled-uploads")
+    assert "databaseSecrets" not in got and "secret" not in json.dumps(got)
+    before = rows(pg_server, tenancy_db)["globex"]
+    assert psql_run(pg_server, tenancy_db, registration_sql([reg]), tmp_path).returncode == 0
+    assert rows(pg_server, tenancy_db)["globex"] == before                       # unchanged: not rewritten
+    moved = registration(t, {**entry, "placement": {**entry["placement"], "poolShard": "pool-2"}})
+    assert psql_run(pg_server, tenancy_db, registration_sql([moved]), tmp_path).returncode == 0
+    with connect(pg_server, tenancy_db) as c:
+        assert c.execute("SELECT directory->'placement'->>'poolShard' FROM tenancy.tenants").fetchone()[0] == "pool-2"

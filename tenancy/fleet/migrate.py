@@ -168,8 +168,11 @@ def _apply(engine, env: str, catalog: Catalog, say: Callable[[str], None]) -> li
     for stack in [*units, *tenants, naming.stack_name(env)]:
         res = engine.preview(stack, catalog)
         previews.append(res)
-        # A provider the move copied and the program no longer declares goes from the state only.
-        losing = [c for c in res.changes if c.op in ("delete", "replace") and not c.type.startswith(PROVIDER_PREFIX)]
+        # Nothing stateful may be deleted or replaced, and nothing deleted: a provider the move copied and the
+        # program no longer declares goes from the state only. Replacing a stateless object (the SQL Job, whose
+        # registrations now name the tenants' unit stacks) is reported and allowed.
+        losing = [c for c in res.changes if not c.type.startswith(PROVIDER_PREFIX)
+                  and ((c.op == "replace" and c.stateful) or c.op == "delete")]
         counts = ", ".join(f"{n} {op}" for op, n in sorted(res.counts().items())) or "no changes"
         say(f"preview {stack}: {counts}")
         if losing:
