@@ -11,6 +11,7 @@ copying those entries in the plan's order, each followed by what is only known o
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -64,11 +65,13 @@ def _redact_secret_maps(manifest: dict[str, Any]) -> None:
         manifest["metadata"] = meta
 
 
-# Long scalars repeat across stacks (every tenant's copy of the tenancy SQL in its ConfigMaps); PyYAML's
-# emitter writes them a character at a time. The dumper below remembers what it wrote for a long scalar in
-# a given emitter state and writes it again, so the output stays exactly `yaml.safe_dump`'s.
+# YAML is most of what writing a stack costs. libyaml's emitter (CSafeDumper) writes what PyYAML's writes --
+# PyYAML's is a port of it -- except for double-quoted scalars, which it folds and escapes its own way. So a
+# manifest goes to libyaml unless PyYAML would write one of its scalars double-quoted (or a long or multiline
+# key); those manifests stay with PyYAML, which remembers what it wrote for a long scalar in a given emitter
+# state and writes it again (every tenant's copy of the tenancy SQL). Either way: `yaml.safe_dump`'s text.
 MEMO_MIN_CHARS = 256
-MEMO_ENTRIES = 256
+MEMO_ENTRIES = 4096
 _EMITTER_STATE = ("column", "indent", "whitespace", "indention", "open_ended", "root_context", "best_width",
                   "best_indent", "best_line_break", "allow_unicode")
 _WRITTEN: dict[tuple, tuple] = {}
@@ -109,7 +112,7 @@ def _remembered(base):
 
 
 class ManifestDumper(yaml.SafeDumper):
-    """`yaml.SafeDumper`, with the writing of long scalars remembered (same output)."""
+    """`yaml.SafeDumper`, with the analysis of scalars and the writing of long ones remembered (same output)."""
 
     write_plain = _remembered(Emitter.write_plain)
     write_single_quoted = _remembered(Emitter.write_single_quoted)
@@ -118,8 +121,6 @@ class ManifestDumper(yaml.SafeDumper):
     write_literal = _remembered(Emitter.write_literal)
 
     def analyze_scalar(self, scalar):
-        if len(scalar) < MEMO_MIN_CHARS:
-            return super().analyze_scalar(scalar)
         key = (scalar, self.allow_unicode)
         hit = _ANALYSED.get(key)
         if hit is None:
@@ -129,9 +130,31 @@ class ManifestDumper(yaml.SafeDumper):
         return hit
 
 
+_ANALYSER = ManifestDumper(io.StringIO())
+LIBYAML = getattr(yaml, "CSafeDumper", None)
+SIMPLE_KEY_CHARS = 128     # longer keys are written in the explicit `? key` form
+
+
+def _libyaml_writes_it_alike(node: Any) -> bool:
+    stack = [(node, False)]
+    while stack:
+        value, is_key = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((k, True) for k in value)
+            stack.extend((v, False) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, False) for v in value)
+        elif isinstance(value, str):
+            analysis = _ANALYSER.analyze_scalar(value)
+            if not analysis.allow_single_quoted or (is_key and (analysis.multiline or len(value) >= SIMPLE_KEY_CHARS)):
+                return False
+    return True
+
+
 def manifest_yaml(manifest: dict[str, Any]) -> str:
     """A manifest file's text: `yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False)`."""
-    return yaml.dump(manifest, Dumper=ManifestDumper, sort_keys=False, default_flow_style=False)
+    dumper = LIBYAML if LIBYAML is not None and _libyaml_writes_it_alike(manifest) else ManifestDumper
+    return yaml.dump(manifest, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 def write_manifests(stack: Any, mdir: Path) -> int:
