@@ -122,10 +122,14 @@ def test_manifests_are_written_per_stack_by_the_workers(streamed):
                    and not r["type"].startswith(planwrite.K8S_NOT_OBJECTS)]
         files = sorted((out / "manifests" / s["name"]).glob("*.yaml"))
         assert len(files) == len(objects) > 0, s["name"]
-    # every stack ran in a worker process (the planning and the writing happen where the stack ran)
+    # the planning and the writing happen where each stack ran: the platform in a process of its own, the first
+    # tenant stack in this process (so that the workers forked next start with its modules imported), the
+    # others in workers
     planned = [c for c in calls if not c["tenant_facing_only"]]
     assert sorted(c["stack"] for c in planned) == sorted(s["name"] for s in data["stacks"])
-    assert all(c["pid"] != parent for c in planned)
+    assert [c["stack"] for c in planned if c["pid"] == parent] == ["dev.pied-piper"]
+    platform = next(c["pid"] for c in planned if c["stack"] == "dev")
+    assert {c["pid"] for c in planned if c["stack"] not in ("dev", "dev.pied-piper")}.isdisjoint({parent, platform})
 
 
 def test_the_platform_stack_runs_beside_the_tenant_stacks(streamed):
@@ -245,16 +249,24 @@ def test_plan_wide_violations_land_as_evaluate_plan_puts_them(broken):
 
 # --------------------------------------------------------------------------------------------- writing
 
-def test_manifest_dumper_writes_what_safe_dump_writes():
+def test_manifests_are_written_as_safe_dump_writes_them():
+    """planwrite.manifest_yaml (libyaml, or PyYAML remembering long scalars) against yaml.safe_dump."""
     sql = (ROOT / "sql" / "001_tenancy.sql").read_text()
     texts = [sql, sql + "  trailing\t", "ünïcödé " * 60, "'quoted' \"double\" " * 40, "word " * 200, "a\n\nb\n" * 100,
-             "\x07 bell " * 50, " leading space " * 30]
-    docs = [{"kind": "ConfigMap", "data": {"f.sql": t, "g": [t, {"deeper": t}]}, "plain": t} for t in texts]
-    for doc in docs * 2:       # the second time from what was remembered
-        for width in (None, 40):
-            kw = {"width": width} if width else {}
-            assert yaml.dump(doc, Dumper=planwrite.ManifestDumper, sort_keys=False, default_flow_style=False, **kw) == \
-                yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, **kw)
+             "\x07 bell " * 50, " leading space " * 30, "", "123", "true", "null", "- dash", "a: b # c", "~", "0o17",
+             "line\nbreak", "x" * 300, "key with spaces: and colon", "\ttab", "trailing ", "é", "{braces}", "[list]"]
+    docs = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m", "labels": {"a": t[:60]}},
+             "data": {"f.sql": t, "g": [t, {"deeper": t}], "n": 3, "b": True, "none": None, "empty": {}, "nil": []},
+             "plain": t} for t in texts]
+    docs += [{"k" * 200: "long key"}, {"multi\nline": 1}, {"x": 1.5, "y": -0.0, "z": 10 ** 20}]
+    routed = {planwrite._libyaml_writes_it_alike(d) for d in docs}
+    assert routed == {True, False}, "both writers are exercised"
+    for doc in docs * 2:       # the second time partly from what was remembered
+        expected = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+        assert planwrite.manifest_yaml(doc) == expected
+        assert yaml.dump(doc, Dumper=planwrite.ManifestDumper, sort_keys=False, default_flow_style=False) == expected
+        assert yaml.dump(doc, Dumper=planwrite.ManifestDumper, sort_keys=False, default_flow_style=False, width=40) == \
+            yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=40)
 
 
 def test_an_empty_plan_and_changes_are_written_as_json_dumps_writes_them(tmp_path):
