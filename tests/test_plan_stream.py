@@ -236,7 +236,7 @@ def test_plan_wide_violations_land_as_evaluate_plan_puts_them(broken):
     """_plan_wide_violations (views + each stack's own part) and the whole-plan evaluation agree, order included."""
     stacks = [planmod.StackPlan(s["name"], s["kind"], s["tenant"], s["model"], s["resources"], s["outputs"])
               for s in broken["stacks"]]
-    planned = [planmod._finish(s, None) for s in stacks]
+    planned = [planmod._planned(s) for s in stacks]
     planmod._plan_wide_violations(planned)
     expected: dict[str, list] = {s["name"]: [] for s in broken["stacks"]}
     for v in evaluate_plan(broken["stacks"]):
@@ -275,3 +275,24 @@ def test_an_empty_plan_and_changes_are_written_as_json_dumps_writes_them(tmp_pat
     path = planmod.write(result, tmp_path)
     assert path.read_text() == json.dumps(result.to_json(), indent=1) + "\n"
     assert json.loads(path.read_text())["changes"] == {"since": "HEAD", "removed": {"dev.x": "gone"}, "unchanged": ["dev"]}
+
+
+def test_a_cells_layout_plan_streams_only_its_stacks(tmp_path, monkeypatch):
+    """Unit stacks stream like the others; those run only for their outputs are not part of the output."""
+    from tenancy.catalog import parse_catalog
+    from tests.test_cells import SMALL, cells_config
+
+    cells_config(monkeypatch, **{"tenancy:identityShards": "2"})
+    catalog = parse_catalog(SMALL)
+    memory = planmod.plan(catalog, "dev", workers=1)
+    planmod.write(memory, tmp_path / "memory")
+    streamed = planmod.plan(catalog, "dev", workers=2, out=tmp_path / "streamed")
+    assert tree(tmp_path / "streamed") == tree(tmp_path / "memory")
+    assert [s.name for s in streamed.stacks] == [s.name for s in memory.stacks] == [
+        "dev", "dev.identity-1", "dev.identity-2", "dev.cell-1", "dev.pool-1", "dev.delta", "dev.echo"]
+    assert all(s.resources is None for s in streamed.stacks)
+    one = planmod.plan(catalog, "dev", tenants=["delta"], workers=1, out=tmp_path / "one")
+    assert [s.name for s in one.stacks] == ["dev.delta"]
+    assert [s["name"] for s in json.loads((tmp_path / "one" / "plan.json").read_text())["stacks"]] == ["dev.delta"]
+    assert sorted(p.name for p in (tmp_path / "one" / "manifests").iterdir()) == ["dev.delta"], \
+        "the global stack and the cell ran for their outputs only"
