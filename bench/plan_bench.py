@@ -1,19 +1,40 @@
-"""Benchmark of the offline plan: wall time and peak memory at 10, 100 and 1,000 tenants.
+"""Benchmark of the offline plan at 1,000, 5,000 and 10,000 tenants, beside the Pulumi SDK's own floor.
 
-Catalogues are generated with 90% pooled, 9% namespace and 1% dedicated tenants. Each measurement runs
-`tenancy plan` in a fresh process; peak memory is the largest sum of resident memory over the process
-and its worker processes, sampled every 20 ms from /proc.
+Catalogues are generated with 90% pooled, 9% namespace and 1% dedicated tenants. The plans run in a copy of
+the repository (`<out>/tree`) whose `stacks/Pulumi.dev.yaml` declares the largest capacity the config accepts
+(`tenancy:cellCapacity` 10,000, `tenancy:poolShardCapacity` 1,000,000, `tenancy:dataProjectInstances` 100,000):
+this version's stacks build one cell, one pool shard and one data project, and the committed capacity holds
+300 namespace and 2,000 pooled tenants. At these sizes the platform stack fails the plan with the
+`object-and-stack-size` rule (its tenant directory, its resource count); the plan is written all the same,
+and the benchmark measures time and memory.
 
-Targets (2-core machine): full plan of 1,000 tenants <= 60 s and <= 2 GB; `--tenant` for one namespace
-tenant at 1,000 tenants <= 3 s and at least 20x faster than the full plan.
+For each size, each in a fresh process:
+- the full plan (`tenancy plan`, no exports cache): wall time, CPU seconds of every process (the plan and its
+  workers), CPU per resource, and the peak of the summed memory of the process and its workers from /proc:
+  resident (RSS, every 20 ms; pages a worker shares with the parent it was forked from counted in each) and
+  proportional (PSS, every 0.5 s; shared pages divided between the processes sharing them);
+- the SDK floor, in the same run: as many `gcp.storage.Bucket` resources as the plan has resources, registered
+  under the same recorder (`tenancy.recorder.run_program`), in stacks of 100 by as many worker processes as
+  the plan uses, replaced as often; nothing else (no stack programs, policy, plan.json or manifests). Its CPU
+  per resource, and the plan's against it;
+- `--tenant` for one namespace tenant, cold (no exports cache: the platform's tenant-facing components run),
+  then again with the cache the first run wrote.
 
-    .venv/bin/python bench/plan_bench.py [--sizes 10,100,1000] [--out bench/out]
+Targets (2 cores): the full plan's CPU per resource <= 1.2x the floor's; total peak memory <= 2 GB; a
+one-tenant plan at 10,000 tenants <= 3 s cold.
+
+    .venv/bin/python bench/plan_bench.py [--sizes 1000,5000,10000] [--out bench/out] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
 import os
+import re
+import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +44,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PLANS = ["free", "basic", "premium"]
+PER_FLOOR_STACK = 100
+PSS_EVERY = 25          # memory samples every 20 ms; PSS every 25th (0.5 s)
+# Config key -> value in the benchmark's copy: the most the config accepts (tenancy/fleet/capacity.py INT_KEYS).
+CAPACITY = {"cellCapacity": 10_000, "poolShardCapacity": 1_000_000, "dataProjectInstances": 100_000}
+COPY_SKIP = {".git", ".venv", ".tools", ".cache", "__pycache__", "tests", ".pytest_cache", ".tenancy-state"}
 
 
 def catalogue(n: int) -> dict:
@@ -42,114 +67,187 @@ def catalogue(n: int) -> dict:
     return {"version": 1, "tenants": tenants}
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of pid and all its descendants."""
-    children: dict[int, list[int]] = {}
+def workspace(out: Path) -> Path:
+    """A copy of the repository with the capacity every benchmark size needs declared."""
+    tree = out / "tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory).resolve()
+        return {n for n in names if n in COPY_SKIP or (here / n).resolve() == out.resolve()}
+
+    shutil.copytree(ROOT, tree, ignore=skip)
+    cfg = tree / "stacks" / "Pulumi.dev.yaml"
+    text = cfg.read_text()
+    for key, value in CAPACITY.items():
+        text, n = re.subn(rf"(?m)^(\s*tenancy:{key}:)\s*\S+$", rf"\g<1> {value}", text)
+        if n != 1:
+            raise SystemExit(f"{cfg}: no tenancy:{key} line to raise")
+    cfg.write_text(text)
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
+            out.setdefault(ppid, []).append(int(entry))
         except (OSError, ValueError, IndexError):
             continue
-    total, stack = 0, [pid]
+    return out
+
+
+def _tree_memory(pid: int, pss: bool) -> tuple[int, int]:
+    """(RSS, PSS or 0) in bytes of pid and all its descendants. RSS from statm is cheap; PSS (smaps_rollup) walks
+    every page table, so it is sampled less often."""
+    children = _children()
     page = os.sysconf("SC_PAGE_SIZE")
+    rss = prop = 0
+    stack = [pid]
     while stack:
         p = stack.pop()
         try:
             with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
-        except OSError:
+                rss += int(f.read().split()[1]) * page
+            if pss:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    prop += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
             pass
         stack.extend(children.get(p, []))
-    return total
+    return rss, prop
 
 
-def measure(args: list[str]) -> tuple[float, int, str]:
+class Run:
+    def __init__(self, wall: float, cpu: float, rss: int, pss: int, returncode: int, output: str):
+        self.wall, self.cpu, self.rss, self.pss, self.returncode, self.output = wall, cpu, rss, pss, returncode, output
+
+
+def measure(args: list[str], cwd: Path, ok=(0,)) -> Run:
+    """Runs args; wall time, CPU of the process and every descendant it waited for, peak summed RSS and PSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    peak = 0
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    peak = [0, 0]
     done = threading.Event()
 
     def sample():
-        nonlocal peak
+        n = 0
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid, pss=n % PSS_EVERY == 0)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            n += 1
             time.sleep(0.02)
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     out, _ = proc.communicate()
-    elapsed = time.perf_counter() - start
+    wall = time.perf_counter() - start
     done.set()
     t.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{out}")
-    return elapsed, peak, out
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in ok:
+        raise SystemExit(f"{' '.join(args)} failed (exit {proc.returncode}):\n{out[-4000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(wall, cpu, peak[0], peak[1], proc.returncode, out)
+
+
+def _summary(output: str) -> tuple[int, int, float]:
+    """(stacks, resources, planning seconds) from `tenancy plan`'s summary line."""
+    m = re.search(r"^(\d+) stack\(s\), (\d+) resources, \d+ mandatory violation\(s\), ([\d.]+)s$", output, re.M)
+    if not m:
+        raise SystemExit(f"no summary line in:\n{output[-4000:]}")
+    return int(m[1]), int(m[2]), float(m[3])
+
+
+# ----------------------------------------------------------------------------------------------- floor
+
+def _floor_stack(item: tuple[int, int]) -> int:
+    from tenancy.recorder import run_program
+    import pulumi_gcp as gcp
+
+    index, count = item
+
+    def program() -> None:
+        for j in range(count):
+            gcp.storage.Bucket(f"bucket-{j}", name=f"floor-{index}-{j}", location="EU", uniform_bucket_level_access=True,
+                               public_access_prevention="enforced", versioning={"enabled": True},
+                               labels={"tenant": f"floor-{index}"})
+
+    return len(run_program(program, project="tenancy", stack=f"dev.floor-{index}", config={}).records)
+
+
+def floor_main(resources: int, workers: int) -> None:
+    """The SDK floor: `resources` Buckets in stacks of PER_FLOOR_STACK, the plan's worker processes and recycling."""
+    sys.path.insert(0, os.getcwd())
+    import pulumi_gcp as gcp
+    from tenancy.plan import STACKS_PER_WORKER
+
+    gcp.storage.Bucket    # imported before the workers fork, as the plan's parent has its SDKs imported
+    stacks = [(i, min(PER_FLOOR_STACK, resources - i * PER_FLOOR_STACK)) for i in range(math.ceil(resources / PER_FLOOR_STACK))]
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=STACKS_PER_WORKER) as pool:
+        total = sum(pool.imap_unordered(_floor_stack, stacks))
+    print(f"floor: {total} resources in {len(stacks)} stacks")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--floor", type=int, help=argparse.SUPPRESS)    # internal: run the SDK floor for N resources
     a = ap.parse_args()
-    out = Path(a.out)
+    if a.floor is not None:
+        floor_main(a.floor, a.workers)
+        return
+    out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tenancy = [sys.executable, "-m", "tenancy"]
+    tree = workspace(out)
+    py = sys.executable
+    tenancy = [py, "-m", "tenancy"]
+    cache = tree / ".cache"
     rows = []
     for n in (int(s) for s in a.sizes.split(",")):
         cat = catalogue(n)
         path = out / f"tenants-{n}.yaml"
         path.write_text(yaml.safe_dump(cat, sort_keys=False))
         ns_tenant = next(t["id"] for t in cat["tenants"] if t["plan"] == "standard")
-        full_t, full_m, full_out = measure([*tenancy, "plan", "--tenants", str(path), "--out", str(out / f"plan-{n}")])
-        one_t, one_m, one_out = measure([*tenancy, "plan", "--tenants", str(path), "--tenant", ns_tenant,
-                                   "--out", str(out / f"plan-{n}-one")])
-        summary = next((l for l in full_out.splitlines() if " resources, " in l), "")
-        resources = summary.split(",")[1].strip().split()[0]
-        full_in = _in_process(full_out)
-        one_in = _in_process(one_out)
-        rows.append((n, resources, full_t, full_m, full_in, one_t, one_m, one_in))
-        print(f"{n:>5} tenants: full plan {full_t:6.1f} s ({full_in:.1f} s planning) {full_m / 2**20:7.0f} MiB, "
-              f"{resources} resources; --tenant {one_t:5.2f} s ({one_in:.2f} s planning) {one_m / 2**20:5.0f} MiB", flush=True)
-    last_n = rows[-1][0]
-    warm = warm_single(out / f"tenants-{last_n}.yaml", next(t["id"] for t in catalogue(last_n)["tenants"] if t["plan"] == "standard"))
-    print(f"warm --tenant at {last_n:,} tenants (SDKs already imported): {warm:.2f} s; "
-          f"full planning part / warm --tenant = {rows[-1][4] / warm:.0f}x")
+        shutil.rmtree(cache, ignore_errors=True)
+        full = measure([*tenancy, "plan", "--tenants", str(path), "--out", str(out / f"plan-{n}"),
+                        "--workers", str(a.workers)], tree, ok=(0, 1))
+        stacks, resources, planning = _summary(full.output)
+        floor = measure([py, str(ROOT / "bench" / "plan_bench.py"), "--floor", str(resources), "--workers", str(a.workers)], tree)
+        shutil.rmtree(cache, ignore_errors=True)
+        cold = measure([*tenancy, "plan", "--tenants", str(path), "--tenant", ns_tenant, "--out", str(out / f"plan-{n}-one")], tree)
+        warm = measure([*tenancy, "plan", "--tenants", str(path), "--tenant", ns_tenant, "--out", str(out / f"plan-{n}-one")], tree)
+        row = dict(n=n, stacks=stacks, resources=resources, full=full, planning=planning, floor=floor, cold=cold, warm=warm,
+                   plan_ms=1000 * full.cpu / resources, floor_ms=1000 * floor.cpu / resources)
+        rows.append(row)
+        print(f"{n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
+              f"({row['plan_ms']:.2f} ms/resource), peak RSS {mib(full.rss)}, PSS {mib(full.pss)}; SDK floor "
+              f"{floor.wall:.1f} s, {floor.cpu:.0f} CPU s ({row['floor_ms']:.2f} ms/resource): "
+              f"{row['plan_ms'] / row['floor_ms']:.2f}x; --tenant cold {cold.wall:.2f} s, cached {warm.wall:.2f} s", flush=True)
     print()
-    print("| tenants | resources | full plan | planning part | peak memory | `--tenant` | planning part | peak memory | "
-          "speed-up end to end | speed-up of planning |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, res, ft, fm, fi, ot, om, oi in rows:
-        print(f"| {n:,} | {res} | {ft:.1f} s | {fi:.1f} s | {fm / 2**20:.0f} MiB | {ot:.2f} s | {oi:.2f} s | "
-              f"{om / 2**20:.0f} MiB | {ft / ot:.1f}x | {fi / oi:.0f}x |")
-
-
-WARM = """
-import sys, time
-from tenancy import plan
-from tenancy.catalog import load_catalog
-catalog = load_catalog(sys.argv[1])
-plan.plan(catalog, "dev", tenants=[sys.argv[2]], workers=1)          # warms the SDK imports
-start = time.perf_counter()
-for _ in range(3):
-    plan.plan(catalog, "dev", tenants=[sys.argv[2]], workers=1)
-print((time.perf_counter() - start) / 3)
-"""
-
-
-def warm_single(path: Path, tenant: str) -> float:
-    """Seconds of a `--tenant` plan in a process that has already imported the SDKs (the planning work itself)."""
-    out = subprocess.run([sys.executable, "-c", WARM, str(path), tenant], capture_output=True, text=True, cwd=ROOT, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def _in_process(output: str) -> float:
-    """The planning time `tenancy plan` reports itself (after interpreter start and SDK imports)."""
-    line = next((l for l in output.splitlines() if " resources, " in l), "")
-    return float(line.rsplit(",", 1)[1].strip().rstrip("s"))
+    print("| tenants | stacks | resources | full plan | CPU | CPU per resource | SDK floor per resource | plan / floor | "
+          "peak memory RSS (PSS) | `--tenant` cold | `--tenant` cached |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['stacks']:,} | {r['resources']:,} | {r['full'].wall:.0f} s | {r['full'].cpu:.0f} s | "
+              f"{r['plan_ms']:.2f} ms | {r['floor_ms']:.2f} ms | {r['plan_ms'] / r['floor_ms']:.2f}× | "
+              f"{mib(r['full'].rss)} ({mib(r['full'].pss)}) | {r['cold'].wall:.1f} s | {r['warm'].wall:.1f} s |")
 
 
 if __name__ == "__main__":

@@ -780,12 +780,12 @@ def cmd_plan(args) -> int:
 
     meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=meter.say, meter=meter)
-    path = planmod.write(result, args.out)
+                          workers=args.workers, progress=meter.say, meter=meter, out=args.out)
+    path = result.plan_file
     if args.json:
         print(json.dumps({
             "environment": result.environment, "planFile": str(path),
-            "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": len(s.resources),
+            "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": s.resource_count,
                         "reasons": s.reasons, "violations": s.violations, "placement": s.placement} for s in result.stacks],
             "removed": result.removed, "unchanged": result.unchanged}, indent=1))
     else:

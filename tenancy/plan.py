@@ -1,32 +1,37 @@
 """`tenancy plan`: every stack program, run offline under the recording runtime, written as plan.json.
 
-The platform stack runs first; its exports feed the tenant stacks' StackReference. Tenant stacks are
-independent of each other, so they run in worker processes (one fresh Pulumi runtime per stack). Each
-stack's resources are checked by the real policy pack (`policy/`).
+Single layout: tenant stacks read the platform's tenant-facing exports (StackReference), from a cache or from
+a short run of only the components that export them; then the platform stack (in a process of its own) and
+the tenant stacks (in worker processes) run side by side. Cells layout: the global stack, then identity
+shards, cells and pool shards, then tenant stacks, each stage reading the previous ones' outputs. One fresh
+Pulumi runtime per stack; each stack's resources are checked by the real policy pack (`policy/`) where it ran,
+and with `out` written there too (tenancy/planwrite.py): the parent keeps a light record per stack and what
+the plan-wide rules need.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
-import shutil
+import queue
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
-
-import yaml
 
 from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.errors import PlanError, TenancyError
 from tenancy.progress import Meter
+from tenancy.planwrite import PlanWriter, manifests  # noqa: F401 -- manifests: part of this module's interface
 from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
 
 PLAN_VERSION = 1
-K8S_NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
+LIGHT_OUTPUT_BYTES = 4096      # output values kept in a streamed stack's light record (the rest: plan.json)
 
 
 @dataclass
@@ -35,14 +40,26 @@ class StackPlan:
     kind: str                       # "platform" | "tenant"
     tenant: str | None
     model: str | None
-    resources: list[dict[str, Any]]
+    resources: list[dict[str, Any]] | None    # None in the light record of a streamed stack (plan.json has them)
     outputs: dict[str, Any]
     violations: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
     placement: dict[str, Any] | None = None   # tenancy/fleet/report.py: stack_json
+    resource_count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resources is not None:
+            self.resource_count = len(self.resources)
+
+    def light(self) -> StackPlan:
+        """What a streaming plan keeps of a stack once written: no resources, outputs without large values."""
+        small = {k: v for k, v in self.outputs.items() if len(json.dumps(v)) <= LIGHT_OUTPUT_BYTES}
+        return replace(self, resources=None, outputs=small, resource_count=self.resource_count)
 
     def to_json(self) -> dict[str, Any]:
+        if self.resources is None:
+            raise PlanError(f"stack '{self.name}' was streamed to plan.json; its resources are read from there")
         out = {"name": self.name, "kind": self.kind, "tenant": self.tenant, "model": self.model,
                "resources": self.resources, "outputs": self.outputs, "violations": self.violations}
         if self.reasons:
@@ -65,13 +82,20 @@ class PlanResult:
     changed_since: str | None = None
     seconds: float = 0.0
     placement_lines: list[str] = field(default_factory=list)
+    plan_file: Path | None = None        # set when the plan was streamed (plan(out=...)): already written
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": PLAN_VERSION, "environment": self.environment,
                                "stacks": [s.to_json() for s in self.stacks]}
         if self.changed_since is not None:
-            out["changes"] = {"since": self.changed_since, "removed": self.removed, "unchanged": self.unchanged}
+            out["changes"] = self.changes
         return out
+
+    @property
+    def changes(self) -> dict[str, Any] | None:
+        if self.changed_since is None:
+            return None
+        return {"since": self.changed_since, "removed": self.removed, "unchanged": self.unchanged}
 
     @property
     def mandatory_violations(self) -> int:
@@ -112,8 +136,41 @@ def _to_stack_plan(stack: str, kind: str, tenant: str | None, model: str | None,
     return plan
 
 
+@dataclass
+class Planned:
+    """One planned stack as the parent keeps it until the plan-wide rules have run: the stack (its light
+    record once a streaming plan has written it), what those rules read of it, and what its planning
+    function returned besides (a unit stack's exports)."""
+
+    stack: StackPlan
+    view: dict[str, Any]                 # tenancy.policycheck.plan_view: for the cross-stack rules
+    own_plan_wide: list[dict[str, Any]]  # its violations of the plan-wide forms that look at one stack
+    extra: Any = None
+
+
+# The writer of a streaming plan (plan(out=...)), set before any worker forks.
+_WRITER: PlanWriter | None = None
+
+
+def _planned(result: StackPlan | tuple[StackPlan, Any]) -> Planned:
+    """Where the stack was planned (a worker): its plan-wide part, and written out when streaming."""
+    from tenancy.policycheck import evaluate_stack_plan_forms, plan_view
+
+    sp, extra = result if isinstance(result, tuple) else (result, None)
+    entry = sp.to_json()
+    planned = Planned(sp, plan_view(entry), evaluate_stack_plan_forms(entry), extra)
+    if _WRITER is not None:
+        _WRITER.add(sp)
+        planned.stack = sp.light()
+    return planned
+
+
 # Worker state: set in the parent before the pool forks, so catalogues are not pickled per task.
 _WORKER: dict[str, Any] = {}
+# A worker process is replaced after this many stacks. Every program run leaves some of its objects alive in
+# the Pulumi SDK's runtime (about 1.7 MB for a namespace tenant's stack), so a worker that ran hundreds of
+# stacks would hold hundreds of them; a fresh one is forked, with every module imported, in milliseconds.
+STACKS_PER_WORKER = 20
 
 
 def _plan_tenant(stack: str) -> StackPlan:
@@ -122,6 +179,14 @@ def _plan_tenant(stack: str) -> StackPlan:
     tenant = catalog.tenant(tenant_id)
     result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"])
     return _to_stack_plan(stack, "tenant", tenant.id, tenant.model.value, result, seconds)
+
+
+def _plan_platform_or_tenant(stack: str) -> StackPlan:
+    """Single layout: the platform stack (the whole program) or a tenant stack."""
+    if naming.parse_stack_name(stack)[1] is not None:
+        return _plan_tenant(stack)
+    result, seconds = run_stack(stack, _WORKER["catalog"], _WORKER["platform_config"], {})
+    return _to_stack_plan(stack, "platform", None, None, result, seconds)
 
 
 def _plan_unit(stack: str) -> tuple[StackPlan, tuple[dict, list[str]]]:
@@ -139,23 +204,79 @@ def _exports(result: RunResult) -> tuple[dict, list[str]]:
             list(result.secret_outputs))
 
 
+def _plan_indexed(item: tuple[int, str]) -> tuple[int, Planned]:
+    i, stack = item
+    return i, _planned(_WORKER["one"](stack))
+
+
+def _plan_alone(conn, item: tuple[int, str]) -> None:
+    try:
+        conn.send(_plan_indexed(item))
+    except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which raises it
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
 def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = lambda: None,
-                  one: Callable[[str], Any] = _plan_tenant) -> list:
+                  one: Callable[[str], Any] = _plan_tenant, alone: int = 0) -> list[Planned]:
+    """Every stack of `stacks_` planned by `one` (and written, when streaming, where it ran); results in the
+    order of `stacks_`, `done()` as each finishes.
+
+    With workers: the first `alone` stacks (the largest) each start at once in a process of their own, which
+    ends with it (the memory a program leaves behind goes with it); the next stack is planned in this process,
+    so that the workers forked after it start with every module a stack program imports; the rest go to
+    `workers` processes, each replaced after STACKS_PER_WORKER stacks."""
+    _WORKER["one"] = one
     if workers <= 1 or len(stacks_) < 4:
         results = []
         for s in stacks_:
-            results.append(one(s))
+            results.append(_planned(one(s)))
             done()
         return results
     ctx = multiprocessing.get_context("fork")
-    # Chunks bounded so progress (and its rate) moves steadily on large fleets.
-    chunk = max(1, min(32, len(stacks_) // (workers * 4)))
-    with ctx.Pool(processes=workers) as pool:
-        results = []
-        for r in pool.imap(one, stacks_, chunksize=chunk):
-            results.append(r)
-            done()
-        return results
+    out: list[Planned | None] = [None] * len(stacks_)
+    results: queue.Queue = queue.Queue()
+    processes = []
+
+    def receive(conn, stack: str, proc) -> None:
+        try:
+            results.put(conn.recv())
+        except EOFError:
+            proc.join()
+            results.put(PlanError(f"stack '{stack}': its planning process ended without a result "
+                                  f"(exit code {proc.exitcode})"))
+
+    gc.freeze()   # what workers inherit is never collected there: their collections stay small, pages shared
+    try:
+        for i in range(alone):
+            mine, theirs = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_plan_alone, args=(theirs, (i, stacks_[i])), daemon=True)
+            proc.start()
+            theirs.close()
+            processes.append(proc)
+            threading.Thread(target=receive, args=(mine, stacks_[i], proc), daemon=True).start()
+        out[alone] = _planned(one(stacks_[alone]))
+        done()
+        rest = list(enumerate(stacks_))[alone + 1:]
+        gc.freeze()
+        with ctx.Pool(processes=min(workers, max(1, len(rest))), maxtasksperchild=STACKS_PER_WORKER) as pool:
+            for item in rest:
+                pool.apply_async(_plan_indexed, (item,), callback=results.put, error_callback=results.put)
+            for _ in range(len(stacks_) - 1):
+                got = results.get()
+                if isinstance(got, BaseException):
+                    raise got
+                i, planned = got
+                out[i] = planned
+                done()
+    finally:
+        gc.unfreeze()
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return [p for p in out if p is not None]
 
 
 def default_workers() -> int:
@@ -163,10 +284,13 @@ def default_workers() -> int:
 
 
 def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, changed_since: str | None = None,
-         workers: int | None = None, progress=None, meter: Meter | None = None) -> PlanResult:
+         workers: int | None = None, progress=None, meter: Meter | None = None,
+         out: str | Path | None = None) -> PlanResult:
     """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref.
-    `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py)."""
-    from stacks.config import project_name
+    `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py).
+    `out`: write plan.json and the manifests there as stacks finish (tenancy/planwrite.py); the result then
+    holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory."""
+    global _WRITER
 
     start = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -200,42 +324,62 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         tenant_stacks = [s for s in tenant_stacks if s in chosen]
         # A pooled tenant lives in the platform stack; a tenant stack only needs the platform's outputs.
         include_platform = include_platform and bool(pooled_or_gone)
-    if placed.capacity.cells_layout:
-        return _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
-                           changed_since, workers, say, meter, start)
-
-    # Tenant stacks need the platform's exports. When the platform stack is in the plan they come from its
-    # run; otherwise from the cache of its tenant-facing exports, or from a run of only the components
-    # whose exports tenant stacks read.
-    stacks_out: list[StackPlan] = []
-    meter = meter or Meter(live=False, interval=float("inf"))
-    meter.start(int(include_platform) + len(tenant_stacks))
-    key = exports_cache_key(env)
-    exports = None if include_platform or not tenant_stacks else _read_exports_cache(env, key)
-    if exports is None:
-        if include_platform:
-            say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
-        else:
-            say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
-        presult, pseconds = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=not include_platform)
-        if include_platform:
-            sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
-            sp.reasons = reasons.get(platform_stack, [])
-            stacks_out.append(sp)
-            meter.advance()
-        exports = _write_exports_cache(env, key, presult)
-    else:
-        say(f"using the cached tenant-facing exports of platform stack {platform_stack}")
-    ref = f"{ORGANIZATION}/{project_name()}/{platform_stack}"
-    _WORKER.update(catalog=catalog, stack_outputs={ref: exports})
-    n = workers or default_workers()
-    say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
+    _WRITER = PlanWriter.open(out) if out is not None else None
     try:
-        tenant_plans = _plan_tenants(tenant_stacks, n, meter.advance)
+        if placed.capacity.cells_layout:
+            result = _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
+                                 changed_since, workers, say, meter, start)
+        else:
+            result = _plan_single(catalog, env, config, placed, tenant_stacks, include_platform, reasons, removed,
+                                  unchanged, changed_since, workers, say, meter, start)
+        if _WRITER is not None:
+            result.plan_file = _WRITER.close(PLAN_VERSION, env, result.stacks, result.changes)
+    except BaseException:
+        if _WRITER is not None:
+            _WRITER.abort()
+        raise
+    finally:
+        _WRITER = None
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _plan_single(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str],
+                 include_platform: bool, reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str],
+                 changed_since: str | None, workers: int | None, say: Callable[[str], None], meter: Meter | None,
+                 start: float) -> PlanResult:
+    """The single layout: the platform stack and the tenant stacks.
+
+    Tenant stacks need the platform's tenant-facing exports: from their cache, or from a run of only the
+    components whose exports tenant stacks read (seconds, whatever the fleet). The platform stack itself is
+    then planned in a process of its own beside the tenant stacks."""
+    from stacks.config import project_name
+
+    platform_stack = naming.stack_name(env)
+    key = exports_cache_key(env)
+    exports = _read_exports_cache(env, key) if tenant_stacks else None
+    if tenant_stacks and exports is None:
+        say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
+        presult, _ = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=True)
+        exports = _write_exports_cache(env, key, presult)
+        del presult
+    elif tenant_stacks:
+        say(f"using the cached tenant-facing exports of platform stack {platform_stack}")
+    jobs = [platform_stack] * include_platform + tenant_stacks
+    ref = f"{ORGANIZATION}/{project_name()}/{platform_stack}"
+    _WORKER.update(catalog=catalog, platform_config=config, stack_outputs={ref: exports})
+    n = workers or default_workers()
+    if include_platform:
+        say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
+    say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(jobs)))} worker(s)")
+    meter = meter or Meter(live=False, interval=float("inf"))
+    meter.start(len(jobs))
+    try:
+        planned = _plan_tenants(jobs, n, meter.advance, _plan_platform_or_tenant, alone=int(include_platform))
     finally:
         _WORKER.clear()
         meter.finish()
-    return _finish(env, catalog, placed, stacks_out, tenant_plans, reasons, removed, unchanged, changed_since, start)
+    return _finish(env, catalog, placed, [], planned, reasons, removed, unchanged, changed_since, start)
 
 
 def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str], wanted: list[str],
@@ -277,7 +421,7 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
 
     from stacks.cells import remember_placement
     remember_placement(catalog, placed)      # every program of this plan (and its workers) places it the same way
-    stacks_out: list[StackPlan] = []
+    stacks_out: list[Planned] = []
     meter = meter or Meter(live=False, interval=float("inf"))
     meter.start(len(chosen) + len(tenant_stacks))
     say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants, cells layout)")
@@ -291,10 +435,9 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     for stack, names in unknown.items():
         outputs[prefix + stack] = ({IDENTITY_TENANTS: json.dumps(names, sort_keys=True)}, [])
     if platform_stack in chosen:
-        sp = _to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)
-        sp.reasons = reasons.get(platform_stack, [])
-        stacks_out.append(sp)
+        stacks_out.append(_planned(_to_stack_plan(platform_stack, "platform", None, None, presult, pseconds)))
         meter.advance()
+    del presult
     n = workers or default_workers()
     try:
         for stage in (run_identity, run_cells, run_pools):
@@ -302,11 +445,10 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
                 continue
             say(f"planning {len(stage)} {naming.stack_kind(stage[0])[0]} stack(s)")
             _WORKER.update(catalog=catalog, stack_outputs=dict(outputs), facing_only=facing_only)
-            for sp, exports in _plan_tenants(stage, n, lambda: None, _plan_unit):
-                outputs[prefix + sp.name] = exports
-                if sp.name in chosen:
-                    sp.reasons = reasons.get(sp.name, [])
-                    stacks_out.append(sp)
+            for p in _plan_tenants(stage, n, lambda: None, _plan_unit):
+                outputs[prefix + p.stack.name] = p.extra
+                if p.stack.name in chosen:
+                    stacks_out.append(p)
                     meter.advance()
             _WORKER.clear()
         say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(tenant_stacks)))} worker(s)")
@@ -318,21 +460,23 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     return _finish(env, catalog, placed, stacks_out, tenant_plans, reasons, removed, unchanged, changed_since, start)
 
 
-def _finish(env: str, catalog: Catalog, placed, stacks_out: list[StackPlan], tenant_plans: list[StackPlan],
+def _finish(env: str, catalog: Catalog, placed, stacks_out: list[Planned], tenant_plans: list[Planned],
             reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str], changed_since: str | None,
             start: float) -> PlanResult:
     """Tenant stacks after the platform side, plan-wide rules, and every stack's placement."""
     from tenancy.fleet import report
 
-    for tp in tenant_plans:
-        tp.reasons = reasons.get(tp.name, [])
-    stacks_out.extend(tenant_plans)
-    _plan_wide_violations(stacks_out)
-    for sp in stacks_out:
+    planned = stacks_out + tenant_plans
+    stacks = [p.stack for p in planned]
+    for sp in stacks:
+        sp.reasons = reasons.get(sp.name, [])
+    _plan_wide_violations(planned)
+    del planned
+    for sp in stacks:
         sp.placement = report.stack_json(placed, catalog, sp.kind, sp.tenant)
-    return PlanResult(environment=env, stacks=stacks_out, removed=removed, unchanged=unchanged,
+    return PlanResult(environment=env, stacks=stacks, removed=removed, unchanged=unchanged,
                       changed_since=changed_since, seconds=time.perf_counter() - start,
-                      placement_lines=report.summary_lines(placed, catalog, stacks_out))
+                      placement_lines=report.summary_lines(placed, catalog, stacks))
 
 
 # ------------------------------------------------------------------------------------- exports cache
@@ -386,68 +530,35 @@ def _read_exports_cache(env: str, key: str) -> tuple[dict, list[str]] | None:
     return (data["outputs"], data["secretOutputs"]) if data.get("key") == key else None
 
 
-def _plan_wide_violations(stacks_out: list[StackPlan]) -> None:
-    from tenancy.policycheck import evaluate_plan, stack_of_urn
+def _plan_wide_violations(planned: list[Planned]) -> None:
+    """The plan-wide rules over every stack's view, then each stack's own plan-wide part; each violation goes
+    to the stack of its URN (evaluate_plan's order: what `tenancy policy-check` reports for plan.json)."""
+    from tenancy.policycheck import evaluate_cross_stack, stack_of_urn
 
+    if not planned:
+        return
+    stacks_out = [p.stack for p in planned]
     by_name = {s.name: s for s in stacks_out}
-    for v in evaluate_plan([s.to_json() for s in stacks_out]):
+    found = evaluate_cross_stack([p.view for p in planned]) + [v for p in planned for v in p.own_plan_wide]
+    for v in found:
         target = by_name.get(stack_of_urn(v["urn"])) or stacks_out[0]
         target.violations.append(v)
 
 
 # --------------------------------------------------------------------------------------------- writing
 
-def manifests(stack: StackPlan) -> dict[str, dict[str, Any]]:
-    """Every Kubernetes object of a stack, as file name -> manifest."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in stack.resources:
-        if not r["type"].startswith("kubernetes:") or r["type"].startswith(K8S_NOT_OBJECTS):
-            continue
-        inputs = r["inputs"]
-        if "apiVersion" not in inputs or "kind" not in inputs:
-            continue
-        meta = inputs.get("metadata") or {}
-        ns = meta.get("namespace")
-        fname = "-".join(p for p in (inputs["kind"].lower(), ns, meta.get("name") or r["name"]) if p) + ".yaml"
-        manifest = {"apiVersion": inputs["apiVersion"], "kind": inputs["kind"], "metadata": meta,
-                    **{k: v for k, v in inputs.items() if k not in ("apiVersion", "kind", "metadata")}}
-        _redact_secret_maps(manifest)
-        if fname in out:
-            raise PlanError(f"stack '{stack.name}': two Kubernetes objects would be written as {fname}")
-        out[fname] = manifest
-    return out
-
-
-def _redact_secret_maps(manifest: dict[str, Any]) -> None:
-    """A Secret's data is one secret value to the engine; the manifest keeps the shape, says what was held back."""
-    if manifest.get("kind") != "Secret":
-        return
-    redacted = [k for k in ("data", "stringData") if manifest.get(k) == SECRET]
-    for key in redacted:
-        manifest[key] = {}
-    if redacted:
-        meta = dict(manifest.get("metadata") or {})
-        meta["annotations"] = {**(meta.get("annotations") or {}), "tenancy.io/redacted": ",".join(redacted)}
-        manifest["metadata"] = meta
-
-
 def write(result: PlanResult, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mdir = out / "manifests"
-    if mdir.exists():
-        shutil.rmtree(mdir)
-    for stack in result.stacks:
-        files = manifests(stack)
-        if not files:
-            continue
-        sdir = mdir / stack.name
-        sdir.mkdir(parents=True, exist_ok=True)
-        for fname, manifest in files.items():
-            (sdir / fname).write_text(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
-    path = out / "plan.json"
-    path.write_text(json.dumps(result.to_json(), indent=1, sort_keys=False) + "\n")
-    return path
+    """plan.json and manifests/ of a plan held in memory (`plan()` without `out`)."""
+    if result.plan_file is not None:
+        raise PlanError(f"this plan was written to {result.plan_file} as it ran; its stacks are not held in memory")
+    writer = PlanWriter.open(out_dir)
+    try:
+        for stack in result.stacks:
+            writer.add(stack)
+        return writer.close(PLAN_VERSION, result.environment, result.stacks, result.changes)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def summary(result: PlanResult) -> str:
@@ -456,10 +567,10 @@ def summary(result: PlanResult) -> str:
         mand = len(s.mandatory_violations)
         adv = len(s.violations) - mand
         viol = str(mand) + (f" (+{adv} advisory)" if adv else "")
-        rows.append((s.name, s.kind, s.tenant or "-", s.model or "-", str(len(s.resources)), viol))
+        rows.append((s.name, s.kind, s.tenant or "-", s.model or "-", str(s.resource_count), viol))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    total = sum(len(s.resources) for s in result.stacks)
+    total = sum(s.resource_count for s in result.stacks)
     lines.append(f"{len(result.stacks)} stack(s), {total} resources, {result.mandatory_violations} mandatory "
                  f"violation(s), {result.seconds:.1f}s")
     if result.changed_since is not None:

@@ -92,13 +92,19 @@ def evaluate_stack(stack: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate_plan(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Plan-wide rules (across stacks), each violation reported against the resource that breaks it."""
-    out: list[dict[str, Any]] = []
-    grouped = [(s.get("tenant"), _policy_resources(s)) for s in stacks]
+# Plan-wide forms that look at one stack at a time: a streaming plan evaluates them where the stack's resources are.
+PER_STACK_PLAN_FORMS = ("object-and-stack-size",)
+
+
+def _plan_checks(per_stack: bool) -> list[tuple[str, Any, dict[str, Any] | None]]:
     by_name = {p.name: p for p in rules.STACK_POLICIES}
     checks = [(name, fn, None) for name, fn in rules.PLAN_POLICIES]
     checks += [(name, fn, _config(by_name[name])) for name, fn in rules.PLAN_WIDE_FORMS.items()]
+    return [c for c in checks if (c[0] in PER_STACK_PLAN_FORMS) == per_stack]
+
+
+def _run_checks(checks, grouped: list[tuple[str | None, list[PolicyResource]]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for name, fn, cfg in checks:
         def report(message: str, urn: str | None = None, _n=name) -> None:
             out.append({"policy": _n, "urn": urn or "", "message": message, "enforcement": "mandatory"})
@@ -108,6 +114,60 @@ def evaluate_plan(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             fn(grouped, report, cfg)
     return out
+
+
+def evaluate_cross_stack(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan-wide rules that need other stacks (owners, physical names, hosts), over plan.json entries or
+    their `plan_view`s: the same violations either way."""
+    return _run_checks(_plan_checks(per_stack=False), [(s.get("tenant"), _policy_resources(s)) for s in stacks])
+
+
+def evaluate_stack_plan_forms(stack: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan-wide forms that only ever look at one stack (its objects' and its own size), for that stack."""
+    return _run_checks(_plan_checks(per_stack=True), [(stack.get("tenant"), _policy_resources(stack))])
+
+
+def evaluate_plan(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plan-wide rules (across stacks), each violation reported against the resource that breaks it."""
+    return evaluate_cross_stack(stacks) + [v for s in stacks for v in evaluate_stack_plan_forms(s)]
+
+
+# What the cross-stack rules read of a resource (policy/rules.py: build_ownership, _owned_keys, _scoped_name,
+# iam_grants, _ingress_hosts, shared_across_tenants, _labels_of): type, URN, parent, provider; every input of
+# providers and Google Cloud resources; of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
+# releases), metadata name, namespace and labels, and an Ingress's rules and TLS hosts; of anything else its
+# labels. A tenant stack's view is a small part of it (no manifest bodies, ConfigMap data or Helm values).
+LABEL_KEYS = ("userLabels", "resourceLabels", "labels")
+
+
+def _view_inputs(t: str, p: dict[str, Any]) -> dict[str, Any] | None:
+    if t.startswith(("gcp:", "pulumi:providers:")):
+        return p
+    if t.startswith("kubernetes:"):
+        out = {k: p[k] for k in ("apiVersion", "kind", "name", "namespace", *LABEL_KEYS) if k in p}
+        if "metadata" in p:
+            meta = p["metadata"]
+            out["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels") if k in meta} \
+                if isinstance(meta, dict) else meta
+        spec = p.get("spec")
+        if t == "kubernetes:networking.k8s.io/v1:Ingress" and isinstance(spec, dict):
+            out["spec"] = {k: spec[k] for k in ("rules", "tls") if k in spec}
+        return out
+    labels = {k: p[k] for k in LABEL_KEYS if k in p}
+    return labels or None
+
+
+def plan_view(stack: dict[str, Any]) -> dict[str, Any]:
+    """The part of a plan.json stack entry that `evaluate_cross_stack` reads (resources it cannot use left out)."""
+    resources = []
+    for r in stack["resources"]:
+        inputs = _view_inputs(str(r.get("type", "")), r.get("inputs") or {})
+        if inputs is None:
+            continue
+        provider = (r.get("options") or {}).get("provider")
+        resources.append({"urn": r["urn"], "type": r["type"], "name": r.get("name", ""), "parent": r.get("parent"),
+                          "inputs": inputs, "options": {"provider": provider} if provider else {}})
+    return {"name": stack.get("name"), "tenant": stack.get("tenant"), "resources": resources}
 
 
 def stack_of_urn(urn: str) -> str:

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from policy import rules
-from tenancy.policycheck import evaluate_plan, evaluate_stack
+from tenancy.policycheck import evaluate_cross_stack, evaluate_plan, evaluate_stack, plan_view
 from tests.conftest import ROOT, stack_of
 
 NEW_RULES = ("iam-tenant-scope", "iam-condition-exact", "k8s-network-isolation", "k8s-tenant-rbac", "k8s-no-host-access",
@@ -41,6 +41,8 @@ def plan(sample_plan):
 
 def found(data: dict, policy: str) -> list[tuple[str, str]]:
     """(urn, message) of every violation of `policy`, per stack and plan-wide, as `tenancy plan` reports them."""
+    assert evaluate_cross_stack([plan_view(s) for s in data["stacks"]]) == evaluate_cross_stack(data["stacks"]), \
+        "what a streaming plan keeps of each stack (plan_view) gives the cross-stack rules the same violations"
     out = [v for s in data["stacks"] for v in evaluate_stack(s)] + evaluate_plan(data["stacks"])
     return [(v["urn"], v["message"]) for v in out if v["policy"] == policy]
 
