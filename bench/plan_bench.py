@@ -12,7 +12,8 @@ For each size, each in a fresh process:
 - the full plan (`tenancy plan`, no exports cache): wall time, CPU seconds of every process (the plan and its
   workers), CPU per resource, and the peak of the summed memory of the process and its workers from /proc:
   resident (RSS, every 20 ms; pages a worker shares with the parent it was forked from counted in each) and
-  proportional (PSS, every 0.5 s; shared pages divided between the processes sharing them);
+  proportional (PSS, every 0.5 s; shared pages divided between the processes sharing them); and the peaks
+  of the parent alone and of the largest other process (the platform stack's);
 - the SDK floor, in the same run: as many `gcp.storage.Bucket` resources as the plan has resources, registered
   under the same recorder (`tenancy.recorder.run_program`), in stacks of 100 by as many worker processes as
   the plan uses, replaced as often; nothing else (no stack programs, policy, plan.json or manifests). Its CPU
@@ -104,30 +105,36 @@ def _children() -> dict[int, list[int]]:
     return out
 
 
-def _tree_memory(pid: int, pss: bool) -> tuple[int, int]:
-    """(RSS, PSS or 0) in bytes of pid and all its descendants. RSS from statm is cheap; PSS (smaps_rollup) walks
-    every page table, so it is sampled less often."""
+def _tree_memory(pid: int, pss: bool) -> tuple[int, int, int, int]:
+    """(RSS, PSS or 0, RSS of pid itself, largest RSS of one descendant) in bytes of pid and its descendants.
+    RSS from statm is cheap; PSS (smaps_rollup) walks every page table, so it is sampled less often."""
     children = _children()
     page = os.sysconf("SC_PAGE_SIZE")
-    rss = prop = 0
+    rss = prop = own = largest = 0
     stack = [pid]
     while stack:
         p = stack.pop()
         try:
             with open(f"/proc/{p}/statm") as f:
-                rss += int(f.read().split()[1]) * page
+                mine = int(f.read().split()[1]) * page
+            rss += mine
+            if p == pid:
+                own = mine
+            else:
+                largest = max(largest, mine)
             if pss:
                 with open(f"/proc/{p}/smaps_rollup") as f:
                     prop += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
         except (OSError, StopIteration):
             pass
         stack.extend(children.get(p, []))
-    return rss, prop
+    return rss, prop, own, largest
 
 
 class Run:
-    def __init__(self, wall: float, cpu: float, rss: int, pss: int, returncode: int, output: str):
-        self.wall, self.cpu, self.rss, self.pss, self.returncode, self.output = wall, cpu, rss, pss, returncode, output
+    def __init__(self, wall: float, cpu: float, peak: list[int], returncode: int, output: str):
+        self.wall, self.cpu, self.returncode, self.output = wall, cpu, returncode, output
+        self.rss, self.pss, self.parent_rss, self.child_rss = peak
 
 
 def measure(args: list[str], cwd: Path, ok=(0,)) -> Run:
@@ -135,14 +142,14 @@ def measure(args: list[str], cwd: Path, ok=(0,)) -> Run:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
-    peak = [0, 0]
+    peak = [0, 0, 0, 0]
     done = threading.Event()
 
     def sample():
         n = 0
         while not done.is_set():
-            rss, pss = _tree_memory(proc.pid, pss=n % PSS_EVERY == 0)
-            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            for k, v in enumerate(_tree_memory(proc.pid, pss=n % PSS_EVERY == 0)):
+                peak[k] = max(peak[k], v)
             n += 1
             time.sleep(0.02)
 
@@ -156,7 +163,7 @@ def measure(args: list[str], cwd: Path, ok=(0,)) -> Run:
     if proc.returncode not in ok:
         raise SystemExit(f"{' '.join(args)} failed (exit {proc.returncode}):\n{out[-4000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu, peak[0], peak[1], proc.returncode, out)
+    return Run(wall, cpu, peak, proc.returncode, out)
 
 
 def _summary(output: str) -> tuple[int, int, float]:
@@ -237,17 +244,19 @@ def main() -> None:
                    plan_ms=1000 * full.cpu / resources, floor_ms=1000 * floor.cpu / resources)
         rows.append(row)
         print(f"{n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
-              f"({row['plan_ms']:.2f} ms/resource), peak RSS {mib(full.rss)}, PSS {mib(full.pss)}; SDK floor "
+              f"({row['plan_ms']:.2f} ms/resource), peak RSS {mib(full.rss)}, PSS {mib(full.pss)} (parent {mib(full.parent_rss)}, "
+              f"largest other process {mib(full.child_rss)}); SDK floor "
               f"{floor.wall:.1f} s, {floor.cpu:.0f} CPU s ({row['floor_ms']:.2f} ms/resource): "
               f"{row['plan_ms'] / row['floor_ms']:.2f}x; --tenant cold {cold.wall:.2f} s, cached {warm.wall:.2f} s", flush=True)
     print()
     print("| tenants | stacks | resources | full plan | CPU | CPU per resource | SDK floor per resource | plan / floor | "
-          "peak memory RSS (PSS) | `--tenant` cold | `--tenant` cached |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "peak memory RSS (PSS) | parent / largest other process | `--tenant` cold | `--tenant` cached |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']:,} | {r['stacks']:,} | {r['resources']:,} | {r['full'].wall:.0f} s | {r['full'].cpu:.0f} s | "
               f"{r['plan_ms']:.2f} ms | {r['floor_ms']:.2f} ms | {r['plan_ms'] / r['floor_ms']:.2f}× | "
-              f"{mib(r['full'].rss)} ({mib(r['full'].pss)}) | {r['cold'].wall:.1f} s | {r['warm'].wall:.1f} s |")
+              f"{mib(r['full'].rss)} ({mib(r['full'].pss)}) | {mib(r['full'].parent_rss)} / {mib(r['full'].child_rss)} | "
+              f"{r['cold'].wall:.1f} s | {r['warm'].wall:.1f} s |")
 
 
 if __name__ == "__main__":

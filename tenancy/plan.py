@@ -27,7 +27,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.errors import PlanError, TenancyError
 from tenancy.progress import Meter
-from tenancy.planwrite import PlanWriter, manifests  # noqa: F401 -- manifests: part of this module's interface
+from tenancy.planwrite import HEAD_KEYS, PlanWriter, manifests, stack_tail  # noqa: F401 -- manifests: this module's interface
 from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
 
 PLAN_VERSION = 1
@@ -60,13 +60,7 @@ class StackPlan:
     def to_json(self) -> dict[str, Any]:
         if self.resources is None:
             raise PlanError(f"stack '{self.name}' was streamed to plan.json; its resources are read from there")
-        out = {"name": self.name, "kind": self.kind, "tenant": self.tenant, "model": self.model,
-               "resources": self.resources, "outputs": self.outputs, "violations": self.violations}
-        if self.reasons:
-            out["reasons"] = self.reasons
-        if self.placement is not None:
-            out["placement"] = self.placement
-        return out
+        return {**{k: getattr(self, k) for k in HEAD_KEYS}, **stack_tail(self)}
 
     @property
     def mandatory_violations(self) -> list[dict[str, Any]]:
@@ -247,6 +241,7 @@ def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = l
             results.put(PlanError(f"stack '{stack}': its planning process ended without a result "
                                   f"(exit code {proc.exitcode})"))
 
+    gc.collect()  # garbage of earlier runs in this process, collected here rather than in every worker
     gc.freeze()   # what workers inherit is never collected there: their collections stay small, pages shared
     try:
         for i in range(alone):

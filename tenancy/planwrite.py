@@ -24,7 +24,7 @@ from tenancy.errors import PlanError
 from tenancy.recorder import SECRET
 
 K8S_NOT_OBJECTS = ("kubernetes:helm.sh/", "pulumi:providers:")
-HEAD_KEYS = ("name", "kind", "tenant", "model", "resources", "outputs")   # written by add(), in plan.json's order
+HEAD_KEYS = ("name", "kind", "tenant", "model", "resources", "outputs")   # an entry's keys up to add(), in order
 STAGING = ".plan-staging"
 ENTRY_INDENT = "  "   # a stack entry sits two levels deep in plan.json: {"stacks": [{...}]}
 
@@ -193,7 +193,7 @@ def stack_tail(stack: Any) -> dict[str, Any]:
 
 
 class PlanWriter:
-    """open(out_dir) -> add(stack) for each stack, from any process -> close(result) | abort()."""
+    """open(out_dir) -> add(stack) for each stack, from any process -> close(version, environment, stacks) | abort()."""
 
     def __init__(self, out_dir: str | Path):
         self.out = Path(out_dir)

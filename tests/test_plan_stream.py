@@ -104,6 +104,8 @@ def test_streamed_plan_json_and_manifests_are_those_of_the_in_memory_plan(stream
     assert not (out / planwrite.STAGING).exists(), "the staging directory is gone"
     data = json.loads(got["plan.json"])
     assert [s["name"] for s in data["stacks"]] == ["dev", "dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+    assert {tuple(s) for s in data["stacks"]} == {("name", "kind", "tenant", "model", "resources", "outputs", "violations",
+                                                   "placement")}
 
 
 def test_one_worker_streams_the_same_bytes(tmp_path, streamed):
