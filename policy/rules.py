@@ -463,6 +463,11 @@ def resource_owner(tenant: str | None, r: Any) -> str:
 
 
 def build_ownership(stacks: list[tuple[str | None, list]]) -> Ownership:
+    # A plan's stacks read back from disk on each pass (tenancy.policycheck.PlanStacks) keep the ownership
+    # built on the first call: every plan-wide rule asks for it.
+    cached = getattr(stacks, "ownership", None)
+    if cached is not None:
+        return cached
     own = Ownership()
     own.tenants = {t for t, _ in stacks if t}
     clusters_by_parent: dict[str, str] = {}
@@ -488,6 +493,8 @@ def build_ownership(stacks: list[tuple[str | None, list]]) -> Ownership:
             owner = resource_owner(tenant, r)
             for key in _owned_keys(r, own, tenant):
                 own.names.setdefault(key, (owner, r.urn))
+    if hasattr(stacks, "ownership"):
+        stacks.ownership = own
     return own
 
 

@@ -81,6 +81,45 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
     return run_tenant
 
 
+# The SDK modules a namespace tenant's stack declares resources from (tests/test_plan_stream.py checks the list
+# against a planned stack). Importing one executes every module of the package (seconds in all): a one-tenant
+# plan imports them while the platform's exports are computed in another process (tenancy.plan.prefetch_exports).
+TENANT_SDK_MODULES = (
+    "pulumi_gcp.firestore", "pulumi_gcp.projects", "pulumi_gcp.secretmanager", "pulumi_gcp.serviceaccount",
+    "pulumi_gcp.sql", "pulumi_gcp.storage", "pulumi_kubernetes.apiextensions", "pulumi_kubernetes.batch.v1",
+    "pulumi_kubernetes.core.v1", "pulumi_kubernetes.helm.v3", "pulumi_kubernetes.networking.v1",
+    "pulumi_kubernetes.rbac.v1", "pulumi_random")
+
+
+def sdk_module(resource_type: str) -> str | None:
+    """The SDK module that declares a resource type (`gcp:sql/databaseInstance:DatabaseInstance` ->
+    `pulumi_gcp.sql`, `kubernetes:networking.k8s.io/v1:Ingress` -> `pulumi_kubernetes.networking.v1`; custom
+    resources -> `pulumi_kubernetes.apiextensions`); None for this project's components and Pulumi's own."""
+    package, _, rest = resource_type.partition(":")
+    module = rest.partition(":")[0]
+    if package == "gcp":
+        return f"pulumi_gcp.{module.partition('/')[0]}"
+    if package == "random":
+        return "pulumi_random"
+    if package == "kubernetes":
+        group, _, version = module.partition("/")
+        group = group.partition(".")[0]
+        if group == "helm":
+            return f"pulumi_kubernetes.helm.{version}"
+        known = ("core", "batch", "networking", "rbac", "apps", "policy", "admissionregistration", "autoscaling",
+                 "storage", "scheduling", "coordination", "discovery", "node", "flowcontrol", "certificates")
+        return f"pulumi_kubernetes.{group}.{version}" if group in known else "pulumi_kubernetes.apiextensions"
+    return None
+
+
+def warm_tenant_sdk() -> None:
+    """Imports TENANT_SDK_MODULES (each package is imported lazily, on its first attribute)."""
+    import importlib
+
+    for name in TENANT_SDK_MODULES:
+        getattr(importlib.import_module(name), "__name__")
+
+
 def cells_layout(env: str) -> bool:
     """Whether environment `env` is in the cells layout (`tenancy:layout: cells` in stacks/Pulumi.<env>.yaml)."""
     from stacks.config import load_stack_config

@@ -99,7 +99,7 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     # Every tenant's cell, pool shard and data project, before anything is built: a full environment or an
     # impossible pin stops the program with the capacity to add. Deployed tenants keep their placement.
     placement = None if tenant_facing_only else place(catalog, Capacity.from_pulumi(env, cfg.gcp_project))
-    provider, net, cluster, edge, system_ns = _foundation(env, cfg)
+    provider, net, cluster, edge, system_ns = _foundation(env, cfg, workloads=not tenant_facing_only)
     _export_tenant_facts(env, cfg, net, cluster, edge)
     if placement is None:
         return
@@ -157,7 +157,7 @@ def platform_network(cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Netw
                                            name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
 
 
-def _foundation(env: str, cfg: PlatformConfig):
+def _foundation(env: str, cfg: PlatformConfig, workloads: bool = True):
     provider = gcp_provider(cfg)
     gopts = pulumi.ResourceOptions(provider=provider)
     net = platform_network(cfg, gopts)
@@ -165,15 +165,18 @@ def _foundation(env: str, cfg: PlatformConfig):
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
     # project of their own) are audited.
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
-    cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where)
+    cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where, workloads=workloads)
     return provider, net, cluster, edge, system_ns
 
 
 def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provider, where: CellNet,
                  zone_name: pulumi.Input[str] | None = None, records: tuple[str, ...] = ("app", "*"),
-                 ) -> tuple[GkeCluster, Edge, k8s.core.v1.Namespace]:
+                 workloads: bool = True) -> tuple[GkeCluster, Edge, k8s.core.v1.Namespace | None]:
     """A cell: its shared cluster, the edge in front of it (address, records, ingress controller, certificates)
-    and the platform's system namespace in it. `zone_name`: the zone exists elsewhere (the global stack)."""
+    and the platform's system namespace in it. `zone_name`: the zone exists elsewhere (the global stack).
+    `workloads=False`: the cluster and the edge's address and records only, no system namespace (None) and
+    nothing inside the cluster: every fact tenant stacks read, without the Kubernetes SDK's cost (an offline
+    one-tenant plan's platform run)."""
     shared_labels = labels(env, SHARED)
     gopts = pulumi.ResourceOptions(provider=provider)
     cluster = GkeCluster("shared", ClusterArgs(
@@ -186,8 +189,11 @@ def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provide
     kopts = pulumi.ResourceOptions(provider=cluster.provider)
     edge = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=shared_labels, k8s_labels=k8s_labels(env, SHARED),
-                                 address_name=naming.cell_ingress_address(cell), zone_name=zone_name, records=records),
+                                 address_name=naming.cell_ingress_address(cell), zone_name=zone_name, records=records,
+                                 controllers=workloads),
                 opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    if not workloads:
+        return cluster, edge, None
     system_ns = k8s.core.v1.Namespace("system-ns", metadata={"name": naming.PLATFORM_NAMESPACE, "labels": {
         **k8s_labels(env, SHARED), "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}, opts=kopts)

@@ -772,10 +772,11 @@ def cmd_plan(args) -> int:
     from tenancy import plan as planmod
     from tenancy.catalog import load_catalog
 
-    catalog = _with_deployed(load_catalog(args.tenants), args)
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
+    planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
+    catalog = _with_deployed(load_catalog(args.tenants), args)
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -207,6 +208,7 @@ class PlanWriter:
             shutil.rmtree(w.staging, ignore_errors=True)
             (w.staging / "manifests").mkdir(parents=True)
             (w.staging / "entries").mkdir()
+            (w.staging / "views").mkdir()
         except OSError as exc:
             raise PlanError(f"{w.out}: cannot write the plan there: {exc.strerror or exc}") from exc
         return w
@@ -218,6 +220,14 @@ class PlanWriter:
         """Writes a planned stack's manifests and the head of its plan.json entry (the stack keeps its resources)."""
         write_manifests(stack, self.staging / "manifests")
         self._entry(stack.name).write_text(entry_head(stack))
+
+    def spill_view(self, name: str, view: dict[str, Any]) -> Path:
+        """A stack's plan view (tenancy.policycheck.plan_view) kept on disk until the plan-wide rules read it, so
+        that the parent holds no stack's resources: its memory does not grow with the fleet. marshal: the
+        view is plain data, written and read back at a fraction of JSON's cost; the file never outlives the plan."""
+        path = self.staging / "views" / f"{name}.marshal"
+        path.write_bytes(marshal.dumps(view))
+        return path
 
     def close(self, version: int, environment: str, stacks: Iterable[Any], changes: dict[str, Any] | None = None) -> Path:
         """plan.json from the entries added, in the order of `stacks` (each with its violations, reasons and

@@ -11,7 +11,9 @@ lands in. Rules that need other stacks' owners run once over the whole plan (`ev
 
 from __future__ import annotations
 
-from typing import Any
+import marshal
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -116,10 +118,26 @@ def _run_checks(checks, grouped: list[tuple[str | None, list[PolicyResource]]]) 
     return out
 
 
-def evaluate_cross_stack(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class PlanStacks:
+    """A plan's stacks as the plan-wide rules read them, `(tenant, PolicyResources)` each, built again on every
+    pass from the stacks' entries or views, in memory or in the files a streaming plan spilled them to: one stack
+    at a time is in memory, whatever the fleet. The rules' ownership (policy.rules.build_ownership) is built
+    once per plan and kept here."""
+
+    def __init__(self, stacks: Iterable[dict[str, Any] | Path]):
+        self._stacks = list(stacks)
+        self.ownership = None
+
+    def __iter__(self) -> Iterator[tuple[str | None, list[PolicyResource]]]:
+        for s in self._stacks:
+            stack = marshal.loads(s.read_bytes()) if isinstance(s, Path) else s
+            yield stack.get("tenant"), _policy_resources(stack)
+
+
+def evaluate_cross_stack(stacks: Iterable[dict[str, Any] | Path]) -> list[dict[str, Any]]:
     """The plan-wide rules that need other stacks (owners, physical names, hosts), over plan.json entries or
-    their `plan_view`s: the same violations either way."""
-    return _run_checks(_plan_checks(per_stack=False), [(s.get("tenant"), _policy_resources(s)) for s in stacks])
+    their `plan_view`s (or the files a view was spilled to): the same violations either way."""
+    return _run_checks(_plan_checks(per_stack=False), PlanStacks(stacks))
 
 
 def evaluate_stack_plan_forms(stack: dict[str, Any]) -> list[dict[str, Any]]:

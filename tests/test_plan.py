@@ -258,6 +258,88 @@ def test_tenant_plans_use_the_cached_platform_exports(tmp_path, monkeypatch, sam
     assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
 
 
+def test_exports_are_computed_beside_the_catalogue(tmp_path, monkeypatch, sample_plan):
+    """`tenancy plan` starts the platform's tenant-facing run in a child process before it reads the catalogue;
+    the plan waits for it (importing the tenant stacks' SDK modules meanwhile) and plans exactly as before."""
+    import os
+    import time
+
+    import stacks
+
+    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
+    parent = os.getpid()
+    original = planmod.run_stack
+    ran: list[str] = []
+
+    def slow_in_the_child(stack, catalog, config, outputs, tenant_facing_only=False):
+        if os.getpid() != parent:
+            assert (stack, tenant_facing_only, catalog.tenants) == ("dev", True, ()), "no catalogue in the child"
+            time.sleep(1.5)   # still running when the plan needs the exports
+        else:
+            ran.append(stack)
+        return original(stack, catalog, config, outputs, tenant_facing_only)
+
+    monkeypatch.setattr(planmod, "run_stack", slow_in_the_child)
+    warmed: list[int] = []
+    monkeypatch.setattr(stacks, "warm_tenant_sdk", lambda: warmed.append(1))
+    assert planmod.prefetch_exports("dev") is True
+    assert planmod.prefetch_exports("dev") is False, "one child per environment"
+    proc, key = planmod._PREFETCH["dev"]
+    assert key == planmod.exports_cache_key("dev") and proc.is_alive()
+    said: list[str] = []
+    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1, progress=said.append)
+    assert said[:2] == ["importing what tenant stacks use while the platform's tenant-facing exports are computed beside",
+                        "computed the exports of platform stack dev that tenant stacks read beside the catalogue"]
+    assert warmed == [1] and ran == ["dev.stark"], "the parent ran only the tenant stack"
+    assert proc.exitcode == 0 and "dev" not in planmod._PREFETCH
+    assert result.stacks[0].to_json() == stack_of(sample_plan[1], "dev.stark")
+    cached = json.loads((tmp_path / "cache" / "platform-dev.json").read_text())
+    assert cached["key"] == key and cached["outputs"]["kubeconfig"] == "[secret]"
+    assert planmod.prefetch_exports("dev") is False, "the cache holds them now"
+    assert planmod.prefetch_exports("nope") is False and planmod.prefetch_exports("Bad Env!") is False
+
+
+def test_a_failed_prefetch_leaves_the_plan_to_compute_and_report(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
+    parent = os.getpid()
+    original = planmod._platform_config
+
+    def broken_in_the_child(env):
+        if os.getpid() != parent:
+            raise RuntimeError("boom")
+        return original(env)
+
+    monkeypatch.setattr(planmod, "_platform_config", broken_in_the_child)
+    assert planmod.prefetch_exports("dev") is True
+    proc, _ = planmod._PREFETCH["dev"]
+    proc.join(60)
+    assert proc.exitcode == 1 and not (tmp_path / "cache" / "platform-dev.json").exists()
+    said: list[str] = []
+    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1, progress=said.append)
+    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
+    assert [s.name for s in result.stacks] == ["dev.stark"] and result.stacks[0].resource_count > 50
+    # a prefetch started for other inputs (the code changed under it) is stopped, not used
+    assert planmod.prefetch_exports("prod") is True
+    monkeypatch.setattr(planmod, "exports_cache_key", lambda env: "f" * 32)
+    assert planmod._prefetched_exports("prod", "f" * 32, said.append) is None and "prod" not in planmod._PREFETCH
+
+
+def test_the_tenant_sdk_modules_are_those_a_namespace_tenant_stack_uses(sample_plan):
+    import importlib
+
+    import stacks
+
+    used = {stacks.sdk_module(r["type"]) for r in stack_of(sample_plan[1], "dev.stark")["resources"]} - {None}
+    assert used == set(stacks.TENANT_SDK_MODULES)
+    for name in used:
+        assert importlib.util.find_spec(name) is not None, name
+    assert stacks.sdk_module("kubernetes:cert-manager.io/v1:ClusterIssuer") == "pulumi_kubernetes.apiextensions"
+    assert stacks.sdk_module("kubernetes:rbac.authorization.k8s.io/v1:Role") == "pulumi_kubernetes.rbac.v1"
+    assert stacks.sdk_module("tenancy:gcp:Network") is None and stacks.sdk_module("pulumi:providers:gcp") is None
+
+
 def test_the_cache_key_follows_environment_config_and_code(tmp_path, monkeypatch):
     dev, prod = planmod.exports_cache_key("dev"), planmod.exports_cache_key("prod")
     assert dev != prod and dev == planmod.exports_cache_key("dev")

@@ -249,6 +249,50 @@ def test_plan_wide_violations_land_as_evaluate_plan_puts_them(broken):
     assert {v["policy"] for v in expected["dev.stark"]} >= {"iam-tenant-scope", "ingress-host-claims"}
 
 
+def test_a_streaming_plan_spills_views_and_finds_the_same_breaks(broken, tmp_path, monkeypatch):
+    """Streaming, the parent keeps each stack's view as a file (its memory does not grow with the fleet's
+    resources); the plan-wide rules read them back one stack at a time, ownership built once, and find the
+    same violations as over the whole plan in memory."""
+    from policy import rules
+
+    def planned_stacks():
+        return [planmod.StackPlan(s["name"], s["kind"], s["tenant"], s["model"], copy.deepcopy(s["resources"]), s["outputs"])
+                for s in broken["stacks"]]
+
+    in_memory = planned_stacks()
+    planmod._plan_wide_violations([planmod._planned(s) for s in in_memory])
+    writer = planwrite.PlanWriter.open(tmp_path / "plan")
+    monkeypatch.setattr(planmod, "_WRITER", writer)
+    spilled = [planmod._planned(s) for s in planned_stacks()]
+    monkeypatch.setattr(planmod, "_WRITER", None)
+    assert [p.view for p in spilled] == [tmp_path / "plan" / planwrite.STAGING / "views" / f"{s['name']}.marshal"
+                                         for s in broken["stacks"]]
+    assert all(p.stack.resources is None for p in spilled), "no resources in the parent"
+    builds = []
+    real = rules.build_ownership
+    monkeypatch.setattr(rules, "build_ownership", lambda stacks: builds.append(1) or real(stacks))
+    planmod._plan_wide_violations(spilled)
+    assert len(builds) == 2, "iam-tenant-scope and unique-physical-names each ask for the ownership"
+    assert {p.stack.name: p.stack.violations for p in spilled} == {s.name: s.violations for s in in_memory}
+    found = {v["policy"] for p in spilled for v in p.stack.violations}
+    assert found == {"no-shared-tenant-stores", "unique-physical-names", "ingress-host-claims", "iam-tenant-scope",
+                     "object-and-stack-size"}
+    writer.abort()
+    assert not (tmp_path / "plan" / planwrite.STAGING).exists(), "the spilled views go with the staging directory"
+
+
+def test_plan_stacks_build_the_ownership_once(broken):
+    from policy import rules
+    from tenancy.policycheck import PlanStacks
+
+    stacks = PlanStacks([plan_view(s) for s in broken["stacks"]])
+    first = rules.build_ownership(stacks)
+    assert rules.build_ownership(stacks) is first and stacks.ownership is first
+    assert {"stark", "wayne", "pied-piper", "acme", "cyberdyne"} <= first.tenants and first.names
+    listed = [(t, list(r)) for t, r in stacks]
+    assert rules.build_ownership(listed) is not first and rules.build_ownership(listed).names == first.names
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 def test_manifests_are_written_as_safe_dump_writes_them():
