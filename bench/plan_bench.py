@@ -1,12 +1,14 @@
 """Benchmark of the offline plan at 1,000, 5,000 and 10,000 tenants, beside the Pulumi SDK's own floor.
 
 Catalogues are generated with 90% pooled, 9% namespace and 1% dedicated tenants. The plans run in a copy of
-the repository (`<out>/tree`) whose `stacks/Pulumi.dev.yaml` declares the largest capacity the config accepts
-(`tenancy:cellCapacity` 10,000, `tenancy:poolShardCapacity` 1,000,000, `tenancy:dataProjectInstances` 100,000):
-this version's stacks build one cell, one pool shard and one data project, and the committed capacity holds
-300 namespace and 2,000 pooled tenants. At these sizes the platform stack fails the plan with the
-`object-and-stack-size` rule (its tenant directory, its resource count); the plan is written all the same,
-and the benchmark measures time and memory.
+the repository (`<out>/tree`) whose `stacks/Pulumi.dev.yaml` declares, for each size:
+- `--layout single` (the default): the largest capacity the config accepts (`tenancy:cellCapacity` 10,000,
+  `tenancy:poolShardCapacity` 1,000,000, `tenancy:dataProjectInstances` 100,000). The single layout builds one
+  cell, one pool shard and one data project, so its platform stack holds every pooled tenant and fails the
+  plan with the `object-and-stack-size` rule at these sizes; the plan is written all the same, and the
+  benchmark measures time and memory;
+- `--layout cells`: the capacity the fleet needs in the cells layout (bench/cells_bench.py's: cells of 300
+  namespaces, pool shards of 1,000 pooled tenants, an identity shard per 1,250 tenants), every stack bounded.
 
 For each size, each in a fresh process:
 - the full plan (`tenancy plan`, no exports cache): wall time, CPU seconds of every process (the plan and its
@@ -24,12 +26,13 @@ For each size, each in a fresh process:
 Targets (2 cores): the full plan's CPU per resource <= 1.2x the floor's; total peak memory <= 2 GB; a
 one-tenant plan at 10,000 tenants <= 3 s cold.
 
-    .venv/bin/python bench/plan_bench.py [--sizes 1000,5000,10000] [--out bench/out] [--workers 2]
+    .venv/bin/python bench/plan_bench.py [--sizes 1000,5000,10000] [--layout single|cells] [--out bench/out] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -69,7 +72,7 @@ def catalogue(n: int) -> dict:
 
 
 def workspace(out: Path) -> Path:
-    """A copy of the repository with the capacity every benchmark size needs declared."""
+    """A copy of the repository, its config set for each size by `configure`."""
     tree = out / "tree"
     if tree.exists():
         shutil.rmtree(tree)
@@ -79,14 +82,34 @@ def workspace(out: Path) -> Path:
         return {n for n in names if n in COPY_SKIP or (here / n).resolve() == out.resolve()}
 
     shutil.copytree(ROOT, tree, ignore=skip)
-    cfg = tree / "stacks" / "Pulumi.dev.yaml"
-    text = cfg.read_text()
-    for key, value in CAPACITY.items():
-        text, n = re.subn(rf"(?m)^(\s*tenancy:{key}:)\s*\S+$", rf"\g<1> {value}", text)
-        if n != 1:
-            raise SystemExit(f"{cfg}: no tenancy:{key} line to raise")
-    cfg.write_text(text)
     return tree
+
+
+def cells_capacity(n: int) -> dict[str, object]:
+    """The cells layout's capacity for n tenants (bench/cells_bench.py's): cells of 300 namespaces, pool shards of
+    1,000 pooled tenants, an identity shard per 1,250 tenants, data projects of 1,000 instances."""
+    cells = math.ceil(n // 10 / 300) + 1
+    networks = {f"cell-{c}": {"networkCidr": f"172.{17 + c // 16}.{(c % 16) * 16}.0/20", "podsCidr": f"10.{150 + c}.0.0/16",
+                              "servicesCidr": f"100.{64 + c // 16}.{(c % 16) * 16}.0/20", "masterCidr": f"192.168.{c}.0/28"}
+                for c in range(2, cells + 1)}
+    projects = math.ceil(n * 0.09 * 3 / 1000) + 1
+    return {"layout": "cells", "cells": cells, "cellCapacity": 300, "poolShards": math.ceil(n * 0.9 / 1000) + 1,
+            "poolShardCapacity": 1000, "identityShards": math.ceil(n / 1250), "dataProjectInstances": 1000,
+            "dataProjects": json.dumps([f"dev-data-{i}" for i in range(1, projects + 1)]),
+            "cellNetworks": json.dumps(networks)}
+
+
+def configure(tree: Path, original: str, n: int, layout: str) -> None:
+    """stacks/Pulumi.dev.yaml for n tenants: single, one cell, pool shard and data project as large as the config
+    allows; cells, the capacity n tenants need."""
+    values: dict[str, object] = dict(CAPACITY) if layout == "single" else cells_capacity(n)
+    text = original
+    for key, value in values.items():
+        line = f"tenancy:{key}: {json.dumps(value) if isinstance(value, str) and value[:1] in '[{' else value}"
+        text, found = re.subn(rf"(?m)^(\s*)tenancy:{key}:\s*\S+$", lambda m: m[1] + line, text)
+        if not found:
+            text = text.rstrip("\n") + f"\n  {line}\n"
+    (tree / "stacks" / "Pulumi.dev.yaml").write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -215,6 +238,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--layout", choices=("single", "cells"), default="single")
     ap.add_argument("--floor", type=int, help=argparse.SUPPRESS)    # internal: run the SDK floor for N resources
     a = ap.parse_args()
     if a.floor is not None:
@@ -223,6 +247,7 @@ def main() -> None:
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tree = workspace(out)
+    original = (tree / "stacks" / "Pulumi.dev.yaml").read_text()
     py = sys.executable
     tenancy = [py, "-m", "tenancy"]
     cache = tree / ".cache"
@@ -232,6 +257,7 @@ def main() -> None:
         path = out / f"tenants-{n}.yaml"
         path.write_text(yaml.safe_dump(cat, sort_keys=False))
         ns_tenant = next(t["id"] for t in cat["tenants"] if t["plan"] == "standard")
+        configure(tree, original, n, a.layout)
         shutil.rmtree(cache, ignore_errors=True)
         full = measure([*tenancy, "plan", "--tenants", str(path), "--out", str(out / f"plan-{n}"),
                         "--workers", str(a.workers)], tree, ok=(0, 1))
@@ -243,7 +269,7 @@ def main() -> None:
         row = dict(n=n, stacks=stacks, resources=resources, full=full, planning=planning, floor=floor, cold=cold, warm=warm,
                    plan_ms=1000 * full.cpu / resources, floor_ms=1000 * floor.cpu / resources)
         rows.append(row)
-        print(f"{n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
+        print(f"{a.layout} layout, {n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
               f"({row['plan_ms']:.2f} ms/resource), peak RSS {mib(full.rss)}, PSS {mib(full.pss)} (parent {mib(full.parent_rss)}, "
               f"largest other process {mib(full.child_rss)}); SDK floor "
               f"{floor.wall:.1f} s, {floor.cpu:.0f} CPU s ({row['floor_ms']:.2f} ms/resource): "
