@@ -1,5 +1,3 @@
-import sys
+from tenancy.cli import run
 
-from tenancy.cli import main
-
-sys.exit(main())
+run()

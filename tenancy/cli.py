@@ -9,7 +9,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from tenancy.errors import CatalogError, TenancyError
 
@@ -819,6 +819,24 @@ def cmd_policy_check(args) -> int:
         print(f"[{v['enforcement']}] stack {name}: {v['urn']}: {v['policy']}: {v['message']}")
     print(f"{len(data['stacks'])} stack(s) checked: {mandatory} mandatory violation(s), {total - mandatory} advisory")
     return EXIT_FAIL if mandatory else EXIT_OK
+
+
+def run() -> NoReturn:
+    """The `tenancy` command: main(), then an exit without the interpreter's teardown when nothing is left to
+    finish (no child process, no other thread): freeing a 10,000-tenant catalogue and every imported SDK module
+    object by object takes about a second, after the work is done and written."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:          # a closed pipe: the interpreter's own exit says so as it always has
+        sys.exit(code)
+    import multiprocessing
+    import threading
+
+    if threading.active_count() == 1 and not multiprocessing.active_children():
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
