@@ -8,8 +8,11 @@ Every problem becomes one `Problem` naming the file, the line, the tenant (its i
 the id itself is bad), the field, and what to do.
 
 The file is untrusted input (it arrives in pull requests): before anything is built from it, its size
-is capped, and its YAML event stream is walked once to refuse anchors and aliases (billion laughs),
-nesting deeper than a catalogue needs, and lists or mappings used as keys. Values echoed in messages
+is capped; then its YAML event stream is walked once, without recursion, and anchors and aliases
+(billion laughs), nesting deeper than a catalogue needs, and lists or mappings used as keys are refused
+before the loader composes anything. A file of nothing but plain mappings, lists and scalars (every
+valid catalogue) is built in that same walk; at the first event that is anything else, the walk stops
+and the file is checked and loaded the long way, which refuses or reports it. Values echoed in messages
 are cut short, so a huge value never lands in a message.
 """
 
@@ -652,6 +655,128 @@ def _check_shape(text: str, path: str) -> None:
         loader.dispose()
 
 
+# Scalars the one-pass reader builds itself (with the loader's own constructors); any other tag sends the
+# file down the checked path, which builds it or reports it exactly as before.
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                         "tag:yaml.org,2002:float"})
+_STR_TAG = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
+
+
+def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
+    """(document, line index) of a file made only of what a catalogue is made of, in one walk of its YAML
+    events; None as soon as anything else appears.
+
+    Equivalent to `_check_shape`, then composing and constructing with `_LineLoader`, then `_line_index`, for
+    the files it accepts: a single document (or none) of untagged scalars, mappings and lists, no anchor or
+    alias, no collection as a key, no nesting past MAX_DEPTH, no key twice in a mapping (neither as value nor
+    as text), scalars that resolve to str, null, bool, int or float, and no syntax error anywhere in the
+    stream. Everything else (every file with a problem at the YAML level included) returns None, and
+    `parse_catalog` takes the checked path, which refuses or reports it. Composing builds a node per value
+    and `_line_index` walks them again; this builds the values and their lines directly, which on a large
+    catalogue is most of the cost of loading it. The walk holds its own stack: it never recurses, it stops at
+    the first anchor or alias (nothing is expanded) and at the first level past MAX_DEPTH."""
+    scalar_event, mapping_start, sequence_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
+    loader = _LineLoader(text)
+    try:
+        if loader.yaml_path_resolvers:
+            return None  # path-dependent tags: not a plain reading
+        # The loader's implicit resolvers by first character, the wildcard ones appended (Resolver.resolve).
+        wildcard = loader.yaml_implicit_resolvers.get(None, [])
+        by_first = {first: resolvers + wildcard for first, resolvers in loader.yaml_implicit_resolvers.items()}
+        constructors = loader.yaml_constructors
+        get_event = loader.get_event
+        if get_event().__class__ is not yaml.StreamStartEvent:
+            return None
+        event = get_event()
+        if event.__class__ is yaml.StreamEndEvent:
+            return {}, {}  # no document: what `parse_catalog` makes of an absent node
+        if event.__class__ is not yaml.DocumentStartEvent:
+            return None
+        lines: dict[tuple, int] = {}
+        root: Any = None
+        # The innermost open collection: the container, its path, whether it is a mapping, the key texts it has,
+        # whether a key comes next; `stack` holds the enclosing ones, `depth` counts them all.
+        container: Any = None
+        path: tuple = ()
+        is_map = expect_key = False
+        key_texts: set[str] = set()
+        stack: list[tuple] = []
+        depth = 0
+        key: Any = None
+        key_text = ""
+        while True:
+            event = get_event()
+            cls = event.__class__
+            if cls is scalar_event:
+                if event.anchor is not None or event.tag is not None:
+                    return None
+                value = event.value
+                if event.implicit[0]:
+                    for tag, regexp in by_first.get(value[:1], wildcard):
+                        if regexp.match(value):
+                            if tag != _STR_TAG:
+                                if tag not in _PLAIN_TAGS:
+                                    return None
+                                node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+                                value = constructors[tag](loader, node)
+                            break
+                new = None
+            elif cls is mapping_start or cls is sequence_start:
+                if event.anchor is not None or event.tag is not None or depth >= MAX_DEPTH:
+                    return None
+                value = new = {} if cls is mapping_start else []
+            elif cls is mapping_end or cls is sequence_end:
+                depth -= 1
+                if not depth:
+                    break
+                container, path, is_map, key_texts = stack.pop()
+                expect_key = is_map
+                continue
+            else:
+                return None  # an alias, or an event out of place
+            if not depth:  # the root
+                root = value
+                lines[()] = event.start_mark.line + 1
+                if new is None:
+                    break
+                child = ()
+            elif is_map:
+                if expect_key:
+                    key_text = event.value
+                    if new is not None or value in container or key_text in key_texts:
+                        return None  # a collection as key, or a key twice
+                    key_texts.add(key_text)
+                    key = value
+                    lines[path + (key_text,)] = event.start_mark.line + 1
+                    expect_key = False
+                    continue
+                container[key] = value
+                expect_key = True
+                if new is None:
+                    continue
+                child = path + (key_text,)
+            else:
+                child = path + (len(container),)
+                container.append(value)
+                lines[child] = event.start_mark.line + 1
+                if new is None:
+                    continue
+            if depth:
+                stack.append((container, path, is_map, key_texts))
+            depth += 1
+            container, path, is_map = new, child, cls is mapping_start
+            if is_map:
+                key_texts, expect_key = set(), True
+        if get_event().__class__ is not yaml.DocumentEndEvent or get_event().__class__ is not yaml.StreamEndEvent:
+            return None  # a second document: the checked path reports it
+        return root, lines
+    except Exception:  # noqa: BLE001 -- whatever it is, the checked path raises it as before
+        return None
+    finally:
+        loader.dispose()
+
+
 def _line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
     loc = tuple(loc)
     while loc:
@@ -767,14 +892,21 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     size = len(text) if len(text) * 4 <= MAX_FILE_BYTES else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_FILE_BYTES:
         raise CatalogError([_too_large(path, size)])
+    # A file of plain mappings, lists and scalars (every valid catalogue) is read in one walk of its events;
+    # anything else takes the checked path: the shape check first, then the loader.
+    plain = _read_plain(text)
     try:
-        _check_shape(text, path)
-        loader = _LineLoader(text)
-        try:
-            node = loader.get_single_node()
-            raw = loader.construct_document(node) if node is not None else {}
-        finally:
-            loader.dispose()
+        if plain is not None:
+            raw, lines = plain
+        else:
+            _check_shape(text, path)
+            loader = _LineLoader(text)
+            try:
+                node = loader.get_single_node()
+                raw = loader.construct_document(node) if node is not None else {}
+            finally:
+                loader.dispose()
+            lines = _line_index(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -786,7 +918,6 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
         raw = {}
     if not isinstance(raw, dict):
         raise CatalogError([Problem(path, 1, None, "(file)", "the catalogue must be a mapping with 'plans' and 'tenants' keys")])
-    lines = _line_index(node)
     who = _Who(raw)
     problems: list[Problem] = []
 
@@ -826,12 +957,12 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     if parsed_head is not None:
         plans.update(parsed_head.plans)
     tenants: list[Tenant] = []
-    seen: dict[str, dict[str, str]] = {"id": {}, "subdomain": {}, "custom_domain": {}}
+    # value -> the position of the first entry with it (its line is looked up only for a message).
+    seen: dict[str, dict[str, int]] = {"id": {}, "subdomain": {}, "custom_domain": {}}
     # Uniqueness is checked on every readable value, even in entries that failed pass 1.
     for i, entry in enumerate(tenants_raw):
         if not isinstance(entry, dict):
             continue
-        label = who.tenant_label(i)
         values = {
             "id": entry.get("id"),
             "subdomain": entry.get("subdomain") or entry.get("id"),
@@ -843,15 +974,17 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
             key = value.lower()
             loc = ("tenants", i, key_name if key_name in entry else "id")
             if key in seen[key_name]:
-                if key_name == "subdomain" and "subdomain" not in entry and seen["id"].get(key):
+                if key_name == "subdomain" and "subdomain" not in entry and key in seen["id"]:
                     continue  # a duplicate id already says it; its default subdomain follows from it
-                problems.append(Problem(path, _line_for(lines, loc), label, key_name,
-                                        f"{echo(value)} is already used by {seen[key_name][key]}; each tenant needs its own "
+                first = f"the tenant at line {_line_for(lines, ('tenants', seen[key_name][key]))}"
+                problems.append(Problem(path, _line_for(lines, loc), who.tenant_label(i), key_name,
+                                        f"{echo(value)} is already used by {first}; each tenant needs its own "
                                         f"{key_name.replace('_', ' ')}"))
             else:
-                seen[key_name][key] = f"the tenant at line {_line_for(lines, ('tenants', i))}"
+                seen[key_name][key] = i
+    plan_limits: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
     for i, spec in specs:
-        tenants.append(_resolve(spec, i, plans, path, lines, who, problems))
+        tenants.append(_resolve(spec, i, plans, path, lines, who, problems, plan_limits))
     problems.extend(_name_collisions([t for t in tenants if t is not None], path, lines, specs))
     problems.extend(_shared_projects(specs, path, lines))
     if problems:
@@ -906,17 +1039,24 @@ def _name_collisions(tenants: list[Tenant], path: str, lines: Mapping[tuple, int
                      specs: list[tuple[int, TenantSpec]]) -> list[Problem]:
     """No physical name of one tenant may equal another's. Shortened names carry a hash; this makes a
     hash collision (or any overlap between derivations) an error rather than two tenants on one resource."""
-    line_of = {spec.id: _line_for(lines, ("tenants", i, "id")) for i, spec in specs}
+    line_of: dict[str, int | None] | None = None  # built on the first collision: most catalogues have none
     problems: list[Problem] = []
     owners: dict[tuple[str, str], str] = {}
     for t in tenants:
         if t.id == _PLACEHOLDERS["id"]:
             continue
+        names = naming.tenant_names("dev", t.id, tuple(t.plan.databases))
+        if owners.keys().isdisjoint(names):
+            # No name taken yet (the common case): every one becomes this tenant's, as setdefault below would.
+            owners.update(dict.fromkeys(names, t.id))
+            continue
         reported: set[str] = set()
-        for key in naming.tenant_names("dev", t.id, tuple(t.plan.databases)):
+        for key in names:
             owner = owners.setdefault(key, t.id)
             if owner != t.id and owner not in reported:
                 reported.add(owner)
+                if line_of is None:
+                    line_of = {spec.id: _line_for(lines, ("tenants", i, "id")) for i, spec in specs}
                 problems.append(Problem(path, line_of.get(t.id), f"tenant '{t.id}'", "id",
                                         f"its {key[0]} '{key[1]}' collides with tenant '{owner}'; choose a different id"))
     return problems
@@ -939,11 +1079,14 @@ def _shared_projects(specs: list[tuple[int, TenantSpec]], path: str, lines: Mapp
 
 
 def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str, lines: Mapping[tuple, int],
-             who: _Who, problems: list[Problem]) -> Tenant | None:
-    label = who.tenant_label(index)
+             who: _Who, problems: list[Problem],
+             plan_limits: dict[str, tuple[dict[str, float], dict[str, float]]]) -> Tenant | None:
+    """The tenant with its plan resolved, or None when the plan is unknown; the rules' problems go to `problems`.
+    `plan_limits` holds each plan's limits and bounds as dicts, made once per plan rather than per tenant."""
 
     def bad(field: str, message: str) -> None:
-        problems.append(Problem(path, _line_for(lines, ("tenants", index, field.split(".")[0])), label, field, message))
+        problems.append(Problem(path, _line_for(lines, ("tenants", index, field.split(".")[0])), who.tenant_label(index),
+                                field, message))
 
     plan = plans.get(spec.plan)
     if plan is None:
@@ -972,9 +1115,13 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
         extra = [f.value for f in spec.features if f not in plan.features]
         if extra:
             bad("features", f"plan '{spec.plan}' does not allow {', '.join(extra)}; allowed: {', '.join(f.value for f in plan.features)}")
-    limits = plan.limits.model_dump()
-    bounds = plan.bounds.model_dump()
-    for key, value in spec.limits.set_values().items():
+    if spec.plan not in plan_limits:
+        plan_limits[spec.plan] = (plan.limits.model_dump(), plan.bounds.model_dump())
+    plan_values, bounds = plan_limits[spec.plan]
+    # No override written (most tenants): nothing to check, and the plan's own (frozen) limits are the tenant's.
+    overrides = spec.limits.set_values() if spec.limits.model_fields_set else {}
+    limits = dict(plan_values)
+    for key, value in overrides.items():
         if value > bounds[key]:
             bad(f"limits.{key}", f"{value:g} exceeds plan '{spec.plan}' maximum of {bounds[key]:g}; lower it or choose a larger plan")
         else:
@@ -983,8 +1130,8 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
     return Tenant(
         id=spec.id, name=spec.name, plan_name=spec.plan, plan=plan, state=spec.state,
         subdomain=spec.subdomain or spec.id, custom_domain=spec.custom_domain, admin_email=spec.admin_email,
-        region=spec.region, features=tuple(features), limits=Limits(**limits), kms_key=spec.kms_key,
-        dedicated=spec.dedicated, limit_overrides=spec.limits.set_values(), explicit_features=spec.features,
+        region=spec.region, features=tuple(features), limits=Limits(**limits) if overrides else plan.limits,
+        kms_key=spec.kms_key, dedicated=spec.dedicated, limit_overrides=dict(overrides), explicit_features=spec.features,
         operator_group=spec.operator_group, placement=spec.placement,
     )
 

@@ -592,3 +592,53 @@ def test_cli_refuses_an_empty_catalogue(tmp_path):
     assert run.returncode == 2
     assert run.stderr.splitlines()[0] == (
         f"{empty}: version: the catalogue has no 'version' (an empty or truncated file?); add `version: 1`")
+
+
+# ------------------------------------------------------------------ the one-pass reader equals the checked path
+
+
+def _checked(text: str):
+    """Document and line index the long way: shape check, loader, line index."""
+    from tenancy.catalog import _LineLoader, _check_shape, _line_index
+    _check_shape(text, "tenants.yaml")
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else {}
+    finally:
+        loader.dispose()
+    return raw, _line_index(node)
+
+
+def _typed(value):
+    if isinstance(value, dict):
+        return [(_typed(k), _typed(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return type(value).__name__, value
+
+
+@pytest.mark.parametrize("text", [
+    (ROOT / "tenants.yaml").read_text(),
+    "version: 1\nx: [1, 2.5, .inf, true, no, ~, '', 0x1f, 017, 1_000, +5, 190:20:30, 'x', \"y\", -0]\ny: |\n  block\n",
+    "version: 1\na:\n  - b: 1\n    c: [x, {d: e}]\n  - []\n  - {}\n  -\n  - - z\n",
+    "---\nversion: 1\n...\n", "---\n", "", "# only a comment\n", "a\n", "- 1\n- 2\n", "version: 1\n1: a\ntwo: b\nnull: c\n",
+], ids=["committed", "scalars", "nested", "explicit-document", "empty-document", "empty", "comment", "scalar", "list", "keys"])
+def test_one_pass_reader_builds_what_the_checked_path_builds(text):
+    from tenancy.catalog import _read_plain
+    raw, lines = _read_plain(text)
+    expected_raw, expected_lines = _checked(text)
+    assert _typed(raw) == _typed(expected_raw)  # 1 and 1.0 and True compare equal: the types are compared too
+    assert lines == expected_lines
+
+
+@pytest.mark.parametrize("text", [
+    LAUGHS, "version: 1\na: &x 1\n", "version: 1\nx: !!str 5\n", "version: 1\nx: ! 5\n", "version: 1\nx: 2001-12-14\n",
+    "version: 1\n<<: {a: 1}\n", "version: 1\nversion: 2\n", "version: 1\n1: a\n'1': b\n", "version: 1\n1: a\ntrue: b\n",
+    "version: 1\n? [a, b]\n: 1\n", "version: 1\n---\nversion: 1\n", "version: 1\ntenants: [\n", "[" * 100_000,
+    "version: 1\ntenants:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(30)),
+], ids=["laughs", "anchor", "tag", "non-specific-tag", "timestamp", "merge", "duplicate", "duplicate-text", "duplicate-value",
+        "complex-key", "two-documents", "syntax", "deep-list", "deep-mapping"])
+def test_one_pass_reader_leaves_anything_else_to_the_checked_path(text):
+    from tenancy.catalog import _read_plain
+    assert _read_plain(text) is None
