@@ -777,6 +777,18 @@ def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
         loader.dispose()
 
 
+def _read_checked(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
+    """(document, line index) the long way, for any file: the shape check, the loader, the line index."""
+    _check_shape(text, path)
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else {}
+    finally:
+        loader.dispose()
+    return raw, _line_index(node)
+
+
 def _line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
     loc = tuple(loc)
     while loc:
@@ -896,17 +908,7 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     # anything else takes the checked path: the shape check first, then the loader.
     plain = _read_plain(text)
     try:
-        if plain is not None:
-            raw, lines = plain
-        else:
-            _check_shape(text, path)
-            loader = _LineLoader(text)
-            try:
-                node = loader.get_single_node()
-                raw = loader.construct_document(node) if node is not None else {}
-            finally:
-                loader.dispose()
-            lines = _line_index(node)
+        raw, lines = plain if plain is not None else _read_checked(text, path)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

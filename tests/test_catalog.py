@@ -599,15 +599,8 @@ def test_cli_refuses_an_empty_catalogue(tmp_path):
 
 def _checked(text: str):
     """Document and line index the long way: shape check, loader, line index."""
-    from tenancy.catalog import _LineLoader, _check_shape, _line_index
-    _check_shape(text, "tenants.yaml")
-    loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-        raw = loader.construct_document(node) if node is not None else {}
-    finally:
-        loader.dispose()
-    return raw, _line_index(node)
+    from tenancy.catalog import _read_checked
+    return _read_checked(text, "tenants.yaml")
 
 
 def _typed(value):
