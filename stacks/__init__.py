@@ -113,11 +113,12 @@ def sdk_module(resource_type: str) -> str | None:
 
 
 def warm_tenant_sdk() -> None:
-    """Imports TENANT_SDK_MODULES (each package is imported lazily, on its first attribute)."""
+    """Imports TENANT_SDK_MODULES. The SDKs import their packages lazily, on the first attribute other than the
+    module's own metadata (`__name__`, `__dict__`, ...): `__all__` is one, whether or not the package has it."""
     import importlib
 
     for name in TENANT_SDK_MODULES:
-        getattr(importlib.import_module(name), "__name__")
+        getattr(importlib.import_module(name), "__all__", None)
 
 
 def cells_layout(env: str) -> bool:

@@ -338,6 +338,11 @@ def test_the_tenant_sdk_modules_are_those_a_namespace_tenant_stack_uses(sample_p
     assert stacks.sdk_module("kubernetes:cert-manager.io/v1:ClusterIssuer") == "pulumi_kubernetes.apiextensions"
     assert stacks.sdk_module("kubernetes:rbac.authorization.k8s.io/v1:Role") == "pulumi_kubernetes.rbac.v1"
     assert stacks.sdk_module("tenancy:gcp:Network") is None and stacks.sdk_module("pulumi:providers:gcp") is None
+    # in a fresh process, warming imports every one of them for real (not a lazy module left to load later)
+    probe = ("import sys, types, stacks; stacks.warm_tenant_sdk(); "
+             "print(sorted(n for n in stacks.TENANT_SDK_MODULES if type(sys.modules[n]) is not types.ModuleType))")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout.strip()) == (0, "[]"), res.stderr
 
 
 def test_the_cache_key_follows_environment_config_and_code(tmp_path, monkeypatch):
