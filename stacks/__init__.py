@@ -81,7 +81,7 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
     return run_tenant
 
 
-# The SDK modules a namespace tenant's stack declares resources from (tests/test_plan_stream.py checks the list
+# The SDK modules a namespace tenant's stack declares resources from (tests/test_plan.py checks the list
 # against a planned stack). Importing one executes every module of the package (seconds in all): a one-tenant
 # plan imports them while the platform's exports are computed in another process (tenancy.plan.prefetch_exports).
 TENANT_SDK_MODULES = (
@@ -102,13 +102,13 @@ def sdk_module(resource_type: str) -> str | None:
     if package == "random":
         return "pulumi_random"
     if package == "kubernetes":
+        import importlib.util
+
         group, _, version = module.partition("/")
-        group = group.partition(".")[0]
-        if group == "helm":
-            return f"pulumi_kubernetes.helm.{version}"
-        known = ("core", "batch", "networking", "rbac", "apps", "policy", "admissionregistration", "autoscaling",
-                 "storage", "scheduling", "coordination", "discovery", "node", "flowcontrol", "certificates")
-        return f"pulumi_kubernetes.{group}.{version}" if group in known else "pulumi_kubernetes.apiextensions"
+        group = group.partition(".")[0]        # networking.k8s.io -> networking, helm.sh -> helm
+        if group.isidentifier() and importlib.util.find_spec(f"pulumi_kubernetes.{group}") is not None:
+            return f"pulumi_kubernetes.{group}.{version}"
+        return "pulumi_kubernetes.apiextensions"
     return None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import marshal
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -222,12 +221,11 @@ class PlanWriter:
         self._entry(stack.name).write_text(entry_head(stack))
 
     def spill_view(self, name: str, view: dict[str, Any]) -> Path:
-        """A stack's plan view (tenancy.policycheck.plan_view) kept on disk until the plan-wide rules read it, so
-        that the parent holds no stack's resources: its memory does not grow with the fleet. marshal: the
-        view is plain data, written and read back at a fraction of JSON's cost; the file never outlives the plan."""
-        path = self.staging / "views" / f"{name}.marshal"
-        path.write_bytes(marshal.dumps(view))
-        return path
+        """A stack's plan view (tenancy.policycheck.plan_view) kept in the staging directory until the plan-wide
+        rules read it, so that the parent holds no stack's resources: its memory does not grow with the fleet."""
+        from tenancy.policycheck import save_view
+
+        return save_view(self.staging / "views" / f"{name}.marshal", view)
 
     def close(self, version: int, environment: str, stacks: Iterable[Any], changes: dict[str, Any] | None = None) -> Path:
         """plan.json from the entries added, in the order of `stacks` (each with its violations, reasons and
