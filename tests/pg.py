@@ -75,7 +75,7 @@ def start(options: str = "") -> Server:
     port = _free_port()
     opts = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=100 -c wal_level=logical -c max_replication_slots=20 "
-            f"-c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16 {options}").strip()
+            f"-c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16 -c wal_retrieve_retry_interval=50ms {options}").strip()
     proc = subprocess.run([*run_as, str(bd / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"),
                            "-w", "-t", "60", "start"], capture_output=True, text=True)
     if proc.returncode != 0:
