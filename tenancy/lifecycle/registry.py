@@ -31,14 +31,11 @@ def require_registered(dsn: str, tenant: str) -> str:
 def freeze(dsn: str, tenant: str, to: str = "frozen", timeout_s: int = FREEZE_TIMEOUT_S) -> str:
     """Set a write-stopping state, waiting out in-flight writers (bounded). Returns the previous state."""
     with pg.connect(dsn) as c:
-        c.execute(f"SET LOCAL lock_timeout = '{int(timeout_s)}s'")
         try:
-            previous = c.execute("SELECT tenancy.freeze(%s, %s)", (tenant, to)).fetchone()[0]
-        except pg.psycopg.errors.LockNotAvailable:
-            raise OperationError(f"could not freeze '{tenant}' in {describe_dsn(dsn)} within {timeout_s}s: a transaction "
-                                 "that wrote the tenant is still open; find it in pg_stat_activity, then run the "
-                                 "same command again") from None
-        except pg.psycopg.errors.UndefinedObject:
+            previous = pg.freeze_in(c, tenant, to, timeout_s)
+        except pg.FreezeTimeout as exc:
+            raise OperationError(f"{exc} (database {describe_dsn(dsn)})") from None
+        except pg.Mismatch:
             raise Refused(f"tenant '{tenant}' is not registered in database {describe_dsn(dsn)}; nothing was changed") from None
         c.commit()
     return previous

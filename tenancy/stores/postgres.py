@@ -723,6 +723,25 @@ def _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, sr
     _finish_target(dst, target_dsn, tenant, move_id, src_id, final_state)
 
 
+class FreezeTimeout(DataError):
+    """A transaction that wrote the tenant stayed open longer than the freeze may wait."""
+
+
+def freeze_in(conn: psycopg.Connection, tenant: str, state: str = "frozen", timeout_s: float = FREEZE_TIMEOUT_S) -> str:
+    """The one write freeze: inside the caller's open transaction, set the tenant's state in this database's
+    registry (`tenancy.freeze`) once every transaction that already wrote the tenant has ended, bounded by
+    `timeout_s`. Returns the previous state. The caller commits; from then on the database refuses the tenant's
+    writes (except the owner role's). Raises FreezeTimeout, or Mismatch when the tenant is not registered here."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(timeout_s * 1000)}ms",))
+    try:
+        return conn.execute("SELECT tenancy.freeze(%s, %s)", (tenant, state)).fetchone()[0]
+    except psycopg.errors.LockNotAvailable:
+        raise FreezeTimeout(f"could not freeze '{tenant}' within {timeout_s:g}s: a transaction that wrote the tenant is "
+                            "still open; find it in pg_stat_activity, then run the same command again") from None
+    except psycopg.errors.UndefinedObject:
+        raise Mismatch(f"tenant '{tenant}' is not registered in this database") from None
+
+
 def _lock_registry(conn: psycopg.Connection, tenant: str) -> None:
     """Lock the tenant's registry row for this transaction: waits out (bounded) and then holds off every writer
     of the tenant, whose write guard takes a share lock on that row."""

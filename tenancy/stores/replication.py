@@ -663,15 +663,23 @@ def _freeze(src: psycopg.Connection, tenant: str, lock_timeout: str) -> str:
 
     The insert position is read after freeze() has waited out the writers, and the transaction commits
     synchronously, so the WAL up to that LSN is flushed and the walsender can send it at once."""
+    seconds = _seconds(lock_timeout)
     try:
         with src.transaction():
-            src.execute("SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', 'on', true)",
-                        (lock_timeout,))
-            src.execute("SELECT tenancy.freeze(%s)", (tenant,))
+            src.execute("SELECT set_config('synchronous_commit', 'on', true)")
+            pg.freeze_in(src, tenant, "frozen", seconds)
             return str(src.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])
-    except psycopg.errors.LockNotAvailable:
+    except pg.FreezeTimeout:
         raise ReplicationError(f"could not freeze '{tenant}' within {lock_timeout}: a long transaction is writing it; "
                                "nothing changed, run switch again") from None
+
+
+def _seconds(duration: str) -> float:
+    """'30s', '500ms', '2min' or a bare number of milliseconds (PostgreSQL's units) as seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*", duration)
+    if not m:
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "min": 60.0, None: 0.001}[m.group(2)]
 
 
 def _wait_confirmed(src: psycopg.Connection, n: MoveNames, lsn: str, timeout: float, tenant: str, after: str) -> None:
