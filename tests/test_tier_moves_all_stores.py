@@ -14,7 +14,9 @@ import pytest
 from tenancy import naming
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
-from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
+from tenancy.lifecycle import OperationError, Refused, deploy, tenant_ops
+from tenancy.operations import tier_move as moves
+from tenancy.operations.protocol import Context
 from tenancy.lifecycle.tenant_data import Reach
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
@@ -75,7 +77,7 @@ def objects_of(store, prefix):
 
 
 @pytest.fixture
-def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeypatch):
+def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeypatch, registry):
     """A pooled database, three empty databases for the tenant's postgres-1..3, a pooled Firestore database and
     shared bucket holding alpha's and bravo's data, an empty bucket for bravo, the platform deployed offline."""
     from tests.test_store_objects import drain
@@ -122,7 +124,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
     catalog = parse_catalog(CATALOG)
     engine = OfflineEngine(tmp_path / "state", "dev")
     assert [o.status for o in deploy.deploy(engine, catalog, "dev", mode="up")] == ["ok"]
-    w = {"server": pg_server, "pooled": tenancy_db, "own": own_dbs, "catalog": catalog, "engine": engine,
+    w = {"server": pg_server, "pooled": tenancy_db, "registry": registry, "own": own_dbs, "catalog": catalog, "engine": engine,
          "project": project, "tmp": tmp_path, "shared": shared_store, "bucket": obj.open_store(f"gs://{own}"),
          "reach": Reach({"pooled": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
                          **{f"postgres-{i + 1}": pg_server.dsn(dbname=d) for i, d in enumerate(own_dbs)}}),
@@ -137,8 +139,9 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def upgrade(w, to, catalog=None, **kw):
-    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, reach=w["reach"], **kw)
+def upgrade(w, to, catalog=None, before_phase=None, **kw):
+    ctx = Context("dev", w["registry"], w["engine"], before_phase=before_phase)
+    return moves.upgrade(ctx, catalog or w["catalog"], "bravo", to, reach=w["reach"], **kw)
 
 
 def until_done(w, to, phase, catalog=None, **kw):
@@ -222,7 +225,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert docs(w["fs_own"]) == w["docs"]["bravo"] and docs(w["fs_pool"]("bravo")) == {}
     assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in w["objects"]["bravo"].items()}
     assert objects_of(w["shared"], "bravo/") == {}
-    assert set(up.copied) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
+    assert set(up.detail["copied"]) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
     assert_neighbour_untouched(w)
     entry = json.loads(w["engine"].outputs("dev")["tenantDirectory"])["bravo"]
     assert entry["stores"]["postgres"] == {"postgres-1": ["app.users", "app.itineraries", "app.comments", "app.likes"],
@@ -261,7 +264,7 @@ def test_downgrade_names_the_tables_and_counts_the_pool_cannot_hold_then_archive
     with pytest.raises(Refused) as refused:
         upgrade(w, "lite", standard)
     assert str(refused.value) == (
-        "plan 'lite' cannot hold all of 'bravo''s data: postgres-1: app.comments 3 rows, app.likes 3 rows; "
+        "downgrade of 'bravo' refused before any change: plan 'lite' cannot hold all of 'bravo''s data: postgres-1: app.comments 3 rows, app.likes 3 rows; "
         "postgres-2: app.audit_events 2 rows; postgres-3: app.api_requests 4 rows; "
         "graph: the tenant's Neo4j graph (export it with --export-to DIR, or --discard graph). Export it with "
         "--export-to DIR and pass --discard postgres-1 --discard postgres-2 --discard postgres-3 --discard graph; "
@@ -277,7 +280,7 @@ def test_downgrade_names_the_tables_and_counts_the_pool_cannot_hold_then_archive
     [(namespace, manifest)] = job.jobs
     assert namespace == "tenant-bravo" and manifest["kind"] == "Job"
     assert (archive / "graph" / "objects" / "neo4j.dump").read_bytes() == b"NEO4J-DUMP bravo graph"
-    assert out.status == "done" and out.archive == str(archive)
+    assert out.status == "done" and out.detail["archive"] == str(archive)
     index = json.loads((archive / "archive.json").read_text())
     assert {k: v["count"] for k, v in index["stores"].items()} == {
         "postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 7, "graph": 1}
