@@ -14,7 +14,8 @@ import pytest
 from tenancy import naming
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
-from tenancy.lifecycle import OperationError, Refused, deploy, tenant_ops
+from tenancy.lifecycle import OperationError, Refused, deploy
+from tenancy.operations import offboard as offboarding
 from tenancy.operations import tier_move as moves
 from tenancy.operations.protocol import Context
 from tenancy.lifecycle.tenant_data import Reach
@@ -85,7 +86,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
     drain(gcs_server)
     project = f"test-{uuid.uuid4().hex[:10]}"           # one project per test: Firestore and buckets start empty
     monkeypatch.setattr(moves, "project_of", lambda deployed: project)
-    monkeypatch.setattr(tenant_ops, "project_of", lambda deployed: project)
+    monkeypatch.setattr(offboarding, "project_of", lambda deployed: project)
     own_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for name in own_dbs:
@@ -137,6 +138,11 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for name in own_dbs:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def offboard(w, tenant, catalog=None, before_phase=None, **kw):
+    ctx = Context("dev", w["registry"], w["engine"], before_phase=before_phase)
+    return offboarding.offboard(ctx, catalog or w["catalog"], tenant, reach=w["reach"], **kw)
 
 
 def upgrade(w, to, catalog=None, before_phase=None, **kw):
@@ -300,9 +306,8 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     w, s = fleet, fleet["server"]
     archive = w["tmp"] / "alpha-archive"
     phases = []
-    result = tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                                 export_to=str(archive), reach=w["reach"], before_phase=phases.append)
-    assert phases == list(tenant_ops.OFFBOARD_PHASES)
+    result = offboard(w, "alpha", export_to=str(archive), before_phase=phases.append).detail
+    assert phases == list(offboarding.PHASES)
     assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 7}
     index = json.loads((archive / "archive.json").read_text())
     assert index["tenant"] == "alpha" and set(index["stores"]) == {"pooled", "objects", "firestore"}
@@ -326,10 +331,8 @@ def test_offboard_raced_by_a_writer_archives_every_committed_write(fleet):
     archive = w["tmp"] / "alpha-archive"
     try:
         with pytest.raises(Boom):   # interrupted once, between the export and its verification
-            tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                                export_to=str(archive), reach=w["reach"], before_phase=stop_before("verify"))
-        tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                            export_to=None, reach=w["reach"])
+            offboard(w, "alpha", export_to=str(archive), before_phase=stop_before("verify"))
+        offboard(w, "alpha", export_to=None)
     finally:
         writer.stop.set()
         writer.join()
@@ -383,14 +386,12 @@ def test_offboard_of_a_tenant_with_a_graph_needs_the_dump_job_or_a_discard_befor
     standard = with_tenant(w["catalog"], "bravo", plan="standard")
     with pytest.raises(Refused, match="'bravo' has a Neo4j graph: exporting it runs a neo4j-admin dump Job in namespace "
                                       "tenant-bravo; give --kubeconfig, or --discard graph to let it go; nothing was changed"):
-        tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
-                            export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+        offboard(w, "bravo", standard, export_to=str(w["tmp"] / "bravo-archive"))
     assert not (w["tmp"] / "bravo-archive").exists()
     assert rows(w["server"], w["own"][0], "bravo")["app.users"] == w["before"]["bravo"]["app.users"]
     job = DumpJob(w["bucket"])
     w["reach"].graph_runner = job
-    result = tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
-                                 export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+    result = offboard(w, "bravo", standard, export_to=str(w["tmp"] / "bravo-archive")).detail
     assert result["export"]["stores"] == {"postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2,
                                           "firestore": 7, "graph": 1}
     assert result["destroyed"] == "dev.bravo" and "dev.bravo" not in w["engine"].stacks()
