@@ -286,7 +286,7 @@ def test_each_delete_is_conditional_on_the_update_time_it_was_verified_at(pool, 
     """Firestore rejects the whole commit when a document changed in between (the test server ignores the
     condition, so this checks what is sent)."""
     src = pooled(pool)
-    read = {s.id: s.update_time for s in client(src).collection("tenants/acme/settings").stream()}
+    read = {s.id: s.update_time for s in client(src).collection("tenants/acme/itineraries/i0/notes").stream()}
     sent = []
 
     def capture(loc, batch):
@@ -295,12 +295,13 @@ def test_each_delete_is_conditional_on_the_update_time_it_was_verified_at(pool, 
 
     monkeypatch.setattr(fs, "_commit", capture)
     with pytest.raises(Killed):
-        fs.delete(src, "acme", {"settings": {}}, fs.summary(src, "acme", {"settings": {}}))
+        fs.delete(src, "acme", TREE, fs.summary(src, "acme", TREE), batch_size=2)
     delete, marker = sent
-    assert delete.delete.endswith("/documents/tenants/acme/settings/main")
-    assert delete.current_document.update_time == read["main"]
+    assert delete.delete.endswith("/documents/tenants/acme/itineraries/i0/notes/n0")
+    assert delete.current_document.update_time == read["n0"]
     assert marker.update.name.endswith("/documents/tenants/acme/_tenancy/deletion")
-    assert marker.update.fields["deleted"].map_value.fields["settings"].map_value.fields["count"].integer_value == 1
+    deleted = marker.update.fields["deleted"].map_value.fields
+    assert deleted["itineraries/*/notes"].map_value.fields["count"].integer_value == 1
 
 
 def test_delete_refuses_a_summary_of_another_kind_or_tenant(pool):
