@@ -28,7 +28,8 @@ class RpcError extends Error {
 }
 
 const invalid = (message) => new RpcError(grpc.status.INVALID_ARGUMENT, message);
-const unsupported = (message) => new RpcError(grpc.status.UNIMPLEMENTED, `${message} (not supported by this local server)`);
+const unsupported = (message) =>
+  new RpcError(grpc.status.UNIMPLEMENTED, `${message} (not supported by this local server)`);
 
 // Firestore orders document ids and collection ids by their UTF-8 bytes.
 const byUtf8 = (a, b) => Buffer.compare(Buffer.from(a, "utf8"), Buffer.from(b, "utf8"));
@@ -72,20 +73,28 @@ function pageOf(items, pageSize, pageToken, key) {
 function masked(fields, mask) {
   if (!mask) return fields;
   for (const p of mask.field_paths) {
-    if (p.includes(".") || p.includes("`")) throw unsupported(`mask field path ${JSON.stringify(p)}: only top-level fields`);
+    if (p.includes(".") || p.includes("`")) {
+      throw unsupported(`mask field path ${JSON.stringify(p)}: only top-level fields`);
+    }
   }
   const keep = new Set(mask.field_paths);
   return Object.fromEntries(Object.entries(fields).filter(([name]) => keep.has(name)));
 }
 
 function listDocuments(state, request) {
-  if (request.has_read_time || request.has_transaction) throw unsupported("ListDocuments with a read time or transaction");
+  if (request.has_read_time || request.has_transaction) {
+    throw unsupported("ListDocuments with a read time or transaction");
+  }
   if (request.order_by) {
     if (request.show_missing) throw invalid("requests with show_missing may not specify order_by");
-    if (!/^\s*__name__(\s+asc)?\s*$/i.test(request.order_by)) throw unsupported(`order_by ${JSON.stringify(request.order_by)}`);
+    if (!/^\s*__name__(\s+asc)?\s*$/i.test(request.order_by)) {
+      throw unsupported(`order_by ${JSON.stringify(request.order_by)}`);
+    }
   }
   if (!request.collection_id) throw unsupported("ListDocuments without a collection_id");
-  if (request.collection_id.includes("/")) throw invalid(`collection_id ${JSON.stringify(request.collection_id)} contains '/'`);
+  if (request.collection_id.includes("/")) {
+    throw invalid(`collection_id ${JSON.stringify(request.collection_id)} contains '/'`);
+  }
   const node = parentNode(state, request.parent);
   const collection = node.getCollection(request.collection_id);
   const docs = collection.getAllDocuments()

@@ -25,9 +25,9 @@ it also returns same-named collections where none is declared.
 What the declared tree cannot reach is refused, not skipped: `unmovable()` lists the collections that are not
 declared at the tenant's root and under each missing document (one ListCollectionIds call each), and copy,
 export and delete refuse before changing anything while it lists any, since they would leave those documents
-behind. Not checked: undeclared subcollections of documents that exist (that would be a call per document); the
-application writes parents first and only declared collections, copies here write parents before children and
-deletes remove children first, so neither creates a missing document.
+behind. Not checked: undeclared subcollections of documents that exist (that would be a call per document; the
+application writes only declared collections). The store itself never leaves a missing document: copies write
+parents before children, deletes remove children first.
 
 Summaries are layout-independent: a part per collection path relative to the root, "*" for document ids
 (`itineraries/*/notes`); per document sha256(relative path NUL canonical JSON of its fields); a part's checksum
@@ -144,7 +144,8 @@ def copy(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collection
 
     Documents already equal at the target are not written again. With `changed_since` (timezone-aware) only
     documents whose update time is newer are candidates: the short second pass inside a write freeze. Documents
-    found only at the target raise Mismatch after everything else is copied; they are never deleted here."""
+    found only at the target raise Mismatch after everything else is copied; they are never deleted here. While
+    `unmovable()` lists anything at `src`, nothing is written and StoreError says what."""
     tree = _prepare(src, tenant, collections)
     _prepare(dst, tenant, collections)
     _check_batch(batch_size, 1)
@@ -194,7 +195,8 @@ def verify(src: FirestoreLocation, dst: FirestoreLocation, tenant: str,
 def export(loc: FirestoreLocation, tenant: str, collections: Collections, directory: str | Path) -> dict[str, Any]:
     """JSON lines, one 0600 file per collection path, in a new private directory (plus manifest.json there).
 
-    Returns the manifest entry {"kind", "count", "checksum", "parts", "files": {name: sha256}}."""
+    Returns the manifest entry {"kind", "count", "checksum", "parts", "files": {name: sha256}}. Refused, before the
+    directory is made, while `unmovable()` lists anything: the export would not be the whole tenant."""
     tree = _prepare(loc, tenant, collections)
     with _api(loc, "listing collections"):
         _refuse_unmovable(loc, tenant, "export", _unmovable(loc, tree))
@@ -250,7 +252,8 @@ def delete(loc: FirestoreLocation, tenant: str, collections: Collections, expect
            progress: Progress | None = None, batch_size: int = MAX_BATCH) -> int:
     """Delete the tenant's documents at `loc`, children first, only while they are exactly `expect`.
 
-    Returns how many documents this call deleted (0 when a previous run already finished)."""
+    Returns how many documents this call deleted (0 when a previous run already finished). Refused, before any
+    deletion, while collections outside the declared tree hold documents (`unmovable()`): they would stay behind."""
     tree = _prepare(loc, tenant, collections)
     _check_batch(batch_size, 2)
     if expect.kind != KIND:
@@ -342,8 +345,8 @@ def _walk_under(loc, client, parent: str, tree: Collections, rel_prefix: str, pa
                 parents.append(doc_id)
         # subcollections once the parent collection is listed: no listing held open across levels
         for doc_id in parents:
-            yield from _walk_under(loc, client, f"{parent}/{name}/{doc_id}", tree[name], f"{rel_prefix}{name}/{doc_id}/",
-                                   f"{part}/*/", depth + 1, problems, fields)
+            yield from _walk_under(loc, client, f"{parent}/{name}/{doc_id}", tree[name],
+                                   f"{rel_prefix}{name}/{doc_id}/", f"{part}/*/", depth + 1, problems, fields)
 
 
 def _list(client, parent: str, collection_id: str, fields: bool):
