@@ -14,8 +14,10 @@ import { fileURLToPath } from "node:url";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(path.join(root, ".tools", "package.json"));
 const { FirestoreServer } = require("@firestore-emulator/server");
-const grpc = require("@grpc/grpc-js");
-const v1 = require("@firestore-emulator/proto/dist/google/firestore/v1/firestore");
+// its own dependencies, resolved from where it is installed: the same gRPC module and message classes it uses
+const requireDep = createRequire(require.resolve("@firestore-emulator/server"));
+const grpc = requireDep("@grpc/grpc-js");
+const v1 = requireDep("@firestore-emulator/proto/dist/google/firestore/v1/firestore");
 
 const DEFAULT_PAGE = 300;
 
