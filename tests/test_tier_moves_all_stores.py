@@ -43,6 +43,7 @@ plans:
 """
 TABLES = ("app.users", "app.itineraries", "app.comments", "app.likes", "app.audit_events", "app.api_requests")
 TREE = {"users": {}, "itineraries": {"notes": {}}, "settings": {}}
+ORPHAN = "gone/notes/n9"                # itineraries/gone/notes/n9, under an itinerary that does not exist
 
 
 def rows(server, dbname, tenant):
@@ -70,6 +71,8 @@ def seed_docs(loc, tag):
     batch.set(c.document(loc.path("itineraries/i0/notes/n0")), {"text": f"{tag} pack light"})
     batch.set(c.document(loc.path("itineraries/i0/notes/n1")), {"text": f"{tag} passport"})
     batch.set(c.document(loc.path("settings/main")), {"theme": tag})
+    # a note whose itinerary does not exist (deleted, or never written): it moves and goes with the tenant too
+    batch.set(c.document(loc.path(f"itineraries/{ORPHAN}")), {"text": f"{tag} note of a deleted trip"})
     batch.commit()
 
 
@@ -133,6 +136,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
          "fs_own": fs.location_for(project, naming.firestore_database("dev", "bravo"), "bravo", pooled=False)}
     w["before"] = {t: rows(pg_server, tenancy_db, t) for t in ("alpha", "bravo")}
     w["docs"] = {t: docs(w["fs_pool"](t)) for t in ("alpha", "bravo")}
+    assert all(f"itineraries/{ORPHAN}" in w["docs"][t] for t in ("alpha", "bravo"))
     w["objects"] = {t: objects_of(shared_store, f"{t}/") for t in ("alpha", "bravo")}
     yield w
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
@@ -229,6 +233,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == {t: [] for t in TABLES}
     # documents at the root of bravo's own database, objects at the root of its bucket; the pool emptied
     assert docs(w["fs_own"]) == w["docs"]["bravo"] and docs(w["fs_pool"]("bravo")) == {}
+    assert list(fs._client(w["fs_pool"]("bravo")).document("tenants/bravo").collections()) == [], "none left behind"
     assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in w["objects"]["bravo"].items()}
     assert objects_of(w["shared"], "bravo/") == {}
     assert set(up.detail["copied"]) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
@@ -243,6 +248,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == after_up
     assert all(rows(s, d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and docs(w["fs_own"]) == {}
+    assert list(fs._client(w["fs_own"]).collections()) == [], "the own database is left empty"
     assert objects_of(w["shared"], "bravo/") == w["objects"]["bravo"] and objects_of(w["bucket"], "") == {}
     assert_neighbour_untouched(w)
     assert "dev.bravo" not in w["engine"].stacks()
@@ -289,7 +295,7 @@ def test_downgrade_names_the_tables_and_counts_the_pool_cannot_hold_then_archive
     assert out.status == "done" and out.detail["archive"] == str(archive)
     index = json.loads((archive / "archive.json").read_text())
     assert {k: v["count"] for k, v in index["stores"].items()} == {
-        "postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 7, "graph": 1}
+        "postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 8, "graph": 1}
     assert index["discarded"] == ["graph", "postgres-1", "postgres-2", "postgres-3"]
     assert index["stores"]["postgres-2"]["tables"] == {"app.audit_events": {
         "rows": 2, "rowChecksum": index["stores"]["postgres-2"]["parts"]["app.audit_events"]["checksum"]}}
@@ -308,7 +314,7 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     phases = []
     result = offboard(w, "alpha", export_to=str(archive), before_phase=phases.append).detail
     assert phases == list(offboarding.PHASES)
-    assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 7}
+    assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 8}
     index = json.loads((archive / "archive.json").read_text())
     assert index["tenant"] == "alpha" and set(index["stores"]) == {"pooled", "objects", "firestore"}
     assert {k: v["rows"] for k, v in index["stores"]["pooled"]["tables"].items()} == {
@@ -316,9 +322,12 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     exported = json.loads((archive / "objects" / "objects.json").read_text())
     assert sorted(f["name"] for f in exported["files"]) == ["avatars/1.png", "docs/trip.pdf"]
     assert {k: v["count"] for k, v in index["stores"]["firestore"]["parts"].items()} == {
-        "users": 3, "itineraries": 1, "itineraries/*/notes": 2, "settings": 1}
+        "users": 3, "itineraries": 1, "itineraries/*/notes": 3, "settings": 1}
     assert rows(s, w["pooled"], "alpha") == {t: [] for t in TABLES}
     assert docs(w["fs_pool"]("alpha")) == {} and objects_of(w["shared"], "alpha/") == {}
+    notes = [json.loads(x)["path"] for x in (archive / "firestore" / "itineraries.notes.jsonl").read_text().splitlines()]
+    assert f"itineraries/{ORPHAN}" in notes
+    assert list(fs._client(w["fs_pool"]("alpha")).document("tenants/alpha").collections()) == [], "no document is left"
     # the neighbour is untouched in every store
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and objects_of(w["shared"], "bravo/") == w["objects"]["bravo"]
@@ -393,7 +402,7 @@ def test_offboard_of_a_tenant_with_a_graph_needs_the_dump_job_or_a_discard_befor
     w["reach"].graph_runner = job
     result = offboard(w, "bravo", standard, export_to=str(w["tmp"] / "bravo-archive")).detail
     assert result["export"]["stores"] == {"postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2,
-                                          "firestore": 7, "graph": 1}
+                                          "firestore": 8, "graph": 1}
     assert result["destroyed"] == "dev.bravo" and "dev.bravo" not in w["engine"].stacks()
     assert all(rows(w["server"], d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
     assert docs(w["fs_own"]) == {} and objects_of(w["bucket"], "") == {}
