@@ -23,7 +23,7 @@ from tenancy.db import describe_dsn
 from tenancy.errors import OperationError
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
-from tenancy.operations.protocol import Context, Operation, Outcome
+from tenancy.operations.protocol import Context, NothingToDo, Operation, Outcome
 from tenancy.stores import Mismatch, Summary
 from tenancy.stores import postgres as pg
 
@@ -82,7 +82,7 @@ class DataMove(Operation):
             done = [op for op in self.ctx.registry.history(self.tenant) if op.kind == self.kind and op.status == "done"
                     and op.args == spec.args]
             if done:
-                raise _AlreadyMoved(None, f"the move of '{self.tenant}' from {describe_dsn(self.source)} to "
+                raise NothingToDo(f"the move of '{self.tenant}' from {describe_dsn(self.source)} to "
                                           f"{describe_dsn(self.target)} already completed ({done[-1].id}, "
                                           f"{done[-1].finished_at:%Y-%m-%d %H:%M:%S %Z}); nothing to do")
             problems.append(f"tenant '{self.tenant}' is not registered in the source {describe_dsn(self.source)}'s "
@@ -97,7 +97,8 @@ class DataMove(Operation):
         if resumed or not there.count:
             return
         if self.picked.same_data(there):
-            raise _AlreadyMoved(there)
+            raise NothingToDo(f"the target {describe_dsn(self.target)} already holds the same {there.count} rows of "
+                              f"'{self.tenant}' as the source; nothing to do", rows=there.count)
         if not self.picked.count:
             problems.append(f"nothing to move: '{self.tenant}' has no rows at the source but {there.count} at the target "
                             "-- the move may already have happened")
@@ -169,19 +170,6 @@ class DataMove(Operation):
             pg.set_state(self.source, self.tenant, previous)
 
 
-class _AlreadyMoved(Exception):
-    def __init__(self, summary: Summary | None, message: str = ""):
-        self.summary, self.message = summary, message
-
-
 def move(ctx: Context, tenant: str, source: str, target: str, *, abort: bool = False, take_over: bool = False,
          **kw: Any) -> Outcome:
-    op = DataMove(ctx, tenant, source, target, **kw)
-    try:
-        return op.run(abort=abort, take_over=take_over)
-    except _AlreadyMoved as done:
-        op.lease.forget()
-        return Outcome("", op.kind, tenant, "nothing to do",
-                       message=done.message or f"the target {describe_dsn(target)} already holds the same "
-                                               f"{done.summary.count} rows of '{tenant}' as the source; nothing to do",
-                       detail={"rows": done.summary.count if done.summary else 0})
+    return DataMove(ctx, tenant, source, target, **kw).run(abort=abort, take_over=take_over)

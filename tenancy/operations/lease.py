@@ -72,7 +72,7 @@ def busy_message(tenant: str, op: OperationRow | None) -> str:
     h = op.holder or {}
     who = f"pid {h.get('pid')} on {h.get('host')}" + (f" ({h.get('user')})" if h.get("user") else "")
     return (f"tenant '{tenant}' is held by operation {op.id} ({op.kind} {_args(op.args)}), started {_when(op)}, "
-            f"running now as {who}{f', in phase {op.phase}' if op.phase else ''}; nothing was changed. Wait for it to "
+            f"running now as {who}{f', at {op.phase}' if op.phase else ''}; nothing was changed. Wait for it to "
             f"finish (`tenancy moves`), or if that process is stuck take the lease over: `{op.command} --take-over`")
 
 
@@ -80,7 +80,9 @@ def unfinished_message(tenant: str, op: OperationRow) -> str:
     how = f"resume it with `{op.command}`"
     if op.abort_command:
         how += f" or abort it with `{op.abort_command}`"
-    state = "waiting" if op.status == "waiting" else f"stopped{f' in phase {op.phase}' if op.phase else ''}"
+    phase = op.phase or ""
+    where = f" after {phase[:-5]}" if phase.endswith(" done") else (f" in phase {phase}" if phase else " before its first phase")
+    state = "waiting" if op.status == "waiting" else f"stopped{where}"
     note = f" ({op.message})" if op.status == "waiting" and op.message else ""
     return (f"tenant '{tenant}' has an unfinished {op.kind} {_args(op.args)} ({op.id}, started {_when(op)}, {state}"
             f"{note}); {how}; nothing was changed")
@@ -194,8 +196,9 @@ class Lease:
         with self.fenced() as c:
             c.execute("INSERT INTO registry.journal (operation, phase, event, detail) VALUES (%s, %s, %s, %s)",
                       (self.op.id, phase, event, json.dumps(detail or {}, default=str)))
-            if event == "started":
-                c.execute("UPDATE registry.operations SET phase = %s, updated_at = now() WHERE id = %s", (phase, self.op.id))
+            if event in ("started", "done"):
+                c.execute("UPDATE registry.operations SET phase = %s, updated_at = now() WHERE id = %s",
+                          (phase if event == "started" else f"{phase} done", self.op.id))
 
     def journal(self) -> list[tuple[str, str, dict[str, Any]]]:
         return [tuple(r) for r in self.conn.execute("SELECT phase, event, detail FROM registry.journal WHERE operation = %s "

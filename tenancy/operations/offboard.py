@@ -113,6 +113,7 @@ class Offboard(Operation):
         for name, h in self.kept.items():
             if h.kind in ("objects", "firestore"):
                 try:
+                    problems.extend(getattr(h, "problems", lambda: [])())
                     h.summary()
                 except Exception as exc:    # noqa: BLE001 -- a store error of any kind is a problem to name
                     problems.append(f"{name}: {exc}")

@@ -22,8 +22,8 @@ from tenancy.fleet.relocate import resolve
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
 from tenancy.operations.lease import Spec
-from tenancy.operations.protocol import Context, Operation, Outcome
-from tenancy.operations.tier_move import TierMove, _AlreadyThere
+from tenancy.operations.protocol import Context, NothingToDo, Operation, Outcome
+from tenancy.operations.tier_move import TierMove
 
 PHASE_TEXT = {
     "provision": "the tenancy SQL and the frozen registration in the new shard's database",
@@ -63,17 +63,13 @@ class Place(TierMove):
 
     def _preflight_kind(self, problems: list[str]) -> None:
         if not self.lease.resumed and self.now == self.target:
-            raise _AlreadyThere()
+            raise NothingToDo(f"tenant '{self.tenant}' is already in {self.target.describe()}; nothing to do",
+                              **{"from": self.now.to_json(), "to": self.target.to_json()})
 
 
 def place(ctx: Context, catalog: Catalog, tenant: str, *, abort: bool = False, take_over: bool = False, **kw: Any) -> Outcome:
     op = Place(ctx, catalog, tenant, **kw)
-    try:
-        out = op.run(abort=abort, take_over=take_over)
-    except _AlreadyThere:
-        op.lease.forget()
-        return Outcome("", "place", tenant, "nothing to do",
-                       message=f"tenant '{tenant}' is already in {op.target.describe()}; nothing to do",
-                       detail={"from": op.now.to_json(), "to": op.target.to_json()})
-    out.detail.update({"from": op.settings.get("from") or op.now.to_json(), "to": op.settings.get("to") or op.target.to_json()})
+    out = op.run(abort=abort, take_over=take_over)
+    out.detail.setdefault("from", op.settings.get("from") or op.now.to_json())
+    out.detail.setdefault("to", op.settings.get("to") or op.target.to_json())
     return out

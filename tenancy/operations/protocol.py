@@ -33,6 +33,14 @@ class Waiting(Exception):
     """The operation stops here for now (a window to wait out); the same command later continues it."""
 
 
+class NothingToDo(Exception):
+    """Raised by a preflight: what was asked is already so (a re-run after success). No trace is kept."""
+
+    def __init__(self, message: str, **detail: Any):
+        super().__init__(message)
+        self.detail = detail
+
+
 @dataclass
 class Context:
     """What every operation is given: where it runs and how it reports."""
@@ -178,6 +186,11 @@ class Operation:
             self.finished()
             lease.finish("done")
             return self.outcome
+        except NothingToDo as n:
+            lease.forget()
+            self.outcome.status, self.outcome.message, self.outcome.operation = "nothing to do", str(n), ""
+            self.outcome.detail.update(n.detail)
+            return self.outcome
         except _Preflight as p:
             resumed = lease.resumed
             (lease.pause if resumed else lease.forget)()
@@ -234,4 +247,4 @@ def same_operation_args(**args: Any) -> dict[str, Any]:
     return {k: v for k, v in args.items() if v not in (None, [], ())}
 
 
-__all__ = ["Context", "Operation", "Outcome", "Waiting", "OperationError", "Refused", "Spec"]
+__all__ = ["Context", "NothingToDo", "Operation", "Outcome", "Waiting", "OperationError", "Refused", "Spec"]

@@ -47,7 +47,7 @@ from tenancy.lifecycle.deploy import unexpected_destruction
 from tenancy.lifecycle.destroy import STORES, guarded_destroy, uncovered
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
-from tenancy.operations.protocol import Context, Operation, Waiting
+from tenancy.operations.protocol import Context, NothingToDo, Operation, Waiting
 from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import POOLED, DataLayout, stores_for
@@ -160,7 +160,7 @@ class TierMove(Operation):
 
     def _preflight_kind(self, problems: list[str]) -> None:
         if not self.lease.resumed and self.from_plan == self.to_plan:
-            raise _AlreadyThere()
+            raise NothingToDo(f"tenant '{self.tenant}' is already on plan '{self.to_plan}'; nothing to do")
         if (self.b.model is Model.POOLED) == (self.a.model is Model.POOLED):
             problems.append(f"moving '{self.tenant}' from {self.b.model.value} to {self.a.model.value} is not supported: "
                             "tier moves go between pooled and namespace/dedicated (the tenant's data must live in two "
@@ -187,6 +187,7 @@ class TierMove(Operation):
         problems.extend(checked.problems)
         self.identities = {n: s.identity for n, s in checked.seen.items() if s.identity}
         missing = data.unreachable(self.src_stores, self.reach)
+        not_discarded: list[str] = []
         if self.destroys_stack:
             not_discarded = [n for n in missing if n not in self.discard and not n.startswith("postgres")]
             if not_discarded:
@@ -195,7 +196,7 @@ class TierMove(Operation):
         if self.plan.unreached and not any("cannot reach" in p for p in problems):
             problems.append(f"'{tenant}''s rows go to {', '.join(self.plan.unreached)} on plan '{to_plan}', which this run "
                             f"cannot reach: give {' '.join('--db ' + n + '=DSN' for n in self.plan.unreached)}")
-        if problems:
+        if checked.problems or self.plan.unreached:
             return      # the rest reads the stores: only once every database is the right one
         for n in missing:
             self.say(f"  not carried by this run: {n} of '{tenant}' stays where it is")
@@ -204,10 +205,12 @@ class TierMove(Operation):
         self._check_graph(problems)
         self._check_other_stores(problems, resumed)
         if self.destroys_stack and not resumed:
+            self.empty_left = {n for n, h in self.plan.left.items() if h.kind == "postgres" and not h.summary().count}
             named = unsaved(self.plan, self.discard, self.archive, tenant, self.a.plan_name)
             problems.extend(named)
             left = [(c, st) for c, st in uncovered(self.ctx.engine.preview_destroy(self.stack, self.before), self.covered())
-                    if not any(f"--discard {st}" in p for p in named)]
+                    if not any(f"--discard {st}" in p or f" {st}" in p.split(":")[0] for p in problems)
+                    and st not in not_discarded]
             if left:
                 stores = sorted({s for _, s in left if s})
                 problems.append(f"downgrading '{tenant}' would destroy "
@@ -218,7 +221,10 @@ class TierMove(Operation):
             what = unexpected_destruction(self.ctx.engine.preview(self.stack, self.after), set())
             if what and not self.allow_destroy:
                 problems.append(f"the tenant stack {self.stack} would {what} (review it, then --allow-destroy)")
-        if not problems and "sync" not in self.done:
+        # Each pair's method is chosen once its target carries the tenancy SQL: here when it already does (else at
+        # the start of sync, after provisioning applied it).
+        ready = all(checked.seen.get(d.name) and checked.seen[d.name].schema for d in self.databases if d.role == "target")
+        if not problems and "sync" not in self.done and ready and not self.settings.get("methods"):
             try:
                 self.methods = online.choose(self.pg_pairs, self.method, self.replication, self.say)
             except Refused as exc:
@@ -256,6 +262,7 @@ class TierMove(Operation):
         """Documents and objects: both sides answer, and a target holds nothing but this move's own copy."""
         for p in self.other_pairs:
             try:
+                problems.extend(getattr(p.source, "problems", lambda: [])())
                 p.source.summary()
                 there = p.target.summary()
             except StoreError as exc:
@@ -278,7 +285,9 @@ class TierMove(Operation):
             for n in p.covers:
                 out[n] = f"moved and verified ({self.op_id})"
         for n in self.src_stores.names:
-            if n in self.plan.left and n not in self.discard:
+            if n in getattr(self, "empty_left", ()):
+                out[n] = "empty: nothing of the tenant's there"
+            elif n in self.plan.left and n not in self.discard:
                 out.pop(n, None)
             elif n in self.discard and n not in out:
                 out[n] = (f"{'exported to ' + str(self.archive / n) + ' and ' if self.archive else ''}discarded by "
@@ -307,6 +316,8 @@ class TierMove(Operation):
                 for p in self.pg_pairs if chosen.get(p.name, {}).get("method") == "online"]
 
     def phase_sync(self) -> dict:
+        if not self.settings.get("methods"):
+            self.lease.settings(methods=online.choose(self.pg_pairs, self.method, self.replication, self.say))
         going = self._movers()
         for p, m in going:
             self.lease.created("replication", {"pair": p.name}, "always")
@@ -539,22 +550,10 @@ class TierMove(Operation):
             self.say(f"  could not clear {p.target.describe()} ({exc}); it is not in use and a later move clears it")
 
 
-class _AlreadyThere(Exception):
-    pass
-
-
 def upgrade(ctx: Context, catalog: Catalog, tenant: str, to_plan: str, *, abort: bool = False, take_over: bool = False,
             **kw: Any):
     """Run (or resume, or abort) the tier move of `tenant` to `to_plan`; the Outcome."""
-    from tenancy.operations.protocol import Outcome
-
-    move = TierMove(ctx, catalog, tenant, to_plan, **kw)
-    try:
-        return move.run(abort=abort, take_over=take_over)
-    except _AlreadyThere:
-        move.lease.forget()
-        return Outcome("", move.kind, tenant, "nothing to do",
-                       message=f"tenant '{tenant}' is already on plan '{to_plan}'; nothing to do")
+    return TierMove(ctx, catalog, tenant, to_plan, **kw).run(abort=abort, take_over=take_over)
 
 
 def unsaved(plan: data.MovePlan, discard: frozenset[str], archive: Path | None, tenant_id: str, to_plan: str) -> list[str]:
