@@ -26,12 +26,6 @@ def superuser_reach(w) -> Reach:
                  None, None, frozenset({"firestore", "objects"}))
 
 
-@pytest.fixture
-def replication_login(pg_server):
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute("ALTER ROLE tenancy_replication LOGIN")
-
-
 def slots(server) -> list[str]:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
         return [r[0] for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
@@ -55,7 +49,7 @@ def move(w, catalog, to: str, writer: Writer, target: str, **kw) -> moves.MoveOu
     return out
 
 
-def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world, replication_login):
+def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world):
     w, s = world, world["server"]
     writer = Writer(s, [w["pooled"], w["tenant_db"]], w["pooled"], tenant=TENANT)
     writer.start()
@@ -93,7 +87,7 @@ def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world, r
         assert rows(s, w["pooled"], other) == w["before"][other], f"{other} untouched"
 
 
-def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_why(world, replication_login):
+def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_why(world):
     said: list[str] = []
     out = moves.upgrade(world["engine"], world["catalog"], "dev", TENANT, "standard", say=said.append,
                         reach=Reach({"pooled": world["pooled_dsn"], **{f"postgres-{i}": world["tenant_dsn"] for i in (1, 2, 3)}},
@@ -107,7 +101,7 @@ def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_
     assert rows(world["server"], world["tenant_db"], TENANT) == world["before"][TENANT]
 
 
-def test_method_online_refuses_a_pair_that_cannot_and_the_move_can_be_aborted(world, replication_login):
+def test_method_online_refuses_a_pair_that_cannot_and_the_move_can_be_aborted(world):
     reach = Reach({"pooled": world["pooled_dsn"], **{f"postgres-{i}": world["tenant_dsn"] for i in (1, 2, 3)}},
                   None, None, frozenset({"firestore", "objects"}))
     with pytest.raises(Refused, match=r"unknown method 'fast': use one of auto, online, copy"):
@@ -122,7 +116,7 @@ def test_method_online_refuses_a_pair_that_cannot_and_the_move_can_be_aborted(wo
 
 
 @pytest.mark.parametrize("phase", ["freeze", "copy", "verify"])
-def test_an_online_move_interrupted_before_a_phase_aborts_cleanly(world, replication_login, phase):
+def test_an_online_move_interrupted_before_a_phase_aborts_cleanly(world, phase):
     class Stop(BaseException):
         pass
 

@@ -236,7 +236,8 @@ def upgrade(engine: Engine, catalog: Catalog, env: str, tenant_id: str, to_plan:
 
     def movers(chosen: dict[str, dict[str, str]] | None = None) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
         chosen = methods() if chosen is None else chosen
-        return [(p, online.mover(p, tenant_id, replication, say, plan=to_plan, model=mp.to_model)) for p in pg_pairs
+        return [(p, online.mover(p, tenant_id, replication, say, operation=mp.move_id, plan=to_plan,
+                                model=mp.to_model)) for p in pg_pairs
                 if chosen.get(p.name, {}).get("method") == "online"]
 
     if abort:
