@@ -20,13 +20,13 @@ from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer,
 dbs = pytest.fixture(two_databases)
 
 
-def online_move(server, src: str, dst: str, writer: Writer) -> rep.SwitchReport:
+def online_move(server, src: str, dst: str, writer: Writer, move: str) -> rep.SwitchReport:
     source, target, conninfo = dsns(server, src, dst)
-    rep.start(source, target, TENANT, None, conninfo, move=MOVE)
+    rep.start(source, target, TENANT, None, conninfo, move=move)
     writer.wait_writes(20)                 # writes keep landing while the rows copy
-    rep.wait_synced(source, target, TENANT, move=MOVE, timeout=120)
+    rep.wait_synced(source, target, TENANT, move=move, timeout=120)
     writer.wait_writes(20)
-    report = rep.switch(source, target, TENANT, move=MOVE)
+    report = rep.switch(source, target, TENANT, move=move)
     writer.wait_writes(20)                 # and continue at the target (its sequences were moved)
     return report
 
