@@ -256,3 +256,33 @@ def test_another_tenants_move_is_invisible_to_the_application(audited, pair):
     cut_over(audited, pooled, own)
     m.cleanup()
     assert replication_objects(audited, pooled, own) == NONE_LEFT
+
+
+def test_the_tenancy_sql_closes_a_login_no_move_uses_and_moves_from_two_databases_are_refused(audited, pair):
+    pooled, own = pair
+    source, target, conninfo = (audited.dsn(dbname=pooled), audited.dsn(dbname=own),
+                                audited.dsn(user="tenancy_replication", dbname=pooled))
+    with psycopg.connect(audited.dsn(), autocommit=True) as c:
+        c.execute("ALTER ROLE tenancy_replication LOGIN PASSWORD 'from-the-cloud-sql-api'")   # as the API leaves it
+    assert [str(o) for o in rep.orphans(source) if o.kind == "login"] == [
+        f"login tenancy_replication in database {pooled}: can log in while no move replicates from this server (it "
+        "decodes every change): ALTER ROLE tenancy_replication NOLOGIN PASSWORD NULL"]
+    db.apply(source)
+    assert not can_log_in(audited, pooled) and rep.orphans(source) == []
+
+    # A move's slot in the other database: the role's one password is kept there, so this move is refused.
+    other = rep.names("op-elsewhere").slot
+    with psycopg.connect(audited.dsn(dbname=own), autocommit=True) as c:
+        c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (other,))
+        c.execute("ALTER ROLE tenancy_replication LOGIN")
+    try:
+        db.apply(source)
+        assert can_log_in(audited, pooled), "the tenancy SQL leaves the login of a replicating move alone"
+        why = rep.unavailable(source, target, conninfo)
+        assert why == (f"an online move replicates from another database of this server ({other} in {own}): both would "
+                       "connect as tenancy_replication, whose one password a move keeps in its own database; wait until "
+                       "it has switched, or move these rows with --method copy (a leftover slot: `tenancy moves` lists it)")
+    finally:
+        with psycopg.connect(audited.dsn(), autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot(%s)", (other,))
+    assert replication_objects(audited, pooled, own) == NONE_LEFT
