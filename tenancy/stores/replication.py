@@ -146,13 +146,14 @@ class SwitchReport:
 
 @dataclass(frozen=True)
 class Orphan:
-    kind: str        # slot | publication | subscription
+    kind: str        # slot | publication | subscription | trigger | login
     name: str
     database: str
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name} in database {self.database}: {self.detail}"
+        where = f" in database {self.database}" if self.database else ""   # roles belong to the server
+        return f"{self.kind} {self.name}{where}: {self.detail}"
 
 
 def _where(dsn: str) -> str:
@@ -1048,7 +1049,7 @@ def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
                                     f"records {table}'s changes for a move no one owns (cost on every write)"))
         login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (REPLICATION_USER,)).fetchone()
         if login and login[0] and not _live_slots(conn):
-            found.append(Orphan("login", REPLICATION_USER, conn.info.dbname,
+            found.append(Orphan("login", REPLICATION_USER, "",
                                 "can log in while no move replicates from this server (it decodes every change): "
                                 f"ALTER ROLE {REPLICATION_USER} NOLOGIN PASSWORD NULL"))
     return found
