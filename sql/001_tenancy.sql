@@ -156,6 +156,18 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
 ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS directory jsonb NOT NULL DEFAULT '{}'::jsonb;
 REVOKE ALL ON tenancy.tenants FROM PUBLIC, tenancy_app;
 
+-- Which database this is, as the environment's registry names it ('pool-1', 'acme/postgres-1'): written once
+-- by the platform's SQL job (or an operation that provisions it), and checked by every operation before it
+-- touches the database, so a DSN that reaches another unit's, another tenant's or another environment's
+-- database is refused before anything changes.
+CREATE TABLE IF NOT EXISTS tenancy.database_identity (
+  singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  environment  text NOT NULL,
+  name         text NOT NULL,
+  claimed_at   timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy.database_identity FROM PUBLIC, tenancy_app;
+
 -- Tables under isolation (maintained by tenancy.isolate).
 CREATE TABLE IF NOT EXISTS tenancy.isolated_tables (
   table_name  regclass PRIMARY KEY,

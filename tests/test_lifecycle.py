@@ -14,8 +14,12 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
+from tenancy.lifecycle import OperationError, Refused, deploy
 from tenancy.catalog import parse_catalog, with_tenant
+from tenancy.operations import offboard as offboarding
+from tenancy.operations import suspend as suspending
+from tenancy.operations import tier_move as moves
+from tenancy.operations.protocol import Context
 from tenancy.engine import OfflineEngine
 from tenancy.lifecycle.tenant_data import Reach
 from tests.conftest import ROOT
@@ -52,11 +56,13 @@ def registry(server, dbname, tenant):
 
 
 @pytest.fixture
-def world(pg_server, tenancy_db, tmp_path):
-    """Pooled DB with three tenants' rows, an empty tenant database, a deployed platform stack (offline)."""
-    tenant_db = f"t_{uuid.uuid4().hex[:12]}"
+def world(pg_server, tenancy_db, tmp_path, registry):
+    """Pooled DB with three tenants' rows, three empty databases for a tenant's postgres-1..3, a registry, a deployed
+    platform stack (offline)."""
+    tenant_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{tenant_db}"')
+        for name in tenant_dbs:
+            c.execute(f'CREATE DATABASE "{name}"')
     with connect(pg_server, tenancy_db, autocommit=True) as c:
         for t, plan in (("alpha", "free"), ("bravo", "free"), ("charlie", "basic")):
             c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, %s, 'pooled')", (t, plan))
@@ -67,26 +73,43 @@ def world(pg_server, tenancy_db, tmp_path):
     outcomes = deploy.deploy(engine, catalog, "dev", mode="up")
     assert [o.status for o in outcomes] == ["ok"]
     w = {
-        "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_db, "catalog": catalog, "engine": engine,
+        "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_dbs[0], "tenant_dbs": tenant_dbs,
+        "catalog": catalog, "engine": engine, "registry": registry,
         "pooled_dsn": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
-        "tenant_dsn": pg_server.dsn(dbname=tenant_db),  # a fresh database: provisioning applies the SQL as superuser
+        "tenant_dsn": pg_server.dsn(dbname=tenant_dbs[0]),  # fresh databases: provisioning applies the SQL as superuser
+        "tenant_dsns": [pg_server.dsn(dbname=d) for d in tenant_dbs],
         "before": {t: rows(pg_server, tenancy_db, t) for t in ("alpha", "bravo", "charlie")},
         "tmp": tmp_path,
     }
     yield w
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{tenant_db}" WITH (FORCE)')
+        for name in tenant_dbs:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reach(w, objects_root=None, skip=("firestore", "objects")):
-    """Rows only unless asked (the all-store round trip is in test_tier_moves_all_stores.py); the tenant's three
-    databases are one database here."""
-    return Reach({"pooled": w["pooled_dsn"], **{f"postgres-{i}": w["tenant_dsn"] for i in (1, 2, 3)}},
+    """Rows only unless asked (the all-store round trip is in test_tier_moves_all_stores.py)."""
+    return Reach({"pooled": w["pooled_dsn"], **{f"postgres-{i}": w["tenant_dsns"][i - 1] for i in (1, 2, 3)}},
                  str(objects_root) if objects_root else None, None, frozenset(skip if not objects_root else set(skip) - {"objects"}))
 
 
-def do_upgrade(w, to="standard", catalog=None, objects_root=None, **kw):
-    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, reach=reach(w, objects_root), **kw)
+def ctx(w, **kw):
+    return Context("dev", w["registry"], w["engine"], **kw)
+
+
+def do_upgrade(w, to="standard", catalog=None, objects_root=None, before_phase=None, now=None, **kw):
+    extra = {"now": now} if now else {}
+    return moves.upgrade(ctx(w, before_phase=before_phase, **extra), catalog or w["catalog"], "bravo", to,
+                         reach=reach(w, objects_root), **kw)
+
+
+def suspend(w, catalog, tenant, resume=False):
+    return suspending.set_state(ctx(w), catalog, tenant, resume=resume, reach=reach(w))
+
+
+def offboard(w, catalog, tenant, **kw):
+    kw.setdefault("reach", reach(w))
+    return offboarding.offboard(ctx(w), catalog, tenant, **kw)
 
 
 def assert_upgraded(w):

@@ -122,11 +122,11 @@ def _owned(dsn: str) -> set[str]:
             "f.move_id = j.move_id AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
 
 
-def leftovers(dsns: list[str]) -> list[tuple[str, rep.Orphan]]:
+def leftovers(dsns: list[str], owned: set[str] | None = None) -> list[tuple[str, rep.Orphan]]:
     """(server, orphan) for every replication slot, publication, subscription and tracking trigger of an online
-    move in these databases that no unfinished tier move journalled in them owns. Slots and subscriptions
-    belong to a server, so two databases of one server report them once."""
-    owned: set[str] = set()
+    move in these databases that no unfinished operation owns (`owned`: their replication names). Slots and
+    subscriptions belong to a server, so two databases of one server report them once."""
+    owned = set(owned or ())
     for dsn in dsns:
         owned |= _owned(dsn)
     found: dict[tuple[str, str, str, str], tuple[str, rep.Orphan]] = {}
