@@ -228,7 +228,7 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
     server = f"127.0.0.1:{pg_server.port}"
     assert lines[0] == f"leftover of an online move on {server}: publication {name} in database {pooled}: no move owns it"
     assert lines[1].startswith(f"leftover of an online move on {server}: slot {name} in database {pooled}: inactive, holds ")
-    assert lines[2].startswith("2 leftover(s): finish or abort the move that made them") and len(lines) == 3
+    assert lines[2].startswith("2 leftover(s): finish or abort the operation that made them") and len(lines) == 3
 
     # An unfinished tier move that journalled the name owns them; once it is aborted they are leftovers again.
     with psycopg.connect(source, autocommit=True) as c:
