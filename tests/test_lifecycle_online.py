@@ -37,12 +37,6 @@ def done(w, operation: str, phase: str) -> dict:
     return next(d for p, e, d in w["registry"].journal(operation) if (p, e) == (phase, "done"))
 
 
-@pytest.fixture
-def replication_login(pg_server):
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute("ALTER ROLE tenancy_replication LOGIN")
-
-
 def slots(server) -> list[str]:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
         return [r[0] for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()]
@@ -66,7 +60,7 @@ def move(w, catalog, to: str, writer: Writer, target: str, **kw):
     return out
 
 
-def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world, replication_login):
+def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world):
     w, s = world, world["server"]
     writer = Writer(s, [w["pooled"], w["tenant_db"]], w["pooled"], tenant=TENANT)
     writer.start()
@@ -105,7 +99,7 @@ def test_a_tenant_moves_out_of_the_pool_and_back_online_while_it_writes(world, r
         assert rows(s, w["pooled"], other) == w["before"][other], f"{other} untouched"
 
 
-def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_why(world, replication_login):
+def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_why(world):
     said: list[str] = []
     out = moves.upgrade(ctx(world, say=said.append), world["catalog"], TENANT, "standard", reach=owner_reach(world))
     assert out.status == "done"
@@ -118,7 +112,7 @@ def test_auto_copies_inside_the_freeze_where_a_pair_cannot_move_online_and_says_
     assert rows(world["server"], world["tenant_db"], TENANT) == world["before"][TENANT]
 
 
-def test_method_online_refuses_a_pair_that_cannot_before_anything_changes(world, replication_login):
+def test_method_online_refuses_a_pair_that_cannot_before_anything_changes(world):
     from tenancy import db
 
     reach = owner_reach(world)
@@ -138,7 +132,7 @@ def test_method_online_refuses_a_pair_that_cannot_before_anything_changes(world,
 
 
 @pytest.mark.parametrize("phase", ["freeze", "copy", "verify"])
-def test_an_online_move_interrupted_before_a_phase_aborts_cleanly(world, replication_login, phase):
+def test_an_online_move_interrupted_before_a_phase_aborts_cleanly(world, phase):
     class Stop(BaseException):
         pass
 

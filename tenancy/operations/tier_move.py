@@ -312,7 +312,8 @@ class TierMove(Operation):
 
     def _movers(self) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
         chosen = self.settings.get("methods") or {}
-        return [(p, online.mover(p, self.tenant, self.replication, self.say, plan=self.to_plan, model=self.a.model.value))
+        return [(p, online.mover(p, self.tenant, self.replication, self.say, operation=self.op_id, plan=self.to_plan,
+                                model=self.a.model.value))
                 for p in self.pg_pairs if chosen.get(p.name, {}).get("method") == "online"]
 
     def phase_sync(self) -> dict:
