@@ -471,17 +471,15 @@ def cmd_moves(args) -> int:
     engine = _engine(args)
     found = [asdict(p) for p in deploy.pending(engine, load_catalog(args.tenants), args.env)]
     registry = _registry(args, engine, required=False)
-    owned: set[str] = set()
     if registry is not None:
         for op in registry.unfinished():
-            found.append({"kind": "operation", "tenant": op.tenant, **op.to_json()})
-            owned.add(op.id)
+            found.append({**op.to_json(), "kind": "operation", "operation_kind": op.kind})
     print(json.dumps(found, indent=1, ensure_ascii=False, default=str))
     if not args.dsn:
         return EXIT_OK
-    from tenancy.lifecycle.online import leftovers
+    from tenancy.lifecycle.online import leftovers, owned_names
 
-    left = leftovers(args.dsn, owned if registry is not None else None)
+    left = leftovers(args.dsn, owned_names(registry) if registry is not None else set())
     for server, o in left:
         print(f"leftover of an online move on {server}: {o}", file=sys.stderr)
     if left:
@@ -745,6 +743,12 @@ def cmd_place(args) -> int:
         if args.target_dsn and args.pool_shard:
             overrides[args.pool_shard] = args.target_dsn
     reach = _reach(args, overrides)
+    from tenancy.fleet.relocate import resolve
+    now, target = resolve(catalog, rec.read(engine, args.env), args.env, args.tenant, cell=args.cell,
+                          pool_shard=args.pool_shard, data_project=args.data_project)
+    if now == target and not args.abort:
+        print(f"tenant '{args.tenant}' is already in {target.describe()}; nothing to do")
+        return EXIT_OK
     ctx = _context(args, engine)
     out = place.place(ctx, catalog, args.tenant, cell=args.cell, pool_shard=args.pool_shard,
                       data_project=args.data_project, reach=reach, abort=args.abort, take_over=args.take_over,
