@@ -102,7 +102,7 @@ class Offboard(Operation):
             problems.append(f"this run cannot reach {', '.join(missing)} of '{tenant}', so it cannot export them: give "
                             f"access to them or discard them explicitly ({' '.join('--discard ' + m for m in missing)})")
         if not resumed and self.archive is not None:
-            problem = archive_problem(self.archive)
+            problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
             if problem:
                 problems.append(problem)
         if "graph" in self.kept and self.archive is not None and self.reach.graph_runner is None:
@@ -187,6 +187,7 @@ class Offboard(Operation):
                 else:
                     raise OperationError(f"{exc}: the tenant's data changed since the export was verified") from None
             deleted[name] = n
+            self.step(f"deleted {name}")
             self.note("delete", deleted=deleted)
         if not self.t.has_stack:
             for d in self._dbs():

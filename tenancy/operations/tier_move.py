@@ -242,7 +242,7 @@ class TierMove(Operation):
     def _check_archive(self, problems: list[str]) -> None:
         if self.archive is None:
             return
-        problem = archive_problem(self.archive)
+        problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
         if problem:
             problems.append(problem)
 
@@ -466,6 +466,7 @@ class TierMove(Operation):
                 else:
                     raise OperationError(f"{exc}. Find out what wrote there before removing it") from None
             deleted[p.name] = n
+            self.step(f"deleted {p.name}")
             self.note("cleanup", deleted=deleted)
         if self.destroys_stack:
             guarded_destroy(self.ctx.engine, self.stack, self.before, self.covered(), self.say)
