@@ -253,6 +253,21 @@ GRANT EXECUTE ON FUNCTION tenancy.current_tenant() TO tenancy_app;
 -- returns, no transaction that wrote the tenant before the freeze can still commit, and every later write
 -- sees the new state (READ COMMITTED re-reads the locked row; REPEATABLE READ fails with a serialization
 -- error) and is refused.
+-- Before a writing statement touches a row, it takes the same share lock on its tenant's registry row (the
+-- tenant bound to the transaction: row-level security lets it write no other's rows). Every writer then locks the
+-- registry row before the tenant's rows, as the operations do (a freeze, a verified delete): the two never wait
+-- for each other in opposite orders, so they cannot deadlock. guard_writes still checks every tenant the
+-- statement changed.
+CREATE OR REPLACE FUNCTION tenancy.lock_tenant() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
+  AS $$
+BEGIN
+  PERFORM 1 FROM tenancy.tenants WHERE id = tenancy.current_tenant() FOR SHARE;
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy.lock_tenant() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.guard_writes() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
   AS $$
@@ -375,6 +390,9 @@ BEGIN
                  'USING (tenant_id = tenancy.current_tenant()) WITH CHECK (tenant_id = tenancy.current_tenant())', rel);
   EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (tenant_id)', left(relname, 50) || '_tenant_idx', rel);
   EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_writes ON %s', rel);
+  EXECUTE format('DROP TRIGGER IF EXISTS tenancy_lock_tenant ON %s', rel);
+  EXECUTE format('CREATE TRIGGER tenancy_lock_tenant BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.lock_tenant()', rel);
   EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_insert ON %s', rel);
   EXECUTE format('CREATE TRIGGER tenancy_guard_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS changed '
                  'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_writes()', rel);

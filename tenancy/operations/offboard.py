@@ -95,7 +95,7 @@ class Offboard(Operation):
             return
         reachable = [d for d in self.databases if d.dsn or d.store not in self.discard]
         checked = where.check(reachable, tenant, self.ctx.env, self.ctx.registry,
-                              expected=self.settings.get("identities") if resumed else None)
+                              expected=self.settings.get("identities") if resumed else None, holding=not resumed)
         problems.extend(checked.problems)
         missing = [n for n in data.unreachable(self.stores, self.reach) if n not in self.discard]
         if missing and not any("cannot reach" in p for p in problems):

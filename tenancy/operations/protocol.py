@@ -196,7 +196,7 @@ class Operation:
             (lease.pause if resumed else lease.forget)()
             what = f"resumed operation {lease.op_id}" if resumed else f"{self.kind} of '{self.tenant}'"
             raise Refused(f"{what} refused before any change: " + "; ".join(p.problems) + "; nothing was changed"
-                          + (f". {self.hint()}" if resumed else "")) from None
+                          + (f". {self.hint()[0].upper()}{self.hint()[1:]}" if resumed else "")) from None
         except Waiting as w:
             self.outcome.status, self.outcome.message = "waiting", str(w)
             lease.pause("waiting", str(w))

@@ -143,12 +143,13 @@ class Checked:
 
 def check(databases: list[Database], tenant: str, env: str, registry: Registry | None, *,
           ours: Mapping[str, str] | None = None, fresh_targets: bool = True,
-          expected: Mapping[str, tuple[str, int, str]] | None = None) -> Checked:
+          expected: Mapping[str, tuple[str, int, str]] | None = None, holding: bool = True) -> Checked:
     """Check every database of an operation before it changes anything; every problem is named, in one run.
 
     `ours`: database name -> the state this operation itself registered the tenant in there (a resumed run);
     `fresh_targets`: a target may still lack the tenancy SQL (provisioning applies it); `expected`: identities
-    recorded when the operation started (a resumed run must reach the very same databases)."""
+    recorded when the operation started (a resumed run must reach the very same databases); `holding`: a source
+    must hold the tenant (a resumed run may have emptied it already: it is known by its recorded identity)."""
     out = Checked()
     ours = dict(ours or {})
     by_name: dict[str, Database] = {}
@@ -184,7 +185,7 @@ def check(databases: list[Database], tenant: str, env: str, registry: Registry |
             if not seen.schema:
                 out.problems.append(f"{where}: has no tenancy SQL, so it holds no tenant's rows: not the database of "
                                     f"'{tenant}'")
-            elif state is None:
+            elif state is None and holding:
                 out.problems.append(f"{where}: does not hold tenant '{tenant}' (not registered in its tenancy.tenants)")
         else:
             if not seen.schema and not fresh_targets:

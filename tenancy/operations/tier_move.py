@@ -186,7 +186,7 @@ class TierMove(Operation):
             return
         expected = self.settings.get("identities") if resumed else None
         checked = where.check(self.databases, tenant, self.ctx.env, self.ctx.registry, ours=self._ours(),
-                              expected=expected)
+                              expected=expected, holding=not resumed)
         problems.extend(checked.problems)
         self.identities = {n: s.identity for n, s in checked.seen.items() if s.identity}
         missing = data.unreachable(self.src_stores, self.reach)
