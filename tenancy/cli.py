@@ -816,8 +816,10 @@ def cmd_data_move(args) -> int:
         return EXIT_OK
     d = out.detail
     seconds = d.get("seconds") or 0.0
-    print(f"moved {d['rows']} rows of '{args.tenant}', verified, in {seconds:.2f}s ({d['rows'] / max(seconds, 1e-9):,.0f} "
-          f"rows/s){'; source rows deleted' if d.get('deleted_source') else '; source rows kept'} ({out.operation})")
+    replaced = f"; replaced {d['replaced_rows']} rows the target held" if d.get("replaced_rows") else ""
+    print(f"moved {d['total_rows']} rows of '{args.tenant}' ({len(d['tables'])} tables), verified, in {seconds:.2f}s "
+          f"({d['total_rows'] / max(seconds, 1e-9):,.0f} rows/s){replaced}"
+          f"{'; source rows deleted' if d.get('deleted_source') else '; source rows kept'} ({out.operation})")
     return EXIT_OK
 
 

@@ -98,7 +98,8 @@ class DataMove(Operation):
             return
         if self.picked.same_data(there):
             raise NothingToDo(f"the target {describe_dsn(self.target)} already holds the same {there.count} rows of "
-                              f"'{self.tenant}' as the source; nothing to do", rows=there.count)
+                              f"'{self.tenant}' as the source; nothing to do", total_rows=there.count,
+                              rows={k: v["count"] for k, v in there.parts.items()})
         if not self.picked.count:
             problems.append(f"nothing to move: '{self.tenant}' has no rows at the source but {there.count} at the target "
                             "-- the move may already have happened")
@@ -123,9 +124,8 @@ class DataMove(Operation):
         self.lease.created("copy", {"target": list(self.dst_seen.identity)}, "on_abort")
         report, verified = pg.copy_verified(self.source, self.target, self.tenant, self.tables, target_state="frozen",
                                             progress=self.say)
-        self.outcome.detail.update({"rows": report.total_rows, "tables": report.tables,
-                                    "seconds": report.copy_seconds + report.verify_seconds})
-        return {"rows": report.rows, "verified": verified.to_json(), "seconds": report.copy_seconds + report.verify_seconds}
+        return {"rows": report.rows, "tables": report.tables, "replaced_rows": report.replaced_rows,
+                "verified": verified.to_json(), "seconds": report.copy_seconds + report.verify_seconds}
 
     def phase_switch(self) -> dict:
         self.lease.set_abort_command(None)
@@ -153,11 +153,10 @@ class DataMove(Operation):
         return {"deleted": n}
 
     def finished(self) -> None:
-        d = self.outcome.detail
         copied = self.done.get("copy", {})
-        d.setdefault("rows", sum((copied.get("rows") or {}).values()))
-        d.setdefault("seconds", copied.get("seconds", 0.0))
-        d["deleted_source"] = self.delete_source
+        self.outcome.detail.update({"rows": copied.get("rows") or {}, "total_rows": sum((copied.get("rows") or {}).values()),
+                                    "tables": copied.get("tables") or [], "replaced_rows": copied.get("replaced_rows", 0),
+                                    "seconds": copied.get("seconds", 0.0), "deleted_source": self.delete_source})
 
     def undo(self) -> None:
         for r in self.lease.pending(("on_abort",)):

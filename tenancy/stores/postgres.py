@@ -531,8 +531,9 @@ def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[st
             with ThreadPoolExecutor(max_workers=1) as pool:
                 source_sums = pool.submit(_read_summary, source_dsn, tenant, picked, snapshot)
                 cleared = clear_tenant(dst, tenant, dst_tables)
+                report.replaced_rows = cleared
                 if cleared:
-                    say(f"  replaced {cleared} rows of '{tenant}' the target held (an earlier, unfinished copy)")
+                    say(f"  replaced {cleared} rows of '{tenant}' the target held")
                 report.rows = copy_tenant(src, dst, tenant, picked, say, dst_tables)
                 report.copy_seconds = time.perf_counter() - start
                 start = time.perf_counter()
