@@ -354,17 +354,29 @@ def cmd_deploy(args) -> int:
             spec = spec.model_copy(update={"health": spec.health.model_copy(update={"endpoints": False})})
         if not args.no_health_gate:
             gate = waves.HealthGate(engine, spec.health, sleep=time.sleep)
-    result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
-                            changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
-                            waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    try:
+        result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
+                                changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
+                                waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    except deploy.NotDeployed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.outside:
+            print(f"deploy {'it' if len(exc.outside) == 1 else 'them'} first: {_first_command(args, exc.outside)}; then "
+                  "run this command again", file=sys.stderr)
+        else:
+            print(f"start at that wave: {_resume_command(args, exc.from_wave)}", file=sys.stderr)
+        return EXIT_INPUT
     outcomes = result.outcomes
     for o in outcomes:
-        print(o.line())
+        for line in o.lines():
+            print(line)
+    for p in result.pending:
+        print(deploy.pending_line(p, args.env))
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
-          f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
-          f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+          f"{sum(o.status == 'skipped' for o in outcomes)} skipped; "
+          f"{len(result.pending)} tenant(s) pending a lifecycle command")
     if result.halted:
         h = result.halted
         print(f"halted at wave {h.wave}/{len(result.waves)} '{h.name}': {h.reason}")
@@ -373,23 +385,36 @@ def cmd_deploy(args) -> int:
     return EXIT_FAIL if bad else EXIT_OK
 
 
-def _resume_command(args, wave: int) -> str:
-    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+def _first_command(args, stacks: list[str]) -> str:
+    """The command that was run, for only `stacks` (what it selected and where it started are left out)."""
     import shlex
 
+    out = _argv_without(args, {"--tenant", "--stack", "--changed-since", "--from-wave"})
+    return shlex.join(["tenancy", *out, *[a for s in stacks for a in ("--stack", s)]])
+
+
+def _argv_without(args, options: set[str]) -> list[str]:
+    """The command line as run, without `options` (each with its value, `--opt V` or `--opt=V`)."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--from-wave":
+        if a in options:
             skip = True
             continue
-        if a.startswith("--from-wave="):
+        if a.split("=", 1)[0] in options and "=" in a:
             continue
         out.append(a)
-    return shlex.join(["tenancy", *out, "--from-wave", str(wave)])
+    return out
+
+
+def _resume_command(args, wave: int) -> str:
+    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+    import shlex
+
+    return shlex.join(["tenancy", *_argv_without(args, {"--from-wave"}), "--from-wave", str(wave)])
 
 
 def cmd_moves(args) -> int:

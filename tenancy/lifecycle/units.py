@@ -36,6 +36,44 @@ def every_platform_stack(env: str) -> list[str]:
     return [naming.stack_name(env), *unit_stacks(env, fleet_capacity.load(env))]
 
 
+def reads(stack: str, catalog: Catalog, placement=None) -> tuple[str, ...]:
+    """The stacks whose outputs the program of `stack` reads: they must have been deployed before it runs. A tenant
+    stack reads its platform stack (in the cells layout the global stack, and a namespace tenant its cell); in the
+    cells layout an identity shard follows the global stack (its Identity Platform configuration), a cell reads the
+    global stack and the identity shards (its directory names its tenants' identity tenants), a pool shard those
+    and cell 1 (its application runs there). The operator's `prerequisites` and a rollout's order both follow it.
+    `placement`: the catalogue's placement when the caller has it (tenancy/fleet/placement.py)."""
+    kind, env, rest = naming.stack_kind(stack)
+    platform = naming.stack_name(env)
+    if kind == naming.ENV_STACK:
+        return ()
+    from tenancy.fleet import capacity as fleet_capacity
+
+    if kind != naming.TENANT_STACK:
+        identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
+        return {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
+                naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
+    t = catalog.tenant(rest)
+    if t.model is Model.NAMESPACE and cells_layout(env):
+        from tenancy.fleet.placement import place
+
+        placed = placement if placement is not None else place(catalog, fleet_capacity.load(env))
+        return platform, naming.unit_stack(env, placed.tenants[t.id].cell)
+    return (platform,)
+
+
+def needs(stack: str, catalog: Catalog, placement=None) -> list[str]:
+    """Every stack that must be deployed before `stack` (what it reads, and what those read), in deploy order."""
+    found: dict[str, None] = {}
+    todo = list(reads(stack, catalog, placement))
+    while todo:
+        s = todo.pop()
+        if s not in found:
+            found[s] = None
+            todo.extend(reads(s, catalog, placement))
+    return _ordered(found)
+
+
 def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id: str) -> list[str]:
     """The platform-side stacks that hold tenant `tenant_id`'s share, before and after a change of that tenant."""
     if not cells_layout(env):

@@ -82,29 +82,16 @@ def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
 
 def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
     """A stack as the operator runs it, with the stacks it waits for (`prerequisites`): the ones whose outputs it
-    reads. In the cells layout cells wait for the identity shards, pool shards also for cell 1, a namespace
-    tenant's stack for its cell."""
+    reads (tenancy/lifecycle/units.py `reads`)."""
+    from tenancy.lifecycle.units import reads
+
     kind, env, rest = naming.stack_kind(stack)
-    platform = naming.stack_name(env)
+    after = reads(stack, catalog)
     if kind == naming.ENV_STACK:
         return FleetStack(stack, "platform")
     if kind != naming.TENANT_STACK:
-        from tenancy.fleet import capacity as fleet_capacity
-
-        identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
-        after = {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
-                 naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
         return FleetStack(stack, kind, after=after)
-    t = catalog.tenant(rest)
-    after: tuple[str, ...] = (platform,)
-    from tenancy.lifecycle.units import cells_layout
-
-    if t.model.value == "namespace" and cells_layout(env):
-        from tenancy.fleet import capacity as fleet_capacity
-        from tenancy.fleet.placement import place
-
-        after = (platform, naming.unit_stack(env, place(catalog, fleet_capacity.load(env)).tenants[t.id].cell))
-    return FleetStack(stack, "tenant", t.id, t.model.value, after=after)
+    return FleetStack(stack, "tenant", rest, catalog.tenant(rest).model.value, after=after)
 
 
 def check_names(stacks: Iterable[FleetStack]) -> None:
