@@ -751,16 +751,32 @@ def cmd_db_apply(args) -> int:
     return EXIT_OK
 
 
-def cmd_validate(args) -> int:
-    from stacks.config import offline_platform_config, require_catalog_fits
-    from tenancy.catalog import load_catalog
+def _checked_catalog(args, deployed: bool = False):
+    """The catalogue of --tenants, checked against --env's platform config and capacity: every problem of the file
+    and of its fit to the environment in one CatalogError (exit 2, one line each, in the order of their lines).
+    `deployed`: with the placements of --deployed-record (pins and capacity are checked around them)."""
+    from stacks.config import fit_problems
+    from tenancy.catalog import load_catalog, ordered
 
-    catalog = load_catalog(args.tenants)
-    # Rules that need the environment (custom domains against its base domain, its platform project), and
-    # whether its capacity holds every tenant and each pin (tenancy/fleet).
-    require_catalog_fits(catalog, offline_platform_config(args.env))
-    from tenancy.fleet import capacity, placement
-    placement.place(catalog, capacity.load(args.env))
+    problems = []
+    try:
+        catalog = load_catalog(args.tenants)
+    except CatalogError as exc:
+        if exc.partial is None:
+            raise
+        catalog, problems = exc.partial, list(exc.problems)
+    if deployed:
+        catalog = _with_deployed(catalog, args)
+    problems += fit_problems(catalog, args.env)
+    if problems:
+        raise CatalogError(ordered(problems, args.tenants))
+    return catalog
+
+
+def cmd_validate(args) -> int:
+    # The file, the rules that need the environment (custom domains against its base domain, its platform
+    # project), and whether its capacity holds every tenant and each pin (tenancy/fleet): all in one run.
+    catalog = _checked_catalog(args)
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1
@@ -795,13 +811,12 @@ def cmd_schema(args) -> int:
 
 def cmd_plan(args) -> int:
     from tenancy import plan as planmod
-    from tenancy.catalog import load_catalog
 
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
-    catalog = _with_deployed(load_catalog(args.tenants), args)
+    catalog = _checked_catalog(args, deployed=True)
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tenancy import naming
-from tenancy.catalog import Catalog
-from tenancy.errors import PlanError, TenancyError
+from tenancy.catalog import Catalog, State
+from tenancy.errors import ConfigError, PlanError, TenancyError
 from tenancy.progress import Meter
 from tenancy.planwrite import HEAD_KEYS, PlanWriter, manifests, stack_tail  # noqa: F401 -- manifests: this module's interface
 from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
@@ -296,7 +296,11 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     require_catalog_fits(catalog, offline_platform_config(env))
     wanted = list(tenants or [])
     for tid in wanted:
-        catalog.tenant(tid)  # unknown ids are bad input before anything runs
+        # unknown ids, and tenants with nothing deployed to plan, are bad input before anything runs
+        if catalog.tenant(tid).state is State.OFFBOARDED:
+            raise ConfigError(f"tenant '{tid}' is offboarded in {catalog.path}: it has no stack and no share of the "
+                              "platform stack, so there is nothing to plan for it; plan without --tenant, or name a "
+                              "tenant that is active or suspended")
     from tenancy.fleet import capacity, placement as fleet, report
     placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
