@@ -23,6 +23,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def to_json(value, indent: int | None = 1, **kw) -> str:
+    """JSON as the command line prints it: non-ASCII kept readable (`→`, names in any script), not `\\u2192`."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, **kw)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenants", default="tenants.yaml", metavar="FILE", help="the tenant catalogue (default: tenants.yaml)")
     p.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
@@ -94,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = osub.add_parser("manifests", help="every Stack object of the environment at a commit, as YAML",
                         description="Print every Stack object of the environment at COMMIT as YAML documents, each "
                         "validated against the operator's CRD (schemas/pko/). `tenancy up --engine operator` creates and "
-                        "patches them itself; this is for review, bootstrap and GitOps.")
+                        "patches them itself; this is for review, bootstrap and GitOps. The objects are rendered from the "
+                        "working tree but pin COMMIT, so a working tree that differs from it (changed, staged or new "
+                        "files) is refused, naming the files, unless --allow-dirty.")
     _common(m)
     m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
+    m.add_argument("--allow-dirty", action="store_true",
+                   help="render even when the working tree differs from COMMIT (the files are named on stderr)")
     m.set_defaults(func=cmd_operator_manifests)
     m = osub.add_parser("prune", help="delete the Stack objects of stacks that no longer exist",
                         description="Delete the environment's Stack objects whose stacks the deployed record no longer "
@@ -663,7 +672,7 @@ def cmd_affected(args) -> int:
     stacks = sides + sorted(s for s in ch.reasons if s not in sides)
     chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
     matrix = ci.matrix(chosen, args.max_jobs, platform)
-    print(json.dumps({"environment": args.env, "platform": bool(sides), "stacks": stacks,
+    print(to_json({"environment": args.env, "platform": bool(sides), "stacks": stacks,
                       "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
                       "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
@@ -706,10 +715,19 @@ def cmd_operator_manifests(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.operator import schema
     from tenancy.operator.settings import OperatorSettings
-    from tenancy.operator.stacks import fleet_objects, resolve_commit
+    from tenancy.operator.stacks import fleet_objects, resolve_commit, tree_changes
 
     settings = OperatorSettings.load(args.env).require_rollout()
     commit = resolve_commit(args.commit)
+    changed = tree_changes(commit)
+    if changed:
+        files = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        what = (f"the working tree differs from {args.commit} ({commit[:12]}) in {len(changed)} file(s): {files}; the "
+                "objects would be rendered from the working tree but pin the commit")
+        if not args.allow_dirty:
+            print(f"error: {what}: commit the changes (and push them), or pass --allow-dirty", file=sys.stderr)
+            return EXIT_INPUT
+        print(f"warning: {what} (--allow-dirty)", file=sys.stderr)
     objects = fleet_objects(load_catalog(args.tenants), settings, commit)
     for obj in objects:
         if found := schema.problems(obj):
@@ -789,7 +807,7 @@ def cmd_validate(args) -> int:
 def cmd_schema(args) -> int:
     from tenancy.catalog import json_schema
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    text = to_json(json_schema(), indent=2, sort_keys=True) + "\n"
     if args.check:
         if not args.out:
             print("tenancy schema --check needs --out FILE", file=sys.stderr)
@@ -824,7 +842,7 @@ def cmd_plan(args) -> int:
                           workers=args.workers, progress=meter.say, meter=meter, out=args.out)
     path = result.plan_file
     if args.json:
-        print(json.dumps({
+        print(to_json({
             "environment": result.environment, "planFile": str(path),
             "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": s.resource_count,
                         "reasons": s.reasons, "violations": s.violations, "placement": s.placement} for s in result.stacks],
@@ -879,8 +897,20 @@ def run() -> NoReturn:
     sys.exit(code)
 
 
+def _quiet_google_python_warning() -> None:
+    """google.api_core warns, when a command first opens a Firestore or Cloud Storage client, that new releases of
+    Google's libraries will drop this Python version: nothing an operator can act on (Python 3.11 is the project's
+    pinned runtime, raised with its dependencies), printed on every such command. Only that warning is silenced:
+    FutureWarning, from google.api_core's Python-version check, with its message; every other warning still shows."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"You are using a (non-supported )?Python version", category=FutureWarning,
+                            module=r"google\.api_core\._python_version_support")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
+    _quiet_google_python_warning()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable = args.func

@@ -236,10 +236,23 @@ def test_the_first_up_of_a_fresh_state_with_the_shipped_files_succeeds(tmp_path)
     assert out[-1] == "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 0 tenant(s) pending a lifecycle command"
     assert sorted(p.stem for p in state.glob("*.json")) == ["dev", "dev.acme", "dev.cyberdyne", "dev.pied-piper",
                                                             "dev.stark", "dev.wayne"]
-    again = run_cli("up", "--engine", "offline", "--state", str(state))
+    # again, with tenants.yaml asking to resume a suspended pooled tenant: held for `tenancy resume`, and counted
+    # as a tenant, not as a stack of its own
+    text = (ROOT / "tenants.yaml").read_text()
+    edited = tmp_path / "tenants.yaml"
+    edited.write_text(text.replace("    state: suspended                  # data kept, the application refuses its requests\n", ""))
+    assert edited.read_text() != text
+    (tmp_path / "rollout.yaml").write_text((ROOT / "rollout.yaml").read_text())
+    again = run_cli("up", "--engine", "offline", "--state", str(state), "--tenants", str(edited))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "moved from" not in again.stderr and "wave 1/4 'canary': 1 stack(s)" in again.stderr
-    assert again.stdout.splitlines()[:2] == ["dev.stark: ok: no changes", "dev: ok: no changes"], "canary first again"
+    lines = again.stdout.splitlines()
+    assert lines[:2] == ["dev.stark: ok: no changes", "dev: ok: no changes"], "canary first again"
+    assert "dev.vandelay" not in again.stdout
+    assert lines[-2:] == [
+        "pending: tenant 'vandelay' is suspended in the deployment and active in tenants.yaml; a deploy does not change "
+        "a tenant's state; run: tenancy resume vandelay --env dev",
+        "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 1 tenant(s) pending a lifecycle command"]
 
 
 def test_the_first_up_in_the_cells_layout_deploys_what_the_canary_reads_first(monkeypatch, tmp_path, capsys):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from tenancy import naming
@@ -115,14 +116,25 @@ def labels(s: FleetStack, env: str) -> dict[str, str]:
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+# The repository of the program the workspaces check out.
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
 def resolve_commit(ref: str = "HEAD") -> str:
     """The full hash of `ref` in this repository (the commit a rollout pins)."""
-    from pathlib import Path
-
     from tenancy.changes import _git
 
-    root = Path(__file__).resolve().parent.parent.parent
-    return check_commit(_git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+    return check_commit(_git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+
+
+def tree_changes(commit: str) -> list[str]:
+    """Files of the working tree that differ from `commit` (changed, staged, deleted, or new and not ignored): what
+    objects rendered here would show that the commit they pin does not hold."""
+    from tenancy.changes import _git
+
+    changed = _git(REPO, "diff", "--name-only", commit, "--").splitlines()
+    changed += _git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
+    return sorted({f for f in changed if f})
 
 
 def check_commit(commit: str) -> str:
