@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_check)
     p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
                        description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
-                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "jobs": N, '
-                       '"matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", "removed"}. The matrix '
-                       "holds the stacks to preview for real, in at most --max-jobs batches.")
+                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "new": '
+                       '[...], "jobs": N, "matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", '
+                       '"removed"}. The matrix holds the stacks to preview for real, in at most --max-jobs batches; '
+                       "stacks the change creates (`new`) are planned offline only: a preview never creates a stack.")
     _common(p)
     p.add_argument("--changed-since", required=True, metavar="GIT_REF")
     p.add_argument("--max-jobs", type=int, default=256, metavar="N", help="matrix jobs at most (GitHub's limit: 256)")
@@ -673,7 +674,8 @@ def cmd_affected(args) -> int:
     chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
     matrix = ci.matrix(chosen, args.max_jobs, platform)
     print(to_json({"environment": args.env, "platform": bool(sides), "stacks": stacks,
-                      "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
+                      "real": chosen.real, "offlineOnly": chosen.offline_only, "new": chosen.new,
+                      "jobs": len(matrix["include"]),
                       "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
 
