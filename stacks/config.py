@@ -188,18 +188,19 @@ def require_catalog_fits(catalog: Catalog, cfg: PlatformConfig) -> None:
         raise CatalogError(problems)
 
 
-def fit_problems(catalog: Catalog, environment: str) -> list[Problem]:
-    """Every problem of the catalogue's fit to `environment`, each at its line like the catalogue's own: the rules
-    that need the platform config (`check_catalog`), and whether its capacity holds every tenant and each pin
-    (tenancy/fleet/placement.py). `tenancy validate` and `tenancy plan` report them with the file's problems."""
+def fit(catalog: Catalog, environment: str):
+    """(the catalogue's placement or None, every problem of its fit to `environment`), each problem at its line like
+    the catalogue's own: the rules that need the platform config (`check_catalog`), and whether its capacity holds
+    every tenant and each pin (tenancy/fleet/placement.py). `tenancy validate` and `tenancy plan` report them with
+    the file's problems; the placement is the one a plan uses."""
     from tenancy.fleet import capacity, placement
 
     problems = check_catalog(catalog, offline_platform_config(environment))
     try:
-        placement.place(catalog, capacity.load(environment))
+        placed = placement.place(catalog, capacity.load(environment))
     except placement.PlacementError as exc:
-        problems.extend(exc.found)
-    return problems
+        return None, problems + exc.found
+    return placed, problems
 
 
 def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:

@@ -772,10 +772,11 @@ def cmd_db_apply(args) -> int:
 
 
 def _checked_catalog(args, deployed: bool = False):
-    """The catalogue of --tenants, checked against --env's platform config and capacity: every problem of the file
-    and of its fit to the environment in one CatalogError (exit 2, one line each, in the order of their lines).
-    `deployed`: with the placements of --deployed-record (pins and capacity are checked around them)."""
-    from stacks.config import fit_problems
+    """(the catalogue of --tenants, its placement), checked against --env's platform config and capacity: every
+    problem of the file and of its fit to the environment in one CatalogError (exit 2, one line each, in the order
+    of their lines). `deployed`: with the placements of --deployed-record (pins and capacity are checked around
+    them)."""
+    from stacks.config import fit
     from tenancy.catalog import load_catalog, ordered
 
     problems = []
@@ -787,16 +788,17 @@ def _checked_catalog(args, deployed: bool = False):
         catalog, problems = exc.partial, list(exc.problems)
     if deployed:
         catalog = _with_deployed(catalog, args)
-    problems += fit_problems(catalog, args.env)
+    placed, more = fit(catalog, args.env)
+    problems += more
     if problems:
         raise CatalogError(ordered(problems, args.tenants))
-    return catalog
+    return catalog, placed
 
 
 def cmd_validate(args) -> int:
     # The file, the rules that need the environment (custom domains against its base domain, its platform
     # project), and whether its capacity holds every tenant and each pin (tenancy/fleet): all in one run.
-    catalog = _checked_catalog(args)
+    catalog, _ = _checked_catalog(args)
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1
@@ -836,12 +838,12 @@ def cmd_plan(args) -> int:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
-    catalog = _checked_catalog(args, deployed=True)
+    catalog, placed = _checked_catalog(args, deployed=True)
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=meter.say, meter=meter, out=args.out)
+                          workers=args.workers, progress=meter.say, meter=meter, out=args.out, placed=placed)
     path = result.plan_file
     if args.json:
         print(to_json({

@@ -281,11 +281,12 @@ def default_workers() -> int:
 
 def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, changed_since: str | None = None,
          workers: int | None = None, progress=None, meter: Meter | None = None,
-         out: str | Path | None = None) -> PlanResult:
+         out: str | Path | None = None, placed=None) -> PlanResult:
     """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref.
     `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py).
     `out`: write plan.json and the manifests there as stacks finish (tenancy/planwrite.py); the result then
-    holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory."""
+    holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory.
+    `placed`: the catalogue's placement when the caller has already checked it (stacks.config.fit)."""
     global _WRITER
 
     start = time.perf_counter()
@@ -302,7 +303,8 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
                               "platform stack, so there is nothing to plan for it; plan without --tenant, or name a "
                               "tenant that is active or suspended")
     from tenancy.fleet import capacity, placement as fleet, report
-    placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
+    if placed is None:
+        placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     include_platform = True
