@@ -272,17 +272,20 @@ def deployed(engine: Engine, stack: str) -> bool:
 
 
 def _needs(catalog: Catalog, env: str) -> Callable[[str], list[str]]:
-    """`units.needs` with the catalogue placed once (the cells layout places tenants to know their cells)."""
+    """`units.needs` over one catalogue, placed once (the cells layout places tenants to know their cells), with
+    what each stack reads kept for the whole rollout."""
     from tenancy.lifecycle.units import cells_layout, needs
 
+    tenants = {t.id: t for t in catalog.tenants}
+    memo: dict[str, tuple[str, ...]] = {}
     placed = []
 
     def of(stack: str) -> list[str]:
-        if cells_layout(env) and naming.stack_kind(stack)[0] == naming.TENANT_STACK and not placed:
+        if not placed and cells_layout(env):
             from tenancy.fleet import capacity as fleet_capacity
             from tenancy.fleet.placement import place
             placed.append(place(catalog, fleet_capacity.load(env)))
-        return needs(stack, catalog, placed[0] if placed else None)
+        return needs(stack, catalog, placed[0] if placed else None, tenants, memo)
 
     return of
 
