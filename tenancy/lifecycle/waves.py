@@ -14,7 +14,10 @@ tenant stack):
     environments:
       dev: {pause_seconds: 0}                         # any key above, per environment
 
-A stack belongs to the first wave that selects it; stacks no wave selects form a last wave, `remaining`.
+A stack belongs to the first wave that selects it; stacks no wave selects form a last wave, `remaining`. A
+stack never runs before what it reads: on a first rollout, a platform-side stack that has never been deployed
+moves into the first wave with a stack that reads it (`bring_forward`; the shipped canary wave reads the
+platform stack declared after it).
 Waves are numbered from 1 as declared, so `tenancy up --from-wave N` means the same wave in every run.
 Between waves the rollout pauses, then a health gate (pluggable: `Gate`) checks the wave: the stacks'
 own outputs, and the application's health endpoint on each of the wave's hosts, found through the
