@@ -23,6 +23,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def to_json(value, indent: int | None = 1, **kw) -> str:
+    """JSON as the command line prints it: non-ASCII kept readable (`→`, names in any script), not `\\u2192`."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, **kw)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenants", default="tenants.yaml", metavar="FILE", help="the tenant catalogue (default: tenants.yaml)")
     p.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
@@ -64,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_check)
     p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
                        description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
-                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "jobs": N, '
-                       '"matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", "removed"}. The matrix '
-                       "holds the stacks to preview for real, in at most --max-jobs batches.")
+                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "new": '
+                       '[...], "jobs": N, "matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", '
+                       '"removed"}. The matrix holds the stacks to preview for real, in at most --max-jobs batches; '
+                       "stacks the change creates (`new`) are planned offline only: a preview never creates a stack.")
     _common(p)
     p.add_argument("--changed-since", required=True, metavar="GIT_REF")
     p.add_argument("--max-jobs", type=int, default=256, metavar="N", help="matrix jobs at most (GitHub's limit: 256)")
@@ -94,9 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = osub.add_parser("manifests", help="every Stack object of the environment at a commit, as YAML",
                         description="Print every Stack object of the environment at COMMIT as YAML documents, each "
                         "validated against the operator's CRD (schemas/pko/). `tenancy up --engine operator` creates and "
-                        "patches them itself; this is for review, bootstrap and GitOps.")
+                        "patches them itself; this is for review, bootstrap and GitOps. The objects are rendered from the "
+                        "working tree but pin COMMIT, so a working tree that differs from it (changed, staged or new "
+                        "files) is refused, naming the files, unless --allow-dirty.")
     _common(m)
     m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
+    m.add_argument("--allow-dirty", action="store_true",
+                   help="render even when the working tree differs from COMMIT (the files are named on stderr)")
     m.set_defaults(func=cmd_operator_manifests)
     m = osub.add_parser("prune", help="delete the Stack objects of stacks that no longer exist",
                         description="Delete the environment's Stack objects whose stacks the deployed record no longer "
@@ -430,12 +440,24 @@ def cmd_deploy(args) -> int:
             spec = spec.model_copy(update={"health": spec.health.model_copy(update={"endpoints": False})})
         if not args.no_health_gate:
             gate = waves.HealthGate(engine, spec.health, sleep=time.sleep)
-    result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
-                            changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
-                            waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    try:
+        result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
+                                changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
+                                waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    except deploy.NotDeployed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.outside:
+            print(f"deploy {'it' if len(exc.outside) == 1 else 'them'} first: {_first_command(args, exc.outside)}; then "
+                  "run this command again", file=sys.stderr)
+        else:
+            print(f"start at that wave: {_resume_command(args, exc.from_wave)}", file=sys.stderr)
+        return EXIT_INPUT
     outcomes = result.outcomes
     for o in outcomes:
-        print(o.line())
+        for line in o.lines():
+            print(line)
+    for p in result.pending:
+        print(deploy.pending_line(p, args.env))
     if args.mode == "up" and any(o.status == "ok" for o in outcomes):
         try:
             registry = _registry(args, engine, required=False)
@@ -450,9 +472,9 @@ def cmd_deploy(args) -> int:
                   file=sys.stderr)
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
-          f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
-          f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+          f"{sum(o.status == 'skipped' for o in outcomes)} skipped; "
+          f"{len(result.pending)} tenant(s) pending a lifecycle command")
     if result.halted:
         h = result.halted
         print(f"halted at wave {h.wave}/{len(result.waves)} '{h.name}': {h.reason}")
@@ -461,23 +483,36 @@ def cmd_deploy(args) -> int:
     return EXIT_FAIL if bad else EXIT_OK
 
 
-def _resume_command(args, wave: int) -> str:
-    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+def _first_command(args, stacks: list[str]) -> str:
+    """The command that was run, for only `stacks` (what it selected and where it started are left out)."""
     import shlex
 
+    out = _argv_without(args, {"--tenant", "--stack", "--changed-since", "--from-wave"})
+    return shlex.join(["tenancy", *out, *[a for s in stacks for a in ("--stack", s)]])
+
+
+def _argv_without(args, options: set[str]) -> list[str]:
+    """The command line as run, without `options` (each with its value, `--opt V` or `--opt=V`)."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--from-wave":
+        if a in options:
             skip = True
             continue
-        if a.startswith("--from-wave="):
+        if a.split("=", 1)[0] in options and "=" in a:
             continue
         out.append(a)
-    return shlex.join(["tenancy", *out, "--from-wave", str(wave)])
+    return out
+
+
+def _resume_command(args, wave: int) -> str:
+    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+    import shlex
+
+    return shlex.join(["tenancy", *_argv_without(args, {"--from-wave"}), "--from-wave", str(wave)])
 
 
 def cmd_moves(args) -> int:
@@ -932,8 +967,9 @@ def cmd_affected(args) -> int:
     stacks = sides + sorted(s for s in ch.reasons if s not in sides)
     chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
     matrix = ci.matrix(chosen, args.max_jobs, platform)
-    print(json.dumps({"environment": args.env, "platform": bool(sides), "stacks": stacks,
-                      "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
+    print(to_json({"environment": args.env, "platform": bool(sides), "stacks": stacks,
+                      "real": chosen.real, "offlineOnly": chosen.offline_only, "new": chosen.new,
+                      "jobs": len(matrix["include"]),
                       "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
 
@@ -975,10 +1011,19 @@ def cmd_operator_manifests(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.operator import schema
     from tenancy.operator.settings import OperatorSettings
-    from tenancy.operator.stacks import fleet_objects, resolve_commit
+    from tenancy.operator.stacks import fleet_objects, resolve_commit, tree_changes
 
     settings = OperatorSettings.load(args.env).require_rollout()
     commit = resolve_commit(args.commit)
+    changed = tree_changes(commit)
+    if changed:
+        files = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        what = (f"the working tree differs from {args.commit} ({commit[:12]}) in {len(changed)} file(s): {files}; the "
+                "objects would be rendered from the working tree but pin the commit")
+        if not args.allow_dirty:
+            print(f"error: {what}: commit the changes (and push them), or pass --allow-dirty", file=sys.stderr)
+            return EXIT_INPUT
+        print(f"warning: {what} (--allow-dirty)", file=sys.stderr)
     objects = fleet_objects(load_catalog(args.tenants), settings, commit)
     for obj in objects:
         if found := schema.problems(obj):
@@ -1020,16 +1065,34 @@ def cmd_db_apply(args) -> int:
     return EXIT_OK
 
 
-def cmd_validate(args) -> int:
-    from stacks.config import offline_platform_config, require_catalog_fits
-    from tenancy.catalog import load_catalog
+def _checked_catalog(args, deployed: bool = False):
+    """(the catalogue of --tenants, its placement), checked against --env's platform config and capacity: every
+    problem of the file and of its fit to the environment in one CatalogError (exit 2, one line each, in the order
+    of their lines). `deployed`: with the placements of --deployed-record (pins and capacity are checked around
+    them)."""
+    from stacks.config import fit
+    from tenancy.catalog import load_catalog, ordered
 
-    catalog = load_catalog(args.tenants)
-    # Rules that need the environment (custom domains against its base domain, its platform project), and
-    # whether its capacity holds every tenant and each pin (tenancy/fleet).
-    require_catalog_fits(catalog, offline_platform_config(args.env))
-    from tenancy.fleet import capacity, placement
-    placement.place(catalog, capacity.load(args.env))
+    problems = []
+    try:
+        catalog = load_catalog(args.tenants)
+    except CatalogError as exc:
+        if exc.partial is None:
+            raise
+        catalog, problems = exc.partial, list(exc.problems)
+    if deployed:
+        catalog = _with_deployed(catalog, args)
+    placed, more = fit(catalog, args.env)
+    problems += more
+    if problems:
+        raise CatalogError(ordered(problems, args.tenants))
+    return catalog, placed
+
+
+def cmd_validate(args) -> int:
+    # The file, the rules that need the environment (custom domains against its base domain, its platform
+    # project), and whether its capacity holds every tenant and each pin (tenancy/fleet): all in one run.
+    catalog, _ = _checked_catalog(args)
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1
@@ -1042,7 +1105,7 @@ def cmd_validate(args) -> int:
 def cmd_schema(args) -> int:
     from tenancy.catalog import json_schema
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    text = to_json(json_schema(), indent=2, sort_keys=True) + "\n"
     if args.check:
         if not args.out:
             print("tenancy schema --check needs --out FILE", file=sys.stderr)
@@ -1064,21 +1127,20 @@ def cmd_schema(args) -> int:
 
 def cmd_plan(args) -> int:
     from tenancy import plan as planmod
-    from tenancy.catalog import load_catalog
 
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
-    catalog = _with_deployed(load_catalog(args.tenants), args)
+    catalog, placed = _checked_catalog(args, deployed=True)
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=meter.say, meter=meter, out=args.out)
+                          workers=args.workers, progress=meter.say, meter=meter, out=args.out, placed=placed)
     path = result.plan_file
     if args.json:
-        print(json.dumps({
+        print(to_json({
             "environment": result.environment, "planFile": str(path),
             "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": s.resource_count,
                         "reasons": s.reasons, "violations": s.violations, "placement": s.placement} for s in result.stacks],
@@ -1133,8 +1195,20 @@ def run() -> NoReturn:
     sys.exit(code)
 
 
+def _quiet_google_python_warning() -> None:
+    """google.api_core warns, when a command first opens a Firestore or Cloud Storage client, that new releases of
+    Google's libraries will drop this Python version: nothing an operator can act on (Python 3.11 is the project's
+    pinned runtime, raised with its dependencies), printed on every such command. Only that warning is silenced:
+    FutureWarning, from google.api_core's Python-version check, with its message; every other warning still shows."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"You are using a (non-supported )?Python version", category=FutureWarning,
+                            module=r"google\.api_core\._python_version_support")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
+    _quiet_google_python_warning()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable = args.func

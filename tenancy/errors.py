@@ -32,8 +32,11 @@ class CatalogError(TenancyError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], partial=None):
         self.problems = list(problems)
+        # The catalogue of the entries without problems (tenancy.catalog.Catalog), so that the checks that need a
+        # catalogue (its fit to an environment) report in the same run; None when there is no such catalogue.
+        self.partial = partial
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -435,8 +435,9 @@ def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch,
     assert [c for c in engine.calls if c[0] == "up"] == [("up", "dev.delta"), ("up", "dev.cell-1")]
     assert rec.read(engine, "dev").directory["delta"]["state"] == "suspended"
     # a deploy keeps both suspended (held at the record) and places nobody elsewhere
-    outcomes = deploy.deploy(engine, catalog, "dev")
-    assert {o.stack: o.status for o in outcomes}["dev.charlie"] == "pending"
+    result = deploy.rollout(engine, catalog, "dev")
+    assert "dev.charlie" not in {o.stack for o in result.outcomes}
+    assert {p.tenant: p.kind for p in result.pending}["charlie"] == "state"
     again = rec.read(engine, "dev")
     assert again.catalog.placements == after.catalog.placements | {"delta": again.catalog.placements["delta"]}
     assert again.catalog.tenant("charlie").state.value == "suspended"

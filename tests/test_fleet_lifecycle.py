@@ -65,11 +65,11 @@ def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml
     # a pin that disagrees with the deployment is pending, not applied
     pinned = parse_catalog(WITH_ALPHA.replace("admin_email: c@charlie.example}",
                                               "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
-    outcomes = deploy.deploy(engine, pinned, "dev")
-    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), ("dev.charlie", "pending")]
-    assert outcomes[1].message == ("tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but "
-                                   "deployed in pool-1; a deploy never moves a placed tenant; run: tenancy place charlie "
-                                   "--pool-shard pool-2 --env dev")
+    result = deploy.rollout(engine, pinned, "dev")
+    assert [(o.stack, o.status) for o in result.outcomes] == [("dev", "ok")], "a pooled tenant is no stack of its own"
+    assert [deploy.pending_line(p, "dev") for p in result.pending] == [
+        "pending: tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but deployed in pool-1; a "
+        "deploy never moves a placed tenant; run: tenancy place charlie --pool-shard pool-2 --env dev"]
     assert shards(engine)["charlie"] == "pool-1"
 
 

@@ -333,10 +333,11 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     assert (move.tenant, move.kind, move.command) == ("bravo", "move", "tenancy upgrade bravo --to standard")
     assert (move.to_plan, move.to_model) == ("standard", "namespace"), "what the deploy workflow's move step reads"
     assert move.message == "tier move free (pooled) → standard (namespace) waits for its data to move"
-    outcomes = {o.stack: o for o in deploy.deploy(world["engine"], edited, "dev", mode="up")}
-    assert outcomes["dev.bravo"].status == "pending"
-    assert outcomes["dev.bravo"].message == ("tier move free (pooled) → standard (namespace) waits for its data to move; "
-                                             "run: tenancy upgrade bravo --to standard --env dev")
+    result = deploy.rollout(world["engine"], edited, "dev", mode="up")
+    assert "dev.bravo" not in {o.stack for o in result.outcomes}, "held where its data is: no stack of its own yet"
+    assert [deploy.pending_line(p, "dev") for p in result.pending] == [
+        "pending: tenant 'bravo': tier move free (pooled) → standard (namespace) waits for its data to move; "
+        "run: tenancy upgrade bravo --to standard --env dev"]
     directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
     assert "dev.bravo" not in world["engine"].stacks()
