@@ -175,39 +175,8 @@ CREATE TABLE IF NOT EXISTS tenancy.isolated_tables (
 );
 REVOKE ALL ON tenancy.isolated_tables FROM PUBLIC, tenancy_app;
 
--- Journal of tier moves: each phase of each move, so an interrupted move resumes where it stopped.
-CREATE TABLE IF NOT EXISTS tenancy.move_journal (
-  move_id     text NOT NULL,
-  tenant_id   text NOT NULL,
-  phase       text NOT NULL,
-  status      text NOT NULL CHECK (status IN ('started', 'done', 'aborted')),
-  detail      jsonb NOT NULL DEFAULT '{}',
-  at          timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (move_id, phase)
-);
-REVOKE ALL ON tenancy.move_journal FROM PUBLIC, tenancy_app;
-
--- Journal of row moves (`tenancy data move`, tenancy/stores/postgres.py), kept in BOTH databases: the source's
--- row ('out') and the target's ('in') share a move_id and name the other side by its cluster's system
--- identifier and its database oid. A re-run of a finished move finds it here and does nothing; a re-run after
--- a kill continues from the recorded status. The target's row is written in the copy's own transaction.
-CREATE TABLE IF NOT EXISTS tenancy.data_moves (
-  move_id                 text NOT NULL,
-  tenant_id               text NOT NULL,
-  direction               text NOT NULL CHECK (direction IN ('out', 'in')),
-  peer_system_identifier  bigint NOT NULL,
-  peer_database           oid NOT NULL,
-  tables                  text[],            -- NULL: every isolated table
-  delete_source           boolean NOT NULL DEFAULT false,
-  previous_state          text,              -- the source's registry state before the move froze it
-  status                  text NOT NULL CHECK (status IN ('started', 'copied', 'completed', 'failed')),
-  summary                 jsonb,             -- what was copied and verified (counts and checksums per table)
-  started_at              timestamptz NOT NULL DEFAULT now(),
-  finished_at             timestamptz,
-  PRIMARY KEY (move_id, direction)
-);
-CREATE INDEX IF NOT EXISTS data_moves_tenant_idx ON tenancy.data_moves (tenant_id, started_at);
-REVOKE ALL ON tenancy.data_moves FROM PUBLIC, tenancy_app;
+-- Operations on tenant data journal in the environment's registry (sql/registry), not here. Databases set up
+-- by an earlier version may still hold tenancy.move_journal and tenancy.data_moves: nothing reads them any more.
 
 -- The tenant of the current transaction, or NULL. Only tenancy.set_tenant() in the *current* transaction
 -- counts: it records a binding of the tenant to this transaction's start time, and a tenant set any other

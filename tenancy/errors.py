@@ -60,3 +60,10 @@ class OperationError(TenancyError):
 
 class Refused(OperationError):
     """A safety rule stopped the operation; what it changed (usually nothing) is said in the message."""
+
+
+class PreflightRefused(Refused):
+    """What the operation was given does not fit (a wrong store, an unusable directory, a store out of reach):
+    nothing was changed. Bad input: exit 2."""
+
+    exit_code = 2

@@ -250,7 +250,7 @@ class Pair:
     def copy(self, say: Say, **pg_args: Any) -> dict[str, Any]:
         s, t = self.source, self.target
         if isinstance(s, PgHandle) and isinstance(t, PgHandle):
-            report = pg.move(s.dsn, t.dsn, s.tenant, tables=list(s.tables), progress=say, **pg_args)
+            report, _ = pg.copy_verified(s.dsn, t.dsn, s.tenant, list(s.tables), progress=say, **pg_args)
             return {"rows": report.total_rows}
         if isinstance(s, ObjectsHandle) and isinstance(t, ObjectsHandle):
             return {"objects": obj.copy(s.store, s.prefix, t.store, t.prefix, progress=say).count}

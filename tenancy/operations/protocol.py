@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from tenancy.engine import Engine
-from tenancy.errors import OperationError, Refused, TenancyError
+from tenancy.errors import OperationError, PreflightRefused, Refused, TenancyError
 from tenancy.operations.lease import Lease, LeaseLost, Spec
 from tenancy.operations.registry import Registry, phases_done, progress_of
 
@@ -195,7 +195,7 @@ class Operation:
             resumed = lease.resumed
             (lease.pause if resumed else lease.forget)()
             what = f"resumed operation {lease.op_id}" if resumed else f"{self.kind} of '{self.tenant}'"
-            raise Refused(f"{what} refused before any change: " + "; ".join(p.problems) + "; nothing was changed"
+            raise PreflightRefused(f"{what} refused before any change: " + "; ".join(p.problems) + "; nothing was changed"
                           + (f". {self.hint()[0].upper()}{self.hint()[1:]}" if resumed else "")) from None
         except Waiting as w:
             self.outcome.status, self.outcome.message = "waiting", str(w)
