@@ -306,7 +306,7 @@ def test_source_changed_after_verification_is_not_deleted(pg_server, dbs, monkey
         if name == "before delete":
             with connect(pg_server, src, autocommit=True) as c:
                 c.execute("UPDATE app.comments SET body = 'edited' WHERE tenant_id = 'alpha' AND id = "
-                          "(SELECT min(id) FROM app.comments WHERE tenant_id = 'alpha')")
+                          "(SELECT id FROM app.comments WHERE tenant_id = 'alpha' ORDER BY id LIMIT 1)")
 
     monkeypatch.setattr(data, "_checkpoint", sneak)
     with pytest.raises(Mismatch, match=r"the source .* changed since verification \(verified vs now: app.comments: same "
