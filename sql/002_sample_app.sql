@@ -84,8 +84,9 @@ CREATE TABLE IF NOT EXISTS app.api_requests (
 -- match; the identity sequences go, and new rows get random UUIDs. Old ids keep telling what they always told;
 -- new ones tell nothing. Each table is rewritten under an exclusive lock (the application waits for the
 -- rewrite, as for any table-rewriting migration), and the application must expect UUIDs from then on.
--- Refused while an online move publishes or subscribes these tables: the other database's column types, and
--- the keys the move recorded, would no longer match; finish or abort the move, then apply again.
+-- Refused, changing nothing, while an online move replicates this database (the other database's column types
+-- and the keys the move recorded would no longer match: finish or abort it first), and while another table's
+-- foreign key references these keys (its columns have to change in the same migration).
 DO $$
 DECLARE
   keys constant text[][] := ARRAY[

@@ -76,10 +76,10 @@ def test_moved_tenant_keeps_working_on_the_target(pg_server, pair):
 def test_a_tables_sequences_move_past_the_tenants_numbers_and_never_back(pg_server, pair):
     src, dst = pair
     add_visits(pg_server, src, dst)
-    register(pg_server, dst, "charlie")
     for _ in range(10):                       # the source's sequences interleave alpha and bravo: alpha has 1, 3 .. 19
         visit(pg_server, src, "alpha")
         visit(pg_server, src, "bravo")
+    data.move(owner(pg_server, src), owner(pg_server, dst), "charlie")   # no visits: the target's sequences untouched
     assert visit(pg_server, dst, "charlie", 3) == [(1, 1), (2, 2), (3, 3)]   # the target's sequences stand at 3
     data.move(owner(pg_server, src), owner(pg_server, dst), "alpha")
     # moved past alpha's largest numbers (19), or its next rows would take 4, 5 ... and collide with its own
