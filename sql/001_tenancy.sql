@@ -7,9 +7,11 @@
 --   tenancy_app    the runtime role: owns nothing, not superuser, not BYPASSRLS, no TRUNCATE, REFERENCES
 --                  or TRIGGER on tenant tables.
 --   tenancy_replication  what an online tier move's subscription connects as (tenancy/stores/replication.py):
---                  REPLICATION and BYPASSRLS, SELECT on isolated tables only; NOLOGIN until an operator grants
---                  LOGIN and a password. It reads every tenant's rows: the publication's row filter is what
---                  limits a move to one tenant.
+--                  REPLICATION and BYPASSRLS, SELECT on isolated tables only. NOLOGIN except while a move's
+--                  slot exists on the server: the move gives it LOGIN and a random password, and takes both
+--                  away when the last move ends. While it can log in it reads every tenant's rows (the
+--                  publication's row filter is what limits a move to one tenant) and, through any logical
+--                  decoding plugin, every change to every table of every database of the server.
 -- The current tenant is set transaction-locally with tenancy.set_tenant(id) (never a session-wide SET,
 -- which would survive on a pooled connection).
 
@@ -40,6 +42,17 @@ BEGIN
   IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
      AND (SELECT NOT (rolreplication AND rolbypassrls) FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
     ALTER ROLE tenancy_replication REPLICATION BYPASSRLS;
+  END IF;
+  -- A login outside moves is a standing credential that decodes everything (a user created through the Cloud SQL
+  -- API has one): closed here unless a move's slot shows one replicating now. PostgreSQL 15 lets only a superuser
+  -- change a REPLICATION role; where the applying role may not, tenancy moves reports the login.
+  IF (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenancy_replication')
+     AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name ~ '^tmove_') THEN
+    BEGIN
+      ALTER ROLE tenancy_replication NOLOGIN PASSWORD NULL;
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE NOTICE 'tenancy_replication can log in and % cannot close it: an operator must (ALTER ROLE tenancy_replication NOLOGIN)', current_user;
+    END;
   END IF;
   -- On Cloud SQL the component creates tenancy_replication through the API (it has a login and a password in
   -- Secret Manager), which makes it a cloudsqlsuperuser: it must hold only what replication needs. Cloud SQL
@@ -142,6 +155,18 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
 -- data project, identity shard and store names. Names only, never credentials.
 ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS directory jsonb NOT NULL DEFAULT '{}'::jsonb;
 REVOKE ALL ON tenancy.tenants FROM PUBLIC, tenancy_app;
+
+-- Which database this is, as the environment's registry names it ('pool-1', 'acme/postgres-1'): written once
+-- by the platform's SQL job (or an operation that provisions it), and checked by every operation before it
+-- touches the database, so a DSN that reaches another unit's, another tenant's or another environment's
+-- database is refused before anything changes.
+CREATE TABLE IF NOT EXISTS tenancy.database_identity (
+  singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  environment  text NOT NULL,
+  name         text NOT NULL,
+  claimed_at   timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy.database_identity FROM PUBLIC, tenancy_app;
 
 -- Tables under isolation (maintained by tenancy.isolate).
 CREATE TABLE IF NOT EXISTS tenancy.isolated_tables (
@@ -273,6 +298,20 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION tenancy.freeze(text, text) FROM PUBLIC;
+
+-- Online tier moves in progress from this database (tenancy/stores/replication.py), one row per move, created and
+-- dropped with its publication: the registry states from before the move (which an abort restores), where its rows
+-- go, its verification notes and switched summary, and the replication password while its subscription uses it.
+-- Only the owner reads it: the application must not learn that another tenant moves, where, or how many rows it has.
+CREATE TABLE IF NOT EXISTS tenancy.replication_moves (
+  move        text PRIMARY KEY,       -- the objects' name: tmove_ and 16 hex digits of the operation id's SHA-256
+  operation   text NOT NULL,          -- the caller's operation id
+  tenant_id   text NOT NULL,
+  note        jsonb NOT NULL DEFAULT '{}',
+  credential  text,                   -- tenancy_replication's password while this move's subscription connects with it
+  started_at  timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy.replication_moves FROM PUBLIC, tenancy_app, tenancy_replication;
 
 -- Change tracking of an online tier move (tenancy/stores/replication.py). While a tenant's rows replicate
 -- to another database, row triggers named after the move, on both sides, record the key of every row of

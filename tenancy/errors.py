@@ -47,3 +47,13 @@ class PlanError(TenancyError):
     """A stack program failed while being planned offline."""
 
     exit_code = 1
+
+
+class OperationError(TenancyError):
+    """An operation on tenant data failed; the message says how to resume or abort it."""
+
+    exit_code = 1
+
+
+class Refused(OperationError):
+    """A safety rule stopped the operation; what it changed (usually nothing) is said in the message."""

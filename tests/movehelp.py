@@ -28,6 +28,7 @@ def stop_before(phase):
 
 TENANT = "moving-co"
 NEIGHBOURS = ("neighbour-a", "neighbour-b")
+MOVE = "op-3f2a9c1b7d4e"     # an operation id, as a tier move gives one (opaque to the replication module)
 
 
 class Killed(BaseException):
@@ -48,7 +49,6 @@ def two_databases(pg_server, tenancy_db):
     own = f"{tenancy_db}_own"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{own}"')
-        c.execute("ALTER ROLE tenancy_replication LOGIN")
     db.apply(pg_server.dsn(dbname=own))
     sqlhelp.register(pg_server, tenancy_db, TENANT, *NEIGHBOURS)
     for t in (TENANT, *NEIGHBOURS):
@@ -70,6 +70,7 @@ def two_databases(pg_server, tenancy_db):
                 break
             time.sleep(0.05)
         c.execute(f'DROP DATABASE "{own}" WITH (FORCE)')
+        c.execute("ALTER ROLE tenancy_replication NOLOGIN PASSWORD NULL")
 
 
 def dsns(server, src: str, dst: str) -> tuple[str, str, str]:

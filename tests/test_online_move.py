@@ -17,15 +17,16 @@ import pytest
 from tenancy.lifecycle.online import OnlinePostgresMove
 from tenancy.stores import postgres as data
 from tests import sqlhelp
-from tests.movehelp import (NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows, isolated,
-                            kill_at, replication_objects, state, sums, two_databases, user_rows, visit_ids)
+from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows,
+                            isolated, kill_at, replication_objects, state, sums, two_databases, user_rows, visit_ids)
 
 dbs = pytest.fixture(two_databases)
 
 
-def mover(server, src: str, dst: str, said: list[str] | None = None, **kw) -> OnlinePostgresMove:
+def mover(server, src: str, dst: str, said: list[str] | None = None, operation: str = MOVE, **kw) -> OnlinePostgresMove:
     source, target, conninfo = dsns(server, src, dst)
-    return OnlinePostgresMove(source, target, TENANT, None, conninfo, (said if said is not None else []).append, **kw)
+    return OnlinePostgresMove(source, target, TENANT, None, conninfo, (said if said is not None else []).append,
+                              operation=operation, **kw)
 
 
 def cut_over(server, src: str, dst: str) -> float:
@@ -64,7 +65,7 @@ def assert_writes_at(server, dbname: str, writer: Writer) -> None:
 
 def move_once(server, src: str, dst: str, writer: Writer, said: list[str]) -> tuple[dict, dict, dict]:
     mark = time.time()
-    m = mover(server, src, dst, said)
+    m = mover(server, src, dst, said, operation=f"op-{src}->{dst}")
     synced = m.sync()
     writer.wait_writes(20)                       # the tenant keeps writing between sync and freeze
     began = time.time()
@@ -219,8 +220,8 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
     pooled, own = dbs
     source, target, conninfo = dsns(pg_server, pooled, own)
     with pytest.raises(Killed):
-        rep.start(source, target, TENANT, None, conninfo, checkpoint=kill_at("slot"))
-    name = rep.names(TENANT, source, target).base
+        rep.start(source, target, TENANT, None, conninfo, move=MOVE, checkpoint=kill_at("slot"))
+    name = rep.names(MOVE).base
     args = ["moves", "--engine", "offline", "--state", str(tmp_path / "state"), "--dsn", source, "--dsn", target]
     assert cli.main(args) == 1
     out, err = capsys.readouterr()
@@ -229,7 +230,7 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
     server = f"127.0.0.1:{pg_server.port}"
     assert lines[0] == f"leftover of an online move on {server}: publication {name} in database {pooled}: no move owns it"
     assert lines[1].startswith(f"leftover of an online move on {server}: slot {name} in database {pooled}: inactive, holds ")
-    assert lines[2].startswith("2 leftover(s): finish or abort the move that made them") and len(lines) == 3
+    assert lines[2].startswith("2 leftover(s): finish or abort the operation that made them") and len(lines) == 3
 
     # An unfinished tier move that journalled the name owns them; once it is aborted they are leftovers again.
     with psycopg.connect(source, autocommit=True) as c:
@@ -241,7 +242,7 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
                   "'aborted')", (TENANT,))
     assert cli.main(args) == 1 and len(capsys.readouterr().err.splitlines()) == 3
 
-    rep.cleanup(source, target, TENANT)
+    rep.cleanup(source, target, TENANT, move=MOVE)
     assert cli.main(args) == 0 and capsys.readouterr().err == ""
     assert cli.main([*args, "--dsn", "host=db password=s3cret port"]) == 2
     err = capsys.readouterr().err

@@ -160,6 +160,10 @@ class FirestoreHandle:
     def delete(self, expect: Summary, say: Say) -> int:
         return fs.delete(self.location, self.tenant, self.collections, expect, progress=say)
 
+    def problems(self) -> list[str]:
+        """What a move, export or delete of this store would leave behind (documents outside the declared tree)."""
+        return [f"firestore ({self.location}): {line}" for line in fs.unmovable(self.location, self.tenant, self.collections)]
+
 
 @dataclass
 class GraphHandle:

@@ -72,6 +72,15 @@ class TenantStores:
     graph: bool
     namespace: str
     collections: dict[str, dict] = field(default_factory=dict)
+    pool_shard: str | None = None                # pooled: its pool shard ("pool-1")
+
+    def database(self, store: str) -> tuple[str, str]:
+        """(the registry's name of the database holding `store`, the unit it serves): 'pool-1' for a pooled
+        tenant's rows, '<tenant>/postgres-N' for a database of its own."""
+        if self.pooled:
+            shard = self.pool_shard or naming.pool_shard(1)
+            return shard, shard
+        return f"{self.tenant}/{store}", f"tenant:{self.tenant}"
 
     @property
     def names(self) -> list[str]:
@@ -107,7 +116,7 @@ def stores_for(tenant: Tenant, env: str, platform_project: str, layout: DataLayo
             layout.pooled_tables(tuple(f.value for f in tenant.plan.features)),
             naming.pool_bucket(env, platform_project, shard), f"{tenant.id}/", platform_project,
             naming.pool_firestore(env, shard), f"tenants/{tenant.id}", False, naming.pool_namespace(shard),
-            layout.collections)
+            layout.collections, shard)
     databases = tuple(tenant.plan.databases)
     postgres: dict[str, tuple[str, ...]] = {db: () for db in databases}
     for t in layout.tables:

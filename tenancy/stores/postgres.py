@@ -501,6 +501,103 @@ def _where(dsn: str) -> str:
     return describe_dsn(dsn)
 
 
+def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *,
+                  target_plan: str | None = None, target_model: str | None = None, target_state: str = "frozen",
+                  progress: Progress | None = None) -> tuple[MoveReport, Summary]:
+    """Copy one tenant's rows to the target and verify them, in ONE target transaction: the tenant is registered
+    there (`target_state`, plan and model from the source unless given), any rows it had there are replaced, the
+    rows streamed in (COPY), and counts and checksums compared with the source's snapshot of the copy. A kill
+    leaves the target as it was; a re-run does the same again. Returns the report and the verified summary (the
+    source's, equal to the target's). The caller journals it; the source is not changed."""
+    say = progress or (lambda m: None)
+    with _open(source_dsn, tenant, "reading the source") as src, _open(target_dsn, tenant, "reading the target") as dst:
+        if _identity(src) == _identity(dst):
+            raise DataInputError(f"source {_where(source_dsn)} and target {_where(target_dsn)} are the same database; "
+                                 "nothing was done")
+        with _errors(tenant, source_dsn, "reading the source's tables"):
+            picked = _select(src, source_dsn, tables)
+            src.rollback()
+        with _errors(tenant, target_dsn, "reading the target's tables"):
+            dst_tables = _match_target(picked, dst, target_dsn)
+            dst.rollback()
+        report = MoveReport(tenant=tenant, tables=[t.qualified for t in picked])
+        with _errors(tenant, source_dsn, "copying to the target " + _where(target_dsn)):
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            start = time.perf_counter()
+            row = src.execute("SELECT plan, model FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+            if row is None:
+                raise DataError(f"tenant '{tenant}' is not registered in the source {_where(source_dsn)}: is this the "
+                                "database that holds its rows? Nothing was done")
+            dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO "
+                        "UPDATE SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()",
+                        (tenant, target_plan or row[0], target_model or row[1], target_state))
+            snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                source_sums = pool.submit(_read_summary, source_dsn, tenant, picked, snapshot)
+                cleared = clear_tenant(dst, tenant, dst_tables)
+                if cleared:
+                    say(f"  replaced {cleared} rows of '{tenant}' the target held (an earlier, unfinished copy)")
+                report.rows = copy_tenant(src, dst, tenant, picked, say, dst_tables)
+                report.copy_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                target_sum = _summary(dst, dst_tables, tenant)
+                source_sum = source_sums.result()
+            report.verify_seconds = time.perf_counter() - start
+            report.checks = _checks(source_sum, target_sum)
+            bad = [c for c in report.checks if not c.ok]
+            if bad:
+                dst.rollback()
+                src.rollback()
+                raise VerificationError(f"tenant '{tenant}': verification failed, nothing committed on the target: " +
+                                        "; ".join(f"{c.table}: {c.source_rows} rows/{c.source_checksum[:8]} vs "
+                                                  f"{c.target_rows}/{c.target_checksum[:8]}" for c in bad))
+            _checkpoint("before commit")
+            dst.commit()
+            src.rollback()
+        say(f"  copied and verified {report.total_rows} rows of '{tenant}' in {len(picked)} tables")
+        return report, source_sum
+
+
+def set_state(dsn: str, tenant: str, state: str, *, plan: str | None = None, model: str | None = None) -> str | None:
+    """Set the tenant's state in this database's registry (registering it when plan and model are given);
+    returns the previous state (None: it was not registered). Not a freeze: see `freeze_in`."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "setting the tenant's state"):
+            row = conn.execute("SELECT state FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,)).fetchone()
+            if row is None and not (plan and model):
+                conn.rollback()
+                return None
+            conn.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) "
+                         "DO UPDATE SET state = excluded.state, plan = coalesce(%s, tenancy.tenants.plan), "
+                         "model = coalesce(%s, tenancy.tenants.model), updated_at = now()",
+                         (tenant, plan or "-", model or "pooled", state, plan, model))
+            conn.commit()
+            return row[0] if row else None
+
+
+def unregister(dsn: str, tenant: str) -> bool:
+    """Remove the tenant's registration, only when it has no rows left in any isolated table; True if removed."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "unregistering the tenant"):
+            _lock_registry(conn, tenant)
+            _as_tenant(conn, tenant)
+            if not _all_tables_empty(conn, tenant):
+                conn.rollback()
+                return False
+            conn.execute("DELETE FROM tenancy.tenants WHERE id = %s", (tenant,))
+            conn.commit()
+            return True
+
+
+def freeze(dsn: str, tenant: str, state: str = "frozen", timeout_s: float = FREEZE_TIMEOUT_S) -> str:
+    """`freeze_in` in its own committed transaction; returns the previous state."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "freezing the tenant's writes"):
+            previous = freeze_in(conn, tenant, state, timeout_s)
+            conn.commit()
+            return previous
+
+
 def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool = False, replace: bool = False,
          tables: list[str] | None = None, target_plan: str | None = None, target_model: str | None = None,
          target_state: str | None = None, freeze_timeout_s: int = FREEZE_TIMEOUT_S,
