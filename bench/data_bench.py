@@ -30,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tenancy import db  # noqa: E402
-from tenancy.lifecycle import deploy, moves  # noqa: E402
+from tenancy.lifecycle import deploy  # noqa: E402
 from tenancy.lifecycle.tenant_data import Reach  # noqa: E402
+from tenancy.operations import tier_move  # noqa: E402
+from tenancy.operations.protocol import Context  # noqa: E402
+from tenancy.operations.registry import Registry  # noqa: E402
 from tenancy.stores import postgres as data  # noqa: E402
 from tenancy.catalog import parse_catalog  # noqa: E402
 from tenancy.engine import OfflineEngine  # noqa: E402
@@ -102,20 +105,21 @@ def run_raw(server, src: str, dst: str, tenant: str) -> float:
 def freeze_window(server, rows: int, tmp: Path) -> tuple[float, float]:
     """A full `tenancy upgrade` (offline engine) of a tenant of `rows` rows: (total seconds, freeze seconds)."""
     with psycopg.connect(server.dsn(), autocommit=True) as c:
-        c.execute('CREATE DATABASE "fz_pooled"')
-        c.execute('CREATE DATABASE "fz_tenant"')
+        for name in ("fz_pooled", "fz_tenant_1", "fz_tenant_2", "fz_tenant_3", "fz_registry"):
+            c.execute(f'CREATE DATABASE "{name}"')
     db.apply(server.dsn(dbname="fz_pooled"))
     populate(server.dsn(dbname="fz_pooled"), "movingco", rows)
     catalog = parse_catalog("version: 1\ntenants:\n  - {id: movingco, name: M, plan: free, admin_email: a@m.example}\n")
     engine = OfflineEngine(tmp / "state", "dev")
     deploy.deploy(engine, catalog, "dev", mode="up")
-    # rows only, the tenant's three databases one database here (the sample tables all live in postgres-1 or -2/-3)
+    ctx = Context("dev", Registry.init(server.dsn(dbname="fz_registry"), "dev"), engine)
+    # rows only (the sample tables land in the tenant's postgres-1, audit events and API requests in -2 and -3)
     reach = Reach({"pooled": server.dsn(user="tenancy_owner", dbname="fz_pooled"),
-                   **{f"postgres-{i}": server.dsn(dbname="fz_tenant") for i in (1, 2, 3)}},
+                   **{f"postgres-{i}": server.dsn(dbname=f"fz_tenant_{i}") for i in (1, 2, 3)}},
                   skip=frozenset({"objects", "firestore", "graph"}))
     start = time.perf_counter()
-    out = moves.upgrade(engine, catalog, "dev", "movingco", "standard", reach=reach)
-    return time.perf_counter() - start, out.freeze_seconds or 0.0
+    out = tier_move.upgrade(ctx, catalog, "movingco", "standard", reach=reach)
+    return time.perf_counter() - start, out.detail.get("freeze_seconds") or 0.0
 
 
 def main() -> None:

@@ -122,11 +122,12 @@ def reactivate(server, pooled: str) -> None:
 def online(server, pooled: str, target: str, writer: Writer) -> dict:
     source, dst = server.dsn(dbname=pooled), server.dsn(dbname=target)
     began = time.time()
-    rep.start(source, dst, TENANT, None, server.dsn(user="tenancy_replication", dbname=pooled))
-    rep.wait_synced(source, dst, TENANT, timeout=1800)
+    move = f"op-{target}"     # the operation id a tier move would give
+    rep.start(source, dst, TENANT, None, server.dsn(user="tenancy_replication", dbname=pooled), move=move)
+    rep.wait_synced(source, dst, TENANT, move=move, timeout=1800)
     synced = time.time() - began
-    pre = rep.preverify(source, dst, TENANT, timeout=600)
-    report = rep.switch(source, dst, TENANT)
+    pre = rep.preverify(source, dst, TENANT, move=move, timeout=600)
+    report = rep.switch(source, dst, TENANT, move=move)
     total = time.time() - began
     time.sleep(1.0)  # let the writer land at the target
     window, refused = writer.window(target, began)
