@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stacks at once within a wave (default 4; 50 with --engine operator)")
         p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
         if name == "up":
+            _registry_arg(p)
             w = p.add_argument_group("waves")
             w.add_argument("--waves", metavar="FILE", help="the rollout's waves (default: rollout.yaml if present, "
                            "else the platform stack, then the tenant stacks)")
@@ -184,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("tenant", metavar="TENANT", nargs="?")
     r.add_argument("--state", choices=["active", "suspended", "frozen", "offboarded"])
     r.set_defaults(func=cmd_registry_show)
+    r = rsub.add_parser("sync", help="record every deployed tenant in the registry (tenancy up does it too)",
+                        description="Bring the registry up to date with the deployment: each deployed tenant's plan, "
+                        "model, state, directory entry and stores, for every tenant no operation holds.")
+    _common(r)
+    _engine_args(r)
+    _registry_arg(r)
+    r.set_defaults(func=cmd_registry_sync)
 
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
                        description="Move TENANT to PLAN between pooled and namespace/dedicated, every store with it: "
@@ -428,6 +436,18 @@ def cmd_deploy(args) -> int:
     outcomes = result.outcomes
     for o in outcomes:
         print(o.line())
+    if args.mode == "up" and any(o.status == "ok" for o in outcomes):
+        try:
+            registry = _registry(args, engine, required=False)
+            if registry is not None:
+                from tenancy.lifecycle import record as rec
+                from tenancy.operations.sync import sync
+                synced = sync(registry, rec.read(engine, args.env), args.env)
+                print(f"registry: {synced['written']} tenant(s) recorded"
+                      + (f", {synced['held']} held by an operation" if synced["held"] else ""))
+        except TenancyError as exc:   # the stacks are deployed; the registry catches up with `tenancy registry sync`
+            print(f"warning: the registry was not updated ({exc}); run `tenancy registry sync --env {args.env}`",
+                  file=sys.stderr)
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
           f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
@@ -471,17 +491,15 @@ def cmd_moves(args) -> int:
     engine = _engine(args)
     found = [asdict(p) for p in deploy.pending(engine, load_catalog(args.tenants), args.env)]
     registry = _registry(args, engine, required=False)
-    owned: set[str] = set()
     if registry is not None:
         for op in registry.unfinished():
-            found.append({"kind": "operation", "tenant": op.tenant, **op.to_json()})
-            owned.add(op.id)
+            found.append({**op.to_json(), "kind": "operation", "operation_kind": op.kind})
     print(json.dumps(found, indent=1, ensure_ascii=False, default=str))
     if not args.dsn:
         return EXIT_OK
-    from tenancy.lifecycle.online import leftovers
+    from tenancy.lifecycle.online import leftovers, owned_names
 
-    left = leftovers(args.dsn, owned if registry is not None else None)
+    left = leftovers(args.dsn, owned_names(registry) if registry is not None else set())
     for server, o in left:
         print(f"leftover of an online move on {server}: {o}", file=sys.stderr)
     if left:
@@ -745,6 +763,12 @@ def cmd_place(args) -> int:
         if args.target_dsn and args.pool_shard:
             overrides[args.pool_shard] = args.target_dsn
     reach = _reach(args, overrides)
+    from tenancy.fleet.relocate import resolve
+    now, target = resolve(catalog, rec.read(engine, args.env), args.env, args.tenant, cell=args.cell,
+                          pool_shard=args.pool_shard, data_project=args.data_project)
+    if now == target and not args.abort:
+        print(f"tenant '{args.tenant}' is already in {target.describe()}; nothing to do")
+        return EXIT_OK
     ctx = _context(args, engine)
     out = place.place(ctx, catalog, args.tenant, cell=args.cell, pool_shard=args.pool_shard,
                       data_project=args.data_project, reach=reach, abort=args.abort, take_over=args.take_over,
@@ -832,6 +856,18 @@ def cmd_registry_database(args) -> int:
     reg = _registry(args)
     reg.set_database(args.name, unit, connection)
     print(f"database {args.name} ({unit}) recorded in the registry of '{args.env}'")
+    return EXIT_OK
+
+
+def cmd_registry_sync(args) -> int:
+    from tenancy.lifecycle import record as rec
+    from tenancy.operations.sync import sync
+
+    engine = _engine(args)
+    reg = _registry(args, engine)
+    out = sync(reg, rec.read(engine, args.env), args.env)
+    print(f"registry of '{args.env}': {out['written']} tenant(s) recorded"
+          + (f", {out['held']} held by an operation (left to it)" if out["held"] else ""))
     return EXIT_OK
 
 

@@ -213,15 +213,18 @@ def test_switch_killed_resumes_or_aborts(pg_server, dbs, point, then):
     assert foreign_rows(pg_server, own, TENANT) == 0
 
 
-def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp_path, capsys):
+def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp_path, capsys, registry):
     from tenancy import cli
+    from tenancy.operations.lease import Lease, Spec
     from tenancy.stores import replication as rep
 
     pooled, own = dbs
     source, target, conninfo = dsns(pg_server, pooled, own)
+    lease = Lease.take(registry, Spec("upgrade", TENANT, {"to_plan": "standard"}, f"tenancy upgrade {TENANT} --to standard"))
+    move = f"{lease.op_id}/pooled->postgres-1"
     with pytest.raises(Killed):
-        rep.start(source, target, TENANT, None, conninfo, move=MOVE, checkpoint=kill_at("slot"))
-    name = rep.names(MOVE).base
+        rep.start(source, target, TENANT, None, conninfo, move=move, checkpoint=kill_at("slot"))
+    name = rep.names(move).base
     args = ["moves", "--engine", "offline", "--state", str(tmp_path / "state"), "--dsn", source, "--dsn", target]
     assert cli.main(args) == 1
     out, err = capsys.readouterr()
@@ -232,17 +235,17 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
     assert lines[1].startswith(f"leftover of an online move on {server}: slot {name} in database {pooled}: inactive, holds ")
     assert lines[2].startswith("2 leftover(s): finish or abort the operation that made them") and len(lines) == 3
 
-    # An unfinished tier move that journalled the name owns them; once it is aborted they are leftovers again.
-    with psycopg.connect(source, autocommit=True) as c:
-        c.execute("INSERT INTO tenancy.move_journal (move_id, tenant_id, phase, status, detail) VALUES "
-                  "('m1', %s, 'sync', 'done', %s)", (TENANT, json.dumps({"replication": [name]})))
-    assert cli.main(args) == 0 and capsys.readouterr().err == ""
-    with psycopg.connect(source, autocommit=True) as c:
-        c.execute("INSERT INTO tenancy.move_journal (move_id, tenant_id, phase, status) VALUES ('m1', %s, 'abort', "
-                  "'aborted')", (TENANT,))
-    assert cli.main(args) == 1 and len(capsys.readouterr().err.splitlines()) == 3
+    # An unfinished operation that recorded the pair owns them; once it is aborted they are leftovers again.
+    lease.created("replication", {"pair": "pooled->postgres-1"}, "always")
+    assert cli.main([*args, "--registry", registry.dsn]) == 0 and capsys.readouterr().err == ""
+    assert cli.main([*args, "--registry", registry.dsn]) == 0
+    [op] = json.loads(capsys.readouterr().out)
+    assert (op["kind"], op["operation"], op["tenant"], op["resume"]) == (
+        "operation", lease.op_id, TENANT, f"tenancy upgrade {TENANT} --to standard")
+    lease.finish("aborted")
+    assert cli.main([*args, "--registry", registry.dsn]) == 1 and len(capsys.readouterr().err.splitlines()) == 3
 
-    rep.cleanup(source, target, TENANT, move=MOVE)
+    rep.cleanup(source, target, TENANT, move=move)
     assert cli.main(args) == 0 and capsys.readouterr().err == ""
     assert cli.main([*args, "--dsn", "host=db password=s3cret port"]) == 2
     err = capsys.readouterr().err

@@ -111,3 +111,17 @@ CREATE OR REPLACE FUNCTION registry.lease_key(p_tenant text) RETURNS bigint
   AS $$ SELECT hashtextextended('tenancy-lease:' || p_tenant, 0) $$;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA registry FROM PUBLIC;
+
+-- What an application reads to find its tenants' databases (tenancy/client.py): each tenant's state and stores,
+-- and how each database is reached -- never the journal, the leases or another table. Granted to the login the
+-- application's registry connections use.
+DO $reader$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_registry_reader') THEN
+    CREATE ROLE tenancy_registry_reader NOLOGIN;
+  END IF;
+END
+$reader$;
+GRANT USAGE ON SCHEMA registry TO tenancy_registry_reader;
+GRANT SELECT (id, state, stores) ON registry.tenants TO tenancy_registry_reader;
+GRANT SELECT (name, connection) ON registry.databases TO tenancy_registry_reader;

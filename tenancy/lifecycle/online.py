@@ -110,25 +110,12 @@ class OnlinePostgresMove:
         return done
 
 
-def _owned(dsn: str) -> set[str]:
-    """Replication names of the unfinished tier moves journalled in this database (its move_journal)."""
-    with rep._connect(dsn) as conn:
-        if not conn.execute("SELECT to_regclass('tenancy.move_journal') IS NOT NULL").fetchone()[0]:
-            return set()
-        return {r[0] for r in conn.execute(   # a name, or a list of names (one per PostgreSQL pair of a tier move)
-            "SELECT DISTINCT n FROM tenancy.move_journal j, jsonb_array_elements_text(CASE jsonb_typeof(j.detail -> "
-            "'replication') WHEN 'array' THEN j.detail -> 'replication' ELSE jsonb_build_array(j.detail -> 'replication') "
-            "END) n WHERE j.detail ? 'replication' AND NOT EXISTS (SELECT 1 FROM tenancy.move_journal f WHERE "
-            "f.move_id = j.move_id AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
-
-
 def leftovers(dsns: list[str], owned: set[str] | None = None) -> list[tuple[str, rep.Orphan]]:
     """(server, orphan) for every replication slot, publication, subscription and tracking trigger of an online
-    move in these databases that no unfinished operation owns (`owned`: their replication names). Slots and
+    move in these databases that no unfinished operation owns (`owned`: their replication names, from the
+    registry's cleanup records: `owned_names`). Slots and
     subscriptions belong to a server, so two databases of one server report them once."""
     owned = set(owned or ())
-    for dsn in dsns:
-        owned |= _owned(dsn)
     found: dict[tuple[str, str, str, str], tuple[str, rep.Orphan]] = {}
     for dsn in dsns:
         server = rep._where(dsn).rsplit("/", 1)[0]
@@ -182,3 +169,13 @@ def mover(pair, tenant: str, replication: Mapping[str, str], say: Say, *, operat
     return OnlinePostgresMove(pair.source.dsn, pair.target.dsn, tenant, list(pair.source.tables),
                               replication_conninfo(pair.source.dsn, replication.get(pair.source.name)), say,
                               operation=f"{operation}/{pair.name}", **kw)
+
+
+def owned_names(registry) -> set[str]:
+    """Replication names of every unfinished operation's online pairs (its cleanup records of kind replication)."""
+    out = set()
+    for op in registry.unfinished():
+        for r in registry.cleanup_records(op.id):
+            if r.kind == "replication" and not r.done:
+                out.add(rep.names(f"{op.id}/{r.ref['pair']}").base)
+    return out

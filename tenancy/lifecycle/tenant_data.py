@@ -284,9 +284,10 @@ class MovePlan:
     unreached: list[str] = field(default_factory=list)         # target stores that would receive data, not reachable
 
 
-def plan_move(before: TenantStores, after: TenantStores, reach: Reach) -> MovePlan:
-    """Pair each source store with its target; what the target cannot hold is left over."""
-    src, dst = handles(before, reach), handles(after, reach)
+def plan_move(before: TenantStores, after: TenantStores, reach: Reach, target_reach: Reach | None = None) -> MovePlan:
+    """Pair each source store with its target; what the target cannot hold is left over. `target_reach` reaches
+    the target side when its store names are the source's too (a pooled tenant between two pool shards)."""
+    src, dst = handles(before, reach), handles(after, target_reach or reach)
     pairs: list[Pair] = []
     left: dict[str, Handle] = {}
     unreached: list[str] = []

@@ -35,7 +35,7 @@ from tenancy.operations.protocol import Context, Operation
 from tenancy.operations.tier_move import archive_problem, project_of
 from tenancy.stores import Mismatch, Summary
 from tenancy.stores import postgres as pg
-from tenancy.stores.layout import DataLayout, stores_for
+from tenancy.stores.layout import registry_entry, DataLayout, stores_for
 
 PHASES = ("freeze", "export", "verify", "delete", "destroy", "publish")
 PHASE_TEXT = {
@@ -102,7 +102,7 @@ class Offboard(Operation):
             problems.append(f"this run cannot reach {', '.join(missing)} of '{tenant}', so it cannot export them: give "
                             f"access to them or discard them explicitly ({' '.join('--discard ' + m for m in missing)})")
         if not resumed and self.archive is not None:
-            problem = archive_problem(self.archive)
+            problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
             if problem:
                 problems.append(problem)
         if "graph" in self.kept and self.archive is not None and self.reach.graph_runner is None:
@@ -149,7 +149,7 @@ class Offboard(Operation):
             self.ctx.registry.put_tenant(
                 c, self.tenant, plan=row.plan if row else self.t.plan_name, model=row.model if row else self.t.model.value,
                 state=state, directory=row.directory if row else self.deployed.directory.get(self.tenant, {}),
-                stores=stores if stores is not None else (row.stores if row else self.stores.to_json()),
+                stores=stores if stores is not None else (row.stores if row else registry_entry(self.stores)),
                 operation=self.op_id if operation == "" else operation)
 
     def phase_export(self) -> dict:
@@ -187,6 +187,7 @@ class Offboard(Operation):
                 else:
                     raise OperationError(f"{exc}: the tenant's data changed since the export was verified") from None
             deleted[name] = n
+            self.step(f"deleted {name}")
             self.note("delete", deleted=deleted)
         if not self.t.has_stack:
             for d in self._dbs():

@@ -24,7 +24,7 @@ from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, Operation
 from tenancy.operations.tier_move import project_of
 from tenancy.stores import postgres as pg
-from tenancy.stores.layout import DataLayout, stores_for
+from tenancy.stores.layout import registry_entry, DataLayout, stores_for
 
 PHASE_TEXT = {
     "state": "the registry and every database of the tenant record its state (a suspend drains in-flight writers)",
@@ -73,7 +73,7 @@ class SetState(Operation):
             self.ctx.registry.put_tenant(
                 c, self.tenant, plan=row.plan if row else self.t.plan_name, model=row.model if row else self.t.model.value,
                 state=self.state.value, directory=row.directory if row else self.deployed.directory.get(self.tenant, {}),
-                stores=row.stores if row else self.stores.to_json(), operation=self.op_id)
+                stores=row.stores if row else registry_entry(self.stores), operation=self.op_id)
         for d in self.databases:
             if self.resume:
                 pg.set_state(d.dsn, self.tenant, "active")

@@ -50,7 +50,7 @@ from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, NothingToDo, Operation, Waiting
 from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
-from tenancy.stores.layout import POOLED, DataLayout, stores_for
+from tenancy.stores.layout import registry_entry, POOLED, DataLayout, stores_for
 
 PHASES = ("provision", "sync", "freeze", "export", "copy", "verify", "switch", "publish", "cleanup")
 
@@ -135,7 +135,7 @@ class TierMove(Operation):
                                      pool_shard=units.pool_shard_of(ctx.env, self.after, tenant))
         resolver = where.Resolver(ctx.registry, self.reach.dsns)
         self.databases: list[where.Database] = []
-        dsns: dict[str, str] = {}
+        dsns: dict[str, dict[str, str]] = {"source": {}, "target": {}}
         for role, stores in (("source", self.src_stores), ("target", self.dst_stores)):
             for store, tables in stores.postgres.items():
                 if role == "source" and not tables:
@@ -143,9 +143,12 @@ class TierMove(Operation):
                 d = resolver.database(stores, store, role)
                 self.databases.append(d)
                 if d.dsn:
-                    dsns[store] = d.dsn
-        self.reach = data.Reach(dsns, self.reach.objects_root, self.reach.graph_runner, self.reach.skip)
-        self.plan = data.plan_move(self.src_stores, self.dst_stores, self.reach)
+                    dsns[role][store] = d.dsn
+        given = self.reach
+        self.reach = data.Reach(dsns["source"], given.objects_root, given.graph_runner, given.skip)
+        self.target_reach = data.Reach(dsns["target"], given.objects_root, given.graph_runner, given.skip,
+                                       _stores=self.reach._stores)
+        self.plan = data.plan_move(self.src_stores, self.dst_stores, self.reach, self.target_reach)
         self.source_dbs = [d for d in self.databases if d.role == "source" and d.dsn]
         self.target_dbs = [d for d in self.databases if d.role == "target" and d.dsn
                            and any(isinstance(p.target, data.PgHandle) and p.target.name == d.store for p in self.plan.pairs)]
@@ -239,7 +242,7 @@ class TierMove(Operation):
     def _check_archive(self, problems: list[str]) -> None:
         if self.archive is None:
             return
-        problem = archive_problem(self.archive)
+        problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
         if problem:
             problems.append(problem)
 
@@ -365,7 +368,7 @@ class TierMove(Operation):
                 c, self.tenant, plan=changes.get("plan", row.plan if row else t.plan_name),
                 model=changes.get("model", row.model if row else t.model.value), state=state,
                 directory=changes.get("directory", row.directory if row else self.deployed.directory.get(self.tenant, {})),
-                stores=changes.get("stores", row.stores if row else self.src_stores.to_json()),
+                stores=changes.get("stores", row.stores if row else registry_entry(self.src_stores)),
                 operation=changes.get("operation", self.op_id))
 
     def phase_export(self) -> dict:
@@ -426,8 +429,8 @@ class TierMove(Operation):
             if r.kind == "replication":
                 self.lease.cleaned(r.seq)
         entry = dict(self.deployed.directory.get(self.tenant) or {})
-        entry.update({"model": self.a.model.value, "plan": self.to_plan, "stores": self.dst_stores.to_json()})
-        self._registry_state("active", plan=self.to_plan, model=self.a.model.value, stores=self.dst_stores.to_json(),
+        entry.update({"model": self.a.model.value, "plan": self.to_plan, "stores": registry_entry(self.dst_stores)})
+        self._registry_state("active", plan=self.to_plan, model=self.a.model.value, stores=registry_entry(self.dst_stores),
                              directory=entry)
         started = self.done.get("freeze", {}).get("frozen_at")
         seconds = (self.ctx.now() - datetime.fromisoformat(started)).total_seconds() if started else None
@@ -463,6 +466,7 @@ class TierMove(Operation):
                 else:
                     raise OperationError(f"{exc}. Find out what wrote there before removing it") from None
             deleted[p.name] = n
+            self.step(f"deleted {p.name}")
             self.note("cleanup", deleted=deleted)
         if self.destroys_stack:
             guarded_destroy(self.ctx.engine, self.stack, self.before, self.covered(), self.say)

@@ -99,6 +99,12 @@ class TenantStores:
         return out
 
 
+def registry_entry(stores: TenantStores) -> dict[str, Any]:
+    """What the registry records of where a tenant's stores are: the directory's names plus, per PostgreSQL store,
+    the registry's name of its database (how an operation or the application reaches it)."""
+    return {**stores.to_json(), "databases": {store: stores.database(store)[0] for store in stores.postgres}}
+
+
 def graph_dump_object(tenant_id: str) -> str:
     """Where a graph dump of the tenant is written in its own bucket before the graph is removed."""
     return f"_tenancy/graph/{tenant_id}/neo4j.dump"
