@@ -111,7 +111,8 @@ BEGIN
     RETURN;
   END IF;
   IF EXISTS (SELECT 1 FROM pg_publication_tables WHERE schemaname = 'app' AND tablename = ANY (tables))
-     OR EXISTS (SELECT 1 FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN
+     OR EXISTS (SELECT 1 FROM pg_subscription
+                 WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())) THEN
     RAISE EXCEPTION 'the sample schema''s bigint keys (%) cannot become UUIDs while an online move replicates this '
                     'database''s tables: finish or abort the move, then apply the SQL again', array_to_string(old, ', ')
       USING ERRCODE = '55006';
