@@ -17,7 +17,7 @@ from tenancy.operations.protocol import Context
 from tenancy.stores import postgres as data
 from tenancy.stores.postgres import VerificationError
 from tests.conftest import ROOT
-from tests.sqlhelp import connect, register, seed
+from tests.sqlhelp import add_visits, connect, register, seed, visit
 
 pytestmark = pytest.mark.postgres
 
@@ -77,11 +77,30 @@ def test_move_copies_one_tenant_exactly_once_and_leaves_others(pg_server, pair, 
 def test_moved_tenant_keeps_working_on_the_target(pg_server, pair, registry):
     src, dst = pair
     move(registry, owner(pg_server, src), owner(pg_server, dst), "alpha")
-    # sequences were moved past alpha's ids: new rows do not collide
-    seed(pg_server, dst, "alpha", users=2, start=100)
+    seed(pg_server, dst, "alpha", users=2, start=100)    # random keys: nothing to carry over
     with connect(pg_server, dst, user="tenancy_app") as c:
         c.execute("SELECT tenancy.set_tenant('alpha')")
         assert c.execute("SELECT count(*) FROM app.users").fetchone()[0] == 7
+
+
+def test_a_tables_sequences_move_past_the_tenants_numbers_and_never_back(pg_server, pair, registry):
+    src, dst = pair
+    add_visits(pg_server, src, dst)
+    for _ in range(10):                       # the source's sequences interleave alpha and bravo: alpha has 1, 3 .. 19
+        visit(pg_server, src, "alpha")
+        visit(pg_server, src, "bravo")
+    move(registry, owner(pg_server, src), owner(pg_server, dst), "charlie")   # no visits: the target's sequences untouched
+    assert visit(pg_server, dst, "charlie", 3) == [(1, 1), (2, 2), (3, 3)]   # the target's sequences stand at 3
+    move(registry, owner(pg_server, src), owner(pg_server, dst), "alpha")
+    # moved past alpha's largest numbers (19), or its next rows would take 4, 5 ... and collide with its own
+    assert visit(pg_server, dst, "alpha", 2) == [(20, 20), (21, 21)]
+    assert visit(pg_server, dst, "charlie") == [(22, 22)]
+    move(registry, owner(pg_server, src), owner(pg_server, dst), "bravo")
+    # bravo's largest numbers (20) are behind the target's sequences: they stay where they are
+    assert visit(pg_server, dst, "bravo") == [(23, 23)]
+    with connect(pg_server, dst, autocommit=True) as c:
+        assert c.execute("SELECT tenant_id, count(*), max(id) FROM app.visits GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("alpha", 12, 21), ("bravo", 11, 23), ("charlie", 4, 22)]
 
 
 def test_move_with_delete_source_removes_only_that_tenant(pg_server, pair, registry):
@@ -136,7 +155,8 @@ def test_verify_reports_per_table(pg_server, pair, registry):
     move(registry, owner(pg_server, src), owner(pg_server, dst), "alpha")
     assert all(c.ok for c in data.verify(owner(pg_server, src), owner(pg_server, dst), "alpha"))
     with connect(pg_server, dst, autocommit=True) as c:
-        c.execute("UPDATE app.comments SET body = 'changed' WHERE tenant_id = 'alpha' AND id = (SELECT min(id) FROM app.comments WHERE tenant_id = 'alpha')")
+        c.execute("UPDATE app.comments SET body = 'changed' WHERE tenant_id = 'alpha' AND id = "
+                  "(SELECT id FROM app.comments WHERE tenant_id = 'alpha' ORDER BY id LIMIT 1)")
     checks = {c.table: c for c in data.verify(owner(pg_server, src), owner(pg_server, dst), "alpha")}
     assert not checks["app.comments"].ok and checks["app.comments"].source_rows == checks["app.comments"].target_rows == 5
     assert checks["app.users"].ok

@@ -17,8 +17,8 @@ import pytest
 from tenancy.lifecycle.online import OnlinePostgresMove
 from tenancy.stores import postgres as data
 from tests import sqlhelp
-from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, dsns, foreign_rows, isolated, kill_at,
-                            replication_objects, state, sums, two_databases, user_rows)
+from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows,
+                            isolated, kill_at, replication_objects, state, sums, two_databases, user_rows, visit_ids)
 
 dbs = pytest.fixture(two_databases)
 
@@ -80,8 +80,9 @@ def move_once(server, src: str, dst: str, writer: Writer, said: list[str]) -> tu
 def test_tenant_moves_out_and_back_with_every_write_once(pg_server, dbs):
     pooled, own = dbs
     neighbours = {t: sums(pg_server, pooled, t) for t in NEIGHBOURS}
+    seeded_visits = visit_ids(pg_server, pooled)
     said: list[str] = []
-    writer = Writer(pg_server, [pooled, own], pooled)
+    writer = Writer(pg_server, [pooled, own], pooled, visits=True)
     writer.start()
     try:
         writer.wait_writes(20)
@@ -104,6 +105,7 @@ def test_tenant_moves_out_and_back_with_every_write_once(pg_server, dbs):
     assert (state(pg_server, own), state(pg_server, pooled)) == ("readonly", "active")
     assert replication_objects(pg_server, pooled, own) == NONE_LEFT and slots(pg_server) == []
     assert_writes_at(pg_server, pooled, writer)
+    assert_visits_at(pg_server, pooled, writer, seeded_visits)
     assert user_rows(pg_server, own) == [], "cleanup deleted the tenant's rows at the database it left"
     assert any(d == own for _, d in writer.accepted), "no write landed in the tenant's own database"
     for t in NEIGHBOURS:
@@ -118,7 +120,7 @@ def test_cleanup_deletes_nothing_when_the_source_changed_since_it_was_verified(p
     cut_over(pg_server, pooled, own)
     with psycopg.connect(pg_server.dsn(dbname=pooled), autocommit=True) as c:   # the owner writes past the guard
         c.execute("UPDATE app.users SET display_name = 'late' WHERE tenant_id = %s AND id = "
-                  "(SELECT min(id) FROM app.users WHERE tenant_id = %s)", (TENANT, TENANT))
+                  "(SELECT id FROM app.users WHERE tenant_id = %s ORDER BY id LIMIT 1)", (TENANT, TENANT))
     with pytest.raises(data.Mismatch, match=r"no longer holds what was verified .*app\.users: same count \(15\), "
                                             r"different checksum.*nothing was deleted"):
         m.cleanup(expect=switched["source"])

@@ -7,14 +7,18 @@ BaseException at a named step (nothing of the module's error handling runs, as a
 
 from __future__ import annotations
 
+import functools
+import uuid
+
 import psycopg
 import pytest
 
 from tenancy.stores import postgres as data
+from tenancy.stores import replica_verify as rv
 from tenancy.stores import replication as rep
 from tests import sqlhelp
-from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, dsns, foreign_rows, isolated, kill_at,
-                            replication_objects, state, sums, two_databases, user_rows)
+from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows,
+                            isolated, kill_at, replication_objects, state, sums, two_databases, user_rows, visit_ids)
 
 
 dbs = pytest.fixture(two_databases)
@@ -27,7 +31,7 @@ def online_move(server, src: str, dst: str, writer: Writer, move: str) -> rep.Sw
     rep.wait_synced(source, target, TENANT, move=move, timeout=120)
     writer.wait_writes(20)
     report = rep.switch(source, target, TENANT, move=move)
-    writer.wait_writes(20)                 # and continue at the target (its sequences were moved)
+    writer.wait_writes(20)                 # and continue at the target (its sequences were moved: app.visits)
     return report
 
 
@@ -44,7 +48,8 @@ def assert_window(writer: Writer, report: rep.SwitchReport, dst: str, refusals: 
 def test_tenant_moves_out_and_back_while_it_writes(pg_server, dbs):
     pooled, own = dbs
     neighbours = {t: sums(pg_server, pooled, t) for t in NEIGHBOURS}
-    writer = Writer(pg_server, [pooled, own], pooled)
+    seeded_visits = visit_ids(pg_server, pooled)
+    writer = Writer(pg_server, [pooled, own], pooled, visits=True)
     writer.start()
     try:
         out = online_move(pg_server, pooled, own, writer, "op-out")
@@ -70,6 +75,7 @@ def test_tenant_moves_out_and_back_while_it_writes(pg_server, dbs):
     assert {uid: name for uid, name in rows if not name.startswith("User ")} == writer.names
     assert len([1 for _, name in rows if name.startswith("User ")]) == 15
     assert any(d == own for _, d in writer.accepted), "no write landed in the tenant's own database"
+    assert_visits_at(pg_server, pooled, writer, seeded_visits)
     for t in NEIGHBOURS:
         assert sums(pg_server, pooled, t) == neighbours[t], f"neighbour {t} changed"
     assert foreign_rows(pg_server, own, TENANT) == 0
@@ -267,10 +273,10 @@ def test_names_come_from_the_operation_id_and_tell_nothing_of_the_tenant():
 
 # --- verification before and inside the freeze ----------------------------------------------------------
 
-def tamper(server, dbname: str, tenant: str = TENANT) -> int:
+def tamper(server, dbname: str, tenant: str = TENANT) -> uuid.UUID:
     """Change one of the tenant's rows directly (as the superuser, past the write guard); returns its id."""
     with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
-        uid = c.execute("SELECT min(id) FROM app.users WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+        uid = c.execute("SELECT id FROM app.users WHERE tenant_id = %s ORDER BY id LIMIT 1", (tenant,)).fetchone()[0]
         c.execute("UPDATE app.users SET display_name = 'tampered' WHERE tenant_id = %s AND id = %s", (tenant, uid))
     return uid
 
@@ -288,7 +294,7 @@ def test_preverify_finds_a_copied_row_that_differs_without_having_changed(pg_ser
     source, target, _ = synced(pg_server, pooled, own)
     uid = tamper(pg_server, own)                 # before tracking starts: no record explains it
     with pytest.raises(data.VerificationError, match=rf"the replicated copy of 'moving-co' differs from the source in "
-                                                     rf"rows that did not change since tracking began: app\.users: keys \[{uid}\]"):
+                                                     rf'rows that did not change since tracking began: app\.users: keys \["{uid}"\]'):
         rep.preverify(source, target, TENANT, move=MOVE)
     assert state(pg_server, pooled) == "active", "verification before the freeze never stops the tenant's writes"
     rep.abort(source, target, TENANT, move=MOVE)
@@ -304,7 +310,7 @@ def test_a_row_changed_at_the_target_after_preverify_is_caught_inside_the_freeze
     assert rep.preverify(source, target, TENANT, move=MOVE).full_pass is None, "a second call relies on the tracked changes"
     uid = tamper(pg_server, own)                 # recorded by the target's tracking trigger
     with pytest.raises(data.VerificationError, match=rf"the target's copy of 'moving-co' differs from the frozen source: "
-                                                     rf"app\.users: 1 rows \(keys \[{uid}\]\)"):
+                                                     rf'app\.users: 1 rows \(keys \["{uid}"\]\)'):
         rep.switch(source, target, TENANT, move=MOVE)
     assert (state(pg_server, pooled), state(pg_server, own)) == ("active", "frozen"), \
         "a failed verification gives the source its writes back and never activates the target"
@@ -320,10 +326,32 @@ def test_tracking_that_stopped_means_a_new_full_pass(pg_server, dbs):
     with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
         c.execute(f'DROP TRIGGER "{n.base}_u" ON app.users')
     uid = tamper(pg_server, own)                 # unrecorded: tracking had a gap
-    with pytest.raises(data.VerificationError, match=rf"did not change since tracking began: app\.users: keys \[{uid}\]"):
+    with pytest.raises(data.VerificationError, match=rf'did not change since tracking began: app\.users: keys \["{uid}"\]'):
         rep.preverify(source, target, TENANT, move=MOVE)
     rep.abort(source, target, TENANT, move=MOVE)
     assert replication_objects(pg_server, pooled, own) == NONE_LEFT
+
+
+def test_a_full_pass_cuts_uuid_keys_into_ranges_and_finds_the_differing_row(pg_server, dbs, monkeypatch):
+    """Random UUID keys (and the composite key of app.likes) cut into ranges of 4 rows: the ranges cover every row
+    once, and a row that differs inside an inner range is named by its key."""
+    pooled, own = dbs
+    monkeypatch.setattr(rv, "full_pass", functools.partial(rv.full_pass, bucket_rows=4))
+    before = sums(pg_server, pooled, TENANT)
+    source, target, _ = synced(pg_server, pooled, own)
+    first = rep.preverify(source, target, TENANT, move=MOVE).full_pass
+    assert before["app.users"][0] == 15 and before["app.likes"][0] == 15
+    assert first.buckets == sum(1 + max(n - 1, 0) // 4 for n, _ in before.values()) > len(before)
+    assert first.differing_buckets == 0 and first.in_flight_rows == 0
+    n = rep.names(MOVE)
+    with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
+        c.execute(f'DROP TRIGGER "{n.base}_u" ON app.users')     # a gap in tracking: the next call passes again
+        uid = c.execute("SELECT id FROM app.users WHERE tenant_id = %s ORDER BY id OFFSET 6 LIMIT 1", (TENANT,)).fetchone()[0]
+        c.execute("UPDATE app.users SET display_name = 'tampered' WHERE tenant_id = %s AND id = %s", (TENANT, uid))
+    with pytest.raises(data.VerificationError, match=rf'did not change since tracking began: app\.users: keys \["{uid}"\]$'):
+        rep.preverify(source, target, TENANT, move=MOVE)
+    rep.abort(source, target, TENANT, move=MOVE)
+    assert_aborted(pg_server, pooled, own, before)
 
 
 def test_resumed_inside_the_freeze_without_tracking_compares_every_row(pg_server, dbs):

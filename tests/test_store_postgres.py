@@ -323,7 +323,7 @@ def test_source_changed_after_verification_is_not_deleted(pg_server, dbs, reg):
         if name == "cleanup":
             with connect(pg_server, src, autocommit=True) as c:
                 c.execute("UPDATE app.comments SET body = 'edited' WHERE tenant_id = 'alpha' AND id = "
-                          "(SELECT min(id) FROM app.comments WHERE tenant_id = 'alpha')")
+                          "(SELECT id FROM app.comments WHERE tenant_id = 'alpha' ORDER BY id LIMIT 1)")
 
     ctx = Context("dev", reg, before_phase=sneak)
     with pytest.raises(OperationError, match=r"no longer holds what was verified \(verified vs now: app.comments: same "

@@ -389,17 +389,21 @@ def clear_tenant(conn: psycopg.Connection, tenant: str, tables: list[str] | list
     return deleted
 
 
-def _reset_sequences(conn: psycopg.Connection, t: Table, tenant: str) -> None:
-    """Move identity/serial sequences past the tenant's ids (other tenants' ids are already behind them)."""
+def advance_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
+    """Once the tenant's rows are in `table` (a format('%I.%I') name), move each identity/serial sequence of the
+    table past the tenant's largest value in its column: sequences belong to the database, and neither a copy nor
+    replication carries them. Forward only, and only when the tenant's values are ahead: other tenants of the
+    target may have drawn further meanwhile, and a sequence set back would hand their numbers out again. (The
+    sample schema's keys are random UUIDs and draw from no sequence; an application's own table may.)"""
     for col, seq in conn.execute(
-            "SELECT a.attname, pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) FROM pg_attribute a "
-            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
-            "AND pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) IS NOT NULL",
-            (t.schema, t.name, t.oid, t.schema, t.name)).fetchall():
-        q = sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
-                    "coalesce((SELECT max({col}) FROM {table} WHERE tenant_id = %s), 1)))").format(
-            col=sql.Identifier(col), table=t.ident)
-        conn.execute(q, (seq, seq, tenant))
+            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attnum > 0 AND NOT attisdropped AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
+            (table, table, table)).fetchall():
+        # the next value is last_value + 1 once the sequence was used, its start value before
+        conn.execute(sql.SQL("SELECT setval(%(seq)s, m) FROM (SELECT max({col}) AS m FROM {table} WHERE tenant_id = %(tenant)s) s "
+                             "WHERE m >= coalesce(pg_sequence_last_value(%(seq)s::regclass) + 1, "
+                             "(SELECT seqstart FROM pg_sequence WHERE seqrelid = %(seq)s::regclass))").format(
+            col=sql.Identifier(col), table=sql.SQL(table)), {"seq": seq, "tenant": tenant})
 
 
 def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[Table],
@@ -427,7 +431,7 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
         dst.execute(sql.SQL("DROP TABLE {s}").format(s=stage))
         rows[t.qualified] = int(n)
         say(f"  copied {t.qualified}: {n} rows")
-        _reset_sequences(dst, there, tenant)
+        advance_sequences(dst, there.qualified, tenant)
     return rows
 
 

@@ -209,14 +209,8 @@ def _ident(table: str) -> sql.Composable:
 
 
 def _reset_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
-    """Sequences are not replicated: move the target's identity/serial sequences past the tenant's ids."""
-    for col, seq in conn.execute(
-            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute WHERE attrelid = %s::regclass "
-            "AND attnum > 0 AND NOT attisdropped AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
-            (table, table, table)).fetchall():
-        conn.execute(sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
-                             "coalesce((SELECT max({c}) FROM {t} WHERE tenant_id = %s), 1)))").format(
-            c=sql.Identifier(col), t=_ident(table)), (seq, seq, tenant))
+    """Sequences are not replicated: the target's identity/serial sequences move past the tenant's values."""
+    pg.advance_sequences(conn, table, tenant)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
