@@ -140,7 +140,7 @@ def copy(server, pooled: str, target: str, writer: Writer) -> dict:
     with psycopg.connect(server.dsn(dbname=pooled), autocommit=True) as c:
         c.execute("SET lock_timeout = '5s'")
         c.execute("SELECT tenancy.freeze(%s)", (TENANT,))
-    data.move(source, server.dsn(dbname=target), TENANT, target_state="frozen")
+    data.copy_verified(source, server.dsn(dbname=target), TENANT, target_state="frozen")
     with psycopg.connect(server.dsn(dbname=target), autocommit=True) as c:
         c.execute("UPDATE tenancy.tenants SET state = 'active' WHERE id = %s", (TENANT,))
     with psycopg.connect(server.dsn(dbname=pooled), autocommit=True) as c:
