@@ -32,7 +32,8 @@ from components.storage import storage_data_access_audit
 from stacks import contract
 from stacks.config import PlatformConfig, require_catalog_fits
 from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, directory_entry,
-                             cell_facts, environment_facts, export_all, gcp_provider, platform_network)
+                             cell_facts, environment_facts, export_all, gcp_provider, platform_network,
+                             registry_database)
 from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.fleet.capacity import Capacity
@@ -87,6 +88,7 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     provider = gcp_provider(cfg)
     gopts = pulumi.ResourceOptions(provider=provider)
     net = platform_network(cfg, gopts)
+    registry_database(env, cfg, net.network_id, [net.private_services], gopts)
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
     zone = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=labels(env, SHARED), k8s_labels=k8s_labels(env, SHARED),

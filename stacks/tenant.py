@@ -233,7 +233,8 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
             namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
             database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
             labels=kube_labels, job_prefix=f"sql-{role}", server_ca=db.server_ca_cert,
-            registrations=(registration(tenant, own_entry(env, tenant, project, hosts)),)), opts=kopts)
+            registrations=(registration(tenant, own_entry(env, tenant, project, hosts)),),
+            identity=(env, f"{tenant.id}/{role}")), opts=kopts)
 
 
 def own_entry(env: str, tenant: Tenant, project: str, hosts: list[str]) -> dict:

@@ -118,6 +118,16 @@ def pooled_sql_instance(env: str) -> str:
     return f"{env}-pooled-postgres"
 
 
+def registry_sql_instance(env: str) -> str:
+    """The environment's registry of record (tenancy/operations/registry.py): a Cloud SQL instance of the global
+    stack."""
+    return fit(f"{env}-registry", LIMITS["sql_instance"])
+
+
+def registry_secret_prefix(env: str) -> str:
+    return secret_id(env, "registry", "").rstrip("-")
+
+
 def identity_display_name(tenant_id: str) -> str:
     """Identity Platform tenant display name: 4-20 characters, letter first."""
     return fit(f"t-{tenant_id}", LIMITS["identity_display"])

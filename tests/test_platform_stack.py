@@ -32,7 +32,12 @@ def test_resource_counts_by_type(platform):
         counts[r["type"]] = counts.get(r["type"], 0) + 1
     assert counts["gcp:container/cluster:Cluster"] == 1
     assert counts["gcp:container/nodePool:NodePool"] == 2                 # workloads, and the gVisor sandbox pool
-    assert counts["gcp:sql/databaseInstance:DatabaseInstance"] == 1       # the pool only
+    assert counts["gcp:sql/databaseInstance:DatabaseInstance"] == 2       # the pool and the registry of record
+    registry = [r for r in of_type(platform, "gcp:sql/databaseInstance:DatabaseInstance")
+                if r["inputs"]["name"] == "dev-registry"]
+    assert registry and registry[0]["options"]["protect"] is True
+    assert registry[0]["inputs"]["settings"]["ipConfiguration"]["ipv4Enabled"] is False
+    assert platform["outputs"]["registry"]["database"] == "app"
     assert counts["gcp:firestore/database:Database"] == 1
     assert counts["gcp:storage/bucket:Bucket"] == 1
     assert counts["gcp:identityplatform/tenant:Tenant"] == 9              # every tenant but the offboarded one
