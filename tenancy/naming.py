@@ -348,6 +348,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         ("service account", node_service_account_id(env)): "GKE node service account",
         ("Firestore database", firestore_database(env, "pooled")): "pooled Firestore database",
         ("Cloud SQL instance", pooled_sql_instance(env)): "pooled PostgreSQL instance",
+        ("Cloud SQL instance", registry_sql_instance(env)): "the registry of record",
         ("GKE cluster", cluster(env)): "shared GKE cluster",
         ("KMS key ring", cluster_key_ring(cluster(env))): "shared cluster's secrets key ring",
         ("node pool", WORKLOAD_NODE_POOL): "shared cluster's node pool",
@@ -360,6 +361,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         names[(kind, network_resource(PLATFORM_NETWORK_PREFIX, role))] = f"platform {kind}"
     for user in DATABASE_USERS:
         names[("secret", database_secret(database_secret_prefix(env), user))] = "pooled database credentials"
+        names[("secret", database_secret(registry_secret_prefix(env), user))] = "registry database credentials"
     for ns, what in PLATFORM_K8S_NAMESPACES.items():
         names[("namespace", ns)] = what
     if project is not None:

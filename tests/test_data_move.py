@@ -202,4 +202,4 @@ def test_data_commands(pg_server, pair, tmp_path, registry):
     res = run("export", "alpha", "--source", owner(pg_server, src), "--out", str(tmp_path / "x"))
     assert res.returncode == 0 and (tmp_path / "x" / "manifest.json").exists()
     res = run("move", "alpha", "--source", "host=127.0.0.1 port=1 user=nobody dbname=x", "--target", owner(pg_server, dst))
-    assert res.returncode == 1 and "cannot connect or read it" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "cannot connect or read it" in res.stderr and "Traceback" not in res.stderr

@@ -387,7 +387,8 @@ def test_every_secret_is_replicated_only_in_its_region(plan_data):
         for r in of_type(stack, "gcp:secretmanager/secret:Secret"):
             assert r["inputs"]["replication"] == {"userManaged": {"replicas": [{"location": regions.get(stack["name"], "europe-west1")}]}}, r["urn"]
             checked += 1
-    assert checked == 3 + 3 * (3 + 3 + 1 + 3 + 3 + 1)    # owner, runtime and replication secrets of every database
+    # owner, runtime and replication secrets of every database: the pool, the registry, the tenants' own
+    assert checked == 3 + 3 + 3 * (3 + 3 + 1 + 3 + 3 + 1)
 
 
 

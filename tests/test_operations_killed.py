@@ -56,6 +56,10 @@ def _command(kind: str, state: str, registry_dsn: str, project: str, catalog_tex
 
 
 def _run(kind: str, state: str, registry_dsn: str, project: str, catalog_text: str, args: dict) -> None:
+    if kind == "place":
+        return _run_place(state, registry_dsn, catalog_text, args)
+    if kind == "data-move":
+        return _run_data_move(registry_dsn, args)
     from tenancy.catalog import parse_catalog
     from tenancy.operations import offboard, suspend, tier_move
 
@@ -170,11 +174,11 @@ def where_registry_points(w) -> str:
     return reg.database(name).connection["dbname"]
 
 
-def users(server, dbname: str) -> dict:
+def users(server, dbname: str, tenant: str = "bravo") -> dict:
     with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
         if not c.execute("SELECT to_regclass('app.users') IS NOT NULL").fetchone()[0]:
             return {}
-        return dict(c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = 'bravo'").fetchall())
+        return dict(c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s", (tenant,)).fetchall())
 
 
 def check(w, writer: AppWriter) -> None:
@@ -291,3 +295,127 @@ def test_suspend_and_resume_killed_at_random_instants(world, seed):
     finally:
         writer.halt()
     check(w, writer)
+
+
+# ------------------------------------------------------------------------- place and data move, killed
+
+def _run_place(state: str, registry_dsn: str, catalog_text: str, args: dict) -> None:
+    """`tenancy place charlie --pool-shard pool-2` in the two-shard environment, rows only, no DSN."""
+    import stacks.config
+    from tenancy.catalog import parse_catalog
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.operations import place
+
+    real = stacks.config.load_stack_config
+    stacks.config.load_stack_config = lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"}
+    fleet_capacity.CURRENT_LAYOUT = fleet_capacity.EVERY_UNIT
+    ctx = Context("dev", Registry.open(registry_dsn, "dev"), OfflineEngine(state, "dev"))
+    place.place(ctx, parse_catalog(catalog_text), "charlie", pool_shard="pool-2", abort=args.get("abort", False),
+                reach=Reach({}, skip=frozenset({"objects", "firestore"})))
+
+
+def _run_data_move(registry_dsn: str, args: dict) -> None:
+    from tenancy.operations import data_move
+
+    data_move.move(Context("dev", Registry.open(registry_dsn, "dev")), "charlie", args["source"], args["target"],
+                   delete_source=True, abort=args.get("abort", False))
+
+
+@pytest.fixture
+def shards(pg_server, registry, tmp_path, monkeypatch):
+    """Two pool shards (pool-1 with bravo's and charlie's rows, an empty pool-2) recorded in the registry, the
+    platform deployed offline with charlie in pool-1."""
+    import stacks.config
+    from tenancy import db
+    from tenancy.catalog import parse_catalog
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.lifecycle import deploy
+    from tests.sqlhelp import register, seed
+
+    real = stacks.config.load_stack_config
+    monkeypatch.setattr(stacks.config, "load_stack_config",
+                        lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
+    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
+    names = {"pool-1": f"t_{uuid.uuid4().hex[:12]}", "pool-2": f"t_{uuid.uuid4().hex[:12]}"}
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for d in names.values():
+            c.execute(f'CREATE DATABASE "{d}"')
+    for name, d in names.items():
+        db.apply(pg_server.dsn(dbname=d))
+        registry.set_database(name, name, where.connection_record(pg_server.dsn(dbname=d)))
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute("ALTER ROLE tenancy_owner LOGIN; ALTER ROLE tenancy_app LOGIN")
+    register(pg_server, names["pool-1"], "bravo", "charlie")
+    seed(pg_server, names["pool-1"], "bravo", users=2)
+    seed(pg_server, names["pool-1"], "charlie", users=3)
+    catalog = parse_catalog("""version: 1
+tenants:
+  - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}
+  - {id: charlie, name: Charlie, plan: free, admin_email: c@charlie.example}
+""")
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    deploy.deploy(engine, catalog, "dev")
+    sync(registry, rec.read(engine, "dev"), "dev")
+    w = {"server": pg_server, "registry": registry, "engine": engine, "catalog": catalog, "tmp": tmp_path, "db": names,
+         "project": "", "bravo": rows(pg_server, names["pool-1"], "bravo")}
+    w["run"] = Runner(w)
+    yield w
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for d in names.values():
+            c.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_place_killed_at_a_random_instant(shards, seed):
+    w, rng = shards, random.Random(3000 + seed)
+    writer = AppWriter(w["registry"], tenant="charlie")
+    writer.start()
+    try:
+        finish(w, rng, "place", w["catalog"], {})
+    finally:
+        writer.halt()
+    assert not writer.errors, writer.errors
+    s, reg = w["server"], w["registry"]
+    assert reg.unfinished() == [] and reg.tenant("charlie").stores["databases"] == {"pooled": "pool-2"}
+    at_new = users(s, w["db"]["pool-2"], "charlie")
+    assert {k: at_new.get(k) for k in writer.names} == writer.names, "every committed write, at the new shard"
+    assert users(s, w["db"]["pool-1"], "charlie") == {}, "nothing of charlie left in the old shard"
+    assert rows(s, w["db"]["pool-1"], "bravo") == w["bravo"], "the neighbour untouched"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_data_move_killed_at_a_random_instant(shards, seed):
+    import threading as th
+
+    w, rng = shards, random.Random(4000 + seed)
+    s = w["server"]
+    source, target = (s.dsn(user="tenancy_owner", dbname=w["db"][n]) for n in ("pool-1", "pool-2"))
+    committed, stop = [], th.Event()
+
+    def write():       # the application, writing straight to the source until it is refused
+        with psycopg.connect(s.dsn(user="tenancy_app", dbname=w["db"]["pool-1"])) as c:
+            while not stop.is_set():
+                email = f"w{uuid.uuid4().hex[:8]}@x"
+                try:
+                    c.execute("SELECT tenancy.set_tenant('charlie')")
+                    c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('charlie', %s, 'W')",
+                              (email,))
+                    c.commit()
+                    committed.append(email)
+                except psycopg.Error:
+                    c.rollback()
+                time.sleep(0.005)
+
+    t = th.Thread(target=write, daemon=True)
+    t.start()
+    try:
+        finish(w, rng, "data-move", w["catalog"], {"source": source, "target": target})
+    finally:
+        stop.set()
+        t.join(30)
+    with psycopg.connect(s.dsn(dbname=w["db"]["pool-2"]), autocommit=True) as c:
+        emails = [r[0] for r in c.execute("SELECT email FROM app.users WHERE tenant_id = 'charlie'")]
+    assert set(committed) <= set(emails) and len(emails) == len(set(emails)), "every committed write, once"
+    assert users(s, w["db"]["pool-1"], "charlie") == {}, "nothing left at the source"
+    assert rows(s, w["db"]["pool-1"], "bravo") == w["bravo"]
+    assert w["registry"].unfinished() == []
