@@ -274,6 +274,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         instance_name=naming.pool_shard_instance(env, shard), project=cfg.gcp_project, region=cfg.region,
         network_id=network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
         secret_prefix=naming.pool_secret_prefix(env, shard), depends_on=db_deps), opts=gopts)
+    # How operations reach this shard's database through the Cloud SQL Auth Proxy (`tenancy registry sync`).
+    pulumi.export("poolDatabase", {"shard": shard, "connectionName": db.connection_name, "database": DATABASE})
     firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
         database_id=naming.pool_firestore(env, shard), project=cfg.gcp_project, location=cfg.region), opts=gopts)
     pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(

@@ -20,7 +20,7 @@ from components.identity import sign_in_host
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
+from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
@@ -206,6 +206,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     pulumi.export("serviceAccount", identity.email)
     pulumi.export("bucket", bucket.name)
     pulumi.export("databases", {role: {"instance": db.instance_name, "privateIp": db.private_ip,
+                                       "connectionName": db.connection_name, "database": DATABASE,
                                        "runtimeSecret": db.secret_ids[RUNTIME_USER]} for role, db in databases.items()})
     pulumi.export("hostnames", hosts)
     if tenant.model is Model.DEDICATED:

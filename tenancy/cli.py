@@ -464,7 +464,7 @@ def cmd_deploy(args) -> int:
             if registry is not None:
                 from tenancy.lifecycle import record as rec
                 from tenancy.operations.sync import sync
-                synced = sync(registry, rec.read(engine, args.env), args.env)
+                synced = sync(registry, rec.read(engine, args.env), args.env, engine)
                 print(f"registry: {synced['written']} tenant(s) recorded"
                       + (f", {synced['held']} held by an operation" if synced["held"] else ""))
         except TenancyError as exc:   # the stacks are deployed; the registry catches up with `tenancy registry sync`
@@ -902,8 +902,8 @@ def cmd_registry_sync(args) -> int:
 
     engine = _engine(args)
     reg = _registry(args, engine)
-    out = sync(reg, rec.read(engine, args.env), args.env)
-    print(f"registry of '{args.env}': {out['written']} tenant(s) recorded"
+    out = sync(reg, rec.read(engine, args.env), args.env, engine)
+    print(f"registry of '{args.env}': {out['written']} tenant(s) and {out['databases']} database(s) recorded"
           + (f", {out['held']} held by an operation (left to it)" if out["held"] else ""))
     return EXIT_OK
 

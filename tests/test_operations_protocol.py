@@ -283,3 +283,33 @@ def test_the_sql_job_marks_its_database_once_and_fails_on_a_database_marked_as_a
                                                                  r"not prod/pool-1"):
             c.execute(registration_sql((), ("prod", "pool-1")))
         assert c.execute("SELECT environment, name FROM tenancy.database_identity").fetchall() == [("dev", "pool-1")]
+
+
+def test_registry_sync_records_every_deployed_database_behind_the_auth_proxy_and_keeps_hand_records(
+        registry, tmp_path, monkeypatch, capsys):
+    from tenancy import cli
+    from tenancy.operations import stores as where
+    from tests.conftest import ROOT
+
+    state = tmp_path / "state"
+    assert cli.main(["up", "--engine", "offline", "--state", str(state), "--tenants", str(ROOT / "tenants.yaml"),
+                     "--registry", registry.dsn]) == 0
+    assert "registry: " in capsys.readouterr().out
+    registry.set_database("stark/postgres-2", "tenant:stark", {"host": "127.0.0.1", "port": 6543, "dbname": "app"})
+    assert cli.main(["registry", "sync", "--engine", "offline", "--state", str(state), "--registry", registry.dsn,
+                     "--tenants", str(ROOT / "tenants.yaml")]) == 0
+    assert "database(s) recorded" in capsys.readouterr().out
+    pool = registry.database("pool-1")
+    assert (pool.unit, pool.source, pool.connection) == (
+        "pool-1", "deploy", {"instance": "tenancy-dev-482913:europe-west1:dev-pooled-postgres", "dbname": "app"})
+    stark = registry.database("stark/postgres-1")
+    assert stark.connection["instance"] == "tenancy-dev-482913:europe-west1:dev-stark-postgres-1"
+    assert registry.database("stark/postgres-2").connection == {"host": "127.0.0.1", "port": 6543, "dbname": "app"}, \
+        "a deploy never overwrites what an operator recorded"
+    monkeypatch.setenv("TENANCY_CLOUDSQL_DIR", "/run/cloudsql")
+    assert where.Resolver(registry).dsn("pool-1", "pooled") == (
+        "dbname=app host=/run/cloudsql/tenancy-dev-482913:europe-west1:dev-pooled-postgres")
+    stark_row = registry.tenant("stark")
+    assert stark_row.stores["databases"] == {"postgres-1": "stark/postgres-1", "postgres-2": "stark/postgres-2",
+                                            "postgres-3": "stark/postgres-3"}
+    assert registry.tenant("globex").stores["databases"] == {"pooled": "pool-1"}

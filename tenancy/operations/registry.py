@@ -199,9 +199,18 @@ class Registry:
             raise ConfigError(f"database {name}: the registry never holds a password; give it through PGPASSWORD, "
                               "PGPASSFILE or IAM authentication")
         with self.connect() as c:
+            # A deploy ('deploy') never overwrites what an operator recorded by hand ('operator'); a changed
+            # connection unpins the database (the next verified contact pins it again).
             c.execute("INSERT INTO registry.databases (name, unit, connection, source) VALUES (%s, %s, %s, %s) "
                       "ON CONFLICT (name) DO UPDATE SET unit = excluded.unit, connection = excluded.connection, "
-                      "source = excluded.source, updated_at = now()",
+                      "source = excluded.source, updated_at = now(), "
+                      "system_identifier = CASE WHEN registry.databases.connection = excluded.connection THEN "
+                      "registry.databases.system_identifier END, "
+                      "database_oid = CASE WHEN registry.databases.connection = excluded.connection THEN "
+                      "registry.databases.database_oid END, "
+                      "datname = CASE WHEN registry.databases.connection = excluded.connection THEN "
+                      "registry.databases.datname END "
+                      "WHERE registry.databases.source = 'deploy' OR excluded.source = 'operator'",
                       (name, unit, json.dumps(connection), source))
             c.commit()
 
