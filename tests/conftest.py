@@ -138,3 +138,30 @@ def registry(pg_server):
     yield Registry.init(pg_server.dsn(dbname=name), "dev")
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_DEPLOYED: dict[str, Path] = {}
+
+
+def deployed_offline(catalog, state_dir: Path, env: str = "dev"):
+    """An OfflineEngine over `state_dir` holding the platform deployed with `catalog` (`tenancy up`'s first wave).
+    The deploy runs once per catalogue and stack config in a test process; each test gets a copy of its state."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from stacks.config import load_stack_config
+    from tenancy.catalog import to_document
+    from tenancy.engine import OfflineEngine
+    from tenancy.lifecycle import deploy
+
+    key = hashlib.sha256(json.dumps([to_document(catalog), load_stack_config(env), env], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    if key not in _DEPLOYED:
+        template = Path(tempfile.mkdtemp(prefix="tenancy-deployed-"))
+        outcomes = deploy.deploy(OfflineEngine(template, env), catalog, env, mode="up")
+        assert [o.status for o in outcomes] == ["ok"], [(o.stack, o.status, o.message) for o in outcomes]
+        _DEPLOYED[key] = template
+    shutil.copytree(_DEPLOYED[key], state_dir, dirs_exist_ok=True)
+    return OfflineEngine(state_dir, env)

@@ -22,7 +22,7 @@ from tenancy.operations import tier_move as moves
 from tenancy.operations.protocol import Context
 from tenancy.engine import OfflineEngine
 from tenancy.lifecycle.tenant_data import Reach
-from tests.conftest import ROOT
+from tests.conftest import ROOT, deployed_offline
 from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
@@ -69,9 +69,7 @@ def world(pg_server, tenancy_db, tmp_path, registry):
     for t, n in (("alpha", 3), ("bravo", 4), ("charlie", 2)):
         seed(pg_server, tenancy_db, t, users=n)
     catalog = parse_catalog(CATALOG)
-    engine = OfflineEngine(tmp_path / "state", "dev")
-    outcomes = deploy.deploy(engine, catalog, "dev", mode="up")
-    assert [o.status for o in outcomes] == ["ok"]
+    engine = deployed_offline(catalog, tmp_path / "state")
     w = {
         "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_dbs[0], "tenant_dbs": tenant_dbs,
         "catalog": catalog, "engine": engine, "registry": registry,
@@ -134,10 +132,8 @@ def test_upgrade_pooled_to_namespace_moves_every_row_once(world):
     assert out.status == "done" and out.phases_run == list(moves.PHASES)
     assert out.detail["rows"] == 16 and out.detail["freeze_seconds"] is not None and out.detail["freeze_seconds"] >= 0
     assert_upgraded(world)
-    calls = world["engine"].calls
-    assert calls[:2] == [("preview", "dev"), ("up", "dev")]  # the fixture's platform deploy
     # previewed in the preflight, before anything changed; the platform's record published after the switch
-    assert calls[2:] == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
+    assert world["engine"].calls == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
     [op] = world["registry"].history("bravo")
     assert (op.kind, op.status, op.args) == ("upgrade", "done", {"to_plan": "standard"})
     done = [p for p, e, _ in world["registry"].journal(op.id) if e == "done"]

@@ -21,6 +21,7 @@ from tenancy.operations.protocol import Context
 from tenancy.lifecycle.tenant_data import Reach
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
+from tests.conftest import deployed_offline
 from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
@@ -126,8 +127,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
         shared_store.write(f"{t}/avatars/1.png", f"\x89PNG {t}".encode())
         shared_store.write(f"{t}/docs/trip.pdf", f"%PDF {t} trip".encode())
     catalog = parse_catalog(CATALOG)
-    engine = OfflineEngine(tmp_path / "state", "dev")
-    assert [o.status for o in deploy.deploy(engine, catalog, "dev", mode="up")] == ["ok"]
+    engine = deployed_offline(catalog, tmp_path / "state")
     w = {"server": pg_server, "pooled": tenancy_db, "registry": registry, "own": own_dbs, "catalog": catalog, "engine": engine,
          "project": project, "tmp": tmp_path, "shared": shared_store, "bucket": obj.open_store(f"gs://{own}"),
          "reach": Reach({"pooled": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
