@@ -9,6 +9,13 @@ same four operations whatever its kind (PostgreSQL rows, bucket objects, Firesto
     verify_export()  the export read back and compared with the store now
     delete(expect)   only while the store still holds exactly `expect` (a verified summary)
 
+and, to bring an archive back (`tenancy restore`, an offboarding's restore check):
+
+    archived(dir)    what the store's export holds, every file checked against its manifest (no store is read)
+    import_export()  the export loaded into the store, verified against the export's counts and checksums
+    scratch(label)   the same kind of store at a scratch place beside it (a prefix, a document root), for a trial
+                     restore that is then discarded whole; PostgreSQL rehearses in a rolled-back transaction instead
+
 A move pairs each source store with the target store that takes its data (`Pair`: copy, verify, clear the
 target's partial copy on abort). What the target plan cannot hold (a table of a feature the pooled plan lacks,
 the graph) is left unpaired: it must be empty, or exported and explicitly discarded.
@@ -33,6 +40,7 @@ from tenancy.stores.layout import POOLED, TenantStores, graph_dump_object
 Say = Callable[[str], None]
 KINDS = ("postgres", "objects", "firestore", "graph")
 ARCHIVE_INDEX = "archive.json"
+MANIFESTS = {"postgres": "manifest.json", "objects": "objects.json", "firestore": fs.MANIFEST, "graph": "objects.json"}
 
 
 def kind_of(store: str) -> str:
@@ -99,6 +107,18 @@ class PgHandle:
         say(f"  {self.name}: {n} rows deleted")
         return n
 
+    def archived(self, directory: Path) -> Summary:
+        return archived(directory, self.kind, self.tenant)
+
+    def import_export(self, directory: Path, say: Say) -> Summary:
+        return pg.import_export(directory, self.dsn, self.tenant, say)
+
+    def rehearse(self, directory: Path, say: Say) -> Summary:
+        return pg.import_export(directory, self.dsn, self.tenant, say, rehearse=True)
+
+    def clear(self, say: Say) -> None:
+        say(f"  {self.name}: {pg.delete(self.dsn, self.tenant, tables=list(self.tables))} rows removed")
+
 
 @dataclass
 class ObjectsHandle:
@@ -128,6 +148,21 @@ class ObjectsHandle:
 
     def delete(self, expect: Summary, say: Say) -> int:
         return obj.delete(self.store, self.prefix, expect, progress=say)
+
+    def archived(self, directory: Path) -> Summary:
+        return archived(directory, self.kind, self.tenant)
+
+    def import_export(self, directory: Path, say: Say) -> Summary:
+        return obj.import_export(directory, self.store, self.prefix, progress=say)
+
+    def scratch(self, label: str) -> "ObjectsHandle":
+        return ObjectsHandle(self.tenant, self.bucket, f"{obj.SCRATCH_PREFIX}{label}/", self.reach, self.name)
+
+    def discard(self) -> int:
+        return obj.discard(self.store, self.prefix)
+
+    def clear(self, say: Say) -> None:
+        self.delete(self.summary(), say)
 
 
 @dataclass
@@ -159,6 +194,22 @@ class FirestoreHandle:
 
     def delete(self, expect: Summary, say: Say) -> int:
         return fs.delete(self.location, self.tenant, self.collections, expect, progress=say)
+
+    def archived(self, directory: Path) -> Summary:
+        return archived(directory, self.kind, self.tenant)
+
+    def import_export(self, directory: Path, say: Say) -> Summary:
+        return fs.import_export(directory, self.location, self.tenant, self.collections, progress=say)
+
+    def scratch(self, label: str) -> "FirestoreHandle":
+        return FirestoreHandle(self.tenant, fs.scratch_location(self.location, self.tenant, label), self.collections,
+                               self.name)
+
+    def discard(self) -> int:
+        return fs.discard(self.location, self.tenant, self.collections)
+
+    def clear(self, say: Say) -> None:
+        self.delete(self.summary(), say)
 
     def problems(self) -> list[str]:
         """What a move, export or delete of this store would leave behind (documents outside the declared tree)."""
@@ -214,6 +265,23 @@ class GraphHandle:
 
     def delete(self, expect: Summary, say: Say) -> int:
         return 0   # the graph goes with the tenant stack's destroy, once exported or discarded
+
+    def archived(self, directory: Path) -> Summary:
+        return archived(directory, self.kind, self.tenant)
+
+    def import_export(self, directory: Path, say: Say) -> Summary:
+        """The dump uploaded into the tenant's bucket (checked against the archive's MD5), loaded by the
+        neo4j-admin load Job, then removed from the bucket; the dump's summary."""
+        from tenancy.stores import graph
+        if self.runner is None:
+            raise Refused(f"tenant '{self.tenant}': loading its graph runs a neo4j-admin load Job in namespace "
+                          f"{self.namespace}; give --kubeconfig (or --skip graph)")
+        folder = self._object().rsplit("/", 1)[0] + "/"
+        dump = obj.import_export(directory, self.store, folder, progress=say)
+        job = graph.load(self.runner, self.tenant, self.namespace, self.bucket, self._object())
+        self.store.delete(self._object())   # loaded: the bucket keeps only the tenant's objects
+        say(f"  graph loaded by Job {job}")
+        return dump
 
 
 def handles(stores: TenantStores, reach: Reach) -> dict[str, Handle]:
@@ -336,10 +404,12 @@ def unreachable(stores: TenantStores, reach: Reach) -> list[str]:
 # --- archive ------------------------------------------------------------------------------------------------------
 
 def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operation: str, discarded: list[str],
-               say: Say) -> dict[str, Any]:
+               say: Say, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every store into its own directory of a new private archive, plus `archive.json` listing each store
-    with its counts and checksums. Resumable: a store whose export completed is kept, a half-written one is
-    redone; an archive of another tenant or operation is refused."""
+    with its counts, checksums and the SHA-256 of its manifest (which holds each file's), and `about` (the
+    environment, plan and model the tenant had: what a restore brings it back as). Resumable: a store whose
+    export completed is kept, a half-written one is redone; an archive of another tenant or operation is
+    refused."""
     index_path = archive / ARCHIVE_INDEX
     if archive.exists() and any(archive.iterdir()):
         try:
@@ -351,7 +421,7 @@ def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operatio
                              "(or empty) directory so no earlier export is overwritten")
     else:
         private_export_dir(archive)
-        index = {"tenant": tenant, "operation": operation, "stores": {}, "discarded": sorted(discarded)}
+        index = {"tenant": tenant, "operation": operation, "stores": {}, "discarded": sorted(discarded), **(about or {})}
         write_manifest(archive, ARCHIVE_INDEX, index)
     for name, h in found.items():
         done = archive / f".{name}.json"
@@ -363,6 +433,7 @@ def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operatio
             shutil.rmtree(folder)
         say(f"  exporting {h.describe()}")
         entry = h.export(folder, say)
+        entry["manifestSha256"] = file_sha256(folder / MANIFESTS[h.kind])
         write_manifest(archive, done.name, entry)
         index["stores"][name] = entry
     index_path.unlink()
@@ -386,3 +457,79 @@ def _same(a: Summary, b: Summary, what: str, tenant: str) -> Summary:
     if not a.same_data(b):
         raise Mismatch(f"tenant '{tenant}': {what} does not match: {'; '.join(a.differences(b))}; nothing was deleted")
     return a
+
+
+def read_archive(archive: Path, tenant: str, env: str | None = None) -> tuple[dict[str, Any], dict[str, Summary], list[str]]:
+    """An archive checked whole without reading any store: `archive.json` is the tenant's (and the environment's,
+    when it says), and each store's directory holds its manifest, unchanged since the export (its SHA-256 in
+    `archive.json`), and every file that manifest lists, unchanged (each file's SHA-256); the counts and
+    checksums each manifest declares are the ones `archive.json` lists. Returns (the index, each store's
+    archived summary, every problem found)."""
+    problems: list[str] = []
+    try:
+        index = json.loads((archive / ARCHIVE_INDEX).read_text())
+    except OSError as exc:
+        return {}, {}, [f"{archive}: no readable {ARCHIVE_INDEX} ({exc.strerror}): not an archive of `tenancy offboard`"]
+    except ValueError:
+        return {}, {}, [f"{archive / ARCHIVE_INDEX}: not valid JSON: the archive is damaged"]
+    if not isinstance(index, dict) or not isinstance(index.get("stores"), dict):
+        return {}, {}, [f"{archive / ARCHIVE_INDEX}: lists no stores: not an archive of `tenancy offboard`"]
+    if index.get("tenant") != tenant:
+        return index, {}, [f"{archive} is the archive of tenant '{index.get('tenant')}', not '{tenant}'"]
+    if env is not None and index.get("environment") not in (None, env):
+        return index, {}, [f"{archive} is an archive of environment '{index['environment']}', not '{env}'"]
+    sums: dict[str, Summary] = {}
+    for name, entry in sorted(index["stores"].items()):
+        kind, folder = kind_of(name), archive / name
+        if kind not in KINDS or "/" in name or name.startswith("."):
+            problems.append(f"{archive}: store '{name}' is not a store of the data layout")
+            continue
+        if not folder.is_dir():
+            problems.append(f"{name}: the archive has no directory {folder}")
+            continue
+        manifest = folder / MANIFESTS[kind]
+        if not manifest.is_file():
+            problems.append(f"{name}: {manifest} is missing")
+            continue
+        if entry.get("manifestSha256") and file_sha256(manifest) != entry["manifestSha256"]:
+            problems.append(f"{name}: {manifest} changed since the export (sha256 differs from {ARCHIVE_INDEX})")
+            continue
+        try:
+            s = archived(folder, kind, tenant)
+        except (StoreError, KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if (s.count, s.checksum) != (entry.get("count"), entry.get("checksum")):
+            problems.append(f"{name}: its manifest says {s.count} items/{s.checksum[:12]}, {ARCHIVE_INDEX} "
+                            f"{entry.get('count')}/{str(entry.get('checksum'))[:12]}")
+            continue
+        sums[name] = s
+    return index, sums, problems
+
+
+def archived(folder: Path, kind: str, tenant: str) -> Summary:
+    """What one store's export holds, every file checked against its manifest; no store is contacted."""
+    if kind == "postgres":
+        return pg.read_export_manifest(folder, tenant)[1]
+    if kind == "firestore":
+        manifest = _manifest(folder, fs.MANIFEST)
+        for name, digest in (manifest.get("files") or {}).items():
+            path = folder / name
+            if not path.is_file():
+                raise Mismatch(f"exported file {path} is missing")
+            if file_sha256(path) != digest:
+                raise Mismatch(f"exported file {path} changed (sha256 differs)")
+        return Summary.from_json(manifest)
+    s = obj.read_export(folder)
+    if kind == "graph" and (not s.count or not all(p.get("bytes", 1) for p in s.parts.values())):
+        raise Mismatch(f"the graph dump in {folder} is empty")
+    return s
+
+
+def _manifest(directory: Path, name: str) -> dict[str, Any]:
+    try:
+        return json.loads((directory / name).read_text())
+    except OSError as exc:
+        raise Mismatch(f"{directory / name}: {exc.strerror}") from None
+    except ValueError:
+        raise Mismatch(f"{directory / name} is not valid JSON") from None

@@ -1,15 +1,24 @@
 """`tenancy offboard`: every store of the tenant exported and verified, then deleted, its stack destroyed, and
 the platform told -- on the operation protocol (tenancy/operations/protocol.py):
 
-    freeze -> export -> verify -> delete -> destroy -> publish
+    freeze -> export -> verify -> restore-check -> delete -> destroy -> publish
 
-- preflight: every database is the one the registry names and holds the tenant; the archive directory is new
-  and usable; every store can be exported (the graph's dump Job needs --kubeconfig) or is discarded explicitly;
-  a store this run cannot reach must be discarded.
+- preflight: every database is the one the registry names and holds the tenant; the archive directory (or
+  gs://BUCKET/PREFIX, tenancy/lifecycle/archives.py) is new and usable; every store can be exported (the graph's
+  dump Job needs --kubeconfig) or is discarded explicitly; a store this run cannot reach must be discarded.
 - freeze: the registry and each source database refuse the tenant's writes once in-flight writers end.
 - export: every store not discarded into a new owner-only archive (0700, files 0600), `archive.json` listing
-  each with counts and checksums.
-- verify: each export read back and compared with its store.
+  each with counts, checksums and its manifest's digest, and the environment, plan and model the tenant had (a
+  bucket archive is staged locally, uploaded without overwriting anything and listed back).
+- verify: each export read back (a bucket archive downloaded again) and compared with its store.
+- restore-check (unless --no-restore-check): the archive restored by the code `tenancy restore` runs, into
+  scratch stores beside the live ones, and compared with the stores' verified summaries: PostgreSQL rows loaded
+  into the tenant's own database inside a transaction that replaces its rows and is rolled back (nothing to
+  leave behind, whatever kills it); objects under a scratch prefix `_tenancy/restore-check-<op>/` of the same
+  bucket; documents under a scratch root `_tenancy/restore-check-<op>/tenants/<id>` of the same database; each
+  scratch copy recorded before it is written and discarded whole afterwards (or by --abort, or by the re-run
+  after a kill). The graph's dump is checked against its size and MD5: loading it needs a stopped Neo4j, and the
+  only one is the tenant's own.
 - delete (the point of no return): each store emptied, only while it still matches its verified export (a
   store a killed run already emptied counts as done).
 - destroy: the tenant stack, only when every stateful resource is exported or explicitly discarded.
@@ -18,6 +27,7 @@ the platform told -- on the operation protocol (tenancy/operations/protocol.py):
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,7 @@ from typing import Any
 from tenancy import naming
 from tenancy.catalog import Catalog, State
 from tenancy.errors import OperationError, Refused
+from tenancy.lifecycle import archives
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
 from tenancy.lifecycle import units
@@ -33,15 +44,16 @@ from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, Operation
 from tenancy.operations.tier_move import archive_problem, project_of
-from tenancy.stores import Mismatch, Summary
+from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import registry_entry, DataLayout, stores_for
 
-PHASES = ("freeze", "export", "verify", "delete", "destroy", "publish")
+PHASES = ("freeze", "export", "verify", "restore-check", "delete", "destroy", "publish")
 PHASE_TEXT = {
     "freeze": "the registry and every database of the tenant refuse its writes once every in-flight writer has ended",
     "export": "every store not discarded into the archive, with counts and checksums",
     "verify": "each export read back and compared with its store",
+    "restore-check": "the archive restored into scratch stores and compared with the verified stores, then discarded",
     "delete": "each store emptied, only while it still matches its verified export",
     "destroy": "the tenant stack, only once each stateful store is exported or discarded",
     "publish": "platform stack up with the tenant marked offboarded",
@@ -56,9 +68,9 @@ class Offboard(Operation):
 
     def __init__(self, ctx: Context, catalog: Catalog, tenant: str, *, export_to: str | None, reach: data.Reach,
                  discard: frozenset[str] = frozenset(), yes: bool = False, layout: DataLayout | None = None,
-                 command: str | None = None):
+                 command: str | None = None, restore_check: bool = True):
         super().__init__(ctx, tenant)
-        self.catalog, self.export_to, self.reach = catalog, export_to, reach
+        self.catalog, self.export_to, self.reach, self.restore_check = catalog, export_to, reach, restore_check
         self.discard, self.yes, self.layout, self.command = frozenset(discard), yes, layout, command
         self.deployed = rec.read(ctx.engine, ctx.env)
         rec.require_active_tenant(self.deployed, catalog, ctx.env, tenant)
@@ -66,12 +78,13 @@ class Offboard(Operation):
     def spec(self) -> Spec:
         cmd = self.command or f"tenancy offboard {self.tenant} --env {self.ctx.env}"
         return Spec(self.kind, self.tenant, {}, cmd, f"{cmd} --abort",
-                    settings={"export_to": str(Path(self.export_to).resolve()) if self.export_to else None,
-                              "discard": sorted(self.discard)})
+                    settings={"export_to": archives.setting(self.export_to), "discard": sorted(self.discard),
+                              "restore_check": self.restore_check})
 
     def prepare(self) -> None:
         s, ctx = self.settings, self.ctx
-        self.archive = Path(s["export_to"]) if s.get("export_to") else None
+        self.archive_at = s.get("export_to")
+        self.archive = archives.staging(self.archive_at, self.op_id)    # where this machine writes it
         self.discard = frozenset(s.get("discard", [])) | self.discard
         t = self.deployed.catalog.tenant(self.tenant)
         self.t = t
@@ -86,7 +99,7 @@ class Offboard(Operation):
         self.kept = {n: h for n, h in self.found.items() if n not in self.discard}   # exported, verified, deleted
         self.covered = {s: f"discarded by --discard {s}" for s in self.discard}
         if self.archive is not None:
-            self.covered.update({n: f"exported to {self.archive / n} and verified" for n in self.kept})
+            self.covered.update({n: f"exported to {archives.describe(self.archive_at, n)} and verified" for n in self.kept})
 
     def preflight(self, problems: list[str]) -> None:
         tenant, resumed = self.tenant, self.lease.resumed
@@ -102,7 +115,8 @@ class Offboard(Operation):
             problems.append(f"this run cannot reach {', '.join(missing)} of '{tenant}', so it cannot export them: give "
                             f"access to them or discard them explicitly ({' '.join('--discard ' + m for m in missing)})")
         if not resumed and self.archive is not None:
-            problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
+            at = self.export_to or self.archive_at
+            problem = archives.problem(at) if archives.is_bucket(at) else archive_problem(Path(at))
             if problem:
                 problems.append(problem)
         if "graph" in self.kept and self.archive is not None and self.reach.graph_runner is None:
@@ -155,18 +169,70 @@ class Offboard(Operation):
     def phase_export(self) -> dict:
         if self.archive is None:
             return {}
-        self.lease.created("archive", {"path": str(self.archive)}, "on_abort")
-        index = data.export_all(self.kept, self.archive, self.tenant, self.op_id, sorted(self.discard), self.say)
+        at = self.archive_at
+        self.lease.created("archive", {"path": at} if archives.is_bucket(at) else {"path": str(self.archive)}, "on_abort")
+        if archives.is_bucket(at) and archives.uploaded(at, self.op_id):   # a killed run finished the upload
+            with archives.fetched(at) as local:
+                index = json.loads((local / data.ARCHIVE_INDEX).read_text())
+        else:
+            about = {"environment": self.ctx.env, "plan": self.t.plan_name, "model": self.t.model.value}
+            index = data.export_all(self.kept, self.archive, self.tenant, self.op_id, sorted(self.discard), self.say,
+                                    about)
+            if archives.is_bucket(at):
+                self.step("uploading the archive")
+                archives.upload(at, self.archive, self.op_id, self.say)
         return {"stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def phase_verify(self) -> dict:
         if self.archive is None:
             return {"sources": {n: h.summary().to_json() for n, h in self.kept.items() if h.kind != "graph"}}
         try:
-            sums = data.verify_archive(self.kept, self.archive)
+            with archives.fetched(self.archive_at) as local:
+                sums = data.verify_archive(self.kept, local)
         except Mismatch as exc:
             raise OperationError(f"{exc}; the tenant stays frozen and nothing was deleted") from None
         return {"sources": {n: s.to_json() for n, s in sums.items() if self.kept[n].kind != "graph"}}
+
+    def phase_restore_check(self) -> dict:
+        if self.archive is None:
+            return {}
+        if not self.settings.get("restore_check", True):
+            self.say("  skipped (--no-restore-check): the archive was read back against the stores, not restored")
+            return {"skipped": True}
+        verified = self.done.get("verify", {}).get("sources", {})
+        label = f"restore-check-{self.op_id}"
+        checked: dict[str, Any] = {}
+        with archives.fetched(self.archive_at) as local:
+            for name, h in self.kept.items():
+                folder = local / name
+                try:
+                    if h.kind == "graph":
+                        s = h.archived(folder)
+                        checked[name] = {"dump bytes": sum(p.get("bytes", 0) for p in s.parts.values()), "loaded": False}
+                        continue
+                    self.step(f"restoring {name}")
+                    if isinstance(h, data.PgHandle):
+                        s = h.rehearse(folder, self.say)
+                    else:
+                        scratch = h.scratch(label)
+                        seq = self.lease.created("scratch", {"store": name, "label": label}, "always")
+                        scratch.discard()      # what a killed run left there
+                        try:
+                            s = scratch.import_export(folder, self.say)
+                        finally:
+                            scratch.discard()
+                        self.lease.cleaned(seq)
+                except StoreError as exc:
+                    raise OperationError(f"the archive does not restore: {name}: {exc}; the tenant stays frozen and "
+                                         "nothing was deleted") from None
+                want = Summary.from_json(verified[name])
+                if not s.same_data(want):
+                    raise OperationError(f"the archive does not restore: {name} restored holds "
+                                         f"{'; '.join(want.differences(s))} against the verified store; the tenant "
+                                         "stays frozen and nothing was deleted")
+                checked[name] = s.count
+        self.say(f"  the archive restores: {', '.join(f'{n} {c}' for n, c in checked.items() if isinstance(c, int))}")
+        return {"checked": checked}
 
     def phase_delete(self) -> dict:
         self.lease.set_abort_command(None)
@@ -214,7 +280,9 @@ class Offboard(Operation):
         o = self.outcome
         exported = self.done.get("export", {}).get("stores")
         if exported is not None and self.archive is not None:
-            o.detail["export"] = {"dir": str(self.archive), "stores": exported}
+            o.detail["export"] = {"dir": self.archive_at, "stores": exported}
+            checked = self.done.get("restore-check", {})
+            o.detail["restore_check"] = "skipped" if checked.get("skipped") else checked.get("checked")
         if self.done.get("destroy", {}).get("destroyed"):
             o.detail["destroyed"] = self.done["destroy"]["destroyed"]
         o.detail.setdefault("deleted", self.done.get("delete", {}).get("deleted", {}))
@@ -223,7 +291,12 @@ class Offboard(Operation):
     def undo(self) -> None:
         self.say(f"aborting {self.op_id}: '{self.tenant}' stays, its data where it was")
         for r in self.lease.pending(("on_abort", "always")):
-            if r.kind == "archive":
+            if r.kind == "scratch" and r.ref["store"] in self.kept:
+                self.kept[r.ref["store"]].scratch(r.ref["label"]).discard()
+                self.say(f"  removed the scratch copy of {r.ref['store']}")
+            elif r.kind == "archive" and archives.is_bucket(r.ref["path"]):
+                archives.remove_unfinished(r.ref["path"], self.op_id, self.say)
+            elif r.kind == "archive":
                 path = Path(r.ref["path"])
                 index = path / data.ARCHIVE_INDEX
                 if path.exists() and (not index.exists() or f'"{self.op_id}"' in index.read_text()):

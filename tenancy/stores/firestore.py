@@ -117,6 +117,20 @@ def location_for(project: str, database: str, tenant_id: str, pooled: bool) -> F
     return FirestoreLocation(project, database, f"{POOL_COLLECTION}/{tenant_id}" if pooled else "")
 
 
+def scratch_location(loc: FirestoreLocation, tenant_id: str, label: str) -> FirestoreLocation:
+    """A scratch place for a copy of the tenant's documents in the same database, outside every tenant's tree:
+    `_tenancy/<label>/tenants/<tenant_id>` (an offboarding restores its archive there to prove it, then discards
+    it). Summaries there equal the tenant's own when they hold the same documents."""
+    _check_id(tenant_id, "tenant id")
+    _check_id(label, "scratch label")
+    return FirestoreLocation(loc.project, loc.database, f"{MARKER_COLLECTION}/{label}/{POOL_COLLECTION}/{tenant_id}")
+
+
+def _is_scratch(loc: FirestoreLocation, tenant_id: str) -> bool:
+    segments = loc.root.split("/")
+    return len(segments) == 4 and segments[0] == MARKER_COLLECTION and segments[2:] == [POOL_COLLECTION, tenant_id]
+
+
 # --- public operations ---------------------------------------------------------------------------------------
 
 
@@ -299,6 +313,24 @@ def delete(loc: FirestoreLocation, tenant: str, collections: Collections, expect
     _commit(loc, batch)
     say(f"  deleted {done} documents of '{tenant}' at {loc}")
     return done
+
+
+def discard(loc: FirestoreLocation, tenant: str, collections: Collections, *, batch_size: int = MAX_BATCH) -> int:
+    """Remove a scratch copy whole (`scratch_location`), without a verified summary: it is nobody's data of
+    record. Refused for any other location. Returns the documents removed."""
+    tree = _prepare(loc, tenant, collections)
+    if not _is_scratch(loc, tenant):
+        raise StoreError(f"{loc}: refusing to discard documents that are not a scratch copy")
+    client = _client(loc)
+    with _api(loc, "reading documents"):
+        docs = sorted(_walk(loc, tree, fields=False), key=lambda d: (-d.depth, d.rel))
+    refs = [client.document(loc.path(d.rel)) for d in docs] + [client.document(loc.path(f"{MARKER_COLLECTION}/deletion"))]
+    for start in range(0, len(refs), batch_size):
+        batch = client.batch()
+        for ref in refs[start:start + batch_size]:
+            batch.delete(ref)
+        _commit(loc, batch)
+    return len(docs)
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -711,7 +743,7 @@ def _prepare(loc: FirestoreLocation, tenant: str, collections: Any) -> dict[str,
     if not isinstance(loc, FirestoreLocation):
         raise StoreError(f"expected a FirestoreLocation, got {type(loc).__name__}")
     _check_id(tenant, "tenant id")
-    if loc.root and loc.root != f"{POOL_COLLECTION}/{tenant}":
+    if loc.root and loc.root != f"{POOL_COLLECTION}/{tenant}" and not _is_scratch(loc, tenant):
         raise StoreError(f"{loc} is not tenant '{tenant}''s place in the pool ({POOL_COLLECTION}/{tenant}); "
                          "refusing to touch another tenant's documents")
     return _check_tree(collections)

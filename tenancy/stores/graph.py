@@ -326,6 +326,18 @@ def export(runner: JobRunner, tenant: str, namespace: str, bucket: str, *, objec
             "size": s.parts["neo4j.dump"]["bytes"], "md5": s.checksum, "job": manifest["metadata"]["name"]}
 
 
+def load(runner: JobRunner, tenant: str, namespace: str, bucket: str, object_name: str, *, image: str = NEO4J_IMAGE,
+         ksa: str = "app", layout: Neo4jLayout = DEFAULT_LAYOUT, timeout: float = 3600) -> str:
+    """Load gs://bucket/object_name over the tenant's graph through a Job (the StatefulSet stopped meanwhile);
+    returns the Job's name. A re-run follows the Job an interrupted run started (its name is deterministic)."""
+    manifest = load_job(tenant, namespace, bucket, object_name, image, ksa=ksa, layout=layout,
+                        deadline_seconds=int(timeout))
+    outcome = runner.run(namespace, manifest, timeout)
+    if not outcome.succeeded:
+        raise GraphError(f"tenant '{tenant}': graph load failed: {outcome.message}")
+    return manifest["metadata"]["name"]
+
+
 def require_export_or_discard(has_graph: bool, export_entry: dict[str, Any] | None, discard: bool, *,
                               tenant: str) -> None:
     """Refuse to remove a tenant's Neo4j unless its graph was exported (non-empty dump) or discarding was asked."""

@@ -43,6 +43,7 @@ KIND = "objects"
 TOP_LEVEL = "."            # the part holding objects directly under the prefix
 CHUNK = 1024 * 1024
 PARTIAL_DIR = ".tenancy-partial"   # a directory store's in-flight uploads, never listed
+SCRATCH_PREFIX = "_tenancy/"       # scratch copies and graph dumps: never a tenant id (ids start with [a-z0-9])
 
 
 class ObjectError(StoreError):
@@ -487,4 +488,56 @@ def delete(store: Store, prefix: str, expect: Summary, progress: Progress | None
     for p in placeholders:
         store.delete(p.name, p.generation)
     say(f"  deleted {len(objs)} objects from {store.url}/{prefix}")
+    return len(objs)
+
+
+def import_export(directory: str | Path, store: Store, prefix: str, progress: Progress | None = None) -> Summary:
+    """Upload an export (`objects.json` and its files) under `prefix`, each object with its exported name, content
+    type, cache control and metadata; returns the store's summary, equal to the export's.
+
+    Every file is checked against the manifest (size, SHA-256) before the first upload. Resumable: an object
+    already there with the exported MD5 is kept (a re-run after a kill continues). Nothing is overwritten or
+    deleted: an object of another content under an exported name, or one the export does not hold, raises
+    Mismatch."""
+    say = progress or (lambda m: None)
+    root, prefix = Path(directory), normalise_prefix(prefix)
+    expected = read_export(root)
+    entry = json.loads((root / "objects.json").read_text())
+    there, _ = _listing(store, prefix)
+    exported = {f["name"]: f for f in entry["files"]}
+    extra = sorted(set(there) - set(exported))
+    clash = sorted(n for n in set(there) & set(exported) if there[n].md5 != exported[n]["md5"])
+    if extra or clash:
+        shown = [f"{n} (not in the export)" for n in extra] + [f"{n} (different content)" for n in clash]
+        raise Mismatch(f"{store.url}/{prefix} already holds objects the export {root} does not: {', '.join(shown[:5])}"
+                       f"{', ...' if len(shown) > 5 else ''}; nothing was overwritten or deleted")
+    uploaded = nbytes = 0
+    for name, f in sorted(exported.items()):
+        if name in there:
+            continue
+        like = ObjectInfo(name, f["md5"], f["size"], content_type=f.get("content_type"),
+                          cache_control=f.get("cache_control"), metadata=f.get("metadata"))
+        with open(_safe_path(root, f["path"]), "rb") as data:
+            store.upload(prefix + name, data, f["size"], like)
+        uploaded += 1
+        nbytes += f["size"]
+    result = summary(store, prefix)
+    if not result.same_data(expected):
+        raise Mismatch(f"{store.url}/{prefix} after the import does not match the export {root}: "
+                       f"{'; '.join(expected.differences(result))}")
+    say(f"  imported {uploaded} objects ({nbytes:,} bytes) into {store.url}/{prefix}"
+        f"{f', {len(there)} already there' if there else ''}")
+    return result
+
+
+def discard(store: Store, prefix: str) -> int:
+    """Remove every object under `prefix` without a verified summary: only for a scratch prefix this run made
+    (`_tenancy/...`), never a tenant's data."""
+    prefix = normalise_prefix(prefix)
+    if not prefix.startswith(SCRATCH_PREFIX):
+        raise ObjectError(f"refusing to discard {store.url}/{prefix}: only scratch copies under {SCRATCH_PREFIX} are "
+                          "discarded whole")
+    objs = store.objects(prefix)
+    for o in objs:
+        store.delete(o.name, o.generation)
     return len(objs)
