@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before its switch)")
     _store_args(p)
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
-    p.add_argument("--export-to", metavar="DIR", help="archive every source store here first (a new or empty directory)")
+    p.add_argument("--export-to", metavar="DIR|gs://BUCKET/PREFIX",
+                   help="archive every source store here first (a new or empty directory, or a bucket prefix holding nothing)")
     p.add_argument("--method", choices=["auto", "online", "copy"], default="auto",
                    help="how PostgreSQL rows move: online (logical replication while the tenant writes; the freeze "
                         "only waits for the last changes), copy (inside the freeze), auto (default: online where the "
@@ -262,13 +263,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-dsn", metavar="DSN",
                    help="override: the database holding the tenant's rows (the pooled database, or its postgres-1)")
     _store_args(p)
-    p.add_argument("--export-to", metavar="DIR", help="export directory (required unless --no-export --yes)")
+    p.add_argument("--export-to", metavar="DIR|gs://BUCKET/PREFIX",
+                   help="the archive: a new or empty directory, or a bucket prefix holding nothing (required unless "
+                        "--no-export --yes)")
+    p.add_argument("--no-restore-check", action="store_true",
+                   help="do not restore the archive into scratch stores before deleting (for stores too large to hold "
+                        "twice): the archive is then only read back against the stores")
     p.add_argument("--no-export", action="store_true", help="export nothing (with --yes: every store is discarded)")
     p.add_argument("--yes", action="store_true")
     p.add_argument("--abort", action="store_true", help="roll back an unfinished offboarding (before its delete)")
     p.add_argument("--discard", action="append", default=[], metavar="STORE",
                    help="destroy this store without exporting it (postgres-2, postgres-3, firestore, graph, objects)")
     p.set_defaults(func=cmd_offboard)
+
+    p = sub.add_parser("restore", help="bring an offboarded tenant back from its offboarding archive (resumable)",
+                       description="Restore an offboarded TENANT, under its id and the plan it was offboarded on, from the "
+                       "archive `tenancy offboard` wrote: a pooled tenant into its pool shard's stores, a tenant with "
+                       "stores of its own into a freshly deployed tenant stack; every store verified against the "
+                       "archive's counts and checksums before the tenant writes again, then the platform stack lists it "
+                       "as active. Checked before anything changes; resumable; --abort before its activation removes "
+                       "what it wrote.")
+    _common(p)
+    _engine_args(p)
+    _operation_args(p)
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("--from", dest="source", metavar="DIR|gs://BUCKET/PREFIX", help="the archive (required, except "
+                   "with --abort)")
+    _store_args(p)
+    p.add_argument("--abort", action="store_true", help="roll back an unfinished restore (before its activation)")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("place", help="move one deployed pooled tenant to another pool shard, data included",
                        description="Move a deployed pooled tenant to another pool shard with its rows, objects and "
@@ -677,6 +700,7 @@ def cmd_upgrade(args) -> int:
     discard = _stores(args.discard)
     if args.export_to and args.abort:
         raise ConfigError("--abort takes no --export-to: it removes what the unfinished move created")
+    _archive_arg("--export-to", args.export_to)
     engine = _engine(args)
     ctx = _context(args, engine)
     out = tier_move.upgrade(ctx, catalog, args.tenant, args.to_plan, reach=reach, keep_source_days=args.keep_source,
@@ -757,6 +781,7 @@ def cmd_offboard(args) -> int:
         _check_dsn("--source-dsn", args.source_dsn)
     if args.abort and (args.export_to or args.no_export):
         raise ConfigError("--abort takes no --export-to or --no-export: it undoes what the unfinished offboarding did")
+    _archive_arg("--export-to", args.export_to)
     catalog = load_catalog(args.tenants)
     engine = _engine(args)
     ctx = _context(args, engine)
@@ -768,8 +793,40 @@ def cmd_offboard(args) -> int:
         overrides["pooled" if pooled else "postgres-1"] = args.source_dsn
     out = offboard.offboard(ctx, catalog, args.tenant, export_to=args.export_to, reach=_reach(args, overrides),
                             discard=discard, yes=args.yes and args.no_export, abort=args.abort, take_over=args.take_over,
-                            command=_command_line(args))
+                            command=_command_line(args), restore_check=not args.no_restore_check)
     if out.status in ("nothing to abort",):
+        print(out.message)
+        return EXIT_OK
+    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _archive_arg(option: str, value: str | None) -> None:
+    """A gs:// archive location must name a bucket and a prefix of its own (bad input: exit 2)."""
+    from tenancy.errors import ConfigError
+    from tenancy.lifecycle import archives
+
+    if archives.is_bucket(value):
+        try:
+            archives.parse(value)
+        except archives.ArchiveError as exc:
+            raise ConfigError(f"{option} {exc}") from None
+
+
+def cmd_restore(args) -> int:
+    from tenancy.catalog import load_catalog
+    from tenancy.errors import ConfigError
+    from tenancy.operations import restore
+
+    if not args.source and not args.abort:
+        raise ConfigError(f"give the archive to restore '{args.tenant}' from: --from DIR or --from gs://BUCKET/PREFIX")
+    _archive_arg("--from", args.source)
+    reach = _reach(args, {})
+    catalog = load_catalog(args.tenants)
+    engine = _engine(args)
+    out = restore.restore(_context(args, engine), catalog, args.tenant, source=args.source, reach=reach,
+                          abort=args.abort, take_over=args.take_over, command=_command_line(args))
+    if out.status == "nothing to abort":
         print(out.message)
         return EXIT_OK
     print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))

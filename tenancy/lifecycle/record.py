@@ -11,7 +11,8 @@ The platform stack exports the catalogue it was last deployed with (`deployedRec
   tenant's placement (a plan that moves it into or out of the pool, or between namespace and dedicated),
   its state (suspended/active/offboarded), and its presence (a tenant deleted from the file stays deployed
   until it is offboarded). Those are held at their deployed values and reported as pending, with the
-  command that makes them.
+  command that makes them. An offboarded tenant stays offboarded whatever the file says: only `tenancy
+  restore`, which brings its data back from its archive first, records it active again.
 
 The record also holds where the deployment placed each tenant (cell, pool shard, data project; tenancy/fleet),
 carried as `Catalog.placements`: placement never recomputes a placed tenant, and only `tenancy place` changes
@@ -175,8 +176,10 @@ def for_deploy(desired: Catalog, deployed: Deployed) -> tuple[Catalog, list[Pend
         if was.state is State.OFFBOARDED:
             doc["tenants"][doc["tenants"].index(entry)] = _doc_tenant(base_doc, was.id)
             if want.state is not State.OFFBOARDED:
-                pending.append(Pending(was.id, "offboarded", f"tenant '{was.id}' was offboarded; its data is gone. To "
-                                       "onboard it again, give it a new id"))
+                pending.append(Pending(was.id, "offboarded", f"tenant '{was.id}' was offboarded; a deploy does not bring "
+                                       "it back. Restore it from its offboarding archive (its data as archived), or "
+                                       "onboard it afresh under a new id",
+                                       f"tenancy restore {was.id} --from ARCHIVE"))
             continue
         note = base.notes.get(was.id)
         if want.plan_name != was.plan_name and _crosses(was.model, want.model):
@@ -254,6 +257,16 @@ def require_active_tenant(deployed: Deployed, desired: Catalog, env: str, tenant
                           ("; run `tenancy up` first" if in_file else " and is not in tenants.yaml; check the id"))
     if deployed.catalog.tenant(tenant_id).state is State.OFFBOARDED:
         raise RecordError(f"tenant '{tenant_id}' is offboarded in '{env}'; its data is gone and it has no resources left")
+
+
+def require_offboarded_tenant(deployed: Deployed, env: str, tenant_id: str) -> None:
+    """A restore brings back an offboarded tenant only: one the deployment knows, with the plan it was offboarded on."""
+    if deployed.catalog is None:
+        raise RecordError(f"the platform stack '{naming.stack_name(env)}' has not been deployed (or predates the deployed "
+                          "record); run `tenancy up` first")
+    if not deployed.knows(tenant_id):
+        raise RecordError(f"tenant '{tenant_id}' was never deployed in '{env}', so it was not offboarded there: a restore "
+                          "brings back an offboarded tenant of this environment; check the id and --env")
 
 
 def _line_hint(path: str, tenant_id: str, plan: str) -> str:

@@ -209,7 +209,7 @@ class FirestoreHandle:
         return fs.discard(self.location, self.tenant, self.collections)
 
     def clear(self, say: Say) -> None:
-        self.delete(self.summary(), say)
+        fs.clear(self.location, self.tenant, self.collections, progress=say)
 
     def problems(self) -> list[str]:
         """What a move, export or delete of this store would leave behind (documents outside the declared tree)."""
@@ -439,6 +439,30 @@ def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operatio
     index_path.unlink()
     write_manifest(archive, ARCHIVE_INDEX, index)
     return index
+
+
+def export_archive(found: Mapping[str, Handle], where: str, staging: Path, tenant: str, operation: str,
+                   discarded: list[str], say: Say, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`export_all` to where the archive goes (tenancy/lifecycle/archives.py): a local directory in place; a bucket
+    archive staged in `staging`, then uploaded and listed back. Resumable: a killed run's finished upload is
+    found and kept."""
+    from tenancy.lifecycle import archives
+
+    if archives.is_bucket(where) and archives.uploaded(where, operation):
+        with archives.fetched(where) as local:
+            return json.loads((local / ARCHIVE_INDEX).read_text())
+    index = export_all(found, staging, tenant, operation, discarded, say, about)
+    if archives.is_bucket(where):
+        archives.upload(where, staging, operation, say)
+    return index
+
+
+def verify_archive_at(found: Mapping[str, Handle], where: str) -> dict[str, Summary]:
+    """`verify_archive` of the archive where it now is (a bucket archive downloaded again, as a restore reads it)."""
+    from tenancy.lifecycle import archives
+
+    with archives.fetched(where) as local:
+        return verify_archive(found, local)
 
 
 def verify_archive(found: Mapping[str, Handle], archive: Path) -> dict[str, Summary]:

@@ -27,7 +27,6 @@ the platform told -- on the operation protocol (tenancy/operations/protocol.py):
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -171,24 +170,16 @@ class Offboard(Operation):
             return {}
         at = self.archive_at
         self.lease.created("archive", {"path": at} if archives.is_bucket(at) else {"path": str(self.archive)}, "on_abort")
-        if archives.is_bucket(at) and archives.uploaded(at, self.op_id):   # a killed run finished the upload
-            with archives.fetched(at) as local:
-                index = json.loads((local / data.ARCHIVE_INDEX).read_text())
-        else:
-            about = {"environment": self.ctx.env, "plan": self.t.plan_name, "model": self.t.model.value}
-            index = data.export_all(self.kept, self.archive, self.tenant, self.op_id, sorted(self.discard), self.say,
+        about = {"environment": self.ctx.env, "plan": self.t.plan_name, "model": self.t.model.value}
+        index = data.export_archive(self.kept, at, self.archive, self.tenant, self.op_id, sorted(self.discard), self.say,
                                     about)
-            if archives.is_bucket(at):
-                self.step("uploading the archive")
-                archives.upload(at, self.archive, self.op_id, self.say)
         return {"stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def phase_verify(self) -> dict:
         if self.archive is None:
             return {"sources": {n: h.summary().to_json() for n, h in self.kept.items() if h.kind != "graph"}}
         try:
-            with archives.fetched(self.archive_at) as local:
-                sums = data.verify_archive(self.kept, local)
+            sums = data.verify_archive_at(self.kept, self.archive_at)
         except Mismatch as exc:
             raise OperationError(f"{exc}; the tenant stays frozen and nothing was deleted") from None
         return {"sources": {n: s.to_json() for n, s in sums.items() if self.kept[n].kind != "graph"}}
@@ -255,9 +246,8 @@ class Offboard(Operation):
             deleted[name] = n
             self.step(f"deleted {name}")
             self.note("delete", deleted=deleted)
-        if not self.t.has_stack:
-            for d in self._dbs():
-                pg.unregister(d.dsn, self.tenant)
+        for d in self._dbs():      # a database of its own goes with the stack too; until then it names no one
+            pg.unregister(d.dsn, self.tenant)
         self.outcome.detail["deleted"] = deleted
         return {"deleted": deleted}
 
@@ -266,6 +256,8 @@ class Offboard(Operation):
             return {}
         stack = naming.stack_name(self.ctx.env, self.tenant)
         guarded_destroy(self.ctx.engine, stack, self.deployed.catalog, self.covered, self.say)
+        for d in self.databases:     # destroyed with the stack: a restore's new databases get pinned afresh
+            self.ctx.registry.unpin(d.name)
         return {"destroyed": stack}
 
     def phase_publish(self) -> dict:

@@ -224,6 +224,14 @@ class Registry:
                       "pinned_at = now() WHERE name = %s AND system_identifier IS NULL", (*identity, name))
             c.commit()
 
+    def unpin(self, name: str) -> None:
+        """Forget a database's pinned identity: the database it named is gone (destroyed with its tenant stack),
+        and the next verified contact pins the one that now bears the name."""
+        with self.connect() as c:
+            c.execute("UPDATE registry.databases SET system_identifier = NULL, database_oid = NULL, datname = NULL, "
+                      "pinned_at = NULL WHERE name = %s", (name,))
+            c.commit()
+
     # ------------------------------------------------------------------------------------------- operations
 
     def operation(self, op_id: str) -> OperationRow | None:

@@ -25,14 +25,21 @@ def databases(engine: Engine, deployed: rec.Deployed, env: str) -> dict[str, tup
             outputs = engine.outputs(stack)
         except EngineError:
             continue
-        pool = outputs.get("poolDatabase")
-        if isinstance(pool, dict) and pool.get("connectionName"):
-            out[pool["shard"]] = (pool["shard"], {"instance": pool["connectionName"], "dbname": pool.get("database", "app")})
-        tenant = outputs.get("tenant")
-        for role, db in (outputs.get("databases") or {}).items() if tenant else ():
-            if isinstance(db, dict) and db.get("connectionName"):
-                out[f"{tenant}/{role}"] = (f"tenant:{tenant}", {"instance": db["connectionName"],
-                                                               "dbname": db.get("database", "app")})
+        out.update(stack_databases(outputs))
+    return out
+
+
+def stack_databases(outputs: dict) -> dict[str, tuple[str, dict]]:
+    """Database name -> (unit, connection record) of the databases one stack's outputs name."""
+    out: dict[str, tuple[str, dict]] = {}
+    pool = outputs.get("poolDatabase")
+    if isinstance(pool, dict) and pool.get("connectionName"):
+        out[pool["shard"]] = (pool["shard"], {"instance": pool["connectionName"], "dbname": pool.get("database", "app")})
+    tenant = outputs.get("tenant")
+    for role, db in (outputs.get("databases") or {}).items() if tenant else ():
+        if isinstance(db, dict) and db.get("connectionName"):
+            out[f"{tenant}/{role}"] = (f"tenant:{tenant}", {"instance": db["connectionName"],
+                                                           "dbname": db.get("database", "app")})
     return out
 
 

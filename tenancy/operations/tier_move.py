@@ -39,7 +39,7 @@ from typing import Any, Mapping
 from tenancy import db, naming
 from tenancy.catalog import Catalog, Model
 from tenancy.errors import OperationError, Refused
-from tenancy.lifecycle import online
+from tenancy.lifecycle import archives, online
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
 from tenancy.lifecycle import units
@@ -109,7 +109,7 @@ class TierMove(Operation):
         return Spec(self.kind, self.tenant, {"to_plan": self.to_plan}, cmd, f"{cmd} --abort",
                     settings={"from_plan": self.deployed.catalog.tenant(self.tenant).plan_name, "to_plan": self.to_plan,
                               "keep_source_days": self.keep_source_days, "discard": sorted(self.discard),
-                              "export_to": str(Path(self.export_to).resolve()) if self.export_to else None,
+                              "export_to": archives.setting(self.export_to),
                               "method": self.method})
 
     # --------------------------------------------------------------------------------------------- prepare
@@ -120,7 +120,7 @@ class TierMove(Operation):
         # As the move was started: a resumed run keeps its window, discards, archive and method.
         self.keep_source_days = int(s.get("keep_source_days", self.keep_source_days))
         self.discard = frozenset(s.get("discard", [])) | self.discard
-        self.archive = Path(s["export_to"]) if s.get("export_to") else None
+        self.archive = archives.staging(s.get("export_to"), self.op_id)   # written here (a bucket archive: staged)
         self.method = s.get("method", self.method)
         self.before, self.after = self._catalogs()
         b, a = self.before.tenant(tenant), self.after.tenant(tenant)
@@ -242,7 +242,8 @@ class TierMove(Operation):
     def _check_archive(self, problems: list[str]) -> None:
         if self.archive is None:
             return
-        problem = archive_problem(Path(self.export_to) if self.export_to else self.archive)
+        at = self.export_to or self.settings["export_to"]
+        problem = archives.problem(at) if archives.is_bucket(at) else archive_problem(Path(at))
         if problem:
             problems.append(problem)
 
@@ -293,8 +294,8 @@ class TierMove(Operation):
             elif n in self.plan.left and n not in self.discard:
                 out.pop(n, None)
             elif n in self.discard and n not in out:
-                out[n] = (f"{'exported to ' + str(self.archive / n) + ' and ' if self.archive else ''}discarded by "
-                          f"--discard {n}")
+                saved = f"exported to {archives.describe(self.settings.get('export_to'), n)} and " if self.archive else ""
+                out[n] = f"{saved}discarded by --discard {n}"
         return out
 
     # ----------------------------------------------------------------------------------------------- phases
@@ -377,8 +378,9 @@ class TierMove(Operation):
         found = dict(self.plan.sources)
         if "graph" in found and not self.settings.get("graph_export"):
             del found["graph"]
-        index = data.export_all(found, self.archive, self.tenant, self.op_id, sorted(self.discard), self.say)
-        return {"archive": str(self.archive), "stores": {n: e.get("count") for n, e in index["stores"].items()}}
+        index = data.export_archive(found, self.settings["export_to"], self.archive, self.tenant, self.op_id,
+                                    sorted(self.discard), self.say)
+        return {"archive": self.settings["export_to"], "stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def phase_copy(self) -> dict:
         detail: dict[str, Any] = dict(self.progress("copy").get("copied") or {})
@@ -415,7 +417,7 @@ class TierMove(Operation):
                 raise OperationError(f"verification failed: {exc}; the tenant stays frozen on {self.b.model.value}") from None
         if self.archive is not None:
             found = {n: h for n, h in self.plan.sources.items() if n != "graph" or self.settings.get("graph_export")}
-            data.verify_archive(found, self.archive)
+            data.verify_archive_at(found, self.settings["export_to"])
         return {"sources": sums, "stores": {n: s["count"] for n, s in sums.items()}}
 
     def phase_switch(self) -> dict:
@@ -480,7 +482,7 @@ class TierMove(Operation):
         o.detail["rows"] = sum(v.get("rows", 0) for v in self.done.get("copy", {}).get("copied", {}).values())
         o.detail["copied"] = self.done.get("copy", {}).get("copied", {})
         if self.archive is not None:
-            o.detail["archive"] = str(self.archive)
+            o.detail["archive"] = self.settings.get("export_to")
         if o.detail.get("freeze_seconds") is None:
             o.detail["freeze_seconds"] = self.done.get("switch", {}).get("freeze_seconds")
         if any(t.id == self.tenant for t in self.catalog.tenants) and self.catalog.tenant(self.tenant).plan_name != self.to_plan:

@@ -315,6 +315,27 @@ def delete(loc: FirestoreLocation, tenant: str, collections: Collections, expect
     return done
 
 
+def clear(loc: FirestoreLocation, tenant: str, collections: Collections, *, progress: Progress | None = None) -> int:
+    """Delete everything of the tenant at `loc`, as it is now, resuming an interrupted clear: what remains plus
+    what the deletion marker says was deleted is what the deletion started with. Only for a copy no one uses yet
+    (an aborted restore's target); a tenant's data of record is deleted against a verified summary (`delete`)."""
+    tree = _prepare(loc, tenant, collections)
+    client = _client(loc)
+    with _api(loc, "reading the deletion marker"):
+        snap = client.document(loc.path(f"{MARKER_COLLECTION}/deletion")).get(retry=_retry())
+    acc = {p: [0, 0] for p in _part_names(tree)}
+    for part, checksum in _checksums(loc, tree).values():
+        acc[part][0] += 1
+        acc[part][1] = (acc[part][1] + int(checksum, 16)) % _MOD
+    for part, gone in ((snap.to_dict() or {}).get("deleted", {}) if snap.exists else {}).items():
+        acc.setdefault(part, [0, 0])
+        acc[part][0] += int(gone["count"])
+        acc[part][1] = (acc[part][1] + int(gone["checksum"], 16)) % _MOD
+    parts = {p: {"count": n, "checksum": f"{s:064x}"} for p, (n, s) in acc.items()}
+    count, checksum = combine(parts)
+    return delete(loc, tenant, collections, Summary(KIND, count, checksum, parts), progress=progress)
+
+
 def discard(loc: FirestoreLocation, tenant: str, collections: Collections, *, batch_size: int = MAX_BATCH) -> int:
     """Remove a scratch copy whole (`scratch_location`), without a verified summary: it is nobody's data of
     record. Refused for any other location. Returns the documents removed."""
