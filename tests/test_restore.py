@@ -62,6 +62,12 @@ def registered(w, dbname, tenant):
     return row[0] if row else None
 
 
+def scratch_docs(loc):
+    from tests.test_tier_moves_all_stores import TREE
+    tenant = loc.root.rsplit("/", 1)[1]
+    return {rel: checksum for rel, (_, checksum) in fs._checksums(loc, fs._prepare(loc, tenant, TREE)).items()}
+
+
 def objects_with_metadata(store, prefix):
     return {o.name: (store.read(o.name), o.content_type, o.metadata) for o in store.objects(prefix)}
 
@@ -175,3 +181,193 @@ def test_a_wrong_archive_is_refused_before_anything_changes(w):
     refused(w["tmp"] / "nowhere", f"the archive {w['tmp'] / 'nowhere'} is not one this restore can trust: "
                                   f"{w['tmp'] / 'nowhere'}: no readable archive.json (No such file or directory): not an "
                                   "archive of `tenancy offboard`")
+
+
+def test_offboard_refuses_to_delete_when_its_archive_does_not_restore(w):
+    """The export's CSV rewritten with its manifest's digests made to agree: every file matches its manifest, so
+    only restoring it shows that its rows are not the verified ones."""
+    import hashlib
+
+    s = w["server"]
+    archive = w["tmp"] / "alpha-archive"
+
+    def tamper(phase):
+        if phase != "restore-check":
+            return
+        folder = archive / "pooled"
+        csv = folder / "app.users.csv"
+        csv.chmod(0o600)
+        csv.write_bytes(csv.read_bytes().replace(b"user0@alpha", b"user9@alpha"))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["tables"]["app.users"]["sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        index = json.loads((archive / "archive.json").read_text())
+        index["stores"]["pooled"]["manifestSha256"] = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+        (archive / "archive.json").write_text(json.dumps(index))
+
+    with pytest.raises(OperationError) as failed:
+        offboard(w, "alpha", export_to=str(archive), before_phase=tamper)
+    op = w["registry"].unfinished()[0]
+    assert str(failed.value).startswith(
+        f"the archive does not restore: pooled: tenant 'alpha': the export in {archive / 'pooled'} does not load back as "
+        "exported, nothing committed: app.users: exported 2 rows/")
+    assert str(failed.value).endswith(
+        f"the tenant stays frozen and nothing was deleted. Operation {op.id}: resume it with `tenancy offboard alpha "
+        f"--env dev`, or abort it with `tenancy offboard alpha --env dev --abort`")
+    assert rows(s, w["pooled"], "alpha") == w["before"]["alpha"], "nothing deleted, nothing committed"
+    assert docs(w["fs_pool"]("alpha")) == w["docs"]["alpha"] and objects_of(w["shared"], "alpha/") == w["objects"]["alpha"]
+    assert registered(w, w["pooled"], "alpha") == "frozen" and w["registry"].tenant("alpha").state == "frozen"
+    aborted = offboard(w, "alpha", abort=True, export_to=None)
+    assert aborted.status == "aborted" and not archive.exists()
+    assert registered(w, w["pooled"], "alpha") == "active" and w["registry"].tenant("alpha").state == "active"
+
+
+def test_a_restore_check_interrupted_with_scratch_copies_leaves_none_after_abort_or_resume(w, monkeypatch):
+    real = fs.import_export
+
+    def killed_after_writing(*args, **kw):
+        real(*args, **kw)
+        raise Boom("killed with the scratch documents written")
+
+    archive = w["tmp"] / "alpha-archive"
+    monkeypatch.setattr(fs, "import_export", killed_after_writing)
+    with pytest.raises(Boom):
+        offboard(w, "alpha", export_to=str(archive))
+    op = w["registry"].unfinished()[0]
+    pool = w["fs_pool"]("alpha")
+    scratch = fs.FirestoreLocation(pool.project, pool.database, f"_tenancy/restore-check-{op.id}/tenants/alpha")
+    assert scratch_docs(scratch) == w["docs"]["alpha"], "the scratch documents are there"
+    assert [(r.kind, r.policy, r.done) for r in w["registry"].cleanup_records(op.id) if r.kind == "scratch"] == [
+        ("scratch", "always", True), ("scratch", "always", False)], "objects' scratch discarded, documents' pending"
+    monkeypatch.setattr(fs, "import_export", real)
+    out = offboard(w, "alpha", export_to=str(archive))
+    assert out.status == "done" and out.detail["restore_check"] == {"pooled": 8, "objects": 2, "firestore": 8}
+    assert scratch_docs(scratch) == {}
+    assert w["shared"].objects("_tenancy/") == []
+    # and an abort removes them too
+    monkeypatch.setattr(fs, "import_export", killed_after_writing)
+    with pytest.raises(Boom):
+        offboard(w, "bravo", export_to=str(w["tmp"] / "bravo-archive"))
+    bravo_op = w["registry"].unfinished()[0].id
+    there = fs.FirestoreLocation(pool.project, pool.database, f"_tenancy/restore-check-{bravo_op}/tenants/bravo")
+    assert scratch_docs(there) == w["docs"]["bravo"]
+    monkeypatch.setattr(fs, "import_export", real)
+    assert offboard(w, "bravo", abort=True, export_to=None).status == "aborted"
+    assert scratch_docs(there) == {} and w["shared"].objects("_tenancy/") == []
+    assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and registered(w, w["pooled"], "bravo") == "active"
+
+
+CATALOG_OFFBOARDED = """
+version: 1
+tenants:
+  - {id: alpha, name: Alpha, plan: free, admin_email: a@alpha.example, state: offboarded}
+  - {id: bravo, name: Bravo, plan: pro, admin_email: b@bravo.example}
+plans:
+  pro:
+    model: pooled
+    limits: {api_rate_limit: 500, storage_gb: 5, cpu: 0.5, memory_gb: 1, pods: 1, pvcs: 0, services: 1, backup_retention_days: 7}
+    features: [core, comments, likes, audit-log, api-access]
+"""
+
+
+def test_the_command_line_restores_with_exact_messages_and_exit_codes(w, capsys, monkeypatch):
+    from tenancy.catalog import parse_catalog
+    from tenancy.stores import postgres as pg
+
+    tenants = w["tmp"] / "tenants.yaml"
+    tenants.write_text(CATALOG_OFFBOARDED)
+    common = ["--env", "dev", "--tenants", str(tenants), "--engine", "offline", "--state", str(w["tmp"] / "state"),
+              "--registry", w["registry"].dsn, "--db", f"pooled={w['reach'].dsns['pooled']}"]
+
+    def run(*argv):
+        code = main([*argv, *common])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    archive = w["tmp"] / "alpha-archive"
+
+    def never(*a, **kw):
+        raise AssertionError("--no-restore-check restores nothing")
+
+    with monkeypatch.context() as m:
+        for module in (pg, obj, fs):
+            m.setattr(module, "import_export", never)
+        code, out, err = run("offboard", "alpha", "--export-to", str(archive), "--no-restore-check")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "done" and result["restore_check"] == "skipped"
+    assert "[restore-check]" in err and "skipped (--no-restore-check)" in err
+    pending = [p for p in rec.for_deploy(parse_catalog(CATALOG_OFFBOARDED.replace(", state: offboarded", "")),
+                                         rec.read(w["engine"], "dev"))[1] if p.tenant == "alpha"]
+    assert [(p.kind, p.command) for p in pending] == [("offboarded", "tenancy restore alpha --from ARCHIVE")]
+
+    assert run("restore", "alpha") == (2, "", "error: give the archive to restore 'alpha' from: --from DIR or --from "
+                                              "gs://BUCKET/PREFIX\n")
+    assert run("restore", "alpha", "--from", "gs://only-a-bucket") == (
+        2, "", "error: --from gs://only-a-bucket: give gs://BUCKET/PREFIX, a prefix of its own for this archive (e.g. "
+               "gs://acme-archives/offboarded/acme-2025-06)\n")
+    assert run("restore", "ghost", "--from", str(archive)) == (
+        2, "", "error: tenant 'ghost' was never deployed in 'dev', so it was not offboarded there: a restore brings back "
+               "an offboarded tenant of this environment; check the id and --env\n")
+    assert run("restore", "bravo", "--from", str(archive)) == (
+        2, "", "error: restore of 'bravo' refused before any change: tenant 'bravo' is active in 'dev', not offboarded: a "
+               "restore brings back an offboarded tenant only (its stores would be overwritten otherwise); nothing was "
+               "changed\n")
+    assert run("restore", "alpha", "--abort") == (0, "tenant 'alpha' has no unfinished restore; nothing to abort\n", "")
+
+    code, out, err = run("restore", "alpha", "--from", str(archive))
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["status"], result["kind"], result["phases_run"]) == ("done", "restore", list(restoring.PHASES))
+    assert result["restored"] == {"pooled": 8, "objects": 2, "firestore": 8}
+    assert result["catalog_line"] == f"tenant 'alpha' restored; set `state: active` for it in {tenants}"
+    assert rows(w["server"], w["pooled"], "alpha") == w["before"]["alpha"]
+    assert docs(w["fs_pool"]("alpha")) == w["docs"]["alpha"] and objects_of(w["shared"], "alpha/") == w["objects"]["alpha"]
+    assert [p for p in rec.for_deploy(parse_catalog(CATALOG_OFFBOARDED.replace(", state: offboarded", "")),
+                                      rec.read(w["engine"], "dev"))[1] if p.tenant == "alpha"] == []
+    code, out, err = run("restore", "alpha", "--from", str(archive))
+    assert (code, out) == (2, "") and err.startswith("error: restore of 'alpha' refused before any change: tenant 'alpha' "
+                                                     "is active in 'dev', not offboarded")
+
+
+def test_archives_in_a_bucket_are_never_overwritten_and_restore_from_there(w):
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from google.cloud import storage
+
+    client = storage.Client(project=w["project"])
+    name = f"archives-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(name)
+    bucket = obj.open_store(f"gs://{name}")
+    url = f"gs://{name}/offboarded/alpha"
+    out = offboard(w, "alpha", export_to=url)
+    op = out.operation
+    assert out.detail["export"]["dir"] == url and out.detail["restore_check"] == {"pooled": 8, "objects": 2, "firestore": 8}
+    names = sorted(bucket.list("offboarded/alpha/"))
+    assert {"offboarded/alpha/archive.json", "offboarded/alpha/pooled/manifest.json", "offboarded/alpha/pooled/app.users.csv",
+            "offboarded/alpha/objects/objects.json", "offboarded/alpha/objects/objects/avatars/1.png",
+            "offboarded/alpha/firestore/itineraries.notes.jsonl"} <= set(names)
+    assert not (Path(tempfile.gettempdir()) / f"tenancy-archive-{op}").exists(), "the staging copy is removed"
+    assert json.loads(bucket.read("offboarded/alpha/archive.json"))["operation"] == op
+    with pytest.raises(PreflightRefused) as refused:
+        offboard(w, "bravo", export_to=url)
+    assert str(refused.value) == (f"offboard of 'bravo' refused before any change: --export-to {url}: already holds "
+                                  f"{len(names)} objects; give a new prefix so no earlier archive is overwritten; nothing "
+                                  "was changed")
+    good = bucket.read("offboarded/alpha/pooled/app.users.csv")
+    bucket.write("offboarded/alpha/pooled/app.users.csv", good.replace(b"user0@alpha", b"user9@alpha"))
+    with pytest.raises(PreflightRefused, match=r"pooled: tenant 'alpha': the export in .* does not match its manifest: "
+                                               r"app.users: file app.users.csv changed \(sha256 differs\)"):
+        restore(w, "alpha", url)
+    bucket.write("offboarded/alpha/pooled/app.users.csv", good)
+    done = restore(w, "alpha", url)
+    assert done.status == "done" and done.detail["archive"] == url
+    assert rows(w["server"], w["pooled"], "alpha") == w["before"]["alpha"]
+    assert docs(w["fs_pool"]("alpha")) == w["docs"]["alpha"] and objects_of(w["shared"], "alpha/") == w["objects"]["alpha"]
+    # a tier move archives to a bucket the same way
+    moved = upgrade(w, "standard", export_to=f"gs://{name}/moves/bravo")
+    assert moved.detail["archive"] == f"gs://{name}/moves/bravo"
+    index = json.loads(bucket.read("moves/bravo/archive.json"))
+    assert index["tenant"] == "bravo" and set(index["stores"]) == {"pooled", "objects", "firestore"}

@@ -210,8 +210,10 @@ class Offboard(Operation):
                         scratch.discard()      # what a killed run left there
                         try:
                             s = scratch.import_export(folder, self.say)
-                        finally:
+                        except StoreError:
                             scratch.discard()
+                            raise
+                        scratch.discard()
                         self.lease.cleaned(seq)
                 except StoreError as exc:
                     raise OperationError(f"the archive does not restore: {name}: {exc}; the tenant stays frozen and "
