@@ -20,7 +20,7 @@ from tenancy.operations.protocol import Context
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
 from tenancy.stores.layout import graph_dump_object
-from tests.movehelp import Boom
+from tests.movehelp import Boom, stop_before
 from tests.test_tier_moves_all_stores import (ORPHAN, TABLES, DumpJob, docs, fleet, objects_of,  # noqa: F401 -- fixture
                                               offboard, rows, upgrade)
 
@@ -133,6 +133,18 @@ def test_a_tenant_with_its_own_stores_comes_back_into_a_fresh_tenant_stack_with_
         "neo4j-admin load Job in namespace tenant-bravo; give --kubeconfig, or --skip graph to leave it in the archive; "
         "nothing was changed")
     assert w["registry"].tenant("bravo").state == "offboarded" and "dev.bravo" not in w["engine"].stacks()
+    # interrupted with every store imported and the graph loaded, then aborted: exactly that is removed
+    with pytest.raises(Boom):
+        restore(w, "bravo", archive, standard, reach=Reach(w["reach"].dsns, graph_runner=LoadJob(w["bucket"])),
+                before_phase=stop_before("activate"))
+    assert "dev.bravo" in w["engine"].stacks() and rows(s, p2, "bravo") == before[p2]
+    assert w["registry"].tenant("bravo").state == "frozen" and registered(w, p1, "bravo") == "frozen"
+    aborted = restore(w, "bravo", archive, standard, reach=Reach(w["reach"].dsns), abort=True)
+    assert aborted.status == "aborted" and "dev.bravo" not in w["engine"].stacks()
+    assert all(rows(s, d, "bravo") == {t: [] for t in TABLES} and registered(w, d, "bravo") is None for d in w["own"])
+    assert docs(w["fs_own"]) == {} and objects_of(w["bucket"], "") == {}
+    row = w["registry"].tenant("bravo")
+    assert (row.state, row.stores, row.operation) == ("offboarded", {}, None) and state_of(w, "bravo") == "offboarded"
     job = LoadJob(w["bucket"])
     done = restore(w, "bravo", archive, standard, reach=Reach(w["reach"].dsns, graph_runner=job))
     assert done.detail["restored"] == {"postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 8,
@@ -371,3 +383,98 @@ def test_archives_in_a_bucket_are_never_overwritten_and_restore_from_there(w):
     assert moved.detail["archive"] == f"gs://{name}/moves/bravo"
     index = json.loads(bucket.read("moves/bravo/archive.json"))
     assert index["tenant"] == "bravo" and set(index["stores"]) == {"pooled", "objects", "firestore"}
+
+
+# --------------------------------------------------------------------------- killed at a random instant
+
+def _restore_command(state: str, registry_dsn: str, project: str, catalog_text: str, args: dict, report: str) -> None:
+    """Runs in a fork-server child: `tenancy restore bravo --from ARCHIVE` with no DSN (the registry names every
+    database); its outcome, or its error's line, written to `report`."""
+    from tenancy.catalog import parse_catalog
+    from tenancy.engine import OfflineEngine
+    from tenancy.errors import TenancyError
+    from tenancy.operations import tier_move
+    from tenancy.operations.registry import Registry
+
+    try:
+        restoring.project_of = tier_move.project_of = offboarding.project_of = lambda deployed: project
+        ctx = Context("dev", Registry.open(registry_dsn, "dev"), OfflineEngine(state, "dev"))
+        restoring.restore(ctx, parse_catalog(catalog_text), "bravo", source=args["from"], reach=Reach({}),
+                          abort=args.get("abort", False))
+        text = {"status": "finished"}
+    except TenancyError as exc:
+        text = {"status": "failed", "error": str(exc)}
+    with open(report, "w") as f:
+        json.dump(text, f)
+
+
+class RestoreRunner:
+    def __init__(self, w):
+        import multiprocessing
+
+        self.w = w
+        self.mp = multiprocessing.get_context("forkserver")
+        self.mp.set_forkserver_preload(["tenancy.operations.restore", "stacks", "tests.test_restore"])
+
+    def run(self, args: dict, delay: float | None = None) -> tuple[str, str]:
+        import os
+        import signal
+        import uuid
+
+        from tests.test_operations_killed import _yaml
+
+        w = self.w
+        report = w["tmp"] / f"report-{uuid.uuid4().hex[:8]}.json"
+        p = self.mp.Process(target=_restore_command, args=(str(w["tmp"] / "state"), w["registry"].dsn, w["project"],
+                                                           _yaml(w["catalog"]), args, str(report)))
+        p.start()
+        p.join(delay if delay is not None else 600)
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGKILL)
+            p.join()
+            return "killed", ""
+        if not report.exists():
+            return "failed", f"exit code {p.exitcode}"
+        out = json.loads(report.read_text())
+        return out["status"], out.get("error", "")
+
+
+def nothing_of_bravo(w):
+    s = w["server"]
+    assert rows(s, w["pooled"], "bravo") == {t: [] for t in TABLES} and registered(w, w["pooled"], "bravo") is None
+    assert docs(w["fs_pool"]("bravo")) == {} and objects_of(w["shared"], "bravo/") == {}
+    assert w["registry"].tenant("bravo").state == "offboarded" and state_of(w, "bravo") == "offboarded"
+
+
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed{s}") for s in range(int(__import__("os").environ.get(
+    "TENANCY_KILL_RUNS", "1")))])
+def test_restore_killed_at_a_random_instant_then_resumed_or_aborted(w, seed, pg_server, monkeypatch):
+    import random
+
+    from tenancy.operations import stores as where
+    from tenancy.operations.sync import sync
+
+    reg, rng = w["registry"], random.Random(5000 + seed)
+    reg.set_database("pool-1", "pool-1", where.connection_record(w["reach"].dsns["pooled"]))
+    sync(reg, rec.read(w["engine"], "dev"), "dev")
+    archive = w["tmp"] / "bravo-archive"
+    ctx = Context("dev", reg, w["engine"])
+    offboarding.offboard(ctx, w["catalog"], "bravo", reach=Reach({}), export_to=str(archive))
+    nothing_of_bravo(w)
+    runner = RestoreRunner(w)
+    outcome, error = runner.run({"from": str(archive)}, delay=rng.uniform(0.0, 5.0))
+    assert outcome in ("killed", "finished"), error
+    if outcome == "killed" and rng.random() < 0.5:
+        aborted, error = runner.run({"from": str(archive), "abort": True})
+        assert aborted == "finished" or "it can no longer be aborted" in error, error
+        if aborted == "finished":
+            nothing_of_bravo(w)      # exactly what the restore wrote is gone; the archive is untouched
+            assert w["shared"].objects("_tenancy/") == [] and reg.unfinished() == []
+    done, error = runner.run({"from": str(archive)})
+    assert done == "finished", error
+    s = w["server"]
+    assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"] and registered(w, w["pooled"], "bravo") == "active"
+    assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and objects_of(w["shared"], "bravo/") == w["objects"]["bravo"]
+    assert reg.unfinished() == [] and reg.tenant("bravo").state == "active" and state_of(w, "bravo") == "active"
+    assert rows(s, w["pooled"], "alpha") == w["before"]["alpha"], "the neighbour's rows"
+    assert docs(w["fs_pool"]("alpha")) == w["docs"]["alpha"] and objects_of(w["shared"], "alpha/") == w["objects"]["alpha"]
