@@ -478,3 +478,29 @@ def test_restore_killed_at_a_random_instant_then_resumed_or_aborted(w, seed, pg_
     assert reg.unfinished() == [] and reg.tenant("bravo").state == "active" and state_of(w, "bravo") == "active"
     assert rows(s, w["pooled"], "alpha") == w["before"]["alpha"], "the neighbour's rows"
     assert docs(w["fs_pool"]("alpha")) == w["docs"]["alpha"] and objects_of(w["shared"], "alpha/") == w["objects"]["alpha"]
+
+
+def test_a_bucket_upload_never_overwrites_and_resumes_what_a_killed_run_uploaded(gcs_server, tmp_path):
+    import uuid
+
+    from google.cloud import storage
+
+    from tenancy.lifecycle import archives
+
+    name = f"archives-{uuid.uuid4().hex[:10]}"
+    storage.Client(project="local").create_bucket(name)
+    bucket = obj.open_store(f"gs://{name}")
+    staged = tmp_path / "staged"
+    (staged / "pooled").mkdir(parents=True)
+    (staged / "pooled" / "manifest.json").write_text('{"tables": {}}')
+    (staged / "archive.json").write_text('{"tenant": "alpha", "operation": "op-1"}')
+    url = f"gs://{name}/a"
+    bucket.write("a/pooled/manifest.json", b"someone else's")
+    with pytest.raises(archives.ArchiveError, match=rf"^{url}/pooled/manifest.json exists with other content; nothing "
+                                                   "was overwritten$"):
+        archives.upload(url, staged, "op-1", lambda m: None)
+    assert bucket.read("a/pooled/manifest.json") == b"someone else's" and "a/archive.json" not in bucket.list("a/")
+    bucket.write("a/pooled/manifest.json", b'{"tables": {}}')       # as a killed run of op-1 left it
+    assert archives.upload(url, staged, "op-1", lambda m: None) == 2 and not staged.exists()
+    assert archives.uploaded(url, "op-1") and not archives.uploaded(url, "op-2")
+    assert json.loads(bucket.read("a/archive.json")) == {"tenant": "alpha", "operation": "op-1"}

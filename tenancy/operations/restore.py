@@ -54,7 +54,7 @@ from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, Operation
 from tenancy.operations.sync import stack_databases
 from tenancy.operations.tier_move import project_of
-from tenancy.stores import Mismatch, StoreError, Summary, file_sha256
+from tenancy.stores import Mismatch, StoreError, file_sha256
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import DataLayout, registry_entry, stores_for
 
