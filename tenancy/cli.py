@@ -642,7 +642,8 @@ def _store_args(p) -> None:
                    help="override: a database of the operation, by store (postgres-N, pooled) or registry name (pool-N, "
                         "<tenant>/postgres-N); default: the registry's record; repeatable")
     p.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
-    p.add_argument("--kubeconfig", metavar="FILE", help="cluster credentials for the graph's neo4j-admin dump Job")
+    p.add_argument("--kubeconfig", metavar="FILE", help="cluster credentials for the graph's neo4j-admin dump (or, for a "
+                   "restore, load) Job")
     p.add_argument("--skip", action="append", default=[], metavar="KIND",
                    help="do not carry this store kind in this run (objects, firestore, graph): its data stays where it is")
 
@@ -661,8 +662,13 @@ def _reach(args, dsns: dict[str, str]):
             skip.add(k)
     runner = None
     if args.kubeconfig:
-        from tenancy.stores.graph import KubernetesJobRunner
-        runner = KubernetesJobRunner(args.kubeconfig)
+        from tenancy.stores.graph import GraphError, KubernetesJobRunner
+        try:    # the runner takes the kubeconfig's content (a stack output holds it), the option names its file
+            runner = KubernetesJobRunner(Path(args.kubeconfig).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--kubeconfig {args.kubeconfig}: cannot read it ({exc.strerror})") from None
+        except GraphError as exc:
+            raise ConfigError(f"--kubeconfig {args.kubeconfig}: {exc}") from None
     return Reach(dsns, args.objects_root, runner, frozenset(skip))
 
 

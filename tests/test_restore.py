@@ -326,8 +326,14 @@ def test_the_command_line_restores_with_exact_messages_and_exit_codes(w, capsys,
                "restore brings back an offboarded tenant only (its stores would be overwritten otherwise); nothing was "
                "changed\n")
     assert run("restore", "alpha", "--abort") == (0, "tenant 'alpha' has no unfinished restore; nothing to abort\n", "")
+    assert run("restore", "alpha", "--from", str(archive), "--kubeconfig", str(w["tmp"] / "nope")) == (
+        2, "", f"error: --kubeconfig {w['tmp'] / 'nope'}: cannot read it (No such file or directory)\n")
+    kubeconfig = w["tmp"] / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                          "current-context: x\n")
 
-    code, out, err = run("restore", "alpha", "--from", str(archive))
+    code, out, err = run("restore", "alpha", "--from", str(archive), "--kubeconfig", str(kubeconfig))
     assert code == 0, err
     result = json.loads(out)
     assert (result["status"], result["kind"], result["phases_run"]) == ("done", "restore", list(restoring.PHASES))

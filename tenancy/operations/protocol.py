@@ -1,5 +1,5 @@
-"""The one protocol every operation on tenant data follows (tier moves, offboard, place, data move, suspend,
-resume):
+"""The one protocol every operation on tenant data follows (tier moves, offboard, restore, place, data move,
+suspend, resume):
 
     lease      the tenant's lease in the registry (tenancy/operations/lease.py): a second operation on the
                tenant is refused; a killed run's operation is resumed by running the same command again

@@ -162,6 +162,8 @@ class Restore(Operation):
         placeless = sorted(n for n in self.archived if n not in self.stores.names)
         if placeless:
             problems.append(f"the archive holds {', '.join(placeless)}, which plan '{self.t.plan_name}' has no place for")
+        for n in self.index.get("discarded") or []:
+            self.say(f"  {n} of '{tenant}' was discarded at its offboarding (not in the archive): it comes back empty")
         skipped = sorted(n for n in self.archived if data.kind_of(n) in self.reach.skip)
         for n in skipped:
             self.say(f"  not restored by this run (--skip {data.kind_of(n)}): {n} of '{tenant}' stays in the archive only")
