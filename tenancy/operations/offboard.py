@@ -17,7 +17,7 @@ the platform told -- on the operation protocol (tenancy/operations/protocol.py):
   leave behind, whatever kills it); objects under a scratch prefix `_tenancy/restore-check-<op>/` of the same
   bucket; documents under a scratch root `_tenancy/restore-check-<op>/tenants/<id>` of the same database; each
   scratch copy recorded before it is written and discarded whole afterwards (or by --abort, or by the re-run
-  after a kill). The graph's dump is checked against its size and MD5: loading it needs a stopped Neo4j, and the
+  after a kill). The graph's dump is checked against its size and SHA-256: loading it needs a stopped Neo4j, and the
   only one is the tenant's own.
 - delete (the point of no return): each store emptied, only while it still matches its verified export (a
   store a killed run already emptied counts as done).
