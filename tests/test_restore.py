@@ -510,3 +510,29 @@ def test_a_bucket_upload_never_overwrites_and_resumes_what_a_killed_run_uploaded
     assert archives.upload(url, staged, "op-1", lambda m: None) == 2 and not staged.exists()
     assert archives.uploaded(url, "op-1") and not archives.uploaded(url, "op-2")
     assert json.loads(bucket.read("a/archive.json")) == {"tenant": "alpha", "operation": "op-1"}
+
+
+def test_target_stores_holding_anything_of_the_tenant_are_refused(w):
+    archive = w["tmp"] / "alpha-archive"
+    offboard(w, "alpha", export_to=str(archive))
+    w["shared"].write("alpha/late.txt", b"written after the offboarding")
+    loc = w["fs_pool"]("alpha")
+    fs._client(loc).document(loc.path("users/late")).set({"name": "late"})
+    from tests.sqlhelp import register
+    register(w["server"], w["pooled"], "alpha")
+    with pytest.raises(PreflightRefused) as refused:
+        restore(w, "alpha", archive)
+    text = str(refused.value)
+    assert text.startswith("restore of 'alpha' refused before any change: pooled (target, pool-1, ") and (
+        "already holds tenant 'alpha' (state active), registered by no unfinished operation of it") in text
+    from tenancy.stores.postgres import unregister
+    unregister(w["reach"].dsns["pooled"], "alpha")
+    with pytest.raises(PreflightRefused) as refused:
+        restore(w, "alpha", archive)
+    assert str(refused.value) == (
+        f"restore of 'alpha' refused before any change: firestore: {loc} already holds 1 items of 'alpha': not an empty "
+        "store; remove them or find out where they came from; objects: objects "
+        f"({w['shared'].url}/alpha/) already holds 1 items of 'alpha': not an empty store; remove them or find out where "
+        "they came from; nothing was changed")
+    assert w["shared"].read("alpha/late.txt") == b"written after the offboarding" and list(docs(loc)) == ["users/late"]
+    assert w["registry"].unfinished() == [] and w["registry"].tenant("alpha").state == "offboarded"

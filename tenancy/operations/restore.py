@@ -182,11 +182,7 @@ class Restore(Operation):
             return
         for name, h in self.restoring.items():
             if isinstance(h, data.PgHandle):
-                seen = checked.seen.get(self._db(name).name)
-                found = h.summary().count if seen is not None and seen.schema and tenant in seen.registered else 0
-                if found and not resumed:
-                    problems.append(f"{name}: {h.describe()} already holds {found} rows of '{tenant}'")
-                continue
+                continue    # checked above: a database holds a tenant's rows only while it registers the tenant
             try:
                 problems.extend(getattr(h, "problems", lambda: [])())
                 there = h.summary()
