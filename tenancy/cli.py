@@ -352,6 +352,8 @@ def _operation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--take-over", action="store_true",
                    help="take the tenant's lease from a process that holds it but is stuck (its registry session is "
                         "ended first); resumes that same operation")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (operation, status, phases run, "
+                   "what moved), for scripts")
 
 
 def _deployed_record_arg(p: argparse.ArgumentParser) -> None:
@@ -594,7 +596,10 @@ def _command_line(args, drop: tuple[str, ...] = ("--abort", "--take-over")) -> s
     return _redact(shlex.join(["tenancy", *argv]))
 
 
-def _print_outcome(out, line: str) -> int:
+def _print_outcome(out, line: str, as_json: bool = False) -> int:
+    if as_json:
+        print(json.dumps(out.to_json(), indent=1, ensure_ascii=False, default=str))
+        return EXIT_OK
     if out.status in ("nothing to do", "nothing to abort"):
         print(out.message)
         return EXIT_OK
@@ -690,8 +695,8 @@ def cmd_upgrade(args) -> int:
             + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items() if w != "verified")
                       for k, v in (d.get("copied") or {}).items() if "rows" not in v)
             + (f"; {out.message}" if out.message else ""))
-    code = _print_outcome(out, line)
-    if d.get("catalog_line"):
+    code = _print_outcome(out, line, args.json)
+    if d.get("catalog_line") and not args.json:
         print(d["catalog_line"])
     return code
 
@@ -722,9 +727,9 @@ def cmd_suspend(args) -> int:
     engine = _engine(args)
     out = suspend.set_state(_context(args, engine), catalog, args.tenant, resume=args.resume, reach=Reach(dsns),
                             take_over=args.take_over, command=_command_line(args))
-    print(f"tenant '{args.tenant}' {'resumed: its databases accept its writes again' if args.resume else 'suspended: its databases refuse its writes'}"
-          f" ({out.operation})")
-    return EXIT_OK
+    line = (f"tenant '{args.tenant}' {'resumed: its databases accept its writes again' if args.resume else 'suspended: its databases refuse its writes'}"
+            f" ({out.operation})")
+    return _print_outcome(out, line, args.json)
 
 
 def _db_overrides(items: list[str]) -> dict[str, str]:
@@ -769,10 +774,10 @@ def cmd_offboard(args) -> int:
     out = offboard.offboard(ctx, catalog, args.tenant, export_to=args.export_to, reach=_reach(args, overrides),
                             discard=discard, yes=args.yes and args.no_export, abort=args.abort, take_over=args.take_over,
                             command=_command_line(args))
-    if out.status in ("nothing to abort",):
+    if out.status in ("nothing to abort",) and not args.json:
         print(out.message)
         return EXIT_OK
-    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))
+    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False, default=str))
     return EXIT_OK
 
 
@@ -808,9 +813,8 @@ def cmd_place(args) -> int:
     out = place.place(ctx, catalog, args.tenant, cell=args.cell, pool_shard=args.pool_shard,
                       data_project=args.data_project, reach=reach, abort=args.abort, take_over=args.take_over,
                       command=_command_line(args))
-    if out.status != "done":
-        print(out.message or f"{out.operation}: {out.status}")
-        return EXIT_OK
+    if out.status != "done" or args.json:
+        return _print_outcome(out, out.message or f"{out.operation}: {out.status}", args.json)
     was = ", ".join(out.detail["from"].values()) or "nowhere"
     now = ", ".join(out.detail["to"].values())
     print(f"tenant '{args.tenant}' moved from {was} to {now} with its data ({out.operation})")
@@ -846,9 +850,8 @@ def cmd_data_move(args) -> int:
     out = data_move.move(ctx, args.tenant, args.source, args.target, delete_source=args.delete_source,
                          replace=args.replace, tables=_table_list(args.tables), target_state=args.state,
                          abort=args.abort, take_over=args.take_over, command=_command_line(args))
-    if out.status != "done":
-        print(out.message or f"{out.operation}: {out.status}")
-        return EXIT_OK
+    if out.status != "done" or args.json:
+        return _print_outcome(out, out.message or f"{out.operation}: {out.status}", args.json)
     d = out.detail
     seconds = d.get("seconds") or 0.0
     replaced = f"; replaced {d['replaced_rows']} rows the target held" if d.get("replaced_rows") else ""
