@@ -188,6 +188,11 @@ CLOUDSQL_FLAGS: dict[str, tuple[str, ...]] = {
     "log_checkpoints": ("on", "off"),
     "log_min_duration_statement": ("-1",),
     "cloudsql.logical_decoding": ("on", "off"),
+    # A duration line holds no statement text; a failing statement's text is logged, its bound values are not,
+    # and terse errors leave out the detail that quotes the failing row or key.
+    "log_duration": ("on", "off"),
+    "log_min_error_statement": ("error", "log", "fatal", "panic"),
+    "log_error_verbosity": ("terse",),
 }
 
 
@@ -208,6 +213,9 @@ def cloudsql_flags(args: ResourceValidationArgs, report: ReportViolation) -> Non
     if flags.get("cloudsql.enable_pgaudit") != "on" or not {"ddl", "role"} <= audited:
         report("Cloud SQL: pgAudit must be on and log ddl and role (cloudsql.enable_pgaudit=on, pgaudit.log=ddl,role): "
                "who changed the schema or a role is how isolation breaks are traced")
+    if flags.get("log_error_verbosity") != "terse":
+        report("Cloud SQL: log_error_verbosity must be terse: an error's detail quotes the failing row or key "
+               "(\"Failing row contains (...)\"), tenant data that would land in Cloud Logging")
     if args.props.get("masterInstanceName") and flags.get("cloudsql.logical_decoding") == "on":
         report("Cloud SQL: cloudsql.logical_decoding belongs on the primary: a PostgreSQL 15 read replica cannot decode, "
                "and online tier moves replicate from the primary")

@@ -3,7 +3,7 @@ per cell, pool shard and identity shard, so no stack and no Kubernetes object gr
 
 | stack | holds | bounded by |
 |---|---|---|
-| `<env>` (global) | network, DNS zone, Identity Platform configuration, storage audit config | nothing per tenant |
+| `<env>` (global) | network, DNS zone, Identity Platform configuration, storage audit config, access-log bucket | nothing per tenant |
 | `<env>.cell-<n>` | a shared GKE cluster, its edge (address, records, ingress, certificates), the system namespace, the operator (cell 1), the directory of the tenants it hosts | `tenancy:cellCapacity` |
 | `<env>.pool-<n>` | a pooled Cloud SQL instance, Firestore database, bucket, namespace, application (in cell 1's cluster), SQL job and the directory of its tenants | `tenancy:poolShardCapacity` |
 | `<env>.identity-<k>` | Identity Platform tenants, by a stable hash of the tenant id (kept once deployed) | `tenancy:identityShards` |
@@ -32,7 +32,8 @@ from components.storage import storage_data_access_audit
 from stacks import contract
 from stacks.config import PlatformConfig, require_catalog_fits
 from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, directory_entry,
-                             cell_facts, environment_facts, export_all, gcp_provider, platform_network)
+                             cell_facts, environment_facts, environment_log_bucket, export_all, gcp_provider,
+                             platform_network)
 from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.fleet.capacity import Capacity
@@ -88,6 +89,7 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     gopts = pulumi.ResourceOptions(provider=provider)
     net = platform_network(cfg, gopts)
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
+    environment_log_bucket(env, cfg, gopts)
     zone = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=labels(env, SHARED), k8s_labels=k8s_labels(env, SHARED),
                                  address_name=naming.ingress_address(), address=False, controllers=False), opts=gopts)

@@ -21,7 +21,8 @@ from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
+from components.storage import (Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, access_log_bucket,
+                                storage_data_access_audit)
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
@@ -163,10 +164,17 @@ def _foundation(env: str, cfg: PlatformConfig, workloads: bool = True):
     net = platform_network(cfg, gopts)
     where = CellNet(net.network_id, net.subnet_id, cfg.network_cidr, net.pods_range, net.services_range, cfg.master_cidr)
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
-    # project of their own) are audited.
+    # project of their own) are audited; every bucket's requests are logged to the access-log bucket.
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
+    environment_log_bucket(env, cfg, gopts)
     cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where, workloads=workloads)
     return provider, net, cluster, edge, system_ns
+
+
+def environment_log_bucket(env: str, cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Bucket:
+    """The environment's access-log bucket (components/storage.py), in the platform project and region."""
+    return access_log_bucket("access-logs", naming.access_log_bucket(env, cfg.gcp_project), cfg.gcp_project,
+                             cfg.region, labels(env, SHARED), gopts)
 
 
 def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provider, where: CellNet,
@@ -272,7 +280,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         display_name=f"pooled tenants' application ({env}{'' if first else ', ' + shard})"), opts=both)
     Bucket("pooled-bucket", BucketArgs(
         bucket_name=naming.pool_bucket(env, cfg.gcp_project, shard), project=cfg.gcp_project, location=cfg.region,
-        labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)]), opts=gopts)
+        labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)],
+        log_bucket=naming.access_log_bucket(env, cfg.gcp_project)), opts=gopts)
     gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[RUNTIME_USER], role="roles/secretmanager.secretAccessor",
                                       member=app_identity.member, opts=gopts)

@@ -22,7 +22,7 @@ from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, project_audit_logs
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT
@@ -124,9 +124,9 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
                                      else naming.ingress_address()),
                     opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
         if not in_platform_project:
-            # The tenant's own project: its object reads and writes are audited there (the platform stack
-            # audits the platform project).
-            storage_data_access_audit("storage-data-access-audit", project, gopts)
+            # The tenant's own project: every service's reads and writes are audited there, objects included
+            # (the platform stack audits the platform project's objects).
+            project_audit_logs("audit-logs", project, gopts)
     else:
         k8s_provider = k8s.Provider("shared-cluster", kubeconfig=facts.kubeconfig, enable_server_side_apply=True)
         network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
@@ -170,7 +170,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
     bucket = Bucket("uploads", BucketArgs(
         bucket_name=naming.bucket(env, tenant.id), project=project, location=region, labels=gcp_labels,
-        kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)]), opts=gopts)
+        kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)],
+        log_bucket=naming.access_log_bucket(env, platform_project)), opts=gopts)
 
     active = tenant.state is State.ACTIVE
     graph = Feature.RECOMMENDATIONS in tenant.features

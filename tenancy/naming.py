@@ -109,6 +109,11 @@ def shared_bucket(env: str, project: str) -> str:
     return fit(f"{project}-{env}-pooled-uploads", LIMITS["bucket"])
 
 
+def access_log_bucket(env: str, project: str) -> str:
+    """The environment's access-log bucket, where every bucket of the environment logs its requests."""
+    return fit(f"{project}-{env}-access-logs", LIMITS["bucket"])
+
+
 def sql_instance(env: str, tenant_id: str, role: str) -> str:
     """A tenant's Cloud SQL instance, `role` being postgres-1..3 (instance names start with a letter)."""
     return fit(f"{env}-{tenant_id}-{role}", LIMITS["sql_instance"])
@@ -354,6 +359,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         names[("namespace", ns)] = what
     if project is not None:
         names[("bucket", shared_bucket(env, project))] = "pooled uploads bucket"
+        names[("bucket", access_log_bucket(env, project))] = "access-log bucket"
     if base_domain is not None:
         names[("DNS zone", dns_zone(base_domain))] = "DNS zone of the base domain"
     return names
