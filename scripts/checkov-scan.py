@@ -7,7 +7,7 @@ could not parse; 2 on bad input (missing Checkov, unreadable allow-list, a plan 
 Checkov run covers every target (its start-up is most of the cost). Helm releases are not rendered offline, so
 the charts' own manifests are not scanned here.
 
-    .venv/bin/python scripts/checkov-scan.py                     # plan into a temp dir, scan it and .github/workflows
+    .venv/bin/python scripts/checkov-scan.py                     # plan every environment, scan them and .github/workflows
     .venv/bin/python scripts/checkov-scan.py --manifests DIR     # scan an existing manifests directory instead
     .venv/bin/python scripts/checkov-scan.py --plan PLAN.json    # scan an existing plan's Google Cloud resources (repeatable)
 """
@@ -78,14 +78,27 @@ def load_allowlist(path: Path) -> list[Allowed]:
     return out
 
 
-def plan_into(env: str, out: Path) -> Path:
-    """`tenancy plan` into `out`: out/plan.json and out/manifests/."""
-    res = subprocess.run([str(ROOT / ".venv" / "bin" / "tenancy"), "plan", "--env", env, "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.stderr.write(res.stdout + res.stderr)
-        raise SystemExit(f"checkov-scan: `tenancy plan --env {env}` failed (exit {res.returncode}); nothing scanned")
-    return out
+def environments() -> list[str]:
+    """Every committed environment (stacks/Pulumi.<env>.yaml): what one enables (the operator in prod) the
+    others may not."""
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def plan_into(envs: list[str], tmp: Path) -> tuple[Path, list[Path]]:
+    """`tenancy plan` of each environment, side by side: (a directory of their manifests, one sub-directory per
+    environment, and their plan.json files)."""
+    tenancy = str(ROOT / ".venv" / "bin" / "tenancy")
+    runs = {env: subprocess.Popen([tenancy, "plan", "--env", env, "--out", str(tmp / f"plan-{env}")], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in envs}
+    manifests = tmp / "manifests"
+    manifests.mkdir()
+    for env, proc in runs.items():
+        output, _ = proc.communicate()
+        if proc.returncode != 0:
+            sys.stderr.write(output)
+            raise SystemExit(f"checkov-scan: `tenancy plan --env {env}` failed (exit {proc.returncode}); nothing scanned")
+        (tmp / f"plan-{env}" / "manifests").rename(manifests / env)
+    return manifests, [tmp / f"plan-{env}" / "plan.json" for env in envs]
 
 
 def read_plan(path: Path) -> dict:
@@ -163,7 +176,8 @@ def evaluate(reports: list[dict], allowed: list[Allowed], expect: set[str]) -> t
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env", default="dev", help="environment to plan (default dev)")
+    p.add_argument("--env", action="append", default=[], metavar="ENV",
+                   help="environment to plan (repeatable; default: every stacks/Pulumi.<env>.yaml)")
     p.add_argument("--manifests", type=Path, help="scan this manifests directory instead of planning")
     p.add_argument("--plan", type=Path, action="append", default=[], metavar="PLAN.json",
                    help="scan this plan's Google Cloud resources instead of planning (repeatable)")
@@ -187,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="checkov-scan-") as tmp:
         manifests = args.manifests
         if manifests is None and not plans:
-            out = plan_into(args.env, Path(tmp) / "plan")
-            manifests, plans = out / "manifests", [(out / "plan.json", json.loads((out / "plan.json").read_text()))]
+            manifests, files = plan_into(args.env or environments(), Path(tmp))
+            plans = [(f, json.loads(f.read_text())) for f in files]
         terraform = convert_plans(plans, Path(tmp) / "terraform") if plans else None
         reports = run_checkov(args.checkov, manifests.resolve() if manifests else None, terraform,
                               workflows.resolve() if workflows else None, Path(tmp))

@@ -102,9 +102,10 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     placement = None if tenant_facing_only else place(catalog, Capacity.from_pulumi(env, cfg.gcp_project))
     provider, net, cluster, edge, system_ns = _foundation(env, cfg, workloads=not tenant_facing_only)
     _export_tenant_facts(env, cfg, net, cluster, edge)
+    export_operator_namespace(env)
     if placement is None:
         return
-    _operator(env, provider, cluster)
+    _operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
     _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
@@ -210,18 +211,59 @@ def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provide
     return cluster, edge, system_ns
 
 
-def _operator(env: str, provider: gcp.Provider, cluster: GkeCluster) -> None:
-    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default)."""
+def _operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, cluster: GkeCluster,
+              units: list[str], identities: bool = True) -> None:
+    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default), with a Kubernetes service
+    account for each scope's deployer; `identities`: their GCP identities too (the single layout: this stack is
+    the platform's; in the cells layout the global stack declares them, `deployer_identities`)."""
     from components.operator import OperatorArgs, PulumiOperator
     from tenancy.operator.settings import CHART, CHART_VERSION, DEPLOYER_KSA, OperatorSettings
 
     op = OperatorSettings.from_pulumi(env)
+    if not op.enabled:
+        return
+    scoped = [d for d in operator_deployers(env, cfg, catalog, op, units) if d.account_id]
+    PulumiOperator("pulumi-operator", OperatorArgs(
+        namespace=op.namespace, chart=CHART, chart_version=CHART_VERSION, deployer_email=op.deployer,
+        deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
+        labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles, deployers=scoped),
+        opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    if identities:
+        deployer_identities(env, cfg, catalog, provider, units)
+
+
+def operator_deployers(env: str, cfg: PlatformConfig, catalog: Catalog, op, units: list[str]) -> list:
+    from tenancy.operator.deployers import environment_deployers
+
+    return environment_deployers(env, catalog, cfg.gcp_project, op.deployer, units)
+
+
+def deployer_identities(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, units: list[str]) -> None:
+    """Each unit's deploying identity (tenancy/operator/deployers.py), when `tenancy:operator` is true."""
+    from components.operator import DeployerArgs, DeployerIdentity
+    from tenancy.operator.settings import OperatorSettings
+
+    op = OperatorSettings.from_pulumi(env)
+    if not op.enabled:
+        return
+    # Every cluster of the environment is in the platform project, so the operator's cell has this pool.
+    pool = f"{cfg.gcp_project}.svc.id.goog"
+    gopts = pulumi.ResourceOptions(provider=provider)
+    for d in operator_deployers(env, cfg, catalog, op, units):
+        # a dedicated tenant's own deployer is its stack's, in its own project (tenancy/operator/deployers.py)
+        if d.account_id and not d.own_project:
+            DeployerIdentity(f"deployer-{d.scope}", DeployerArgs(d, op.namespace, pool), opts=gopts)
+
+
+def export_operator_namespace(env: str) -> None:
+    """With the operator, its namespace: a dedicated tenant's stack then grants its deployer (derived from the
+    tenant, tenancy/operator/deployers.py) its roles on the project the stack creates or adopts. Like every
+    tenant-facing export, it does not depend on the catalogue."""
+    from tenancy.operator.settings import OperatorSettings
+
+    op = OperatorSettings.from_pulumi(env)
     if op.enabled:
-        PulumiOperator("pulumi-operator", OperatorArgs(
-            namespace=op.namespace, chart=CHART, chart_version=CHART_VERSION, deployer_email=op.deployer,
-            deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
-            labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles),
-            opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+        pulumi.export(contract.OPERATOR_NAMESPACE, op.namespace)
 
 
 def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:

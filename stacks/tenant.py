@@ -80,9 +80,11 @@ def _cells_layout(env: str) -> bool:
 
 
 def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,
-          app_chart: str, app_chart_version: str, facts: PlatformFacts) -> None:
+          app_chart: str, app_chart_version: str, facts: PlatformFacts, operator_namespace: str | None = None) -> None:
     """Build the tenant's stack. Plain values (project, region, domain, chart) come from the platform's
-    outputs resolved before the program runs, so names are known at plan time; the rest flow as Outputs."""
+    outputs resolved before the program runs, so names are known at plan time; the rest flow as Outputs.
+    `operator_namespace`: the Pulumi Kubernetes Operator's, when the platform runs it (a dedicated tenant then has
+    a deploying identity of its own)."""
     model = tenant.model.value
     gcp_labels = labels(env, model, tenant.id)
     kube_labels = k8s_labels(env, model, tenant.id)
@@ -95,6 +97,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     provider = gcp.Provider("gcp", project=project, region=region, default_labels=gcp_labels,
                             opts=pulumi.ResourceOptions(depends_on=deps))
     gopts = pulumi.ResourceOptions(provider=provider)
+    if operator_namespace and project != platform_project:
+        _own_deployer(env, tenant, platform_project, project, operator_namespace, gopts)
 
     isolation = tenant.plan.node_isolation
     if tenant.model is Model.DEDICATED:
@@ -289,6 +293,19 @@ def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_la
                      % (naming.namespace(tenant.id), naming.namespace(tenant.id)),
             "duration": "300s", "evaluation_interval": "60s"}}],
         opts=gopts)
+
+
+def _own_deployer(env: str, tenant: Tenant, platform_project: str, project: str, operator_namespace: str,
+                  gopts: pulumi.ResourceOptions) -> None:
+    """The tenant's deploying identity on the Pulumi Kubernetes Operator, in its own project: its account, its roles
+    on that project and nowhere else, and the binding that lets only its Kubernetes service account (in the
+    operator's namespace) act as it (tenancy/operator/deployers.py). The operator runs in the platform project's
+    cluster, hence that project's Workload Identity pool."""
+    from components.operator import DeployerArgs, DeployerIdentity
+    from tenancy.operator.deployers import scope_deployer
+
+    d = scope_deployer(env, tenant.id, platform_project, "", own_project=project)
+    DeployerIdentity("deployer", DeployerArgs(d, operator_namespace, f"{platform_project}.svc.id.goog"), opts=gopts)
 
 
 def _tenant_project(tenant: Tenant, env: str, platform_project: str,

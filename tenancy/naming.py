@@ -244,6 +244,12 @@ def node_service_account_id(env: str, tenant_id: str | None = None) -> str:
     return f"{env}-gke-nodes" if tenant_id is None else fit(f"n-{env}-{tenant_id}", LIMITS["service_account"])
 
 
+def deployer_service_account_id(env: str, scope: str) -> str:
+    """The GCP service account a scope's stacks deploy as on the Pulumi Kubernetes Operator (a unit, `cell-2`, or a
+    dedicated tenant's id): tenancy/operator/deployers.py."""
+    return fit(f"d-{env}-{scope}", LIMITS["service_account"])
+
+
 def service_account_email(account_id: str, project: str) -> str:
     return f"{account_id}@{project}.iam.gserviceaccount.com"
 
@@ -375,6 +381,7 @@ def tenant_names(env: str, tenant_id: str, roles: tuple[str, ...] = DATABASE_ROL
         ("service account", service_account_id(env, tenant_id)): "workload identity",
         ("service account", migrator_service_account_id(env, tenant_id)): "SQL migrator identity",
         ("service account", node_service_account_id(env, tenant_id)): "GKE node service account",
+        ("service account", deployer_service_account_id(env, tenant_id)): "deployer in its own project",
         ("bucket", bucket(env, tenant_id)): "uploads bucket",
         ("Firestore database", firestore_database(env, tenant_id)): "Firestore database",
         ("GKE cluster", cluster(env, tenant_id)): "GKE cluster",

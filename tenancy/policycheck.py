@@ -110,6 +110,14 @@ def evaluate_stack(stack: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def resource_violations(resource_type: str, props: dict[str, Any], urn: str) -> list[dict[str, Any]]:
+    """The pack's resource rules on one object that no stack declares (an operator Stack object the engine
+    creates): [{policy, urn, message, enforcement}]."""
+    name = urn.rsplit("::", 1)[-1]
+    return evaluate_stack({"name": stack_of_urn(urn), "resources": [{"urn": urn, "type": resource_type, "name": name,
+                                                                       "inputs": props}]})
+
+
 # Plan-wide forms that look at one stack at a time: a streaming plan evaluates them where the stack's resources are.
 PER_STACK_PLAN_FORMS = ("object-and-stack-size",)
 
@@ -256,14 +264,14 @@ def _resource_problem(r: Any) -> str | None:
 
 # What the cross-stack rules read of a resource (policy/rules.py: build_ownership, _owned_keys, _scoped_name,
 # iam_grants, _ingress_hosts, shared_across_tenants, _labels_of): type, URN, parent, provider; every input of
-# providers and Google Cloud resources; of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
+# providers, Google Cloud resources and deployers (their scope); of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
 # releases), metadata name, namespace and labels, and an Ingress's rules and TLS hosts; of anything else its
 # labels. A tenant stack's view is a small part of it (no manifest bodies, ConfigMap data or Helm values).
 LABEL_KEYS = ("userLabels", "resourceLabels", "labels")
 
 
 def _view_inputs(t: str, p: dict[str, Any]) -> dict[str, Any] | None:
-    if t.startswith(("gcp:", "pulumi:providers:")):
+    if t.startswith(("gcp:", "pulumi:providers:")) or t == rules.DEPLOYER_TYPE:
         return p
     if t.startswith("kubernetes:"):
         out = {k: p[k] for k in ("apiVersion", "kind", "name", "namespace", *LABEL_KEYS) if k in p}

@@ -124,24 +124,34 @@ def test_bad_plan_file_is_bad_input(tmp_path):
     assert res.stderr == f"checkov-scan: --plan {plan}: stacks[0] (dev).resources[0] (urn:x): 'type' is missing\n"
 
 
-def test_scan_of_the_converted_plan_passes_on_the_real_plan_and_fails_on_a_planted_finding(sample_plan, tmp_path):
+@pytest.fixture(scope="module")
+def prod_plan(tmp_path_factory):
+    """The real offline plan of prod: beside dev's resources, the operator's deployers (every allow-list entry)."""
+    from tenancy import plan as planmod
+    from tenancy.catalog import load_catalog
+
+    out = tmp_path_factory.mktemp("prod")
+    planmod.write(planmod.plan(load_catalog(ROOT / "tenants.yaml"), "prod", workers=2), out)
+    return json.loads((out / "plan.json").read_text())
+
+
+def test_scan_of_the_converted_plan_passes_on_the_real_plan_and_fails_on_a_planted_finding(prod_plan, tmp_path):
     """One Checkov run over two converted plans: the real one (every finding allow-listed, every entry live) and
     a copy of one tenant's stack whose bucket does not log access: exactly that finding fails the scan, and nothing
     of the real plan does."""
     needs_checkov()
-    _, data, _ = sample_plan
     real, planted = tmp_path / "real" / "plan.json", tmp_path / "planted" / "plan.json"
     real.parent.mkdir()
     planted.parent.mkdir()
-    real.write_text(json.dumps(data))
-    stark = copy.deepcopy(stack_of(data, "dev.stark"))
+    real.write_text(json.dumps(prod_plan))
+    stark = copy.deepcopy(stack_of(prod_plan, "prod.stark"))
     [bucket] = of_type(stark, "gcp:storage/bucket:Bucket")
-    assert bucket["inputs"].pop("logging") == {"logBucket": "tenancy-dev-482913-dev-access-logs",
-                                               "logObjectPrefix": "dev-stark-uploads"}
-    planted.write_text(json.dumps({**data, "stacks": [stark]}))
+    assert bucket["inputs"].pop("logging") == {"logBucket": "tenancy-prod-719304-prod-access-logs",
+                                               "logObjectPrefix": "prod-stark-uploads"}
+    planted.write_text(json.dumps({**prod_plan, "stacks": [stark]}))
     res = run_scan("--plan", str(real), "--plan", str(planted), "--no-workflows")
     assert res.returncode == 1, res.stdout + res.stderr
     assert res.stdout.splitlines() == [
         "checkov-scan: 1 problem(s):",
-        "  CKV_GCP_62 Bucket should log access: google_storage_bucket.dev_stark__uploads-bucket "
+        "  CKV_GCP_62 Bucket should log access: google_storage_bucket.prod_stark__uploads-bucket "
         "(/2-planted-plan.tfplan.json)"]
