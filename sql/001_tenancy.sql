@@ -7,9 +7,11 @@
 --   tenancy_app    the runtime role: owns nothing, not superuser, not BYPASSRLS, no TRUNCATE, REFERENCES
 --                  or TRIGGER on tenant tables.
 --   tenancy_replication  what an online tier move's subscription connects as (tenancy/stores/replication.py):
---                  REPLICATION and BYPASSRLS, SELECT on isolated tables only; NOLOGIN until an operator grants
---                  LOGIN and a password. It reads every tenant's rows: the publication's row filter is what
---                  limits a move to one tenant.
+--                  REPLICATION and BYPASSRLS, SELECT on isolated tables only. NOLOGIN except while a move's
+--                  slot exists on the server: the move gives it LOGIN and a random password, and takes both
+--                  away when the last move ends. While it can log in it reads every tenant's rows (the
+--                  publication's row filter is what limits a move to one tenant) and, through any logical
+--                  decoding plugin, every change to every table of every database of the server.
 -- The current tenant is set transaction-locally with tenancy.set_tenant(id) (never a session-wide SET,
 -- which would survive on a pooled connection).
 
@@ -40,6 +42,17 @@ BEGIN
   IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
      AND (SELECT NOT (rolreplication AND rolbypassrls) FROM pg_roles WHERE rolname = 'tenancy_replication') THEN
     ALTER ROLE tenancy_replication REPLICATION BYPASSRLS;
+  END IF;
+  -- A login outside moves is a standing credential that decodes everything (a user created through the Cloud SQL
+  -- API has one): closed here unless a move's slot shows one replicating now. PostgreSQL 15 lets only a superuser
+  -- change a REPLICATION role; where the applying role may not, tenancy moves reports the login.
+  IF (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenancy_replication')
+     AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name ~ '^tmove_') THEN
+    BEGIN
+      ALTER ROLE tenancy_replication NOLOGIN PASSWORD NULL;
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE NOTICE 'tenancy_replication can log in and % cannot close it: an operator must (ALTER ROLE tenancy_replication NOLOGIN)', current_user;
+    END;
   END IF;
   -- On Cloud SQL the component creates tenancy_replication through the API (it has a login and a password in
   -- Secret Manager), which makes it a cloudsqlsuperuser: it must hold only what replication needs. Cloud SQL
@@ -143,6 +156,18 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
 ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS directory jsonb NOT NULL DEFAULT '{}'::jsonb;
 REVOKE ALL ON tenancy.tenants FROM PUBLIC, tenancy_app;
 
+-- Which database this is, as the environment's registry names it ('pool-1', 'acme/postgres-1'): written once
+-- by the platform's SQL job (or an operation that provisions it), and checked by every operation before it
+-- touches the database, so a DSN that reaches another unit's, another tenant's or another environment's
+-- database is refused before anything changes.
+CREATE TABLE IF NOT EXISTS tenancy.database_identity (
+  singleton    boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  environment  text NOT NULL,
+  name         text NOT NULL,
+  claimed_at   timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy.database_identity FROM PUBLIC, tenancy_app;
+
 -- Tables under isolation (maintained by tenancy.isolate).
 CREATE TABLE IF NOT EXISTS tenancy.isolated_tables (
   table_name  regclass PRIMARY KEY,
@@ -150,39 +175,8 @@ CREATE TABLE IF NOT EXISTS tenancy.isolated_tables (
 );
 REVOKE ALL ON tenancy.isolated_tables FROM PUBLIC, tenancy_app;
 
--- Journal of tier moves: each phase of each move, so an interrupted move resumes where it stopped.
-CREATE TABLE IF NOT EXISTS tenancy.move_journal (
-  move_id     text NOT NULL,
-  tenant_id   text NOT NULL,
-  phase       text NOT NULL,
-  status      text NOT NULL CHECK (status IN ('started', 'done', 'aborted')),
-  detail      jsonb NOT NULL DEFAULT '{}',
-  at          timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (move_id, phase)
-);
-REVOKE ALL ON tenancy.move_journal FROM PUBLIC, tenancy_app;
-
--- Journal of row moves (`tenancy data move`, tenancy/stores/postgres.py), kept in BOTH databases: the source's
--- row ('out') and the target's ('in') share a move_id and name the other side by its cluster's system
--- identifier and its database oid. A re-run of a finished move finds it here and does nothing; a re-run after
--- a kill continues from the recorded status. The target's row is written in the copy's own transaction.
-CREATE TABLE IF NOT EXISTS tenancy.data_moves (
-  move_id                 text NOT NULL,
-  tenant_id               text NOT NULL,
-  direction               text NOT NULL CHECK (direction IN ('out', 'in')),
-  peer_system_identifier  bigint NOT NULL,
-  peer_database           oid NOT NULL,
-  tables                  text[],            -- NULL: every isolated table
-  delete_source           boolean NOT NULL DEFAULT false,
-  previous_state          text,              -- the source's registry state before the move froze it
-  status                  text NOT NULL CHECK (status IN ('started', 'copied', 'completed', 'failed')),
-  summary                 jsonb,             -- what was copied and verified (counts and checksums per table)
-  started_at              timestamptz NOT NULL DEFAULT now(),
-  finished_at             timestamptz,
-  PRIMARY KEY (move_id, direction)
-);
-CREATE INDEX IF NOT EXISTS data_moves_tenant_idx ON tenancy.data_moves (tenant_id, started_at);
-REVOKE ALL ON tenancy.data_moves FROM PUBLIC, tenancy_app;
+-- Operations on tenant data journal in the environment's registry (sql/registry), not here. Databases set up
+-- by an earlier version may still hold tenancy.move_journal and tenancy.data_moves: nothing reads them any more.
 
 -- The tenant of the current transaction, or NULL. Only tenancy.set_tenant() in the *current* transaction
 -- counts: it records a binding of the tenant to this transaction's start time, and a tenant set any other
@@ -228,6 +222,21 @@ GRANT EXECUTE ON FUNCTION tenancy.current_tenant() TO tenancy_app;
 -- returns, no transaction that wrote the tenant before the freeze can still commit, and every later write
 -- sees the new state (READ COMMITTED re-reads the locked row; REPEATABLE READ fails with a serialization
 -- error) and is refused.
+-- Before a writing statement touches a row, it takes the same share lock on its tenant's registry row (the
+-- tenant bound to the transaction: row-level security lets it write no other's rows). Every writer then locks the
+-- registry row before the tenant's rows, as the operations do (a freeze, a verified delete): the two never wait
+-- for each other in opposite orders, so they cannot deadlock. guard_writes still checks every tenant the
+-- statement changed.
+CREATE OR REPLACE FUNCTION tenancy.lock_tenant() RETURNS trigger
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
+  AS $$
+BEGIN
+  PERFORM 1 FROM tenancy.tenants WHERE id = tenancy.current_tenant() FOR SHARE;
+  RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy.lock_tenant() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.guard_writes() RETURNS trigger
   LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, tenancy
   AS $$
@@ -273,6 +282,20 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION tenancy.freeze(text, text) FROM PUBLIC;
+
+-- Online tier moves in progress from this database (tenancy/stores/replication.py), one row per move, created and
+-- dropped with its publication: the registry states from before the move (which an abort restores), where its rows
+-- go, its verification notes and switched summary, and the replication password while its subscription uses it.
+-- Only the owner reads it: the application must not learn that another tenant moves, where, or how many rows it has.
+CREATE TABLE IF NOT EXISTS tenancy.replication_moves (
+  move        text PRIMARY KEY,       -- the objects' name: tmove_ and 16 hex digits of the operation id's SHA-256
+  operation   text NOT NULL,          -- the caller's operation id
+  tenant_id   text NOT NULL,
+  note        jsonb NOT NULL DEFAULT '{}',
+  credential  text,                   -- tenancy_replication's password while this move's subscription connects with it
+  started_at  timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON tenancy.replication_moves FROM PUBLIC, tenancy_app, tenancy_replication;
 
 -- Change tracking of an online tier move (tenancy/stores/replication.py). While a tenant's rows replicate
 -- to another database, row triggers named after the move, on both sides, record the key of every row of
@@ -336,6 +359,9 @@ BEGIN
                  'USING (tenant_id = tenancy.current_tenant()) WITH CHECK (tenant_id = tenancy.current_tenant())', rel);
   EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (tenant_id)', left(relname, 50) || '_tenant_idx', rel);
   EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_writes ON %s', rel);
+  EXECUTE format('DROP TRIGGER IF EXISTS tenancy_lock_tenant ON %s', rel);
+  EXECUTE format('CREATE TRIGGER tenancy_lock_tenant BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.lock_tenant()', rel);
   EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_insert ON %s', rel);
   EXECUTE format('CREATE TRIGGER tenancy_guard_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS changed '
                  'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_writes()', rel);

@@ -33,7 +33,7 @@ from stacks import contract
 from stacks.config import PlatformConfig, require_catalog_fits
 from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, deployer_identities,
                              directory_entry, cell_facts, environment_facts, environment_log_bucket, export_all,
-                             export_operator_namespace, gcp_provider, platform_network)
+                             export_operator_namespace, gcp_provider, platform_network, registry_database)
 from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.fleet.capacity import Capacity
@@ -88,6 +88,7 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     provider = gcp_provider(cfg)
     gopts = pulumi.ResourceOptions(provider=provider)
     net = platform_network(cfg, gopts)
+    registry_database(env, cfg, net.network_id, [net.private_services], gopts)
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
     environment_log_bucket(env, cfg, gopts)
     zone = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
@@ -97,8 +98,8 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
                                               tenants=[]), opts=gopts)
     export_all(environment_facts(env, cfg, net.network_id, net.subnet_id, zone.zone_name))
     pulumi.export(LAYOUT, "cells")
-    # Each unit's and dedicated tenant's deploying identity: the global stack runs as the platform's, which
-    # alone may make identities and grant them roles.
+    # Each unit's deploying identity: the global stack runs as the platform's, which alone may make the units'
+    # identities and grant them roles.
     deployer_identities(env, cfg, catalog, provider, unit_names(capacity_of(env, cfg)))
     export_operator_namespace(env)
     # The catalogue's plans and its offboarded tenants (they have no unit any more); every other tenant's record

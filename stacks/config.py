@@ -13,7 +13,7 @@ import pulumi
 import yaml
 
 from tenancy import naming
-from tenancy.catalog import Catalog
+from tenancy.catalog import Catalog, entry_lines
 from tenancy.errors import CatalogError, ConfigError, Problem
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
@@ -188,6 +188,21 @@ def require_catalog_fits(catalog: Catalog, cfg: PlatformConfig) -> None:
         raise CatalogError(problems)
 
 
+def fit(catalog: Catalog, environment: str):
+    """(the catalogue's placement or None, every problem of its fit to `environment`), each problem at its line like
+    the catalogue's own: the rules that need the platform config (`check_catalog`), and whether its capacity holds
+    every tenant and each pin (tenancy/fleet/placement.py). `tenancy validate` and `tenancy plan` report them with
+    the file's problems; the placement is the one a plan uses."""
+    from tenancy.fleet import capacity, placement
+
+    problems = check_catalog(catalog, offline_platform_config(environment))
+    try:
+        placed = placement.place(catalog, capacity.load(environment))
+    except placement.PlacementError as exc:
+        return None, problems + exc.found
+    return placed, problems
+
+
 def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:
     """Catalogue rules that need the environment's config.
 
@@ -198,14 +213,13 @@ def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:
     where every name carries the tenant)."""
     base = cfg.base_domain.lower().rstrip(".")
     platform_hosts = {naming.hostname(h, base) for h in naming.PLATFORM_HOSTNAMES}
-    problems = []
+    found: list[tuple[str, str, str]] = []      # (tenant, field, message)
     for t in catalog.tenants:
         project = t.dedicated.project.id if t.dedicated and t.dedicated.project else None
         if project is not None and project == cfg.gcp_project:
-            problems.append(Problem(
-                file=str(catalog.path), line=None, subject=f"tenant '{t.id}'", field="dedicated.project.id",
-                message=(f"project '{project}' is the platform's project in environment {cfg.environment}; name a "
-                         "project of the tenant's own, or remove 'project' to place the tenant in the platform project")))
+            found.append((t.id, "dedicated.project.id",
+                          f"project '{project}' is the platform's project in environment {cfg.environment}; name a "
+                          "project of the tenant's own, or remove 'project' to place the tenant in the platform project"))
         domain = (t.custom_domain or "").lower().rstrip(".")
         if not domain:
             continue
@@ -217,7 +231,10 @@ def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:
                    "the platform routes tenant subdomains; use a domain the tenant owns, or its subdomain instead")
         else:
             continue
-        problems.append(Problem(file=str(catalog.path), line=None, subject=f"tenant '{t.id}'", field="custom_domain",
-                                message=why))
-    return problems
-
+        found.append((t.id, "custom_domain", why))
+    lines: dict[str, dict[str, int]] = {}      # read only when there is something to report
+    for _, field, _ in found:
+        if field not in lines:
+            lines[field] = entry_lines(catalog.path, field)
+    return [Problem(file=str(catalog.path), line=lines[field].get(tid), subject=f"tenant '{tid}'", field=field,
+                    message=message) for tid, field, message in found]

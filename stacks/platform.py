@@ -19,7 +19,7 @@ from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, 
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
+from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
 from components.storage import (Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, access_log_bucket,
                                 storage_data_access_audit)
@@ -106,6 +106,7 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     if placement is None:
         return
     _operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
+    registry_database(env, cfg, net.network_id, [net.private_services], pulumi.ResourceOptions(provider=provider))
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
     _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
@@ -125,6 +126,18 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     # The catalogue this deployment applied, and where it placed each tenant: lifecycle commands start from it,
     # never from tenants.yaml alone, and later deployments keep every placed tenant where it is.
     pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog, placement.to_json()))
+
+
+def registry_database(env: str, cfg: PlatformConfig, network_id: pulumi.Input[str], deps: list[pulumi.Resource],
+                      gopts: pulumi.ResourceOptions) -> None:
+    """The environment's registry of record: a small instance of the global stack, private IP only, audited and
+    protected like every database here. `tenancy registry init` applies its schema; operations reach it through the
+    Cloud SQL Auth Proxy with IAM authentication (the `registry` output names it, never a credential)."""
+    registry = PostgresInstance("registry-db", PostgresArgs(
+        instance_name=naming.registry_sql_instance(env), project=cfg.gcp_project, region=cfg.region,
+        network_id=network_id, tier=cfg.pooled_db_tier, retention_days=30, labels=labels(env, SHARED),
+        secret_prefix=naming.registry_secret_prefix(env), depends_on=deps), opts=gopts)
+    pulumi.export("registry", {"connectionName": registry.connection_name, "database": DATABASE})
 
 
 @dataclass(frozen=True)
@@ -311,6 +324,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         instance_name=naming.pool_shard_instance(env, shard), project=cfg.gcp_project, region=cfg.region,
         network_id=network_id, tier=cfg.pooled_db_tier, retention_days=retention, labels=pooled_labels,
         secret_prefix=naming.pool_secret_prefix(env, shard), depends_on=db_deps), opts=gopts)
+    # How operations reach this shard's database through the Cloud SQL Auth Proxy (`tenancy registry sync`).
+    pulumi.export("poolDatabase", {"shard": shard, "connectionName": db.connection_name, "database": DATABASE})
     firestore = FirestoreDatabase("pooled-firestore", FirestoreArgs(
         database_id=naming.pool_firestore(env, shard), project=cfg.gcp_project, location=cfg.region), opts=gopts)
     pool_ns = TenantNamespace("pooled-ns", NamespaceArgs(
@@ -342,7 +357,7 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
         project=cfg.gcp_project, labels=k8s_labels(env, SHARED), server_ca=db.server_ca_cert,
         registrations=tuple(registration(t, directory_entry(t, env, cfg, placed.get(t.id), cells_layout))
-                            for t in pooled),
+                            for t in pooled), identity=(env, shard),
         **({} if first else {"job_prefix": f"tenancy-sql-{shard}"})), opts=kopts)
 
     AppRelease("pooled-app", AppArgs(

@@ -20,7 +20,7 @@ from components.identity import sign_in_host
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
-from components.postgres import OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
+from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, project_audit_logs
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
@@ -211,6 +211,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     pulumi.export("serviceAccount", identity.email)
     pulumi.export("bucket", bucket.name)
     pulumi.export("databases", {role: {"instance": db.instance_name, "privateIp": db.private_ip,
+                                       "connectionName": db.connection_name, "database": DATABASE,
                                        "runtimeSecret": db.secret_ids[RUNTIME_USER]} for role, db in databases.items()})
     pulumi.export("hostnames", hosts)
     if tenant.model is Model.DEDICATED:
@@ -238,7 +239,8 @@ def _apply_tenancy_sql(env: str, tenant: Tenant, project: str, ns: TenantNamespa
             namespace=ns.namespace, service_account=migrator.ksa_name, sql_files=files, host=db.private_ip,
             database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER], project=project,
             labels=kube_labels, job_prefix=f"sql-{role}", server_ca=db.server_ca_cert,
-            registrations=(registration(tenant, own_entry(env, tenant, project, hosts)),)), opts=kopts)
+            registrations=(registration(tenant, own_entry(env, tenant, project, hosts)),),
+            identity=(env, f"{tenant.id}/{role}")), opts=kopts)
 
 
 def own_entry(env: str, tenant: Tenant, project: str, hosts: list[str]) -> dict:

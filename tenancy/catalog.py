@@ -938,6 +938,7 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
         except ValidationError:
             pass
     specs: list[tuple[int, TenantSpec]] = []
+    whole: set[int] = set()        # entries that passed pass 1 as written (not rebuilt around broken fields)
     if not isinstance(tenants_raw, list):
         problems.append(Problem(path, _line_for(lines, ("tenants",)), None, "tenants", "must be a list of tenants (each entry starts with '- id: ...')"))
         tenants_raw = []
@@ -948,6 +949,7 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
             break
         try:
             specs.append((i, TenantSpec.model_validate(entry)))
+            whole.add(i)
         except ValidationError as exc:
             problems.extend(_problems(exc, path, lines, who, ("tenants", i)))
             partial = _partial_spec(entry, exc)
@@ -990,12 +992,21 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     problems.extend(_name_collisions([t for t in tenants if t is not None], path, lines, specs))
     problems.extend(_shared_projects(specs, path, lines))
     if problems:
-        ordered = sorted(problems, key=lambda p: p.line or 0)
-        if capped or len(ordered) > MAX_PROBLEMS:
-            ordered = ordered[:MAX_PROBLEMS] + [Problem(path, None, None, "(file)", f"stopped after {MAX_PROBLEMS} "
-                                                        "problems (the limit); fix these and run again")]
-        raise CatalogError(ordered)
+        partial = None
+        if not capped and len(problems) < MAX_PROBLEMS:
+            partial = Catalog(path=path, plans=plans, tenants=tuple(
+                t for (i, _), t in zip(specs, tenants) if t is not None and i in whole))
+        raise CatalogError(ordered(problems, path, capped), partial)
     return Catalog(path=path, plans=plans, tenants=tuple(t for t in tenants if t is not None))
+
+
+def ordered(problems: list[Problem], path: str, capped: bool = False) -> list[Problem]:
+    """Problems in the order of their lines, at most MAX_PROBLEMS of them (then a last line saying so)."""
+    out = sorted(problems, key=lambda p: p.line or 0)
+    if capped or len(out) > MAX_PROBLEMS:
+        out = out[:MAX_PROBLEMS] + [Problem(path, None, None, "(file)", f"stopped after {MAX_PROBLEMS} problems (the "
+                                            "limit); fix these and run again")]
+    return out
 
 
 def _too_large(path: str, size: int) -> Problem:
@@ -1139,8 +1150,9 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
 
 
 def entry_lines(path: str | Path, key: str) -> dict[str, int]:
-    """tenant id -> the 1-based line of that tenant's `key` in the catalogue file ({} when it cannot be read):
-    for messages about a catalogue already loaded."""
+    """tenant id -> the 1-based line of that tenant's `key` (dotted for a nested one: `dedicated.project.id`) in the
+    catalogue file ({} when it cannot be read): for messages about a catalogue already loaded. A tenant whose
+    entry lacks the key is left out, or named at the deepest part of the key it has."""
     try:
         node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=_BaseLoader)
     except (OSError, yaml.YAMLError):
@@ -1156,8 +1168,16 @@ def entry_lines(path: str | Path, key: str) -> dict[str, int]:
                 continue
             fields = {f.value: v for f, v in item.value}
             tid = getattr(fields.get("id"), "value", None)
-            if isinstance(tid, str) and key in fields:
-                out.setdefault(tid, fields[key].start_mark.line + 1)
+            first, *rest = key.split(".")
+            if not isinstance(tid, str) or first not in fields:
+                continue
+            node = fields[first]
+            for part in rest:
+                inner = {f.value: v for f, v in node.value} if isinstance(node, yaml.MappingNode) else {}
+                if part not in inner:
+                    break
+                node = inner[part]
+            out.setdefault(tid, node.start_mark.line + 1)
     return out
 
 

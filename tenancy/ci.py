@@ -9,7 +9,7 @@ entry changed, and an even spread of the stacks touched only by code, at least o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from tenancy import naming
@@ -46,11 +46,29 @@ def batches(stacks: list[str], max_jobs: int = MAX_JOBS, platform: str | None = 
 class Selection:
     real: list[str]             # previewed with `pulumi preview`
     offline_only: list[str]     # planned offline (policy pack) only
+    new: list[str] = field(default_factory=list)   # of those, stacks the change creates
+
+
+def new_stacks(stacks: list[str], changes: Changes) -> list[str]:
+    """The stacks a change creates (a tenant added, or given a stack of its own by a new plan or state). A preview
+    selects existing stacks and never creates one (the preview account only reads the state backend), so these are
+    planned offline only."""
+    return [s for s in stacks if any(r == "tenant added" or r.startswith("new tenant stack")
+                                     for r in changes.reasons.get(s, []))]
 
 
 def select(stacks: list[str], changes: Changes, catalog: Catalog, env: str, max_real: int | None,
            group_of: Callable[[str], str] | None = None) -> Selection:
-    """Which of `stacks` get a real preview when at most `max_real` may (None: all)."""
+    """Which of `stacks` get a real preview when at most `max_real` may (None: all); new stacks never do."""
+    new = new_stacks(stacks, changes)
+    if new:
+        chosen = _select([s for s in stacks if s not in new], changes, catalog, env, max_real, group_of)
+        return Selection(chosen.real, [s for s in stacks if s not in chosen.real], new)
+    return _select(stacks, changes, catalog, env, max_real, group_of)
+
+
+def _select(stacks: list[str], changes: Changes, catalog: Catalog, env: str, max_real: int | None,
+            group_of: Callable[[str], str] | None) -> Selection:
     if max_real is None or len(stacks) <= max_real:
         return Selection(list(stacks), [])
     platform = naming.stack_name(env)

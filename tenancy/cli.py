@@ -23,6 +23,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
 
 
+def to_json(value, indent: int | None = 1, **kw) -> str:
+    """JSON as the command line prints it: non-ASCII kept readable (`→`, names in any script), not `\\u2192`."""
+    return json.dumps(value, indent=indent, ensure_ascii=False, **kw)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tenants", default="tenants.yaml", metavar="FILE", help="the tenant catalogue (default: tenants.yaml)")
     p.add_argument("--env", default=DEFAULT_ENV, metavar="ENV",
@@ -64,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_policy_check)
     p = sub.add_parser("affected", help="the stacks a change touches, as JSON (for CI matrices)",
                        description="Print the stacks whose catalogue entries or code changed since GIT_REF as JSON: "
-                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "jobs": N, '
-                       '"matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", "removed"}. The matrix '
-                       "holds the stacks to preview for real, in at most --max-jobs batches.")
+                       '{"environment", "platform": bool, "stacks": [...], "real": [...], "offlineOnly": [...], "new": '
+                       '[...], "jobs": N, "matrix": {"include": [{"batch": 1, "stacks": [...]}, ...]}, "reasons", '
+                       '"removed"}. The matrix holds the stacks to preview for real, in at most --max-jobs batches; '
+                       "stacks the change creates (`new`) are planned offline only: a preview never creates a stack.")
     _common(p)
     p.add_argument("--changed-since", required=True, metavar="GIT_REF")
     p.add_argument("--max-jobs", type=int, default=256, metavar="N", help="matrix jobs at most (GitHub's limit: 256)")
@@ -94,9 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = osub.add_parser("manifests", help="every Stack object of the environment at a commit, as YAML",
                         description="Print every Stack object of the environment at COMMIT as YAML documents, each "
                         "validated against the operator's CRD (schemas/pko/). `tenancy up --engine operator` creates and "
-                        "patches them itself; this is for review, bootstrap and GitOps.")
+                        "patches them itself; this is for review, bootstrap and GitOps. The objects are rendered from the "
+                        "working tree but pin COMMIT, so a working tree that differs from it (changed, staged or new "
+                        "files) is refused, naming the files, unless --allow-dirty.")
     _common(m)
     m.add_argument("--commit", default="HEAD", metavar="REF", help="the commit the objects pin (default: HEAD)")
+    m.add_argument("--allow-dirty", action="store_true",
+                   help="render even when the working tree differs from COMMIT (the files are named on stderr)")
     m.set_defaults(func=cmd_operator_manifests)
     m = osub.add_parser("prune", help="delete the Stack objects of stacks that no longer exist",
                         description="Delete the environment's Stack objects whose stacks the deployed record no longer "
@@ -127,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stacks at once within a wave (default 4; 50 with --engine operator)")
         p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
         if name == "up":
+            _registry_arg(p)
             w = p.add_argument_group("waves")
             w.add_argument("--waves", metavar="FILE", help="the rollout's waves (default: rollout.yaml if present, "
                            "else the platform stack, then the tenant stacks)")
@@ -135,33 +146,80 @@ def build_parser() -> argparse.ArgumentParser:
             w.add_argument("--no-health-gate", action="store_true", help="go on to the next wave without the health gate")
         p.set_defaults(func=cmd_deploy, mode=name)
 
-    p = sub.add_parser("moves", help="tier moves the catalogue asks for and the deployment has not made, as JSON",
-                       description="Compare the catalogue with the deployed tenant directory and print the tenants whose "
-                       "plan moves them into or out of the pool: [{tenant, from_plan, to_plan, from_model, to_model}]. "
+    p = sub.add_parser("moves", help="what waits for an operation: tier moves the catalogue asks for, unfinished "
+                       "operations and their leases, as JSON",
+                       description="Print, as JSON, every pending item: the tenants whose plan in the catalogue moves "
+                       "them into or out of the pool and that the deployment has not moved ({kind: move, tenant, "
+                       "from_plan, to_plan, from_model, to_model}), and, with the registry, every unfinished operation "
+                       "with its lease's holder and the commands that resume or abort it ({kind: operation, ...}). "
                        "With --dsn, also report (on stderr, exit 1) what online moves left behind in those databases: "
                        "replication slots (they hold WAL forever), publications, subscriptions and change-tracking "
-                       "triggers that no unfinished move owns.")
+                       "triggers that no unfinished operation owns.")
     _common(p)
     _engine_args(p)
+    _registry_arg(p)
     p.add_argument("--dsn", action="append", default=[], metavar="DSN",
-                   help="a database to check for leftovers of online moves: the pooled database and the tenants' own "
-                        "(repeatable; the pooled one first, its move journal says which moves are unfinished)")
+                   help="a database to check for leftovers of online moves (repeatable)")
     p.set_defaults(func=cmd_moves)
 
+    p = sub.add_parser("registry", help="the environment's registry of record: tenants, databases, operations",
+                       description="The registry of record of an environment: a small PostgreSQL database holding each "
+                       "tenant's directory entry, placement, state and operation in progress, the databases its stores "
+                       "live in, and the journal and lease of every operation.")
+    rsub = p.add_subparsers(dest="registry_command", required=True, parser_class=_Parser, metavar="ACTION")
+    r = rsub.add_parser("init", help="create (or update) the registry's schema for ENV", description="Apply the "
+                        "registry SQL (idempotent) and claim the database for the environment (refused if it serves "
+                        "another).")
+    _common(r)
+    _registry_arg(r)
+    r.set_defaults(func=cmd_registry_init)
+    r = rsub.add_parser("database", help="record how to reach a database of the environment",
+                        description="Record how operations reach database NAME ('pool-1', '<tenant>/postgres-1'): a "
+                        "DSN without a password (libpq finds credentials in PGPASSFILE, PGPASSWORD or through the Cloud "
+                        "SQL Auth Proxy's IAM login), or --instance PROJECT:REGION:INSTANCE for the proxy's socket "
+                        "directory ($TENANCY_CLOUDSQL_DIR, default /cloudsql).")
+    _common(r)
+    _registry_arg(r)
+    r.add_argument("name", metavar="NAME")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dsn", metavar="DSN", help="host, port, dbname and user; never a password")
+    where.add_argument("--instance", metavar="CONNECTION_NAME", help="a Cloud SQL instance's connection name")
+    r.add_argument("--dbname", metavar="NAME", help="with --instance: the database")
+    r.add_argument("--user", metavar="USER", help="with --instance: the database user (IAM: the account's name)")
+    r.set_defaults(func=cmd_registry_database)
+    r = rsub.add_parser("show", help="tenants, databases and unfinished operations, as JSON",
+                        description="Print the registry as JSON: one tenant's row and operations with TENANT, else every "
+                        "tenant (or those in --state), the databases, and the unfinished operations.")
+    _common(r)
+    _registry_arg(r)
+    r.add_argument("tenant", metavar="TENANT", nargs="?")
+    r.add_argument("--state", choices=["active", "suspended", "frozen", "offboarded"])
+    r.set_defaults(func=cmd_registry_show)
+    r = rsub.add_parser("sync", help="record every deployed tenant in the registry (tenancy up does it too)",
+                        description="Bring the registry up to date with the deployment: each deployed tenant's plan, "
+                        "model, state, directory entry and stores, for every tenant no operation holds.")
+    _common(r)
+    _engine_args(r)
+    _registry_arg(r)
+    r.set_defaults(func=cmd_registry_sync)
+
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
-                       description="Move TENANT to PLAN between pooled and namespace/dedicated: provision, sync (rows "
-                       "replicating while the tenant writes, --method online/auto), freeze, copy, verify, cutover, "
-                       "unfreeze, cleanup. Each phase is journalled in the pooled database; run the "
-                       "same command again to resume after any interruption. --abort before cutover leaves the tenant "
-                       "where it was. Downgrades use the same command with a pooled plan.")
+                       description="Move TENANT to PLAN between pooled and namespace/dedicated, every store with it: "
+                       "provision, sync (rows replicating while the tenant writes, --method online/auto), freeze, export, "
+                       "copy, verify, switch, publish, cleanup. Everything the move needs is checked before anything "
+                       "changes; the tenant's lease keeps every other operation off it; each phase is journalled in the "
+                       "registry: run the same command again to resume after any interruption. --abort before the switch "
+                       "leaves the tenant where it was. Downgrades use the same command with a pooled plan.")
     _common(p)
     _engine_args(p)
+    _operation_args(p)
     p.add_argument("tenant", metavar="TENANT")
     p.add_argument("--to", required=True, metavar="PLAN", dest="to_plan")
-    p.add_argument("--source-dsn", metavar="DSN", help="where the tenant's rows are now (pooled DB for an upgrade)")
-    p.add_argument("--target-dsn", metavar="DSN", help="where they go (the tenant's postgres-1 for an upgrade)")
+    p.add_argument("--source-dsn", metavar="DSN", help="override: where the tenant's rows are now (the pooled database "
+                   "for an upgrade, its postgres-1 for a downgrade); default: the registry's record")
+    p.add_argument("--target-dsn", metavar="DSN", help="override: where they go; default: the registry's record")
     p.add_argument("--keep-source", type=int, default=0, metavar="DAYS", help="keep source rows read-only this long")
-    p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before cutover)")
+    p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before its switch)")
     _store_args(p)
     p.add_argument("--allow-destroy", action="store_true", help="allow deleting or replacing stateful resources")
     p.add_argument("--export-to", metavar="DIR", help="archive every source store here first (a new or empty directory)")
@@ -178,44 +236,57 @@ def build_parser() -> argparse.ArgumentParser:
                         "or comma-separated)")
     p.set_defaults(func=cmd_upgrade)
 
-    for name, helptext in (("suspend", "suspend a tenant: data kept, workloads scaled to zero, routes removed"),
+    for name, helptext in (("suspend", "suspend a tenant: data kept, writes refused, workloads scaled to zero, routes "
+                                       "removed"),
                            ("resume", "resume a suspended tenant")):
-        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ". Every database of "
+                           "the tenant (found through the registry) records the state first.")
         _common(p)
         _engine_args(p)
+        _operation_args(p)
         p.add_argument("tenant", metavar="TENANT")
-        p.add_argument("--pooled-dsn", metavar="DSN", help="pooled database, to set the registry state of a pooled tenant")
+        p.add_argument("--pooled-dsn", metavar="DSN", help="override: the pooled database of a pooled tenant")
+        p.add_argument("--db", action="append", default=[], metavar="NAME=DSN", dest="dbs",
+                       help="override: a database of the tenant (postgres-N, or the registry's name), repeatable")
         p.set_defaults(func=cmd_suspend, resume=(name == "resume"))
 
-    p = sub.add_parser("offboard", help="export a tenant's data, then destroy its stack and pooled rows",
-                       description="Export the tenant's rows (one file per table plus a manifest), then destroy its "
-                       "tenant stack or delete its pooled rows, and remove it from the platform stack.")
+    p = sub.add_parser("offboard", help="export a tenant's data, then delete it, destroy its stack and unlist it",
+                       description="Export every store of the tenant into a new archive and read it back, then delete "
+                       "each store (only while it still matches the archive), destroy its tenant stack and remove it "
+                       "from the platform stack. Checked before anything changes; resumable; --abort before the "
+                       "delete leaves the tenant as it was.")
     _common(p)
     _engine_args(p)
+    _operation_args(p)
     p.add_argument("tenant", metavar="TENANT")
-    p.add_argument("--source-dsn", required=True, metavar="DSN",
-                   help="the database holding the tenant's rows (the pooled database, or its postgres-1)")
+    p.add_argument("--source-dsn", metavar="DSN",
+                   help="override: the database holding the tenant's rows (the pooled database, or its postgres-1)")
     _store_args(p)
     p.add_argument("--export-to", metavar="DIR", help="export directory (required unless --no-export --yes)")
     p.add_argument("--no-export", action="store_true", help="export nothing (with --yes: every store is discarded)")
     p.add_argument("--yes", action="store_true")
+    p.add_argument("--abort", action="store_true", help="roll back an unfinished offboarding (before its delete)")
     p.add_argument("--discard", action="append", default=[], metavar="STORE",
                    help="destroy this store without exporting it (postgres-2, postgres-3, firestore, graph, objects)")
     p.set_defaults(func=cmd_offboard)
 
-    p = sub.add_parser("place", help="move one deployed tenant to another cell, pool shard or data project",
-                       description="Change where a deployed tenant is placed, and nothing else: the target must exist, be "
-                       "built and have room, and no data may be left behind (a pooled tenant must have no rows left in "
-                       "its current shard, checked with --source-dsn; cells and data projects hold a namespace tenant's "
-                       "namespace and databases, which this version does not move). Placement never moves a placed "
+    p = sub.add_parser("place", help="move one deployed pooled tenant to another pool shard, data included",
+                       description="Move a deployed pooled tenant to another pool shard with its rows, objects and "
+                       "documents (the phases of a tier move; resumable, --abort before its switch). The target shard "
+                       "must exist, be built and have room. Cells and data projects hold a namespace tenant's "
+                       "namespace and databases, which this version does not move. Placement never moves a placed "
                        "tenant by itself.")
     _common(p)
     _engine_args(p)
+    _operation_args(p)
     p.add_argument("tenant", metavar="TENANT")
     p.add_argument("--cell", metavar="CELL", help="namespace tenants: the cell, e.g. cell-2")
     p.add_argument("--pool-shard", metavar="SHARD", help="pooled tenants: the pool shard, e.g. pool-2")
     p.add_argument("--data-project", metavar="PROJECT", help="namespace tenants: the project of its Cloud SQL instances")
-    p.add_argument("--source-dsn", metavar="DSN", help="pooled tenants: the database of the current pool shard")
+    p.add_argument("--source-dsn", metavar="DSN", help="override: the database of the current pool shard")
+    p.add_argument("--target-dsn", metavar="DSN", help="override: the database of the new pool shard")
+    p.add_argument("--abort", action="store_true", help="roll back an unfinished move (before its switch)")
+    _store_args(p)
     p.set_defaults(func=cmd_place)
 
     p = sub.add_parser("migrate", help="move a single-platform-stack environment to the cells layout (state only)",
@@ -247,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace rows the target already holds for the tenant (otherwise such a move is refused)")
     m.add_argument("--state", choices=["active", "suspended", "frozen", "readonly"],
                    help="the tenant's registry state at the target (default: its state at the source before the move)")
+    m.add_argument("--abort", action="store_true", help="roll back an unfinished move (before its switch)")
+    _operation_args(m)
     _tables_arg(m)
     m.set_defaults(func=cmd_data_move)
     v = dsub.add_parser("verify", help="compare one tenant's rows in two databases",
@@ -266,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     _tables_arg(e)
     e.set_defaults(func=cmd_data_export)
     return parser
+
+
+def _registry_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", metavar="DSN", default=None,
+                   help="the environment's registry database (default: $TENANCY_REGISTRY, else the global stack's "
+                        "registry instance through the Cloud SQL Auth Proxy)")
+
+
+def _operation_args(p: argparse.ArgumentParser) -> None:
+    _registry_arg(p)
+    p.add_argument("--take-over", action="store_true",
+                   help="take the tenant's lease from a process that holds it but is stuck (its registry session is "
+                        "ended first); resumes that same operation")
 
 
 def _deployed_record_arg(p: argparse.ArgumentParser) -> None:
@@ -354,17 +440,41 @@ def cmd_deploy(args) -> int:
             spec = spec.model_copy(update={"health": spec.health.model_copy(update={"endpoints": False})})
         if not args.no_health_gate:
             gate = waves.HealthGate(engine, spec.health, sleep=time.sleep)
-    result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
-                            changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
-                            waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    try:
+        result = deploy.rollout(engine, catalog, args.env, mode=args.mode, tenants=args.tenant, stacks=args.stack,
+                                changed_since=args.changed_since, parallel=parallel, allow_destroy=args.allow_destroy,
+                                waves=spec, from_wave=getattr(args, "from_wave", 1), gate=gate)
+    except deploy.NotDeployed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.outside:
+            print(f"deploy {'it' if len(exc.outside) == 1 else 'them'} first: {_first_command(args, exc.outside)}; then "
+                  "run this command again", file=sys.stderr)
+        else:
+            print(f"start at that wave: {_resume_command(args, exc.from_wave)}", file=sys.stderr)
+        return EXIT_INPUT
     outcomes = result.outcomes
     for o in outcomes:
-        print(o.line())
+        for line in o.lines():
+            print(line)
+    for p in result.pending:
+        print(deploy.pending_line(p, args.env))
+    if args.mode == "up" and any(o.status == "ok" for o in outcomes):
+        try:
+            registry = _registry(args, engine, required=False)
+            if registry is not None:
+                from tenancy.lifecycle import record as rec
+                from tenancy.operations.sync import sync
+                synced = sync(registry, rec.read(engine, args.env), args.env, engine)
+                print(f"registry: {synced['written']} tenant(s) recorded"
+                      + (f", {synced['held']} held by an operation" if synced["held"] else ""))
+        except TenancyError as exc:   # the stacks are deployed; the registry catches up with `tenancy registry sync`
+            print(f"warning: the registry was not updated ({exc}); run `tenancy registry sync --env {args.env}`",
+                  file=sys.stderr)
     bad = [o for o in outcomes if o.status in ("failed", "refused")]
     print(f"{len(outcomes)} stack(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
-          f"{sum(o.status == 'pending' for o in outcomes)} pending a lifecycle command, "
           f"{sum(o.status == 'refused' for o in outcomes)} refused, {sum(o.status == 'failed' for o in outcomes)} failed, "
-          f"{sum(o.status == 'skipped' for o in outcomes)} skipped")
+          f"{sum(o.status == 'skipped' for o in outcomes)} skipped; "
+          f"{len(result.pending)} tenant(s) pending a lifecycle command")
     if result.halted:
         h = result.halted
         print(f"halted at wave {h.wave}/{len(result.waves)} '{h.name}': {h.reason}")
@@ -373,23 +483,36 @@ def cmd_deploy(args) -> int:
     return EXIT_FAIL if bad else EXIT_OK
 
 
-def _resume_command(args, wave: int) -> str:
-    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+def _first_command(args, stacks: list[str]) -> str:
+    """The command that was run, for only `stacks` (what it selected and where it started are left out)."""
     import shlex
 
+    out = _argv_without(args, {"--tenant", "--stack", "--changed-since", "--from-wave"})
+    return shlex.join(["tenancy", *out, *[a for s in stacks for a in ("--stack", s)]])
+
+
+def _argv_without(args, options: set[str]) -> list[str]:
+    """The command line as run, without `options` (each with its value, `--opt V` or `--opt=V`)."""
     argv = list(getattr(args, "argv", None) or sys.argv[1:])
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--from-wave":
+        if a in options:
             skip = True
             continue
-        if a.startswith("--from-wave="):
+        if a.split("=", 1)[0] in options and "=" in a:
             continue
         out.append(a)
-    return shlex.join(["tenancy", *out, "--from-wave", str(wave)])
+    return out
+
+
+def _resume_command(args, wave: int) -> str:
+    """The command that was run, with --from-wave N (stacks already done are no-ops when run again)."""
+    import shlex
+
+    return shlex.join(["tenancy", *_argv_without(args, {"--from-wave"}), "--from-wave", str(wave)])
 
 
 def cmd_moves(args) -> int:
@@ -400,19 +523,83 @@ def cmd_moves(args) -> int:
 
     for dsn in args.dsn:
         _check_dsn("--dsn", dsn)
-    found = deploy.pending(_engine(args), load_catalog(args.tenants), args.env)
-    print(json.dumps([asdict(p) for p in found], indent=1))
+    engine = _engine(args)
+    found = [asdict(p) for p in deploy.pending(engine, load_catalog(args.tenants), args.env)]
+    registry = _registry(args, engine, required=False)
+    if registry is not None:
+        for op in registry.unfinished():
+            found.append({**op.to_json(), "kind": "operation", "operation_kind": op.kind})
+    print(json.dumps(found, indent=1, ensure_ascii=False, default=str))
     if not args.dsn:
         return EXIT_OK
-    from tenancy.lifecycle.online import leftovers
+    from tenancy.lifecycle.online import leftovers, owned_names
 
-    left = leftovers(args.dsn)
+    left = leftovers(args.dsn, owned_names(registry) if registry is not None else set())
     for server, o in left:
         print(f"leftover of an online move on {server}: {o}", file=sys.stderr)
     if left:
-        print(f"{len(left)} leftover(s): finish or abort the move that made them (`tenancy upgrade TENANT --to PLAN` or "
-              "`--abort`); for a move no one will resume, drop them (tenancy.stores.replication.cleanup)", file=sys.stderr)
+        print(f"{len(left)} leftover(s): finish or abort the operation that made them (`tenancy moves` lists the "
+              "unfinished ones with their commands); for a move no one will resume, drop them "
+              "(tenancy.stores.replication.cleanup)", file=sys.stderr)
     return EXIT_FAIL if left else EXIT_OK
+
+
+def _registry(args, engine=None, required: bool = True):
+    """The environment's registry: --registry, $TENANCY_REGISTRY, or the global stack's registry instance through the
+    Cloud SQL Auth Proxy. None when none is configured and `required` is False."""
+    from tenancy.errors import ConfigError
+    from tenancy.operations.registry import Registry
+
+    dsn = getattr(args, "registry", None) or os.environ.get("TENANCY_REGISTRY")
+    if not dsn and engine is not None:
+        dsn = _registry_from_outputs(engine, args.env)
+    if not dsn:
+        if not required:
+            return None
+        raise ConfigError("this command needs the environment's registry: give --registry DSN or set TENANCY_REGISTRY "
+                          "(for a deployed environment: the global stack's registry instance, reached through the Cloud "
+                          f"SQL Auth Proxy); create one with `tenancy registry init --env {args.env} --registry DSN`")
+    _check_dsn("--registry", dsn)
+    return Registry.open(dsn, args.env)
+
+
+def _registry_from_outputs(engine, env: str) -> str | None:
+    """The registry instance the global stack exports (`registry`: connection name, database, user), through the
+    Cloud SQL Auth Proxy's socket directory."""
+    from tenancy import naming
+    from tenancy.engine import EngineError
+    from tenancy.operations.stores import connection_dsn
+
+    try:
+        found = engine.outputs(naming.stack_name(env)).get("registry")
+    except EngineError:
+        return None
+    if not isinstance(found, dict) or not found.get("connectionName"):
+        return None
+    return connection_dsn({"instance": found["connectionName"], "dbname": found.get("database", "tenancy_registry"),
+                           **({"user": found["user"]} if found.get("user") else {})})
+
+
+def _context(args, engine):
+    from tenancy.operations.protocol import Context
+
+    return Context(args.env, _registry(args, engine), engine, say=_progress)
+
+
+def _command_line(args, drop: tuple[str, ...] = ("--abort", "--take-over")) -> str:
+    """The command that was run, as it resumes the operation: passwords in it redacted (it is recorded)."""
+    import shlex
+
+    argv = [a for a in (getattr(args, "argv", None) or sys.argv[1:]) if a not in drop]
+    return _redact(shlex.join(["tenancy", *argv]))
+
+
+def _print_outcome(out, line: str) -> int:
+    if out.status in ("nothing to do", "nothing to abort"):
+        print(out.message)
+        return EXIT_OK
+    print(line)
+    return EXIT_OK
 
 
 def _check_dsn(option: str, dsn: str) -> None:
@@ -428,8 +615,9 @@ def _check_dsn(option: str, dsn: str) -> None:
 
 
 def _store_args(p) -> None:
-    p.add_argument("--db", action="append", default=[], metavar="postgres-N=DSN", dest="dbs",
-                   help="the tenant's other databases (postgres-2, postgres-3), repeatable")
+    p.add_argument("--db", action="append", default=[], metavar="NAME=DSN", dest="dbs",
+                   help="override: a database of the operation, by store (postgres-N, pooled) or registry name (pool-N, "
+                        "<tenant>/postgres-N); default: the registry's record; repeatable")
     p.add_argument("--objects-root", metavar="DIR", help="dry runs: buckets are directories DIR/<bucket name>")
     p.add_argument("--kubeconfig", metavar="FILE", help="cluster credentials for the graph's neo4j-admin dump Job")
     p.add_argument("--skip", action="append", default=[], metavar="KIND",
@@ -440,10 +628,7 @@ def _reach(args, dsns: dict[str, str]):
     from tenancy.errors import ConfigError
     from tenancy.lifecycle.tenant_data import KINDS, Reach
 
-    for item in args.dbs:
-        name, sep, dsn = item.partition("=")
-        if not sep or not re.fullmatch(r"postgres-[1-9]", name) or not dsn:
-            raise ConfigError(f"--db {item.split('=', 1)[0]}=...: give postgres-N=DSN (e.g. postgres-2=host=... dbname=...)")
+    for name, dsn in _db_overrides(args.dbs).items():
         dsns.setdefault(name, dsn)
     skip = set()
     for v in args.skip:
@@ -474,32 +659,41 @@ def _stores(values: list[str]) -> frozenset[str]:
 def cmd_upgrade(args) -> int:
     from tenancy.catalog import Model, load_catalog
     from tenancy.errors import ConfigError
-    from tenancy.lifecycle import moves
+    from tenancy.operations import tier_move
 
     catalog = load_catalog(args.tenants)
     if args.to_plan not in catalog.plans:
         raise ConfigError(f"unknown plan '{args.to_plan}'; plans: {', '.join(sorted(catalog.plans))}")
-    if not (args.source_dsn and args.target_dsn):
-        raise ConfigError("give --source-dsn and --target-dsn (connect through the Cloud SQL Auth Proxy as the owner role)")
+    for option, dsn in (("--source-dsn", args.source_dsn), ("--target-dsn", args.target_dsn)):
+        if dsn:
+            _check_dsn(option, dsn)
     replication = _replication_dsns(args.replication_dsn)
     # Towards a pooled plan the rows come from the tenant's databases into the pool; otherwise the reverse.
     to_pool = catalog.plans[args.to_plan].model is Model.POOLED
     pooled_dsn, tenant_dsn = (args.target_dsn, args.source_dsn) if to_pool else (args.source_dsn, args.target_dsn)
-    reach = _reach(args, {"pooled": pooled_dsn, "postgres-1": tenant_dsn})
+    reach = _reach(args, {k: v for k, v in (("pooled", pooled_dsn), ("postgres-1", tenant_dsn)) if v})
     for kind in sorted(reach.skip):
         _progress(f"warning: --skip {kind}: this move does not carry the tenant's {kind}; move it yourself")
+    discard = _stores(args.discard)
+    if args.export_to and args.abort:
+        raise ConfigError("--abort takes no --export-to: it removes what the unfinished move created")
     engine = _engine(args)
-    out = moves.upgrade(engine, catalog, args.env, args.tenant, args.to_plan, reach=reach,
-                        keep_source_days=args.keep_source, abort=args.abort, allow_destroy=args.allow_destroy,
-                        discard=_stores(args.discard), export_to=args.export_to, say=_progress, method=args.method,
-                        replication=replication)
-    freeze = f"; write freeze {out.freeze_seconds:.1f}s" if out.freeze_seconds is not None else ""
-    print(f"{out.move_id}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {out.rows} rows copied{freeze}"
-          + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items()) for k, v in out.copied.items() if "rows" not in v)
-          + (f"; {out.message}" if out.message else ""))
-    if out.catalog_line:
-        print(out.catalog_line)
-    return EXIT_OK
+    ctx = _context(args, engine)
+    out = tier_move.upgrade(ctx, catalog, args.tenant, args.to_plan, reach=reach, keep_source_days=args.keep_source,
+                            abort=args.abort, take_over=args.take_over, allow_destroy=args.allow_destroy, discard=discard,
+                            export_to=args.export_to, method=args.method, replication=replication,
+                            command=_command_line(args))
+    d = out.detail
+    freeze = f"; write freeze {d['freeze_seconds']:.1f}s" if d.get("freeze_seconds") is not None else ""
+    line = (f"{out.operation}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {d.get('rows', 0)} rows "
+            f"copied{freeze}"
+            + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items() if w != "verified")
+                      for k, v in (d.get("copied") or {}).items() if "rows" not in v)
+            + (f"; {out.message}" if out.message else ""))
+    code = _print_outcome(out, line)
+    if d.get("catalog_line"):
+        print(d["catalog_line"])
+    return code
 
 
 def _replication_dsns(items: list[str]) -> dict[str, str]:
@@ -517,17 +711,40 @@ def _replication_dsns(items: list[str]) -> dict[str, str]:
 
 def cmd_suspend(args) -> int:
     from tenancy.catalog import load_catalog
-    from tenancy.lifecycle import tenant_ops
+    from tenancy.lifecycle.tenant_data import Reach
+    from tenancy.operations import suspend
 
-    tenant_ops.suspend(_engine(args), load_catalog(args.tenants), args.env, args.tenant, args.pooled_dsn,
-                       resume=args.resume, say=_progress)
-    print(f"tenant '{args.tenant}' {'resumed' if args.resume else 'suspended'}")
+    dsns = _db_overrides(args.dbs)
+    if args.pooled_dsn:
+        _check_dsn("--pooled-dsn", args.pooled_dsn)
+        dsns["pooled"] = args.pooled_dsn
+    catalog = load_catalog(args.tenants)
+    engine = _engine(args)
+    out = suspend.set_state(_context(args, engine), catalog, args.tenant, resume=args.resume, reach=Reach(dsns),
+                            take_over=args.take_over, command=_command_line(args))
+    print(f"tenant '{args.tenant}' {'resumed: its databases accept its writes again' if args.resume else 'suspended: its databases refuse its writes'}"
+          f" ({out.operation})")
     return EXIT_OK
 
 
+def _db_overrides(items: list[str]) -> dict[str, str]:
+    from tenancy.errors import ConfigError
+
+    out = {}
+    for item in items:
+        name, sep, dsn = item.partition("=")
+        if not sep or not dsn or not re.fullmatch(r"pooled|postgres-[1-9]|pool-[1-9][0-9]*|[a-z0-9-]+/postgres-[1-9]", name):
+            raise ConfigError(f"--db {item.split('=', 1)[0]}=...: give NAME=DSN with NAME postgres-N, pooled, pool-N or "
+                              "<tenant>/postgres-N")
+        _check_dsn(f"--db {name}", dsn)
+        out[name] = dsn
+    return out
+
+
 def cmd_offboard(args) -> int:
-    from tenancy.catalog import load_catalog
-    from tenancy.lifecycle import tenant_ops
+    from tenancy.catalog import Model, load_catalog
+    from tenancy.errors import ConfigError
+    from tenancy.operations import offboard
 
     if args.no_export and args.export_to:
         print("--no-export and --export-to contradict each other", file=sys.stderr)
@@ -536,25 +753,67 @@ def cmd_offboard(args) -> int:
     if args.no_export and args.yes:
         from tenancy.lifecycle.destroy import STORES
         discard = frozenset(STORES)
-    result = tenant_ops.offboard(_engine(args), load_catalog(args.tenants), args.env, args.tenant,
-                                 source_dsn=args.source_dsn, export_to=args.export_to, discard=discard,
-                                 reach=_reach(args, {}),
-                                 yes=args.yes and args.no_export, say=_progress)
-    print(json.dumps(result, indent=1))
+    if args.source_dsn:
+        _check_dsn("--source-dsn", args.source_dsn)
+    if args.abort and (args.export_to or args.no_export):
+        raise ConfigError("--abort takes no --export-to or --no-export: it undoes what the unfinished offboarding did")
+    catalog = load_catalog(args.tenants)
+    engine = _engine(args)
+    ctx = _context(args, engine)
+    overrides = {}
+    if args.source_dsn:
+        from tenancy.lifecycle import record as rec
+        deployed = rec.read(engine, args.env)
+        pooled = deployed.knows(args.tenant) and deployed.catalog.tenant(args.tenant).model is Model.POOLED
+        overrides["pooled" if pooled else "postgres-1"] = args.source_dsn
+    out = offboard.offboard(ctx, catalog, args.tenant, export_to=args.export_to, reach=_reach(args, overrides),
+                            discard=discard, yes=args.yes and args.no_export, abort=args.abort, take_over=args.take_over,
+                            command=_command_line(args))
+    if out.status in ("nothing to abort",):
+        print(out.message)
+        return EXIT_OK
+    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))
     return EXIT_OK
 
 
 def cmd_place(args) -> int:
     from tenancy.catalog import load_catalog
-    from tenancy.fleet import relocate
+    from tenancy.lifecycle import record as rec
+    from tenancy.operations import place
 
-    out = relocate.relocate(_engine(args), load_catalog(args.tenants), args.env, args.tenant, cell=args.cell,
-                            pool_shard=args.pool_shard, data_project=args.data_project, source_dsn=args.source_dsn,
-                            say=_progress)
-    was = ", ".join(out["from"].values()) or "nowhere"
-    now = ", ".join(out["to"].values())
-    print(f"tenant '{args.tenant}' is already in {now}; nothing to do" if out["status"] == "unchanged" else
-          f"tenant '{args.tenant}' moved from {was} to {now}")
+    catalog = load_catalog(args.tenants)
+    engine = _engine(args)
+    for option, dsn in (("--source-dsn", args.source_dsn), ("--target-dsn", args.target_dsn)):
+        if dsn:
+            _check_dsn(option, dsn)
+    overrides = {}
+    if args.source_dsn or args.target_dsn:
+        from tenancy.fleet import capacity
+        from tenancy.fleet.placement import place as placed
+        deployed = rec.read(engine, args.env)
+        if deployed.knows(args.tenant):
+            now = placed(deployed.catalog, capacity.load(args.env)).tenants[args.tenant]
+            if args.source_dsn and now.pool_shard:
+                overrides[now.pool_shard] = args.source_dsn
+        if args.target_dsn and args.pool_shard:
+            overrides[args.pool_shard] = args.target_dsn
+    reach = _reach(args, overrides)
+    from tenancy.fleet.relocate import resolve
+    now, target = resolve(catalog, rec.read(engine, args.env), args.env, args.tenant, cell=args.cell,
+                          pool_shard=args.pool_shard, data_project=args.data_project)
+    if now == target and not args.abort:
+        print(f"tenant '{args.tenant}' is already in {target.describe()}; nothing to do")
+        return EXIT_OK
+    ctx = _context(args, engine)
+    out = place.place(ctx, catalog, args.tenant, cell=args.cell, pool_shard=args.pool_shard,
+                      data_project=args.data_project, reach=reach, abort=args.abort, take_over=args.take_over,
+                      command=_command_line(args))
+    if out.status != "done":
+        print(out.message or f"{out.operation}: {out.status}")
+        return EXIT_OK
+    was = ", ".join(out.detail["from"].values()) or "nowhere"
+    now = ", ".join(out.detail["to"].values())
+    print(f"tenant '{args.tenant}' moved from {was} to {now} with its data ({out.operation})")
     return EXIT_OK
 
 
@@ -579,18 +838,88 @@ def _progress(msg: str) -> None:
 
 
 def cmd_data_move(args) -> int:
-    from tenancy.stores import postgres as data
+    from tenancy.operations import data_move
 
-    r = data.move(args.source, args.target, args.tenant, delete_source=args.delete_source, replace=args.replace,
-                  tables=_table_list(args.tables), target_state=args.state, progress=_progress)
-    if r.status == "already completed":
-        print(r.message)
+    for option, dsn in (("--source", args.source), ("--target", args.target)):
+        _check_dsn(option, dsn)
+    ctx = _context(args, None)
+    out = data_move.move(ctx, args.tenant, args.source, args.target, delete_source=args.delete_source,
+                         replace=args.replace, tables=_table_list(args.tables), target_state=args.state,
+                         abort=args.abort, take_over=args.take_over, command=_command_line(args))
+    if out.status != "done":
+        print(out.message or f"{out.operation}: {out.status}")
         return EXIT_OK
-    seconds = r.copy_seconds + r.verify_seconds
-    replaced = f"; replaced {r.replaced_rows} rows the target held" if r.replaced_rows else ""
-    print(f"moved {r.total_rows} rows of '{args.tenant}' ({len(r.tables)} tables), verified, in {seconds:.2f}s "
-          f"({r.total_rows / max(seconds, 1e-9):,.0f} rows/s){replaced}"
-          f"{'; source rows deleted' if r.deleted_source else '; source rows kept'} (move {r.move_id})")
+    d = out.detail
+    seconds = d.get("seconds") or 0.0
+    replaced = f"; replaced {d['replaced_rows']} rows the target held" if d.get("replaced_rows") else ""
+    print(f"moved {d['total_rows']} rows of '{args.tenant}' ({len(d['tables'])} tables), verified, in {seconds:.2f}s "
+          f"({d['total_rows'] / max(seconds, 1e-9):,.0f} rows/s){replaced}"
+          f"{'; source rows deleted' if d.get('deleted_source') else '; source rows kept'} ({out.operation})")
+    return EXIT_OK
+
+
+def cmd_registry_init(args) -> int:
+    from tenancy.errors import ConfigError
+    from tenancy.operations.registry import Registry
+
+    dsn = args.registry or os.environ.get("TENANCY_REGISTRY")
+    if not dsn:
+        raise ConfigError("give --registry DSN (or set TENANCY_REGISTRY): the database to hold the registry")
+    _check_dsn("--registry", dsn)
+    reg = Registry.init(dsn, args.env)
+    print(f"registry of environment '{args.env}' ready at {reg.describe()}")
+    return EXIT_OK
+
+
+def cmd_registry_database(args) -> int:
+    from tenancy.errors import ConfigError
+    from tenancy.operations.stores import connection_record
+
+    if not re.fullmatch(r"pool-[1-9][0-9]*|[a-z0-9]([a-z0-9-]*[a-z0-9])?/postgres-[1-9]", args.name):
+        raise ConfigError(f"database name '{args.name[:60]}': use pool-N or <tenant>/postgres-N, as the data layout names "
+                          "a tenant's databases")
+    if args.dsn:
+        _check_dsn("--dsn", args.dsn)
+        try:
+            connection = connection_record(args.dsn)
+        except ValueError:
+            raise ConfigError("--dsn holds a password: the registry never keeps one; give it through PGPASSFILE, "
+                              "PGPASSWORD or IAM authentication, and the DSN without it") from None
+    else:
+        if not args.dbname:
+            raise ConfigError("--instance needs --dbname (and usually --user)")
+        connection = {"instance": args.instance, "dbname": args.dbname, **({"user": args.user} if args.user else {})}
+    unit = args.name if args.name.startswith("pool-") else f"tenant:{args.name.split('/')[0]}"
+    reg = _registry(args)
+    reg.set_database(args.name, unit, connection)
+    print(f"database {args.name} ({unit}) recorded in the registry of '{args.env}'")
+    return EXIT_OK
+
+
+def cmd_registry_sync(args) -> int:
+    from tenancy.lifecycle import record as rec
+    from tenancy.operations.sync import sync
+
+    engine = _engine(args)
+    reg = _registry(args, engine)
+    out = sync(reg, rec.read(engine, args.env), args.env, engine)
+    print(f"registry of '{args.env}': {out['written']} tenant(s) and {out['databases']} database(s) recorded"
+          + (f", {out['held']} held by an operation (left to it)" if out["held"] else ""))
+    return EXIT_OK
+
+
+def cmd_registry_show(args) -> int:
+    reg = _registry(args)
+    out: dict = {"environment": args.env}
+    if args.tenant:
+        row = reg.tenant(args.tenant)
+        out["tenant"] = row.__dict__ if row else None
+        out["operations"] = [op.to_json() for op in reg.history(args.tenant)]
+    else:
+        out["tenants"] = [r.__dict__ for r in reg.tenants(args.state)]
+        out["databases"] = [{k: v for k, v in d.__dict__.items()} for d in reg.databases()]
+        out["unfinished"] = [op.to_json() for op in reg.unfinished()]
+    print(json.dumps(out, indent=1, ensure_ascii=False, default=str))
     return EXIT_OK
 
 
@@ -638,8 +967,9 @@ def cmd_affected(args) -> int:
     stacks = sides + sorted(s for s in ch.reasons if s not in sides)
     chosen = ci.select(stacks, ch, catalog, args.env, args.max_real)
     matrix = ci.matrix(chosen, args.max_jobs, platform)
-    print(json.dumps({"environment": args.env, "platform": bool(sides), "stacks": stacks,
-                      "real": chosen.real, "offlineOnly": chosen.offline_only, "jobs": len(matrix["include"]),
+    print(to_json({"environment": args.env, "platform": bool(sides), "stacks": stacks,
+                      "real": chosen.real, "offlineOnly": chosen.offline_only, "new": chosen.new,
+                      "jobs": len(matrix["include"]),
                       "matrix": matrix, "reasons": ch.reasons, "removed": ch.removed}, indent=1))
     return EXIT_OK
 
@@ -681,10 +1011,19 @@ def cmd_operator_manifests(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.operator import schema
     from tenancy.operator.settings import OperatorSettings
-    from tenancy.operator.stacks import fleet_objects, resolve_commit
+    from tenancy.operator.stacks import fleet_objects, resolve_commit, tree_changes
 
     settings = OperatorSettings.load(args.env).require_rollout()
     commit = resolve_commit(args.commit)
+    changed = tree_changes(commit)
+    if changed:
+        files = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        what = (f"the working tree differs from {args.commit} ({commit[:12]}) in {len(changed)} file(s): {files}; the "
+                "objects would be rendered from the working tree but pin the commit")
+        if not args.allow_dirty:
+            print(f"error: {what}: commit the changes (and push them), or pass --allow-dirty", file=sys.stderr)
+            return EXIT_INPUT
+        print(f"warning: {what} (--allow-dirty)", file=sys.stderr)
     objects = fleet_objects(load_catalog(args.tenants), settings, commit)
     for obj in objects:
         if found := schema.problems(obj):
@@ -726,16 +1065,34 @@ def cmd_db_apply(args) -> int:
     return EXIT_OK
 
 
-def cmd_validate(args) -> int:
-    from stacks.config import offline_platform_config, require_catalog_fits
-    from tenancy.catalog import load_catalog
+def _checked_catalog(args, deployed: bool = False):
+    """(the catalogue of --tenants, its placement), checked against --env's platform config and capacity: every
+    problem of the file and of its fit to the environment in one CatalogError (exit 2, one line each, in the order
+    of their lines). `deployed`: with the placements of --deployed-record (pins and capacity are checked around
+    them)."""
+    from stacks.config import fit
+    from tenancy.catalog import load_catalog, ordered
 
-    catalog = load_catalog(args.tenants)
-    # Rules that need the environment (custom domains against its base domain, its platform project), and
-    # whether its capacity holds every tenant and each pin (tenancy/fleet).
-    require_catalog_fits(catalog, offline_platform_config(args.env))
-    from tenancy.fleet import capacity, placement
-    placement.place(catalog, capacity.load(args.env))
+    problems = []
+    try:
+        catalog = load_catalog(args.tenants)
+    except CatalogError as exc:
+        if exc.partial is None:
+            raise
+        catalog, problems = exc.partial, list(exc.problems)
+    if deployed:
+        catalog = _with_deployed(catalog, args)
+    placed, more = fit(catalog, args.env)
+    problems += more
+    if problems:
+        raise CatalogError(ordered(problems, args.tenants))
+    return catalog, placed
+
+
+def cmd_validate(args) -> int:
+    # The file, the rules that need the environment (custom domains against its base domain, its platform
+    # project), and whether its capacity holds every tenant and each pin (tenancy/fleet): all in one run.
+    catalog, _ = _checked_catalog(args)
     models: dict[str, int] = {}
     for t in catalog.tenants:
         models[t.model.value] = models.get(t.model.value, 0) + 1
@@ -748,7 +1105,7 @@ def cmd_validate(args) -> int:
 def cmd_schema(args) -> int:
     from tenancy.catalog import json_schema
 
-    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    text = to_json(json_schema(), indent=2, sort_keys=True) + "\n"
     if args.check:
         if not args.out:
             print("tenancy schema --check needs --out FILE", file=sys.stderr)
@@ -770,21 +1127,20 @@ def cmd_schema(args) -> int:
 
 def cmd_plan(args) -> int:
     from tenancy import plan as planmod
-    from tenancy.catalog import load_catalog
 
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
-    catalog = _with_deployed(load_catalog(args.tenants), args)
+    catalog, placed = _checked_catalog(args, deployed=True)
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)
     result = planmod.plan(catalog, args.env, tenants=args.tenant, changed_since=args.changed_since,
-                          workers=args.workers, progress=meter.say, meter=meter, out=args.out)
+                          workers=args.workers, progress=meter.say, meter=meter, out=args.out, placed=placed)
     path = result.plan_file
     if args.json:
-        print(json.dumps({
+        print(to_json({
             "environment": result.environment, "planFile": str(path),
             "stacks": [{"name": s.name, "kind": s.kind, "tenant": s.tenant, "model": s.model, "resources": s.resource_count,
                         "reasons": s.reasons, "violations": s.violations, "placement": s.placement} for s in result.stacks],
@@ -855,8 +1211,20 @@ def run() -> NoReturn:
     sys.exit(code)
 
 
+def _quiet_google_python_warning() -> None:
+    """google.api_core warns, when a command first opens a Firestore or Cloud Storage client, that new releases of
+    Google's libraries will drop this Python version: nothing an operator can act on (Python 3.11 is the project's
+    pinned runtime, raised with its dependencies), printed on every such command. Only that warning is silenced:
+    FutureWarning, from google.api_core's Python-version check, with its message; every other warning still shows."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"You are using a (non-supported )?Python version", category=FutureWarning,
+                            module=r"google\.api_core\._python_version_support")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PULUMI_ERROR_OUTPUT_STRING", "1")
+    _quiet_google_python_warning()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable = args.func

@@ -56,6 +56,12 @@ class Change:
     op: str          # create | update | replace | delete
     urn: str
     type: str
+    diffs: tuple[str, ...] = ()          # the inputs that change (update, replace), as the engine names them
+    replace_keys: tuple[str, ...] = ()   # those of them that force the replacement
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
 
     @property
     def stateful(self) -> bool:
@@ -100,6 +106,7 @@ class OfflineEngine:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.env = naming.check_env(env)
         self.calls: list[tuple[str, str]] = []   # (operation, stack), in order: what tests assert on
+        self._last: tuple[str, Any] | None = None
 
     def _path(self, stack: str) -> Path:
         return self.state_dir / f"{stack}.json"
@@ -109,6 +116,30 @@ class OfflineEngine:
         return json.loads(p.read_text()) if p.exists() else None
 
     def _run(self, stack: str, catalog: Catalog) -> tuple[dict[str, dict], dict, dict, list[str]]:
+        """The program's resources and outputs. A program run is a function of its stack, catalogue and the other
+        stacks' outputs it reads: a preview followed by the update of the same inputs runs it once."""
+        key = self._inputs_key(stack, catalog)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        out = self._run_program(stack, catalog)
+        self._last = (key, out)
+        return out
+
+    def _inputs_key(self, stack: str, catalog: Catalog) -> str:
+        import hashlib
+
+        from tenancy.catalog import to_document
+
+        inputs = json.dumps([to_document(catalog), catalog.notes, catalog.placements, str(catalog.path)], sort_keys=True,
+                            default=str)
+        h = hashlib.sha256(f"{stack}\0{inputs}".encode())
+        env = naming.parse_stack_name(stack)[0]
+        for other in self.stacks():
+            if other != stack and naming.parse_stack_name(other)[0] == env:
+                h.update(f"\0{other}\0".encode() + self._path(other).read_bytes())
+        return h.hexdigest()
+
+    def _run_program(self, stack: str, catalog: Catalog) -> tuple[dict[str, dict], dict, dict, list[str]]:
         from stacks.config import project_name
         from tenancy.plan import _platform_config, run_stack
         from tenancy.recorder import ORGANIZATION, SECRET
@@ -119,7 +150,8 @@ class OfflineEngine:
             result, _ = run_stack(stack, catalog, _platform_config(env), {})
         else:
             if self._load(platform) is None:
-                raise StackMissing(f"platform stack '{platform}' has not been deployed; run `tenancy up` for it first")
+                raise StackMissing(f"platform stack '{platform}' has not been deployed; deploy it first (`tenancy up --env "
+                                   f"{env} --stack {platform}` with this engine and state)")
             # Every deployed stack's outputs, as StackReferences read them (the platform's; in the cells layout
             # also the cells', identity shards' and pool shards').
             refs = {}
@@ -142,7 +174,8 @@ class OfflineEngine:
                 changes.append(Change("create", urn, r["type"]))
             elif before["inputs"] != r["inputs"]:
                 keys = _changed_keys(before["inputs"], r["inputs"])
-                changes.append(Change("replace" if keys & REPLACE_KEYS else "update", urn, r["type"]))
+                forcing = tuple(sorted(keys & REPLACE_KEYS))
+                changes.append(Change("replace" if forcing else "update", urn, r["type"], tuple(sorted(keys)), forcing))
         for urn, r in old.items():
             if urn not in new:
                 changes.append(Change("delete", urn, r["type"]))
@@ -304,7 +337,9 @@ class AutomationEngine:
         path.write_text(json.dumps({k: dict(v) for k, v in catalog.placements.items()}, sort_keys=True))
         return str(path)
 
-    def _stack(self, name: str, catalog: Catalog):
+    def _stack(self, name: str, catalog: Catalog, create: bool = True):
+        """The stack, created when missing -- except for a preview (`create=False`): a preview changes nothing,
+        not even the list of stacks in the state backend, so the credentials it runs with can be read-only."""
         from pulumi import automation as auto
 
         env = {**self.env_vars, "TENANCY_CATALOG": self._catalog_file(catalog), "TENANCY_NOTES": self._notes_file(catalog),
@@ -312,7 +347,10 @@ class AutomationEngine:
         ws = auto.LocalWorkspace(work_dir=str(self.project_dir), pulumi_home=str(self._home()), env_vars=env,
                                  pulumi_command=self.command)
         try:
-            return auto.Stack.create_or_select(name, ws)
+            return auto.Stack.create_or_select(name, ws) if create else auto.Stack.select(name, ws)
+        except auto.errors.StackNotFoundError:
+            raise StackMissing(f"stack '{name}' does not exist yet: a preview never creates a stack (the offline plan "
+                               "shows what it would create)") from None
         except auto.errors.ConcurrentUpdateError as exc:
             raise ConcurrentUpdate(f"stack '{name}' is being updated by someone else: {exc}") from None
 
@@ -325,7 +363,10 @@ class AutomationEngine:
             mapped = {"create": "create", "update": "update", "delete": "delete", "replace": "replace",
                       "create-replacement": "replace", "delete-replaced": "replace"}.get(op)
             if mapped:
-                collected.append(Change(mapped, pre.metadata.urn, pre.metadata.type))
+                # `diffs`: the properties that change; `keys`: those that force a replacement.
+                collected.append(Change(mapped, pre.metadata.urn, pre.metadata.type,
+                                        tuple(pre.metadata.diffs or ()),
+                                        tuple(pre.metadata.keys or ()) if mapped == "replace" else ()))
         return on_event
 
     def _out(self, stack: str):
@@ -335,7 +376,7 @@ class AutomationEngine:
         from pulumi import automation as auto
 
         changes: list[Change] = []
-        s = self._stack(stack, catalog)
+        s = self._stack(stack, catalog, create=False)
         try:
             s.preview(policy_packs=[self.policy_pack] if self.policy_pack else None, on_event=self._events(changes),
                       on_output=self._out(stack))

@@ -32,8 +32,11 @@ class CatalogError(TenancyError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], partial=None):
         self.problems = list(problems)
+        # The catalogue of the entries without problems (tenancy.catalog.Catalog), so that the checks that need a
+        # catalogue (its fit to an environment) report in the same run; None when there is no such catalogue.
+        self.partial = partial
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -47,3 +50,20 @@ class PlanError(TenancyError):
     """A stack program failed while being planned offline."""
 
     exit_code = 1
+
+
+class OperationError(TenancyError):
+    """An operation on tenant data failed; the message says how to resume or abort it."""
+
+    exit_code = 1
+
+
+class Refused(OperationError):
+    """A safety rule stopped the operation; what it changed (usually nothing) is said in the message."""
+
+
+class PreflightRefused(Refused):
+    """What the operation was given does not fit (a wrong store, an unusable directory, a store out of reach):
+    nothing was changed. Bad input: exit 2."""
+
+    exit_code = 2

@@ -123,6 +123,16 @@ def pooled_sql_instance(env: str) -> str:
     return f"{env}-pooled-postgres"
 
 
+def registry_sql_instance(env: str) -> str:
+    """The environment's registry of record (tenancy/operations/registry.py): a Cloud SQL instance of the global
+    stack."""
+    return fit(f"{env}-registry", LIMITS["sql_instance"])
+
+
+def registry_secret_prefix(env: str) -> str:
+    return secret_id(env, "registry", "").rstrip("-")
+
+
 def identity_display_name(tenant_id: str) -> str:
     """Identity Platform tenant display name: 4-20 characters, letter first."""
     return fit(f"t-{tenant_id}", LIMITS["identity_display"])
@@ -349,6 +359,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         ("service account", node_service_account_id(env)): "GKE node service account",
         ("Firestore database", firestore_database(env, "pooled")): "pooled Firestore database",
         ("Cloud SQL instance", pooled_sql_instance(env)): "pooled PostgreSQL instance",
+        ("Cloud SQL instance", registry_sql_instance(env)): "the registry of record",
         ("GKE cluster", cluster(env)): "shared GKE cluster",
         ("KMS key ring", cluster_key_ring(cluster(env))): "shared cluster's secrets key ring",
         ("node pool", WORKLOAD_NODE_POOL): "shared cluster's node pool",
@@ -361,6 +372,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         names[(kind, network_resource(PLATFORM_NETWORK_PREFIX, role))] = f"platform {kind}"
     for user in DATABASE_USERS:
         names[("secret", database_secret(database_secret_prefix(env), user))] = "pooled database credentials"
+        names[("secret", database_secret(registry_secret_prefix(env), user))] = "registry database credentials"
     for ns, what in PLATFORM_K8S_NAMESPACES.items():
         names[("namespace", ns)] = what
     if project is not None:

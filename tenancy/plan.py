@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tenancy import naming
-from tenancy.catalog import Catalog
-from tenancy.errors import PlanError, TenancyError
+from tenancy.catalog import Catalog, State
+from tenancy.errors import ConfigError, PlanError, TenancyError
 from tenancy.progress import Meter
 from tenancy.planwrite import HEAD_KEYS, PlanWriter, manifests, stack_tail  # noqa: F401 -- manifests: this module's interface
 from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
@@ -281,11 +281,12 @@ def default_workers() -> int:
 
 def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, changed_since: str | None = None,
          workers: int | None = None, progress=None, meter: Meter | None = None,
-         out: str | Path | None = None) -> PlanResult:
+         out: str | Path | None = None, placed=None) -> PlanResult:
     """Plan the environment's stacks: all of them, only `tenants`, or only those changed since a git ref.
     `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py).
     `out`: write plan.json and the manifests there as stacks finish (tenancy/planwrite.py); the result then
-    holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory."""
+    holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory.
+    `placed`: the catalogue's placement when the caller has already checked it (stacks.config.fit)."""
     global _WRITER
 
     start = time.perf_counter()
@@ -296,9 +297,14 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     require_catalog_fits(catalog, offline_platform_config(env))
     wanted = list(tenants or [])
     for tid in wanted:
-        catalog.tenant(tid)  # unknown ids are bad input before anything runs
+        # unknown ids, and tenants with nothing deployed to plan, are bad input before anything runs
+        if catalog.tenant(tid).state is State.OFFBOARDED:
+            raise ConfigError(f"tenant '{tid}' is offboarded in {catalog.path}: it has no stack and no share of the "
+                              "platform stack, so there is nothing to plan for it; plan without --tenant, or name a "
+                              "tenant that is active or suspended")
     from tenancy.fleet import capacity, placement as fleet, report
-    placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
+    if placed is None:
+        placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     include_platform = True

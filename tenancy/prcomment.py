@@ -194,9 +194,12 @@ def _previews(changes: Changes, plan: dict[str, Any] | None, affected: dict[str,
     parts = [f"{planned:,} of {len(changes.reasons):,} stack(s) planned offline with the policy pack" if plan
              else "no offline plan (the plan step failed)"]
     if affected is not None:
-        real, offline = affected.get("real", []), affected.get("offlineOnly", [])
+        real, offline, new = affected.get("real", []), affected.get("offlineOnly", []), affected.get("new", [])
         parts.append(f"{len(real):,} previewed for real (`pulumi preview` in {affected.get('jobs', 0):,} job(s))")
         parts.append(f"{len(offline):,} offline only" + (f": {_names(offline)}" if offline else ""))
+        if new:
+            parts.append(f"{len(new):,} of those {'is a new stack' if len(new) == 1 else 'are new stacks'}, previewed "
+                         "offline only: a preview never creates a stack (the preview account only reads the state)")
     return "**Previews:** " + "; ".join(parts) + "."
 
 
@@ -206,6 +209,7 @@ def _render(base: Catalog | None, head: Catalog, changes: Changes, env: str, pla
             placed: tuple[Placement | None, str | None] = (None, None)) -> str:
     stacks = {s["name"]: s for s in (plan or {}).get("stacks", [])}
     real = set((affected or {}).get("real", []))
+    new = set((affected or {}).get("new", []))
     out = [MARKER, f"### tenancy preview ({env})", ""]
     ordered = sorted(changes.reasons, key=lambda s: (s != naming.stack_name(env), s))
     if not changes.reasons and not changes.removed:
@@ -218,7 +222,8 @@ def _render(base: Catalog | None, head: Catalog, changes: Changes, env: str, pla
             s = stacks.get(stack)
             count = str(len(s["resources"])) if s else "—"
             why = _cell("; ".join(changes.reasons[stack]))
-            extra = (" real |" if stack in real else " offline only |") if preview_col else ""
+            extra = (" real |" if stack in real else " offline only (new stack) |" if stack in new
+                     else " offline only |") if preview_col else ""
             out.append(f"| `{stack}` | {why} | {count} | {_violations_cell(s)} |{extra}")
         for stack, why in sorted(changes.removed.items()):
             out.append(f"| `{stack}` | {why} | destroy | — |" + (" — |" if preview_col else ""))

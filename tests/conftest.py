@@ -123,3 +123,18 @@ def gcs_server():
     yield server
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
     server.stop()
+
+
+@pytest.fixture
+def registry(pg_server):
+    """A fresh registry database for environment dev (the real `tenancy registry init` code)."""
+    import psycopg
+
+    from tenancy.operations.registry import Registry
+
+    name = f"r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield Registry.init(pg_server.dsn(dbname=name), "dev")
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -28,6 +28,7 @@ def stop_before(phase):
 
 TENANT = "moving-co"
 NEIGHBOURS = ("neighbour-a", "neighbour-b")
+MOVE = "op-3f2a9c1b7d4e"     # an operation id, as a tier move gives one (opaque to the replication module)
 
 
 class Killed(BaseException):
@@ -42,16 +43,20 @@ def kill_at(point: str):
 
 
 def two_databases(pg_server, tenancy_db):
-    """(pooled database, the tenant's own database), both with the tenancy SQL; replication objects left by a
-    failing test are dropped before the databases go."""
+    """(pooled database, the tenant's own database), both with the tenancy SQL and app.visits (numbered by
+    sequences, the three tenants' visits interleaved at the pool); replication objects left by a failing test
+    are dropped before the databases go."""
     own = f"{tenancy_db}_own"
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{own}"')
-        c.execute("ALTER ROLE tenancy_replication LOGIN")
     db.apply(pg_server.dsn(dbname=own))
     sqlhelp.register(pg_server, tenancy_db, TENANT, *NEIGHBOURS)
     for t in (TENANT, *NEIGHBOURS):
         sqlhelp.seed(pg_server, tenancy_db, t, users=15)
+    sqlhelp.add_visits(pg_server, tenancy_db, own)
+    for _ in range(5):
+        for t in (TENANT, *NEIGHBOURS):
+            sqlhelp.visit(pg_server, tenancy_db, t)
     yield tenancy_db, own
     with psycopg.connect(pg_server.dsn(dbname=own), autocommit=True) as c:
         for (name,) in c.execute("SELECT subname FROM pg_subscription").fetchall():
@@ -65,6 +70,7 @@ def two_databases(pg_server, tenancy_db):
                 break
             time.sleep(0.05)
         c.execute(f'DROP DATABASE "{own}" WITH (FORCE)')
+        c.execute("ALTER ROLE tenancy_replication NOLOGIN PASSWORD NULL")
 
 
 def dsns(server, src: str, dst: str) -> tuple[str, str, str]:
@@ -107,20 +113,22 @@ def foreign_rows(server, dbname: str, tenant: str) -> int:
                    for t in ("app.users", "app.itineraries", "app.comments", "app.likes"))
 
 
-def user_rows(server, dbname: str, tenant: str = TENANT) -> list[tuple[int, str]]:
+def user_rows(server, dbname: str, tenant: str = TENANT) -> list[tuple[uuid.UUID, str]]:
     with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
         return c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s ORDER BY id", (tenant,)).fetchall()
 
 
 class Writer(threading.Thread):
     """The application: inserts and updates the tenant's users through tenancy_app, routed to whichever database
-    the directory (the registry) says is active once the current one refuses."""
+    the directory (the registry) says is active once the current one refuses. With `visits`, every insert also
+    records a visit in app.visits, numbered by that database's sequences (a collision fails the writer)."""
 
-    def __init__(self, server, databases: list[str], current: str, tenant: str = TENANT):
+    def __init__(self, server, databases: list[str], current: str, tenant: str = TENANT, visits: bool = False):
         super().__init__(daemon=True)
         self.server, self.databases, self.current, self.tenant = server, databases, current, tenant
-        self.names: dict[int, str] = {}          # committed: user id -> display name
-        self.ids: list[int] = []
+        self.names: dict[uuid.UUID, str] = {}    # committed: user id -> display name
+        self.ids: list[uuid.UUID] = []
+        self.visits: list[tuple[int, str]] | None = [] if visits else None   # committed: (visit id, database)
         self.refusals: list[tuple[float, str, str]] = []  # (time, database, message)
         self.accepted: list[tuple[float, str]] = []       # (time, database) of each commit
         self.errors: list[str] = []
@@ -140,7 +148,7 @@ class Writer(threading.Thread):
                 try:
                     with conn.transaction():
                         conn.execute("SELECT tenancy.set_tenant(%s)", (self.tenant,))
-                        name = f"n-{uuid.uuid4().hex[:8]}"
+                        name, vid = f"n-{uuid.uuid4().hex[:8]}", None
                         if self.ids and self.rng.random() < 0.5:
                             uid = self.rng.choice(self.ids)
                             n = conn.execute("UPDATE app.users SET display_name = %s WHERE id = %s", (name, uid)).rowcount
@@ -149,6 +157,11 @@ class Writer(threading.Thread):
                         else:
                             uid = conn.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) "
                                                "RETURNING id", (self.tenant, f"{name}@x.example", name)).fetchone()[0]
+                            if self.visits is not None:
+                                vid = conn.execute("INSERT INTO app.visits (tenant_id, path) VALUES (%s, %s) RETURNING id",
+                                                   (self.tenant, f"/{name}")).fetchone()[0]
+                    if vid is not None:
+                        self.visits.append((vid, self.current))
                     if uid not in self.names:
                         self.ids.append(uid)
                     self.names[uid] = name
@@ -179,3 +192,17 @@ def isolated(server, dbname: str) -> list[str]:
     """The database's isolated tables (one key range each in a full pass over a small tenant)."""
     with psycopg.connect(server.dsn(dbname=dbname)) as c:
         return data.isolated_tables(c)
+
+
+def visit_ids(server, dbname: str, tenant: str = TENANT) -> list[int]:
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        return [r[0] for r in c.execute("SELECT id FROM app.visits WHERE tenant_id = %s ORDER BY id", (tenant,))]
+
+
+def assert_visits_at(server, dbname: str, writer: Writer, seeded: list[int]) -> None:
+    """The writer's visits rose across every move (each target's sequence was moved past the tenant's numbers
+    before it took writes), and every committed visit is at `dbname` once, next to the seeded ones."""
+    ids = [v for v, _ in writer.visits]
+    assert {d for _, d in writer.visits} == set(writer.databases), "visits were not written at both databases"
+    assert all(a < b for a, b in zip(ids, ids[1:])), f"a sequence went back after a move: {ids}"
+    assert visit_ids(server, dbname) == sorted(seeded + ids)

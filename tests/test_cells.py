@@ -394,9 +394,28 @@ def test_migrate_command_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["environment 'dev' is in the cells layout"]
 
 
-def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch, tmp_path):
+def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch, tmp_path, pg_server, registry):
+    import uuid
+
+    import psycopg
+
+    from tenancy import db
     from tenancy.lifecycle import record as rec
-    from tenancy.lifecycle import tenant_ops
+    from tenancy.operations import suspend as suspending
+    from tenancy.operations.protocol import Context
+    from tenancy.operations.stores import connection_record
+    from tests.sqlhelp import register
+
+    # charlie's pool shard and delta's three databases, recorded in the registry
+    names = {"pool-2": f"t_{uuid.uuid4().hex[:12]}", **{f"delta/postgres-{i}": f"t_{uuid.uuid4().hex[:12]}" for i in (1, 2, 3)}}
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for dbname in names.values():
+            c.execute(f'CREATE DATABASE "{dbname}"')
+    for name, dbname in names.items():
+        db.apply(pg_server.dsn(dbname=dbname))
+        register(pg_server, dbname, "charlie" if name == "pool-2" else "delta")
+        registry.set_database(name, name if name.startswith("pool") else "tenant:delta",
+                              connection_record(pg_server.dsn(dbname=dbname)))
 
     cells_config(monkeypatch, **{"tenancy:identityShards": "2", "tenancy:poolShards": "2",
                                  "tenancy:poolShardCapacity": "1"})
@@ -415,22 +434,27 @@ def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch,
 
     # suspending a pooled tenant runs its pool shard only: no other shard, cell, identity or global stack
     engine.calls.clear()
-    tenant_ops.suspend(engine, catalog, "dev", "charlie", None)
+    suspending.set_state(Context("dev", registry, engine), catalog, "charlie", resume=False)
     assert [c for c in engine.calls if c[0] == "up"] == [("up", "dev.pool-2")]
     after = rec.read(engine, "dev")
     assert after.catalog.tenant("charlie").state.value == "suspended"
     assert after.catalog.tenant("bravo") == deployed.catalog.tenant("bravo")
     # a namespace tenant: its own stack and its cell
     engine.calls.clear()
-    tenant_ops.suspend(engine, catalog, "dev", "delta", None)
+    suspending.set_state(Context("dev", registry, engine), catalog, "delta", resume=False)
     assert [c for c in engine.calls if c[0] == "up"] == [("up", "dev.delta"), ("up", "dev.cell-1")]
     assert rec.read(engine, "dev").directory["delta"]["state"] == "suspended"
     # a deploy keeps both suspended (held at the record) and places nobody elsewhere
-    outcomes = deploy.deploy(engine, catalog, "dev")
-    assert {o.stack: o.status for o in outcomes}["dev.charlie"] == "pending"
+    result = deploy.rollout(engine, catalog, "dev")
+    assert "dev.charlie" not in {o.stack for o in result.outcomes}
+    assert {p.tenant: p.kind for p in result.pending}["charlie"] == "state"
     again = rec.read(engine, "dev")
     assert again.catalog.placements == after.catalog.placements | {"delta": again.catalog.placements["delta"]}
     assert again.catalog.tenant("charlie").state.value == "suspended"
+    assert {t.id: t.state for t in registry.tenants()} == {"charlie": "suspended", "delta": "suspended"}
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        for dbname in names.values():
+            c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def _deployers_cover(stacks) -> None:

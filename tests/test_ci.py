@@ -37,3 +37,28 @@ def test_real_previews_prefer_the_platform_own_changes_then_one_per_model():
     assert ci.select(stacks, ch, catalog, "dev", max_real=None).offline_only == []
     assert ci.matrix(sel, 2, "dev") == {"include": [{"batch": 1, "stacks": ["dev"]},
                                                     {"batch": 2, "stacks": ["dev.pied-piper", "dev.wayne", "dev.acme"]}]}
+
+
+def test_stacks_a_change_creates_are_planned_offline_only_and_the_comment_says_so():
+    """A preview selects existing stacks (the preview account only reads the state backend): a new tenant's stack,
+    or one a tenant gets by leaving the pool, is previewed offline only."""
+    from tenancy import prcomment
+
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    ch = Changes()
+    ch.add("dev", "tenant added: newco")
+    ch.add("dev.stark", "changed: limits")
+    ch.add("dev.globex", "new tenant stack: free (pooled) → standard (namespace)")
+    ch.add("dev.newco", "tenant added")
+    stacks = ["dev", "dev.stark", "dev.globex", "dev.newco"]
+    sel = ci.select(stacks, ch, catalog, "dev", max_real=None)
+    assert (sel.real, sel.offline_only, sel.new) == (["dev", "dev.stark"], ["dev.globex", "dev.newco"],
+                                                     ["dev.globex", "dev.newco"])
+    sel = ci.select(stacks, ch, catalog, "dev", max_real=1)
+    assert (sel.real, sel.offline_only) == (["dev"], ["dev.stark", "dev.globex", "dev.newco"])
+    affected = {"real": sel.real, "offlineOnly": sel.offline_only, "new": sel.new, "jobs": 1}
+    text = prcomment.render(catalog, catalog, ch, "dev", None, base_label="main", affected=affected)
+    assert ("1 previewed for real (`pulumi preview` in 1 job(s)); 3 offline only: `dev.stark`, `dev.globex`, "
+            "`dev.newco`; 2 of those are new stacks, previewed offline only: a preview never creates a stack (the "
+            "preview account only reads the state).") in text
+    assert "| `dev.newco` | tenant added | — | — | offline only (new stack) |" in text

@@ -58,6 +58,7 @@ def test_platform_first_then_tenants_in_parallel(tmp_path, catalog):
     assert sorted(engine.stacks()) == sorted(["dev", *SAMPLE_STACKS])
     again = deploy.deploy(engine, catalog, "dev", mode="preview")
     assert all(o.result.changes == [] for o in again), "a second run finds nothing to change"
+    assert [o.line() for o in again] == [f"{s}: ok: no changes" for s in ["dev", *SAMPLE_STACKS]]
 
 
 def test_a_stateful_replace_is_refused_without_allow_destroy(tmp_path, catalog):
@@ -85,6 +86,28 @@ def test_preview_reports_stateful_deletes_without_refusing(tmp_path, catalog):
     [o] = deploy.deploy(engine, moved, "dev", mode="preview", tenants=["stark"])
     assert o.status == "ok" and o.message.startswith("would replace gcp:") and o.message.endswith("(stateful)")
     assert o.result.counts()["replace"] >= 4
+    # each resource that changes, with the inputs that force a replacement
+    lines = o.lines()
+    assert lines[0].startswith("dev.stark: ok: 6 replace, 9 update: would replace gcp:storage/bucket:Bucket")
+    assert "  +- replace gcp:sql/databaseInstance:DatabaseInstance postgres-1-instance (replaced because region changed)" in lines
+    assert "  +- replace gcp:storage/bucket:Bucket uploads-bucket (replaced because location changed)" in lines
+    assert "  ~  update gcp:secretmanager/secret:Secret postgres-1-tenancy-app-secret (changed: replication)" in lines
+    assert lines[1].startswith("  +- replace"), "replaces before updates"
+
+
+def test_a_stack_without_changes_says_so_and_a_new_one_counts_its_creates(tmp_path, catalog):
+    from tenancy.engine import Change, OpResult
+
+    assert deploy.Outcome("dev.stark", "ok", OpResult("dev.stark")).lines() == ["dev.stark: ok: no changes"]
+    many = OpResult("dev.x", [Change("create", f"urn:pulumi:dev.x::tenancy::gcp:sql/user:User::u{i}", "gcp:sql/user:User")
+                              for i in range(25)] + [Change("create", "urn:pulumi:dev.x::tenancy::gcp:storage/bucket:Bucket::b",
+                                                            "gcp:storage/bucket:Bucket")])
+    assert deploy.Outcome("dev.x", "ok", many).lines() == [
+        "dev.x: ok: 26 create", "  +  create 26 resources: 25 gcp:sql/user:User, 1 gcp:storage/bucket:Bucket"]
+    few = OpResult("dev.x", [Change("update", "urn:pulumi:dev.x::tenancy::kubernetes:core/v1:ConfigMap::directory-configmap",
+                                    "kubernetes:core/v1:ConfigMap", ("data", "metadata", "metadata.labels"))])
+    assert deploy.resource_lines(few) == [
+        "  ~  update kubernetes:core/v1:ConfigMap directory-configmap (changed: data, metadata.labels)"]
 
 
 def test_changed_since_touches_only_changed_stacks(tmp_path, catalog):
@@ -111,10 +134,19 @@ def test_a_failed_platform_update_skips_the_tenants(tmp_path, catalog):
     assert {o.status for o in outcomes[1:]} == {"skipped"}
 
 
-def test_tenant_stack_before_platform_is_a_clear_error(tmp_path, catalog):
+def test_tenant_stack_before_platform_is_refused_up_front(tmp_path, catalog):
     engine = OfflineEngine(tmp_path / "s", "dev")
-    [o] = deploy.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
-    assert o.status == "failed" and "platform stack 'dev' has not been deployed" in o.message
+    with pytest.raises(deploy.NotDeployed) as exc:
+        deploy.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
+    assert str(exc.value) == ("dev.stark reads dev, which has never been deployed, and it is not in this rollout; "
+                              "nothing was changed")
+    assert exc.value.outside == ["dev"] and exc.value.exit_code == 2
+    assert [c for c in engine.calls if c[0] in ("preview", "up")] == [], "refused before anything ran"
+    # a preview deploys nothing: it says which stacks wait for the platform instead of failing them
+    outcomes = deploy.deploy(engine, catalog, "dev", mode="preview")
+    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), *((s, "skipped") for s in SAMPLE_STACKS)]
+    assert outcomes[1].message == ("reads dev, which has never been deployed: a preview deploys nothing, so this stack "
+                                   "is previewed once it is up (`tenancy plan` shows it now)")
 
 
 # ------------------------------------------------------------------------------------- Automation API
@@ -195,10 +227,37 @@ def test_automation_engine_hands_the_program_its_deployed_placements(tmp_path, c
 def test_automation_engine_maps_preview_events_to_changes(tmp_path, catalog):
     urn = "urn:pulumi:dev.stark::tenancy::tenancy:gcp:PostgresInstance$gcp:sql/databaseInstance:DatabaseInstance::postgres-1-instance"
     cmd = RecordingCommand(events=[{"resourcePreEvent": {"metadata": {
-        "op": "replace", "urn": urn, "type": "gcp:sql/databaseInstance:DatabaseInstance", "provider": ""}}}])
+        "op": "replace", "urn": urn, "type": "gcp:sql/databaseInstance:DatabaseInstance", "provider": "",
+        "diffs": ["region", "settings"], "keys": ["region"]}}}])
     engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
     result = engine.preview("dev.stark", catalog)
     assert [(c.op, c.urn) for c in result.destructive()] == [("replace", urn)]
+    assert deploy.resource_lines(result) == ["  +- replace gcp:sql/databaseInstance:DatabaseInstance postgres-1-instance "
+                                             "(replaced because region changed; also changed: settings)"]
+
+
+class NoStacks(RecordingCommand):
+    """A state backend without the stack: `stack select` fails as the CLI does."""
+
+    def run(self, args, cwd, additional_env, on_output=None, on_error=None):
+        if args[:2] == ["stack", "select"]:
+            from pulumi.automation.errors import create_command_error
+
+            self.calls.append(list(args))
+            raise create_command_error(CommandResult(stdout="", stderr=f"error: no stack named '{args[-1]}' found", code=255))
+        return super().run(args, cwd, additional_env, on_output, on_error)
+
+
+def test_a_preview_selects_existing_stacks_and_never_creates_one(tmp_path, catalog):
+    from tenancy.engine import StackMissing
+
+    cmd = NoStacks()
+    engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
+    with pytest.raises(StackMissing, match=r"^stack 'dev.stark' does not exist yet: a preview never creates a stack"):
+        engine.preview("dev.stark", catalog)
+    assert cmd.calls == [["stack", "select", "--stack", "dev.stark"]], "no `stack init`, no preview"
+    engine.up("dev.stark", catalog)             # an update creates it
+    assert ["stack", "init", "dev.stark"] in cmd.calls
 
 
 def test_automation_engine_destroy_releases_only_the_named_resources(tmp_path, catalog):

@@ -65,11 +65,11 @@ def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml
     # a pin that disagrees with the deployment is pending, not applied
     pinned = parse_catalog(WITH_ALPHA.replace("admin_email: c@charlie.example}",
                                               "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
-    outcomes = deploy.deploy(engine, pinned, "dev")
-    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), ("dev.charlie", "pending")]
-    assert outcomes[1].message == ("tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but "
-                                   "deployed in pool-1; a deploy never moves a placed tenant; run: tenancy place charlie "
-                                   "--pool-shard pool-2 --env dev")
+    result = deploy.rollout(engine, pinned, "dev")
+    assert [(o.stack, o.status) for o in result.outcomes] == [("dev", "ok")], "a pooled tenant is no stack of its own"
+    assert [deploy.pending_line(p, "dev") for p in result.pending] == [
+        "pending: tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but deployed in pool-1; a "
+        "deploy never moves a placed tenant; run: tenancy place charlie --pool-shard pool-2 --env dev"]
     assert shards(engine)["charlie"] == "pool-1"
 
 
@@ -113,37 +113,72 @@ def test_one_tenant_commands_carry_every_placement():
 
 
 @pytest.mark.postgres
-def test_place_moves_one_pooled_tenant_only_when_no_rows_are_left(two_shards, tmp_path, pg_server, tenancy_db):
+@pytest.fixture
+def shard_dbs(pg_server, tenancy_db, registry):
+    """pool-1 (bravo's and charlie's rows) and an empty pool-2, both recorded in the registry: no DSN is typed."""
+    import uuid
+
+    import psycopg
+
+    from tenancy import db
+    from tenancy.operations.stores import connection_record
+
+    second = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{second}"')
+    db.apply(pg_server.dsn(dbname=second))
+    register(pg_server, tenancy_db, "bravo", "charlie")
+    seed(pg_server, tenancy_db, "bravo", users=2)
+    seed(pg_server, tenancy_db, "charlie", users=3)
+    for name, dbname in (("pool-1", tenancy_db), ("pool-2", second)):
+        registry.set_database(name, name, connection_record(pg_server.dsn(dbname=dbname)))
+    yield {"pool-1": tenancy_db, "pool-2": second}
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{second}" WITH (FORCE)')
+
+
+def test_place_moves_one_pooled_tenant_with_its_rows_found_through_the_registry(two_shards, tmp_path, pg_server,
+                                                                                  shard_dbs, registry):
+    from tenancy.lifecycle.tenant_data import Reach
+    from tenancy.operations import place
+    from tenancy.operations.protocol import Context
+    from tests.test_lifecycle import TABLES, rows
+
     engine = OfflineEngine(tmp_path / "state", "dev")
     catalog = parse_catalog(WITH_ALPHA)
     deploy.deploy(engine, parse_catalog(BASE), "dev")
     deploy.deploy(engine, catalog, "dev")
     before = directory(engine)
     assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
-    dsn = pg_server.dsn(user="tenancy_owner", dbname=tenancy_db)
-    register(pg_server, tenancy_db, "bravo", "charlie")
-    seed(pg_server, tenancy_db, "bravo", users=2)
-    with pytest.raises(Refused, match=r"^tenant 'bravo' has 8 row\(s\) in pool-1 \(.*\): move them first \(`tenancy data "
-                                      r"move bravo --source <pool-1 DSN> --target <pool-2 DSN> --delete-source`, with the "
-                                      r"tenant suspended\), then run this again; nothing was changed$"):
-        relocate.relocate(engine, catalog, "dev", "bravo", pool_shard="pool-2", source_dsn=dsn)
-    with pytest.raises(Refused, match=r"^give --source-dsn, the database of pool-1 \(dev-pooled-postgres\)"):
-        relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2")
+    ctx = Context("dev", registry, engine)
+    rows_only = Reach({}, skip=frozenset({"objects", "firestore"}))
+    charlie = rows(pg_server, shard_dbs["pool-1"], "charlie")
+    # a DSN override that reaches the wrong shard is refused before anything changes
+    wrong = Reach({"pool-1": pg_server.dsn(dbname=shard_dbs["pool-2"])}, skip=rows_only.skip)
+    with pytest.raises(Refused) as refused:
+        place.place(ctx, catalog, "bravo", pool_shard="pool-2", reach=wrong)
+    assert "pooled (source, pool-1, " in str(refused.value) and "does not hold tenant 'bravo'" in str(refused.value)
+    assert "reach the same database" in str(refused.value) and str(refused.value).endswith("nothing was changed")
     with pytest.raises(PlacementError, match=r"^tenancy place: tenant 'charlie': placement.pool_shard: pool shard pool-2 "
                                              r"is full \(1 of 1 pooled tenants\); choose another pool shard"):
-        relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2", source_dsn=dsn,
-                          capacity=dataclasses.replace(fleet_capacity.load("dev"), pool_shard_capacity=1))
+        place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=rows_only,
+                    capacity=dataclasses.replace(fleet_capacity.load("dev"), pool_shard_capacity=1))
     assert directory(engine) == before, "refusals change nothing"
-    out = relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2", source_dsn=dsn)
-    assert out == {"tenant": "charlie", "from": {"poolShard": "pool-1"}, "to": {"poolShard": "pool-2"}, "status": "moved"}
+    assert registry.history("bravo") == [] and registry.history("charlie") == []
+    out = place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=rows_only)
+    assert (out.status, out.detail["from"], out.detail["to"]) == ("done", {"poolShard": "pool-1"}, {"poolShard": "pool-2"})
+    assert rows(pg_server, shard_dbs["pool-2"], "charlie") == charlie, "every row of charlie moved"
+    assert rows(pg_server, shard_dbs["pool-1"], "charlie") == {t: [] for t in TABLES}, "and none is left behind"
+    assert rows(pg_server, shard_dbs["pool-1"], "bravo")["app.users"], "bravo untouched"
     after = directory(engine)
     assert after["charlie"]["placement"]["poolShard"] == "pool-2"
     assert after["charlie"]["placement"]["database"] == "dev-pool-2-postgres"
     assert {t: e for t, e in after.items() if t != "charlie"} == {t: e for t, e in before.items() if t != "charlie"}
+    assert registry.tenant("charlie").stores["databases"] == {"pooled": "pool-2"}
     # the next deploy keeps it there
     deploy.deploy(engine, catalog, "dev")
     assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-2"}
-    assert relocate.relocate(engine, catalog, "dev", "charlie", pool_shard="pool-2")["status"] == "unchanged"
+    assert place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=rows_only).status == "nothing to do"
 
 
 def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch, tmp_path):
@@ -157,10 +192,10 @@ def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch
                                       r"tenant-stark, workloads and the Neo4j volume are there, and moving them to cell-2 "
                                       r"means rebuilding its tenant stack in that cell's cluster, which this version does "
                                       r"not do; nothing was changed$"):
-        relocate.relocate(engine, catalog, "dev", "stark", cell="cell-2", capacity=two_cells)
+        relocate.resolve(catalog, rec.read(engine, "dev"), "dev", "stark", cell="cell-2", capacity=two_cells)
     with pytest.raises(Refused, match=r"^tenant 'stark' keeps its 3 Cloud SQL instance\(s\) in project tenancy-dev-482913; "
                                       r"moving them to data-proj-1 means new instances there and a data move"):
-        relocate.relocate(engine, catalog, "dev", "stark", data_project="data-proj-1", capacity=two_cells)
+        relocate.resolve(catalog, rec.read(engine, "dev"), "dev", "stark", data_project="data-proj-1", capacity=two_cells)
     assert engine.calls == [], "nothing was deployed"
 
 

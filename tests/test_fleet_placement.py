@@ -357,8 +357,61 @@ def test_validate_checks_the_catalogue_against_the_environments_capacity(tmp_pat
     path = tmp_path / "tenants.yaml"
     path.write_text(SMALL)          # echo is pinned to pool-2; dev declares one pool shard
     assert cli.main(["validate", "--tenants", str(path)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: {path}:11: tenant 'echo': placement.pool_shard: pool-2 is not a pool shard of 'dev': "
-        "stacks/Pulumi.dev.yaml declares pool-1 (tenancy:poolShards: 1); use one of those or raise tenancy:poolShards")
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:11: tenant 'echo': placement.pool_shard: pool-2 is not a pool shard of 'dev': "
+        "stacks/Pulumi.dev.yaml declares pool-1 (tenancy:poolShards: 1); use one of those or raise tenancy:poolShards",
+        "1 problem(s); nothing was planned or applied"]
     path.write_text(SMALL.replace(", placement: {pool_shard: pool-2}", ""))
     assert cli.main(["validate", "--tenants", str(path)]) == 0
+
+
+MANY_PROBLEMS = """version: 1
+tenants:
+  - {id: alpha, name: Alpha, plan: standard, admin_email: not-an-email}
+  - id: bravo
+    name: Bravo
+    plan: enterprise
+    admin_email: b@bravo.example
+    custom_domain: portal.dev.saas-example.com
+    dedicated: {project: {id: tenancy-dev-482913}}
+  - {id: charlie, name: Charlie, plan: standard, admin_email: c@charlie.example, placement: {cell: cell-7}}
+  - {id: delta, name: Delta, plan: standard, admin_email: d@delta.example}
+  - {id: echo, name: Echo, plan: standard, admin_email: e@echo.example}
+  - {id: foxtrot, name: Foxtrot, plan: nope, admin_email: f@foxtrot.example}
+"""
+
+
+def test_validate_and_plan_report_the_catalogue_and_its_fit_to_the_environment_in_one_run(tmp_path, capsys, monkeypatch):
+    """A bad field, a custom domain under the base domain, the platform's project, a pin to a cell that does not
+    exist, a full environment and an unknown plan: one run, each problem at its line in the catalogue's format."""
+    import stacks.config
+    from tenancy import cli
+
+    real = stacks.config.load_stack_config
+    monkeypatch.setattr(stacks.config, "load_stack_config", lambda e: {**real(e), "tenancy:cellCapacity": "1"})
+    path = tmp_path / "tenants.yaml"
+    path.write_text(MANY_PROBLEMS)
+    expected = [
+        f"{path}:3: tenant 'alpha': admin_email: 'not-an-email' is not a valid email address",
+        f"{path}:8: tenant 'bravo': custom_domain: custom domain 'portal.dev.saas-example.com' is under the platform's "
+        "base domain 'dev.saas-example.com' (dev), where the platform routes tenant subdomains; use a domain the tenant "
+        "owns, or its subdomain instead",
+        f"{path}:9: tenant 'bravo': dedicated.project.id: project 'tenancy-dev-482913' is the platform's project in "
+        "environment dev; name a project of the tenant's own, or remove 'project' to place the tenant in the platform "
+        "project",
+        f"{path}:10: tenant 'charlie': placement.cell: cell-7 is not a cell of 'dev': stacks/Pulumi.dev.yaml declares "
+        "cell-1 (tenancy:cells: 1); use one of those or raise tenancy:cells",
+        # delta (first by id) takes cell-1's one place; echo waits
+        f"{path}:12: placement: environment 'dev' is full: 1 new tenant(s) need a cell (echo), and cell-1 holds 1 of 1 "
+        "namespaces; this version's stacks build no cell beyond cell-1. Add capacity in stacks/Pulumi.dev.yaml: raise "
+        "tenancy:cellCapacity (now 1)",
+        f"{path}:13: tenant 'foxtrot': plan: unknown plan 'nope'; use one of enterprise, free, standard or declare it "
+        "under 'plans'",
+        "6 problem(s); nothing was planned or applied",
+    ]
+    assert cli.main(["validate", "--tenants", str(path)]) == 2
+    out = capsys.readouterr()
+    assert (out.out, out.err.splitlines()) == ("", expected)
+    assert cli.main(["plan", "--tenants", str(path), "--out", str(tmp_path / "plan")]) == 2
+    out = capsys.readouterr()
+    assert out.err.splitlines() == expected and not (tmp_path / "plan").exists()

@@ -157,7 +157,7 @@ def test_check_catalog_refuses_custom_domains_the_platform_serves(tmp_path):
     problems = check_catalog(catalog, _cfg())
     assert [(p.subject, p.field) for p in problems] == [("tenant 'ent0'", "custom_domain"), ("tenant 'ent1'", "custom_domain"),
                                                        ("tenant 'ent2'", "custom_domain")]
-    assert str(problems[0]) == (f"{tmp_path / 'tenants.yaml'}: tenant 'ent0': custom_domain: custom domain "
+    assert str(problems[0]) == (f"{tmp_path / 'tenants.yaml'}:3: tenant 'ent0': custom_domain: custom domain "
                                 "'auth.dev.saas-example.com' is the platform's own host auth.<baseDomain> in environment dev; "
                                 "use a domain the tenant owns")
     assert problems[1].message == ("custom domain 'shop.dev.saas-example.com' is under the platform's base domain "
@@ -181,9 +181,9 @@ def test_validate_and_plan_refuse_custom_domains_the_platform_serves(tmp_path, c
     _catalog_with_domains(tmp_path, "auth.dev.saas-example.com", "shop.dev.saas-example.com", "portal.orbit.example")
     path = tmp_path / "tenants.yaml"
     expected = [
-        f"{path}: tenant 'ent0': custom_domain: custom domain 'auth.dev.saas-example.com' is the platform's own host "
+        f"{path}:3: tenant 'ent0': custom_domain: custom domain 'auth.dev.saas-example.com' is the platform's own host "
         "auth.<baseDomain> in environment dev; use a domain the tenant owns",
-        f"{path}: tenant 'ent1': custom_domain: custom domain 'shop.dev.saas-example.com' is under the platform's base "
+        f"{path}:4: tenant 'ent1': custom_domain: custom domain 'shop.dev.saas-example.com' is under the platform's base "
         "domain 'dev.saas-example.com' (dev), where the platform routes tenant subdomains; use a domain the tenant owns, "
         "or its subdomain instead",
         "2 problem(s); nothing was planned or applied",
@@ -205,7 +205,7 @@ def test_the_environment_decides_which_custom_domains_are_the_platforms(tmp_path
     assert (code, err) == (0, [])
     assert out == [f"{path}: valid: 1 tenants (1 dedicated), 3 plans; checked against environment dev"]
     assert _cli(capsys, "validate", "--tenants", path, "--env", "prod") == (2, [], [
-        f"{path}: tenant 'ent0': custom_domain: custom domain 'portal.saas-example.com' is under the platform's base "
+        f"{path}:3: tenant 'ent0': custom_domain: custom domain 'portal.saas-example.com' is under the platform's base "
         "domain 'saas-example.com' (prod), where the platform routes tenant subdomains; use a domain the tenant owns, "
         "or its subdomain instead",
         "1 problem(s); nothing was planned or applied"])
@@ -218,7 +218,7 @@ def test_a_dedicated_tenant_may_not_name_the_platforms_project(tmp_path, capsys)
     path = tmp_path / "tenants.yaml"
     path.write_text("version: 1\ntenants:\n"
                     f"  - {{id: ent0, name: E, plan: enterprise, admin_email: a@b.example, dedicated: {{project: {{id: {PROJECT}}}}}}}\n")
-    problem = (f"{path}: tenant 'ent0': dedicated.project.id: project '{PROJECT}' is the platform's project in environment "
+    problem = (f"{path}:3: tenant 'ent0': dedicated.project.id: project '{PROJECT}' is the platform's project in environment "
                "dev; name a project of the tenant's own, or remove 'project' to place the tenant in the platform project")
     assert [str(p) for p in check_catalog(load_catalog(path), _cfg())] == [problem]
     assert _cli(capsys, "validate", "--tenants", str(path), "--env", "dev") == (
@@ -441,7 +441,8 @@ def test_every_secret_is_replicated_only_in_its_region(plan_data):
         for r in of_type(stack, "gcp:secretmanager/secret:Secret"):
             assert r["inputs"]["replication"] == {"userManaged": {"replicas": [{"location": regions.get(stack["name"], "europe-west1")}]}}, r["urn"]
             checked += 1
-    assert checked == 3 + 3 * (3 + 3 + 1 + 3 + 3 + 1)    # owner, runtime and replication secrets of every database
+    # owner, runtime and replication secrets of every database: the pool, the registry, the tenants' own
+    assert checked == 3 + 3 + 3 * (3 + 3 + 1 + 3 + 3 + 1)
 
 
 

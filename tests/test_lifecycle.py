@@ -14,8 +14,12 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
+from tenancy.lifecycle import OperationError, Refused, deploy
 from tenancy.catalog import parse_catalog, with_tenant
+from tenancy.operations import offboard as offboarding
+from tenancy.operations import suspend as suspending
+from tenancy.operations import tier_move as moves
+from tenancy.operations.protocol import Context
 from tenancy.engine import OfflineEngine
 from tenancy.lifecycle.tenant_data import Reach
 from tests.conftest import ROOT
@@ -52,11 +56,13 @@ def registry(server, dbname, tenant):
 
 
 @pytest.fixture
-def world(pg_server, tenancy_db, tmp_path):
-    """Pooled DB with three tenants' rows, an empty tenant database, a deployed platform stack (offline)."""
-    tenant_db = f"t_{uuid.uuid4().hex[:12]}"
+def world(pg_server, tenancy_db, tmp_path, registry):
+    """Pooled DB with three tenants' rows, three empty databases for a tenant's postgres-1..3, a registry, a deployed
+    platform stack (offline)."""
+    tenant_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{tenant_db}"')
+        for name in tenant_dbs:
+            c.execute(f'CREATE DATABASE "{name}"')
     with connect(pg_server, tenancy_db, autocommit=True) as c:
         for t, plan in (("alpha", "free"), ("bravo", "free"), ("charlie", "basic")):
             c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, %s, 'pooled')", (t, plan))
@@ -67,26 +73,43 @@ def world(pg_server, tenancy_db, tmp_path):
     outcomes = deploy.deploy(engine, catalog, "dev", mode="up")
     assert [o.status for o in outcomes] == ["ok"]
     w = {
-        "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_db, "catalog": catalog, "engine": engine,
+        "server": pg_server, "pooled": tenancy_db, "tenant_db": tenant_dbs[0], "tenant_dbs": tenant_dbs,
+        "catalog": catalog, "engine": engine, "registry": registry,
         "pooled_dsn": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
-        "tenant_dsn": pg_server.dsn(dbname=tenant_db),  # a fresh database: provisioning applies the SQL as superuser
+        "tenant_dsn": pg_server.dsn(dbname=tenant_dbs[0]),  # fresh databases: provisioning applies the SQL as superuser
+        "tenant_dsns": [pg_server.dsn(dbname=d) for d in tenant_dbs],
         "before": {t: rows(pg_server, tenancy_db, t) for t in ("alpha", "bravo", "charlie")},
         "tmp": tmp_path,
     }
     yield w
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{tenant_db}" WITH (FORCE)')
+        for name in tenant_dbs:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def reach(w, objects_root=None, skip=("firestore", "objects")):
-    """Rows only unless asked (the all-store round trip is in test_tier_moves_all_stores.py); the tenant's three
-    databases are one database here."""
-    return Reach({"pooled": w["pooled_dsn"], **{f"postgres-{i}": w["tenant_dsn"] for i in (1, 2, 3)}},
+    """Rows only unless asked (the all-store round trip is in test_tier_moves_all_stores.py)."""
+    return Reach({"pooled": w["pooled_dsn"], **{f"postgres-{i}": w["tenant_dsns"][i - 1] for i in (1, 2, 3)}},
                  str(objects_root) if objects_root else None, None, frozenset(skip if not objects_root else set(skip) - {"objects"}))
 
 
-def do_upgrade(w, to="standard", catalog=None, objects_root=None, **kw):
-    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, reach=reach(w, objects_root), **kw)
+def ctx(w, **kw):
+    return Context("dev", w["registry"], w["engine"], **kw)
+
+
+def do_upgrade(w, to="standard", catalog=None, objects_root=None, before_phase=None, now=None, **kw):
+    extra = {"now": now} if now else {}
+    return moves.upgrade(ctx(w, before_phase=before_phase, **extra), catalog or w["catalog"], "bravo", to,
+                         reach=reach(w, objects_root), **kw)
+
+
+def suspend(w, catalog, tenant, resume=False):
+    return suspending.set_state(ctx(w), catalog, tenant, resume=resume, reach=reach(w))
+
+
+def offboard(w, catalog, tenant, **kw):
+    kw.setdefault("reach", reach(w))
+    return offboarding.offboard(ctx(w), catalog, tenant, **kw)
 
 
 def assert_upgraded(w):
@@ -101,46 +124,48 @@ def assert_upgraded(w):
     directory = json.loads(w["engine"].outputs("dev")["tenantDirectory"])
     assert directory["bravo"]["model"] == "namespace" and directory["bravo"]["placement"]["stack"] == "dev.bravo"
     assert "dev.bravo" in w["engine"].stacks()
+    row = w["registry"].tenant("bravo")
+    assert (row.plan, row.model, row.state, row.operation) == ("standard", "namespace", "active", None)
+    assert w["registry"].unfinished() == [], "the lease is released"
 
 
 def test_upgrade_pooled_to_namespace_moves_every_row_once(world):
     out = do_upgrade(world)
     assert out.status == "done" and out.phases_run == list(moves.PHASES)
-    assert out.rows == 16 and out.freeze_seconds is not None and out.freeze_seconds >= 0
+    assert out.detail["rows"] == 16 and out.detail["freeze_seconds"] is not None and out.detail["freeze_seconds"] >= 0
     assert_upgraded(world)
     calls = world["engine"].calls
     assert calls[:2] == [("preview", "dev"), ("up", "dev")]  # the fixture's platform deploy
+    # previewed in the preflight, before anything changed; the platform's record published after the switch
     assert calls[2:] == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
-    journal = moves.Journal(world["pooled_dsn"]).history("bravo")
-    assert [(p, s) for _, p, s in journal] == [(p, "done") for p in moves.PHASES]
+    [op] = world["registry"].history("bravo")
+    assert (op.kind, op.status, op.args) == ("upgrade", "done", {"to_plan": "standard"})
+    done = [p for p, e, _ in world["registry"].journal(op.id) if e == "done"]
+    assert done == list(moves.PHASES)
 
 
 ALL_BUT_ROWS = frozenset({"postgres-2", "postgres-3", "firestore", "graph", "objects"})
 
 
-def test_downgrade_back_to_pooled(world):
+def test_downgrade_back_to_pooled_names_every_problem_in_one_run(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
     s = world["server"]
     with pytest.raises(Refused) as refused:   # the stores a pooled plan cannot hold must be saved or let go
-        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world))
-    assert str(refused.value) == ("downgrading 'bravo' removes its stack, but this run cannot reach objects, firestore; "
-                                  "give their DSNs / access, or --discard them; nothing was changed")
-    with pytest.raises(Refused) as refused:   # the graph has no place in the pool
-        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world),
-                      discard=frozenset({"objects", "firestore"}))
-    assert str(refused.value) == ("plan 'free' cannot hold all of 'bravo''s data: graph: the tenant's Neo4j graph (export "
-                                  "it with --export-to DIR, or --discard graph). Export it with --export-to DIR and pass "
-                                  "--discard graph; nothing was changed")
+        do_upgrade(world, "free", upgraded)
+    assert str(refused.value) == (
+        "downgrade of 'bravo' refused before any change: downgrading 'bravo' removes its stack, but this run cannot "
+        "reach objects, firestore: give access to them, or --discard them; plan 'free' cannot hold all of 'bravo''s "
+        "data: graph: the tenant's Neo4j graph (export it with --export-to DIR, or --discard graph). Export it with "
+        "--export-to DIR and pass --discard graph; nothing was changed")
     assert rows(s, world["tenant_db"], "bravo") == world["before"]["bravo"] and "dev.bravo" in world["engine"].stacks()
     assert registry(s, world["tenant_db"], "bravo") == ("standard", "namespace", "active")
-    out = moves.upgrade(world["engine"], upgraded, "dev", "bravo", "free", reach=reach(world),
-                        discard=ALL_BUT_ROWS)
+    assert [op.kind for op in world["registry"].history("bravo")] == ["upgrade"], "a refused preflight leaves no trace"
+    out = do_upgrade(world, "free", upgraded, discard=ALL_BUT_ROWS)
     assert out.status == "done"
     unprotected = [u for op, u in world["engine"].calls if op == "unprotect"]
     assert unprotected and all("::" in u for u in unprotected), "protection released resource by resource"
     assert {u.rsplit("::", 1)[-1] for u in unprotected} >= {"postgres-1-instance", "uploads-bucket", "neo4j"}
-    s = world["server"]
     assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
     assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
     assert registry(s, world["pooled"], "bravo") == ("free", "pooled", "active")
@@ -150,16 +175,6 @@ def test_downgrade_back_to_pooled(world):
         assert rows(s, world["pooled"], other) == world["before"][other]
 
 
-@pytest.mark.parametrize("phase", moves.PHASES)
-def test_interruption_at_every_phase_boundary_resumes(world, phase):
-    with pytest.raises(Boom):
-        do_upgrade(world, before_phase=stop_before(phase))
-    out = do_upgrade(world)   # the same command again
-    assert out.status == "done"
-    assert out.phases_run == list(moves.PHASES[moves.PHASES.index(phase):])
-    assert_upgraded(world)
-
-
 def test_writes_are_refused_while_frozen(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("copy"))
@@ -167,73 +182,48 @@ def test_writes_are_refused_while_frozen(world):
         c.execute("SELECT tenancy.set_tenant('bravo')")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="tenant bravo is frozen"):
             c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('bravo', 'late@b.example', 'Late')")
+    assert world["registry"].tenant("bravo").state == "frozen", "the registry says so too"
 
 
-def test_killed_process_during_copy_resumes(world):
-    s = world["server"]
-    with connect(s, world["pooled"], user="tenancy_owner") as c:   # enough rows that the copy takes a while
-        c.execute("SELECT tenancy.set_tenant('bravo')")
-        c.execute("INSERT INTO app.users (tenant_id, email, display_name) SELECT 'bravo', 'bulk' || g || '@b.example', "
-                  "repeat('x', 200) FROM generate_series(1, 300000) g")
-        c.commit()
-    before = rows(s, world["pooled"], "bravo")
-    catalog_file = world["tmp"] / "tenants.yaml"
-    catalog_file.write_text(CATALOG)
-    cmd = [sys.executable, "-m", "tenancy", "upgrade", "bravo", "--to", "standard", "--tenants", str(catalog_file),
-           "--engine", "offline", "--state", str(world["tmp"] / "state"),
-           "--source-dsn", world["pooled_dsn"], "--target-dsn", world["tenant_dsn"],
-           "--objects-root", str(world["tmp"] / "buckets"), "--skip", "firestore",
-           "--db", f"postgres-2={world['tenant_dsn']}", "--db", f"postgres-3={world['tenant_dsn']}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    journal = moves.Journal(world["pooled_dsn"])
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        hist = journal.history("bravo")
-        if ("copy", "started") in [(p, st) for _, p, st in hist]:
-            break
-        time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail(f"copy never started: {proc.communicate()[0]}")
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ("copy", "done") not in [(p, st) for _, p, st in journal.history("bravo")], "killed during copy"
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "resuming move" in res.stderr
-    after = rows(s, world["tenant_db"], "bravo")
-    assert after == before, "every row exactly once after the resumed copy"
-    assert rows(s, world["pooled"], "bravo") == {t: [] for t in TABLES}
-
-
-def test_abort_before_cutover_leaves_the_tenant_where_it_was(world):
+def test_abort_before_the_switch_leaves_the_tenant_where_it_was(world):
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=stop_before("cutover"))
+        do_upgrade(world, before_phase=stop_before("switch"))
     out = do_upgrade(world, abort=True)
     assert out.status == "aborted"
     s = world["server"]
     assert rows(s, world["pooled"], "bravo") == world["before"]["bravo"]
     assert registry(s, world["pooled"], "bravo") == ("free", "pooled", "active")
-    assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
+    assert all(registry(s, d, "bravo") is None and rows(s, d, "bravo") == {t: [] for t in TABLES}
+               for d in world["tenant_dbs"]), "what the move created is gone"
     assert "dev.bravo" not in world["engine"].stacks()
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    row = world["registry"].tenant("bravo")
+    assert (row.state, row.operation) == ("active", None)
+    assert do_upgrade(world, abort=True).status == "nothing to abort"
     assert do_upgrade(world).status == "done"  # a new move can start afterwards
     assert_upgraded(world)
 
 
-def test_abort_after_cutover_is_refused(world):
+def test_abort_after_the_switch_is_refused_with_what_to_run(world):
     with pytest.raises(Boom):
-        do_upgrade(world, before_phase=stop_before("unfreeze"))
-    with pytest.raises(Refused, match="is past cutover; it can no longer be aborted"):
+        do_upgrade(world, before_phase=stop_before("publish"))
+    with pytest.raises(Refused, match=r"is past switch; it can no longer be aborted. Resume it with `tenancy upgrade bravo "
+                                      r"--to standard --env dev`"):
         do_upgrade(world, abort=True)
+    assert do_upgrade(world).status == "done"
+    assert_upgraded(world)
 
 
-def test_resuming_with_another_plan_is_refused(world):
+def test_resuming_with_another_plan_is_refused_with_the_commands_to_resume_or_abort(world):
     with pytest.raises(Boom):
         do_upgrade(world, before_phase=stop_before("copy"))
-    with pytest.raises(Refused, match="a move of 'bravo' to plan 'standard' is unfinished \\(done: provision, sync, freeze, export\\)"):
+    with pytest.raises(Refused) as refused:
         do_upgrade(world, to="enterprise")
+    [op] = world["registry"].unfinished()
+    assert str(refused.value).startswith(f"tenant 'bravo' has an unfinished upgrade to_plan=standard ({op.id}, started ")
+    assert str(refused.value).endswith("stopped after export); resume it with `tenancy upgrade bravo --to standard --env "
+                                       "dev` or abort it with `tenancy upgrade bravo --to standard --env dev --abort`; "
+                                       "nothing was changed")
 
 
 def test_keep_source_keeps_rows_read_only_until_the_window_ends(world):
@@ -253,28 +243,55 @@ def test_keep_source_keeps_rows_read_only_until_the_window_ends(world):
     assert_upgraded(world)
 
 
+def test_offboarding_inside_a_keep_source_window_is_refused_and_leaves_no_copy_behind(world):
+    t0 = datetime.now(timezone.utc)
+    do_upgrade(world, keep_source_days=3, now=lambda: t0)
+    upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
+    with pytest.raises(Refused, match=r"tenant 'bravo' has an unfinished upgrade to_plan=standard \(op-[0-9a-f]+, started "
+                                      r".*, waiting \(source data kept read-only until .*\)\); resume it with `tenancy "
+                                      r"upgrade bravo --to standard --env dev`"):
+        offboard(world, upgraded, "bravo", export_to=str(world["tmp"] / "bravo"))
+    assert not (world["tmp"] / "bravo").exists()
+    assert rows(world["server"], world["pooled"], "bravo") == world["before"]["bravo"], "the read-only copy is kept"
+    assert do_upgrade(world, now=lambda: t0 + timedelta(days=4)).status == "done"
+    out = offboard(world, upgraded, "bravo", export_to=str(world["tmp"] / "bravo"), discard=ALL_BUT_ROWS)
+    assert out.status == "done"
+    assert all(rows(world["server"], d, "bravo") == {t: [] for t in TABLES}
+               for d in (world["pooled"], *world["tenant_dbs"])), "nothing of bravo is left anywhere"
+
+
 def test_moves_between_namespace_and_dedicated_are_refused(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
     with pytest.raises(Refused, match="from namespace to dedicated is not supported"):
-        moves.upgrade(world["engine"], upgraded, "dev", "bravo", "enterprise", reach=reach(world))
+        do_upgrade(world, "enterprise", upgraded)
 
 
 def test_suspend_and_resume_a_pooled_tenant(world):
-    tenant_ops.suspend(world["engine"], world["catalog"], "dev", "charlie", world["pooled_dsn"])
+    suspend(world, world["catalog"], "charlie")
     assert registry(world["server"], world["pooled"], "charlie")[2] == "suspended"
+    assert world["registry"].tenant("charlie").state == "suspended"
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"], "data kept"
     suspended = with_tenant(world["catalog"], "charlie", state="suspended")
-    tenant_ops.suspend(world["engine"], suspended, "dev", "charlie", world["pooled_dsn"], resume=True)
+    suspend(world, suspended, "charlie", resume=True)
     assert registry(world["server"], world["pooled"], "charlie")[2] == "active"
+    assert world["registry"].tenant("charlie").state == "active"
     assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "active"
+
+
+def test_resume_without_a_reachable_database_is_refused_rather_than_reported_done(world):
+    suspend(world, world["catalog"], "charlie")
+    with pytest.raises(Refused, match=r"resume of 'charlie' refused before any change: pooled \(source, pool-1\): this run "
+                                      r"cannot reach it: the registry has no connection for database pool-1"):
+        suspending.set_state(ctx(world), world["catalog"], "charlie", resume=True, reach=Reach({}))
+    assert registry(world["server"], world["pooled"], "charlie")[2] == "suspended"
 
 
 def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
     do_upgrade(world)
     upgraded = with_tenant(world["catalog"], "bravo", plan="standard")
-    tenant_ops.suspend(world["engine"], upgraded, "dev", "bravo", None)
+    suspend(world, upgraded, "bravo")
     state = json.loads((world["tmp"] / "state" / "dev.bravo.json").read_text())
     types = {r["type"] for r in state["resources"].values()}
     assert "kubernetes:networking.k8s.io/v1:Ingress" not in types
@@ -282,13 +299,13 @@ def test_suspend_a_namespace_tenant_scales_to_zero_and_removes_routes(world):
            and r["inputs"]["name"] == "app"][0]
     assert app["inputs"]["values"]["replicaCount"] == 0
     assert sum(r["type"] == "gcp:sql/databaseInstance:DatabaseInstance" for r in state["resources"].values()) == 3
+    assert [registry(world["server"], d, "bravo")[2] for d in world["tenant_dbs"]] == ["suspended"] * 3
 
 
 def test_offboard_exports_first_then_removes(world):
-    out = tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"],
-                       export_to=str(world["tmp"] / "export"), reach=reach(world),
-                       discard=frozenset({"objects", "firestore"}))
-    assert out["export"]["stores"] == {"pooled": 8}
+    out = offboard(world, world["catalog"], "charlie", export_to=str(world["tmp"] / "export"),
+                   discard=frozenset({"objects", "firestore"}))
+    assert out.detail["export"]["stores"] == {"pooled": 8}
     archive = world["tmp"] / "export"
     index = json.loads((archive / "archive.json").read_text())
     assert {k: v["rows"] for k, v in index["stores"]["pooled"]["tables"].items()} == {
@@ -300,12 +317,14 @@ def test_offboard_exports_first_then_removes(world):
     assert registry(world["server"], world["pooled"], "charlie") is None
     assert "charlie" not in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert rows(world["server"], world["pooled"], "alpha") == world["before"]["alpha"]
+    assert world["registry"].tenant("charlie").state == "offboarded"
 
 
 def test_offboard_without_export_is_refused(world):
     with pytest.raises(Refused, match="give --export-to DIR \\(or --no-export --yes\\)"):
-        tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["pooled_dsn"], export_to=None)
+        offboard(world, world["catalog"], "charlie", export_to=None)
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
+    assert world["registry"].history("charlie") == []
 
 
 def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
@@ -314,15 +333,16 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     assert (move.tenant, move.kind, move.command) == ("bravo", "move", "tenancy upgrade bravo --to standard")
     assert (move.to_plan, move.to_model) == ("standard", "namespace"), "what the deploy workflow's move step reads"
     assert move.message == "tier move free (pooled) → standard (namespace) waits for its data to move"
-    outcomes = {o.stack: o for o in deploy.deploy(world["engine"], edited, "dev", mode="up")}
-    assert outcomes["dev.bravo"].status == "pending"
-    assert outcomes["dev.bravo"].message == ("tier move free (pooled) → standard (namespace) waits for its data to move; "
-                                             "run: tenancy upgrade bravo --to standard --env dev")
+    result = deploy.rollout(world["engine"], edited, "dev", mode="up")
+    assert "dev.bravo" not in {o.stack for o in result.outcomes}, "held where its data is: no stack of its own yet"
+    assert [deploy.pending_line(p, "dev") for p in result.pending] == [
+        "pending: tenant 'bravo': tier move free (pooled) → standard (namespace) waits for its data to move; "
+        "run: tenancy upgrade bravo --to standard --env dev"]
     directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
     assert "dev.bravo" not in world["engine"].stacks()
-    out = moves.upgrade(world["engine"], edited, "dev", "bravo", "standard", reach=reach(world))
-    assert out.status == "done" and out.move_id.startswith("bravo:free->standard@")
+    out = do_upgrade(world, "standard", edited)
+    assert out.status == "done" and out.operation.startswith("op-")
     assert_upgraded(world)
     assert deploy.pending(world["engine"], edited, "dev") == []
 
@@ -353,8 +373,8 @@ def test_objects_move_with_the_rows_and_are_verified(world):
     assert files(root, "dev-bravo-uploads") == {"avatars/1.png": b"\x89PNG bravo", "docs/trip.pdf": b"%PDF bravo trip"}
     assert files(root, shared, "bravo/") == {}, "source objects removed at cleanup"
     assert files(root, shared, "alpha/") == {"alpha/avatars/1.png": b"\x89PNG alpha"}, "other tenants untouched"
-    journal = moves.journal_detail(moves.Journal(world["pooled_dsn"]), "bravo", out.move_id, "verify")
-    assert journal["stores"]["objects"] == 2
+    verify = [d for p, e, d in world["registry"].journal(out.operation) if (p, e) == ("verify", "done")]
+    assert verify[0]["stores"]["objects"] == 2
 
 
 def test_object_verification_failure_stops_the_move(world, monkeypatch):
@@ -371,7 +391,10 @@ def test_object_verification_failure_stops_the_move(world, monkeypatch):
 
     monkeypatch.setattr(objects, "copy", lossy)
     with pytest.raises(OperationError, match=r"verification failed: tenant 'bravo': objects \(.*dev-bravo-uploads/\) "
-                                             r"\(copy of objects .*\) does not match: \.: same count \(1\), different checksum"):
+                                             r"\(copy of objects .*\) does not match: \.: same count \(1\), different "
+                                             r"checksum.*Operation op-[0-9a-f]+: resume it with `tenancy upgrade bravo --to "
+                                             r"standard --env dev`, or abort it with `tenancy upgrade bravo --to standard "
+                                             r"--env dev --abort`"):
         do_upgrade(world, objects_root=root)
     assert registry(world["server"], world["pooled"], "bravo")[2] == "frozen", "stays frozen where it was"
     assert do_upgrade(world, objects_root=root, abort=True).status == "aborted"
@@ -390,25 +413,25 @@ def test_one_tenant_commands_leave_every_other_directory_entry_unchanged(world):
 
     before = others()
     edited = with_tenant(with_tenant(world["catalog"], "bravo", plan="standard"), "alpha", name="Renamed")
-    tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"])
+    suspend(world, edited, "charlie")
     assert others() == before
     assert json.loads(engine.outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
-    tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"], resume=True)
+    suspend(world, edited, "charlie", resume=True)
     assert others() == before
-    tenant_ops.offboard(engine, edited, "dev", "charlie", source_dsn=world["pooled_dsn"],
-                        export_to=str(world["tmp"] / "charlie-export"), reach=reach(world),
-                        discard=frozenset({"objects", "firestore"}))
+    offboard(world, edited, "charlie", export_to=str(world["tmp"] / "charlie-export"),
+             discard=frozenset({"objects", "firestore"}))
     assert others() == before and "charlie" not in json.loads(engine.outputs("dev")["tenantDirectory"])
     with pytest.raises(Exception, match="tenant 'charlie' is offboarded in 'dev'"):
-        tenant_ops.suspend(engine, edited, "dev", "charlie", world["pooled_dsn"])
+        suspend(world, edited, "charlie")
     kinds = {(p.tenant, p.kind) for p in deploy.pending(engine, edited, "dev")}
     assert ("bravo", "move") in kinds, "the pending move is still held"
 
 
 def test_offboard_with_the_wrong_database_is_refused(world):
-    with pytest.raises(Refused, match="has no tenancy schema, so it holds no tenant.s rows: is this the database of .charlie."):
-        tenant_ops.offboard(world["engine"], world["catalog"], "dev", "charlie", source_dsn=world["server"].dsn(
-            dbname=world["tenant_db"]), export_to=str(world["tmp"] / "x"))
+    wrong = reach(world)
+    wrong = Reach({**wrong.dsns, "pooled": world["server"].dsn(dbname=world["tenant_db"])}, None, None, wrong.skip)
+    with pytest.raises(Refused, match="has no tenancy SQL, so it holds no tenant.s rows: not the database of .charlie."):
+        offboard(world, world["catalog"], "charlie", export_to=str(world["tmp"] / "x"), reach=wrong)
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
     assert "charlie" in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
     assert not (world["tmp"] / "x").exists()
@@ -419,7 +442,8 @@ def test_upgrade_says_which_catalogue_line_to_change_and_moves_does_not_offer_th
     path.write_text(CATALOG)
     from tenancy.catalog import load_catalog
     catalog = load_catalog(path)
-    out = moves.upgrade(world["engine"], catalog, "dev", "bravo", "standard", reach=reach(world))
-    assert out.catalog_line == f"tenants.yaml still says plan 'free' for 'bravo': change {path}:5 to `plan: standard`"
+    out = do_upgrade(world, "standard", catalog)
+    assert out.detail["catalog_line"] == f"tenants.yaml still says plan 'free' for 'bravo': change {path}:5 to `plan: standard`"
     [p] = deploy.pending(world["engine"], catalog, "dev")
     assert p.kind == "catalog-behind" and p.command is None
+    assert do_upgrade(world, "standard", catalog).status == "nothing to do"

@@ -17,15 +17,16 @@ import pytest
 from tenancy.lifecycle.online import OnlinePostgresMove
 from tenancy.stores import postgres as data
 from tests import sqlhelp
-from tests.movehelp import (NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, dsns, foreign_rows, isolated, kill_at,
-                            replication_objects, state, sums, two_databases, user_rows)
+from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows,
+                            isolated, kill_at, replication_objects, state, sums, two_databases, user_rows, visit_ids)
 
 dbs = pytest.fixture(two_databases)
 
 
-def mover(server, src: str, dst: str, said: list[str] | None = None, **kw) -> OnlinePostgresMove:
+def mover(server, src: str, dst: str, said: list[str] | None = None, operation: str = MOVE, **kw) -> OnlinePostgresMove:
     source, target, conninfo = dsns(server, src, dst)
-    return OnlinePostgresMove(source, target, TENANT, None, conninfo, (said if said is not None else []).append, **kw)
+    return OnlinePostgresMove(source, target, TENANT, None, conninfo, (said if said is not None else []).append,
+                              operation=operation, **kw)
 
 
 def cut_over(server, src: str, dst: str) -> float:
@@ -64,7 +65,7 @@ def assert_writes_at(server, dbname: str, writer: Writer) -> None:
 
 def move_once(server, src: str, dst: str, writer: Writer, said: list[str]) -> tuple[dict, dict, dict]:
     mark = time.time()
-    m = mover(server, src, dst, said)
+    m = mover(server, src, dst, said, operation=f"op-{src}->{dst}")
     synced = m.sync()
     writer.wait_writes(20)                       # the tenant keeps writing between sync and freeze
     began = time.time()
@@ -79,8 +80,9 @@ def move_once(server, src: str, dst: str, writer: Writer, said: list[str]) -> tu
 def test_tenant_moves_out_and_back_with_every_write_once(pg_server, dbs):
     pooled, own = dbs
     neighbours = {t: sums(pg_server, pooled, t) for t in NEIGHBOURS}
+    seeded_visits = visit_ids(pg_server, pooled)
     said: list[str] = []
-    writer = Writer(pg_server, [pooled, own], pooled)
+    writer = Writer(pg_server, [pooled, own], pooled, visits=True)
     writer.start()
     try:
         writer.wait_writes(20)
@@ -103,6 +105,7 @@ def test_tenant_moves_out_and_back_with_every_write_once(pg_server, dbs):
     assert (state(pg_server, own), state(pg_server, pooled)) == ("readonly", "active")
     assert replication_objects(pg_server, pooled, own) == NONE_LEFT and slots(pg_server) == []
     assert_writes_at(pg_server, pooled, writer)
+    assert_visits_at(pg_server, pooled, writer, seeded_visits)
     assert user_rows(pg_server, own) == [], "cleanup deleted the tenant's rows at the database it left"
     assert any(d == own for _, d in writer.accepted), "no write landed in the tenant's own database"
     for t in NEIGHBOURS:
@@ -117,7 +120,7 @@ def test_cleanup_deletes_nothing_when_the_source_changed_since_it_was_verified(p
     cut_over(pg_server, pooled, own)
     with psycopg.connect(pg_server.dsn(dbname=pooled), autocommit=True) as c:   # the owner writes past the guard
         c.execute("UPDATE app.users SET display_name = 'late' WHERE tenant_id = %s AND id = "
-                  "(SELECT min(id) FROM app.users WHERE tenant_id = %s)", (TENANT, TENANT))
+                  "(SELECT id FROM app.users WHERE tenant_id = %s ORDER BY id LIMIT 1)", (TENANT, TENANT))
     with pytest.raises(data.Mismatch, match=r"no longer holds what was verified .*app\.users: same count \(15\), "
                                             r"different checksum.*nothing was deleted"):
         m.cleanup(expect=switched["source"])
@@ -210,15 +213,18 @@ def test_switch_killed_resumes_or_aborts(pg_server, dbs, point, then):
     assert foreign_rows(pg_server, own, TENANT) == 0
 
 
-def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp_path, capsys):
+def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp_path, capsys, registry):
     from tenancy import cli
+    from tenancy.operations.lease import Lease, Spec
     from tenancy.stores import replication as rep
 
     pooled, own = dbs
     source, target, conninfo = dsns(pg_server, pooled, own)
+    lease = Lease.take(registry, Spec("upgrade", TENANT, {"to_plan": "standard"}, f"tenancy upgrade {TENANT} --to standard"))
+    move = f"{lease.op_id}/pooled->postgres-1"
     with pytest.raises(Killed):
-        rep.start(source, target, TENANT, None, conninfo, checkpoint=kill_at("slot"))
-    name = rep.names(TENANT, source, target).base
+        rep.start(source, target, TENANT, None, conninfo, move=move, checkpoint=kill_at("slot"))
+    name = rep.names(move).base
     args = ["moves", "--engine", "offline", "--state", str(tmp_path / "state"), "--dsn", source, "--dsn", target]
     assert cli.main(args) == 1
     out, err = capsys.readouterr()
@@ -227,19 +233,19 @@ def test_tenancy_moves_reports_what_online_moves_left_behind(pg_server, dbs, tmp
     server = f"127.0.0.1:{pg_server.port}"
     assert lines[0] == f"leftover of an online move on {server}: publication {name} in database {pooled}: no move owns it"
     assert lines[1].startswith(f"leftover of an online move on {server}: slot {name} in database {pooled}: inactive, holds ")
-    assert lines[2].startswith("2 leftover(s): finish or abort the move that made them") and len(lines) == 3
+    assert lines[2].startswith("2 leftover(s): finish or abort the operation that made them") and len(lines) == 3
 
-    # An unfinished tier move that journalled the name owns them; once it is aborted they are leftovers again.
-    with psycopg.connect(source, autocommit=True) as c:
-        c.execute("INSERT INTO tenancy.move_journal (move_id, tenant_id, phase, status, detail) VALUES "
-                  "('m1', %s, 'sync', 'done', %s)", (TENANT, json.dumps({"replication": [name]})))
-    assert cli.main(args) == 0 and capsys.readouterr().err == ""
-    with psycopg.connect(source, autocommit=True) as c:
-        c.execute("INSERT INTO tenancy.move_journal (move_id, tenant_id, phase, status) VALUES ('m1', %s, 'abort', "
-                  "'aborted')", (TENANT,))
-    assert cli.main(args) == 1 and len(capsys.readouterr().err.splitlines()) == 3
+    # An unfinished operation that recorded the pair owns them; once it is aborted they are leftovers again.
+    lease.created("replication", {"pair": "pooled->postgres-1"}, "always")
+    assert cli.main([*args, "--registry", registry.dsn]) == 0 and capsys.readouterr().err == ""
+    assert cli.main([*args, "--registry", registry.dsn]) == 0
+    [op] = json.loads(capsys.readouterr().out)
+    assert (op["kind"], op["operation"], op["tenant"], op["resume"]) == (
+        "operation", lease.op_id, TENANT, f"tenancy upgrade {TENANT} --to standard")
+    lease.finish("aborted")
+    assert cli.main([*args, "--registry", registry.dsn]) == 1 and len(capsys.readouterr().err.splitlines()) == 3
 
-    rep.cleanup(source, target, TENANT)
+    rep.cleanup(source, target, TENANT, move=move)
     assert cli.main(args) == 0 and capsys.readouterr().err == ""
     assert cli.main([*args, "--dsn", "host=db password=s3cret port"]) == 2
     err = capsys.readouterr().err

@@ -158,8 +158,9 @@ def test_the_catalogue_a_deploy_holds_reaches_the_workspaces(catalog, settings):
     desired = with_tenant(catalog, "globex", plan="standard")       # what tenants.yaml says at the new commit
     fake.requests.clear()
     engine = engine_for(fake, settings, desired, NEW)
-    outcomes = deploy.deploy(engine, desired, "prod", mode="up", parallel=1)
-    assert ("prod.globex", "pending") in [(o.stack, o.status) for o in outcomes]
+    result = deploy.rollout(engine, desired, "prod", mode="up", parallel=1)
+    assert [p.tenant for p in result.pending] == ["globex"]
+    assert "prod.globex" not in [o.stack for o in result.outcomes]
     assert not [r for r in fake.writes() if "globex" in r.path], "the held tenant's stack is not created"
     [patch] = [r.body for r in fake.writes() if r.method == "PATCH" and r.name == "prod"]
     [env] = patch["spec"]["workspaceTemplate"]["spec"]["env"]

@@ -32,7 +32,12 @@ def test_resource_counts_by_type(platform):
         counts[r["type"]] = counts.get(r["type"], 0) + 1
     assert counts["gcp:container/cluster:Cluster"] == 1
     assert counts["gcp:container/nodePool:NodePool"] == 2                 # workloads, and the gVisor sandbox pool
-    assert counts["gcp:sql/databaseInstance:DatabaseInstance"] == 1       # the pool only
+    assert counts["gcp:sql/databaseInstance:DatabaseInstance"] == 2       # the pool and the registry of record
+    registry = [r for r in of_type(platform, "gcp:sql/databaseInstance:DatabaseInstance")
+                if r["inputs"]["name"] == "dev-registry"]
+    assert registry and registry[0]["options"]["protect"] is True
+    assert registry[0]["inputs"]["settings"]["ipConfiguration"]["ipv4Enabled"] is False
+    assert platform["outputs"]["registry"]["database"] == "app"
     assert counts["gcp:firestore/database:Database"] == 1
     assert counts["gcp:storage/bucket:Bucket"] == 2                       # the pool's, and the access-log bucket
     assert counts["gcp:identityplatform/tenant:Tenant"] == 9              # every tenant but the offboarded one
@@ -74,7 +79,8 @@ def test_node_pool_runs_hardened_nodes_as_a_dedicated_account(platform):
 
 
 def test_pooled_postgres_is_private_ssl_only_backed_up_and_protected(platform):
-    db = one(platform, "gcp:sql/databaseInstance:DatabaseInstance")
+    [db] = [r for r in of_type(platform, "gcp:sql/databaseInstance:DatabaseInstance")
+            if r["inputs"]["name"] == "dev-pooled-postgres"]
     s = db["inputs"]["settings"]
     assert s["ipConfiguration"]["ipv4Enabled"] is False
     assert s["ipConfiguration"]["sslMode"] == "ENCRYPTED_ONLY"
@@ -90,10 +96,11 @@ def test_pooled_postgres_is_private_ssl_only_backed_up_and_protected(platform):
 
 def test_passwords_are_generated_secret_and_in_secret_manager(platform):
     users = of_type(platform, "gcp:sql/user:User")
-    assert sorted(u["inputs"]["name"] for u in users) == ["tenancy_app", "tenancy_owner", "tenancy_replication"]
+    assert sorted(u["inputs"]["name"] for u in users) == sorted(["tenancy_app", "tenancy_owner", "tenancy_replication"] * 2)
     assert all(u["inputs"]["password"] == "[secret]" for u in users)
     secrets = sorted(s["inputs"]["secretId"] for s in of_type(platform, "gcp:secretmanager/secret:Secret"))
-    assert secrets == ["dev-pooled-tenancy-app", "dev-pooled-tenancy-owner", "dev-pooled-tenancy-replication"]
+    assert secrets == ["dev-pooled-tenancy-app", "dev-pooled-tenancy-owner", "dev-pooled-tenancy-replication",
+                       "dev-registry-tenancy-app", "dev-registry-tenancy-owner", "dev-registry-tenancy-replication"]
     assert all(v["inputs"]["secretData"] == "[secret]" for v in of_type(platform, "gcp:secretmanager/secretVersion:SecretVersion"))
 
 

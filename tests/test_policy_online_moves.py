@@ -24,7 +24,7 @@ def instances(plan_data) -> list[tuple[str, dict]]:
 
 def test_every_primary_has_a_replication_user_whose_secret_no_one_is_granted(plan_data):
     primaries = [(stack, r) for stack, r in instances(plan_data) if not r["inputs"].get("masterInstanceName")]
-    assert len(primaries) == 1 + 5 * 3, "the pool, and postgres-1..3 of each of the five non-pooled tenants"
+    assert len(primaries) == 2 + 5 * 3, "the pool, the registry, and postgres-1..3 of each of the five non-pooled tenants"
     for stack, r in primaries:
         s = next(x for x in plan_data["stacks"] if x["name"] == stack)
         users = [u for u in of_type(s, "gcp:sql/user:User") if u["inputs"]["name"] == "tenancy_replication"

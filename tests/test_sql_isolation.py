@@ -99,7 +99,7 @@ def test_writes_need_with_check(pg_server, two_tenants):
         assert c.execute("UPDATE app.users SET display_name = 'pwned' WHERE tenant_id = 'bravo'").rowcount == 0
         assert c.execute("DELETE FROM app.likes WHERE tenant_id = 'bravo'").rowcount == 0
         c.commit()
-    assert rows_as(pg_server, two_tenants, "bravo", "SELECT display_name FROM app.users ORDER BY id") == ["User 0", "User 1"]
+    assert rows_as(pg_server, two_tenants, "bravo", "SELECT display_name FROM app.users ORDER BY email") == ["User 0", "User 1"]
 
 
 def test_extra_permissive_policy_cannot_widen_access(pg_server, two_tenants):

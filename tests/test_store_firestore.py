@@ -269,6 +269,7 @@ def test_killed_delete_resumes_children_first_and_still_refuses_late_writes(pool
                                                           "settings": 1}
 
     monkeypatch.undo()
+    assert doc(src, "_tenancy/deletion").get().exists and fs.unmovable(src, "acme", TREE) == []
     doc(src, "users/late").set({"name": "late"})
     # what is left plus what the killed run deleted still accounts exactly for every part but users
     with pytest.raises(Mismatch, match=r"verified summary \(users: verified 3, now 4 documents\); a write arrived"):
@@ -286,7 +287,7 @@ def test_each_delete_is_conditional_on_the_update_time_it_was_verified_at(pool, 
     """Firestore rejects the whole commit when a document changed in between (the test server ignores the
     condition, so this checks what is sent)."""
     src = pooled(pool)
-    read = {s.id: s.update_time for s in client(src).collection("tenants/acme/settings").stream()}
+    read = {s.id: s.update_time for s in client(src).collection("tenants/acme/itineraries/i0/notes").stream()}
     sent = []
 
     def capture(loc, batch):
@@ -295,12 +296,13 @@ def test_each_delete_is_conditional_on_the_update_time_it_was_verified_at(pool, 
 
     monkeypatch.setattr(fs, "_commit", capture)
     with pytest.raises(Killed):
-        fs.delete(src, "acme", {"settings": {}}, fs.summary(src, "acme", {"settings": {}}))
+        fs.delete(src, "acme", TREE, fs.summary(src, "acme", TREE), batch_size=2)
     delete, marker = sent
-    assert delete.delete.endswith("/documents/tenants/acme/settings/main")
-    assert delete.current_document.update_time == read["main"]
+    assert delete.delete.endswith("/documents/tenants/acme/itineraries/i0/notes/n0")
+    assert delete.current_document.update_time == read["n0"]
     assert marker.update.name.endswith("/documents/tenants/acme/_tenancy/deletion")
-    assert marker.update.fields["deleted"].map_value.fields["settings"].map_value.fields["count"].integer_value == 1
+    deleted = marker.update.fields["deleted"].map_value.fields
+    assert deleted["itineraries/*/notes"].map_value.fields["count"].integer_value == 1
 
 
 def test_delete_refuses_a_summary_of_another_kind_or_tenant(pool):
@@ -309,6 +311,107 @@ def test_delete_refuses_a_summary_of_another_kind_or_tenant(pool):
         fs.delete(src, "acme", TREE, Summary("postgres", 0, "x"))
     with pytest.raises(StoreError, match=r"under tenants/acme is not tenant 'bravo''s place in the pool"):
         fs.delete(src, "bravo", TREE, fs.summary(pooled(pool, "bravo"), "bravo", TREE))
+
+
+# --- documents under missing parents ------------------------------------------------------------------------
+
+
+def listed(loc: fs.FirestoreLocation, collection: str) -> list[str]:
+    """Ids ListDocuments returns for a collection: documents that exist and missing ones with documents beneath."""
+    return [d.id for d in client(loc).collection(loc.path(collection)).list_documents()]
+
+
+def test_a_note_under_a_missing_itinerary_is_summarised_moved_exported_and_deleted(pool, tmp_path):
+    src, bravo, charlie = pooled(pool), pooled(pool, "bravo"), pooled(pool, "charlie")
+    when = datetime(2024, 6, 1, 8, 30, tzinfo=timezone.utc)
+    doc(src, "itineraries/gone/notes/n7").set({"text": "acme orphan", "at": when, "owner": doc(src, "users/u0")})
+    doc(bravo, "itineraries/gone/notes/n7").set({"text": "bravo orphan"})     # the neighbour's, at the same path
+    neighbours = {t: fs._checksums(loc, TREE) for t, loc in (("bravo", bravo), ("charlie", charlie))}
+    assert "itineraries/gone/notes/n7" in neighbours["bravo"]
+
+    before = fs.summary(src, "acme", TREE)
+    assert part_counts(before) == {**COUNTS, "itineraries/*/notes": 4} and before.count == 10
+    assert fs.unmovable(src, "acme", TREE) == []
+    assert not doc(src, "itineraries/gone").get().exists and listed(src, "itineraries") == ["gone", "i0", "i1"]
+
+    dst = own()
+    assert fs.copy(src, dst, "acme", TREE) == before
+    got = doc(dst, "itineraries/gone/notes/n7").get().to_dict()
+    assert got["text"] == "acme orphan" and got["at"] == when and got["owner"].path == "users/u0"
+    assert not doc(dst, "itineraries/gone").get().exists, "the parent stays missing on the other side"
+    assert listed(dst, "itineraries") == ["gone", "i0", "i1"]
+    verified, _ = fs.verify(src, dst, "acme", TREE)
+    assert fs._checksums(src, TREE) == fs._checksums(dst, TREE)
+
+    out = tmp_path / "export"
+    entry = fs.export(src, "acme", TREE, out)
+    notes = [json.loads(x) for x in (out / "itineraries.notes.jsonl").read_text().splitlines()]
+    assert {"path": "itineraries/gone/notes/n7", "fields": {
+        "text": "acme orphan", "at": {"$timestamp": "2024-06-01T08:30:00.000000Z"}, "owner": {"$ref": "users/u0"}}} in notes
+    assert entry["count"] == 10 and entry["checksum"] == before.checksum
+    restored = own()
+    assert fs.import_export(out, restored, "acme", TREE) == before
+    assert doc(restored, "itineraries/gone/notes/n7").get().exists and not doc(restored, "itineraries/gone").get().exists
+
+    assert fs.delete(src, "acme", TREE, verified) == 10
+    assert listed(src, "itineraries") == [] and fs.summary(src, "acme", TREE).count == 0
+    assert list(client(src).document("tenants/acme").collections()) == [], "nothing of acme is left in the pool"
+
+    assert fs.copy(dst, src, "acme", TREE) == before      # and back into the pool
+    assert doc(src, "itineraries/gone/notes/n7").get().to_dict()["owner"].path == "tenants/acme/users/u0"
+    assert not doc(src, "itineraries/gone").get().exists
+    back, _ = fs.verify(dst, src, "acme", TREE)
+    assert fs.delete(dst, "acme", TREE, back) == 10
+    assert list(client(dst).collections()) == [], "the own database is empty"
+    assert fs.summary(src, "acme", TREE) == before
+    for t, loc in (("bravo", bravo), ("charlie", charlie)):
+        assert fs._checksums(loc, TREE) == neighbours[t], f"neighbour {t} changed"
+    assert doc(bravo, "itineraries/gone/notes/n7").get().to_dict() == {"text": "bravo orphan"}
+
+
+def test_documents_outside_the_declared_collections_are_refused_before_anything_changes(pool, tmp_path, monkeypatch):
+    src, bravo = pooled(pool), pooled(pool, "bravo")
+    doc(src, "itineraries/gone/notes/n7").set({"text": "declared, under a missing itinerary"})
+    doc(src, "itineraries/gone/attachments/a1").set({"name": "ticket.pdf"})
+    doc(src, "users/ghost/prefs/p1").set({"lang": "de"})           # users declares no subcollection
+    doc(src, "legacy/x").set({"old": True})                        # at the tenant's root
+    doc(bravo, "itineraries/lost/attachments/b1").set({"name": "bravo's"})
+    problems = ["legacy (not declared, at the tenant's root)",
+                "itineraries/gone/attachments (not declared, under the missing document itineraries/gone)",
+                "users/ghost/prefs (not declared, under the missing document users/ghost)"]
+    assert fs.unmovable(src, "acme", TREE) == problems
+    assert fs.unmovable(bravo, "bravo", TREE) == [
+        "itineraries/lost/attachments (not declared, under the missing document itineraries/lost)"]
+    assert fs.unmovable(pooled(pool, "charlie"), "charlie", TREE) == []
+
+    before, bravo_before = fs.summary(src, "acme", TREE), fs._checksums(bravo, TREE)
+    commits = counting_commits(monkeypatch)
+    dst = own()
+    with pytest.raises(StoreError, match=r"^firestore demo-tenancy/pool-\w+ under tenants/acme: refusing to copy tenant "
+                                         r"'acme': 3 collections hold documents outside the declared collections, which "
+                                         r"would be left behind: legacy \(not declared, at the tenant's root\), "
+                                         r"itineraries/gone/attachments \(.*\), users/ghost/prefs \(.*\); declare them "
+                                         r"\(stores.yaml, firestore\) or move those documents .*; nothing was changed$"):
+        fs.copy(src, dst, "acme", TREE)
+    with pytest.raises(StoreError, match="refusing to export tenant 'acme': 3 collections"):
+        fs.export(src, "acme", TREE, tmp_path / "export")
+    with pytest.raises(StoreError, match="refusing to delete tenant 'acme': 3 collections"):
+        fs.delete(src, "acme", TREE, before)
+    assert commits == [] and paths(dst) == [] and not (tmp_path / "export").exists()
+    assert fs.summary(src, "acme", TREE) == before and fs._checksums(bravo, TREE) == bravo_before
+
+    # declared, the same documents move and delete like the rest
+    wider = {"users": {"prefs": {}}, "itineraries": {"notes": {}, "attachments": {}}, "settings": {}, "legacy": {}}
+    assert fs.unmovable(src, "acme", wider) == []
+    moved = fs.copy(src, dst, "acme", wider)
+    assert {p: moved.parts[p]["count"] for p in ("legacy", "users/*/prefs", "itineraries/*/attachments")} == {
+        "legacy": 1, "users/*/prefs": 1, "itineraries/*/attachments": 1} and moved.count == 13
+    verified, _ = fs.verify(src, dst, "acme", wider)
+    doc(dst, "scratch/s1").set({"written": "at the own database's root"})
+    assert fs.unmovable(dst, "acme", wider) == ["scratch (not declared, at the tenant's root)"]
+    assert fs.delete(src, "acme", wider, verified) == 13
+    assert list(client(src).document("tenants/acme").collections()) == []
+    assert fs._checksums(bravo, TREE) == bravo_before
 
 
 # --- export and import --------------------------------------------------------------------------------------

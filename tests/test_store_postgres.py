@@ -12,6 +12,9 @@ import psycopg
 import pytest
 
 from tenancy import cli, db
+from tenancy.errors import OperationError
+from tenancy.operations import data_move
+from tenancy.operations.protocol import Context
 from tenancy.stores import Mismatch, Summary
 from tenancy.stores import postgres as data
 from tests.sqlhelp import connect, register, seed
@@ -92,14 +95,23 @@ def registry(server, name, tenant):
     return row[0] if row else None
 
 
-def journal(server, name, tenant):
-    with connect(server, name, autocommit=True) as c:
-        return c.execute("SELECT direction, status FROM tenancy.data_moves WHERE tenant_id = %s ORDER BY started_at",
-                         (tenant,)).fetchall()
+def history(registry, tenant):
+    return [(op.kind, op.status) for op in registry.history(tenant)]
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(["data", *argv])
+@pytest.fixture
+def reg(registry):
+    """The registry every `tenancy data move` of these tests runs under (its lease and journal)."""
+    return registry
+
+
+def move(registry, source, target, tenant, **kw):
+    return data_move.move(Context("dev", registry), tenant, source, target, **kw)
+
+
+def run(capsys, *argv, registry=None) -> tuple[int, str, str]:
+    extra = ["--registry", registry.dsn] if registry is not None and argv[0] == "move" else []
+    code = cli.main(["data", *argv, *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -110,84 +122,85 @@ def empty(r: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ re-runs and refusals
 
-def test_rerun_of_a_completed_delete_source_move_is_a_no_op(pg_server, dbs, capsys):
+def test_rerun_of_a_completed_delete_source_move_is_a_no_op(pg_server, dbs, capsys, reg):
     src, dst = dbs
     before = rows(pg_server, src, "alpha")
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
+    argv = ("move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst), "--delete-source")
+    code, out, err = run(capsys, *argv, registry=reg)
     assert code == 0, err
     assert "moved 20 rows of 'alpha' (6 tables), verified" in out and "source rows deleted" in out
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
+    code, out, err = run(capsys, *argv, registry=reg)
     assert code == 0, err
-    assert "move of 'alpha' from" in out and "already completed at" in out and out.rstrip().endswith("nothing to do")
+    assert "move of 'alpha' from" in out and "already completed (op-" in out and out.rstrip().endswith("nothing to do")
     assert rows(pg_server, dst, "alpha") == before
     assert rows(pg_server, src, "alpha") == empty(before)
     assert registry(pg_server, src, "alpha") is None and registry(pg_server, dst, "alpha") == "active"
-    assert journal(pg_server, src, "alpha") == [("out", "completed")]
-    assert journal(pg_server, dst, "alpha") == [("in", "completed")]
+    assert history(reg, "alpha") == [("data-move", "done")], "one operation; the re-run left no trace"
 
 
 @pytest.mark.parametrize("other", [dict(host="localhost"), dict(user="postgres")])
-def test_one_database_through_two_dsns_is_refused(pg_server, dbs, capsys, other):
+def test_one_database_through_two_dsns_is_refused(pg_server, dbs, capsys, other, reg):
     src, _ = dbs
     before = rows(pg_server, src, "alpha")
     second = owner(pg_server, src)
     for k, v in other.items():
         second = second.replace(f"{k}=" + ("127.0.0.1" if k == "host" else "tenancy_owner"), f"{k}={v}")
     assert second != owner(pg_server, src)
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", second, "--delete-source")
+    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", second, "--delete-source",
+                         registry=reg)
     assert code == 2 and out == ""
-    assert "are the same database (system " in err and "nothing was done" in err and "Traceback" not in err
+    assert "are the same database (server " in err and "nothing was changed" in err and "Traceback" not in err
     assert rows(pg_server, src, "alpha") == before
     assert registry(pg_server, src, "alpha") == "active"
+    assert history(reg, "alpha") == []
 
 
-def test_target_with_different_rows_is_refused_unless_replace(pg_server, dbs, capsys):
+def test_target_with_different_rows_is_refused_unless_replace(pg_server, dbs, capsys, reg):
     src, dst = dbs
     register(pg_server, dst, "alpha")
     seed(pg_server, dst, "alpha", users=1, start=50)
     theirs = rows(pg_server, dst, "alpha")
     mine = rows(pg_server, src, "alpha")
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst))
-    assert code == 1
+    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
+                         registry=reg)
+    assert code == 2
     assert "already holds 4 different rows of 'alpha' (source vs target: app.comments: 5 vs 1" in err
-    assert "Pass --replace" in err and err.count("\n") == 1
+    assert "pass --replace" in err and err.count("\n") == 1
     assert rows(pg_server, dst, "alpha") == theirs and rows(pg_server, src, "alpha") == mine
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--replace")
+                         "--replace", registry=reg)
     assert code == 0, err
-    assert "replacing 4 rows of 'alpha' on the target with the source's 20" in err
+    assert "replaced 4 rows of 'alpha' the target held" in err
     assert "replaced 4 rows the target held" in out
     assert rows(pg_server, dst, "alpha") == mine == rows(pg_server, src, "alpha")
 
 
-def test_empty_source_with_populated_target_is_refused(pg_server, dbs, capsys):
+def test_empty_source_with_populated_target_is_refused(pg_server, dbs, capsys, reg):
     src, dst = dbs
-    data.move(owner(pg_server, src), owner(pg_server, dst), "bravo")
+    move(reg, owner(pg_server, src), owner(pg_server, dst), "bravo")
     moved = rows(pg_server, dst, "bravo")
     with connect(pg_server, src, autocommit=True) as c:   # the source's rows went away by other means
         for t in ("app.likes", "app.comments", "app.itineraries", "app.users"):
             c.execute(f"DELETE FROM {t} WHERE tenant_id = 'bravo'")
     code, out, err = run(capsys, "move", "bravo", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
-    assert code == 1
-    assert ("nothing to move: 'bravo' has no rows at the source" in err and "but 12 at the target -- the move may already "
-            "have happened; see tenancy.data_moves" in err)
+                         "--delete-source", registry=reg)
+    assert code == 2
+    assert ("nothing to move: 'bravo' has no rows at the source but 12 at the target -- the move may already have "
+            "happened" in err)
     assert rows(pg_server, dst, "bravo") == moved
     assert registry(pg_server, src, "bravo") == "active"   # refused before anything was frozen
 
 
 # --------------------------------------------------------------------------------------------- freeze and writers
 
-def test_freeze_drains_an_open_writer_whose_row_is_then_moved(pg_server, dbs):
+def test_freeze_drains_an_open_writer_whose_row_is_then_moved(pg_server, dbs, reg):
     src, dst = dbs
     writer = connect(pg_server, src, user="tenancy_app")
     writer.execute("SELECT tenancy.set_tenant('alpha')")
     writer.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES ('alpha', 'inflight@x', 'In flight')")
     result: dict = {}
     mover = threading.Thread(target=lambda: result.setdefault(
-        "report", data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)))
+        "report", move(reg, owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)))
     mover.start()
     with connect(pg_server, src, autocommit=True) as watch:   # wait until the freeze waits on the writer's lock
         while not watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('tuple', 'transactionid')"
@@ -196,13 +209,13 @@ def test_freeze_drains_an_open_writer_whose_row_is_then_moved(pg_server, dbs):
     writer.commit()
     writer.close()
     mover.join()
-    assert result["report"].rows["app.users"] == 6
+    assert result["report"].detail["rows"]["app.users"] == 6
     with connect(pg_server, dst, autocommit=True) as c:
         assert c.execute("SELECT count(*) FROM app.users WHERE email = 'inflight@x'").fetchone()[0] == 1
     assert rows(pg_server, src, "alpha")["app.users"] == []
 
 
-def test_every_committed_write_during_a_move_is_on_exactly_one_side(pg_server, dbs):
+def test_every_committed_write_during_a_move_is_on_exactly_one_side(pg_server, dbs, reg):
     src, dst = dbs
     committed, refused, other = [], [], []
     five, after_move, stop = threading.Event(), threading.Event(), threading.Event()
@@ -235,7 +248,7 @@ def test_every_committed_write_during_a_move_is_on_exactly_one_side(pg_server, d
     t = threading.Thread(target=write)
     t.start()
     five.wait()
-    data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
+    move(reg, owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
     after_move.set()
     t.join()
     assert other == []
@@ -251,13 +264,16 @@ def test_every_committed_write_during_a_move_is_on_exactly_one_side(pg_server, d
 
 # -------------------------------------------------------------------------------------------------- resumes
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """A kill at a named point: not an Exception, so no handler of the code sees it."""
 
 
-@pytest.mark.parametrize("point", ["frozen", "copied", "before delete", "source deleted app.likes",
-                                   "source deleted app.users", "deleted"])
-def test_a_move_killed_anywhere_is_finished_by_running_it_again(pg_server, dbs, monkeypatch, capsys, point):
+POINTS = [("phase", "freeze"), ("phase", "copy"), ("store", "before commit"), ("phase", "switch"), ("phase", "cleanup"),
+          ("step", "deleting"), ("store", "target deleted app.users")]
+
+
+@pytest.mark.parametrize("kind,point", POINTS, ids=[p for _, p in POINTS])
+def test_a_move_killed_anywhere_is_finished_by_running_it_again(pg_server, dbs, monkeypatch, capsys, kind, point, reg):
     src, dst = dbs
     before = rows(pg_server, src, "alpha")
     bravo = rows(pg_server, src, "bravo")
@@ -266,64 +282,66 @@ def test_a_move_killed_anywhere_is_finished_by_running_it_again(pg_server, dbs, 
         if name == point:
             raise Killed(name)
 
-    monkeypatch.setattr(data, "_checkpoint", kill)
+    ctx = Context("dev", reg, before_phase=kill if kind == "phase" else None, step=kill if kind == "step" else None)
+    if kind == "store":
+        monkeypatch.setattr(data, "_checkpoint", kill)
     with pytest.raises(Killed):
-        data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
-    assert registry(pg_server, src, "alpha") in ("frozen", None)
+        data_move.move(ctx, "alpha", owner(pg_server, src), owner(pg_server, dst), delete_source=True)
+    assert registry(pg_server, src, "alpha") in ("frozen", "active", None)
     monkeypatch.setattr(data, "_checkpoint", lambda name: None)
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
+    argv = ("move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst), "--delete-source")
+    code, out, err = run(capsys, *argv, registry=reg)
     assert code == 0, err
+    assert "resuming op-" in err
     assert rows(pg_server, dst, "alpha") == before
     assert rows(pg_server, src, "alpha") == empty(before)
     assert rows(pg_server, src, "bravo") == bravo
     assert registry(pg_server, src, "alpha") is None
     assert registry(pg_server, dst, "alpha") == "active"       # the state before the first attempt froze it
-    assert journal(pg_server, src, "alpha") == [("out", "completed")]
-    assert journal(pg_server, dst, "alpha") == [("in", "completed")]
-    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
-    assert code == 0 and "already completed at" in out
+    assert history(reg, "alpha") == [("data-move", "done")] and reg.unfinished() == []
+    code, out, err = run(capsys, *argv, registry=reg)
+    assert code == 0 and "already completed (op-" in out
 
 
-def test_target_state_and_registry_after_a_delete_source_move(pg_server, dbs, capsys):
+def test_target_state_and_registry_after_a_delete_source_move(pg_server, dbs, capsys, reg):
     src, dst = dbs
     register(pg_server, src, "bravo", state="readonly")
     code, out, err = run(capsys, "move", "bravo", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
+                         "--delete-source", registry=reg)
     assert code == 0, err
     assert registry(pg_server, dst, "bravo") == "readonly" and registry(pg_server, src, "bravo") is None
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source", "--state", "suspended")
+                         "--delete-source", "--state", "suspended", registry=reg)
     assert code == 0, err
     assert registry(pg_server, dst, "alpha") == "suspended"
 
 
-def test_source_changed_after_verification_is_not_deleted(pg_server, dbs, monkeypatch):
+def test_source_changed_after_verification_is_not_deleted(pg_server, dbs, reg):
     src, dst = dbs
 
     def sneak(name):   # the owner role may still write a frozen tenant: the re-verification must notice
-        if name == "before delete":
+        if name == "cleanup":
             with connect(pg_server, src, autocommit=True) as c:
                 c.execute("UPDATE app.comments SET body = 'edited' WHERE tenant_id = 'alpha' AND id = "
-                          "(SELECT min(id) FROM app.comments WHERE tenant_id = 'alpha')")
+                          "(SELECT id FROM app.comments WHERE tenant_id = 'alpha' ORDER BY id LIMIT 1)")
 
-    monkeypatch.setattr(data, "_checkpoint", sneak)
-    with pytest.raises(Mismatch, match=r"the source .* changed since verification \(verified vs now: app.comments: same "
-                                       r"count \(5\), different checksum\); nothing was deleted"):
-        data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
+    ctx = Context("dev", reg, before_phase=sneak)
+    with pytest.raises(OperationError, match=r"no longer holds what was verified \(verified vs now: app.comments: same "
+                                             r"count \(5\), different checksum\); nothing was deleted; the tenant stays "
+                                             r"frozen at the source"):
+        data_move.move(ctx, "alpha", owner(pg_server, src), owner(pg_server, dst), delete_source=True)
     assert len(rows(pg_server, src, "alpha")["app.users"]) == 5
     assert registry(pg_server, src, "alpha") == "frozen"
 
 
 # ------------------------------------------------------------------------------------- names and column types
 
-def test_odd_names_json_and_no_primary_key_move_verify_and_export(pg_server, odd_dbs, capsys, tmp_path):
+def test_odd_names_json_and_no_primary_key_move_verify_and_export(pg_server, odd_dbs, capsys, tmp_path, reg):
     src, dst = odd_dbs
     before = rows(pg_server, src, "alpha")
     assert len(before['"my.odd schema"."select"']) == 3 and len(before['app."Trips"']) == 1
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--delete-source")
+                         "--delete-source", registry=reg)
     assert code == 0, err
     assert "moved 12 rows of 'alpha' (8 tables)" in out
     assert rows(pg_server, dst, "alpha") == before
@@ -350,25 +368,31 @@ def test_checksums_do_not_depend_on_session_settings(pg_server, odd_dbs):
 
 # ------------------------------------------------------------------------------------------- clean failures
 
-def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, dbs, fresh_db, capsys, tmp_path):
+def test_unreachable_malformed_and_bare_databases_fail_in_one_line(pg_server, dbs, fresh_db, capsys, tmp_path, reg):
     src, dst = dbs
     code, out, err = run(capsys, "move", "alpha", "--source", "host=127.0.0.1 port=1 user=x password=sekrit dbname=x",
-                         "--target", owner(pg_server, dst))
-    assert code == 1 and err.count("\n") == 1 and "sekrit" not in err and "Traceback" not in err
-    assert err.startswith("error: cannot connect to database 'host=127.0.0.1 port=1 dbname=x user=x' for tenant 'alpha': ")
+                         "--target", owner(pg_server, dst), registry=reg)
+    assert code == 2 and err.count("\n") == 1 and "sekrit" not in err and "Traceback" not in err
+    assert err.startswith("error: data-move of 'alpha' refused before any change: source 'host=127.0.0.1 port=1 dbname=x "
+                          "user=x': cannot connect or read it: ")
     code, out, err = run(capsys, "move", "alpha", "--source", "host=127.0.0.1 password='sekrit dbname=x",
-                         "--target", owner(pg_server, dst))
-    assert code == 2 and "malformed DSN" in err and "sekrit" not in err and err.count("\n") == 1
-    for argv in (["move", "alpha", "--source", owner(pg_server, src), "--target", pg_server.dsn(dbname=fresh_db)],
-                 ["export", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--out", str(tmp_path / "never")],
+                         "--target", owner(pg_server, dst), registry=reg)
+    assert code == 2 and "not a libpq connection string" in err and "sekrit" not in err and err.count("\n") == 1
+    code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target",
+                         pg_server.dsn(dbname=fresh_db), registry=reg)
+    assert code == 2 and err == (f"error: data-move of 'alpha' refused before any change: target 'host=127.0.0.1 "
+                                 f"port={pg_server.port} dbname={fresh_db} user=postgres': has no tenancy SQL: run `tenancy "
+                                 "db apply DSN` first; nothing was changed\n")
+    for argv in (["export", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--out", str(tmp_path / "never")],
                  ["verify", "alpha", "--source", pg_server.dsn(dbname=fresh_db), "--target", owner(pg_server, dst)]):
         code, out, err = run(capsys, *argv)
         assert code == 1 and err == (f"error: database 'host=127.0.0.1 port={pg_server.port} dbname={fresh_db} user=postgres'"
                                      " has no tenancy schema: run `tenancy db apply DSN` first\n"), argv
     assert not (tmp_path / "never").exists()   # a failed export leaves no directory behind
     code, out, err = run(capsys, "move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
-                         "--table", "app.nope")
+                         "--table", "app.nope", registry=reg)
     assert code == 2 and "app.nope: not isolated table(s) in database" in err and "isolated tables there: app.api_requests, app.audit_events, app.users" in err
+    assert reg.history("alpha") == [] and registry(pg_server, src, "alpha") == "active"
 
 
 def test_runtime_role_gets_one_line_naming_the_owner_role(pg_server, dbs, capsys):
@@ -410,12 +434,12 @@ def test_exports_are_private_refuse_a_used_directory_and_are_verified(pg_server,
 
 # ------------------------------------------------------------------------------------- summary, delete, tables
 
-def test_delete_against_a_summary_and_table_subsets(pg_server, dbs):
+def test_delete_against_a_summary_and_table_subsets(pg_server, dbs, reg):
     src, dst = dbs
     users_only = data.summary(owner(pg_server, src), "alpha", tables=["app.users"])
     assert list(users_only.parts) == ["app.users"] and users_only.count == 5
-    report = data.move(owner(pg_server, src), owner(pg_server, dst), "alpha", tables=["app.users", "app.itineraries"])
-    assert report.rows == {"app.users": 5, "app.itineraries": 5}
+    report = move(reg, owner(pg_server, src), owner(pg_server, dst), "alpha", tables=["app.users", "app.itineraries"])
+    assert report.detail["rows"] == {"app.users": 5, "app.itineraries": 5}
     assert rows(pg_server, dst, "alpha")["app.comments"] == []
     expect = data.summary(owner(pg_server, src), "bravo")
     seed(pg_server, src, "bravo", users=1, start=90)

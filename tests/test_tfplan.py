@@ -86,7 +86,7 @@ def test_the_real_plan_converts_every_google_cloud_resource(sample_plan):
     for r in resources:
         by_type.setdefault(r["type"], []).append(r["values"])
     # what the checks the platform fixed read (CKV2_GCP_13, CKV_GCP_62, CKV2_GCP_5)
-    assert len(by_type["google_sql_database_instance"]) == 19
+    assert len(by_type["google_sql_database_instance"]) == 20     # the registry's, the pool's, the tenants' and replicas
     for values in by_type["google_sql_database_instance"]:
         assert {"name": "log_duration", "value": "on"} in values["settings"]["database_flags"]
     logs = "tenancy-dev-482913-dev-access-logs"

@@ -14,7 +14,10 @@ import pytest
 from tenancy import naming
 from tenancy.catalog import parse_catalog, with_tenant
 from tenancy.engine import OfflineEngine
-from tenancy.lifecycle import OperationError, Refused, deploy, moves, tenant_ops
+from tenancy.lifecycle import OperationError, Refused, deploy
+from tenancy.operations import offboard as offboarding
+from tenancy.operations import tier_move as moves
+from tenancy.operations.protocol import Context
 from tenancy.lifecycle.tenant_data import Reach
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
@@ -40,6 +43,7 @@ plans:
 """
 TABLES = ("app.users", "app.itineraries", "app.comments", "app.likes", "app.audit_events", "app.api_requests")
 TREE = {"users": {}, "itineraries": {"notes": {}}, "settings": {}}
+ORPHAN = "gone/notes/n9"                # itineraries/gone/notes/n9, under an itinerary that does not exist
 
 
 def rows(server, dbname, tenant):
@@ -67,6 +71,8 @@ def seed_docs(loc, tag):
     batch.set(c.document(loc.path("itineraries/i0/notes/n0")), {"text": f"{tag} pack light"})
     batch.set(c.document(loc.path("itineraries/i0/notes/n1")), {"text": f"{tag} passport"})
     batch.set(c.document(loc.path("settings/main")), {"theme": tag})
+    # a note whose itinerary does not exist (deleted, or never written): it moves and goes with the tenant too
+    batch.set(c.document(loc.path(f"itineraries/{ORPHAN}")), {"text": f"{tag} note of a deleted trip"})
     batch.commit()
 
 
@@ -75,7 +81,7 @@ def objects_of(store, prefix):
 
 
 @pytest.fixture
-def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeypatch):
+def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeypatch, registry):
     """A pooled database, three empty databases for the tenant's postgres-1..3, a pooled Firestore database and
     shared bucket holding alpha's and bravo's data, an empty bucket for bravo, the platform deployed offline."""
     from tests.test_store_objects import drain
@@ -83,7 +89,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
     drain(gcs_server)
     project = f"test-{uuid.uuid4().hex[:10]}"           # one project per test: Firestore and buckets start empty
     monkeypatch.setattr(moves, "project_of", lambda deployed: project)
-    monkeypatch.setattr(tenant_ops, "project_of", lambda deployed: project)
+    monkeypatch.setattr(offboarding, "project_of", lambda deployed: project)
     own_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for name in own_dbs:
@@ -122,7 +128,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
     catalog = parse_catalog(CATALOG)
     engine = OfflineEngine(tmp_path / "state", "dev")
     assert [o.status for o in deploy.deploy(engine, catalog, "dev", mode="up")] == ["ok"]
-    w = {"server": pg_server, "pooled": tenancy_db, "own": own_dbs, "catalog": catalog, "engine": engine,
+    w = {"server": pg_server, "pooled": tenancy_db, "registry": registry, "own": own_dbs, "catalog": catalog, "engine": engine,
          "project": project, "tmp": tmp_path, "shared": shared_store, "bucket": obj.open_store(f"gs://{own}"),
          "reach": Reach({"pooled": pg_server.dsn(user="tenancy_owner", dbname=tenancy_db),
                          **{f"postgres-{i + 1}": pg_server.dsn(dbname=d) for i, d in enumerate(own_dbs)}}),
@@ -130,6 +136,7 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
          "fs_own": fs.location_for(project, naming.firestore_database("dev", "bravo"), "bravo", pooled=False)}
     w["before"] = {t: rows(pg_server, tenancy_db, t) for t in ("alpha", "bravo")}
     w["docs"] = {t: docs(w["fs_pool"](t)) for t in ("alpha", "bravo")}
+    assert all(f"itineraries/{ORPHAN}" in w["docs"][t] for t in ("alpha", "bravo"))
     w["objects"] = {t: objects_of(shared_store, f"{t}/") for t in ("alpha", "bravo")}
     yield w
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
@@ -137,8 +144,14 @@ def fleet(pg_server, tenancy_db, firestore_server, gcs_server, tmp_path, monkeyp
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def upgrade(w, to, catalog=None, **kw):
-    return moves.upgrade(w["engine"], catalog or w["catalog"], "dev", "bravo", to, reach=w["reach"], **kw)
+def offboard(w, tenant, catalog=None, before_phase=None, **kw):
+    ctx = Context("dev", w["registry"], w["engine"], before_phase=before_phase)
+    return offboarding.offboard(ctx, catalog or w["catalog"], tenant, reach=w["reach"], **kw)
+
+
+def upgrade(w, to, catalog=None, before_phase=None, **kw):
+    ctx = Context("dev", w["registry"], w["engine"], before_phase=before_phase)
+    return moves.upgrade(ctx, catalog or w["catalog"], "bravo", to, reach=w["reach"], **kw)
 
 
 def until_done(w, to, phase, catalog=None, **kw):
@@ -220,9 +233,10 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == {t: [] for t in TABLES}
     # documents at the root of bravo's own database, objects at the root of its bucket; the pool emptied
     assert docs(w["fs_own"]) == w["docs"]["bravo"] and docs(w["fs_pool"]("bravo")) == {}
+    assert list(fs._client(w["fs_pool"]("bravo")).document("tenants/bravo").collections()) == [], "none left behind"
     assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in w["objects"]["bravo"].items()}
     assert objects_of(w["shared"], "bravo/") == {}
-    assert set(up.copied) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
+    assert set(up.detail["copied"]) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
     assert_neighbour_untouched(w)
     entry = json.loads(w["engine"].outputs("dev")["tenantDirectory"])["bravo"]
     assert entry["stores"]["postgres"] == {"postgres-1": ["app.users", "app.itineraries", "app.comments", "app.likes"],
@@ -234,6 +248,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == after_up
     assert all(rows(s, d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and docs(w["fs_own"]) == {}
+    assert list(fs._client(w["fs_own"]).collections()) == [], "the own database is left empty"
     assert objects_of(w["shared"], "bravo/") == w["objects"]["bravo"] and objects_of(w["bucket"], "") == {}
     assert_neighbour_untouched(w)
     assert "dev.bravo" not in w["engine"].stacks()
@@ -261,7 +276,7 @@ def test_downgrade_names_the_tables_and_counts_the_pool_cannot_hold_then_archive
     with pytest.raises(Refused) as refused:
         upgrade(w, "lite", standard)
     assert str(refused.value) == (
-        "plan 'lite' cannot hold all of 'bravo''s data: postgres-1: app.comments 3 rows, app.likes 3 rows; "
+        "downgrade of 'bravo' refused before any change: plan 'lite' cannot hold all of 'bravo''s data: postgres-1: app.comments 3 rows, app.likes 3 rows; "
         "postgres-2: app.audit_events 2 rows; postgres-3: app.api_requests 4 rows; "
         "graph: the tenant's Neo4j graph (export it with --export-to DIR, or --discard graph). Export it with "
         "--export-to DIR and pass --discard postgres-1 --discard postgres-2 --discard postgres-3 --discard graph; "
@@ -277,10 +292,10 @@ def test_downgrade_names_the_tables_and_counts_the_pool_cannot_hold_then_archive
     [(namespace, manifest)] = job.jobs
     assert namespace == "tenant-bravo" and manifest["kind"] == "Job"
     assert (archive / "graph" / "objects" / "neo4j.dump").read_bytes() == b"NEO4J-DUMP bravo graph"
-    assert out.status == "done" and out.archive == str(archive)
+    assert out.status == "done" and out.detail["archive"] == str(archive)
     index = json.loads((archive / "archive.json").read_text())
     assert {k: v["count"] for k, v in index["stores"].items()} == {
-        "postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 7, "graph": 1}
+        "postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2, "firestore": 8, "graph": 1}
     assert index["discarded"] == ["graph", "postgres-1", "postgres-2", "postgres-3"]
     assert index["stores"]["postgres-2"]["tables"] == {"app.audit_events": {
         "rows": 2, "rowChecksum": index["stores"]["postgres-2"]["parts"]["app.audit_events"]["checksum"]}}
@@ -297,10 +312,9 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     w, s = fleet, fleet["server"]
     archive = w["tmp"] / "alpha-archive"
     phases = []
-    result = tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                                 export_to=str(archive), reach=w["reach"], before_phase=phases.append)
-    assert phases == list(tenant_ops.OFFBOARD_PHASES)
-    assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 7}
+    result = offboard(w, "alpha", export_to=str(archive), before_phase=phases.append).detail
+    assert phases == list(offboarding.PHASES)
+    assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 8}
     index = json.loads((archive / "archive.json").read_text())
     assert index["tenant"] == "alpha" and set(index["stores"]) == {"pooled", "objects", "firestore"}
     assert {k: v["rows"] for k, v in index["stores"]["pooled"]["tables"].items()} == {
@@ -308,9 +322,12 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     exported = json.loads((archive / "objects" / "objects.json").read_text())
     assert sorted(f["name"] for f in exported["files"]) == ["avatars/1.png", "docs/trip.pdf"]
     assert {k: v["count"] for k, v in index["stores"]["firestore"]["parts"].items()} == {
-        "users": 3, "itineraries": 1, "itineraries/*/notes": 2, "settings": 1}
+        "users": 3, "itineraries": 1, "itineraries/*/notes": 3, "settings": 1}
     assert rows(s, w["pooled"], "alpha") == {t: [] for t in TABLES}
     assert docs(w["fs_pool"]("alpha")) == {} and objects_of(w["shared"], "alpha/") == {}
+    notes = [json.loads(x)["path"] for x in (archive / "firestore" / "itineraries.notes.jsonl").read_text().splitlines()]
+    assert f"itineraries/{ORPHAN}" in notes
+    assert list(fs._client(w["fs_pool"]("alpha")).document("tenants/alpha").collections()) == [], "no document is left"
     # the neighbour is untouched in every store
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and objects_of(w["shared"], "bravo/") == w["objects"]["bravo"]
@@ -323,10 +340,8 @@ def test_offboard_raced_by_a_writer_archives_every_committed_write(fleet):
     archive = w["tmp"] / "alpha-archive"
     try:
         with pytest.raises(Boom):   # interrupted once, between the export and its verification
-            tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                                export_to=str(archive), reach=w["reach"], before_phase=stop_before("verify"))
-        tenant_ops.offboard(w["engine"], w["catalog"], "dev", "alpha", source_dsn=w["reach"].dsns["pooled"],
-                            export_to=None, reach=w["reach"])
+            offboard(w, "alpha", export_to=str(archive), before_phase=stop_before("verify"))
+        offboard(w, "alpha", export_to=None)
     finally:
         writer.stop.set()
         writer.join()
@@ -380,16 +395,14 @@ def test_offboard_of_a_tenant_with_a_graph_needs_the_dump_job_or_a_discard_befor
     standard = with_tenant(w["catalog"], "bravo", plan="standard")
     with pytest.raises(Refused, match="'bravo' has a Neo4j graph: exporting it runs a neo4j-admin dump Job in namespace "
                                       "tenant-bravo; give --kubeconfig, or --discard graph to let it go; nothing was changed"):
-        tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
-                            export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+        offboard(w, "bravo", standard, export_to=str(w["tmp"] / "bravo-archive"))
     assert not (w["tmp"] / "bravo-archive").exists()
     assert rows(w["server"], w["own"][0], "bravo")["app.users"] == w["before"]["bravo"]["app.users"]
     job = DumpJob(w["bucket"])
     w["reach"].graph_runner = job
-    result = tenant_ops.offboard(w["engine"], standard, "dev", "bravo", source_dsn=w["reach"].dsns["postgres-1"],
-                                 export_to=str(w["tmp"] / "bravo-archive"), reach=w["reach"])
+    result = offboard(w, "bravo", standard, export_to=str(w["tmp"] / "bravo-archive")).detail
     assert result["export"]["stores"] == {"postgres-1": 12, "postgres-2": 2, "postgres-3": 4, "objects": 2,
-                                          "firestore": 7, "graph": 1}
+                                          "firestore": 8, "graph": 1}
     assert result["destroyed"] == "dev.bravo" and "dev.bravo" not in w["engine"].stacks()
     assert all(rows(w["server"], d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
     assert docs(w["fs_own"]) == {} and objects_of(w["bucket"], "") == {}

@@ -217,3 +217,92 @@ def test_the_command_halts_and_says_how_to_resume(tmp_path, deployed):
     bad = run_cli("up", "--engine", "offline", "--state", str(tmp_path / "state"), "--tenants", str(head), "--stack", "dev.nope")
     assert bad.returncode == 2
     assert "error: stack 'dev.nope' is not a stack of environment dev" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------- a first rollout
+
+def test_the_first_up_of_a_fresh_state_with_the_shipped_files_succeeds(tmp_path):
+    """rollout.yaml's canary (stark) reads the platform stack, declared in the next wave: on a fresh state the
+    platform stack goes first in the canary's wave; once deployed it keeps its own wave."""
+    state = tmp_path / "state"
+    res = run_cli("up", "--engine", "offline", "--state", str(state))       # tenants.yaml and rollout.yaml beside it
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "wave 1/4 'canary': 2 stack(s)" in res.stderr
+    assert ("wave 1/4 'canary': dev first, moved from wave 2: it has never been deployed and dev.stark reads it"
+            in res.stderr)
+    out = res.stdout.splitlines()
+    # (the platform's resources include the environment's access-log bucket and its grant to Cloud Storage's logger)
+    assert out[0] == "dev: ok: 101 create" and out[1].startswith("  +  create 101 resources: ")
+    assert out[2].startswith("dev.stark: ok: ")
+    assert out[-1] == "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 0 tenant(s) pending a lifecycle command"
+    assert sorted(p.stem for p in state.glob("*.json")) == ["dev", "dev.acme", "dev.cyberdyne", "dev.pied-piper",
+                                                            "dev.stark", "dev.wayne"]
+    # again, with tenants.yaml asking to resume a suspended pooled tenant: held for `tenancy resume`, and counted
+    # as a tenant, not as a stack of its own
+    text = (ROOT / "tenants.yaml").read_text()
+    edited = tmp_path / "tenants.yaml"
+    edited.write_text(text.replace("    state: suspended                  # data kept, the application refuses its requests\n", ""))
+    assert edited.read_text() != text
+    (tmp_path / "rollout.yaml").write_text((ROOT / "rollout.yaml").read_text())
+    again = run_cli("up", "--engine", "offline", "--state", str(state), "--tenants", str(edited))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "moved from" not in again.stderr and "wave 1/4 'canary': 1 stack(s)" in again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[:2] == ["dev.stark: ok: no changes", "dev: ok: no changes"], "canary first again"
+    assert "dev.vandelay" not in again.stdout
+    assert lines[-2:] == [
+        "pending: tenant 'vandelay' is suspended in the deployment and active in tenants.yaml; a deploy does not change "
+        "a tenant's state; run: tenancy resume vandelay --env dev",
+        "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 1 tenant(s) pending a lifecycle command"]
+
+
+def test_the_first_up_in_the_cells_layout_deploys_what_the_canary_reads_first(monkeypatch, tmp_path, capsys):
+    from tenancy import cli
+    from tests.test_cells import cells_config
+
+    cells_config(monkeypatch, **{"tenancy:identityShards": "2"})
+    state = tmp_path / "state"
+    code = cli.main(["up", "--engine", "offline", "--state", str(state), "--tenants", str(ROOT / "tenants.yaml")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    # stark (namespace) reads the global stack and its cell; the cell reads the identity shards
+    assert "wave 1/4 'canary': 5 stack(s)" in err and "wave 2/4 'pool': 1 stack(s)" in err
+    moved = [line.split(": ", 1)[1] for line in err.splitlines() if "moved from wave 2" in line]
+    assert moved == [f"{s} first, moved from wave 2: it has never been deployed and dev.stark reads it"
+                     for s in ("dev", "dev.identity-1", "dev.identity-2", "dev.cell-1")]
+    stacks = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")][:-1]
+    assert stacks[:5] == ["dev", "dev.identity-1", "dev.identity-2", "dev.cell-1", "dev.stark"], "what it reads goes first"
+    assert stacks[5] == "dev.pool-1", "the pool shard keeps its wave"
+    assert out.splitlines()[-1] == "10 stack(s): 10 ok, 0 refused, 0 failed, 0 skipped; 0 tenant(s) pending a lifecycle command"
+
+
+def test_what_a_rollout_cannot_deploy_first_is_refused_with_the_command_that_does(tmp_path):
+    state = tmp_path / "state"
+    res = run_cli("up", "--engine", "offline", "--state", str(state), "--tenant", "stark")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.splitlines() == [
+        "error: dev.stark reads dev, which has never been deployed, and it is not in this rollout; nothing was changed",
+        f"deploy it first: tenancy up --engine offline --state {state} --stack dev; then run this command again"]
+    assert not state.exists() or not list(state.glob("*.json"))
+    res = run_cli("up", "--engine", "offline", "--state", str(state), "--from-wave", "3")
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [
+        "error: dev.pied-piper reads dev, which has never been deployed, and it is in wave 2 'pool', which this run "
+        "skips (--from-wave); nothing was changed",
+        f"start at that wave: tenancy up --engine offline --state {state} --from-wave 2"]
+    first = run_cli("up", "--engine", "offline", "--state", str(state), "--stack", "dev")   # the command it named
+    assert first.returncode == 0, first.stdout + first.stderr
+    then = run_cli("up", "--engine", "offline", "--state", str(state), "--tenant", "stark")
+    assert then.returncode == 0 and then.stdout.splitlines()[0].startswith("dev.stark: ok: "), then.stdout + then.stderr
+
+
+def test_bring_forward_moves_only_what_was_never_deployed(catalog, spec):
+    plan = waves.assign(spec, catalog, "dev", ["dev", "dev.stark", "dev.pied-piper", "dev.acme"])
+    needs = lambda s: ["dev"] if "." in s else []     # noqa: E731
+    early, unready = waves.bring_forward(plan, needs, lambda s: True)
+    assert (early, unready) == ([], []) and [w.stacks for w in plan][:2] == [["dev.stark"], ["dev"]]
+    asked = []
+    early, unready = waves.bring_forward(plan, needs, lambda s: asked.append(s) or False)
+    assert early == [waves.Early("dev", 1, 2, "dev.stark")] and unready == []
+    assert [w.stacks for w in plan] == [["dev.stark", "dev"], [], ["dev.pied-piper"], ["dev.acme"]]
+    assert asked == ["dev"], "asked once, about the stack out of order only"

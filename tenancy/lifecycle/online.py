@@ -43,14 +43,16 @@ def _rounded(seconds: float) -> float:
 class OnlinePostgresMove:
     """One tenant's rows from `source_dsn` to `target_dsn` through logical replication, in the steps a tier
     move runs around its freeze. `replication_conninfo` is how the target's subscription reaches the source
-    (user tenancy_replication); `tables` None means every isolated table."""
+    (user tenancy_replication; the move sets its password); `tables` None means every isolated table.
+    `operation` is the caller's id of this move of this pair: the replication objects are named after it."""
 
     method = "online"
 
     def __init__(self, source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None,
-                 replication_conninfo: str, say: Say | None = None, *, plan: str | None = None,
+                 replication_conninfo: str, say: Say | None = None, *, operation: str, plan: str | None = None,
                  model: str | None = None, sync_timeout: float = 3600.0, catchup_timeout: float = 60.0,
                  lock_timeout: str = "30s", checkpoint: rep.Checkpoint | None = None):
+        self.operation = operation
         self.source_dsn, self.target_dsn, self.tenant = source_dsn, target_dsn, tenant
         self.tables = list(tables) if tables else None
         self.replication_conninfo = replication_conninfo
@@ -61,17 +63,17 @@ class OnlinePostgresMove:
 
     @property
     def name(self) -> str:
-        return rep.names(self.tenant, self.source_dsn, self.target_dsn).base
+        return rep.names(self.operation).base
 
     def sync(self) -> dict[str, Any]:
         n = rep.start(self.source_dsn, self.target_dsn, self.tenant, self.tables, self.replication_conninfo,
-                      plan=self.plan, model=self.model, checkpoint=self.checkpoint)
+                      move=self.operation, plan=self.plan, model=self.model, checkpoint=self.checkpoint)
         self.say(f"  replicating the rows of '{self.tenant}' ({n.base}); the tenant keeps writing")
-        lag = rep.wait_synced(self.source_dsn, self.target_dsn, self.tenant, timeout=self.sync_timeout,
-                              checkpoint=self.checkpoint)
+        lag = rep.wait_synced(self.source_dsn, self.target_dsn, self.tenant, move=self.operation,
+                              timeout=self.sync_timeout, checkpoint=self.checkpoint)
         self.say(f"  initial copy done; {lag} bytes of changes behind")
-        pre = rep.preverify(self.source_dsn, self.target_dsn, self.tenant, self.tables, timeout=self.catchup_timeout,
-                            checkpoint=self.checkpoint)
+        pre = rep.preverify(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,
+                            timeout=self.catchup_timeout, checkpoint=self.checkpoint)
         fp = pre.full_pass
         self.say("  replicated copy verified: " + (f"every row compared over {fp.buckets} key ranges in {fp.seconds:.1f}s, "
                                                    if fp else "an earlier full comparison still holds, ")
@@ -79,8 +81,9 @@ class OnlinePostgresMove:
         return {"method": self.method, "replication": n.base, "lag_bytes": lag, "preverify": pre.to_json()}
 
     def switch(self) -> dict[str, Any]:
-        r = rep.switch(self.source_dsn, self.target_dsn, self.tenant, self.tables, lock_timeout=self.lock_timeout,
-                       catchup_timeout=self.catchup_timeout, cutover=False, checkpoint=self.checkpoint)
+        r = rep.switch(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,
+                       lock_timeout=self.lock_timeout, catchup_timeout=self.catchup_timeout, cutover=False,
+                       checkpoint=self.checkpoint)
         if r.already_switched:
             self.say(f"  the rows of '{self.tenant}' had already switched")
         else:
@@ -92,7 +95,7 @@ class OnlinePostgresMove:
                 "full_pass_in_freeze": r.full_pass_in_freeze is not None, "source": r.source_summary.to_json() if r.source_summary else None}
 
     def cleanup(self, expect: Summary | dict | None = None) -> dict[str, Any]:
-        dropped = rep.cleanup(self.source_dsn, self.target_dsn, self.tenant)
+        dropped = rep.cleanup(self.source_dsn, self.target_dsn, self.tenant, move=self.operation)
         detail: dict[str, Any] = {"dropped": dropped}
         if expect is not None:
             summary = expect if isinstance(expect, Summary) else Summary.from_json(expect)
@@ -101,31 +104,18 @@ class OnlinePostgresMove:
         return detail
 
     def abort(self) -> list[str]:
-        done = rep.abort(self.source_dsn, self.target_dsn, self.tenant)
+        done = rep.abort(self.source_dsn, self.target_dsn, self.tenant, move=self.operation)
         for line in done:
             self.say(f"  {line}")
         return done
 
 
-def _owned(dsn: str) -> set[str]:
-    """Replication names of the unfinished tier moves journalled in this database (its move_journal)."""
-    with rep._connect(dsn) as conn:
-        if not conn.execute("SELECT to_regclass('tenancy.move_journal') IS NOT NULL").fetchone()[0]:
-            return set()
-        return {r[0] for r in conn.execute(   # a name, or a list of names (one per PostgreSQL pair of a tier move)
-            "SELECT DISTINCT n FROM tenancy.move_journal j, jsonb_array_elements_text(CASE jsonb_typeof(j.detail -> "
-            "'replication') WHEN 'array' THEN j.detail -> 'replication' ELSE jsonb_build_array(j.detail -> 'replication') "
-            "END) n WHERE j.detail ? 'replication' AND NOT EXISTS (SELECT 1 FROM tenancy.move_journal f WHERE "
-            "f.move_id = j.move_id AND ((f.phase = 'cleanup' AND f.status = 'done') OR f.status = 'aborted'))").fetchall()}
-
-
-def leftovers(dsns: list[str]) -> list[tuple[str, rep.Orphan]]:
+def leftovers(dsns: list[str], owned: set[str] | None = None) -> list[tuple[str, rep.Orphan]]:
     """(server, orphan) for every replication slot, publication, subscription and tracking trigger of an online
-    move in these databases that no unfinished tier move journalled in them owns. Slots and subscriptions
-    belong to a server, so two databases of one server report them once."""
-    owned: set[str] = set()
-    for dsn in dsns:
-        owned |= _owned(dsn)
+    move in these databases that no unfinished operation owns (`owned`: their replication names, from the
+    registry's cleanup records: `owned_names`). Slots and
+    subscriptions belong to a server, so two databases of one server report them once."""
+    owned = set(owned or ())
     found: dict[tuple[str, str, str, str], tuple[str, rep.Orphan]] = {}
     for dsn in dsns:
         server = rep._where(dsn).rsplit("/", 1)[0]
@@ -141,7 +131,7 @@ METHODS = ("auto", "online", "copy")
 
 def replication_conninfo(source_dsn: str, given: str | None = None) -> str:
     """How the target's server reaches the source as the replication role: `given`, else the source DSN with
-    user tenancy_replication and no password (the target's server then needs a .pgpass entry, or trust)."""
+    user tenancy_replication. Either way without a password: each move sets the role's own for its duration."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     if given:
@@ -173,7 +163,19 @@ def choose(pairs: list, method: str, replication: Mapping[str, str], say: Say) -
     return out
 
 
-def mover(pair, tenant: str, replication: Mapping[str, str], say: Say, **kw: Any) -> OnlinePostgresMove:
-    """The online move of one PostgreSQL pair of a tier move."""
+def mover(pair, tenant: str, replication: Mapping[str, str], say: Say, *, operation: str, **kw: Any) -> OnlinePostgresMove:
+    """The online move of one PostgreSQL pair of a tier move; `operation` is the tier move's id, and the pair's
+    own operation id adds the pair's name."""
     return OnlinePostgresMove(pair.source.dsn, pair.target.dsn, tenant, list(pair.source.tables),
-                              replication_conninfo(pair.source.dsn, replication.get(pair.source.name)), say, **kw)
+                              replication_conninfo(pair.source.dsn, replication.get(pair.source.name)), say,
+                              operation=f"{operation}/{pair.name}", **kw)
+
+
+def owned_names(registry) -> set[str]:
+    """Replication names of every unfinished operation's online pairs (its cleanup records of kind replication)."""
+    out = set()
+    for op in registry.unfinished():
+        for r in registry.cleanup_records(op.id):
+            if r.kind == "replication" and not r.done:
+                out.add(rep.names(f"{op.id}/{r.ref['pair']}").base)
+    return out

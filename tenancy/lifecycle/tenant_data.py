@@ -160,6 +160,10 @@ class FirestoreHandle:
     def delete(self, expect: Summary, say: Say) -> int:
         return fs.delete(self.location, self.tenant, self.collections, expect, progress=say)
 
+    def problems(self) -> list[str]:
+        """What a move, export or delete of this store would leave behind (documents outside the declared tree)."""
+        return [f"firestore ({self.location}): {line}" for line in fs.unmovable(self.location, self.tenant, self.collections)]
+
 
 @dataclass
 class GraphHandle:
@@ -246,7 +250,7 @@ class Pair:
     def copy(self, say: Say, **pg_args: Any) -> dict[str, Any]:
         s, t = self.source, self.target
         if isinstance(s, PgHandle) and isinstance(t, PgHandle):
-            report = pg.move(s.dsn, t.dsn, s.tenant, tables=list(s.tables), progress=say, **pg_args)
+            report, _ = pg.copy_verified(s.dsn, t.dsn, s.tenant, list(s.tables), progress=say, **pg_args)
             return {"rows": report.total_rows}
         if isinstance(s, ObjectsHandle) and isinstance(t, ObjectsHandle):
             return {"objects": obj.copy(s.store, s.prefix, t.store, t.prefix, progress=say).count}
@@ -280,9 +284,10 @@ class MovePlan:
     unreached: list[str] = field(default_factory=list)         # target stores that would receive data, not reachable
 
 
-def plan_move(before: TenantStores, after: TenantStores, reach: Reach) -> MovePlan:
-    """Pair each source store with its target; what the target cannot hold is left over."""
-    src, dst = handles(before, reach), handles(after, reach)
+def plan_move(before: TenantStores, after: TenantStores, reach: Reach, target_reach: Reach | None = None) -> MovePlan:
+    """Pair each source store with its target; what the target cannot hold is left over. `target_reach` reaches
+    the target side when its store names are the source's too (a pooled tenant between two pool shards)."""
+    src, dst = handles(before, reach), handles(after, target_reach or reach)
     pairs: list[Pair] = []
     left: dict[str, Handle] = {}
     unreached: list[str] = []

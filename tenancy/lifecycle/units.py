@@ -10,10 +10,10 @@ cell), its identity shard when it joins or leaves the directory, and the global 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from tenancy import naming
-from tenancy.catalog import Catalog, Model
+from tenancy.catalog import Catalog, Model, Tenant
 from tenancy.engine import Engine, OpResult
 
 
@@ -34,6 +34,52 @@ def every_platform_stack(env: str) -> list[str]:
     from tenancy.fleet import capacity as fleet_capacity
 
     return [naming.stack_name(env), *unit_stacks(env, fleet_capacity.load(env))]
+
+
+def reads(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Tenant] | None = None) -> tuple[str, ...]:
+    """The stacks whose outputs the program of `stack` reads: they must have been deployed before it runs. A tenant
+    stack reads its platform stack (in the cells layout the global stack, and a namespace tenant its cell); in the
+    cells layout an identity shard follows the global stack (its Identity Platform configuration), a cell reads the
+    global stack and the identity shards (its directory names its tenants' identity tenants), a pool shard those
+    and cell 1 (its application runs there). The operator's `prerequisites` and a rollout's order both follow it.
+    `placement`: the catalogue's placement, `tenants`: its tenants by id, when the caller has them."""
+    kind, env, rest = naming.stack_kind(stack)
+    platform = naming.stack_name(env)
+    if kind == naming.ENV_STACK:
+        return ()
+    if not cells_layout(env):
+        return (platform,)
+    from tenancy.fleet import capacity as fleet_capacity
+
+    if kind != naming.TENANT_STACK:
+        identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
+        return {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
+                naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
+    t = tenants[rest] if tenants is not None else catalog.tenant(rest)
+    if t.model is Model.NAMESPACE:
+        from tenancy.fleet.placement import place
+
+        placed = placement if placement is not None else place(catalog, fleet_capacity.load(env))
+        return platform, naming.unit_stack(env, placed.tenants[t.id].cell)
+    return (platform,)
+
+
+def needs(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Tenant] | None = None,
+          memo: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Every stack that must be deployed before `stack` (what it reads, and what those read), in deploy order.
+    `memo`: what each stack reads, kept across calls (a rollout asks about every stack of the fleet)."""
+    memo = {} if memo is None else memo
+    found: dict[str, None] = {}
+    todo = [stack]
+    while todo:
+        s = todo.pop()
+        if s not in memo:
+            memo[s] = reads(s, catalog, placement, tenants)
+        for r in memo[s]:
+            if r not in found:
+                found[r] = None
+                todo.append(r)
+    return _ordered(found)
 
 
 def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id: str) -> list[str]:

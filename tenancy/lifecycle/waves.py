@@ -14,7 +14,10 @@ tenant stack):
     environments:
       dev: {pause_seconds: 0}                         # any key above, per environment
 
-A stack belongs to the first wave that selects it; stacks no wave selects form a last wave, `remaining`.
+A stack belongs to the first wave that selects it; stacks no wave selects form a last wave, `remaining`. A
+stack never runs before what it reads: on a first rollout, a platform-side stack that has never been deployed
+moves into the first wave with a stack that reads it (`bring_forward`; the shipped canary wave reads the
+platform stack declared after it).
 Waves are numbered from 1 as declared, so `tenancy up --from-wave N` means the same wave in every run.
 Between waves the rollout pauses, then a health gate (pluggable: `Gate`) checks the wave: the stacks'
 own outputs, and the application's health endpoint on each of the wave's hosts, found through the
@@ -138,6 +141,60 @@ def assign(spec: RolloutSpec, catalog: Catalog, env: str, order: list[str], wher
         else:
             rest.stacks.append(stack)
     return waves + ([rest] if rest.stacks else [])
+
+
+@dataclass(frozen=True)
+class Early:
+    """A platform-side stack not deployed yet, moved into the first wave with a stack that reads it."""
+
+    stack: str
+    wave: int           # where it runs now
+    declared: int       # the wave rollout.yaml put it in
+    reader: str
+
+
+@dataclass(frozen=True)
+class Unready:
+    """A stack the rollout would run before what it reads has ever been deployed, which this rollout cannot fix."""
+
+    stack: str          # the stack not deployed
+    reader: str
+    wave: int | None    # its wave, skipped by --from-wave; None: not in this rollout
+
+
+def bring_forward(plan: list[Wave], needs: Callable[[str], list[str]], deployed: Callable[[str], bool],
+                  from_wave: int = 1) -> tuple[list[Early], list[Unready]]:
+    """Make every wave find what it reads deployed. A stack reads platform-side stacks (tenancy/lifecycle/units.py
+    `needs`); when one of them is declared in a later wave and has never been deployed -- the first rollout, with a
+    canary wave before the platform's -- it moves into the reader's wave, where platform-side stacks go first. Once
+    deployed, each stays in its declared wave (a canary takes new code before the platform does). What the rollout
+    does not hold, or holds in a wave `from_wave` skips, is returned as unready: nothing can fix it here.
+    `plan` is changed in place; `deployed` is asked at most once per stack, and only about stacks out of order."""
+    where = {s: w.number for w in plan for s in w.stacks}
+    by_number = {w.number: w for w in plan}
+    known: dict[str, bool] = {}
+    early: list[Early] = []
+    unready: dict[str, Unready] = {}
+    for wave in plan:
+        if wave.number < from_wave:
+            continue
+        for stack in list(wave.stacks):
+            for need in needs(stack):
+                at = where.get(need)
+                if at is not None and from_wave <= at <= wave.number:
+                    continue        # runs in an earlier wave, or first in this one
+                if need not in known:
+                    known[need] = deployed(need)
+                if known[need]:
+                    continue
+                if at is not None and at > wave.number:
+                    by_number[at].stacks.remove(need)
+                    wave.stacks.append(need)
+                    where[need] = wave.number
+                    early.append(Early(need, wave.number, at, stack))
+                elif need not in unready:
+                    unready[need] = Unready(need, stack, at)
+    return early, list(unready.values())
 
 
 # ------------------------------------------------------------------------------------------- gates

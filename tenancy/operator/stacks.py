@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from tenancy import naming
@@ -86,30 +87,19 @@ def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
 
 def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
     """A stack as the operator runs it, with the stacks it waits for (`prerequisites`): the ones whose outputs it
-    reads. In the cells layout cells wait for the identity shards, pool shards also for cell 1, a namespace
-    tenant's stack for its cell."""
+    reads (tenancy/lifecycle/units.py `reads`)."""
+    from tenancy.lifecycle.units import reads
+
     kind, env, rest = naming.stack_kind(stack)
-    platform = naming.stack_name(env)
+    after = reads(stack, catalog)
     if kind == naming.ENV_STACK:
         return FleetStack(stack, "platform")
     if kind != naming.TENANT_STACK:
-        from tenancy.fleet import capacity as fleet_capacity
-
-        identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
-        after = {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
-                 naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
         return FleetStack(stack, kind, after=after, deployer=deployers.ksa_name(rest))
     t = catalog.tenant(rest)
-    after: tuple[str, ...] = (platform,)
-    cell = None
-    from tenancy.lifecycle.units import cells_layout
-
-    if t.model.value == "namespace" and cells_layout(env):
-        from tenancy.fleet import capacity as fleet_capacity
-        from tenancy.fleet.placement import place
-
-        cell = place(catalog, fleet_capacity.load(env)).tenants[t.id].cell
-        after = (platform, naming.unit_stack(env, cell))
+    # a namespace tenant's cell is the one it reads (cells layout); without cell stacks, its deployer is cell 1's
+    cell = next((a.rpartition(naming.STACK_SEPARATOR)[2] for a in after
+                 if naming.stack_kind(a)[0] == naming.CELL_STACK), None)
     platform_project = ""
     if t.model.value == "dedicated":    # whether its project is its own
         from stacks.config import load_stack_config
@@ -140,14 +130,25 @@ def labels(s: FleetStack, env: str) -> dict[str, str]:
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+# The repository of the program the workspaces check out.
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
 def resolve_commit(ref: str = "HEAD") -> str:
     """The full hash of `ref` in this repository (the commit a rollout pins)."""
-    from pathlib import Path
-
     from tenancy.changes import _git
 
-    root = Path(__file__).resolve().parent.parent.parent
-    return check_commit(_git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+    return check_commit(_git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+
+
+def tree_changes(commit: str) -> list[str]:
+    """Files of the working tree that differ from `commit` (changed, staged, deleted, or new and not ignored): what
+    objects rendered here would show that the commit they pin does not hold."""
+    from tenancy.changes import _git
+
+    changed = _git(REPO, "diff", "--name-only", commit, "--").splitlines()
+    changed += _git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
+    return sorted({f for f in changed if f})
 
 
 def check_commit(commit: str) -> str:

@@ -10,11 +10,24 @@ Layouts (a `FirestoreLocation(project, database, root)` names one):
             database root: users/{doc}, itineraries/{doc}/notes/{doc}, settings/{doc}
 
 Collections are declared, not discovered: a tree such as `DEFAULT_COLLECTIONS` (callers pass the platform
-config's tree). Listing collection ids or documents is not available on every Firestore API server (the local
-test server lacks ListCollectionIds, ListDocuments and collection-group queries), so each declared collection
-is queried, and a declared subcollection is queried under each parent document. Consequence, deliberately
-accepted: a document whose parent document does not exist is not seen; the application writes parents first,
-and copies here write parents before children, deletes remove children first.
+config's tree). Firestore lets a document live under a parent document that does not exist -- a "missing"
+document, such as `itineraries/gone` once it was deleted while `itineraries/gone/notes/n1` stayed, or was never
+written -- and a query returns only documents that exist. So each declared collection is read with ListDocuments
+and show_missing, which returns in one paged call the documents with their fields and, as bare names, the missing
+ones; declared subcollections are read under both, and documents under missing parents are summarised, copied,
+exported and deleted exactly like the others (the parent stays missing on the other side too). The request is
+made through the client's API object: `CollectionReference.list_documents()` sends it with an empty field mask
+and returns bare references, losing both the fields and which documents exist. A collection-group query (one per
+collection id, bounded to the root by `__name__`) would also reach notes under missing itineraries, but in the
+pool a tenant's isolation would then rest on a name range instead of the parent path every other read uses, and
+it also returns same-named collections where none is declared.
+
+What the declared tree cannot reach is refused, not skipped: `unmovable()` lists the collections that are not
+declared at the tenant's root and under each missing document (one ListCollectionIds call each), and copy,
+export and delete refuse before changing anything while it lists any, since they would leave those documents
+behind. Not checked: undeclared subcollections of documents that exist (that would be a call per document; the
+application writes only declared collections). The store itself never leaves a missing document: copies write
+parents before children, deletes remove children first.
 
 Summaries are layout-independent: a part per collection path relative to the root, "*" for document ids
 (`itineraries/*/notes`); per document sha256(relative path NUL canonical JSON of its fields); a part's checksum
@@ -57,6 +70,7 @@ DEFAULT_COLLECTIONS: dict[str, dict] = {"users": {}, "itineraries": {"notes": {}
 POOL_COLLECTION = "tenants"
 MARKER_COLLECTION = "_tenancy"
 MAX_BATCH = 500                 # Firestore's limit of writes in one commit
+LIST_PAGE = 1000                # documents per ListDocuments page
 RETRY_SECONDS = 60.0            # how long transient errors (unavailable, deadline) are retried per call
 MANIFEST = "manifest.json"
 SHOWN = 10                      # documents named in one error line
@@ -113,6 +127,16 @@ def summary(loc: FirestoreLocation, tenant: str, collections: Collections) -> Su
         return _summarise(((d.part, d.checksum) for d in _walk(loc, tree)), tree)
 
 
+def unmovable(loc: FirestoreLocation, tenant: str, collections: Collections) -> list[str]:
+    """What a move, export or deletion of the tenant at `loc` would leave behind, one line per collection; empty
+    when nothing. These are collections the declared tree does not name, at the tenant's root or beneath a missing
+    document. copy, export and delete refuse while this lists anything; an operation's preflight calls it to
+    refuse before its first step."""
+    tree = _prepare(loc, tenant, collections)
+    with _api(loc, "listing collections"):
+        return _unmovable(loc, tree)
+
+
 def copy(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collections: Collections,
          progress: Progress | None = None, changed_since: datetime | None = None, *,
          batch_size: int = MAX_BATCH) -> Summary:
@@ -120,7 +144,8 @@ def copy(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collection
 
     Documents already equal at the target are not written again. With `changed_since` (timezone-aware) only
     documents whose update time is newer are candidates: the short second pass inside a write freeze. Documents
-    found only at the target raise Mismatch after everything else is copied; they are never deleted here."""
+    found only at the target raise Mismatch after everything else is copied; they are never deleted here. While
+    `unmovable()` lists anything at `src`, nothing is written and StoreError says what."""
     tree = _prepare(src, tenant, collections)
     _prepare(dst, tenant, collections)
     _check_batch(batch_size, 1)
@@ -130,6 +155,8 @@ def copy(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collection
         raise StoreError("changed_since must be timezone-aware (Firestore update times are UTC); "
                          "pass e.g. datetime.now(timezone.utc)")
     say = progress or (lambda m: None)
+    with _api(src, "listing collections"):
+        _refuse_unmovable(src, tenant, "copy", _unmovable(src, tree))
     target = _checksums(dst, tree)
     seen: set[str] = set()
     stats = {"older": 0}
@@ -168,8 +195,11 @@ def verify(src: FirestoreLocation, dst: FirestoreLocation, tenant: str,
 def export(loc: FirestoreLocation, tenant: str, collections: Collections, directory: str | Path) -> dict[str, Any]:
     """JSON lines, one 0600 file per collection path, in a new private directory (plus manifest.json there).
 
-    Returns the manifest entry {"kind", "count", "checksum", "parts", "files": {name: sha256}}."""
+    Returns the manifest entry {"kind", "count", "checksum", "parts", "files": {name: sha256}}. Refused, before the
+    directory is made, while `unmovable()` lists anything: the export would not be the whole tenant."""
     tree = _prepare(loc, tenant, collections)
+    with _api(loc, "listing collections"):
+        _refuse_unmovable(loc, tenant, "export", _unmovable(loc, tree))
     out = private_export_dir(directory)
     names = {part: _file_name(part) for part in _part_names(tree)}
     hashes = {part: hashlib.sha256() for part in names}
@@ -222,7 +252,8 @@ def delete(loc: FirestoreLocation, tenant: str, collections: Collections, expect
            progress: Progress | None = None, batch_size: int = MAX_BATCH) -> int:
     """Delete the tenant's documents at `loc`, children first, only while they are exactly `expect`.
 
-    Returns how many documents this call deleted (0 when a previous run already finished)."""
+    Returns how many documents this call deleted (0 when a previous run already finished). Refused, before any
+    deletion, while collections outside the declared tree hold documents (`unmovable()`): they would stay behind."""
     tree = _prepare(loc, tenant, collections)
     _check_batch(batch_size, 2)
     if expect.kind != KIND:
@@ -237,7 +268,9 @@ def delete(loc: FirestoreLocation, tenant: str, collections: Collections, expect
         raise Mismatch(f"{loc}: an unfinished deletion of tenant '{tenant}' was started against another summary "
                        f"({str(marker.get('expect'))[:12]}, not {expect.checksum[:12]}); finish or inspect it first")
     with _api(loc, "reading documents"):
-        docs = sorted(_walk(loc, tree), key=lambda d: (-d.depth, d.rel))
+        problems = _undeclared(loc, "", tree)
+        docs = sorted(_walk(loc, tree, problems), key=lambda d: (-d.depth, d.rel))
+    _refuse_unmovable(loc, tenant, "delete", problems)
     if marker is None and not docs:
         say(f"  nothing to delete for '{tenant}' at {loc}")
         return 0
@@ -281,26 +314,73 @@ class _Doc:
     update_time: datetime | None
 
 
-def _walk(loc: FirestoreLocation, tree: Collections) -> Iterator[_Doc]:
-    """Every document under the declared tree, each parent before its subcollections' documents."""
+def _walk(loc: FirestoreLocation, tree: Collections, problems: list[str] | None = None, *,
+          fields: bool = True) -> Iterator[_Doc]:
+    """Every document under the declared tree, each parent before its subcollections' documents.
+
+    Declared subcollections are read under missing parents as under existing ones. With `problems`, the
+    undeclared collections beneath each missing document are appended to it. Without `fields` (a pass that only
+    needs the paths) documents come without fields and with an empty checksum."""
     client = _client(loc)
-    yield from _walk_under(loc, client.document(loc.root) if loc.root else client, tree, "", "", 0)
+    documents = f"projects/{loc.project}/databases/{loc.database}/documents"
+    yield from _walk_under(loc, client, f"{documents}/{loc.root}" if loc.root else documents, tree, "", "", 0,
+                           problems, fields)
 
 
-def _walk_under(loc, parent, tree: Collections, rel_prefix: str, part_prefix: str, depth: int) -> Iterator[_Doc]:
+def _walk_under(loc, client, parent: str, tree: Collections, rel_prefix: str, part_prefix: str, depth: int,
+                problems: list[str] | None, fields: bool) -> Iterator[_Doc]:
+    from google.cloud.firestore_v1 import _helpers
+
     for name in sorted(tree):
         part, parents = part_prefix + name, []
-        collection = parent.collection(name)
-        for snap in collection.stream(retry=_retry()):
-            rel = f"{rel_prefix}{name}/{snap.id}"
-            fields = _canon_fields(snap.to_dict() or {}, loc.root)
-            yield _Doc(rel, part, depth, _doc_checksum(rel, fields), fields, snap.update_time)
+        for item in _list(client, parent, name, fields):
+            doc_id = item.name.rsplit("/", 1)[1]
+            rel = f"{rel_prefix}{name}/{doc_id}"
+            if item._pb.HasField("create_time"):
+                data = _canon_fields(_helpers.decode_dict(item.fields, client), loc.root) if fields else {}
+                yield _Doc(rel, part, depth, _doc_checksum(rel, data) if fields else "", data, item.update_time)
+            elif problems is not None:
+                problems.extend(_undeclared(loc, rel, tree[name]))
             if tree[name]:
-                parents.append(snap.id)
-        # subcollections after the parent query finished: no long-lived nested streams
+                parents.append(doc_id)
+        # subcollections once the parent collection is listed: no listing held open across levels
         for doc_id in parents:
-            yield from _walk_under(loc, collection.document(doc_id), tree[name], f"{rel_prefix}{name}/{doc_id}/",
-                                   f"{part}/*/", depth + 1)
+            yield from _walk_under(loc, client, f"{parent}/{name}/{doc_id}", tree[name],
+                                   f"{rel_prefix}{name}/{doc_id}/", f"{part}/*/", depth + 1, problems, fields)
+
+
+def _list(client, parent: str, collection_id: str, fields: bool):
+    """ListDocuments with show_missing: existing documents (create_time set) and missing ones (a name only)."""
+    request = {"parent": parent, "collection_id": collection_id, "page_size": LIST_PAGE, "show_missing": True}
+    if not fields:
+        request["mask"] = {"field_paths": []}
+    return client._firestore_api.list_documents(request=request, metadata=client._rpc_metadata, retry=_retry())
+
+
+def _undeclared(loc: FirestoreLocation, rel: str, declared: Collections) -> list[str]:
+    """Collections holding documents under `rel` ("" for the root) that `declared` does not name, as problem
+    lines; the deletion marker's collection at the root is the store's own."""
+    client = _client(loc)
+    at = client.document(loc.path(rel)) if rel else client.document(loc.root) if loc.root else client
+    found = sorted(c.id for c in at.collections(retry=_retry()))
+    if rel:
+        return [f"{rel}/{c} (not declared, under the missing document {rel})" for c in found if c not in declared]
+    return [f"{c} (not declared, at the tenant's root)" for c in found if c not in declared and c != MARKER_COLLECTION]
+
+
+def _unmovable(loc: FirestoreLocation, tree: Collections) -> list[str]:
+    problems = _undeclared(loc, "", tree)
+    for _ in _walk(loc, tree, problems, fields=False):
+        pass
+    return problems
+
+
+def _refuse_unmovable(loc: FirestoreLocation, tenant: str, doing: str, problems: list[str]) -> None:
+    if problems:
+        raise StoreError(f"{loc}: refusing to {doing} tenant '{tenant}': {len(problems)} collections hold documents "
+                         f"outside the declared collections, which would be left behind: {_names(problems)}; declare "
+                         "them (stores.yaml, firestore) or move those documents into declared collections, then run "
+                         "again; nothing was changed")
 
 
 def _checksums(loc: FirestoreLocation, tree: Collections) -> dict[str, tuple[str, str]]:

@@ -72,6 +72,15 @@ class TenantStores:
     graph: bool
     namespace: str
     collections: dict[str, dict] = field(default_factory=dict)
+    pool_shard: str | None = None                # pooled: its pool shard ("pool-1")
+
+    def database(self, store: str) -> tuple[str, str]:
+        """(the registry's name of the database holding `store`, the unit it serves): 'pool-1' for a pooled
+        tenant's rows, '<tenant>/postgres-N' for a database of its own."""
+        if self.pooled:
+            shard = self.pool_shard or naming.pool_shard(1)
+            return shard, shard
+        return f"{self.tenant}/{store}", f"tenant:{self.tenant}"
 
     @property
     def names(self) -> list[str]:
@@ -88,6 +97,12 @@ class TenantStores:
         if self.graph:
             out["graph"] = {"namespace": self.namespace, "dump": f"gs://{self.bucket}/{graph_dump_object(self.tenant)}"}
         return out
+
+
+def registry_entry(stores: TenantStores) -> dict[str, Any]:
+    """What the registry records of where a tenant's stores are: the directory's names plus, per PostgreSQL store,
+    the registry's name of its database (how an operation or the application reaches it)."""
+    return {**stores.to_json(), "databases": {store: stores.database(store)[0] for store in stores.postgres}}
 
 
 def graph_dump_object(tenant_id: str) -> str:
@@ -107,7 +122,7 @@ def stores_for(tenant: Tenant, env: str, platform_project: str, layout: DataLayo
             layout.pooled_tables(tuple(f.value for f in tenant.plan.features)),
             naming.pool_bucket(env, platform_project, shard), f"{tenant.id}/", platform_project,
             naming.pool_firestore(env, shard), f"tenants/{tenant.id}", False, naming.pool_namespace(shard),
-            layout.collections)
+            layout.collections, shard)
     databases = tuple(tenant.plan.databases)
     postgres: dict[str, tuple[str, ...]] = {db: () for db in databases}
     for t in layout.tables:

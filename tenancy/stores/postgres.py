@@ -10,10 +10,10 @@ Only one tenant's rows are ever read or written: every statement runs with the t
 - Summaries count rows and take an ordered checksum (md5 over the rows' md5s, primary-key order, else the
   row's text) over `ROW(columns by name)::text`, with the output settings pinned in the transaction, so any
   column type (json, bytea, arrays, timestamptz, floats) sums the same way in two databases.
-- Every move is journalled in both databases (`tenancy.data_moves`): a finished move is recognised and not
-  redone, an interrupted one continues, and source and target being one database is refused.
-- With delete_source the tenant is frozen at the source first (draining writers), and its rows are deleted
-  only when the source still matches what was verified.
+- A copy (`copy_verified`) is one target transaction: the rows streamed in and verified against the source's
+  snapshot of them, or nothing; source and target being one database is refused. The operation that runs it
+  (tenancy/operations) journals it, freezes first (`freeze_in`, the one freeze) and deletes the source's rows
+  (`delete`) only while they still match what was verified.
 
 Connect as the owner role (`tenancy_owner`) or a superuser: the owner may write a frozen tenant's rows.
 """
@@ -164,14 +164,11 @@ def _errors(tenant: str, dsn: str, doing: str) -> Iterator[None]:
 
 
 def _require_schema(conn: psycopg.Connection, dsn: str) -> None:
-    row = conn.execute("SELECT to_regnamespace('tenancy') IS NOT NULL, to_regclass('tenancy.isolated_tables') IS NOT NULL, "
-                       "to_regclass('tenancy.data_moves') IS NOT NULL").fetchone()
+    row = conn.execute("SELECT to_regnamespace('tenancy') IS NOT NULL, to_regclass('tenancy.isolated_tables') IS NOT NULL"
+                       ).fetchone()
     conn.rollback()
     if not (row[0] and row[1]):
         raise DataError(f"database {describe_dsn(dsn)} has no tenancy schema: run `tenancy db apply DSN` first")
-    if not row[2]:
-        raise DataError(f"database {describe_dsn(dsn)} has an older tenancy SQL without tenancy.data_moves: run "
-                        "`tenancy db apply DSN` first")
 
 
 @contextmanager
@@ -376,44 +373,6 @@ def _checks(source: Summary, target: Summary) -> list[TableCheck]:
 
 # -------------------------------------------------------------------------------------------------- journal
 
-@dataclass
-class _Entry:
-    move_id: str
-    status: str
-    delete_source: bool
-    previous_state: str | None
-    summary: Summary | None
-    tables: list[str] | None
-    finished_at: object
-
-
-def _latest(conn: psycopg.Connection, tenant: str, direction: str, peer: tuple[int, int],
-            move_id: str | None = None) -> _Entry | None:
-    q = ("SELECT move_id, status, delete_source, previous_state, summary, tables, finished_at FROM tenancy.data_moves "
-         "WHERE tenant_id = %s AND direction = %s AND peer_system_identifier = %s AND peer_database = %s")
-    args: list = [tenant, direction, peer[0], peer[1]]
-    if move_id:
-        q += " AND move_id = %s"
-        args.append(move_id)
-    row = conn.execute(q + " ORDER BY started_at DESC LIMIT 1", args).fetchone()
-    conn.rollback()
-    if row is None:
-        return None
-    return _Entry(row[0], row[1], row[2], row[3], Summary.from_json(row[4]) if row[4] else None, row[5], row[6])
-
-
-def _journal(conn: psycopg.Connection, move_id: str, tenant: str, direction: str, peer: tuple[int, int], status: str, *,
-             tables: list[str] | None = None, delete_source: bool = False, summary_: Summary | None = None) -> None:
-    """Insert or advance a journal row inside the caller's transaction."""
-    conn.execute("INSERT INTO tenancy.data_moves (move_id, tenant_id, direction, peer_system_identifier, peer_database, "
-                 "tables, delete_source, status, summary, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                 "CASE WHEN %s IN ('completed', 'failed') THEN now() END) ON CONFLICT (move_id, direction) DO UPDATE SET "
-                 "status = excluded.status, summary = coalesce(excluded.summary, data_moves.summary), "
-                 "finished_at = excluded.finished_at",
-                 (move_id, tenant, direction, peer[0], peer[1], tables, delete_source, status,
-                  json.dumps(summary_.to_json()) if summary_ else None, status))
-
-
 def _checkpoint(name: str) -> None:
     """Named points of a move (tests interrupt a move here to prove a re-run continues it)."""
 
@@ -430,17 +389,21 @@ def clear_tenant(conn: psycopg.Connection, tenant: str, tables: list[str] | list
     return deleted
 
 
-def _reset_sequences(conn: psycopg.Connection, t: Table, tenant: str) -> None:
-    """Move identity/serial sequences past the tenant's ids (other tenants' ids are already behind them)."""
+def advance_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
+    """Once the tenant's rows are in `table` (a format('%I.%I') name), move each identity/serial sequence of the
+    table past the tenant's largest value in its column: sequences belong to the database, and neither a copy nor
+    replication carries them. Forward only, and only when the tenant's values are ahead: other tenants of the
+    target may have drawn further meanwhile, and a sequence set back would hand their numbers out again. (The
+    sample schema's keys are random UUIDs and draw from no sequence; an application's own table may.)"""
     for col, seq in conn.execute(
-            "SELECT a.attname, pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) FROM pg_attribute a "
-            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
-            "AND pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), a.attname) IS NOT NULL",
-            (t.schema, t.name, t.oid, t.schema, t.name)).fetchall():
-        q = sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
-                    "coalesce((SELECT max({col}) FROM {table} WHERE tenant_id = %s), 1)))").format(
-            col=sql.Identifier(col), table=t.ident)
-        conn.execute(q, (seq, seq, tenant))
+            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attnum > 0 AND NOT attisdropped AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
+            (table, table, table)).fetchall():
+        # the next value is last_value + 1 once the sequence was used, its start value before
+        conn.execute(sql.SQL("SELECT setval(%(seq)s, m) FROM (SELECT max({col}) AS m FROM {table} WHERE tenant_id = %(tenant)s) s "
+                             "WHERE m >= coalesce(pg_sequence_last_value(%(seq)s::regclass) + 1, "
+                             "(SELECT seqstart FROM pg_sequence WHERE seqrelid = %(seq)s::regclass))").format(
+            col=sql.Identifier(col), table=sql.SQL(table)), {"seq": seq, "tenant": tenant})
 
 
 def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, tables: list[Table],
@@ -468,259 +431,110 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
         dst.execute(sql.SQL("DROP TABLE {s}").format(s=stage))
         rows[t.qualified] = int(n)
         say(f"  copied {t.qualified}: {n} rows")
-        _reset_sequences(dst, there, tenant)
+        advance_sequences(dst, there.qualified, tenant)
     return rows
-
-
-def _freeze(dsn: str, tenant: str, move_id: str, timeout_s: int) -> str:
-    """Freeze the tenant at the source in its own committed transaction (draining writers); keep the first
-    pre-freeze state in the journal, so a resumed move restores the state from before the first attempt."""
-    with connect(dsn, tenant) as conn:
-        with _errors(tenant, dsn, "freezing the tenant's writes"):
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_s)}s")))
-            previous = conn.execute("SELECT tenancy.freeze(%s)", (tenant,)).fetchone()[0]
-            row = conn.execute("UPDATE tenancy.data_moves SET previous_state = coalesce(previous_state, %s) "
-                               "WHERE move_id = %s AND direction = 'out' RETURNING previous_state",
-                               (previous, move_id)).fetchone()
-            conn.commit()
-            return row[0] if row else previous
-
-
-def _set_state(dsn: str, tenant: str, state: str) -> None:
-    with connect(dsn, tenant) as conn:
-        with _errors(tenant, dsn, "restoring the tenant's state"):
-            conn.execute("UPDATE tenancy.tenants SET state = %s, updated_at = now() WHERE id = %s", (state, tenant))
-            conn.commit()
 
 
 def _where(dsn: str) -> str:
     return describe_dsn(dsn)
 
 
-def move(source_dsn: str, target_dsn: str, tenant: str, *, delete_source: bool = False, replace: bool = False,
-         tables: list[str] | None = None, target_plan: str | None = None, target_model: str | None = None,
-         target_state: str | None = None, freeze_timeout_s: int = FREEZE_TIMEOUT_S,
-         progress: Progress | None = None) -> MoveReport:
-    """Copy one tenant's rows from source to target, verify, optionally delete them from the source.
-
-    Journalled in both databases: a re-run of a finished move does nothing and says so; a re-run after an
-    interruption continues to the same end state."""
+def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *,
+                  target_plan: str | None = None, target_model: str | None = None, target_state: str = "frozen",
+                  progress: Progress | None = None) -> tuple[MoveReport, Summary]:
+    """Copy one tenant's rows to the target and verify them, in ONE target transaction: the tenant is registered
+    there (`target_state`, plan and model from the source unless given), any rows it had there are replaced, the
+    rows streamed in (COPY), and counts and checksums compared with the source's snapshot of the copy. A kill
+    leaves the target as it was; a re-run does the same again. Returns the report and the verified summary (the
+    source's, equal to the target's). The caller journals it; the source is not changed."""
     say = progress or (lambda m: None)
-    src_name, dst_name = _where(source_dsn), _where(target_dsn)
     with _open(source_dsn, tenant, "reading the source") as src, _open(target_dsn, tenant, "reading the target") as dst:
-        src_id, dst_id = _identity(src), _identity(dst)
-        if src_id == dst_id:
-            raise DataInputError(f"source {src_name} and target {dst_name} are the same database (system {src_id[0]}, "
-                                 f"database oid {src_id[1]}); nothing was done")
+        if _identity(src) == _identity(dst):
+            raise DataInputError(f"source {_where(source_dsn)} and target {_where(target_dsn)} are the same database; "
+                                 "nothing was done")
         with _errors(tenant, source_dsn, "reading the source's tables"):
             picked = _select(src, source_dsn, tables)
-            state = _registered(src, tenant)
             src.rollback()
         with _errors(tenant, target_dsn, "reading the target's tables"):
             dst_tables = _match_target(picked, dst, target_dsn)
             dst.rollback()
-        names = [t.qualified for t in picked]
-        report = MoveReport(tenant=tenant, tables=names)
-        done = _resume(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, src_id, dst_id, state,
-                       delete_source, target_state, report, say)
-        if done is not None:
-            return done
-        if state is None:
-            raise DataError(f"tenant '{tenant}' is not registered in the source {src_name}'s tenancy.tenants: is this the "
-                            "database that holds its rows? Nothing was done")
-        replaced = _refusals(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, replace, say)
-
-        # A move interrupted before its copy committed is taken up again under its id: its journal row keeps the
-        # state the tenant had before the first attempt froze it.
-        with _errors(tenant, source_dsn, "reading the source's journal"):
-            pending = _latest(src, tenant, "out", dst_id)
-        if pending is not None and pending.status == "started":
-            move_id = pending.move_id
-            say(f"continuing move {move_id}, interrupted before its copy committed")
-        else:
-            move_id = f"dm-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        report.move_id = move_id
-        with _errors(tenant, source_dsn, "journalling the move at the source"):
-            _journal(src, move_id, tenant, "out", dst_id, "started", tables=tables and names, delete_source=delete_source)
-            src.commit()
-        previous = state
-        if delete_source:
-            previous = _freeze(source_dsn, tenant, move_id, freeze_timeout_s)
-            say(f"froze '{tenant}' at the source (was {previous})")
-        _checkpoint("frozen")
-        try:
-            verified = _copy(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, move_id, src_id, dst_id,
-                             tables and names, delete_source, target_plan, target_model,
-                             "frozen" if delete_source else (target_state or state), report, say)
-        except Mismatch:
-            with _errors(tenant, source_dsn, "journalling the failed move"):
-                _journal(src, move_id, tenant, "out", dst_id, "failed")
-                src.commit()
-            if delete_source:
-                _set_state(source_dsn, tenant, previous)
-            raise
-        report.replaced_rows = replaced
-        if delete_source:
-            _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, src_id, dst_id, verified,
-                           target_state or previous, report, say)
-        else:
-            with _errors(tenant, source_dsn, "journalling the move at the source"):
-                _journal(src, move_id, tenant, "out", dst_id, "completed", summary_=verified)
-                src.commit()
-        return report
-
-
-def _resume(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, src_id, dst_id, state, delete_source,
-            target_state, report: MoveReport, say) -> MoveReport | None:
-    """Finish or recognise an earlier move of this tenant between these two databases; None when there is none."""
-    entry = _latest(dst, tenant, "in", src_id)
-    if entry is None or entry.summary is None or {t.qualified for t in picked} != set(entry.summary.parts):
-        return None
-    out = _latest(src, tenant, "out", dst_id, entry.move_id)
-    target_now = _read_summary(target_dsn, tenant, dst_tables)
-    if not target_now.same_data(entry.summary):
-        return None                      # the target changed since: not the state that move left
-    source_now = _read_summary(source_dsn, tenant, picked)
-    report.move_id = entry.move_id
-    report.rows = {t.qualified: entry.summary.parts[t.qualified]["count"] for t in picked}
-    report.checks = _checks(entry.summary, target_now)
-    src_name, dst_name = _where(source_dsn), _where(target_dsn)
-    source_gone = out is not None and out.status == "completed" and out.delete_source
-    if entry.status == "completed" and (entry.delete_source or not delete_source):
-        if (source_now.count == 0) if entry.delete_source else source_now.same_data(entry.summary):
-            report.status, report.deleted_source = "already completed", entry.delete_source
-            report.message = (f"move of '{tenant}' from {src_name} to {dst_name} already completed at "
-                              f"{entry.finished_at}; nothing to do")
-            say(report.message)
-            return report
-        return None
-    if entry.status == "copied" and source_gone and source_now.count == 0:
-        # killed after the source's delete committed: only the target's side is left to finish
-        _finish_target(dst, target_dsn, tenant, entry.move_id, src_id, target_state or out.previous_state or "active")
-        report.status, report.deleted_source = "already completed", True
-        report.message = (f"move of '{tenant}' from {src_name} to {dst_name} already completed at {out.finished_at}; "
-                          "recorded it at the target too")
-        say(report.message)
-        return report
-    if entry.status == "copied" and source_now.same_data(entry.summary):
-        if not delete_source:
-            with _errors(tenant, target_dsn, "journalling the move at the target"):
-                _journal(dst, entry.move_id, tenant, "in", src_id, "completed")
-                dst.commit()
-            report.status = "already completed"
-            report.message = (f"move of '{tenant}' from {src_name} to {dst_name} was copied and verified earlier; "
-                              "source rows kept; nothing to do")
-            say(report.message)
-            return report
-        say(f"continuing move {entry.move_id}: rows already copied and verified; deleting them from the source")
-        previous = state or "active"
-        if state is not None:
-            previous = _freeze(source_dsn, tenant, entry.move_id, FREEZE_TIMEOUT_S)
-        _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, entry.move_id, src_id, dst_id, entry.summary,
-                       target_state or previous, report, say)
-        report.status = "moved"
-        return report
-    return None
-
-
-def _refusals(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, replace, say) -> int:
-    """Refuse a move that would lose data; returns how many target rows a --replace move replaces."""
-    with _errors(tenant, source_dsn, "counting the source's rows"):
-        _as_tenant(src, tenant)
-        s_count = sum(_counts(src, picked, tenant).values())
-        src.rollback()
-    with _errors(tenant, target_dsn, "counting the target's rows"):
-        _as_tenant(dst, tenant)
-        t_count = sum(_counts(dst, dst_tables, tenant).values())
-        dst.rollback()
-    if t_count == 0:
-        return 0
-    if s_count == 0:
-        raise DataError(f"nothing to move: '{tenant}' has no rows at the source but {t_count} at the target -- the move "
-                        f"may already have happened; see tenancy.data_moves (source {_where(source_dsn)}, target "
-                        f"{_where(target_dsn)})")
-    s, t = _read_summary(source_dsn, tenant, picked), _read_summary(target_dsn, tenant, dst_tables)
-    if s.same_data(t):
-        say(f"the target already holds the same {t_count} rows of '{tenant}'; copying again and verifying")
-        return 0
-    if not replace:
-        raise DataError(f"the target {_where(target_dsn)} already holds {t_count} different rows of '{tenant}' "
-                        f"(source vs target: {'; '.join(s.differences(t))}); nothing was done. Pass --replace to replace "
-                        "them with the source's rows")
-    say(f"replacing {t_count} rows of '{tenant}' on the target with the source's {s_count}")
-    return t_count
-
-
-def _copy(src, dst, source_dsn, target_dsn, tenant, picked, dst_tables, move_id, src_id, dst_id, names, delete_source,
-          target_plan, target_model, target_state, report: MoveReport, say) -> Summary:
-    """The copy, verification and the target's journal row: one target transaction. Returns the verified summary."""
-    with _errors(tenant, f"{source_dsn}", "copying to the target " + _where(target_dsn)):
-        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        start = time.perf_counter()
-        row = src.execute("SELECT plan, model FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
-        dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
-                    "SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()",
-                    (tenant, target_plan or row[0], target_model or row[1], target_state))
-        # The source side of the verification runs while the copy does, on a second connection that sees
-        # exactly the copy's snapshot; only the target side remains after the copy.
-        snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            source_sums = pool.submit(_read_summary, source_dsn, tenant, picked, snapshot)
-            cleared = clear_tenant(dst, tenant, dst_tables)
-            if cleared:
-                say(f"cleared {cleared} rows of '{tenant}' on the target")
-            report.rows = copy_tenant(src, dst, tenant, picked, say, dst_tables)
-            report.copy_seconds = time.perf_counter() - start
+        report = MoveReport(tenant=tenant, tables=[t.qualified for t in picked])
+        with _errors(tenant, source_dsn, "copying to the target " + _where(target_dsn)):
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             start = time.perf_counter()
-            target_sum = _summary(dst, dst_tables, tenant)
-            source_sum = source_sums.result()
-        report.verify_seconds = time.perf_counter() - start
-        report.checks = _checks(source_sum, target_sum)
-        bad = [c for c in report.checks if not c.ok]
-        if bad:
-            dst.rollback()
+            row = src.execute("SELECT plan, model FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
+            if row is None:
+                raise DataError(f"tenant '{tenant}' is not registered in the source {_where(source_dsn)}: is this the "
+                                "database that holds its rows? Nothing was done")
+            dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO "
+                        "UPDATE SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()",
+                        (tenant, target_plan or row[0], target_model or row[1], target_state))
+            snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                source_sums = pool.submit(_read_summary, source_dsn, tenant, picked, snapshot)
+                cleared = clear_tenant(dst, tenant, dst_tables)
+                report.replaced_rows = cleared
+                if cleared:
+                    say(f"  replaced {cleared} rows of '{tenant}' the target held")
+                report.rows = copy_tenant(src, dst, tenant, picked, say, dst_tables)
+                report.copy_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                target_sum = _summary(dst, dst_tables, tenant)
+                source_sum = source_sums.result()
+            report.verify_seconds = time.perf_counter() - start
+            report.checks = _checks(source_sum, target_sum)
+            bad = [c for c in report.checks if not c.ok]
+            if bad:
+                dst.rollback()
+                src.rollback()
+                raise VerificationError(f"tenant '{tenant}': verification failed, nothing committed on the target: " +
+                                        "; ".join(f"{c.table}: {c.source_rows} rows/{c.source_checksum[:8]} vs "
+                                                  f"{c.target_rows}/{c.target_checksum[:8]}" for c in bad))
+            _checkpoint("before commit")
+            dst.commit()
             src.rollback()
-            raise VerificationError(f"tenant '{tenant}': verification failed, nothing committed on the target and nothing "
-                                    "deleted: " + "; ".join(f"{c.table}: {c.source_rows} rows/{c.source_checksum[:8]} vs "
-                                                            f"{c.target_rows}/{c.target_checksum[:8]}" for c in bad))
-        _journal(dst, move_id, tenant, "in", src_id, "copied" if delete_source else "completed", tables=names,
-                 delete_source=delete_source, summary_=source_sum)
-        dst.commit()
-        src.rollback()
-    _checkpoint("copied")
-    with _errors(tenant, source_dsn, "journalling the copy at the source"):
-        src.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
-        _journal(src, move_id, tenant, "out", dst_id, "copied", summary_=source_sum)
-        src.commit()
-    say(f"copied and verified {report.total_rows} rows of '{tenant}' in {len(picked)} tables")
-    return source_sum
+        say(f"  copied and verified {report.total_rows} rows of '{tenant}' in {len(picked)} tables")
+        return report, source_sum
 
 
-def _delete_source(src, dst, source_dsn, target_dsn, tenant, picked, move_id, src_id, dst_id, verified: Summary,
-                   final_state: str, report: MoveReport, say) -> None:
-    """Re-verify the (frozen) source against what was verified, delete its rows, then unregister it -- one
-    source transaction, journalled in it; then the target takes the tenant's final state."""
-    _checkpoint("before delete")
-    with _errors(tenant, source_dsn, "deleting the tenant's rows at the source"):
-        _lock_registry(src, tenant)
-        _as_tenant(src, tenant)
-        now = _summary(src, picked, tenant)
-        if not now.same_data(verified):
-            src.rollback()
-            raise Mismatch(f"tenant '{tenant}': the source {_where(source_dsn)} changed since verification "
-                           f"(verified vs now: {'; '.join(verified.differences(now))}); nothing was deleted and the tenant "
-                           "stays frozen there. Find out what wrote there, then run the same command again")
-        deleted = clear_tenant(src, tenant, picked, "source")
-        if not _all_tables_empty(src, tenant):
-            say(f"'{tenant}' keeps rows in other tables at the source; left registered there")
-        else:
-            src.execute("DELETE FROM tenancy.tenants WHERE id = %s", (tenant,))
-        _journal(src, move_id, tenant, "out", dst_id, "completed")
-        src.commit()
-    report.deleted_source = True
-    say(f"deleted {deleted} rows of '{tenant}' from the source")
-    _checkpoint("deleted")
-    _finish_target(dst, target_dsn, tenant, move_id, src_id, final_state)
+def set_state(dsn: str, tenant: str, state: str, *, plan: str | None = None, model: str | None = None) -> str | None:
+    """Set the tenant's state in this database's registry (registering it when plan and model are given);
+    returns the previous state (None: it was not registered). Not a freeze: see `freeze_in`."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "setting the tenant's state"):
+            row = conn.execute("SELECT state FROM tenancy.tenants WHERE id = %s FOR UPDATE", (tenant,)).fetchone()
+            if row is None and not (plan and model):
+                conn.rollback()
+                return None
+            conn.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) "
+                         "DO UPDATE SET state = excluded.state, plan = coalesce(%s, tenancy.tenants.plan), "
+                         "model = coalesce(%s, tenancy.tenants.model), updated_at = now()",
+                         (tenant, plan or "-", model or "pooled", state, plan, model))
+            conn.commit()
+            return row[0] if row else None
+
+
+def unregister(dsn: str, tenant: str) -> bool:
+    """Remove the tenant's registration, only when it has no rows left in any isolated table; True if removed."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "unregistering the tenant"):
+            _lock_registry(conn, tenant)
+            _as_tenant(conn, tenant)
+            if not _all_tables_empty(conn, tenant):
+                conn.rollback()
+                return False
+            conn.execute("DELETE FROM tenancy.tenants WHERE id = %s", (tenant,))
+            conn.commit()
+            return True
+
+
+def freeze(dsn: str, tenant: str, state: str = "frozen", timeout_s: float = FREEZE_TIMEOUT_S) -> str:
+    """`freeze_in` in its own committed transaction; returns the previous state."""
+    with connect(dsn, tenant) as conn:
+        with _errors(tenant, dsn, "freezing the tenant's writes"):
+            previous = freeze_in(conn, tenant, state, timeout_s)
+            conn.commit()
+            return previous
 
 
 class FreezeTimeout(DataError):
@@ -751,13 +565,6 @@ def _lock_registry(conn: psycopg.Connection, tenant: str) -> None:
 
 def _all_tables_empty(conn: psycopg.Connection, tenant: str) -> bool:
     return not any(_counts(conn, _all_tables(conn), tenant).values())
-
-
-def _finish_target(dst, target_dsn, tenant, move_id, src_id, state: str) -> None:
-    with _errors(tenant, target_dsn, "finishing the move at the target"):
-        dst.execute("UPDATE tenancy.tenants SET state = %s, updated_at = now() WHERE id = %s", (state, tenant))
-        _journal(dst, move_id, tenant, "in", src_id, "completed")
-        dst.commit()
 
 
 # ------------------------------------------------------------------------------------------ verify, delete

@@ -34,12 +34,31 @@ replica-identity columns while UPDATE/DELETE are published -- otherwise every UP
 every tenant, starts failing -- so `start` refuses a table whose replica identity lacks tenant_id. TRUNCATE
 is not published: it ignores row filters and would empty the target for every tenant.
 
-Resumable: each step looks at what exists (publication, slot, subscription, registry states) and continues.
-The publication carries a comment with the registry states from before the move, which `abort` restores,
-and the time of the last full pass (`verified`), cleared whenever tracking had to be switched on again.
-Object names are derived from the tenant and both databases (`names`), so a re-run finds its own objects.
-Within one cluster the slot is created before the subscription (`create_slot = false`): a subscription
-creating its own slot would wait for its own transaction.
+The replication credential. `tenancy_replication` can log in only while a move's subscription needs it:
+`start` gives it LOGIN and a random password (set as a SCRAM verifier computed here, so the source never
+sees the password itself), and once no move's slot remains on the source's server (slots are the live
+moves: a subscription connects through one), the role goes back to NOLOGIN with a new random password nobody
+knows. Moves that replicate from one server at the same time share the live password (kept in their
+`tenancy.replication_moves` rows, which only the owner reads, and erased with the last of them): giving the
+second one a fresh password would lock out the first one's workers the next time they connect (each table's
+initial copy opens a new connection). No statement the servers log holds the password or the verifier:
+they travel in the connection's startup packet (`options=-c tenancy.move_secret=...`, which neither
+`log_statement` nor pgAudit logs) and a DO block reads them from there. pgAudit still logs the statements
+a DO block runs: a role's password it shows as <REDACTED>, and for the subscription's CONNECTION the DO block
+switches off `pgaudit.log_statement` for its own transaction (the audit record keeps the class and command).
+An error inside the block is raised again without its context, which would quote the statement.
+
+Move state (the registry states from before the move, which `abort` restores; the time of the last full pass,
+`verified`, cleared whenever tracking had to be switched on again; the switched summary; the live password)
+is a row of `tenancy.replication_moves` in the source database, created and dropped with the publication.
+The application role has no privilege on it: a catalogue comment, which every role can read, would tell one
+tenant another's row counts, checksums and destination.
+
+Resumable: each step looks at what exists (state row and publication, slot, subscription, registry states) and
+continues. Object names are derived from the caller's operation id (`names(move)`: `tmove_` and 16 hex digits
+of its SHA-256), never from the tenant, so a re-run of the same operation finds its own objects and no name
+tells which tenant moves. Within one cluster the slot is created before the subscription
+(`create_slot = false`): a subscription creating its own slot would wait for its own transaction.
 """
 
 from __future__ import annotations
@@ -48,14 +67,16 @@ import contextlib
 import hashlib
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tenancy.naming import DATABASE_USERS
 from tenancy.stores import Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores import replica_verify as rv
@@ -63,7 +84,12 @@ from tenancy.stores.postgres import DataError, clear_tenant, isolated_tables
 
 Checkpoint = Callable[[str], None]
 PREFIX = "tmove_"
-NAME_RE = re.compile(r"^tmove_[a-z0-9_]+_[0-9a-f]{10}$")
+# tmove_<16 hex>; the second form is how moves named their objects before operation ids (tenant and a hash),
+# still recognised so that what such a move left behind is reported.
+NAME_RE = re.compile(r"^tmove_(?:[0-9a-f]{16}|[a-z0-9_]+_[0-9a-f]{10})$")
+_, _, REPLICATION_USER = DATABASE_USERS   # owner, runtime, replication
+SECRET_SETTING = "tenancy.move_secret"       # the password, in the startup packet of the connection that uses it
+VERIFIER_SETTING = "tenancy.move_verifier"   # its SCRAM verifier, likewise
 SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_\d+_\d+$")
 
 
@@ -120,13 +146,14 @@ class SwitchReport:
 
 @dataclass(frozen=True)
 class Orphan:
-    kind: str        # slot | publication | subscription
+    kind: str        # slot | publication | subscription | trigger | login
     name: str
     database: str
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name} in database {self.database}: {self.detail}"
+        where = f" in database {self.database}" if self.database else ""   # roles belong to the server
+        return f"{self.kind} {self.name}{where}: {self.detail}"
 
 
 def _where(dsn: str) -> str:
@@ -138,15 +165,22 @@ def _where(dsn: str) -> str:
     return f"{d.get('host', '')}:{d.get('port', '5432')}/{d.get('dbname', d.get('user', ''))}"
 
 
-def names(tenant: str, source_dsn: str, target_dsn: str) -> MoveNames:
-    """`tmove_<tenant>_<hash>`: lowercase, <= 63 bytes; the hash covers the full tenant id and both databases,
-    so truncated long ids, and a move and its way back, never share a name."""
-    digest = hashlib.sha256(f"{tenant}\0{_where(source_dsn)}\0{_where(target_dsn)}".encode()).hexdigest()[:10]
-    return MoveNames(f"{PREFIX}{tenant.replace('-', '_')[:40]}_{digest}")
+def names(move: str) -> MoveNames:
+    """`tmove_<16 hex digits of the operation id's SHA-256>`: the caller's operation id (one per PostgreSQL pair:
+    a move and its way back are two operations) is opaque here and may name the tenant; the name does not."""
+    if not isinstance(move, str) or not move.strip():
+        raise ReplicationError("an online move needs its operation id (move=...): its objects are named after it")
+    return MoveNames(PREFIX + hashlib.sha256(move.encode()).hexdigest()[:16])
 
 
-def _connect(dsn: str) -> psycopg.Connection:
+def _connect(dsn: str, **settings: str) -> psycopg.Connection:
+    """An autocommit connection; `settings` become session settings given in the startup packet (how a secret
+    reaches the server without being part of any statement)."""
     try:
+        if settings:
+            given = conninfo_to_dict(dsn).get("options") or ""
+            extra = " ".join(f"-c {k}={v}" for k, v in settings.items())
+            return psycopg.connect(dsn, autocommit=True, options=f"{given} {extra}".strip())
         return psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
         raise ReplicationError(f"cannot connect: {str(exc).strip()}") from None
@@ -175,14 +209,8 @@ def _ident(table: str) -> sql.Composable:
 
 
 def _reset_sequences(conn: psycopg.Connection, table: str, tenant: str) -> None:
-    """Sequences are not replicated: move the target's identity/serial sequences past the tenant's ids."""
-    for col, seq in conn.execute(
-            "SELECT attname, pg_get_serial_sequence(%s, attname) FROM pg_attribute WHERE attrelid = %s::regclass "
-            "AND attnum > 0 AND NOT attisdropped AND pg_get_serial_sequence(%s, attname) IS NOT NULL",
-            (table, table, table)).fetchall():
-        conn.execute(sql.SQL("SELECT setval(%s, greatest(coalesce(pg_sequence_last_value(%s::regclass), 1), "
-                             "coalesce((SELECT max({c}) FROM {t} WHERE tenant_id = %s), 1)))").format(
-            c=sql.Identifier(col), t=_ident(table)), (seq, seq, tenant))
+    """Sequences are not replicated: the target's identity/serial sequences move past the tenant's values."""
+    pg.advance_sequences(conn, table, tenant)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -210,28 +238,49 @@ def replica_identity_problems(conn: psycopg.Connection, tables: Iterable[str]) -
     return problems
 
 
-def _check_replication_role(src: psycopg.Connection, conninfo: str, tables: list[str]) -> None:
+def subscriber_conninfo(conninfo: str) -> str:
+    """How the target's server reaches the source, without any password: each move sets tenancy_replication's
+    own (a password given here would be a standing credential, and it would land in the subscription's
+    CREATE statement). The user must be tenancy_replication: the move changes that role's password and login."""
     try:
-        user = conninfo_to_dict(conninfo).get("user")
+        params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         raise ReplicationError("the replication connection string is not valid libpq syntax") from None
-    if not user:
-        raise ReplicationError("the replication connection string names no user: give user=tenancy_replication")
-    row = src.execute("SELECT rolsuper, rolreplication, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s",
+    user = params.get("user") or REPLICATION_USER
+    if user != REPLICATION_USER:
+        raise ReplicationError(f"the replication connection string's user is {user}: online moves connect as "
+                               f"{REPLICATION_USER}, whose password and login each move sets itself")
+    params = {k: v for k, v in params.items() if k not in ("password", "passfile")}
+    params["user"] = user
+    return make_conninfo(**params)
+
+
+def _check_replication_role(src: psycopg.Connection, conninfo: str, tables: list[str]) -> None:
+    user = conninfo_to_dict(subscriber_conninfo(conninfo))["user"]
+    row = src.execute("SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s",
                       (user,)).fetchone()
     if row is None:
         raise ReplicationError(f"the replication role {user} does not exist on the source (apply the tenancy SQL)")
-    sup, repl, bypass, login = row
-    if not login:
-        raise ReplicationError(f"the replication role {user} cannot log in: ALTER ROLE {user} LOGIN PASSWORD ...")
-    if not (sup or repl):
+    sup, repl, bypass = row
+    if sup:
+        raise ReplicationError(f"the replication role {user} is a superuser: a move gives it a login for its duration "
+                               f"only, which must not be a superuser's (ALTER ROLE {user} NOSUPERUSER)")
+    if not repl:
         raise ReplicationError(f"the replication role {user} lacks REPLICATION: ALTER ROLE {user} REPLICATION")
-    if not (sup or bypass):
+    if not bypass:
         raise ReplicationError(f"the replication role {user} lacks BYPASSRLS: row-level security would let the initial "
                                f"copy see zero rows and report success (ALTER ROLE {user} BYPASSRLS)")
     for t in tables:
         if not src.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (user, t)).fetchone()[0]:
             raise ReplicationError(f"the replication role {user} cannot read {t}: run SELECT tenancy.isolate('{t}')")
+    # PostgreSQL 15 lets only a superuser change a REPLICATION role; Cloud SQL lets a cloudsqlsuperuser member do it.
+    if not src.execute("SELECT rolsuper OR (rolcreaterole AND CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                       "'cloudsqlsuperuser') THEN pg_has_role(current_user, 'cloudsqlsuperuser', 'MEMBER') ELSE false "
+                       "END) FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        me = src.execute("SELECT current_user").fetchone()[0]
+        raise ReplicationError(f"the source connection's role {me} cannot set {user}'s password and login, which an "
+                               "online move does for its duration: connect as a superuser (on Cloud SQL: a "
+                               "cloudsqlsuperuser with CREATEROLE)")
 
 
 def _tenant_rows(conn: psycopg.Connection, tenant: str, tables: list[str]) -> int:
@@ -249,11 +298,20 @@ def _state(conn: psycopg.Connection, tenant: str) -> str | None:
 
 # --- what exists ----------------------------------------------------------------------------------------
 
-def _publication(src: psycopg.Connection, n: MoveNames) -> dict | None:
-    """The publication's comment (registry states before the move), or None when there is no publication."""
-    row = src.execute("SELECT coalesce(obj_description(oid, 'pg_publication'), '{}') FROM pg_publication "
-                      "WHERE pubname = %s", (n.publication,)).fetchone()
-    return json.loads(row[0]) if row else None
+def _notes(src: psycopg.Connection, n: MoveNames) -> dict | None:
+    """The move's notes (its tenancy.replication_moves row: registry states before the move, pre-verification,
+    the switched summary), or None when there are none -- nor a publication: both come and go together."""
+    row = src.execute("SELECT note FROM tenancy.replication_moves WHERE move = %s", (n.base,)).fetchone() \
+        if _has_state_table(src) else None
+    return dict(row[0]) if row else None
+
+
+def _has_state_table(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute("SELECT to_regclass('tenancy.replication_moves') IS NOT NULL").fetchone()[0])
+
+
+def _has_publication(src: psycopg.Connection, n: MoveNames) -> bool:
+    return src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (n.publication,)).fetchone() is not None
 
 
 def _slot(src: psycopg.Connection, n: MoveNames) -> tuple | None:
@@ -268,14 +326,14 @@ def _subscription(dst: psycopg.Connection, n: MoveNames) -> tuple | None:
                        (n.subscription,)).fetchone()
 
 
-def status(source_dsn: str, target_dsn: str, tenant: str) -> dict:
+def status(source_dsn: str, target_dsn: str, tenant: str, *, move: str) -> dict:
     """What exists of the move: for `tenancy moves` and for people reading a stuck move."""
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         sub = _subscription(dst, n)
         rels = dst.execute("SELECT srrelid::regclass::text, srsubstate FROM pg_subscription_rel WHERE srsubid = %s "
                            "ORDER BY 1", (sub[0],)).fetchall() if sub else []
-        return {"name": n.base, "publication": _publication(src, n) is not None, "slot": _slot(src, n) is not None,
+        return {"name": n.base, "publication": _notes(src, n) is not None, "slot": _slot(src, n) is not None,
                 "subscription": sub is not None, "tables": dict(rels),
                 "source_state": _state(src, tenant), "target_state": _state(dst, tenant)}
 
@@ -283,7 +341,7 @@ def status(source_dsn: str, target_dsn: str, tenant: str) -> dict:
 # --- start ----------------------------------------------------------------------------------------------
 
 def _preflight(src: psycopg.Connection, dst: psycopg.Connection, wanted: list[str] | None, replication_conninfo: str,
-               slots_needed: int = 3) -> list[str]:
+               slots_needed: int = 3, own: MoveNames | None = None) -> list[str]:
     """The tables to move; raises with what to do when an online move between these databases cannot start."""
     level = src.execute("SELECT current_setting('wal_level')").fetchone()[0]
     if level != "logical":
@@ -316,6 +374,9 @@ def _preflight(src: psycopg.Connection, dst: psycopg.Connection, wanted: list[st
                                "BYPASSRLS): PostgreSQL 15 lets only superusers create subscriptions, and its apply "
                                "worker writes no table under row-level security for an owner without BYPASSRLS")
     _check_replication_role(src, replication_conninfo, tables)
+    elsewhere = _other_database_moves(src, own)
+    if elsewhere:
+        raise ReplicationError(_elsewhere(elsewhere))
     return tables
 
 
@@ -332,15 +393,20 @@ def unavailable(source_dsn: str, target_dsn: str, replication_conninfo: str, tab
 
 
 def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None, replication_conninfo: str, *,
-          plan: str | None = None, model: str | None = None, checkpoint: Checkpoint | None = None) -> MoveNames:
-    """Begin (or continue) replicating one tenant's rows; returns the move's names. Safe to call again."""
+          move: str, plan: str | None = None, model: str | None = None,
+          checkpoint: Checkpoint | None = None) -> MoveNames:
+    """Begin (or continue) replicating one tenant's rows; returns the move's names. Safe to call again: a call
+    on a running move gives its subscription the live password again (and the role its login, if it lost it)."""
     step = checkpoint or (lambda s: None)
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
             sub = _subscription(dst, n)
-            tables = _preflight(src, dst, tables, replication_conninfo, slots_needed=0 if sub or _slot(src, n) else 3)
+            tables = _preflight(src, dst, tables, replication_conninfo, slots_needed=0 if sub or _slot(src, n) else 3,
+                                own=n)
+            conninfo = subscriber_conninfo(replication_conninfo)
             if sub is not None:
+                _subscribe(target_dsn, n, conninfo, _open_login(source_dsn, src, n), create=False)
                 if not sub[1]:
                     dst.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(n.subscription)))
                 return n
@@ -350,14 +416,14 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
             if _tenant_rows(dst, tenant, tables):
                 raise ReplicationError(f"the target already holds rows of '{tenant}': an online move needs it empty for "
                                        "that tenant (delete them, or abort the earlier move)")
-            before = _publication(src, n)
+            before = _notes(src, n)
             if before is None:
                 if source_row[2] != "active":
                     raise ReplicationError(f"tenant '{tenant}' is {source_row[2]} at the source; an online move starts "
                                            "from an active tenant")
                 before = {"tenant": tenant, "source_state": source_row[2], "target_state": _state(dst, tenant),
                           "target": _where(target_dsn)}
-                _create_publication(src, n, tenant, tables, before)
+                _create_publication(src, n, move, tenant, tables, before)
             step("publication")
             dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, 'frozen') "
                         "ON CONFLICT (id) DO UPDATE SET state = 'frozen', updated_at = now()",
@@ -365,26 +431,136 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
             step("target frozen")
             if _slot(src, n) is None:
                 # Needs no open transaction on either connection: slot creation waits for running transactions.
+                # Before the login: a slot is what tells a move ending elsewhere that this one needs the role.
                 src.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (n.slot,))
             step("slot")
-            dst.execute(sql.SQL("CREATE SUBSCRIPTION {sub} CONNECTION {conn} PUBLICATION {pub} WITH (create_slot = false, "
-                                "slot_name = {slot}, copy_data = true, synchronous_commit = 'on', "
-                                "disable_on_error = true)").format(
-                sub=sql.Identifier(n.subscription), conn=sql.Literal(replication_conninfo),
-                pub=sql.Identifier(n.publication), slot=sql.Literal(n.slot)))
+            password = _open_login(source_dsn, src, n)
+            step("login")
+            _subscribe(target_dsn, n, conninfo, password, create=True)
         except psycopg.Error as exc:
             raise _as_error(exc, f"starting the online move of '{tenant}' failed") from None
     return n
 
 
-def _create_publication(src: psycopg.Connection, n: MoveNames, tenant: str, tables: list[str], before: dict) -> None:
+def _create_publication(src: psycopg.Connection, n: MoveNames, move: str, tenant: str, tables: list[str],
+                        before: dict) -> None:
     members = sql.SQL(", ").join(sql.SQL("{t} WHERE (tenant_id = {tid})").format(t=_ident(t), tid=sql.Literal(tenant))
                                  for t in tables)
     with src.transaction():
         src.execute(sql.SQL("CREATE PUBLICATION {p} FOR TABLE {m} WITH (publish = 'insert, update, delete')").format(
             p=sql.Identifier(n.publication), m=members))
-        src.execute(sql.SQL("COMMENT ON PUBLICATION {p} IS {c}").format(
-            p=sql.Identifier(n.publication), c=sql.Literal(json.dumps(before, sort_keys=True))))
+        src.execute("INSERT INTO tenancy.replication_moves (move, operation, tenant_id, note) VALUES (%s, %s, %s, %s)",
+                    (n.base, move, tenant, json.dumps(before, sort_keys=True)))
+
+
+# --- the replication credential ------------------------------------------------------------------------------
+
+_CREDENTIAL_LOCK = 7_135_211_905_112_871_301   # pg_advisory_xact_lock key: opening and closing the login
+
+
+def _verifier(conn: psycopg.Connection, password: str) -> str:
+    """SCRAM-SHA-256 verifier of the password, computed by libpq here: the server never receives the password."""
+    return conn.pgconn.encrypt_password(password.encode(), REPLICATION_USER.encode(), b"scram-sha-256").decode()
+
+
+def _live_slots(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(slot, database) of every move's slot on the server: the moves whose subscriptions connect as the role."""
+    return [(r[0], r[1] or "") for r in conn.execute(
+        "SELECT slot_name, database FROM pg_replication_slots WHERE slot_name LIKE 'tmove\\_%' ORDER BY 1").fetchall()
+        if NAME_RE.match(r[0])]
+
+
+def _other_database_moves(conn: psycopg.Connection, own: MoveNames | None) -> list[tuple[str, str]]:
+    here = conn.info.dbname
+    return [(slot, db) for slot, db in _live_slots(conn) if db != here and (own is None or slot != own.slot)]
+
+
+def _block(body: str, conn: psycopg.Connection, **values: str) -> sql.Composable:
+    """DO <body>, with {name} in the body replaced by SQL literals. An error inside is raised again without its
+    CONTEXT, which would quote the statement that failed (and the password the statement read)."""
+    text = "BEGIN\n" + body.format(**{k: sql.Literal(v).as_string(conn) for k, v in values.items()}) + (
+        "\nEXCEPTION WHEN OTHERS THEN\n  RAISE EXCEPTION USING ERRCODE = SQLSTATE, MESSAGE = SQLERRM;\nEND")
+    return sql.SQL("DO {}").format(sql.Literal(text))
+
+
+def _open_login(source_dsn: str, src: psycopg.Connection, n: MoveNames) -> str:
+    """The password the move's subscription connects with: the live one when other moves from this database
+    replicate now (a fresh one would lock their workers out at their next connection), else a fresh random one,
+    set with LOGIN. Kept in the move's tenancy.replication_moves row until its subscription is dropped."""
+    fresh = secrets.token_hex(32)
+    with _connect(source_dsn, **{SECRET_SETTING: fresh, VERIFIER_SETTING: _verifier(src, fresh)}) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREDENTIAL_LOCK,))
+            elsewhere = _other_database_moves(conn, n)
+            if elsewhere:
+                raise ReplicationError(_elsewhere(elsewhere))
+            others = [slot for slot, _ in _live_slots(conn) if slot != n.slot]
+            row = conn.execute(
+                "SELECT m.credential FROM tenancy.replication_moves m JOIN pg_roles r ON r.rolname = %s AND r.rolcanlogin "
+                "WHERE m.move = ANY(%s) AND m.credential IS NOT NULL LIMIT 1", (REPLICATION_USER, [n.base, *others])
+            ).fetchone()
+            if row is not None:
+                conn.execute("UPDATE tenancy.replication_moves SET credential = (SELECT credential FROM "
+                             "tenancy.replication_moves WHERE move = ANY(%s) AND credential IS NOT NULL LIMIT 1) "
+                             "WHERE move = %s", ([n.base, *others], n.base))
+                return str(row[0])
+            # Every live move of this database gets the new password (their subscriptions take it when `start`
+            # runs again for them); the statements name the settings, never their values.
+            conn.execute(_block(
+                "  EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', {role}, current_setting({verifier}));\n"
+                "  UPDATE tenancy.replication_moves SET credential = current_setting({secret}) "
+                "WHERE move = {move} OR credential IS NOT NULL;",
+                conn, role=REPLICATION_USER, verifier=VERIFIER_SETTING, secret=SECRET_SETTING, move=n.base))
+            return fresh
+
+
+def _close_login(source_dsn: str, src: psycopg.Connection, n: MoveNames) -> list[str]:
+    """The move's subscription is gone: its copy of the password goes, and once no move's slot remains on the
+    server the role cannot log in any more and its password is a new random one nobody knows."""
+    unknown = secrets.token_hex(32)
+    with _connect(source_dsn, **{VERIFIER_SETTING: _verifier(src, unknown)}) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CREDENTIAL_LOCK,))
+            stored = _has_state_table(conn)
+            if stored:
+                conn.execute("UPDATE tenancy.replication_moves SET credential = NULL WHERE move = %s", (n.base,))
+            if _live_slots(conn):
+                return []
+            if stored:
+                conn.execute("UPDATE tenancy.replication_moves SET credential = NULL WHERE credential IS NOT NULL")
+            if not conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (REPLICATION_USER,)).fetchone()[0]:
+                return []
+            conn.execute(_block("  EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD %L', {role}, current_setting({verifier}));",
+                                conn, role=REPLICATION_USER, verifier=VERIFIER_SETTING))
+    return [f"login of {REPLICATION_USER} closed (no move replicates from this server; its password is a new random one)"]
+
+
+def _elsewhere(moves: list[tuple[str, str]]) -> str:
+    return (f"an online move replicates from another database of this server ({', '.join(f'{s} in {d}' for s, d in moves)}):"
+            f" both would connect as {REPLICATION_USER}, whose one password a move keeps in its own database; wait until "
+            "it has switched, or move these rows with --method copy (a leftover slot: `tenancy moves` lists it)")
+
+
+def _subscribe(target_dsn: str, n: MoveNames, conninfo: str, password: str, *, create: bool) -> None:
+    """Create the subscription, or give it the password again. The password is in this connection's startup packet
+    only; pgAudit, which logs what a DO block runs, logs the statement without its text (its class and command
+    stay), and refuses when the connection's role may not ask for that while pgAudit logs DDL."""
+    stmt = ("CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I WITH (create_slot = false, slot_name = %L, "
+            "copy_data = true, synchronous_commit = 'on', disable_on_error = true)") if create else \
+        "ALTER SUBSCRIPTION %I CONNECTION %L"
+    with _connect(target_dsn, **{SECRET_SETTING: password}) as dst:
+        dst.execute(_block(
+            "  IF coalesce(current_setting('pgaudit.log', true), 'none') NOT IN ('', 'none') THEN\n"
+            "    BEGIN\n"
+            "      PERFORM set_config('pgaudit.log_statement', 'off', true);\n"
+            "    EXCEPTION WHEN insufficient_privilege THEN\n"
+            "      RAISE EXCEPTION 'pgAudit logs DDL here and % may not set pgaudit.log_statement, so the subscription''s "
+            "connection string with its password would reach the audit log: GRANT SET ON PARAMETER "
+            "pgaudit.log_statement TO %', current_user, current_user USING ERRCODE = '42501';\n"
+            "    END;\n"
+            "  END IF;\n"
+            "  EXECUTE format({stmt}, {sub}, {conninfo} || ' password=' || current_setting({secret}), {pub}, {slot});",
+            dst, stmt=stmt, sub=n.subscription, conninfo=conninfo, secret=SECRET_SETTING, pub=n.publication, slot=n.slot))
 
 
 # --- sync -----------------------------------------------------------------------------------------------
@@ -397,11 +573,11 @@ def lag(source_dsn: str, n: MoveNames) -> int | None:
         return None if row is None else max(int(row[0] or 0), 0)
 
 
-def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, timeout: float = 600.0, poll: float = 0.2,
+def wait_synced(source_dsn: str, target_dsn: str, tenant: str, *, move: str, timeout: float = 600.0, poll: float = 0.2,
                 checkpoint: Checkpoint | None = None) -> int:
     """Wait until every table of the move is synchronised; returns the remaining lag in bytes."""
     step = checkpoint or (lambda s: None)
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     deadline = time.monotonic() + timeout
     with _connect(target_dsn) as dst:
         while True:
@@ -446,11 +622,10 @@ class PreverifyReport:
 
 
 def _note(src: psycopg.Connection, n: MoveNames, **changes) -> dict:
-    """Update the publication's comment (the move's notes: states before the move, pre-verification)."""
-    note = {**(_publication(src, n) or {}), **changes}
+    """Update the move's notes (states before the move, pre-verification, the switched summary)."""
+    note = {**(_notes(src, n) or {}), **changes}
     note = {k: v for k, v in note.items() if v is not None}
-    src.execute(sql.SQL("COMMENT ON PUBLICATION {p} IS {c}").format(
-        p=sql.Identifier(n.publication), c=sql.Literal(json.dumps(note, sort_keys=True))))
+    src.execute("UPDATE tenancy.replication_moves SET note = %s WHERE move = %s", (json.dumps(note, sort_keys=True), n.base))
     return note
 
 
@@ -465,9 +640,10 @@ def _waiter(src: psycopg.Connection, n: MoveNames, tenant: str, timeout: float, 
 
 def _require_tracking_sql(conn: psycopg.Connection, where: str) -> None:
     if not conn.execute("SELECT to_regprocedure('tenancy.track_move_change()') IS NOT NULL "
-                        "AND to_regclass('tenancy.move_changes') IS NOT NULL").fetchone()[0]:
-        raise ReplicationError(f"the {where} has an older tenancy SQL without tenancy.move_changes: run `tenancy db apply "
-                               "DSN` there first")
+                        "AND to_regclass('tenancy.move_changes') IS NOT NULL "
+                        "AND to_regclass('tenancy.replication_moves') IS NOT NULL").fetchone()[0]:
+        raise ReplicationError(f"the {where} has an older tenancy SQL without tenancy.move_changes or "
+                               "tenancy.replication_moves: run `tenancy db apply DSN` there first")
 
 
 def _preverify(src, dst, source_dsn, target_dsn, n: MoveNames, tenant: str, keyed: list[rv.Keyed], step: Checkpoint,
@@ -481,7 +657,7 @@ def _preverify(src, dst, source_dsn, target_dsn, n: MoveNames, tenant: str, keye
     rv.track(dst, n.base, tenant, keyed)
     step("tracking target")
     wait = _waiter(src, n, tenant, timeout, "before the freeze; nothing is frozen, run it again")
-    if not (_publication(src, n) or {}).get("verified"):
+    if not (_notes(src, n) or {}).get("verified"):
         report.full_pass = rv.full_pass(source_dsn, target_dsn, tenant, keyed, n.base, wait)
         _note(src, n, verified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         step("full pass")
@@ -491,17 +667,17 @@ def _preverify(src, dst, source_dsn, target_dsn, n: MoveNames, tenant: str, keye
     return report
 
 
-def preverify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *,
+def preverify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, move: str,
               timeout: float = 120.0, checkpoint: Checkpoint | None = None) -> PreverifyReport:
     """Before the freeze: change tracking on at both sides, every row compared once (the full pass, skipped
     when an earlier one still holds), then the recorded changes until few remain. Safe to call again."""
     step = checkpoint or (lambda s: None)
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
             tables = _pick(src, tables)
             sub = _subscription(dst, n)
-            if _publication(src, n) is None or sub is None:
+            if _notes(src, n) is None or sub is None:
                 raise ReplicationError(f"the online move of '{tenant}' is not running (no publication or subscription): "
                                        "run start first")
             if _switched(_state(src, tenant), _state(dst, tenant)):
@@ -521,21 +697,22 @@ def preverify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] |
 
 # --- switch ---------------------------------------------------------------------------------------------
 
-def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, lock_timeout: str = "5s",
-           catchup_timeout: float = 60.0, cutover: bool = True, checkpoint: Checkpoint | None = None) -> SwitchReport:
+def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, move: str,
+           lock_timeout: str = "5s", catchup_timeout: float = 60.0, cutover: bool = True,
+           checkpoint: Checkpoint | None = None) -> SwitchReport:
     """Verify (before the freeze), freeze, catch up, verify what changed, cut over. Safe to call again after
     an interruption at any point.
 
     `cutover=False` is for a caller that owns the freeze and the cutover (a tier move, which moves other
     stores in the same freeze): the source is frozen (again: it drains), but neither registry is changed
-    afterwards, a failure leaves the source frozen, and the publication stays -- its comment records that
-    the switch is done and the source's summary -- until `cleanup` or `abort`."""
+    afterwards, a failure leaves the source frozen, and the publication stays -- its notes record that the
+    switch is done and the source's summary -- until `cleanup` or `abort`."""
     step = checkpoint or (lambda s: None)
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     report = SwitchReport(tenant)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         tables = _pick(src, tables)
-        before = _publication(src, n)
+        before = _notes(src, n)
         sub = _subscription(dst, n)
         source_state, target_state = _state(src, tenant), _state(dst, tenant)
         if cutover and _switched(source_state, target_state):
@@ -549,6 +726,7 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             _summarised(report, Summary.from_json(before["switched"]))
             rv.untrack(dst, n.base)
             rv.untrack(src, n.base)
+            _close_login(source_dsn, src, n)
             return report
         if before is None and sub is None:
             raise ReplicationError(f"the online move of '{tenant}' has not started: run start first")
@@ -568,7 +746,7 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             report.preverify = _preverify(src, dst, source_dsn, target_dsn, n, tenant, keyed, step, catchup_timeout)
             report.prefreeze_verify_seconds = time.perf_counter() - t0
         # What the freeze re-checks rests on tracking that never stopped since a full pass.
-        tracked = bool((_publication(src, n) or {}).get("verified")) and rv.tracking(src, n.base, keyed) \
+        tracked = bool((_notes(src, n) or {}).get("verified")) and rv.tracking(src, n.base, keyed) \
             and rv.tracking(dst, n.base, keyed)
 
         # Connections for the verification and the summary's snapshot, opened before the freeze starts.
@@ -645,8 +823,8 @@ def _summarised(report: SwitchReport, summary: Summary) -> None:
 def _finish(src, dst, source_dsn: str, n: MoveNames, tenant: str, tables: list[str], snapshot: str | None,
             report: SwitchReport, cutover: bool) -> None:
     """After the verification: the source's summary (in the snapshot verified inside the freeze, or now when
-    resuming: the source takes no writes), then tracking goes, and the publication -- or, when the caller
-    cuts over, the publication's comment records the switch and the summary."""
+    resuming: the source takes no writes), then tracking goes, the login (unless another move needs it), and
+    the publication -- or, when the caller cuts over, the move's notes record the switch and the summary."""
     t0 = time.perf_counter()
     _summarised(report, pg.summary(source_dsn, tenant, tables, snapshot=snapshot))
     report.summary_seconds = time.perf_counter() - t0
@@ -654,6 +832,7 @@ def _finish(src, dst, source_dsn: str, n: MoveNames, tenant: str, tables: list[s
         _note(src, n, switched=report.source_summary.to_json())
     rv.untrack(dst, n.base)
     rv.untrack(src, n.base)
+    _close_login(source_dsn, src, n)
     if cutover:
         _drop_publication(src, n)
 
@@ -765,7 +944,11 @@ def _drop_slot(src: psycopg.Connection, slot: str, wait: float = 10.0) -> bool:
 
 
 def _drop_publication(src: psycopg.Connection, n: MoveNames) -> None:
-    src.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(n.publication)))
+    """The publication and the move's notes, together."""
+    with src.transaction():
+        src.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(n.publication)))
+        if _has_state_table(src):
+            src.execute("DELETE FROM tenancy.replication_moves WHERE move = %s", (n.base,))
 
 
 def _switched(source_state: str | None, target_state: str | None) -> bool:
@@ -774,14 +957,16 @@ def _switched(source_state: str | None, target_state: str | None) -> bool:
     return target_state == "active" and source_state in ("frozen", "readonly")
 
 
-def cleanup(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
-    """Drop the move's subscription, slots and publication, whichever exist. Data and registries stay."""
-    n = names(tenant, source_dsn, target_dsn)
+def cleanup(source_dsn: str, target_dsn: str, tenant: str, *, move: str) -> list[str]:
+    """Drop the move's subscription, slots, tracking and publication, whichever exist, and close the role's login
+    unless another move needs it. Data and registries stay."""
+    n = names(move)
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
             dropped = _drop_subscription(src, dst, n)
             dropped += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
-            if _publication(src, n) is not None:
+            dropped += _close_login(source_dsn, src, n)
+            if _notes(src, n) is not None or _has_publication(src, n):
                 _drop_publication(src, n)
                 dropped.append(f"publication {n.publication}")
         except psycopg.Error as exc:
@@ -789,24 +974,25 @@ def cleanup(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
     return dropped
 
 
-def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
+def abort(source_dsn: str, target_dsn: str, tenant: str, *, move: str) -> list[str]:
     """Undo an unswitched move: replication objects dropped, the target's copy deleted, registries restored.
 
     Refuses once the target is active and the source read-only (the tenant lives at the target)."""
-    n = names(tenant, source_dsn, target_dsn)
+    n = names(move)
     done: list[str] = []
     with _connect(source_dsn) as src, _connect(target_dsn) as dst:
         try:
-            before = _publication(src, n)
+            before = _notes(src, n)
             if _switched(_state(src, tenant), _state(dst, tenant)):
                 raise ReplicationError(f"the move of '{tenant}' has already switched (the target is active): it cannot be "
                                        "aborted; run switch again to finish it, or cleanup to drop what remains")
             if before is None and _subscription(dst, n) is None and _slot(src, n) is None:
-                done += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
+                done += rv.untrack(dst, n.base) + rv.untrack(src, n.base) + _close_login(source_dsn, src, n)
                 return done  # never started, or already aborted
             before = before or {"source_state": "active", "target_state": None}
             done += _drop_subscription(src, dst, n)
             done += rv.untrack(dst, n.base) + rv.untrack(src, n.base)
+            done += _close_login(source_dsn, src, n)
             if _state(dst, tenant) is not None:
                 with dst.transaction():
                     deleted = clear_tenant(dst, tenant, [t for t in isolated_tables(dst)])
@@ -819,7 +1005,7 @@ def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
             if _state(src, tenant) != before["source_state"]:
                 src.execute("SELECT tenancy.freeze(%s, %s)", (tenant, before["source_state"]))
                 done.append(f"source state back to {before['source_state']}")
-            if _publication(src, n) is not None:
+            if _notes(src, n) is not None or _has_publication(src, n):
                 _drop_publication(src, n)
                 done.append(f"publication {n.publication}")
         except psycopg.Error as exc:
@@ -828,10 +1014,11 @@ def abort(source_dsn: str, target_dsn: str, tenant: str) -> list[str]:
 
 
 def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
-    """Replication objects of tenancy moves that no move owns: pass the names (`names(...).base`) of moves in
+    """Replication objects of tenancy moves that no move owns: pass the names (`names(move).base`) of moves in
     progress. A slot left behind holds WAL forever; a change-tracking trigger taxes every write of its table;
-    a publication or subscription left behind is clutter. Slots are cluster-wide and so are subscriptions;
-    publications and triggers are listed for `dsn`'s database."""
+    a publication or subscription left behind is clutter; a replication role that can log in while no move's
+    slot exists is a standing credential that decodes every change. Slots, subscriptions and roles are
+    cluster-wide; publications and triggers are listed for `dsn`'s database."""
     keep = set(owned)
     found: list[Orphan] = []
     with _connect(dsn) as conn:
@@ -854,4 +1041,9 @@ def orphans(dsn: str, owned: Iterable[str] = ()) -> list[Orphan]:
             if base not in keep:
                 found.append(Orphan("trigger", name, conn.info.dbname,
                                     f"records {table}'s changes for a move no one owns (cost on every write)"))
+        login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (REPLICATION_USER,)).fetchone()
+        if login and login[0] and not _live_slots(conn):
+            found.append(Orphan("login", REPLICATION_USER, "",
+                                "can log in while no move replicates from this server (it decodes every change): "
+                                f"ALTER ROLE {REPLICATION_USER} NOLOGIN PASSWORD NULL"))
     return found
