@@ -1155,23 +1155,39 @@ def cmd_plan(args) -> int:
 
 
 def cmd_policy_check(args) -> int:
-    from tenancy.policycheck import evaluate_plan, evaluate_stack, stack_of_urn
+    from tenancy.policycheck import MalformedPlan, evaluate_plan, evaluate_stack, plan_problem, stack_of_urn
 
+    path = Path(args.plan_file)
     try:
-        data = json.loads(Path(args.plan_file).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         print(f"{args.plan_file}: file not found", file=sys.stderr)
+        return EXIT_INPUT
+    except IsADirectoryError:
+        print(f"{args.plan_file}: is a directory; give the plan file (e.g. {path / 'plan.json'})", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        print(f"{args.plan_file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except UnicodeDecodeError:
+        print(f"{args.plan_file}: not a plan file (not UTF-8 text)", file=sys.stderr)
         return EXIT_INPUT
     except json.JSONDecodeError as exc:
         print(f"{args.plan_file}:{exc.lineno}: not valid JSON: {exc.msg}", file=sys.stderr)
         return EXIT_INPUT
-    if not isinstance(data, dict) or not isinstance(data.get("stacks"), list):
-        print(f"{args.plan_file}: not a plan file (expected {{\"version\": 1, \"stacks\": [...]}})", file=sys.stderr)
+    problem = plan_problem(data)
+    if problem:
+        print(f"{args.plan_file}: {problem}", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        found = [(stack.get("name"), v) for stack in data["stacks"] for v in evaluate_stack(stack)]
+        found += [(stack_of_urn(v["urn"]), v) for v in evaluate_plan(data["stacks"])]
+    except MalformedPlan as exc:
+        print(f"{args.plan_file}: {exc}; a plan written by `tenancy plan` has the shapes the policy pack reads",
+              file=sys.stderr)
         return EXIT_INPUT
     mandatory = 0
     total = 0
-    found = [(stack.get("name"), v) for stack in data["stacks"] for v in evaluate_stack(stack)]
-    found += [(stack_of_urn(v["urn"]), v) for v in evaluate_plan(data["stacks"])]
     for name, v in found:
         total += 1
         mandatory += v["enforcement"] == "mandatory"
