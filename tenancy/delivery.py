@@ -337,7 +337,7 @@ def _move(catalog: Catalog, moves: Moves, facts: Facts, tenant: str, to_plan: st
     step = Step(tenant, "move", "run", transition=f"{from_plan} → {to_plan}")
     downgrade = after.model is Model.POOLED
     d = moves.decision(tenant, from_plan, to_plan, downgrade)
-    step.entry = d.where
+    step.entry = d.where if d.entry else None
     e = d.entry or MoveEntry(tenant=tenant, to=to_plan)
     src = stores_for(before, env, deployed.project, pool_shard=units.pool_shard_of(env, deployed.catalog, tenant))
     dst = stores_for(after, env, deployed.project, pool_shard=units.pool_shard_of(env, after_catalog, tenant))
