@@ -3,10 +3,10 @@
 # libpq reaches an instance at host=$TENANCY_CLOUDSQL_DIR/<connection name> (default /cloudsql, what the registry's
 # records resolve to) as the job's own identity ($PGUSER, the IAM database user), with no password anywhere.
 #
-#   scripts/cloudsql-proxy.sh CONNECTION_NAME...   serve these instances (those already served are skipped)
-#   scripts/cloudsql-proxy.sh --registry ENV       serve the registry the global stack ENV exports, and log in to it
-#                                                  (no output yet, a first deploy: says so and exits 0)
-#   scripts/cloudsql-proxy.sh --stop               stop every proxy this script started
+#   scripts/cloudsql-proxy.sh serve CONNECTION_NAME...  serve these instances (those already served are skipped)
+#   scripts/cloudsql-proxy.sh registry ENV              serve the registry the global stack ENV exports, and log in
+#                                                       to it (no output yet, a first deploy: says so and exits 0)
+#   scripts/cloudsql-proxy.sh stop                      stop every proxy this script started
 #
 # A proxy serves the instances it is started with, and v2 resolves each of them when it starts: one process per
 # call, for the instances not served yet. `--private-ip`: the instances have no public address, so the runner must
@@ -95,8 +95,8 @@ PY
 }
 
 case "${1:-}" in
-  --stop) stop ;;
-  --registry) registry "${2:?usage: scripts/cloudsql-proxy.sh --registry ENV}" ;;
-  "") echo "usage: scripts/cloudsql-proxy.sh CONNECTION_NAME... | --registry ENV | --stop" >&2; exit 2 ;;
-  *) serve "$@" ;;
+  serve) shift; serve "$@" ;;
+  registry) registry "${2:?usage: scripts/cloudsql-proxy.sh registry ENV}" ;;
+  stop) stop ;;
+  *) echo "usage: scripts/cloudsql-proxy.sh serve CONNECTION_NAME... | registry ENV | stop" >&2; exit 2 ;;
 esac

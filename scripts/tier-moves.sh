@@ -39,7 +39,7 @@ if [ "${1:-}" = "--review" ]; then
     else
       echo "| tenant | move | decided by | the deploy runs |"
       echo "|---|---|---|---|"
-      jq -r '.steps[] | "| `\(.tenant)` | \(.transition // "") | \(.entry // "") | " +
+      jq -r '.steps[] | "| `\(.tenant)` | \(.transition // "") | \(.entry // "no entry") | " +
         (if .status == "run" then "`" + .command + "`" else "**\(.status)**: \(.message)" end) + " |"' "$plan"
     fi
   } | tee -a "${GITHUB_STEP_SUMMARY:-/dev/null}"
@@ -67,7 +67,7 @@ while IFS= read -r step; do
   esac
   echo "== $tenant: $message"
   mapfile -t instances < <(jq -r '.instances[]' <<<"$step")
-  if [ "${#instances[@]}" -gt 0 ] && ! "$here/cloudsql-proxy.sh" "${instances[@]}"; then
+  if [ "${#instances[@]}" -gt 0 ] && ! "$here/cloudsql-proxy.sh" serve "${instances[@]}"; then
     echo "::error title=$tenant: databases out of reach::the Auth Proxy could not serve ${instances[*]}; nothing was run"
     failed=1
     continue
