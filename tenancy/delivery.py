@@ -238,7 +238,8 @@ def load(path: str | Path) -> Moves:
             fieldname = ".".join(str(x) for x in loc) or "(file)"
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
-                msg = f"unknown key; an entry has {', '.join(_ENTRY_KEYS)}"
+                msg = (f"unknown key; an entry has {', '.join(_ENTRY_KEYS)}" if loc[:1] == ("moves",) else
+                       "unknown key; the file has version, export_to and moves")
             problems.append(Problem(name, _line_for(lines, loc), None, fieldname, msg))
         raise CatalogError(problems) from None
     moves_lines = tuple(_line_for(lines, ("moves", i)) for i in range(len(spec.moves)))
@@ -419,8 +420,8 @@ def _resume(op, facts: Facts) -> Step:
     why = _not_resumable(argv, facts)
     if why:
         step.status = "left"
-        step.message = (f"{op.kind} of '{op.tenant}' ({op.id}, {op.status}) was started with {why}, which this job "
-                        f"does not have; resume it where it started: `{op.command}`"
+        step.message = (f"{op.kind} of '{op.tenant}' ({op.id}, {op.status}) is not the deploy job's to resume ({why}); "
+                        f"resume it where it started: `{op.command}`"
                         + (f", or abort it: `{op.abort_command}`" if op.abort_command else ""))
         return step
     args = argv[1:]
@@ -445,16 +446,21 @@ def _resume(op, facts: Facts) -> Step:
 def _not_resumable(argv: list[str], facts: Facts) -> str | None:
     """Why the job cannot run this recorded command (None: it can)."""
     if len(argv) < 3 or argv[0] != "tenancy" or argv[1] not in _RESUMABLE:
-        return f"`{shlex.join(argv[:3])}`" if argv else "no recorded command"
+        return f"recorded as `{shlex.join(argv[:3])}`" if argv else "no recorded command"
     allowed = _RESUMABLE[argv[1]]
-    i = 3
+    positional = 0
+    i = 2
     while i < len(argv):
         a = argv[i]
         opt, eq, value = a.partition("=")
-        if not opt.startswith("--"):
-            return f"the argument {a[:40]!r}"
+        if not opt.startswith("-"):
+            positional += 1      # the tenant; a second word is not the command's
+            if positional > 1:
+                return f"started with the argument {a[:40]!r}"
+            i += 1
+            continue
         if opt in NOT_IN_CI or opt not in allowed:
-            return opt
+            return f"started with {opt}"
         if allowed[opt] and not eq:
             i += 1
             value = argv[i] if i < len(argv) else ""
@@ -462,11 +468,11 @@ def _not_resumable(argv: list[str], facts: Facts) -> str | None:
             try:
                 check_archive(value)
             except ValueError:
-                return f"--export-to {value[:80]} (not a gs:// archive)"
+                return f"started with --export-to {value[:80]}, not a gs:// archive"
         if opt == "--env" and value != facts.env:
-            return f"--env {value}"
+            return f"started with --env {value}"
         if opt == "--tenants" and value != facts.tenants_path:
-            return f"--tenants {value}"
+            return f"started with --tenants {value}"
         i += 1
     return None
 

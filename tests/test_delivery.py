@@ -87,6 +87,8 @@ BAD_FILES = [
     ("version: 1\nmoves:\n  - {from: standard, to: free, method: fast}\n", [
         "moves.yaml:3: moves.0.method: Input should be 'auto', 'online' or 'copy'"]),
     ("moves: []\n", ["moves.yaml:1: version: Field required"]),
+    ("version: 1\narchive: gs://x-y-z\n", ["moves.yaml:2: archive: unknown key; the file has version, export_to and "
+                                            "moves"]),
     ("version: 1\nmoves:\n  - {from: standard, to: free}\n  from: x\n", None),   # a YAML syntax error
     ("version: 1\nversion: 1\n", ["moves.yaml:2: (syntax): YAML: duplicate key 'version' (first at line 1); keep one; "
                                   "fix the YAML at this line"]),
@@ -292,28 +294,35 @@ def test_unfinished_operations_are_resumed_first_and_never_two_commands_for_a_te
                         "tenancy upgrade pied-piper --to free --env dev --export-to gs://old-archive/pp/1 "
                         "--discard graph,postgres-2,postgres-3 --kubeconfig /home/op/.kube/config",
                         "tenancy upgrade pied-piper --to free --env dev --abort")
-    suspending = unfinished(registry, "suspend", "globex", {}, "tenancy suspend globex --env dev")
+    suspending = unfinished(registry, "suspend", "globex", {}, "tenancy suspend --env dev globex")
     laptop = unfinished(registry, "offboard", "wayne", {}, "tenancy offboard wayne --env dev --export-to ./exports/wayne",
                         "tenancy offboard wayne --env dev --abort")
     dsn = unfinished(registry, "place", "hooli", {"to": {"poolShard": "pool-2"}},
                      "tenancy place hooli --pool-shard pool-2 --db pool-2=***")
+    rows = unfinished(registry, "data-move", "initech", {"tables": []},
+                      "tenancy data move initech --source '***' --target '***'")
     steps = delivery.steps(load_catalog(env["head"]), delivery.load(ROOT / "moves.yaml"), facts_of(env), STAMP)
     assert [(s.tenant, s.kind, s.status) for s in steps] == [
         ("pied-piper", "resume", "run"), ("globex", "resume", "run"), ("wayne", "resume", "left"),
-        ("hooli", "resume", "left"), ("globex", "move", "left"), ("cyberdyne", "move", "failed")]
+        ("hooli", "resume", "left"), ("initech", "resume", "left"), ("globex", "move", "left"),
+        ("cyberdyne", "move", "failed")]
     resume = steps[0]
     assert resume.operation == killed and resume.transition == "standard → free"
     # the recorded command, with this job's credentials for the graph's cluster in place of the operator's file
     assert resume.argv == ["upgrade", "pied-piper", "--to", "free", "--env", "dev", "--export-to", "gs://old-archive/pp/1",
                            "--discard", "graph,postgres-2,postgres-3", "--kubeconfig", ".tenancy/kube/dev-shared.yaml"]
     assert resume.cluster["name"] == "dev-shared" and POOL in resume.instances
-    assert steps[1].argv == ["suspend", "globex", "--env", "dev"] and steps[1].operation == suspending
+    assert steps[1].argv == ["suspend", "--env", "dev", "globex"] and steps[1].operation == suspending
     assert steps[2].operation == laptop and steps[2].message == (
-        f"offboard of 'wayne' ({laptop}, running) was started with --export-to ./exports/wayne (not a gs:// archive), "
-        "which this job does not have; resume it where it started: `tenancy offboard wayne --env dev --export-to "
-        "./exports/wayne`, or abort it: `tenancy offboard wayne --env dev --abort`")
-    assert steps[3].operation == dsn and "was started with --db, which this job does not have" in steps[3].message
-    assert steps[4].message == (f"tenant 'globex' has an unfinished suspend ({suspending}); its move to 'standard' runs "
+        f"offboard of 'wayne' ({laptop}, running) is not the deploy job's to resume (started with --export-to "
+        "./exports/wayne, not a gs:// archive); resume it where it started: `tenancy offboard wayne --env dev "
+        "--export-to ./exports/wayne`, or abort it: `tenancy offboard wayne --env dev --abort`")
+    assert steps[3].operation == dsn and f"({dsn}, running) is not the deploy job's to resume (started with --db)" \
+        in steps[3].message
+    assert steps[4].operation == rows and steps[4].message == (
+        f"data-move of 'initech' ({rows}, running) is not the deploy job's to resume (recorded as `tenancy data "
+        "move`); resume it where it started: `tenancy data move initech --source '***' --target '***'`")
+    assert steps[5].message == (f"tenant 'globex' has an unfinished suspend ({suspending}); its move to 'standard' runs "
                                 "at a deploy after that operation is done")
     assert all(not set(s.argv) & set(delivery.NOT_IN_CI) for s in steps)
 
