@@ -705,7 +705,12 @@ def _reach(args, dsns: dict[str, str]):
     runner = None
     if args.kubeconfig:
         from tenancy.stores.graph import KubernetesJobRunner
-        runner = KubernetesJobRunner(args.kubeconfig)
+        try:
+            text = Path(args.kubeconfig).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--kubeconfig {args.kubeconfig}: {exc.strerror or exc}; give the path of a kubeconfig "
+                              "file (the tenant stack's `kubeconfig` output saved to a file)") from None
+        runner = KubernetesJobRunner(text)
     return Reach(dsns, args.objects_root, runner, frozenset(skip))
 
 
