@@ -56,8 +56,9 @@ $(CHECKOV):
 
 checkov: $(CHECKOV)
 
-# Checkov once per `make test` (not per test worker) on the offline plan's manifests and the workflows;
-# findings outside policy/checkov-allowlist.yaml fail.
+# Checkov once per `make test` (not per test worker) on every environment's offline plan (its manifests, and its
+# Google Cloud resources in Terraform's plan format) and the workflows; findings outside
+# policy/checkov-allowlist.yaml fail.
 checkov-scan: $(STAMP) $(CHECKOV)
 	$(BIN)/python scripts/checkov-scan.py
 

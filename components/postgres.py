@@ -30,7 +30,11 @@ SSL_MODE = "verify-ca"
 
 # Who did what to the schema and to roles, every session, and no statement text (which would carry
 # tenant data) in the logs: pgAudit for DDL and role changes, slow-statement logging off; Query
-# Insights keeps normalised query statistics.
+# Insights keeps normalised query statistics. Every statement's duration is logged without its text
+# (log_duration: only a threshold, log_min_duration_statement, adds the text). Failing statements are
+# logged at the server's default level, spelled out for scanners, without the values bound to them
+# (log_parameter_max_length_on_error stays 0) and without the error's detail, which quotes rows and key
+# values ("Failing row contains (...)"): log_error_verbosity=terse.
 AUDIT_FLAGS = (
     ("cloudsql.iam_authentication", "on"),
     ("cloudsql.enable_pgaudit", "on"),
@@ -41,6 +45,9 @@ AUDIT_FLAGS = (
     ("log_lock_waits", "on"),
     ("log_checkpoints", "on"),
     ("log_min_duration_statement", "-1"),
+    ("log_duration", "on"),
+    ("log_min_error_statement", "error"),
+    ("log_error_verbosity", "terse"),
 )
 # Online tier moves copy a tenant's rows with row-filtered logical replication from the primary (read
 # replicas of PostgreSQL 15 cannot publish). Without it a move falls back to copying inside the freeze.

@@ -188,6 +188,11 @@ CLOUDSQL_FLAGS: dict[str, tuple[str, ...]] = {
     "log_checkpoints": ("on", "off"),
     "log_min_duration_statement": ("-1",),
     "cloudsql.logical_decoding": ("on", "off"),
+    # A duration line holds no statement text; a failing statement's text is logged, its bound values are not,
+    # and terse errors leave out the detail that quotes the failing row or key.
+    "log_duration": ("on", "off"),
+    "log_min_error_statement": ("error", "log", "fatal", "panic"),
+    "log_error_verbosity": ("terse",),
 }
 
 
@@ -208,6 +213,9 @@ def cloudsql_flags(args: ResourceValidationArgs, report: ReportViolation) -> Non
     if flags.get("cloudsql.enable_pgaudit") != "on" or not {"ddl", "role"} <= audited:
         report("Cloud SQL: pgAudit must be on and log ddl and role (cloudsql.enable_pgaudit=on, pgaudit.log=ddl,role): "
                "who changed the schema or a role is how isolation breaks are traced")
+    if flags.get("log_error_verbosity") != "terse":
+        report("Cloud SQL: log_error_verbosity must be terse: an error's detail quotes the failing row or key "
+               "(\"Failing row contains (...)\"), tenant data that would land in Cloud Logging")
     if args.props.get("masterInstanceName") and flags.get("cloudsql.logical_decoding") == "on":
         report("Cloud SQL: cloudsql.logical_decoding belongs on the primary: a PostgreSQL 15 read replica cannot decode, "
                "and online tier moves replicate from the primary")
@@ -437,6 +445,7 @@ class Ownership:
     clusters: dict[str, str] = field(default_factory=dict)               # k8s provider urn -> cluster key
     projects: dict[str, str] = field(default_factory=dict)               # provider urn -> project
     tenants: set[str] = field(default_factory=set)
+    deployers: dict[str, "DeployerScope"] = field(default_factory=dict)   # email -> its scope (deployer-scope)
 
     def owner(self, key: tuple) -> str | None:
         hit = self.names.get(key)
@@ -475,6 +484,8 @@ def build_ownership(stacks: list[tuple[str | None, list]]) -> Ownership:
     for tenant, resources in stacks:
         for r in resources:
             own.tenants.update(v for v in [_tenant_label(r)] if v)
+            if r.resource_type == DEPLOYER_TYPE and isinstance(r.props.get("email"), str):
+                own.deployers.setdefault(r.props["email"].lower(), DeployerScope.of(r))
             if r.resource_type == "gcp:container/cluster:Cluster":
                 key = f"{r.props.get('project')}/{r.props.get('location')}/{r.props.get('name')}"
                 own.pools[key] = str(_get(r.props, "workloadIdentityConfig", "workloadPool") or "")
@@ -650,6 +661,8 @@ def _tenant_scope_findings(tenant: str | None, r: Any, own: Ownership, cfg: dict
     for g in iam_grants(r.resource_type, r.props):
         if g.member in PUBLIC_MEMBERS or not _known(g.member):
             continue  # public members have their own rule
+        if _deployer_of(g.member, own) or _own_workspace_binding(r, g, own):
+            continue  # a deploying identity's grants are judged against its scope (deployer-scope)
         owners, what = principal_owners(g.member, own)
         tenants = owners - {PLATFORM, EXTERNAL}
         for desc, targets, project_level in grant_targets(r, g, own):
@@ -700,6 +713,148 @@ def tenant_iam_scope(args: StackValidationArgs, report: ReportViolation) -> None
 
 
 TENANT_SCOPE_DEFAULTS: dict[str, Any] = {"platformPrincipals": [], "tenantProjectRoles": list(TENANT_PROJECT_ROLES)}
+
+
+# ------------------------------------------------------------------------------ deployers (the operator)
+
+# One deploying identity per scope (tenancy/operator/deployers.py): the platform's, a unit's (cell-<n>, pool-<n>,
+# identity-<k>), a dedicated tenant's. The component that declares one says its scope, account, the project its
+# roles belong on and its Kubernetes service account: the rules below judge every grant to it by them.
+DEPLOYER_TYPE = "tenancy:operator:Deployer"
+PLATFORM_DEPLOYER_KSA = "tenancy-deployer"
+DEPLOYER_KSA_PREFIX = "deployer-"
+STACK_CR = "kubernetes:pulumi.com/v1:Stack"
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
+
+
+@dataclass(frozen=True)
+class DeployerScope:
+    scope: str
+    project: str
+    ksa: str              # <namespace>/<name>
+    urn: str
+
+    @classmethod
+    def of(cls, r: Any) -> "DeployerScope":
+        p = r.props
+        return cls(str(p.get("scope") or ""), str(p.get("project") or ""), str(p.get("kubernetesServiceAccount") or ""),
+                   r.urn)
+
+
+def _deployer_of(member: str, own: Ownership) -> DeployerScope | None:
+    kind, _, ident = member.partition(":")
+    return own.deployers.get(ident.lower()) if kind == "serviceAccount" else None
+
+
+def _deployer_target(r: Any, own: Ownership) -> DeployerScope | None:
+    """The deployer whose account an IAM resource on a service account is about."""
+    if not (r.resource_type.startswith("gcp:serviceaccount/") and IAM_TYPE.search(r.resource_type)):
+        return None
+    return own.deployers.get(str(r.props.get("serviceAccountId") or "").rsplit("/", 1)[-1].lower())
+
+
+def _own_workspace_binding(r: Any, g: Grant, own: Ownership) -> bool:
+    """A deployer's own Kubernetes service account allowed to act as it (what deployer-scope requires)."""
+    d = _deployer_target(r, own)
+    m = KSA_MEMBER.match(g.member)
+    return bool(d and m and g.role == WORKLOAD_IDENTITY_USER and f"{m['ns']}/{m['ksa']}" == d.ksa)
+
+
+def _deployer_findings(tenant: str | None, r: Any, own: Ownership) -> Iterable[str]:
+    t, p = r.resource_type, r.props
+    if t == DEPLOYER_TYPE:
+        mine = DeployerScope.of(r)
+        first = own.deployers.get(str(p.get("email") or "").lower())
+        if first is not None and (first.scope, first.project, first.ksa) != (mine.scope, mine.project, mine.ksa):
+            yield (f"deployer {p.get('email')} is declared for scope '{mine.scope}' on project {mine.project} here and "
+                   f"for scope '{first.scope}' on project {first.project} elsewhere: one identity, one scope")
+        if tenant and mine.scope != tenant:
+            yield (f"the stack of tenant '{tenant}' declares the deployer of scope '{mine.scope}': a tenant stack "
+                   "grants roles only to its own deployer")
+        return
+    for g in iam_grants(t, p):
+        d = _deployer_of(g.member, own)
+        if d is None:
+            continue
+        project = _project_of(r, own)
+        if g.role.startswith("audit exemption"):
+            yield (f"deployer of '{d.scope}' ({g.member}) is given an {g.role} on project {project}: what a deploying "
+                   "identity does is never left out of the audit logs")
+        elif not t.startswith("gcp:projects/"):
+            yield (f"deployer of '{d.scope}' ({g.member}) is granted {g.role} on {grant_targets(r, g, own)[0][0]}: a "
+                   f"deployer holds roles on its scope's project ({d.project}) and nowhere else")
+        elif project != d.project:
+            yield (f"deployer of '{d.scope}' ({g.member}) is granted {g.role} on project {project}: a deployer holds "
+                   f"roles on its scope's project ({d.project}) and nowhere else")
+        if tenant and d.scope != tenant:
+            yield (f"the stack of tenant '{tenant}' grants {g.role} to the deployer of '{d.scope}': a tenant stack "
+                   "grants roles only to its own deployer")
+    d = _deployer_target(r, own)
+    if d is not None:
+        for g in iam_grants(t, p):
+            if not _own_workspace_binding(r, g, own):
+                yield (f"deployer of '{d.scope}': {g.role} on its account for {g.member}: only its own Kubernetes "
+                       f"service account ({d.ksa}) may act as it, through Workload Identity")
+
+
+def deployer_scope_plan(stacks: list[tuple[str | None, list]], report: Reporter, cfg: dict | None = None) -> None:
+    """Across the plan: every deploying identity's grants land in its scope, and only its own workspaces may
+    act as it."""
+    own = build_ownership(stacks)
+    for tenant, resources in stacks:
+        for r in resources:
+            for message in dict.fromkeys(_deployer_findings(tenant, r, own)):
+                report(message, r.urn)
+
+
+def deployer_scope(args: StackValidationArgs, report: ReportViolation) -> None:
+    """One stack's view: the deployers it declares, and its grants to them."""
+    tenant = None
+    for r in args.resources:
+        tenant = tenant or _stack_tenant(r)
+    deployer_scope_plan([(tenant, list(args.resources))], report)
+
+
+UNIT_OBJECT = re.compile(r"^(?P<env>[a-z][a-z0-9]{1,9})-(?P<unit>cell-[0-9]+)$")
+
+
+def operator_stack_deployer(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """A Pulumi Kubernetes Operator Stack runs as its own scope's deployer: the platform's stack as the platform's,
+    a unit's as that unit's, a dedicated tenant's as its own, a namespace tenant's as its cell's (the cell it
+    waits for; cell 1 where the environment has no cell stacks). Any other scope's identity could change
+    infrastructure that is not this stack's."""
+    if args.resource_type != STACK_CR and not (args.props.get("apiVersion") == "pulumi.com/v1"
+                                               and args.props.get("kind") == "Stack"):
+        return
+    spec = args.props.get("spec") if isinstance(args.props.get("spec"), dict) else {}
+    meta = args.props.get("metadata") if isinstance(args.props.get("metadata"), dict) else {}
+    stack = str(spec.get("stack") or "").rsplit("/", 1)[-1]
+    env, _, rest = stack.partition(".")
+    ksa = spec.get("serviceAccountName")
+    name = f"Stack {meta.get('name')} (stack {stack or '?'})"
+    if not stack:
+        report(f"{name}: spec.stack names no stack, so its deployer cannot be told")
+        return
+    if not rest:
+        expected, who = PLATFORM_DEPLOYER_KSA, "the platform's"
+    elif UNIT_STACK.fullmatch(rest):
+        expected, who = DEPLOYER_KSA_PREFIX + rest, f"unit {rest}'s"
+    else:
+        model = (meta.get("labels") or {}).get("tenancy.io/model") if isinstance(meta.get("labels"), dict) else None
+        if model == "dedicated":
+            expected, who = DEPLOYER_KSA_PREFIX + rest, f"tenant '{rest}''s own"
+        elif model == "namespace":
+            cells = [m["unit"] for pre in spec.get("prerequisites") or [] if isinstance(pre, dict)
+                     for m in [UNIT_OBJECT.match(str(pre.get("name") or ""))] if m and m["env"] == env]
+            cell = cells[0] if len(cells) == 1 else "cell-1"
+            expected, who = DEPLOYER_KSA_PREFIX + cell, f"its cell's ({cell})"
+        else:
+            report(f"{name}: a tenant's Stack says its model (label tenancy.io/model: namespace or dedicated), which "
+                   "decides the deployer it runs as")
+            return
+    if ksa != expected:
+        report(f"{name} runs as service account {ksa!r}: it must run as {who} deployer, {expected}; another scope's "
+               "identity can change infrastructure that is not this stack's")
 
 
 # ------------------------------------------------------------------------- Kubernetes: network, RBAC, host
@@ -1228,6 +1383,7 @@ RESOURCE_POLICIES = [
     _mandatory("no-credentials-in-config", "No credentials in ConfigMaps, env literals or URLs", no_credentials_in_config),
     _mandatory("tenant-label", "Tenant resources carry the tenant label", tenant_label_present),
     _mandatory("stateful-protected", "Stateful resources are protected", stateful_protected),
+    _mandatory("operator-stack-deployer", "An operator Stack runs as its own scope's deployer", operator_stack_deployer),
 ]
 TENANT_SCOPE_SCHEMA = PolicyConfigSchema(properties={
     "platformPrincipals": {"type": "array", "items": {"type": "string"}, "default": []},
@@ -1253,10 +1409,13 @@ STACK_POLICIES = [
                      "principals and known platform principals", tenant_iam_scope, TENANT_SCOPE_SCHEMA),
     _stack_mandatory("object-and-stack-size", "No Kubernetes object, ConfigMap/Secret data or Helm values over 1 MiB; "
                      "no stack over its resource bound (policy/sizes.py)", sizes.object_and_stack_size, SIZE_SCHEMA),
+    _stack_mandatory("deployer-scope", "A deploying identity holds roles on its scope's project only, and only its "
+                     "own Kubernetes service account may act as it", deployer_scope),
 ]
 # Offline, these run once over the whole plan (tenancy.policycheck.evaluate_plan), which knows every stack's
 # owners; the per-stack form is what a real `pulumi preview` can run.
-PLAN_WIDE_FORMS = {"iam-tenant-scope": tenant_iam_scope_plan, "object-and-stack-size": sizes.object_and_stack_size_plan}
+PLAN_WIDE_FORMS = {"iam-tenant-scope": tenant_iam_scope_plan, "object-and-stack-size": sizes.object_and_stack_size_plan,
+                   "deployer-scope": deployer_scope_plan}
 # Rules only decidable across stacks: (name, function(stacks, report)).
 PLAN_POLICIES = [
     ("no-shared-tenant-stores", shared_across_tenants),

@@ -75,8 +75,11 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
                 raise ConfigError(f"platform stack '{naming.stack_name(env)}' has no output '{key}'; "
                                   f"run `pulumi up -s {naming.stack_name(env)}` first")
             plain[key] = details.value
+        # With the operator, a dedicated tenant grants its deployer its roles on the project it creates or adopts.
+        operator = (await ref.get_output_details(contract.OPERATOR_NAMESPACE)).value \
+            if tenant.model.value == "dedicated" else None
         tenant_stack.build(env, tenant, plain[contract.GCP_PROJECT], plain[contract.REGION], plain[contract.BASE_DOMAIN],
-                           plain[contract.APP_CHART], plain[contract.APP_CHART_VERSION], facts)
+                           plain[contract.APP_CHART], plain[contract.APP_CHART_VERSION], facts, operator_namespace=operator)
 
     return run_tenant
 

@@ -3,8 +3,8 @@ per cell, pool shard and identity shard, so no stack and no Kubernetes object gr
 
 | stack | holds | bounded by |
 |---|---|---|
-| `<env>` (global) | network, DNS zone, Identity Platform configuration, storage audit config | nothing per tenant |
-| `<env>.cell-<n>` | a shared GKE cluster, its edge (address, records, ingress, certificates), the system namespace, the operator (cell 1), the directory of the tenants it hosts | `tenancy:cellCapacity` |
+| `<env>` (global) | network, DNS zone, Identity Platform configuration, storage audit config, access-log bucket, the deploying identities of the units (tenancy/operator/deployers.py) | nothing per tenant |
+| `<env>.cell-<n>` | a shared GKE cluster, its edge (address, records, ingress, certificates), the system namespace, the operator (cell 1: with a Kubernetes service account per deployer, one per unit and per dedicated tenant with a project of its own), the directory of the tenants it hosts | `tenancy:cellCapacity` |
 | `<env>.pool-<n>` | a pooled Cloud SQL instance, Firestore database, bucket, namespace, application (in cell 1's cluster), SQL job and the directory of its tenants | `tenancy:poolShardCapacity` |
 | `<env>.identity-<k>` | Identity Platform tenants, by a stable hash of the tenant id (kept once deployed) | `tenancy:identityShards` |
 
@@ -31,9 +31,9 @@ from components.labels import k8s_labels, labels
 from components.storage import storage_data_access_audit
 from stacks import contract
 from stacks.config import PlatformConfig, require_catalog_fits
-from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, directory_entry,
-                             cell_facts, environment_facts, export_all, gcp_provider, platform_network,
-                             registry_database)
+from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, deployer_identities,
+                             directory_entry, cell_facts, environment_facts, environment_log_bucket, export_all,
+                             export_operator_namespace, gcp_provider, platform_network, registry_database)
 from tenancy import naming
 from tenancy.catalog import Catalog, Model
 from tenancy.fleet.capacity import Capacity
@@ -90,6 +90,7 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     net = platform_network(cfg, gopts)
     registry_database(env, cfg, net.network_id, [net.private_services], gopts)
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
+    environment_log_bucket(env, cfg, gopts)
     zone = Edge("edge", EdgeArgs(project=cfg.gcp_project, region=cfg.region, base_domain=cfg.base_domain,
                                  acme_email=cfg.acme_email, labels=labels(env, SHARED), k8s_labels=k8s_labels(env, SHARED),
                                  address_name=naming.ingress_address(), address=False, controllers=False), opts=gopts)
@@ -97,6 +98,10 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
                                               tenants=[]), opts=gopts)
     export_all(environment_facts(env, cfg, net.network_id, net.subnet_id, zone.zone_name))
     pulumi.export(LAYOUT, "cells")
+    # Each unit's deploying identity: the global stack runs as the platform's, which alone may make the units'
+    # identities and grant them roles.
+    deployer_identities(env, cfg, catalog, provider, unit_names(capacity_of(env, cfg)))
+    export_operator_namespace(env)
     # The catalogue's plans and its offboarded tenants (they have no unit any more); every other tenant's record
     # is its unit's (`_directory`).
     gone = tuple(t for t in catalog.tenants if not t.in_directory)
@@ -139,7 +144,7 @@ def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig, tenan
     if tenant_facing_only:
         return
     if naming.unit_index(cell) == 1:
-        _operator(env, provider, cluster)
+        _operator(env, cfg, catalog, provider, cluster, unit_names(capacity), identities=False)
     _directory(env, cfg, catalog, placement, hosted, system_ns.metadata["name"], cluster.provider)
 
 
@@ -215,9 +220,13 @@ def _undeclared(capacity: Capacity, unit: str, name: str, key: str, count: int) 
                        f"build: raise tenancy:{key}, or destroy the stack once it is empty")
 
 
+def unit_names(capacity: Capacity) -> list[str]:
+    """Every unit of a cells-layout environment (`identity-1`, `cell-1`, `pool-1`, ...), in the order they deploy."""
+    return [*capacity.identity_shard_names, *capacity.cell_names, *capacity.pool_shard_names]
+
+
 def unit_stacks(env: str, capacity: Capacity) -> list[str]:
     """Every unit stack of a cells-layout environment, in the order they deploy: identity shards (directories
     read them), cells, pool shards (their applications run in cell 1)."""
-    return [naming.unit_stack(env, u) for u in (*capacity.identity_shard_names, *capacity.cell_names,
-                                                 *capacity.pool_shard_names)]
+    return [naming.unit_stack(env, u) for u in unit_names(capacity)]
 

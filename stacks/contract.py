@@ -18,6 +18,7 @@ APP_CHART = "appChart"
 APP_CHART_VERSION = "appChartVersion"
 TENANT_DIRECTORY = "tenantDirectory"        # JSON text: {tenant id: entry}
 DEPLOYED_RECORD = "deployedRecord"          # JSON text: {"catalog": the catalogue deployed, "notes": {...}}
+OPERATOR_NAMESPACE = "operatorNamespace"    # with the operator: where its deployers' Kubernetes service accounts are
 
 REQUIRED_BY_TENANTS = (ENVIRONMENT, GCP_PROJECT, REGION, BASE_DOMAIN, NETWORK_ID, CLUSTER_NAME, KUBECONFIG,
                        WORKLOAD_POOL, INGRESS_NAMESPACE, CLUSTER_ISSUER, APP_CHART, APP_CHART_VERSION)

@@ -21,7 +21,8 @@ from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
+from components.storage import (Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, access_log_bucket,
+                                storage_data_access_audit)
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
@@ -101,9 +102,10 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     placement = None if tenant_facing_only else place(catalog, Capacity.from_pulumi(env, cfg.gcp_project))
     provider, net, cluster, edge, system_ns = _foundation(env, cfg, workloads=not tenant_facing_only)
     _export_tenant_facts(env, cfg, net, cluster, edge)
+    export_operator_namespace(env)
     if placement is None:
         return
-    _operator(env, provider, cluster)
+    _operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
     registry_database(env, cfg, net.network_id, [net.private_services], pulumi.ResourceOptions(provider=provider))
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
@@ -176,10 +178,17 @@ def _foundation(env: str, cfg: PlatformConfig, workloads: bool = True):
     net = platform_network(cfg, gopts)
     where = CellNet(net.network_id, net.subnet_id, cfg.network_cidr, net.pods_range, net.services_range, cfg.master_cidr)
     # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
-    # project of their own) are audited.
+    # project of their own) are audited; every bucket's requests are logged to the access-log bucket.
     storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
+    environment_log_bucket(env, cfg, gopts)
     cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where, workloads=workloads)
     return provider, net, cluster, edge, system_ns
+
+
+def environment_log_bucket(env: str, cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Bucket:
+    """The environment's access-log bucket (components/storage.py), in the platform project and region."""
+    return access_log_bucket("access-logs", naming.access_log_bucket(env, cfg.gcp_project), cfg.gcp_project,
+                             cfg.region, labels(env, SHARED), gopts)
 
 
 def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provider, where: CellNet,
@@ -215,18 +224,59 @@ def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provide
     return cluster, edge, system_ns
 
 
-def _operator(env: str, provider: gcp.Provider, cluster: GkeCluster) -> None:
-    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default)."""
+def _operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, cluster: GkeCluster,
+              units: list[str], identities: bool = True) -> None:
+    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default), with a Kubernetes service
+    account for each scope's deployer; `identities`: their GCP identities too (the single layout: this stack is
+    the platform's; in the cells layout the global stack declares them, `deployer_identities`)."""
     from components.operator import OperatorArgs, PulumiOperator
     from tenancy.operator.settings import CHART, CHART_VERSION, DEPLOYER_KSA, OperatorSettings
 
     op = OperatorSettings.from_pulumi(env)
+    if not op.enabled:
+        return
+    scoped = [d for d in operator_deployers(env, cfg, catalog, op, units) if d.account_id]
+    PulumiOperator("pulumi-operator", OperatorArgs(
+        namespace=op.namespace, chart=CHART, chart_version=CHART_VERSION, deployer_email=op.deployer,
+        deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
+        labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles, deployers=scoped),
+        opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+    if identities:
+        deployer_identities(env, cfg, catalog, provider, units)
+
+
+def operator_deployers(env: str, cfg: PlatformConfig, catalog: Catalog, op, units: list[str]) -> list:
+    from tenancy.operator.deployers import environment_deployers
+
+    return environment_deployers(env, catalog, cfg.gcp_project, op.deployer, units)
+
+
+def deployer_identities(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, units: list[str]) -> None:
+    """Each unit's deploying identity (tenancy/operator/deployers.py), when `tenancy:operator` is true."""
+    from components.operator import DeployerArgs, DeployerIdentity
+    from tenancy.operator.settings import OperatorSettings
+
+    op = OperatorSettings.from_pulumi(env)
+    if not op.enabled:
+        return
+    # Every cluster of the environment is in the platform project, so the operator's cell has this pool.
+    pool = f"{cfg.gcp_project}.svc.id.goog"
+    gopts = pulumi.ResourceOptions(provider=provider)
+    for d in operator_deployers(env, cfg, catalog, op, units):
+        # a dedicated tenant's own deployer is its stack's, in its own project (tenancy/operator/deployers.py)
+        if d.account_id and not d.own_project:
+            DeployerIdentity(f"deployer-{d.scope}", DeployerArgs(d, op.namespace, pool), opts=gopts)
+
+
+def export_operator_namespace(env: str) -> None:
+    """With the operator, its namespace: a dedicated tenant's stack then grants its deployer (derived from the
+    tenant, tenancy/operator/deployers.py) its roles on the project the stack creates or adopts. Like every
+    tenant-facing export, it does not depend on the catalogue."""
+    from tenancy.operator.settings import OperatorSettings
+
+    op = OperatorSettings.from_pulumi(env)
     if op.enabled:
-        PulumiOperator("pulumi-operator", OperatorArgs(
-            namespace=op.namespace, chart=CHART, chart_version=CHART_VERSION, deployer_email=op.deployer,
-            deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
-            labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles),
-            opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
+        pulumi.export(contract.OPERATOR_NAMESPACE, op.namespace)
 
 
 def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:
@@ -287,7 +337,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         display_name=f"pooled tenants' application ({env}{'' if first else ', ' + shard})"), opts=both)
     Bucket("pooled-bucket", BucketArgs(
         bucket_name=naming.pool_bucket(env, cfg.gcp_project, shard), project=cfg.gcp_project, location=cfg.region,
-        labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)]), opts=gopts)
+        labels=pooled_labels, members=[("roles/storage.objectAdmin", app_identity.member)],
+        log_bucket=naming.access_log_bucket(env, cfg.gcp_project)), opts=gopts)
     gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[RUNTIME_USER], role="roles/secretmanager.secretAccessor",
                                       member=app_identity.member, opts=gopts)

@@ -22,7 +22,7 @@ from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import SqlApplyJob, SqlJobArgs
-from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, storage_data_access_audit
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, project_audit_logs
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from stacks.config import GROUPS_DOMAIN_EXPORT
@@ -80,9 +80,11 @@ def _cells_layout(env: str) -> bool:
 
 
 def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,
-          app_chart: str, app_chart_version: str, facts: PlatformFacts) -> None:
+          app_chart: str, app_chart_version: str, facts: PlatformFacts, operator_namespace: str | None = None) -> None:
     """Build the tenant's stack. Plain values (project, region, domain, chart) come from the platform's
-    outputs resolved before the program runs, so names are known at plan time; the rest flow as Outputs."""
+    outputs resolved before the program runs, so names are known at plan time; the rest flow as Outputs.
+    `operator_namespace`: the Pulumi Kubernetes Operator's, when the platform runs it (a dedicated tenant then has
+    a deploying identity of its own)."""
     model = tenant.model.value
     gcp_labels = labels(env, model, tenant.id)
     kube_labels = k8s_labels(env, model, tenant.id)
@@ -95,6 +97,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     provider = gcp.Provider("gcp", project=project, region=region, default_labels=gcp_labels,
                             opts=pulumi.ResourceOptions(depends_on=deps))
     gopts = pulumi.ResourceOptions(provider=provider)
+    if operator_namespace and project != platform_project:
+        _own_deployer(env, tenant, platform_project, project, operator_namespace, gopts)
 
     isolation = tenant.plan.node_isolation
     if tenant.model is Model.DEDICATED:
@@ -124,9 +128,9 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
                                      else naming.ingress_address()),
                     opts=pulumi.ResourceOptions(providers=[provider, k8s_provider]))
         if not in_platform_project:
-            # The tenant's own project: its object reads and writes are audited there (the platform stack
-            # audits the platform project).
-            storage_data_access_audit("storage-data-access-audit", project, gopts)
+            # The tenant's own project: every service's reads and writes are audited there, objects included
+            # (the platform stack audits the platform project's objects).
+            project_audit_logs("audit-logs", project, gopts)
     else:
         k8s_provider = k8s.Provider("shared-cluster", kubeconfig=facts.kubeconfig, enable_server_side_apply=True)
         network_id, workload_pool, db_deps = facts.network_id, facts.workload_pool, []
@@ -170,7 +174,8 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
     bucket = Bucket("uploads", BucketArgs(
         bucket_name=naming.bucket(env, tenant.id), project=project, location=region, labels=gcp_labels,
-        kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)]), opts=gopts)
+        kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)],
+        log_bucket=naming.access_log_bucket(env, platform_project)), opts=gopts)
 
     active = tenant.state is State.ACTIVE
     graph = Feature.RECOMMENDATIONS in tenant.features
@@ -290,6 +295,19 @@ def _operations(env: str, tenant: Tenant, project: str, hosts: list[str], gcp_la
                      % (naming.namespace(tenant.id), naming.namespace(tenant.id)),
             "duration": "300s", "evaluation_interval": "60s"}}],
         opts=gopts)
+
+
+def _own_deployer(env: str, tenant: Tenant, platform_project: str, project: str, operator_namespace: str,
+                  gopts: pulumi.ResourceOptions) -> None:
+    """The tenant's deploying identity on the Pulumi Kubernetes Operator, in its own project: its account, its roles
+    on that project and nowhere else, and the binding that lets only its Kubernetes service account (in the
+    operator's namespace) act as it (tenancy/operator/deployers.py). The operator runs in the platform project's
+    cluster, hence that project's Workload Identity pool."""
+    from components.operator import DeployerArgs, DeployerIdentity
+    from tenancy.operator.deployers import scope_deployer
+
+    d = scope_deployer(env, tenant.id, platform_project, "", own_project=project)
+    DeployerIdentity("deployer", DeployerArgs(d, operator_namespace, f"{platform_project}.svc.id.goog"), opts=gopts)
 
 
 def _tenant_project(tenant: Tenant, env: str, platform_project: str,

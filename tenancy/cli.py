@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--dsn", action="append", default=[], metavar="DSN",
                    help="a database to check for leftovers of online moves (repeatable)")
+    d = p.add_argument_group("the delivery workflow's steps (README, CI and delivery)")
+    d.add_argument("--plan", metavar="FILE", help="instead, print what a deploy job runs, as JSON: with the reviewed "
+                   "decisions of FILE (moves.yaml), the command resuming each unfinished operation and carrying out each "
+                   "pending tier move, the Cloud SQL instances and the cluster each reaches; a downgrade FILE makes no "
+                   "decision for is refused (exit 1) with the entry to add")
+    d.add_argument("--base-catalog", metavar="FILE", help="with --plan, for a pull request's review: the base branch's "
+                   "catalogue stands for the deployment (offline: no stack outputs, no registry)")
+    d.add_argument("--archive-stamp", metavar="STAMP", help="with --plan: the suffix of each new move's archive "
+                   "(default: the UTC time, 20250131T120000Z)")
     p.set_defaults(func=cmd_moves)
 
     p = sub.add_parser("registry", help="the environment's registry of record: tenants, databases, operations",
@@ -375,6 +384,8 @@ def _operation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--take-over", action="store_true",
                    help="take the tenant's lease from a process that holds it but is stuck (its registry session is "
                         "ended first); resumes that same operation")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON (operation, status, phases run, "
+                   "what moved), for scripts")
 
 
 def _deployed_record_arg(p: argparse.ArgumentParser) -> None:
@@ -544,6 +555,8 @@ def cmd_moves(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.lifecycle import deploy
 
+    if args.plan or args.base_catalog or args.archive_stamp:
+        return cmd_moves_plan(args)
     for dsn in args.dsn:
         _check_dsn("--dsn", dsn)
     engine = _engine(args)
@@ -565,6 +578,56 @@ def cmd_moves(args) -> int:
               "unfinished ones with their commands); for a move no one will resume, drop them "
               "(tenancy.stores.replication.cleanup)", file=sys.stderr)
     return EXIT_FAIL if left else EXIT_OK
+
+
+def cmd_moves_plan(args) -> int:
+    """`tenancy moves --plan moves.yaml`: the deploy job's steps (tenancy/delivery.py) as JSON; exit 1 when an item is
+    refused (it is listed with why), 2 when the moves file or the catalogue is wrong."""
+    from datetime import datetime, timezone
+
+    from tenancy import delivery, naming
+    from tenancy.catalog import load_catalog
+    from tenancy.engine import EngineError
+    from tenancy.errors import ConfigError
+    from tenancy.lifecycle import record as rec
+
+    if not args.plan:
+        raise ConfigError("--base-catalog and --archive-stamp go with --plan FILE (the moves file)")
+    if args.dsn:
+        raise ConfigError("--plan takes no --dsn: it reads the registry's record of every database")
+    stamp = args.archive_stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}", stamp):
+        raise ConfigError(f"--archive-stamp {stamp[:60]!r}: up to 40 letters, digits, '.', '_' or '-'")
+    catalog = load_catalog(args.tenants)
+    moves = delivery.load(args.plan)
+    registry = None
+    if args.base_catalog:
+        facts = delivery.review_facts(args.env, load_catalog(args.base_catalog), args.tenants)
+    else:
+        engine = _engine(args)
+        try:
+            outputs = engine.outputs(naming.stack_name(args.env))
+        except EngineError:
+            outputs = {}
+        registry = _registry(args, engine, required=False)
+        facts = delivery.Facts(args.env, rec.read(engine, args.env), str(outputs.get("region") or ""),
+                               delivery.registry_databases(registry) if registry is not None else {},
+                               registry.unfinished() if registry is not None else None, args.tenants)
+    deployed = facts.deployed.catalog
+    moves.check(catalog, dict(deployed.plans) if deployed is not None else None)
+    found = delivery.steps(catalog, moves, facts, stamp)
+    if registry is None and not args.base_catalog:
+        for s in found:
+            if s.status == "run":
+                s.status, s.message = "failed", (f"{s.message}; but the environment's registry is not reachable (no "
+                                                 "--registry, no TENANCY_REGISTRY, no `registry` output of the global "
+                                                 "stack): every operation takes the tenant's lease there")
+    print(to_json({"environment": args.env, "moves_file": args.plan, "archive_stamp": stamp,
+                   "steps": [s.to_json() for s in found]}))
+    for s in found:
+        if s.status == "failed":
+            print(f"refused: {s.message}", file=sys.stderr)
+    return EXIT_FAIL if any(s.status == "failed" for s in found) else EXIT_OK
 
 
 def _registry(args, engine=None, required: bool = True):
@@ -617,7 +680,10 @@ def _command_line(args, drop: tuple[str, ...] = ("--abort", "--take-over")) -> s
     return _redact(shlex.join(["tenancy", *argv]))
 
 
-def _print_outcome(out, line: str) -> int:
+def _print_outcome(out, line: str, as_json: bool = False) -> int:
+    if as_json:
+        print(json.dumps(out.to_json(), indent=1, ensure_ascii=False, default=str))
+        return EXIT_OK
     if out.status in ("nothing to do", "nothing to abort"):
         print(out.message)
         return EXIT_OK
@@ -662,13 +728,13 @@ def _reach(args, dsns: dict[str, str]):
             skip.add(k)
     runner = None
     if args.kubeconfig:
-        from tenancy.stores.graph import GraphError, KubernetesJobRunner
-        try:    # the runner takes the kubeconfig's content (a stack output holds it), the option names its file
-            runner = KubernetesJobRunner(Path(args.kubeconfig).read_text())
+        from tenancy.stores.graph import KubernetesJobRunner
+        try:
+            text = Path(args.kubeconfig).read_text()
         except OSError as exc:
-            raise ConfigError(f"--kubeconfig {args.kubeconfig}: cannot read it ({exc.strerror})") from None
-        except GraphError as exc:
-            raise ConfigError(f"--kubeconfig {args.kubeconfig}: {exc}") from None
+            raise ConfigError(f"--kubeconfig {args.kubeconfig}: {exc.strerror or exc}; give the path of a kubeconfig "
+                              "file (the tenant stack's `kubeconfig` output saved to a file)") from None
+        runner = KubernetesJobRunner(text)
     return Reach(dsns, args.objects_root, runner, frozenset(skip))
 
 
@@ -720,8 +786,8 @@ def cmd_upgrade(args) -> int:
             + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items() if w != "verified")
                       for k, v in (d.get("copied") or {}).items() if "rows" not in v)
             + (f"; {out.message}" if out.message else ""))
-    code = _print_outcome(out, line)
-    if d.get("catalog_line"):
+    code = _print_outcome(out, line, args.json)
+    if d.get("catalog_line") and not args.json:
         print(d["catalog_line"])
     return code
 
@@ -752,9 +818,9 @@ def cmd_suspend(args) -> int:
     engine = _engine(args)
     out = suspend.set_state(_context(args, engine), catalog, args.tenant, resume=args.resume, reach=Reach(dsns),
                             take_over=args.take_over, command=_command_line(args))
-    print(f"tenant '{args.tenant}' {'resumed: its databases accept its writes again' if args.resume else 'suspended: its databases refuse its writes'}"
-          f" ({out.operation})")
-    return EXIT_OK
+    line = (f"tenant '{args.tenant}' {'resumed: its databases accept its writes again' if args.resume else 'suspended: its databases refuse its writes'}"
+            f" ({out.operation})")
+    return _print_outcome(out, line, args.json)
 
 
 def _db_overrides(items: list[str]) -> dict[str, str]:
@@ -800,10 +866,10 @@ def cmd_offboard(args) -> int:
     out = offboard.offboard(ctx, catalog, args.tenant, export_to=args.export_to, reach=_reach(args, overrides),
                             discard=discard, yes=args.yes and args.no_export, abort=args.abort, take_over=args.take_over,
                             command=_command_line(args), restore_check=not args.no_restore_check)
-    if out.status in ("nothing to abort",):
+    if out.status in ("nothing to abort",) and not args.json:
         print(out.message)
         return EXIT_OK
-    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))
+    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False, default=str))
     return EXIT_OK
 
 
@@ -832,10 +898,10 @@ def cmd_restore(args) -> int:
     engine = _engine(args)
     out = restore.restore(_context(args, engine), catalog, args.tenant, source=args.source, reach=reach,
                           abort=args.abort, take_over=args.take_over, command=_command_line(args))
-    if out.status == "nothing to abort":
+    if out.status == "nothing to abort" and not args.json:
         print(out.message)
         return EXIT_OK
-    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False))
+    print(json.dumps({"tenant": args.tenant, **out.to_json()}, indent=1, ensure_ascii=False, default=str))
     return EXIT_OK
 
 
@@ -871,9 +937,8 @@ def cmd_place(args) -> int:
     out = place.place(ctx, catalog, args.tenant, cell=args.cell, pool_shard=args.pool_shard,
                       data_project=args.data_project, reach=reach, abort=args.abort, take_over=args.take_over,
                       command=_command_line(args))
-    if out.status != "done":
-        print(out.message or f"{out.operation}: {out.status}")
-        return EXIT_OK
+    if out.status != "done" or args.json:
+        return _print_outcome(out, out.message or f"{out.operation}: {out.status}", args.json)
     was = ", ".join(out.detail["from"].values()) or "nowhere"
     now = ", ".join(out.detail["to"].values())
     print(f"tenant '{args.tenant}' moved from {was} to {now} with its data ({out.operation})")
@@ -909,9 +974,8 @@ def cmd_data_move(args) -> int:
     out = data_move.move(ctx, args.tenant, args.source, args.target, delete_source=args.delete_source,
                          replace=args.replace, tables=_table_list(args.tables), target_state=args.state,
                          abort=args.abort, take_over=args.take_over, command=_command_line(args))
-    if out.status != "done":
-        print(out.message or f"{out.operation}: {out.status}")
-        return EXIT_OK
+    if out.status != "done" or args.json:
+        return _print_outcome(out, out.message or f"{out.operation}: {out.status}", args.json)
     d = out.detail
     seconds = d.get("seconds") or 0.0
     replaced = f"; replaced {d['replaced_rows']} rows the target held" if d.get("replaced_rows") else ""
@@ -1215,23 +1279,39 @@ def cmd_plan(args) -> int:
 
 
 def cmd_policy_check(args) -> int:
-    from tenancy.policycheck import evaluate_plan, evaluate_stack, stack_of_urn
+    from tenancy.policycheck import MalformedPlan, evaluate_plan, evaluate_stack, plan_problem, stack_of_urn
 
+    path = Path(args.plan_file)
     try:
-        data = json.loads(Path(args.plan_file).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         print(f"{args.plan_file}: file not found", file=sys.stderr)
+        return EXIT_INPUT
+    except IsADirectoryError:
+        print(f"{args.plan_file}: is a directory; give the plan file (e.g. {path / 'plan.json'})", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        print(f"{args.plan_file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except UnicodeDecodeError:
+        print(f"{args.plan_file}: not a plan file (not UTF-8 text)", file=sys.stderr)
         return EXIT_INPUT
     except json.JSONDecodeError as exc:
         print(f"{args.plan_file}:{exc.lineno}: not valid JSON: {exc.msg}", file=sys.stderr)
         return EXIT_INPUT
-    if not isinstance(data, dict) or not isinstance(data.get("stacks"), list):
-        print(f"{args.plan_file}: not a plan file (expected {{\"version\": 1, \"stacks\": [...]}})", file=sys.stderr)
+    problem = plan_problem(data)
+    if problem:
+        print(f"{args.plan_file}: {problem}", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        found = [(stack.get("name"), v) for stack in data["stacks"] for v in evaluate_stack(stack)]
+        found += [(stack_of_urn(v["urn"]), v) for v in evaluate_plan(data["stacks"])]
+    except MalformedPlan as exc:
+        print(f"{args.plan_file}: {exc}; a plan written by `tenancy plan` has the shapes the policy pack reads",
+              file=sys.stderr)
         return EXIT_INPUT
     mandatory = 0
     total = 0
-    found = [(stack.get("name"), v) for stack in data["stacks"] for v in evaluate_stack(stack)]
-    found += [(stack_of_urn(v["urn"]), v) for v in evaluate_plan(data["stacks"])]
     for name, v in found:
         total += 1
         mandatory += v["enforcement"] == "mandatory"

@@ -109,6 +109,11 @@ def shared_bucket(env: str, project: str) -> str:
     return fit(f"{project}-{env}-pooled-uploads", LIMITS["bucket"])
 
 
+def access_log_bucket(env: str, project: str) -> str:
+    """The environment's access-log bucket, where every bucket of the environment logs its requests."""
+    return fit(f"{project}-{env}-access-logs", LIMITS["bucket"])
+
+
 def sql_instance(env: str, tenant_id: str, role: str) -> str:
     """A tenant's Cloud SQL instance, `role` being postgres-1..3 (instance names start with a letter)."""
     return fit(f"{env}-{tenant_id}-{role}", LIMITS["sql_instance"])
@@ -249,6 +254,12 @@ def node_service_account_id(env: str, tenant_id: str | None = None) -> str:
     return f"{env}-gke-nodes" if tenant_id is None else fit(f"n-{env}-{tenant_id}", LIMITS["service_account"])
 
 
+def deployer_service_account_id(env: str, scope: str) -> str:
+    """The GCP service account a scope's stacks deploy as on the Pulumi Kubernetes Operator (a unit, `cell-2`, or a
+    dedicated tenant's id): tenancy/operator/deployers.py."""
+    return fit(f"d-{env}-{scope}", LIMITS["service_account"])
+
+
 def service_account_email(account_id: str, project: str) -> str:
     return f"{account_id}@{project}.iam.gserviceaccount.com"
 
@@ -366,6 +377,7 @@ def platform_names(env: str, project: str | None = None, base_domain: str | None
         names[("namespace", ns)] = what
     if project is not None:
         names[("bucket", shared_bucket(env, project))] = "pooled uploads bucket"
+        names[("bucket", access_log_bucket(env, project))] = "access-log bucket"
     if base_domain is not None:
         names[("DNS zone", dns_zone(base_domain))] = "DNS zone of the base domain"
     return names
@@ -381,6 +393,7 @@ def tenant_names(env: str, tenant_id: str, roles: tuple[str, ...] = DATABASE_ROL
         ("service account", service_account_id(env, tenant_id)): "workload identity",
         ("service account", migrator_service_account_id(env, tenant_id)): "SQL migrator identity",
         ("service account", node_service_account_id(env, tenant_id)): "GKE node service account",
+        ("service account", deployer_service_account_id(env, tenant_id)): "deployer in its own project",
         ("bucket", bucket(env, tenant_id)): "uploads bucket",
         ("Firestore database", firestore_database(env, tenant_id)): "Firestore database",
         ("GKE cluster", cluster(env, tenant_id)): "GKE cluster",

@@ -30,6 +30,14 @@ from policy import rules
 OFFLINE_CONFIG = {"secretsMasked": True}
 
 
+class MalformedPlan(ValueError):
+    """A plan whose shape the policy pack cannot read: where, and what is wrong, in one line."""
+
+
+# What a rule raises when an input it reads has another shape than a plan written by `tenancy plan` gives it.
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
 def _config(policy) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
     schema = getattr(policy, "config_schema", None)
@@ -81,7 +89,11 @@ def evaluate_stack(stack: dict[str, Any]) -> list[dict[str, Any]]:
             def report(message: str, urn: str | None = None, _u=r.urn, _p=policy) -> None:
                 out.append({"policy": _p.name, "urn": urn or _u, "message": message, "enforcement": _level(_p)})
 
-            policy.validate(args, report)
+            try:
+                policy.validate(args, report)
+            except SHAPE_ERRORS as exc:
+                raise MalformedPlan(f"resource {r.urn}: the policy '{policy.name}' cannot read its inputs "
+                                    f"({_one_line(exc)})") from exc
     for policy in rules.STACK_POLICIES:
         if policy.name in rules.PLAN_WIDE_FORMS:
             continue  # evaluated once over the whole plan, with every stack's owners
@@ -90,8 +102,20 @@ def evaluate_stack(stack: dict[str, Any]) -> list[dict[str, Any]]:
         def sreport(message: str, urn: str | None = None, _p=policy) -> None:
             out.append({"policy": _p.name, "urn": urn or "", "message": message, "enforcement": _level(_p)})
 
-        policy.validate(args, sreport)
+        try:
+            policy.validate(args, sreport)
+        except SHAPE_ERRORS as exc:
+            raise MalformedPlan(f"stack {stack.get('name')}: the policy '{policy.name}' cannot read its resources "
+                                f"({_one_line(exc)})") from exc
     return out
+
+
+def resource_violations(resource_type: str, props: dict[str, Any], urn: str) -> list[dict[str, Any]]:
+    """The pack's resource rules on one object that no stack declares (an operator Stack object the engine
+    creates): [{policy, urn, message, enforcement}]."""
+    name = urn.rsplit("::", 1)[-1]
+    return evaluate_stack({"name": stack_of_urn(urn), "resources": [{"urn": urn, "type": resource_type, "name": name,
+                                                                       "inputs": props}]})
 
 
 # Plan-wide forms that look at one stack at a time: a streaming plan evaluates them where the stack's resources are.
@@ -111,11 +135,19 @@ def _run_checks(checks, grouped: list[tuple[str | None, list[PolicyResource]]]) 
         def report(message: str, urn: str | None = None, _n=name) -> None:
             out.append({"policy": _n, "urn": urn or "", "message": message, "enforcement": "mandatory"})
 
-        if cfg is None:
-            fn(grouped, report)
-        else:
-            fn(grouped, report, cfg)
+        try:
+            if cfg is None:
+                fn(grouped, report)
+            else:
+                fn(grouped, report, cfg)
+        except SHAPE_ERRORS as exc:
+            raise MalformedPlan(f"the plan-wide policy '{name}' cannot read the plan ({_one_line(exc)})") from exc
     return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}"
 
 
 class PlanStacks:
@@ -150,16 +182,96 @@ def evaluate_plan(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return evaluate_cross_stack(stacks) + [v for s in stacks for v in evaluate_stack_plan_forms(s)]
 
 
+# ------------------------------------------------------------------------------------------ plan shape
+
+# Inputs the rules read by name on any resource, and the shape a plan written by `tenancy plan` gives them.
+# A whole value may be masked or unknown ("[secret]", "[unknown]").
+STRING_INPUTS = ("name", "namespace", "kind", "apiVersion", "project", "secretId", "accountId", "instance", "service",
+                 "network", "location", "bucket", "member", "role")
+MAPPING_INPUTS = ("labels", "userLabels", "resourceLabels", "metadata", "spec", "data", "stringData", "binaryData",
+                  "settings", "values")
+LIST_INPUTS = ("members", "rules")
+OPTION_LISTS = ("aliases", "dependsOn", "ignoreChanges", "additionalSecretOutputs")
+MARKERS = ("[secret]", "[unknown]")
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def plan_problem(data: Any) -> str | None:
+    """The first thing in a plan.json document that the policy pack cannot read, as `<where>: <what>`; None when
+    its shape is a plan's (`{"stacks": [{"name", "tenant", "resources": [{"urn", "type", "name", "parent",
+    "inputs", "options"}]}]}`, DESIGN.md). Values of inputs are checked where rules read them by name."""
+    if not isinstance(data, dict):
+        return f"expected a plan (a mapping with a 'stacks' list), not {_type_name(data)}"
+    stacks = data.get("stacks")
+    if not isinstance(stacks, list):
+        return "expected a plan (a mapping with a 'stacks' list); 'stacks' is " + \
+            ("missing" if "stacks" not in data else f"{_type_name(stacks)}")
+    for i, stack in enumerate(stacks):
+        where = f"stacks[{i}]"
+        if not isinstance(stack, dict):
+            return f"{where}: a stack must be a mapping, not {_type_name(stack)}"
+        for key in ("name", "tenant"):
+            if stack.get(key) is not None and not isinstance(stack[key], str):
+                return f"{where}: '{key}' must be a string, not {_type_name(stack[key])}"
+        if stack.get("name"):
+            where = f"{where} ({stack['name']})"
+        resources = stack.get("resources")
+        if "resources" not in stack:
+            return f"{where}: 'resources' is missing"
+        if not isinstance(resources, list):
+            return f"{where}: 'resources' must be a list, not {_type_name(resources)}"
+        for j, r in enumerate(resources):
+            problem = _resource_problem(r)
+            if problem:
+                urn = f" ({r['urn']})" if isinstance(r, dict) and isinstance(r.get("urn"), str) and r["urn"] else ""
+                return f"{where}.resources[{j}]{urn}: {problem}"
+    return None
+
+
+def _resource_problem(r: Any) -> str | None:
+    if not isinstance(r, dict):
+        return f"a resource must be a mapping, not {_type_name(r)}"
+    for key in ("urn", "type"):
+        if key not in r:
+            return f"'{key}' is missing"
+        if not isinstance(r[key], str) or not r[key]:
+            return f"'{key}' must be a non-empty string, not {_type_name(r[key]) if r[key] != '' else 'an empty one'}"
+    for key in ("name", "parent"):
+        if r.get(key) is not None and not isinstance(r[key], str):
+            return f"'{key}' must be a string, not {_type_name(r[key])}"
+    inputs, options = r.get("inputs"), r.get("options")
+    if inputs is not None and not isinstance(inputs, dict):
+        return f"'inputs' must be a mapping, not {_type_name(inputs)}"
+    if options is not None and not isinstance(options, dict):
+        return f"'options' must be a mapping, not {_type_name(options)}"
+    for key in OPTION_LISTS:
+        if (options or {}).get(key) is not None and not isinstance(options[key], list):
+            return f"'options.{key}' must be a list, not {_type_name(options[key])}"
+    if (options or {}).get("provider") is not None and not isinstance(options["provider"], str):
+        return f"'options.provider' must be a string, not {_type_name(options['provider'])}"
+    for key, value in (inputs or {}).items():
+        expected = (str if key in STRING_INPUTS else dict if key in MAPPING_INPUTS else list if key in LIST_INPUTS
+                    else None)
+        if expected is None or value is None or isinstance(value, expected) or value in MARKERS:
+            continue
+        return f"'inputs.{key}' must be {_type_name(expected())}, not {_type_name(value)}"
+    return None
+
+
 # What the cross-stack rules read of a resource (policy/rules.py: build_ownership, _owned_keys, _scoped_name,
 # iam_grants, _ingress_hosts, shared_across_tenants, _labels_of): type, URN, parent, provider; every input of
-# providers and Google Cloud resources; of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
+# providers, Google Cloud resources and deployers (their scope); of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
 # releases), metadata name, namespace and labels, and an Ingress's rules and TLS hosts; of anything else its
 # labels. A tenant stack's view is a small part of it (no manifest bodies, ConfigMap data or Helm values).
 LABEL_KEYS = ("userLabels", "resourceLabels", "labels")
 
 
 def _view_inputs(t: str, p: dict[str, Any]) -> dict[str, Any] | None:
-    if t.startswith(("gcp:", "pulumi:providers:")):
+    if t.startswith(("gcp:", "pulumi:providers:")) or t == rules.DEPLOYER_TYPE:
         return p
     if t.startswith("kubernetes:"):
         out = {k: p[k] for k in ("apiVersion", "kind", "name", "namespace", *LABEL_KEYS) if k in p}

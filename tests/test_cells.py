@@ -119,8 +119,18 @@ def test_every_stack_of_a_10000_tenant_fleet_is_bounded_and_every_object_under_1
         sizes[plan["name"]] = len(plan["resources"])
         assert sizes[plan["name"]] <= MAX_STACK_RESOURCES
         assert [(u, n) for u, n in _objects(plan) if n >= MAX_OBJECT_BYTES] == []
-    # the global stack holds nothing per tenant; the others grow with their own unit's tenants only
-    assert sizes["prod"] < 40
+    # the global stack holds nothing per tenant: beside its own few resources, each unit's deploying identity (its
+    # component, account, Workload Identity binding and project roles; tenancy/operator/deployers.py)
+    from tenancy.operator.deployers import environment_deployers
+    units = [d for d in environment_deployers("prod", catalog, "tenancy-prod-719304",
+                                              "deployer@tenancy-prod-719304.iam.gserviceaccount.com",
+                                              [*capacity.identity_shard_names, *capacity.cell_names,
+                                               *capacity.pool_shard_names]) if d.account_id and not d.own_project]
+    assert len(units) == 8 + 4 + 10
+    in_deployers = [r for r in glob["resources"] if "tenancy:operator:Deployer" in r["urn"].split("::")[2]]
+    assert len(in_deployers) == sum(3 + len(d.grants) for d in units)
+    assert sizes["prod"] - len(in_deployers) < 40
+    # the others grow with their own unit's tenants only
     assert sizes[naming.unit_stack("prod", shard)] == n_identity + 2       # its tenants, the component, the provider
     directory = next(r for r in cell_plan["resources"] if r["urn"].endswith("::directory-configmap"))
     assert len(json.loads(directory["inputs"]["data"]["tenants.json"])) == 300
@@ -447,6 +457,24 @@ def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch,
             c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
+def _deployers_cover(stacks) -> None:
+    """What each unit's and tenant's stack declares is what its scope's deployer has roles for: every Google Cloud
+    resource type is a service of its scope (tenancy/operator/deployers.py), and every project role it grants in
+    the platform project is one the deployer may grant."""
+    from tenancy.operator import deployers as dep
+
+    for s in stacks:
+        kind = naming.stack_kind(s.name)[0]
+        if kind == naming.ENV_STACK:
+            continue
+        scope = dep.SERVICES[naming.CELL_STACK if kind == naming.TENANT_STACK else kind]   # tenants: their cell's
+        types = {r["type"] for r in s.resources if r["type"].startswith(("gcp:", "kubernetes:"))}
+        uncovered = {t for t in types if not any(t.startswith(service) for service in scope)}
+        assert not uncovered, f"{s.name}: its deployer has no role for {sorted(uncovered)}"
+        granted = {r["inputs"]["role"] for r in s.resources if r["type"] == "gcp:projects/iAMMember:IAMMember"}
+        assert granted <= set(dep.GRANTABLE_ROLES), s.name
+
+
 def test_plan_of_a_cells_layout_environment(monkeypatch):
     from tenancy.plan import plan
 
@@ -461,6 +489,7 @@ def test_plan_of_a_cells_layout_environment(monkeypatch):
     assert [s.name for s in plan(catalog, "dev", tenants=["delta"], workers=1).stacks] == ["dev.delta"]
     # one pooled tenant: its pool shard
     assert [s.name for s in plan(catalog, "dev", tenants=["bravo"], workers=1).stacks] == ["dev.pool-1"]
+    _deployers_cover(full.stacks)
     cell = next(s for s in full.stacks if s.name == "dev.cell-1")
     record = json.loads(cell.outputs["deployedRecord"])
     assert [t["id"] for t in record["catalog"]["tenants"]] == ["delta", "echo"]
@@ -518,3 +547,9 @@ def test_operator_stack_objects_of_a_cells_layout_wait_for_what_they_read(monkey
     dedicated = next(s for s, o in objects.items() if o["metadata"]["labels"].get("tenancy.io/model") == "dedicated")
     assert waits[namespace] == ["prod", "prod-cell-1"] and waits[dedicated] == ["prod"]
     assert objects["prod.cell-1"]["metadata"]["labels"]["tenancy.io/stack-kind"] == "cell"
+    # each unit runs as its own deployer, a namespace tenant as its cell's, a dedicated tenant (its own project) as its own
+    runs_as = {s: o["spec"]["serviceAccountName"] for s, o in objects.items()}
+    assert {s: runs_as[s] for s in list(objects)[:5]} == {
+        "prod": "tenancy-deployer", "prod.identity-1": "deployer-identity-1", "prod.identity-2": "deployer-identity-2",
+        "prod.cell-1": "deployer-cell-1", "prod.pool-1": "deployer-pool-1"}
+    assert runs_as[namespace] == "deployer-cell-1" and runs_as[dedicated] == f"deployer-{dedicated.split('.')[1]}"

@@ -1,9 +1,12 @@
 """The Checkov gate of `make test`: the allow-list is short and reasoned, and the scan fails on a planted
-privileged Pod (running Checkov itself when it is installed; under CI a missing Checkov is a failure)."""
+privileged Pod and on a planted finding in the plan's Google Cloud resources converted to Terraform's plan format
+(running Checkov itself when it is installed; under CI a missing Checkov is a failure)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, of_type, stack_of
 
 SCRIPT = ROOT / "scripts" / "checkov-scan.py"
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
@@ -111,3 +114,44 @@ def test_scan_fails_on_a_planted_privileged_pod_and_allowlist_entries_must_stay_
     assert res.returncode == 1, res.stdout + res.stderr
     assert res.stdout.splitlines() == ["checkov-scan: 1 problem(s):",
                                        "  allow-list entry CKV_K8S_1 * matches no finding: remove it"]
+
+
+def test_bad_plan_file_is_bad_input(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"stacks": [{"name": "dev", "resources": [{"urn": "urn:x"}]}]}))
+    res = run_scan("--plan", str(plan), "--no-workflows")
+    assert res.returncode == 2
+    assert res.stderr == f"checkov-scan: --plan {plan}: stacks[0] (dev).resources[0] (urn:x): 'type' is missing\n"
+
+
+@pytest.fixture(scope="module")
+def prod_plan(tmp_path_factory):
+    """The real offline plan of prod: beside dev's resources, the operator's deployers (every allow-list entry)."""
+    from tenancy import plan as planmod
+    from tenancy.catalog import load_catalog
+
+    out = tmp_path_factory.mktemp("prod")
+    planmod.write(planmod.plan(load_catalog(ROOT / "tenants.yaml"), "prod", workers=2), out)
+    return json.loads((out / "plan.json").read_text())
+
+
+def test_scan_of_the_converted_plan_passes_on_the_real_plan_and_fails_on_a_planted_finding(prod_plan, tmp_path):
+    """One Checkov run over two converted plans: the real one (every finding allow-listed, every entry live) and
+    a copy of one tenant's stack whose bucket does not log access: exactly that finding fails the scan, and nothing
+    of the real plan does."""
+    needs_checkov()
+    real, planted = tmp_path / "real" / "plan.json", tmp_path / "planted" / "plan.json"
+    real.parent.mkdir()
+    planted.parent.mkdir()
+    real.write_text(json.dumps(prod_plan))
+    stark = copy.deepcopy(stack_of(prod_plan, "prod.stark"))
+    [bucket] = of_type(stark, "gcp:storage/bucket:Bucket")
+    assert bucket["inputs"].pop("logging") == {"logBucket": "tenancy-prod-719304-prod-access-logs",
+                                               "logObjectPrefix": "prod-stark-uploads"}
+    planted.write_text(json.dumps({**prod_plan, "stacks": [stark]}))
+    res = run_scan("--plan", str(real), "--plan", str(planted), "--no-workflows")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "checkov-scan: 1 problem(s):",
+        "  CKV_GCP_62 Bucket should log access: google_storage_bucket.prod_stark__uploads-bucket "
+        "(/2-planted-plan.tfplan.json)"]

@@ -243,7 +243,8 @@ def test_the_platform_program_refuses_them_too(tmp_path):
 EXPECTED_FLAGS = {
     "cloudsql.iam_authentication": "on", "cloudsql.enable_pgaudit": "on", "pgaudit.log": "ddl,role",
     "log_connections": "on", "log_disconnections": "on", "log_statement": "ddl", "log_lock_waits": "on",
-    "log_checkpoints": "on", "log_min_duration_statement": "-1", "cloudsql.logical_decoding": "on",
+    "log_checkpoints": "on", "log_min_duration_statement": "-1", "log_duration": "on", "log_min_error_statement": "error",
+    "log_error_verbosity": "terse", "cloudsql.logical_decoding": "on",
 }
 
 
@@ -261,6 +262,40 @@ def test_every_cloud_sql_instance_is_audited_and_ready_for_logical_replication(p
         assert flags == expected, f"{stack} {r['urn']}"
         assert len(settings["databaseFlags"]) == len(flags), "a flag is listed twice"
         assert settings["insightsConfig"] == {"queryInsightsEnabled": True}
+
+
+def test_the_logging_flags_write_durations_and_failing_statements_without_values(pg_server, fresh_db):
+    """On a real PostgreSQL with the instances' logging flags: every statement's duration is logged without its
+    text, a failing statement's text is logged without the values bound to it or the error's detail (which quotes
+    the failing row), and neither value reaches the log."""
+    import uuid
+
+    import psycopg
+
+    from components.postgres import AUDIT_FLAGS
+
+    # the flags that decide what a statement leaves in the log (the rest are server-wide or Cloud SQL's own)
+    flags = {k: v for k, v in AUDIT_FLAGS if k in ("log_statement", "log_min_duration_statement", "log_duration",
+                                                   "log_min_error_statement", "log_error_verbosity")}
+    assert flags == {"log_statement": "ddl", "log_min_duration_statement": "-1", "log_duration": "on",
+                     "log_min_error_statement": "error", "log_error_verbosity": "terse"}
+    ok, bad = f"kept-{uuid.uuid4().hex}", f"refused-{uuid.uuid4().hex}"
+    log = pg_server.datadir.parent / "log"
+    start = log.stat().st_size
+    options = " ".join(f"-c {name}={value}" for name, value in flags.items())
+    with psycopg.connect(pg_server.dsn(dbname=fresh_db), autocommit=True, options=options) as conn:
+        assert conn.execute("SHOW log_min_error_statement").fetchone() == ("error",)
+        conn.execute("CREATE TABLE notes (body text CHECK (body LIKE 'kept-%'))")
+        conn.execute("INSERT INTO notes VALUES (%s)", [ok])
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO notes VALUES (%s)", [bad])
+    with log.open() as f:
+        f.seek(start)
+        written = f.read()
+    assert re.search(r"LOG:  duration: [0-9.]+ ms$", written, re.M), written
+    assert "STATEMENT:  INSERT INTO notes VALUES ($1)" in written, "the failing statement, with its placeholder"
+    assert "ERROR:  new row for relation \"notes\" violates check constraint" in written
+    assert ok not in written and bad not in written, "no value, not even in the error's detail"
 
 
 def test_clients_verify_the_server_certificate(plan_data):
@@ -285,9 +320,28 @@ def test_storage_data_access_is_audited_in_every_project(plan_data):
               for s in plan_data["stacks"]}
     expected = {"service": "storage.googleapis.com", "auditLogConfigs": [{"logType": "DATA_READ"}, {"logType": "DATA_WRITE"}]}
     assert audits["dev"] == [{**expected, "project": PROJECT}]
-    assert audits["dev.zen"] == [{**expected, "project": "zen-saas-project"}]
+    # a dedicated tenant's own project: every service, every principal (CIS GCP 2.1), objects included
+    assert audits["dev.zen"] == [{"project": "zen-saas-project", "service": "allServices", "auditLogConfigs": [
+        {"logType": "ADMIN_READ"}, {"logType": "DATA_READ"}, {"logType": "DATA_WRITE"}]}]
     # tenants in the platform project are covered by the platform's config (one config per project and service)
     assert audits["dev.orbit"] == audits["dev.nimbus"] == audits["dev.stark"] == []
+
+
+def test_every_bucket_logs_its_requests_to_the_environments_log_bucket(plan_data):
+    buckets = {r["inputs"]["name"]: r["inputs"] for s in plan_data["stacks"] for r in of_type(s, "gcp:storage/bucket:Bucket")}
+    logs = f"{PROJECT}-dev-access-logs"
+    assert logs in buckets and len(buckets) > 2
+    for name, b in buckets.items():
+        if name == logs:
+            # it logs nothing into itself; it keeps a year of logs and only Cloud Storage's logger may write
+            assert "logging" not in b
+            assert {"action": {"type": "Delete"}, "condition": {"age": 365}} in b["lifecycleRules"]
+            assert (b["uniformBucketLevelAccess"], b["publicAccessPrevention"]) == (True, "enforced")
+        else:
+            assert b["logging"] == {"logBucket": logs, "logObjectPrefix": name}, name
+    grants = [g["inputs"] for s in plan_data["stacks"] for g in of_type(s, "gcp:storage/bucketIAMMember:BucketIAMMember")
+              if g["inputs"]["bucket"] == logs]
+    assert grants == [{"bucket": logs, "role": "roles/storage.objectCreator", "member": "group:cloud-storage-analytics@google.com"}]
 
 
 # 5 ---------------------------------------------------------------------------------------- clusters

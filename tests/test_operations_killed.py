@@ -125,6 +125,8 @@ class AppWriter(threading.Thread):
         self.names: dict = {}
         self.ids: list = []
         self.moved = 0
+        self.hold, self.idle = threading.Event(), threading.Event()
+        self.log: list = []      # (time, id, name, database) of every committed write
         self.gone = False
         self.errors: list[str] = []
         self.stop = threading.Event()
@@ -132,6 +134,11 @@ class AppWriter(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
+            if self.hold.is_set():            # a check reads the databases: no write in between
+                self.idle.set()
+                time.sleep(0.01)
+                continue
+            self.idle.clear()
             name = f"w-{uuid.uuid4().hex[:8]}"
             try:
                 with self.router.transaction(self.tenant, "app.users") as c:
@@ -149,6 +156,7 @@ class AppWriter(threading.Thread):
                 if uid not in self.names:
                     self.ids.append(uid)
                 self.names[uid] = name
+                self.log.append((time.time(), uid, name, self.router.dsn(self.tenant, "app.users").split("dbname=")[-1]))
             except client.Moved:
                 self.moved += 1
                 time.sleep(0.02)
@@ -182,13 +190,26 @@ def users(server, dbname: str, tenant: str = "bravo") -> dict:
 
 
 def check(w, writer: AppWriter) -> None:
+    writer.hold.set()
+    while writer.is_alive() and not writer.idle.wait(0.05):
+        pass
+    try:
+        _check(w, writer)
+    finally:
+        writer.hold.clear()
+
+
+def _check(w, writer: AppWriter) -> None:
     s = w["server"]
     reg = w["registry"]
     assert reg.unfinished() == [], "every lease is released"
     assert not writer.errors, writer.errors
     at = where_registry_points(w)
     found = users(s, at)
-    assert {k: found.get(k) for k in writer.names} == writer.names, "every committed write, with its last value"
+    lost = {k: (v, found.get(k)) for k, v in writer.names.items() if found.get(k) != v}
+    assert not lost, ("every committed write, with its last value", at, lost,
+                      [e for e in writer.log if e[1] in lost][-6:], w["registry"].journal(
+                          w["registry"].history("bravo")[-1].id)[-12:] if w["registry"].history("bravo") else None)
     for other in {w["pooled"], *w["own"]} - {at}:
         assert users(s, other) == {}, f"bravo's users are also in {other}"
     assert rows(s, w["pooled"], "alpha") == w["before"]["alpha"], "the neighbour's rows"

@@ -51,7 +51,9 @@ def expected(settings, stack, commit, preview=False):
     env, _, tenant = stack.partition(".")
     if tenant:
         model = load_catalog(ROOT / "tenants.yaml").tenant(tenant).model.value
-        fs = FleetStack(stack, "tenant", tenant, model, after=(env,))
+        # the prod catalogue's dedicated tenants have projects of their own: each runs as its own deployer
+        fs = FleetStack(stack, "tenant", tenant, model, after=(env,),
+                        deployer=f"deployer-{tenant}" if model == "dedicated" else "deployer-cell-1")
     else:
         fs = FleetStack(stack, "platform")
     obj = stack_object(fs, settings, commit, config=platform_config(env) if not tenant else None, preview=preview)

@@ -19,6 +19,11 @@ from tenancy.operator.stacks import FleetStack, check_names, fleet, fleet_object
 from tests.conftest import ROOT, of_type, stack_of
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+# The prod catalogue's stacks and the Kubernetes service account each runs as: the platform's, its cell's for a
+# namespace tenant, its own for a dedicated tenant with a project of its own (acme's is created, cyberdyne's exists).
+SCOPE_KSA = {"prod": "tenancy-deployer", "prod.pied-piper": "deployer-cell-1", "prod.stark": "deployer-cell-1",
+             "prod.wayne": "deployer-cell-1", "prod.acme": "deployer-acme", "prod.cyberdyne": "deployer-cyberdyne"}
+PROJECT = "tenancy-prod-719304"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -57,7 +62,7 @@ def test_stack_objects_pin_the_commit_repository_backend_and_identity(objects):
         assert spec["secretsProvider"] == "passphrase"
         assert spec["envRefs"] == {"PULUMI_CONFIG_PASSPHRASE": {"type": "Secret", "secret": {"name": "pulumi-passphrase",
                                                                                               "key": "passphrase"}}}
-        assert spec["serviceAccountName"] == "tenancy-deployer"
+        assert spec["serviceAccountName"] == SCOPE_KSA[stack], "each stack runs as its own scope's deployer"
         assert spec["workspaceReclaimPolicy"] == "Delete", "idle workspace pods are the main cost at fleet size"
         assert spec["destroyOnFinalize"] is False, "deleting a Stack object must never destroy tenant data"
         assert obj["metadata"]["annotations"]["tenancy.io/holds-tenant-data"] == "true"
@@ -178,9 +183,12 @@ def test_the_platform_stack_installs_the_operator_when_configured(prod_platform)
     assert wi == {"serviceAccountId": "projects/tenancy-prod-719304/serviceAccounts/deployer@tenancy-prod-719304.iam.gserviceaccount.com",
                   "role": "roles/iam.workloadIdentityUser",
                   "member": "serviceAccount:tenancy-prod-719304.svc.id.goog[pulumi-operator/tenancy-deployer]"}
-    [crb] = [r["inputs"] for r in of_type(prod_platform, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")]
-    assert crb["roleRef"]["name"] == "system:auth-delegator"
-    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "tenancy-deployer", "namespace": "pulumi-operator"}]
+    crbs = {r["inputs"]["metadata"]["name"]: r["inputs"]
+            for r in of_type(prod_platform, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")}
+    assert {n: (c["roleRef"]["name"], [x["name"] for x in c["subjects"]]) for n, c in crbs.items()} == {
+        "pulumi-operator-tenancy-deployer-auth-delegator": ("system:auth-delegator", ["tenancy-deployer"]),
+        "pulumi-operator-deployers-auth-delegator": ("system:auth-delegator",
+                                                     ["deployer-cell-1", "deployer-acme", "deployer-cyberdyne"])}
 
 
 def test_the_operator_is_off_by_default(sample_plan):
@@ -205,3 +213,213 @@ def test_manifests_command_writes_every_stack_object(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tenancy", "operator", "manifests", "--env", "dev"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "tenancy:operatorDeployer is required" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------------------- a deployer per scope
+
+@pytest.fixture(scope="module")
+def prod_stacks(prod_platform):
+    """The prod platform stack and its dedicated tenants' stacks (projects of their own), run offline."""
+    from tenancy.plan import _to_stack_plan, run_stack
+    from tenancy.recorder import ORGANIZATION
+
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    platform_run, _ = run_stack("prod", catalog, load_stack_config("prod"), {}, tenant_facing_only=True)
+    refs = {f"{ORGANIZATION}/tenancy/prod": (platform_run.raw_outputs, list(platform_run.secret_outputs))}
+    out = {"prod": prod_platform}
+    for stack in ("prod.acme", "prod.cyberdyne"):
+        result, seconds = run_stack(stack, catalog, {}, refs)
+        out[stack] = _to_stack_plan(stack, "tenant", stack.split(".")[1], "dedicated", result, seconds).to_json()
+    return out
+
+
+def _grants(stack: dict) -> list[tuple[str, str, str, str | None]]:
+    return sorted((r["inputs"]["member"].split(":")[1].split("@")[0], r["inputs"]["project"], r["inputs"]["role"],
+                   (r["inputs"].get("condition") or {}).get("title"))
+                  for r in of_type(stack, "gcp:projects/iAMMember:IAMMember")
+                  if r["inputs"]["member"].startswith("serviceAccount:d-prod-"))
+
+
+CELL_ROLES = ["roles/cloudkms.admin", "roles/cloudsql.admin", "roles/compute.networkAdmin", "roles/container.admin",
+              "roles/datastore.owner", "roles/dns.admin", "roles/iam.serviceAccountAdmin", "roles/iam.serviceAccountUser",
+              "roles/logging.configWriter", "roles/monitoring.editor", "roles/resourcemanager.projectIamAdmin",
+              "roles/secretmanager.admin", "roles/servicenetworking.networksAdmin", "roles/serviceusage.serviceUsageAdmin",
+              "roles/storage.admin"]
+OWN_PROJECT_ROLES = sorted(CELL_ROLES + ["roles/resourcemanager.projectMover"])
+
+
+def test_each_scope_deploys_as_an_identity_of_its_own(prod_stacks):
+    platform, acme, cyberdyne = prod_stacks["prod"], prod_stacks["prod.acme"], prod_stacks["prod.cyberdyne"]
+    # the Kubernetes service accounts the Stack objects name, each annotated with its scope's GCP service account
+    ksas = {r["inputs"]["metadata"]["name"]: r["inputs"]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+            for r in of_type(platform, "kubernetes:core/v1:ServiceAccount")
+            if r["inputs"]["metadata"]["namespace"] == "pulumi-operator"}
+    assert ksas == {"tenancy-deployer": f"deployer@{PROJECT}.iam.gserviceaccount.com",
+                    "deployer-cell-1": f"d-prod-cell-1@{PROJECT}.iam.gserviceaccount.com",
+                    "deployer-acme": "d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com",
+                    "deployer-cyberdyne": "d-prod-cyberdyne@cyberdyne-saas.iam.gserviceaccount.com"}
+    assert set(SCOPE_KSA.values()) == set(ksas)
+    # their GCP service accounts: the cell's made by the platform (in the platform deployer's project), a dedicated
+    # tenant's by its own stack, in its own project
+    accounts = {s: sorted((r["inputs"]["accountId"], r["inputs"]["project"])
+                          for r in of_type(stack, "gcp:serviceaccount/account:Account")
+                          if r["inputs"]["accountId"].startswith("d-prod-"))
+                for s, stack in prod_stacks.items()}
+    assert accounts == {"prod": [("d-prod-cell-1", PROJECT)], "prod.acme": [("d-prod-acme", "acme-tenancy-prod")],
+                        "prod.cyberdyne": [("d-prod-cyberdyne", "cyberdyne-saas")]}
+    # only a scope's own Kubernetes service account may act as it
+    bindings = sorted((r["inputs"]["serviceAccountId"], r["inputs"]["role"], r["inputs"]["member"])
+                      for stack in prod_stacks.values() for r in of_type(stack, "gcp:serviceaccount/iAMMember:IAMMember")
+                      if "pulumi-operator/" in r["inputs"]["member"])
+    pool = f"serviceAccount:{PROJECT}.svc.id.goog[pulumi-operator/"
+    assert bindings == sorted((f"projects/{project}/serviceAccounts/{email}", "roles/iam.workloadIdentityUser",
+                               f"{pool}{ksa}]") for ksa, email in ksas.items()
+                              for project in [email.split("@")[1].split(".")[0]])
+    # project roles: the cell's on the platform project, granting project roles only from a fixed list; a dedicated
+    # tenant's on its own project and nowhere else
+    grantable = ("api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(['roles/artifactregistry.reader', "
+                 "'roles/datastore.user', 'roles/logging.logWriter', 'roles/monitoring.metricWriter', "
+                 "'roles/monitoring.viewer', 'roles/stackdriver.resourceMetadata.writer'])")
+    assert _grants(platform) == [("d-prod-cell-1", PROJECT, role,
+                                  "grants only node and workload roles" if role.endswith("projectIamAdmin") else None)
+                                 for role in CELL_ROLES]
+    [cond] = [r["inputs"]["condition"] for r in of_type(platform, "gcp:projects/iAMMember:IAMMember")
+              if r["inputs"]["role"] == "roles/resourcemanager.projectIamAdmin"]
+    assert cond["expression"] == grantable
+    assert _grants(acme) == [("d-prod-acme", "acme-tenancy-prod", role, None) for role in OWN_PROJECT_ROLES]
+    assert _grants(cyberdyne) == [("d-prod-cyberdyne", "cyberdyne-saas", role, None) for role in OWN_PROJECT_ROLES]
+    for stack in prod_stacks.values():
+        assert stack["violations"] == [], stack["name"]
+    # and those roles are the ones its stack needs: every Google Cloud type it declares is one of its services
+    from tenancy.operator.deployers import OWN_PROJECT_SERVICES
+    for stack in (acme, cyberdyne):
+        types = {r["type"] for r in stack["resources"] if r["type"].startswith(("gcp:", "kubernetes:"))}
+        assert {t for t in types if not t.startswith(OWN_PROJECT_SERVICES)} == set(), stack["name"]
+
+
+def test_the_workload_identity_bindings_name_each_deployers_own_account(prod_stacks):
+    checked = 0
+    for name, stack in prod_stacks.items():
+        gsas = {r["urn"].rsplit("::", 1)[-1].removesuffix("-gsa"): r["inputs"]["accountId"]
+                for r in of_type(stack, "gcp:serviceaccount/account:Account") if r["inputs"]["accountId"].startswith("d-")}
+        for r in of_type(stack, "gcp:serviceaccount/iAMMember:IAMMember"):
+            owner = r["urn"].rsplit("::", 1)[-1].removesuffix("-wi")
+            if owner in gsas:
+                scope = gsas[owner].removeprefix("d-prod-")
+                assert r["inputs"]["member"] == f"serviceAccount:{PROJECT}.svc.id.goog[pulumi-operator/deployer-{scope}]"
+                assert r["parent"].endswith(f"tenancy:operator:Deployer::{owner}"), "the account's own component"
+                checked += 1
+    assert checked == 3, "cell-1's, acme's and cyberdyne's"
+
+
+def _planted(prod_stacks, stack: str) -> dict:
+    import copy
+
+    data = {"stacks": [copy.deepcopy(s) for s in prod_stacks.values()]}
+    return data, next(s for s in data["stacks"] if s["name"] == stack)
+
+
+def _deployer_scope(data: dict) -> list[tuple[str, str]]:
+    from tenancy.policycheck import evaluate_plan
+
+    return [(v["urn"].rsplit("::", 1)[-1], v["message"]) for v in evaluate_plan(data["stacks"])
+            if v["policy"] == "deployer-scope"]
+
+
+def test_a_grant_outside_a_deployers_scope_is_refused(prod_stacks):
+    import copy
+
+    data, cyberdyne = _planted(prod_stacks, "prod.cyberdyne")
+    grant = copy.deepcopy(next(r for r in cyberdyne["resources"] if r["name"] == "deployer-container-admin"))
+    grant["urn"] = grant["urn"].replace("deployer-container-admin", "planted")
+    grant["inputs"]["member"] = "serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com"
+    cyberdyne["resources"].append(grant)
+    assert _deployer_scope(data) == [
+        ("planted", "deployer of 'acme' (serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com) is granted "
+                    "roles/container.admin on project cyberdyne-saas: a deployer holds roles on its scope's project "
+                    "(acme-tenancy-prod) and nowhere else"),
+        ("planted", "the stack of tenant 'cyberdyne' grants roles/container.admin to the deployer of 'acme': a tenant "
+                    "stack grants roles only to its own deployer")]
+    # on a resource rather than a project, and a second account acting as a deployer
+    data, acme = _planted(prod_stacks, "prod.acme")
+    bucket_grant = next(r for r in acme["resources"] if r["type"] == "gcp:storage/bucketIAMMember:BucketIAMMember")
+    bucket_grant["inputs"]["member"] = "serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com"
+    wi = next(r for r in acme["resources"] if r["name"] == "deployer-wi")
+    wi["inputs"]["member"] = f"serviceAccount:{PROJECT}.svc.id.goog[pulumi-operator/deployer-cell-1]"
+    found = _deployer_scope(data)
+    assert ("deployer-wi", "deployer of 'acme': roles/iam.workloadIdentityUser on its account for serviceAccount:"
+            f"{PROJECT}.svc.id.goog[pulumi-operator/deployer-cell-1]: only its own Kubernetes service account "
+            "(pulumi-operator/deployer-acme) may act as it, through Workload Identity") in found
+    assert (bucket_grant["urn"].rsplit("::", 1)[-1],
+            "deployer of 'acme' (serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com) is granted "
+            "roles/storage.objectAdmin on bucket prod-acme-uploads: a deployer holds roles on its scope's project "
+            "(acme-tenancy-prod) and nowhere else") in found
+    assert len(found) == 2
+    # a deployer left out of the audit logs of its own project
+    data, acme = _planted(prod_stacks, "prod.acme")
+    audit = next(r for r in acme["resources"] if r["type"] == "gcp:projects/iAMAuditConfig:IAMAuditConfig")
+    audit["inputs"]["auditLogConfigs"][2]["exemptedMembers"] = [
+        "serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com"]
+    assert _deployer_scope(data) == [
+        ("audit-logs", "deployer of 'acme' (serviceAccount:d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com) is "
+                       "given an audit exemption (DATA_WRITE) on project acme-tenancy-prod: what a deploying identity "
+                       "does is never left out of the audit logs")]
+
+
+def _object(stack: str, **changes) -> dict:
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    fs = next(s for s in fleet(catalog, "prod") if s.stack == stack)
+    return stack_object(FleetStack(**{**fs.__dict__, **changes}), OperatorSettings.load("prod"), SHA)
+
+
+def test_a_tenant_stack_naming_another_scopes_deployer_is_refused():
+    from policy import rules
+
+    def verdict(obj):
+        found = []
+        rules.operator_stack_deployer(type("A", (), {"resource_type": rules.STACK_CR, "props": obj})(),
+                                      lambda m, urn=None: found.append(m))
+        return found
+
+    stark = _object("prod.stark")
+    assert verdict(stark) == [] and stark["spec"]["serviceAccountName"] == "deployer-cell-1"
+    for other in ("deployer-acme", "tenancy-deployer", "deployer-pool-1", "deployer-identity-1"):
+        planted = {**stark, "spec": {**stark["spec"], "serviceAccountName": other}}
+        assert schema.problems(planted) == [], "the CRD accepts it: only the pack refuses it"
+        assert verdict(planted) == [
+            f"Stack prod-stark (stack prod.stark) runs as service account '{other}': it must run as its cell's (cell-1) "
+            "deployer, deployer-cell-1; another scope's identity can change infrastructure that is not this stack's"]
+    acme = _object("prod.acme")
+    planted = {**acme, "spec": {**acme["spec"], "serviceAccountName": "deployer-cyberdyne"}}
+    assert verdict(planted) == [
+        "Stack prod-acme (stack prod.acme) runs as service account 'deployer-cyberdyne': it must run as tenant "
+        "'acme''s own deployer, deployer-acme; another scope's identity can change infrastructure that is not this "
+        "stack's"]
+    unlabelled = {**stark, "metadata": {**stark["metadata"], "labels": {}}}
+    assert verdict(unlabelled) == ["Stack prod-stark (stack prod.stark): a tenant's Stack says its model (label "
+                                   "tenancy.io/model: namespace or dedicated), which decides the deployer it runs as"]
+    # the generator itself refuses to produce one: the pack judges every object before it is sent or printed
+    with pytest.raises(ConfigError, match=r"^policy operator-stack-deployer: Stack prod-wayne \(stack prod.wayne\) runs "
+                                          r"as service account 'deployer-acme': it must run as its cell's"):
+        _object("prod.wayne", deployer="deployer-acme")
+
+
+def test_a_planted_cross_scope_stack_in_a_plan_is_refused(prod_stacks):
+    from tenancy.policycheck import evaluate_stack
+
+    stack, platform = _planted(prod_stacks, "prod")
+    obj = _object("prod.stark")
+    obj["spec"]["serviceAccountName"] = "tenancy-deployer"
+    urn = "urn:pulumi:prod::tenancy::kubernetes:pulumi.com/v1:Stack::prod-stark"
+    platform["resources"].append({"urn": urn, "type": "kubernetes:pulumi.com/v1:Stack", "name": "prod-stark",
+                                  "custom": True, "inputs": obj, "options": {}})
+    assert [(v["policy"], v["urn"]) for v in evaluate_stack(platform)] == [("operator-stack-deployer", urn)]
+
+
+def test_the_pack_and_the_deployers_agree_on_names():
+    from policy import rules
+    from tenancy.operator import deployers
+
+    assert (rules.PLATFORM_DEPLOYER_KSA, rules.DEPLOYER_KSA_PREFIX) == (deployers.PLATFORM_KSA, deployers.KSA_PREFIX)
+    from components.operator import DEPLOYER_TYPE
+    assert rules.DEPLOYER_TYPE == DEPLOYER_TYPE

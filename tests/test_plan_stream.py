@@ -272,7 +272,7 @@ def test_a_streaming_plan_spills_views_and_finds_the_same_breaks(broken, tmp_pat
     real = rules.build_ownership
     monkeypatch.setattr(rules, "build_ownership", lambda stacks: builds.append(1) or real(stacks))
     planmod._plan_wide_violations(spilled)
-    assert len(builds) == 2, "iam-tenant-scope and unique-physical-names each ask for the ownership"
+    assert len(builds) == 3, "iam-tenant-scope, deployer-scope and unique-physical-names each ask for the ownership"
     assert {p.stack.name: p.stack.violations for p in spilled} == {s.name: s.violations for s in in_memory}
     found = {v["policy"] for p in spilled for v in p.stack.violations}
     assert found == {"no-shared-tenant-stores", "unique-physical-names", "ingress-host-claims", "iam-tenant-scope",

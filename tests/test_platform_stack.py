@@ -39,7 +39,7 @@ def test_resource_counts_by_type(platform):
     assert registry[0]["inputs"]["settings"]["ipConfiguration"]["ipv4Enabled"] is False
     assert platform["outputs"]["registry"]["database"] == "app"
     assert counts["gcp:firestore/database:Database"] == 1
-    assert counts["gcp:storage/bucket:Bucket"] == 1
+    assert counts["gcp:storage/bucket:Bucket"] == 2                       # the pool's, and the access-log bucket
     assert counts["gcp:identityplatform/tenant:Tenant"] == 9              # every tenant but the offboarded one
     assert counts["kubernetes:helm.sh/v3:Release"] == 3                   # ingress-nginx, cert-manager, app
 
@@ -51,6 +51,7 @@ def test_gke_cluster_security_settings(platform):
     assert c["privateClusterConfig"]["masterIpv4CidrBlock"] == "172.16.0.0/28"
     assert c["enableShieldedNodes"] is True
     assert c["datapathProvider"] == "ADVANCED_DATAPATH"
+    assert c["networkPolicy"] == {"enabled": False}, "Dataplane V2 enforces NetworkPolicy, not the Calico add-on"
     assert c["enableLegacyAbac"] is False
     assert c["masterAuth"]["clientCertificateConfig"] == {"issueClientCertificate": False}
     assert c["releaseChannel"] == {"channel": "REGULAR"}
@@ -104,13 +105,20 @@ def test_passwords_are_generated_secret_and_in_secret_manager(platform):
 
 
 def test_shared_bucket_and_firestore(platform):
-    b = one(platform, "gcp:storage/bucket:Bucket")
+    buckets = {b["inputs"]["name"]: b for b in of_type(platform, "gcp:storage/bucket:Bucket")}
+    b = buckets["tenancy-dev-482913-dev-pooled-uploads"]
     assert b["inputs"]["uniformBucketLevelAccess"] is True
     assert b["inputs"]["publicAccessPrevention"] == "enforced"
     assert b["inputs"]["versioning"] == {"enabled": True}
+    assert b["inputs"]["logging"] == {"logBucket": "tenancy-dev-482913-dev-access-logs",
+                                      "logObjectPrefix": "tenancy-dev-482913-dev-pooled-uploads"}
     assert b["options"]["protect"] is True
-    grants = [(g["inputs"]["role"], g["inputs"]["member"]) for g in of_type(platform, "gcp:storage/bucketIAMMember:BucketIAMMember")]
-    assert grants == [("roles/storage.objectAdmin", "serviceAccount:t-dev-pooled@tenancy-dev-482913.iam.gserviceaccount.com")]
+    grants = [(g["inputs"]["bucket"], g["inputs"]["role"], g["inputs"]["member"])
+              for g in of_type(platform, "gcp:storage/bucketIAMMember:BucketIAMMember")]
+    assert grants == [("tenancy-dev-482913-dev-access-logs", "roles/storage.objectCreator",
+                       "group:cloud-storage-analytics@google.com"),
+                      ("tenancy-dev-482913-dev-pooled-uploads", "roles/storage.objectAdmin",
+                       "serviceAccount:t-dev-pooled@tenancy-dev-482913.iam.gserviceaccount.com")]
     fs = one(platform, "gcp:firestore/database:Database")
     assert fs["inputs"]["deleteProtectionState"] == "DELETE_PROTECTION_ENABLED"
     assert fs["inputs"]["pointInTimeRecoveryEnablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"

@@ -291,6 +291,92 @@ def test_policy_check_command_on_an_edited_plan(sample_plan, tmp_path):
     assert res.returncode == 2 and "file not found" in res.stderr
 
 
+def _small_plan(sample_plan) -> dict:
+    """The real plan's stack of one namespace tenant (small, and read by every rule)."""
+    _, data, _ = sample_plan
+    return {"version": 1, "environment": "dev", "stacks": [copy.deepcopy(stack_of(data, "dev.stark"))]}
+
+
+def _policy_check(path, capsys) -> tuple[int, str, str]:
+    from tenancy.cli import main
+
+    code = main(["policy-check", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _secret_member(plan: dict) -> tuple[int, dict]:
+    resources = plan["stacks"][0]["resources"]
+    i = next(i for i, r in enumerate(resources) if r["type"] == "gcp:secretmanager/secretIamMember:SecretIamMember")
+    return i, resources[i]
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda p, r: r.pop("type"), "stacks[0] (dev.stark).resources[{i}] ({urn}): 'type' is missing"),
+    (lambda p, r: r.pop("urn"), "stacks[0] (dev.stark).resources[{i}]: 'urn' is missing"),
+    (lambda p, r: r.__setitem__("type", 7), "stacks[0] (dev.stark).resources[{i}] ({urn}): 'type' must be a non-empty "
+                                            "string, not a number"),
+    (lambda p, r: p["stacks"][0]["resources"].__setitem__(p["stacks"][0]["resources"].index(r), "bucket"),
+     "stacks[0] (dev.stark).resources[{i}]: a resource must be a mapping, not a string"),
+    (lambda p, r: p["stacks"].__setitem__(0, ["dev.stark"]), "stacks[0]: a stack must be a mapping, not a list"),
+    (lambda p, r: p["stacks"][0].pop("resources"), "stacks[0] (dev.stark): 'resources' is missing"),
+    (lambda p, r: p["stacks"][0].__setitem__("resources", {}), "stacks[0] (dev.stark): 'resources' must be a list, "
+                                                               "not a mapping"),
+    (lambda p, r: p["stacks"][0].__setitem__("tenant", 3), "stacks[0]: 'tenant' must be a string, not a number"),
+    (lambda p, r: r.__setitem__("inputs", ["role"]), "stacks[0] (dev.stark).resources[{i}] ({urn}): 'inputs' must be "
+                                                     "a mapping, not a list"),
+    (lambda p, r: r.__setitem__("options", "protect"), "stacks[0] (dev.stark).resources[{i}] ({urn}): 'options' must "
+                                                       "be a mapping, not a string"),
+    (lambda p, r: r["options"].__setitem__("aliases", "old"), "stacks[0] (dev.stark).resources[{i}] ({urn}): "
+                                                              "'options.aliases' must be a list, not a string"),
+    (lambda p, r: r["inputs"].__setitem__("member", ["a", "b"]), "stacks[0] (dev.stark).resources[{i}] ({urn}): "
+                                                                 "'inputs.member' must be a string, not a list"),
+    (lambda p, r: p.__setitem__("stacks", {}), "expected a plan (a mapping with a 'stacks' list); 'stacks' is a mapping"),
+])
+def test_policy_check_refuses_a_malformed_plan_with_one_line_and_exit_2(sample_plan, tmp_path, capsys, break_it, message):
+    plan = _small_plan(sample_plan)
+    i, r = _secret_member(plan)
+    urn = r["urn"]
+    break_it(plan, r)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    code, out, err = _policy_check(path, capsys)
+    assert (code, out) == (2, "")
+    assert err == f"{path}: {message.format(i=i, urn=urn)}\n"
+
+
+def test_policy_check_refuses_inputs_of_a_shape_a_rule_cannot_read(sample_plan, tmp_path, capsys):
+    """A nested input of another shape than the program gives (a Cloud SQL instance's IP configuration as a
+    string) is bad input naming the resource and the rule, not a traceback."""
+    plan = _small_plan(sample_plan)
+    instance = of_type(plan["stacks"][0], "gcp:sql/databaseInstance:DatabaseInstance")[0]
+    instance["inputs"]["settings"]["ipConfiguration"] = "private"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    code, out, err = _policy_check(path, capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"{path}: resource {instance['urn']}: the policy 'cloudsql-private-ssl-backups' cannot read its "
+                   "inputs (AttributeError: 'str' object has no attribute 'get'); a plan written by `tenancy plan` has "
+                   "the shapes the policy pack reads\n")
+
+
+def test_policy_check_on_a_directory_or_unreadable_file_is_bad_input(sample_plan, tmp_path, capsys):
+    code, out, err = _policy_check(tmp_path, capsys)
+    assert (code, out, err) == (2, "", f"{tmp_path}: is a directory; give the plan file (e.g. {tmp_path / 'plan.json'})\n")
+    binary = tmp_path / "plan.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    assert _policy_check(binary, capsys) == (2, "", f"{binary}: not a plan file (not UTF-8 text)\n")
+    listed = tmp_path / "list.json"
+    listed.write_text("[]")
+    assert _policy_check(listed, capsys) == (2, "", f"{listed}: expected a plan (a mapping with a 'stacks' list), "
+                                                    "not a list\n")
+    # the real plan's stack passes the same checks
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_small_plan(sample_plan)))
+    code, out, err = _policy_check(good, capsys)
+    assert (code, err) == (0, "") and out.endswith("1 stack(s) checked: 0 mandatory violation(s), 0 advisory\n")
+
+
 def test_pack_layout_is_valid():
     meta = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text())
     assert meta["runtime"] == {"name": "python", "options": {"virtualenv": "venv"}} and meta["version"]

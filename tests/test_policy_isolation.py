@@ -163,8 +163,9 @@ def test_tenant_principal_on_platform_bucket_project_folder_and_organization(pla
 
 
 def test_audit_exemption_on_a_tenant_project(plan):
-    audit = res(plan, "dev.acme", "storage-data-access-audit")
-    audit["inputs"]["auditLogConfigs"][0]["exemptedMembers"] = ["user:ops@saas-example.com"]
+    audit = res(plan, "dev.acme", "audit-logs")
+    assert audit["inputs"]["auditLogConfigs"][1] == {"logType": "DATA_READ"}
+    audit["inputs"]["auditLogConfigs"][1]["exemptedMembers"] = ["user:ops@saas-example.com"]
     assert found(plan, "iam-tenant-scope") == [
         (audit["urn"], "IAM: user user:ops@saas-example.com (not declared in the plan) is granted audit exemption "
                        "(DATA_READ) on project acme-tenancy-prod, which is tenant 'acme''s: only the tenant's own "

@@ -61,6 +61,19 @@ def test_cloudsql_flags_are_reviewed_ones(plan_data):
     assert check("cloudsql-flags", SQL, with_flags(primary, pgaudit__log="ddl")) == [
         "Cloud SQL: pgAudit must be on and log ddl and role (cloudsql.enable_pgaudit=on, pgaudit.log=ddl,role): who "
         "changed the schema or a role is how isolation breaks are traced"]
+    detail = ["Cloud SQL: log_error_verbosity must be terse: an error's detail quotes the failing row or key (\"Failing "
+              "row contains (...)\"), tenant data that would land in Cloud Logging"]
+    assert check("cloudsql-flags", SQL, with_flags(primary, log_error_verbosity="default")) == [
+        "Cloud SQL: log_error_verbosity=default is not allowed (terse): statement text in logs carries tenant data, and "
+        "audit and IAM authentication stay on", *detail]
+    without = copy.deepcopy(primary)
+    without["settings"]["databaseFlags"] = [f for f in without["settings"]["databaseFlags"]
+                                            if f["name"] != "log_error_verbosity"]
+    assert check("cloudsql-flags", SQL, without) == detail
+    assert check("cloudsql-flags", SQL, with_flags(primary, log_duration="on", log_min_error_statement="error")) == []
+    assert check("cloudsql-flags", SQL, with_flags(primary, log_min_error_statement="warning")) == [
+        "Cloud SQL: log_min_error_statement=warning is not allowed (error or log or fatal or panic): statement text in "
+        "logs carries tenant data, and audit and IAM authentication stay on"]
     assert check("cloudsql-flags", SQL, with_flags(primary, cloudsql__logical_decoding="off")) == [], \
         "a primary may run without it: tier moves then copy inside the freeze"
     assert check("cloudsql-flags", SQL, with_flags(replica, cloudsql__logical_decoding="on")) == [

@@ -327,7 +327,8 @@ def test_the_command_line_restores_with_exact_messages_and_exit_codes(w, capsys,
                "changed\n")
     assert run("restore", "alpha", "--abort") == (0, "tenant 'alpha' has no unfinished restore; nothing to abort\n", "")
     assert run("restore", "alpha", "--from", str(archive), "--kubeconfig", str(w["tmp"] / "nope")) == (
-        2, "", f"error: --kubeconfig {w['tmp'] / 'nope'}: cannot read it (No such file or directory)\n")
+        2, "", f"error: --kubeconfig {w['tmp'] / 'nope'}: No such file or directory; give the path of a kubeconfig file "
+               "(the tenant stack's `kubeconfig` output saved to a file)\n")
     kubeconfig = w["tmp"] / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
                           "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"

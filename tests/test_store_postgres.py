@@ -451,3 +451,16 @@ def test_delete_against_a_summary_and_table_subsets(pg_server, dbs, reg):
     assert Summary.from_json(expect.to_json()) == expect
     with pytest.raises(data.DataInputError, match="app.comment: not isolated table"):
         data.delete(owner(pg_server, src), "alpha", tables=["app.comment"])
+
+
+def test_data_move_prints_its_outcome_as_json_for_scripts(pg_server, dbs, capsys, reg):
+    src, dst = dbs
+    code, out, err = run(capsys, "move", "bravo", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
+                         "--json", registry=reg)
+    assert code == 0, err
+    outcome = json.loads(out)
+    assert (outcome["kind"], outcome["tenant"], outcome["status"]) == ("data-move", "bravo", "done")
+    assert outcome["operation"].startswith("op-") and outcome["total_rows"] == 12 and outcome["rows"]["app.users"] == 3
+    code, out, err = run(capsys, "move", "bravo", "--source", owner(pg_server, src), "--target", owner(pg_server, dst),
+                         "--json", registry=reg)
+    assert code == 0 and json.loads(out)["status"] == "nothing to do"

@@ -35,6 +35,7 @@ from tenancy.errors import OperationError, Refused
 from tenancy.operations.registry import CleanupRecord, OperationRow, Registry
 
 TAKE_OVER_WAIT_S = 15.0
+DEAD_HOLDER_WAIT_S = 10.0
 
 
 class LeaseLost(OperationError):
@@ -122,9 +123,10 @@ class Lease:
         tenant = spec.tenant
         if not conn.execute("SELECT pg_try_advisory_lock(registry.lease_key(%s))", (tenant,)).fetchone()[0]:
             holder = registry.open_operation(tenant, conn)
-            if not take_over:
+            if take_over:
+                cls._end_holder(conn, tenant)
+            elif not cls._wait_for_dead_holder(conn, tenant, holder):
                 raise Refused(busy_message(tenant, holder))
-            cls._end_holder(conn, tenant)
         with conn.transaction():
             row = conn.execute("SELECT operation FROM registry.leases WHERE tenant_id = %s FOR UPDATE", (tenant,)).fetchone()
             nothing = resumed = False
@@ -155,6 +157,31 @@ class Lease:
             conn.close()
             return None
         return cls(registry, conn, tenant, registry.open_operation(tenant, conn), token, resumed)
+
+    @staticmethod
+    def _wait_for_dead_holder(conn: psycopg.Connection, tenant: str, holder: OperationRow | None) -> bool:
+        """A holder that ran on this host and whose process is gone (killed a moment ago): the server lets go of
+        its session as soon as it notices; wait for that (bounded) rather than refuse. False: it is alive."""
+        h = (holder.holder if holder else None) or {}
+        wait = DEAD_HOLDER_WAIT_S
+        if holder is None:
+            wait = 2.0     # no operation recorded yet: a command taking the lease right now, or one killed doing so
+        elif h.get("host") != socket.gethostname() or not isinstance(h.get("pid"), int):
+            return False
+        if holder is not None:
+            try:
+                os.kill(h["pid"], 0)
+                return False                  # alive (or another process now has that pid): not ours to judge
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT pg_try_advisory_lock(registry.lease_key(%s))", (tenant,)).fetchone()[0]:
+                return True
+            time.sleep(0.05)
+        return False
 
     @staticmethod
     def _end_holder(conn: psycopg.Connection, tenant: str) -> None:

@@ -28,6 +28,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.engine import Engine, EngineError, OpResult, StackMissing
 from tenancy.errors import TenancyError
+from tenancy.operator import deployers
 from tenancy.operator import overlay as ov
 from tenancy.operator import schema
 from tenancy.operator.settings import OperatorSettings
@@ -109,7 +110,13 @@ class OperatorEngine:
         if kind != naming.TENANT_STACK or cells_layout(env):
             from tenancy.operator.stacks import fleet_stack
             return fleet_stack(stack, catalog)     # what it waits for depends on the layout and its placement
-        return FleetStack(stack, "tenant", tenant, after=(naming.stack_name(env),))
+        # its tenant's scope is decided in `desired`, from the catalogue; one it does not have gets no identity
+        return FleetStack(stack, "tenant", tenant, after=(naming.stack_name(env),), deployer=deployers.ksa_name(tenant))
+
+    def _platform_project(self) -> str:
+        from stacks.config import load_stack_config
+
+        return str(load_stack_config(self.settings.environment).get("tenancy:gcpProject") or "")
 
     def _committed_catalog(self) -> Catalog | None:
         if self.commit not in self._committed:
@@ -120,9 +127,16 @@ class OperatorEngine:
         fs = self._fleet_stack(stack, catalog)
         if fs.tenant is not None:
             try:
-                fs = FleetStack(fs.stack, fs.kind, fs.tenant, catalog.tenant(fs.tenant).model.value, fs.after)
+                t = catalog.tenant(fs.tenant)
             except TenancyError:
                 pass
+            else:
+                # a namespace tenant runs as its cell's deployer (cell 1 without cell stacks), a dedicated one with a
+                # project of its own as its own
+                cell = next((a.rpartition(naming.STACK_SEPARATOR)[2] for a in fs.after
+                             if naming.stack_kind(a)[0] == naming.CELL_STACK), None)
+                fs = FleetStack(fs.stack, fs.kind, fs.tenant, t.model.value, fs.after,
+                                deployer=deployers.ksa_name(deployers.tenant_scope(t, cell, self._platform_project())))
         diff = ov.difference(catalog, self._committed_catalog(), fs.tenant)
         env_vars = {"TENANCY_CATALOG_OVERLAY": ov.encode(diff)} if diff else None
         config = platform_config(self.settings.environment) if fs.kind == "platform" else None

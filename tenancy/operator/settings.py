@@ -13,10 +13,11 @@ from typing import Any, Mapping
 
 from tenancy import naming
 from tenancy.errors import ConfigError
+from tenancy.operator.deployers import PLATFORM_KSA
 
 CHART = "oci://ghcr.io/pulumi/helm-charts/pulumi-kubernetes-operator"
 CHART_VERSION = "2.9.0"      # the CRDs in schemas/pko/ are this release's; change both together
-DEPLOYER_KSA = "tenancy-deployer"
+DEPLOYER_KSA = PLATFORM_KSA   # the platform's deployer; every other scope has its own (tenancy/operator/deployers.py)
 # With `secretsProvider: passphrase` the workspaces read the passphrase from this Secret in the operator's
 # namespace (created out of band: the passphrase is never in the program, its config or its state).
 PASSPHRASE_SECRET = ("pulumi-passphrase", "passphrase")
@@ -32,7 +33,7 @@ SECRETS_PROVIDERS = ("gcpkms://", "awskms://", "azurekeyvault://", "hashivault:/
 KEYS = {
     "operator": ("enabled", "bool"),
     "operatorNamespace": ("namespace", "str"),
-    "operatorDeployer": ("deployer", "str"),
+    "operatorDeployer": ("deployer", "str"),       # the platform's deployer; it makes every other scope's
     "operatorMaxConcurrentReconciles": ("max_concurrent_reconciles", "int"),
     "projectRepo": ("project_repo", "str"),
     "repoDir": ("repo_dir", "str"),
@@ -48,7 +49,7 @@ class OperatorSettings:
     environment: str
     enabled: bool
     namespace: str
-    deployer: str                   # the deploying identity's GCP service account (email)
+    deployer: str                   # the platform's deploying identity's GCP service account (email)
     max_concurrent_reconciles: int
     project_repo: str
     repo_dir: str

@@ -8,8 +8,9 @@ What every Stack object says, and why:
 - the program is this repository at a pinned `commit` (one per rollout), `repoDir` from config; the stack
   is selected by its fully qualified name on the self-managed `backend`, with the configured secrets provider;
 - the platform stack's config is passed inline: the operator does not honour `stackConfigDir`;
-- the workspace runs as a Kubernetes service account bound through Workload Identity to the deploying
-  identity (no keys), with CPU, memory and ephemeral-storage requests (a workspace checks out the repository
+- the workspace runs as its scope's Kubernetes service account, bound through Workload Identity to that scope's
+  deploying identity (no keys; tenancy/operator/deployers.py: the platform's, a unit's, a dedicated tenant's, or
+  for a namespace tenant its cell's), with CPU, memory and ephemeral-storage requests (a workspace checks out the repository
   and installs the program's packages: 1-2 GiB of disk, and without a request it is evicted when the node's
   disk fills), the `restricted` security profile, and `workspaceReclaimPolicy: Delete` (idle workspace pods,
   one per stack, are the main cost at fleet size);
@@ -29,10 +30,12 @@ from typing import Any, Iterable
 from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.errors import ConfigError
+from tenancy.operator import deployers
 from tenancy.operator.settings import DEPLOYER_KSA, PASSPHRASE_SECRET, OperatorSettings
 
 GROUP, VERSION, PLURAL, KIND = "pulumi.com", "v1", "stacks", "Stack"
 API_VERSION = f"{GROUP}/{VERSION}"
+STACK_TYPE = f"kubernetes:{API_VERSION}:{KIND}"      # as a Pulumi resource (what the policy pack judges)
 MAX_NAME = 42                                  # the operator's CRD refuses longer Stack names
 MANAGED_BY = "tenancy"
 STACK_ANNOTATION = "tenancy.io/stack"          # the Pulumi stack name (labels cannot hold 100 characters)
@@ -56,6 +59,7 @@ class FleetStack:
     model: str | None = None
     after: tuple[str, ...] = ()         # Pulumi stacks that must have succeeded first
     holds_tenant_data: bool = True      # every stack today: the platform holds the pool's databases
+    deployer: str = DEPLOYER_KSA        # the Kubernetes service account of its scope's deployer
 
     @property
     def object_name(self) -> str:
@@ -91,8 +95,18 @@ def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
     if kind == naming.ENV_STACK:
         return FleetStack(stack, "platform")
     if kind != naming.TENANT_STACK:
-        return FleetStack(stack, kind, after=after)
-    return FleetStack(stack, "tenant", rest, catalog.tenant(rest).model.value, after=after)
+        return FleetStack(stack, kind, after=after, deployer=deployers.ksa_name(rest))
+    t = catalog.tenant(rest)
+    # a namespace tenant's cell is the one it reads (cells layout); without cell stacks, its deployer is cell 1's
+    cell = next((a.rpartition(naming.STACK_SEPARATOR)[2] for a in after
+                 if naming.stack_kind(a)[0] == naming.CELL_STACK), None)
+    platform_project = ""
+    if t.model.value == "dedicated":    # whether its project is its own
+        from stacks.config import load_stack_config
+
+        platform_project = str(load_stack_config(env).get("tenancy:gcpProject") or "")
+    return FleetStack(stack, "tenant", t.id, t.model.value, after=after,
+                      deployer=deployers.ksa_name(deployers.tenant_scope(t, cell, platform_project)))
 
 
 def check_names(stacks: Iterable[FleetStack]) -> None:
@@ -159,7 +173,7 @@ def stack_object(s: FleetStack, settings: OperatorSettings, commit: str, *, conf
         "commit": commit,
         "shallow": True,
         "backend": settings.backend,
-        "serviceAccountName": DEPLOYER_KSA,
+        "serviceAccountName": s.deployer,
         "workspaceReclaimPolicy": "Delete",
         # Deleting the object must never destroy the stack: the stacks hold tenant data (module docstring).
         "destroyOnFinalize": False,
@@ -189,7 +203,7 @@ def stack_object(s: FleetStack, settings: OperatorSettings, commit: str, *, conf
         spec["config"] = dict(sorted(config.items()))
     if preview:
         spec["preview"] = True
-    return {
+    obj = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
@@ -200,6 +214,20 @@ def stack_object(s: FleetStack, settings: OperatorSettings, commit: str, *, conf
         },
         "spec": spec,
     }
+    check_with_policy_pack(obj, env)
+    return obj
+
+
+def check_with_policy_pack(obj: dict[str, Any], env: str) -> None:
+    """The policy pack's verdict on a Stack object before anything sends it (`operator-stack-deployer`: it runs as
+    its own scope's deployer). The objects live in the operator's namespace, so they count as the platform's."""
+    from stacks.config import project_name
+    from tenancy.policycheck import resource_violations
+
+    urn = f"urn:pulumi:{naming.stack_name(env)}::{project_name()}::{STACK_TYPE}::{obj['metadata']['name']}"
+    refused = [v for v in resource_violations(STACK_TYPE, obj, urn) if v["enforcement"] == "mandatory"]
+    if refused:
+        raise ConfigError("; ".join(f"policy {v['policy']}: {v['message']}" for v in refused))
 
 
 def platform_config(env: str) -> dict[str, str]:
