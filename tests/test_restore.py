@@ -115,7 +115,7 @@ def test_a_pooled_tenant_offboarded_then_restored_is_byte_identical_in_every_sto
     assert again.detail["export"]["stores"] == {"pooled": 8, "objects": 3, "firestore": 8}
 
 
-def test_a_tenant_with_its_own_stores_comes_back_into_a_fresh_tenant_stack_with_its_graph(w):
+def test_a_tenant_with_its_own_stores_comes_back_into_a_fresh_tenant_stack_with_its_graph(w, monkeypatch):
     s = w["server"]
     upgrade(w, "standard")
     standard = with_tenant(w["catalog"], "bravo", plan="standard")
@@ -133,6 +133,21 @@ def test_a_tenant_with_its_own_stores_comes_back_into_a_fresh_tenant_stack_with_
         "neo4j-admin load Job in namespace tenant-bravo; give --kubeconfig, or --skip graph to leave it in the archive; "
         "nothing was changed")
     assert w["registry"].tenant("bravo").state == "offboarded" and "dev.bravo" not in w["engine"].stacks()
+    # no connection for the databases the new stack creates: provisioning records them from its outputs (Cloud SQL
+    # connection names, reached through the Auth Proxy's socket directory) and checks them before writing into them
+    monkeypatch.setenv("TENANCY_CLOUDSQL_DIR", str(w["tmp"] / "no-proxy-here"))
+    no_dsn = Reach({}, graph_runner=LoadJob(w["bucket"]))
+    with pytest.raises(OperationError) as failed:
+        restore(w, "bravo", archive, standard, reach=no_dsn)
+    assert str(failed.value).startswith("the databases the tenant stack created cannot be used: postgres-1 (target, "
+                                        "bravo/postgres-1, 'host=") and "cannot connect or read it" in str(failed.value)
+    assert "nothing was written into them. Operation " in str(failed.value)
+    assert w["registry"].database("bravo/postgres-1").connection == {
+        "instance": json.loads(json.dumps(w["engine"].outputs("dev.bravo")["databases"]["postgres-1"]))["connectionName"],
+        "dbname": "app"}
+    assert restore(w, "bravo", archive, standard, reach=no_dsn, abort=True).status == "aborted"
+    assert "dev.bravo" not in w["engine"].stacks() and w["registry"].tenant("bravo").state == "offboarded"
+    monkeypatch.delenv("TENANCY_CLOUDSQL_DIR")
     # interrupted with every store imported and the graph loaded, then aborted: exactly that is removed
     with pytest.raises(Boom):
         restore(w, "bravo", archive, standard, reach=Reach(w["reach"].dsns, graph_runner=LoadJob(w["bucket"])),

@@ -199,7 +199,8 @@ class Registry:
             raise ConfigError(f"database {name}: the registry never holds a password; give it through PGPASSWORD, "
                               "PGPASSFILE or IAM authentication")
         with self.connect() as c:
-            # A deploy ('deploy') never overwrites what an operator recorded by hand ('operator'); a changed
+            # A deploy ('deploy') never overwrites what an operator recorded by hand ('operator') -- a row `pin`
+            # made for a database reached through an override records no connection, and is filled in; a changed
             # connection unpins the database (the next verified contact pins it again).
             c.execute("INSERT INTO registry.databases (name, unit, connection, source) VALUES (%s, %s, %s, %s) "
                       "ON CONFLICT (name) DO UPDATE SET unit = excluded.unit, connection = excluded.connection, "
@@ -210,7 +211,8 @@ class Registry:
                       "registry.databases.database_oid END, "
                       "datname = CASE WHEN registry.databases.connection = excluded.connection THEN "
                       "registry.databases.datname END "
-                      "WHERE registry.databases.source = 'deploy' OR excluded.source = 'operator'",
+                      "WHERE registry.databases.source = 'deploy' OR excluded.source = 'operator' "
+                      "OR registry.databases.connection = '{}'::jsonb",
                       (name, unit, json.dumps(connection), source))
             c.commit()
 

@@ -80,6 +80,7 @@ class Restore(Operation):
                  layout: DataLayout | None = None, command: str | None = None):
         super().__init__(ctx, tenant)
         self.catalog, self.source, self.reach, self.layout, self.command = catalog, source, reach, layout, command
+        self.given = reach      # as given: --db overrides, and the graph's Job runner
         self.deployed = rec.read(ctx.engine, ctx.env)
         rec.require_offboarded_tenant(self.deployed, ctx.env, tenant)
         self._fetched: Path | None = None
@@ -111,12 +112,7 @@ class Restore(Operation):
         self.own_stack = self.t.has_stack
         self.stores = stores_for(self.t, ctx.env, project_of(self.deployed), self.layout,
                                  pool_shard=units.pool_shard_of(ctx.env, self.after, tenant))
-        resolver = where.Resolver(ctx.registry, self.reach.dsns)
-        self.databases = [resolver.database(self.stores, store, "target")
-                          for store, tables in self.stores.postgres.items() if tables]
-        self.reach = data.Reach({d.store: d.dsn for d in self.databases if d.dsn}, self.reach.objects_root,
-                                self.reach.graph_runner, skip)
-        self.targets = data.handles(self.stores, self.reach)
+        self._resolve(skip)
         self.archive: Path | None = None
         if self.source and not self.aborting:
             if archives.is_bucket(self.source):
@@ -124,6 +120,15 @@ class Restore(Operation):
                 self.archive = archives.download(self.source, self._fetched / "archive")
             else:
                 self.archive = Path(self.source)
+
+    def _resolve(self, skip: frozenset[str]) -> None:
+        """The target databases' connections (overrides, else the registry's records) and every target store."""
+        resolver = where.Resolver(self.ctx.registry, self.given.dsns)
+        self.databases = [resolver.database(self.stores, store, "target")
+                          for store, tables in self.stores.postgres.items() if tables]
+        self.reach = data.Reach({d.store: d.dsn for d in self.databases if d.dsn}, self.given.objects_root,
+                                self.given.graph_runner, skip)
+        self.targets = data.handles(self.stores, self.reach)
 
     def _ours(self) -> dict[str, str]:
         return {r.ref["database"]: "frozen" for r in self.ctx.registry.cleanup_records(self.op_id)
@@ -174,14 +179,18 @@ class Restore(Operation):
                             f"namespace {self.stores.namespace}; give --kubeconfig, or --skip graph to leave it in the "
                             "archive")
         fresh_stack = self.own_stack and not resumed and not self._stack_deployed()
-        # The databases of a stack destroyed at the offboarding are gone: pins of them say nothing of the new ones.
-        checked = where.check(self.databases, tenant, env, None if fresh_stack else self.ctx.registry, ours=self._ours(),
+        # Databases the new tenant stack creates are not there to check yet: provisioning records them from the
+        # stack's outputs and checks them before anything is written into them (as an upgrade does). Those of a
+        # stack destroyed at the offboarding are gone: pins of them say nothing of the new ones.
+        self.to_create = [d for d in self.databases if d.dsn is None and fresh_stack]
+        checked = where.check([d for d in self.databases if d not in self.to_create], tenant, env,
+                              None if fresh_stack else self.ctx.registry, ours=self._ours(),
                               expected=self.settings.get("identities") if resumed else None, holding=False)
         problems.extend(checked.problems)
         if problems:
             return
         for name, h in self.restoring.items():
-            if isinstance(h, data.PgHandle):
+            if isinstance(h, data.PgHandle) or name not in self.targets:
                 continue    # checked above: a database holds a tenant's rows only while it registers the tenant
             try:
                 problems.extend(getattr(h, "problems", lambda: [])())
@@ -216,6 +225,8 @@ class Restore(Operation):
             self.say(f"  {self.stack}: up")
             for name, (unit, connection) in stack_databases(self.ctx.engine.outputs(self.stack)).items():
                 self.ctx.registry.set_database(name, unit, connection, source="deploy")
+            if getattr(self, "to_create", None):
+                self._check_created()
         identities = dict(self.settings.get("identities") or {})
         for d in self.databases:
             if d.dsn is None:
@@ -234,6 +245,23 @@ class Restore(Operation):
         self.lease.settings(identities=identities)
         self._registry("frozen", stores=registry_entry(self.stores))
         return {}
+
+    def _check_created(self) -> None:
+        """The databases the new tenant stack created, reached through the registry's new records and checked as the
+        others were in the preflight, before anything is written into them."""
+        self._resolve(self.reach.skip)
+        self.restoring = {n: self.targets[n] for n in self.archived if n in self.targets and n != "graph"}
+        missing = [d for d in self.databases if d.dsn is None]
+        for d in self.databases:
+            self.ctx.registry.unpin(d.name)
+        checked = where.check([d for d in self.databases if d.dsn], self.tenant, self.ctx.env, self.ctx.registry,
+                              ours=self._ours(), holding=False)
+        problems = checked.problems + [f"{d.describe()}: the tenant stack {self.stack} exports no connection for it"
+                                       for d in missing]
+        if problems:
+            raise OperationError("the databases the tenant stack created cannot be used: " + "; ".join(problems)
+                                 + "; nothing was written into them")
+        self.to_create = []
 
     def _registry(self, state: str, *, stores: dict, directory: dict | None = None, operation: str | None = "") -> None:
         row = self.ctx.registry.tenant(self.tenant)
