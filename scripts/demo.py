@@ -28,7 +28,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANCY = ROOT / ".venv" / "bin" / "tenancy"
@@ -112,7 +114,7 @@ class Demo:
         self.apps: dict = {}
         self.rows: list[tuple[str, str, str, str]] = []    # (step, command, application's longest gap, operation's)
         self.number = 0
-        self.total = 12
+        self.total = 13
         self.began = time.monotonic()
 
     # ------------------------------------------------------------------------------------------- printing
@@ -172,9 +174,9 @@ class Demo:
         if os.geteuid() == 0 and subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.dir)],
                                                 capture_output=True).returncode != 0:
             import tempfile     # a directory above DIR is private: the data goes where the postgres user can write
-            real = Path(tempfile.mkdtemp(prefix="tenancy-demo-")) / "postgres"
+            real = Path(tempfile.mkdtemp(prefix="tenancy-demo-"))
             base.symlink_to(real)
-            base = real
+            base = real / "server"
         pg = localservers.start(base=base)
         self._pid("postgres", pg.pid, "postgres", signal.SIGINT)     # a fast shutdown
         self.pg = pg
@@ -309,7 +311,7 @@ class Demo:
     def onboard(self) -> None:
         import yaml
 
-        start = self.header(f"onboard {TENANT}: a tenant added to a copy of tenants.yaml, deployed")
+        self.header(f"onboard {TENANT}: a tenant added to a copy of tenants.yaml, deployed")
         text = (ROOT / "tenants.yaml").read_text()
         entry = {"id": TENANT, "name": "Soylent Corporation", "plan": "free", "admin_email": f"ops@{TENANT}.example"}
         self.catalogue.write_text(text.rstrip("\n") + "\n\n" + _indent(yaml.safe_dump([entry], sort_keys=False)))
@@ -324,20 +326,20 @@ class Demo:
 
         deployed = rec.read(OfflineEngine(str(self.state), ENV), ENV)
         self.seeded[TENANT] = self.seed_tenant(TENANT, deployed.directory[TENANT])
-        self.start_apps()
+        self.start_apps(TENANT, NEIGHBOUR)
+        time.sleep(0.5)
         self.rows.append((f"onboard {TENANT}", "tenancy up", "-", "-"))
-        del start
 
-    def start_apps(self) -> None:
+    def start_apps(self, *tenants: str) -> None:
         sys.path.insert(0, str(ROOT / "scripts"))
         from sample_app import App
 
-        for tenant in (TENANT, NEIGHBOUR):
+        for tenant in tenants:
             self.apps[tenant] = App(self.reader_dsn(), ENV, tenant)
             self.apps[tenant].start()
-        self.say(f"the sample application (scripts/sample_app.py) now writes {TENANT}'s and {NEIGHBOUR}'s users through "
-                 "the client library, each write to the database the registry names")
-        time.sleep(0.5)
+        self.say(f"the sample application (scripts/sample_app.py) {'now ' if len(tenants) > 1 else 'again '}writes "
+                 f"{' and '.join(t + chr(39) + 's' for t in tenants)} users through the client library, each write to the "
+                 "database the registry names")
 
     def report(self, start: float, end: float) -> str:
         """What the applications measured across [start, end]; the moving tenant's longest gap."""
@@ -354,16 +356,18 @@ class Demo:
                 gap = f"{longest:.2f}s"
         return gap
 
-    def check(self) -> None:
-        """Every write the application committed is in the database the registry names, with its last value."""
+    def check(self, app=None, what: str = "users the application wrote") -> None:
+        """Every write `app` (the walked tenant's application) committed is in the database the registry names for the
+        tenant, with its last value."""
         import psycopg
 
         from tenancy.operations.registry import Registry
         from tenancy.operations.stores import Resolver
 
-        app = self.apps[TENANT]
+        app = app or self.apps[TENANT]
+        writing = self.apps.get(TENANT)
         registry = Registry(self.env["TENANCY_REGISTRY"], ENV)
-        with app.held():
+        with writing.held() if writing is not None and writing.is_alive() else _nothing():
             row = registry.tenant(TENANT)
             store = next(s for s, tables in row.stores["postgres"].items() if "app.users" in tables)
             name = row.stores["databases"][store]
@@ -372,9 +376,9 @@ class Demo:
                                                          (TENANT,)).fetchall()}
         lost = [k for k, v in app.names.items() if found.get(k) != v]
         if lost:
-            raise DemoFailed(f"{len(lost)} committed write(s) of {TENANT} are not in {name} as last written")
-        self.say(f"check: all {len(app.names)} users the application wrote are in {name} (where the registry points), "
-                 "each with its last value")
+            raise DemoFailed(f"{len(lost)} of the {what} are not in {name} as last written")
+        self.say(f"check: all {len(app.names)} {what} are in {name} (where the registry points), each with its last "
+                 "value")
 
     def move(self, plan: str) -> None:
         import re
@@ -444,15 +448,27 @@ class Demo:
         self.rows.append((f"offboard {TENANT}", "tenancy offboard", "(gone)", "-"))
 
     def restore(self) -> None:
+        # RESTORE: `tenancy restore TENANT --from ARCHIVE` brings an offboarded tenant back from its archive. The step
+        # runs where the command exists (`tenancy restore --help` exits 0), and otherwise says it is skipped and why.
         self.header(f"restore {TENANT} from its archive")
         probe = subprocess.run([str(TENANCY), "restore", "--help"], cwd=ROOT, env=self.env, capture_output=True, text=True)
         if probe.returncode != 0:
-            self.say(f"skipped: `{RESTORE_HELP}` exited {probe.returncode}: this version has no `tenancy restore` (it "
-                     f"brings an offboarded tenant back from its archive: `tenancy restore {TENANT} --from "
+            self.say(f"skipped: `{RESTORE_HELP}` exited {probe.returncode}: this version has no `tenancy restore`, "
+                     f"which brings an offboarded tenant back from its archive (`tenancy restore {TENANT} --from "
                      f"{_shown(self.archives / TENANT)}`)")
             self.rows.append((f"restore {TENANT}", "tenancy restore", "skipped", "-"))
             return
+        start = time.monotonic()
+        offboarded = self.apps.pop(TENANT)
         self.tenancy("restore", TENANT, "--from", _shown(self.archives / TENANT), *self.where())
+        self.follow(state=None)
+        self.start_apps(TENANT)
+        app = self.apps[TENANT]
+        deadline = time.monotonic() + 10
+        while not app.commits and app.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.report(start, time.monotonic())
+        self.check(offboarded, what="users the application wrote before the offboarding")
         self.rows.append((f"restore {TENANT}", "tenancy restore", "-", "-"))
 
     def finish(self, started: float) -> None:
@@ -492,6 +508,11 @@ class Demo:
                     raise DemoFailed(f"{tenant}'s rows changed: {users} users (expected {expected}), {n} other rows")
         self.say(f"neighbours untouched: {', '.join(sorted(set(self.seeded) - {TENANT}))} hold their seeded rows "
                  f"(and {NEIGHBOUR} the users its application wrote)")
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def _indent(text: str) -> str:
