@@ -175,6 +175,7 @@ class Demo:
                                                 capture_output=True).returncode != 0:
             import tempfile     # a directory above DIR is private: the data goes where the postgres user can write
             real = Path(tempfile.mkdtemp(prefix="tenancy-demo-"))
+            os.chmod(real, 0o755)
             base.symlink_to(real)
             base = real / "server"
         pg = localservers.start(base=base)
@@ -462,12 +463,17 @@ class Demo:
         offboarded = self.apps.pop(TENANT)
         self.tenancy("restore", TENANT, "--from", _shown(self.archives / TENANT), *self.where())
         self.follow(state=None)
+        restored = time.monotonic()
+        self.report(start, restored)
         self.start_apps(TENANT)
         app = self.apps[TENANT]
         deadline = time.monotonic() + 10
         while not app.commits and app.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.report(start, time.monotonic())
+        if not app.commits:
+            raise DemoFailed(f"the application cannot write {TENANT} after its restore: {app.errors or 'refused'}")
+        self.say(f"application ({TENANT}): its first write after the restore committed "
+                 f"{app.commits[0] - restored:.2f}s after the command ended")
         self.check(offboarded, what="users the application wrote before the offboarding")
         self.rows.append((f"restore {TENANT}", "tenancy restore", "-", "-"))
 
@@ -526,9 +532,11 @@ def up(directory: Path) -> int:
         down(directory)
     directory.mkdir(parents=True)
     demo = Demo(directory.resolve())
+    from tenancy.localservers import PostgresUnavailable, ServerUnavailable
+
     try:
         demo.run()
-    except DemoFailed as exc:
+    except (DemoFailed, PostgresUnavailable, ServerUnavailable) as exc:
         print(f"\ndemo failed: {exc}\nits servers keep running for a look (`source {_shown(directory / 'env')}`); "
               "`make demo-down` stops them", file=sys.stderr)
         return 1
