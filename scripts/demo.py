@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TENANCY = ROOT / ".venv" / "bin" / "tenancy"
 ENV = "dev"
 TENANT = "soylent"                  # the tenant the demo onboards and walks through its life
-NEIGHBOUR = "globex"                # a pooled tenant of the shipped catalogue, written to throughout
 RESTORE_HELP = "tenancy restore --help"
 
 
@@ -133,15 +132,15 @@ class Demo:
     def say(self, text: str) -> None:
         print(f"   {text}", flush=True)
 
-    def tenancy(self, *args: str, expect: int = 0) -> str:
+    def tenancy(self, *args: str) -> str:
         """Run `.venv/bin/tenancy ARGS` as a user would, print it and its output; its output."""
         print(f"   $ .venv/bin/tenancy {shlex.join(args)}", flush=True)
         p = subprocess.run([str(TENANCY), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
         for line in p.stdout.rstrip().splitlines():
             print(f"     {line}", flush=True)
-        if p.returncode != expect:
-            raise DemoFailed(f"`tenancy {args[0]}` exited with {p.returncode} (expected {expect})")
+        if p.returncode != 0:
+            raise DemoFailed(f"`tenancy {' '.join(args[:2])}` exited with {p.returncode}")
         return p.stdout
 
     def where(self) -> list[str]:
@@ -240,14 +239,10 @@ class Demo:
                  "in Secret Manager")
 
     def seed(self) -> None:
-        from tenancy.lifecycle import record as rec
-        from tenancy.engine import OfflineEngine
-
         self.header("sample data: rows, documents and objects of the pooled tenants")
-        deployed = rec.read(OfflineEngine(str(self.state), ENV), ENV)
-        self.project = deployed.project
+        deployed = self.deployed()
         self.buckets(deployed)
-        self.seeded = {}
+        self.seeded: dict[str, dict] = {}      # tenant -> what was seeded, as read back
         for t in deployed.catalog.tenants:
             if t.model.value != "pooled" or not t.in_directory:
                 continue
@@ -256,27 +251,26 @@ class Demo:
                 continue
             self.seeded[t.id] = self.seed_tenant(t.id, deployed.directory[t.id])
 
+    def deployed(self):
+        from tenancy.engine import OfflineEngine
+        from tenancy.lifecycle import record as rec
+
+        return rec.read(OfflineEngine(str(self.state), ENV), ENV)
+
     def buckets(self, deployed) -> None:
+        from tenancy import naming
         from tenancy.stores.objects import gcs_client
 
         client = gcs_client()
         names = sorted({e["placement"]["bucket"] for e in deployed.directory.values() if e.get("placement", {}).get("bucket")}
-                       | {self.own_bucket()})
+                       | {naming.bucket(ENV, TENANT)})
         for name in names:
             client.create_bucket(name)
         self.say(f"created the buckets the stacks declare (the offline engine creates none): {', '.join(names)}")
 
-    def own_bucket(self) -> str:
-        from tenancy import naming
-
-        return naming.bucket(ENV, TENANT)
-
     def seed_tenant(self, tenant: str, entry: dict) -> dict:
-        """Users, itineraries, comments and likes through the client library; documents; objects."""
-        from google.cloud import firestore
-
+        """Users, itineraries, comments and likes through the client library; documents; objects. What was written."""
         from tenancy import client
-        from tenancy.stores.objects import open_store
 
         router = client.Router(self.reader_dsn(), ENV, user="tenancy_app")
         with router.transaction(tenant, "app.users") as c:
@@ -288,23 +282,52 @@ class Demo:
                 c.execute("INSERT INTO app.comments (tenant_id, itinerary_id, author_id, body) VALUES (%s, %s, %s, %s)",
                           (tenant, iid, uid, "looks great"))
                 c.execute("INSERT INTO app.likes (tenant_id, itinerary_id, user_id) VALUES (%s, %s, %s)", (tenant, iid, uid))
-        docs = entry["stores"]["firestore"]
-        db = firestore.Client(project=docs["project"], database=docs["database"])
-        root = f"{docs['root']}/" if docs["root"] else ""
-        batch = db.batch()
-        for i in range(3):
-            batch.set(db.document(f"{root}users/u{i}"), {"name": f"User {i}", "rank": i})
-        batch.set(db.document(f"{root}itineraries/i0"), {"title": "Trip 0"})
-        batch.set(db.document(f"{root}itineraries/i0/notes/n0"), {"text": "pack light"})
-        batch.set(db.document(f"{root}settings/main"), {"theme": "dark"})
+        documents = {**{f"users/u{i}": {"name": f"User {i}", "rank": i} for i in range(3)},
+                     "itineraries/i0": {"title": "Trip 0"}, "itineraries/i0/notes/n0": {"text": "pack light"},
+                     "settings/main": {"theme": "dark"}}
+        objects = {"avatars/u0.png": f"\x89PNG avatar of {tenant}".encode(), "docs/trip.pdf": f"%PDF trip of {tenant}".encode()}
+        docs, store, prefix = self._stores(entry)
+        batch = docs.batch()
+        for path, fields in documents.items():
+            batch.set(docs.document(self._doc(entry, path)), fields)
         batch.commit()
+        for name, data in objects.items():
+            store.write(prefix + name, data)
+        seeded = self.read_back(tenant, entry, documents, objects)
+        where = entry["stores"]["firestore"]
+        self.say(f"{tenant}: {seeded['rows']} rows (users, itineraries, comments, likes) in pool-1, {len(documents)} "
+                 f"documents under {where['database']}/{where['root']}, {len(objects)} objects under "
+                 f"{entry['stores']['objects']}")
+        return seeded
+
+    @staticmethod
+    def _stores(entry: dict):
+        """(a Firestore client of the tenant's document database, its object store, the tenant's object prefix)."""
+        from google.cloud import firestore
+
+        from tenancy.stores.objects import open_store
+
+        where = entry["stores"]["firestore"]
         bucket, prefix = entry["stores"]["objects"].removeprefix("gs://").split("/", 1)
-        store = open_store(f"gs://{bucket}")
-        store.write(f"{prefix}avatars/u0.png", f"\x89PNG avatar of {tenant}".encode())
-        store.write(f"{prefix}docs/trip.pdf", f"%PDF trip of {tenant}".encode())
-        self.say(f"{tenant}: 12 rows (3 users, itineraries, comments, likes) in pool-1, 6 documents under "
-                 f"{docs['database']}/{docs['root']}, 2 objects under gs://{bucket}/{prefix}")
-        return {"rows": 12, "documents": 6, "objects": 2}
+        return firestore.Client(project=where["project"], database=where["database"]), open_store(f"gs://{bucket}"), prefix
+
+    @staticmethod
+    def _doc(entry: dict, path: str) -> str:
+        root = entry["stores"]["firestore"]["root"]
+        return f"{root}/{path}" if root else path
+
+    def read_back(self, tenant: str, entry: dict, documents: dict, objects: dict) -> dict:
+        """The tenant's rows other than users (counted), documents and objects (as read), and its entry."""
+        import psycopg
+
+        docs, store, prefix = self._stores(entry)
+        with psycopg.connect(self.pg.dsn(dbname=self.database("pool-1")), autocommit=True) as c:
+            rows = {t: c.execute(f"SELECT count(*) FROM {t} WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+                    for t in ("app.users", "app.itineraries", "app.comments", "app.likes")}
+        return {"rows": sum(rows.values()), "others": {t: n for t, n in rows.items() if t != "app.users"},
+                "documents": {p: docs.document(self._doc(entry, p)).get().to_dict() for p in documents},
+                "objects": {n: store.read(prefix + n) for n in objects}, "entry": entry,
+                "seeded": (documents, objects)}
 
     def reader_dsn(self) -> str:
         return self.pg.dsn(user="tenancy_registry_reader", dbname="tenancy_registry")
@@ -322,17 +345,15 @@ class Demo:
         self.tenancy("validate", "--tenants", _shown(self.catalogue), "--env", ENV)
         self.tenancy("up", "--tenant", TENANT, *self.where())
         self.tenancy("db", "apply", "--as", "pool-1", *self.where())
-        from tenancy.lifecycle import record as rec
-        from tenancy.engine import OfflineEngine
-
-        deployed = rec.read(OfflineEngine(str(self.state), ENV), ENV)
-        self.seeded[TENANT] = self.seed_tenant(TENANT, deployed.directory[TENANT])
-        self.start_apps(TENANT, NEIGHBOUR)
+        self.seeded[TENANT] = self.seed_tenant(TENANT, self.deployed().directory[TENANT])
+        self.neighbour = next(iter(self.seeded))    # the first active pooled tenant of the catalogue
+        self.start_apps(TENANT, self.neighbour)
         time.sleep(0.5)
         self.rows.append((f"onboard {TENANT}", "tenancy up", "-", "-"))
 
     def start_apps(self, *tenants: str) -> None:
-        sys.path.insert(0, str(ROOT / "scripts"))
+        if str(ROOT / "scripts") not in sys.path:
+            sys.path.insert(0, str(ROOT / "scripts"))
         from sample_app import App
 
         for tenant in tenants:
@@ -479,14 +500,14 @@ class Demo:
 
     def finish(self, started: float) -> None:
         self.header("the neighbours, and what the application saw")
-        neighbour = self.apps[NEIGHBOUR]
+        neighbour = self.apps[self.neighbour]
         end = time.monotonic()
         longest = neighbour.longest_gap(neighbour.commits[0], end) if neighbour.commits else float("nan")
         for app in self.apps.values():
             app.halt()
         if neighbour.errors:
-            raise DemoFailed(f"the application writing {NEIGHBOUR} failed: {neighbour.errors[0]}")
-        self.say(f"{NEIGHBOUR} (pooled, beside {TENANT} throughout): {len(neighbour.commits)} writes, longest gap "
+            raise DemoFailed(f"the application writing {self.neighbour} failed: {neighbour.errors[0]}")
+        self.say(f"{self.neighbour} (pooled, beside {TENANT} throughout): {len(neighbour.commits)} writes, longest gap "
                  f"{longest:.2f}s")
         self.neighbours()
         width = max(len(r[0]) for r in self.rows)
@@ -501,19 +522,17 @@ class Demo:
                  "`make demo-down` stops them and removes " + _shown(self.dir))
 
     def neighbours(self) -> None:
-        """The seeded tenants other than the one walked through still hold exactly what was seeded."""
-        import psycopg
-
-        with psycopg.connect(self.pg.dsn(dbname=self.database("pool-1")), autocommit=True) as c:
-            for tenant in sorted(set(self.seeded) - {TENANT}):
-                n = sum(c.execute(f"SELECT count(*) FROM {t} WHERE tenant_id = %s", (tenant,)).fetchone()[0]
-                        for t in ("app.itineraries", "app.comments", "app.likes"))
-                users = c.execute("SELECT count(*) FROM app.users WHERE tenant_id = %s", (tenant,)).fetchone()[0]
-                expected = 3 + (len(self.apps[tenant].names) if tenant in self.apps else 0)
-                if n != 9 or users != expected:
-                    raise DemoFailed(f"{tenant}'s rows changed: {users} users (expected {expected}), {n} other rows")
-        self.say(f"neighbours untouched: {', '.join(sorted(set(self.seeded) - {TENANT}))} hold their seeded rows "
-                 f"(and {NEIGHBOUR} the users its application wrote)")
+        """The seeded tenants other than the one walked through hold exactly what was seeded: rows, documents and
+        objects (the neighbour written to throughout: its seeded rows, plus the users its application wrote)."""
+        others = [t for t in self.seeded if t != TENANT]
+        for tenant in others:
+            before = self.seeded[tenant]
+            now = self.read_back(tenant, before["entry"], *before["seeded"])
+            for what in ("others", "documents", "objects") + (("rows",) if tenant != self.neighbour else ()):
+                if now[what] != before[what]:
+                    raise DemoFailed(f"{tenant}'s {what} changed: {before[what]} then {now[what]}")
+        self.say(f"neighbours untouched: {', '.join(sorted(others))} hold the rows, documents and objects seeded for "
+                 f"them (and {self.neighbour} the users its application wrote)")
 
 
 @contextmanager
