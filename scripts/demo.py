@@ -135,13 +135,15 @@ class Demo:
     def tenancy(self, *args: str) -> str:
         """Run `.venv/bin/tenancy ARGS` as a user would, print it and its output; its output."""
         print(f"   $ .venv/bin/tenancy {shlex.join(args)}", flush=True)
-        p = subprocess.run([str(TENANCY), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-        for line in p.stdout.rstrip().splitlines():
-            print(f"     {line}", flush=True)
+        out = []
+        with subprocess.Popen([str(TENANCY), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as p:
+            for line in p.stdout:          # as it comes: a tier move reports each phase while it runs
+                out.append(line)
+                print(f"     {line.rstrip()}", flush=True)
         if p.returncode != 0:
             raise DemoFailed(f"`tenancy {' '.join(args[:2])}` exited with {p.returncode}")
-        return p.stdout
+        return "".join(out)
 
     def where(self) -> list[str]:
         return ["--tenants", _shown(self.catalogue), "--engine", "offline", "--state", _shown(self.state), "--env", ENV]
@@ -559,6 +561,9 @@ def up(directory: Path) -> int:
         print(f"\ndemo failed: {exc}\nits servers keep running for a look (`source {_shown(directory / 'env')}`); "
               "`make demo-down` stops them", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; `make demo-down` stops the servers it started", file=sys.stderr)
+        return 130
     finally:
         for app in demo.apps.values():
             app.halt()
