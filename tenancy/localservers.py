@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_SOCKET_DIR = 80
 
 
 class PostgresUnavailable(RuntimeError):
@@ -109,7 +110,9 @@ def start(options: str = "", base: Path | None = None) -> Server:
     if proc.returncode != 0:
         raise PostgresUnavailable(f"initdb failed: {proc.stderr.strip()}")
     port = free_port()
-    opts = (f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+    # A Unix socket's path is limited to about 100 bytes: under a deep directory the server listens on TCP only.
+    sockets = f"-k {sockdir}" if len(str(sockdir)) <= MAX_SOCKET_DIR else "-k ''"
+    opts = (f"-p {port} {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=100 -c wal_level=logical -c max_replication_slots=20 "
             f"-c max_wal_senders=20 -c max_logical_replication_workers=8 -c max_worker_processes=16 -c wal_retrieve_retry_interval=50ms {options}").strip()
     proc = subprocess.run([*run_as, str(bd / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"),
