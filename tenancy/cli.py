@@ -172,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_arg(p)
     p.add_argument("--dsn", action="append", default=[], metavar="DSN",
                    help="a database to check for leftovers of online moves (repeatable)")
+    d = p.add_argument_group("the delivery workflow's steps (README, CI and delivery)")
+    d.add_argument("--plan", metavar="FILE", help="instead, print what a deploy job runs, as JSON: with the reviewed "
+                   "decisions of FILE (moves.yaml), the command resuming each unfinished operation and carrying out each "
+                   "pending tier move, the Cloud SQL instances and the cluster each reaches; a downgrade FILE makes no "
+                   "decision for is refused (exit 1) with the entry to add")
+    d.add_argument("--base-catalog", metavar="FILE", help="with --plan, for a pull request's review: the base branch's "
+                   "catalogue stands for the deployment (offline: no stack outputs, no registry)")
+    d.add_argument("--archive-stamp", metavar="STAMP", help="with --plan: the suffix of each new move's archive "
+                   "(default: the UTC time, 20250131T120000Z)")
     p.set_defaults(func=cmd_moves)
 
     p = sub.add_parser("registry", help="the environment's registry of record: tenants, databases, operations",
@@ -535,6 +544,8 @@ def cmd_moves(args) -> int:
     from tenancy.catalog import load_catalog
     from tenancy.lifecycle import deploy
 
+    if args.plan or args.base_catalog or args.archive_stamp:
+        return cmd_moves_plan(args)
     for dsn in args.dsn:
         _check_dsn("--dsn", dsn)
     engine = _engine(args)
@@ -556,6 +567,56 @@ def cmd_moves(args) -> int:
               "unfinished ones with their commands); for a move no one will resume, drop them "
               "(tenancy.stores.replication.cleanup)", file=sys.stderr)
     return EXIT_FAIL if left else EXIT_OK
+
+
+def cmd_moves_plan(args) -> int:
+    """`tenancy moves --plan moves.yaml`: the deploy job's steps (tenancy/delivery.py) as JSON; exit 1 when an item is
+    refused (it is listed with why), 2 when the moves file or the catalogue is wrong."""
+    from datetime import datetime, timezone
+
+    from tenancy import delivery, naming
+    from tenancy.catalog import load_catalog
+    from tenancy.engine import EngineError
+    from tenancy.errors import ConfigError
+    from tenancy.lifecycle import record as rec
+
+    if not args.plan:
+        raise ConfigError("--base-catalog and --archive-stamp go with --plan FILE (the moves file)")
+    if args.dsn:
+        raise ConfigError("--plan takes no --dsn: it reads the registry's record of every database")
+    stamp = args.archive_stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}", stamp):
+        raise ConfigError(f"--archive-stamp {stamp[:60]!r}: up to 40 letters, digits, '.', '_' or '-'")
+    catalog = load_catalog(args.tenants)
+    moves = delivery.load(args.plan)
+    registry = None
+    if args.base_catalog:
+        facts = delivery.review_facts(args.env, load_catalog(args.base_catalog), args.tenants)
+    else:
+        engine = _engine(args)
+        try:
+            outputs = engine.outputs(naming.stack_name(args.env))
+        except EngineError:
+            outputs = {}
+        registry = _registry(args, engine, required=False)
+        facts = delivery.Facts(args.env, rec.read(engine, args.env), str(outputs.get("region") or ""),
+                               delivery.registry_databases(registry) if registry is not None else {},
+                               registry.unfinished() if registry is not None else None, args.tenants)
+    deployed = facts.deployed.catalog
+    moves.check(catalog, dict(deployed.plans) if deployed is not None else None)
+    found = delivery.steps(catalog, moves, facts, stamp)
+    if registry is None and not args.base_catalog:
+        for s in found:
+            if s.status == "run":
+                s.status, s.message = "failed", (f"{s.message}; but the environment's registry is not reachable (no "
+                                                 "--registry, no TENANCY_REGISTRY, no `registry` output of the global "
+                                                 "stack): every operation takes the tenant's lease there")
+    print(to_json({"environment": args.env, "moves_file": args.plan, "archive_stamp": stamp,
+                   "steps": [s.to_json() for s in found]}))
+    for s in found:
+        if s.status == "failed":
+            print(f"refused: {s.message}", file=sys.stderr)
+    return EXIT_FAIL if any(s.status == "failed" for s in found) else EXIT_OK
 
 
 def _registry(args, engine=None, required: bool = True):
@@ -656,7 +717,12 @@ def _reach(args, dsns: dict[str, str]):
     runner = None
     if args.kubeconfig:
         from tenancy.stores.graph import KubernetesJobRunner
-        runner = KubernetesJobRunner(args.kubeconfig)
+        try:
+            text = Path(args.kubeconfig).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--kubeconfig {args.kubeconfig}: {exc.strerror or exc}; give the path of a kubeconfig "
+                              "file (the tenant stack's `kubeconfig` output saved to a file)") from None
+        runner = KubernetesJobRunner(text)
     return Reach(dsns, args.objects_root, runner, frozenset(skip))
 
 

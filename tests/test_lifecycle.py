@@ -443,3 +443,27 @@ def test_upgrade_says_which_catalogue_line_to_change_and_moves_does_not_offer_th
     [p] = deploy.pending(world["engine"], catalog, "dev")
     assert p.kind == "catalog-behind" and p.command is None
     assert do_upgrade(world, "standard", catalog).status == "nothing to do"
+
+
+def test_an_upgrade_records_the_databases_its_new_stack_creates_and_checks_them_before_writing(world, monkeypatch,
+                                                                                                  tmp_path):
+    """No DSN for the tenant's future databases: the preflight lets them be (the stack creates them), provisioning
+    records them in the registry from the stack's outputs (Cloud SQL connection names, reached through the Auth
+    Proxy's socket directory) and checks them before anything is written into them."""
+    monkeypatch.setenv("TENANCY_CLOUDSQL_DIR", str(tmp_path / "no-proxy-here"))
+    rows_only = Reach({"pooled": world["pooled_dsn"]}, skip=frozenset({"objects", "firestore"}))
+    with pytest.raises(OperationError) as failed:
+        moves.upgrade(ctx(world), world["catalog"], "bravo", "standard", reach=rows_only)
+    message = str(failed.value)
+    assert message.startswith("the databases the tenant stack created cannot be used: postgres-1 (target, "
+                              "bravo/postgres-1, 'host=") and "cannot connect or read it" in message
+    assert message.endswith("nothing was written into them. Operation " + world["registry"].unfinished()[0].id +
+                            ": resume it with `tenancy upgrade bravo --to standard --env dev`, or abort it with "
+                            "`tenancy upgrade bravo --to standard --env dev --abort`")
+    recorded = world["registry"].database("bravo/postgres-1")
+    assert (recorded.source, recorded.connection) == ("deploy", {
+        "instance": "tenancy-dev-482913:europe-west1:dev-bravo-postgres-1", "dbname": "app"})
+    assert rows(world["server"], world["pooled"], "bravo") == world["before"]["bravo"]
+    assert registry(world["server"], world["pooled"], "bravo")[2] == "active", "never frozen"
+    assert moves.upgrade(ctx(world), world["catalog"], "bravo", "standard", reach=rows_only, abort=True).status == "aborted"
+    assert "dev.bravo" not in world["engine"].stacks(), "the stack it created is gone"

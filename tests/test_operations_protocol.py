@@ -13,7 +13,7 @@ import uuid
 import psycopg
 import pytest
 
-from tenancy import db
+from tenancy import db, naming
 from tenancy.catalog import with_tenant
 from tenancy.lifecycle import Refused
 from tenancy.lifecycle.tenant_data import Reach
@@ -313,3 +313,73 @@ def test_registry_sync_records_every_deployed_database_behind_the_auth_proxy_and
     assert stark_row.stores["databases"] == {"postgres-1": "stark/postgres-1", "postgres-2": "stark/postgres-2",
                                             "postgres-3": "stark/postgres-3"}
     assert registry.tenant("globex").stores["databases"] == {"pooled": "pool-1"}
+
+
+def test_place_moves_a_pooled_tenants_rows_documents_and_objects_to_the_other_shard(pg_server, tenancy_db, registry,
+                                                                                     firestore_server, gcs_server,
+                                                                                     tmp_path, monkeypatch):
+    """`tenancy place` with every store: the wrong database is refused first, then every row, document and object
+    of the tenant goes to the other shard's database, Firestore database and bucket, and none is left behind."""
+    import stacks.config
+    from google.cloud import storage
+
+    from tenancy.catalog import parse_catalog
+    from tenancy.fleet import capacity as fleet_capacity
+    from tenancy.lifecycle import record as rec
+    from tenancy.operations import place
+    from tenancy.operations import stores as where
+    from tenancy.operations import tier_move
+    from tenancy.operations.sync import sync
+    from tenancy.stores import firestore as fs
+    from tenancy.stores import objects as obj
+    from tests.conftest import deployed_offline
+    from tests.test_store_objects import drain
+    from tests.test_tier_moves_all_stores import seed_docs
+
+    real = stacks.config.load_stack_config
+    monkeypatch.setattr(stacks.config, "load_stack_config",
+                        lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
+    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
+    project = f"test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setattr(tier_move, "project_of", lambda deployed: project)
+    drain(gcs_server)
+    second = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{second}"')
+    db.apply(pg_server.dsn(dbname=second))
+    for name, d in (("pool-1", tenancy_db), ("pool-2", second)):
+        registry.set_database(name, name, where.connection_record(pg_server.dsn(dbname=d)))
+    register(pg_server, tenancy_db, "bravo", "charlie")
+    for t in ("bravo", "charlie"):
+        seed(pg_server, tenancy_db, t, users=2)
+    client = storage.Client(project=project)
+    buckets = {s: naming.pool_bucket("dev", project, s) for s in ("pool-1", "pool-2")}
+    for b in buckets.values():
+        client.create_bucket(b)
+    one, two = obj.open_store(f"gs://{buckets['pool-1']}"), obj.open_store(f"gs://{buckets['pool-2']}")
+    for t in ("bravo", "charlie"):
+        one.write(f"{t}/avatars/1.png", f"png of {t}".encode())
+        seed_docs(fs.location_for(project, naming.pool_firestore("dev", "pool-1"), t, pooled=True), t)
+    catalog = parse_catalog("version: 1\ntenants:\n"
+                            "  - {id: bravo, name: Bravo, plan: free, admin_email: b@bravo.example}\n"
+                            "  - {id: charlie, name: Charlie, plan: free, admin_email: c@charlie.example}\n")
+    engine = deployed_offline(catalog, tmp_path / "state")
+    sync(registry, rec.read(engine, "dev"), "dev")
+    ctx = Context("dev", registry, engine)
+    at = {s: fs.location_for(project, naming.pool_firestore("dev", s), "charlie", pooled=True) for s in buckets}
+    docs_before = docs(at["pool-1"])
+    # a DSN that reaches the new shard where the old one is meant: refused, nothing changed anywhere
+    with pytest.raises(Refused, match="does not hold tenant 'charlie'"):
+        place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=Reach({"pool-1": pg_server.dsn(dbname=second)}))
+    assert objects_of(two, "") == {} and docs(at["pool-2"]) == {} and registry.history("charlie") == []
+    out = place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=Reach({}))
+    assert out.status == "done" and set(out.detail["copied"]) == {"pooled->pooled", "objects", "firestore"}
+    assert objects_of(two, "charlie/") == {"charlie/avatars/1.png": b"png of charlie"} and objects_of(one, "charlie/") == {}
+    assert docs(at["pool-2"]) == docs_before and docs(at["pool-1"]) == {}
+    with connect(pg_server, tenancy_db, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM app.users WHERE tenant_id = 'charlie'").fetchone()[0] == 0
+    with connect(pg_server, second, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM app.users WHERE tenant_id = 'charlie'").fetchone()[0] == 2
+    assert objects_of(one, "bravo/") == {"bravo/avatars/1.png": b"png of bravo"}, "the neighbour untouched"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{second}" WITH (FORCE)')

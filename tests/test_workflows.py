@@ -70,9 +70,9 @@ def test_the_linter_knows_configuration_variables(tmp_path):
         "actionlint: 1 file(s), 1 finding(s)"]
 
 
-SECRETS = {"PULUMI_CONFIG_PASSPHRASE", "POOLED_DSN", "TENANT_DSN_TEMPLATE"}       # credentials, nothing else
+SECRETS = {"PULUMI_CONFIG_PASSPHRASE"}       # credentials, nothing else: databases are reached with IAM, no DSN
 VARIABLES = {"TENANCY_ENV", "PULUMI_BACKEND_URL", "GCP_WORKLOAD_IDENTITY_PROVIDER", "GCP_PREVIEW_SERVICE_ACCOUNT",
-             "GCP_DEPLOY_SERVICE_ACCOUNT"}
+             "GCP_DEPLOY_SERVICE_ACCOUNT", "DEPLOY_RUNNER_LABELS"}
 
 
 def test_settings_are_variables_and_only_credentials_are_secrets():
@@ -166,7 +166,8 @@ def test_deploy_workflow_is_gated_and_uses_the_tool():
     assert job["environment"] == "production"
     runs = "\n".join(s.get("run", "") for s in job["steps"])
     assert "tenancy up --env" in runs and "--changed-since" in runs
-    assert "tenancy moves" in runs and "tenancy upgrade" in runs and "GITHUB_STEP_SUMMARY" in runs
+    assert "scripts/tier-moves.sh moves.yaml" in runs and "GITHUB_STEP_SUMMARY" in runs
+    assert '"$tenancy" moves --env "${TENANCY_ENV:?TENANCY_ENV is not set}" --plan "$moves"' in TIER_MOVES.read_text()
 
 
 # What GitHub runs a `run:` script with on Linux runners, by `shell:` value (None: not given anywhere).
@@ -351,3 +352,334 @@ def test_pr_comment_at_fleet_size_stays_within_githubs_limit(tmp_path):
     assert "- … and 2,950 more in the full table" in lines
     mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert 'shared_n["2,999 tenants"]' in mermaid and "tenant-00001" not in mermaid
+
+
+# ------------------------------------------------------------------------------------------ the deploy job's moves
+
+TIER_MOVES = ROOT / "scripts" / "tier-moves.sh"
+PROXY = ROOT / "scripts" / "cloudsql-proxy.sh"
+
+
+def deploy_step(name: str) -> tuple[dict, dict, dict]:
+    wf = workflow("deploy.yml")
+    job = wf["jobs"]["deploy"]
+    return wf, job, next(s for s in job["steps"] if s.get("name") == name)
+
+
+def run_step(tmp_path: Path, name: str, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A deploy step's script as GitHub runs it (its shell), `${{ ... }}` left out (given through `env`)."""
+    wf, job, step = deploy_step(name)
+    script = tmp_path / "step.sh"
+    script.write_text(re.sub(r"\$\{\{[^}]*\}\}", "x", step["run"]))
+    return subprocess.run([*GITHUB_SHELLS[effective_shell(wf, job, step)], str(script)], cwd=cwd or tmp_path,
+                          capture_output=True, text=True, env={"PATH": os.environ["PATH"], **env})
+
+
+def stub(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_the_deploy_job_has_what_a_tier_move_needs():
+    """A runner inside the environment's network, the Auth Proxy pinned by version and checksum and started with IAM
+    authentication, the deploying identity as the database user, the moves read from the reviewed moves.yaml, and no
+    DSN secret, prompt or confirmation anywhere."""
+    from tenancy import delivery
+
+    wf, job, _ = deploy_step("tenancy up")
+    text = (ROOT / ".github" / "workflows" / "deploy.yml").read_text()
+    assert job["runs-on"] == "${{ fromJSON(vars.DEPLOY_RUNNER_LABELS || '[\"self-hosted\", \"linux\", \"x64\"]') }}"
+    names = [s.get("name") or s.get("uses") for s in job["steps"]]
+    assert names[0] == "The runner is inside the environment's network", "checked before anything else"
+    order = [names.index(n) for n in ("google-github-actions/auth@v2", "Cloud SQL Auth Proxy (pinned, checksum-verified)",
+                                      "The deploying identity as the IAM database user", "Reach the registry",
+                                      "tenancy up", "Tier moves the catalogue asks for", "Mark the deployed commit")]
+    assert order == sorted(order)
+    assert job["env"]["CLOUD_SQL_PROXY_VERSION"] == "2.15.1" and job["env"]["TENANCY_CLOUDSQL_DIR"] == "/cloudsql"
+    assert re.fullmatch(r"[0-9a-f]{64}", job["env"]["CLOUD_SQL_PROXY_SHA256"])
+    gcloud = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("google-github-actions/setup-gcloud"))
+    assert gcloud["with"]["install_components"] == "gke-gcloud-auth-plugin"
+    moves = deploy_step("Tier moves the catalogue asks for")[2]
+    assert moves["run"].splitlines() == ["set -euo pipefail", 'scripts/cloudsql-proxy.sh registry "$TENANCY_ENV"',
+                                         "scripts/tier-moves.sh moves.yaml | tee -a up.txt"]
+    assert deploy_step("Reach the registry")[2]["run"] == 'scripts/cloudsql-proxy.sh registry "$TENANCY_ENV"'
+    assert deploy_step("Stop the Auth Proxy")[2] == {"name": "Stop the Auth Proxy", "if": "${{ always() }}",
+                                                      "run": "scripts/cloudsql-proxy.sh stop"}
+    assert '"$proxy" --unix-socket "$dir" --auto-iam-authn --private-ip "${new[@]}"' in PROXY.read_text()
+    # nothing that holds a database credential, nothing a person must confirm or type
+    assert set(re.findall(r"secrets\.([A-Z_]+)", text)) == {"PULUMI_CONFIG_PASSPHRASE"}
+    assert "DSN" not in text.upper()
+    for source in (text, TIER_MOVES.read_text(), PROXY.read_text()):
+        assert not [f for f in delivery.NOT_IN_CI if re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", source)]
+    assert '"$tenancy" "${argv[@]}" </dev/null' in TIER_MOVES.read_text(), "no standard input: nothing can prompt"
+    # every downgrade the committed moves.yaml decides has an archive
+    decided = delivery.load(ROOT / "moves.yaml")
+    assert decided.spec.moves and all(e.export_to or decided.spec.export_to for e in decided.spec.moves)
+
+
+def test_a_github_hosted_runner_is_refused_with_the_reason(tmp_path):
+    res = run_step(tmp_path, "The runner is inside the environment's network", {"RUNNER_ENVIRONMENT": "github-hosted"})
+    assert res.returncode == 1
+    assert res.stdout == (
+        "::error title=not a private runner::this job runs on a github-hosted runner. The Cloud SQL instances have "
+        "private IPs only and the clusters' control planes are allow-listed to the platform subnet: deploy from a "
+        "self-hosted runner in the environment's VPC (set DEPLOY_RUNNER_LABELS to its labels; README, CI and delivery)\n")
+    assert run_step(tmp_path, "The runner is inside the environment's network",
+                    {"RUNNER_ENVIRONMENT": "self-hosted"}).returncode == 0
+
+
+def test_the_proxy_binary_is_installed_only_with_its_pinned_checksum(tmp_path):
+    """The install step with a `curl` that serves a known file: the step passes only when its SHA-256 is the pinned one."""
+    import hashlib
+
+    body = b"cloud-sql-proxy build\n"
+    bin_dir = tmp_path / "bin"
+    stub(bin_dir / "curl", f'#!/bin/sh\nwhile [ "$1" != "-fsSLo" ]; do shift; done\nprintf "%s" "{body.decode().strip()}"'
+                           ' > "$2"\necho >> "$2"\necho "$3" > "$RUNNER_TEMP/url"\n')
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "RUNNER_TEMP": str(tmp_path / "runner"),
+           "GITHUB_PATH": str(tmp_path / "github_path"), "TENANCY_CLOUDSQL_DIR": str(tmp_path / "cloudsql"),
+           "CLOUD_SQL_PROXY_VERSION": "2.15.1"}
+    (tmp_path / "runner").mkdir()
+    good = run_step(tmp_path, "Cloud SQL Auth Proxy (pinned, checksum-verified)",
+                    {**env, "CLOUD_SQL_PROXY_SHA256": hashlib.sha256(body).hexdigest()})
+    assert good.returncode == 0, good.stderr
+    assert (tmp_path / "runner" / "url").read_text().strip() == (
+        "https://storage.googleapis.com/cloud-sql-connectors/cloud-sql-proxy/v2.15.1/cloud-sql-proxy.linux.amd64")
+    assert (tmp_path / "github_path").read_text() == f"{tmp_path / 'runner' / 'bin'}\n"
+    assert os.access(tmp_path / "runner" / "bin" / "cloud-sql-proxy", os.X_OK)
+    assert (tmp_path / "cloudsql").stat().st_mode & 0o777 == 0o700, "the sockets are the runner user's alone"
+    bad = run_step(tmp_path, "Cloud SQL Auth Proxy (pinned, checksum-verified)", {**env, "CLOUD_SQL_PROXY_SHA256": "0" * 64})
+    assert bad.returncode == 1 and "FAILED" in bad.stdout + bad.stderr
+
+
+def test_the_deploying_identity_is_the_iam_database_user(tmp_path):
+    out = tmp_path / "github_env"
+    res = run_step(tmp_path, "The deploying identity as the IAM database user",
+                   {"GCP_DEPLOY_SERVICE_ACCOUNT": "deployer@tenancy-prod-719304.iam.gserviceaccount.com",
+                    "GITHUB_ENV": str(out)})
+    assert res.returncode == 0, res.stderr
+    assert out.read_text() == "PGUSER=deployer@tenancy-prod-719304.iam\n"
+
+
+# A stand-in for the Auth Proxy: records its arguments, makes each instance's socket (a link to STUB_SOCKET, a real
+# server's, when given), and stays up like the proxy (at most a minute) until it is stopped.
+STUB_PROXY = r"""#!/usr/bin/env bash
+echo "$@" >> "$STUB_LOG"
+[ -n "${STUB_FAIL:-}" ] && { echo "failed to connect to instance: it has no private IP reachable from here"; exit 1; }
+dir=""; instances=()
+while [ $# -gt 0 ]; do
+  case "$1" in --unix-socket) dir="$2"; shift 2 ;; --*) shift ;; *) instances+=("$1"); shift ;; esac
+done
+for i in "${instances[@]}"; do
+  mkdir -p "$dir/$i"
+  if [ -n "${STUB_SOCKET:-}" ]; then ln -s "$STUB_SOCKET" "$dir/$i/.s.PGSQL.5432"
+  else python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$dir/$i/.s.PGSQL.5432"; fi
+done
+exec sleep 60
+"""
+
+
+@pytest.fixture
+def proxy_env(tmp_path):
+    """A short socket directory (a socket's path has at most 107 bytes), the stand-in proxy; every proxy the script
+    started is stopped after the test."""
+    import tempfile
+
+    sockets = Path(tempfile.mkdtemp(prefix="sq", dir="/tmp")) / "cloudsql"
+    env = {"PATH": os.environ["PATH"], "TENANCY_CLOUDSQL_DIR": str(sockets), "RUNNER_TEMP": str(tmp_path),
+           "CLOUD_SQL_PROXY": str(stub(tmp_path / "stub-proxy", STUB_PROXY)), "STUB_LOG": str(tmp_path / "proxy.log"),
+           "CLOUD_SQL_PROXY_WAIT": "5"}
+    yield env
+    subprocess.run(["bash", str(PROXY), "stop"], env=env, capture_output=True)
+    shutil.rmtree(sockets.parent, ignore_errors=True)
+
+
+def test_the_proxy_serves_each_instance_once_with_iam_authentication(proxy_env, tmp_path):
+    a, b = "p-1:europe-west1:dev-pool", "p-1:europe-west4:dev-acme-postgres-1"
+    res = subprocess.run(["bash", str(PROXY), "serve", a], env=proxy_env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    sockets = Path(proxy_env["TENANCY_CLOUDSQL_DIR"])
+    assert res.stdout.startswith(f"cloudsql-proxy: serving {a} under {sockets} (pid ")
+    res = subprocess.run(["bash", str(PROXY), "serve", a, b], env=proxy_env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "proxy.log").read_text().splitlines() == [
+        f"--unix-socket {sockets} --auto-iam-authn --private-ip {a}",
+        f"--unix-socket {sockets} --auto-iam-authn --private-ip {b}"], "one proxy per call, for what is not served yet"
+    assert subprocess.run(["bash", str(PROXY), "serve", a, b], env=proxy_env).returncode == 0
+    assert len((tmp_path / "proxy.log").read_text().splitlines()) == 2
+    assert sockets.stat().st_mode & 0o777 == 0o700
+    pids = [int(p.read_text()) for p in (tmp_path / "cloudsql-proxy").glob("*.pid")]
+    assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
+    assert subprocess.run(["bash", str(PROXY), "stop"], env=proxy_env).returncode == 0
+    for p in pids:
+        for _ in range(50):
+            if not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text().lower():
+                break
+            import time
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"proxy {p} still runs after --stop")
+    bad = subprocess.run(["bash", str(PROXY), "serve", "postgres://user:pw@host/db"], env=proxy_env, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr == ("cloudsql-proxy: 'postgres://user:pw@host/db' is not an instance connection name "
+                          "(PROJECT:REGION:INSTANCE)\n")
+
+
+def test_a_proxy_that_cannot_start_fails_with_its_log(proxy_env):
+    res = subprocess.run(["bash", str(PROXY), "serve", "p-1:europe-west1:dev-pool"], env={**proxy_env, "STUB_FAIL": "1"},
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [
+        "cloudsql-proxy: the Auth Proxy did not serve p-1:europe-west1:dev-pool (its log follows)",
+        "failed to connect to instance: it has no private IP reachable from here"]
+
+
+def test_the_registry_is_reached_and_logged_in_to_as_the_jobs_identity(proxy_env, tmp_path, pg_server):
+    """`--registry ENV`: the global stack's `registry` output served by the proxy, then a real login through its socket
+    (here the socket of a real PostgreSQL), as PGUSER; a user the instance does not know fails with the reason."""
+    conn = "tenancy-prod-719304:europe-west1:prod-registry"
+    bin_dir = tmp_path / "bin"
+    stub(bin_dir / "pulumi", '#!/bin/sh\n[ "$*" = "stack output registry --json --stack prod" ] || exit 3\n'
+                             f'echo \'{{"connectionName": "{conn}", "database": "postgres"}}\'\n')
+    env = {**proxy_env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TENANCY_PYTHON": sys.executable,
+           "STUB_SOCKET": str(pg_server.sockdir / f".s.PGSQL.{pg_server.port}")}
+    res = subprocess.run(["bash", str(PROXY), "registry", "prod"], env={**env, "PGUSER": "postgres"},
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == f"cloudsql-proxy: logged in to the registry {conn} as postgres"
+    res = subprocess.run(["bash", str(PROXY), "registry", "prod"], env={**env, "PGUSER": "deployer@p.iam"},
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 1
+    assert res.stdout.startswith(f"::error title=registry out of reach::cannot log in to the registry {conn} as "
+                                 "'deployer@p.iam' through the Auth Proxy (")
+    assert 'role "deployer@p.iam" does not exist' in res.stdout
+    assert res.stdout.rstrip().endswith("The deploy job needs a runner inside the environment's VPC (the instances have "
+                                        "private IPs only) and its identity as an IAM database user of the instance "
+                                        "(README, CI and delivery)")
+    # a first deploy: no output yet
+    stub(bin_dir / "pulumi", "#!/bin/sh\necho 'error: current stack does not have output property registry' >&2\nexit 255\n")
+    res = subprocess.run(["bash", str(PROXY), "registry", "prod"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0
+    assert res.stdout == ("cloudsql-proxy: the global stack 'prod' exports no registry yet (a first deploy): operations "
+                          "wait for it\n")
+
+
+def plan_json(steps: list) -> str:
+    from tenancy import delivery
+
+    return json.dumps({"environment": "prod", "moves_file": "moves.yaml", "archive_stamp": "S",
+                       "steps": [delivery.Step(**s).to_json() for s in steps]})
+
+
+def test_the_moves_script_runs_each_step_with_its_instances_and_cluster(tmp_path):
+    """scripts/tier-moves.sh over a plan of four items: a resume and a downgrade run (proxy first, cluster credentials
+    for the graph's dump Job), a refused downgrade and an operation left to its operator are reported; the job fails
+    because of the refused one, after the others ran; no command gets a standard input."""
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "scripts", work / "scripts")
+    stub(work / "scripts" / "cloudsql-proxy.sh", '#!/bin/sh\necho "proxy $*" >> "$CALLS"\n')
+    plan = plan_json([
+        {"tenant": "stark", "kind": "resume", "status": "run", "message": "resumes downgrade op-1 (running, at copy)",
+         "argv": ["upgrade", "stark", "--to", "free", "--env", "prod"], "instances": ["p:r:pool", "p:r:stark-1"],
+         "operation": "op-1"},
+        {"tenant": "wayne", "kind": "resume", "status": "left", "message": "offboard of 'wayne' was started with --db"},
+        {"tenant": "hooli", "kind": "move", "status": "failed", "message": "tenant 'hooli': the downgrade needs discard"},
+        {"tenant": "pied-piper", "kind": "move", "status": "run", "message": "standard → free as decided in moves.yaml:21",
+         "argv": ["upgrade", "pied-piper", "--to", "free", "--export-to", "gs://a/pp", "--kubeconfig",
+                  ".tenancy/kube/prod-shared.yaml"], "instances": ["p:r:pool"],
+         "cluster": {"name": "prod-shared", "location": "europe-west1", "project": "p",
+                     "kubeconfig": ".tenancy/kube/prod-shared.yaml"}},
+    ])
+    stub(work / "tenancy", '#!/bin/bash\nif [ "$1" = moves ]; then echo "$*" >> "$CALLS"; cat "$PLAN"; exit 1; fi\n'
+                           'stdin="$(cat)"\necho "tenancy $* (stdin: ${#stdin} bytes)" >> "$CALLS"\n')
+    stub(tmp_path / "bin" / "gcloud", '#!/bin/sh\necho "gcloud $* KUBECONFIG=$KUBECONFIG" >> "$CALLS"\n'
+                                      'echo "apiVersion: v1" > "$KUBECONFIG"\n')
+    (tmp_path / "plan.json").write_text(plan)
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "TENANCY_ENV": "prod", "TENANCY": str(work / "tenancy"),
+           "CALLS": str(tmp_path / "calls"), "PLAN": str(tmp_path / "plan.json"), "RUNNER_TEMP": str(tmp_path)}
+    res = subprocess.run(["bash", "scripts/tier-moves.sh", "moves.yaml"], cwd=work, env=env, capture_output=True,
+                         text=True, input="y\ny\n")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "moves --env prod --plan moves.yaml",
+        "proxy serve p:r:pool p:r:stark-1",
+        "tenancy upgrade stark --to free --env prod (stdin: 0 bytes)",
+        "proxy serve p:r:pool",
+        "gcloud container clusters get-credentials prod-shared --location europe-west1 --project p --internal-ip "
+        "KUBECONFIG=.tenancy/kube/prod-shared.yaml",
+        "tenancy upgrade pied-piper --to free --export-to gs://a/pp --kubeconfig .tenancy/kube/prod-shared.yaml "
+        "(stdin: 0 bytes)"]
+    assert (work / ".tenancy" / "kube" / "prod-shared.yaml").exists()
+    out = res.stdout.splitlines()
+    assert out[0] == "tier moves: 4 item(s) from moves.yaml"
+    assert "::warning title=wayne: left to its operator::offboard of 'wayne' was started with --db" in out
+    assert "::error title=hooli: refused before any change::tenant 'hooli': the downgrade needs discard" in out
+    assert "$ tenancy upgrade stark --to free --env prod" in out
+
+
+def test_a_failed_command_fails_the_job_after_the_others_ran(tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "scripts", work / "scripts")
+    plan = plan_json([
+        {"tenant": "stark", "kind": "move", "status": "run", "message": "m", "argv": ["upgrade", "stark", "--to", "free"]},
+        {"tenant": "globex", "kind": "move", "status": "run", "message": "m", "argv": ["upgrade", "globex", "--to", "standard"]}])
+    (tmp_path / "plan.json").write_text(plan)
+    stub(work / "tenancy", '#!/bin/bash\nif [ "$1" = moves ]; then cat "$PLAN"; exit 0; fi\necho "$2" >> "$CALLS"\n'
+                           '[ "$2" = stark ] && { echo "error: preflight refused" >&2; exit 2; }\nexit 0\n')
+    env = {"PATH": os.environ["PATH"], "TENANCY_ENV": "prod", "TENANCY": str(work / "tenancy"),
+           "CALLS": str(tmp_path / "calls"), "PLAN": str(tmp_path / "plan.json"), "RUNNER_TEMP": str(tmp_path)}
+    res = subprocess.run(["bash", "scripts/tier-moves.sh", "moves.yaml"], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert (tmp_path / "calls").read_text().split() == ["stark", "globex"]
+    assert ("::error title=stark: exit 2::tenancy upgrade stark --to free failed (above); what it did is journalled: the "
+            "next deploy resumes it, or run it again") in res.stdout.splitlines()
+    # a moves file that does not load: nothing runs, its exit code stays
+    stub(work / "tenancy", '#!/bin/bash\necho "moves.yaml:3: moves.0.to: Field required" >&2\nexit 2\n')
+    res = subprocess.run(["bash", "scripts/tier-moves.sh", "moves.yaml"], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stdout.splitlines() == ["::error title=tier moves::`tenancy moves --plan moves.yaml` failed (exit 2, "
+                                       "above); nothing was run"]
+
+
+def test_a_pull_request_gets_each_moves_decision_and_command(tmp_path):
+    """The preview workflow's job, as the script runs it: the real `tenancy`, a repository whose base has the committed
+    catalogue and whose head downgrades two tenants, one decided by moves.yaml and one not."""
+    wf = workflow("preview.yml")
+    [step] = [s for s in wf["jobs"]["moves"]["steps"] if "run" in s and "tier-moves" in s["run"]]
+    assert step["run"] == 'scripts/tier-moves.sh --review "$BASE_REF" moves.yaml'
+    assert "needs" not in wf["jobs"]["moves"] and "permissions" not in wf["jobs"]["moves"], "no secret, forks too"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "tenants.yaml", repo / "tenants.yaml")
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    import yaml as _yaml
+
+    doc = _yaml.safe_load((ROOT / "tenants.yaml").read_text())
+    for t in doc["tenants"]:
+        if t["id"] in ("wayne", "cyberdyne"):
+            t["plan"] = "free"
+            t.pop("dedicated", None)
+    (repo / "tenants.yaml").write_text(_yaml.safe_dump(doc, sort_keys=False))
+    shutil.copy(ROOT / "moves.yaml", repo / "moves.yaml")
+    summary = tmp_path / "summary.md"
+    env = {"PATH": os.environ["PATH"], "TENANCY_ENV": "prod", "TENANCY": str(ROOT / ".venv" / "bin" / "tenancy"),
+           "GITHUB_STEP_SUMMARY": str(summary), "RUNNER_TEMP": str(tmp_path)}
+    res = subprocess.run(["bash", str(TIER_MOVES), "--review", "HEAD", "moves.yaml"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = summary.read_text().splitlines()
+    assert lines[:3] == ["### Tier moves this change asks for (moves.yaml)", "| tenant | move | decided by | the deploy runs |",
+                         "|---|---|---|---|"]
+    assert lines[3].startswith("| `wayne` | standard → free | moves.yaml:21 | `tenancy upgrade wayne --to free --env prod "
+                               "--keep-source 7 --method auto --export-to gs://saas-example-tenancy-archive-prod/tier-moves/"
+                               "wayne/standard-to-free-")
+    assert lines[3].endswith("--discard graph --discard postgres-2 --discard postgres-3 --kubeconfig "
+                             ".tenancy/kube/CLUSTER.yaml` |")
+    assert lines[4] == ("| `cyberdyne` | enterprise → free | no entry | **failed**: tenant 'cyberdyne': the downgrade "
+                        "enterprise → free needs discard: [graph, postgres-2, postgres-3], which moves.yaml does not "
+                        "decide; nothing was changed. Add under `moves:` (a reviewed decision to let these go, archived "
+                        "first): - {from: enterprise, to: free, discard: [graph, postgres-2, postgres-3]} |")
+    assert "::error title=cyberdyne: no decision in moves.yaml::tenant 'cyberdyne': the downgrade" in res.stdout

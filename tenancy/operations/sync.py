@@ -36,6 +36,16 @@ def databases(engine: Engine, deployed: rec.Deployed, env: str) -> dict[str, tup
     return out
 
 
+def tenant_databases(engine: Engine, env: str, tenant: str) -> dict[str, tuple[str, dict]]:
+    """The databases one tenant stack exports (after its first deploy), as `databases` gives them."""
+    try:
+        outputs = engine.outputs(naming.stack_name(env, tenant))
+    except EngineError:
+        return {}
+    return {f"{tenant}/{role}": (f"tenant:{tenant}", {"instance": db["connectionName"], "dbname": db.get("database", "app")})
+            for role, db in (outputs.get("databases") or {}).items() if isinstance(db, dict) and db.get("connectionName")}
+
+
 def sync(registry: Registry, deployed: rec.Deployed, env: str, engine: Engine | None = None) -> dict[str, int]:
     """Upsert every deployed tenant's row (and with `engine`, every exported database's connection); returns
     {"written": n, "held": n (by an operation), "databases": n}."""

@@ -133,7 +133,8 @@ class TierMove(Operation):
                                      pool_shard=units.pool_shard_of(ctx.env, self.before, tenant))
         self.dst_stores = stores_for(a, ctx.env, project, self.layout,
                                      pool_shard=units.pool_shard_of(ctx.env, self.after, tenant))
-        resolver = where.Resolver(ctx.registry, self.reach.dsns)
+        self.given_overrides = getattr(self, "given_overrides", dict(self.reach.dsns))
+        resolver = where.Resolver(ctx.registry, self.given_overrides)
         self.databases: list[where.Database] = []
         dsns: dict[str, dict[str, str]] = {"source": {}, "target": {}}
         for role, stores in (("source", self.src_stores), ("target", self.dst_stores)):
@@ -185,8 +186,12 @@ class TierMove(Operation):
         if problems:
             return
         expected = self.settings.get("identities") if resumed else None
-        checked = where.check(self.databases, tenant, self.ctx.env, self.ctx.registry, ours=self._ours(),
-                              expected=expected, holding=not resumed)
+        # Databases the new tenant stack creates are not there to check yet: provisioning records them in the
+        # registry from the stack's outputs and checks them before anything is written into them.
+        self.to_create = [d for d in self.databases if d.role == "target" and d.dsn is None and self.creates_stack
+                          and "provision" not in self.done]
+        checked = where.check([d for d in self.databases if d not in self.to_create], tenant, self.ctx.env,
+                              self.ctx.registry, ours=self._ours(), expected=expected, holding=not resumed)
         problems.extend(checked.problems)
         self.identities = {n: s.identity for n, s in checked.seen.items() if s.identity}
         missing = data.unreachable(self.src_stores, self.reach)
@@ -196,10 +201,11 @@ class TierMove(Operation):
             if not_discarded:
                 problems.append(f"downgrading '{tenant}' removes its stack, but this run cannot reach "
                                 f"{', '.join(not_discarded)}: give access to them, or --discard them")
-        if self.plan.unreached and not any("cannot reach" in p for p in problems):
+        created = {d.store for d in self.to_create}
+        if [u for u in self.plan.unreached if u not in created] and not any("cannot reach" in p for p in problems):
             problems.append(f"'{tenant}''s rows go to {', '.join(self.plan.unreached)} on plan '{to_plan}', which this run "
                             f"cannot reach: give {' '.join('--db ' + n + '=DSN' for n in self.plan.unreached)}")
-        if checked.problems or self.plan.unreached:
+        if checked.problems or [u for u in self.plan.unreached if u not in created]:
             return      # the rest reads the stores: only once every database is the right one
         for n in missing:
             self.say(f"  not carried by this run: {n} of '{tenant}' stays where it is")
@@ -226,7 +232,8 @@ class TierMove(Operation):
                 problems.append(f"the tenant stack {self.stack} would {what} (review it, then --allow-destroy)")
         # Each pair's method is chosen once its target carries the tenancy SQL: here when it already does (else at
         # the start of sync, after provisioning applied it).
-        ready = all(checked.seen.get(d.name) and checked.seen[d.name].schema for d in self.databases if d.role == "target")
+        ready = not self.to_create and all(checked.seen.get(d.name) and checked.seen[d.name].schema
+                                           for d in self.databases if d.role == "target")
         if not problems and "sync" not in self.done and ready and not self.settings.get("methods"):
             try:
                 self.methods = online.choose(self.pg_pairs, self.method, self.replication, self.say)
@@ -304,6 +311,8 @@ class TierMove(Operation):
             self.lease.created("stack", {"stack": self.stack}, "on_abort")
             self.ctx.engine.up(self.stack, self.after)
             self.say(f"  {self.stack}: up")
+        if getattr(self, "to_create", None):
+            self._check_created()
         for d in self.target_dbs:
             self.lease.created("registration", {"database": d.name, "identity": list(self.identities.get(d.name) or [])},
                                "on_abort")
@@ -312,6 +321,28 @@ class TierMove(Operation):
             pg.set_state(d.dsn, self.tenant, "frozen", plan=self.to_plan, model=self.a.model.value)
             self.step(f"registered {d.name}")
         return {}
+
+    def _check_created(self) -> None:
+        """The databases the tenant stack just created: recorded in the registry from its outputs, then checked as
+        every other database was in the preflight, before anything is written into them."""
+        from tenancy.operations.sync import tenant_databases
+
+        for name, (unit, connection) in tenant_databases(self.ctx.engine, self.ctx.env, self.tenant).items():
+            self.ctx.registry.set_database(name, unit, connection, source="deploy")
+        given = self.reach
+        self.reach = data.Reach({**self.given_overrides}, given.objects_root, given.graph_runner, given.skip)
+        self.prepare()
+        missing = [d for d in self.databases if d.role == "target" and d.dsn is None]
+        checked = where.check([d for d in self.databases if d.role == "target" and d.dsn], self.tenant, self.ctx.env,
+                              self.ctx.registry, ours=self._ours())
+        problems = checked.problems + [f"{d.describe()}: the tenant stack {self.stack} exports no connection for it"
+                                       for d in missing]
+        if problems:
+            raise OperationError("the databases the tenant stack created cannot be used: " + "; ".join(problems)
+                                 + "; nothing was written into them")
+        self.identities.update({n: s.identity for n, s in checked.seen.items() if s.identity})
+        self.lease.settings(identities=self.identities)
+        self.to_create = []
 
     def _movers(self) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
         chosen = self.settings.get("methods") or {}
