@@ -8,7 +8,8 @@ the same code the tests use), each detached with its pid under DIR/pids; creates
 databases and records them in the registry, so that no later command takes a DSN; deploys the shipped tenants.yaml
 with the offline engine; registers the pooled tenants in their pool shard's database and seeds rows, documents and
 objects for them; then walks one new tenant through onboarding, an upgrade, a downgrade, a suspension and resumption
-and its offboarding while a sample application (scripts/sample_app.py) writes its users through the client library.
+and its offboarding -- and, where `tenancy restore` exists, its restore from the offboarding's archive -- while a
+sample application (scripts/sample_app.py) writes its users through the client library.
 Each step prints the commands it runs, as one would type them, their output, and the write freeze the application
 measured: its longest gap between two committed writes across the step. The servers keep running afterwards (`source
 DIR/env` points the command line at them); `down` stops each one by its pid and removes DIR.
