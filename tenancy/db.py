@@ -1,4 +1,5 @@
-"""`tenancy db apply DSN`: applies the tenancy SQL (sql/*.sql, in name order) in one transaction."""
+"""`tenancy db apply DSN`: applies the tenancy SQL (sql/*.sql, in name order) in one transaction, and with `--as NAME`
+what the platform's SQL job applies after it (tenancy/registration.py) in that same transaction."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def sql_files(directory: Path = SQL_DIR) -> list[Path]:
     return sorted(directory.glob("*.sql"))
 
 
-def apply(dsn: str, directory: Path = SQL_DIR, progress=None) -> list[str]:
-    """Apply every SQL file; all or nothing. Returns the files applied."""
+def apply(dsn: str, directory: Path = SQL_DIR, progress=None, then: tuple[str, str] | None = None) -> list[str]:
+    """Apply every SQL file, then `then` ((a name to show, SQL text)) when given; all or nothing. Returns the names
+    applied."""
     import psycopg
 
     files = sql_files(directory)
@@ -42,9 +44,12 @@ def apply(dsn: str, directory: Path = SQL_DIR, progress=None) -> list[str]:
                 for f in files:
                     say(f"applying {f.name}")
                     conn.execute(f.read_text())
+                if then is not None:
+                    say(f"applying {then[0]}")
+                    conn.execute(then[1])
             problems = [r[0] for r in conn.execute("SELECT problem FROM tenancy.audit()").fetchall()]
     except psycopg.Error as exc:
         raise DatabaseError(f"applying the tenancy SQL failed (nothing was changed): {exc}".strip()) from None
     if problems:
         raise DatabaseError("the tenancy SQL applied, but the isolation audit found problems:\n  " + "\n  ".join(problems))
-    return [f.name for f in files]
+    return [f.name for f in files] + ([then[0]] if then is not None else [])
