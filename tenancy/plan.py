@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -302,7 +301,7 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
             raise ConfigError(f"tenant '{tid}' is offboarded in {catalog.path}: it has no stack and no share of the "
                               "platform stack, so there is nothing to plan for it; plan without --tenant, or name a "
                               "tenant that is active or suspended")
-    from tenancy.fleet import capacity, placement as fleet, report
+    from tenancy.fleet import capacity, placement as fleet
     if placed is None:
         placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
@@ -653,8 +652,3 @@ def summary(result: PlanResult) -> str:
         for v in s.violations:
             lines.append(f"[{v['enforcement']}] {s.name}: {v['policy']}: {v['urn']}: {v['message']}")
     return "\n".join(lines)
-
-
-def eprint(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-

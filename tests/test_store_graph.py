@@ -225,7 +225,6 @@ def test_export_reads_the_dump_back_from_the_bucket(bucket):
     assert (namespace, timeout, manifest["spec"]["activeDeadlineSeconds"]) == ("tenant-acme", 900, 900)
     store = objects.open_store(f"gs://{bucket.name}")
     assert graph.summary(store, "graph/acme/neo4j.dump").count == 1
-    graph.require_export_or_discard(True, entry, False, tenant="acme")   # an export satisfies the guard
 
 
 def test_export_failures_are_one_line_errors(bucket):
@@ -235,14 +234,3 @@ def test_export_failures_are_one_line_errors(bucket):
         graph.export(UploadingRunner(bucket, b""), "acme", "tenant-acme", bucket.name)
     with pytest.raises(StoreError, match=r"no graph dump at gs://\S+/graph/other.dump"):
         graph.summary(objects.open_store(f"gs://{bucket.name}"), "graph/other.dump")
-
-
-def test_a_graph_must_be_exported_or_explicitly_discarded():
-    with pytest.raises(StoreError, match=r"^tenant 'acme' has a Neo4j graph; export it \(a neo4j-admin dump to a bucket\) "
-                                         r"or pass --discard-graph$"):
-        graph.require_export_or_discard(True, None, False, tenant="acme")
-    other = {"kind": "graph", "tenant": "globex", "size": 10, "object": "gs://b/graph/globex/neo4j.dump"}
-    with pytest.raises(StoreError, match=r"not a non-empty dump of this tenant's graph \(gs://b/graph/globex/neo4j.dump\)"):
-        graph.require_export_or_discard(True, other, False, tenant="acme")
-    assert graph.require_export_or_discard(True, None, True, tenant="acme") is None
-    assert graph.require_export_or_discard(False, None, False, tenant="acme") is None

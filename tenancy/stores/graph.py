@@ -336,16 +336,3 @@ def load(runner: JobRunner, tenant: str, namespace: str, bucket: str, object_nam
     if not outcome.succeeded:
         raise GraphError(f"tenant '{tenant}': graph load failed: {outcome.message}")
     return manifest["metadata"]["name"]
-
-
-def require_export_or_discard(has_graph: bool, export_entry: dict[str, Any] | None, discard: bool, *,
-                              tenant: str) -> None:
-    """Refuse to remove a tenant's Neo4j unless its graph was exported (non-empty dump) or discarding was asked."""
-    if not has_graph or discard:
-        return
-    if export_entry is None:
-        raise GraphError(f"tenant '{tenant}' has a Neo4j graph; export it (a neo4j-admin dump to a bucket) or pass "
-                         "--discard-graph")
-    if export_entry.get("kind") != KIND or export_entry.get("tenant") != tenant or not export_entry.get("size"):
-        raise GraphError(f"tenant '{tenant}': the graph export given is not a non-empty dump of this tenant's graph "
-                         f"({export_entry.get('object', 'no object')}); export it again or pass --discard-graph")
