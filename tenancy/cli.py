@@ -503,7 +503,7 @@ def cmd_deploy(args) -> int:
         for line in o.lines():
             print(line)
     for p in result.pending:
-        print(deploy.pending_line(p, args.env))
+        print(deploy.pending_line(p, args.env, _same_options(args)))
     if args.mode == "up" and any(o.status == "ok" for o in outcomes):
         try:
             registry = _registry(args, engine, required=False)
@@ -690,6 +690,23 @@ def _command_line(args, drop: tuple[str, ...] = ("--abort", "--take-over")) -> s
 
     argv = [a for a in (getattr(args, "argv", None) or sys.argv[1:]) if a not in drop]
     return _redact(shlex.join(["tenancy", *argv]))
+
+
+def _same_options(args) -> str:
+    """The options a follow-up command needs to reach what this one reached: its catalogue, engine and state, and
+    the registry it was given (a password in it redacted)."""
+    import shlex
+
+    out = []
+    if args.tenants != "tenants.yaml":
+        out += ["--tenants", args.tenants]
+    if getattr(args, "engine", "auto") != "auto":
+        out += ["--engine", args.engine]
+        if args.engine == "offline":
+            out += ["--state", args.state]
+    if getattr(args, "registry", None):
+        out += ["--registry", args.registry]
+    return _redact(shlex.join(out)) if out else ""
 
 
 def _print_outcome(out, line: str, as_json: bool = False) -> int:

@@ -252,7 +252,7 @@ def test_the_first_up_of_a_fresh_state_with_the_shipped_files_succeeds(tmp_path)
     assert "dev.vandelay" not in again.stdout
     assert lines[-2:] == [
         "pending: tenant 'vandelay' is suspended in the deployment and active in tenants.yaml; a deploy does not change "
-        "a tenant's state; run: tenancy resume vandelay --env dev",
+        f"a tenant's state; run: tenancy resume vandelay --env dev --tenants {edited} --engine offline --state {state}",
         "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 1 tenant(s) pending a lifecycle command"]
 
 

@@ -210,10 +210,12 @@ def guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool
     return Outcome(stack, "ok", result)
 
 
-def pending_line(p: rec.Pending, env: str) -> str:
-    """A held tenant as `tenancy up` reports it: what waits, and the command that resolves it."""
+def pending_line(p: rec.Pending, env: str, flags: str = "") -> str:
+    """A held tenant as `tenancy up` reports it: what waits, and the command that resolves it, with the options of
+    the command that reported it (`flags`: its catalogue, engine and state) so that it runs as printed."""
     who = "" if p.message.startswith(f"tenant '{p.tenant}'") else f"tenant '{p.tenant}': "
-    return f"pending: {who}{p.message}" + (f"; run: {p.command} --env {env}" if p.command else "")
+    return f"pending: {who}{p.message}" + (f"; run: {p.command} --env {env}{' ' + flags if flags else ''}"
+                                          if p.command else "")
 
 
 def pending(engine: Engine, desired: Catalog, env: str) -> list[rec.Pending]:
