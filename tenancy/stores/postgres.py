@@ -696,3 +696,104 @@ def verify_export(directory: str | Path, dsn: str, tenant: str) -> Summary:
         raise Mismatch(f"tenant '{tenant}': the export in {directory} no longer matches database {describe_dsn(dsn)} "
                        f"(exported vs now: {'; '.join(expected.differences(now))})")
     return expected
+
+
+# --------------------------------------------------------------------------------------------------- import
+
+def read_export_manifest(directory: str | Path, tenant: str) -> tuple[dict, Summary]:
+    """An export's manifest and summary, with every file checked against it (present, SHA-256); no database
+    is read. Mismatch names each file that is missing or changed, or an export of another tenant."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise Mismatch(f"no readable manifest.json in {directory} ({getattr(exc, 'strerror', None) or exc})") from None
+    if manifest.get("tenant") != tenant:
+        raise Mismatch(f"the export in {directory} is of tenant '{manifest.get('tenant')}', not '{tenant}'")
+    bad = []
+    for name, entry in manifest["tables"].items():
+        path = directory / entry["file"]
+        if not path.is_file():
+            bad.append(f"{name}: file {entry['file']} is missing")
+        elif file_sha256(path) != entry["sha256"]:
+            bad.append(f"{name}: file {entry['file']} changed (sha256 differs)")
+    if bad:
+        raise Mismatch(f"tenant '{tenant}': the export in {directory} does not match its manifest: {'; '.join(bad)}")
+    return manifest, Summary.from_json(manifest["summary"])
+
+
+def import_export(directory: str | Path, dsn: str, tenant: str, progress: Progress | None = None, *,
+                  rehearse: bool = False) -> Summary:
+    """Load an export (one CSV per table and manifest.json) into the tenant's tables of `dsn` in ONE transaction:
+    the files checked against the manifest first, rows streamed (COPY) into staging tables and moved into the
+    real tables parents first (one INSERT ... SELECT each, under row-level security's WITH CHECK), identity
+    sequences moved past them, then counts and checksums compared with the manifest. Committed only when every
+    table matches, so a kill leaves the database as it was and a re-run loads it again; a re-run after success
+    finds exactly the export there and writes nothing. The tenant must be registered there (any state: the owner
+    role writes a frozen tenant's rows) and hold no rows in those tables.
+
+    `rehearse`: the tenant's rows there are replaced by the export's inside the transaction, compared, and the
+    transaction rolled back -- proof that the export restores into this very database (its tables, constraints
+    and policies) with nothing ever committed (an offboarding's restore check)."""
+    say = progress or (lambda m: None)
+    directory = Path(directory)
+    manifest, expected = read_export_manifest(directory, tenant)
+    with _open(dsn, tenant, "importing the tenant's rows") as conn:
+        picked = _select(conn, dsn, list(manifest["tables"]))
+        if _registered(conn, tenant) is None:
+            conn.rollback()
+            raise DataError(f"tenant '{tenant}' is not registered in database {describe_dsn(dsn)}; register it first")
+        _lock_registry(conn, tenant)
+        _as_tenant(conn, tenant)
+        there = _summary(conn, picked, tenant)
+        if not rehearse and there.count:
+            conn.rollback()
+            if there.same_data(expected):
+                say(f"  {describe_dsn(dsn)} already holds the export's {there.count} rows of '{tenant}'")
+                return there
+            raise Mismatch(f"tenant '{tenant}': database {describe_dsn(dsn)} already holds {there.count} of its rows, not "
+                           f"the export's ({'; '.join(expected.differences(there))}); nothing was imported")
+        if rehearse:
+            clear_tenant(conn, tenant, picked)
+        stage = sql.Identifier("tenancy_import")
+        for t in picked:
+            entry = manifest["tables"][t.qualified]
+            cols = entry.get("columns") or list(t.columns)
+            lacking = sorted(set(cols) - set(t.columns))
+            if lacking:
+                conn.rollback()
+                raise DataError(f"table {t.qualified} in {describe_dsn(dsn)} lacks column(s) {', '.join(lacking)} of the "
+                                "export: migrate its schema first")
+            names = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+            conn.execute(sql.SQL("CREATE TEMP TABLE {s} (LIKE {t}) ON COMMIT DROP").format(s=stage, t=t.ident))
+            with conn.cursor().copy(sql.SQL("COPY {s} ({cols}) FROM STDIN (FORMAT CSV, HEADER)").format(
+                    s=stage, cols=names)) as writer, open(directory / entry["file"], "rb") as f:
+                while chunk := f.read(1 << 20):
+                    writer.write(chunk)
+            foreign = conn.execute(sql.SQL("SELECT count(*) FROM {s} WHERE tenant_id IS DISTINCT FROM %s").format(s=stage),
+                                   (tenant,)).fetchone()[0]
+            if foreign:
+                conn.rollback()
+                raise Mismatch(f"tenant '{tenant}': {directory / entry['file']} holds {foreign} rows of another tenant; "
+                               "nothing was imported")
+            conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {s}").format(
+                t=t.ident, cols=names, s=stage))
+            conn.execute(sql.SQL("DROP TABLE {s}").format(s=stage))
+            advance_sequences(conn, t.qualified, tenant)
+        loaded = _summary(conn, picked, tenant)
+        bad = [c for c in _checks(expected, loaded) if not c.ok]
+        if bad:
+            conn.rollback()
+            raise VerificationError(f"tenant '{tenant}': the export in {directory} does not load back as exported, nothing "
+                                    "committed: " + "; ".join(f"{c.table}: exported {c.source_rows} rows/"
+                                                              f"{c.source_checksum[:8]}, loaded {c.target_rows}/"
+                                                              f"{c.target_checksum[:8]}" for c in bad))
+        if rehearse:
+            conn.rollback()
+            say(f"  the export of '{tenant}' in {directory} loads back into {describe_dsn(dsn)}: {loaded.count} rows "
+                "(rolled back)")
+            return loaded
+        _checkpoint("before import commit")
+        conn.commit()
+    say(f"  imported and verified {loaded.count} rows of '{tenant}' into {describe_dsn(dsn)}")
+    return loaded
