@@ -373,6 +373,39 @@ def copy(src: Store, src_prefix: str, dst: Store, dst_prefix: str, *, changed_si
     return result
 
 
+def sync_pass(src: Store, src_prefix: str, dst: Store, dst_prefix: str, *, verify: bool = False,
+              progress: Progress | None = None) -> tuple[Summary, int, int]:
+    """One pass of a move: the objects missing or different at `dst_prefix` copied, and those found only there
+    removed (`dst_prefix` is the move's own copy, which nothing else writes). With `verify` (inside the write
+    freeze, the source unchanged since the listing) both sides are listed again after it and must be equal:
+    a listing carries every object's MD5, so one listing per side compares all of them. Returns (the source's
+    summary, objects copied, objects removed)."""
+    say = progress or (lambda m: None)
+    src_prefix, dst_prefix = normalise_prefix(src_prefix), normalise_prefix(dst_prefix)
+    _refuse_overlap(src, src_prefix, dst, dst_prefix)
+    source, _ = _listing(src, src_prefix)
+    target, _ = _listing(dst, dst_prefix)
+    todo = [rel for rel in sorted(source) if rel not in target or target[rel].md5 != source[rel].md5]
+    if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:   # each copy is a request: in parallel, bounded
+            list(pool.map(lambda rel: _transfer(src, source[rel], dst, dst_prefix + rel), todo))
+    extra = sorted(set(target) - set(source))
+    for rel in extra:
+        dst.delete(target[rel].name)
+    say(f"  {len(todo)} objects copied to {dst.url}/{dst_prefix}, {len(extra)} removed there ({len(source)} at the source)")
+    if verify:
+        after, _ = _listing(dst, dst_prefix)
+        bad = [f"{n} (missing at the target)" for n in sorted(set(source) - set(after))]
+        bad += [f"{n} (different content)" for n in sorted(set(source) & set(after)) if source[n].md5 != after[n].md5]
+        bad += [f"{n} (only at the target)" for n in sorted(set(after) - set(source))]
+        if bad:
+            raise Mismatch(f"{dst.url}/{dst_prefix} does not match {src.url}/{src_prefix}: {len(bad)} objects differ "
+                           f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); nothing was deleted")
+    return _summarise(source), len(todo), len(extra)
+
+
 class _HashingFile:
     """Writes through to a file while computing MD5 and SHA-256 (downloads stream into it)."""
 

@@ -1,0 +1,383 @@
+"""Benchmark of `tenancy upgrade` end to end, as a user runs it, with the application writing throughout.
+
+Per run, fresh: a throwaway PostgreSQL (tests/pg.py) with a pool database where the moved tenant has ROWS rows
+across the sample schema (a neighbour has ROWS/10), three empty databases for the tenant's own postgres-1..3, a
+registry naming every database (no DSN is given to the command), the Firestore and GCS API servers
+(tests/servers.py) holding DOCUMENTS documents and OBJECTS objects of the tenant, and the platform deployed by
+the offline engine. Then `tier_move.upgrade(... --to standard --method METHOD)` runs while an application
+writer follows the client contract (`tenancy.client.Router`): PostgreSQL rows, documents and objects, in turn,
+each write routed through the registry and retried when refused.
+
+Reported per run: the freeze the writer saw (its longest gap between two committed writes of one kind across the
+move, the worst kind counted), the command's own figure (`freeze_seconds`: registry frozen to registry
+switched), the time of each phase, the rows / documents / objects the command moved, and the check that every
+committed write is where the registry points at the end, with its last value (the run fails otherwise). With
+several runs per method: the medians.
+
+    .venv/bin/python bench/upgrade_bench.py [--rows 1000000] [--documents 10000] [--objects 1000]
+                                            [--methods online,copy] [--runs 3] [--rate 150] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from data_bench import populate  # noqa: E402
+from tenancy import client, db, naming  # noqa: E402
+from tenancy.catalog import parse_catalog  # noqa: E402
+from tenancy.engine import OfflineEngine  # noqa: E402
+from tenancy.lifecycle import deploy  # noqa: E402
+from tenancy.lifecycle import record as rec  # noqa: E402
+from tenancy.lifecycle.tenant_data import Reach  # noqa: E402
+from tenancy.operations import stores as where  # noqa: E402
+from tenancy.operations import tier_move  # noqa: E402
+from tenancy.operations.protocol import Context  # noqa: E402
+from tenancy.operations.registry import Registry  # noqa: E402
+from tenancy.operations.sync import sync  # noqa: E402
+from tenancy.stores import firestore as fs  # noqa: E402
+from tenancy.stores import objects as obj  # noqa: E402
+from tests import pg, servers  # noqa: E402
+
+ENV = "dev"
+TENANT = "movingco"
+NEIGHBOUR = "stayco"
+CATALOG = f"""version: 1
+tenants:
+  - {{id: {TENANT}, name: Moving, plan: free, admin_email: a@moving.example}}
+  - {{id: {NEIGHBOUR}, name: Staying, plan: free, admin_email: a@staying.example}}
+"""
+KINDS = ("rows", "documents", "objects")
+
+
+# ------------------------------------------------------------------------------------------------- the world
+
+def deployed_template(catalog, tmp: Path) -> Path:
+    """The platform deployed once by the offline engine; each run starts from a copy of its state."""
+    template = tmp / "deployed"
+    outcomes = deploy.deploy(OfflineEngine(template, ENV), catalog, ENV, mode="up")
+    bad = [(o.stack, o.status, o.message) for o in outcomes if o.status != "ok"]
+    if bad:
+        raise SystemExit(f"deploying the platform offline failed: {bad}")
+    return template
+
+
+def seed_documents(loc: fs.FirestoreLocation, n: int) -> None:
+    """n documents: 40% users, 20% itineraries, 30% notes (under the first half of the itineraries), 10% settings."""
+    c = fs._client(loc)
+    users, trips = int(n * 0.4), int(n * 0.2)
+    notes = int(n * 0.3)
+    settings = n - users - trips - notes
+    paths = [f"users/u{i}" for i in range(users)] + [f"itineraries/i{i}" for i in range(trips)]
+    paths += [f"itineraries/i{i % max(trips // 2, 1)}/notes/n{i}" for i in range(notes)]
+    paths += [f"settings/s{i}" for i in range(settings)]
+    for start in range(0, len(paths), 500):
+        batch = c.batch()
+        for p in paths[start:start + 500]:
+            batch.set(c.document(loc.path(p)), {"name": p, "rank": start, "tags": ["a", "b"]})
+        batch.commit()
+
+
+def seed_objects(store: obj.Store, prefix: str, n: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.write(f"{prefix}files/f{i:05d}.bin", os.urandom(512)), range(n)))
+
+
+@dataclass
+class World:
+    server: pg.Server
+    firestore: servers.ApiServer
+    gcs: servers.ApiServer
+    registry: Registry
+    engine: OfflineEngine
+    catalog: object
+    databases: dict[str, str]       # registry name -> database name
+    tmp: Path
+
+    def stop(self) -> None:
+        self.firestore.stop()
+        self.gcs.stop()
+        self.server.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def build(template: Path, catalog, rows: int, documents: int, objects: int, say) -> World:
+    tmp = Path(tempfile.mkdtemp(prefix="upgrade-bench-"))
+    server = pg.start()
+    firestore, gcs = servers.start_firestore(), servers.start_gcs()
+    os.environ["FIRESTORE_EMULATOR_HOST"], os.environ["STORAGE_EMULATOR_HOST"] = firestore.host, gcs.host
+    names = {"pool-1": "pool", **{f"{TENANT}/postgres-{i}": f"own_{i}" for i in (1, 2, 3)}}
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        for d in [*names.values(), "registry"]:
+            c.execute(f'CREATE DATABASE "{d}"')
+    db.apply(server.dsn(dbname="pool"))
+    with psycopg.connect(server.dsn(), autocommit=True) as c:
+        c.execute("ALTER ROLE tenancy_owner LOGIN; ALTER ROLE tenancy_app LOGIN")
+    t0 = time.perf_counter()
+    populate(server.dsn(dbname="pool"), NEIGHBOUR, max(rows // 10, 4))
+    populate(server.dsn(dbname="pool"), TENANT, rows)
+    engine_dir = tmp / "state"
+    shutil.copytree(template, engine_dir)
+    engine = OfflineEngine(engine_dir, ENV)
+    deployed = rec.read(engine, ENV)
+    registry = Registry.init(server.dsn(dbname="registry"), ENV)
+    for name, d in names.items():
+        # the superuser: a role with REPLICATION that may set the replication role's login, as --method online needs
+        registry.set_database(name, "pool-1" if name == "pool-1" else f"tenant:{TENANT}",
+                              where.connection_record(server.dsn(dbname=d)))
+    sync(registry, deployed, ENV)
+    project = deployed.project
+    pooled_loc = fs.location_for(project, naming.pool_firestore(ENV, "pool-1"), TENANT, pooled=True)
+    seed_documents(pooled_loc, documents)
+    seed_documents(fs.location_for(project, naming.pool_firestore(ENV, "pool-1"), NEIGHBOUR, pooled=True), 10)
+    gclient = obj.gcs_client()
+    for b in (naming.pool_bucket(ENV, project, "pool-1"), naming.bucket(ENV, TENANT)):
+        gclient.create_bucket(b)
+    shared = obj.open_store(f"gs://{naming.pool_bucket(ENV, project, 'pool-1')}")
+    seed_objects(shared, f"{TENANT}/", objects)
+    seed_objects(shared, f"{NEIGHBOUR}/", 3)
+    say(f"  populated in {time.perf_counter() - t0:.1f}s: {rows:,} rows, {documents:,} documents, {objects:,} objects")
+    return World(server, firestore, gcs, registry, engine, catalog, names, tmp)
+
+
+# ---------------------------------------------------------------------------------------------- the writer
+
+@dataclass
+class Committed:
+    at: float           # time.monotonic() when the commit returned
+    kind: str
+    where: str          # the database / Firestore location / bucket the write went to
+
+
+class AppWriter(threading.Thread):
+    """The application: through the client library, one write of each kind in turn at `rate` writes/s --
+    insert or rename a user (PostgreSQL), set a user document (Firestore), write an object (GCS) -- each
+    retried after a refusal (`client.Moved`) until it commits."""
+
+    def __init__(self, registry: Registry, rate: float):
+        super().__init__(daemon=True)
+        self.router = client.Router(registry.dsn, ENV, user="tenancy_app")
+        self.period = 1.0 / rate
+        self.log: list[Committed] = []
+        self.names: dict = {}                 # user id -> last display name committed
+        self.docs: dict[str, str] = {}        # document path (relative) -> last value committed
+        self.objs: dict[str, bytes] = {}      # object name (relative) -> last content committed
+        self.refused = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.rng = random.Random(7)
+
+    def _row(self) -> str:
+        name = f"w-{uuid.uuid4().hex[:8]}"
+        with self.router.transaction(TENANT, "app.users") as c:
+            if self.names and self.rng.random() < 0.5:
+                uid = self.rng.choice(list(self.names))
+                if c.execute("UPDATE app.users SET display_name = %s WHERE id = %s", (name, uid)).rowcount != 1:
+                    raise AssertionError(f"user {uid}, committed earlier, is missing where the registry points")
+            else:
+                uid = c.execute("INSERT INTO app.users (tenant_id, email, display_name) VALUES (%s, %s, %s) RETURNING id",
+                                (TENANT, f"{name}@x.example", name)).fetchone()[0]
+            there = c.info.dbname
+        self.names[uid] = name
+        return there
+
+    def _document(self) -> str:
+        rel, value = f"users/w{self.rng.randrange(50)}", uuid.uuid4().hex
+        with self.router.documents(TENANT, rel) as loc:
+            fs._client(loc).document(loc.path(rel)).set({"name": value})
+        self.docs[rel] = value
+        return f"{loc.database}/{loc.root}"
+
+    def _object(self) -> str:
+        rel, value = f"writer/o{self.rng.randrange(50)}.txt", uuid.uuid4().hex.encode()
+        with self.router.objects(TENANT) as (store, prefix):
+            store.write(prefix + rel, value)
+        self.objs[rel] = value
+        return store.url
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            began = time.monotonic()
+            kind = KINDS[i % 3]
+            try:
+                there = {"rows": self._row, "documents": self._document, "objects": self._object}[kind]()
+                self.log.append(Committed(time.monotonic(), kind, there))
+                i += 1
+            except client.Moved:
+                self.refused += 1
+            except Exception as exc:   # noqa: BLE001 -- the bench reports it and fails
+                self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+                return
+            time.sleep(max(self.period - (time.monotonic() - began), 0.0))
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.join(60)
+
+    def gaps(self, start: float, end: float) -> dict[str, float]:
+        """Per kind, the longest time between two committed writes, over the writes from `start` to `end`
+        (plus the last one before and the first one after)."""
+        out = {}
+        for kind in KINDS:
+            times = [c.at for c in self.log if c.kind == kind]
+            inside = [t for t in times if start <= t <= end]
+            before = [t for t in times if t < start][-1:]
+            after = [t for t in times if t > end][:1]
+            seq = before + inside + after
+            out[kind] = max((b - a for a, b in zip(seq, seq[1:])), default=float("nan"))
+        return out
+
+
+def lost_writes(w: World, writer: AppWriter) -> list[str]:
+    """Committed writes not where the registry points now, with their last value."""
+    lost = []
+    row = w.registry.tenant(TENANT)
+    store = next(s for s, tables in row.stores["postgres"].items() if "app.users" in tables)
+    conn_rec = w.registry.database(row.stores["databases"][store]).connection
+    with psycopg.connect(w.server.dsn(dbname=conn_rec["dbname"]), autocommit=True) as c:
+        found = dict(c.execute("SELECT id, display_name FROM app.users WHERE tenant_id = %s", (TENANT,)).fetchall())
+    lost += [f"row {k}" for k, v in writer.names.items() if found.get(k) != v]
+    f = row.stores["firestore"]
+    loc = fs.FirestoreLocation(f["project"], f["database"], f["root"])
+    c = fs._client(loc)
+    for rel, value in writer.docs.items():
+        snap = c.document(loc.path(rel)).get()
+        if not snap.exists or snap.to_dict().get("name") != value:
+            lost.append(f"document {rel}")
+    bucket, _, prefix = row.stores["objects"][len("gs://"):].partition("/")
+    store = obj.open_store(f"gs://{bucket}")
+    for rel, value in writer.objs.items():
+        try:
+            if store.read(prefix + rel) != value:
+                lost.append(f"object {rel}")
+        except obj.ObjectError:
+            lost.append(f"object {rel} (missing)")
+    return lost
+
+
+# ------------------------------------------------------------------------------------------------- one run
+
+@dataclass
+class Result:
+    method: str
+    rows: int
+    documents: int
+    objects: int
+    seen_freeze: float
+    gaps: dict[str, float]
+    command_freeze: float
+    total: float
+    phases: dict[str, float]
+    refused: int
+    writes: int
+    lost: list[str] = field(default_factory=list)
+    where: dict[str, str] = field(default_factory=dict)
+
+
+def run(template: Path, method: str, rows: int, documents: int, objects: int, rate: float, say,
+        verbose: bool = False) -> Result:
+    catalog = parse_catalog(CATALOG)
+    w = build(template, catalog, rows, documents, objects, say)
+    try:
+        writer = AppWriter(w.registry, rate)
+        writer.start()
+        time.sleep(1.0)
+        marks: dict[str, float] = {}
+        lines: list[str] = []
+        t_start = time.monotonic()
+        ctx = Context(ENV, w.registry, w.engine, say=lambda m: lines.append(f"{time.monotonic() - t_start:8.3f} {m}"),
+                      before_phase=lambda p: marks.setdefault(p, time.monotonic()))
+        start = time.monotonic()
+        out = tier_move.upgrade(ctx, catalog, TENANT, "standard", reach=Reach({}), method=method)
+        end = time.monotonic()
+        time.sleep(1.0)
+        writer.halt()
+        if out.status != "done":
+            raise SystemExit(f"the upgrade ended {out.status}: {out.message}")
+        if writer.errors:
+            raise SystemExit(f"the application writer failed: {writer.errors}")
+        order = [p for p in tier_move.PHASES if p in marks]
+        phases = {p: (marks[order[i + 1]] if i + 1 < len(order) else end) - marks[p] for i, p in enumerate(order)}
+        gaps = writer.gaps(start, end)
+        copied = out.detail.get("copied", {})
+        moved = {"rows": sum(v.get("rows", 0) for v in copied.values()),
+                 "documents": sum(v.get("documents", 0) for v in copied.values()),
+                 "objects": sum(v.get("objects", 0) for v in copied.values())}
+        if verbose:
+            say("\n".join(lines))
+            say(json.dumps(copied, indent=1, default=str)[:6000])
+        lost = lost_writes(w, writer)
+        last = {c.kind: c.where for c in writer.log}
+        return Result(method, moved["rows"], moved["documents"], moved["objects"], max(gaps.values()), gaps,
+                      out.detail.get("freeze_seconds") or 0.0, end - start, phases, writer.refused, len(writer.log),
+                      lost, last)
+    finally:
+        w.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--documents", type=int, default=10_000)
+    ap.add_argument("--objects", type=int, default=1_000)
+    ap.add_argument("--methods", default="online,copy")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=150.0, help="application writes per second (all kinds)")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--verbose", action="store_true", help="the command's own lines, timed, and what it copied")
+    a = ap.parse_args(argv)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    catalog = parse_catalog(CATALOG)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="upgrade-bench-deployed-") as tmp:
+        template = deployed_template(catalog, Path(tmp))
+        for method in a.methods.split(","):
+            for i in range(a.runs):
+                say(f"{method} run {i + 1}/{a.runs}: {a.rows:,} rows, {a.documents:,} documents, {a.objects:,} objects")
+                r = run(template, method, a.rows, a.documents, a.objects, a.rate, say, a.verbose)
+                results.append(r)
+                say(f"  freeze seen by the writer {r.seen_freeze:.3f}s ({', '.join(f'{k} {v:.3f}s' for k, v in r.gaps.items())}); "
+                    f"command's figure {r.command_freeze:.3f}s; total {r.total:.1f}s; moved {r.rows:,} rows, "
+                    f"{r.documents:,} documents, {r.objects:,} objects; {r.writes} writes committed, {r.refused} refused, "
+                    f"{len(r.lost)} lost")
+                say("  phases: " + ", ".join(f"{p} {s:.2f}s" for p, s in r.phases.items()))
+                if r.lost:
+                    raise SystemExit(f"committed writes lost: {r.lost[:10]}")
+                if r.rows < a.rows or r.documents < a.documents or r.objects < a.objects:
+                    raise SystemExit(f"the command moved {r.rows} rows, {r.documents} documents, {r.objects} objects: "
+                                     f"fewer than the tenant holds")
+    print()
+    print("| method | rows | freeze seen by the writer (median) | command's figure | total | runs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method in a.methods.split(","):
+        rs = [r for r in results if r.method == method]
+        med = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
+        print(f"| {method} | {a.rows:,} | {med(lambda r: r.seen_freeze):.3f} s | {med(lambda r: r.command_freeze):.3f} s "
+              f"| {med(lambda r: r.total):.1f} s | {len(rs)} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
