@@ -390,6 +390,12 @@ class TierMove(Operation):
     def _last_pass(self, p: data.Pair) -> dict:
         """Inside the freeze: what changed since the second pass, copied and verified; the verified summary."""
         self._wait_for_clients()
+        try:
+            return self._verified_pass(p)
+        except Mismatch as exc:
+            raise OperationError(f"verification failed: {exc}; the tenant stays frozen on {self.b.model.value}") from None
+
+    def _verified_pass(self, p: data.Pair) -> dict:
         s, t = p.source, p.target
         if isinstance(s, data.ObjectsHandle):
             summary, copied, removed = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, verify=True, progress=self.say)
