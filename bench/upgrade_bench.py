@@ -15,7 +15,8 @@ committed write is where the registry points at the end, with its last value (th
 several runs per method: the medians.
 
     .venv/bin/python bench/upgrade_bench.py [--rows 1000000] [--documents 10000] [--objects 1000]
-                                            [--methods online,copy] [--runs 3] [--rate 150] [--json FILE]
+                                            [--methods online,copy] [--runs 3] [--json FILE]
+                                            [--rates rows=100,documents=20,objects=2]
 """
 
 from __future__ import annotations
@@ -168,23 +169,28 @@ class Committed:
     where: str          # the database / Firestore location / bucket the write went to
 
 
-class AppWriter(threading.Thread):
-    """The application: through the client library, one write of each kind in turn at `rate` writes/s --
-    insert or rename a user (PostgreSQL), set a user document (Firestore), write an object (GCS) -- each
-    retried after a refusal (`client.Moved`) until it commits."""
+class AppWriter:
+    """The application: through the client library, a thread per kind at its own rate -- insert or rename a user
+    (PostgreSQL), set a user document (Firestore), write an object (GCS) -- each write retried after a refusal
+    (`client.Moved`) until it commits. Threads of their own, so a slow store never holds up another's writes."""
 
-    def __init__(self, registry: Registry, rate: float):
-        super().__init__(daemon=True)
+    def __init__(self, registry: Registry, rates: dict[str, float]):
         self.router = client.Router(registry.dsn, ENV, user="tenancy_app")
-        self.period = 1.0 / rate
+        self.rates = rates
         self.log: list[Committed] = []
         self.names: dict = {}                 # user id -> last display name committed
         self.docs: dict[str, str] = {}        # document path (relative) -> last value committed
         self.objs: dict[str, bytes] = {}      # object name (relative) -> last content committed
         self.refused = 0
+        self.refusals: list[tuple[float, str, str]] = []
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.rng = random.Random(7)
+        self.threads = [threading.Thread(target=self._loop, args=(k,), daemon=True) for k in KINDS if rates.get(k)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
 
     def _row(self) -> str:
         name = f"w-{uuid.uuid4().hex[:8]}"
@@ -214,32 +220,33 @@ class AppWriter(threading.Thread):
         self.objs[rel] = value
         return store.url
 
-    def run(self) -> None:
-        i = 0
+    def _loop(self, kind: str) -> None:
+        period = 1.0 / self.rates[kind]
+        write = {"rows": self._row, "documents": self._document, "objects": self._object}[kind]
         while not self.stop.is_set():
             began = time.monotonic()
-            kind = KINDS[i % 3]
             try:
-                there = {"rows": self._row, "documents": self._document, "objects": self._object}[kind]()
+                there = write()
                 self.log.append(Committed(time.monotonic(), kind, there))
-                i += 1
-            except client.Moved:
+            except client.Moved as exc:
                 self.refused += 1
+                self.refusals.append((time.monotonic(), kind, str(exc)[:120]))
             except Exception as exc:   # noqa: BLE001 -- the bench reports it and fails
                 self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
                 return
-            time.sleep(max(self.period - (time.monotonic() - began), 0.0))
+            time.sleep(max(period - (time.monotonic() - began), 0.0))
 
     def halt(self) -> None:
         self.stop.set()
-        self.join(60)
+        for t in self.threads:
+            t.join(60)
 
     def gaps(self, start: float, end: float) -> dict[str, float]:
         """Per kind, the longest time between two committed writes, over the writes from `start` to `end`
         (plus the last one before and the first one after)."""
         out = {}
-        for kind in KINDS:
-            times = [c.at for c in self.log if c.kind == kind]
+        for kind in self.rates:
+            times = sorted(c.at for c in self.log if c.kind == kind)
             inside = [t for t in times if start <= t <= end]
             before = [t for t in times if t < start][-1:]
             after = [t for t in times if t > end][:1]
@@ -294,37 +301,53 @@ class Result:
     where: dict[str, str] = field(default_factory=dict)
 
 
-def run(template: Path, method: str, rows: int, documents: int, objects: int, rate: float, say,
-        verbose: bool = False) -> Result:
+def run(template: Path, method: str, rows: int, documents: int, objects: int, rates: dict[str, float], say,
+        verbose: bool = False, keep_source: int = 0) -> Result:
     catalog = parse_catalog(CATALOG)
     w = build(template, catalog, rows, documents, objects, say)
     try:
-        writer = AppWriter(w.registry, rate)
+        writer = AppWriter(w.registry, rates)
         writer.start()
         time.sleep(1.0)
         marks: dict[str, float] = {}
         lines: list[str] = []
         t_start = time.monotonic()
+        steps = lambda m: lines.append(f"{time.monotonic() - t_start:8.3f}     . {m}") if "syncing" not in m else None  # noqa: E731
         ctx = Context(ENV, w.registry, w.engine, say=lambda m: lines.append(f"{time.monotonic() - t_start:8.3f} {m}"),
+                      step=steps if verbose else None,
                       before_phase=lambda p: marks.setdefault(p, time.monotonic()))
         start = time.monotonic()
-        out = tier_move.upgrade(ctx, catalog, TENANT, "standard", reach=Reach({}), method=method)
+        out = tier_move.upgrade(ctx, catalog, TENANT, "standard", reach=Reach({}), method=method,
+                                keep_source_days=keep_source)
         end = time.monotonic()
         time.sleep(1.0)
         writer.halt()
-        if out.status != "done":
+        if out.status != ("waiting" if keep_source else "done"):
             raise SystemExit(f"the upgrade ended {out.status}: {out.message}")
         if writer.errors:
             raise SystemExit(f"the application writer failed: {writer.errors}")
         order = [p for p in tier_move.PHASES if p in marks]
         phases = {p: (marks[order[i + 1]] if i + 1 < len(order) else end) - marks[p] for i, p in enumerate(order)}
         gaps = writer.gaps(start, end)
-        copied = out.detail.get("copied", {})
+        copied = out.detail.get("copied")
+        if not copied:     # waiting for its cleanup (--keep-source): what it copied is in the journal
+            journal = w.registry.journal(out.operation)
+            copied = {k: dict(v) for k, v in next(d for p, e, d in journal if (p, e) == ("copy", "done"))["copied"].items()}
+            switched = next(d for p, e, d in journal if (p, e) == ("switch", "done"))
+            for name, n in switched.get("rows", {}).items():
+                copied[name]["rows"] = n
         moved = {"rows": sum(v.get("rows", 0) for v in copied.values()),
                  "documents": sum(v.get("documents", 0) for v in copied.values()),
                  "objects": sum(v.get("objects", 0) for v in copied.values())}
         if verbose:
             say("\n".join(lines))
+            for kind in KINDS:
+                times = [c.at for c in writer.log if c.kind == kind and start <= c.at <= end]
+                if len(times) > 1:
+                    a, b = max(zip(times, times[1:]), key=lambda ab: ab[1] - ab[0])
+                    said = [f"{t - t_start:.3f} {k} {m}" for t, k, m in writer.refusals if a <= t <= b and k == kind]
+                    say(f"  {kind}: longest gap {a - t_start:.3f} .. {b - t_start:.3f}; refusals in it: "
+                        f"{len(said)} {said[:2]} .. {said[-2:]}")
             say(json.dumps(copied, indent=1, default=str)[:6000])
         lost = lost_writes(w, writer)
         last = {c.kind: c.where for c in writer.log}
@@ -342,11 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", type=int, default=1_000)
     ap.add_argument("--methods", default="online,copy")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=150.0, help="application writes per second (all kinds)")
+    ap.add_argument("--rates", default="rows=100,documents=20,objects=2",
+                    help="the application's writes per second, per kind")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--verbose", action="store_true", help="the command's own lines, timed, and what it copied")
+    ap.add_argument("--keep-source", type=int, default=0, metavar="DAYS",
+                    help="the command's --keep-source: its cleanup then waits (the sources are not emptied)")
     a = ap.parse_args(argv)
     say = lambda m: print(m, flush=True)  # noqa: E731
+    rates = {k: float(v) for k, v in (x.split("=") for x in a.rates.split(","))}
+    if set(rates) - set(KINDS):
+        ap.error(f"--rates: kinds are {', '.join(KINDS)}")
     catalog = parse_catalog(CATALOG)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="upgrade-bench-deployed-") as tmp:
@@ -354,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in a.methods.split(","):
             for i in range(a.runs):
                 say(f"{method} run {i + 1}/{a.runs}: {a.rows:,} rows, {a.documents:,} documents, {a.objects:,} objects")
-                r = run(template, method, a.rows, a.documents, a.objects, a.rate, say, a.verbose)
+                r = run(template, method, a.rows, a.documents, a.objects, rates, say, a.verbose, a.keep_source)
                 results.append(r)
                 say(f"  freeze seen by the writer {r.seen_freeze:.3f}s ({', '.join(f'{k} {v:.3f}s' for k, v in r.gaps.items())}); "
                     f"command's figure {r.command_freeze:.3f}s; total {r.total:.1f}s; moved {r.rows:,} rows, "

@@ -19,7 +19,7 @@ BENCHES = {
     "data_bench.py": ["--rows", "400"],
     "online_move_bench.py": ["--rows", "400", "--rate", "50"],
     "upgrade_bench.py": ["--rows", "400", "--documents", "20", "--objects", "5", "--runs", "1", "--methods",
-                         "online,copy", "--rate", "60"],
+                         "online,copy", "--rates", "rows=40,documents=10,objects=5"],
 }
 NEEDS = {"data_bench.py": "postgres", "online_move_bench.py": "postgres", "upgrade_bench.py": "servers"}
 

@@ -87,6 +87,13 @@ class OnlinePostgresMove:
                  + f"{pre.recorded} changed rows left for the freeze")
         return {"method": self.method, "replication": n.base, "lag_bytes": lag, "preverify": pre.to_json()}
 
+    def converge(self) -> dict[str, Any]:
+        """Just before the freeze: the rows changed since the last comparison compared again, so that the freeze
+        has only the last moment's changes to look at (no full pass: the earlier one still holds)."""
+        pre = rep.preverify(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,
+                            timeout=self.catchup_timeout, checkpoint=self.checkpoint)
+        return {"recorded": pre.recorded, "seconds": round(pre.seconds, 3)}
+
     def switch(self, summarise: bool = True) -> dict[str, Any]:
         """`summarise=False`: the source's summary is left for `source_summary`, after the caller's freeze."""
         r = rep.switch(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,

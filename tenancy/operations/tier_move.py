@@ -83,6 +83,9 @@ PHASE_TEXT = {
 }
 
 
+LAST_PASS_OBJECTS = 5    # live passes over the objects stop once a pass copied no more than this
+
+
 def project_of(deployed: rec.Deployed) -> str:
     """The platform's GCP project, as the deployed platform stack reports it (where the stores' names live)."""
     return deployed.project
@@ -331,7 +334,7 @@ class TierMove(Operation):
     def _movers(self) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
         chosen = self.settings.get("methods") or {}
         return [(p, online.mover(p, self.tenant, self.replication, self.say, operation=self.op_id, plan=self.to_plan,
-                                model=self.a.model.value))
+                                model=self.a.model.value, checkpoint=lambda s, n=p.name: self.step(f"{n}: {s}")))
                 for p in self.pg_pairs if chosen.get(p.name, {}).get("method") == "online"]
 
     def phase_sync(self) -> dict:
@@ -358,22 +361,33 @@ class TierMove(Operation):
         synced = {p.name: m.sync() for p, m in going}
         for p in self.other_pairs:
             if isinstance(p.source, data.ObjectsHandle):
-                live[p.name] = self._live_passes(p, 1)
+                live[p.name] = self._live_passes(p, 1, converge=True)
+        if self.other_pairs:     # the rows changed meanwhile compared, the last thing before the freeze
+            for p, m in going:
+                synced[p.name]["converged"] = m.converge()
         return {"methods": self.settings.get("methods") or {}, "synced": synced, "live": live}
 
     def _current_state(self) -> str:
         row = self.ctx.registry.tenant(self.tenant)
         return row.state if row else self.before.tenant(self.tenant).state.value
 
-    def _live_passes(self, p: data.Pair, passes: int) -> dict:
-        """Documents or objects copied while the tenant writes, in two passes: the first copies everything, the
-        second what changed during the first (what the target holds and the source no longer has goes: it is
-        this move's own copy). The second pass's result is what the last pass, inside the freeze, starts from."""
+    def _live_passes(self, p: data.Pair, passes: int, converge: bool = False) -> dict:
+        """Documents or objects copied while the tenant writes: each pass copies what is missing or different at
+        the target (what the target holds and the source no longer has goes: it is this move's own copy).
+        With `converge`, objects then get short passes (only the source listed) until one copies few. The last
+        pass's result is what the pass inside the freeze starts from."""
         s, t = p.source, p.target
         if isinstance(s, data.ObjectsHandle):
+            last = getattr(self, "_passes", {}).get(p.name)
             for _ in range(passes):
-                summary, copied, removed = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
-            return {"objects": summary.count, "copied": copied, "removed": removed}
+                last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
+            # Then short passes (the source listed, what changed copied) until few objects are left for the freeze.
+            for _ in range(3 if converge else 0):
+                if len(last.copied) <= LAST_PASS_OBJECTS:
+                    break
+                last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, before=last, progress=self.say)
+            self._passes = {**getattr(self, "_passes", {}), p.name: last}
+            return {"objects": len(last.source), "copied": len(last.copied), "removed": len(last.removed)}
         for _ in range(passes):
             second = fs.sync_pass(s.location, t.location, s.tenant, s.collections, progress=self.say)
         self._passes = {**getattr(self, "_passes", {}), p.name: second}
@@ -398,8 +412,14 @@ class TierMove(Operation):
     def _verified_pass(self, p: data.Pair) -> dict:
         s, t = p.source, p.target
         if isinstance(s, data.ObjectsHandle):
-            summary, copied, removed = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, verify=True, progress=self.say)
-            return {"objects": summary.count, "copied": copied, "removed": removed, "verified": summary.to_json()}
+            before = getattr(self, "_passes", {}).get(p.name)
+            if before is None:   # resumed in another process: both sides listed and compared
+                obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
+                summary = obj.verify_all(s.store, s.prefix, t.store, t.prefix)
+                return {"objects": summary.count, "verified": summary.to_json()}
+            last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, before=before, verify=True, progress=self.say)
+            summary = last.summary()
+            return {"objects": summary.count, "verified": summary.to_json()}
         before = getattr(self, "_passes", {}).get(p.name)
         if before is None:    # resumed in another process: no second pass to start from, so every document
             before = fs.sync_pass(s.location, t.location, s.tenant, s.collections, progress=self.say)
