@@ -69,13 +69,13 @@ def populate(dsn: str, tenant: str, rows: int) -> None:
         c.execute("ANALYZE")
 
 
-def new_target(server, name: str) -> str:
+def new_target(server, name: str, tenant: str = "moving") -> str:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     db.apply(server.dsn(dbname=name))
     with psycopg.connect(server.dsn(dbname=name), autocommit=True) as c:
         # the raw pipes write as the superuser, but the write guard still wants the tenant registered
-        c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES ('moving', 'standard', 'namespace')")
+        c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, 'standard', 'namespace')", (tenant,))
     return name
 
 

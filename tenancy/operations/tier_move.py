@@ -362,9 +362,14 @@ class TierMove(Operation):
         for p in self.other_pairs:
             if isinstance(p.source, data.ObjectsHandle):
                 live[p.name] = self._live_passes(p, 1, converge=True)
-        if self.other_pairs:     # the rows changed meanwhile compared, the last thing before the freeze
-            for p, m in going:
-                synced[p.name]["converged"] = m.converge()
+        if self.other_pairs and going:     # the rows changed meanwhile compared again, every pair at once
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(len(going)) as pool:
+                for (p, _), done in zip(going, pool.map(lambda pm: pm[1].converge(), going)):
+                    synced[p.name]["converged"] = done
+            for p in self.other_pairs:     # and the objects once more: the freeze looks at the last moment only
+                if isinstance(p.source, data.ObjectsHandle):
+                    live[p.name] = self._live_passes(p, 0, converge=True)
         return {"methods": self.settings.get("methods") or {}, "synced": synced, "live": live}
 
     def _current_state(self) -> str:
@@ -382,10 +387,10 @@ class TierMove(Operation):
             for _ in range(passes):
                 last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
             # Then short passes (the source listed, what changed copied) until few objects are left for the freeze.
-            for _ in range(3 if converge else 0):
-                if len(last.copied) <= LAST_PASS_OBJECTS:
-                    break
+            for _ in range(4 if converge else 0):
                 last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, before=last, progress=self.say)
+                if last.transferred <= LAST_PASS_OBJECTS:
+                    break
             self._passes = {**getattr(self, "_passes", {}), p.name: last}
             return {"objects": len(last.source), "copied": len(last.copied), "removed": len(last.removed)}
         for _ in range(passes):
@@ -553,8 +558,23 @@ class TierMove(Operation):
         for p in self.other_pairs:
             if isinstance(p.source, data.FirestoreHandle):
                 self._documents_as_verified(p, datetime.fromisoformat(switched_at))
+            else:
+                self._objects_as_verified(p, datetime.fromisoformat(switched_at))
         return {"switched_at": switched_at, "freeze_seconds": seconds, "sources": sources,
                 "rows": {n: s["count"] for n, s in sources.items()}, **({"dropped": dropped} if dropped else {})}
+
+    def _objects_as_verified(self, p: data.Pair, switched_at: datetime) -> None:
+        """Likewise for objects: one that reached the read-only source after the last pass (its writer was told
+        to write it again) is copied to the target unless the tenant wrote it there since the switch."""
+        s, t = p.source, p.target
+        verified = (self.done.get("verify", {}).get("sources") or {}).get(p.name)
+        if not verified:
+            return
+        now, repaired, left = obj.repair(s.store, s.prefix, t.store, t.prefix, Summary.from_json(verified), switched_at,
+                                         progress=self.say)
+        if repaired or left or not now.same_data(Summary.from_json(verified)):
+            self.note("switch", **{f"repaired {p.name}": repaired, f"left {p.name}": left,
+                                   f"resummarised {p.name}": now.to_json()})
 
     def _documents_as_verified(self, p: data.Pair, switched_at: datetime) -> None:
         """The documents' source (read-only since the freeze) must still be what the last pass verified; a

@@ -403,8 +403,9 @@ class Pass:
     verified at the target) or removed there."""
 
     source: dict[str, ObjectInfo]
-    copied: list[str]
+    copied: list[str]               # copied, and not known to hold what the listing saw
     removed: list[str]
+    transferred: int = 0            # objects this pass copied
 
     def summary(self) -> Summary:
         return _summarise(self.source)
@@ -452,7 +453,11 @@ def sync_pass(src: Store, src_prefix: str, dst: Store, dst_prefix: str, *, befor
     for rel in extra:
         dst.delete(dst_prefix + rel)
     say(f"  {len(todo)} objects copied to {dst.url}/{dst_prefix}, {len(extra)} removed there ({len(source)} at the source)")
-    if before is not None and verify:
+    if not verify:
+        # A copy whose answer shows the listed MD5 holds what the listing saw: equal as of it, like the others.
+        unsure = [rel for rel in todo if answers.get(rel) is None or answers[rel].md5 != source[rel].md5]
+        return Pass(source, unsure, extra, len(todo))
+    if before is not None:
         bad = []
         for rel in todo + extra:
             there = answers.get(rel) or dst.info(dst_prefix + rel)
@@ -463,8 +468,34 @@ def sync_pass(src: Store, src_prefix: str, dst: Store, dst_prefix: str, *, befor
         if bad:
             raise Mismatch(f"{dst.url}/{dst_prefix} does not match {src.url}/{src_prefix}: {len(bad)} objects differ "
                            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); nothing was deleted")
-        return Pass(source, [], extra)
-    return Pass(source, todo, extra)
+        return Pass(source, [], extra, len(todo))
+    return Pass(source, todo, extra, len(todo))
+
+
+def repair(src: Store, src_prefix: str, dst: Store, dst_prefix: str, verified: Summary, switched_at: datetime,
+           progress: Progress | None = None) -> tuple[Summary, list[str], list[str]]:
+    """After a switch, when the read-only source no longer matches what was verified (an object that reached
+    it after the last pass: its writer was told to write it again): each such object is copied to the target
+    unless the tenant wrote it there since the switch. Returns (the source's summary now, repaired, left)."""
+    src_prefix, dst_prefix = normalise_prefix(src_prefix), normalise_prefix(dst_prefix)
+    source, _ = _listing(src, src_prefix)
+    now = _summarise(source)
+    if now.same_data(verified):
+        return now, [], []
+    target, _ = _listing(dst, dst_prefix)
+    repaired, left = [], []
+    for rel in sorted(source):
+        t = target.get(rel)
+        if t is not None and t.md5 == source[rel].md5:
+            continue
+        if t is not None and t.updated is not None and t.updated <= switched_at:
+            _transfer(src, source[rel], dst, dst_prefix + rel)
+            repaired.append(rel)
+        else:
+            left.append(rel)
+    (progress or (lambda m: None))(f"  {dst.url}/{dst_prefix}: {len(repaired)} objects copied again from the read-only "
+                                   f"source" + (f"; left as they are: {', '.join(left[:5])}" if left else ""))
+    return now, repaired, left
 
 
 def verify_all(src: Store, src_prefix: str, dst: Store, dst_prefix: str) -> Summary:

@@ -755,7 +755,9 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
 
         # Connections for the verification and the summary's snapshot, opened before the freeze starts.
         with contextlib.ExitStack() as stack:
-            ready = [stack.enter_context(pg.connect(d, tenant)) for d in (source_dsn, target_dsn, source_dsn)]
+            hold = summarise or cutover
+            ready = [stack.enter_context(pg.connect(d, tenant))
+                     for d in (source_dsn, target_dsn, source_dsn)[:3 if hold else 2]]
             report.freeze_started_at = time.time()
             t_freeze = time.perf_counter()
             lsn = _freeze(src, tenant, lock_timeout)
@@ -763,7 +765,7 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             try:
                 snapshot = _inside_freeze(src, dst, ready, (source_dsn, target_dsn), n, tenant, tables, keyed, lsn,
                                           sub is not None, tracked, catchup_timeout, report, step,
-                                          hold=summarise or cutover)
+                                          hold=hold)
             except (DataError, psycopg.Error) as exc:   # a failed verification among them
                 if not cutover:   # the caller's freeze: it decides
                     if isinstance(exc, psycopg.Error):
@@ -807,10 +809,13 @@ def _inside_freeze(src, dst, ready: list[psycopg.Connection], dsns: tuple[str, s
     snapshot = _hold_snapshot(ready[2]) if hold else None   # what was verified, for the source's summary
     for t in tables:
         _reset_sequences(dst, t, tenant)
-    t0 = time.perf_counter()
-    _drop_subscription(src, dst, n)
-    report.drop_seconds = time.perf_counter() - t0
-    step("subscription dropped")
+    if hold:
+        t0 = time.perf_counter()
+        _drop_subscription(src, dst, n)
+        report.drop_seconds = time.perf_counter() - t0
+        step("subscription dropped")
+    # Otherwise (a caller that summarises after its own switch) the subscription goes with `cleanup`, which that
+    # caller runs once its switch is done: the source is frozen and caught up, so nothing is left to apply.
     return snapshot
 
 
@@ -836,6 +841,8 @@ def _finish(src, dst, source_dsn: str, n: MoveNames, tenant: str, tables: list[s
         report.summary_seconds = time.perf_counter() - t0
     if not cutover:
         _note(src, n, switched=report.source_summary.to_json() if summarise else {"at": time.time()})
+    if not (summarise or cutover):
+        return     # tracking, login and subscription go with the caller's `cleanup`, after its switch
     rv.untrack(dst, n.base)
     rv.untrack(src, n.base)
     _close_login(source_dsn, src, n)
