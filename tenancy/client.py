@@ -193,7 +193,7 @@ class Router:
             if not f:
                 raise UnknownTenant(f"tenant '{tenant}' has no Firestore database in the registry")
             loc = fs.FirestoreLocation(f["project"], f["database"], f.get("root", ""))
-            if e.operation:
+            if e.stores.get("moving"):     # a move is copying the tenant's stores: its last pass copies these
                 fs.record_changes(loc, list(paths))
             yield loc
 

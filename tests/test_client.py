@@ -156,14 +156,20 @@ def test_documents_and_objects_are_refused_while_the_registry_says_frozen(app_wo
         with router.documents("bravo", "users/u1"):
             pass
     with reg.connect() as c:
-        c.execute("INSERT INTO registry.operations (id, tenant_id, kind, command, status) VALUES ('op-x', 'bravo', "
-                  "'upgrade', 'tenancy upgrade bravo --to standard', 'running')")
-        c.execute("UPDATE registry.tenants SET state = 'active', operation = 'op-x' WHERE id = 'bravo'")
+        c.execute("UPDATE registry.tenants SET state = 'active', stores = stores || '{\"moving\": \"op-x\"}' "
+                  "WHERE id = 'bravo'")
         c.commit()
     time.sleep(0.25)
     with router.documents("bravo", "users/u1", "itineraries/i0/notes/n1") as loc:
         pass
     assert fs.changes(loc) == ["itineraries/i0/notes/n1", "users/u1"], "a move in progress: the writes are recorded"
+    with reg.connect() as c:
+        c.execute("UPDATE registry.tenants SET stores = stores - 'moving' WHERE id = 'bravo'")
+        c.commit()
+    time.sleep(0.25)
+    with router.documents("bravo", "users/u2") as loc:
+        pass
+    assert fs.changes(loc) == ["itineraries/i0/notes/n1", "users/u1"], "no move: nothing recorded"
     fs.clear_changes(loc)
     # A write that outlives the bound while a freeze begins is reported (it may not have moved with the tenant).
     with pytest.raises(client.Moved, match="became frozen while this write ran longer than 0.2s"):

@@ -83,6 +83,7 @@ PHASE_TEXT = {
 }
 
 
+MOVING = "moving"        # in the registry's stores entry while a move copies them: clients name what they write
 LAST_PASS_OBJECTS = 5    # live passes over the objects stop once a pass copied no more than this
 
 
@@ -345,7 +346,9 @@ class TierMove(Operation):
             self.lease.created("replication", {"pair": p.name}, "always")
         # From here clients name the documents they write (the move's last pass copies exactly those): every
         # client has seen it once its state bound has passed, before the first pass starts.
-        self._registry_state(self._current_state(), operation=self.op_id)
+        row = self.ctx.registry.tenant(self.tenant)
+        stores = row.stores if row else registry_entry(self.src_stores)
+        self._registry_state(self._current_state(), operation=self.op_id, stores={**stores, MOVING: self.op_id})
         marked = time.monotonic()
         for _, m in going:      # the initial copies run in the servers while documents and objects copy
             m.start()
@@ -685,7 +688,8 @@ class TierMove(Operation):
                 pg.set_state(d.dsn, self.tenant, previous[d.name])
         row = self.ctx.registry.tenant(self.tenant)
         if row is not None and row.operation == self.op_id:
-            self._registry_state(frozen.get("registry_previous") or "active", operation=None)
+            self._registry_state(frozen.get("registry_previous") or "active", operation=None,
+                                 stores={k: v for k, v in (row.stores or {}).items() if k != MOVING})
         if stack_record is not None:
             # The new tenant stack holds no data of record (the copy was just removed): discard its stores.
             guarded_destroy(self.ctx.engine, self.stack, self.before,
