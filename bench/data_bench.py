@@ -5,11 +5,16 @@ schema (users, itineraries, comments, likes) and two other tenants share the sou
 run, each into a fresh target database carrying the tenancy SQL:
 
   tenancy   `tenancy data move` (COPY streams, foreign-key order, verification included)
-  pg_dump   `pg_dump --data-only --enable-row-security` with the tenant setting, piped into `psql`
-  raw       a bare `COPY (SELECT ...) TO STDOUT | COPY ... FROM STDIN` pipe per table (no verification)
+  pg_dump   `pg_dump --data-only` of the same tables from a database holding only the tenant's rows (as many),
+            piped into `psql`: pg_dump cannot select one tenant's rows of a shared database (a role under
+            row-level security dumps none -- the per-transaction tenant binding ignores a session setting --
+            and a superuser dumps every tenant's)
+  raw       a bare `COPY (SELECT ... WHERE tenant_id = ...) TO STDOUT | COPY ... FROM STDIN` pipe per table (no
+            verification)
 
-and the write-freeze window (freeze to unfreeze) of a full `tenancy upgrade` through the offline engine.
-Targets: tenancy at least as fast as pg_dump, and within 1.5x of raw, verification included.
+Each baseline reports the rows it moved (counted at its target) and must equal the command's; the run fails
+otherwise. Then the write-freeze window (freeze to unfreeze) of a full `tenancy upgrade` through the offline
+engine. Targets: tenancy at least as fast as pg_dump, and within 1.5x of raw, verification included.
 
     .venv/bin/python bench/data_bench.py [--rows 1000000]
 """
@@ -64,20 +69,27 @@ def populate(dsn: str, tenant: str, rows: int) -> None:
         c.execute("ANALYZE")
 
 
-def new_target(server, name: str) -> str:
+def new_target(server, name: str, tenant: str = "moving") -> str:
     with psycopg.connect(server.dsn(), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     db.apply(server.dsn(dbname=name))
     with psycopg.connect(server.dsn(dbname=name), autocommit=True) as c:
         # the raw pipes write as the superuser, but the write guard still wants the tenant registered
-        c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES ('moving', 'standard', 'namespace')")
+        c.execute("INSERT INTO tenancy.tenants (id, plan, model) VALUES (%s, 'standard', 'namespace')", (tenant,))
     return name
 
 
+def tenant_rows(server, dbname: str, tenant: str) -> int:
+    """The tenant's rows in the benchmark's tables of `dbname`, counted there."""
+    with psycopg.connect(server.dsn(dbname=dbname), autocommit=True) as c:
+        return sum(c.execute(f"SELECT count(*) FROM {t} WHERE tenant_id = %s", (tenant,)).fetchone()[0] for t in TABLES)
+
+
 def run_pg_dump(server, src: str, dst: str, tenant: str) -> float:
-    env = {**os.environ, "PGOPTIONS": f"-c app.current_tenant={tenant}"}
-    dump = [str(server.bindir / "pg_dump"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "tenancy_owner", "-d", src,
-            "--data-only", "--enable-row-security", *sum((["-t", t] for t in TABLES), [])]
+    """`src` holds only `tenant`'s rows: pg_dump dumps whole tables."""
+    env = dict(os.environ)
+    dump = [str(server.bindir / "pg_dump"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", src,
+            "--data-only", *sum((["-t", t] for t in TABLES), [])]
     load = [str(server.bindir / "psql"), "-q", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "-d", dst,
             "-v", "ON_ERROR_STOP=1"]
     start = time.perf_counter()
@@ -122,10 +134,10 @@ def freeze_window(server, rows: int, tmp: Path) -> tuple[float, float]:
     return time.perf_counter() - start, out.detail.get("freeze_seconds") or 0.0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     server = pg.start()
     try:
         with psycopg.connect(server.dsn(), autocommit=True) as c:
@@ -139,10 +151,18 @@ def main() -> None:
         populate(server.dsn(dbname="pooled"), "neighbour-b", a.rows // 2)
         src_owner = server.dsn(user="tenancy_owner", dbname="pooled")
 
-        results = {}
+        with psycopg.connect(server.dsn(), autocommit=True) as c:
+            c.execute('CREATE DATABASE "solo"')
+        db.apply(server.dsn(dbname="solo"))
+        populate(server.dsn(dbname="solo"), "moving", a.rows)
+
+        results, moved_rows = {}, {}
         t_raw = run_raw(server, "pooled", new_target(server, "t_raw"), "moving")
         results["raw COPY pipe (no verification)"] = t_raw
-        results["pg_dump --enable-row-security | psql"] = run_pg_dump(server, "pooled", new_target(server, "t_dump"), "moving")
+        moved_rows["raw COPY pipe (no verification)"] = tenant_rows(server, "t_raw", "moving")
+        name = "pg_dump --data-only | psql (a database of the tenant's rows only)"
+        results[name] = run_pg_dump(server, "solo", new_target(server, "t_dump"), "moving")
+        moved_rows[name] = tenant_rows(server, "t_dump", "moving")
         new_target(server, "t_move")
         with psycopg.connect(server.dsn(), autocommit=True) as c:
             c.execute('CREATE DATABASE "registry"')
@@ -154,11 +174,16 @@ def main() -> None:
         t_move = time.perf_counter() - start
         assert moved.status == "done", moved.message
         results["tenancy data move (verification included)"] = t_move
+        moved_rows["tenancy data move (verification included)"] = moved.detail["total_rows"]
+        differ = {k: v for k, v in moved_rows.items() if v != moved.detail["total_rows"]}
+        if differ:
+            raise SystemExit(f"a baseline moved another number of rows than the command ({moved.detail['total_rows']:,}): "
+                             f"{differ}")
         print()
-        print("| method | seconds | rows/s | vs raw |")
-        print("|---|---:|---:|---:|")
+        print("| method | rows moved | seconds | rows/s | vs raw |")
+        print("|---|---:|---:|---:|---:|")
         for name, secs in results.items():
-            print(f"| {name} | {secs:.2f} | {a.rows / secs:,.0f} | {secs / t_raw:.2f}x |")
+            print(f"| {name} | {moved_rows[name]:,} | {secs:.2f} | {moved_rows[name] / secs:,.0f} | {secs / t_raw:.2f}x |")
         print(f"\n`tenancy data move`: {moved.detail['total_rows']:,} rows copied and verified in "
               f"{moved.detail['seconds']:.2f} s of {t_move:.2f} s")
         with tempfile.TemporaryDirectory() as tmp:

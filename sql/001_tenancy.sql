@@ -71,6 +71,19 @@ BEGIN
       END;
     END IF;
   END IF;
+  -- On Cloud SQL the operations reach the databases as tenancy_owner, a cloudsqlsuperuser (created through the
+  -- API, with CREATEROLE): an online move's slot at the source needs REPLICATION, which Cloud SQL lets a
+  -- cloudsqlsuperuser grant (ALTER USER ... WITH REPLICATION, as its Datastream set-up does). Without it
+  -- `--method auto` copies the rows inside the freeze and says why.
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudsqlsuperuser')
+     AND pg_has_role('tenancy_owner', 'cloudsqlsuperuser', 'MEMBER')
+     AND (SELECT NOT rolreplication FROM pg_roles WHERE rolname = 'tenancy_owner') THEN
+    BEGIN
+      ALTER ROLE tenancy_owner REPLICATION;
+    EXCEPTION WHEN insufficient_privilege THEN
+      RAISE NOTICE 'tenancy_owner lacks REPLICATION and % cannot grant it: online moves copy instead until an operator does', current_user;
+    END;
+  END IF;
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_replication', current_database());
   EXECUTE format('GRANT CREATE, CONNECT ON DATABASE %I TO tenancy_owner', current_database());
   EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_app', current_database());

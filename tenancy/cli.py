@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("upgrade", help="move a tenant to another plan, data included (resumable)",
                        description="Move TENANT to PLAN between pooled and namespace/dedicated, every store with it: "
-                       "provision, sync (rows replicating while the tenant writes, --method online/auto), freeze, export, "
-                       "copy, verify, switch, publish, cleanup. Everything the move needs is checked before anything "
+                       "provision, sync (rows replicating while the tenant writes, --method online/auto; documents and "
+                       "objects copied while it writes), freeze, copy and verify (what changed since), switch, export, "
+                       "publish, cleanup. Everything the move needs is checked before anything "
                        "changes; the tenant's lease keeps every other operation off it; each phase is journalled in the "
                        "registry: run the same command again to resume after any interruption. --abort before the switch "
                        "leaves the tenant where it was. Downgrades use the same command with a pooled plan.")
@@ -809,7 +810,7 @@ def cmd_upgrade(args) -> int:
                             export_to=args.export_to, method=args.method, replication=replication,
                             command=_command_line(args))
     d = out.detail
-    freeze = f"; write freeze {d['freeze_seconds']:.1f}s" if d.get("freeze_seconds") is not None else ""
+    freeze = f"; write freeze {d['freeze_seconds']:.2f}s" if d.get("freeze_seconds") is not None else ""
     line = (f"{out.operation}: {out.status}; phases run: {', '.join(out.phases_run) or 'none'}; {d.get('rows', 0)} rows "
             f"copied{freeze}"
             + "".join(f"; {k}: " + ", ".join(f"{n} {w}" for w, n in v.items() if w != "verified")

@@ -217,7 +217,7 @@ def test_resuming_with_another_plan_is_refused_with_the_commands_to_resume_or_ab
         do_upgrade(world, to="enterprise")
     [op] = world["registry"].unfinished()
     assert str(refused.value).startswith(f"tenant 'bravo' has an unfinished upgrade to_plan=standard ({op.id}, started ")
-    assert str(refused.value).endswith("stopped after export); resume it with `tenancy upgrade bravo --to standard --env "
+    assert str(refused.value).endswith("stopped after freeze); resume it with `tenancy upgrade bravo --to standard --env "
                                        "dev` or abort it with `tenancy upgrade bravo --to standard --env dev --abort`; "
                                        "nothing was changed")
 
@@ -378,17 +378,16 @@ def test_object_verification_failure_stops_the_move(world, monkeypatch):
     from tenancy.stores import objects
     root = world["tmp"] / "buckets"
     put(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/a.txt", b"a")
-    real_copy = objects.copy
+    real_transfer = objects._transfer
 
-    def lossy(src, sp, dst, dp, progress=None):
-        report = real_copy(src, sp, dst, dp, progress=progress)
-        dst.write(dp + "a.txt", b"corrupted")
-        return report
+    def lossy(src, info, dst, name):
+        real_transfer(src, info, dst, name)
+        dst.write(name, b"corrupted")
 
-    monkeypatch.setattr(objects, "copy", lossy)
-    with pytest.raises(OperationError, match=r"verification failed: tenant 'bravo': objects \(.*dev-bravo-uploads/\) "
-                                             r"\(copy of objects .*\) does not match: \.: same count \(1\), different "
-                                             r"checksum.*Operation op-[0-9a-f]+: resume it with `tenancy upgrade bravo --to "
+    monkeypatch.setattr(objects, "_transfer", lossy)
+    with pytest.raises(OperationError, match=r"verification failed: .*dev-bravo-uploads/ does not match .*/bravo/: 1 "
+                                             r"objects differ \(a\.txt \(different content\)\); .*the tenant stays frozen"
+                                             r".*Operation op-[0-9a-f]+: resume it with `tenancy upgrade bravo --to "
                                              r"standard --env dev`, or abort it with `tenancy upgrade bravo --to standard "
                                              r"--env dev --abort`"):
         do_upgrade(world, objects_root=root)

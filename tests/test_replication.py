@@ -435,6 +435,32 @@ def test_tenancy_sql_keeps_the_replication_role_out_of_cloudsqlsuperuser(pg_serv
             c.execute("DROP ROLE cloudsqlsuperuser")
 
 
+def test_tenancy_sql_gives_the_cloud_sql_owner_replication_for_online_moves(pg_server, fresh_db):
+    """On Cloud SQL the operations connect as tenancy_owner, a cloudsqlsuperuser: the slot of an online move needs
+    REPLICATION, which a cloudsqlsuperuser may grant; elsewhere (a superuser runs the moves) the owner gets none."""
+    from tenancy import db
+
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        c.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_owner') THEN "
+                  "CREATE ROLE tenancy_owner NOLOGIN; END IF; END $$")
+        c.execute("ALTER ROLE tenancy_owner NOREPLICATION")
+    db.apply(pg_server.dsn(dbname=fresh_db))
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT rolreplication FROM pg_roles WHERE rolname = 'tenancy_owner'").fetchone() == (False,)
+        c.execute("CREATE ROLE cloudsqlsuperuser NOLOGIN")
+        c.execute("GRANT cloudsqlsuperuser TO tenancy_owner")
+    try:
+        db.apply(pg_server.dsn(dbname=fresh_db))
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            assert c.execute("SELECT rolreplication, rolbypassrls FROM pg_roles WHERE rolname = 'tenancy_owner'"
+                             ).fetchone() == (True, False), "REPLICATION, and still subject to row-level security"
+    finally:
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
+            c.execute("REVOKE cloudsqlsuperuser FROM tenancy_owner")
+            c.execute("DROP ROLE cloudsqlsuperuser")
+            c.execute("ALTER ROLE tenancy_owner NOREPLICATION")
+
+
 def test_unavailable_says_why_an_online_move_cannot_start(pg_server, dbs):
     from tests import pg
 

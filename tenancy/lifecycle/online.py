@@ -65,10 +65,17 @@ class OnlinePostgresMove:
     def name(self) -> str:
         return rep.names(self.operation).base
 
-    def sync(self) -> dict[str, Any]:
+    def start(self) -> None:
+        """Replication started (or found running): the initial copy runs in the servers from here on."""
         n = rep.start(self.source_dsn, self.target_dsn, self.tenant, self.tables, self.replication_conninfo,
                       move=self.operation, plan=self.plan, model=self.model, checkpoint=self.checkpoint)
+        self._started = n
         self.say(f"  replicating the rows of '{self.tenant}' ({n.base}); the tenant keeps writing")
+
+    def sync(self) -> dict[str, Any]:
+        if getattr(self, "_started", None) is None:
+            self.start()
+        n = self._started
         lag = rep.wait_synced(self.source_dsn, self.target_dsn, self.tenant, move=self.operation,
                               timeout=self.sync_timeout, checkpoint=self.checkpoint)
         self.say(f"  initial copy done; {lag} bytes of changes behind")
@@ -80,19 +87,32 @@ class OnlinePostgresMove:
                  + f"{pre.recorded} changed rows left for the freeze")
         return {"method": self.method, "replication": n.base, "lag_bytes": lag, "preverify": pre.to_json()}
 
-    def switch(self) -> dict[str, Any]:
+    def converge(self) -> dict[str, Any]:
+        """Just before the freeze: the rows changed since the last comparison compared again, so that the freeze
+        has only the last moment's changes to look at (no full pass: the earlier one still holds)."""
+        pre = rep.preverify(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,
+                            timeout=self.catchup_timeout, checkpoint=self.checkpoint)
+        return {"recorded": pre.recorded, "seconds": round(pre.seconds, 3)}
+
+    def switch(self, summarise: bool = True) -> dict[str, Any]:
+        """`summarise=False`: the source's summary is left for `source_summary`, after the caller's freeze."""
         r = rep.switch(self.source_dsn, self.target_dsn, self.tenant, self.tables, move=self.operation,
                        lock_timeout=self.lock_timeout, catchup_timeout=self.catchup_timeout, cutover=False,
-                       checkpoint=self.checkpoint)
+                       summarise=summarise, checkpoint=self.checkpoint)
         if r.already_switched:
             self.say(f"  the rows of '{self.tenant}' had already switched")
         else:
             self.say(f"  caught up in {r.catchup_seconds:.2f}s, {r.keys_rechecked} changed rows compared in "
-                     f"{r.verify_seconds:.2f}s; {sum(r.rows.values())} rows verified")
+                     f"{r.verify_seconds:.2f}s" + (f"; {sum(r.rows.values())} rows verified" if r.rows else ""))
         return {"method": self.method, "rows": r.rows, "already_switched": r.already_switched,
                 "catchup_seconds": _rounded(r.catchup_seconds), "verify_seconds": _rounded(r.verify_seconds),
                 "keys_rechecked": r.keys_rechecked, "freeze_seconds": _rounded(r.freeze_seconds),
                 "full_pass_in_freeze": r.full_pass_in_freeze is not None, "source": r.source_summary.to_json() if r.source_summary else None}
+
+    def source_summary(self) -> Summary:
+        """The source's rows as verified: taken once the source is read-only (no write reaches it after the
+        freeze), so it is the summary of the snapshot the switch compared."""
+        return pg.summary(self.source_dsn, self.tenant, self.tables)
 
     def cleanup(self, expect: Summary | dict | None = None) -> dict[str, Any]:
         dropped = rep.cleanup(self.source_dsn, self.target_dsn, self.tenant, move=self.operation)

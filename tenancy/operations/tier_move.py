@@ -4,7 +4,7 @@ both ways), on the operation protocol (tenancy/operations/protocol.py).
 The tenant's stores on each side come from the data layout (`stores.yaml` -> `tenancy.stores.layout`);
 `tenant_data.plan_move` pairs each source store with its target. Phases:
 
-    provision -> sync -> freeze -> export -> copy -> verify -> switch -> publish -> cleanup
+    provision -> sync -> freeze -> copy -> verify -> switch -> export -> publish -> cleanup
 
 - preflight (before the lease's first change): every database of both sides is the one the registry names
   (tenancy/operations/stores.py), the source holds the tenant, no target is a source or holds another tenant;
@@ -14,15 +14,25 @@ The tenant's stores on each side come from the data layout (`stores.yaml` -> `te
   destroy of the old stack that would remove a store this move does not save; the new stack is previewed.
 - provision: the tenant stack (upgrade); the tenancy SQL on each target database, claimed for its store, the
   tenant registered there `frozen` (each registration recorded first, so abort removes exactly it).
-- sync (online pairs, and a first pass of documents and objects while the tenant is live).
+- sync: the registry marks the tenant as moving (clients following `tenancy.client` then name the documents
+  they write, see there); online pairs start replicating; documents and objects are copied in two passes
+  while the tenant writes; online pairs wait for their initial copy and compare every row while live.
 - freeze: the registry marks the tenant frozen, then each source database refuses its writes once every
   in-flight writer has ended (`stores.postgres.freeze_in`, the one freeze).
-- export: with --export-to, every source store into a private archive with counts and checksums.
-- copy, verify: each pair copied (in one target transaction per database: a kill leaves the target as it
-  was) and compared on both sides; each source's verified summary journalled.
+- copy, verify (inside the freeze, so only what must be): online pairs catch up and compare the rows changed
+  since their last comparison; documents and objects, once every client has seen the freeze
+  (`client.STATE_TTL_S`), get the documents written since the second pass (written, read back, compared) and
+  the objects that differ (one listing per side compares every object's MD5); copy pairs are copied in one
+  target transaction per database (a kill leaves the target as it was) and compared in it. Each verified
+  summary is journalled.
 - switch: the point of no return. Targets accept the tenant's writes, sources are read-only, and the registry
   points the tenant at its new stores: an application following the registry writes to the target from its
-  next transaction.
+  next transaction. Then, the tenant writing again: replication objects dropped, and the summaries of the
+  online pairs' sources taken (read-only since the freeze: the summary is the one verified) and the documents'
+  source checked against what was verified (repaired from the read-only source where a write escaped the
+  client contract).
+- export: with --export-to, every source store (read-only until cleanup) into a private archive with counts
+  and checksums, read back.
 - publish: the platform stack records the move (the declared directory), after the tenant writes again.
 - cleanup: after the --keep-source window each source store is emptied, only while it still holds exactly its
   verified summary (a store a killed run already emptied counts as done); a downgrade destroys the old stack
@@ -32,11 +42,12 @@ The tenant's stores on each side come from the data layout (`stores.yaml` -> `te
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
-from tenancy import db, naming
+from tenancy import client, db, naming
 from tenancy.catalog import Catalog, Model
 from tenancy.errors import OperationError, Refused
 from tenancy.lifecycle import archives, online
@@ -49,23 +60,31 @@ from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, NothingToDo, Operation, Waiting
 from tenancy.stores import Mismatch, StoreError, Summary
+from tenancy.stores import firestore as fs
+from tenancy.stores import objects as obj
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import registry_entry, POOLED, DataLayout, stores_for
 
-PHASES = ("provision", "sync", "freeze", "export", "copy", "verify", "switch", "publish", "cleanup")
+PHASES = ("provision", "sync", "freeze", "copy", "verify", "switch", "export", "publish", "cleanup")
 
 PHASE_TEXT = {
     "provision": "tenant stack up with the new plan; tenancy SQL and the frozen registration on each target database",
     "sync": "PostgreSQL rows that can replicate to their targets do so while the tenant writes, and are verified; "
-            "documents and objects get a first copy while the tenant is live",
+            "documents and objects are copied in two passes while the tenant is live",
     "freeze": "the registry and every source database refuse the tenant's writes once every in-flight writer has ended",
-    "export": "every source store into the archive (--export-to), with counts and checksums",
-    "copy": "each store to its target: rows by table to the database the layout names, objects, documents",
-    "verify": "counts and checksums compared on both sides of each store; the archive read back",
-    "switch": "the targets accept the tenant's writes, the sources are read-only, the registry points at the new stores",
+    "copy": "what changed since the last pass, to each target: replicated rows caught up and the changed rows "
+            "compared, documents and objects written since; rows of copy pairs copied and verified",
+    "verify": "each store's verified counts and checksums, journalled",
+    "switch": "the targets accept the tenant's writes, the sources are read-only, the registry points at the new "
+              "stores; then the read-only sources' summaries",
+    "export": "every read-only source store into the archive (--export-to), with counts and checksums, read back",
     "publish": "platform stack up with this tenant's record changed: the declared directory shows the new placement",
     "cleanup": "each source store re-verified, then emptied (after the --keep-source window); old stack destroyed",
 }
+
+
+MOVING = "moving"        # in the registry's stores entry while a move copies them: clients name what they write
+LAST_PASS_OBJECTS = 5    # live passes over the objects stop once a pass copied no more than this
 
 
 def project_of(deployed: rec.Deployed) -> str:
@@ -348,7 +367,7 @@ class TierMove(Operation):
     def _movers(self) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
         chosen = self.settings.get("methods") or {}
         return [(p, online.mover(p, self.tenant, self.replication, self.say, operation=self.op_id, plan=self.to_plan,
-                                model=self.a.model.value))
+                                model=self.a.model.value, checkpoint=lambda s, n=p.name: self.step(f"{n}: {s}")))
                 for p in self.pg_pairs if chosen.get(p.name, {}).get("method") == "online"]
 
     def phase_sync(self) -> dict:
@@ -357,39 +376,118 @@ class TierMove(Operation):
         going = self._movers()
         for p, m in going:
             self.lease.created("replication", {"pair": p.name}, "always")
+        # From here clients name the documents they write (the move's last pass copies exactly those): every
+        # client has seen it once its state bound has passed, before the first pass starts.
+        row = self.ctx.registry.tenant(self.tenant)
+        stores = row.stores if row else registry_entry(self.src_stores)
+        self._registry_state(self._current_state(), operation=self.op_id, stores={**stores, MOVING: self.op_id})
+        marked = time.monotonic()
+        for _, m in going:      # the initial copies run in the servers while documents and objects copy
+            m.start()
+        live: dict[str, dict] = {}
+        if self.other_pairs:
+            time.sleep(max(client.STATE_TTL_S - (time.monotonic() - marked), 0.0))
+        for p in self.other_pairs:
+            self.lease.created("copy", {"store": p.name}, "on_abort")
+        # The first passes, then the rows' initial copies and comparisons; the objects' second pass last, so that
+        # what the freeze still has to look at is what changed in the moment before it.
+        for p in self.other_pairs:
+            live[p.name] = self._live_passes(p, 2 if isinstance(p.source, data.FirestoreHandle) else 1)
         synced = {p.name: m.sync() for p, m in going}
-        live = {}
-        if self.method != "copy":   # the bulk of documents and objects moves now; the freeze copies what changed since
-            for p in self.other_pairs:
-                self.lease.created("copy", {"store": p.name}, "on_abort")
-                live[p.name] = self._copy_store(p, "first pass while the tenant is live")
+        for p in self.other_pairs:
+            if isinstance(p.source, data.ObjectsHandle):
+                live[p.name] = self._live_passes(p, 1, converge=True)
+        if self.other_pairs and going:     # the rows changed meanwhile compared again, every pair at once
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(len(going)) as pool:
+                for (p, _), done in zip(going, pool.map(lambda pm: pm[1].converge(), going)):
+                    synced[p.name]["converged"] = done
+            for p in self.other_pairs:     # and the objects once more: the freeze looks at the last moment only
+                if isinstance(p.source, data.ObjectsHandle):
+                    live[p.name] = self._live_passes(p, 0, converge=True)
         return {"methods": self.settings.get("methods") or {}, "synced": synced, "live": live}
 
-    def _copy_store(self, p: data.Pair, when: str) -> dict:
-        """Documents or objects to the target (only what is missing or different there). The target is this
-        move's own copy, not yet in use: if it holds what the source no longer has (deleted since a first
-        pass), it is cleared and copied again."""
+    def _current_state(self) -> str:
+        row = self.ctx.registry.tenant(self.tenant)
+        return row.state if row else self.before.tenant(self.tenant).state.value
+
+    def _live_passes(self, p: data.Pair, passes: int, converge: bool = False) -> dict:
+        """Documents or objects copied while the tenant writes: each pass copies what is missing or different at
+        the target (what the target holds and the source no longer has goes: it is this move's own copy).
+        With `converge`, objects then get short passes (only the source listed) until one copies few. The last
+        pass's result is what the pass inside the freeze starts from."""
+        s, t = p.source, p.target
+        if isinstance(s, data.ObjectsHandle):
+            last = getattr(self, "_passes", {}).get(p.name)
+            for _ in range(passes):
+                last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
+            # Then short passes (the source listed, what changed copied) until few objects are left for the freeze.
+            for _ in range(4 if converge else 0):
+                last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, before=last, progress=self.say)
+                if last.transferred <= LAST_PASS_OBJECTS:
+                    break
+            self._passes = {**getattr(self, "_passes", {}), p.name: last}
+            return {"objects": len(last.source), "copied": len(last.copied), "removed": len(last.removed)}
+        for _ in range(passes):
+            second = fs.sync_pass(s.location, t.location, s.tenant, s.collections, progress=self.say)
+        self._passes = {**getattr(self, "_passes", {}), p.name: second}
+        return {"documents": len(second.source), "written": len(second.written), "removed": len(second.removed)}
+
+    def _wait_for_clients(self) -> None:
+        """Every client acts on a state at most `client.STATE_TTL_S` old: once that long has passed since the
+        registry said frozen, no document or object write the last pass does not see can land."""
+        since = getattr(self, "_frozen_at", None)
+        wait = client.STATE_TTL_S - (time.monotonic() - since) if since is not None else client.STATE_TTL_S
+        if wait > 0:
+            time.sleep(wait)
+
+    def _last_pass(self, p: data.Pair) -> dict:
+        """Inside the freeze: what changed since the second pass, copied and verified; the verified summary."""
+        self._wait_for_clients()
         try:
-            return p.copy(self.say)
+            return self._verified_pass(p)
         except Mismatch as exc:
-            self.say(f"  {p.name} ({when}): {exc}; the target is this move's unused copy: clearing it and copying again")
-            p.clear_target(self.say)
-            return p.copy(self.say)
+            raise OperationError(f"verification failed: {exc}; the tenant stays frozen on {self.b.model.value}") from None
+
+    def _verified_pass(self, p: data.Pair) -> dict:
+        s, t = p.source, p.target
+        if isinstance(s, data.ObjectsHandle):
+            before = getattr(self, "_passes", {}).get(p.name)
+            if before is None:   # resumed in another process: both sides listed and compared
+                obj.sync_pass(s.store, s.prefix, t.store, t.prefix, progress=self.say)
+                summary = obj.verify_all(s.store, s.prefix, t.store, t.prefix)
+                return {"objects": summary.count, "verified": summary.to_json()}
+            last = obj.sync_pass(s.store, s.prefix, t.store, t.prefix, before=before, verify=True, progress=self.say)
+            summary = last.summary()
+            return {"objects": summary.count, "verified": summary.to_json()}
+        before = getattr(self, "_passes", {}).get(p.name)
+        if before is None:    # resumed in another process: no second pass to start from, so every document
+            before = fs.sync_pass(s.location, t.location, s.tenant, s.collections, progress=self.say)
+            rels = [*before.written, *fs.changes(s.location)]
+            done = fs.apply_delta(s.location, t.location, s.tenant, s.collections, rels, before, progress=self.say)
+            summary, _ = fs.verify(s.location, t.location, s.tenant, s.collections)
+        else:
+            rels = [*before.written, *fs.changes(s.location)]
+            done = fs.apply_delta(s.location, t.location, s.tenant, s.collections, rels, before, progress=self.say)
+            summary = done.summary()
+        return {"documents": summary.count, "delta": len(set(rels)), "verified": summary.to_json()}
 
     def phase_freeze(self) -> dict:
         prog = self.progress("freeze")
         previous = dict(prog.get("previous") or {})
         if "registry_previous" not in prog:
             row = self.ctx.registry.tenant(self.tenant)
-            self.note("freeze", registry_previous=row.state if row else self.before.tenant(self.tenant).state.value)
+            self.note("freeze", registry_previous=row.state if row else self.before.tenant(self.tenant).state.value,
+                      frozen_at=self.ctx.now().isoformat())
         self._registry_state("frozen")
+        self._frozen_at = time.monotonic()
         for d in self.source_dbs:
             if d.name in previous:
                 pg.freeze(d.dsn, self.tenant, "frozen")     # idempotent: a re-run keeps the first run's state
                 continue
             previous[d.name] = pg.freeze(d.dsn, self.tenant, "frozen")
             self.note("freeze", previous=previous)
-        return {"frozen_at": self.ctx.now().isoformat(), "previous": previous,
+        return {"frozen_at": self.progress("freeze").get("frozen_at") or self.ctx.now().isoformat(), "previous": previous,
                 "registry_previous": self.progress("freeze").get("registry_previous")}
 
     def _registry_state(self, state: str, **changes: Any) -> None:
@@ -411,64 +509,123 @@ class TierMove(Operation):
             del found["graph"]
         index = data.export_archive(found, self.settings["export_to"], self.archive, self.tenant, self.op_id,
                                     sorted(self.discard), self.say)
+        data.verify_archive_at(found, self.settings["export_to"])
         return {"archive": self.settings["export_to"], "stores": {n: e.get("count") for n, e in index["stores"].items()}}
 
     def phase_copy(self) -> dict:
         detail: dict[str, Any] = dict(self.progress("copy").get("copied") or {})
         switching = {p.name: m for p, m in self._movers()}
-        for p in self.plan.pairs:
-            if p.name in detail:
-                continue
-            if p.name in switching:   # inside the freeze: only what changed since its verification
-                switched = switching[p.name].switch()
-                detail[p.name] = {"rows": sum(switched["rows"].values()), "online": switched}
-            elif p in self.other_pairs:   # after a live first pass: what changed since, and deletions
+        todo = [p for p in self.plan.pairs if p.name not in detail]
+        for p in todo:
+            if p in self.other_pairs:
                 self.lease.created("copy", {"store": p.name}, "on_abort")
-                detail[p.name] = self._copy_store(p, "inside the freeze")
-            else:
+            elif p.name not in switching:
                 self.lease.created("copy", {"store": p.name, "database": p.target.name}, "on_abort")
-                report, verified = pg.copy_verified(p.source.dsn, p.target.dsn, self.tenant, list(p.source.tables),
-                                                    target_plan=self.to_plan, target_model=self.a.model.value,
-                                                    progress=self.say)
-                detail[p.name] = {"rows": report.total_rows, "verified": verified.to_json()}
+
+        def one(p: data.Pair) -> dict:
+            if p.name in switching:   # only what changed since its verification; the source's summary after the switch
+                return {"online": switching[p.name].switch(summarise=False)}
+            if p in self.other_pairs:   # after the live passes: what changed since
+                return self._last_pass(p)
+            report, verified = pg.copy_verified(p.source.dsn, p.target.dsn, self.tenant, list(p.source.tables),
+                                                target_plan=self.to_plan, target_model=self.a.model.value,
+                                                progress=self.say)
+            return {"rows": report.total_rows, "verified": verified.to_json()}
+
+        # Every pair at once: they wait on different servers and databases, and the freeze lasts the longest.
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max(len(todo), 1)) as pool:
+            running = [(p, pool.submit(one, p)) for p in todo]
+            failed: BaseException | None = None
+            for p, f in running:
+                try:
+                    detail[p.name] = f.result()
+                except BaseException as exc:   # the others finish (each is safe to run again), then it is raised
+                    failed = failed or exc
             self.note("copy", copied=detail)
+            if failed is not None:
+                raise failed
         return {"copied": detail}
 
     def phase_verify(self) -> dict:
+        """Every pair was verified where it was copied (the online pairs row by row by their switch, the copy
+        pairs in their target transaction, documents and objects by their last pass): the verified summaries,
+        journalled for cleanup. An online pair's comes after the switch (see there)."""
         sums = {}
         copied = self.done.get("copy", {}).get("copied", {})
         for p in self.plan.pairs:
             c = copied.get(p.name, {})
-            if "online" in c:   # verified row by row by its switch; its source summary
-                sums[p.name] = c["online"]["source"]
+            if "online" in c:
+                if c["online"].get("source"):
+                    sums[p.name] = c["online"]["source"]
+                continue
+            if c.get("verified"):
+                sums[p.name] = c["verified"]
                 continue
             try:
                 sums[p.name] = p.verify().to_json()
             except Mismatch as exc:
                 raise OperationError(f"verification failed: {exc}; the tenant stays frozen on {self.b.model.value}") from None
-        if self.archive is not None:
-            found = {n: h for n, h in self.plan.sources.items() if n != "graph" or self.settings.get("graph_export")}
-            data.verify_archive_at(found, self.settings["export_to"])
         return {"sources": sums, "stores": {n: s["count"] for n, s in sums.items()}}
 
     def phase_switch(self) -> dict:
         self.lease.set_abort_command(None)
+        prog = self.progress("switch")
         for d in self.target_dbs:
             pg.set_state(d.dsn, self.tenant, "active")
         for d in self.source_dbs:
             pg.set_state(d.dsn, self.tenant, "readonly")
-        dropped = [line for _, m in self._movers() for line in m.cleanup()["dropped"]]
-        for r in self.lease.pending(("always",)):
-            if r.kind == "replication":
-                self.lease.cleaned(r.seq)
         entry = dict(self.deployed.directory.get(self.tenant) or {})
         entry.update({"model": self.a.model.value, "plan": self.to_plan, "stores": registry_entry(self.dst_stores)})
         self._registry_state("active", plan=self.to_plan, model=self.a.model.value, stores=registry_entry(self.dst_stores),
                              directory=entry)
+        switched_at = prog.get("switched_at") or self.ctx.now().isoformat()
         started = self.done.get("freeze", {}).get("frozen_at")
-        seconds = (self.ctx.now() - datetime.fromisoformat(started)).total_seconds() if started else None
+        seconds = prog.get("freeze_seconds") if "freeze_seconds" in prog else (
+            (datetime.fromisoformat(switched_at) - datetime.fromisoformat(started)).total_seconds() if started else None)
+        self.note("switch", switched_at=switched_at, freeze_seconds=seconds)
         self.outcome.detail["freeze_seconds"] = seconds
-        return {"switched_at": self.ctx.now().isoformat(), "freeze_seconds": seconds, **({"dropped": dropped} if dropped else {})}
+        # The tenant writes at its targets from here: what follows is outside the freeze.
+        dropped = [line for _, m in self._movers() for line in m.cleanup()["dropped"]]
+        for r in self.lease.pending(("always",)):
+            if r.kind == "replication":
+                self.lease.cleaned(r.seq)
+        sources = {p.name: m.source_summary().to_json() for p, m in self._movers()}
+        for p in self.other_pairs:
+            if isinstance(p.source, data.FirestoreHandle):
+                self._documents_as_verified(p, datetime.fromisoformat(switched_at))
+            else:
+                self._objects_as_verified(p, datetime.fromisoformat(switched_at))
+        return {"switched_at": switched_at, "freeze_seconds": seconds, "sources": sources,
+                "rows": {n: s["count"] for n, s in sources.items()}, **({"dropped": dropped} if dropped else {})}
+
+    def _objects_as_verified(self, p: data.Pair, switched_at: datetime) -> None:
+        """Likewise for objects: one that reached the read-only source after the last pass (its writer was told
+        to write it again) is copied to the target unless the tenant wrote it there since the switch."""
+        s, t = p.source, p.target
+        verified = (self.done.get("verify", {}).get("sources") or {}).get(p.name)
+        if not verified:
+            return
+        now, repaired, left = obj.repair(s.store, s.prefix, t.store, t.prefix, Summary.from_json(verified), switched_at,
+                                         progress=self.say)
+        if repaired or left or not now.same_data(Summary.from_json(verified)):
+            self.note("switch", **{f"repaired {p.name}": repaired, f"left {p.name}": left,
+                                   f"resummarised {p.name}": now.to_json()})
+
+    def _documents_as_verified(self, p: data.Pair, switched_at: datetime) -> None:
+        """The documents' source (read-only since the freeze) must still be what the last pass verified; a
+        document that reached it after the second pass without being named to the client library is written
+        again at the target from the read-only source, unless the tenant wrote it there since the switch."""
+        s, t = p.source, p.target
+        verified = (self.done.get("verify", {}).get("sources") or {}).get(p.name)
+        now = s.summary()
+        if verified and not now.same_data(Summary.from_json(verified)):
+            self.say(f"  {p.name}: the source differs from what was verified ({'; '.join(Summary.from_json(verified).differences(now))})"
+                     "; writing those documents again from the read-only source")
+            repaired, left = fs.repair(s.location, t.location, s.tenant, s.collections, switched_at, progress=self.say)
+            self.note("switch", **{f"repaired {p.name}": repaired, f"left {p.name}": left,
+                                   f"resummarised {p.name}": now.to_json()})
+        fs.clear_changes(s.location)
 
     def phase_publish(self) -> dict:
         units.up_tenant_platform(self.ctx.engine, self.ctx.env, self.before, self.after, self.tenant, self.allow_destroy,
@@ -481,7 +638,10 @@ class TierMove(Operation):
         if self.ctx.now() < keep_until:
             raise Waiting(f"source data kept read-only until {keep_until.isoformat()}; run `{self.lease.op.command}` after "
                           "that to remove it")
-        verified = self.done.get("verify", {}).get("sources", {})
+        verified = {**self.done.get("verify", {}).get("sources", {}), **self.done.get("switch", {}).get("sources", {})}
+        for k, v in self.progress("switch").items():
+            if k.startswith("resummarised "):
+                verified[k[len("resummarised "):]] = v
         prog = self.progress("cleanup")
         deleted = dict(prog.get("deleted") or {})
         for p in self.plan.pairs:
@@ -510,8 +670,11 @@ class TierMove(Operation):
 
     def finished(self) -> None:
         o = self.outcome
-        o.detail["rows"] = sum(v.get("rows", 0) for v in self.done.get("copy", {}).get("copied", {}).values())
-        o.detail["copied"] = self.done.get("copy", {}).get("copied", {})
+        copied = {k: dict(v) for k, v in self.done.get("copy", {}).get("copied", {}).items()}
+        for name, n in self.done.get("switch", {}).get("rows", {}).items():
+            copied.setdefault(name, {})["rows"] = n
+        o.detail["rows"] = sum(v.get("rows", 0) or 0 for v in copied.values())
+        o.detail["copied"] = copied
         if self.archive is not None:
             o.detail["archive"] = self.settings.get("export_to")
         if o.detail.get("freeze_seconds") is None:
@@ -530,6 +693,12 @@ class TierMove(Operation):
         say(f"aborting {self.op_id}: the tenant stays on {self.from_plan}")
         for _, m in self._movers():     # replication objects, tracking and the targets' copies
             m.abort()
+        for p in self.other_pairs:
+            if isinstance(p.source, data.FirestoreHandle):
+                try:
+                    fs.clear_changes(p.source.location)
+                except StoreError as exc:
+                    say(f"  could not remove the documents' change list at {p.source.describe()} ({exc})")
         records = self.lease.pending(("on_abort", "always"))
         stack_record = None
         for r in records:
@@ -552,7 +721,8 @@ class TierMove(Operation):
                 pg.set_state(d.dsn, self.tenant, previous[d.name])
         row = self.ctx.registry.tenant(self.tenant)
         if row is not None and row.operation == self.op_id:
-            self._registry_state(frozen.get("registry_previous") or "active", operation=None)
+            self._registry_state(frozen.get("registry_previous") or "active", operation=None,
+                                 stores={k: v for k, v in (row.stores or {}).items() if k != MOVING})
         if stack_record is not None:
             # The new tenant stack holds no data of record (the copy was just removed): discard its stores.
             guarded_destroy(self.ctx.engine, self.stack, self.before,

@@ -69,6 +69,7 @@ KIND = "firestore"
 DEFAULT_COLLECTIONS: dict[str, dict] = {"users": {}, "itineraries": {"notes": {}}, "settings": {}}
 POOL_COLLECTION = "tenants"
 MARKER_COLLECTION = "_tenancy"
+CHANGES_DOC, CHANGES_COLLECTION = "changes", "written"   # {root}/_tenancy/changes/written/{id}
 MAX_BATCH = 500                 # Firestore's limit of writes in one commit
 LIST_PAGE = 1000                # documents per ListDocuments page
 RETRY_SECONDS = 60.0            # how long transient errors (unavailable, deadline) are retried per call
@@ -204,6 +205,191 @@ def verify(src: FirestoreLocation, dst: FirestoreLocation, tenant: str,
         raise Mismatch(f"tenant '{tenant}': {src} and {dst} differ: {'; '.join(sa.differences(sb))} "
                        f"(documents: {_names(docs)})")
     return sa, sb
+
+
+# --- a move in two passes and a delta ------------------------------------------------------------------------
+#
+# A move copies while the tenant writes (`sync_pass`, twice), then, inside the write freeze, only the documents
+# written since: those the second pass wrote, and those the application named to the client library while the
+# move ran (`record_changes`, kept at `{root}/_tenancy/changes/written/{id}` in the source until the move is
+# over). A listing of every document costs a call per parent document (the declared subcollections under each
+# itinerary); the change list is one small listing, whatever the tenant's size.
+
+
+def _change_ref(client, loc: FirestoreLocation, rel: str):
+    return client.document(loc.path(f"{MARKER_COLLECTION}/{CHANGES_DOC}/{CHANGES_COLLECTION}/"
+                                     f"{hashlib.sha256(rel.encode()).hexdigest()[:32]}"))
+
+
+def record_changes(loc: FirestoreLocation, rels: list[str]) -> None:
+    """Note, before writing them, documents (paths relative to the tenant's root) that an application writes
+    while an operation moves the tenant: the move's last pass copies exactly these."""
+    client = _client(loc)
+    batch = client.batch()
+    for rel in rels:
+        _check_rel(rel)
+        batch.set(_change_ref(client, loc, rel), {"rel": rel})
+    _commit(loc, batch)
+
+
+def changes(loc: FirestoreLocation) -> list[str]:
+    """The documents recorded by `record_changes` at `loc` (one listing, however many documents the tenant has)."""
+    client = _client(loc)
+    with _api(loc, "reading the change list"):
+        return sorted({d.to_dict().get("rel") for d in client.collection(
+            loc.path(f"{MARKER_COLLECTION}/{CHANGES_DOC}/{CHANGES_COLLECTION}")).stream(retry=_retry())} - {None})
+
+
+def clear_changes(loc: FirestoreLocation) -> int:
+    """Remove the change list (once the move is over, or aborted)."""
+    client = _client(loc)
+    with _api(loc, "removing the change list"):
+        refs = list(client.collection(loc.path(f"{MARKER_COLLECTION}/{CHANGES_DOC}/{CHANGES_COLLECTION}")
+                                      ).list_documents(retry=_retry()))
+    for start in range(0, len(refs), MAX_BATCH):
+        batch = client.batch()
+        for ref in refs[start:start + MAX_BATCH]:
+            batch.delete(ref)
+        _commit(loc, batch)
+    return len(refs)
+
+
+def _check_rel(rel: str) -> None:
+    segments = rel.split("/") if isinstance(rel, str) else []
+    if not segments or len(segments) % 2 or any(not _valid_id(x) for x in segments):
+        raise StoreError(f"{rel!r} is not a document path relative to the tenant's root (such as 'users/u1')")
+
+
+@dataclass
+class Pass:
+    """What one pass saw of the source and did at the target: every source document's (part, checksum), the
+    documents written and those removed at the target."""
+
+    source: dict[str, tuple[str, str]]
+    written: list[str]
+    removed: list[str]
+    tree: Collections
+
+    def summary(self) -> Summary:
+        return _summarise(self.source.values(), self.tree)
+
+
+def sync_pass(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collections: Collections,
+              progress: Progress | None = None, *, batch_size: int = MAX_BATCH) -> Pass:
+    """Every document of the tenant from `src` to `dst` that is missing or different there, and every document
+    found only at `dst` removed (`dst` is a move's own copy, which nothing else writes). While the tenant
+    writes, so nothing is verified here: the documents written since are the delta's."""
+    tree = _prepare(src, tenant, collections)
+    _prepare(dst, tenant, collections)
+    if src == dst:
+        raise StoreError(f"{src}: source and target of the copy are the same location")
+    with _api(src, "listing collections"):
+        _refuse_unmovable(src, tenant, "copy", _unmovable(src, tree))
+    target = _checksums(dst, tree)
+    source: dict[str, tuple[str, str]] = {}
+    written: list[str] = []
+
+    def wanted() -> Iterator[_Doc]:
+        for doc in _walk(src, tree):
+            source[doc.rel] = (doc.part, doc.checksum)
+            if target.get(doc.rel, (None, None))[1] != doc.checksum:
+                written.append(doc.rel)
+                yield doc
+
+    with _api(src, "reading documents"):
+        _write(dst, wanted(), target, batch_size)
+    removed = sorted(set(target) - set(source), key=lambda r: (-r.count("/"), r))
+    _remove(dst, removed)
+    (progress or (lambda m: None))(f"  {len(written)} documents of '{tenant}' written to {dst}, {len(removed)} removed "
+                                   f"there ({len(source)} at the source)")
+    return Pass(source, written, removed, tree)
+
+
+def _remove(loc: FirestoreLocation, rels: list[str]) -> None:
+    client = _client(loc)
+    for start in range(0, len(rels), MAX_BATCH):
+        batch = client.batch()
+        for rel in rels[start:start + MAX_BATCH]:
+            batch.delete(client.document(loc.path(rel)))
+        _commit(loc, batch)
+
+
+def _get(loc: FirestoreLocation, rels: list[str]) -> dict[str, _Doc]:
+    """The documents at these paths that exist, read in batches (BatchGetDocuments)."""
+    from google.cloud.firestore_v1 import _helpers
+
+    client = _client(loc)
+    out: dict[str, _Doc] = {}
+    with _api(loc, "reading documents"):
+        for start in range(0, len(rels), LIST_PAGE):
+            refs = [client.document(loc.path(r)) for r in rels[start:start + LIST_PAGE]]
+            for snap in client.get_all(refs, retry=_retry()):
+                if not snap.exists:
+                    continue
+                rel = snap.reference.path[len(loc.root) + 1:] if loc.root else snap.reference.path
+                data = _canon_fields(snap.to_dict() or {}, loc.root)
+                out[rel] = _Doc(rel, _part_of(rel), rel.count("/") // 2, _doc_checksum(rel, data), data,
+                                snap.update_time)
+    return out
+
+
+def apply_delta(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collections: Collections,
+                rels: list[str], before: Pass, progress: Progress | None = None) -> Pass:
+    """Inside the write freeze: the documents at `rels` made at `dst` what they are at `src` (written, or removed
+    where the source has none), then read back and compared. Returns `before` brought up to date: its `source`
+    is then every source document, each verified equal at the target (by `before`'s pass or here)."""
+    tree = _prepare(src, tenant, collections)
+    _prepare(dst, tenant, collections)
+    declared = set(_part_names(tree))
+    rels = sorted({r for r in rels if _part_of(r) in declared}, key=lambda r: (r.count("/"), r))
+    have = _get(src, rels)
+    target = {r: (d.part, d.checksum) for r, d in _get(dst, rels).items()}
+    _write(dst, (have[r] for r in rels if r in have and target.get(r, (None, None))[1] != have[r].checksum), target,
+           MAX_BATCH)
+    gone = sorted((r for r in rels if r not in have and r in target), key=lambda r: (-r.count("/"), r))
+    _remove(dst, gone)
+    back = _get(dst, rels)
+    bad = [r for r in rels if (r in have) != (r in back) or (r in have and have[r].checksum != back[r].checksum)]
+    if bad:
+        raise Mismatch(f"tenant '{tenant}': {len(bad)} documents differ at {dst} after the last pass: {_names(bad)}")
+    source = dict(before.source)
+    for r in rels:
+        if r in have:
+            source[r] = (have[r].part, have[r].checksum)
+        else:
+            source.pop(r, None)
+    (progress or (lambda m: None))(f"  {len(rels)} documents of '{tenant}' changed since the last pass: "
+                                   f"{len(have)} written and read back, {len(gone)} removed")
+    return Pass(source, [r for r in rels if r in have], gone, tree)
+
+
+def repair(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, collections: Collections,
+           switched_at: datetime, progress: Progress | None = None) -> tuple[list[str], list[str]]:
+    """After a switch, when the read-only source does not hold what the move verified (a write that reached the
+    source after the second pass without being recorded): each document that differs at `dst` and was not
+    written there since the switch is written again from the source. Returns
+    (repaired, left): documents missing at the target, or written since the switch, are left and named."""
+    tree = _prepare(src, tenant, collections)
+    with _api(src, "reading documents"):
+        source = {d.rel: d for d in _walk(src, tree)}
+        target = {d.rel: d for d in _walk(dst, tree)}
+    client = _client(dst)
+    repaired, left = [], []
+    for rel in sorted(source, key=lambda r: (r.count("/"), r)):
+        s, t = source[rel], target.get(rel)
+        if t is not None and t.checksum == s.checksum:
+            continue
+        if t is None or t.update_time is None or t.update_time > switched_at:
+            left.append(rel)
+            continue
+        batch = client.batch()
+        batch.set(client.document(dst.path(rel)), _uncanon_fields(s.fields, client, dst, rel))
+        _commit(dst, batch)
+        repaired.append(rel)
+    if repaired or left:
+        (progress or (lambda m: None))(f"  {dst}: {len(repaired)} documents written again from the read-only source"
+                                       + (f"; left as they are: {_names(left)}" if left else ""))
+    return repaired, left
 
 
 def export(loc: FirestoreLocation, tenant: str, collections: Collections, directory: str | Path) -> dict[str, Any]:

@@ -698,7 +698,7 @@ def preverify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] |
 # --- switch ---------------------------------------------------------------------------------------------
 
 def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None, *, move: str,
-           lock_timeout: str = "5s", catchup_timeout: float = 60.0, cutover: bool = True,
+           lock_timeout: str = "5s", catchup_timeout: float = 60.0, cutover: bool = True, summarise: bool = True,
            checkpoint: Checkpoint | None = None) -> SwitchReport:
     """Verify (before the freeze), freeze, catch up, verify what changed, cut over. Safe to call again after
     an interruption at any point.
@@ -706,7 +706,10 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
     `cutover=False` is for a caller that owns the freeze and the cutover (a tier move, which moves other
     stores in the same freeze): the source is frozen (again: it drains), but neither registry is changed
     afterwards, a failure leaves the source frozen, and the publication stays -- its notes record that the
-    switch is done and the source's summary -- until `cleanup` or `abort`."""
+    switch is done and the source's summary -- until `cleanup` or `abort`. `summarise=False` (with
+    `cutover=False`) leaves the source's summary to the caller, who takes it after its freeze: the source takes
+    no writes from the freeze on, so any later summary is the one that was verified, and the freeze does not
+    grow with the tenant's size."""
     step = checkpoint or (lambda s: None)
     n = names(move)
     report = SwitchReport(tenant)
@@ -723,7 +726,8 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             return report
         if (before or {}).get("switched"):
             report.already_switched = True
-            _summarised(report, Summary.from_json(before["switched"]))
+            if "kind" in before["switched"]:
+                _summarised(report, Summary.from_json(before["switched"]))
             rv.untrack(dst, n.base)
             rv.untrack(src, n.base)
             _close_login(source_dsn, src, n)
@@ -751,14 +755,17 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
 
         # Connections for the verification and the summary's snapshot, opened before the freeze starts.
         with contextlib.ExitStack() as stack:
-            ready = [stack.enter_context(pg.connect(d, tenant)) for d in (source_dsn, target_dsn, source_dsn)]
+            hold = summarise or cutover
+            ready = [stack.enter_context(pg.connect(d, tenant))
+                     for d in (source_dsn, target_dsn, source_dsn)[:3 if hold else 2]]
             report.freeze_started_at = time.time()
             t_freeze = time.perf_counter()
             lsn = _freeze(src, tenant, lock_timeout)
             step("frozen")
             try:
                 snapshot = _inside_freeze(src, dst, ready, (source_dsn, target_dsn), n, tenant, tables, keyed, lsn,
-                                          sub is not None, tracked, catchup_timeout, report, step)
+                                          sub is not None, tracked, catchup_timeout, report, step,
+                                          hold=hold)
             except (DataError, psycopg.Error) as exc:   # a failed verification among them
                 if not cutover:   # the caller's freeze: it decides
                     if isinstance(exc, psycopg.Error):
@@ -776,14 +783,14 @@ def switch(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | No
             if cutover:
                 step("target active")
                 src.execute("SELECT tenancy.freeze(%s, 'readonly')", (tenant,))
-            _finish(src, dst, source_dsn, n, tenant, tables, snapshot, report, cutover)
+            _finish(src, dst, source_dsn, n, tenant, tables, snapshot, report, cutover, summarise or cutover)
         step("finished")
     return report
 
 
 def _inside_freeze(src, dst, ready: list[psycopg.Connection], dsns: tuple[str, str], n: MoveNames, tenant: str, tables: list[str],
                    keyed: list[rv.Keyed], lsn: str, subscribed: bool, tracked: bool, timeout: float,
-                   report: SwitchReport, step: Checkpoint) -> str:
+                   report: SwitchReport, step: Checkpoint, hold: bool = True) -> str | None:
     """Catch up, verify, sequences, subscription dropped; returns the exported snapshot that was verified
     (held by ready[2])."""
     t0 = time.perf_counter()
@@ -799,13 +806,16 @@ def _inside_freeze(src, dst, ready: list[psycopg.Connection], dsns: tuple[str, s
         report.full_pass_in_freeze = rv.full_pass(*dsns, tenant, keyed, n.base, lambda _: None, strict=True)
     report.verify_seconds = time.perf_counter() - t0
     step("verified")
-    snapshot = _hold_snapshot(ready[2])   # what was verified, for the source's summary after the freeze
+    snapshot = _hold_snapshot(ready[2]) if hold else None   # what was verified, for the source's summary
     for t in tables:
         _reset_sequences(dst, t, tenant)
-    t0 = time.perf_counter()
-    _drop_subscription(src, dst, n)
-    report.drop_seconds = time.perf_counter() - t0
-    step("subscription dropped")
+    if hold:
+        t0 = time.perf_counter()
+        _drop_subscription(src, dst, n)
+        report.drop_seconds = time.perf_counter() - t0
+        step("subscription dropped")
+    # Otherwise (a caller that summarises after its own switch) the subscription goes with `cleanup`, which that
+    # caller runs once its switch is done: the source is frozen and caught up, so nothing is left to apply.
     return snapshot
 
 
@@ -821,15 +831,18 @@ def _summarised(report: SwitchReport, summary: Summary) -> None:
 
 
 def _finish(src, dst, source_dsn: str, n: MoveNames, tenant: str, tables: list[str], snapshot: str | None,
-            report: SwitchReport, cutover: bool) -> None:
+            report: SwitchReport, cutover: bool, summarise: bool = True) -> None:
     """After the verification: the source's summary (in the snapshot verified inside the freeze, or now when
     resuming: the source takes no writes), then tracking goes, the login (unless another move needs it), and
     the publication -- or, when the caller cuts over, the move's notes record the switch and the summary."""
-    t0 = time.perf_counter()
-    _summarised(report, pg.summary(source_dsn, tenant, tables, snapshot=snapshot))
-    report.summary_seconds = time.perf_counter() - t0
+    if summarise:
+        t0 = time.perf_counter()
+        _summarised(report, pg.summary(source_dsn, tenant, tables, snapshot=snapshot))
+        report.summary_seconds = time.perf_counter() - t0
     if not cutover:
-        _note(src, n, switched=report.source_summary.to_json())
+        _note(src, n, switched=report.source_summary.to_json() if summarise else {"at": time.time()})
+    if not (summarise or cutover):
+        return     # tracking, login and subscription go with the caller's `cleanup`, after its switch
     rv.untrack(dst, n.base)
     rv.untrack(src, n.base)
     _close_login(source_dsn, src, n)
