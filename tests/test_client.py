@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 import pytest
 
 from tenancy import client
@@ -36,7 +37,14 @@ def app_world(world):
     with w["registry"].connect() as c:
         c.execute("UPDATE registry.tenants SET stores = %s WHERE id = 'bravo'", (psycopg.types.json.Jsonb(stores),))
         c.commit()
+        # the application reads the registry as its reader role, as in production: its grants must suffice
+        c.execute("ALTER ROLE tenancy_registry_reader LOGIN")
+        c.commit()
     return w
+
+
+def reader_dsn(registry) -> str:
+    return make_conninfo(registry.dsn, user="tenancy_registry_reader")
 
 
 class App(threading.Thread):
@@ -45,7 +53,7 @@ class App(threading.Thread):
 
     def __init__(self, registry):
         super().__init__(daemon=True)
-        self.router = client.Router(registry.dsn, "dev", user="tenancy_app")
+        self.router = client.Router(reader_dsn(registry), "dev", user="tenancy_app")
         self.writes: list[tuple[str, str, str, float, float]] = []   # kind, key, where, began, committed
         self.errors: list[str] = []
         self.stop = threading.Event()
@@ -132,7 +140,7 @@ def test_each_write_lands_where_the_registry_pointed_when_it_committed(app_world
 
 
 def test_a_document_write_must_name_its_documents(app_world):
-    router = client.Router(app_world["registry"].dsn, "dev")
+    router = client.Router(reader_dsn(app_world["registry"]), "dev")
     with pytest.raises(ValueError, match="name the documents the block writes"):
         with router.documents("bravo"):
             pass
@@ -143,7 +151,7 @@ def test_a_document_write_must_name_its_documents(app_world):
 
 def test_documents_and_objects_are_refused_while_the_registry_says_frozen(app_world):
     reg = app_world["registry"]
-    router = client.Router(reg.dsn, "dev", state_ttl=0.2)
+    router = client.Router(reader_dsn(reg), "dev", state_ttl=0.2)
     with router.objects("bravo") as (store, prefix):
         assert prefix == "bravo/"
     with reg.connect() as c:

@@ -55,7 +55,7 @@ def move(w, catalog, to: str, writer: Writer, target: str, **kw):
     out = moves.upgrade(ctx(w, before_phase=lambda p: started.setdefault(p, time.time())), catalog, TENANT, to,
                         reach=superuser_reach(w), method="online", **kw)
     writer.wait_writes(20)
-    assert out.status == "done" and out.phases_run == list(moves.PHASES)
+    assert out.status == "done" and out.phases_run == [p for p in moves.PHASES if p != "export"]
     assert_refused_only_in_the_freeze(writer, started["freeze"], target, mark)
     return out
 

@@ -162,7 +162,7 @@ def until_done(w, to, phases, catalog=None, **kw):
     out = upgrade(w, to, catalog, **kw)
     assert out.status == "done"
     if phases:
-        assert out.phases_run == list(moves.PHASES[moves.PHASES.index(phases[-1]):])
+        assert out.phases_run == [p for p in moves.PHASES[moves.PHASES.index(phases[-1]):] if p != "export"]
     return out
 
 
@@ -217,8 +217,9 @@ class Writer(threading.Thread):
 @pytest.mark.parametrize("first", [moves.PHASES[0::2], moves.PHASES[1::2]], ids=["odd phases up", "even phases up"])
 def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_each_phase(fleet, first):
     w, s = fleet, fleet["server"]
-    phase = list(first)
-    back = [p for p in moves.PHASES if p not in first]
+    # without --export-to the export has no work and no interruption point (an archived move's is tested below)
+    phase = [p for p in first if p != "export"]
+    back = [p for p in moves.PHASES if p not in first and p != "export"]
     writer = Writer(w)
     writer.start()
     try:
@@ -320,7 +321,8 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     archive = w["tmp"] / "alpha-archive"
     phases = []
     result = offboard(w, "alpha", export_to=str(archive), before_phase=phases.append).detail
-    assert phases == list(offboarding.PHASES)
+    # a pooled tenant has no stack of its own: the destroy has no work and is not run
+    assert phases == [p for p in offboarding.PHASES if p != "destroy"]
     assert result["export"]["stores"] == {"pooled": 8, "objects": 2, "firestore": 8}
     index = json.loads((archive / "archive.json").read_text())
     assert index["tenant"] == "alpha" and set(index["stores"]) == {"pooled", "objects", "firestore"}

@@ -123,5 +123,6 @@ BEGIN
 END
 $reader$;
 GRANT USAGE ON SCHEMA registry TO tenancy_registry_reader;
-GRANT SELECT (id, state, stores) ON registry.tenants TO tenancy_registry_reader;
+-- `operation`: a client records the documents it writes while a move copies the tenant (tenancy/client.py)
+GRANT SELECT (id, state, stores, operation) ON registry.tenants TO tenancy_registry_reader;
 GRANT SELECT (name, connection) ON registry.databases TO tenancy_registry_reader;

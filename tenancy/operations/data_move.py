@@ -108,6 +108,9 @@ class DataMove(Operation):
                             f"'{self.tenant}' (source vs target: {'; '.join(self.picked.differences(there))}); pass "
                             "--replace to replace them with the source's rows")
 
+    def applies(self, phase: str) -> bool:
+        return phase != "cleanup" or self.delete_source
+
     def phase_freeze(self) -> dict:
         prog = self.progress("freeze")
         if "previous" in prog:
@@ -136,8 +139,6 @@ class DataMove(Operation):
         return {"state": final}
 
     def phase_cleanup(self) -> dict:
-        if not self.delete_source:
-            return {}
         expect = Summary.from_json(self.done["copy"]["verified"])
         began = bool(self.progress("cleanup").get("deleting"))
         self.note("cleanup", deleting=True)

@@ -125,8 +125,8 @@ class Lease:
             holder = registry.open_operation(tenant, conn)
             if take_over:
                 cls._end_holder(conn, tenant)
-            elif not cls._wait_for_dead_holder(conn, tenant, holder):
-                raise Refused(busy_message(tenant, holder))
+            elif not cls._wait_for_dead_holder(registry, conn, tenant, holder):
+                raise Refused(busy_message(tenant, registry.open_operation(tenant, conn) or holder))
         with conn.transaction():
             row = conn.execute("SELECT operation FROM registry.leases WHERE tenant_id = %s FOR UPDATE", (tenant,)).fetchone()
             nothing = resumed = False
@@ -159,7 +159,8 @@ class Lease:
         return cls(registry, conn, tenant, registry.open_operation(tenant, conn), token, resumed)
 
     @staticmethod
-    def _wait_for_dead_holder(conn: psycopg.Connection, tenant: str, holder: OperationRow | None) -> bool:
+    def _wait_for_dead_holder(registry: Registry, conn: psycopg.Connection, tenant: str,
+                              holder: OperationRow | None) -> bool:
         """A holder that ran on this host and whose process is gone (killed a moment ago): the server lets go of
         its session as soon as it notices; wait for that (bounded) rather than refuse. False: it is alive."""
         h = (holder.holder if holder else None) or {}
@@ -180,6 +181,8 @@ class Lease:
         while time.monotonic() < deadline:
             if conn.execute("SELECT pg_try_advisory_lock(registry.lease_key(%s))", (tenant,)).fetchone()[0]:
                 return True
+            if holder is None and registry.open_operation(tenant, conn) is not None:
+                return False                  # the command taking it recorded its operation: it is running
             time.sleep(0.05)
         return False
 

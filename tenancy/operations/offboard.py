@@ -142,6 +142,11 @@ class Offboard(Operation):
     def _dbs(self) -> list[where.Database]:
         return [d for d in self.databases if d.dsn]
 
+    def applies(self, phase: str) -> bool:
+        if phase in ("export", "restore-check"):
+            return self.archive is not None
+        return phase != "destroy" or self.t.has_stack
+
     def phase_freeze(self) -> dict:
         prog = self.progress("freeze")
         previous = dict(prog.get("previous") or {})
@@ -166,8 +171,6 @@ class Offboard(Operation):
                 operation=self.op_id if operation == "" else operation)
 
     def phase_export(self) -> dict:
-        if self.archive is None:
-            return {}
         at = self.archive_at
         self.lease.created("archive", {"path": at} if archives.is_bucket(at) else {"path": str(self.archive)}, "on_abort")
         about = {"environment": self.ctx.env, "plan": self.t.plan_name, "model": self.t.model.value}
@@ -185,8 +188,6 @@ class Offboard(Operation):
         return {"sources": {n: s.to_json() for n, s in sums.items() if self.kept[n].kind != "graph"}}
 
     def phase_restore_check(self) -> dict:
-        if self.archive is None:
-            return {}
         if not self.settings.get("restore_check", True):
             self.say("  skipped (--no-restore-check): the archive was read back against the stores, not restored")
             return {"skipped": True}
@@ -254,8 +255,6 @@ class Offboard(Operation):
         return {"deleted": deleted}
 
     def phase_destroy(self) -> dict:
-        if not self.t.has_stack:
-            return {}
         stack = naming.stack_name(self.ctx.env, self.tenant)
         guarded_destroy(self.ctx.engine, stack, self.deployed.catalog, self.covered, self.say)
         for d in self.databases:     # destroyed with the stack: a restore's new databases get pinned afresh

@@ -128,6 +128,11 @@ class Operation:
         self.lease.record(phase, "progress", detail)
         self.journal.append((phase, "progress", detail))
 
+    def applies(self, phase: str) -> bool:
+        """Whether `phase` has work in this run (an export without --export-to has none): a phase that does not
+        apply is journalled as done without a header, so output and `phases_run` show only the work done."""
+        return True
+
     def step(self, name: str) -> None:
         if self.ctx.step:
             self.ctx.step(name)
@@ -172,6 +177,11 @@ class Operation:
                 self.note("preflight", checked=True)
             for name in self.phases:
                 if name in self.done:
+                    continue
+                if not self.applies(name):
+                    lease.record(name, "done", {"applies": False})
+                    self.journal.append((name, "done", {"applies": False}))
+                    self.done[name] = {"applies": False}
                     continue
                 if self.ctx.before_phase:
                     self.ctx.before_phase(name)

@@ -214,6 +214,9 @@ class Restore(Operation):
 
     # ---------------------------------------------------------------------------------------------- phases
 
+    def applies(self, phase: str) -> bool:
+        return phase != "graph" or self.graph is not None
+
     def phase_provision(self) -> dict:
         row = self.ctx.registry.tenant(self.tenant)
         if "registry_previous" not in self.progress("provision"):
@@ -288,8 +291,6 @@ class Restore(Operation):
         return {"imported": imported}
 
     def phase_graph(self) -> dict:
-        if self.graph is None:
-            return {}
         dump = {"bucket": self.graph.bucket, "object": self.graph._object()}
         seq = self.lease.created("dump", dump, "always")
         self.step("loading graph")

@@ -326,6 +326,9 @@ class TierMove(Operation):
 
     # ----------------------------------------------------------------------------------------------- phases
 
+    def applies(self, phase: str) -> bool:
+        return phase != "export" or self.archive is not None
+
     def phase_provision(self) -> dict:
         if self.creates_stack:
             self.lease.created("stack", {"stack": self.stack}, "on_abort")
@@ -502,8 +505,6 @@ class TierMove(Operation):
                 operation=changes.get("operation", self.op_id))
 
     def phase_export(self) -> dict:
-        if self.archive is None:
-            return {}
         found = dict(self.plan.sources)
         if "graph" in found and not self.settings.get("graph_export"):
             del found["graph"]
