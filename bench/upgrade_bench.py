@@ -5,7 +5,7 @@ across the sample schema (a neighbour has ROWS/10), three empty databases for th
 registry naming every database (no DSN is given to the command), the Firestore and GCS API servers
 (tests/servers.py) holding DOCUMENTS documents and OBJECTS objects of the tenant, and the platform deployed by
 the offline engine. Then `tier_move.upgrade(... --to standard --method METHOD)` runs while an application
-writer follows the client contract (`tenancy.client.Router`): PostgreSQL rows, documents and objects, in turn,
+writer in a process of its own follows the client contract (`tenancy.client.Router`): PostgreSQL rows, documents and objects, in turn,
 each write routed through the registry and retried when refused.
 
 Reported per run: the freeze the writer saw (its longest gap between two committed writes of one kind across the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -176,8 +177,8 @@ class AppWriter:
     (PostgreSQL), set a user document (Firestore), write an object (GCS) -- each write retried after a refusal
     (`client.Moved`) until it commits. Threads of their own, so a slow store never holds up another's writes."""
 
-    def __init__(self, registry: Registry, rates: dict[str, float]):
-        self.router = client.Router(registry.dsn, ENV, user="tenancy_app")
+    def __init__(self, registry_dsn: str, rates: dict[str, float]):
+        self.router = client.Router(registry_dsn, ENV, user="tenancy_app")
         self.rates = rates
         self.log: list[Committed] = []
         self.names: dict = {}                 # user id -> last display name committed
@@ -275,7 +276,51 @@ class AppWriter:
         return out
 
 
-def lost_writes(w: World, writer: AppWriter) -> list[str]:
+_STATE = ("names", "docs", "objs", "refused", "refusals", "errors")
+
+
+def _writer_process(registry_dsn: str, rates: dict[str, float], started, stop, out) -> None:
+    w = AppWriter(registry_dsn, rates)
+    w.start()
+    started.set()
+    stop.wait()
+    w.halt()
+    out.send({"log": [(c.at, c.kind, c.where) for c in w.log], **{k: getattr(w, k) for k in _STATE}})
+
+
+class WriterProcess:
+    """The application as it runs in production: a process of its own, so the command's work (hashing, listing,
+    in this process) never holds up its writes. Its log comes back when it halts; the clocks compare (both are
+    the host's monotonic clock)."""
+
+    spanning = AppWriter.spanning
+    gaps = AppWriter.gaps
+
+    def __init__(self, registry_dsn: str, rates: dict[str, float]):
+        mp = multiprocessing.get_context("spawn")
+        self.rates = rates
+        self._started, self._stop = mp.Event(), mp.Event()
+        self._recv, send = mp.Pipe(duplex=False)
+        self._proc = mp.Process(target=_writer_process, args=(registry_dsn, rates, self._started, self._stop, send),
+                                daemon=True)
+
+    def start(self) -> None:
+        self._proc.start()
+        if not self._started.wait(120):
+            raise SystemExit("the application writer did not start")
+
+    def halt(self) -> None:
+        self._stop.set()
+        if not self._recv.poll(180):
+            self._proc.kill()
+            raise SystemExit("the application writer did not stop")
+        state = self._recv.recv()
+        self._proc.join(30)
+        self.log = [Committed(*c) for c in state.pop("log")]
+        self.__dict__.update(state)
+
+
+def lost_writes(w: World, writer: WriterProcess) -> list[str]:
     """Committed writes not where the registry points now, with their last value."""
     lost = []
     row = w.registry.tenant(TENANT)
@@ -337,7 +382,7 @@ def run(template: Path, method: str, rows: int, documents: int, objects: int, ra
         # The baseline, same data, same run: a bare COPY pipe of the tenant's rows per table (no verification).
         raw_seconds = run_raw(w.server, "pool", new_target(w.server, "raw", TENANT), TENANT)
         raw_rows = tenant_rows(w.server, "raw", TENANT)
-        writer = AppWriter(w.registry, rates)
+        writer = WriterProcess(w.registry.dsn, rates)
         writer.start()
         time.sleep(1.0)
         marks: dict[str, float] = {}
