@@ -12,11 +12,11 @@ from tenancy.catalog import Catalog, CatalogError, Model, Tenant, parse_catalog
 from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
-PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/",
-                 "tenancy/operator/settings.py")
+PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/contract.py", "stacks/__init__.py",
+                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/envconfig.py",
+                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
-               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
+               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/topology.py")
 
 
 class GitError(TenancyError):
@@ -59,7 +59,7 @@ class _Homes:
         if old is not None:
             import dataclasses
             before = place(dataclasses.replace(old, placements=catalog.placements), capacity).tenants
-        from stacks.cells import unit_stacks
+        from tenancy.topology import unit_stacks
         return cls(env, {t: (p, old.tenant(t).model) for t, p in before.items()} if old else {},
                    {t: (p, catalog.tenant(t).model) for t, p in after.items()}, unit_stacks(env, capacity))
 

@@ -37,10 +37,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tenancy import topology
 from tenancy.catalog import Catalog, Model, Tenant, _line_for, _line_index, _LineLoader
 from tenancy.errors import CatalogError, Problem
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle import units
 from tenancy.lifecycle.destroy import STORES
 from tenancy.stores.layout import TenantStores, stores_for
 
@@ -340,8 +340,8 @@ def _move(catalog: Catalog, moves: Moves, facts: Facts, tenant: str, to_plan: st
     d = moves.decision(tenant, from_plan, to_plan, downgrade)
     step.entry = d.where if d.entry else None
     e = d.entry or MoveEntry(tenant=tenant, to=to_plan)
-    src = stores_for(before, env, deployed.project, pool_shard=units.pool_shard_of(env, deployed.catalog, tenant))
-    dst = stores_for(after, env, deployed.project, pool_shard=units.pool_shard_of(env, after_catalog, tenant))
+    src = stores_for(before, env, deployed.project, pool_shard=topology.pool_shard_of(env, deployed.catalog, tenant))
+    dst = stores_for(after, env, deployed.project, pool_shard=topology.pool_shard_of(env, after_catalog, tenant))
     need = required_discards(src, dst)
     if downgrade:
         missing = [s for s in need if s not in e.discard]
