@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from tenancy.envconfig import load_stack_config
 from tenancy.catalog import load_catalog, parse_catalog
+from tenancy.envconfig import load_stack_config
 from tenancy.errors import ConfigError
 from tenancy.operator import schema
 from tenancy.operator.settings import CHART, CHART_VERSION, OperatorSettings

@@ -136,18 +136,18 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def resolve_commit(ref: str = "HEAD") -> str:
     """The full hash of `ref` in this repository (the commit a rollout pins)."""
-    from tenancy.changes import _git
+    from tenancy.changes import git
 
-    return check_commit(_git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+    return check_commit(git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
 
 
 def tree_changes(commit: str) -> list[str]:
     """Files of the working tree that differ from `commit` (changed, staged, deleted, or new and not ignored): what
     objects rendered here would show that the commit they pin does not hold."""
-    from tenancy.changes import _git
+    from tenancy.changes import git
 
-    changed = _git(REPO, "diff", "--name-only", commit, "--").splitlines()
-    changed += _git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
+    changed = git(REPO, "diff", "--name-only", commit, "--").splitlines()
+    changed += git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
     return sorted({f for f in changed if f})
 
 
