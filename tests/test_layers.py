@@ -142,18 +142,19 @@ def layer_of(module: str, layers=LAYERS) -> tuple[int, str] | None:
 
 
 def undeclared(found: list[str], layers=LAYERS) -> list[str]:
-    return [f"{m}: no layer declared; add it to LAYERS in tests/test_layers.py" for m in found if layer_of(m, layers) is None]
+    return [f"{m}: no layer declared; add it to LAYERS in tests/test_layers.py"
+            for m in found if layer_of(m, layers) is None]
 
 
 def upward(edges: list[Import], layers=LAYERS) -> list[str]:
     """Imports of a module in a higher layer than the importer's."""
-    problems = []
+    problems: list[str] = []
     for e in edges:
         src, dst = layer_of(e.source, layers), layer_of(e.target, layers)
         if src is not None and dst is not None and dst[0] > src[0]:
             problems.append(f"{e.file}:{e.line}: `{e.text}` points up: {e.source} is in layer '{src[1]}', "
                             f"{e.target} in layer '{dst[1]}' above it")
-    return problems
+    return list(dict.fromkeys(problems))       # `from m import a, b` is one import
 
 
 def circles(edges: list[Import]) -> list[str]:
@@ -290,7 +291,8 @@ def test_an_import_up_a_layer_names_the_file_the_import_and_both_layers(tmp_path
         "tenancy/lifecycle/record.py": "from ..catalog import Catalog\nimport stacks.platform\n",
         "tenancy/catalog.py": "class Catalog:\n    pass\n",
     })
-    layers = (("core", ("tenancy", "tenancy.catalog")), ("stacks", ("stacks.*",)), ("lifecycle", ("tenancy.lifecycle.*",)))
+    layers = (("core", ("tenancy", "tenancy.catalog")), ("stacks", ("stacks.*",)),
+              ("lifecycle", ("tenancy.lifecycle.*",)))
     edges = imports(root, ("tenancy", "stacks"))
     assert {(e.source, e.target) for e in edges} == {
         ("stacks.platform", "tenancy.lifecycle.record"), ("tenancy.lifecycle.record", "tenancy.catalog"),
@@ -301,7 +303,8 @@ def test_an_import_up_a_layer_names_the_file_the_import_and_both_layers(tmp_path
     assert circles(edges) == [
         "import circle through 2 modules (stacks.platform, tenancy.lifecycle.record): "
         "stacks.platform -> tenancy.lifecycle.record (stacks/platform.py:2 `from tenancy.lifecycle.record import "
-        "record_json`); tenancy.lifecycle.record -> stacks.platform (tenancy/lifecycle/record.py:2 `import stacks.platform`)"]
+        "record_json`); tenancy.lifecycle.record -> stacks.platform (tenancy/lifecycle/record.py:2 "
+        "`import stacks.platform`)"]
     assert undeclared(["tenancy.lifecycle.record", "tenancy.fresh"], layers) == [
         "tenancy.fresh: no layer declared; add it to LAYERS in tests/test_layers.py"]
 

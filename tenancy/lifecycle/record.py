@@ -96,8 +96,8 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
 
 def _merged_cells_record(engine: Engine, env: str, glob: dict[str, Any]) -> dict[str, Any]:
     """The cells layout: the global stack records the plans and offboarded tenants, each cell and pool shard its
-    own tenants (stacks/cells.py, in the format of tenancy/record_format.py). One record and one directory made of them, as the platform stack's would be.
-    A unit stack not deployed yet holds nobody."""
+    own tenants (stacks/cells.py, in the format of tenancy/record_format.py). One record and one directory made of
+    them, as the platform stack's would be. A unit stack not deployed yet holds nobody."""
     from tenancy.fleet import capacity as fleet_capacity
 
     data = json.loads(glob.get(RECORD_OUTPUT) or "null")
