@@ -29,17 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import stacks.config  # noqa: E402
 from policy.sizes import MAX_OBJECT_BYTES, MAX_STACK_RESOURCES, data_size, serialized_size  # noqa: E402
-from tenancy import naming  # noqa: E402
+from tenancy import envconfig, naming  # noqa: E402
 from tenancy.fleet import capacity as fleet_capacity  # noqa: E402
 from tenancy.fleet import sample  # noqa: E402
 from tenancy.fleet.placement import place  # noqa: E402
-from tenancy.plan import _to_stack_plan, plan, run_stack  # noqa: E402
+from tenancy.offline import run_stack  # noqa: E402
+from tenancy.plan import _to_stack_plan, plan  # noqa: E402
 from tenancy.recorder import ORGANIZATION  # noqa: E402
 
 ENV = "prod"
-REAL = stacks.config.load_stack_config
+REAL = envconfig.load_stack_config
 
 
 def configure(n: int) -> None:
@@ -56,7 +56,7 @@ def configure(n: int) -> None:
              "tenancy:poolShards": str(pools), "tenancy:poolShardCapacity": "1000", "tenancy:identityShards": str(identity),
              "tenancy:dataProjects": json.dumps([f"prod-data-{i}" for i in range(1, projects + 1)]),
              "tenancy:cellNetworks": json.dumps(networks)}
-    stacks.config.load_stack_config = lambda env: {**REAL(env), **extra}
+    envconfig.load_stack_config = lambda env: {**REAL(env), **extra}
 
 
 def run(stack: str, catalog, refs: dict) -> dict:

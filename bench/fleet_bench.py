@@ -27,13 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from components.directory import document  # noqa: E402
 from policy.sizes import MAX_OBJECT_BYTES, MAX_STACK_RESOURCES, serialized_size  # noqa: E402
-from stacks.config import PlatformConfig, load_stack_config  # noqa: E402
 from stacks.platform import directory_entry, pooled_app_values  # noqa: E402
 from tenancy.catalog import Model  # noqa: E402
+from tenancy.envconfig import PlatformConfig, load_stack_config  # noqa: E402
 from tenancy.fleet import capacity as fleet_capacity  # noqa: E402
 from tenancy.fleet import sample  # noqa: E402
 from tenancy.fleet.placement import place  # noqa: E402
-from tenancy.lifecycle.record import record_json  # noqa: E402
+from tenancy.record_format import record_json  # noqa: E402
 
 SAMPLES = (1_000, 2_000)
 
@@ -76,7 +76,8 @@ def placement_figures(n: int) -> dict:
 
 def platform_resources() -> tuple[float, float, list[tuple[int, int]]]:
     """(fixed, per tenant, samples) of the platform stack's resource count, from real runs of its program."""
-    from tenancy.plan import _platform_config, run_stack
+    from tenancy.offline import run_stack
+    from tenancy.plan import _platform_config
 
     points = []
     for n in SAMPLES:

@@ -13,9 +13,10 @@ from typing import Awaitable, Callable
 
 import pulumi
 
-from tenancy import naming
+from tenancy import envconfig, naming
 from tenancy.catalog import Catalog, load_catalog
 from tenancy.errors import ConfigError
+from tenancy.topology import cells_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_ENV = "TENANCY_CATALOG"
@@ -36,10 +37,9 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
     kind, env, tenant_id = naming.stack_kind(stack)
     if kind == naming.ENV_STACK:
         from stacks import platform
-        from stacks.config import PlatformConfig
 
         async def run_platform() -> None:
-            cfg = PlatformConfig.from_pulumi(env)
+            cfg = envconfig.PlatformConfig.from_pulumi(env)
             if cells_layout(env):
                 from stacks import cells
                 cells.build_global(env, catalog, cfg)
@@ -58,16 +58,14 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
 
     async def run_tenant() -> None:
         from stacks import contract, tenant as tenant_stack
-        from stacks.config import project_name
 
         cell = None
         if cells_layout(env) and tenant.model.value == "namespace":
             from stacks import cells
-            from stacks.config import offline_platform_config
 
-            _, placement = cells.placement_for(env, catalog, offline_platform_config(env))
+            _, placement = cells.placement_for(env, catalog, envconfig.offline_platform_config(env))
             cell = placement.tenants[tenant.id].cell
-        ref, facts = tenant_stack.read_platform(env, project_name(), cell)
+        ref, facts = tenant_stack.read_platform(env, envconfig.project_name(), cell)
         plain = {}
         for key in (contract.GCP_PROJECT, contract.REGION, contract.BASE_DOMAIN, contract.APP_CHART, contract.APP_CHART_VERSION):
             details = await ref.get_output_details(key)
@@ -124,30 +122,23 @@ def warm_tenant_sdk() -> None:
         getattr(importlib.import_module(name), "__all__", None)
 
 
-def cells_layout(env: str) -> bool:
-    """Whether environment `env` is in the cells layout (`tenancy:layout: cells` in stacks/Pulumi.<env>.yaml)."""
-    from stacks.config import load_stack_config
-
-    return load_stack_config(env).get("tenancy:layout") == "cells"
-
-
 def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog,
                   tenant_facing_only: bool = False) -> Callable[[], Awaitable[None]]:
     """A cell, pool-shard or identity-shard stack (cells layout only). `tenant_facing_only` (cells): only what
     tenant stacks read (the cluster and its edge), for offline plans of single tenants."""
     if not cells_layout(env):
+        envconfig.load_stack_config(env)     # an environment without a config file is refused as such
         raise ConfigError(f"stack '{stack}' is a {kind} stack of the cells layout, but environment '{env}' is in the "
                           f"single layout (stacks/Pulumi.{env}.yaml: tenancy:layout); its platform stack is '{env}'")
 
     async def run_unit() -> None:
         from stacks import cells
-        from stacks.config import offline_platform_config
 
         if kind == naming.CELL_STACK:
-            cells.build_cell(env, unit, catalog, offline_platform_config(env), tenant_facing_only)
+            cells.build_cell(env, unit, catalog, envconfig.offline_platform_config(env), tenant_facing_only)
             return
         build = {naming.POOL_STACK: cells.build_pool, naming.IDENTITY_STACK: cells.build_identity}[kind]
-        build(env, unit, catalog, offline_platform_config(env))
+        build(env, unit, catalog, envconfig.offline_platform_config(env))
 
     return run_unit
 

@@ -30,15 +30,16 @@ from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, 
 from components.labels import k8s_labels, labels
 from components.storage import storage_data_access_audit
 from stacks import contract
-from stacks.config import PlatformConfig, require_catalog_fits
-from stacks.platform import (SHARED, CellNet, Kube, _operator, _pooled_tier, cell_cluster, deployer_identities,
-                             directory_entry, cell_facts, environment_facts, environment_log_bucket, export_all,
-                             export_operator_namespace, gcp_provider, platform_network, registry_database)
-from tenancy import naming
+from stacks.platform import (SHARED, CellNet, Kube, cell_cluster, cell_facts, deployer_identities, directory_entry,
+                             environment_facts, environment_log_bucket, export_all, export_operator_namespace,
+                             gcp_provider, install_operator, platform_network, pooled_tier, registry_database)
+from tenancy import envconfig, naming
 from tenancy.catalog import Catalog, Model
-from tenancy.fleet.capacity import Capacity
+from tenancy.envconfig import PlatformConfig, require_catalog_fits
+from tenancy.fleet.capacity import CELL_NETWORK_KEYS, KEYS, NAMESPACE, Capacity
 from tenancy.fleet.placement import Placement, place
-from tenancy.lifecycle.record import record_json
+from tenancy.record_format import record_json
+from tenancy.topology import unit_names
 
 IDENTITY_TENANTS = "identityTenants"      # identity shard output: {tenant id: Identity Platform tenant name}
 LAYOUT = "layout"                         # the global stack's output: "cells"
@@ -66,18 +67,13 @@ def remember_placement(catalog: Catalog, placement: Placement) -> None:
 
 
 def capacity_of(env: str, cfg: PlatformConfig) -> Capacity:
-    from tenancy.fleet.capacity import CELL_NETWORK_KEYS, KEYS, NAMESPACE
-    from stacks.config import load_stack_config
-
-    raw = load_stack_config(env)
+    raw = envconfig.load_stack_config(env)
     return Capacity.validate({k: raw.get(f"{NAMESPACE}:{k}") for k in (*KEYS, *CELL_NETWORK_KEYS)}, env, cfg.gcp_project)
 
 
 def ref(env: str, unit: str | None = None) -> pulumi.StackReference:
-    from stacks.config import project_name
-
     stack = naming.stack_name(env) if unit is None else naming.unit_stack(env, unit)
-    return pulumi.StackReference(f"{pulumi.get_organization()}/{project_name()}/{stack}")
+    return pulumi.StackReference(f"{pulumi.get_organization()}/{envconfig.project_name()}/{stack}")
 
 
 # ------------------------------------------------------------------------------------------------- global
@@ -144,7 +140,7 @@ def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig, tenan
     if tenant_facing_only:
         return
     if naming.unit_index(cell) == 1:
-        _operator(env, cfg, catalog, provider, cluster, unit_names(capacity), identities=False)
+        install_operator(env, cfg, catalog, provider, cluster, unit_names(capacity), identities=False)
     _directory(env, cfg, catalog, placement, hosted, system_ns.metadata["name"], cluster.provider)
 
 
@@ -159,9 +155,9 @@ def build_pool(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) -> N
     # Pool shards' applications run in cell 1's cluster, beside the platform hosts they serve.
     kube = k8s.Provider("cell-1", kubeconfig=home.require_output(contract.KUBECONFIG), enable_server_side_apply=True)
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory and placement.tenants[t.id].pool_shard == shard]
-    _pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
-                 Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")),
-                 placement.tenants, cells_layout=True)
+    pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
+                Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")),
+                placement.tenants, cells_layout=True)
     # Its own logical name: the platform stack's `directory` (tenancy-system in cell 1) becomes cell 1's.
     _directory(env, cfg, catalog, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
 
@@ -218,15 +214,3 @@ def _undeclared(capacity: Capacity, unit: str, name: str, key: str, count: int) 
 
     return ConfigError(f"{capacity.where} declares {count} {unit}(s) (tenancy:{key}); stack for {name} has nothing to "
                        f"build: raise tenancy:{key}, or destroy the stack once it is empty")
-
-
-def unit_names(capacity: Capacity) -> list[str]:
-    """Every unit of a cells-layout environment (`identity-1`, `cell-1`, `pool-1`, ...), in the order they deploy."""
-    return [*capacity.identity_shard_names, *capacity.cell_names, *capacity.pool_shard_names]
-
-
-def unit_stacks(env: str, capacity: Capacity) -> list[str]:
-    """Every unit stack of a cells-layout environment, in the order they deploy: identity shards (directories
-    read them), cells, pool shards (their applications run in cell 1)."""
-    return [naming.unit_stack(env, u) for u in unit_names(capacity)]
-

@@ -19,6 +19,7 @@ APP_CHART_VERSION = "appChartVersion"
 TENANT_DIRECTORY = "tenantDirectory"        # JSON text: {tenant id: entry}
 DEPLOYED_RECORD = "deployedRecord"          # JSON text: {"catalog": the catalogue deployed, "notes": {...}}
 OPERATOR_NAMESPACE = "operatorNamespace"    # with the operator: where its deployers' Kubernetes service accounts are
+GROUPS_DOMAIN = "groupsDomain"              # the Google Workspace domain of the clusters' Google Groups for RBAC
 
 REQUIRED_BY_TENANTS = (ENVIRONMENT, GCP_PROJECT, REGION, BASE_DOMAIN, NETWORK_ID, CLUSTER_NAME, KUBECONFIG,
                        WORKLOAD_POOL, INGRESS_NAMESPACE, CLUSTER_ISSUER, APP_CHART, APP_CHART_VERSION)

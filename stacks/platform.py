@@ -25,12 +25,12 @@ from components.storage import (Bucket, BucketArgs, FirestoreArgs, FirestoreData
                                 storage_data_access_audit)
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.config import GROUPS_DOMAIN_EXPORT, PlatformConfig, require_catalog_fits
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
+from tenancy.envconfig import PlatformConfig, require_catalog_fits
 from tenancy.fleet.capacity import Capacity
 from tenancy.fleet.placement import Placement, TenantPlacement, place
-from tenancy.lifecycle.record import record_json
+from tenancy.record_format import record_json
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SHARED = "shared"
@@ -105,12 +105,12 @@ def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: b
     export_operator_namespace(env)
     if placement is None:
         return
-    _operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
+    install_operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
     registry_database(env, cfg, net.network_id, [net.private_services], pulumi.ResourceOptions(provider=provider))
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
     kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
-    _pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
-                 placement.tenants)
+    pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
+                placement.tenants)
     directory_tenants = [t for t in catalog.tenants if t.in_directory]
     identity = IdentityPlatform("identity", IdentityArgs(
         project=cfg.gcp_project,
@@ -224,8 +224,8 @@ def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provide
     return cluster, edge, system_ns
 
 
-def _operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, cluster: GkeCluster,
-              units: list[str], identities: bool = True) -> None:
+def install_operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, cluster: GkeCluster,
+                     units: list[str], identities: bool = True) -> None:
     """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default), with a Kubernetes service
     account for each scope's deployer; `identities`: their GCP identities too (the single layout: this stack is
     the platform's; in the cells layout the global stack declares them, `deployer_identities`)."""
@@ -292,7 +292,7 @@ def environment_facts(env: str, cfg: PlatformConfig, network_id: pulumi.Input[st
     return [(contract.ENVIRONMENT, env), (contract.GCP_PROJECT, cfg.gcp_project), (contract.REGION, cfg.region),
             (contract.BASE_DOMAIN, cfg.base_domain), (contract.NETWORK_ID, network_id), (contract.SUBNET_ID, subnet_id),
             (contract.DNS_ZONE, zone_name), (contract.APP_CHART, cfg.app_chart),
-            (contract.APP_CHART_VERSION, cfg.app_chart_version), (GROUPS_DOMAIN_EXPORT, cfg.groups_domain)]
+            (contract.APP_CHART_VERSION, cfg.app_chart_version), (contract.GROUPS_DOMAIN, cfg.groups_domain)]
 
 
 def cell_facts(cluster: GkeCluster, edge: Edge) -> list[tuple[str, Any]]:
@@ -308,9 +308,9 @@ def export_all(facts: list[tuple[str, Any]]) -> None:
         pulumi.export(key, value)
 
 
-def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Tenant], shard: str,
-                 provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube,
-                 placed: dict[str, TenantPlacement], cells_layout: bool = False) -> None:
+def pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Tenant], shard: str,
+                provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube,
+                placed: dict[str, TenantPlacement], cells_layout: bool = False) -> None:
     """A pool shard: its pooled instance, Firestore database, bucket, namespace, application and SQL job."""
     gopts = pulumi.ResourceOptions(provider=provider)
     kopts = pulumi.ResourceOptions(provider=kube.provider)
@@ -342,7 +342,7 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
     gcp.secretmanager.SecretIamMember("pooled-app-db-secret", project=cfg.gcp_project,
                                       secret_id=db.secret_ids[RUNTIME_USER], role="roles/secretmanager.secretAccessor",
                                       member=app_identity.member, opts=gopts)
-    _firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
+    firestore_grant("pooled-app-firestore", cfg.gcp_project, firestore.name, app_identity.member, gopts)
 
     migrator = WorkloadIdentity("sql-migrator", WorkloadIdentityArgs(
         project=cfg.gcp_project, account_id=naming.pool_migrator_service_account_id(env, shard),
@@ -366,8 +366,8 @@ def _pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[T
         values=pooled_app_values(env, cfg, pooled, db.secret_ids[RUNTIME_USER], db.server_ca_cert, shard)), opts=kopts)
 
 
-def _firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],
-                     opts: pulumi.ResourceOptions) -> None:
+def firestore_grant(name: str, project: str, database: pulumi.Input[str], member: pulumi.Input[str],
+                    opts: pulumi.ResourceOptions) -> None:
     """Firestore access is granted at the project with a condition naming the one database: the database
     itself or a path under it, never a prefix match (`dev-stark` must not match `dev-stark-labs`)."""
     path = pulumi.Output.concat("projects/", project, "/databases/", database)

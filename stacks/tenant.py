@@ -25,10 +25,10 @@ from components.sqljob import SqlApplyJob, SqlJobArgs
 from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, project_audit_logs
 from components.workload import AppArgs, AppRelease, CONTAINER_SECURITY, POD_SECURITY, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
-from stacks.config import GROUPS_DOMAIN_EXPORT
-from stacks.platform import _firestore_grant, registration, sql_files
+from stacks.platform import firestore_grant, registration, sql_files
 from tenancy import naming
 from tenancy.catalog import Feature, Model, NodeIsolation, State, Tenant
+from tenancy.topology import cells_layout
 
 TENANT_DB_TIER = {Model.NAMESPACE: "db-custom-1-3840", Model.DEDICATED: "db-custom-4-15360"}
 # Tenant projects need these APIs before anything else can be created in them.
@@ -64,19 +64,14 @@ def read_platform(env: str, project: str, cell: str | None = None) -> tuple[pulu
     if cell is not None:
         cluster_out = pulumi.StackReference(
             f"{pulumi.get_organization()}/{project}/{naming.unit_stack(env, cell)}").require_output
-    cluster_fact = (lambda key: cluster_out(key)) if cell is not None or not _cells_layout(env) else \
+    cluster_fact = (lambda key: cluster_out(key)) if cell is not None or not cells_layout(env) else \
         (lambda key: pulumi.Output.from_input(""))
     return ref, PlatformFacts(
         environment=out(contract.ENVIRONMENT), project=out(contract.GCP_PROJECT), region=out(contract.REGION),
         base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID),
         kubeconfig=cluster_fact(contract.KUBECONFIG), workload_pool=cluster_fact(contract.WORKLOAD_POOL),
         app_chart=out(contract.APP_CHART), app_chart_version=out(contract.APP_CHART_VERSION),
-        cluster_name=cluster_fact(contract.CLUSTER_NAME), groups_domain=out(GROUPS_DOMAIN_EXPORT))
-
-
-def _cells_layout(env: str) -> bool:
-    from stacks import cells_layout
-    return cells_layout(env)
+        cluster_name=cluster_fact(contract.CLUSTER_NAME), groups_domain=out(contract.GROUPS_DOMAIN))
 
 
 def build(env: str, tenant: Tenant, platform_project: str, platform_region: str, base_domain: str,
@@ -171,7 +166,7 @@ def build(env: str, tenant: Tenant, platform_project: str, platform_region: str,
     _apply_tenancy_sql(env, tenant, project, ns, workload_pool, databases, kube_labels, both, gopts, kopts, hosts)
     firestore = FirestoreDatabase("firestore", FirestoreArgs(
         database_id=naming.firestore_database(env, tenant.id), project=project, location=region), opts=gopts)
-    _firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
+    firestore_grant("app-firestore", project, firestore.name, identity.member, gopts)
     bucket = Bucket("uploads", BucketArgs(
         bucket_name=naming.bucket(env, tenant.id), project=project, location=region, labels=gcp_labels,
         kms_key=tenant.kms_key, members=[("roles/storage.objectAdmin", identity.member)],

@@ -582,11 +582,11 @@ class Catalog:
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on large files
 
 
-class _LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+class LineLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """A safe loader that rejects duplicate keys (a silent override is a typo waiting to happen)."""
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_mapping(loader: LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -598,10 +598,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
     return loader.construct_mapping(node, deep=deep)
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
+def line_index(node: yaml.Node | None) -> dict[tuple, int]:
     """Map every path in the document (('tenants', 3, 'subdomain')) to its 1-based line.
 
     Iterative: the depth is already capped, but nothing here should depend on that to stay on the stack."""
@@ -666,18 +666,18 @@ def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
     """(document, line index) of a file made only of what a catalogue is made of, in one walk of its YAML
     events; None as soon as anything else appears.
 
-    Equivalent to `_check_shape`, then composing and constructing with `_LineLoader`, then `_line_index`, for
+    Equivalent to `_check_shape`, then composing and constructing with `LineLoader`, then `line_index`, for
     the files it accepts: a single document (or none) of untagged scalars, mappings and lists, no anchor or
     alias, no collection as a key, no nesting past MAX_DEPTH, no key twice in a mapping (neither as value nor
     as text), scalars that resolve to str, null, bool, int or float, and no syntax error anywhere in the
     stream. Everything else (every file with a problem at the YAML level included) returns None, and
     `parse_catalog` takes the checked path, which refuses or reports it. Composing builds a node per value
-    and `_line_index` walks them again; this builds the values and their lines directly, which on a large
+    and `line_index` walks them again; this builds the values and their lines directly, which on a large
     catalogue is most of the cost of loading it. The walk holds its own stack: it never recurses, it stops at
     the first anchor or alias (nothing is expanded) and at the first level past MAX_DEPTH."""
     scalar_event, mapping_start, sequence_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
     mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
-    loader = _LineLoader(text)
+    loader = LineLoader(text)
     try:
         if loader.yaml_path_resolvers:
             return None  # path-dependent tags: not a plain reading
@@ -780,16 +780,16 @@ def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
 def _read_checked(text: str, path: str) -> tuple[Any, dict[tuple, int]]:
     """(document, line index) the long way, for any file: the shape check, the loader, the line index."""
     _check_shape(text, path)
-    loader = _LineLoader(text)
+    loader = LineLoader(text)
     try:
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else {}
     finally:
         loader.dispose()
-    return raw, _line_index(node)
+    return raw, line_index(node)
 
 
-def _line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
+def line_for(lines: Mapping[tuple, int], loc: tuple) -> int | None:
     loc = tuple(loc)
     while loc:
         if loc in lines:
@@ -940,7 +940,7 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
     specs: list[tuple[int, TenantSpec]] = []
     whole: set[int] = set()        # entries that passed pass 1 as written (not rebuilt around broken fields)
     if not isinstance(tenants_raw, list):
-        problems.append(Problem(path, _line_for(lines, ("tenants",)), None, "tenants", "must be a list of tenants (each entry starts with '- id: ...')"))
+        problems.append(Problem(path, line_for(lines, ("tenants",)), None, "tenants", "must be a list of tenants (each entry starts with '- id: ...')"))
         tenants_raw = []
     capped = False
     for i, entry in enumerate(tenants_raw):
@@ -980,8 +980,8 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
             if key in seen[key_name]:
                 if key_name == "subdomain" and "subdomain" not in entry and key in seen["id"]:
                     continue  # a duplicate id already says it; its default subdomain follows from it
-                first = f"the tenant at line {_line_for(lines, ('tenants', seen[key_name][key]))}"
-                problems.append(Problem(path, _line_for(lines, loc), who.tenant_label(i), key_name,
+                first = f"the tenant at line {line_for(lines, ('tenants', seen[key_name][key]))}"
+                problems.append(Problem(path, line_for(lines, loc), who.tenant_label(i), key_name,
                                         f"{echo(value)} is already used by {first}; each tenant needs its own "
                                         f"{key_name.replace('_', ' ')}"))
             else:
@@ -1025,7 +1025,7 @@ def _problems(exc: ValidationError, path: str, lines: Mapping[tuple, int], who: 
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
         label, field = _where(who, loc)
-        out.append(Problem(path, _line_for(lines, loc), label, field, _fix_for(err, _fields_at(loc))))
+        out.append(Problem(path, line_for(lines, loc), label, field, _fix_for(err, _fields_at(loc))))
     return out
 
 
@@ -1069,7 +1069,7 @@ def _name_collisions(tenants: list[Tenant], path: str, lines: Mapping[tuple, int
             if owner != t.id and owner not in reported:
                 reported.add(owner)
                 if line_of is None:
-                    line_of = {spec.id: _line_for(lines, ("tenants", i, "id")) for i, spec in specs}
+                    line_of = {spec.id: line_for(lines, ("tenants", i, "id")) for i, spec in specs}
                 problems.append(Problem(path, line_of.get(t.id), f"tenant '{t.id}'", "id",
                                         f"its {key[0]} '{key[1]}' collides with tenant '{owner}'; choose a different id"))
     return problems
@@ -1085,7 +1085,7 @@ def _shared_projects(specs: list[tuple[int, TenantSpec]], path: str, lines: Mapp
             continue
         owner = owners.setdefault(project, spec.id)
         if owner != spec.id:
-            problems.append(Problem(path, _line_for(lines, ("tenants", i, "dedicated", "project", "id")), f"tenant '{spec.id}'",
+            problems.append(Problem(path, line_for(lines, ("tenants", i, "dedicated", "project", "id")), f"tenant '{spec.id}'",
                                     "dedicated.project.id", f"project '{project}' is also the project of tenant '{owner}'; "
                                     f"tenants '{owner}' and '{spec.id}' each need a project of their own"))
     return problems
@@ -1098,7 +1098,7 @@ def _resolve(spec: TenantSpec, index: int, plans: Mapping[str, Plan], path: str,
     `plan_limits` holds each plan's limits and bounds as dicts, made once per plan rather than per tenant."""
 
     def bad(field: str, message: str) -> None:
-        problems.append(Problem(path, _line_for(lines, ("tenants", index, field.split(".")[0])), who.tenant_label(index),
+        problems.append(Problem(path, line_for(lines, ("tenants", index, field.split(".")[0])), who.tenant_label(index),
                                 field, message))
 
     plan = plans.get(spec.plan)

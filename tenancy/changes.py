@@ -12,11 +12,11 @@ from tenancy.catalog import Catalog, CatalogError, Model, Tenant, parse_catalog
 from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
-PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/config.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/fleet/",
-                 "tenancy/operator/settings.py")
+PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/contract.py", "stacks/__init__.py",
+                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/envconfig.py",
+                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
-               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py")
+               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/topology.py")
 
 
 class GitError(TenancyError):
@@ -59,7 +59,7 @@ class _Homes:
         if old is not None:
             import dataclasses
             before = place(dataclasses.replace(old, placements=catalog.placements), capacity).tenants
-        from stacks.cells import unit_stacks
+        from tenancy.topology import unit_stacks
         return cls(env, {t: (p, old.tenant(t).model) for t, p in before.items()} if old else {},
                    {t: (p, catalog.tenant(t).model) for t, p in after.items()}, unit_stacks(env, capacity))
 
@@ -99,7 +99,7 @@ class _CellsChanges(Changes):
             super().add(s, why)
 
 
-def _git(root: Path, *args: str) -> str:
+def git(root: Path, *args: str) -> str:
     proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise GitError(f"git {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
@@ -138,11 +138,11 @@ def _diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def catalog_at(path: str | Path, ref: str) -> tuple[Catalog | None, bool]:
     """(the catalogue file as it was at git `ref` or None, whether it existed there but was invalid)."""
     p = Path(path).resolve()
-    root = Path(_git(p.parent, "rev-parse", "--show-toplevel").strip())
-    _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    root = Path(git(p.parent, "rev-parse", "--show-toplevel").strip())
+    git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     rel = p.relative_to(root).as_posix()
     try:
-        return parse_catalog(_git(root, "show", f"{ref}:{rel}"), f"{rel}@{ref}"), False
+        return parse_catalog(git(root, "show", f"{ref}:{rel}"), f"{rel}@{ref}"), False
     except GitError:
         return None, False
     except CatalogError:
@@ -152,9 +152,9 @@ def catalog_at(path: str | Path, ref: str) -> tuple[Catalog | None, bool]:
 def changes_since(catalog: Catalog, env: str, ref: str) -> Changes:
     """Changes of the catalogue file (and the code beside it) since git `ref`."""
     old, invalid_base = catalog_at(catalog.path, ref)
-    root = Path(_git(Path(catalog.path).resolve().parent, "rev-parse", "--show-toplevel").strip())
-    changed_files = [f for f in _git(root, "diff", "--name-only", ref, "--").splitlines() if f]
-    changed_files += [f for f in _git(root, "ls-files", "--others", "--exclude-standard").splitlines() if f]
+    root = Path(git(Path(catalog.path).resolve().parent, "rev-parse", "--show-toplevel").strip())
+    changed_files = [f for f in git(root, "diff", "--name-only", ref, "--").splitlines() if f]
+    changed_files += [f for f in git(root, "ls-files", "--others", "--exclude-standard").splitlines() if f]
     ch = changes_between(old, catalog, env, changed_files, base_label=ref)
     if invalid_base:
         ch.add(naming.stack_name(env), f"the catalogue at {ref} was invalid")

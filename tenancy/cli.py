@@ -1116,7 +1116,7 @@ def cmd_affected(args) -> int:
     catalog = load_catalog(args.tenants)
     naming.check_env(args.env)
     ch = changes_since(catalog, args.env, args.changed_since)
-    from tenancy.lifecycle.units import every_platform_stack
+    from tenancy.topology import every_platform_stack
 
     platform = naming.stack_name(args.env)
     # The platform side first (in the cells layout: the global stack, identity shards, cells, pool shards).
@@ -1260,7 +1260,7 @@ def _checked_catalog(args, deployed: bool = False):
     problem of the file and of its fit to the environment in one CatalogError (exit 2, one line each, in the order
     of their lines). `deployed`: with the placements of --deployed-record (pins and capacity are checked around
     them)."""
-    from stacks.config import fit
+    from tenancy.fleet.placement import fit
     from tenancy.catalog import load_catalog, ordered
 
     problems = []

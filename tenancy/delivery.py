@@ -37,10 +37,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tenancy.catalog import Catalog, Model, Tenant, _line_for, _line_index, _LineLoader
+from tenancy import topology
+from tenancy.catalog import Catalog, LineLoader, Model, Tenant, line_for, line_index
 from tenancy.errors import CatalogError, Problem
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle import units
 from tenancy.lifecycle.destroy import STORES
 from tenancy.stores.layout import TenantStores, stores_for
 
@@ -214,7 +214,7 @@ def load(path: str | Path) -> Moves:
                                                                 "delivery) with `version: 1`")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError([Problem(name, None, None, "(file)", f"cannot be read: {exc}")]) from None
-    loader = _LineLoader(text)
+    loader = LineLoader(text)
     try:
         node = loader.get_single_node()
         raw = loader.construct_document(node) if node is not None else None
@@ -225,7 +225,7 @@ def load(path: str | Path) -> Moves:
                                     f"YAML: {what}; fix the YAML at this line")]) from None
     finally:
         loader.dispose()
-    lines = _line_index(node)
+    lines = line_index(node)
     if not isinstance(raw, dict):
         raise CatalogError([Problem(name, 1, None, "(file)", "expected a mapping with `version: 1` and `moves:`")])
     try:
@@ -240,9 +240,9 @@ def load(path: str | Path) -> Moves:
             if e["type"] == "extra_forbidden":
                 msg = (f"unknown key; an entry has {', '.join(_ENTRY_KEYS)}" if loc[:1] == ("moves",) else
                        "unknown key; the file has version, export_to and moves")
-            problems.append(Problem(name, _line_for(lines, loc), None, fieldname, msg))
+            problems.append(Problem(name, line_for(lines, loc), None, fieldname, msg))
         raise CatalogError(problems) from None
-    moves_lines = tuple(_line_for(lines, ("moves", i)) for i in range(len(spec.moves)))
+    moves_lines = tuple(line_for(lines, ("moves", i)) for i in range(len(spec.moves)))
     return Moves(name, spec, moves_lines)
 
 
@@ -340,8 +340,8 @@ def _move(catalog: Catalog, moves: Moves, facts: Facts, tenant: str, to_plan: st
     d = moves.decision(tenant, from_plan, to_plan, downgrade)
     step.entry = d.where if d.entry else None
     e = d.entry or MoveEntry(tenant=tenant, to=to_plan)
-    src = stores_for(before, env, deployed.project, pool_shard=units.pool_shard_of(env, deployed.catalog, tenant))
-    dst = stores_for(after, env, deployed.project, pool_shard=units.pool_shard_of(env, after_catalog, tenant))
+    src = stores_for(before, env, deployed.project, pool_shard=topology.pool_shard_of(env, deployed.catalog, tenant))
+    dst = stores_for(after, env, deployed.project, pool_shard=topology.pool_shard_of(env, after_catalog, tenant))
     need = required_discards(src, dst)
     if downgrade:
         missing = [s for s in need if s not in e.discard]

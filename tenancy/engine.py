@@ -25,7 +25,7 @@ import yaml
 
 from tenancy import naming
 from tenancy.catalog import Catalog
-from tenancy.errors import TenancyError
+from tenancy.errors import EngineError
 
 # Resources whose deletion or replacement loses tenant data.
 STATEFUL_TYPES = frozenset({
@@ -37,10 +37,6 @@ REPLACE_KEYS = frozenset({"name", "project", "region", "location", "locationId",
                           "secretId", "projectId", "instance", "bucket", "metadata.name", "metadata.namespace"})
 Progress = Callable[[str, str], None]   # (stack, message)
 STATE_MOVE_BATCH = 200                  # URNs per `pulumi state move` (each URN is about 150 characters)
-
-
-class EngineError(TenancyError):
-    exit_code = 1
 
 
 class ConcurrentUpdate(EngineError):
@@ -140,14 +136,14 @@ class OfflineEngine:
         return h.hexdigest()
 
     def _run_program(self, stack: str, catalog: Catalog) -> tuple[dict[str, dict], dict, dict, list[str]]:
-        from stacks.config import project_name
-        from tenancy.plan import _platform_config, run_stack
+        from tenancy.envconfig import load_stack_config, project_name
+        from tenancy.offline import run_stack
         from tenancy.recorder import ORGANIZATION, SECRET
 
         env, tenant = naming.parse_stack_name(stack)
         platform = naming.stack_name(env)
         if tenant is None:
-            result, _ = run_stack(stack, catalog, _platform_config(env), {})
+            result, _ = run_stack(stack, catalog, load_stack_config(env), {})
         else:
             if self._load(platform) is None:
                 raise StackMissing(f"platform stack '{platform}' has not been deployed; deploy it first (`tenancy up --env "

@@ -46,6 +46,12 @@ class ConfigError(TenancyError):
     exit_code = 2
 
 
+class EngineError(TenancyError):
+    """A stack operation (preview, update, destroy, its outputs) failed or could not start."""
+
+    exit_code = 1
+
+
 class PlanError(TenancyError):
     """A stack program failed while being planned offline."""
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tenancy import naming
+from tenancy import naming, topology
 from tenancy.catalog import Catalog, State
-from tenancy.errors import ConfigError, PlanError, TenancyError
+from tenancy.errors import ConfigError, PlanError
+from tenancy.offline import run_stack
 from tenancy.progress import Meter
 from tenancy.planwrite import HEAD_KEYS, PlanWriter, manifests, stack_tail  # noqa: F401 -- manifests: this module's interface
-from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult, run_program
+from tenancy.recorder import ORGANIZATION, SECRET, UNKNOWN, RunResult
 
 PLAN_VERSION = 1
 LIGHT_OUTPUT_BYTES = 4096      # output values kept in a streamed stack's light record (the rest: plan.json)
@@ -98,24 +99,8 @@ class PlanResult:
 # --------------------------------------------------------------------------------------------- running
 
 def _platform_config(env: str) -> dict[str, Any]:
-    from stacks.config import load_stack_config
+    from tenancy.envconfig import load_stack_config
     return load_stack_config(env)
-
-
-def run_stack(stack: str, catalog: Catalog, config: dict[str, Any],
-              stack_outputs: dict[str, tuple[dict, list[str]]], tenant_facing_only: bool = False) -> tuple[RunResult, float]:
-    import stacks
-    from stacks.config import project_name
-
-    start = time.perf_counter()
-    try:
-        result = run_program(stacks.program(stack, catalog, tenant_facing_only), project=project_name(), stack=stack, config=config,
-                             stack_outputs=stack_outputs)
-    except TenancyError:
-        raise
-    except Exception as exc:  # noqa: BLE001 -- a stack program's own failure, reported with its stack
-        raise PlanError(f"stack '{stack}': the program failed: {type(exc).__name__}: {exc}") from exc
-    return result, time.perf_counter() - start
 
 
 def _to_stack_plan(stack: str, kind: str, tenant: str | None, model: str | None, result: RunResult,
@@ -285,14 +270,14 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     `progress`: messages; `meter`: stacks done/total, rate and time left (tenancy/progress.py).
     `out`: write plan.json and the manifests there as stacks finish (tenancy/planwrite.py); the result then
     holds a light record per stack (no resources) and `plan_file`. Without it, every stack stays in memory.
-    `placed`: the catalogue's placement when the caller has already checked it (stacks.config.fit)."""
+    `placed`: the catalogue's placement when the caller has already checked it (tenancy.fleet.placement.fit)."""
     global _WRITER
 
     start = time.perf_counter()
     say = progress or (lambda msg: None)
     naming.check_env(env)
     config = _platform_config(env)
-    from stacks.config import offline_platform_config, require_catalog_fits
+    from tenancy.envconfig import offline_platform_config, require_catalog_fits
     require_catalog_fits(catalog, offline_platform_config(env))
     wanted = list(tenants or [])
     for tid in wanted:
@@ -354,7 +339,7 @@ def _plan_single(catalog: Catalog, env: str, config: dict[str, Any], placed, ten
     Tenant stacks need the platform's tenant-facing exports: from their cache, or from a run of only the
     components whose exports tenant stacks read (seconds, whatever the fleet). The platform stack itself is
     then planned in a process of its own beside the tenant stacks."""
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
 
     platform_stack = naming.stack_name(env)
     key = exports_cache_key(env)
@@ -393,11 +378,11 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     """The cells layout: the global stack, then identity shards, cells and pool shards (each stage reads the
     previous stages' outputs), then tenant stacks. Stacks outside the plan that planned ones read are run for
     their outputs only."""
-    from stacks.cells import IDENTITY_TENANTS, unit_stacks
+    from stacks.cells import IDENTITY_TENANTS
 
     capacity = placed.capacity
     platform_stack = naming.stack_name(env)
-    units = unit_stacks(env, capacity)
+    units = topology.unit_stacks(env, capacity)
     if changed_since is not None:
         chosen = {platform_stack, *units} & set(reasons)
         unchanged = [s for s in unchanged if s != platform_stack] + [s for s in [platform_stack, *units] if s not in reasons]
@@ -431,7 +416,7 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     meter.start(len(chosen) + len(tenant_stacks))
     say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants, cells layout)")
     presult, pseconds = run_stack(platform_stack, catalog, config, {})
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
     prefix = f"{ORGANIZATION}/{project_name()}/"
     outputs: dict[str, tuple[dict, list[str]]] = {prefix + platform_stack: _exports(presult)}
     unknown: dict[str, dict[str, str]] = {}
@@ -540,9 +525,8 @@ def prefetch_exports(env: str) -> bool:
     a child started; anything unusual (an unknown environment, a config it cannot read) is left to the plan."""
     try:
         naming.check_env(env)
-        import stacks
-
-        if env in _PREFETCH or stacks.cells_layout(env):
+        _platform_config(env)     # an environment without a config file: the plan reports it
+        if env in _PREFETCH or topology.cells_layout(env):
             return False
         key = exports_cache_key(env)
         if _read_exports_cache(env, key) is not None:

@@ -51,9 +51,9 @@ def parse(name: str) -> Target:
 def catalogue_entries(catalog: Catalog, placed, env: str) -> dict[str, dict[str, Any]]:
     """The directory entries the stacks would publish for `catalog` placed as `placed` (an environment not deployed
     yet): the platform stack's own function, so the registration cannot differ from the job's."""
-    from stacks.config import offline_platform_config
+    from tenancy.envconfig import offline_platform_config
     from stacks.platform import directory_entry
-    from tenancy.lifecycle.units import cells_layout
+    from tenancy.topology import cells_layout
 
     cfg, cells = offline_platform_config(env), cells_layout(env)
     return {t.id: directory_entry(t, env, cfg, placed.tenants.get(t.id), cells)

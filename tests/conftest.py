@@ -151,7 +151,7 @@ def deployed_offline(catalog, state_dir: Path, env: str = "dev"):
     import shutil
     import tempfile
 
-    from stacks.config import load_stack_config
+    from tenancy.envconfig import load_stack_config
     from tenancy.catalog import to_document
     from tenancy.engine import OfflineEngine
     from tenancy.lifecycle import deploy

@@ -355,11 +355,11 @@ def test_hostile_yaml_is_one_clear_problem(text, message):
 def test_line_index_does_not_recurse():
     import yaml
 
-    from tenancy.catalog import _line_index
+    from tenancy.catalog import line_index
     node = leaf = yaml.ScalarNode("tag:yaml.org,2002:str", "x", start_mark=yaml.Mark("f", 0, 0, 0, None, None))
     for _ in range(3000):  # three times the interpreter's recursion limit
         node = yaml.SequenceNode("tag:yaml.org,2002:seq", [node], start_mark=leaf.start_mark)
-    lines = _line_index(node)
+    lines = line_index(node)
     assert len(lines) == 3001 and lines[(0,) * 3000] == 1
 
 

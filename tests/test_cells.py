@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-import stacks.config
 from policy.sizes import MAX_OBJECT_BYTES, MAX_STACK_RESOURCES
-from tenancy import naming
+from tenancy import envconfig, naming
 from tenancy.catalog import BUILTIN_PLANS, parse_catalog
 from tenancy.changes import changes_between
 from tenancy.engine import STATEFUL_TYPES, EngineError, OfflineEngine
@@ -19,10 +18,11 @@ from tenancy.fleet import migrate as mig
 from tenancy.fleet import sample
 from tenancy.fleet.placement import PlacementError, place
 from tenancy.lifecycle import deploy
-from tenancy.plan import _to_stack_plan, run_stack
+from tenancy.offline import run_stack
+from tenancy.plan import _to_stack_plan
 from tenancy.recorder import ORGANIZATION
 
-REAL = stacks.config.load_stack_config
+REAL = envconfig.load_stack_config
 
 
 def cells_config(monkeypatch, env: str = "dev", **extra: str) -> None:
@@ -32,7 +32,7 @@ def cells_config(monkeypatch, env: str = "dev", **extra: str) -> None:
                               "servicesCidr": f"100.{64 + n // 16}.{(n % 16) * 16}.0/20",
                               "masterCidr": f"192.168.{n}.0/28"}
                 for n in range(2, cells + 1)}
-    monkeypatch.setattr(stacks.config, "load_stack_config", lambda e: {
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda e: {
         **REAL(e), "tenancy:layout": "cells", "tenancy:cellNetworks": json.dumps(networks), **extra})
 
 
@@ -217,7 +217,7 @@ tenants:
 
 
 def _up_cells(engine: OfflineEngine, catalog) -> None:
-    from stacks.cells import unit_stacks
+    from tenancy.topology import unit_stacks
 
     capacity = fleet_capacity.load("dev")
     for stack in ["dev", *sorted(unit_stacks("dev", capacity), key=mig._order),
@@ -498,9 +498,9 @@ def test_plan_of_a_cells_layout_environment(monkeypatch):
 
 def test_a_pooled_tenants_stores_are_its_pool_shards(monkeypatch, tmp_path):
     """What moves, exports and is deleted with a pooled tenant in pool-2 is pool-2's: its directory entry, and the
-    stores a tier move or an offboard reads (tenancy/lifecycle/units.pool_shard_of)."""
+    stores a tier move or an offboard reads (tenancy/topology.pool_shard_of)."""
     from tenancy.lifecycle import record as rec
-    from tenancy.lifecycle import units
+    from tenancy import topology
     from tenancy.stores.layout import stores_for
 
     cells_config(monkeypatch, **{"tenancy:poolShards": "2", "tenancy:poolShardCapacity": "1"})
@@ -508,8 +508,8 @@ def test_a_pooled_tenants_stores_are_its_pool_shards(monkeypatch, tmp_path):
     catalog = parse_catalog(SMALL)
     deploy.deploy(engine, catalog, "dev")
     deployed = rec.read(engine, "dev")
-    assert units.pool_shard_of("dev", deployed.catalog, "charlie") == "pool-2"
-    assert units.pool_shard_of("dev", deployed.catalog, "delta") is None
+    assert topology.pool_shard_of("dev", deployed.catalog, "charlie") == "pool-2"
+    assert topology.pool_shard_of("dev", deployed.catalog, "delta") is None
     stores = stores_for(deployed.catalog.tenant("charlie"), "dev", "tenancy-dev-482913", pool_shard="pool-2")
     assert (stores.bucket, stores.firestore_database, stores.namespace) == (
         "tenancy-dev-482913-dev-pool-2-uploads", "dev-pool-2", "pooled-2")
@@ -518,10 +518,10 @@ def test_a_pooled_tenants_stores_are_its_pool_shards(monkeypatch, tmp_path):
     assert list(pool2) == ["charlie"] and pool2["charlie"]["placement"]["database"] == "dev-pool-2-postgres"
     # moved to standard, charlie's platform share goes from pool-2 to a cell; nothing else is touched
     moved = rec.for_tenant(deployed, catalog, "charlie", plan="standard")
-    assert units.tenant_platform_stacks("dev", deployed.catalog, moved, "charlie") == ["dev.cell-1", "dev.pool-2"]
+    assert topology.tenant_platform_stacks("dev", deployed.catalog, moved, "charlie") == ["dev.cell-1", "dev.pool-2"]
     gone = rec.for_tenant(deployed, catalog, "charlie", state="offboarded")
     shard = fleet_capacity.load("dev").identity_shard_of("charlie")
-    assert units.tenant_platform_stacks("dev", deployed.catalog, gone, "charlie") == ["dev", f"dev.{shard}", "dev.pool-2"]
+    assert topology.tenant_platform_stacks("dev", deployed.catalog, gone, "charlie") == ["dev", f"dev.{shard}", "dev.pool-2"]
 
 
 def test_operator_stack_objects_of_a_cells_layout_wait_for_what_they_read(monkeypatch):

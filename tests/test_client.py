@@ -15,7 +15,7 @@ import pytest
 
 from tenancy import client
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle import units
+from tenancy import topology
 from tenancy.operations import tier_move as moves
 from tenancy.operations.protocol import Context
 from tenancy.stores import firestore as fs
@@ -33,7 +33,7 @@ def app_world(world):
     w = world
     deployed = rec.read(w["engine"], "dev")
     t = deployed.catalog.tenant("bravo")
-    stores = registry_entry(stores_for(t, "dev", w["project"], pool_shard=units.pool_shard_of("dev", deployed.catalog, "bravo")))
+    stores = registry_entry(stores_for(t, "dev", w["project"], pool_shard=topology.pool_shard_of("dev", deployed.catalog, "bravo")))
     with w["registry"].connect() as c:
         c.execute("UPDATE registry.tenants SET stores = %s WHERE id = 'bravo'", (psycopg.types.json.Jsonb(stores),))
         c.commit()

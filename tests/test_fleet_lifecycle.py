@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-import stacks.config
-from tenancy import cli, prcomment
+from tenancy import cli, envconfig, prcomment
 from tenancy.catalog import load_catalog, parse_catalog
 from tenancy.changes import changes_between
 from tenancy.engine import OfflineEngine
@@ -18,6 +17,7 @@ from tenancy.fleet import relocate
 from tenancy.fleet.placement import PlacementError
 from tenancy.lifecycle import Refused, deploy
 from tenancy.lifecycle import record as rec
+from tenancy.record_format import record_json
 from tests.conftest import ROOT, stack_of
 from tests.sqlhelp import register, seed
 
@@ -32,8 +32,8 @@ WITH_ALPHA = BASE + "  - {id: alpha, name: Alpha, plan: free, admin_email: a@alp
 @pytest.fixture
 def two_shards(monkeypatch):
     """The dev environment with two pool shards of two tenants each, both built (as the pool-shard stacks will)."""
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config",
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
     monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
 
@@ -91,7 +91,7 @@ def test_under_the_pulumi_cli_the_program_reads_the_deployed_placements_the_engi
 
 def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_path):
     catalog = load_catalog(ROOT / "tenants.yaml")
-    record = json.loads(rec.record_json(catalog))
+    record = json.loads(record_json(catalog))
     del record["placements"]
     (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record),
                                                                "gcpProject": "tenancy-dev-482913"}}))
@@ -185,7 +185,7 @@ def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch
     monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     catalog = load_catalog(ROOT / "tenants.yaml")
     two_cells = dataclasses.replace(fleet_capacity.load("dev"), cells=2, data_projects=("tenancy-dev-482913", "data-proj-1"))
-    record = json.loads(rec.record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}}))
+    record = json.loads(record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}}))
     (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record)}}))
     engine = OfflineEngine(tmp_path, "dev")
     with pytest.raises(Refused, match=r"^tenant 'stark' runs in cell cell-1 \(cluster dev-shared\): its namespace "
@@ -257,8 +257,8 @@ def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
 def test_a_full_environment_stops_the_plan_with_the_capacity_to_add(monkeypatch):
     from tenancy import plan as planmod
 
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "2"})
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "2"})
     with pytest.raises(PlacementError, match=r"^environment 'dev' is full: 1 new tenant\(s\) need a cell \(wayne\), and "
                                              r"cell-1 holds 2 of 2 namespaces"):
         planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1)
@@ -289,7 +289,7 @@ def test_plan_and_pr_comment_read_a_saved_deployed_record(tmp_path, capsys):
     catalog = load_catalog(ROOT / "tenants.yaml")
     record = tmp_path / "record.json"
     # as `pulumi stack output deployedRecord --json` prints it: a JSON string holding the record
-    record.write_text(json.dumps(rec.record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}})))
+    record.write_text(json.dumps(record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}})))
     out = tmp_path / "plan"
     assert cli.main(["plan", "--tenant", "stark", "--out", str(out), "--deployed-record", str(record)]) == 0
     assert "  dev.stark  cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913  [deployed]" in \

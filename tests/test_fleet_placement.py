@@ -71,11 +71,11 @@ def test_capacity_errors_name_the_file_the_key_and_the_fix():
 
 
 def test_a_plan_with_bad_capacity_config_stops_before_any_stack_runs(monkeypatch):
-    import stacks.config
+    from tenancy import envconfig
     from tenancy import plan as planmod
 
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "0"})
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "0"})
     with pytest.raises(ConfigError, match=r"stacks/Pulumi.dev.yaml: tenancy:cellCapacity must be a whole number"):
         planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1)
 
@@ -384,11 +384,11 @@ tenants:
 def test_validate_and_plan_report_the_catalogue_and_its_fit_to_the_environment_in_one_run(tmp_path, capsys, monkeypatch):
     """A bad field, a custom domain under the base domain, the platform's project, a pin to a cell that does not
     exist, a full environment and an unknown plan: one run, each problem at its line in the catalogue's format."""
-    import stacks.config
+    from tenancy import envconfig
     from tenancy import cli
 
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config", lambda e: {**real(e), "tenancy:cellCapacity": "1"})
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda e: {**real(e), "tenancy:cellCapacity": "1"})
     path = tmp_path / "tenants.yaml"
     path.write_text(MANY_PROBLEMS)
     expected = [

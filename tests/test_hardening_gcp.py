@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 from components.postgres import ca_bundle
-from stacks.config import PlatformConfig, check_catalog
 from tenancy import recorder
 from tenancy.catalog import load_catalog
+from tenancy.envconfig import PlatformConfig, check_catalog
 from tenancy.errors import ConfigError
 from tests.conftest import ROOT, of_type, stack_of
 

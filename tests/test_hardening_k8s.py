@@ -273,7 +273,7 @@ def test_registration_rejects_states_the_catalogue_cannot_set():
 def test_the_registry_holds_each_tenants_directory_entry_without_credentials(pg_server, tenancy_db, tmp_path):
     """The registry in PostgreSQL is the directory of record of the database's tenants: hostnames, units and store
     names as the platform program registers them; a changed entry is updated, an unchanged one not rewritten."""
-    from stacks.config import offline_platform_config
+    from tenancy.envconfig import offline_platform_config
     from stacks.platform import directory_entry, registration
     from tenancy.catalog import parse_catalog
     from tenancy.fleet.placement import TenantPlacement

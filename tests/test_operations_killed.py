@@ -324,13 +324,13 @@ def test_suspend_and_resume_killed_at_random_instants(world, seed):
 
 def _run_place(state: str, registry_dsn: str, catalog_text: str, args: dict) -> None:
     """`tenancy place charlie --pool-shard pool-2` in the two-shard environment, rows only, no DSN."""
-    import stacks.config
+    from tenancy import envconfig
     from tenancy.catalog import parse_catalog
     from tenancy.fleet import capacity as fleet_capacity
     from tenancy.operations import place
 
-    real = stacks.config.load_stack_config
-    stacks.config.load_stack_config = lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"}
+    real = envconfig.load_stack_config
+    envconfig.load_stack_config = lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"}
     fleet_capacity.CURRENT_LAYOUT = fleet_capacity.EVERY_UNIT
     ctx = Context("dev", Registry.open(registry_dsn, "dev"), OfflineEngine(state, "dev"))
     place.place(ctx, parse_catalog(catalog_text), "charlie", pool_shard="pool-2", abort=args.get("abort", False),
@@ -348,15 +348,15 @@ def _run_data_move(registry_dsn: str, args: dict) -> None:
 def shards(pg_server, registry, tmp_path, monkeypatch):
     """Two pool shards (pool-1 with bravo's and charlie's rows, an empty pool-2) recorded in the registry, the
     platform deployed offline with charlie in pool-1."""
-    import stacks.config
+    from tenancy import envconfig
     from tenancy import db
     from tenancy.catalog import parse_catalog
     from tenancy.fleet import capacity as fleet_capacity
     from tenancy.lifecycle import deploy
     from tests.sqlhelp import register, seed
 
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config",
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
     monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     names = {"pool-1": f"t_{uuid.uuid4().hex[:12]}", "pool-2": f"t_{uuid.uuid4().hex[:12]}"}

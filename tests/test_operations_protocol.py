@@ -322,7 +322,7 @@ def test_place_moves_a_pooled_tenants_rows_documents_and_objects_to_the_other_sh
                                                                                      tmp_path, monkeypatch):
     """`tenancy place` with every store: the wrong database is refused first, then every row, document and object
     of the tenant goes to the other shard's database, Firestore database and bucket, and none is left behind."""
-    import stacks.config
+    from tenancy import envconfig
     from google.cloud import storage
 
     from tenancy.catalog import parse_catalog
@@ -338,8 +338,8 @@ def test_place_moves_a_pooled_tenants_rows_documents_and_objects_to_the_other_sh
     from tests.test_store_objects import drain
     from tests.test_tier_moves_all_stores import seed_docs
 
-    real = stacks.config.load_stack_config
-    monkeypatch.setattr(stacks.config, "load_stack_config",
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
     monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     project = f"test-{uuid.uuid4().hex[:10]}"

@@ -11,7 +11,7 @@ import pytest
 from tenancy.catalog import load_catalog, to_document, with_tenant
 from tenancy.engine import EngineError, OfflineEngine, StackMissing
 from tenancy.lifecycle import deploy
-from tenancy.lifecycle.record import record_json
+from tenancy.record_format import record_json
 from tenancy.operator import overlay as ov
 from tenancy.operator.engine import NotAdopted, OperatorEngine, merge_patch, preview_name
 from tenancy.operator.settings import OperatorSettings
@@ -248,7 +248,7 @@ def test_merge_patch_is_the_exact_difference():
 def test_the_program_applies_the_overlay_it_is_given(monkeypatch, catalog):
     """What a workspace does with TENANCY_CATALOG_OVERLAY: the platform program builds the held catalogue."""
     import stacks
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
     from tenancy.plan import _platform_config
     from tenancy.recorder import run_program
 

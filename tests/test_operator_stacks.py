@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from stacks.config import load_stack_config
 from tenancy.catalog import load_catalog, parse_catalog
+from tenancy.envconfig import load_stack_config
 from tenancy.errors import ConfigError
 from tenancy.operator import schema
 from tenancy.operator.settings import CHART, CHART_VERSION, OperatorSettings
@@ -158,7 +158,8 @@ def test_settings_name_each_missing_or_bad_key_and_the_fix():
 
 @pytest.fixture(scope="module")
 def prod_platform():
-    from tenancy.plan import _platform_config, _to_stack_plan, run_stack
+    from tenancy.offline import run_stack
+    from tenancy.plan import _platform_config, _to_stack_plan
 
     result, seconds = run_stack("prod", load_catalog(ROOT / "tenants.yaml"), _platform_config("prod"), {})
     return _to_stack_plan("prod", "platform", None, None, result, seconds).to_json()
@@ -220,7 +221,8 @@ def test_manifests_command_writes_every_stack_object(tmp_path):
 @pytest.fixture(scope="module")
 def prod_stacks(prod_platform):
     """The prod platform stack and its dedicated tenants' stacks (projects of their own), run offline."""
-    from tenancy.plan import _to_stack_plan, run_stack
+    from tenancy.offline import run_stack
+    from tenancy.plan import _to_stack_plan
     from tenancy.recorder import ORGANIZATION
 
     catalog = load_catalog(ROOT / "tenants.yaml")

@@ -26,7 +26,7 @@ def reference_plan(catalog, env: str, out: Path) -> None:
     """The plan as `tenancy plan` computed it before streaming: the whole platform program in this process
     first, its run's exports to the tenant stacks, every stack held in memory, the plan-wide rules over every
     stack's resources, plan.json as one json.dumps, manifests with yaml.safe_dump."""
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
     from tenancy.fleet import capacity, placement, report
 
     placed = placement.place(catalog, capacity.load(env))

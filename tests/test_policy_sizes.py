@@ -13,8 +13,8 @@ from pulumi_policy import StackValidationArgs
 
 from components.directory import document
 from policy import rules
-from stacks.config import PlatformConfig, load_stack_config
 from stacks.platform import directory_entry, pooled_app_values
+from tenancy.envconfig import PlatformConfig, load_stack_config
 from tenancy.fleet import capacity as fleet_capacity
 from tenancy.fleet import sample
 from tenancy.fleet.placement import place

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from stacks.config import PlatformConfig, known_environments, load_stack_config, project_defaults
 from tenancy.catalog import json_schema
+from tenancy.envconfig import PlatformConfig, known_environments, load_stack_config, project_defaults
 from tenancy.errors import ConfigError
 from tests.conftest import ROOT
 

@@ -35,7 +35,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tenancy import naming
+from tenancy import envconfig, naming
 from tenancy.catalog import GCP_PROJECT_PATTERN
 from tenancy.errors import ConfigError
 
@@ -146,9 +146,7 @@ class Capacity:
     def validate(cls, raw: dict[str, Any], environment: str, platform_project: str) -> "Capacity":
         """`raw`: config key (without namespace) -> value as the stack file or the engine gives it (text, or
         typed from YAML); a missing key takes its default from Pulumi.yaml."""
-        from stacks.config import project_defaults
-
-        defaults = project_defaults()
+        defaults = envconfig.project_defaults()
         where = f"stacks/Pulumi.{environment}.yaml"
         problems: list[str] = []
         values: dict[str, Any] = {}
@@ -186,10 +184,8 @@ class Capacity:
 
 def load(environment: str) -> Capacity:
     """Outside a program (plan, CLI, benchmarks): from stacks/Pulumi.<env>.yaml and Pulumi.yaml's defaults."""
-    from stacks.config import load_stack_config, offline_platform_config
-
-    config = load_stack_config(environment)
-    project = offline_platform_config(environment).gcp_project
+    config = envconfig.load_stack_config(environment)
+    project = envconfig.offline_platform_config(environment).gcp_project
     return Capacity.validate({key: config.get(f"{NAMESPACE}:{key}") for key in (*KEYS, *CELL_NETWORK_KEYS)},
                              environment, project)
 

@@ -158,7 +158,7 @@ def _apply(engine, env: str, catalog: Catalog, say: Callable[[str], None]) -> li
     runs (its outputs are what the next ones read); tenant stacks preview only (their next deploy reads their
     cell); the global stack runs last, dropping the platform stack's old outputs (the deployed record among
     them, so a re-run until then still knows the catalogue)."""
-    from stacks.cells import unit_stacks
+    from tenancy.topology import unit_stacks
     from tenancy.fleet import capacity as fleet_capacity
 
     capacity = fleet_capacity.load(env)

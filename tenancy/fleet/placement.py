@@ -29,10 +29,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
-from tenancy import naming
+from tenancy import envconfig, naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
 from tenancy.errors import Problem, TenancyError
-from tenancy.fleet.capacity import Capacity, Layout
+from tenancy.fleet.capacity import Capacity, Layout, load as load_capacity
 
 # TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
 JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject", "identity_shard": "identityShard"}
@@ -322,6 +322,19 @@ def _refusal(catalog: Catalog, problems: list[tuple[str, str, str | None, str]])
     if len(problems) > MAX_PROBLEMS:
         texts.append(f"stopped after {MAX_PROBLEMS} problems (the limit); fix these and run again")
     return PlacementError(texts, found)
+
+
+def fit(catalog: Catalog, environment: str) -> tuple[Placement | None, list[Problem]]:
+    """(the catalogue's placement or None, every problem of its fit to `environment`), each problem at its line like
+    the catalogue's own: the rules that need the platform config (`envconfig.check_catalog`), and whether its
+    capacity holds every tenant and each pin. `tenancy validate` and `tenancy plan` report them with the file's
+    problems; the placement is the one a plan uses."""
+    problems = envconfig.check_catalog(catalog, envconfig.offline_platform_config(environment))
+    try:
+        placed = place(catalog, load_capacity(environment))
+    except PlacementError as exc:
+        return None, problems + exc.found
+    return placed, problems
 
 
 def placement_keys(model: Model, capacity: Capacity) -> tuple[str, ...]:

@@ -22,8 +22,8 @@ from tenancy.engine import Engine, EngineError, OpResult, StackMissing
 from tenancy.lifecycle import Refused
 from tenancy.errors import ConfigError
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle.units import every_platform_stack
 from tenancy.lifecycle.waves import DEFAULT, Early, Gate, RolloutSpec, Unready, Wave, assign, bring_forward
+from tenancy.topology import cells_layout, every_platform_stack, needs, tenant_platform_stacks
 
 Say = Callable[[str], None]
 
@@ -140,7 +140,7 @@ def _why(c) -> str:
 def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None, changed_since: str | None = None,
                     stacks: list[str] | None = None) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """(platform-side stacks, tenant stacks, reasons). `stacks`: only these (a CI batch). The platform side is
-    the platform stack, or in the cells layout the global stack and its unit stacks (tenancy/lifecycle/units.py)."""
+    the platform stack, or in the cells layout the global stack and its unit stacks (tenancy/topology.py)."""
     platform = every_platform_stack(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     reasons: dict[str, list[str]] = {}
@@ -193,6 +193,13 @@ def checked_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool
         for line in resource_lines(result, "    "):
             say(line)
     return result
+
+
+def up_tenant_platform(engine: Engine, env: str, before: Catalog, after: Catalog, tenant_id: str, allow_destroy: bool,
+                       expected: set[str], say) -> list[OpResult]:
+    """Preview-checked updates of the tenant's platform-side stacks (tenant_platform_stacks), in deploy order."""
+    return [checked_up(engine, stack, after, allow_destroy, expected, say)
+            for stack in tenant_platform_stacks(env, before, after, tenant_id)]
 
 
 def guarded_up(engine: Engine, stack: str, catalog: Catalog, allow_destroy: bool, expected: set[str],
@@ -274,10 +281,8 @@ def deployed(engine: Engine, stack: str) -> bool:
 
 
 def _needs(catalog: Catalog, env: str) -> Callable[[str], list[str]]:
-    """`units.needs` over one catalogue, placed once (the cells layout places tenants to know their cells), with
+    """`topology.needs` over one catalogue, placed once (the cells layout places tenants to know their cells), with
     what each stack reads kept for the whole rollout."""
-    from tenancy.lifecycle.units import cells_layout, needs
-
     tenants = {t.id: t for t in catalog.tenants}
     memo: dict[str, tuple[str, ...]] = {}
     placed = []
@@ -310,7 +315,7 @@ def rollout(engine: Engine, desired: Catalog, env: str, *, mode: str = "up", ten
     or refused stack halts the rollout after its wave; between waves the rollout pauses, then `gate` checks
     the wave. The result says where it halted: `--from-wave N` resumes there.
 
-    A stack never runs before what it reads (tenancy/lifecycle/units.py `needs`): on a first rollout a
+    A stack never runs before what it reads (tenancy/topology.py `needs`): on a first rollout a
     platform-side stack declared in a later wave than a stack that reads it runs in the reader's wave
     (`waves.bring_forward`); what the rollout cannot deploy first is refused up front (NotDeployed). A preview
     deploys nothing, so it skips the stacks that read a stack never deployed, saying so.

@@ -36,6 +36,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, entry_lines, fit_entry_to_model, parse_catalog, to_document
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import CatalogError, TenancyError
+from tenancy.topology import unit_stacks
 
 RECORD_OUTPUT = "deployedRecord"
 
@@ -68,13 +69,6 @@ class Deployed:
         return self.catalog is not None and any(t.id == tenant_id for t in self.catalog.tenants)
 
 
-def record_json(catalog: Catalog, placements: dict[str, dict[str, str]] | None = None) -> str:
-    """What the platform program exports: the catalogue it was given, its notes, and where it placed each
-    tenant (tenancy/fleet: tenant id -> {"cell", "poolShard", "dataProject"})."""
-    return json.dumps({"catalog": to_document(catalog), "notes": dict(catalog.notes),
-                       "placements": dict(placements if placements is not None else catalog.placements)}, sort_keys=True)
-
-
 def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
     try:
         outputs = engine.outputs(naming.stack_name(env))
@@ -102,9 +96,8 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
 
 def _merged_cells_record(engine: Engine, env: str, glob: dict[str, Any]) -> dict[str, Any]:
     """The cells layout: the global stack records the plans and offboarded tenants, each cell and pool shard its
-    own tenants (stacks/cells.py). One record and one directory made of them, as the platform stack's would be.
-    A unit stack not deployed yet holds nobody."""
-    from stacks.cells import unit_stacks
+    own tenants (stacks/cells.py, in the format of tenancy/record_format.py). One record and one directory made of
+    them, as the platform stack's would be. A unit stack not deployed yet holds nobody."""
     from tenancy.fleet import capacity as fleet_capacity
 
     data = json.loads(glob.get(RECORD_OUTPUT) or "null")

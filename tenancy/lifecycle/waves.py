@@ -41,6 +41,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog, Model, State
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import ConfigError
+from tenancy.topology import cells_layout
 
 REMAINING = "remaining"
 
@@ -164,7 +165,7 @@ class Unready:
 
 def bring_forward(plan: list[Wave], needs: Callable[[str], list[str]], deployed: Callable[[str], bool],
                   from_wave: int = 1) -> tuple[list[Early], list[Unready]]:
-    """Make every wave find what it reads deployed. A stack reads platform-side stacks (tenancy/lifecycle/units.py
+    """Make every wave find what it reads deployed. A stack reads platform-side stacks (tenancy/topology.py
     `needs`); when one of them is declared in a later wave and has never been deployed -- the first rollout, with a
     canary wave before the platform's -- it moves into the reader's wave, where platform-side stacks go first. Once
     deployed, each stays in its declared wave (a canary takes new code before the platform does). What the rollout
@@ -269,7 +270,7 @@ class HealthGate:
 
         platform = naming.stack_name(env)
         try:
-            if _cells(env):
+            if cells_layout(env):
                 from tenancy.lifecycle import record as rec
                 directory = rec.read(self.engine, env).directory
             else:
@@ -281,7 +282,7 @@ class HealthGate:
             kind, _, tid = naming.stack_kind(stack)
             if kind == naming.TENANT_STACK:
                 tenants.append(tid)
-            elif kind == naming.ENV_STACK and not _cells(env):
+            elif kind == naming.ENV_STACK and not cells_layout(env):
                 tenants += [t.id for t in catalog.by_model(Model.POOLED)]
             elif kind == naming.POOL_STACK:
                 tenants += sorted(_directory(seen.get(stack, {}).get(TENANT_DIRECTORY)))
@@ -312,18 +313,13 @@ class HealthGate:
         return problems
 
 
-def _cells(env: str) -> bool:
-    from tenancy.lifecycle.units import cells_layout
-    return cells_layout(env)
-
-
 def _unit_expectations(stack: str, kind: str, env: str, unit: str | None, out: dict[str, Any], catalog: Catalog,
                        required_by_tenants: tuple[str, ...]) -> tuple[tuple[str, ...], list[str] | None]:
     """(outputs a platform-side stack must have, tenants its directory must list or None)."""
     from stacks import contract
 
     if kind == naming.ENV_STACK:
-        if not _cells(env):
+        if not cells_layout(env):
             return required_by_tenants, [t.id for t in catalog.tenants if t.in_directory]
         return tuple(k for k in required_by_tenants if k in _ENV_FACTS), None
     if kind == naming.IDENTITY_STACK:

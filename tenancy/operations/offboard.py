@@ -31,13 +31,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tenancy import naming
+from tenancy import naming, topology
 from tenancy.catalog import Catalog, State
 from tenancy.errors import OperationError, Refused
 from tenancy.lifecycle import archives
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
-from tenancy.lifecycle import units
+from tenancy.lifecycle.deploy import up_tenant_platform
 from tenancy.lifecycle.destroy import guarded_destroy
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
@@ -88,7 +88,7 @@ class Offboard(Operation):
         t = self.deployed.catalog.tenant(self.tenant)
         self.t = t
         self.stores = stores_for(t, ctx.env, project_of(self.deployed), self.layout,
-                                 pool_shard=units.pool_shard_of(ctx.env, self.deployed.catalog, self.tenant))
+                                 pool_shard=topology.pool_shard_of(ctx.env, self.deployed.catalog, self.tenant))
         resolver = where.Resolver(ctx.registry, self.reach.dsns)
         self.databases = [resolver.database(self.stores, store, "source")
                           for store, tables in self.stores.postgres.items() if tables]
@@ -264,8 +264,8 @@ class Offboard(Operation):
     def phase_publish(self) -> dict:
         now = rec.read(self.ctx.engine, self.ctx.env)
         gone = rec.for_tenant(now, self.catalog, self.tenant, state=State.OFFBOARDED.value)
-        units.up_tenant_platform(self.ctx.engine, self.ctx.env, now.catalog, gone, self.tenant, False,
-                                 identity_urns(self.ctx.env, now.catalog, self.tenant), self.say)
+        up_tenant_platform(self.ctx.engine, self.ctx.env, now.catalog, gone, self.tenant, False,
+                           identity_urns(self.ctx.env, now.catalog, self.tenant), self.say)
         self._registry("offboarded", operation=None, stores={})
         return {}
 
@@ -308,7 +308,7 @@ class Offboard(Operation):
 def identity_urns(env: str, record: Catalog, tenant_id: str) -> set[str]:
     """The offboarded tenant's Identity Platform tenant: its removal from its stack (the platform stack, or its
     identity shard) is expected."""
-    stack = units.identity_stack(env, record, tenant_id)
+    stack = topology.identity_stack(env, record, tenant_id)
     return {f"urn:pulumi:{stack}::tenancy::tenancy:gcp:IdentityPlatform$gcp:identityplatform/tenant:Tenant::identity-{tenant_id}"}
 
 

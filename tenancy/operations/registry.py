@@ -116,8 +116,8 @@ class Registry:
         try:
             return psycopg.connect(self.dsn, autocommit=autocommit, **extra)
         except psycopg.Error as exc:
-            from tenancy.stores.postgres import _first_line
-            raise RegistryError(f"cannot reach the registry {describe_dsn(self.dsn)}: {_first_line(exc)}; check "
+            from tenancy.stores.postgres import first_line
+            raise RegistryError(f"cannot reach the registry {describe_dsn(self.dsn)}: {first_line(exc)}; check "
                                 "--registry / TENANCY_REGISTRY and that the server is running") from None
 
     def describe(self) -> str:

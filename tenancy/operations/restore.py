@@ -39,15 +39,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tenancy import db, naming
+from tenancy import db, naming, topology
 from tenancy.catalog import Catalog, State
 from tenancy.engine import EngineError
 from tenancy.errors import OperationError, Refused
 from tenancy.lifecycle import archives
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
-from tenancy.lifecycle import units
-from tenancy.lifecycle.deploy import unexpected_destruction
+from tenancy.lifecycle.deploy import unexpected_destruction, up_tenant_platform
 from tenancy.lifecycle.destroy import STORES, guarded_destroy
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
@@ -111,7 +110,7 @@ class Restore(Operation):
         self.stack = naming.stack_name(ctx.env, tenant)
         self.own_stack = self.t.has_stack
         self.stores = stores_for(self.t, ctx.env, project_of(self.deployed), self.layout,
-                                 pool_shard=units.pool_shard_of(ctx.env, self.after, tenant))
+                                 pool_shard=topology.pool_shard_of(ctx.env, self.after, tenant))
         self._resolve(skip)
         self.archive: Path | None = None
         if self.source and not self.aborting:
@@ -317,8 +316,8 @@ class Restore(Operation):
         return {}
 
     def phase_publish(self) -> dict:
-        units.up_tenant_platform(self.ctx.engine, self.ctx.env, self.before, self.after, self.tenant, False, set(),
-                                 self.say)
+        up_tenant_platform(self.ctx.engine, self.ctx.env, self.before, self.after, self.tenant, False, set(),
+                           self.say)
         now = rec.read(self.ctx.engine, self.ctx.env)
         self._registry("active", stores=registry_entry(self.stores), directory=now.directory.get(self.tenant, {}))
         return {}

@@ -96,7 +96,7 @@ class Seen:
 
 def inspect(dsn: str) -> Seen:
     """Identity, marker and registered tenants of one database (read only)."""
-    from tenancy.stores.postgres import CONNECT_TIMEOUT_S, _first_line
+    from tenancy.stores.postgres import CONNECT_TIMEOUT_S, first_line
 
     seen = Seen()
     try:
@@ -118,7 +118,7 @@ def inspect(dsn: str) -> Seen:
                     row = c.execute("SELECT environment, name FROM tenancy.database_identity").fetchone()
                     seen.marker = (row[0], row[1]) if row else None
     except psycopg.Error as exc:
-        seen.error = f"cannot connect or read it: {_first_line(exc)}"
+        seen.error = f"cannot connect or read it: {first_line(exc)}"
     return seen
 
 

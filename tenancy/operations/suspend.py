@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenancy import naming
+from tenancy import naming, topology
 from tenancy.catalog import Catalog, State
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
-from tenancy.lifecycle import units
-from tenancy.lifecycle.deploy import checked_up
+from tenancy.lifecycle.deploy import checked_up, up_tenant_platform
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, Operation
@@ -55,7 +54,7 @@ class SetState(Operation):
         t = self.deployed.catalog.tenant(self.tenant)
         self.t = t
         self.stores = stores_for(t, ctx.env, project_of(self.deployed), self.layout,
-                                 pool_shard=units.pool_shard_of(ctx.env, self.deployed.catalog, self.tenant))
+                                 pool_shard=topology.pool_shard_of(ctx.env, self.deployed.catalog, self.tenant))
         resolver = where.Resolver(ctx.registry, self.reach.dsns)
         self.databases = [resolver.database(self.stores, store, "source") for store, tables in self.stores.postgres.items()
                           if tables]
@@ -88,8 +87,8 @@ class SetState(Operation):
             stack = naming.stack_name(self.ctx.env, self.tenant)
             checked_up(self.ctx.engine, stack, new, False, set(), self.say)
             ran.append(stack)
-        ran += [r.stack for r in units.up_tenant_platform(self.ctx.engine, self.ctx.env, self.deployed.catalog, new,
-                                                           self.tenant, False, set(), self.say)]
+        ran += [r.stack for r in up_tenant_platform(self.ctx.engine, self.ctx.env, self.deployed.catalog, new,
+                                                     self.tenant, False, set(), self.say)]
         return {"stacks": ran}
 
     def finished(self) -> None:

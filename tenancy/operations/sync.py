@@ -6,11 +6,10 @@ that database by hand (`tenancy registry database`), which a deploy never overwr
 
 from __future__ import annotations
 
-from tenancy import naming
+from tenancy import naming, topology
 from tenancy.catalog import State
 from tenancy.engine import Engine, EngineError
 from tenancy.lifecycle import record as rec
-from tenancy.lifecycle import units
 from tenancy.operations.registry import Registry
 from tenancy.stores.layout import registry_entry, stores_for
 
@@ -18,7 +17,7 @@ from tenancy.stores.layout import registry_entry, stores_for
 def databases(engine: Engine, deployed: rec.Deployed, env: str) -> dict[str, tuple[str, dict]]:
     """Database name -> (unit, connection record) of every database the deployed stacks export."""
     out: dict[str, tuple[str, dict]] = {}
-    stacks = [*units.every_platform_stack(env), *(naming.stack_name(env, t.id) for t in deployed.catalog.tenants
+    stacks = [*topology.every_platform_stack(env), *(naming.stack_name(env, t.id) for t in deployed.catalog.tenants
                                                   if t.has_stack and t.state is not State.OFFBOARDED)]
     for stack in stacks:
         try:
@@ -70,7 +69,7 @@ def sync(registry: Registry, deployed: rec.Deployed, env: str, engine: Engine | 
                 continue
             state = "offboarded" if t.state is State.OFFBOARDED else t.state.value
             stores = {} if t.state is State.OFFBOARDED else registry_entry(
-                stores_for(t, env, deployed.project, pool_shard=units.pool_shard_of(env, deployed.catalog, t.id)))
+                stores_for(t, env, deployed.project, pool_shard=topology.pool_shard_of(env, deployed.catalog, t.id)))
             registry.put_tenant(c, t.id, plan=t.plan_name, model=t.model.value, state=state,
                                 directory=deployed.directory.get(t.id, {}), stores=stores, operation=None)
             written += 1

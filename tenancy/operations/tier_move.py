@@ -47,14 +47,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
-from tenancy import client, db, naming
+from tenancy import client, db, naming, topology
 from tenancy.catalog import Catalog, Model
 from tenancy.errors import OperationError, Refused
 from tenancy.lifecycle import archives, online
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
-from tenancy.lifecycle import units
-from tenancy.lifecycle.deploy import unexpected_destruction
+from tenancy.lifecycle.deploy import unexpected_destruction, up_tenant_platform
 from tenancy.lifecycle.destroy import STORES, guarded_destroy, uncovered
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
@@ -149,9 +148,9 @@ class TierMove(Operation):
         self.stack = naming.stack_name(ctx.env, tenant)
         project = project_of(self.deployed)
         self.src_stores = stores_for(b, ctx.env, project, self.layout,
-                                     pool_shard=units.pool_shard_of(ctx.env, self.before, tenant))
+                                     pool_shard=topology.pool_shard_of(ctx.env, self.before, tenant))
         self.dst_stores = stores_for(a, ctx.env, project, self.layout,
-                                     pool_shard=units.pool_shard_of(ctx.env, self.after, tenant))
+                                     pool_shard=topology.pool_shard_of(ctx.env, self.after, tenant))
         self.given_overrides = getattr(self, "given_overrides", dict(self.reach.dsns))
         resolver = where.Resolver(ctx.registry, self.given_overrides)
         self.databases: list[where.Database] = []
@@ -629,8 +628,8 @@ class TierMove(Operation):
         fs.clear_changes(s.location)
 
     def phase_publish(self) -> dict:
-        units.up_tenant_platform(self.ctx.engine, self.ctx.env, self.before, self.after, self.tenant, self.allow_destroy,
-                                 set(), self.say)
+        up_tenant_platform(self.ctx.engine, self.ctx.env, self.before, self.after, self.tenant, self.allow_destroy,
+                           set(), self.say)
         return {}
 
     def phase_cleanup(self) -> dict | None:

@@ -105,7 +105,7 @@ class OperatorEngine:
             raise EngineError(f"stack '{stack}' is not of environment '{self.settings.environment}'")
         if kind == naming.ENV_STACK:
             return FleetStack(stack, "platform")
-        from tenancy.lifecycle.units import cells_layout
+        from tenancy.topology import cells_layout
 
         if kind != naming.TENANT_STACK or cells_layout(env):
             from tenancy.operator.stacks import fleet_stack
@@ -114,7 +114,7 @@ class OperatorEngine:
         return FleetStack(stack, "tenant", tenant, after=(naming.stack_name(env),), deployer=deployers.ksa_name(tenant))
 
     def _platform_project(self) -> str:
-        from stacks.config import load_stack_config
+        from tenancy.envconfig import load_stack_config
 
         return str(load_stack_config(self.settings.environment).get("tenancy:gcpProject") or "")
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tenancy.catalog import CATALOG_VERSION, Catalog, parse_catalog, to_document
+from tenancy.errors import EngineError
 
 MAX_BYTES = 256 * 1024   # an environment variable inside the Stack object; objects are at most 1 MiB
 
@@ -80,8 +81,6 @@ def apply(catalog: Catalog, overlay: dict[str, Any]) -> Catalog:
 def encode(overlay: dict[str, Any]) -> str:
     text = json.dumps(overlay, sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > MAX_BYTES:
-        from tenancy.engine import EngineError
-
         raise EngineError(f"the catalogue differs from tenants.yaml at the rolled-out commit by {len(text) // 1024} KiB "
                           f"(more than {MAX_BYTES // 1024} KiB fit a Stack object): resolve the pending tenants "
                           "(`tenancy moves`) or commit the catalogue the deployment holds")

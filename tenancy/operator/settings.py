@@ -70,7 +70,7 @@ class OperatorSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any], environment: str) -> "OperatorSettings":
         """`config`: `tenancy:<key>` -> value (strings, as the engine hands config to a program)."""
-        from stacks.config import project_defaults
+        from tenancy.envconfig import project_defaults
 
         naming.check_env(environment)
         defaults = project_defaults()
@@ -101,7 +101,7 @@ class OperatorSettings:
 
     @classmethod
     def load(cls, environment: str) -> "OperatorSettings":
-        from stacks.config import load_stack_config
+        from tenancy.envconfig import load_stack_config
 
         return cls.from_config(load_stack_config(environment), environment)
 

@@ -77,7 +77,7 @@ def object_name(stack: str) -> str:
 def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
     """Every stack of the environment, platform side first (in the cells layout: the global stack, identity
     shards, cells, pool shards), then the tenants' stacks."""
-    from tenancy.lifecycle.units import every_platform_stack
+    from tenancy.topology import every_platform_stack
 
     out = [fleet_stack(s, catalog) for s in every_platform_stack(env)]
     out += [fleet_stack(naming.stack_name(env, t.id), catalog) for t in catalog.stack_tenants]
@@ -87,8 +87,8 @@ def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
 
 def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
     """A stack as the operator runs it, with the stacks it waits for (`prerequisites`): the ones whose outputs it
-    reads (tenancy/lifecycle/units.py `reads`)."""
-    from tenancy.lifecycle.units import reads
+    reads (tenancy/topology.py `reads`)."""
+    from tenancy.topology import reads
 
     kind, env, rest = naming.stack_kind(stack)
     after = reads(stack, catalog)
@@ -102,7 +102,7 @@ def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
                  if naming.stack_kind(a)[0] == naming.CELL_STACK), None)
     platform_project = ""
     if t.model.value == "dedicated":    # whether its project is its own
-        from stacks.config import load_stack_config
+        from tenancy.envconfig import load_stack_config
 
         platform_project = str(load_stack_config(env).get("tenancy:gcpProject") or "")
     return FleetStack(stack, "tenant", t.id, t.model.value, after=after,
@@ -136,18 +136,18 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 def resolve_commit(ref: str = "HEAD") -> str:
     """The full hash of `ref` in this repository (the commit a rollout pins)."""
-    from tenancy.changes import _git
+    from tenancy.changes import git
 
-    return check_commit(_git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
+    return check_commit(git(REPO, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip())
 
 
 def tree_changes(commit: str) -> list[str]:
     """Files of the working tree that differ from `commit` (changed, staged, deleted, or new and not ignored): what
     objects rendered here would show that the commit they pin does not hold."""
-    from tenancy.changes import _git
+    from tenancy.changes import git
 
-    changed = _git(REPO, "diff", "--name-only", commit, "--").splitlines()
-    changed += _git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
+    changed = git(REPO, "diff", "--name-only", commit, "--").splitlines()
+    changed += git(REPO, "ls-files", "--others", "--exclude-standard").splitlines()
     return sorted({f for f in changed if f})
 
 
@@ -162,7 +162,7 @@ def stack_object(s: FleetStack, settings: OperatorSettings, commit: str, *, conf
                  env_vars: dict[str, str] | None = None, preview: bool = False) -> dict[str, Any]:
     """The Stack object of `s` at `commit`. `config`: the stack's inline config (platform stacks);
     `env_vars`: variables for the program (the rollout's catalogue overlay); `preview`: previews only."""
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
     from tenancy.recorder import ORGANIZATION
 
     env = settings.environment
@@ -221,7 +221,7 @@ def stack_object(s: FleetStack, settings: OperatorSettings, commit: str, *, conf
 def check_with_policy_pack(obj: dict[str, Any], env: str) -> None:
     """The policy pack's verdict on a Stack object before anything sends it (`operator-stack-deployer`: it runs as
     its own scope's deployer). The objects live in the operator's namespace, so they count as the platform's."""
-    from stacks.config import project_name
+    from tenancy.envconfig import project_name
     from tenancy.policycheck import resource_violations
 
     urn = f"urn:pulumi:{naming.stack_name(env)}::{project_name()}::{STACK_TYPE}::{obj['metadata']['name']}"
@@ -233,7 +233,7 @@ def check_with_policy_pack(obj: dict[str, Any], env: str) -> None:
 def platform_config(env: str) -> dict[str, str]:
     """The platform stack's config, inline (the operator does not read `stackConfigDir`). Encrypted values
     are not carried: the platform program reads none."""
-    from stacks.config import load_stack_config
+    from tenancy.envconfig import load_stack_config
 
     return load_stack_config(env)
 

@@ -113,7 +113,7 @@ class Table:
 
 # ---------------------------------------------------------------------------------------------- connections
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     import re
 
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -139,7 +139,7 @@ def connect(dsn: str, tenant: str | None = None) -> psycopg.Connection:
         return psycopg.connect(dsn, autocommit=False, **extra)
     except psycopg.Error as exc:
         who = f" for tenant '{tenant}'" if tenant else ""
-        raise DataError(f"cannot connect to database {describe_dsn(dsn)}{who}: {_first_line(exc)}; check the host, port, "
+        raise DataError(f"cannot connect to database {describe_dsn(dsn)}{who}: {first_line(exc)}; check the host, port, "
                         "user and credentials (PGPASSWORD/PGPASSFILE) and that the server is running") from None
 
 
@@ -155,10 +155,10 @@ def _errors(tenant: str, dsn: str, doing: str) -> Iterator[None]:
                         "transaction that wrote the tenant is still open; find it in pg_stat_activity, then run the same "
                         "command again") from None
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)}: {_first_line(exc)}; connect as the "
+        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)}: {first_line(exc)}; connect as the "
                         "owner role (tenancy_owner) or a superuser") from None
     except psycopg.Error as exc:
-        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)} failed: {_first_line(exc)}; nothing "
+        raise DataError(f"tenant '{tenant}': {doing} on database {describe_dsn(dsn)} failed: {first_line(exc)}; nothing "
                         "of this step was committed; fix the cause and run the same command again") from None
 
 

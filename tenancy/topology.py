@@ -1,38 +1,52 @@
-"""The platform-side stacks a lifecycle command runs: the single platform stack, or in the cells layout the
-unit stacks that hold the tenant's share of the platform (stacks/cells.py).
+"""An environment's stacks and what each reads: its layout, its units, and the platform-side stacks that hold
+one tenant's share of the platform.
 
-A one-tenant command (suspend, resume, offboard, an upgrade's cutover, `tenancy place`) runs them with the
-deployed record changed for that tenant only, so every other tenant in those stacks stays exactly as deployed.
-In the cells layout those are the tenant's home units before and after the change (its pool shard, or its
-cell), its identity shard when it joins or leaves the directory, and the global stack when it is offboarded
-(the global stack records offboarded tenants). Nothing else runs: no other cell, shard or identity stack.
+The single layout has one platform stack `<env>`. The cells layout (`tenancy:layout: cells`, stacks/cells.py) has
+a global stack `<env>` and one stack per unit: identity shards, cells and pool shards (tenancy/fleet/capacity.py
+declares how many). Stack programs, plans, deploys and the operator all read the same answers from here.
+
+A one-tenant command (suspend, resume, offboard, an upgrade's cutover, `tenancy place`) runs the tenant's
+platform-side stacks with the deployed record changed for that tenant only, so every other tenant in those stacks
+stays exactly as deployed. In the cells layout those are the tenant's home units before and after the change (its
+pool shard, or its cell), its identity shard when it joins or leaves the directory, and the global stack when it
+is offboarded (the global stack records offboarded tenants). Nothing else runs: no other cell, shard or identity
+stack.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from tenancy import naming
+from tenancy import envconfig, naming
 from tenancy.catalog import Catalog, Model, Tenant
-from tenancy.engine import Engine, OpResult
+from tenancy.fleet import capacity as fleet_capacity
+from tenancy.fleet.capacity import CELLS, Capacity
+from tenancy.fleet.placement import place
 
 
 def cells_layout(env: str) -> bool:
-    """Whether `env` is in the cells layout (an environment without a config file is not)."""
-    from stacks.config import STACKS_DIR, load_stack_config
-
-    if not (STACKS_DIR / f"Pulumi.{env}.yaml").exists():
+    """Whether `env` is in the cells layout (`tenancy:layout: cells` in stacks/Pulumi.<env>.yaml); an environment
+    without a config file is not."""
+    if not (envconfig.STACKS_DIR / f"Pulumi.{env}.yaml").exists():
         return False
-    return load_stack_config(env).get("tenancy:layout") == "cells"
+    return envconfig.load_stack_config(env).get("tenancy:layout") == CELLS
+
+
+def unit_names(capacity: Capacity) -> list[str]:
+    """Every unit of a cells-layout environment (`identity-1`, `cell-1`, `pool-1`, ...), in the order they deploy."""
+    return [*capacity.identity_shard_names, *capacity.cell_names, *capacity.pool_shard_names]
+
+
+def unit_stacks(env: str, capacity: Capacity) -> list[str]:
+    """Every unit stack of a cells-layout environment, in the order they deploy: identity shards (directories
+    read them), cells, pool shards (their applications run in cell 1)."""
+    return [naming.unit_stack(env, u) for u in unit_names(capacity)]
 
 
 def every_platform_stack(env: str) -> list[str]:
     """Every platform-side stack of the environment, in the order they deploy (each reads the earlier ones)."""
     if not cells_layout(env):
         return [naming.stack_name(env)]
-    from stacks.cells import unit_stacks
-    from tenancy.fleet import capacity as fleet_capacity
-
     return [naming.stack_name(env), *unit_stacks(env, fleet_capacity.load(env))]
 
 
@@ -49,16 +63,12 @@ def reads(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Te
         return ()
     if not cells_layout(env):
         return (platform,)
-    from tenancy.fleet import capacity as fleet_capacity
-
     if kind != naming.TENANT_STACK:
         identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
         return {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
                 naming.POOL_STACK: (platform, *identity, naming.unit_stack(env, naming.cell(1)))}[kind]
     t = tenants[rest] if tenants is not None else catalog.tenant(rest)
     if t.model is Model.NAMESPACE:
-        from tenancy.fleet.placement import place
-
         placed = placement if placement is not None else place(catalog, fleet_capacity.load(env))
         return platform, naming.unit_stack(env, placed.tenants[t.id].cell)
     return (platform,)
@@ -86,9 +96,6 @@ def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id:
     """The platform-side stacks that hold tenant `tenant_id`'s share, before and after a change of that tenant."""
     if not cells_layout(env):
         return [naming.stack_name(env)]
-    from tenancy.fleet import capacity as fleet_capacity
-    from tenancy.fleet.placement import place
-
     capacity = fleet_capacity.load(env)
     homes = []
     for catalog in (before, after):
@@ -114,9 +121,6 @@ def pool_shard_of(env: str, catalog: Catalog, tenant_id: str) -> str | None:
     t = catalog.tenant(tenant_id)
     if t.model is not Model.POOLED or not t.in_directory:
         return None
-    from tenancy.fleet import capacity as fleet_capacity
-    from tenancy.fleet.placement import place
-
     return place(catalog, fleet_capacity.load(env)).tenants[tenant_id].pool_shard
 
 
@@ -124,19 +128,7 @@ def identity_stack(env: str, catalog: Catalog, tenant_id: str) -> str:
     """The stack holding the tenant's Identity Platform tenant."""
     if not cells_layout(env):
         return naming.stack_name(env)
-    from tenancy.fleet import capacity as fleet_capacity
-    from tenancy.fleet.placement import place
-
     return naming.unit_stack(env, place(catalog, fleet_capacity.load(env)).tenants[tenant_id].identity_shard)
-
-
-def up_tenant_platform(engine: Engine, env: str, before: Catalog, after: Catalog, tenant_id: str, allow_destroy: bool,
-                       expected: set[str], say) -> list[OpResult]:
-    """Preview-checked updates of the tenant's platform-side stacks (tenant_platform_stacks), in deploy order."""
-    from tenancy.lifecycle.deploy import checked_up
-
-    return [checked_up(engine, stack, after, allow_destroy, expected, say)
-            for stack in tenant_platform_stacks(env, before, after, tenant_id)]
 
 
 def _ordered(stacks: Iterable[str]) -> list[str]:

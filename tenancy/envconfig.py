@@ -1,4 +1,9 @@
-"""Platform stack configuration: typed, validated once, with errors that name the file and the fix."""
+"""An environment's configuration: the platform stack's config (stacks/Pulumi.<env>.yaml) with Pulumi.yaml's
+defaults, typed and validated once, with errors that name the file and the fix.
+
+Read without the Pulumi engine (plans, the CLI, the fleet's capacity) or, inside a program, from the engine's
+config (`PlatformConfig.from_pulumi`). Nothing here declares a resource: the stack programs (stacks/) and
+everything that plans or runs them read the environment from this module."""
 
 from __future__ import annotations
 
@@ -9,18 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import yaml
 
 from tenancy import naming
 from tenancy.catalog import Catalog, entry_lines
 from tenancy.errors import CatalogError, ConfigError, Problem
 
-PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
-STACKS_DIR = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILE = ROOT / "Pulumi.yaml"
+STACKS_DIR = ROOT / "stacks"
 NAMESPACE = "tenancy"
-# Platform output tenant stacks read for their clusters' Google Groups for RBAC (beside stacks/contract.py's keys).
-GROUPS_DOMAIN_EXPORT = "groupsDomain"
 DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -45,6 +48,9 @@ class PlatformConfig:
 
     @classmethod
     def from_pulumi(cls, environment: str) -> "PlatformConfig":
+        """Inside the platform program: from the stack's config."""
+        import pulumi
+
         cfg = pulumi.Config(NAMESPACE)
         raw: dict[str, Any] = {}
         for f in fields(cls):
@@ -186,21 +192,6 @@ def require_catalog_fits(catalog: Catalog, cfg: PlatformConfig) -> None:
     problems = check_catalog(catalog, cfg)
     if problems:
         raise CatalogError(problems)
-
-
-def fit(catalog: Catalog, environment: str):
-    """(the catalogue's placement or None, every problem of its fit to `environment`), each problem at its line like
-    the catalogue's own: the rules that need the platform config (`check_catalog`), and whether its capacity holds
-    every tenant and each pin (tenancy/fleet/placement.py). `tenancy validate` and `tenancy plan` report them with
-    the file's problems; the placement is the one a plan uses."""
-    from tenancy.fleet import capacity, placement
-
-    problems = check_catalog(catalog, offline_platform_config(environment))
-    try:
-        placed = placement.place(catalog, capacity.load(environment))
-    except placement.PlacementError as exc:
-        return None, problems + exc.found
-    return placed, problems
 
 
 def check_catalog(catalog: Catalog, cfg: PlatformConfig) -> list[Problem]:

@@ -1,0 +1,20 @@
+"""The deployed record as platform-side stacks export it (`deployedRecord`): the catalogue a stack was given, its
+deployment notes and where it placed each tenant.
+
+Stack programs write it (stacks/platform.py, stacks/cells.py); tenancy/lifecycle/record.py reads it back through an
+engine and decides what a deploy or a one-tenant command applies. The format lives here, below both, so a stack
+program never imports the lifecycle commands.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tenancy.catalog import Catalog, to_document
+
+
+def record_json(catalog: Catalog, placements: dict[str, dict[str, str]] | None = None) -> str:
+    """What the platform program exports: the catalogue it was given, its notes, and where it placed each
+    tenant (tenancy/fleet: tenant id -> {"cell", "poolShard", "dataProject"})."""
+    return json.dumps({"catalog": to_document(catalog), "notes": dict(catalog.notes),
+                       "placements": dict(placements if placements is not None else catalog.placements)}, sort_keys=True)
