@@ -1,5 +1,7 @@
 """What the platform stack exports and tenant stacks read through their StackReference."""
 
+from tenancy.record_format import RECORD_OUTPUT
+
 ENVIRONMENT = "environment"
 GCP_PROJECT = "gcpProject"
 REGION = "region"
@@ -17,7 +19,7 @@ DNS_ZONE = "dnsZone"
 APP_CHART = "appChart"
 APP_CHART_VERSION = "appChartVersion"
 TENANT_DIRECTORY = "tenantDirectory"        # JSON text: {tenant id: entry}
-DEPLOYED_RECORD = "deployedRecord"          # JSON text: {"catalog": the catalogue deployed, "notes": {...}}
+DEPLOYED_RECORD = RECORD_OUTPUT            # JSON text: {"catalog": the catalogue deployed, "notes": {...}}
 OPERATOR_NAMESPACE = "operatorNamespace"    # with the operator: where its deployers' Kubernetes service accounts are
 GROUPS_DOMAIN = "groupsDomain"              # the Google Workspace domain of the clusters' Google Groups for RBAC
 

@@ -12,6 +12,8 @@ import json
 
 from tenancy.catalog import Catalog, to_document
 
+RECORD_OUTPUT = "deployedRecord"     # the stack output that holds it, as JSON text
+
 
 def record_json(catalog: Catalog, placements: dict[str, dict[str, str]] | None = None) -> str:
     """What the platform program exports: the catalogue it was given, its notes, and where it placed each

@@ -222,6 +222,35 @@ def private_imports(edges: list[Import]) -> list[str]:
             for e in edges if e.private]
 
 
+def private_uses(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[str]:
+    """`module._name` where `module` is another module of this project bound by an import: the same private name
+    taken, only through the module."""
+    known = modules(root, packages)
+    out = []
+    for source, (path, is_package) in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        here = source if is_package else source.rpartition(".")[0]
+        bound: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname and alias.name in known:
+                        bound[alias.asname] = alias.name
+            elif isinstance(node, ast.ImportFrom):
+                base = (".".join(here.split(".")[:len(here.split(".")) - (node.level - 1)] + ([node.module] if node.module else []))
+                        if node.level else node.module or "")
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in known:
+                        bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+        rel = str(path.relative_to(root))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and bound[node.value.id] != source):
+                out.append(f"{rel}:{node.lineno}: `{ast.unparse(node)}` takes private {node.attr} from "
+                           f"{bound[node.value.id]}; give it a public name")
+    return sorted(set(out))
+
+
 # ------------------------------------------------------------------------------------------------ the tree
 
 @pytest.fixture(scope="module")
@@ -247,6 +276,10 @@ def test_no_import_circle(tree):
 
 def test_no_module_takes_another_modules_private_names(tree):
     assert private_imports(tree) == []
+
+
+def test_no_module_reaches_into_another_through_its_name():
+    assert private_uses(ROOT) == []
 
 
 def test_every_declared_module_exists():
@@ -326,3 +359,15 @@ def test_a_private_name_taken_from_another_module_is_reported(tmp_path):
     assert private_imports(imports(root, ("stacks",))) == [
         "stacks/cells.py:1: `from stacks.platform import SHARED, _operator` takes private _operator from "
         "stacks.platform; give it a public name"]
+
+
+def test_a_private_name_reached_through_a_module_is_reported(tmp_path):
+    root = _tree(tmp_path, {
+        "tenancy/__init__.py": "",
+        "tenancy/stores/__init__.py": "",
+        "tenancy/stores/postgres.py": "def _as_tenant():\n    pass\n",
+        "tenancy/verify.py": "from tenancy.stores import postgres as pg\n\ndef f(c):\n    pg._as_tenant(c)\n    pg.__name__\n",
+    })
+    assert private_uses(root, ("tenancy",)) == [
+        "tenancy/verify.py:4: `pg._as_tenant` takes private _as_tenant from tenancy.stores.postgres; give it a "
+        "public name"]

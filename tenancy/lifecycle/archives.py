@@ -176,7 +176,7 @@ def download(where: str, into: Path) -> Path:
     root = private_export_dir(into)
     for o in found:
         rel = o.name[len(prefix):]
-        path = obj._safe_path(root, rel)
+        path = obj.safe_path(root, rel)
         for parent in reversed(path.relative_to(root).parents):
             (root / parent).mkdir(mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)

@@ -138,7 +138,7 @@ def leftovers(dsns: list[str], owned: set[str] | None = None) -> list[tuple[str,
     owned = set(owned or ())
     found: dict[tuple[str, str, str, str], tuple[str, rep.Orphan]] = {}
     for dsn in dsns:
-        server = rep._where(dsn).rsplit("/", 1)[0]
+        server = rep.database_of(dsn).rsplit("/", 1)[0]
         for o in rep.orphans(dsn, owned):
             found.setdefault((server, o.kind, o.name, o.database), (server, o))
     return [found[k] for k in sorted(found)]

@@ -36,9 +36,8 @@ from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, entry_lines, fit_entry_to_model, parse_catalog, to_document
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import CatalogError, TenancyError
+from tenancy.record_format import RECORD_OUTPUT
 from tenancy.topology import unit_stacks
-
-RECORD_OUTPUT = "deployedRecord"
 
 
 class RecordError(TenancyError):

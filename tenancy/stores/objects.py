@@ -81,10 +81,6 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _md5(data: bytes) -> str:
-    return _b64(hashlib.md5(data).digest())  # the form GCS reports
-
-
 class LocalStore:
     """A directory standing for a bucket: object names are relative paths; no content type or metadata kept."""
 
@@ -524,7 +520,7 @@ class _HashingFile:
         self.f.flush()
 
 
-def _safe_path(root: Path, rel: str) -> Path:
+def safe_path(root: Path, rel: str) -> Path:
     segments = rel.split("/")
     bad = next((s for s in segments if s in ("", ".", "..")), None)
     if bad is not None:
@@ -545,7 +541,7 @@ def export(store: Store, prefix: str, directory: str | Path, progress: Progress 
     files = []
     for rel in sorted(objs):
         info = objs[rel]
-        path = _safe_path(files_dir, rel)
+        path = safe_path(files_dir, rel)
         try:
             for parent in reversed(path.relative_to(files_dir).parents):
                 (files_dir / parent).mkdir(mode=0o700, exist_ok=True)
@@ -579,7 +575,7 @@ def read_export(directory: str | Path) -> Summary:
     except (OSError, ValueError) as exc:
         raise ObjectError(f"no readable objects.json in {root} ({exc}); export again") from None
     for f in entry["files"]:
-        path = _safe_path(root, f["path"])
+        path = safe_path(root, f["path"])
         if not path.is_file() or path.stat().st_size != f["size"] or file_sha256(path) != f["sha256"]:
             raise Mismatch(f"exported object {f['name']} in {root} is missing or changed (size or SHA-256 differs)")
     return Summary.from_json(entry["summary"])
@@ -651,7 +647,7 @@ def import_export(directory: str | Path, store: Store, prefix: str, progress: Pr
             continue
         like = ObjectInfo(name, f["md5"], f["size"], content_type=f.get("content_type"),
                           cache_control=f.get("cache_control"), metadata=f.get("metadata"))
-        with open(_safe_path(root, f["path"]), "rb") as data:
+        with open(safe_path(root, f["path"]), "rb") as data:
             store.upload(prefix + name, data, f["size"], like)
         uploaded += 1
         nbytes += f["size"]

@@ -189,7 +189,7 @@ def _identity(conn: psycopg.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _as_tenant(conn: psycopg.Connection, tenant: str) -> None:
+def as_tenant(conn: psycopg.Connection, tenant: str) -> None:
     """Inside the current transaction only: the tenant (through tenancy.set_tenant, the only way that counts)
     and the output settings that checksums and exports rely on."""
     conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
@@ -205,7 +205,7 @@ def _registered(conn: psycopg.Connection, tenant: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- tables
 
-def _all_tables(conn: psycopg.Connection) -> list[Table]:
+def all_tables(conn: psycopg.Connection) -> list[Table]:
     """Every isolated table, parents before children (foreign keys among them define the order)."""
     rels = conn.execute("SELECT c.oid, n.nspname, c.relname, format('%I.%I', n.nspname, c.relname) "
                         "FROM tenancy.isolated_tables i JOIN pg_class c ON c.oid = i.table_name "
@@ -244,7 +244,7 @@ def _all_tables(conn: psycopg.Connection) -> list[Table]:
 
 def _select(conn: psycopg.Connection, dsn: str, wanted: list[str] | None) -> list[Table]:
     """The isolated tables named in `wanted` (schema.table, quoted where needed), in copy order; all when None."""
-    found = _all_tables(conn)
+    found = all_tables(conn)
     if wanted is None:
         return found
     by_name = {t.qualified: t for t in found}
@@ -268,12 +268,12 @@ def _select(conn: psycopg.Connection, dsn: str, wanted: list[str] | None) -> lis
 
 def isolated_tables(conn: psycopg.Connection) -> list[str]:
     """Names of the isolated tables, parents first."""
-    return [t.qualified for t in _all_tables(conn)]
+    return [t.qualified for t in all_tables(conn)]
 
 
 def _match_target(tables: list[Table], dst: psycopg.Connection, dsn: str) -> list[Table]:
     """The target's tables for the source's: same names, and every copied column present."""
-    there = {t.qualified: t for t in _all_tables(dst)}
+    there = {t.qualified: t for t in all_tables(dst)}
     missing = [t.qualified for t in tables if t.qualified not in there]
     if missing:
         raise DataError(f"the target {describe_dsn(dsn)} lacks isolated tables {', '.join(missing)}: apply the tenancy SQL "
@@ -306,14 +306,14 @@ def _checksum_query(t: Table, relation: sql.Composable, tenant_filter: bool) -> 
 def _table(conn: psycopg.Connection, table: str | Table) -> Table:
     if isinstance(table, Table):
         return table
-    for t in _all_tables(conn):
+    for t in all_tables(conn):
         if t.qualified == table:
             return t
     raise DataError(f"{table} is not an isolated table")
 
 
 def table_checksum(conn: psycopg.Connection, table: str | Table, tenant: str) -> tuple[int, str]:
-    """(rows, ordered checksum) of one tenant's rows; call inside a transaction after _as_tenant."""
+    """(rows, ordered checksum) of one tenant's rows; call inside a transaction after as_tenant."""
     t = _table(conn, table)
     count, digest = conn.execute(_checksum_query(t, t.ident, True), (tenant,)).fetchone()
     return int(count), digest
@@ -340,7 +340,7 @@ def _read_summary(dsn: str, tenant: str, tables: list[Table], snapshot: str | No
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             if snapshot:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            _as_tenant(conn, tenant)
+            as_tenant(conn, tenant)
             out = _summary(conn, tables, tenant)
             conn.rollback()
             return out
@@ -358,7 +358,7 @@ def summary(dsn: str, tenant: str, tables: list[str] | None = None, snapshot: st
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         else:
             picked = _select(conn, dsn, tables)
-        _as_tenant(conn, tenant)
+        as_tenant(conn, tenant)
         out = _summary(conn, picked, tenant)
         conn.rollback()
         return out
@@ -380,7 +380,7 @@ def _checkpoint(name: str) -> None:
 
 def clear_tenant(conn: psycopg.Connection, tenant: str, tables: list[str] | list[Table], side: str = "target") -> int:
     """Delete one tenant's rows, children first, inside the caller's transaction. Returns rows deleted."""
-    _as_tenant(conn, tenant)
+    as_tenant(conn, tenant)
     deleted = 0
     for t in reversed([_table(conn, x) for x in tables]):
         deleted += conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(t.ident), (tenant,)).rowcount
@@ -410,8 +410,8 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
     """Stream one tenant's rows table by table (the source's columns, by name); the caller owns both
     transactions. `targets` are the same tables as the target's catalog knows them (their oids differ)."""
     say = progress or (lambda m: None)
-    _as_tenant(src, tenant)
-    _as_tenant(dst, tenant)
+    as_tenant(src, tenant)
+    as_tenant(dst, tenant)
     rows: dict[str, int] = {}
     stage = sql.Identifier("tenancy_stage")
     for t, there in zip(tables, targets or tables):
@@ -434,7 +434,7 @@ def copy_tenant(src: psycopg.Connection, dst: psycopg.Connection, tenant: str, t
     return rows
 
 
-def _where(dsn: str) -> str:
+def database_of(dsn: str) -> str:
     return describe_dsn(dsn)
 
 
@@ -449,7 +449,7 @@ def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[st
     say = progress or (lambda m: None)
     with _open(source_dsn, tenant, "reading the source") as src, _open(target_dsn, tenant, "reading the target") as dst:
         if _identity(src) == _identity(dst):
-            raise DataInputError(f"source {_where(source_dsn)} and target {_where(target_dsn)} are the same database; "
+            raise DataInputError(f"source {database_of(source_dsn)} and target {database_of(target_dsn)} are the same database; "
                                  "nothing was done")
         with _errors(tenant, source_dsn, "reading the source's tables"):
             picked = _select(src, source_dsn, tables)
@@ -458,12 +458,12 @@ def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[st
             dst_tables = _match_target(picked, dst, target_dsn)
             dst.rollback()
         report = MoveReport(tenant=tenant, tables=[t.qualified for t in picked])
-        with _errors(tenant, source_dsn, "copying to the target " + _where(target_dsn)):
+        with _errors(tenant, source_dsn, "copying to the target " + database_of(target_dsn)):
             src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             start = time.perf_counter()
             row = src.execute("SELECT plan, model FROM tenancy.tenants WHERE id = %s", (tenant,)).fetchone()
             if row is None:
-                raise DataError(f"tenant '{tenant}' is not registered in the source {_where(source_dsn)}: is this the "
+                raise DataError(f"tenant '{tenant}' is not registered in the source {database_of(source_dsn)}: is this the "
                                 "database that holds its rows? Nothing was done")
             dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO "
                         "UPDATE SET plan = excluded.plan, model = excluded.model, state = excluded.state, updated_at = now()",
@@ -518,7 +518,7 @@ def unregister(dsn: str, tenant: str) -> bool:
     with connect(dsn, tenant) as conn:
         with _errors(tenant, dsn, "unregistering the tenant"):
             _lock_registry(conn, tenant)
-            _as_tenant(conn, tenant)
+            as_tenant(conn, tenant)
             if not _all_tables_empty(conn, tenant):
                 conn.rollback()
                 return False
@@ -563,7 +563,7 @@ def _lock_registry(conn: psycopg.Connection, tenant: str) -> None:
 
 
 def _all_tables_empty(conn: psycopg.Connection, tenant: str) -> bool:
-    return not any(_counts(conn, _all_tables(conn), tenant).values())
+    return not any(_counts(conn, all_tables(conn), tenant).values())
 
 
 # ------------------------------------------------------------------------------------------ verify, delete
@@ -591,7 +591,7 @@ def delete(dsn: str, tenant: str, expect: Summary | None = None, tables: list[st
     with _open(dsn, tenant, "deleting the tenant's rows") as conn:
         picked = _select(conn, dsn, tables)
         _lock_registry(conn, tenant)
-        _as_tenant(conn, tenant)
+        as_tenant(conn, tenant)
         if expect is not None:
             now = _summary(conn, picked, tenant)
             if not now.same_data(expect):
@@ -651,7 +651,7 @@ def export(source_dsn: str, tenant: str, out_dir: str | Path, progress: Progress
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         picked = _select(src, source_dsn, tables)
         out = private_export_dir(out_dir)   # only once the database is known to be usable
-        _as_tenant(src, tenant)
+        as_tenant(src, tenant)
         for t in picked:
             order = sql.SQL(", ").join(sql.Identifier(k) for k in t.key) if t.key else sql.SQL("1")
             q = sql.SQL("COPY (SELECT {cols} FROM {t} WHERE tenant_id = {tid} ORDER BY {key}) TO STDOUT "
@@ -688,7 +688,7 @@ def verify_export(directory: str | Path, dsn: str, tenant: str) -> Summary:
     with _open(dsn, tenant, "checking the export") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         picked = _select(conn, dsn, list(manifest["tables"]))
-        _as_tenant(conn, tenant)
+        as_tenant(conn, tenant)
         _check_files(conn, directory, manifest, {t.qualified: t for t in picked}, tenant)
         now = _summary(conn, picked, tenant)
         conn.rollback()
@@ -744,7 +744,7 @@ def import_export(directory: str | Path, dsn: str, tenant: str, progress: Progre
             conn.rollback()
             raise DataError(f"tenant '{tenant}' is not registered in database {describe_dsn(dsn)}; register it first")
         _lock_registry(conn, tenant)
-        _as_tenant(conn, tenant)
+        as_tenant(conn, tenant)
         there = _summary(conn, picked, tenant)
         if not rehearse and there.count:
             conn.rollback()

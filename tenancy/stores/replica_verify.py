@@ -91,7 +91,7 @@ class Tally:
 
 def keyed_tables(conn: psycopg.Connection, names: list[str]) -> list[Keyed]:
     """The named isolated tables (an autocommit connection, or the caller ends the transaction)."""
-    by_name = {t.qualified: t for t in pg._all_tables(conn)}
+    by_name = {t.qualified: t for t in pg.all_tables(conn)}
     out = []
     for name in names:
         t = by_name[name]
@@ -188,7 +188,7 @@ def _snapshot(dsn: str | psycopg.Connection, tenant: str) -> psycopg.Connection:
     """A connection (new, or an idle one given) inside a REPEATABLE READ transaction whose snapshot is taken now."""
     conn = pg.connect(dsn, tenant) if isinstance(dsn, str) else dsn
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    pg._as_tenant(conn, tenant)   # also takes the snapshot (first statement), and pins the output settings
+    pg.as_tenant(conn, tenant)   # also takes the snapshot (first statement), and pins the output settings
     return conn
 
 

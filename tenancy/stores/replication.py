@@ -156,7 +156,7 @@ class Orphan:
         return f"{self.kind} {self.name}{where}: {self.detail}"
 
 
-def _where(dsn: str) -> str:
+def database_of(dsn: str) -> str:
     """host:port/dbname of a DSN: identifies a database without its user or password."""
     try:
         d = conninfo_to_dict(dsn)
@@ -422,7 +422,7 @@ def start(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | Non
                     raise ReplicationError(f"tenant '{tenant}' is {source_row[2]} at the source; an online move starts "
                                            "from an active tenant")
                 before = {"tenant": tenant, "source_state": source_row[2], "target_state": _state(dst, tenant),
-                          "target": _where(target_dsn)}
+                          "target": database_of(target_dsn)}
                 _create_publication(src, n, move, tenant, tables, before)
             step("publication")
             dst.execute("INSERT INTO tenancy.tenants (id, plan, model, state) VALUES (%s, %s, %s, 'frozen') "
