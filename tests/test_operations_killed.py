@@ -87,20 +87,26 @@ def _yaml(catalog) -> str:
 class Runner:
     """Runs a command in a fork-server child, killed after `delay` seconds unless it finished first."""
 
-    def __init__(self, w):
+    PRELOAD = ["tenancy.operations.tier_move", "tenancy.operations.offboard", "tenancy.operations.suspend", "stacks",
+               "tests.test_operations_killed"]
+
+    def __init__(self, w, preload: list[str] | None = None):
         self.w = w
         self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(["tenancy.operations.tier_move", "tenancy.operations.offboard",
-                                        "tenancy.operations.suspend", "stacks", "tests.test_operations_killed"])
+        self.mp.set_forkserver_preload(preload or self.PRELOAD)
 
     def run(self, kind: str, catalog, args: dict, delay: float | None = None) -> tuple[str, str]:
         """("finished" | "failed" | "killed", the error's line)."""
+        w = self.w
+        return self.spawn(_command, (kind, str(w["tmp"] / "state"), w["registry"].dsn, w["project"], _yaml(catalog), args),
+                          delay)
+
+    def spawn(self, target, args: tuple, delay: float | None) -> tuple[str, str]:
+        """`target(*args, report)` in a child, killed after `delay` seconds; what it wrote to `report`."""
         import json
 
-        w = self.w
-        report = w["tmp"] / f"report-{uuid.uuid4().hex[:8]}.json"
-        p = self.mp.Process(target=_command, args=(kind, str(w["tmp"] / "state"), w["registry"].dsn, w["project"],
-                                                   _yaml(catalog), args, str(report)))
+        report = self.w["tmp"] / f"report-{uuid.uuid4().hex[:8]}.json"
+        p = self.mp.Process(target=target, args=(*args, str(report)))
         p.start()
         p.join(delay if delay is not None else 600)
         if p.is_alive():

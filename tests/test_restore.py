@@ -21,6 +21,7 @@ from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
 from tenancy.stores.layout import graph_dump_object
 from tests.movehelp import Boom, stop_before
+from tests.test_operations_killed import Runner, _yaml
 from tests.test_tier_moves_all_stores import (ORPHAN, TABLES, DumpJob, docs, fleet, objects_of,  # noqa: F401 -- fixture
                                               offboard, rows, upgrade)
 
@@ -431,35 +432,14 @@ def _restore_command(state: str, registry_dsn: str, project: str, catalog_text: 
         json.dump(text, f)
 
 
-class RestoreRunner:
+class RestoreRunner(Runner):
     def __init__(self, w):
-        import multiprocessing
-
-        self.w = w
-        self.mp = multiprocessing.get_context("forkserver")
-        self.mp.set_forkserver_preload(["tenancy.operations.restore", "stacks", "tests.test_restore"])
+        super().__init__(w, ["tenancy.operations.restore", "stacks", "tests.test_restore"])
 
     def run(self, args: dict, delay: float | None = None) -> tuple[str, str]:
-        import os
-        import signal
-        import uuid
-
-        from tests.test_operations_killed import _yaml
-
         w = self.w
-        report = w["tmp"] / f"report-{uuid.uuid4().hex[:8]}.json"
-        p = self.mp.Process(target=_restore_command, args=(str(w["tmp"] / "state"), w["registry"].dsn, w["project"],
-                                                           _yaml(w["catalog"]), args, str(report)))
-        p.start()
-        p.join(delay if delay is not None else 600)
-        if p.is_alive():
-            os.kill(p.pid, signal.SIGKILL)
-            p.join()
-            return "killed", ""
-        if not report.exists():
-            return "failed", f"exit code {p.exitcode}"
-        out = json.loads(report.read_text())
-        return out["status"], out.get("error", "")
+        return self.spawn(_restore_command, (str(w["tmp"] / "state"), w["registry"].dsn, w["project"],
+                                             _yaml(w["catalog"]), args), delay)
 
 
 def nothing_of_bravo(w):

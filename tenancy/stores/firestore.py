@@ -246,11 +246,7 @@ def clear_changes(loc: FirestoreLocation) -> int:
     with _api(loc, "removing the change list"):
         refs = list(client.collection(loc.path(f"{MARKER_COLLECTION}/{CHANGES_DOC}/{CHANGES_COLLECTION}")
                                       ).list_documents(retry=_retry()))
-    for start in range(0, len(refs), MAX_BATCH):
-        batch = client.batch()
-        for ref in refs[start:start + MAX_BATCH]:
-            batch.delete(ref)
-        _commit(loc, batch)
+    _delete_refs(loc, client, refs)
     return len(refs)
 
 
@@ -307,10 +303,15 @@ def sync_pass(src: FirestoreLocation, dst: FirestoreLocation, tenant: str, colle
 
 def _remove(loc: FirestoreLocation, rels: list[str]) -> None:
     client = _client(loc)
-    for start in range(0, len(rels), MAX_BATCH):
+    _delete_refs(loc, client, [client.document(loc.path(rel)) for rel in rels])
+
+
+def _delete_refs(loc: FirestoreLocation, client, refs: list, batch_size: int = MAX_BATCH) -> None:
+    """Unconditional deletes, `batch_size` to a commit."""
+    for start in range(0, len(refs), batch_size):
         batch = client.batch()
-        for rel in rels[start:start + MAX_BATCH]:
-            batch.delete(client.document(loc.path(rel)))
+        for ref in refs[start:start + batch_size]:
+            batch.delete(ref)
         _commit(loc, batch)
 
 
@@ -532,11 +533,7 @@ def discard(loc: FirestoreLocation, tenant: str, collections: Collections, *, ba
     with _api(loc, "reading documents"):
         docs = sorted(_walk(loc, tree, fields=False), key=lambda d: (-d.depth, d.rel))
     refs = [client.document(loc.path(d.rel)) for d in docs] + [client.document(loc.path(f"{MARKER_COLLECTION}/deletion"))]
-    for start in range(0, len(refs), batch_size):
-        batch = client.batch()
-        for ref in refs[start:start + batch_size]:
-            batch.delete(ref)
-        _commit(loc, batch)
+    _delete_refs(loc, client, refs, batch_size)
     return len(docs)
 
 

@@ -675,15 +675,22 @@ def export(source_dsn: str, tenant: str, out_dir: str | Path, progress: Progress
     return manifest
 
 
-def verify_export(directory: str | Path, dsn: str, tenant: str) -> Summary:
-    """Re-read an export (files against the manifest, then against the database now); returns its summary."""
-    directory = Path(directory)
+def _manifest(directory: Path, tenant: str, unreadable: type[Exception], hint: str = "") -> dict:
+    """An export's manifest.json; `unreadable` when it cannot be read, Mismatch when it is another tenant's."""
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
-        raise DataError(f"tenant '{tenant}': no readable manifest.json in {directory} ({exc}); export again") from None
+        raise unreadable(f"tenant '{tenant}': no readable manifest.json in {directory} "
+                         f"({getattr(exc, 'strerror', None) or exc}){hint}") from None
     if manifest.get("tenant") != tenant:
         raise Mismatch(f"the export in {directory} is of tenant '{manifest.get('tenant')}', not '{tenant}'")
+    return manifest
+
+
+def verify_export(directory: str | Path, dsn: str, tenant: str) -> Summary:
+    """Re-read an export (files against the manifest, then against the database now); returns its summary."""
+    directory = Path(directory)
+    manifest = _manifest(directory, tenant, DataError, "; export again")
     expected = Summary.from_json(manifest["summary"])
     with _open(dsn, tenant, "checking the export") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -704,12 +711,7 @@ def read_export_manifest(directory: str | Path, tenant: str) -> tuple[dict, Summ
     """An export's manifest and summary, with every file checked against it (present, SHA-256); no database
     is read. Mismatch names each file that is missing or changed, or an export of another tenant."""
     directory = Path(directory)
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise Mismatch(f"no readable manifest.json in {directory} ({getattr(exc, 'strerror', None) or exc})") from None
-    if manifest.get("tenant") != tenant:
-        raise Mismatch(f"the export in {directory} is of tenant '{manifest.get('tenant')}', not '{tenant}'")
+    manifest = _manifest(directory, tenant, Mismatch)
     bad = []
     for name, entry in manifest["tables"].items():
         path = directory / entry["file"]
