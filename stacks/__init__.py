@@ -1,8 +1,9 @@
-"""The two stack programs and the one decision between them.
+"""The stack programs, chosen by stack name.
 
-Stack names: `<env>` is the platform stack of environment <env> (config in stacks/Pulumi.<env>.yaml);
-`<env>.<tenant-id>` is that tenant's stack, which needs no config file: it reads its tenant from
-tenants.yaml and environment facts from the platform stack's outputs.
+Stack names: `<env>` is the global stack of environment <env> (config in stacks/Pulumi.<env>.yaml);
+`<env>.identity-<k>`, `<env>.cell-<n>` and `<env>.pool-<n>` are its unit stacks (stacks/cells.py);
+`<env>.<tenant-id>` is that tenant's stack, which needs no config file: it reads its tenant from tenants.yaml
+and environment facts from the global stack's outputs (and a namespace tenant its cell's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pulumi
 from tenancy import envconfig, naming
 from tenancy.catalog import Catalog, load_catalog
 from tenancy.errors import ConfigError
-from tenancy.topology import cells_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_ENV = "TENANCY_CATALOG"
@@ -33,26 +33,21 @@ def catalog_path() -> Path:
 def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> Callable[[], Awaitable[None]]:
     """The program of stack `stack`, as an async callable (tenant stacks await their platform's outputs).
 
-    `tenant_facing_only` (platform stacks): build only what tenant stacks read (offline `--tenant` plans)."""
+    `tenant_facing_only` (cells): build only what tenant stacks read (offline `--tenant` plans)."""
     kind, env, tenant_id = naming.stack_kind(stack)
     if kind == naming.ENV_STACK:
-        from stacks import platform
+        async def run_global() -> None:
+            from stacks import cells
 
-        async def run_platform() -> None:
-            cfg = envconfig.PlatformConfig.from_pulumi(env)
-            if cells_layout(env):
-                from stacks import cells
-                cells.build_global(env, catalog, cfg)
-            else:
-                platform.build(env, catalog, cfg, tenant_facing_only)
+            cells.build_global(env, catalog, envconfig.PlatformConfig.from_pulumi(env))
 
-        return run_platform
+        return run_global
     if kind != naming.TENANT_STACK:
         return _unit_program(stack, kind, env, tenant_id, catalog, tenant_facing_only)
 
     tenant = catalog.tenant(tenant_id)
     if not tenant.has_stack:
-        why = "is pooled (it lives in the platform stack)" if tenant.model.value == "pooled" else f"is {tenant.state.value}"
+        why = "is pooled (it lives in its pool shard's stack)" if tenant.model.value == "pooled" else f"is {tenant.state.value}"
         raise ConfigError(f"{catalog.path}: tenant '{tenant_id}' {why}; it has no tenant stack. "
                           f"Destroy stack '{stack}' if it still exists (`pulumi destroy -s {stack}`).")
 
@@ -60,7 +55,7 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
         from stacks import contract, tenant as tenant_stack
 
         cell = None
-        if cells_layout(env) and tenant.model.value == "namespace":
+        if tenant.model.value == "namespace":
             from stacks import cells
 
             _, placement = cells.placement_for(env, catalog, envconfig.offline_platform_config(env))
@@ -83,8 +78,7 @@ def program(stack: str, catalog: Catalog, tenant_facing_only: bool = False) -> C
 
 
 # The SDK modules a namespace tenant's stack declares resources from (tests/test_plan.py checks the list
-# against a planned stack). Importing one executes every module of the package (seconds in all): a one-tenant
-# plan imports them while the platform's exports are computed in another process (tenancy.plan.prefetch_exports).
+# against a planned stack). Importing one executes every module of the package (seconds in all).
 TENANT_SDK_MODULES = (
     "pulumi_gcp.firestore", "pulumi_gcp.projects", "pulumi_gcp.secretmanager", "pulumi_gcp.serviceaccount",
     "pulumi_gcp.sql", "pulumi_gcp.storage", "pulumi_kubernetes.apiextensions", "pulumi_kubernetes.batch.v1",
@@ -124,12 +118,8 @@ def warm_tenant_sdk() -> None:
 
 def _unit_program(stack: str, kind: str, env: str, unit: str, catalog: Catalog,
                   tenant_facing_only: bool = False) -> Callable[[], Awaitable[None]]:
-    """A cell, pool-shard or identity-shard stack (cells layout only). `tenant_facing_only` (cells): only what
-    tenant stacks read (the cluster and its edge), for offline plans of single tenants."""
-    if not cells_layout(env):
-        envconfig.load_stack_config(env)     # an environment without a config file is refused as such
-        raise ConfigError(f"stack '{stack}' is a {kind} stack of the cells layout, but environment '{env}' is in the "
-                          f"single layout (stacks/Pulumi.{env}.yaml: tenancy:layout); its platform stack is '{env}'")
+    """A cell, pool-shard or identity-shard stack. `tenant_facing_only` (cells): only what tenant stacks read
+    (the cluster and its edge), for offline plans of single tenants."""
 
     async def run_unit() -> None:
         from stacks import cells

@@ -1,5 +1,5 @@
-"""The cells layout (`tenancy:layout: cells`): an environment's platform as a small global stack plus one stack
-per cell, pool shard and identity shard, so no stack and no Kubernetes object grows with the fleet.
+"""An environment's platform: a small global stack plus one stack per cell, pool shard and identity shard, so no
+stack and no Kubernetes object grows with the fleet. A small environment has one of each.
 
 | stack | holds | bounded by |
 |---|---|---|
@@ -8,9 +8,9 @@ per cell, pool shard and identity shard, so no stack and no Kubernetes object gr
 | `<env>.pool-<n>` | a pooled Cloud SQL instance, Firestore database, bucket, namespace, application (in cell 1's cluster), SQL job and the directory of its tenants | `tenancy:poolShardCapacity` |
 | `<env>.identity-<k>` | Identity Platform tenants, by a stable hash of the tenant id (kept once deployed) | `tenancy:identityShards` |
 
-Cell 1 and pool shard 1 keep every logical and physical name of the single platform stack (stacks/platform.py
-builds them with the same functions), so `tenancy migrate` moves their state (`pulumi state move`) and
-nothing is recreated. Each unit stack reads its environment's config from stacks/Pulumi.<env>.yaml (it has no
+Cell 1 and pool shard 1 keep every logical and physical name of the one platform stack earlier versions
+deployed, so `tenancy migrate` moves such an environment's state (`pulumi state move`) and nothing is
+recreated. Each unit stack reads its environment's config from stacks/Pulumi.<env>.yaml (it has no
 config file of its own), and the global stack's outputs (and cell 1's, and its identity shards') through
 StackReferences. A dedicated tenant has a home cell too: its directory entry and deployed record live there.
 """
@@ -38,11 +38,10 @@ from tenancy.catalog import Catalog, Model
 from tenancy.envconfig import PlatformConfig, require_catalog_fits
 from tenancy.fleet.capacity import CELL_NETWORK_KEYS, KEYS, NAMESPACE, Capacity
 from tenancy.fleet.placement import Placement, place
-from tenancy.record_format import record_json
+from tenancy.record_format import CELLS, LAYOUT_OUTPUT, record_json
 from tenancy.topology import unit_names
 
 IDENTITY_TENANTS = "identityTenants"      # identity shard output: {tenant id: Identity Platform tenant name}
-LAYOUT = "layout"                         # the global stack's output: "cells"
 
 
 def placement_for(env: str, catalog: Catalog, cfg: PlatformConfig) -> tuple[Capacity, Placement]:
@@ -93,7 +92,7 @@ def build_global(env: str, catalog: Catalog, cfg: PlatformConfig) -> None:
     IdentityPlatform("identity", IdentityArgs(project=cfg.gcp_project, authorized_domains=authorized_domains(cfg.base_domain),
                                               tenants=[]), opts=gopts)
     export_all(environment_facts(env, cfg, net.network_id, net.subnet_id, zone.zone_name))
-    pulumi.export(LAYOUT, "cells")
+    pulumi.export(LAYOUT_OUTPUT, CELLS)
     # Each unit's deploying identity: the global stack runs as the platform's, which alone may make the units'
     # identities and grant them roles.
     deployer_identities(env, cfg, catalog, provider, unit_names(capacity_of(env, cfg)))
@@ -157,7 +156,7 @@ def build_pool(env: str, shard: str, catalog: Catalog, cfg: PlatformConfig) -> N
     pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory and placement.tenants[t.id].pool_shard == shard]
     pooled_tier(env, catalog, cfg, pooled, shard, provider, glob.require_output(contract.NETWORK_ID), [],
                 Kube(kube, home.require_output(contract.WORKLOAD_POOL), home.require_output("systemNamespace")),
-                placement.tenants, cells_layout=True)
+                placement.tenants)
     # Its own logical name: the platform stack's `directory` (tenancy-system in cell 1) becomes cell 1's.
     _directory(env, cfg, catalog, placement, pooled, naming.pool_namespace(shard), kube, name="pool-directory")
 
@@ -195,7 +194,7 @@ def _directory(env: str, cfg: PlatformConfig, catalog: Catalog, placement: Place
                 for t in tenants}
     directory = TenantDirectory(name, DirectoryArgs(
         namespace=namespace, labels=k8s_labels(env, SHARED),
-        entries={t.id: directory_entry(t, env, cfg, placement.tenants[t.id], cells_layout=True) for t in tenants},
+        entries={t.id: directory_entry(t, env, cfg, placement.tenants[t.id]) for t in tenants},
         identity_tenants=identity, compact=True), opts=pulumi.ResourceOptions(provider=provider))
     pulumi.export(contract.TENANT_DIRECTORY, directory.json)
     # The deployed record of its tenants: their catalogue entries, notes and placements (tenancy/lifecycle/record.py

@@ -1,4 +1,6 @@
-"""The platform stack: one per environment. Shared infrastructure and everything pooled tenants need."""
+"""What the environment's stacks (stacks/cells.py) are built from: the network, a cell's cluster and edge, the
+registry database, the operator and its deployers, a pool shard's pooled tier, and the directory entry and
+registration of each tenant."""
 
 from __future__ import annotations
 
@@ -12,25 +14,21 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from components.cluster import ClusterArgs, GkeCluster, NodeIsolationPolicy
-from components.directory import DirectoryArgs, TenantDirectory
 from tenancy.stores.layout import stores_for
 from components.edge import CLUSTER_ISSUER, INGRESS_NAMESPACE, Edge, EdgeArgs
-from components.identity import IdentityArgs, IdentityPlatform, IdentityTenant, authorized_domains, sign_in_host
+from components.identity import sign_in_host
 from components.labels import k8s_labels, labels
 from components.namespace import NamespaceArgs, TenantNamespace
 from components.network import Network, NetworkArgs
 from components.postgres import DATABASE, OWNER_USER, RUNTIME_USER, SSL_MODE, PostgresArgs, PostgresInstance
 from components.sqljob import Registration, SqlApplyJob, SqlJobArgs
-from components.storage import (Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, access_log_bucket,
-                                storage_data_access_audit)
+from components.storage import Bucket, BucketArgs, FirestoreArgs, FirestoreDatabase, access_log_bucket
 from components.workload import AppArgs, AppRelease, WorkloadIdentity, WorkloadIdentityArgs
 from stacks import contract
 from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, Tenant
-from tenancy.envconfig import PlatformConfig, require_catalog_fits
-from tenancy.fleet.capacity import Capacity
-from tenancy.fleet.placement import Placement, TenantPlacement, place
-from tenancy.record_format import record_json
+from tenancy.envconfig import PlatformConfig
+from tenancy.fleet.placement import TenantPlacement
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SHARED = "shared"
@@ -56,8 +54,7 @@ def registry_entry(entry: dict[str, Any]) -> str:
                       separators=(",", ":"), sort_keys=True)
 
 
-def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None,
-                    cells_layout: bool = False) -> dict[str, Any]:
+def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlacement | None = None) -> dict[str, Any]:
     """Where a tenant lives and which secrets (by name) hold its database credentials. `placed`: its cell,
     pool shard and data project (tenancy/fleet); the physical names follow from them."""
     placed = placed or TenantPlacement()
@@ -68,7 +65,7 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlac
         entry["placement"] = {"cluster": naming.cluster(env), "namespace": naming.pool_namespace(shard),
                               "bucket": naming.pool_bucket(env, cfg.gcp_project, shard), "prefix": f"{t.id}/",
                               "firestore": naming.pool_firestore(env, shard),
-                              "stack": naming.unit_stack(env, shard) if cells_layout else naming.stack_name(env),
+                              "stack": naming.unit_stack(env, shard),
                               **placed.to_json()}
         if placed.pool_shard:
             entry["placement"]["database"] = naming.pool_shard_instance(env, placed.pool_shard)
@@ -90,42 +87,6 @@ def directory_entry(t: Tenant, env: str, cfg: PlatformConfig, placed: TenantPlac
     # what moves, exports and is deleted with it
     entry["stores"] = stores_for(t, env, cfg.gcp_project, pool_shard=placed.pool_shard).to_json()
     return entry
-
-
-def build(env: str, catalog: Catalog, cfg: PlatformConfig, tenant_facing_only: bool = False) -> None:
-    """The platform stack. `tenant_facing_only` builds just the components whose exports tenant stacks read
-    (network, cluster, edge): the offline plan uses it to feed `--tenant` plans without the pooled tier."""
-    # Refused before anything is declared, whichever tool runs the program (`pulumi up` included).
-    require_catalog_fits(catalog, cfg)
-    # Every tenant's cell, pool shard and data project, before anything is built: a full environment or an
-    # impossible pin stops the program with the capacity to add. Deployed tenants keep their placement.
-    placement = None if tenant_facing_only else place(catalog, Capacity.from_pulumi(env, cfg.gcp_project))
-    provider, net, cluster, edge, system_ns = _foundation(env, cfg, workloads=not tenant_facing_only)
-    _export_tenant_facts(env, cfg, net, cluster, edge)
-    export_operator_namespace(env)
-    if placement is None:
-        return
-    install_operator(env, cfg, catalog, provider, cluster, [naming.cell(1)])
-    registry_database(env, cfg, net.network_id, [net.private_services], pulumi.ResourceOptions(provider=provider))
-    pooled = [t for t in catalog.by_model(Model.POOLED) if t.in_directory]
-    kube = Kube(cluster.provider, cluster.workload_pool, system_ns.metadata["name"])
-    pooled_tier(env, catalog, cfg, pooled, naming.pool_shard(1), provider, net.network_id, [net.private_services], kube,
-                placement.tenants)
-    directory_tenants = [t for t in catalog.tenants if t.in_directory]
-    identity = IdentityPlatform("identity", IdentityArgs(
-        project=cfg.gcp_project,
-        # Platform hosts only: tenants on their own hosts sign in through auth.<base> (components/identity.py).
-        authorized_domains=authorized_domains(cfg.base_domain),
-        tenants=[IdentityTenant(t.id, naming.identity_display_name(t.id)) for t in directory_tenants]),
-        opts=pulumi.ResourceOptions(provider=provider))
-    directory = TenantDirectory("directory", DirectoryArgs(
-        namespace=system_ns.metadata["name"], labels=k8s_labels(env, SHARED),
-        entries={t.id: directory_entry(t, env, cfg, placement.tenants.get(t.id)) for t in directory_tenants},
-        identity_tenants=identity.tenant_names), opts=pulumi.ResourceOptions(provider=cluster.provider))
-    pulumi.export(contract.TENANT_DIRECTORY, directory.json)
-    # The catalogue this deployment applied, and where it placed each tenant: lifecycle commands start from it,
-    # never from tenants.yaml alone, and later deployments keep every placed tenant where it is.
-    pulumi.export(contract.DEPLOYED_RECORD, record_json(catalog, placement.to_json()))
 
 
 def registry_database(env: str, cfg: PlatformConfig, network_id: pulumi.Input[str], deps: list[pulumi.Resource],
@@ -170,19 +131,6 @@ def platform_network(cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Netw
                                            pods_cidr=cfg.pods_cidr, services_cidr=cfg.services_cidr,
                                            labels=labels(cfg.environment, SHARED),
                                            name_prefix=naming.PLATFORM_NETWORK_PREFIX), opts=gopts)
-
-
-def _foundation(env: str, cfg: PlatformConfig, workloads: bool = True):
-    provider = gcp_provider(cfg)
-    gopts = pulumi.ResourceOptions(provider=provider)
-    net = platform_network(cfg, gopts)
-    where = CellNet(net.network_id, net.subnet_id, cfg.network_cidr, net.pods_range, net.services_range, cfg.master_cidr)
-    # Object reads and writes in the platform project (the pooled bucket, and dedicated tenants without a
-    # project of their own) are audited; every bucket's requests are logged to the access-log bucket.
-    storage_data_access_audit("storage-data-access-audit", cfg.gcp_project, gopts)
-    environment_log_bucket(env, cfg, gopts)
-    cluster, edge, system_ns = cell_cluster(env, cfg, naming.cell(1), provider, where, workloads=workloads)
-    return provider, net, cluster, edge, system_ns
 
 
 def environment_log_bucket(env: str, cfg: PlatformConfig, gopts: pulumi.ResourceOptions) -> Bucket:
@@ -279,16 +227,9 @@ def export_operator_namespace(env: str) -> None:
         pulumi.export(contract.OPERATOR_NAMESPACE, op.namespace)
 
 
-def _export_tenant_facts(env: str, cfg: PlatformConfig, net: Network, cluster: GkeCluster, edge: Edge) -> None:
-    env_facts = environment_facts(env, cfg, net.network_id, net.subnet_id, edge.zone_name)
-    # The order of the single platform stack's outputs: the environment's, the cluster's, then the rest.
-    for key, value in [*env_facts[:6], *cell_facts(cluster, edge), *env_facts[6:]]:
-        pulumi.export(key, value)
-
-
 def environment_facts(env: str, cfg: PlatformConfig, network_id: pulumi.Input[str], subnet_id: pulumi.Input[str],
                       zone_name: pulumi.Input[str]) -> list[tuple[str, Any]]:
-    """What tenant stacks read of the environment (the platform stack's, or the global stack's outputs)."""
+    """What tenant stacks read of the environment (the global stack's outputs)."""
     return [(contract.ENVIRONMENT, env), (contract.GCP_PROJECT, cfg.gcp_project), (contract.REGION, cfg.region),
             (contract.BASE_DOMAIN, cfg.base_domain), (contract.NETWORK_ID, network_id), (contract.SUBNET_ID, subnet_id),
             (contract.DNS_ZONE, zone_name), (contract.APP_CHART, cfg.app_chart),
@@ -296,7 +237,7 @@ def environment_facts(env: str, cfg: PlatformConfig, network_id: pulumi.Input[st
 
 
 def cell_facts(cluster: GkeCluster, edge: Edge) -> list[tuple[str, Any]]:
-    """What namespace tenants read of their cluster (the platform stack's, or their cell's outputs)."""
+    """What namespace tenants read of their cluster (their cell's outputs)."""
     return [(contract.CLUSTER_NAME, cluster.name), (contract.CLUSTER_ENDPOINT, cluster.endpoint),
             (contract.KUBECONFIG, cluster.kubeconfig), (contract.WORKLOAD_POOL, cluster.workload_pool),
             (contract.INGRESS_NAMESPACE, INGRESS_NAMESPACE), (contract.INGRESS_IP, edge.ip_address),
@@ -310,7 +251,7 @@ def export_all(facts: list[tuple[str, Any]]) -> None:
 
 def pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Tenant], shard: str,
                 provider: gcp.Provider, network_id: pulumi.Input[str], db_deps: list[pulumi.Resource], kube: Kube,
-                placed: dict[str, TenantPlacement], cells_layout: bool = False) -> None:
+                placed: dict[str, TenantPlacement]) -> None:
     """A pool shard: its pooled instance, Firestore database, bucket, namespace, application and SQL job."""
     gopts = pulumi.ResourceOptions(provider=provider)
     kopts = pulumi.ResourceOptions(provider=kube.provider)
@@ -356,7 +297,7 @@ def pooled_tier(env: str, catalog: Catalog, cfg: PlatformConfig, pooled: list[Te
         namespace=kube.system_namespace, service_account=migrator.ksa_name, sql_files=sql_files(),
         host=db.private_ip, database="app", user=OWNER_USER, password_secret=db.secret_ids[OWNER_USER],
         project=cfg.gcp_project, labels=k8s_labels(env, SHARED), server_ca=db.server_ca_cert,
-        registrations=tuple(registration(t, directory_entry(t, env, cfg, placed.get(t.id), cells_layout))
+        registrations=tuple(registration(t, directory_entry(t, env, cfg, placed.get(t.id)))
                             for t in pooled), identity=(env, shard),
         **({} if first else {"job_prefix": f"tenancy-sql-{shard}"})), opts=kopts)
 

@@ -28,7 +28,6 @@ from stacks import contract
 from stacks.platform import firestore_grant, registration, sql_files
 from tenancy import naming
 from tenancy.catalog import Feature, Model, NodeIsolation, State, Tenant
-from tenancy.topology import cells_layout
 
 TENANT_DB_TIER = {Model.NAMESPACE: "db-custom-1-3840", Model.DEDICATED: "db-custom-4-15360"}
 # Tenant projects need these APIs before anything else can be created in them.
@@ -56,16 +55,14 @@ class PlatformFacts:
 
 
 def read_platform(env: str, project: str, cell: str | None = None) -> tuple[pulumi.StackReference, PlatformFacts]:
-    """The platform's facts: from the platform stack, or (cells layout) the global stack's plus the cluster
-    facts of the tenant's cell (`cell`; dedicated tenants have a cluster of their own and read none)."""
+    """The platform's facts: the global stack's, plus the cluster facts of the tenant's cell (`cell`; dedicated
+    tenants have a cluster of their own and read none)."""
     ref = pulumi.StackReference(f"{pulumi.get_organization()}/{project}/{naming.stack_name(env)}")
     out = ref.require_output
-    cluster_out = out
     if cell is not None:
         cluster_out = pulumi.StackReference(
             f"{pulumi.get_organization()}/{project}/{naming.unit_stack(env, cell)}").require_output
-    cluster_fact = (lambda key: cluster_out(key)) if cell is not None or not cells_layout(env) else \
-        (lambda key: pulumi.Output.from_input(""))
+    cluster_fact = (lambda key: cluster_out(key)) if cell is not None else (lambda key: pulumi.Output.from_input(""))
     return ref, PlatformFacts(
         environment=out(contract.ENVIRONMENT), project=out(contract.GCP_PROJECT), region=out(contract.REGION),
         base_domain=out(contract.BASE_DOMAIN), network_id=out(contract.NETWORK_ID),

@@ -37,7 +37,7 @@ class Changes:
 
 
 class _Homes:
-    """Cells layout: which unit stacks hold a tenant's share of the platform (its pool shard or cell with its
+    """Which unit stacks hold a tenant's share of the platform (its pool shard or cell with its
     directory entry; a dedicated tenant's own stack), before and after the change, and its identity shard."""
 
     def __init__(self, env: str, before: dict[str, Any], after: dict[str, Any], units: list[str]):
@@ -51,8 +51,6 @@ class _Homes:
         try:
             capacity = fleet_capacity.load(env)
         except TenancyError:
-            return None
-        if not capacity.cells_layout:
             return None
         after = place(catalog, capacity).tenants
         before = {}
@@ -81,8 +79,8 @@ class _Homes:
 
 
 class _CellsChanges(Changes):
-    """Changes in the cells layout: a tenant's platform-side change lands on its unit stacks, not on the global
-    stack; code and config changes land on every stack of the layout."""
+    """A tenant's platform-side change lands on its unit stacks, not on the global
+    stack; code and config changes land on every platform-side stack."""
 
     def __init__(self, homes: _Homes):
         super().__init__()

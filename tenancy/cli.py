@@ -334,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_place)
 
-    p = sub.add_parser("migrate", help="move a single-platform-stack environment to the cells layout (state only)",
-                       description="Move an environment deployed as one platform stack to the cells layout set in "
-                       "stacks/Pulumi.<env>.yaml (tenancy:layout: cells): each resource's state moves to the cell, pool-shard "
+    p = sub.add_parser("migrate", help="move an environment deployed as one platform stack to the unit stacks (state only)",
+                       description="Move an environment deployed as one platform stack (the layout of earlier versions) "
+                       "to the global stack and its unit stacks: each resource's state moves to the cell, pool-shard "
                        "or identity-shard stack that now declares it (`pulumi state move`), nothing in the cloud is "
                        "recreated, every stack is previewed (nothing may be deleted or replaced) and the unit stacks and "
                        "the global stack are updated in dependency order. Resumable; a re-run after success does nothing. "
@@ -987,7 +987,7 @@ def cmd_migrate(args) -> int:
         print(f"{stack}: {len(urns)} resource(s) {'would move' if args.dry_run else 'moved'}")
     if out.plan.count or not args.dry_run:
         print(f"global stack {args.env}: keeps {len(out.plan.kept)} resource(s)" if out.plan.count else
-              f"environment '{args.env}' is in the cells layout")
+              f"environment '{args.env}' is a global stack with unit stacks")
     return EXIT_OK
 
 
@@ -1321,7 +1321,6 @@ def cmd_plan(args) -> int:
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
-    planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
     catalog, placed = _checked_catalog(args, deployed=True)
     from tenancy.progress import Meter
 

@@ -1,9 +1,7 @@
 """`tenancy plan`: every stack program, run offline under the recording runtime, written as plan.json.
 
-Single layout: tenant stacks read the platform's tenant-facing exports (StackReference), from a cache or from
-a short run of only the components that export them; then the platform stack (in a process of its own) and
-the tenant stacks (in worker processes) run side by side. Cells layout: the global stack, then identity
-shards, cells and pool shards, then tenant stacks, each stage reading the previous ones' outputs. One fresh
+The global stack, then identity shards, cells and pool shards, then tenant stacks (in worker processes), each
+stage reading the previous ones' outputs (StackReference). One fresh
 Pulumi runtime per stack; each stack's resources are checked by the real policy pack (`policy/`) where it ran,
 and with `out` written there too (tenancy/planwrite.py): the parent keeps a light record per stack and what
 the plan-wide rules need.
@@ -16,7 +14,6 @@ import json
 import multiprocessing
 import os
 import queue
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,16 +157,8 @@ def _plan_tenant(stack: str) -> StackPlan:
     return _to_stack_plan(stack, "tenant", tenant.id, tenant.model.value, result, seconds)
 
 
-def _plan_platform_or_tenant(stack: str) -> StackPlan:
-    """Single layout: the platform stack (the whole program) or a tenant stack."""
-    if naming.parse_stack_name(stack)[1] is not None:
-        return _plan_tenant(stack)
-    result, seconds = run_stack(stack, _WORKER["catalog"], _WORKER["platform_config"], {})
-    return _to_stack_plan(stack, "platform", None, None, result, seconds)
-
-
 def _plan_unit(stack: str) -> tuple[StackPlan, tuple[dict, list[str]]]:
-    """A cell, pool-shard or identity-shard stack (cells layout), with the exports its dependents read."""
+    """A cell, pool-shard or identity-shard stack, with the exports its dependents read."""
     catalog: Catalog = _WORKER["catalog"]
     kind, _, _ = naming.stack_kind(stack)
     result, seconds = run_stack(stack, catalog, {}, _WORKER["stack_outputs"],
@@ -188,24 +177,14 @@ def _plan_indexed(item: tuple[int, str]) -> tuple[int, Planned]:
     return i, _planned(_WORKER["one"](stack))
 
 
-def _plan_alone(conn, item: tuple[int, str]) -> None:
-    try:
-        conn.send(_plan_indexed(item))
-    except BaseException as exc:  # noqa: BLE001 -- handed to the parent, which raises it
-        conn.send(exc)
-    finally:
-        conn.close()
-
-
 def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = lambda: None,
-                  one: Callable[[str], Any] = _plan_tenant, alone: int = 0) -> list[Planned]:
+                  one: Callable[[str], Any] = _plan_tenant) -> list[Planned]:
     """Every stack of `stacks_` planned by `one` (and written, when streaming, where it ran); results in the
     order of `stacks_`, `done()` as each finishes.
 
-    With workers: the first `alone` stacks (the largest) each start at once in a process of their own, which
-    ends with it (the memory a program leaves behind goes with it); the next stack is planned in this process,
-    so that the workers forked after it start with every module a stack program imports; the rest go to
-    `workers` processes, each replaced after STACKS_PER_WORKER stacks."""
+    With workers: the first stack is planned in this process, so that the workers forked after it start with
+    every module a stack program imports; the rest go to `workers` processes, each replaced after
+    STACKS_PER_WORKER stacks."""
     _WORKER["one"] = one
     if workers <= 1 or len(stacks_) < 4:
         results = []
@@ -216,29 +195,13 @@ def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = l
     ctx = multiprocessing.get_context("fork")
     out: list[Planned | None] = [None] * len(stacks_)
     results: queue.Queue = queue.Queue()
-    processes = []
-
-    def receive(conn, stack: str, proc) -> None:
-        try:
-            results.put(conn.recv())
-        except EOFError:
-            proc.join()
-            results.put(PlanError(f"stack '{stack}': its planning process ended without a result "
-                                  f"(exit code {proc.exitcode})"))
 
     gc.collect()  # garbage of earlier runs in this process, collected here rather than in every worker
     gc.freeze()   # what workers inherit is never collected there: their collections stay small, pages shared
     try:
-        for i in range(alone):
-            mine, theirs = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_plan_alone, args=(theirs, (i, stacks_[i])), daemon=True)
-            proc.start()
-            theirs.close()
-            processes.append(proc)
-            threading.Thread(target=receive, args=(mine, stacks_[i], proc), daemon=True).start()
-        out[alone] = _planned(one(stacks_[alone]))
+        out[0] = _planned(one(stacks_[0]))
         done()
-        rest = list(enumerate(stacks_))[alone + 1:]
+        rest = list(enumerate(stacks_))[1:]
         gc.freeze()
         with ctx.Pool(processes=min(workers, max(1, len(rest))), maxtasksperchild=STACKS_PER_WORKER) as pool:
             for item in rest:
@@ -252,10 +215,6 @@ def _plan_tenants(stacks_: list[str], workers: int, done: Callable[[], None] = l
                 done()
     finally:
         gc.unfreeze()
-        for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
     return [p for p in out if p is not None]
 
 
@@ -291,7 +250,6 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         placed = fleet.place(catalog, capacity.load(env))   # a full environment is bad input before anything runs
     platform_stack = naming.stack_name(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
-    include_platform = True
     reasons: dict[str, list[str]] = {}
     removed: dict[str, str] = {}
     unchanged: list[str] = []
@@ -301,23 +259,15 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         ch = changes_since(catalog, env, changed_since)
         reasons = ch.reasons
         removed = ch.removed
-        include_platform = platform_stack in reasons
         unchanged = [s for s in [platform_stack, *tenant_stacks] if s not in reasons]
         tenant_stacks = [s for s in tenant_stacks if s in reasons]
     if wanted:
         chosen = {naming.stack_name(env, t) for t in wanted if catalog.tenant(t).has_stack}
-        pooled_or_gone = [t for t in wanted if not catalog.tenant(t).has_stack]
         tenant_stacks = [s for s in tenant_stacks if s in chosen]
-        # A pooled tenant lives in the platform stack; a tenant stack only needs the platform's outputs.
-        include_platform = include_platform and bool(pooled_or_gone)
     _WRITER = PlanWriter.open(out) if out is not None else None
     try:
-        if placed.capacity.cells_layout:
-            result = _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
-                                 changed_since, workers, say, meter, start)
-        else:
-            result = _plan_single(catalog, env, config, placed, tenant_stacks, include_platform, reasons, removed,
-                                  unchanged, changed_since, workers, say, meter, start)
+        result = _plan_cells(catalog, env, config, placed, tenant_stacks, wanted, reasons, removed, unchanged,
+                             changed_since, workers, say, meter, start)
         if _WRITER is not None:
             result.plan_file = _WRITER.close(PLAN_VERSION, env, result.stacks, result.changes)
     except BaseException:
@@ -330,53 +280,11 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
     return result
 
 
-def _plan_single(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str],
-                 include_platform: bool, reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str],
-                 changed_since: str | None, workers: int | None, say: Callable[[str], None], meter: Meter | None,
-                 start: float) -> PlanResult:
-    """The single layout: the platform stack and the tenant stacks.
-
-    Tenant stacks need the platform's tenant-facing exports: from their cache, or from a run of only the
-    components whose exports tenant stacks read (seconds, whatever the fleet). The platform stack itself is
-    then planned in a process of its own beside the tenant stacks."""
-    from tenancy.envconfig import project_name
-
-    platform_stack = naming.stack_name(env)
-    key = exports_cache_key(env)
-    exports = _prefetched_exports(env, key, say) if tenant_stacks else None
-    if exports is not None:
-        say(f"computed the exports of platform stack {platform_stack} that tenant stacks read beside the catalogue")
-    elif tenant_stacks:
-        exports = _read_exports_cache(env, key)
-        if exports is None:
-            say(f"computing the exports of platform stack {platform_stack} that tenant stacks read")
-            presult, _ = run_stack(platform_stack, catalog, config, {}, tenant_facing_only=True)
-            exports = _write_exports_cache(env, key, presult)
-            del presult
-        else:
-            say(f"using the cached tenant-facing exports of platform stack {platform_stack}")
-    jobs = [platform_stack] * include_platform + tenant_stacks
-    ref = f"{ORGANIZATION}/{project_name()}/{platform_stack}"
-    _WORKER.update(catalog=catalog, platform_config=config, stack_outputs={ref: exports})
-    n = workers or default_workers()
-    if include_platform:
-        say(f"planning platform stack {platform_stack} ({len(catalog.tenants)} tenants)")
-    say(f"planning {len(tenant_stacks)} tenant stack(s) with {min(n, max(1, len(jobs)))} worker(s)")
-    meter = meter or Meter(live=False, interval=float("inf"))
-    meter.start(len(jobs))
-    try:
-        planned = _plan_tenants(jobs, n, meter.advance, _plan_platform_or_tenant, alone=int(include_platform))
-    finally:
-        _WORKER.clear()
-        meter.finish()
-    return _finish(env, catalog, placed, [], planned, reasons, removed, unchanged, changed_since, start)
-
-
 def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tenant_stacks: list[str], wanted: list[str],
                 reasons: dict[str, list[str]], removed: dict[str, str], unchanged: list[str], changed_since: str | None,
                 workers: int | None, say: Callable[[str], None], meter: Meter | None, start: float) -> PlanResult:
-    """The cells layout: the global stack, then identity shards, cells and pool shards (each stage reads the
-    previous stages' outputs), then tenant stacks. Stacks outside the plan that planned ones read are run for
+    """The global stack, then identity shards, cells and pool shards (each stage reads the previous stages'
+    outputs), then tenant stacks. Stacks outside the plan that planned ones read are run for
     their outputs only."""
     from stacks.cells import IDENTITY_TENANTS
 
@@ -414,7 +322,7 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     stacks_out: list[Planned] = []
     meter = meter or Meter(live=False, interval=float("inf"))
     meter.start(len(chosen) + len(tenant_stacks))
-    say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants, cells layout)")
+    say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants)")
     presult, pseconds = run_stack(platform_stack, catalog, config, {})
     from tenancy.envconfig import project_name
     prefix = f"{ORGANIZATION}/{project_name()}/"
@@ -467,118 +375,6 @@ def _finish(env: str, catalog: Catalog, placed, stacks_out: list[Planned], tenan
     return PlanResult(environment=env, stacks=stacks, removed=removed, unchanged=unchanged,
                       changed_since=changed_since, seconds=time.perf_counter() - start,
                       placement_lines=report.summary_lines(placed, catalog, stacks))
-
-
-# ------------------------------------------------------------------------------------- exports cache
-
-ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR = ROOT / ".cache" / "tenancy"
-# What the platform's tenant-facing exports are a function of: its config, the code, the pinned packages.
-CACHE_INPUTS = ("Pulumi.yaml", "constraints.txt", "components", "stacks", "tenancy", "policy")
-
-
-def exports_cache_key(env: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256(env.encode())
-    files: list[Path] = []
-    for name in CACHE_INPUTS:
-        p = ROOT / name
-        files.extend(sorted(p.rglob("*.py")) + sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
-    files.append(ROOT / "stacks" / f"Pulumi.{env}.yaml")
-    for f in files:
-        if f.exists():
-            h.update(f.relative_to(ROOT).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:32]
-
-
-def _tenant_facing(outputs: dict[str, Any]) -> dict[str, Any]:
-    from stacks.contract import TENANT_DIRECTORY
-    return {k: v for k, v in outputs.items() if k != TENANT_DIRECTORY}
-
-
-def _write_exports_cache(env: str, key: str, result: RunResult) -> tuple[dict, list[str]]:
-    """The exports tenant stacks read (secrets as the marker: no secret value is written); returns them."""
-    raw = {k: (SECRET if k in result.secret_outputs else v) for k, v in _tenant_facing(result.raw_outputs).items()}
-    exports = (raw, list(result.secret_outputs))
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE_DIR / f".platform-{env}.{os.getpid()}.tmp"   # two plans at once each write whole files
-        tmp.write_text(json.dumps({"key": key, "outputs": raw, "secretOutputs": exports[1]}))
-        tmp.replace(CACHE_DIR / f"platform-{env}.json")
-    except OSError:
-        pass  # a read-only checkout plans all the same, only slower
-    return exports
-
-
-# Exports computed beside the catalogue: environment -> (the child process computing them, its cache key).
-_PREFETCH: dict[str, tuple[Any, str]] = {}
-
-
-def prefetch_exports(env: str) -> bool:
-    """Starts computing the platform's tenant-facing exports in a child process when the single layout needs them
-    and their cache lacks them. They are a function of the config, the code and the packages, never of the
-    catalogue, so they are computed while this process reads, validates and places the catalogue (seconds each
-    at 10,000 tenants). The child only writes the exports cache; a plan that finds it running waits for it, and
-    computes the exports itself if it failed (its error then reported there, in this process). Returns whether
-    a child started; anything unusual (an unknown environment, a config it cannot read) is left to the plan."""
-    try:
-        naming.check_env(env)
-        _platform_config(env)     # an environment without a config file: the plan reports it
-        if env in _PREFETCH or topology.cells_layout(env):
-            return False
-        key = exports_cache_key(env)
-        if _read_exports_cache(env, key) is not None:
-            return False
-    except Exception:  # noqa: BLE001 -- the plan itself reports what is wrong, as bad input
-        return False
-    proc = multiprocessing.get_context("fork").Process(target=_compute_exports, args=(env, key), daemon=True)
-    proc.start()
-    _PREFETCH[env] = (proc, key)
-    return True
-
-
-def _compute_exports(env: str, key: str) -> None:
-    """In the child: the tenant-facing run of the platform program (no catalogue: nothing of it reaches the
-    exports), written to the exports cache. Silent: a failure is reproduced, and reported, by the plan."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        empty = Catalog(path="", plans={}, tenants=())
-        result, _ = run_stack(naming.stack_name(env), empty, _platform_config(env), {}, tenant_facing_only=True)
-        _write_exports_cache(env, key, result)
-    except BaseException:  # noqa: BLE001
-        os._exit(1)
-    os._exit(0)
-
-
-def _prefetched_exports(env: str, key: str, say: Callable[[str], None]) -> tuple[dict, list[str]] | None:
-    """The exports a prefetch child computed for this key (waiting for it, the tenant stacks' SDK modules
-    imported meanwhile), or None: no child, another key, or it failed."""
-    proc, started_key = _PREFETCH.pop(env, (None, None))
-    if proc is None:
-        return None
-    if started_key != key:
-        proc.terminate()
-        proc.join()
-        return None
-    if proc.is_alive():
-        import stacks
-
-        say("importing what tenant stacks use while the platform's tenant-facing exports are computed beside")
-        stacks.warm_tenant_sdk()
-    proc.join()
-    return _read_exports_cache(env, key)
-
-
-def _read_exports_cache(env: str, key: str) -> tuple[dict, list[str]] | None:
-    try:
-        data = json.loads((CACHE_DIR / f"platform-{env}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return (data["outputs"], data["secretOutputs"]) if data.get("key") == key else None
 
 
 def _plan_wide_violations(planned: list[Planned]) -> None:

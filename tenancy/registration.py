@@ -53,10 +53,9 @@ def catalogue_entries(catalog: Catalog, placed, env: str) -> dict[str, dict[str,
     yet): the platform stack's own function, so the registration cannot differ from the job's."""
     from tenancy.envconfig import offline_platform_config
     from stacks.platform import directory_entry
-    from tenancy.topology import cells_layout
 
-    cfg, cells = offline_platform_config(env), cells_layout(env)
-    return {t.id: directory_entry(t, env, cfg, placed.tenants.get(t.id), cells)
+    cfg = offline_platform_config(env)
+    return {t.id: directory_entry(t, env, cfg, placed.tenants.get(t.id))
             for t in catalog.tenants if t.in_directory}
 
 
@@ -70,7 +69,7 @@ def registrations(target: Target, catalog: Catalog, entries: Mapping[str, dict[s
     if target.shard is not None:
         if target.shard not in pool_shards:
             raise ConfigError(f"--as {target.name}: environment {env} builds pool shard(s) {', '.join(pool_shards)} "
-                              f"(tenancy:poolShards and tenancy:layout in stacks/Pulumi.{env}.yaml)")
+                              f"(tenancy:poolShards in stacks/Pulumi.{env}.yaml)")
         return tuple(registration(t, entries[t.id]) for t in catalog.tenants
                      if t.model is Model.POOLED and t.in_directory and t.id in entries
                      and _shard_of(entries[t.id]) == target.shard)
@@ -106,10 +105,7 @@ def for_database(target: Target, env: str, engine, catalogue: Callable[[], tuple
         catalog, placed = catalogue()
         entries = catalogue_entries(catalog, placed, env)
         source = f"{catalogue_name} ({env} is not deployed)"
-    cap = capacity.load(env)
-    built = cap.builds()      # the single layout builds pool shard 1 only, whatever it declares
-    shards = [s for i, s in enumerate(cap.pool_shard_names, 1) if built.builds("pool_shards", i)]
-    return registrations(target, catalog, entries, env, shards, source), source
+    return registrations(target, catalog, entries, env, capacity.load(env).pool_shard_names, source), source
 
 
 def sql(target: Target, env: str, rows: tuple[Registration, ...]) -> str:

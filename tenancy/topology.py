@@ -1,13 +1,12 @@
-"""An environment's stacks and what each reads: its layout, its units, and the platform-side stacks that hold
-one tenant's share of the platform.
+"""An environment's stacks and what each reads: its units, and the platform-side stacks that hold one tenant's
+share of the platform.
 
-The single layout has one platform stack `<env>`. The cells layout (`tenancy:layout: cells`, stacks/cells.py) has
-a global stack `<env>` and one stack per unit: identity shards, cells and pool shards (tenancy/fleet/capacity.py
-declares how many). Stack programs, plans, deploys and the operator all read the same answers from here.
+Every environment has a global stack `<env>` and one stack per unit (stacks/cells.py): identity shards, cells and
+pool shards (tenancy/fleet/capacity.py declares how many; a small environment has one of each). Stack programs, plans, deploys and the operator all read the same answers from here.
 
 A one-tenant command (suspend, resume, offboard, an upgrade's cutover, `tenancy place`) runs the tenant's
 platform-side stacks with the deployed record changed for that tenant only, so every other tenant in those stacks
-stays exactly as deployed. In the cells layout those are the tenant's home units before and after the change (its
+stays exactly as deployed. Those are the tenant's home units before and after the change (its
 pool shard, or its cell), its identity shard when it joins or leaves the directory, and the global stack when it
 is offboarded (the global stack records offboarded tenants). Nothing else runs: no other cell, shard or identity
 stack.
@@ -17,43 +16,32 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from tenancy import envconfig, naming
+from tenancy import naming
 from tenancy.catalog import Catalog, Model, Tenant
 from tenancy.fleet import capacity as fleet_capacity
-from tenancy.fleet.capacity import CELLS, Capacity
+from tenancy.fleet.capacity import Capacity
 from tenancy.fleet.placement import place
 
 
-def cells_layout(env: str) -> bool:
-    """Whether `env` is in the cells layout (`tenancy:layout: cells` in stacks/Pulumi.<env>.yaml); an environment
-    without a config file is not."""
-    if not (envconfig.STACKS_DIR / f"Pulumi.{env}.yaml").exists():
-        return False
-    return envconfig.load_stack_config(env).get("tenancy:layout") == CELLS
-
-
 def unit_names(capacity: Capacity) -> list[str]:
-    """Every unit of a cells-layout environment (`identity-1`, `cell-1`, `pool-1`, ...), in the order they deploy."""
+    """Every unit of an environment (`identity-1`, `cell-1`, `pool-1`, ...), in the order they deploy."""
     return [*capacity.identity_shard_names, *capacity.cell_names, *capacity.pool_shard_names]
 
 
 def unit_stacks(env: str, capacity: Capacity) -> list[str]:
-    """Every unit stack of a cells-layout environment, in the order they deploy: identity shards (directories
+    """Every unit stack of an environment, in the order they deploy: identity shards (directories
     read them), cells, pool shards (their applications run in cell 1)."""
     return [naming.unit_stack(env, u) for u in unit_names(capacity)]
 
 
 def every_platform_stack(env: str) -> list[str]:
     """Every platform-side stack of the environment, in the order they deploy (each reads the earlier ones)."""
-    if not cells_layout(env):
-        return [naming.stack_name(env)]
     return [naming.stack_name(env), *unit_stacks(env, fleet_capacity.load(env))]
 
 
 def reads(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Tenant] | None = None) -> tuple[str, ...]:
     """The stacks whose outputs the program of `stack` reads: they must have been deployed before it runs. A tenant
-    stack reads its platform stack (in the cells layout the global stack, and a namespace tenant its cell); in the
-    cells layout an identity shard follows the global stack (its Identity Platform configuration), a cell reads the
+    stack reads the global stack (and a namespace tenant its cell); an identity shard follows the global stack (its Identity Platform configuration), a cell reads the
     global stack and the identity shards (its directory names its tenants' identity tenants), a pool shard those
     and cell 1 (its application runs there). The operator's `prerequisites` and a rollout's order both follow it.
     `placement`: the catalogue's placement, `tenants`: its tenants by id, when the caller has them."""
@@ -61,8 +49,6 @@ def reads(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Te
     platform = naming.stack_name(env)
     if kind == naming.ENV_STACK:
         return ()
-    if not cells_layout(env):
-        return (platform,)
     if kind != naming.TENANT_STACK:
         identity = tuple(naming.unit_stack(env, u) for u in fleet_capacity.load(env).identity_shard_names)
         return {naming.IDENTITY_STACK: (platform,), naming.CELL_STACK: (platform, *identity),
@@ -94,8 +80,6 @@ def needs(stack: str, catalog: Catalog, placement=None, tenants: Mapping[str, Te
 
 def tenant_platform_stacks(env: str, before: Catalog, after: Catalog, tenant_id: str) -> list[str]:
     """The platform-side stacks that hold tenant `tenant_id`'s share, before and after a change of that tenant."""
-    if not cells_layout(env):
-        return [naming.stack_name(env)]
     capacity = fleet_capacity.load(env)
     homes = []
     for catalog in (before, after):
@@ -126,8 +110,6 @@ def pool_shard_of(env: str, catalog: Catalog, tenant_id: str) -> str | None:
 
 def identity_stack(env: str, catalog: Catalog, tenant_id: str) -> str:
     """The stack holding the tenant's Identity Platform tenant."""
-    if not cells_layout(env):
-        return naming.stack_name(env)
     return naming.unit_stack(env, place(catalog, fleet_capacity.load(env)).tenants[tenant_id].identity_shard)
 
 

@@ -9,22 +9,19 @@ Declared in the platform stack's config, `stacks/Pulumi.<env>.yaml` (defaults in
     tenancy:dataProjects            GCP projects for namespace tenants' Cloud SQL instances, after the platform
                                     project (always the first data project)
     tenancy:dataProjectInstances    Cloud SQL instances per project (Google's default quota is about 1,000)
-    tenancy:layout                  `single` (one platform stack builds cell 1 and pool shard 1) or `cells`
-                                    (a global stack plus one stack per cell, pool shard and identity shard)
-    tenancy:identityShards          stacks holding the Identity Platform tenants (cells layout): a tenant's
-                                    shard is a stable hash of its id, kept once deployed
-    tenancy:cellNetworks            cells layout, cells 2 and up: each cell's subnet, pod and service ranges
+    tenancy:identityShards          stacks holding the Identity Platform tenants: a tenant's shard is a
+                                    stable hash of its id, kept once deployed
+    tenancy:cellNetworks            cells 2 and up: each cell's subnet, pod and service ranges
                                     and control-plane range ({cell-2: {networkCidr, podsCidr, servicesCidr,
                                     masterCidr}}); cell 1 uses the environment's own ranges
 
 Adding capacity is a config change: another cell, shard or project. Existing tenants never move because
 of it (tenancy/fleet/placement.py).
 
-In the `single` layout the one platform stack builds one cell (the shared cluster `<env>-shared`), one pool
-shard (the pooled instance `<env>-pooled-postgres`) and uses the platform project; `SINGLE_STACK` says so, and
-placement never puts a tenant in a unit that is declared but not built: the directory would route it to a
-cluster or database that does not exist. The `cells` layout builds every declared unit in a stack of its own
-(stacks/cells.py).
+Every environment has one layout: a global stack `<env>` plus a stack of its own for every declared unit
+(stacks/cells.py); a small environment has one of each. An environment deployed as one platform stack (the
+layout of earlier versions) moves to it with `tenancy migrate` (tenancy/fleet/migrate.py); `tenancy:layout`,
+that version's switch, is accepted only as `cells`.
 """
 
 from __future__ import annotations
@@ -52,8 +49,7 @@ INT_KEYS: dict[str, tuple[int, int]] = {
     "identityShards": (1, 1000),
 }
 LIST_KEYS = ("dataProjects",)
-SINGLE, CELLS = "single", "cells"
-LAYOUTS = (SINGLE, CELLS)
+CELLS = "cells"      # the one value `tenancy:layout` may still have (configs written for earlier versions)
 KEYS = (*INT_KEYS, *LIST_KEYS, "layout", "cellNetworks")
 CELL_NETWORK_KEYS = ("networkCidr", "podsCidr", "servicesCidr", "masterCidr")
 # Identity Platform tenants per identity shard the README and the size rule plan for (2,000 resources a stack).
@@ -72,27 +68,6 @@ class CellNetwork:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How many of the declared units the stacks of this version build (None: every declared one)."""
-
-    cells: int | None
-    pool_shards: int | None
-    data_projects: int | None
-
-    def builds(self, kind: str, index: int) -> bool:
-        """Whether unit `index` (1-based) of `kind` ("cells", "pool_shards", "data_projects") exists."""
-        limit = getattr(self, kind)
-        return limit is None or index <= limit
-
-
-# The single platform stack builds cell 1 (its shared cluster), pool shard 1 (its pooled instance) and uses its
-# own project for namespace tenants' databases.
-SINGLE_STACK = CURRENT_LAYOUT = Layout(cells=1, pool_shards=1, data_projects=1)
-# Every declared unit: the cells layout, where each unit has its stack.
-EVERY_UNIT = Layout(cells=None, pool_shards=None, data_projects=None)
-
-
-@dataclass(frozen=True)
 class Capacity:
     environment: str
     cells: int
@@ -101,17 +76,8 @@ class Capacity:
     pool_shard_capacity: int
     data_projects: tuple[str, ...]          # the platform project first
     data_project_instances: int
-    layout: str = SINGLE
     identity_shards: int = 1
     cell_networks: tuple[tuple[str, CellNetwork], ...] = ()
-
-    @property
-    def cells_layout(self) -> bool:
-        return self.layout == CELLS
-
-    def builds(self) -> Layout:
-        """Which declared units exist: all of them in the cells layout, the first of each otherwise."""
-        return EVERY_UNIT if self.cells_layout else CURRENT_LAYOUT
 
     @property
     def identity_shard_names(self) -> list[str]:
@@ -161,17 +127,19 @@ class Capacity:
         v = raw.get("dataProjects")
         v = defaults.get("dataProjects", []) if v is None else v
         projects = _project_list(v, where, environment, platform_project, problems)
-        layout = raw.get("layout") or defaults.get("layout") or SINGLE
-        if layout not in LAYOUTS:
-            problems.append(f"{where}: {NAMESPACE}:layout must be one of {', '.join(LAYOUTS)}, not {_echo(layout)}")
-        networks = _cell_networks(raw.get("cellNetworks"), where, values["cells"] if layout == CELLS else None, problems,
+        layout = raw.get("layout")
+        if layout not in (None, "", CELLS):
+            problems.append(f"{where}: {NAMESPACE}:layout is {_echo(layout)}, but every environment is now a global "
+                            f"stack plus cells, pool shards and identity shards: remove the key (an environment "
+                            f"deployed as one platform stack then moves with `tenancy migrate --env {environment}`)")
+        networks = _cell_networks(raw.get("cellNetworks"), where, values["cells"], problems,
                                   {k: raw.get(k) or defaults.get(k) for k in CELL_NETWORK_KEYS if raw.get(k) or defaults.get(k)})
         if problems:
             raise ConfigError("\n".join(problems))
         return cls(environment=environment, cells=values["cells"], cell_capacity=values["cellCapacity"],
                    pool_shards=values["poolShards"], pool_shard_capacity=values["poolShardCapacity"],
                    data_projects=(platform_project, *projects), data_project_instances=values["dataProjectInstances"],
-                   layout=layout, identity_shards=values["identityShards"], cell_networks=networks)
+                   identity_shards=values["identityShards"], cell_networks=networks)
 
     @classmethod
     def from_pulumi(cls, environment: str, platform_project: str) -> "Capacity":
@@ -192,7 +160,7 @@ def load(environment: str) -> Capacity:
 
 def _cell_networks(v: Any, where: str, cells: int | None, problems: list[str],
                    first: dict[str, str] | None = None) -> tuple[tuple[str, CellNetwork], ...]:
-    """`cellNetworks`: every cell from 2 to `cells` (cells layout) needs its ranges; none may overlap another
+    """`cellNetworks`: every cell from 2 to `cells` needs its ranges; none may overlap another
     cell's. Cell 1 uses the environment's own networkCidr/podsCidr/servicesCidr/masterCidr (`first`)."""
     key = f"{NAMESPACE}:cellNetworks"
     if isinstance(v, str):

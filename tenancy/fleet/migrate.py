@@ -1,13 +1,14 @@
-"""`tenancy migrate`: an environment deployed as one platform stack moves to the cells layout without
-recreating anything.
+"""`tenancy migrate`: an environment deployed as one platform stack (the layout of earlier versions) moves to the
+global stack plus cell, pool-shard and identity-shard stacks (stacks/cells.py) without recreating anything.
 
-Cell 1 and pool shard 1 keep every logical and physical name of the single platform stack (stacks/cells.py),
+Cell 1 and pool shard 1 keep every logical and physical name of that platform stack (stacks/cells.py),
 and Identity Platform tenants keep theirs in their identity shards, so each resource's URN in its new stack is
 its old URN with the stack renamed. The sequence:
 
-1. **Check.** `stacks/Pulumi.<env>.yaml` says `tenancy:layout: cells`; the platform stack has a deployed record
-   (the catalogue and placements the move starts from: every tenant stays in cell 1 and pool shard 1).
-2. **Map.** The cells-layout programs run offline (the same recorder as `tenancy plan`) with that record; each
+1. **Check.** The platform stack has a deployed record and no `layout` output (the catalogue and placements the
+   move starts from: every tenant stays in cell 1 and pool shard 1). Until the move is done every other command
+   refuses the environment (tenancy/lifecycle/record.py), so no program removes what still has to move.
+2. **Map.** This version's programs run offline (the same recorder as `tenancy plan`) with that record; each
    resource in the platform stack's state goes to the unit stack that declares its URN. Resources that the
    global stack keeps stay; a resource no stack declares stops the migration before anything moves.
 3. **Move.** `pulumi state move --source <env> --dest <env>.<unit>` per unit stack, driven through the engine
@@ -15,7 +16,7 @@ its old URN with the stack renamed. The sequence:
    in the cloud changes. Each move is recomputed from the current states, so a re-run after an interruption
    moves only what is left (the CLI writes the destination first: an interruption leaves a resource in both
    states, and the re-run sees it already in place and drops it from the source).
-4. **Verify.** A preview of the global stack, every unit stack and every tenant stack with the cells-layout
+4. **Verify.** A preview of the global stack, every unit stack and every tenant stack with this version's
    programs must delete and replace nothing; creates (the pool shards' directories) and updates (cell 1's
    directory now lists only its tenants) are reported.
 
@@ -31,10 +32,10 @@ from typing import Callable
 from tenancy import naming
 from tenancy.catalog import Catalog
 from tenancy.engine import EngineError, OpResult, rename_urn_stack
-from tenancy.errors import ConfigError, TenancyError
+from tenancy.errors import TenancyError
+from tenancy.record_format import CELLS, LAYOUT_OUTPUT
 
 PROVIDER_PREFIX = "pulumi:providers:"
-LAYOUT_OUTPUT = "layout"          # the global stack's output (stacks/cells.py LAYOUT)
 
 
 class MigrationError(TenancyError):
@@ -46,7 +47,7 @@ class MigrationPlan:
     environment: str
     moves: dict[str, list[str]] = field(default_factory=dict)     # unit stack -> URNs in the platform stack
     kept: list[str] = field(default_factory=list)                  # URNs the global stack keeps
-    unclaimed: list[str] = field(default_factory=list)             # URNs no stack of the layout declares
+    unclaimed: list[str] = field(default_factory=list)             # URNs no stack of this version declares
     already: dict[str, int] = field(default_factory=dict)          # unit stack -> resources already there
 
     @property
@@ -63,17 +64,15 @@ class MigrationResult:
         return {p.stack: p.counts() for p in self.previews if p.changes}
 
 
-def _cells_catalog(engine, env: str) -> Catalog:
+def _deployed_catalog(engine, env: str) -> Catalog:
     from tenancy.fleet import capacity as fleet_capacity
     from tenancy.lifecycle import record
 
-    if not fleet_capacity.load(env).cells_layout:
-        raise ConfigError(f"stacks/Pulumi.{env}.yaml: set `tenancy:layout: cells` (and the cells' ranges, "
-                          f"tenancy:cellNetworks, if more than one cell) before migrating environment '{env}'")
-    deployed = record.read(engine, env)
+    fleet_capacity.load(env)      # the environment's config, checked before anything is read or moved
+    deployed = record.read(engine, env, one_platform_stack=True)
     if deployed.catalog is None:
         raise MigrationError(f"platform stack '{env}' has no deployed record: nothing to migrate (a new environment "
-                             "in the cells layout needs no migration)")
+                             "needs no migration)")
     return deployed.catalog
 
 
@@ -112,14 +111,14 @@ def _known(engine) -> set[str]:
 def migrate(engine, env: str, say: Callable[[str], None] = lambda m: None, dry_run: bool = False) -> MigrationResult:
     """Steps 1-4 (module docstring). `dry_run`: map and report only. A re-run after success does nothing."""
     if migrated(engine, env):
-        say(f"environment '{env}' is already in the cells layout: nothing to move")
+        say(f"environment '{env}' is already a global stack with unit stacks: nothing to move")
         return MigrationResult(MigrationPlan(env), [])
-    catalog = _cells_catalog(engine, env)
+    catalog = _deployed_catalog(engine, env)
     platform = naming.stack_name(env)
     mp = plan_migration(engine, env, catalog)
     if mp.unclaimed:
         raise MigrationError(
-            f"{len(mp.unclaimed)} resource(s) of '{platform}' are declared by no stack of the cells layout, so a "
+            f"{len(mp.unclaimed)} resource(s) of '{platform}' are declared by no stack of this version, so a "
             f"migration would delete them: {', '.join(u.rsplit('::', 1)[-1] for u in mp.unclaimed[:5])}"
             f"{' …' if len(mp.unclaimed) > 5 else ''}; nothing was moved")
     say(f"{mp.count} resource(s) move out of '{platform}' into {len(mp.moves)} stack(s); {len(mp.kept)} stay in the "
@@ -141,9 +140,9 @@ def migrate(engine, env: str, say: Callable[[str], None] = lambda m: None, dry_r
 
 
 def migrated(engine, env: str) -> bool:
-    """Whether the environment's own stack is already the global stack of the cells layout."""
+    """Whether the environment's own stack is already the global stack, its record split across unit stacks."""
     try:
-        return engine.outputs(naming.stack_name(env)).get(LAYOUT_OUTPUT) == "cells"
+        return engine.outputs(naming.stack_name(env)).get(LAYOUT_OUTPUT) == CELLS
     except EngineError:
         return False
 

@@ -7,9 +7,9 @@ Rules, in the order they apply:
    `Catalog.placements`) stays there. Nothing in tenants.yaml, and no other tenant, moves it; only
    `tenancy place` does (tenancy/fleet/relocate.py). A deployed tenant counts against its unit even when the
    unit's capacity was lowered below its load since.
-2. **Pinned.** A new tenant's `placement:` in tenants.yaml is honoured when the unit exists, is built and
-   has room; otherwise the tenant is refused (never silently placed elsewhere).
-3. **Placed.** Every other new tenant goes to the lowest-numbered built unit with room for it: cells and
+2. **Pinned.** A new tenant's `placement:` in tenants.yaml is honoured when the unit is declared and has
+   room; otherwise the tenant is refused (never silently placed elsewhere).
+3. **Placed.** Every other new tenant goes to the lowest-numbered unit with room for it: cells and
    shards fill in order, so a new cell or shard is used once the earlier ones are full and a freed slot is
    reused first. Tenants are taken in order of their ids, so the result does not depend on the order of
    tenants.yaml, and a new tenant only ever takes free room: it cannot move a placed one.
@@ -32,7 +32,7 @@ from typing import Iterable, Mapping, NamedTuple
 from tenancy import envconfig, naming
 from tenancy.catalog import MAX_PROBLEMS, PLACEMENT_KEYS, Catalog, Model, Tenant, entry_lines
 from tenancy.errors import Problem, TenancyError
-from tenancy.fleet.capacity import Capacity, Layout, load as load_capacity
+from tenancy.fleet.capacity import Capacity, load as load_capacity
 
 # TenantPlacement field -> key in the deployed record, plan.json and the tenant directory.
 JSON_KEYS = {"cell": "cell", "pool_shard": "poolShard", "data_project": "dataProject", "identity_shard": "identityShard"}
@@ -58,7 +58,7 @@ class TenantPlacement(NamedTuple):
     cell: str | None = None
     pool_shard: str | None = None
     data_project: str | None = None
-    identity_shard: str | None = None     # cells layout: the stack holding its Identity Platform tenant
+    identity_shard: str | None = None     # the stack holding its Identity Platform tenant
 
     def to_json(self) -> dict[str, str]:
         return {JSON_KEYS[k]: v for k, v in (("cell", self.cell), ("pool_shard", self.pool_shard),
@@ -104,14 +104,13 @@ class PinConflict:
 class Units:
     """The units of one kind (cells, pool shards or data projects) and how much each holds."""
 
-    kind: str                      # Layout attribute: cells | pool_shards | data_projects
+    kind: str                      # cells | pool_shards | data_projects
     key: str                       # TenantPlacement field: cell | pool_shard | data_project
     names: list[str]
     capacity: int
     unit: str                      # "cell", "pool shard", "data project"
     holds: str                     # what the capacity counts
     load: dict[str, int] = field(default_factory=dict)
-    built: dict[str, bool] = field(default_factory=dict)
     _next: dict[int, int] = field(default_factory=dict)   # cost -> first index that may still have room
 
     def __post_init__(self) -> None:
@@ -122,19 +121,16 @@ class Units:
         return self.capacity - self.load[name]
 
     def take_first(self, cost: int) -> str | None:
-        """The lowest-numbered built unit with room for `cost`, charged; None when none has room. Loads
+        """The lowest-numbered unit with room for `cost`, charged; None when none has room. Loads
         only grow while new tenants are placed, so a unit without room for `cost` never gets it back."""
         i = self._next.get(cost, 0)
-        while i < len(self.names) and (not self.built[self.names[i]] or self.room(self.names[i]) < cost):
+        while i < len(self.names) and self.room(self.names[i]) < cost:
             i += 1
         self._next[cost] = i
         if i == len(self.names):
             return None
         self.load[self.names[i]] += cost
         return self.names[i]
-
-    def built_names(self) -> list[str]:
-        return [n for n in self.names if self.built[n]]
 
 
 @dataclass
@@ -150,8 +146,8 @@ class Placement:
         return {tid: j for tid, p in self.tenants.items() if (j := p.to_json())}
 
     def usage(self) -> list[dict]:
-        """Every unit with its load: [{"kind", "unit", "used", "capacity", "built"}]."""
-        return [{"kind": u.kind, "unit": name, "used": u.load[name], "capacity": u.capacity, "built": u.built[name]}
+        """Every unit with its load: [{"kind", "unit", "used", "capacity"}]."""
+        return [{"kind": u.kind, "unit": name, "used": u.load[name], "capacity": u.capacity}
                 for u in self.units.values() for name in u.names]
 
 
@@ -160,19 +156,15 @@ def cost(t: Tenant, key: str) -> int:
     return len(t.plan.databases) if key == "data_project" else 1
 
 
-def _units(capacity: Capacity, layout: Layout) -> dict[str, Units]:
-    units = {
-        # In the cells layout a cell is also the home of dedicated tenants (their directory entries and records).
-        "cell": Units("cells", "cell", capacity.cell_names, capacity.cell_capacity, "cell",
-                      "tenants" if capacity.cells_layout else "namespaces"),
+def _units(capacity: Capacity) -> dict[str, Units]:
+    return {
+        # A cell is also the home of dedicated tenants (their directory entries and records).
+        "cell": Units("cells", "cell", capacity.cell_names, capacity.cell_capacity, "cell", "tenants"),
         "pool_shard": Units("pool_shards", "pool_shard", capacity.pool_shard_names, capacity.pool_shard_capacity,
                             "pool shard", "pooled tenants"),
         "data_project": Units("data_projects", "data_project", list(capacity.data_projects),
                               capacity.data_project_instances, "data project", "Cloud SQL instances"),
     }
-    for u in units.values():
-        u.built = {n: layout.builds(u.kind, i + 1) for i, n in enumerate(u.names)}
-    return units
 
 
 def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
@@ -186,11 +178,9 @@ def _fixed_platform_load(catalog: Catalog, capacity: Capacity) -> int:
     return load
 
 
-def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) -> Placement:
-    """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed.
-    `layout`: which declared units exist (default: what this version's stacks build)."""
-    layout = layout if layout is not None else capacity.builds()
-    units = _units(capacity, layout)
+def place(catalog: Catalog, capacity: Capacity) -> Placement:
+    """Every tenant's placement (module docstring); raises PlacementError naming what cannot be placed."""
+    units = _units(capacity)
     units["data_project"].load[capacity.platform_project] += _fixed_platform_load(catalog, capacity)
     deployed = catalog.placements
     chosen: dict[str, dict[str, str]] = {}
@@ -219,7 +209,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                 missing.append(key)
                 continue
             u = units[key]
-            if name not in u.index or not u.built[name]:
+            if name not in u.index:
                 stranded.setdefault((key, name), []).append(t.id)
                 refused.add((t.id, key))
             else:
@@ -244,9 +234,6 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
             why = None
             if name not in u.index:
                 why = _unknown(u, name, capacity)
-            elif not u.built[name]:
-                why = (f"{name} is declared in {capacity.where} but not built by this version's stacks (they build "
-                       f"{_names(u.built_names())}); use one of those or leave the {u.unit} to placement")
             elif u.room(name) < c:
                 why = (f"{u.unit} {name} is full ({u.load[name]:,} of {u.capacity:,} {u.holds}"
                        f"{f'; the tenant needs {c}' if c > 1 else ''}); choose another {u.unit} (or leave it to "
@@ -259,7 +246,7 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
             chosen[t.id][key] = name
             decided.setdefault(t.id, "pinned")
 
-    # 3. Everyone else: the lowest-numbered built unit with room.
+    # 3. Everyone else: the lowest-numbered unit with room.
     waiting: dict[str, list[Tenant]] = {key: [] for key in units}
     for t, missing in todo:
         for key in missing:
@@ -273,9 +260,8 @@ def place(catalog: Catalog, capacity: Capacity, layout: Layout | None = None) ->
                 decided.setdefault(t.id, "placed")
     for key, ts in waiting.items():
         if ts:
-            problems.append(("", _full(units[key], ts, capacity, layout), None, ts[0].id))
-    if capacity.cells_layout:
-        _identity_shards(catalog, capacity, chosen, problems)
+            problems.append(("", _full(units[key], ts, capacity), None, ts[0].id))
+    _identity_shards(catalog, capacity, chosen, problems)
     if problems:
         raise _refusal(catalog, problems)
 
@@ -338,9 +324,9 @@ def fit(catalog: Catalog, environment: str) -> tuple[Placement | None, list[Prob
 
 
 def placement_keys(model: Model, capacity: Capacity) -> tuple[str, ...]:
-    """The units a tenant of `model` is placed in. In the cells layout a dedicated tenant also has a home cell:
-    its directory entry and deployed record live in that cell's stack (it takes one of the cell's places)."""
-    if model is Model.DEDICATED and capacity.cells_layout:
+    """The units a tenant of `model` is placed in. A dedicated tenant also has a home cell: its directory entry
+    and deployed record live in that cell's stack (it takes one of the cell's places)."""
+    if model is Model.DEDICATED:
         return ("cell",)
     return PLACEMENT_KEYS[model]
 
@@ -430,12 +416,9 @@ def _unknown(u: Units, name: str, capacity: Capacity) -> str:
 
 
 def _stranded(u: Units, name: str, ids: list[str], capacity: Capacity) -> str:
-    """Deployed tenants recorded in a unit the config no longer declares (or this version does not build)."""
+    """Deployed tenants recorded in a unit the config no longer declares."""
     who = ", ".join(ids[:5]) + (f" and {len(ids) - 5:,} more" if len(ids) > 5 else "")
     held = f"{len(ids):,} deployed tenant(s) ({who})"
-    if name in u.index:
-        return (f"{u.unit} {name} holds {held}, but this version's stacks do not build it (they build "
-                f"{_names(u.built_names())})")
     if u.key == "data_project":
         fix = "add it to tenancy:dataProjects again"
     else:
@@ -445,26 +428,15 @@ def _stranded(u: Units, name: str, ids: list[str], capacity: Capacity) -> str:
             "with `tenancy place`")
 
 
-def _full(u: Units, waiting: list[Tenant], capacity: Capacity, layout: Layout) -> str:
+def _full(u: Units, waiting: list[Tenant], capacity: Capacity) -> str:
     """The environment is full for one kind of unit: who waits, what is full, which key adds capacity."""
     ids = ", ".join(t.id for t in waiting[:5]) + (f" and {len(waiting) - 5:,} more" if len(waiting) > 5 else "")
     need = sum(cost(t, u.key) for t in waiting)
-    built = u.built_names()
-    used = sum(u.load[n] for n in built)
+    used = sum(u.load.values())
     message = (f"environment '{capacity.environment}' is full: {len(waiting):,} new tenant(s) need a {u.unit} ({ids}), "
-               f"and {_names(built)} hold{'s' if len(built) == 1 else ''} {used:,} of {u.capacity * len(built):,} "
+               f"and {_names(u.names)} hold{'s' if len(u.names) == 1 else ''} {used:,} of {u.capacity * len(u.names):,} "
                f"{u.holds}")
     message += f" ({need:,} more needed)" if u.key == "data_project" else ""
-    unbuilt = [n for n in u.names if not u.built[n]]
-    limit = getattr(layout, u.kind)
-    if limit is not None:
-        # More units of this kind need their stacks first: only the capacity of the built ones can grow.
-        if unbuilt:
-            why = (f"{_names(unbuilt)} {'is' if len(unbuilt) == 1 else 'are'} declared, but this version's stacks build "
-                   f"only {_names(built)}")
-        else:
-            why = f"this version's stacks build no {u.unit} beyond {_names(built)}"
-        return (f"{message}; {why}. Add capacity in {capacity.where}: raise {_capacity_key(u.key)} (now {u.capacity:,})")
     if u.key == "data_project":
         more = max(1, math.ceil(need / u.capacity))
         return (f"{message}. Add capacity in {capacity.where}: add {more} project id(s) to tenancy:dataProjects (each "

@@ -4,7 +4,7 @@ a namespace tenant (its namespace, workloads and volumes live in its cell's clus
 its data project: moving them means rebuilding its tenant stack there, which this version does not do).
 
 Placement never moves a placed tenant by itself (tenancy/fleet/placement.py); `tenancy place` is the one command
-that does. The target must exist, be built and have room: the same checks as a pin in tenants.yaml.
+that does. The target must be declared and have room: the same checks as a pin in tenants.yaml.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ WHERE = "tenancy place"   # how the command names itself in a refused target's m
 def resolve(desired: Catalog, deployed: "rec.Deployed", env: str, tenant_id: str, *, cell: str | None = None,
             pool_shard: str | None = None, data_project: str | None = None,
             capacity: Capacity | None = None) -> tuple[TenantPlacement, TenantPlacement]:
-    """(where the tenant is, where it is asked to go), checked: the units apply to its model, the target exists, is
-    built and has room (as a pin in tenants.yaml would be checked); a move of a namespace tenant's cell or data
+    """(where the tenant is, where it is asked to go), checked: the units apply to its model, the target is
+    declared and has room (as a pin in tenants.yaml would be checked); a move of a namespace tenant's cell or data
     project is refused (its namespace and instances would have to be rebuilt). Changes nothing."""
     wanted = {k: v for k, v in (("cell", cell), ("pool_shard", pool_shard), ("data_project", data_project)) if v}
     if not wanted:
@@ -53,7 +53,7 @@ def resolve(desired: Catalog, deployed: "rec.Deployed", env: str, tenant_id: str
 
 
 def _check_target(record: Catalog, capacity: Capacity, tenant_id: str, now: TenantPlacement, wanted: dict[str, str]) -> None:
-    """The target as a pin of this tenant alone: unknown, unbuilt and full units are refused with the same
+    """The target as a pin of this tenant alone: unknown and full units are refused with the same
     messages as a pin in tenants.yaml (and nothing else is placed differently)."""
     moving = {JSON_KEYS[k] for k in wanted}
     kept = {k: v for k, v in now.to_json().items() if k not in moving}

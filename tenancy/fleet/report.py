@@ -41,17 +41,14 @@ def stack_json(placement: Placement, catalog: Catalog, kind: str, tenant: str | 
 
 
 def usage_lines(placement: Placement) -> list[str]:
-    """Per kind of unit: what is used of what is built, and each unit when there are few."""
+    """Per kind of unit: what is used of what is declared, and each unit when there are few."""
     lines = []
     for u in placement.units.values():
-        built = u.built_names()
-        used = sum(u.load[n] for n in built)
-        detail = ", ".join(f"{n} {u.load[n]:,}/{u.capacity:,}" for n in built) if len(built) <= 8 else \
-            f"fullest {max(built, key=lambda n: u.load[n])} {max(u.load[n] for n in built):,}/{u.capacity:,}"
-        unbuilt = len(u.names) - len(built)
-        more = f"; {unbuilt} more declared, not built yet" if unbuilt else ""
-        lines.append(f"  {u.kind.replace('_', ' ')}: {used:,} of {u.capacity * len(built):,} {u.holds} used in "
-                     f"{len(built)} built ({detail}){more}")
+        used = sum(u.load.values())
+        detail = ", ".join(f"{n} {u.load[n]:,}/{u.capacity:,}" for n in u.names) if len(u.names) <= 8 else \
+            f"fullest {max(u.names, key=lambda n: u.load[n])} {max(u.load.values()):,}/{u.capacity:,}"
+        lines.append(f"  {u.kind.replace('_', ' ')}: {used:,} of {u.capacity * len(u.names):,} {u.holds} used in "
+                     f"{len(u.names)} ({detail})")
     return lines
 
 

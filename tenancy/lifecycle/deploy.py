@@ -23,7 +23,7 @@ from tenancy.lifecycle import Refused
 from tenancy.errors import ConfigError
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle.waves import DEFAULT, Early, Gate, RolloutSpec, Unready, Wave, assign, bring_forward
-from tenancy.topology import cells_layout, every_platform_stack, needs, tenant_platform_stacks
+from tenancy.topology import every_platform_stack, needs, tenant_platform_stacks
 
 Say = Callable[[str], None]
 
@@ -281,14 +281,14 @@ def deployed(engine: Engine, stack: str) -> bool:
 
 
 def _needs(catalog: Catalog, env: str) -> Callable[[str], list[str]]:
-    """`topology.needs` over one catalogue, placed once (the cells layout places tenants to know their cells), with
+    """`topology.needs` over one catalogue, placed once (tenants are placed to know their cells), with
     what each stack reads kept for the whole rollout."""
     tenants = {t.id: t for t in catalog.tenants}
     memo: dict[str, tuple[str, ...]] = {}
     placed = []
 
     def of(stack: str) -> list[str]:
-        if not placed and cells_layout(env):
+        if not placed:
             from tenancy.fleet import capacity as fleet_capacity
             from tenancy.fleet.placement import place
             placed.append(place(catalog, fleet_capacity.load(env)))

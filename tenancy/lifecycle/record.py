@@ -36,7 +36,7 @@ from tenancy import naming
 from tenancy.catalog import Catalog, Model, State, entry_lines, fit_entry_to_model, parse_catalog, to_document
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import CatalogError, TenancyError
-from tenancy.record_format import RECORD_OUTPUT
+from tenancy.record_format import CELLS, LAYOUT_OUTPUT, RECORD_OUTPUT
 from tenancy.topology import unit_stacks
 
 
@@ -44,6 +44,10 @@ class RecordError(TenancyError):
     """A command asked about a tenant the deployment does not know, or one it can no longer act on."""
 
     exit_code = 2
+
+
+class LayoutError(RecordError):
+    """The environment is deployed as one platform stack: it must be migrated before anything else runs."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,22 @@ class Deployed:
         return self.catalog is not None and any(t.id == tenant_id for t in self.catalog.tenants)
 
 
-def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
+def read(engine: Engine, env: str, path: str = "deployed record", one_platform_stack: bool = False) -> Deployed:
+    """The deployed record: the global stack's, with each cell's and pool shard's tenants. An environment still
+    deployed as one platform stack (the layout of earlier versions) is refused: every program of this version
+    would remove from that stack what now lives in the unit stacks. `one_platform_stack`: read it all the same,
+    from that stack alone (`tenancy migrate`, which moves it)."""
     try:
         outputs = engine.outputs(naming.stack_name(env))
     except EngineError:
         return Deployed(None, {})
-    if outputs.get("layout") == "cells":
+    if outputs.get(LAYOUT_OUTPUT) == CELLS:
         outputs = _merged_cells_record(engine, env, outputs)
+    elif outputs.get(RECORD_OUTPUT) and not one_platform_stack:
+        raise LayoutError(f"environment '{env}' is deployed as one platform stack '{naming.stack_name(env)}', the "
+                          f"layout of earlier versions: run `tenancy migrate --env {env}` first (it moves the "
+                          "state into the cell, pool-shard and identity-shard stacks and recreates nothing); nothing "
+                          "was changed")
     directory = json.loads(outputs.get("tenantDirectory") or "{}")
     raw = outputs.get(RECORD_OUTPUT)
     if not raw:
@@ -94,7 +107,7 @@ def read(engine: Engine, env: str, path: str = "deployed record") -> Deployed:
 
 
 def _merged_cells_record(engine: Engine, env: str, glob: dict[str, Any]) -> dict[str, Any]:
-    """The cells layout: the global stack records the plans and offboarded tenants, each cell and pool shard its
+    """The global stack records the plans and offboarded tenants, each cell and pool shard its
     own tenants (stacks/cells.py, in the format of tenancy/record_format.py). One record and one directory made of
     them, as the platform stack's would be. A unit stack not deployed yet holds nobody."""
     from tenancy.fleet import capacity as fleet_capacity

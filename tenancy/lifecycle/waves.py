@@ -38,10 +38,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tenancy import naming
-from tenancy.catalog import Catalog, Model, State
+from tenancy.catalog import Catalog, State
 from tenancy.engine import Engine, EngineError
 from tenancy.errors import ConfigError
-from tenancy.topology import cells_layout
 
 REMAINING = "remaining"
 
@@ -113,7 +112,6 @@ class Wave:
 
 def assign(spec: RolloutSpec, catalog: Catalog, env: str, order: list[str], where: str = "rollout.yaml") -> list[Wave]:
     """The stacks of `order` (affected, platform first) in their waves; empty waves are kept (numbering)."""
-    platform = naming.stack_name(env)
     by_id = {t.id: t for t in catalog.tenants}
     problems = []
     for i, w in enumerate(spec.waves):
@@ -270,11 +268,8 @@ class HealthGate:
 
         platform = naming.stack_name(env)
         try:
-            if cells_layout(env):
-                from tenancy.lifecycle import record as rec
-                directory = rec.read(self.engine, env).directory
-            else:
-                directory = _directory((seen.get(platform) or self.engine.outputs(platform)).get(TENANT_DIRECTORY))
+            from tenancy.lifecycle import record as rec
+            directory = rec.read(self.engine, env).directory
         except EngineError as exc:
             return [f"{platform}: the tenant directory cannot be read: {exc}"]
         tenants: list[str] = []
@@ -282,8 +277,6 @@ class HealthGate:
             kind, _, tid = naming.stack_kind(stack)
             if kind == naming.TENANT_STACK:
                 tenants.append(tid)
-            elif kind == naming.ENV_STACK and not cells_layout(env):
-                tenants += [t.id for t in catalog.by_model(Model.POOLED)]
             elif kind == naming.POOL_STACK:
                 tenants += sorted(_directory(seen.get(stack, {}).get(TENANT_DIRECTORY)))
         hosts: list[str] = []
@@ -319,8 +312,6 @@ def _unit_expectations(stack: str, kind: str, env: str, unit: str | None, out: d
     from stacks import contract
 
     if kind == naming.ENV_STACK:
-        if not cells_layout(env):
-            return required_by_tenants, [t.id for t in catalog.tenants if t.in_directory]
         return tuple(k for k in required_by_tenants if k in _ENV_FACTS), None
     if kind == naming.IDENTITY_STACK:
         return ("identityTenants",), None

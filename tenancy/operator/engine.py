@@ -105,13 +105,8 @@ class OperatorEngine:
             raise EngineError(f"stack '{stack}' is not of environment '{self.settings.environment}'")
         if kind == naming.ENV_STACK:
             return FleetStack(stack, "platform")
-        from tenancy.topology import cells_layout
-
-        if kind != naming.TENANT_STACK or cells_layout(env):
-            from tenancy.operator.stacks import fleet_stack
-            return fleet_stack(stack, catalog)     # what it waits for depends on the layout and its placement
-        # its tenant's scope is decided in `desired`, from the catalogue; one it does not have gets no identity
-        return FleetStack(stack, "tenant", tenant, after=(naming.stack_name(env),), deployer=deployers.ksa_name(tenant))
+        from tenancy.operator.stacks import fleet_stack
+        return fleet_stack(stack, catalog)     # what it waits for depends on its placement
 
     def _platform_project(self) -> str:
         from tenancy.envconfig import load_stack_config
