@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -25,11 +24,13 @@ def test_plan_json_follows_the_design_shape(sample_plan):
     _, data, _ = sample_plan
     assert data["version"] == 1 and data["environment"] == "dev"
     names = [s["name"] for s in data["stacks"]]
-    # platform first, then one stack per namespace/dedicated tenant that is not offboarded
-    assert names == ["dev", "dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+    # the global stack, its unit stacks, then one stack per namespace/dedicated tenant that is not offboarded
+    assert names == ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1", "dev.pied-piper", "dev.stark", "dev.wayne",
+                     "dev.acme", "dev.cyberdyne"]
+    kinds = {"dev": "platform", "dev.identity-1": "identity", "dev.cell-1": "cell", "dev.pool-1": "pool"}
     for s in data["stacks"]:
         assert set(s) >= {"name", "kind", "tenant", "model", "resources", "outputs", "violations"}
-        assert s["kind"] == ("platform" if s["name"] == "dev" else "tenant")
+        assert s["kind"] == kinds.get(s["name"], "tenant")
         assert s["resources"], s["name"]
         for r in s["resources"]:
             assert set(r) == {"urn", "type", "name", "parent", "custom", "inputs", "options"}, r["urn"]
@@ -48,18 +49,18 @@ def test_inputs_are_in_engine_camel_case_with_options(sample_plan):
     assert bucket["inputs"]["encryption"] == {"defaultKmsKeyName": "projects/stark-keys/locations/europe-west1/keyRings/tenancy/cryptoKeys/uploads"}
     assert bucket["options"]["protect"] is True
     assert bucket["options"]["provider"] == "urn:pulumi:dev.stark::tenancy::pulumi:pulumi:Stack$pulumi:providers:gcp::gcp::gcp-id"
-    pw = of_type(stack_of(data, "dev"), "random:index/randomPassword:RandomPassword")[0]
+    pw = of_type(stack_of(data, "dev.pool-1"), "random:index/randomPassword:RandomPassword")[0]
     assert pw["options"]["additionalSecretOutputs"] == ["bcryptHash", "result"]
 
 
 def test_platform_exports_feed_tenant_stack_references(sample_plan):
     _, data, _ = sample_plan
-    platform = stack_of(data, "dev")
-    assert platform["outputs"]["gcpProject"] == "tenancy-dev-482913"
-    assert platform["outputs"]["kubeconfig"] == "[secret]"
+    assert stack_of(data, "dev")["outputs"]["gcpProject"] == "tenancy-dev-482913"
+    assert stack_of(data, "dev.cell-1")["outputs"]["kubeconfig"] == "[secret]"
     tenant = stack_of(data, "dev.pied-piper")
-    ref = of_type(tenant, "pulumi:pulumi:StackReference")[0]
-    assert ref["inputs"]["name"] == "organization/tenancy/dev"
+    refs = of_type(tenant, "pulumi:pulumi:StackReference")
+    # a namespace tenant reads the global stack and its cell
+    assert [r["inputs"]["name"] for r in refs] == ["organization/tenancy/dev", "organization/tenancy/dev.cell-1"]
     assert tenant["outputs"]["project"] == "tenancy-dev-482913"
     assert tenant["outputs"]["hostnames"] == ["piedpiper.dev.saas-example.com"]
 
@@ -102,8 +103,9 @@ def test_summary_table_lists_every_stack(sample_plan):
     text = planmod.summary(result)
     lines = text.splitlines()
     assert lines[0].split() == ["STACK", "KIND", "TENANT", "MODEL", "RESOURCES", "VIOLATIONS"]
-    assert lines[3].split()[:4] == ["dev.stark", "tenant", "stark", "namespace"]
-    assert lines[7].startswith("6 stack(s), ")
+    assert lines[3].split()[:4] == ["dev.cell-1", "cell", "-", "-"]
+    assert lines[6].split()[:4] == ["dev.stark", "tenant", "stark", "namespace"]
+    assert lines[10].startswith("9 stack(s), ")
 
 
 def test_single_tenant_plan():
@@ -111,7 +113,7 @@ def test_single_tenant_plan():
     result = planmod.plan(catalog, "dev", tenants=["stark"], workers=1)
     assert [s.name for s in result.stacks] == ["dev.stark"]
     pooled = planmod.plan(catalog, "dev", tenants=["globex"], workers=1)
-    assert [s.name for s in pooled.stacks] == ["dev"]  # pooled tenants live in the platform stack
+    assert [s.name for s in pooled.stacks] == ["dev.pool-1"]  # pooled tenants live in their pool shard's stack
 
 
 def test_unknown_tenant_is_bad_input():
@@ -137,7 +139,8 @@ def test_changed_since_plans_only_changed_stacks_and_says_why(catalog_repo):
     path.write_text(text)
     result = planmod.plan(load_catalog(path), "dev", changed_since="HEAD", workers=1)
     reasons = {s.name: s.reasons for s in result.stacks}
-    assert reasons["dev.stark"] == ["plan changed: standard → enterprise"]
+    # a namespace tenant turned dedicated: its own stack, and its share of its home units (tenancy/changes.py)
+    assert reasons["dev.stark"] == ["tenant stark changed: model, plan", "plan changed: standard → enterprise"]
     assert reasons["dev.pied-piper"] == ["changed: limits"]
     assert reasons["dev.newco"] == ["tenant added"]
     assert "tenant added: newco" in reasons["dev"] and "tenant stark changed: model, plan" in reasons["dev"]
@@ -149,7 +152,7 @@ def test_changed_since_plans_only_changed_stacks_and_says_why(catalog_repo):
 
 def test_changed_since_with_nothing_changed_plans_nothing(catalog_repo):
     result = planmod.plan(load_catalog(catalog_repo / "tenants.yaml"), "dev", changed_since="HEAD", workers=1)
-    assert result.stacks == [] and len(result.unchanged) == 6
+    assert result.stacks == [] and len(result.unchanged) == 9
 
 
 def test_changed_since_bad_ref_is_bad_input(catalog_repo):
@@ -235,124 +238,3 @@ def test_cli_plan_writes_and_bad_env_is_bad_input(tmp_path):
     assert "dev.stark" in res.stdout
     res = run_cli("plan", "--env", "qa", "--out", str(tmp_path / "q"))
     assert res.returncode == 2 and "stacks/Pulumi.qa.yaml not found" in res.stderr
-
-
-def test_tenant_plans_use_the_cached_platform_exports(tmp_path, monkeypatch, sample_plan):
-    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
-    catalog = load_catalog(ROOT / "tenants.yaml")
-    said: list[str] = []
-    first = planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
-    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
-    cached = json.loads((tmp_path / "cache" / "platform-dev.json").read_text())
-    assert cached["outputs"]["kubeconfig"] == "[secret]", "no secret value is written to the cache"
-    assert "tenantDirectory" not in cached["outputs"]
-    said.clear()
-    second = planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
-    assert said[0] == "using the cached tenant-facing exports of platform stack dev"
-    assert second.stacks[0].to_json() == first.stacks[0].to_json() == stack_of(sample_plan[1], "dev.stark")
-    # a cache written for other inputs (config, code, packages) is not used
-    cached["key"] = "0" * 32
-    (tmp_path / "cache" / "platform-dev.json").write_text(json.dumps(cached))
-    said.clear()
-    planmod.plan(catalog, "dev", tenants=["stark"], workers=1, progress=said.append)
-    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
-
-
-def test_exports_are_computed_beside_the_catalogue(tmp_path, monkeypatch, sample_plan):
-    """`tenancy plan` starts the platform's tenant-facing run in a child process before it reads the catalogue;
-    the plan waits for it (importing the tenant stacks' SDK modules meanwhile) and plans exactly as before."""
-    import os
-    import time
-
-    import stacks
-
-    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
-    parent = os.getpid()
-    original = planmod.run_stack
-    ran: list[str] = []
-
-    def slow_in_the_child(stack, catalog, config, outputs, tenant_facing_only=False):
-        if os.getpid() != parent:
-            assert (stack, tenant_facing_only, catalog.tenants) == ("dev", True, ()), "no catalogue in the child"
-            time.sleep(1.5)   # still running when the plan needs the exports
-        else:
-            ran.append(stack)
-        return original(stack, catalog, config, outputs, tenant_facing_only)
-
-    monkeypatch.setattr(planmod, "run_stack", slow_in_the_child)
-    warmed: list[int] = []
-    monkeypatch.setattr(stacks, "warm_tenant_sdk", lambda: warmed.append(1))
-    assert planmod.prefetch_exports("dev") is True
-    assert planmod.prefetch_exports("dev") is False, "one child per environment"
-    proc, key = planmod._PREFETCH["dev"]
-    assert key == planmod.exports_cache_key("dev") and proc.is_alive()
-    said: list[str] = []
-    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1, progress=said.append)
-    assert said[:2] == ["importing what tenant stacks use while the platform's tenant-facing exports are computed beside",
-                        "computed the exports of platform stack dev that tenant stacks read beside the catalogue"]
-    assert warmed == [1] and ran == ["dev.stark"], "the parent ran only the tenant stack"
-    assert proc.exitcode == 0 and "dev" not in planmod._PREFETCH
-    assert result.stacks[0].to_json() == stack_of(sample_plan[1], "dev.stark")
-    cached = json.loads((tmp_path / "cache" / "platform-dev.json").read_text())
-    assert cached["key"] == key and cached["outputs"]["kubeconfig"] == "[secret]"
-    assert planmod.prefetch_exports("dev") is False, "the cache holds them now"
-    assert planmod.prefetch_exports("nope") is False and planmod.prefetch_exports("Bad Env!") is False
-
-
-def test_a_failed_prefetch_leaves_the_plan_to_compute_and_report(tmp_path, monkeypatch):
-    import os
-
-    monkeypatch.setattr(planmod, "CACHE_DIR", tmp_path / "cache")
-    parent = os.getpid()
-    original = planmod._platform_config
-
-    def broken_in_the_child(env):
-        if os.getpid() != parent:
-            raise RuntimeError("boom")
-        return original(env)
-
-    monkeypatch.setattr(planmod, "_platform_config", broken_in_the_child)
-    assert planmod.prefetch_exports("dev") is True
-    proc, _ = planmod._PREFETCH["dev"]
-    proc.join(60)
-    assert proc.exitcode == 1 and not (tmp_path / "cache" / "platform-dev.json").exists()
-    said: list[str] = []
-    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1, progress=said.append)
-    assert said[0] == "computing the exports of platform stack dev that tenant stacks read"
-    assert [s.name for s in result.stacks] == ["dev.stark"] and result.stacks[0].resource_count > 50
-    # a prefetch started for other inputs (the code changed under it) is stopped, not used
-    assert planmod.prefetch_exports("prod") is True
-    monkeypatch.setattr(planmod, "exports_cache_key", lambda env: "f" * 32)
-    assert planmod._prefetched_exports("prod", "f" * 32, said.append) is None and "prod" not in planmod._PREFETCH
-
-
-def test_the_tenant_sdk_modules_are_those_a_namespace_tenant_stack_uses(sample_plan):
-    import importlib
-
-    import stacks
-
-    used = {stacks.sdk_module(r["type"]) for r in stack_of(sample_plan[1], "dev.stark")["resources"]} - {None}
-    assert used == set(stacks.TENANT_SDK_MODULES)
-    for name in used:
-        assert importlib.util.find_spec(name) is not None, name
-    assert stacks.sdk_module("kubernetes:cert-manager.io/v1:ClusterIssuer") == "pulumi_kubernetes.apiextensions"
-    assert stacks.sdk_module("kubernetes:rbac.authorization.k8s.io/v1:Role") == "pulumi_kubernetes.rbac.v1"
-    assert stacks.sdk_module("tenancy:gcp:Network") is None and stacks.sdk_module("pulumi:providers:gcp") is None
-    # in a fresh process, warming imports every one of them for real (not a lazy module left to load later)
-    probe = ("import sys, types, stacks; stacks.warm_tenant_sdk(); "
-             "print(sorted(n for n in stacks.TENANT_SDK_MODULES if type(sys.modules[n]) is not types.ModuleType))")
-    res = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert (res.returncode, res.stdout.strip()) == (0, "[]"), res.stderr
-
-
-def test_the_cache_key_follows_environment_config_and_code(tmp_path, monkeypatch):
-    dev, prod = planmod.exports_cache_key("dev"), planmod.exports_cache_key("prod")
-    assert dev != prod and dev == planmod.exports_cache_key("dev")
-    fake_root = tmp_path / "root"
-    shutil.copytree(ROOT / "stacks", fake_root / "stacks")
-    (fake_root / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    monkeypatch.setattr(planmod, "ROOT", fake_root)
-    before = planmod.exports_cache_key("dev")
-    cfg = fake_root / "stacks" / "Pulumi.dev.yaml"
-    cfg.write_text(cfg.read_text().replace("clusterMaxNodes: 3", "clusterMaxNodes: 4"))
-    assert planmod.exports_cache_key("dev") != before
