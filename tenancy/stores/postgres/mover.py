@@ -118,7 +118,8 @@ def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[st
     leaves the target as it was; a re-run does the same again. Returns the report and the verified summary (the
     source's, equal to the target's). The caller journals it; the source is not changed."""
     say = progress or (lambda m: None)
-    with open_checked(source_dsn, tenant, "reading the source") as src, open_checked(target_dsn, tenant, "reading the target") as dst:
+    with open_checked(source_dsn, tenant, "reading the source") as src, \
+            open_checked(target_dsn, tenant, "reading the target") as dst:
         if database_identity(src) == database_identity(dst):
             raise DataInputError(f"source {database_of(source_dsn)} and target {database_of(target_dsn)} are the same database; "
                                  "nothing was done")
@@ -171,7 +172,8 @@ def copy_verified(source_dsn: str, target_dsn: str, tenant: str, tables: list[st
 
 def verify(source_dsn: str, target_dsn: str, tenant: str, tables: list[str] | None = None) -> list[TableCheck]:
     """Per-table counts and checksums on both sides, each in its own snapshot, summed concurrently."""
-    with open_checked(source_dsn, tenant, "reading the source") as src, open_checked(target_dsn, tenant, "reading the target") as dst:
+    with open_checked(source_dsn, tenant, "reading the source") as src, \
+            open_checked(target_dsn, tenant, "reading the target") as dst:
         with one_line_errors(tenant, source_dsn, "reading the source's tables"):
             picked = select_tables(src, source_dsn, tables)
             src.rollback()
