@@ -30,6 +30,7 @@ def redact(text: str) -> str:
 
 
 def check_dsn(option: str, dsn: str) -> None:
+    """A DSN given as `option` parses as libpq's; the error never shows it (it may hold a password)."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -78,20 +79,22 @@ def with_deployed(catalog, args):
 
 
 def table_list(values: list[str] | None) -> list[str] | None:
+    """The tables of repeated or comma-separated --table options; None (every isolated table) without any."""
     return None if not values else [t.strip() for v in values for t in v.split(",") if t.strip()]
 
 
 def build_engine(args):
+    """The engine --engine names: offline (a state directory), the Automation API (the Pulumi CLI), or the Pulumi
+    Kubernetes Operator (falling back on the Automation API for outputs when the CLI is there)."""
     import shutil
 
     from tenancy.engine import AutomationEngine, OfflineEngine
 
     if args.engine == "offline":
         return OfflineEngine(args.state, args.env)
-    root = ROOT
     auto = None
     if shutil.which("pulumi") is not None:
-        auto = AutomationEngine(root, root / args.policy_pack,
+        auto = AutomationEngine(ROOT, ROOT / args.policy_pack,
                                 on_output=lambda stack, line: print(f"[{stack}] {line.rstrip()}", file=sys.stderr))
     if args.engine == "operator":
         from tenancy.operator import engine as operator
@@ -142,6 +145,7 @@ def registry_from_outputs(engine, env: str) -> str | None:
 
 
 def operation_context(args, engine):
+    """What an operation runs with: the environment, its registry (required), the engine, progress on stderr."""
     from tenancy.operations.protocol import Context
 
     return Context(args.env, open_registry(args, engine), engine, say=show_progress)
@@ -156,6 +160,7 @@ def command_line(args, drop: tuple[str, ...] = ("--abort", "--take-over")) -> st
 
 
 def print_outcome(out, line: str, as_json: bool = False) -> int:
+    """An operation's outcome: as JSON, its message when there was nothing to do, else the command's `line`."""
     if as_json:
         print(json.dumps(out.to_json(), indent=1, ensure_ascii=False, default=str))
         return EXIT_OK
@@ -167,10 +172,13 @@ def print_outcome(out, line: str, as_json: bool = False) -> int:
 
 
 def show_progress(msg: str) -> None:
+    """A progress line on stderr, at once (stdout holds the command's result)."""
     print(msg, file=sys.stderr, flush=True)
 
 
 def build_reach(args, dsns: dict[str, str]):
+    """How an operation reaches a tenant's stores: `dsns` with the --db overrides, --objects-root, --kubeconfig for
+    the graph's Jobs, and the store kinds --skip leaves where they are."""
     from tenancy.errors import ConfigError
     from tenancy.lifecycle.tenant_data import KINDS, Reach
 
@@ -195,6 +203,7 @@ def build_reach(args, dsns: dict[str, str]):
 
 
 def db_overrides(items: list[str]) -> dict[str, str]:
+    """--db NAME=DSN options by NAME, each checked (bad input: one line, exit 2)."""
     from tenancy.errors import ConfigError
 
     out = {}

@@ -246,8 +246,7 @@ def cmd_operator_prune(args) -> int:
     from tenancy.operator import engine as operator
     from tenancy.operator.stacks import fleet
 
-    root = ROOT
-    auto = AutomationEngine(root, None) if shutil.which("pulumi") else None
+    auto = AutomationEngine(ROOT, None) if shutil.which("pulumi") else None
     engine = operator.build(args.env, commit="HEAD", kube_context=args.kube_context, preview="stacks", state=".tenancy-state",
                             timeout=60.0, outputs_fallback=auto.outputs if auto else None, on_status=None)
     deployed = rec.read(engine, args.env)
