@@ -54,7 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("operations", ("tenancy.operations.*", "tenancy.fleet.relocate", "tenancy.fleet.migrate",
                     "tenancy.registration")),
     # What a person or a pipeline runs.
-    ("commands", ("tenancy.cli", "tenancy.__main__", "tenancy.delivery", "tenancy.localservers")),
+    ("commands", ("tenancy.cli.*", "tenancy.__main__", "tenancy.delivery", "tenancy.localservers")),
 )
 
 
