@@ -1,14 +1,9 @@
 """Benchmark of the offline plan at 1,000, 5,000 and 10,000 tenants, beside the Pulumi SDK's own floor.
 
 Catalogues are generated with 90% pooled, 9% namespace and 1% dedicated tenants. The plans run in a copy of
-the repository (`<out>/tree`) whose `stacks/Pulumi.dev.yaml` declares, for each size:
-- `--layout single` (the default): the largest capacity the config accepts (`tenancy:cellCapacity` 10,000,
-  `tenancy:poolShardCapacity` 1,000,000, `tenancy:dataProjectInstances` 100,000). The single layout builds one
-  cell, one pool shard and one data project, so its platform stack holds every pooled tenant and fails the
-  plan with the `object-and-stack-size` rule at these sizes; the plan is written all the same, and the
-  benchmark measures time and memory;
-- `--layout cells`: the capacity the fleet needs in the cells layout (bench/cells_bench.py's: cells of 300
-  namespaces, pool shards of 1,000 pooled tenants, an identity shard per 1,250 tenants), every stack bounded.
+the repository (`<out>/tree`) whose `stacks/Pulumi.dev.yaml` declares, for each size, the capacity the fleet
+needs (bench/cells_bench.py's: cells of 300 tenants, pool shards of 1,000 pooled tenants, an identity shard per
+1,250 tenants), every stack bounded.
 
 For each size, each in a fresh process:
 - the full plan (`tenancy plan`, no exports cache): wall time, CPU seconds of every process (the plan and its
@@ -20,13 +15,12 @@ For each size, each in a fresh process:
   under the same recorder (`tenancy.recorder.run_program`), in stacks of 100 by as many worker processes as
   the plan uses, replaced as often; nothing else (no stack programs, policy, plan.json or manifests). Its CPU
   per resource, and the plan's against it;
-- `--tenant` for one namespace tenant, cold (no exports cache: the platform's tenant-facing components run),
-  then again with the cache the first run wrote.
+- `--tenant` for one namespace tenant, cold (no `.cache/`), then again with what the first run cached.
 
 Targets (2 cores): the full plan's CPU per resource <= 1.2x the floor's; total peak memory <= 2 GB; a
 one-tenant plan at 10,000 tenants <= 3 s cold.
 
-    .venv/bin/python bench/plan_bench.py [--sizes 1000,5000,10000] [--layout single|cells] [--out bench/out] [--workers 2]
+    .venv/bin/python bench/plan_bench.py [--sizes 1000,5000,10000] [--out bench/out] [--workers 2]
 """
 
 from __future__ import annotations
@@ -50,8 +44,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PER_FLOOR_STACK = 100
 PSS_EVERY = 25          # memory samples every 20 ms; PSS every 25th (0.5 s)
-# Config key -> value in the benchmark's copy: the most the config accepts (tenancy/fleet/capacity.py INT_KEYS).
-CAPACITY = {"cellCapacity": 10_000, "poolShardCapacity": 1_000_000, "dataProjectInstances": 100_000}
 COPY_SKIP = {".git", ".venv", ".tools", ".cache", "__pycache__", "tests", ".pytest_cache", ".tenancy-state"}
 
 
@@ -86,23 +78,22 @@ def workspace(out: Path) -> Path:
 
 
 def cells_capacity(n: int) -> dict[str, object]:
-    """The cells layout's capacity for n tenants (bench/cells_bench.py's): cells of 300 namespaces, pool shards of
+    """The capacity n tenants need (bench/cells_bench.py's): cells of 300 tenants, pool shards of
     1,000 pooled tenants, an identity shard per 1,250 tenants, data projects of 1,000 instances."""
     cells = math.ceil(n // 10 / 300) + 1
     networks = {f"cell-{c}": {"networkCidr": f"172.{17 + c // 16}.{(c % 16) * 16}.0/20", "podsCidr": f"10.{150 + c}.0.0/16",
                               "servicesCidr": f"100.{64 + c // 16}.{(c % 16) * 16}.0/20", "masterCidr": f"192.168.{c}.0/28"}
                 for c in range(2, cells + 1)}
     projects = math.ceil(n * 0.09 * 3 / 1000) + 1
-    return {"layout": "cells", "cells": cells, "cellCapacity": 300, "poolShards": math.ceil(n * 0.9 / 1000) + 1,
+    return {"cells": cells, "cellCapacity": 300, "poolShards": math.ceil(n * 0.9 / 1000) + 1,
             "poolShardCapacity": 1000, "identityShards": math.ceil(n / 1250), "dataProjectInstances": 1000,
             "dataProjects": json.dumps([f"dev-data-{i}" for i in range(1, projects + 1)]),
             "cellNetworks": json.dumps(networks)}
 
 
-def configure(tree: Path, original: str, n: int, layout: str) -> None:
-    """stacks/Pulumi.dev.yaml for n tenants: single, one cell, pool shard and data project as large as the config
-    allows; cells, the capacity n tenants need."""
-    values: dict[str, object] = dict(CAPACITY) if layout == "single" else cells_capacity(n)
+def configure(tree: Path, original: str, n: int) -> None:
+    """stacks/Pulumi.dev.yaml declaring the capacity n tenants need."""
+    values: dict[str, object] = cells_capacity(n)
     text = original
     for key, value in values.items():
         line = f"tenancy:{key}: {json.dumps(value) if isinstance(value, str) and value[:1] in '[{' else value}"
@@ -238,7 +229,6 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--layout", choices=("single", "cells"), default="single")
     ap.add_argument("--floor", type=int, help=argparse.SUPPRESS)    # internal: run the SDK floor for N resources
     a = ap.parse_args()
     if a.floor is not None:
@@ -257,7 +247,7 @@ def main() -> None:
         path = out / f"tenants-{n}.yaml"
         path.write_text(yaml.safe_dump(cat, sort_keys=False))
         ns_tenant = next(t["id"] for t in cat["tenants"] if t["plan"] == "standard")
-        configure(tree, original, n, a.layout)
+        configure(tree, original, n)
         shutil.rmtree(cache, ignore_errors=True)
         full = measure([*tenancy, "plan", "--tenants", str(path), "--out", str(out / f"plan-{n}"),
                         "--workers", str(a.workers)], tree, ok=(0, 1))
@@ -269,7 +259,7 @@ def main() -> None:
         row = dict(n=n, stacks=stacks, resources=resources, full=full, planning=planning, floor=floor, cold=cold, warm=warm,
                    plan_ms=1000 * full.cpu / resources, floor_ms=1000 * floor.cpu / resources)
         rows.append(row)
-        print(f"{a.layout} layout, {n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
+        print(f"{n:>6,} tenants: {stacks:,} stacks, {resources:,} resources; full plan {full.wall:.1f} s, {full.cpu:.0f} CPU s "
               f"({row['plan_ms']:.2f} ms/resource), peak RSS {mib(full.rss)}, PSS {mib(full.pss)} (parent {mib(full.parent_rss)}, "
               f"largest other process {mib(full.child_rss)}); SDK floor "
               f"{floor.wall:.1f} s, {floor.cpu:.0f} CPU s ({row['floor_ms']:.2f} ms/resource): "

@@ -144,7 +144,7 @@ _DEPLOYED: dict[str, Path] = {}
 
 
 def deployed_offline(catalog, state_dir: Path, env: str = "dev"):
-    """An OfflineEngine over `state_dir` holding the platform deployed with `catalog` (`tenancy up`'s first wave).
+    """An OfflineEngine over `state_dir` holding the environment deployed with `catalog` (`tenancy up`).
     The deploy runs once per catalogue and stack config in a test process; each test gets a copy of its state."""
     import hashlib
     import json
@@ -161,7 +161,14 @@ def deployed_offline(catalog, state_dir: Path, env: str = "dev"):
     if key not in _DEPLOYED:
         template = Path(tempfile.mkdtemp(prefix="tenancy-deployed-"))
         outcomes = deploy.deploy(OfflineEngine(template, env), catalog, env, mode="up")
-        assert [o.status for o in outcomes] == ["ok"], [(o.stack, o.status, o.message) for o in outcomes]
+        assert outcomes and {o.status for o in outcomes} == {"ok"}, [(o.stack, o.status, o.message) for o in outcomes]
         _DEPLOYED[key] = template
     shutil.copytree(_DEPLOYED[key], state_dir, dirs_exist_ok=True)
     return OfflineEngine(state_dir, env)
+
+
+def deployed_directory(engine, env: str = "dev") -> dict:
+    """The tenant directory as deployed: the cells' and pool shards' directories, read as one (the deployed record)."""
+    from tenancy.lifecycle import record
+
+    return record.read(engine, env).directory

@@ -1,10 +1,13 @@
-"""The cells layout (stacks/cells.py): bounded stacks and objects at 10,000 tenants, identity shards a tier
-change never touches, and the migration of a single-platform-stack environment through the offline engine."""
+"""The environment's stacks (stacks/cells.py): bounded stacks and objects at 10,000 tenants, identity shards a tier
+change never touches, and the migration of an environment deployed as one platform stack (earlier versions)
+through the offline engine."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,14 +29,14 @@ REAL = envconfig.load_stack_config
 
 
 def cells_config(monkeypatch, env: str = "dev", **extra: str) -> None:
-    """`env` in the cells layout: `cells` cells with ranges of their own, and the other keys given."""
+    """`env` with `cells` cells with ranges of their own, and the other keys given."""
     cells = int(extra.get("tenancy:cells", "1"))
     networks = {f"cell-{n}": {"networkCidr": f"172.{17 + n // 16}.{(n % 16) * 16}.0/20", "podsCidr": f"10.{150 + n}.0.0/16",
                               "servicesCidr": f"100.{64 + n // 16}.{(n % 16) * 16}.0/20",
                               "masterCidr": f"192.168.{n}.0/28"}
                 for n in range(2, cells + 1)}
     monkeypatch.setattr(envconfig, "load_stack_config", lambda e: {
-        **REAL(e), "tenancy:layout": "cells", "tenancy:cellNetworks": json.dumps(networks), **extra})
+        **REAL(e), "tenancy:cellNetworks": json.dumps(networks), **extra})
 
 
 # -------------------------------------------------------------------------------------------- 10,000 tenants
@@ -174,15 +177,17 @@ def test_a_full_cell_layout_refuses_new_namespace_tenants_naming_the_capacity_to
     assert "raise tenancy:cells from 3 to 4" in str(exc.value)
 
 
-def test_unit_stacks_refuse_undeclared_units_and_the_single_layout(monkeypatch, tmp_path):
-    from stacks import program
+def test_unit_stacks_refuse_undeclared_units_and_the_layout_of_earlier_versions(monkeypatch):
     from tenancy.errors import ConfigError
 
-    catalog = parse_catalog("version: 1\ntenants:\n  - {id: acme, name: Acme, plan: free, admin_email: a@acme.example}\n")
     with pytest.raises(ConfigError) as exc:
-        program("dev.cell-1", catalog)
-    assert str(exc.value) == ("stack 'dev.cell-1' is a cell stack of the cells layout, but environment 'dev' is in the "
-                              "single layout (stacks/Pulumi.dev.yaml: tenancy:layout); its platform stack is 'dev'")
+        monkeypatch.setattr(envconfig, "load_stack_config", lambda e: {**REAL(e), "tenancy:layout": "single"})
+        fleet_capacity.load("dev")
+    assert str(exc.value) == ("stacks/Pulumi.dev.yaml: tenancy:layout is 'single', but every environment is now a "
+                              "global stack plus cells, pool shards and identity shards: remove the key (an environment "
+                              "deployed as one platform stack then moves with `tenancy migrate --env dev`)")
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda e: {**REAL(e), "tenancy:layout": "cells"})
+    assert fleet_capacity.load("dev").cell_names == ["cell-1"]      # a config of an earlier version still reads
     with pytest.raises(ValueError):
         naming.unit_stack("dev", "shard-1")
     assert naming.platform_collision("identity-3") == "it has the shape of the name of a platform identity shard " \
@@ -193,7 +198,7 @@ def test_cell_networks_are_required_for_later_cells_and_must_not_overlap():
     from tenancy.errors import ConfigError
 
     with pytest.raises(ConfigError) as exc:
-        fleet_capacity.Capacity.validate({"layout": "cells", "cells": 3, "cellNetworks": {
+        fleet_capacity.Capacity.validate({"cells": 3, "cellNetworks": {
             "cell-2": {"networkCidr": "10.50.0.0/20", "podsCidr": "10.50.0.0/14", "servicesCidr": "10.60.0.0/20",
                        "masterCidr": "172.16.9.0/28"}}}, "dev", "tenancy-dev-482913")
     lines = str(exc.value).splitlines()
@@ -202,7 +207,7 @@ def test_cell_networks_are_required_for_later_cells_and_must_not_overlap():
                         "cell-2.networkCidr; every cell's ranges must be distinct")
     with pytest.raises(ConfigError) as exc:
         fleet_capacity.Capacity.validate({"layout": "cellular"}, "dev", "tenancy-dev-482913")
-    assert str(exc.value) == "stacks/Pulumi.dev.yaml: tenancy:layout must be one of single, cells, not 'cellular'"
+    assert str(exc.value).startswith("stacks/Pulumi.dev.yaml: tenancy:layout is 'cellular', but every environment is")
 
 
 # ------------------------------------------------------------------------------------- deployments, offline
@@ -251,6 +256,17 @@ class _Interrupted(Exception):
     pass
 
 
+ONE_PLATFORM_STACK = Path(__file__).parent / "fixtures" / "one-platform-stack"
+
+
+def _one_platform_stack(state: Path) -> None:
+    """The offline state of SMALL deployed by an earlier version as one platform stack `dev` (cell 1, pool
+    shard 1 and every Identity Platform tenant in it), with the stacks of delta and echo that read it."""
+    state.mkdir(parents=True)
+    for f in ONE_PLATFORM_STACK.glob("*.json.gz"):
+        (state / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+
+
 class _FlakyEngine(OfflineEngine):
     """Dies after `ok` state moves (a kill between two CLI calls)."""
 
@@ -280,14 +296,21 @@ def _everything(engine: OfflineEngine) -> dict[str, str]:
 
 
 def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(monkeypatch, tmp_path):
+    from tenancy.lifecycle.record import LayoutError
+
+    _one_platform_stack(tmp_path / "state")
     engine = _FlakyEngine(tmp_path / "state", "dev")
     catalog = parse_catalog(SMALL)
-    assert [o.status for o in deploy.deploy(engine, catalog, "dev")] == ["ok", "ok", "ok"]
     before = _everything(engine)
+    assert len(before) > 100 and set(before.values()) == {"dev"}
     stateful = {k: s for k, s in before.items() if any(k.split("::")[1].endswith(t) for t in STATEFUL_TYPES)}
-    with pytest.raises(Exception) as exc:            # still the single layout
-        mig.migrate(engine, "dev")
-    assert "set `tenancy:layout: cells`" in str(exc.value)
+    # until it is migrated, no deploy runs: this version's programs would remove what moves to the unit stacks
+    with pytest.raises(LayoutError) as exc:
+        deploy.deploy(engine, catalog, "dev")
+    assert str(exc.value) == ("environment 'dev' is deployed as one platform stack 'dev', the layout of earlier "
+                              "versions: run `tenancy migrate --env dev` first (it moves the state into the cell, "
+                              "pool-shard and identity-shard stacks and recreates nothing); nothing was changed")
+    assert not [c for c in engine.calls if c[0] in ("up", "state-move")] and _everything(engine) == before
 
     cells_config(monkeypatch, **{"tenancy:identityShards": "2"})
     engine.ok = 1                                    # killed after the first move
@@ -331,7 +354,7 @@ def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(mon
     calls = len(engine.calls)
     again: list[str] = []
     mig.migrate(engine, "dev", again.append)
-    assert again == ["environment 'dev' is already in the cells layout: nothing to move"]
+    assert again == ["environment 'dev' is already a global stack with unit stacks: nothing to move"]
     assert not [c for c in engine.calls[calls:] if c[0] in ("state-move", "up")]
     # and every stack previews clean
     for stack in engine.stacks():
@@ -339,9 +362,8 @@ def test_migration_from_one_platform_stack_moves_state_and_recreates_nothing(mon
 
 
 def test_migration_stops_before_moving_when_a_resource_has_no_stack(monkeypatch, tmp_path):
+    _one_platform_stack(tmp_path / "state")
     engine = OfflineEngine(tmp_path / "state", "dev")
-    catalog = parse_catalog(SMALL)
-    deploy.deploy(engine, catalog, "dev")
     state = json.loads((tmp_path / "state" / "dev.json").read_text())
     state["resources"]["urn:pulumi:dev::tenancy::gcp:storage/bucket:Bucket::stray"] = {
         "type": "gcp:storage/bucket:Bucket", "inputs": {}, "protect": True}
@@ -349,7 +371,7 @@ def test_migration_stops_before_moving_when_a_resource_has_no_stack(monkeypatch,
     cells_config(monkeypatch)
     with pytest.raises(mig.MigrationError) as exc:
         mig.migrate(engine, "dev")
-    assert str(exc.value) == ("1 resource(s) of 'dev' are declared by no stack of the cells layout, so a migration "
+    assert str(exc.value) == ("1 resource(s) of 'dev' are declared by no stack of this version, so a migration "
                               "would delete them: stray; nothing was moved")
     assert not [c for c in engine.calls if c[0] == "state-move"]
 
@@ -375,14 +397,13 @@ def test_the_automation_engine_runs_state_move_through_the_cli_in_batches(tmp_pa
 def test_migrate_command_line(monkeypatch, tmp_path, capsys):
     from tenancy import cli
 
-    engine = OfflineEngine(tmp_path / "state", "dev")
+    _one_platform_stack(tmp_path / "state")
     (tmp_path / "tenants.yaml").write_text(SMALL)
-    deploy.deploy(engine, parse_catalog(SMALL), "dev")
-    args = ["migrate", "--env", "dev", "--engine", "offline", "--state", str(tmp_path / "state"),
-            "--tenants", str(tmp_path / "tenants.yaml")]
-    assert cli.main(args) == 2
-    assert "stacks/Pulumi.dev.yaml: set `tenancy:layout: cells`" in capsys.readouterr().err
-    cells_config(monkeypatch)
+    engine_args = ["--env", "dev", "--engine", "offline", "--state", str(tmp_path / "state"),
+                   "--tenants", str(tmp_path / "tenants.yaml")]
+    args = ["migrate", *engine_args]
+    assert cli.main(["up", *engine_args]) == 2        # every other command waits for the migration
+    assert "run `tenancy migrate --env dev` first" in capsys.readouterr().err
     assert cli.main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in out[:3]] == ["dev.cell-1", "dev.identity-1", "dev.pool-1"]
@@ -391,7 +412,7 @@ def test_migrate_command_line(monkeypatch, tmp_path, capsys):
     assert cli.main(args) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("global stack dev: keeps ")
     assert cli.main(args) == 0
-    assert capsys.readouterr().out.splitlines() == ["environment 'dev' is in the cells layout"]
+    assert capsys.readouterr().out.splitlines() == ["environment 'dev' is a global stack with unit stacks"]
 
 
 def test_deploys_and_one_tenant_commands_run_only_the_tenants_units(monkeypatch, tmp_path, pg_server, registry):

@@ -18,7 +18,7 @@ from tenancy.fleet.placement import PlacementError
 from tenancy.lifecycle import Refused, deploy
 from tenancy.lifecycle import record as rec
 from tenancy.record_format import record_json
-from tests.conftest import ROOT, stack_of
+from tests.conftest import ROOT, stack_of, deployed_directory
 from tests.sqlhelp import register, seed
 
 BASE = """version: 1
@@ -31,15 +31,14 @@ WITH_ALPHA = BASE + "  - {id: alpha, name: Alpha, plan: free, admin_email: a@alp
 
 @pytest.fixture
 def two_shards(monkeypatch):
-    """The dev environment with two pool shards of two tenants each, both built (as the pool-shard stacks will)."""
+    """The dev environment with two pool shards of two tenants each."""
     real = envconfig.load_stack_config
     monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
-    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
 
 
 def directory(engine) -> dict:
-    return json.loads(engine.outputs("dev")["tenantDirectory"])
+    return deployed_directory(engine)
 
 
 def shards(engine) -> dict[str, str]:
@@ -182,7 +181,6 @@ def test_place_moves_one_pooled_tenant_with_its_rows_found_through_the_registry(
 
 
 def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch, tmp_path):
-    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     catalog = load_catalog(ROOT / "tenants.yaml")
     two_cells = dataclasses.replace(fleet_capacity.load("dev"), cells=2, data_projects=("tenancy-dev-482913", "data-proj-1"))
     record = json.loads(record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}}))

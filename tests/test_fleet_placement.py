@@ -11,7 +11,7 @@ from tenancy.catalog import load_catalog, parse_catalog, to_document, with_tenan
 from tenancy.errors import CatalogError, ConfigError
 from tenancy.fleet import capacity as fleet_capacity
 from tenancy.fleet import sample
-from tenancy.fleet.capacity import EVERY_UNIT, Capacity
+from tenancy.fleet.capacity import Capacity
 from tenancy.fleet.placement import PlacementError, place
 from tests.conftest import ROOT
 
@@ -179,7 +179,7 @@ tenants:
 
 
 def test_pins_are_honoured_before_anyone_else_is_placed():
-    placed = place(parse_catalog(SMALL), cap(cells=2, cell_capacity=2, pool_shards=2), EVERY_UNIT)
+    placed = place(parse_catalog(SMALL), cap(cells=2, cell_capacity=2, pool_shards=2))
     assert placed.to_json()["delta"]["cell"] == "cell-1" and placed.decided["delta"] == "pinned"
     assert placed.to_json()["echo"] == {"poolShard": "pool-2"}
     # delta's pin takes one of cell-1's two slots, so of the others only alpha (first by id) fits there
@@ -195,7 +195,7 @@ def test_a_pin_to_a_full_unknown_or_unbuilt_unit_is_refused_with_its_line(tmp_pa
     crowded = dataclasses.replace(catalog, placements={t: {"cell": "cell-2", "dataProject": PLATFORM_PROJECT}
                                                        for t in ("alpha", "bravo")})
     with pytest.raises(PlacementError) as exc:
-        place(crowded, cap(cells=2, cell_capacity=2, pool_shards=2), EVERY_UNIT)
+        place(crowded, cap(cells=2, cell_capacity=2, pool_shards=2))
     assert exc.value.problems == [
         f"{path}:10: tenant 'delta': placement.cell: cell cell-2 is full (2 of 2 namespaces); choose another cell (or "
         "leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml",
@@ -226,7 +226,7 @@ def test_a_full_environment_names_the_capacity_to_add():
     assert "cell-2 is declared, but this version's stacks build only cell-1. Add capacity in stacks/Pulumi.dev.yaml: " \
            "raise tenancy:cellCapacity (now 3)" in str(exc.value)
     with pytest.raises(PlacementError) as exc:
-        place(catalog, cap(cells=1, cell_capacity=2, data_project_instances=10), EVERY_UNIT)
+        place(catalog, cap(cells=1, cell_capacity=2, data_project_instances=10))
     assert exc.value.problems == [
         "environment 'dev' is full: 2 new tenant(s) need a cell (bravo, charlie), and cell-1 holds 2 of 2 namespaces. Add "
         "capacity in stacks/Pulumi.dev.yaml: raise tenancy:cells from 1 to 2 (each cell holds tenancy:cellCapacity = 2 "
@@ -249,15 +249,15 @@ FLEET_CAPACITY = cap(cells=4, pool_shards=5, data_projects=(PLATFORM_PROJECT, "d
 @pytest.fixture(scope="module")
 def fleet():
     catalog = sample.catalog(FLEET)
-    return catalog, place(catalog, FLEET_CAPACITY, EVERY_UNIT)
+    return catalog, place(catalog, FLEET_CAPACITY)
 
 
 def test_fleet_placement_is_deterministic_and_independent_of_catalogue_order(fleet):
     catalog, placed = fleet
     shuffled = list(catalog.tenants)
     random.Random(14).shuffle(shuffled)
-    again = place(dataclasses.replace(catalog, tenants=tuple(shuffled)), FLEET_CAPACITY, EVERY_UNIT)
-    backwards = place(dataclasses.replace(catalog, tenants=catalog.tenants[::-1]), FLEET_CAPACITY, EVERY_UNIT)
+    again = place(dataclasses.replace(catalog, tenants=tuple(shuffled)), FLEET_CAPACITY)
+    backwards = place(dataclasses.replace(catalog, tenants=catalog.tenants[::-1]), FLEET_CAPACITY)
     assert again.to_json() == backwards.to_json() == placed.to_json()
     assert len(placed.to_json()) == 9_900
 
@@ -284,7 +284,7 @@ def test_placed_tenants_never_move_when_others_are_added_removed_or_reordered(fl
     tenants = kept + list(added)
     rng.shuffle(tenants)
     later = dataclasses.replace(catalog, tenants=tuple(tenants), placements=deployed)
-    after = place(later, FLEET_CAPACITY, EVERY_UNIT)
+    after = place(later, FLEET_CAPACITY)
     now = after.to_json()
     assert all(now[t.id] == deployed[t.id] for t in kept if t.id in deployed), "a placed tenant moved"
     assert all(after.decided[t.id] == "deployed" for t in kept if t.id in deployed)
@@ -295,7 +295,7 @@ def test_placed_tenants_never_move_when_others_are_added_removed_or_reordered(fl
     freed_cells = {deployed[t]["cell"] for t in removed if "cell" in deployed[t]}
     assert any(now[t.id].get("cell") in freed_cells - {"cell-4"} for t in added if t.model.value == "namespace")
     # without the deployed record, the same catalogue would be placed differently: stickiness is doing the work
-    fresh = place(dataclasses.replace(later, placements={}), FLEET_CAPACITY, EVERY_UNIT).to_json()
+    fresh = place(dataclasses.replace(later, placements={}), FLEET_CAPACITY).to_json()
     assert any(fresh[t.id] != deployed[t.id] for t in kept if t.id in deployed)
 
 
@@ -304,14 +304,14 @@ def test_a_full_fleet_is_refused_with_the_capacity_to_add(fleet):
     extra = sample.catalog(400, prefix="z").tenants       # 36 more namespace tenants
     full = dataclasses.replace(catalog, tenants=catalog.tenants + extra, placements=placed.to_json())
     with pytest.raises(PlacementError) as exc:
-        place(full, dataclasses.replace(FLEET_CAPACITY, cells=3), EVERY_UNIT)
+        place(full, dataclasses.replace(FLEET_CAPACITY, cells=3))
     assert exc.value.problems == [
         "environment 'dev' is full: 36 new tenant(s) need a cell (z000001, z000002, z000003, z000004, z000005 and 31 "
         "more), and cell-1, cell-2, cell-3 hold 900 of 900 namespaces. Add capacity in stacks/Pulumi.dev.yaml: raise "
         "tenancy:cells from 3 to 4 (each cell holds tenancy:cellCapacity = 300 namespaces), or raise tenancy:cellCapacity",
     ]
     # the capacity it names is enough
-    assert place(full, FLEET_CAPACITY, EVERY_UNIT).units["cell"].load["cell-4"] == 36
+    assert place(full, FLEET_CAPACITY).units["cell"].load["cell-4"] == 36
 
 
 def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet):
@@ -323,7 +323,7 @@ def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet)
     from tenancy.catalog import PlacementPin
     tenants = tuple(dataclasses.replace(t, placement=PlacementPin(**doc_pins[t.id])) if t.id in doc_pins else t
                     for t in catalog.tenants)
-    result = place(dataclasses.replace(catalog, tenants=tenants), FLEET_CAPACITY, EVERY_UNIT)
+    result = place(dataclasses.replace(catalog, tenants=tenants), FLEET_CAPACITY)
     assert all(result.tenants[tid].cell == "cell-4" and result.decided[tid] == "pinned" for tid in pinned)
     assert all(result.tenants[tid].pool_shard == "pool-5" for tid in pooled)
     assert result.units["cell"].load == {"cell-1": 300, "cell-2": 300, "cell-3": 250, "cell-4": 50}
@@ -331,7 +331,7 @@ def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet)
     newcomer = dataclasses.replace(sample.tenant("n000001", "standard"), placement=PlacementPin(cell="cell-1"))
     later = dataclasses.replace(catalog, tenants=catalog.tenants + (newcomer,), placements=placed.to_json())
     with pytest.raises(PlacementError) as exc:
-        place(later, FLEET_CAPACITY, EVERY_UNIT)
+        place(later, FLEET_CAPACITY)
     assert exc.value.problems == [
         "generated.yaml: tenant 'n000001': placement.cell: cell cell-1 is full (300 of 300 namespaces); choose "
         "another cell (or leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml"]
@@ -340,11 +340,11 @@ def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet)
 def test_deployed_tenants_stay_when_capacity_shrinks_but_a_cell_holding_tenants_cannot_go(fleet):
     catalog, placed = fleet
     deployed = dataclasses.replace(catalog, placements=placed.to_json())
-    smaller = place(deployed, dataclasses.replace(FLEET_CAPACITY, cell_capacity=200), EVERY_UNIT)
+    smaller = place(deployed, dataclasses.replace(FLEET_CAPACITY, cell_capacity=200))
     assert smaller.to_json() == placed.to_json(), "lowering a capacity moves nobody"
     assert smaller.units["cell"].load["cell-1"] == 300
     with pytest.raises(PlacementError) as exc:
-        place(deployed, dataclasses.replace(FLEET_CAPACITY, cells=2), EVERY_UNIT)
+        place(deployed, dataclasses.replace(FLEET_CAPACITY, cells=2))
     assert exc.value.problems == [
         "cell cell-3 holds 300 deployed tenant(s) (t006607, t006608, t006609, t006701, t006702 and 295 more), but "
         "stacks/Pulumi.dev.yaml no longer declares it (it declares cell-1, cell-2): a cell that holds tenants cannot be "

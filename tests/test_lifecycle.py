@@ -22,7 +22,7 @@ from tenancy.operations import tier_move as moves
 from tenancy.operations.protocol import Context
 from tenancy.engine import OfflineEngine
 from tenancy.lifecycle.tenant_data import Reach
-from tests.conftest import ROOT, deployed_offline
+from tests.conftest import ROOT, deployed_offline, deployed_directory
 from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
@@ -119,7 +119,7 @@ def assert_upgraded(w):
         assert rows(s, w["tenant_db"], other) == {t: [] for t in TABLES}, f"{other} never copied"
     assert registry(s, w["tenant_db"], "bravo") == ("standard", "namespace", "active")
     assert registry(s, w["pooled"], "bravo") is None
-    directory = json.loads(w["engine"].outputs("dev")["tenantDirectory"])
+    directory = deployed_directory(w["engine"])
     assert directory["bravo"]["model"] == "namespace" and directory["bravo"]["placement"]["stack"] == "dev.bravo"
     assert "dev.bravo" in w["engine"].stacks()
     row = w["registry"].tenant("bravo")
@@ -170,7 +170,7 @@ def test_downgrade_back_to_pooled_names_every_problem_in_one_run(world):
     assert rows(s, world["tenant_db"], "bravo") == {t: [] for t in TABLES}
     assert registry(s, world["pooled"], "bravo") == ("free", "pooled", "active")
     assert "dev.bravo" not in world["engine"].stacks(), "the tenant stack is destroyed at cleanup"
-    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    assert deployed_directory(world["engine"])["bravo"]["model"] == "pooled"
     for other in ("alpha", "charlie"):
         assert rows(s, world["pooled"], other) == world["before"][other]
 
@@ -196,7 +196,7 @@ def test_abort_before_the_switch_leaves_the_tenant_where_it_was(world):
     assert all(registry(s, d, "bravo") is None and rows(s, d, "bravo") == {t: [] for t in TABLES}
                for d in world["tenant_dbs"]), "what the move created is gone"
     assert "dev.bravo" not in world["engine"].stacks()
-    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    assert deployed_directory(world["engine"])["bravo"]["model"] == "pooled"
     row = world["registry"].tenant("bravo")
     assert (row.state, row.operation) == ("active", None)
     assert do_upgrade(world, abort=True).status == "nothing to abort"
@@ -271,13 +271,13 @@ def test_suspend_and_resume_a_pooled_tenant(world):
     suspend(world, world["catalog"], "charlie")
     assert registry(world["server"], world["pooled"], "charlie")[2] == "suspended"
     assert world["registry"].tenant("charlie").state == "suspended"
-    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
+    assert deployed_directory(world["engine"])["charlie"]["state"] == "suspended"
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"], "data kept"
     suspended = with_tenant(world["catalog"], "charlie", state="suspended")
     suspend(world, suspended, "charlie", resume=True)
     assert registry(world["server"], world["pooled"], "charlie")[2] == "active"
     assert world["registry"].tenant("charlie").state == "active"
-    assert json.loads(world["engine"].outputs("dev")["tenantDirectory"])["charlie"]["state"] == "active"
+    assert deployed_directory(world["engine"])["charlie"]["state"] == "active"
 
 
 def test_resume_without_a_reachable_database_is_refused_rather_than_reported_done(world):
@@ -315,7 +315,7 @@ def test_offboard_exports_first_then_removes(world):
     assert all(oct(f.stat().st_mode & 0o777) == "0o600" for f in (archive / "pooled").iterdir())
     assert rows(world["server"], world["pooled"], "charlie") == {t: [] for t in TABLES}
     assert registry(world["server"], world["pooled"], "charlie") is None
-    assert "charlie" not in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    assert "charlie" not in deployed_directory(world["engine"])
     assert rows(world["server"], world["pooled"], "alpha") == world["before"]["alpha"]
     assert world["registry"].tenant("charlie").state == "offboarded"
 
@@ -338,7 +338,7 @@ def test_deploy_holds_a_tenant_whose_plan_crosses_the_pool_until_upgrade(world):
     assert [deploy.pending_line(p, "dev") for p in result.pending] == [
         "pending: tenant 'bravo': tier move free (pooled) → standard (namespace) waits for its data to move; "
         "run: tenancy upgrade bravo --to standard --env dev"]
-    directory = json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    directory = deployed_directory(world["engine"])
     assert directory["bravo"]["model"] == "pooled", "the routing switch is not flipped before the data moves"
     assert "dev.bravo" not in world["engine"].stacks()
     out = do_upgrade(world, "standard", edited)
@@ -407,19 +407,19 @@ def test_one_tenant_commands_leave_every_other_directory_entry_unchanged(world):
     engine = world["engine"]
 
     def others():
-        d = json.loads(engine.outputs("dev")["tenantDirectory"])
+        d = deployed_directory(engine)
         return {t: json.dumps(d[t], sort_keys=True) for t in ("alpha", "bravo")}
 
     before = others()
     edited = with_tenant(with_tenant(world["catalog"], "bravo", plan="standard"), "alpha", name="Renamed")
     suspend(world, edited, "charlie")
     assert others() == before
-    assert json.loads(engine.outputs("dev")["tenantDirectory"])["charlie"]["state"] == "suspended"
+    assert deployed_directory(engine)["charlie"]["state"] == "suspended"
     suspend(world, edited, "charlie", resume=True)
     assert others() == before
     offboard(world, edited, "charlie", export_to=str(world["tmp"] / "charlie-export"),
              discard=frozenset({"objects", "firestore"}))
-    assert others() == before and "charlie" not in json.loads(engine.outputs("dev")["tenantDirectory"])
+    assert others() == before and "charlie" not in deployed_directory(engine)
     with pytest.raises(Exception, match="tenant 'charlie' is offboarded in 'dev'"):
         suspend(world, edited, "charlie")
     kinds = {(p.tenant, p.kind) for p in deploy.pending(engine, edited, "dev")}
@@ -432,7 +432,7 @@ def test_offboard_with_the_wrong_database_is_refused(world):
     with pytest.raises(Refused, match="has no tenancy SQL, so it holds no tenant.s rows: not the database of .charlie."):
         offboard(world, world["catalog"], "charlie", export_to=str(world["tmp"] / "x"), reach=wrong)
     assert rows(world["server"], world["pooled"], "charlie") == world["before"]["charlie"]
-    assert "charlie" in json.loads(world["engine"].outputs("dev")["tenantDirectory"])
+    assert "charlie" in deployed_directory(world["engine"])
     assert not (world["tmp"] / "x").exists()
 
 

@@ -332,12 +332,10 @@ def _run_place(state: str, registry_dsn: str, catalog_text: str, args: dict) -> 
     """`tenancy place charlie --pool-shard pool-2` in the two-shard environment, rows only, no DSN."""
     from tenancy import envconfig
     from tenancy.catalog import parse_catalog
-    from tenancy.fleet import capacity as fleet_capacity
     from tenancy.operations import place
 
     real = envconfig.load_stack_config
     envconfig.load_stack_config = lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"}
-    fleet_capacity.CURRENT_LAYOUT = fleet_capacity.EVERY_UNIT
     ctx = Context("dev", Registry.open(registry_dsn, "dev"), OfflineEngine(state, "dev"))
     place.place(ctx, parse_catalog(catalog_text), "charlie", pool_shard="pool-2", abort=args.get("abort", False),
                 reach=Reach({}, skip=frozenset({"objects", "firestore"})))
@@ -357,14 +355,12 @@ def shards(pg_server, registry, tmp_path, monkeypatch):
     from tenancy import envconfig
     from tenancy import db
     from tenancy.catalog import parse_catalog
-    from tenancy.fleet import capacity as fleet_capacity
     from tenancy.lifecycle import deploy
     from tests.sqlhelp import register, seed
 
     real = envconfig.load_stack_config
     monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
-    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     names = {"pool-1": f"t_{uuid.uuid4().hex[:12]}", "pool-2": f"t_{uuid.uuid4().hex[:12]}"}
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for d in names.values():

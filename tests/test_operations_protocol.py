@@ -326,7 +326,6 @@ def test_place_moves_a_pooled_tenants_rows_documents_and_objects_to_the_other_sh
     from google.cloud import storage
 
     from tenancy.catalog import parse_catalog
-    from tenancy.fleet import capacity as fleet_capacity
     from tenancy.lifecycle import record as rec
     from tenancy.operations import place
     from tenancy.operations import stores as where
@@ -341,7 +340,6 @@ def test_place_moves_a_pooled_tenants_rows_documents_and_objects_to_the_other_sh
     real = envconfig.load_stack_config
     monkeypatch.setattr(envconfig, "load_stack_config",
                         lambda env: {**real(env), "tenancy:poolShards": "2", "tenancy:poolShardCapacity": "2"})
-    monkeypatch.setattr(fleet_capacity, "CURRENT_LAYOUT", fleet_capacity.EVERY_UNIT)
     project = f"test-{uuid.uuid4().hex[:10]}"
     monkeypatch.setattr(tier_move, "project_of", lambda deployed: project)
     drain(gcs_server)

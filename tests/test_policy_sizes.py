@@ -54,7 +54,7 @@ def test_a_tenant_directory_of_2300_tenants_is_over_the_configmap_data_limit(pla
     """What the platform stack would publish for a generated fleet of 2,300 tenants (its real entries)."""
     fleet = sample.catalog(2_300)
     # (2,070 pooled tenants fill more than one pool shard of 2,000)
-    placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=2), fleet_capacity.EVERY_UNIT)
+    placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=2))
     cfg = dev_config()
     entries = {t.id: directory_entry(t, "dev", cfg, placed.tenants.get(t.id)) for t in fleet.tenants}
     text = document(entries, {t.id: f"t-{t.id}-0a1b2" for t in fleet.tenants})

@@ -22,6 +22,7 @@ from tenancy.stores import objects as obj
 from tenancy.stores.layout import graph_dump_object
 from tests.movehelp import Boom, stop_before
 from tests.test_operations_killed import Runner, _yaml
+from tests.conftest import deployed_directory
 from tests.test_tier_moves_all_stores import (ORPHAN, TABLES, DumpJob, docs, fleet, objects_of,  # noqa: F401 -- fixture
                                               offboard, rows, upgrade)
 
@@ -107,7 +108,7 @@ def test_a_pooled_tenant_offboarded_then_restored_is_byte_identical_in_every_sto
     assert (row.state, row.plan, row.operation, row.stores["databases"]) == ("active", "free", None, {"pooled": "pool-1"})
     assert row.directory["plan"] == "free"
     assert state_of(w, "alpha") == "active"
-    assert "alpha" in json.loads(w["engine"].outputs("dev")["tenantDirectory"])
+    assert "alpha" in deployed_directory(w["engine"])
     assert "catalog_line" not in done.detail, "tenants.yaml already says active"
     # the neighbour is untouched
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]

@@ -21,7 +21,7 @@ from tenancy.operations.protocol import Context
 from tenancy.lifecycle.tenant_data import Reach
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
-from tests.conftest import deployed_offline
+from tests.conftest import deployed_offline, deployed_directory
 from tests.movehelp import Boom, stop_before
 from tests.sqlhelp import connect, seed
 
@@ -246,7 +246,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert objects_of(w["shared"], "bravo/") == {}
     assert set(up.detail["copied"]) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
     assert_neighbour_untouched(w)
-    entry = json.loads(w["engine"].outputs("dev")["tenantDirectory"])["bravo"]
+    entry = deployed_directory(w["engine"])["bravo"]
     assert entry["stores"]["postgres"] == {"postgres-1": ["app.users", "app.itineraries", "app.comments", "app.likes"],
                                            "postgres-2": ["app.audit_events"], "postgres-3": ["app.api_requests"]}
     # ... and back to the pool: the graph (which the pool cannot hold) is let go explicitly
@@ -260,7 +260,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert objects_of(w["shared"], "bravo/") == w["objects"]["bravo"] and objects_of(w["bucket"], "") == {}
     assert_neighbour_untouched(w)
     assert "dev.bravo" not in w["engine"].stacks()
-    assert json.loads(w["engine"].outputs("dev")["tenantDirectory"])["bravo"]["model"] == "pooled"
+    assert deployed_directory(w["engine"])["bravo"]["model"] == "pooled"
 
 
 def test_nothing_is_deleted_when_a_store_changed_after_verification(fleet):
