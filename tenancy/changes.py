@@ -69,12 +69,14 @@ class _Homes:
             placed, model = home
             if model is Model.POOLED:
                 out.append(naming.unit_stack(self.env, placed.pool_shard))
-            elif model is Model.NAMESPACE:
+            elif placed.cell:       # a namespace tenant's cell, a dedicated tenant's home cell (its entry, its record)
                 out.append(naming.unit_stack(self.env, placed.cell))
             else:
                 out.append(naming.stack_name(self.env, tenant))
             if identity:
                 out.append(naming.unit_stack(self.env, placed.identity_shard))
+        if identity and tenant not in self.after:
+            out.append(naming.stack_name(self.env))     # the global stack records the tenants that left
         return out
 
 
