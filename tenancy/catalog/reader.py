@@ -1,11 +1,11 @@
 """Reading the untrusted YAML of a catalogue into a document and the line of every path in it.
 
-The file arrives in pull requests: before anything is built from it, its size is capped (by its reader); then
-its YAML event stream is walked once, without recursion, and anchors and aliases (billion laughs), nesting
-deeper than a catalogue needs, and lists or mappings used as keys are refused before the loader composes
-anything. A file of nothing but plain mappings, lists and scalars (every valid catalogue) is built in that same
-walk; at the first event that is anything else, the walk stops and the file is checked and loaded the long way,
-which refuses or reports it.
+The file arrives in pull requests: before anything is built from it, its size is capped (MAX_FILE_BYTES, by
+tenancy.catalog.load); then its YAML event stream is walked once, without recursion, and anchors and aliases
+(billion laughs), nesting deeper than a catalogue needs, and lists or mappings used as keys are refused before
+the loader composes anything. A file of nothing but plain mappings, lists and scalars (every valid catalogue) is
+built in that same walk; at the first event that is anything else, the walk stops and the file is checked and
+loaded the long way, which refuses or reports it.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
     alias, no collection as a key, no nesting past MAX_DEPTH, no key twice in a mapping (neither as value nor
     as text), scalars that resolve to str, null, bool, int or float, and no syntax error anywhere in the
     stream. Everything else (every file with a problem at the YAML level included) returns None, and
-    `parse_catalog` takes the checked path, which refuses or reports it. Composing builds a node per value
+    `read_yaml` takes the checked path, which refuses or reports it. Composing builds a node per value
     and `line_index` walks them again; this builds the values and their lines directly, which on a large
     catalogue is most of the cost of loading it. The walk holds its own stack: it never recurses, it stops at
     the first anchor or alias (nothing is expanded) and at the first level past MAX_DEPTH."""
@@ -134,7 +134,7 @@ def _read_plain(text: str) -> tuple[Any, dict[tuple, int]] | None:
             return None
         event = get_event()
         if event.__class__ is yaml.StreamEndEvent:
-            return {}, {}  # no document: what `parse_catalog` makes of an absent node
+            return {}, {}  # no document: what the checked path makes of an absent node
         if event.__class__ is not yaml.DocumentStartEvent:
             return None
         lines: dict[tuple, int] = {}
