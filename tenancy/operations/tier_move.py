@@ -2,7 +2,7 @@
 both ways), on the operation protocol (tenancy/operations/protocol.py).
 
 The tenant's stores on each side come from the data layout (`stores.yaml` -> `tenancy.stores.layout`);
-`tenant_data.plan_move` pairs each source store with its target. Phases:
+`tenant_data.pair_stores` pairs each source store with its target. Phases:
 
     provision -> sync -> freeze -> copy -> verify -> switch -> export -> publish -> cleanup
 
@@ -163,12 +163,13 @@ class TierMove(TierMovePreflight, TierMovePhases):
         self.reach = data.Reach(dsns["source"], given.objects_root, given.graph_runner, given.skip)
         self.target_reach = data.Reach(dsns["target"], given.objects_root, given.graph_runner, given.skip,
                                        _stores=self.reach._stores)
-        self.plan = data.plan_move(self.src_stores, self.dst_stores, self.reach, self.target_reach)
+        self.pairing = data.pair_stores(self.src_stores, self.dst_stores, self.reach, self.target_reach)
         self.source_dbs = [d for d in self.databases if d.role == "source" and d.dsn]
         self.target_dbs = [d for d in self.databases if d.role == "target" and d.dsn
-                           and any(isinstance(p.target, data.PgHandle) and p.target.name == d.store for p in self.plan.pairs)]
-        self.pg_pairs = [p for p in self.plan.pairs if isinstance(p.source, data.PgHandle)]
-        self.other_pairs = [p for p in self.plan.pairs if p not in self.pg_pairs]
+                           and any(isinstance(p.target, data.PgHandle) and p.target.name == d.store
+                                   for p in self.pairing.pairs)]
+        self.pg_pairs = [p for p in self.pairing.pairs if isinstance(p.source, data.PgHandle)]
+        self.other_pairs = [p for p in self.pairing.pairs if p not in self.pg_pairs]
 
     def _catalogs(self) -> tuple[Catalog, Catalog]:
         """The deployed record before and after the move (only this tenant differs)."""
@@ -262,7 +263,7 @@ class TierMove(TierMovePreflight, TierMovePhases):
         return where.inspect(d.dsn).identity or ()
 
     def _clear_copy(self, ref: dict) -> None:
-        p = next((x for x in self.plan.pairs if x.name == ref["store"]), None)
+        p = next((x for x in self.pairing.pairs if x.name == ref["store"]), None)
         if p is None:
             return
         if isinstance(p.target, data.PgHandle):

@@ -214,7 +214,7 @@ class TierMovePhases(Operation):
                 operation=changes.get("operation", self.op_id))
 
     def phase_export(self) -> dict:
-        found = dict(self.plan.sources)
+        found = dict(self.pairing.sources)
         if "graph" in found and not self.settings.get("graph_export"):
             del found["graph"]
         index = data.export_archive(found, self.settings["export_to"], self.archive, self.tenant, self.op_id,
@@ -225,7 +225,7 @@ class TierMovePhases(Operation):
     def phase_copy(self) -> dict:
         detail: dict[str, Any] = dict(self.progress("copy").get("copied") or {})
         switching = {p.name: m for p, m in self.movers()}
-        todo = [p for p in self.plan.pairs if p.name not in detail]
+        todo = [p for p in self.pairing.pairs if p.name not in detail]
         for p in todo:
             if p in self.other_pairs:
                 self.lease.created("copy", {"store": p.name}, "on_abort")
@@ -263,7 +263,7 @@ class TierMovePhases(Operation):
         journalled for cleanup. An online pair's comes after the switch (see there)."""
         sums = {}
         copied = self.done.get("copy", {}).get("copied", {})
-        for p in self.plan.pairs:
+        for p in self.pairing.pairs:
             c = copied.get(p.name, {})
             if "online" in c:
                 if c["online"].get("source"):
@@ -354,7 +354,7 @@ class TierMovePhases(Operation):
                 verified[k[len("resummarised "):]] = v
         prog = self.progress("cleanup")
         deleted = dict(prog.get("deleted") or {})
-        for p in self.plan.pairs:
+        for p in self.pairing.pairs:
             if p.name in deleted:
                 continue
             expect = Summary.from_json(verified[p.name])

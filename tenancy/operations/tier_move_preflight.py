@@ -55,10 +55,10 @@ class TierMovePreflight(Operation):
                 problems.append(f"downgrading '{tenant}' removes its stack, but this run cannot reach "
                                 f"{', '.join(not_discarded)}: give access to them, or --discard them")
         created = {d.store for d in self.to_create}
-        if [u for u in self.plan.unreached if u not in created] and not any("cannot reach" in p for p in problems):
-            problems.append(f"'{tenant}''s rows go to {', '.join(self.plan.unreached)} on plan '{to_plan}', which this run "
-                            f"cannot reach: give {' '.join('--db ' + n + '=DSN' for n in self.plan.unreached)}")
-        if checked.problems or [u for u in self.plan.unreached if u not in created]:
+        if [u for u in self.pairing.unreached if u not in created] and not any("cannot reach" in p for p in problems):
+            problems.append(f"'{tenant}''s rows go to {', '.join(self.pairing.unreached)} on plan '{to_plan}', which "
+                            f"this run cannot reach: give {' '.join('--db ' + n + '=DSN' for n in self.pairing.unreached)}")
+        if checked.problems or [u for u in self.pairing.unreached if u not in created]:
             return      # the rest reads the stores: only once every database is the right one
         for n in missing:
             self.say(f"  not carried by this run: {n} of '{tenant}' stays where it is")
@@ -67,8 +67,8 @@ class TierMovePreflight(Operation):
         self._check_graph(problems)
         self._check_other_stores(problems, resumed)
         if self.destroys_stack and not resumed:
-            self.empty_left = {n for n, h in self.plan.left.items() if h.kind == "postgres" and not h.summary().count}
-            named = unsaved(self.plan, self.discard, self.archive, tenant, self.a.plan_name)
+            self.empty_left = {n for n, h in self.pairing.left.items() if h.kind == "postgres" and not h.summary().count}
+            named = unsaved(self.pairing, self.discard, self.archive, tenant, self.a.plan_name)
             problems.extend(named)
             left = [(c, st) for c, st in uncovered(self.ctx.engine.preview_destroy(self.stack, self.before), self.covered())
                     if not any(f"--discard {st}" in p or f" {st}" in p.split(":")[0] for p in problems)
@@ -110,7 +110,7 @@ class TierMovePreflight(Operation):
     def _check_graph(self, problems: list[str]) -> None:
         """Decided here, not when exporting: whether the graph is dumped into the archive."""
         self.graph_export = False
-        g = self.plan.left.get("graph")
+        g = self.pairing.left.get("graph")
         if g is None:
             return
         if self.archive is not None and self.reach.graph_runner is not None:
@@ -135,7 +135,7 @@ class TierMovePreflight(Operation):
             if there.count and not resumed:
                 problems.append(f"{p.name}: the target {p.target.describe()} already holds {there.count} items of "
                                 f"'{self.tenant}': not an empty store of its own")
-        for name, h in self.plan.left.items():
+        for name, h in self.pairing.left.items():
             if h.kind in ("objects", "firestore"):
                 try:
                     h.summary()
@@ -145,13 +145,13 @@ class TierMovePreflight(Operation):
     def covered(self) -> dict[str, str]:
         """How each source store is saved once this move is through (for the destroy guard)."""
         out = {}
-        for p in self.plan.pairs:
+        for p in self.pairing.pairs:
             for n in p.covers:
                 out[n] = f"moved and verified ({self.op_id})"
         for n in self.src_stores.names:
             if n in getattr(self, "empty_left", ()):
                 out[n] = "empty: nothing of the tenant's there"
-            elif n in self.plan.left and n not in self.discard:
+            elif n in self.pairing.left and n not in self.discard:
                 out.pop(n, None)
             elif n in self.discard and n not in out:
                 saved = f"exported to {archives.describe(self.settings.get('export_to'), n)} and " if self.archive else ""
@@ -159,11 +159,12 @@ class TierMovePreflight(Operation):
         return out
 
 
-def unsaved(plan: data.MovePlan, discard: frozenset[str], archive: Path | None, tenant_id: str, to_plan: str) -> list[str]:
+def unsaved(pairing: data.StorePairing, discard: frozenset[str], archive: Path | None, tenant_id: str,
+            to_plan: str) -> list[str]:
     """Data the target plan cannot hold that is not both exported (--export-to) and explicitly discarded
     (--discard STORE), naming tables and counts; the graph may be discarded alone."""
     problems = []
-    for name, h in plan.left.items():
+    for name, h in pairing.left.items():
         if h.kind == "graph":
             if name not in discard and archive is None:
                 problems.append(f"{name}: the tenant's Neo4j graph (export it with --export-to DIR, or --discard graph)")

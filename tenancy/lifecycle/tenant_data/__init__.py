@@ -17,8 +17,9 @@ from tenancy.lifecycle.tenant_data.exports import (ARCHIVE_INDEX, MANIFESTS, exp
                                                    verify_archive, verify_archive_at)
 from tenancy.lifecycle.tenant_data.handles import (KINDS, FirestoreHandle, GraphHandle, Handle, ObjectsHandle, PgHandle,
                                                    Reach, Say, archived, handles, kind_of, require_same, unreachable)
-from tenancy.lifecycle.tenant_data.pairs import MovePlan, Pair, plan_move
+from tenancy.lifecycle.tenant_data.pairs import Pair, StorePairing, pair_stores
 
-__all__ = ["ARCHIVE_INDEX", "KINDS", "MANIFESTS", "FirestoreHandle", "GraphHandle", "Handle", "MovePlan",
-           "ObjectsHandle", "Pair", "PgHandle", "Reach", "Say", "archived", "export_all", "export_archive", "handles",
-           "kind_of", "plan_move", "read_archive", "require_same", "unreachable", "verify_archive", "verify_archive_at"]
+__all__ = ["ARCHIVE_INDEX", "KINDS", "MANIFESTS", "FirestoreHandle", "GraphHandle", "Handle", "ObjectsHandle", "Pair",
+           "PgHandle", "Reach", "Say", "StorePairing", "archived", "export_all", "export_archive", "handles",
+           "kind_of", "pair_stores", "read_archive", "require_same", "unreachable", "verify_archive",
+           "verify_archive_at"]

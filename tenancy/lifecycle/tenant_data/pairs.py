@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenancy.lifecycle.tenant_data.handles import (FirestoreHandle, Handle, ObjectsHandle, PgHandle, Reach, Say, handles,
-                                                   require_same)
+from tenancy.lifecycle.tenant_data.handles import (FirestoreHandle, Handle, ObjectsHandle, PgHandle, Reach, Say,
+                                                   handles, require_same)
 from tenancy.stores import StoreError, Summary
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
@@ -59,14 +59,17 @@ class Pair:
 
 
 @dataclass
-class MovePlan:
+class StorePairing:
+    """A tenant's stores across a move: which source store goes to which target, and what stays behind."""
+
     pairs: list[Pair]
     left: dict[str, Handle] = field(default_factory=dict)      # source stores the target plan cannot hold
     sources: dict[str, Handle] = field(default_factory=dict)   # every reachable source store
     unreached: list[str] = field(default_factory=list)         # target stores that would receive data, not reachable
 
 
-def plan_move(before: TenantStores, after: TenantStores, reach: Reach, target_reach: Reach | None = None) -> MovePlan:
+def pair_stores(before: TenantStores, after: TenantStores, reach: Reach,
+                target_reach: Reach | None = None) -> StorePairing:
     """Pair each source store with its target; what the target cannot hold is left over. `target_reach` reaches
     the target side when its store names are the source's too (a pooled tenant between two pool shards)."""
     src, dst = handles(before, reach), handles(after, target_reach or reach)
@@ -106,4 +109,4 @@ def plan_move(before: TenantStores, after: TenantStores, reach: Reach, target_re
             pairs.append(Pair(src[kind], dst[kind], (kind,)))
     if "graph" in src and "graph" not in dst:
         left["graph"] = src["graph"]
-    return MovePlan(pairs, left, src, sorted(unreached))
+    return StorePairing(pairs, left, src, sorted(unreached))
