@@ -240,7 +240,7 @@ class TierMove(TierMovePreflight, TierMovePhases):
         row = self.ctx.registry.tenant(self.tenant)
         if row is not None and row.operation == self.op_id:
             self.registry_state(frozen.get("registry_previous") or "active", operation=None,
-                                 stores={k: v for k, v in (row.stores or {}).items() if k != MOVING})
+                                stores={k: v for k, v in (row.stores or {}).items() if k != MOVING})
         if stack_record is not None:
             # The new tenant stack holds no data of record (the copy was just removed): discard its stores.
             guarded_destroy(self.ctx.engine, self.stack, self.before,

@@ -77,6 +77,7 @@ class TierMovePhases(Operation):
         self.to_create = []
 
     def movers(self) -> list[tuple[data.Pair, online.OnlinePostgresMove]]:
+        """The PostgreSQL pairs whose chosen method is online, each with its mover (sync, switch and abort use them)."""
         chosen = self.settings.get("methods") or {}
         return [(p, online.mover(p, self.tenant, self.replication, self.say, operation=self.op_id, plan=self.to_plan,
                                 model=self.a.model.value, checkpoint=lambda s, n=p.name: self.step(f"{n}: {s}")))
@@ -203,6 +204,7 @@ class TierMovePhases(Operation):
                 "registry_previous": self.progress("freeze").get("registry_previous")}
 
     def registry_state(self, state: str, **changes: Any) -> None:
+        """The tenant's registry row put at `state` with `changes`, under the lease's fence (kept as it was otherwise)."""
         row = self.ctx.registry.tenant(self.tenant)
         t = self.before.tenant(self.tenant)
         with self.lease.fenced() as c:
@@ -288,7 +290,7 @@ class TierMovePhases(Operation):
         entry = dict(self.deployed.directory.get(self.tenant) or {})
         entry.update({"model": self.a.model.value, "plan": self.to_plan, "stores": registry_entry(self.dst_stores)})
         self.registry_state("active", plan=self.to_plan, model=self.a.model.value, stores=registry_entry(self.dst_stores),
-                             directory=entry)
+                            directory=entry)
         switched_at = prog.get("switched_at") or self.ctx.now().isoformat()
         started = self.done.get("freeze", {}).get("frozen_at")
         seconds = prog.get("freeze_seconds") if "freeze_seconds" in prog else (
