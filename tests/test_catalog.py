@@ -648,7 +648,7 @@ def test_a_change_to_any_module_of_the_catalogue_replans_the_platform_and_every_
     catalog = load_catalog(ROOT / "tenants.yaml")
     modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tenancy" / "catalog").glob("*.py"))
     assert "tenancy/catalog/rules.py" in modules and len(modules) >= 8
-    stacks = {"dev"} | {f"dev.{t.id}" for t in catalog.stack_tenants}
+    stacks = {"dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"} | {f"dev.{t.id}" for t in catalog.stack_tenants}
     for module in modules:
         changes = changes_between(catalog, catalog, "dev", changed_files=[module])
         assert changes.reasons == {stack: [f"code changed: {module}"] for stack in stacks}, module
