@@ -1322,7 +1322,10 @@ def cmd_plan(args) -> int:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
     planmod.prefetch_exports(args.env)   # computed beside the catalogue's parsing and placement
-    catalog, placed = _checked_catalog(args, deployed=True)
+    from tenancy import plancache
+
+    catalog, placed = plancache.checked_catalog(args.tenants, args.env, args.deployed_record,
+                                                lambda: _checked_catalog(args, deployed=True))
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)
