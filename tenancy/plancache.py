@@ -24,6 +24,7 @@ module, and the catalogue is read and placed again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -123,12 +124,19 @@ def checked_catalog(tenants: str | Path, env: str, deployed_record: str | None,
     key = _files_key(tenants, env, deployed_record)
     path = CACHE_DIR / f"catalog-{env}.pickle"
     if key is not None:
+        # Hundreds of thousands of objects, none of them garbage: without collections while they are made (each
+        # would walk all of them so far), loading a 100,000-tenant catalogue takes a fifth of the time.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             with path.open("rb") as f:
                 if f.readline().rstrip(b"\n") == key.encode():
                     return pickle.load(f)
         except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, TypeError):
             pass
+        finally:
+            if collecting:
+                gc.enable()
     checked = check()
     if key is not None and key == _files_key(tenants, env, deployed_record):
         _write(path, key.encode() + b"\n" + pickle.dumps(checked, protocol=pickle.HIGHEST_PROTOCOL))
