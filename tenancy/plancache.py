@@ -16,7 +16,9 @@ and the checked catalogue with its placement, are the caches here:
 - **the checked catalogue**: the catalogue read and validated, with the deployed placements of `--deployed-record`,
   and its placement, keyed by the bytes of the catalogue file and of the deployed record, the file's name as
   given, the environment's effective config and the code. Stored only when it had no problem, so every message
-  about a bad file comes from reading it.
+  about a bad file comes from reading it. It is a pickle (rebuilding 100,000 validated tenants from JSON would cost
+  what validating them does): read only from this checkout's `.cache/`, which only this program writes and which
+  whoever could write could as well change the code beside it.
 
 `TENANCY_PLAN_CACHE=0` turns both off: every unit a plan reads runs with the whole catalogue, as without this
 module, and the catalogue is read and placed again.
@@ -44,7 +46,7 @@ CACHE_DIR = ROOT / ".cache" / "tenancy"
 SWITCH = "TENANCY_PLAN_CACHE"
 # The code the cached values are made by: its config defaults, the pinned packages, every program, component,
 # policy and module of the tool (a change anywhere in them invalidates every entry).
-CODE_INPUTS = ("Pulumi.yaml", "constraints.txt", "components", "stacks", "tenancy", "policy")
+CODE_INPUTS = ("Pulumi.yaml", "requirements.txt", "constraints.txt", "components", "stacks", "tenancy", "policy")
 # The installed packages the programs run on (constraints.txt pins them; a venv not yet reinstalled may differ).
 PACKAGES = ("pulumi", "pulumi-gcp", "pulumi-kubernetes", "pulumi-random", "pydantic", "PyYAML")
 # Outputs of the global stack and of a unit's directory that are made of the catalogue: never cached (no unit or
