@@ -42,7 +42,7 @@ ENV = "prod"
 COPY_SKIP = {".git", ".venv", ".tools", ".cache", "__pycache__", "tests", ".pytest_cache", ".tenancy-state"}
 MIX = (("enterprise", 1), ("standard", 9), ("free", 90))   # per 100 tenants (tenancy/fleet/sample.py's)
 # The built-in plans under two-letter names (plans of the file's own `plans:`), and ids of five characters: the
-# catalogue of 100,000 tenants is then 5.1 MB, under the catalogue's 5 MiB input limit (tenancy/catalog.py).
+# catalogue of 100,000 tenants is then 5.1 MB, under the catalogue's 5 MiB input limit (tenancy/catalog/).
 SHORT = {"enterprise": "en", "standard": "st", "free": "fr"}
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -85,7 +85,7 @@ def deployed_template(catalog, tmp: Path) -> Path:
 
 def seed_documents(loc: fs.FirestoreLocation, n: int) -> None:
     """n documents: 40% users, 20% itineraries, 30% notes (under the first half of the itineraries), 10% settings."""
-    c = fs._client(loc)
+    c = fs.client_for(loc)
     users, trips = int(n * 0.4), int(n * 0.2)
     notes = int(n * 0.3)
     settings = n - users - trips - notes
@@ -215,7 +215,7 @@ class AppWriter:
         rel, value = self.pending.pop("documents", None) or (f"users/w{self.rng.randrange(50)}", uuid.uuid4().hex)
         self.pending["documents"] = (rel, value)
         with self.router.documents(TENANT, rel) as loc:
-            fs._client(loc).document(loc.path(rel)).set({"name": value})
+            fs.client_for(loc).document(loc.path(rel)).set({"name": value})
         self.docs[rel] = value
         del self.pending["documents"]
         return f"{loc.database}/{loc.root}"
@@ -320,7 +320,7 @@ def lost_writes(w: World, writer: WriterProcess) -> list[str]:
     lost += [f"row {k}" for k, v in writer.names.items() if found.get(k) != v]
     f = row.stores["firestore"]
     loc = fs.FirestoreLocation(f["project"], f["database"], f["root"])
-    c = fs._client(loc)
+    c = fs.client_for(loc)
     for rel, value in writer.docs.items():
         snap = c.document(loc.path(rel)).get()
         if not snap.exists or snap.to_dict().get("name") != value:

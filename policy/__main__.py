@@ -1,4 +1,4 @@
-"""Assembles the pack for `pulumi preview --policy-pack policy`. Rules live in rules.py."""
+"""Assembles the pack for `pulumi preview --policy-pack policy`. Rules live in rules/ (the list in rules/pack.py)."""
 
 from pulumi_policy import PolicyPack
 

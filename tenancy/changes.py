@@ -13,10 +13,12 @@ from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
 PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/envconfig.py",
-                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py")
+                 "sql/", "Pulumi.yaml", "tenancy/catalog/", "tenancy/naming.py", "tenancy/envconfig.py",
+                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py",
+                 "tenancy/operator/deployers.py", "tenancy/stores/layout.py", "stores.yaml")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
-               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/topology.py")
+               "Pulumi.yaml", "tenancy/catalog/", "tenancy/naming.py", "tenancy/topology.py",
+               "tenancy/operator/deployers.py")
 
 
 class GitError(TenancyError):

@@ -262,8 +262,8 @@ def _resource_problem(r: Any) -> str | None:
     return None
 
 
-# What the cross-stack rules read of a resource (policy/rules.py: build_ownership, _owned_keys, _scoped_name,
-# iam_grants, _ingress_hosts, shared_across_tenants, _labels_of): type, URN, parent, provider; every input of
+# What the cross-stack rules read of a resource (policy/rules/: ownership.build_ownership, iam.iam_grants,
+# isolation's ingress hosts and shared_across_tenants, common.labels_of): type, URN, parent, provider; every input of
 # providers, Google Cloud resources and deployers (their scope); of a Kubernetes resource its apiVersion, kind, name, namespace (Helm
 # releases), metadata name, namespace and labels, and an Ingress's rules and TLS hosts; of anything else its
 # labels. A tenant stack's view is a small part of it (no manifest bodies, ConfigMap data or Helm values).

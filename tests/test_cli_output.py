@@ -112,20 +112,20 @@ def test_kubeconfig_is_a_file_read_for_the_graphs_dump_job(tmp_path):
     """--kubeconfig names a file: its contents configure the client (a missing file is one line, exit 2)."""
     import argparse
 
-    from tenancy import cli
+    from tenancy.cli import common
     from tenancy.errors import ConfigError
     from tenancy.stores.graph import GraphError
 
     args = argparse.Namespace(dbs=[], skip=[], objects_root=None, kubeconfig=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"--kubeconfig .*nope: No such file or directory; give the path of a kubeconfig"):
-        cli._reach(args, {})
+        common.build_reach(args, {})
     good = tmp_path / "kubeconfig"
     good.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://10.0.0.1'}}]\n"
                     "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
                     "current-context: x\n")
-    reach = cli._reach(argparse.Namespace(dbs=[], skip=[], objects_root=None, kubeconfig=str(good)), {})
+    reach = common.build_reach(argparse.Namespace(dbs=[], skip=[], objects_root=None, kubeconfig=str(good)), {})
     assert reach.graph_runner.batch.api_client.configuration.host == "https://10.0.0.1"
     bad = tmp_path / "bad"
     bad.write_text("- not a mapping\n")
     with pytest.raises(GraphError, match="the kubeconfig is not usable"):
-        cli._reach(argparse.Namespace(dbs=[], skip=[], objects_root=None, kubeconfig=str(bad)), {})
+        common.build_reach(argparse.Namespace(dbs=[], skip=[], objects_root=None, kubeconfig=str(bad)), {})

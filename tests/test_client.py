@@ -70,7 +70,7 @@ class App(threading.Thread):
                         where = c.info.dbname
                 elif kind == "document":
                     with self.router.documents("bravo", f"users/{key}") as loc:
-                        fs._client(loc).document(loc.path(f"users/{key}")).set({"name": key})
+                        fs.client_for(loc).document(loc.path(f"users/{key}")).set({"name": key})
                         where = f"{loc.database}/{loc.root}"
                 else:
                     with self.router.objects("bravo") as (store, prefix):
@@ -129,7 +129,7 @@ def test_each_write_lands_where_the_registry_pointed_when_it_committed(app_world
     loc = fs.FirestoreLocation(after["firestore"]["project"], after["firestore"]["database"], after["firestore"]["root"])
     for kind, key, *_ in app.writes:
         if kind == "document":
-            assert fs._client(loc).document(loc.path(f"users/{key}")).get().to_dict() == {"name": key}
+            assert fs.client_for(loc).document(loc.path(f"users/{key}")).get().to_dict() == {"name": key}
     bucket, _, prefix = after["objects"][len("gs://"):].partition("/")
     store = obj.open_store(f"gs://{bucket}")
     for kind, key, *_ in app.writes:

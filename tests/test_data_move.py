@@ -15,7 +15,7 @@ from tenancy.errors import Refused
 from tenancy.operations import data_move
 from tenancy.operations.protocol import Context
 from tenancy.stores import postgres as data
-from tenancy.stores.postgres import VerificationError
+from tenancy.stores.postgres import VerificationError, checksums
 from tests.conftest import ROOT
 from tests.sqlhelp import add_visits, connect, register, seed, visit
 
@@ -132,13 +132,13 @@ def test_rerun_of_a_copy_is_a_no_op_and_a_changed_target_is_not_wiped(pg_server,
 def test_failed_verification_commits_nothing_and_deletes_nothing(pg_server, pair, monkeypatch, registry):
     src, dst = pair
     before = snapshot(pg_server, src, "alpha")
-    real = data.table_checksum
+    real = checksums.table_checksum
 
     def corrupt(conn, table, tenant):
         n, digest = real(conn, table, tenant)
         return (n, "0" * 32) if conn.info.dbname == dst and getattr(table, "qualified", table) == "app.likes" else (n, digest)
 
-    monkeypatch.setattr(data, "table_checksum", corrupt)
+    monkeypatch.setattr(checksums, "table_checksum", corrupt)
     with pytest.raises(VerificationError, match="verification failed, nothing committed on the target: app.likes: 5 rows/"):
         move(registry, owner(pg_server, src), owner(pg_server, dst), "alpha", delete_source=True)
     assert snapshot(pg_server, src, "alpha") == before

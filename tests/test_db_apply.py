@@ -72,7 +72,7 @@ def marker(server, dbname: str):
 def test_the_registration_is_the_sql_jobs_from_the_record_and_from_the_catalogue(deployed, tmp_path):
     """The SQL `--as pool-1` applies after the tenancy SQL is, byte for byte, what the platform stack's SQL job applies:
     read from the deployed record, and, for an environment never deployed, from the catalogue's placement."""
-    from tenancy.cli import _checked_catalog
+    from tenancy.cli.common import checked_catalog
 
     target = registration.parse("pool-1")
     args = cli.build_parser().parse_args(["db", "apply", "--as", "pool-1", "--tenants", str(ROOT / "tenants.yaml")])
@@ -82,7 +82,7 @@ def test_the_registration_is_the_sql_jobs_from_the_record_and_from_the_catalogue
     assert {r.id: (r.plan, r.state) for r in rows} == POOLED
     assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev", "pooled")
     rows, source = registration.for_database(target, "dev", OfflineEngine(tmp_path / "nothing", "dev"),
-                                             lambda: _checked_catalog(args), "tenants.yaml")
+                                             lambda: checked_catalog(args), "tenants.yaml")
     assert source == "tenants.yaml (dev is not deployed)"
     assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev", "pooled")
 

@@ -358,8 +358,9 @@ def test_without_a_registry_every_item_is_refused(env, monkeypatch, capsys):
     """A deployment whose global stack exports no registry yet (deployed before it existed): no operation can take
     a tenant's lease, so nothing is offered to run."""
     from tenancy import cli
+    from tenancy.cli import common
 
-    monkeypatch.setattr(cli, "_registry_from_outputs", lambda engine, e: None)
+    monkeypatch.setattr(common, "registry_from_outputs", lambda engine, e: None)
     monkeypatch.delenv("TENANCY_REGISTRY", raising=False)
     code = cli.main(["moves", "--env", "dev", "--tenants", str(env["head"]), "--plan", str(ROOT / "moves.yaml"),
                      "--engine", "offline", "--state", str(env["state"]), "--archive-stamp", STAMP])

@@ -379,16 +379,16 @@ def test_objects_move_with_the_rows_and_are_verified(world):
 
 def test_object_verification_failure_stops_the_move(world, monkeypatch):
     from tenancy import naming
-    from tenancy.stores import objects
+    from tenancy.stores.objects import copying
     root = world["tmp"] / "buckets"
     put(root, naming.shared_bucket("dev", "tenancy-dev-482913"), "bravo/a.txt", b"a")
-    real_transfer = objects._transfer
+    real_transfer = copying.transfer_object
 
     def lossy(src, info, dst, name):
         real_transfer(src, info, dst, name)
         dst.write(name, b"corrupted")
 
-    monkeypatch.setattr(objects, "_transfer", lossy)
+    monkeypatch.setattr(copying, "transfer_object", lossy)
     with pytest.raises(OperationError, match=r"verification failed: .*dev-bravo-uploads/ does not match .*/bravo/: 1 "
                                              r"objects differ \(a\.txt \(different content\)\); .*the tenant stays frozen"
                                              r".*Operation op-[0-9a-f]+: resume it with `tenancy upgrade bravo --to "

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tenancy.lifecycle.online import OnlinePostgresMove
+from tenancy.stores import Mismatch
 from tenancy.stores import postgres as data
 from tests import sqlhelp
 from tests.movehelp import (MOVE, NEIGHBOURS, NONE_LEFT, TENANT, Killed, Writer, assert_visits_at, dsns, foreign_rows,
@@ -121,7 +122,7 @@ def test_cleanup_deletes_nothing_when_the_source_changed_since_it_was_verified(p
     with psycopg.connect(pg_server.dsn(dbname=pooled), autocommit=True) as c:   # the owner writes past the guard
         c.execute("UPDATE app.users SET display_name = 'late' WHERE tenant_id = %s AND id = "
                   "(SELECT id FROM app.users WHERE tenant_id = %s ORDER BY id LIMIT 1)", (TENANT, TENANT))
-    with pytest.raises(data.Mismatch, match=r"no longer holds what was verified .*app\.users: same count \(15\), "
+    with pytest.raises(Mismatch, match=r"no longer holds what was verified .*app\.users: same count \(15\), "
                                             r"different checksum.*nothing was deleted"):
         m.cleanup(expect=switched["source"])
     assert len(user_rows(pg_server, pooled)) == 15

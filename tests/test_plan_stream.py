@@ -269,8 +269,8 @@ def test_a_streaming_plan_spills_views_and_finds_the_same_breaks(broken, tmp_pat
                                          for s in broken["stacks"]]
     assert all(p.stack.resources is None for p in spilled), "no resources in the parent"
     builds = []
-    real = rules.build_ownership
-    monkeypatch.setattr(rules, "build_ownership", lambda stacks: builds.append(1) or real(stacks))
+    real = rules.ownership.build_ownership
+    monkeypatch.setattr(rules.ownership, "build_ownership", lambda stacks: builds.append(1) or real(stacks))
     planmod._plan_wide_violations(spilled)
     assert len(builds) == 3, "iam-tenant-scope, deployer-scope and unique-physical-names each ask for the ownership"
     assert {p.stack.name: p.stack.violations for p in spilled} == {s.name: s.violations for s in in_memory}

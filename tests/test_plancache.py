@@ -228,19 +228,20 @@ def test_the_checked_catalogue_is_cached_by_its_files_bytes(cells, tmp_path, mon
 
 def test_tenancy_plan_reads_the_checked_catalogue_once_and_reports_a_bad_one(cells, tmp_path, monkeypatch, capsys):
     from tenancy import cli
+    from tenancy.cli import plan_commands
 
     path = tmp_path / "tenants.yaml"
     path.write_text("version: 1\ntenants:\n" + "".join(
         f"- {{id: {t}, name: {t}, plan: {p}, admin_email: a@{t}.example}}\n"
         for t, p in (("ns-a", "standard"), ("ns-b", "standard"), ("po-a", "free"))))
     calls = []
-    original = cli._checked_catalog
+    original = plan_commands.checked_catalog
 
     def spy(args, deployed=False):
         calls.append(args.tenants)
         return original(args, deployed)
 
-    monkeypatch.setattr(cli, "_checked_catalog", spy)
+    monkeypatch.setattr(plan_commands, "checked_catalog", spy)
     argv = ["plan", "--env", ENV, "--tenants", str(path), "--tenant", "po-a", "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 0
     first = (tmp_path / "out" / "plan.json").read_bytes()

@@ -66,7 +66,7 @@ def registered(w, dbname, tenant):
 def scratch_docs(loc):
     from tests.test_tier_moves_all_stores import TREE
     tenant = loc.root.rsplit("/", 1)[1]
-    return {rel: checksum for rel, (_, checksum) in fs._checksums(loc, fs._prepare(loc, tenant, TREE)).items()}
+    return {rel: checksum for rel, (_, checksum) in fs.document_checksums(loc, fs.prepare(loc, tenant, TREE)).items()}
 
 
 def objects_with_metadata(store, prefix):
@@ -88,7 +88,7 @@ def test_a_pooled_tenant_offboarded_then_restored_is_byte_identical_in_every_sto
     assert out.detail["restore_check"] == {"pooled": 8, "objects": 3, "firestore": 8}
     assert rows(s, w["pooled"], "alpha") == {t: [] for t in TABLES} and state_of(w, "alpha") == "offboarded"
     assert w["shared"].objects("_tenancy/") == [], "the scratch copies are gone"
-    assert not any(c.id == "_tenancy" for c in fs._client(w["fs_pool"]("alpha")).collections())
+    assert not any(c.id == "_tenancy" for c in fs.client_for(w["fs_pool"]("alpha")).collections())
     index = json.loads((archive / "archive.json").read_text())
     assert (index["environment"], index["plan"], index["model"]) == ("dev", "free", "pooled")
 
@@ -99,7 +99,7 @@ def test_a_pooled_tenant_offboarded_then_restored_is_byte_identical_in_every_sto
     assert done.detail["restored"] == {"pooled": 8, "objects": 3, "firestore": 8}
     assert rows(s, w["pooled"], "alpha") == before["rows"]
     assert docs(w["fs_pool"]("alpha")) == before["docs"]
-    parent = fs._client(w["fs_pool"]("alpha")).document(w["fs_pool"]("alpha").path("itineraries/gone")).get()
+    parent = fs.client_for(w["fs_pool"]("alpha")).document(w["fs_pool"]("alpha").path("itineraries/gone")).get()
     assert not parent.exists, "the note's parent stays missing, as it was"
     assert objects_with_metadata(w["shared"], "alpha/") == before["objects"]
     assert registered(w, w["pooled"], "alpha") == "active"
@@ -514,7 +514,7 @@ def test_target_stores_holding_anything_of_the_tenant_are_refused(w):
     offboard(w, "alpha", export_to=str(archive))
     w["shared"].write("alpha/late.txt", b"written after the offboarding")
     loc = w["fs_pool"]("alpha")
-    fs._client(loc).document(loc.path("users/late")).set({"name": "late"})
+    fs.client_for(loc).document(loc.path("users/late")).set({"name": "late"})
     from tests.sqlhelp import register
     register(w["server"], w["pooled"], "alpha")
     with pytest.raises(PreflightRefused) as refused:

@@ -14,6 +14,8 @@ import pytest
 
 from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import firestore as fs
+from tenancy.stores.firestore import access as fs_access
+from tenancy.stores.firestore import writes as fs_writes
 
 # google.api_core warns at import that Python 3.11 support ends in 2027
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -46,7 +48,7 @@ def pooled(database: str, tenant: str = "acme") -> fs.FirestoreLocation:
 
 
 def client(loc: fs.FirestoreLocation):
-    return fs._client(loc)
+    return fs.client_for(loc)
 
 
 def doc(loc: fs.FirestoreLocation, rel: str):
@@ -70,12 +72,12 @@ def seed(loc: fs.FirestoreLocation, tag: str) -> None:
 
 
 def paths(loc: fs.FirestoreLocation) -> list[str]:
-    return sorted(fs._checksums(loc, TREE))
+    return sorted(fs.document_checksums(loc, TREE))
 
 
 def counting_commits(monkeypatch, kill_after: int | None = None) -> list[list[str]]:
     """Wrap the store's single commit point: record each commit's document paths, raise Killed after N commits."""
-    real, commits = fs._commit, []
+    real, commits = fs_writes.commit, []
 
     def wrapped(loc, batch):
         if kill_after is not None and len(commits) == kill_after:
@@ -84,7 +86,7 @@ def counting_commits(monkeypatch, kill_after: int | None = None) -> list[list[st
         real(loc, batch)
         commits.append(names)
 
-    monkeypatch.setattr(fs, "_commit", wrapped)
+    monkeypatch.setattr(fs_writes, "commit", wrapped)
     return commits
 
 
@@ -107,7 +109,7 @@ def test_pooled_own_pooled_round_trip_leaves_neighbours_untouched(pool):
     assert moved == before, "the own layout summarises exactly like the pooled one"
     a, b = fs.verify(src, dst, "acme", TREE)
     assert a == b == before
-    assert fs._checksums(src, TREE) == fs._checksums(dst, TREE), "every document once, equal checksums"
+    assert fs.document_checksums(src, TREE) == fs.document_checksums(dst, TREE), "every document once, equal checksums"
     assert paths(dst) == sorted(["users/u0", "users/u1", "users/u2", "itineraries/i0", "itineraries/i1",
                                  "itineraries/i0/notes/n0", "itineraries/i0/notes/n1", "itineraries/i1/notes/n0",
                                  "settings/main"])
@@ -294,7 +296,7 @@ def test_each_delete_is_conditional_on_the_update_time_it_was_verified_at(pool, 
         sent.extend(batch._write_pbs)
         raise Killed()
 
-    monkeypatch.setattr(fs, "_commit", capture)
+    monkeypatch.setattr(fs_writes, "commit", capture)
     with pytest.raises(Killed):
         fs.delete(src, "acme", TREE, fs.summary(src, "acme", TREE), batch_size=2)
     delete, marker = sent
@@ -326,7 +328,7 @@ def test_a_note_under_a_missing_itinerary_is_summarised_moved_exported_and_delet
     when = datetime(2024, 6, 1, 8, 30, tzinfo=timezone.utc)
     doc(src, "itineraries/gone/notes/n7").set({"text": "acme orphan", "at": when, "owner": doc(src, "users/u0")})
     doc(bravo, "itineraries/gone/notes/n7").set({"text": "bravo orphan"})     # the neighbour's, at the same path
-    neighbours = {t: fs._checksums(loc, TREE) for t, loc in (("bravo", bravo), ("charlie", charlie))}
+    neighbours = {t: fs.document_checksums(loc, TREE) for t, loc in (("bravo", bravo), ("charlie", charlie))}
     assert "itineraries/gone/notes/n7" in neighbours["bravo"]
 
     before = fs.summary(src, "acme", TREE)
@@ -341,7 +343,7 @@ def test_a_note_under_a_missing_itinerary_is_summarised_moved_exported_and_delet
     assert not doc(dst, "itineraries/gone").get().exists, "the parent stays missing on the other side"
     assert listed(dst, "itineraries") == ["gone", "i0", "i1"]
     verified, _ = fs.verify(src, dst, "acme", TREE)
-    assert fs._checksums(src, TREE) == fs._checksums(dst, TREE)
+    assert fs.document_checksums(src, TREE) == fs.document_checksums(dst, TREE)
 
     out = tmp_path / "export"
     entry = fs.export(src, "acme", TREE, out)
@@ -365,7 +367,7 @@ def test_a_note_under_a_missing_itinerary_is_summarised_moved_exported_and_delet
     assert list(client(dst).collections()) == [], "the own database is empty"
     assert fs.summary(src, "acme", TREE) == before
     for t, loc in (("bravo", bravo), ("charlie", charlie)):
-        assert fs._checksums(loc, TREE) == neighbours[t], f"neighbour {t} changed"
+        assert fs.document_checksums(loc, TREE) == neighbours[t], f"neighbour {t} changed"
     assert doc(bravo, "itineraries/gone/notes/n7").get().to_dict() == {"text": "bravo orphan"}
 
 
@@ -384,7 +386,7 @@ def test_documents_outside_the_declared_collections_are_refused_before_anything_
         "itineraries/lost/attachments (not declared, under the missing document itineraries/lost)"]
     assert fs.unmovable(pooled(pool, "charlie"), "charlie", TREE) == []
 
-    before, bravo_before = fs.summary(src, "acme", TREE), fs._checksums(bravo, TREE)
+    before, bravo_before = fs.summary(src, "acme", TREE), fs.document_checksums(bravo, TREE)
     commits = counting_commits(monkeypatch)
     dst = own()
     with pytest.raises(StoreError, match=r"^firestore demo-tenancy/pool-\w+ under tenants/acme: refusing to copy tenant "
@@ -398,7 +400,7 @@ def test_documents_outside_the_declared_collections_are_refused_before_anything_
     with pytest.raises(StoreError, match="refusing to delete tenant 'acme': 3 collections"):
         fs.delete(src, "acme", TREE, before)
     assert commits == [] and paths(dst) == [] and not (tmp_path / "export").exists()
-    assert fs.summary(src, "acme", TREE) == before and fs._checksums(bravo, TREE) == bravo_before
+    assert fs.summary(src, "acme", TREE) == before and fs.document_checksums(bravo, TREE) == bravo_before
 
     # declared, the same documents move and delete like the rest
     wider = {"users": {"prefs": {}}, "itineraries": {"notes": {}, "attachments": {}}, "settings": {}, "legacy": {}}
@@ -411,7 +413,7 @@ def test_documents_outside_the_declared_collections_are_refused_before_anything_
     assert fs.unmovable(dst, "acme", wider) == ["scratch (not declared, at the tenant's root)"]
     assert fs.delete(src, "acme", wider, verified) == 13
     assert list(client(src).document("tenants/acme").collections()) == []
-    assert fs._checksums(bravo, TREE) == bravo_before
+    assert fs.document_checksums(bravo, TREE) == bravo_before
 
 
 # --- export and import --------------------------------------------------------------------------------------
@@ -463,7 +465,7 @@ def test_unreachable_server_is_one_line_naming_project_and_database(firestore_se
     from tests.servers import free_port
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
-    monkeypatch.setattr(fs, "RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(fs_access, "RETRY_SECONDS", 0.5)
     loc = fs.location_for(PROJECT, "nowhere", "acme", pooled=True)
     with pytest.raises(StoreError) as err:
         fs.summary(loc, "acme", TREE)
@@ -488,7 +490,7 @@ def test_permission_errors_name_the_project(firestore_server):
     with pytest.raises(StoreError, match=r"^firestore demo-tenancy/db-one under tenants/acme: permission denied while "
                                          r"reading documents \(Missing or insufficient permissions.\); the caller "
                                          r"needs roles/datastore.user"):
-        with fs._api(loc, "reading documents"):
+        with fs.api_errors(loc, "reading documents"):
             raise gexc.PermissionDenied("Missing or insufficient permissions.")
 
 
@@ -512,13 +514,13 @@ def test_bad_input_is_refused_before_any_call(call, message):
 
 
 def test_file_names_keep_collection_paths_apart():
-    assert fs._file_name("itineraries/*/notes") == "itineraries.notes.jsonl"
-    assert fs._file_name("a.b") == "a%2Eb.jsonl" != fs._file_name("a/*/b") == "a.b.jsonl"
-    assert fs._file_name("reise zeit/*/ü") == "reise%20zeit.%C3%BC.jsonl"
+    assert fs.file_name("itineraries/*/notes") == "itineraries.notes.jsonl"
+    assert fs.file_name("a.b") == "a%2Eb.jsonl" != fs.file_name("a/*/b") == "a.b.jsonl"
+    assert fs.file_name("reise zeit/*/ü") == "reise%20zeit.%C3%BC.jsonl"
 
 
 def test_checksums_do_not_depend_on_document_order():
-    parts = [("users", fs._doc_checksum(f"users/u{i}", {"n": i})) for i in range(5)]
-    assert fs._summarise(parts, TREE) == fs._summarise(reversed(parts), TREE)
-    assert fs._summarise(parts, TREE) != fs._summarise(parts[:4], TREE)
-    assert fs._summarise([], TREE).parts["settings"] == {"count": 0, "checksum": "0" * 64}
+    parts = [("users", fs.doc_checksum(f"users/u{i}", {"n": i})) for i in range(5)]
+    assert fs.summarise(parts, TREE) == fs.summarise(reversed(parts), TREE)
+    assert fs.summarise(parts, TREE) != fs.summarise(parts[:4], TREE)
+    assert fs.summarise([], TREE).parts["settings"] == {"count": 0, "checksum": "0" * 64}

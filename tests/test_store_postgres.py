@@ -17,6 +17,7 @@ from tenancy.operations import data_move
 from tenancy.operations.protocol import Context
 from tenancy.stores import Mismatch, Summary
 from tenancy.stores import postgres as data
+from tenancy.stores.postgres import mover as pg_mover
 from tests.sqlhelp import connect, register, seed
 
 pytestmark = pytest.mark.postgres
@@ -284,11 +285,11 @@ def test_a_move_killed_anywhere_is_finished_by_running_it_again(pg_server, dbs, 
 
     ctx = Context("dev", reg, before_phase=kill if kind == "phase" else None, step=kill if kind == "step" else None)
     if kind == "store":
-        monkeypatch.setattr(data, "_checkpoint", kill)
+        monkeypatch.setattr(pg_mover, "checkpoint", kill)
     with pytest.raises(Killed):
         data_move.move(ctx, "alpha", owner(pg_server, src), owner(pg_server, dst), delete_source=True)
     assert registry(pg_server, src, "alpha") in ("frozen", "active", None)
-    monkeypatch.setattr(data, "_checkpoint", lambda name: None)
+    monkeypatch.setattr(pg_mover, "checkpoint", lambda name: None)
     argv = ("move", "alpha", "--source", owner(pg_server, src), "--target", owner(pg_server, dst), "--delete-source")
     code, out, err = run(capsys, *argv, registry=reg)
     assert code == 0, err

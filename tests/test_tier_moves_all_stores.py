@@ -60,11 +60,11 @@ def emails(server, dbname, tenant):
 
 def docs(loc):
     tenant = loc.root.split("/")[1] if loc.root else "bravo"
-    return {rel: checksum for rel, (_, checksum) in fs._checksums(loc, fs._prepare(loc, tenant, TREE)).items()}
+    return {rel: checksum for rel, (_, checksum) in fs.document_checksums(loc, fs.prepare(loc, tenant, TREE)).items()}
 
 
 def seed_docs(loc, tag):
-    c = fs._client(loc)
+    c = fs.client_for(loc)
     batch = c.batch()
     for i in range(3):
         batch.set(c.document(loc.path(f"users/u{i}")), {"name": f"{tag} user {i}", "rank": i})
@@ -241,7 +241,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == {t: [] for t in TABLES}
     # documents at the root of bravo's own database, objects at the root of its bucket; the pool emptied
     assert docs(w["fs_own"]) == w["docs"]["bravo"] and docs(w["fs_pool"]("bravo")) == {}
-    assert list(fs._client(w["fs_pool"]("bravo")).document("tenants/bravo").collections()) == [], "none left behind"
+    assert list(fs.client_for(w["fs_pool"]("bravo")).document("tenants/bravo").collections()) == [], "none left behind"
     assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in w["objects"]["bravo"].items()}
     assert objects_of(w["shared"], "bravo/") == {}
     assert set(up.detail["copied"]) == {"pooled->postgres-1", "pooled->postgres-2", "pooled->postgres-3", "objects", "firestore"}
@@ -256,7 +256,7 @@ def test_pooled_standard_pooled_carries_every_store_through_an_interruption_at_e
     assert rows(s, w["pooled"], "bravo") == after_up
     assert all(rows(s, d, "bravo") == {t: [] for t in TABLES} for d in w["own"])
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and docs(w["fs_own"]) == {}
-    assert list(fs._client(w["fs_own"]).collections()) == [], "the own database is left empty"
+    assert list(fs.client_for(w["fs_own"]).collections()) == [], "the own database is left empty"
     assert objects_of(w["shared"], "bravo/") == w["objects"]["bravo"] and objects_of(w["bucket"], "") == {}
     assert_neighbour_untouched(w)
     assert "dev.bravo" not in w["engine"].stacks()
@@ -268,7 +268,7 @@ def test_nothing_is_deleted_when_a_store_changed_after_verification(fleet):
     with pytest.raises(Boom):
         upgrade(w, "standard", before_phase=stop_before("cleanup"))
     extra = w["fs_pool"]("bravo")
-    fs._client(extra).document(extra.path("users/late")).set({"name": "written after verification"})
+    fs.client_for(extra).document(extra.path("users/late")).set({"name": "written after verification"})
     with pytest.raises(OperationError) as failed:
         upgrade(w, "standard")
     assert "Find out what wrote there before removing it" in str(failed.value)
@@ -336,7 +336,7 @@ def test_offboard_archives_every_store_before_deleting_anything(fleet):
     assert docs(w["fs_pool"]("alpha")) == {} and objects_of(w["shared"], "alpha/") == {}
     notes = [json.loads(x)["path"] for x in (archive / "firestore" / "itineraries.notes.jsonl").read_text().splitlines()]
     assert f"itineraries/{ORPHAN}" in notes
-    assert list(fs._client(w["fs_pool"]("alpha")).document("tenants/alpha").collections()) == [], "no document is left"
+    assert list(fs.client_for(w["fs_pool"]("alpha")).document("tenants/alpha").collections()) == [], "no document is left"
     # the neighbour is untouched in every store
     assert rows(s, w["pooled"], "bravo") == w["before"]["bravo"]
     assert docs(w["fs_pool"]("bravo")) == w["docs"]["bravo"] and objects_of(w["shared"], "bravo/") == w["objects"]["bravo"]
@@ -369,7 +369,7 @@ def test_documents_and_objects_copied_while_live_then_only_changes_inside_the_fr
     assert docs(w["fs_own"]) == w["docs"]["bravo"], "documents copied before the freeze"
     assert len(objects_of(w["bucket"], "")) == 2, "objects copied before the freeze"
     pool = w["fs_pool"]("bravo")
-    c = fs._client(pool)
+    c = fs.client_for(pool)
     c.document(pool.path("users/u0")).set({"name": "renamed while live", "rank": 0})
     c.document(pool.path("users/u2")).delete()
     c.document(pool.path("itineraries/i0/notes/n2")).set({"text": "written while live"})
@@ -377,19 +377,19 @@ def test_documents_and_objects_copied_while_live_then_only_changes_inside_the_fr
     w["shared"].delete("bravo/docs/trip.pdf")
     at_freeze_docs, at_freeze_objects = docs(pool), objects_of(w["shared"], "bravo/")
     copied = []
-    import tenancy.stores.firestore as fsmod
-    real = fsmod._write
+    from tenancy.stores.firestore import writes as fs_writes
+    real = fs_writes.write_docs
 
     def counting(dst, todo, target, batch_size):
         items = list(todo)
         copied.extend(d.rel for d in items)
         return real(dst, iter(items), target, batch_size)
 
-    fsmod._write, saved = counting, fsmod._write
+    fs_writes.write_docs, saved = counting, fs_writes.write_docs
     try:
         out = upgrade(w, "standard")
     finally:
-        fsmod._write = saved
+        fs_writes.write_docs = saved
     assert out.status == "done"
     assert docs(w["fs_own"]) == at_freeze_docs and "users/u2" not in docs(w["fs_own"])
     assert objects_of(w["bucket"], "") == {k[len("bravo/"):]: v for k, v in at_freeze_objects.items()}

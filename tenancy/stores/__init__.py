@@ -1,11 +1,11 @@
-"""Where a tenant's data lives, one store kind per module, behind one small interface.
+"""Where a tenant's data lives, one store kind per module (or package), behind one small interface.
 
 A tenant's data is the unit that moves, verifies, exports and is deleted. It lives in up to five stores:
 
     kind        module        pooled location                       own location (namespace / dedicated)
-    postgres    postgres.py   pooled database, rows by tenant_id    postgres-1..3, rows by tenant_id
-    objects     objects.py    shared bucket, under `{tenant_id}/`   the tenant's bucket, at its root
-    firestore   firestore.py  pooled database, `tenants/{id}/...`   the tenant's database, at its root
+    postgres    postgres/     pooled database, rows by tenant_id    postgres-1..3, rows by tenant_id
+    objects     objects/      shared bucket, under `{tenant_id}/`   the tenant's bucket, at its root
+    firestore   firestore/    pooled database, `tenants/{id}/...`   the tenant's database, at its root
     graph       graph.py      (none: the pool has no graph)         Neo4j in the tenant's namespace
 
 Every store kind offers the same operations on a *location* (one place holding one tenant's data):

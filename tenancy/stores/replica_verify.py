@@ -1,6 +1,6 @@
 """Verifying a tenant's replicated copy while it replicates, so that the write freeze re-checks only what changed.
 
-An online move (tenancy/stores/replication.py) verifies every row of the tenant, but only the last few
+An online move (tenancy/stores/replication/) verifies every row of the tenant, but only the last few
 changes inside the freeze:
 
     track        row triggers named after the move, on both databases, record the key of every row of the
