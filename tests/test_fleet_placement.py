@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -36,13 +37,21 @@ def test_committed_environments_declare_what_this_version_builds():
     assert (prod.cells, prod.pool_shards, prod.data_projects) == (1, 1, ("tenancy-prod-719304",))
 
 
+# cells 2 and 3 are clusters with ranges of their own (cell-1 uses the environment's)
+NETWORKS = {f"cell-{n}": {"networkCidr": f"10.{20 + n}.0.0/20", "podsCidr": f"10.{100 + 4 * n}.0.0/14",
+                          "servicesCidr": f"10.{40 + n}.0.0/20", "masterCidr": f"172.16.{n}.0/28"} for n in (2, 3)}
+
+
 def test_capacity_values_as_the_engine_and_the_stack_file_give_them():
-    from_engine = Capacity.validate({"cells": "3", "cellCapacity": "250", "dataProjects": '["data-proj-1", "data-proj-2"]'},
-                                    "dev", PLATFORM_PROJECT)
-    from_yaml = Capacity.validate({"cells": 3, "cellCapacity": 250, "dataProjects": ["data-proj-1", "data-proj-2"]},
-                                  "dev", PLATFORM_PROJECT)
+    from_engine = Capacity.validate({"cells": "3", "cellCapacity": "250", "dataProjects": '["data-proj-1", "data-proj-2"]',
+                                     "cellNetworks": json.dumps(NETWORKS)}, "dev", PLATFORM_PROJECT)
+    from_yaml = Capacity.validate({"cells": 3, "cellCapacity": 250, "dataProjects": ["data-proj-1", "data-proj-2"],
+                                   "cellNetworks": NETWORKS}, "dev", PLATFORM_PROJECT)
     assert from_engine == from_yaml
     assert from_engine.cell_names == ["cell-1", "cell-2", "cell-3"] and from_engine.cell_capacity == 250
+    assert from_engine.cell_network("cell-3") == fleet_capacity.CellNetwork("10.23.0.0/20", "10.112.0.0/14",
+                                                                            "10.43.0.0/20", "172.16.3.0/28")
+    assert from_engine.cell_network("cell-1") is None, "cell-1 uses the environment's own ranges"
     assert from_engine.data_projects == (PLATFORM_PROJECT, "data-proj-1", "data-proj-2")
     assert (from_engine.pool_shards, from_engine.pool_shard_capacity, from_engine.data_project_instances) == (1, 2000, 1000)
 
@@ -151,17 +160,21 @@ def test_pins_round_trip_and_a_plan_change_keeps_only_the_pins_its_model_has():
 
 def test_the_committed_catalogue_is_placed_in_the_first_units():
     placed = place(load_catalog(ROOT / "tenants.yaml"), fleet_capacity.load("dev"))
+    one = {"identityShard": "identity-1"}     # dev declares one identity shard: every tenant's user pool is there
     assert placed.to_json() == {
-        "globex": {"poolShard": "pool-1"}, "hooli": {"poolShard": "pool-1"}, "initech": {"poolShard": "pool-1"},
-        "vandelay": {"poolShard": "pool-1"},
-        "pied-piper": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT},
-        "stark": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT},
-        "wayne": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT},
+        "globex": {"poolShard": "pool-1", **one}, "hooli": {"poolShard": "pool-1", **one},
+        "initech": {"poolShard": "pool-1", **one}, "vandelay": {"poolShard": "pool-1", **one},
+        "pied-piper": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT, **one},
+        "stark": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT, **one},
+        "wayne": {"cell": "cell-1", "dataProject": PLATFORM_PROJECT, **one},
+        # a dedicated tenant's own cluster and project hold its data; cell-1 is its home (directory entry, record)
+        "acme": {"cell": "cell-1", **one}, "cyberdyne": {"cell": "cell-1", **one},
     }
-    assert placed.decided["acme"] == "own" and placed.decided["stark"] == "placed"
-    # three standard tenants with three instances each, and the pool shard's instance
+    assert placed.decided["acme"] == "placed" and placed.decided["stark"] == "placed"
+    # three standard tenants with three instances each, and the pool shard's instance; the dedicated tenants' are in
+    # their own projects
     assert loads(placed, "data_project") == {PLATFORM_PROJECT: 10}
-    assert loads(placed, "cell") == {"cell-1": 3} and loads(placed, "pool_shard") == {"pool-1": 4}
+    assert loads(placed, "cell") == {"cell-1": 5} and loads(placed, "pool_shard") == {"pool-1": 4}
 
 
 SMALL = """version: 1
@@ -181,13 +194,13 @@ tenants:
 def test_pins_are_honoured_before_anyone_else_is_placed():
     placed = place(parse_catalog(SMALL), cap(cells=2, cell_capacity=2, pool_shards=2))
     assert placed.to_json()["delta"]["cell"] == "cell-1" and placed.decided["delta"] == "pinned"
-    assert placed.to_json()["echo"] == {"poolShard": "pool-2"}
+    assert placed.to_json()["echo"] == {"poolShard": "pool-2", "identityShard": "identity-1"}
     # delta's pin takes one of cell-1's two slots, so of the others only alpha (first by id) fits there
     assert {t: p["cell"] for t, p in placed.to_json().items() if "cell" in p} == {
         "alpha": "cell-1", "bravo": "cell-2", "charlie": "cell-2", "delta": "cell-1"}
 
 
-def test_a_pin_to_a_full_unknown_or_unbuilt_unit_is_refused_with_its_line(tmp_path):
+def test_a_pin_to_a_full_or_unknown_unit_is_refused_with_its_line_and_one_to_any_declared_unit_is_honoured(tmp_path):
     path = tmp_path / "tenants.yaml"
     path.write_text(SMALL.replace("placement: {cell: cell-1}", "placement: {cell: cell-2}")
                     .replace("{pool_shard: pool-2}", "{pool_shard: pool-9}"))
@@ -197,20 +210,17 @@ def test_a_pin_to_a_full_unknown_or_unbuilt_unit_is_refused_with_its_line(tmp_pa
     with pytest.raises(PlacementError) as exc:
         place(crowded, cap(cells=2, cell_capacity=2, pool_shards=2))
     assert exc.value.problems == [
-        f"{path}:10: tenant 'delta': placement.cell: cell cell-2 is full (2 of 2 namespaces); choose another cell (or "
+        f"{path}:10: tenant 'delta': placement.cell: cell cell-2 is full (2 of 2 tenants); choose another cell (or "
         "leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml",
         f"{path}:11: tenant 'echo': placement.pool_shard: pool-9 is not a pool shard of 'dev': stacks/Pulumi.dev.yaml "
         "declares pool-1, pool-2 (tenancy:poolShards: 2); use one of those or raise tenancy:poolShards",
     ]
     assert exc.value.exit_code == 2
-    with pytest.raises(PlacementError) as exc:
-        place(catalog, cap(cells=2, cell_capacity=5, pool_shards=9))   # what this version builds: cell-1, pool-1
-    assert exc.value.problems == [
-        f"{path}:10: tenant 'delta': placement.cell: cell-2 is declared in stacks/Pulumi.dev.yaml but not built by this "
-        "version's stacks (they build cell-1); use one of those or leave the cell to placement",
-        f"{path}:11: tenant 'echo': placement.pool_shard: pool-9 is declared in stacks/Pulumi.dev.yaml but not built by "
-        "this version's stacks (they build pool-1); use one of those or leave the pool shard to placement",
-    ]
+    # every declared unit is a stack of its own: a pin to the last one is honoured even while the first has room
+    placed = place(catalog, cap(cells=2, cell_capacity=5, pool_shards=9))
+    assert (placed.tenants["delta"].cell, placed.decided["delta"]) == ("cell-2", "pinned")
+    assert (placed.tenants["echo"].pool_shard, placed.decided["echo"]) == ("pool-9", "pinned")
+    assert loads(placed, "cell") == {"cell-1": 3, "cell-2": 1}
 
 
 def test_a_full_environment_names_the_capacity_to_add():
@@ -218,19 +228,18 @@ def test_a_full_environment_names_the_capacity_to_add():
     with pytest.raises(PlacementError) as exc:
         place(catalog, cap(cell_capacity=3))
     assert str(exc.value) == (
-        "environment 'dev' is full: 1 new tenant(s) need a cell (charlie), and cell-1 holds 3 of 3 namespaces; this "
-        "version's stacks build no cell beyond cell-1. Add capacity in stacks/Pulumi.dev.yaml: raise "
-        "tenancy:cellCapacity (now 3)")
-    with pytest.raises(PlacementError) as exc:
-        place(catalog, cap(cells=2, cell_capacity=3))
-    assert "cell-2 is declared, but this version's stacks build only cell-1. Add capacity in stacks/Pulumi.dev.yaml: " \
-           "raise tenancy:cellCapacity (now 3)" in str(exc.value)
+        "environment 'dev' is full: 1 new tenant(s) need a cell (charlie), and cell-1 holds 3 of 3 tenants. Add "
+        "capacity in stacks/Pulumi.dev.yaml: raise tenancy:cells from 1 to 2 (each cell holds tenancy:cellCapacity = 3 "
+        "tenants), or raise tenancy:cellCapacity")
+    # the cell it names is enough: a declared cell is a stack of its own and takes the tenant that waited
+    placed = place(catalog, cap(cells=2, cell_capacity=3))
+    assert placed.tenants["charlie"].cell == "cell-2" and loads(placed, "cell") == {"cell-1": 3, "cell-2": 1}
     with pytest.raises(PlacementError) as exc:
         place(catalog, cap(cells=1, cell_capacity=2, data_project_instances=10))
     assert exc.value.problems == [
-        "environment 'dev' is full: 2 new tenant(s) need a cell (bravo, charlie), and cell-1 holds 2 of 2 namespaces. Add "
+        "environment 'dev' is full: 2 new tenant(s) need a cell (bravo, charlie), and cell-1 holds 2 of 2 tenants. Add "
         "capacity in stacks/Pulumi.dev.yaml: raise tenancy:cells from 1 to 2 (each cell holds tenancy:cellCapacity = 2 "
-        "namespaces), or raise tenancy:cellCapacity",
+        "tenants), or raise tenancy:cellCapacity",
         # delta is pinned to cell-1; by id, alpha, bravo and charlie take the platform project's 9 free instances
         "environment 'dev' is full: 1 new tenant(s) need a data project (delta), and tenancy-dev-482913 holds 10 of 10 "
         "Cloud SQL instances (3 more needed). Add capacity in stacks/Pulumi.dev.yaml: add 1 project id(s) to "
@@ -259,7 +268,9 @@ def test_fleet_placement_is_deterministic_and_independent_of_catalogue_order(fle
     again = place(dataclasses.replace(catalog, tenants=tuple(shuffled)), FLEET_CAPACITY)
     backwards = place(dataclasses.replace(catalog, tenants=catalog.tenants[::-1]), FLEET_CAPACITY)
     assert again.to_json() == backwards.to_json() == placed.to_json()
-    assert len(placed.to_json()) == 9_900
+    # every tenant has a unit: a pool shard, or a cell (a dedicated tenant's home), and an identity shard
+    assert len(placed.to_json()) == 10_000
+    assert placed.to_json()["t000000"] == {"cell": "cell-1", "identityShard": "identity-1"}     # enterprise
 
 
 def test_fleet_units_fill_in_order_and_none_is_over_capacity(fleet):
@@ -289,7 +300,7 @@ def test_placed_tenants_never_move_when_others_are_added_removed_or_reordered(fl
     now = after.to_json()
     assert all(now[t.id] == deployed[t.id] for t in kept if t.id in deployed), "a placed tenant moved"
     assert all(after.decided[t.id] == "deployed" for t in kept if t.id in deployed)
-    assert {after.decided[t.id] for t in added} <= {"placed", "own"}
+    assert {after.decided[t.id] for t in added} == {"placed"}, "a dedicated tenant is placed in a home cell too"
     for u in after.usage():
         assert u["used"] <= u["capacity"], u
     # the freed slots are reused first: some new namespace tenants land in cells emptied by the removals
@@ -302,18 +313,34 @@ def test_placed_tenants_never_move_when_others_are_added_removed_or_reordered(fl
 
 def test_a_full_fleet_is_refused_with_the_capacity_to_add(fleet):
     catalog, placed = fleet
-    extra = sample.catalog(2_500, prefix="z").tenants      # 225 more namespace tenants and 25 dedicated ones
+    # 2,250 more pooled tenants, 225 namespace tenants and 25 dedicated ones: every kind of unit overflows
+    extra = sample.catalog(2_500, prefix="z").tenants
     full = dataclasses.replace(catalog, tenants=catalog.tenants + extra, placements=placed.to_json())
     with pytest.raises(PlacementError) as exc:
         place(full, FLEET_CAPACITY)
     assert exc.value.problems == [
+        # 200 free places in cell-4; by id, the first 200 namespace and dedicated newcomers take them
         "environment 'dev' is full: 50 new tenant(s) need a cell (z002000, z002001, z002002, z002003, z002004 and 45 "
-        "more), and cell-1, cell-2, cell-3, cell-4 hold 1,200 of 1,200 tenants. Add capacity in stacks/Pulumi.dev.yaml: "
-        "raise tenancy:cells from 4 to 5 (each cell holds tenancy:cellCapacity = 300 tenants), or raise "
-        "tenancy:cellCapacity",
+        "more), and cell-1 .. cell-4 hold 1,200 of 1,200 tenants. Add capacity in stacks/Pulumi.dev.yaml: raise "
+        "tenancy:cells from 4 to 5 (each cell holds tenancy:cellCapacity = 300 tenants), or raise tenancy:cellCapacity",
+        # 1,000 free places in pool-5
+        "environment 'dev' is full: 1,250 new tenant(s) need a pool shard (z001120, z001121, z001122, z001123, z001124 "
+        "and 1,245 more), and pool-1 .. pool-5 hold 10,000 of 10,000 pooled tenants. Add capacity in "
+        "stacks/Pulumi.dev.yaml: raise tenancy:poolShards from 5 to 6 (each pool shard holds tenancy:poolShardCapacity "
+        "= 2,000 pooled tenants), or raise tenancy:poolShardCapacity",
+        # 97 namespace tenants of 3 instances fit in data-proj-2's 292 free instances; the other projects have 2 and 1
+        "environment 'dev' is full: 128 new tenant(s) need a data project (z001008, z001009, z001101, z001102, z001103 "
+        "and 123 more), and tenancy-dev-482913, data-proj-1, data-proj-2 hold 2,996 of 3,000 Cloud SQL instances (384 "
+        "more needed). Add capacity in stacks/Pulumi.dev.yaml: add 1 project id(s) to tenancy:dataProjects (each holds "
+        "tenancy:dataProjectInstances = 1,000 Cloud SQL instances), or raise tenancy:dataProjectInstances",
     ]
-    # the capacity it names is enough
-    assert place(full, dataclasses.replace(FLEET_CAPACITY, cells=5)).units["cell"].load["cell-5"] == 50
+    # the capacity it names is enough, and the deployed fleet stays where it is
+    enough = place(full, dataclasses.replace(FLEET_CAPACITY, cells=5, pool_shards=6,
+                                             data_projects=(*FLEET_CAPACITY.data_projects, "data-proj-3")))
+    assert enough.units["cell"].load["cell-5"] == 50 and enough.units["pool_shard"].load["pool-6"] == 1_250
+    assert enough.units["data_project"].load["data-proj-3"] == 384
+    now = enough.to_json()
+    assert all(now[tid] == p for tid, p in placed.to_json().items())
 
 
 def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet):
@@ -328,14 +355,16 @@ def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet)
     result = place(dataclasses.replace(catalog, tenants=tenants), FLEET_CAPACITY)
     assert all(result.tenants[tid].cell == "cell-4" and result.decided[tid] == "pinned" for tid in pinned)
     assert all(result.tenants[tid].pool_shard == "pool-5" for tid in pooled)
-    assert result.units["cell"].load == {"cell-1": 300, "cell-2": 300, "cell-3": 250, "cell-4": 50}
+    # the 50 pinned take cell-4 first; the other 950 namespace and dedicated tenants fill cells 1-3, then cell-4
+    assert result.units["cell"].load == {"cell-1": 300, "cell-2": 300, "cell-3": 300, "cell-4": 100}
+    assert sum(result.decided[t.id] == "placed" and result.tenants[t.id].cell == "cell-4" for t in catalog.tenants) == 50
     # once the fleet is deployed, a new tenant pinned to a full cell is refused, not placed elsewhere
     newcomer = dataclasses.replace(sample.tenant("n000001", "standard"), placement=PlacementPin(cell="cell-1"))
     later = dataclasses.replace(catalog, tenants=catalog.tenants + (newcomer,), placements=placed.to_json())
     with pytest.raises(PlacementError) as exc:
         place(later, FLEET_CAPACITY)
     assert exc.value.problems == [
-        "generated.yaml: tenant 'n000001': placement.cell: cell cell-1 is full (300 of 300 namespaces); choose "
+        "generated.yaml: tenant 'n000001': placement.cell: cell cell-1 is full (300 of 300 tenants); choose "
         "another cell (or leave it to placement), or raise tenancy:cellCapacity in stacks/Pulumi.dev.yaml"]
 
 
@@ -347,10 +376,15 @@ def test_deployed_tenants_stay_when_capacity_shrinks_but_a_cell_holding_tenants_
     assert smaller.units["cell"].load["cell-1"] == 300
     with pytest.raises(PlacementError) as exc:
         place(deployed, dataclasses.replace(FLEET_CAPACITY, cells=2))
+    # cells fill by id with ten tenants of every hundred (1 dedicated, 9 namespace): cell-3 from t006000, cell-4 from
+    # t009000
     assert exc.value.problems == [
-        "cell cell-3 holds 300 deployed tenant(s) (t006607, t006608, t006609, t006701, t006702 and 295 more), but "
+        "cell cell-3 holds 300 deployed tenant(s) (t006000, t006001, t006002, t006003, t006004 and 295 more), but "
         "stacks/Pulumi.dev.yaml no longer declares it (it declares cell-1, cell-2): a cell that holds tenants cannot be "
-        "removed; declare it again (tenancy:cells: 3 or more), or move its tenants first with `tenancy place`"]
+        "removed; declare it again (tenancy:cells: 3 or more), or move its tenants first with `tenancy place`",
+        "cell cell-4 holds 100 deployed tenant(s) (t009000, t009001, t009002, t009003, t009004 and 95 more), but "
+        "stacks/Pulumi.dev.yaml no longer declares it (it declares cell-1, cell-2): a cell that holds tenants cannot be "
+        "removed; declare it again (tenancy:cells: 4 or more), or move its tenants first with `tenancy place`"]
 
 
 def test_validate_checks_the_catalogue_against_the_environments_capacity(tmp_path, capsys):
@@ -403,10 +437,10 @@ def test_validate_and_plan_report_the_catalogue_and_its_fit_to_the_environment_i
         "project",
         f"{path}:10: tenant 'charlie': placement.cell: cell-7 is not a cell of 'dev': stacks/Pulumi.dev.yaml declares "
         "cell-1 (tenancy:cells: 1); use one of those or raise tenancy:cells",
-        # delta (first by id) takes cell-1's one place; echo waits
-        f"{path}:12: placement: environment 'dev' is full: 1 new tenant(s) need a cell (echo), and cell-1 holds 1 of 1 "
-        "namespaces; this version's stacks build no cell beyond cell-1. Add capacity in stacks/Pulumi.dev.yaml: raise "
-        "tenancy:cellCapacity (now 1)",
+        # bravo (first by id; a cell is a dedicated tenant's home too) takes cell-1's one place; delta and echo wait
+        f"{path}:11: placement: environment 'dev' is full: 2 new tenant(s) need a cell (delta, echo), and cell-1 holds "
+        "1 of 1 tenants. Add capacity in stacks/Pulumi.dev.yaml: raise tenancy:cells from 1 to 3 (each cell holds "
+        "tenancy:cellCapacity = 1 tenants), or raise tenancy:cellCapacity",
         f"{path}:13: tenant 'foxtrot': plan: unknown plan 'nope'; use one of enterprise, free, standard or declare it "
         "under 'plans'",
         "6 problem(s); nothing was planned or applied",

@@ -1,5 +1,5 @@
 """Pulumi Kubernetes Operator: the Stack objects generated from the catalogue, checked against the operator's
-own CRD, their names at the 42-character limit, the settings, and the install in the platform stack."""
+own CRD, their names at the 42-character limit, the settings, and the install in cell 1."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from tenancy.operator.stacks import FleetStack, check_names, fleet, fleet_object
 from tests.conftest import ROOT, of_type, stack_of
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-# The prod catalogue's stacks and the Kubernetes service account each runs as: the platform's, its cell's for a
-# namespace tenant, its own for a dedicated tenant with a project of its own (acme's is created, cyberdyne's exists).
-SCOPE_KSA = {"prod": "tenancy-deployer", "prod.pied-piper": "deployer-cell-1", "prod.stark": "deployer-cell-1",
+# The prod catalogue's stacks, in the order they deploy, and the Kubernetes service account each runs as: the
+# platform's for the global stack, a unit's own for its stack, its cell's for a namespace tenant, its own for a
+# dedicated tenant with a project of its own (acme's is created, cyberdyne's exists).
+SCOPE_KSA = {"prod": "tenancy-deployer", "prod.identity-1": "deployer-identity-1", "prod.cell-1": "deployer-cell-1",
+             "prod.pool-1": "deployer-pool-1", "prod.pied-piper": "deployer-cell-1", "prod.stark": "deployer-cell-1",
              "prod.wayne": "deployer-cell-1", "prod.acme": "deployer-acme", "prod.cyberdyne": "deployer-cyberdyne"}
 PROJECT = "tenancy-prod-719304"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -46,7 +48,7 @@ def test_the_crds_are_the_operators_own_release_unchanged():
 
 
 def test_every_stack_object_of_the_fleet_validates_against_the_crd(objects):
-    assert list(objects) == ["prod", "prod.pied-piper", "prod.stark", "prod.wayne", "prod.acme", "prod.cyberdyne"]
+    assert list(objects) == list(SCOPE_KSA)
     for stack, obj in objects.items():
         assert schema.problems(obj) == [], stack
         assert (obj["apiVersion"], obj["kind"]) == ("pulumi.com/v1", "Stack")
@@ -72,15 +74,23 @@ def test_stack_objects_pin_the_commit_repository_backend_and_identity(objects):
         assert obj["metadata"]["namespace"] == "pulumi-operator"
 
 
-def test_tenant_stacks_wait_for_the_platform_and_the_platform_carries_its_config(objects):
+def test_stacks_wait_for_the_stacks_they_read_and_the_global_stack_carries_its_config(objects):
     platform = objects["prod"]["spec"]
     assert "prerequisites" not in platform
-    # the operator does not read stackConfigDir: the platform's config travels in the object
+    # the operator does not read stackConfigDir: the global stack's config travels in the object
     assert platform["config"] == load_stack_config("prod") and platform["config"]["tenancy:gcpProject"] == "tenancy-prod-719304"
     assert platform["workspaceTemplate"]["spec"]["resources"]["requests"]["memory"] == "4Gi"
+    # what each stack reads (tenancy/topology.py): a unit stack reads its settings from stacks/Pulumi.prod.yaml in
+    # the checkout, so it carries no config
+    waits = {"prod.identity-1": ["prod"], "prod.cell-1": ["prod", "prod-identity-1"],
+             "prod.pool-1": ["prod", "prod-identity-1", "prod-cell-1"], "prod.stark": ["prod", "prod-cell-1"],
+             "prod.acme": ["prod"]}
+    assert {s: [p["name"] for p in objects[s]["spec"]["prerequisites"]] for s in waits} == waits
+    assert [s for s, o in objects.items() if "config" in o["spec"]] == ["prod"]
+    assert objects["prod.cell-1"]["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "tenancy", "tenancy.io/environment": "prod", "tenancy.io/stack-kind": "cell"}
     for stack in ("prod.stark", "prod.acme"):
         spec = objects[stack]["spec"]
-        assert spec["prerequisites"] == [{"name": "prod"}] and "config" not in spec
         assert spec["workspaceTemplate"]["spec"]["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi",
                                                                               "ephemeral-storage": "2Gi"}
     acme = objects["prod.acme"]["metadata"]
@@ -103,7 +113,13 @@ def test_the_crd_check_refuses_what_the_operator_would_refuse_or_prune(objects):
         schema.validate(typo)
 
 
-def test_long_tenant_ids_get_short_collision_free_names(prod):
+def test_long_tenant_ids_get_short_collision_free_names(prod, monkeypatch):
+    from tenancy import envconfig
+
+    # staging123 has no config file: it is given prod's (every environment's unit stacks come from its capacity)
+    real = envconfig.load_stack_config
+    monkeypatch.setattr(envconfig, "load_stack_config",
+                        lambda e: {**real("prod"), "tenancy:environment": e} if e == "staging123" else real(e))
     head = "a-tenant-with-a-very-long-identifier-abc"          # 40 characters shared by every id
     ids = [f"{head}{n:02d}" for n in range(30)] + [f"{head}-tail-{n}" for n in range(3)] + ["x" * 50, "x" * 49 + "y"]
     doc = {"version": 1, "tenants": [{"id": i, "name": i, "plan": "standard", "admin_email": "a@b.example"} for i in ids]}
@@ -120,7 +136,9 @@ def test_long_tenant_ids_get_short_collision_free_names(prod):
             if len(s.stack) > 42:
                 assert re.fullmatch(r".+--[0-9a-f]{6}", name), name
             assert schema.problems(stack_object(s, settings, SHA)) == []
-    assert names["prod"] == "prod" and len(names) == 2 * (len(ids) + 1)
+    # each environment: its global stack, three unit stacks and a stack per tenant
+    assert names["prod"] == "prod" and names["staging123-identity-1"] == "staging123.identity-1"
+    assert len(names) == 2 * (len(ids) + 4)
 
 
 def test_a_collision_between_future_stack_kinds_is_refused():
@@ -157,45 +175,57 @@ def test_settings_name_each_missing_or_bad_key_and_the_fix():
 
 
 @pytest.fixture(scope="module")
-def prod_platform():
-    from tenancy.offline import run_stack
-    from tenancy.plan import _platform_config, _to_stack_plan
+def prod_stacks():
+    """The offline plan of every prod stack (the operator is on in prod): {stack: its plan}."""
+    from tenancy import plan as planmod
 
-    result, seconds = run_stack("prod", load_catalog(ROOT / "tenants.yaml"), _platform_config("prod"), {})
-    return _to_stack_plan("prod", "platform", None, None, result, seconds).to_json()
+    result = planmod.plan(load_catalog(ROOT / "tenants.yaml"), "prod", workers=2)
+    return {s.name: s.to_json() for s in result.stacks}
 
 
-def test_the_platform_stack_installs_the_operator_when_configured(prod_platform):
-    assert prod_platform["violations"] == []
-    [release] = [r for r in of_type(prod_platform, "kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "pulumi-kubernetes-operator"]
+def _operator_releases(stack: dict) -> list[dict]:
+    return [r for r in of_type(stack, "kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "pulumi-kubernetes-operator"]
+
+
+def test_cell_1_installs_the_operator_when_configured(prod_stacks):
+    assert list(prod_stacks) == list(SCOPE_KSA)
+    # cell 1's cluster runs the operator, and no other stack declares any of it
+    assert {s: [r["name"] for r in stack["resources"] if r["name"].startswith("pulumi-operator")]
+            for s, stack in prod_stacks.items() if s != "prod.cell-1"} == {s: [] for s in SCOPE_KSA if s != "prod.cell-1"}
+    cell = prod_stacks["prod.cell-1"]
+    assert cell["violations"] == []
+    [release] = _operator_releases(cell)
     assert (release["inputs"]["chart"], release["inputs"]["version"]) == (CHART, "2.9.0")
     assert release["inputs"]["namespace"] == "pulumi-operator"
     values = release["inputs"]["values"]
     assert values["extraEnv"] == [{"name": "MAX_CONCURRENT_RECONCILES", "value": "25"}]
     assert values["podSecurityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    [ns] = [r["inputs"] for r in of_type(prod_platform, "kubernetes:core/v1:Namespace") if r["inputs"]["metadata"]["name"] == "pulumi-operator"]
+    [ns] = [r["inputs"] for r in of_type(cell, "kubernetes:core/v1:Namespace") if r["inputs"]["metadata"]["name"] == "pulumi-operator"]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    [ksa] = [r["inputs"] for r in of_type(prod_platform, "kubernetes:core/v1:ServiceAccount")
+    [ksa] = [r["inputs"] for r in of_type(cell, "kubernetes:core/v1:ServiceAccount")
              if r["inputs"]["metadata"]["name"] == "tenancy-deployer"]
     assert ksa["metadata"]["namespace"] == "pulumi-operator"
     assert ksa["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": "deployer@tenancy-prod-719304.iam.gserviceaccount.com"}
-    [wi] = [r["inputs"] for r in of_type(prod_platform, "gcp:serviceaccount/iAMMember:IAMMember")
+    [wi] = [r["inputs"] for r in of_type(cell, "gcp:serviceaccount/iAMMember:IAMMember")
             if r["inputs"]["member"].endswith("[pulumi-operator/tenancy-deployer]")]
     assert wi == {"serviceAccountId": "projects/tenancy-prod-719304/serviceAccounts/deployer@tenancy-prod-719304.iam.gserviceaccount.com",
                   "role": "roles/iam.workloadIdentityUser",
                   "member": "serviceAccount:tenancy-prod-719304.svc.id.goog[pulumi-operator/tenancy-deployer]"}
     crbs = {r["inputs"]["metadata"]["name"]: r["inputs"]
-            for r in of_type(prod_platform, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")}
+            for r in of_type(cell, "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")}
     assert {n: (c["roleRef"]["name"], [x["name"] for x in c["subjects"]]) for n, c in crbs.items()} == {
         "pulumi-operator-tenancy-deployer-auth-delegator": ("system:auth-delegator", ["tenancy-deployer"]),
         "pulumi-operator-deployers-auth-delegator": ("system:auth-delegator",
-                                                     ["deployer-cell-1", "deployer-acme", "deployer-cyberdyne"])}
+                                                     ["deployer-identity-1", "deployer-cell-1", "deployer-pool-1",
+                                                      "deployer-acme", "deployer-cyberdyne"])}
 
 
 def test_the_operator_is_off_by_default(sample_plan):
-    dev = stack_of(sample_plan[1], "dev")
-    assert not [r for r in dev["resources"] if r["name"].startswith("pulumi-operator")]
-    assert not [r for r in of_type(dev, "kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "pulumi-kubernetes-operator"]
+    planned = sample_plan[1]["stacks"]
+    assert stack_of(sample_plan[1], "dev.cell-1")
+    for stack in planned:
+        assert not [r for r in stack["resources"] if r["name"].startswith(("pulumi-operator", "deployer-"))], stack["name"]
+        assert not _operator_releases(stack), stack["name"]
     assert OperatorSettings.load("dev").enabled is False
 
 
@@ -206,10 +236,12 @@ def test_manifests_command_writes_every_stack_object(tmp_path):
                           "--allow-dirty"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     docs = list(yaml.safe_load_all(res.stdout))
-    assert [d["metadata"]["name"] for d in docs] == ["prod", "prod-pied-piper", "prod-stark", "prod-wayne", "prod-acme", "prod-cyberdyne"]
+    assert [d["metadata"]["name"] for d in docs] == ["prod", "prod-identity-1", "prod-cell-1", "prod-pool-1",
+                                                     "prod-pied-piper", "prod-stark", "prod-wayne", "prod-acme",
+                                                     "prod-cyberdyne"]
     assert {d["spec"]["commit"] for d in docs} == {sha}
     assert all(schema.problems(d) == [] for d in docs)
-    assert res.stderr.strip().splitlines()[-1] == ("6 Stack object(s) at commit " + sha[:12] + ", each valid against the "
+    assert res.stderr.strip().splitlines()[-1] == ("9 Stack object(s) at commit " + sha[:12] + ", each valid against the "
                                                    "operator's CRD")
     bad = subprocess.run([sys.executable, "-m", "tenancy", "operator", "manifests", "--env", "dev"], cwd=ROOT,
                          capture_output=True, text=True)
@@ -217,23 +249,6 @@ def test_manifests_command_writes_every_stack_object(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- a deployer per scope
-
-@pytest.fixture(scope="module")
-def prod_stacks(prod_platform):
-    """The prod platform stack and its dedicated tenants' stacks (projects of their own), run offline."""
-    from tenancy.offline import run_stack
-    from tenancy.plan import _to_stack_plan
-    from tenancy.recorder import ORGANIZATION
-
-    catalog = load_catalog(ROOT / "tenants.yaml")
-    platform_run, _ = run_stack("prod", catalog, load_stack_config("prod"), {}, tenant_facing_only=True)
-    refs = {f"{ORGANIZATION}/tenancy/prod": (platform_run.raw_outputs, list(platform_run.secret_outputs))}
-    out = {"prod": prod_platform}
-    for stack in ("prod.acme", "prod.cyberdyne"):
-        result, seconds = run_stack(stack, catalog, {}, refs)
-        out[stack] = _to_stack_plan(stack, "tenant", stack.split(".")[1], "dedicated", result, seconds).to_json()
-    return out
-
 
 def _grants(stack: dict) -> list[tuple[str, str, str, str | None]]:
     return sorted((r["inputs"]["member"].split(":")[1].split("@")[0], r["inputs"]["project"], r["inputs"]["role"],
@@ -250,25 +265,38 @@ CELL_ROLES = ["roles/cloudkms.admin", "roles/cloudsql.admin", "roles/compute.net
 OWN_PROJECT_ROLES = sorted(CELL_ROLES + ["roles/resourcemanager.projectMover"])
 
 
+POOL_ROLES = ["roles/cloudsql.admin", "roles/container.admin", "roles/datastore.owner", "roles/iam.serviceAccountAdmin",
+              "roles/resourcemanager.projectIamAdmin", "roles/secretmanager.admin", "roles/storage.admin"]
+UNIT_ROLES = {"cell-1": CELL_ROLES, "identity-1": ["roles/identityplatform.admin"], "pool-1": POOL_ROLES}
+
+
 def test_each_scope_deploys_as_an_identity_of_its_own(prod_stacks):
     platform, acme, cyberdyne = prod_stacks["prod"], prod_stacks["prod.acme"], prod_stacks["prod.cyberdyne"]
-    # the Kubernetes service accounts the Stack objects name, each annotated with its scope's GCP service account
-    ksas = {r["inputs"]["metadata"]["name"]: r["inputs"]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
-            for r in of_type(platform, "kubernetes:core/v1:ServiceAccount")
-            if r["inputs"]["metadata"]["namespace"] == "pulumi-operator"}
+    # the Kubernetes service accounts the Stack objects name, each annotated with its scope's GCP service account,
+    # in the operator's namespace of cell 1 (and in no other stack)
+    ksas = {s: {r["inputs"]["metadata"]["name"]: r["inputs"]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+                for r in of_type(stack, "kubernetes:core/v1:ServiceAccount")
+                if r["inputs"]["metadata"]["namespace"] == "pulumi-operator"}
+            for s, stack in prod_stacks.items()}
+    ksas = {s: k for s, k in ksas.items() if k}
+    assert list(ksas) == ["prod.cell-1"]
+    ksas = ksas["prod.cell-1"]
     assert ksas == {"tenancy-deployer": f"deployer@{PROJECT}.iam.gserviceaccount.com",
+                    "deployer-identity-1": f"d-prod-identity-1@{PROJECT}.iam.gserviceaccount.com",
                     "deployer-cell-1": f"d-prod-cell-1@{PROJECT}.iam.gserviceaccount.com",
+                    "deployer-pool-1": f"d-prod-pool-1@{PROJECT}.iam.gserviceaccount.com",
                     "deployer-acme": "d-prod-acme@acme-tenancy-prod.iam.gserviceaccount.com",
                     "deployer-cyberdyne": "d-prod-cyberdyne@cyberdyne-saas.iam.gserviceaccount.com"}
     assert set(SCOPE_KSA.values()) == set(ksas)
-    # their GCP service accounts: the cell's made by the platform (in the platform deployer's project), a dedicated
-    # tenant's by its own stack, in its own project
+    # their GCP service accounts: the units' made by the global stack (in the platform deployer's project), a
+    # dedicated tenant's by its own stack, in its own project
     accounts = {s: sorted((r["inputs"]["accountId"], r["inputs"]["project"])
                           for r in of_type(stack, "gcp:serviceaccount/account:Account")
                           if r["inputs"]["accountId"].startswith("d-prod-"))
                 for s, stack in prod_stacks.items()}
-    assert accounts == {"prod": [("d-prod-cell-1", PROJECT)], "prod.acme": [("d-prod-acme", "acme-tenancy-prod")],
-                        "prod.cyberdyne": [("d-prod-cyberdyne", "cyberdyne-saas")]}
+    assert {s: a for s, a in accounts.items() if a} == {
+        "prod": [("d-prod-cell-1", PROJECT), ("d-prod-identity-1", PROJECT), ("d-prod-pool-1", PROJECT)],
+        "prod.acme": [("d-prod-acme", "acme-tenancy-prod")], "prod.cyberdyne": [("d-prod-cyberdyne", "cyberdyne-saas")]}
     # only a scope's own Kubernetes service account may act as it
     bindings = sorted((r["inputs"]["serviceAccountId"], r["inputs"]["role"], r["inputs"]["member"])
                       for stack in prod_stacks.values() for r in of_type(stack, "gcp:serviceaccount/iAMMember:IAMMember")
@@ -277,30 +305,35 @@ def test_each_scope_deploys_as_an_identity_of_its_own(prod_stacks):
     assert bindings == sorted((f"projects/{project}/serviceAccounts/{email}", "roles/iam.workloadIdentityUser",
                                f"{pool}{ksa}]") for ksa, email in ksas.items()
                               for project in [email.split("@")[1].split(".")[0]])
-    # project roles: the cell's on the platform project, granting project roles only from a fixed list; a dedicated
-    # tenant's on its own project and nowhere else
+    # project roles: the units' on the platform project, granting project roles only from a fixed list; a dedicated
+    # tenant's on its own project and nowhere else; no other stack grants a deployer anything
     grantable = ("api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly(['roles/artifactregistry.reader', "
                  "'roles/datastore.user', 'roles/logging.logWriter', 'roles/monitoring.metricWriter', "
                  "'roles/monitoring.viewer', 'roles/stackdriver.resourceMetadata.writer'])")
-    assert _grants(platform) == [("d-prod-cell-1", PROJECT, role,
-                                  "grants only node and workload roles" if role.endswith("projectIamAdmin") else None)
-                                 for role in CELL_ROLES]
-    [cond] = [r["inputs"]["condition"] for r in of_type(platform, "gcp:projects/iAMMember:IAMMember")
-              if r["inputs"]["role"] == "roles/resourcemanager.projectIamAdmin"]
-    assert cond["expression"] == grantable
+    assert _grants(platform) == sorted((f"d-prod-{unit}", PROJECT, role,
+                                        "grants only node and workload roles" if role.endswith("projectIamAdmin") else None)
+                                       for unit, roles in UNIT_ROLES.items() for role in roles)
+    conds = [r["inputs"]["condition"] for r in of_type(platform, "gcp:projects/iAMMember:IAMMember")
+             if r["inputs"]["role"] == "roles/resourcemanager.projectIamAdmin"]
+    assert [c["expression"] for c in conds] == [grantable, grantable], "cell-1's and pool-1's"
     assert _grants(acme) == [("d-prod-acme", "acme-tenancy-prod", role, None) for role in OWN_PROJECT_ROLES]
     assert _grants(cyberdyne) == [("d-prod-cyberdyne", "cyberdyne-saas", role, None) for role in OWN_PROJECT_ROLES]
+    assert [s for s, stack in prod_stacks.items() if _grants(stack)] == ["prod", "prod.acme", "prod.cyberdyne"]
     for stack in prod_stacks.values():
         assert stack["violations"] == [], stack["name"]
     # and those roles are the ones its stack needs: every Google Cloud type it declares is one of its services
-    from tenancy.operator.deployers import OWN_PROJECT_SERVICES
+    from tenancy.operator.deployers import OWN_PROJECT_SERVICES, SERVICES
     for stack in (acme, cyberdyne):
         types = {r["type"] for r in stack["resources"] if r["type"].startswith(("gcp:", "kubernetes:"))}
         assert {t for t in types if not t.startswith(OWN_PROJECT_SERVICES)} == set(), stack["name"]
+    for name in ("prod.identity-1", "prod.cell-1", "prod.pool-1"):
+        kind = name.split(".")[1].split("-")[0]
+        types = {r["type"] for r in prod_stacks[name]["resources"] if r["type"].startswith(("gcp:", "kubernetes:"))}
+        assert {t for t in types if not t.startswith(SERVICES[kind])} == set(), name
 
 
 def test_the_workload_identity_bindings_name_each_deployers_own_account(prod_stacks):
-    checked = 0
+    checked = []
     for name, stack in prod_stacks.items():
         gsas = {r["urn"].rsplit("::", 1)[-1].removesuffix("-gsa"): r["inputs"]["accountId"]
                 for r in of_type(stack, "gcp:serviceaccount/account:Account") if r["inputs"]["accountId"].startswith("d-")}
@@ -310,8 +343,8 @@ def test_the_workload_identity_bindings_name_each_deployers_own_account(prod_sta
                 scope = gsas[owner].removeprefix("d-prod-")
                 assert r["inputs"]["member"] == f"serviceAccount:{PROJECT}.svc.id.goog[pulumi-operator/deployer-{scope}]"
                 assert r["parent"].endswith(f"tenancy:operator:Deployer::{owner}"), "the account's own component"
-                checked += 1
-    assert checked == 3, "cell-1's, acme's and cyberdyne's"
+                checked.append(scope)
+    assert sorted(checked) == ["acme", "cell-1", "cyberdyne", "identity-1", "pool-1"]
 
 
 def _planted(prod_stacks, stack: str) -> dict:
