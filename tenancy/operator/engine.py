@@ -126,7 +126,7 @@ class OperatorEngine:
             except TenancyError:
                 pass
             else:
-                # a namespace tenant runs as its cell's deployer (cell 1 without cell stacks), a dedicated one with a
+                # a namespace tenant runs as its cell's deployer, a dedicated one with a
                 # project of its own as its own
                 cell = next((a.rpartition(naming.STACK_SEPARATOR)[2] for a in fs.after
                              if naming.stack_kind(a)[0] == naming.CELL_STACK), None)

@@ -1,13 +1,14 @@
 """One `pulumi.com/v1` Stack object per Pulumi stack of the fleet, derived from the catalogue.
 
-The fleet is a list of `FleetStack`s: the platform stack of the environment and one stack per namespace or
-dedicated tenant. Each names the stacks it waits for (the operator's `prerequisites`), so further kinds of
-stack (cells, pool shards) are more entries, not another generator.
+The fleet is a list of `FleetStack`s: the environment's global stack, its unit stacks (identity shards, cells,
+pool shards) and one stack per namespace or dedicated tenant. Each names the stacks it waits for (the operator's
+`prerequisites`).
 
 What every Stack object says, and why:
 - the program is this repository at a pinned `commit` (one per rollout), `repoDir` from config; the stack
   is selected by its fully qualified name on the self-managed `backend`, with the configured secrets provider;
-- the platform stack's config is passed inline: the operator does not honour `stackConfigDir`;
+- the global stack's config is passed inline (the operator does not honour `stackConfigDir`); unit stacks read
+  the environment's from the repository, as under the Pulumi CLI;
 - the workspace runs as its scope's Kubernetes service account, bound through Workload Identity to that scope's
   deploying identity (no keys; tenancy/operator/deployers.py: the platform's, a unit's, a dedicated tenant's, or
   for a namespace tenant its cell's), with CPU, memory and ephemeral-storage requests (a workspace checks out the repository
@@ -41,8 +42,8 @@ MANAGED_BY = "tenancy"
 STACK_ANNOTATION = "tenancy.io/stack"          # the Pulumi stack name (labels cannot hold 100 characters)
 TENANT_DATA_ANNOTATION = "tenancy.io/holds-tenant-data"
 
-# Workspace pod sizes by kind of stack. The platform program registers a resource per pooled tenant
-# (Identity Platform tenants), so it needs more memory than a tenant stack.
+# Workspace pod sizes by kind of stack: the global stack keeps the size of the one platform stack of earlier
+# versions (which registered a resource per tenant); unit stacks, bounded like tenant stacks, take a tenant's.
 WORKSPACE_RESOURCES = {
     "platform": {"requests": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "4Gi"},
                  "limits": {"memory": "6Gi", "ephemeral-storage": "8Gi"}},
