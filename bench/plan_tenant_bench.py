@@ -143,6 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--uncached-runs", type=int, help="runs without the cache (default: --runs; at least 1, its "
+                    "plan.json is the reference the cached runs are compared with)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "plan-tenant"))
     a = ap.parse_args()
     out = Path(a.out).resolve()
@@ -166,7 +168,7 @@ def main() -> None:
                     str(record), "--tenant", tid, "--out", str(plan_dir)]
             runs: dict[str, list[tuple[float, float]]] = {"uncached": [], "cold": [], "cached": []}
             same = True
-            for i in range(a.runs):
+            for i in range(max(1, a.uncached_runs if a.uncached_runs is not None else a.runs)):
                 wall, cpu, _ = timed(args, tree, cache=False)
                 runs["uncached"].append((wall, cpu))
                 if i == 0:
@@ -183,7 +185,8 @@ def main() -> None:
                        load=os.getloadavg()[0])
             rows.append(row)
             print(f"{n:>7,} tenants, {model} tenant {tid}: without the cache {_median(runs['uncached'])}; cold "
-                  f"{_median(runs['cold'])}; cached {_median(runs['cached'])} (medians of {a.runs}); plan.json identical: "
+                  f"{_median(runs['cold'])}; cached {_median(runs['cached'])} (medians of {len(runs['uncached'])} and "
+                  f"{a.runs}); plan.json identical: "
                   f"{same}; load {row['load']:.2f}", flush=True)
     print()
     print(f"{os.cpu_count()} cores; the 1-minute load average as each row finished in the last column")
