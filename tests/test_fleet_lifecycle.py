@@ -226,17 +226,20 @@ def test_place_command_line_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
     result, data, _ = sample_plan
     assert stack_of(data, "dev.stark")["placement"] == {"cell": "cell-1", "dataProject": "tenancy-dev-482913",
-                                                        "cluster": "dev-shared", "decided": "placed"}
-    assert stack_of(data, "dev.acme")["placement"] == {"decided": "own"}
+                                                        "identityShard": "identity-1", "cluster": "dev-shared",
+                                                        "decided": "placed"}
+    # a dedicated tenant takes a place in its home cell (its directory entry), but runs in its own cluster
+    assert stack_of(data, "dev.acme")["placement"] == {"cell": "cell-1", "identityShard": "identity-1",
+                                                       "cluster": "dev-acme", "decided": "placed"}
     platform = stack_of(data, "dev")["placement"]
-    assert platform["pooled"] == {"globex": {"poolShard": "pool-1"}, "hooli": {"poolShard": "pool-1"},
-                                  "initech": {"poolShard": "pool-1"}, "vandelay": {"poolShard": "pool-1"}}
+    assert platform["pooled"] == {t: {"poolShard": "pool-1", "identityShard": "identity-1"}
+                                  for t in ("globex", "hooli", "initech", "vandelay")}
     assert {u["unit"]: (u["used"], u["capacity"]) for u in platform["units"]} == {
-        "cell-1": (3, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
+        "cell-1": (5, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
     from tenancy import plan as planmod
     lines = planmod.summary(result).splitlines()
     start = lines.index("placement (capacity: stacks/Pulumi.dev.yaml):")
-    assert lines[start + 1:start + 14] == [
+    assert lines[start + 1:start + 13] == [
         "  dev.pied-piper   cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
         "  dev.stark        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
         "  dev.wayne        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
@@ -246,10 +249,10 @@ def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
         "  pooled hooli     pool shard pool-1 (instance dev-pooled-postgres)",
         "  pooled initech   pool shard pool-1 (instance dev-pooled-postgres)",
         "  pooled vandelay  pool shard pool-1 (instance dev-pooled-postgres)",
-        "  cells: 3 of 300 namespaces used in 1 built (cell-1 3/300)",
-        "  pool shards: 4 of 2,000 pooled tenants used in 1 built (pool-1 4/2,000)",
-        "  data projects: 10 of 1,000 Cloud SQL instances used in 1 built (tenancy-dev-482913 10/1,000)",
-    ][:13]
+        "  cells: 5 of 300 tenants used in 1 (cell-1 5/300)",
+        "  pool shards: 4 of 2,000 pooled tenants used in 1 (pool-1 4/2,000)",
+        "  data projects: 10 of 1,000 Cloud SQL instances used in 1 (tenancy-dev-482913 10/1,000)",
+    ]
 
 
 def test_a_full_environment_stops_the_plan_with_the_capacity_to_add(monkeypatch):
