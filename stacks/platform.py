@@ -179,7 +179,8 @@ def install_operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: 
     from components.operator import OperatorArgs, PulumiOperator
     from tenancy.operator.settings import CHART, CHART_VERSION, DEPLOYER_KSA, OperatorSettings
 
-    op = OperatorSettings.from_pulumi(env)
+    # A unit stack has no config file of its own: like the rest of its config, from stacks/Pulumi.<env>.yaml.
+    op = OperatorSettings.load(env)
     if not op.enabled:
         return
     scoped = [d for d in operator_deployers(env, cfg, catalog, op, units) if d.account_id]
