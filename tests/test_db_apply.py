@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tenancy import cli, registration
+from tenancy import cli, registration, topology
 from tenancy.catalog import load_catalog
 from tenancy.engine import OfflineEngine
 from tests.conftest import ROOT
@@ -24,9 +24,12 @@ POOLED = {"globex": ("free", "active"), "initech": ("basic", "active"), "hooli":
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    """The platform stack deployed offline with the shipped catalogue, once."""
+    """The platform side of dev (its global stack, then its identity shard, cell and pool shard) deployed offline with
+    the shipped catalogue, once."""
     state = tmp_path_factory.mktemp("platform")
-    OfflineEngine(state, "dev").up("dev", load_catalog(ROOT / "tenants.yaml"))
+    engine, catalog = OfflineEngine(state, "dev"), load_catalog(ROOT / "tenants.yaml")
+    for stack in topology.every_platform_stack("dev"):
+        engine.up(stack, catalog)
     return state
 
 
@@ -70,7 +73,7 @@ def marker(server, dbname: str):
 
 
 def test_the_registration_is_the_sql_jobs_from_the_record_and_from_the_catalogue(deployed, tmp_path):
-    """The SQL `--as pool-1` applies after the tenancy SQL is, byte for byte, what the platform stack's SQL job applies:
+    """The SQL `--as pool-1` applies after the tenancy SQL is, byte for byte, what the pool shard stack's SQL job applies:
     read from the deployed record, and, for an environment never deployed, from the catalogue's placement."""
     from tenancy.cli.common import checked_catalog
 
@@ -80,11 +83,11 @@ def test_the_registration_is_the_sql_jobs_from_the_record_and_from_the_catalogue
                                              lambda: pytest.fail("the deployed record is there"), "tenants.yaml")
     assert source == "the deployed record of dev"
     assert {r.id: (r.plan, r.state) for r in rows} == POOLED
-    assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev", "pooled")
+    assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev.pool-1", "pooled")
     rows, source = registration.for_database(target, "dev", OfflineEngine(tmp_path / "nothing", "dev"),
                                              lambda: checked_catalog(args), "tenants.yaml")
     assert source == "tenants.yaml (dev is not deployed)"
-    assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev", "pooled")
+    assert registration.sql(target, "dev", rows) == job_sql(deployed, "dev.pool-1", "pooled")
 
 
 def test_a_tenant_database_gets_what_its_stacks_job_registers(deployed):
@@ -103,15 +106,16 @@ def test_apply_as_a_pool_shard_registers_its_tenants_and_marks_it(pg_server, fre
     assert out.splitlines() == [
         f"applied 001_tenancy.sql, 002_sample_app.sql, the registration to 'host=127.0.0.1 port={pg_server.port} "
         f"dbname={fresh_db} user=postgres' in one transaction",
-        "dev's pool-1: 4 tenant(s) registered, from the deployed record of dev: globex (active), initech (active), "
-        "hooli (active), vandelay (suspended)",
+        "dev's pool-1: 4 tenant(s) registered, from the deployed record of dev: globex (active), hooli (active), "
+        "initech (active), vandelay (suspended)",
         "isolation audit clean"]
     found = tenants_of(pg_server, fresh_db)
     assert {t: (plan, model, state) for t, (plan, model, state, _) in found.items()} == {
         t: (plan, "pooled", state) for t, (plan, state) in POOLED.items()}
     assert found["globex"][3] == {"hostnames": ["app.dev.saas-example.com"], "placement": {
         "bucket": "tenancy-dev-482913-dev-pooled-uploads", "cluster": "dev-shared", "database": "dev-pooled-postgres",
-        "firestore": "dev-pooled", "namespace": "pooled", "poolShard": "pool-1", "prefix": "globex/", "stack": "dev"}}
+        "firestore": "dev-pooled", "identityShard": "identity-1", "namespace": "pooled", "poolShard": "pool-1",
+        "prefix": "globex/", "stack": "dev.pool-1"}}
     assert marker(pg_server, fresh_db) == [("dev", "pool-1")]
     # The application's writes: a registered tenant's go through, a suspended one's and an unknown one's are refused.
     with psycopg.connect(pg_server.dsn(user="tenancy_app", dbname=fresh_db)) as c:
@@ -163,8 +167,7 @@ def test_the_tenancy_sql_and_the_registration_are_one_transaction(pg_server, fre
 @pytest.mark.parametrize("name, message", [
     ("pool1", "--as pool1: not a database name of the registry; give pool-N (a pool shard's database, e.g. pool-1) or "
               "TENANT/postgres-N (one of a namespace or dedicated tenant's own, e.g. acme/postgres-1)"),
-    ("pool-2", "--as pool-2: environment dev builds pool shard(s) pool-1 (tenancy:poolShards and tenancy:layout in "
-               "stacks/Pulumi.dev.yaml)"),
+    ("pool-2", "--as pool-2: environment dev builds pool shard(s) pool-1 (tenancy:poolShards in stacks/Pulumi.dev.yaml)"),
     ("strak/postgres-1", "--as strak/postgres-1: no tenant 'strak' in the deployed record of dev; did you mean "
                          "stark/postgres-1?"),
     ("globex/postgres-1", "--as globex/postgres-1: tenant 'globex' is pooled (plan free) in the deployed record of dev: "

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tenancy import cli, envconfig, prcomment
+from tenancy import cli, envconfig, prcomment, topology
 from tenancy.catalog import load_catalog, parse_catalog
 from tenancy.changes import changes_between
 from tenancy.engine import OfflineEngine
@@ -45,16 +45,33 @@ def shards(engine) -> dict[str, str]:
     return {tid: e["placement"]["poolShard"] for tid, e in directory(engine).items()}
 
 
+# The platform side of dev with two pool shards: its global stack, then its units, in the order they deploy.
+PLATFORM = ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1", "dev.pool-2"]
+
+
+def unit_record(engine, stack: str) -> dict:
+    return json.loads(engine.outputs(stack)["deployedRecord"])
+
+
 def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml_says(two_shards, tmp_path):
     engine = OfflineEngine(tmp_path / "state", "dev")
-    assert [o.status for o in deploy.deploy(engine, parse_catalog(BASE), "dev")] == ["ok"]
+    assert [(o.stack, o.status) for o in deploy.deploy(engine, parse_catalog(BASE), "dev")] == [
+        (s, "ok") for s in PLATFORM]
     assert shards(engine) == {"bravo": "pool-1", "charlie": "pool-1"}
     # alpha sorts first: placed from scratch it would take pool-1 and push charlie to pool-2
-    assert [o.status for o in deploy.deploy(engine, parse_catalog(WITH_ALPHA), "dev")] == ["ok"]
+    assert [(o.stack, o.status) for o in deploy.deploy(engine, parse_catalog(WITH_ALPHA), "dev")] == [
+        (s, "ok") for s in PLATFORM]
     assert shards(engine) == {"alpha": "pool-2", "bravo": "pool-1", "charlie": "pool-1"}
-    record = json.loads(engine.outputs("dev")["deployedRecord"])
-    assert record["placements"] == {"alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"},
-                                    "charlie": {"poolShard": "pool-1"}}
+    # each pool shard records the placements of its own tenants, the global stack and the cell none
+    assert unit_record(engine, "dev.pool-1")["placements"] == {
+        "bravo": {"identityShard": "identity-1", "poolShard": "pool-1"},
+        "charlie": {"identityShard": "identity-1", "poolShard": "pool-1"}}
+    assert unit_record(engine, "dev.pool-2")["placements"] == {"alpha": {"identityShard": "identity-1", "poolShard": "pool-2"}}
+    assert unit_record(engine, "dev")["placements"] == {} and unit_record(engine, "dev.cell-1")["placements"] == {}
+    assert rec.read(engine, "dev").catalog.placements == {
+        "alpha": {"identityShard": "identity-1", "poolShard": "pool-2"},
+        "bravo": {"identityShard": "identity-1", "poolShard": "pool-1"},
+        "charlie": {"identityShard": "identity-1", "poolShard": "pool-1"}}
     entry = directory(engine)["alpha"]["placement"]
     assert entry["database"] == "dev-pool-2-postgres" and entry["prefix"] == "alpha/"
     # tenants.yaml reordered: nothing moves
@@ -65,7 +82,8 @@ def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml
     pinned = parse_catalog(WITH_ALPHA.replace("admin_email: c@charlie.example}",
                                               "admin_email: c@charlie.example, placement: {pool_shard: pool-2}}"))
     result = deploy.rollout(engine, pinned, "dev")
-    assert [(o.stack, o.status) for o in result.outcomes] == [("dev", "ok")], "a pooled tenant is no stack of its own"
+    assert [(o.stack, o.status) for o in result.outcomes] == [(s, "ok") for s in PLATFORM], \
+        "a pooled tenant is no stack of its own"
     assert [deploy.pending_line(p, "dev") for p in result.pending] == [
         "pending: tenant 'charlie' is pinned to pool-2 (placement.pool_shard) in tenants.yaml but deployed in pool-1; a "
         "deploy never moves a placed tenant; run: tenancy place charlie --pool-shard pool-2 --env dev"]
@@ -75,17 +93,27 @@ def test_deploys_keep_placed_tenants_where_the_record_says_whatever_tenants_yaml
 def test_under_the_pulumi_cli_the_program_reads_the_deployed_placements_the_engine_hands_it(two_shards, tmp_path,
                                                                                            monkeypatch):
     import stacks
-    from tenancy.plan import _platform_config
-    from tenancy.recorder import run_program
+    from tenancy.envconfig import project_name
+    from tenancy.recorder import ORGANIZATION, run_program
 
     (tmp_path / "tenants.yaml").write_text(WITH_ALPHA)
     (tmp_path / "placements.json").write_text(json.dumps({"alpha": {"poolShard": "pool-2"}}))
+    # what a pool shard's StackReferences read: the global stack, the identity shard and cell 1, deployed
+    engine = OfflineEngine(tmp_path / "state", "dev")
+    for stack in PLATFORM[:3]:
+        engine.up(stack, parse_catalog(WITH_ALPHA))
+    refs = {}
+    for stack in PLATFORM[:3]:
+        state = json.loads((tmp_path / "state" / f"{stack}.json").read_text())
+        refs[f"{ORGANIZATION}/{project_name()}/{stack}"] = (state["rawOutputs"], state["secretOutputs"])
     monkeypatch.setenv(stacks.CATALOG_ENV, str(tmp_path / "tenants.yaml"))
     monkeypatch.setenv(stacks.PLACEMENTS_ENV, str(tmp_path / "placements.json"))
-    result = run_program(stacks._main_async, project="tenancy", stack="dev", config=_platform_config("dev"))
-    # placed from scratch alpha would take pool-1 (first by id); the deployed placement keeps it in pool-2
-    assert json.loads(result.outputs["deployedRecord"])["placements"] == {
-        "alpha": {"poolShard": "pool-2"}, "bravo": {"poolShard": "pool-1"}, "charlie": {"poolShard": "pool-1"}}
+    # placed from scratch alpha would take pool-1 (first by id) and charlie pool-2; the deployed placement keeps alpha
+    # in pool-2, and each shard's program records its own tenants
+    for stack, placed in (("dev.pool-1", {"bravo": "pool-1", "charlie": "pool-1"}), ("dev.pool-2", {"alpha": "pool-2"})):
+        result = run_program(stacks._main_async, project=project_name(), stack=stack, config={}, stack_outputs=refs)
+        assert json.loads(result.outputs["deployedRecord"])["placements"] == {
+            t: {"identityShard": "identity-1", "poolShard": shard} for t, shard in placed.items()}, stack
 
 
 def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_path):
@@ -94,7 +122,11 @@ def test_a_record_from_before_placement_puts_everyone_in_the_first_units(tmp_pat
     del record["placements"]
     (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record),
                                                                "gcpProject": "tenancy-dev-482913"}}))
-    deployed = rec.read(OfflineEngine(tmp_path, "dev"), "dev")
+    # such a record is a single platform stack's: refused until `tenancy migrate`, which reads it all the same
+    with pytest.raises(rec.LayoutError, match=r"^environment 'dev' is deployed as one platform stack 'dev', the layout "
+                                              r"of earlier versions: run `tenancy migrate --env dev` first"):
+        rec.read(OfflineEngine(tmp_path, "dev"), "dev")
+    deployed = rec.read(OfflineEngine(tmp_path, "dev"), "dev", one_platform_stack=True)
     assert deployed.catalog.placements["stark"] == {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}
     assert deployed.catalog.placements["globex"] == {"poolShard": "pool-1"}
     assert "acme" not in deployed.catalog.placements and "cyberdyne" not in deployed.catalog.placements
@@ -165,7 +197,8 @@ def test_place_moves_one_pooled_tenant_with_its_rows_found_through_the_registry(
     assert directory(engine) == before, "refusals change nothing"
     assert registry.history("bravo") == [] and registry.history("charlie") == []
     out = place.place(ctx, catalog, "charlie", pool_shard="pool-2", reach=rows_only)
-    assert (out.status, out.detail["from"], out.detail["to"]) == ("done", {"poolShard": "pool-1"}, {"poolShard": "pool-2"})
+    assert (out.status, out.detail["from"], out.detail["to"]) == (
+        "done", {"identityShard": "identity-1", "poolShard": "pool-1"}, {"identityShard": "identity-1", "poolShard": "pool-2"})
     assert rows(pg_server, shard_dbs["pool-2"], "charlie") == charlie, "every row of charlie moved"
     assert rows(pg_server, shard_dbs["pool-1"], "charlie") == {t: [] for t in TABLES}, "and none is left behind"
     assert rows(pg_server, shard_dbs["pool-1"], "bravo")["app.users"], "bravo untouched"
@@ -183,9 +216,12 @@ def test_place_moves_one_pooled_tenant_with_its_rows_found_through_the_registry(
 def test_place_refuses_cells_and_data_projects_of_a_namespace_tenant(monkeypatch, tmp_path):
     catalog = load_catalog(ROOT / "tenants.yaml")
     two_cells = dataclasses.replace(fleet_capacity.load("dev"), cells=2, data_projects=("tenancy-dev-482913", "data-proj-1"))
-    record = json.loads(record_json(catalog, {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}}))
-    (tmp_path / "dev.json").write_text(json.dumps({"outputs": {"deployedRecord": json.dumps(record)}}))
+    deployer = OfflineEngine(tmp_path, "dev")
+    for stack in topology.every_platform_stack("dev"):
+        deployer.up(stack, catalog)
     engine = OfflineEngine(tmp_path, "dev")
+    assert rec.read(engine, "dev").catalog.placements["stark"] == {
+        "cell": "cell-1", "dataProject": "tenancy-dev-482913", "identityShard": "identity-1"}
     with pytest.raises(Refused, match=r"^tenant 'stark' runs in cell cell-1 \(cluster dev-shared\): its namespace "
                                       r"tenant-stark, workloads and the Neo4j volume are there, and moving them to cell-2 "
                                       r"means rebuilding its tenant stack in that cell's cluster, which this version does "
@@ -226,17 +262,20 @@ def test_place_command_line_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
     result, data, _ = sample_plan
     assert stack_of(data, "dev.stark")["placement"] == {"cell": "cell-1", "dataProject": "tenancy-dev-482913",
-                                                        "cluster": "dev-shared", "decided": "placed"}
-    assert stack_of(data, "dev.acme")["placement"] == {"decided": "own"}
+                                                        "identityShard": "identity-1", "cluster": "dev-shared",
+                                                        "decided": "placed"}
+    # a dedicated tenant takes a place in its home cell (its directory entry), but runs in its own cluster
+    assert stack_of(data, "dev.acme")["placement"] == {"cell": "cell-1", "identityShard": "identity-1",
+                                                       "cluster": "dev-acme", "decided": "placed"}
     platform = stack_of(data, "dev")["placement"]
-    assert platform["pooled"] == {"globex": {"poolShard": "pool-1"}, "hooli": {"poolShard": "pool-1"},
-                                  "initech": {"poolShard": "pool-1"}, "vandelay": {"poolShard": "pool-1"}}
+    assert platform["pooled"] == {t: {"poolShard": "pool-1", "identityShard": "identity-1"}
+                                  for t in ("globex", "hooli", "initech", "vandelay")}
     assert {u["unit"]: (u["used"], u["capacity"]) for u in platform["units"]} == {
-        "cell-1": (3, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
+        "cell-1": (5, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
     from tenancy import plan as planmod
     lines = planmod.summary(result).splitlines()
     start = lines.index("placement (capacity: stacks/Pulumi.dev.yaml):")
-    assert lines[start + 1:start + 14] == [
+    assert lines[start + 1:start + 13] == [
         "  dev.pied-piper   cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
         "  dev.stark        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
         "  dev.wayne        cell cell-1 (cluster dev-shared), Cloud SQL in tenancy-dev-482913",
@@ -246,28 +285,33 @@ def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
         "  pooled hooli     pool shard pool-1 (instance dev-pooled-postgres)",
         "  pooled initech   pool shard pool-1 (instance dev-pooled-postgres)",
         "  pooled vandelay  pool shard pool-1 (instance dev-pooled-postgres)",
-        "  cells: 3 of 300 namespaces used in 1 built (cell-1 3/300)",
-        "  pool shards: 4 of 2,000 pooled tenants used in 1 built (pool-1 4/2,000)",
-        "  data projects: 10 of 1,000 Cloud SQL instances used in 1 built (tenancy-dev-482913 10/1,000)",
-    ][:13]
+        "  cells: 5 of 300 tenants used in 1 (cell-1 5/300)",
+        "  pool shards: 4 of 2,000 pooled tenants used in 1 (pool-1 4/2,000)",
+        "  data projects: 10 of 1,000 Cloud SQL instances used in 1 (tenancy-dev-482913 10/1,000)",
+    ]
 
 
 def test_a_full_environment_stops_the_plan_with_the_capacity_to_add(monkeypatch):
     from tenancy import plan as planmod
 
     real = envconfig.load_stack_config
-    monkeypatch.setattr(envconfig, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "2"})
+    # cell-1 is home to five tenants: the two dedicated ones take their places too, so a cell of four leaves wayne out
+    monkeypatch.setattr(envconfig, "load_stack_config", lambda env: {**real(env), "tenancy:cellCapacity": "4"})
     with pytest.raises(PlacementError, match=r"^environment 'dev' is full: 1 new tenant\(s\) need a cell \(wayne\), and "
-                                             r"cell-1 holds 2 of 2 namespaces"):
+                                             r"cell-1 holds 4 of 4 tenants\. Add capacity in stacks/Pulumi\.dev\.yaml: raise "
+                                             r"tenancy:cells from 1 to 2 \(each cell holds tenancy:cellCapacity = 4 "
+                                             r"tenants\), or raise tenancy:cellCapacity$"):
         planmod.plan(load_catalog(ROOT / "tenants.yaml"), "dev", tenants=["stark"], workers=1)
 
 
-def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused():
+def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused(monkeypatch):
     base = load_catalog(ROOT / "tenants.yaml")
     head = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
                          "admin_email: a@newco.example, placement: {cell: cell-1}}\n")
     changes = changes_between(base, head, "dev")
-    assert changes.reasons["dev"] == ["tenant added: newco"]
+    # its identity tenant, its directory entry in its cell and its own stack; nothing in the global stack or the pool
+    assert changes.reasons == {"dev.cell-1": ["tenant added: newco"], "dev.identity-1": ["tenant added: newco"],
+                               "dev.newco": ["tenant added"]}
     from tenancy.fleet.placement import place
     placed = place(head, fleet_capacity.load("dev"))
     md = prcomment.render(base, head, changes, "dev", placement=placed)
@@ -277,10 +321,14 @@ def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused
     refused = prcomment.render(base, head, changes, "dev", placement_refused="environment 'dev' is full: ...\nsecond")
     assert "**Placement refused** — this change cannot be deployed as it is:" in refused
     assert "- environment 'dev' is full: ..." in refused.splitlines() and "- second" in refused.splitlines()
-    # a pin that changes is a change of the platform stack (it decides where a new tenant goes)
+    # a pin that changes is a change of the cells it moves the new tenant between (each holds its directory entry)
+    from tests.test_cells import cells_config
+
+    cells_config(monkeypatch, **{"tenancy:cells": "2"})
     repinned = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
                              "admin_email: a@newco.example, placement: {cell: cell-2}}\n")
-    assert changes_between(head, repinned, "dev").reasons == {"dev": ["tenant newco changed: placement"]}
+    assert changes_between(head, repinned, "dev").reasons == {"dev.cell-1": ["tenant newco changed: placement"],
+                                                              "dev.cell-2": ["tenant newco changed: placement"]}
 
 
 def test_plan_and_pr_comment_read_a_saved_deployed_record(tmp_path, capsys):

@@ -33,7 +33,10 @@ def stack_json(placement: Placement, catalog: Catalog, kind: str, tenant: str | 
         placed = placement.tenants.get(tenant or "")
         out: dict[str, Any] = placed.to_json() if placed else {}
         if placed and placed.cell:
-            out["cluster"] = naming.cell_cluster(placement.capacity.environment, placed.cell)
+            # A dedicated tenant's home cell holds its directory entry only; its workloads run in its own cluster.
+            env = placement.capacity.environment
+            dedicated = any(t.id == tenant and t.model is Model.DEDICATED for t in catalog.tenants)
+            out["cluster"] = naming.cluster(env, tenant) if dedicated else naming.cell_cluster(env, placed.cell)
         out["decided"] = placement.decided.get(tenant or "", "own")
         return out
     pooled = {t.id: placement.tenants[t.id].to_json() for t in catalog.by_model(Model.POOLED) if t.id in placement.tenants}
