@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, catalog_repo_at
 
@@ -85,8 +86,12 @@ def test_operator_manifests_refuse_a_working_tree_that_is_not_the_commit(repo, c
     sha = subprocess.run(["git", "-C", str(repo.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     args = ["operator", "manifests", "--env", "prod", "--tenants", str(repo)]
     assert cli.main(args) == 0, capsys.readouterr().err
-    assert capsys.readouterr().err.splitlines() == [f"6 Stack object(s) at commit {sha[:12]}, each valid against the "
-                                                    "operator's CRD"]
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [f"9 Stack object(s) at commit {sha[:12]}, each valid against the operator's CRD"]
+    # the global stack, its identity shard, cell and pool shard, then the five tenants with stacks of their own
+    assert [d["spec"]["stack"].rsplit("/", 1)[1] for d in yaml.safe_load_all(out.out) if d and d["kind"] == "Stack"] == [
+        "prod", "prod.identity-1", "prod.cell-1", "prod.pool-1", "prod.pied-piper", "prod.stark", "prod.wayne",
+        "prod.acme", "prod.cyberdyne"]
     repo.write_text(repo.read_text().replace("plan: free", "plan: basic", 1))
     (repo.parent / "notes.txt").write_text("new, not ignored\n")
     assert cli.main(args) == 2

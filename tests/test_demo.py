@@ -121,10 +121,14 @@ def test_make_demo_walks_a_tenant_through_its_life_and_demo_down_leaves_nothing(
 
 def _check_output(out: str, d: Path, restore: bool) -> None:
     from tenancy.catalog import load_catalog
+    from tenancy.topology import every_platform_stack
 
     shipped = load_catalog(ROOT / "tenants.yaml")
-    stacks = 1 + sum(t.has_stack for t in shipped.tenants)
-    pooled = [t for t in shipped.tenants if t.model.value == "pooled" and t.in_directory]
+    # the global stack, its identity shard, cell and pool shard, and a stack per tenant that has one
+    assert every_platform_stack("dev") == ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"]
+    stacks = len(every_platform_stack("dev")) + sum(t.has_stack for t in shipped.tenants)
+    # in the deployed record's order: merged from the cell and pool-shard stacks, by tenant id
+    pooled = sorted((t for t in shipped.tenants if t.model.value == "pooled" and t.in_directory), key=lambda t: t.id)
     models = {m: sum(t.model.value == m for t in shipped.tenants) + (m == "pooled") for m in ("dedicated", "namespace",
                                                                                             "pooled")}
     seeded = [t.id for t in pooled if t.state.value == "active"]
@@ -179,8 +183,8 @@ def _check_output(out: str, d: Path, restore: bool) -> None:
     assert (f"{d}/tenants.yaml: valid: {len(shipped.tenants) + 1} tenants ({models['dedicated']} dedicated, "
             f"{models['namespace']} namespace, {models['pooled']} pooled), {len(shipped.plans)} plans; checked against "
             "environment dev") in onboard
-    assert any(f"{len(pooled) + 1} tenant(s) registered" in line and line.endswith(", soylent (active)")
-               for line in onboard)
+    assert (f"dev's pool-1: {len(pooled) + 1} tenant(s) registered, from the deployed record of dev: " + ", ".join(
+        sorted([f"{t.id} ({t.state.value})" for t in pooled] + ["soylent (active)"]))) in onboard
     assert f"registry: {len(shipped.tenants) + 1} tenant(s) recorded" in onboard
 
     for step, to, extra, at in ((STEPS[6], "standard", "", "soylent/postgres-1"),

@@ -19,6 +19,8 @@ from tenancy.engine import AutomationEngine, OfflineEngine
 from tests.conftest import ROOT, catalog_repo_at
 
 SAMPLE_STACKS = ["dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+# dev as shipped: the global stack, then one identity shard, one cell and one pool shard, in the order they deploy
+PLATFORM_STACKS = ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +52,16 @@ class Watching(OfflineEngine):
 def test_platform_first_then_tenants_in_parallel(tmp_path, catalog):
     engine = Watching(tmp_path / "state", "dev")
     outcomes = deploy.deploy(engine, catalog, "dev", mode="up", parallel=3)
-    assert [o.stack for o in outcomes] == ["dev", *SAMPLE_STACKS]
+    assert [o.stack for o in outcomes] == [*PLATFORM_STACKS, *SAMPLE_STACKS]
     assert all(o.status == "ok" for o in outcomes), [o.line() for o in outcomes]
-    assert engine.calls[:2] == [("preview", "dev"), ("up", "dev")]
-    assert {s for op, s in engine.calls[2:]} == set(SAMPLE_STACKS)
+    # the platform-side stacks one after the other, each previewed then updated, before any tenant stack
+    assert engine.calls[:8] == [(op, s) for s in PLATFORM_STACKS for op in ("preview", "up")]
+    assert {s for op, s in engine.calls[8:]} == set(SAMPLE_STACKS)
     assert engine.max_active >= 2, "tenant stacks run in parallel"
-    assert sorted(engine.stacks()) == sorted(["dev", *SAMPLE_STACKS])
+    assert sorted(engine.stacks()) == sorted([*PLATFORM_STACKS, *SAMPLE_STACKS])
     again = deploy.deploy(engine, catalog, "dev", mode="preview")
     assert all(o.result.changes == [] for o in again), "a second run finds nothing to change"
-    assert [o.line() for o in again] == [f"{s}: ok: no changes" for s in ["dev", *SAMPLE_STACKS]]
+    assert [o.line() for o in again] == [f"{s}: ok: no changes" for s in [*PLATFORM_STACKS, *SAMPLE_STACKS]]
 
 
 def test_a_stateful_replace_is_refused_without_allow_destroy(tmp_path, catalog):
@@ -131,6 +134,7 @@ def test_a_failed_platform_update_skips_the_tenants(tmp_path, catalog):
 
     outcomes = deploy.deploy(Failing(tmp_path / "s", "dev"), catalog, "dev", mode="up")
     assert outcomes[0].line() == "dev: failed: quota exceeded"
+    assert [o.stack for o in outcomes[1:]] == [*PLATFORM_STACKS[1:], *SAMPLE_STACKS]
     assert {o.status for o in outcomes[1:]} == {"skipped"}
 
 
@@ -138,15 +142,32 @@ def test_tenant_stack_before_platform_is_refused_up_front(tmp_path, catalog):
     engine = OfflineEngine(tmp_path / "s", "dev")
     with pytest.raises(deploy.NotDeployed) as exc:
         deploy.deploy(engine, catalog, "dev", mode="up", tenants=["stark"])
+    # a namespace tenant needs the global stack and its cell, and the cell its identity shard: each is named
     assert str(exc.value) == ("dev.stark reads dev, which has never been deployed, and it is not in this rollout; "
+                              "dev.stark reads dev.identity-1, which has never been deployed, and it is not in this "
+                              "rollout; dev.stark reads dev.cell-1, which has never been deployed, and it is not in "
+                              "this rollout; nothing was changed")
+    assert exc.value.outside == ["dev", "dev.identity-1", "dev.cell-1"] and exc.value.exit_code == 2
+    assert [c for c in engine.calls if c[0] in ("preview", "up")] == [], "refused before anything ran"
+    with pytest.raises(deploy.NotDeployed) as exc:      # a dedicated tenant reads the global stack alone
+        deploy.deploy(engine, catalog, "dev", mode="up", tenants=["acme"])
+    assert str(exc.value) == ("dev.acme reads dev, which has never been deployed, and it is not in this rollout; "
                               "nothing was changed")
-    assert exc.value.outside == ["dev"] and exc.value.exit_code == 2
+    assert exc.value.outside == ["dev"]
     assert [c for c in engine.calls if c[0] in ("preview", "up")] == [], "refused before anything ran"
     # a preview deploys nothing: it says which stacks wait for the platform instead of failing them
     outcomes = deploy.deploy(engine, catalog, "dev", mode="preview")
-    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), *((s, "skipped") for s in SAMPLE_STACKS)]
-    assert outcomes[1].message == ("reads dev, which has never been deployed: a preview deploys nothing, so this stack "
-                                   "is previewed once it is up (`tenancy plan` shows it now)")
+    assert [(o.stack, o.status) for o in outcomes] == [("dev", "ok"), *((s, "skipped") for s in PLATFORM_STACKS[1:]),
+                                                       *((s, "skipped") for s in SAMPLE_STACKS)]
+    said = {o.stack: o.message for o in outcomes}
+    assert said["dev.identity-1"] == ("reads dev, which has never been deployed: a preview deploys nothing, so this "
+                                      "stack is previewed once it is up (`tenancy plan` shows it now)")
+    assert said["dev.cell-1"] == said["dev.pool-1"] == "platform stack dev.identity-1 skipped"
+    assert said["dev.stark"] == ("reads dev, dev.identity-1, dev.cell-1, which have never been deployed: a preview "
+                                 "deploys nothing, so this stack is previewed once they are up (`tenancy plan` shows "
+                                 "it now)")
+    assert said["dev.acme"] == said["dev.identity-1"]
+    assert engine.calls == [("preview", "dev")] and engine.stacks() == [], "nothing was deployed"
 
 
 # ------------------------------------------------------------------------------------- Automation API
@@ -219,7 +240,7 @@ def test_automation_engine_hands_the_program_its_deployed_placements(tmp_path, c
     cmd = RecordingCommand()
     engine = AutomationEngine(ROOT, ROOT / "policy", command=cmd, pulumi_home=tmp_path / "home")
     placed = {"stark": {"cell": "cell-1", "dataProject": "tenancy-dev-482913"}, "globex": {"poolShard": "pool-1"}}
-    engine.up("dev", dataclasses.replace(catalog, placements=placed))
+    engine.up("dev.cell-1", dataclasses.replace(catalog, placements=placed))   # the cell places its tenants
     env = cmd.envs[-1]
     assert json.loads(Path(env["TENANCY_PLACEMENTS"]).read_text()) == placed
 

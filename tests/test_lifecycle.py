@@ -58,7 +58,7 @@ def registry(server, dbname, tenant):
 @pytest.fixture
 def world(pg_server, tenancy_db, tmp_path, registry):
     """Pooled DB with three tenants' rows, three empty databases for a tenant's postgres-1..3, a registry, a deployed
-    platform stack (offline)."""
+    environment (offline): global, identity, cell and pool-shard stacks."""
     tenant_dbs = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         for name in tenant_dbs:
@@ -136,8 +136,11 @@ def test_upgrade_pooled_to_namespace_moves_every_row_once(world):
     assert headers == out.phases_run, lines
     assert out.detail["rows"] == 16 and out.detail["freeze_seconds"] is not None and out.detail["freeze_seconds"] >= 0
     assert_upgraded(world)
-    # previewed in the preflight, before anything changed; the platform's record published after the switch
-    assert world["engine"].calls == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev"), ("up", "dev")]
+    # previewed in the preflight, before anything changed; after the switch the record is published by the
+    # tenant's home units before and after (its pool shard, its new cell) and by no other stack: not the global
+    # stack, not its identity shard (its Identity Platform tenant never moves)
+    assert world["engine"].calls == [("preview", "dev.bravo"), ("up", "dev.bravo"), ("preview", "dev.cell-1"),
+                                     ("up", "dev.cell-1"), ("preview", "dev.pool-1"), ("up", "dev.pool-1")]
     [op] = world["registry"].history("bravo")
     assert (op.kind, op.status, op.args) == ("upgrade", "done", {"to_plan": "standard"})
     done = [(p, d) for p, e, d in world["registry"].journal(op.id) if e == "done"]

@@ -27,6 +27,10 @@ environments:
 """
 
 
+# dev as shipped: the global stack and one unit of each kind, in the order they deploy
+PLATFORM = ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"]
+
+
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog(ROOT / "tenants.yaml")
@@ -71,17 +75,19 @@ def test_the_committed_rollout_file_is_valid(catalog):
     assert [w.name for w in committed.waves] == ["canary", "pool", "namespace", "dedicated"]
     assert committed.pause_seconds == 300 and committed.health.endpoints is True
     assert waves.load(ROOT / "rollout.yaml", "dev").pause_seconds == 0, "environments override keys"
-    plan = waves.assign(committed, catalog, "prod", ["prod", "prod.pied-piper", "prod.stark", "prod.wayne", "prod.acme"])
+    units = ["prod.identity-1", "prod.cell-1", "prod.pool-1"]
+    plan = waves.assign(committed, catalog, "prod", ["prod", *units, "prod.pied-piper", "prod.stark", "prod.wayne",
+                                                     "prod.acme"])
     assert [(w.number, w.name, w.stacks) for w in plan] == [
-        (1, "canary", ["prod.stark"]), (2, "pool", ["prod"]), (3, "namespace", ["prod.pied-piper", "prod.wayne"]),
+        (1, "canary", ["prod.stark"]), (2, "pool", ["prod", *units]), (3, "namespace", ["prod.pied-piper", "prod.wayne"]),
         (4, "dedicated", ["prod.acme"])]
 
 
 def test_without_a_file_the_platform_goes_first_then_the_tenants(catalog, tmp_path):
     spec = waves.load(tmp_path / "absent.yaml", "dev")
     assert spec is waves.DEFAULT
-    plan = waves.assign(spec, catalog, "dev", ["dev", "dev.stark", "dev.acme"])
-    assert [(w.name, w.stacks) for w in plan] == [("platform", ["dev"]), ("tenants", ["dev.stark", "dev.acme"])]
+    plan = waves.assign(spec, catalog, "dev", [*PLATFORM, "dev.stark", "dev.acme"])
+    assert [(w.name, w.stacks) for w in plan] == [("platform", PLATFORM), ("tenants", ["dev.stark", "dev.acme"])]
     with pytest.raises(ConfigError, match=r"absent.yaml: file not found; pass --waves FILE"):
         waves.load(tmp_path / "absent.yaml", "dev", required=True)
 
@@ -120,7 +126,7 @@ def test_a_failing_wave_halts_the_rollout(engine, catalog, spec):
     pauses = []
     result = deploy.rollout(engine, changed, "dev", mode="up", waves=spec, sleep=pauses.append, parallel=2)
     status = {o.stack: (o.status, o.message) for o in result.outcomes}
-    assert status["dev.stark"][0] == status["dev"][0] == status["dev.pied-piper"][0] == "ok"
+    assert {status[s][0] for s in ("dev.stark", *PLATFORM, "dev.pied-piper")} == {"ok"}
     assert status["dev.wayne"] == ("failed", "dev.wayne: googleapi: Error 403: quota exceeded")
     for s in ("dev.acme", "dev.cyberdyne"):
         assert status[s] == ("skipped", "wave 4/4 'dedicated' not started: the rollout halted at wave 3")
@@ -128,7 +134,8 @@ def test_a_failing_wave_halts_the_rollout(engine, catalog, spec):
     assert result.halted.reason == "dev.wayne failed: dev.wayne: googleapi: Error 403: quota exceeded"
     assert pauses == [300, 300], "a pause after the canary and after the pool wave, none after the failed wave"
     touched = [s for _, s in engine.calls]
-    assert touched[:2] == ["dev.stark", "dev.stark"] and touched[2:4] == ["dev", "dev"], "canary first, then the pool"
+    assert touched[:2] == ["dev.stark", "dev.stark"], "canary first"
+    assert touched[2:10] == [s for s in PLATFORM for _ in ("preview", "up")], "then the pool: the platform-side stacks in order"
     assert "dev.acme" not in touched and "dev.cyberdyne" not in touched
 
 
@@ -138,7 +145,7 @@ def test_resuming_from_the_halted_wave_skips_the_waves_before(engine, catalog, s
     assert result.halted is None
     status = {o.stack: (o.status, o.message) for o in result.outcomes}
     assert status["dev.stark"] == ("skipped", "wave 1/4 'canary' skipped (--from-wave 3)")
-    assert status["dev"] == ("skipped", "wave 2/4 'pool' skipped (--from-wave 3)")
+    assert {s: status[s] for s in PLATFORM} == {s: ("skipped", "wave 2/4 'pool' skipped (--from-wave 3)") for s in PLATFORM}
     assert {s for _, s in engine.calls} == {"dev.pied-piper", "dev.wayne", "dev.acme", "dev.cyberdyne"}
     with pytest.raises(ConfigError, match=r"--from-wave 5: this rollout has waves 1 to 4 \(1 canary, 2 pool, 3 namespace, 4 dedicated\)"):
         deploy.rollout(engine, catalog, "dev", mode="up", waves=spec, from_wave=5)
@@ -158,10 +165,10 @@ def test_a_failing_health_gate_halts_before_the_next_wave(engine, catalog, spec)
     gate = Recording({2: ["https://app.dev.saas-example.com/healthz answered 503 (3 attempt(s))"]})
     engine.calls.clear()
     result = deploy.rollout(engine, catalog, "dev", mode="up", waves=spec, gate=gate, sleep=lambda s: None)
-    assert gate.seen == [(1, ["dev.stark"]), (2, ["dev"])]
+    assert gate.seen == [(1, ["dev.stark"]), (2, sorted(PLATFORM))]
     assert result.halted.wave == 2
     assert result.halted.reason == "health gate: https://app.dev.saas-example.com/healthz answered 503 (3 attempt(s))"
-    assert {s for _, s in engine.calls} == {"dev.stark", "dev"}
+    assert {s for _, s in engine.calls} == {"dev.stark", *PLATFORM}
 
 
 def test_health_gate_checks_outputs_and_the_directory_hosts(engine, catalog):
@@ -173,7 +180,7 @@ def test_health_gate_checks_outputs_and_the_directory_hosts(engine, catalog):
         return answers[url].pop(0)
 
     gate = waves.HealthGate(engine, waves.HealthSpec(timeout_seconds=4), fetch=fetch, sleep=slept.append)
-    pool = waves.Wave(2, "pool", ["dev"], 0)
+    pool = waves.Wave(2, "pool", PLATFORM, 0)
     assert gate.check(pool, {}, catalog, "dev") == []
     assert fetched == [("https://app.dev.saas-example.com/healthz", 4), ("https://app.dev.saas-example.com/healthz", 4)]
     assert slept == [5.0], "a retry after a back-off"
@@ -183,13 +190,16 @@ def test_health_gate_checks_outputs_and_the_directory_hosts(engine, catalog):
     assert fetched == [("https://stark.dev.saas-example.com/healthz", 4)], "wayne is suspended: its routes are removed"
     down = waves.HealthGate(engine, waves.HealthSpec(attempts=2), fetch=lambda u, t: (_ for _ in ()).throw(OSError("timed out")))
     assert down.check(tenants, {}, catalog, "dev") == ["https://stark.dev.saas-example.com/healthz unreachable: timed out (2 attempt(s))"]
-    # outputs: the directory must list every tenant the catalogue puts in it
-    outputs = engine.outputs("dev")
-    directory = json.loads(outputs["tenantDirectory"])
-    del directory["stark"]
+    # outputs: each unit's directory must list every tenant the catalogue places in that unit
     only_outputs = waves.HealthGate(engine, waves.HealthSpec(endpoints=False))
-    assert only_outputs.check(pool, {"dev": {**outputs, "tenantDirectory": json.dumps(directory)}}, catalog, "dev") == [
-        "dev: the tenant directory lacks 1 tenant(s): stark"]
+    assert only_outputs.check(pool, {}, catalog, "dev") == []
+    cell, shard = engine.outputs("dev.cell-1"), engine.outputs("dev.pool-1")
+    without_stark = {k: v for k, v in json.loads(cell["tenantDirectory"]).items() if k != "stark"}
+    without_globex = {k: v for k, v in json.loads(shard["tenantDirectory"]).items() if k != "globex"}
+    assert only_outputs.check(pool, {"dev.cell-1": {**cell, "tenantDirectory": json.dumps(without_stark)},
+                                     "dev.pool-1": {**shard, "tenantDirectory": json.dumps(without_globex)}},
+                              catalog, "dev") == ["dev.cell-1: the tenant directory lacks 1 tenant(s): stark",
+                                                  "dev.pool-1: the tenant directory lacks 1 tenant(s): globex"]
     assert only_outputs.check(tenants, {"dev.stark": {"tenant": "stark", "hostnames": []}}, catalog, "dev") == [
         "dev.stark: outputs do not describe tenant 'stark' (tenant='stark', hostnames=[])"]
 
@@ -222,21 +232,24 @@ def test_the_command_halts_and_says_how_to_resume(tmp_path, deployed):
 # ------------------------------------------------------------------------------------------- a first rollout
 
 def test_the_first_up_of_a_fresh_state_with_the_shipped_files_succeeds(tmp_path):
-    """rollout.yaml's canary (stark) reads the platform stack, declared in the next wave: on a fresh state the
-    platform stack goes first in the canary's wave; once deployed it keeps its own wave."""
+    """rollout.yaml's canary (stark) reads the global stack and its cell (which reads the identity shard), declared
+    in the next wave: on a fresh state they go first in the canary's wave; once deployed each keeps its own wave."""
     state = tmp_path / "state"
     res = run_cli("up", "--engine", "offline", "--state", str(state))       # tenants.yaml and rollout.yaml beside it
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "wave 1/4 'canary': 2 stack(s)" in res.stderr
-    assert ("wave 1/4 'canary': dev first, moved from wave 2: it has never been deployed and dev.stark reads it"
-            in res.stderr)
+    assert "wave 1/4 'canary': 4 stack(s)" in res.stderr and "wave 2/4 'pool': 1 stack(s)" in res.stderr
+    moved = [line.split(": ", 1)[1] for line in res.stderr.splitlines() if "moved from wave 2" in line]
+    assert moved == [f"{s} first, moved from wave 2: it has never been deployed and dev.stark reads it"
+                     for s in ("dev", "dev.identity-1", "dev.cell-1")]
     out = res.stdout.splitlines()
-    # (the platform's resources include the environment's access-log bucket and its grant to Cloud Storage's logger)
-    assert out[0] == "dev: ok: 101 create" and out[1].startswith("  +  create 101 resources: ")
-    assert out[2].startswith("dev.stark: ok: ")
-    assert out[-1] == "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 0 tenant(s) pending a lifecycle command"
-    assert sorted(p.stem for p in state.glob("*.json")) == ["dev", "dev.acme", "dev.cyberdyne", "dev.pied-piper",
-                                                            "dev.stark", "dev.wayne"]
+    # (the global stack's resources: network, DNS zone, Identity Platform config, the access-log bucket and its grant
+    # to Cloud Storage's logger, the registry database, the deployers' identities)
+    assert out[0] == "dev: ok: 26 create" and out[1].startswith("  +  create 26 resources: ")
+    stacks = [line.split(":")[0] for line in out if not line.startswith(" ")][:-1]
+    assert stacks == ["dev", "dev.identity-1", "dev.cell-1", "dev.stark", "dev.pool-1", "dev.pied-piper", "dev.wayne",
+                      "dev.acme", "dev.cyberdyne"], "what the canary reads, the canary, then the waves as declared"
+    assert out[-1] == "9 stack(s): 9 ok, 0 refused, 0 failed, 0 skipped; 0 tenant(s) pending a lifecycle command"
+    assert sorted(p.stem for p in state.glob("*.json")) == sorted(stacks)
     # again, with tenants.yaml asking to resume a suspended pooled tenant: held for `tenancy resume`, and counted
     # as a tenant, not as a stack of its own
     text = (ROOT / "tenants.yaml").read_text()
@@ -247,16 +260,17 @@ def test_the_first_up_of_a_fresh_state_with_the_shipped_files_succeeds(tmp_path)
     again = run_cli("up", "--engine", "offline", "--state", str(state), "--tenants", str(edited))
     assert again.returncode == 0, again.stdout + again.stderr
     assert "moved from" not in again.stderr and "wave 1/4 'canary': 1 stack(s)" in again.stderr
+    assert "wave 2/4 'pool': 4 stack(s)" in again.stderr
     lines = again.stdout.splitlines()
-    assert lines[:2] == ["dev.stark: ok: no changes", "dev: ok: no changes"], "canary first again"
+    assert lines[:5] == ["dev.stark: ok: no changes", *(f"{s}: ok: no changes" for s in PLATFORM)], "canary first again"
     assert "dev.vandelay" not in again.stdout
     assert lines[-2:] == [
         "pending: tenant 'vandelay' is suspended in the deployment and active in tenants.yaml; a deploy does not change "
         f"a tenant's state; run: tenancy resume vandelay --env dev --tenants {edited} --engine offline --state {state}",
-        "6 stack(s): 6 ok, 0 refused, 0 failed, 0 skipped; 1 tenant(s) pending a lifecycle command"]
+        "9 stack(s): 9 ok, 0 refused, 0 failed, 0 skipped; 1 tenant(s) pending a lifecycle command"]
 
 
-def test_the_first_up_in_the_cells_layout_deploys_what_the_canary_reads_first(monkeypatch, tmp_path, capsys):
+def test_the_first_up_with_two_identity_shards_deploys_what_the_canary_reads_first(monkeypatch, tmp_path, capsys):
     from tenancy import cli
     from tests.test_cells import cells_config
 
@@ -280,18 +294,26 @@ def test_what_a_rollout_cannot_deploy_first_is_refused_with_the_command_that_doe
     state = tmp_path / "state"
     res = run_cli("up", "--engine", "offline", "--state", str(state), "--tenant", "stark")
     assert res.returncode == 2 and res.stdout == ""
+    # stark (namespace) reads the global stack and its cell, and the cell reads the identity shard
     assert res.stderr.splitlines() == [
-        "error: dev.stark reads dev, which has never been deployed, and it is not in this rollout; nothing was changed",
-        f"deploy it first: tenancy up --engine offline --state {state} --stack dev; then run this command again"]
+        "error: dev.stark reads dev, which has never been deployed, and it is not in this rollout; dev.stark reads "
+        "dev.identity-1, which has never been deployed, and it is not in this rollout; dev.stark reads dev.cell-1, "
+        "which has never been deployed, and it is not in this rollout; nothing was changed",
+        f"deploy them first: tenancy up --engine offline --state {state} --stack dev --stack dev.identity-1 "
+        "--stack dev.cell-1; then run this command again"]
     assert not state.exists() or not list(state.glob("*.json"))
     res = run_cli("up", "--engine", "offline", "--state", str(state), "--from-wave", "3")
     assert res.returncode == 2
+    skipped = "which has never been deployed, and it is in wave 2 'pool', which this run skips (--from-wave)"
     assert res.stderr.splitlines() == [
-        "error: dev.pied-piper reads dev, which has never been deployed, and it is in wave 2 'pool', which this run "
-        "skips (--from-wave); nothing was changed",
+        f"error: dev.pied-piper reads dev, {skipped}; dev.pied-piper reads dev.identity-1, {skipped}; dev.pied-piper "
+        f"reads dev.cell-1, {skipped}; nothing was changed",
         f"start at that wave: tenancy up --engine offline --state {state} --from-wave 2"]
-    first = run_cli("up", "--engine", "offline", "--state", str(state), "--stack", "dev")   # the command it named
+    assert not list(state.glob("*.json"))
+    first = run_cli("up", "--engine", "offline", "--state", str(state), "--stack", "dev", "--stack", "dev.identity-1",
+                    "--stack", "dev.cell-1")   # the command it named
     assert first.returncode == 0, first.stdout + first.stderr
+    assert sorted(p.stem for p in state.glob("*.json")) == ["dev", "dev.cell-1", "dev.identity-1"]
     then = run_cli("up", "--engine", "offline", "--state", str(state), "--tenant", "stark")
     assert then.returncode == 0 and then.stdout.splitlines()[0].startswith("dev.stark: ok: "), then.stdout + then.stderr
 

@@ -168,7 +168,10 @@ def for_deploy(desired: Catalog, deployed: Deployed) -> tuple[Catalog, list[Pend
     pending: list[Pending] = []
     notes: dict[str, Any] = {}
     wanted = {t.id for t in desired.tenants}
-    for was in base.tenants:
+    # The deployed record is merged from the unit stacks in id order; what waits is reported in tenants.yaml's order,
+    # as the engineer reads the file (tenants no longer in it last).
+    position = {t.id: i for i, t in enumerate(desired.tenants)}
+    for was in sorted(base.tenants, key=lambda t: position.get(t.id, len(position))):
         if was.id not in wanted:
             doc["tenants"].append(_doc_tenant(base_doc, was.id))
             if was.state is not State.OFFBOARDED:
