@@ -243,7 +243,7 @@ def plan(catalog: Catalog, env: str, tenants: Iterable[str] | None = None, chang
         # unknown ids, and tenants with nothing deployed to plan, are bad input before anything runs
         if catalog.tenant(tid).state is State.OFFBOARDED:
             raise ConfigError(f"tenant '{tid}' is offboarded in {catalog.path}: it has no stack and no share of the "
-                              "platform stack, so there is nothing to plan for it; plan without --tenant, or name a "
+                              "platform's stacks, so there is nothing to plan for it; plan without --tenant, or name a "
                               "tenant that is active or suspended")
     from tenancy.fleet import capacity, placement as fleet
     if placed is None:

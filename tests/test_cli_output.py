@@ -62,7 +62,7 @@ def test_plan_of_an_offboarded_or_unknown_tenant_is_refused(tmp_path):
     gone = run_cli("plan", "--tenant", "umbrella", "--out", str(out))
     assert gone.returncode == 2 and gone.stdout == ""
     assert gone.stderr.splitlines() == [
-        "error: tenant 'umbrella' is offboarded in tenants.yaml: it has no stack and no share of the platform stack, "
+        "error: tenant 'umbrella' is offboarded in tenants.yaml: it has no stack and no share of the platform's stacks, "
         "so there is nothing to plan for it; plan without --tenant, or name a tenant that is active or suspended"]
     unknown = run_cli("plan", "--tenant", "umbrela", "--out", str(out))
     assert unknown.returncode == 2

@@ -116,7 +116,7 @@ def test_bad_rollout_files_name_the_key_and_the_fix(catalog, tmp_path):
     assert str(exc.value).splitlines() == [
         "rollout.yaml: waves[0] 'canary': tenant 'strak' is not in the catalogue; did you mean 'stark'?",
         "rollout.yaml: waves[0] 'canary': tenant 'globex' has no stack of its own (pooled, active); it rolls out with "
-        "the platform stack"]
+        "its pool shard's stack"]
 
 
 def test_a_failing_wave_halts_the_rollout(engine, catalog, spec):

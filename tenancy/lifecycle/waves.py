@@ -1,6 +1,6 @@
 """Rolling out in waves: which stacks go together, in what order, and what must hold before the next wave.
 
-Waves are declared in `rollout.yaml` (beside tenants.yaml; without it: the platform stack, then every
+Waves are declared in `rollout.yaml` (beside tenants.yaml; without it: the platform-side stacks, then every
 tenant stack):
 
     version: 1
@@ -8,7 +8,7 @@ tenant stack):
     health: {outputs: true, endpoints: true, path: /healthz, timeout_seconds: 10, attempts: 3}
     waves:
       - {name: canary, tenants: [stark]}              # these tenants' stacks
-      - {name: pool, platform: true}                  # the platform stack (pooled tenants live in it)
+      - {name: pool, platform: true}                  # the global stack and its unit stacks (pooled tenants live in their pool shard's)
       - {name: namespace, models: [namespace]}        # tenant stacks of these models
       - {name: dedicated, models: [dedicated]}
     environments:
@@ -17,7 +17,7 @@ tenant stack):
 A stack belongs to the first wave that selects it; stacks no wave selects form a last wave, `remaining`. A
 stack never runs before what it reads: on a first rollout, a platform-side stack that has never been deployed
 moves into the first wave with a stack that reads it (`bring_forward`; the shipped canary wave reads the
-platform stack declared after it).
+platform-side stacks declared after it).
 Waves are numbered from 1 as declared, so `tenancy up --from-wave N` means the same wave in every run.
 Between waves the rollout pauses, then a health gate (pluggable: `Gate`) checks the wave: the stacks'
 own outputs, and the application's health endpoint on each of the wave's hosts, found through the
@@ -79,7 +79,7 @@ DEFAULT = RolloutSpec(waves=(WaveSpec(name="platform", platform=True), WaveSpec(
 
 
 def load(path: str | Path | None, env: str, required: bool = False) -> RolloutSpec:
-    """The rollout of `env` from `path` (absent and not `required`: the platform stack, then the tenants)."""
+    """The rollout of `env` from `path` (absent and not `required`: the platform-side stacks, then the tenants)."""
     if path is None or (not Path(path).exists() and not required):
         return DEFAULT
     p = Path(path)
@@ -122,7 +122,7 @@ def assign(spec: RolloutSpec, catalog: Catalog, env: str, order: list[str], wher
                                 + (f"; did you mean '{close[0]}'?" if close else ""))
             elif not by_id[tid].has_stack:
                 problems.append(f"{where}: waves[{i}] '{w.name}': tenant '{tid}' has no stack of its own "
-                                f"({by_id[tid].model.value}, {by_id[tid].state.value}); it rolls out with the platform stack")
+                                f"({by_id[tid].model.value}, {by_id[tid].state.value}); it rolls out with its pool shard's stack")
     if problems:
         raise ConfigError("\n".join(problems))
     waves = [Wave(i + 1, w.name, [], spec.pause_seconds if w.pause_seconds is None else w.pause_seconds)
