@@ -1,4 +1,4 @@
-"""Benchmark of the cells layout at 10,000 and 100,000 tenants (90% pooled, 9% namespace, 1% dedicated).
+"""Benchmark of the environment's stacks at 10,000 and 100,000 tenants (90% pooled, 9% namespace, 1% dedicated).
 
 For each size, with the capacity the fleet needs declared (cells of 300, pool shards of 1,000, an identity
 shard per 1,250 tenants, data projects of 1,000 instances):
@@ -43,7 +43,7 @@ REAL = envconfig.load_stack_config
 
 
 def configure(n: int) -> None:
-    """Declare the capacity a fleet of n tenants needs, in the cells layout (stacks/Pulumi.prod.yaml, patched)."""
+    """Declare the capacity a fleet of n tenants needs (stacks/Pulumi.prod.yaml, patched)."""
     homes = n // 10                                         # namespace and dedicated tenants
     cells = math.ceil(homes / 300) + 1
     pools = math.ceil(n * 0.9 / 1000) + 1
@@ -52,7 +52,7 @@ def configure(n: int) -> None:
     networks = {f"cell-{c}": {"networkCidr": f"172.{17 + c // 16}.{(c % 16) * 16}.0/20", "podsCidr": f"10.{150 + c}.0.0/16",
                               "servicesCidr": f"100.{64 + c // 16}.{(c % 16) * 16}.0/20", "masterCidr": f"192.168.{c}.0/28"}
                 for c in range(2, cells + 1)}
-    extra = {"tenancy:layout": "cells", "tenancy:cells": str(cells), "tenancy:cellCapacity": "300",
+    extra = {"tenancy:cells": str(cells), "tenancy:cellCapacity": "300",
              "tenancy:poolShards": str(pools), "tenancy:poolShardCapacity": "1000", "tenancy:identityShards": str(identity),
              "tenancy:dataProjects": json.dumps([f"prod-data-{i}" for i in range(1, projects + 1)]),
              "tenancy:cellNetworks": json.dumps(networks)}

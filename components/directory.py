@@ -27,7 +27,7 @@ class DirectoryArgs:
 
 def document(entries: dict[str, dict[str, Any]], identity_tenants: dict[str, str], compact: bool = False) -> str:
     """The directory as published: {tenant id: entry with its Identity Platform tenant}, one JSON text
-    (`compact`: without whitespace, as the cells layout's unit directories are, a third smaller)."""
+    (`compact`: without whitespace, as the unit stacks' directories are, a third smaller)."""
     doc = {i: {**entries[i], "identityTenant": identity_tenants[i]} for i in sorted(entries)}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True) if compact else json.dumps(doc, indent=1, sort_keys=True)
 

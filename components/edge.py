@@ -29,7 +29,7 @@ class EdgeArgs:
     k8s_labels: dict[str, str]
     # The regional address's name (naming.ingress_address): unique in its project.
     address_name: str
-    # Split across stacks (cells layout): the zone alone (the global stack, `address=False`), or the address,
+    # Split across stacks: the zone alone (the global stack, `address=False`), or the address,
     # its records in an existing zone (`zone_name`) and the controllers (a cell).
     zone_name: pulumi.Input[str] | None = None
     records: tuple[str, ...] = ("app", "*")       # A records to the address: labels under base_domain

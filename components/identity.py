@@ -45,7 +45,7 @@ class IdentityArgs:
     project: str
     authorized_domains: list[str]
     tenants: list[IdentityTenant]
-    # The project-wide configuration (multi-tenancy, authorized domains). In the cells layout the global stack
+    # The project-wide configuration (multi-tenancy, authorized domains). The global stack
     # holds it and identity shards hold only tenants (`config=False`), under the same component name.
     config: bool = True
 

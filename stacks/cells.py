@@ -139,7 +139,7 @@ def build_cell(env: str, cell: str, catalog: Catalog, cfg: PlatformConfig, tenan
     if tenant_facing_only:
         return
     if naming.unit_index(cell) == 1:
-        install_operator(env, cfg, catalog, provider, cluster, unit_names(capacity), identities=False)
+        install_operator(env, cfg, catalog, provider, cluster, unit_names(capacity))
     _directory(env, cfg, catalog, placement, hosted, system_ns.metadata["name"], cluster.provider)
 
 

@@ -173,14 +173,14 @@ def cell_cluster(env: str, cfg: PlatformConfig, cell: str, provider: gcp.Provide
 
 
 def install_operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: gcp.Provider, cluster: GkeCluster,
-                     units: list[str], identities: bool = True) -> None:
-    """The Pulumi Kubernetes Operator, when `tenancy:operator` is true (off by default), with a Kubernetes service
-    account for each scope's deployer; `identities`: their GCP identities too (the single layout: this stack is
-    the platform's; in the cells layout the global stack declares them, `deployer_identities`)."""
+                     units: list[str]) -> None:
+    """The Pulumi Kubernetes Operator (cell 1), when `tenancy:operator` is true (off by default), with a Kubernetes
+    service account for each scope's deployer (their GCP identities are the global stack's, `deployer_identities`)."""
     from components.operator import OperatorArgs, PulumiOperator
     from tenancy.operator.settings import CHART, CHART_VERSION, DEPLOYER_KSA, OperatorSettings
 
-    op = OperatorSettings.from_pulumi(env)
+    # A unit stack has no config file of its own: like the rest of its config, from stacks/Pulumi.<env>.yaml.
+    op = OperatorSettings.load(env)
     if not op.enabled:
         return
     scoped = [d for d in operator_deployers(env, cfg, catalog, op, units) if d.account_id]
@@ -189,8 +189,6 @@ def install_operator(env: str, cfg: PlatformConfig, catalog: Catalog, provider: 
         deployer_project=op.deployer_project, deployer_ksa=DEPLOYER_KSA, workload_pool=cluster.workload_pool,
         labels=k8s_labels(env, SHARED), max_concurrent_reconciles=op.max_concurrent_reconciles, deployers=scoped),
         opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
-    if identities:
-        deployer_identities(env, cfg, catalog, provider, units)
 
 
 def operator_deployers(env: str, cfg: PlatformConfig, catalog: Catalog, op, units: list[str]) -> list:

@@ -13,10 +13,12 @@ from tenancy.errors import TenancyError
 
 # Code each kind of stack runs: a change there touches every stack of that kind.
 PLATFORM_CODE = ("components/", "stacks/platform.py", "stacks/cells.py", "stacks/contract.py", "stacks/__init__.py",
-                 "sql/", "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/envconfig.py",
-                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py")
+                 "sql/", "Pulumi.yaml", "tenancy/catalog/", "tenancy/naming.py", "tenancy/envconfig.py",
+                 "tenancy/topology.py", "tenancy/record_format.py", "tenancy/fleet/", "tenancy/operator/settings.py",
+                 "tenancy/operator/deployers.py", "tenancy/stores/layout.py", "stores.yaml")
 TENANT_CODE = ("components/", "stacks/tenant.py", "stacks/platform.py", "stacks/contract.py", "stacks/__init__.py",
-               "Pulumi.yaml", "tenancy/catalog.py", "tenancy/naming.py", "tenancy/topology.py")
+               "Pulumi.yaml", "tenancy/catalog/", "tenancy/naming.py", "tenancy/topology.py",
+               "tenancy/operator/deployers.py")
 
 
 class GitError(TenancyError):
@@ -69,12 +71,14 @@ class _Homes:
             placed, model = home
             if model is Model.POOLED:
                 out.append(naming.unit_stack(self.env, placed.pool_shard))
-            elif model is Model.NAMESPACE:
+            elif placed.cell:       # a namespace tenant's cell, a dedicated tenant's home cell (its entry, its record)
                 out.append(naming.unit_stack(self.env, placed.cell))
             else:
                 out.append(naming.stack_name(self.env, tenant))
             if identity:
                 out.append(naming.unit_stack(self.env, placed.identity_shard))
+        if identity and tenant not in self.after:
+            out.append(naming.stack_name(self.env))     # the global stack records the tenants that left
         return out
 
 

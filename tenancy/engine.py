@@ -148,8 +148,8 @@ class OfflineEngine:
             if self._load(platform) is None:
                 raise StackMissing(f"platform stack '{platform}' has not been deployed; deploy it first (`tenancy up --env "
                                    f"{env} --stack {platform}` with this engine and state)")
-            # Every deployed stack's outputs, as StackReferences read them (the platform's; in the cells layout
-            # also the cells', identity shards' and pool shards').
+            # Every deployed stack's outputs, as StackReferences read them (the global stack's, the cells',
+            # identity shards' and pool shards').
             refs = {}
             for other in self.stacks():
                 if other != stack and naming.parse_stack_name(other)[0] == env:

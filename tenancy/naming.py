@@ -190,8 +190,8 @@ def pool_shard_instance(env: str, shard_name: str) -> str:
     return pooled_sql_instance(env) if shard_name == pool_shard(1) else fit(f"{env}-{shard_name}-postgres", LIMITS["sql_instance"])
 
 
-# A unit's physical names (cells layout). Cell 1 and pool shard 1 keep the single platform stack's names, so an
-# environment that moves to the cells layout recreates nothing; later units carry their name.
+# A unit's physical names. Cell 1 and pool shard 1 keep the names of the one platform stack earlier versions
+# deployed, so an environment migrated from it (`tenancy migrate`) recreates nothing; later units carry their name.
 def _first(unit: str) -> bool:
     return unit_index(unit) == 1
 
@@ -473,21 +473,21 @@ def stack_name(env: str, tenant_id: str | None = None) -> str:
     return env if tenant_id is None else f"{env}{STACK_SEPARATOR}{tenant_id}"
 
 
-# Stack kinds (stack_kind): the environment's own stack, its unit stacks (cells layout), tenant stacks.
+# Stack kinds (stack_kind): the environment's own (global) stack, its unit stacks, tenant stacks.
 ENV_STACK, CELL_STACK, POOL_STACK, IDENTITY_STACK, TENANT_STACK = "environment", "cell", "pool", "identity", "tenant"
 UNIT_KINDS = {"cell": CELL_STACK, "pool": POOL_STACK, "identity": IDENTITY_STACK}
 
 
 def unit_stack(env: str, unit: str) -> str:
-    """`prod.cell-2`, `prod.pool-1`, `prod.identity-3`: a unit's own stack (cells layout)."""
+    """`prod.cell-2`, `prod.pool-1`, `prod.identity-3`: a unit's own stack."""
     if not (CELL_PATTERN.fullmatch(unit) or POOL_SHARD_PATTERN.fullmatch(unit) or IDENTITY_SHARD_PATTERN.fullmatch(unit)):
         raise ValueError(f"'{unit}' is not a cell, pool shard or identity shard name")
     return f"{check_env(env)}{STACK_SEPARATOR}{unit}"
 
 
 def stack_kind(name: str) -> tuple[str, str, str | None]:
-    """(kind, environment, unit or tenant id) of a stack name: kind is ENV_STACK (`prod`: the platform stack, or
-    the global stack in the cells layout), CELL_STACK/POOL_STACK/IDENTITY_STACK (`prod.cell-2`), or TENANT_STACK.
+    """(kind, environment, unit or tenant id) of a stack name: kind is ENV_STACK (`prod`: the global stack),
+    CELL_STACK/POOL_STACK/IDENTITY_STACK (`prod.cell-2`), or TENANT_STACK.
     Tenant ids never have a unit's shape (platform_collision), so the two cannot be confused."""
     env, rest = parse_stack_name(name)
     if rest is None:

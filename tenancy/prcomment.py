@@ -167,7 +167,7 @@ def _stack_group(stack: str, s: dict[str, Any] | None, head: Catalog, env: str) 
     if kind == naming.ENV_STACK:
         return "platform"
     if kind != naming.TENANT_STACK:
-        return f"platform: {kind} stacks"      # cells layout: cells, pool shards, identity shards
+        return f"platform: {kind} stacks"      # cells, pool shards, identity shards
     model = (s or {}).get("model")
     if model is None:
         tid = naming.parse_stack_name(stack)[1]

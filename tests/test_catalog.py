@@ -599,7 +599,7 @@ def test_cli_refuses_an_empty_catalogue(tmp_path):
 
 def _checked(text: str):
     """Document and line index the long way: shape check, loader, line index."""
-    from tenancy.catalog import _read_checked
+    from tenancy.catalog.reader import _read_checked
     return _read_checked(text, "tenants.yaml")
 
 
@@ -618,7 +618,7 @@ def _typed(value):
     "---\nversion: 1\n...\n", "---\n", "", "# only a comment\n", "a\n", "- 1\n- 2\n", "version: 1\n1: a\ntwo: b\nnull: c\n",
 ], ids=["committed", "scalars", "nested", "explicit-document", "empty-document", "empty", "comment", "scalar", "list", "keys"])
 def test_one_pass_reader_builds_what_the_checked_path_builds(text):
-    from tenancy.catalog import _read_plain
+    from tenancy.catalog.reader import _read_plain
     raw, lines = _read_plain(text)
     expected_raw, expected_lines = _checked(text)
     assert _typed(raw) == _typed(expected_raw)  # 1 and 1.0 and True compare equal: the types are compared too
@@ -633,5 +633,33 @@ def test_one_pass_reader_builds_what_the_checked_path_builds(text):
 ], ids=["laughs", "anchor", "tag", "non-specific-tag", "timestamp", "merge", "duplicate", "duplicate-text", "duplicate-value",
         "complex-key", "two-documents", "syntax", "deep-list", "deep-mapping"])
 def test_one_pass_reader_leaves_anything_else_to_the_checked_path(text):
-    from tenancy.catalog import _read_plain
+    from tenancy.catalog.reader import _read_plain
     assert _read_plain(text) is None
+
+
+# ------------------------------------------------------------------------------------------ the package itself
+
+
+def test_a_change_to_any_module_of_the_catalogue_replans_the_platform_and_every_tenant_stack():
+    # Every stack program reads the catalogue through this package: a change to any of its modules can change
+    # any stack, so `tenancy plan --changed-since` must not skip one.
+    from tenancy.changes import changes_between
+
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tenancy" / "catalog").glob("*.py"))
+    assert "tenancy/catalog/rules.py" in modules and len(modules) >= 8
+    stacks = {"dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"} | {f"dev.{t.id}" for t in catalog.stack_tenants}
+    for module in modules:
+        changes = changes_between(catalog, catalog, "dev", changed_files=[module])
+        assert changes.reasons == {stack: [f"code changed: {module}"] for stack in stacks}, module
+
+
+def test_a_loaded_catalogue_survives_pickling_at_its_modules_paths():
+    import pickle
+
+    from tenancy.catalog import Catalog, Plan, Tenant
+
+    catalog = load_catalog(ROOT / "tenants.yaml")
+    assert (Catalog.__module__, Tenant.__module__, Plan.__module__) == (
+        "tenancy.catalog.models", "tenancy.catalog.models", "tenancy.catalog.plans")
+    assert pickle.loads(pickle.dumps(catalog)) == catalog

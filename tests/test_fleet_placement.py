@@ -264,7 +264,8 @@ def test_fleet_placement_is_deterministic_and_independent_of_catalogue_order(fle
 
 def test_fleet_units_fill_in_order_and_none_is_over_capacity(fleet):
     _, placed = fleet
-    assert loads(placed, "cell") == {"cell-1": 300, "cell-2": 300, "cell-3": 300, "cell-4": 0}
+    # 900 namespace and 100 dedicated tenants (a cell is their home too)
+    assert loads(placed, "cell") == {"cell-1": 300, "cell-2": 300, "cell-3": 300, "cell-4": 100}
     assert loads(placed, "pool_shard") == {"pool-1": 2000, "pool-2": 2000, "pool-3": 2000, "pool-4": 2000, "pool-5": 1000}
     # the platform project also holds the five pool shards' instances (5 + 331 x 3); 333 tenants of 3 instances fill
     # a project
@@ -301,17 +302,18 @@ def test_placed_tenants_never_move_when_others_are_added_removed_or_reordered(fl
 
 def test_a_full_fleet_is_refused_with_the_capacity_to_add(fleet):
     catalog, placed = fleet
-    extra = sample.catalog(400, prefix="z").tenants       # 36 more namespace tenants
+    extra = sample.catalog(2_500, prefix="z").tenants      # 225 more namespace tenants and 25 dedicated ones
     full = dataclasses.replace(catalog, tenants=catalog.tenants + extra, placements=placed.to_json())
     with pytest.raises(PlacementError) as exc:
-        place(full, dataclasses.replace(FLEET_CAPACITY, cells=3))
+        place(full, FLEET_CAPACITY)
     assert exc.value.problems == [
-        "environment 'dev' is full: 36 new tenant(s) need a cell (z000001, z000002, z000003, z000004, z000005 and 31 "
-        "more), and cell-1, cell-2, cell-3 hold 900 of 900 namespaces. Add capacity in stacks/Pulumi.dev.yaml: raise "
-        "tenancy:cells from 3 to 4 (each cell holds tenancy:cellCapacity = 300 namespaces), or raise tenancy:cellCapacity",
+        "environment 'dev' is full: 50 new tenant(s) need a cell (z002000, z002001, z002002, z002003, z002004 and 45 "
+        "more), and cell-1, cell-2, cell-3, cell-4 hold 1,200 of 1,200 tenants. Add capacity in stacks/Pulumi.dev.yaml: "
+        "raise tenancy:cells from 4 to 5 (each cell holds tenancy:cellCapacity = 300 tenants), or raise "
+        "tenancy:cellCapacity",
     ]
     # the capacity it names is enough
-    assert place(full, FLEET_CAPACITY).units["cell"].load["cell-4"] == 36
+    assert place(full, dataclasses.replace(FLEET_CAPACITY, cells=5)).units["cell"].load["cell-5"] == 50
 
 
 def test_pins_are_honoured_in_a_fleet_and_a_pin_to_a_full_cell_is_refused(fleet):

@@ -23,7 +23,7 @@ PACKAGES = ("tenancy", "stacks", "components", "policy")
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Pure: errors, names, the catalogue models, progress, the database driver's thin wrapper, the recording
     # runtime. Nothing here knows an environment.
-    ("core", ("tenancy", "tenancy.errors", "tenancy.naming", "tenancy.progress", "tenancy.catalog", "tenancy.db",
+    ("core", ("tenancy", "tenancy.errors", "tenancy.naming", "tenancy.progress", "tenancy.catalog.*", "tenancy.db",
               "tenancy.recorder")),
     # An environment as its files declare it, parsed once: its config, capacity, each tenant's placement, its
     # stacks and what each reads, the deployed record's format, the operator's settings and deploying identities,

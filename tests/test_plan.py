@@ -139,11 +139,16 @@ def test_changed_since_plans_only_changed_stacks_and_says_why(catalog_repo):
     path.write_text(text)
     result = planmod.plan(load_catalog(path), "dev", changed_since="HEAD", workers=1)
     reasons = {s.name: s.reasons for s in result.stacks}
-    # a namespace tenant turned dedicated: its own stack, and its share of its home units (tenancy/changes.py)
-    assert reasons["dev.stark"] == ["tenant stark changed: model, plan", "plan changed: standard → enterprise"]
+    assert reasons["dev.stark"] == ["plan changed: standard → enterprise"]
     assert reasons["dev.pied-piper"] == ["changed: limits"]
     assert reasons["dev.newco"] == ["tenant added"]
-    assert "tenant added: newco" in reasons["dev"] and "tenant stark changed: model, plan" in reasons["dev"]
+    # a tenant's share of the platform lands on its units: its cell (a namespace or dedicated tenant's home), its
+    # identity shard when it joins or leaves the directory, the global stack when it leaves (it records it)
+    assert reasons["dev.cell-1"] == ["tenant stark changed: model, plan", "tenant wayne changed: state",
+                                     "tenant added: newco"]
+    assert reasons["dev.identity-1"] == ["tenant wayne changed: state", "tenant added: newco"]
+    assert reasons["dev"] == ["tenant wayne changed: state"]
+    assert "dev.pool-1" not in reasons
     assert "dev.acme" not in reasons and "dev.acme" in result.unchanged
     assert result.removed == {"dev.wayne": "tenant offboarded: the stack would be destroyed (export data first)"}
     data = result.to_json()

@@ -74,7 +74,7 @@ def labelled_tenant(r: Any) -> str | None:
     return lab.get(TENANT_LABEL) or lab.get(K8S_TENANT_LABEL)
 
 
-# A unit stack of the cells layout (`<env>.cell-2`, `<env>.pool-1`, `<env>.identity-3`) is platform, not a tenant:
+# A unit stack (`<env>.cell-2`, `<env>.pool-1`, `<env>.identity-3`) is platform, not a tenant:
 # tenant ids never have this shape (tenancy/naming.py refuses them).
 UNIT_STACK = re.compile(r"(cell|pool|identity)-[0-9]+")
 

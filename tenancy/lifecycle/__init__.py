@@ -1,12 +1,13 @@
-"""Operating tenants: deploys, tier moves, suspend/resume and offboarding, each safe to re-run, interrupt
-and race against the live application.
+"""What every operation is built from: deploys and the deployed record, destroys, archives, and a tenant's data
+paired across its stores. The operations themselves (tier moves, suspend/resume, offboard, restore) are in
+tenancy/operations/, on the one protocol.
 
-    record.py     desired (tenants.yaml) versus deployed (the platform stack's record); one-tenant changes
-    deploy.py     preview/up of many stacks, with the stateful-delete guard
-    registry.py   each database's tenant registry: register, freeze (draining in-flight writers), unfreeze
-    destroy.py    destroying a tenant stack only when every stateful resource is saved or explicitly discarded
-    moves.py      tier moves between pooled and namespace/dedicated, journalled and resumable
-    tenant_ops.py suspend, resume, offboard
+    record.py       desired (tenants.yaml) versus deployed (the deployed record); one-tenant changes
+    deploy.py       preview/up of many stacks, in waves (waves.py), with the stateful-delete guard
+    destroy.py      destroying a tenant stack only when every stateful resource is saved or explicitly discarded
+    archives.py     where exports go (a local directory or gs://), checked before anything is written
+    online.py       the online move of PostgreSQL rows (replication) paired with the other stores' passes
+    tenant_data/    a tenant's stores as handles, paired across a move, exported and verified
 """
 
 from __future__ import annotations

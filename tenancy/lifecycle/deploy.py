@@ -140,7 +140,7 @@ def _why(c) -> str:
 def affected_stacks(catalog: Catalog, env: str, tenants: list[str] | None = None, changed_since: str | None = None,
                     stacks: list[str] | None = None) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """(platform-side stacks, tenant stacks, reasons). `stacks`: only these (a CI batch). The platform side is
-    the platform stack, or in the cells layout the global stack and its unit stacks (tenancy/topology.py)."""
+    the global stack and its unit stacks (tenancy/topology.py)."""
     platform = every_platform_stack(env)
     tenant_stacks = [naming.stack_name(env, t.id) for t in catalog.stack_tenants]
     reasons: dict[str, list[str]] = {}

@@ -1,6 +1,6 @@
 """The online method of a tier move's PostgreSQL step: the tenant's rows travel by logical replication.
 
-A tier move (tenancy/lifecycle/moves.py) freezes the tenant's writes once for all of its stores. With the
+A tier move (tenancy/operations/tier_move.py) freezes the tenant's writes once for all of its stores. With the
 copy method the rows are copied inside that freeze; with this one they are copied before it, while the
 tenant keeps writing, and the freeze only waits for the last changes and compares the rows changed since
 the last comparison (tenancy/stores/replication/, tenancy/stores/replica_verify.py):

@@ -325,7 +325,7 @@ def _unit_expectations(stack: str, kind: str, env: str, unit: str | None, out: d
     return ((*cell_facts, contract.TENANT_DIRECTORY) if kind == naming.CELL_STACK else (contract.TENANT_DIRECTORY,)), holds
 
 
-# What the global stack of the cells layout exports of REQUIRED_BY_TENANTS (the rest is each cell's).
+# What the global stack exports of REQUIRED_BY_TENANTS (the rest is each cell's).
 _ENV_FACTS = ("environment", "gcpProject", "region", "baseDomain", "networkId", "appChart", "appChartVersion")
 
 

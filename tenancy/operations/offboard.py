@@ -42,7 +42,8 @@ from tenancy.lifecycle.destroy import guarded_destroy
 from tenancy.operations import stores as where
 from tenancy.operations.lease import Spec
 from tenancy.operations.protocol import Context, Operation
-from tenancy.operations.tier_move import archive_problem, project_of
+from tenancy.operations.tier_move import project_of
+from tenancy.operations.tier_move_preflight import archive_problem
 from tenancy.stores import Mismatch, StoreError, Summary
 from tenancy.stores import postgres as pg
 from tenancy.stores.layout import registry_entry, DataLayout, stores_for

@@ -12,10 +12,10 @@ that should start afresh is onboarded under a new id instead.
 
 - preflight: the tenant is offboarded in the deployed record (or this is its unfinished restore); the archive is
   this tenant's (and this environment's, and this plan's), and every file in it matches its manifest and every
-  manifest the archive's index (tenancy/lifecycle/tenant_data.py `read_archive`); every archived store has a
-  place on the plan; every target database is the one the registry names, holds no other tenant of a unit of its
-  own and nothing of this one; the bucket prefix and the Firestore root hold nothing; the graph's dump has a
-  load Job to run (--kubeconfig) or is left out with --skip graph; a tenant stack to create is previewed.
+  manifest the archive's index (tenancy/lifecycle/tenant_data/exports.py `read_archive`); every archived store
+  has a place on the plan; every target database is the one the registry names, holds no other tenant of a unit
+  of its own and nothing of this one; the bucket prefix and the Firestore root hold nothing; the graph's dump has
+  a load Job to run (--kubeconfig) or is left out with --skip graph; a tenant stack to create is previewed.
 - provision: the tenant stack up (a tenant with its own stores); on each target database the tenancy SQL, the
   database claimed for its store and the tenant registered `frozen`; the registry row `frozen` with its new
   stores. Each recorded before it is made, so abort removes exactly it.

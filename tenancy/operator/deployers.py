@@ -16,8 +16,7 @@ The units' accounts are in the platform deployer's project (`operatorDeployer`):
 no unit's roles (service-account admin in the platform project among them) reach another deployer's account.
 Tenants whose resources are in the platform project (namespace tenants, dedicated tenants without a project
 of their own) run as their cell's deployer: an identity of their own could not be limited to their share of
-the platform project. In the single layout the environment's one cell is `cell-1` (in the platform stack);
-pool and identity shards have no stacks of their own there.
+the platform project.
 
 Project roles are the predefined roles of the services each kind of stack declares (SERVICE_ROLES; a test keeps
 them in step with the plans). A deployer in the platform project may grant project roles only from
@@ -170,8 +169,8 @@ def own_project(tenant, platform_project: str) -> str | None:
 
 def environment_deployers(env: str, catalog, platform_project: str, platform_email: str,
                           units: list[str]) -> list[Deployer]:
-    """Every deployer of the environment: the platform's, each unit's (`units`: cells, pool and identity shards;
-    just cell 1 in the single layout), each dedicated tenant's with a project of its own."""
+    """Every deployer of the environment: the platform's, each unit's (`units`: cells, pool and identity shards),
+    each dedicated tenant's with a project of its own."""
     out = [scope_deployer(env, PLATFORM, platform_project, platform_email)]
     out += [scope_deployer(env, u, platform_project, platform_email) for u in units]
     out += [scope_deployer(env, t.id, platform_project, platform_email, own_project=own_project(t, platform_project))

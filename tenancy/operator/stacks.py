@@ -75,7 +75,7 @@ def object_name(stack: str) -> str:
 
 
 def fleet(catalog: Catalog, env: str) -> list[FleetStack]:
-    """Every stack of the environment, platform side first (in the cells layout: the global stack, identity
+    """Every stack of the environment, platform side first (the global stack, identity
     shards, cells, pool shards), then the tenants' stacks."""
     from tenancy.topology import every_platform_stack
 
@@ -97,7 +97,7 @@ def fleet_stack(stack: str, catalog: Catalog) -> FleetStack:
     if kind != naming.TENANT_STACK:
         return FleetStack(stack, kind, after=after, deployer=deployers.ksa_name(rest))
     t = catalog.tenant(rest)
-    # a namespace tenant's cell is the one it reads (cells layout); without cell stacks, its deployer is cell 1's
+    # a namespace tenant's cell is the one it reads; a dedicated tenant in the platform project runs as cell 1's
     cell = next((a.rpartition(naming.STACK_SEPARATOR)[2] for a in after
                  if naming.stack_kind(a)[0] == naming.CELL_STACK), None)
     platform_project = ""

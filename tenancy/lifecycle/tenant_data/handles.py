@@ -1,8 +1,7 @@
-"""A tenant's data as one unit: its stores on each side of a move, paired, with one interface per store.
+"""A tenant's stores, one interface per store kind (`Handle`), and how this run reaches them (`Reach`).
 
-The stores come from the data layout (`stores.yaml`, `tenancy.stores.layout.stores_for`) -- the same list the
-tenant's directory entry publishes -- never from a hand-written list here. Each store is a `Handle` with the
-same four operations whatever its kind (PostgreSQL rows, bucket objects, Firestore documents, the graph):
+Each store is a `Handle` with the same four operations whatever its kind (PostgreSQL rows, bucket objects,
+Firestore documents, the graph):
 
     summary()        counts and checksums of what it holds for the tenant (layout-independent)
     export(dir)      files plus a manifest entry with counts and checksums
@@ -15,23 +14,18 @@ and, to bring an archive back (`tenancy restore`, an offboarding's restore check
     import_export()  the export loaded into the store, verified against the export's counts and checksums
     scratch(label)   the same kind of store at a scratch place beside it (a prefix, a document root), for a trial
                      restore that is then discarded whole; PostgreSQL rehearses in a rolled-back transaction instead
-
-A move pairs each source store with the target store that takes its data (`Pair`: copy, verify, clear the
-target's partial copy on abort). What the target plan cannot hold (a table of a feature the pooled plan lacks,
-the graph) is left unpaired: it must be empty, or exported and explicitly discarded.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from tenancy.db import describe_dsn
 from tenancy.lifecycle import Refused
-from tenancy.stores import Mismatch, StoreError, Summary, file_sha256, private_export_dir, write_manifest
+from tenancy.stores import Mismatch, Summary, file_sha256
 from tenancy.stores import firestore as fs
 from tenancy.stores import objects as obj
 from tenancy.stores import postgres as pg
@@ -39,8 +33,6 @@ from tenancy.stores.layout import POOLED, TenantStores, graph_dump_object
 
 Say = Callable[[str], None]
 KINDS = ("postgres", "objects", "firestore", "graph")
-ARCHIVE_INDEX = "archive.json"
-MANIFESTS = {"postgres": "manifest.json", "objects": "objects.json", "firestore": fs.MANIFEST, "graph": "objects.json"}
 
 
 def kind_of(store: str) -> str:
@@ -144,7 +136,7 @@ class ObjectsHandle:
         return {"kind": self.kind, "directory": directory.name, **entry["summary"]}
 
     def verify_export(self, directory: Path, entry: dict[str, Any]) -> Summary:
-        return _same(obj.read_export(directory), self.summary(), f"the objects export in {directory}", self.tenant)
+        return require_same(obj.read_export(directory), self.summary(), f"the objects export in {directory}", self.tenant)
 
     def delete(self, expect: Summary, say: Say) -> int:
         return obj.delete(self.store, self.prefix, expect, progress=say)
@@ -190,7 +182,7 @@ class FirestoreHandle:
         for name, digest in manifest["files"].items():
             if file_sha256(directory / name) != digest:
                 raise Mismatch(f"tenant '{self.tenant}': exported file {directory / name} changed (sha256 differs)")
-        return _same(Summary.from_json(manifest), self.summary(), f"the Firestore export in {directory}", self.tenant)
+        return require_same(Summary.from_json(manifest), self.summary(), f"the Firestore export in {directory}", self.tenant)
 
     def delete(self, expect: Summary, say: Say) -> int:
         return fs.delete(self.location, self.tenant, self.collections, expect, progress=say)
@@ -303,232 +295,16 @@ def handles(stores: TenantStores, reach: Reach) -> dict[str, Handle]:
     return out
 
 
-@dataclass
-class Pair:
-    """One source store and the target store that takes its data in a move."""
-
-    source: Handle
-    target: Handle
-    covers: tuple[str, ...]                # the source's store names this pair carries (for the destroy guard)
-
-    @property
-    def name(self) -> str:
-        return self.source.name if self.source.kind != "postgres" else f"{self.source.name}->{self.target.name}"
-
-    def copy(self, say: Say, **pg_args: Any) -> dict[str, Any]:
-        s, t = self.source, self.target
-        if isinstance(s, PgHandle) and isinstance(t, PgHandle):
-            report, _ = pg.copy_verified(s.dsn, t.dsn, s.tenant, list(s.tables), progress=say, **pg_args)
-            return {"rows": report.total_rows}
-        if isinstance(s, ObjectsHandle) and isinstance(t, ObjectsHandle):
-            return {"objects": obj.copy(s.store, s.prefix, t.store, t.prefix, progress=say).count}
-        if isinstance(s, FirestoreHandle) and isinstance(t, FirestoreHandle):
-            return {"documents": fs.copy(s.location, t.location, s.tenant, s.collections, progress=say).count}
-        raise StoreError(f"cannot copy {s.describe()} to {t.describe()}")
-
-    def verify(self) -> Summary:
-        """Both sides' summaries; the source's when they hold the same data, Mismatch otherwise."""
-        a, b = self.source.summary(), self.target.summary()
-        return _same(a, b, f"{self.target.describe()} (copy of {self.source.describe()})", self.source_tenant)
-
-    @property
-    def source_tenant(self) -> str:
-        return getattr(self.source, "tenant")
-
-    def clear_target(self, say: Say) -> None:
-        """Abort: remove the target's copy (the source is untouched)."""
-        t = self.target
-        if isinstance(t, PgHandle):
-            pg.delete(t.dsn, t.tenant, tables=list(t.tables))
-        else:
-            t.delete(t.summary(), say)
-
-
-@dataclass
-class MovePlan:
-    pairs: list[Pair]
-    left: dict[str, Handle] = field(default_factory=dict)      # source stores the target plan cannot hold
-    sources: dict[str, Handle] = field(default_factory=dict)   # every reachable source store
-    unreached: list[str] = field(default_factory=list)         # target stores that would receive data, not reachable
-
-
-def plan_move(before: TenantStores, after: TenantStores, reach: Reach, target_reach: Reach | None = None) -> MovePlan:
-    """Pair each source store with its target; what the target cannot hold is left over. `target_reach` reaches
-    the target side when its store names are the source's too (a pooled tenant between two pool shards)."""
-    src, dst = handles(before, reach), handles(after, target_reach or reach)
-    pairs: list[Pair] = []
-    left: dict[str, Handle] = {}
-    unreached: list[str] = []
-    # PostgreSQL: tables go to the database the target layout assigns; one pair per (source, target) database.
-    where = {table: name for name, tables in after.postgres.items()
-             for table in (after.pool_holds if after.pooled else tables)}
-    grouped: dict[tuple[str, str], list[str]] = {}
-    for name, h in src.items():
-        if not isinstance(h, PgHandle):
-            continue
-        stay = [t for t in h.tables if t not in where]
-        if stay:
-            left[name] = PgHandle(name, h.tenant, h.dsn, tuple(stay))
-        for table in h.tables:
-            if table in where and where[table] in dst:
-                grouped.setdefault((name, where[table]), []).append(table)
-            elif table in where and where[table] not in unreached:
-                unreached.append(where[table])
-    by_dsns: dict[tuple[str, str], Pair] = {}
-    for (s_name, d_name), tables in grouped.items():
-        s, d = src[s_name], dst[d_name]
-        key = (s.dsn, d.dsn)   # two stores in one database (a test, a small install) move in one pair
-        if key in by_dsns:
-            p = by_dsns[key]
-            p.source = PgHandle(p.source.name, s.tenant, s.dsn, (*p.source.tables, *tables))
-            p.target = PgHandle(p.target.name, d.tenant, d.dsn, (*p.target.tables, *tables))
-            p.covers = tuple(sorted({*p.covers, s_name}))
-        else:
-            by_dsns[key] = Pair(PgHandle(s_name, s.tenant, s.dsn, tuple(tables)),
-                                PgHandle(d_name, d.tenant, d.dsn, tuple(tables)), (s_name,))
-    pairs.extend(by_dsns.values())
-    for kind in ("objects", "firestore"):
-        if kind in src and kind in dst:
-            pairs.append(Pair(src[kind], dst[kind], (kind,)))
-    if "graph" in src and "graph" not in dst:
-        left["graph"] = src["graph"]
-    return MovePlan(pairs, left, src, sorted(unreached))
-
-
 def unreachable(stores: TenantStores, reach: Reach) -> list[str]:
     """Store names of `stores` this run cannot reach (skipped kind, or no DSN for the database)."""
     found = handles(stores, reach)
     return [n for n in stores.names if n not in found and (n not in stores.postgres or stores.postgres[n])]
 
-
-# --- archive ------------------------------------------------------------------------------------------------------
-
-def export_all(found: Mapping[str, Handle], archive: Path, tenant: str, operation: str, discarded: list[str],
-               say: Say, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every store into its own directory of a new private archive, plus `archive.json` listing each store
-    with its counts, checksums and the SHA-256 of its manifest (which holds each file's), and `about` (the
-    environment, plan and model the tenant had: what a restore brings it back as). Resumable: a store whose
-    export completed is kept, a half-written one is redone; an archive of another tenant or operation is
-    refused."""
-    index_path = archive / ARCHIVE_INDEX
-    if archive.exists() and any(archive.iterdir()):
-        try:
-            index = json.loads(index_path.read_text())
-        except (OSError, ValueError):
-            index = {}
-        if (index.get("tenant"), index.get("operation")) != (tenant, operation):
-            raise StoreError(f"export directory {archive} is not empty and is not this operation's archive; give a new "
-                             "(or empty) directory so no earlier export is overwritten")
-    else:
-        private_export_dir(archive)
-        index = {"tenant": tenant, "operation": operation, "stores": {}, "discarded": sorted(discarded), **(about or {})}
-        write_manifest(archive, ARCHIVE_INDEX, index)
-    for name, h in found.items():
-        done = archive / f".{name}.json"
-        if done.exists():
-            index["stores"][name] = json.loads(done.read_text())
-            continue
-        folder = archive / name
-        if folder.exists():   # an export killed half-way: this store again
-            shutil.rmtree(folder)
-        say(f"  exporting {h.describe()}")
-        entry = h.export(folder, say)
-        entry["manifestSha256"] = file_sha256(folder / MANIFESTS[h.kind])
-        write_manifest(archive, done.name, entry)
-        index["stores"][name] = entry
-    index_path.unlink()
-    write_manifest(archive, ARCHIVE_INDEX, index)
-    return index
-
-
-def export_archive(found: Mapping[str, Handle], where: str, staging: Path, tenant: str, operation: str,
-                   discarded: list[str], say: Say, about: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`export_all` to where the archive goes (tenancy/lifecycle/archives.py): a local directory in place; a bucket
-    archive staged in `staging`, then uploaded and listed back. Resumable: a killed run's finished upload is
-    found and kept."""
-    from tenancy.lifecycle import archives
-
-    if archives.is_bucket(where) and archives.uploaded(where, operation):
-        with archives.fetched(where) as local:
-            return json.loads((local / ARCHIVE_INDEX).read_text())
-    index = export_all(found, staging, tenant, operation, discarded, say, about)
-    if archives.is_bucket(where):
-        archives.upload(where, staging, operation, say)
-    return index
-
-
-def verify_archive_at(found: Mapping[str, Handle], where: str) -> dict[str, Summary]:
-    """`verify_archive` of the archive where it now is (a bucket archive downloaded again, as a restore reads it)."""
-    from tenancy.lifecycle import archives
-
-    with archives.fetched(where) as local:
-        return verify_archive(found, local)
-
-
-def verify_archive(found: Mapping[str, Handle], archive: Path) -> dict[str, Summary]:
-    """Each store's export read back and compared with the store now; the verified summaries."""
-    index = json.loads((archive / ARCHIVE_INDEX).read_text())
-    out = {}
-    for name, h in found.items():
-        entry = index["stores"].get(name)
-        if entry is None:
-            raise Mismatch(f"the archive {archive} has no export of {h.describe()}; nothing was deleted")
-        out[name] = h.verify_export(archive / name, entry)
-    return out
-
-
-def _same(a: Summary, b: Summary, what: str, tenant: str) -> Summary:
+def require_same(a: Summary, b: Summary, what: str, tenant: str) -> Summary:
+    """`a` when it holds the same data as `b`; Mismatch naming `what` and the differences otherwise."""
     if not a.same_data(b):
         raise Mismatch(f"tenant '{tenant}': {what} does not match: {'; '.join(a.differences(b))}; nothing was deleted")
     return a
-
-
-def read_archive(archive: Path, tenant: str, env: str | None = None) -> tuple[dict[str, Any], dict[str, Summary], list[str]]:
-    """An archive checked whole without reading any store: `archive.json` is the tenant's (and the environment's,
-    when it says), and each store's directory holds its manifest, unchanged since the export (its SHA-256 in
-    `archive.json`), and every file that manifest lists, unchanged (each file's SHA-256); the counts and
-    checksums each manifest declares are the ones `archive.json` lists. Returns (the index, each store's
-    archived summary, every problem found)."""
-    problems: list[str] = []
-    try:
-        index = json.loads((archive / ARCHIVE_INDEX).read_text())
-    except OSError as exc:
-        return {}, {}, [f"{archive}: no readable {ARCHIVE_INDEX} ({exc.strerror}): not an archive of `tenancy offboard`"]
-    except ValueError:
-        return {}, {}, [f"{archive / ARCHIVE_INDEX}: not valid JSON: the archive is damaged"]
-    if not isinstance(index, dict) or not isinstance(index.get("stores"), dict):
-        return {}, {}, [f"{archive / ARCHIVE_INDEX}: lists no stores: not an archive of `tenancy offboard`"]
-    if index.get("tenant") != tenant:
-        return index, {}, [f"{archive} is the archive of tenant '{index.get('tenant')}', not '{tenant}'"]
-    if env is not None and index.get("environment") not in (None, env):
-        return index, {}, [f"{archive} is an archive of environment '{index['environment']}', not '{env}'"]
-    sums: dict[str, Summary] = {}
-    for name, entry in sorted(index["stores"].items()):
-        kind, folder = kind_of(name), archive / name
-        if kind not in KINDS or "/" in name or name.startswith("."):
-            problems.append(f"{archive}: store '{name}' is not a store of the data layout")
-            continue
-        if not folder.is_dir():
-            problems.append(f"{name}: the archive has no directory {folder}")
-            continue
-        manifest = folder / MANIFESTS[kind]
-        if not manifest.is_file():
-            problems.append(f"{name}: {manifest} is missing")
-            continue
-        if entry.get("manifestSha256") and file_sha256(manifest) != entry["manifestSha256"]:
-            problems.append(f"{name}: {manifest} changed since the export (sha256 differs from {ARCHIVE_INDEX})")
-            continue
-        try:
-            s = archived(folder, kind, tenant)
-        except (StoreError, KeyError, TypeError, ValueError) as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        if (s.count, s.checksum) != (entry.get("count"), entry.get("checksum")):
-            problems.append(f"{name}: its manifest says {s.count} items/{s.checksum[:12]}, {ARCHIVE_INDEX} "
-                            f"{entry.get('count')}/{str(entry.get('checksum'))[:12]}")
-            continue
-        sums[name] = s
-    return index, sums, problems
 
 
 def archived(folder: Path, kind: str, tenant: str) -> Summary:
