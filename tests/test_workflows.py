@@ -252,11 +252,17 @@ def test_pr_comment_from_two_catalogues(head_catalog, tmp_path):
     row = next(l for l in lines if l.startswith("| `dev.globex` |"))
     assert "new tenant stack: free (pooled) → standard (namespace)" in row and row.endswith("| none |")
     assert any(l.startswith("| `dev.cyberdyne` | changed: state |") for l in lines)
-    platform = next(l for l in lines if l.startswith("| `dev` |"))
-    assert "tenant added: newco" in platform
+    # each tenant's share of the platform lands on its units: globex leaves its pool shard for its cell, cyberdyne's
+    # entry is in its home cell, newco joins a pool shard and an identity shard; nothing of them is the global stack's
+    rows = {l.split("`")[1]: l for l in lines if l.startswith("| `dev")}
+    assert set(rows) == {"dev.cell-1", "dev.cyberdyne", "dev.globex", "dev.identity-1", "dev.pool-1"}
+    assert "| tenant globex changed: features, limits, model, plan; tenant cyberdyne changed: state |" in rows["dev.cell-1"]
+    assert "| tenant globex changed: features, limits, model, plan; tenant added: newco |" in rows["dev.pool-1"]
+    assert "| tenant added: newco |" in rows["dev.identity-1"]
     assert "```mermaid" in lines
     mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert mermaid.startswith("flowchart LR\n")
+    assert "subgraph gone" not in mermaid, "a unit stack's name is no tenant that left"
     # grouped by placement: pool shard, cell
     assert 'subgraph pool_1["pooled: pool shard pool-1 (dev-pooled-postgres)"]' in mermaid
     assert 'subgraph cell_1["namespace: cell cell-1 (cluster dev-shared)"]' in mermaid
@@ -265,6 +271,24 @@ def test_pr_comment_from_two_catalogues(head_catalog, tmp_path):
     assert 'globex["globex: standard"]' in mermaid and 'cyberdyne["cyberdyne: enterprise (suspended)"]' in mermaid
     assert 'globex_was(("free")) -->|"pooled → namespace"| globex' in mermaid
     assert "dev.stark" not in md, "unchanged stacks are not listed"
+
+
+def test_pr_comment_lists_only_tenants_that_left_as_gone(tmp_path):
+    from tenancy import prcomment
+    from tenancy.catalog import load_catalog, parse_catalog
+    from tenancy.changes import changes_between
+
+    base = load_catalog(ROOT / "tenants.yaml")
+    text = (ROOT / "tenants.yaml").read_text()
+    start = text.index("  - id: initech\n")
+    end = text.index("\n  - id:", start + 1) + 1
+    head = parse_catalog(text[:start] + text[end:])
+    assert {t.id for t in base.tenants} - {t.id for t in head.tenants} == {"initech"}
+    changes = changes_between(base, head, "dev")
+    # initech leaves its pool shard and identity shard; the global stack records it
+    assert sorted(changes.reasons) == ["dev", "dev.identity-1", "dev.pool-1"]
+    mermaid = prcomment.mermaid(base, head, changes, "dev")
+    assert mermaid.split("\n")[1:] == ['  subgraph gone["removed / offboarded"]', '    initech_gone["initech"]', "  end"]
 
 
 def test_pr_comment_without_changes(tmp_path):
