@@ -88,6 +88,7 @@ schema: $(STAMP)
 
 bench: $(STAMP) postgres
 	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/plan_tenant_bench.py
 	$(BIN)/python bench/fleet_bench.py
 
 clean:

@@ -322,11 +322,15 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
     stacks_out: list[Planned] = []
     meter = meter or Meter(live=False, interval=float("inf"))
     meter.start(len(chosen) + len(tenant_stacks))
-    say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants)")
-    presult, pseconds = run_stack(platform_stack, catalog, config, {})
     from tenancy.envconfig import project_name
     prefix = f"{ORGANIZATION}/{project_name()}/"
-    outputs: dict[str, tuple[dict, list[str]]] = {prefix + platform_stack: _exports(presult)}
+    cached = _cached_units(env, platform_stack, chosen, facing_only, prefix, say)
+    run_cells = [s for s in run_cells if prefix + s not in cached]
+    presult = None
+    if not cached:
+        say(f"planning global stack {platform_stack} ({len(catalog.tenants)} tenants)")
+        presult, pseconds = run_stack(platform_stack, catalog, config, {})
+    outputs: dict[str, tuple[dict, list[str]]] = cached or {prefix + platform_stack: _exports(presult)}
     unknown: dict[str, dict[str, str]] = {}
     for tid, p in placed.tenants.items():
         unknown.setdefault(naming.unit_stack(env, p.identity_shard), {})[tid] = UNKNOWN
@@ -356,6 +360,21 @@ def _plan_cells(catalog: Catalog, env: str, config: dict[str, Any], placed, tena
         _WORKER.clear()
         meter.finish()
     return _finish(env, catalog, placed, stacks_out, tenant_plans, reasons, removed, unchanged, changed_since, start)
+
+
+def _cached_units(env: str, platform_stack: str, chosen: set[str], facing_only: set[str], prefix: str,
+                  say: Callable[[str], None]) -> dict[str, tuple[dict, list[str]]]:
+    """The exports of the units a plan reads but does not plan (the global stack, cells run for a tenant stack's
+    sake), from tenancy/plancache.py; none when the global stack is planned or the cache is off."""
+    from tenancy import plancache
+
+    if platform_stack in chosen or not plancache.enabled():
+        return {}
+    say(f"reading the exports of {', '.join([platform_stack, *sorted(facing_only)])} (cached, or computed once)")
+    outputs = {prefix + platform_stack: plancache.unit_exports(env, platform_stack, {})}
+    for cell in sorted(facing_only):
+        outputs[prefix + cell] = plancache.unit_exports(env, cell, {prefix + platform_stack: outputs[prefix + platform_stack]})
+    return outputs
 
 
 def _finish(env: str, catalog: Catalog, placed, stacks_out: list[Planned], tenant_plans: list[Planned],

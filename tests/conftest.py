@@ -13,6 +13,15 @@ os.environ["PULUMI_ERROR_OUTPUT_STRING"] = "1"
 os.environ.pop("PULUMI_CONFIG", None)
 
 
+@pytest.fixture(autouse=True)
+def _empty_plan_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty plan cache of its own (tenancy/plancache.py): an entry another test wrote, or
+    one made while a test had patched code the cache key cannot see, is never read."""
+    from tenancy import plancache
+
+    monkeypatch.setattr(plancache, "CACHE_DIR", tmp_path_factory.mktemp("plancache"))
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """One throwaway PostgreSQL per test process. Under CI a missing server is a failure, not a skip."""

@@ -45,7 +45,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Running stacks: offline (one program under the recorder), the plan and its policy check, what a change
     # touches, the engines (Automation API, offline).
     ("plan and engines", ("tenancy.offline", "tenancy.plan", "tenancy.planwrite", "tenancy.policycheck",
-                          "tenancy.tfplan", "tenancy.changes", "tenancy.ci", "tenancy.prcomment", "tenancy.engine")),
+                          "tenancy.tfplan", "tenancy.changes", "tenancy.ci", "tenancy.prcomment", "tenancy.engine",
+                          "tenancy.plancache")),
     # The Pulumi Kubernetes Operator as an engine: Stack objects, their schema, rollouts on it.
     ("operator", ("tenancy.operator.stacks", "tenancy.operator.schema", "tenancy.operator.engine")),
     # Deploys (in waves) and the deployed record, destroys, and a tenant's data paired across stores.

@@ -52,7 +52,10 @@ def cmd_plan(args) -> int:
     if args.workers is not None and args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_INPUT
-    catalog, placed = checked_catalog(args, deployed=True)
+    from tenancy import plancache
+
+    catalog, placed = plancache.checked_catalog(args.tenants, args.env, args.deployed_record,
+                                                lambda: checked_catalog(args, deployed=True))
     from tenancy.progress import Meter
 
     meter = Meter(sys.stderr)
