@@ -45,8 +45,8 @@ def _label(text: str) -> str:
 def _affected_tenants(changes: Changes) -> set[str]:
     affected: set[str] = set(changes.tenants)
     for stack in [*changes.reasons, *changes.removed]:
-        tid = naming.parse_stack_name(stack)[1]
-        if tid:
+        kind, _, tid = naming.stack_kind(stack)
+        if kind == naming.TENANT_STACK:     # a unit stack's name (`dev.cell-1`) names no tenant
             affected.add(tid)
     return affected
 

@@ -2,8 +2,9 @@
 
 A small catalogue exercises what the committed one does not: two tenants whose ids share a prefix
 (`stark`, `stark-labs`), per-plan node isolation of every kind, two dedicated tenants without a project
-of their own, and one with its own project. The whole environment is planned once (platform first, its
-exports feeding the tenant stacks), with Cloud SQL's server CA certificates faked so their wiring shows.
+of their own, and one with its own project. The whole environment is planned once (its global stack, identity
+shard, cell and pool shard first, their exports feeding the tenant stacks), with Cloud SQL's server CA
+certificates faked so their wiring shows.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ CATALOG = textwrap.dedent(f"""\
 # Two CAs, as Cloud SQL presents them during a CA rotation.
 CA_PEMS = ["-----BEGIN CERTIFICATE-----\nMIIold\n-----END CERTIFICATE-----", "-----BEGIN CERTIFICATE-----\nMIInew\n-----END CERTIFICATE-----"]
 BUNDLE = CA_PEMS[0] + "\n" + CA_PEMS[1] + "\n"
+# The environment's platform-side stacks: what the whole environment shares, Identity Platform tenants, the shared
+# cluster and its edge, the pooled tier.
+GLOBAL, IDENTITY, CELL, POOL = "dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"
+PLATFORM_STACKS = (GLOBAL, IDENTITY, CELL, POOL)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +119,9 @@ def test_firestore_grant_matches_its_own_database_exactly(plan_data):
     assert not _cel_matches(stark, f"{db}/dev-stark-labs"), "stark's grant must not reach stark-labs' database"
     assert not _cel_matches(stark, f"{db}/dev-stark-labs/documents/orders/1")
     assert _cel_matches(labs, f"{db}/dev-stark-labs/documents/x") and not _cel_matches(labs, f"{db}/dev-stark/documents/x")
-    pooled = conditions["dev"]
+    # the pool's grant is its pool shard's, and no other platform-side stack's
+    assert set(conditions) & set(PLATFORM_STACKS) == {POOL}
+    pooled = conditions[POOL]
     assert _cel_matches(pooled, f"{db}/dev-pooled") and not _cel_matches(pooled, f"{db}/dev-pooled-archive")
 
 
@@ -129,13 +136,15 @@ def test_no_iam_condition_matches_a_name_by_bare_prefix(plan_data):
 # 2 ------------------------------------------------------------------------------ sign-in and domains
 
 def test_authorized_domains_are_the_platform_hosts_only(plan_data):
-    [config] = of_type(stack_of(plan_data, "dev"), "gcp:identityplatform/config:Config")
+    configs = {name: of_type(stack_of(plan_data, name), "gcp:identityplatform/config:Config") for name in PLATFORM_STACKS}
+    assert {name: len(found) for name, found in configs.items()} == {GLOBAL: 1, IDENTITY: 0, CELL: 0, POOL: 0}
+    [config] = configs[GLOBAL]
     assert config["inputs"]["authorizedDomains"] == ["app.dev.saas-example.com", "auth.dev.saas-example.com"]
     # the custom domain is a tenant host, not an authorized domain: its pages send sign-in to the auth host
     assert stack_of(plan_data, "dev.orbit")["outputs"]["hostnames"] == ["orbit.dev.saas-example.com", "portal.orbit.example"]
     assert _app_values(plan_data, "dev.orbit")["signInHost"] == "auth.dev.saas-example.com"
     assert _app_values(plan_data, "dev.stark")["signInHost"] == "auth.dev.saas-example.com"
-    assert _app_values(plan_data, "dev")["signInHost"] == "auth.dev.saas-example.com"    # served by the shared app
+    assert _app_values(plan_data, POOL)["signInHost"] == "auth.dev.saas-example.com"    # served by the shared app
 
 
 def _cfg(env: str = "dev", **extra) -> PlatformConfig:
@@ -226,14 +235,20 @@ def test_a_dedicated_tenant_may_not_name_the_platforms_project(tmp_path, capsys)
     assert _cli(capsys, "validate", "--tenants", str(path), "--env", "prod")[0] == 0   # prod's project is another
 
 
-def test_the_platform_program_refuses_them_too(tmp_path):
-    # `pulumi up` and the lifecycle engines run the program without `tenancy plan`: it checks on its own.
-    from stacks import platform
+@pytest.mark.parametrize("stack", PLATFORM_STACKS)
+def test_the_platform_programs_refuse_them_too(tmp_path, stack):
+    # `pulumi up` and the lifecycle engines run the programs without `tenancy plan`: each checks on its own,
+    # before it declares anything.
+    from stacks import cells
     from tenancy.errors import CatalogError
 
+    build = {GLOBAL: lambda c: cells.build_global("dev", c, _cfg()),
+             IDENTITY: lambda c: cells.build_identity("dev", "identity-1", c, _cfg()),
+             CELL: lambda c: cells.build_cell("dev", "cell-1", c, _cfg()),
+             POOL: lambda c: cells.build_pool("dev", "pool-1", c, _cfg())}[stack]
     catalog = _catalog_with_domains(tmp_path, "app.dev.saas-example.com")
     with pytest.raises(CatalogError) as exc:
-        platform.build("dev", catalog, _cfg())
+        build(catalog)
     assert [p.field for p in exc.value.problems] == ["custom_domain"]
     assert "is the platform's own host app.<baseDomain>" in exc.value.problems[0].message
 
@@ -250,7 +265,7 @@ EXPECTED_FLAGS = {
 
 def test_every_cloud_sql_instance_is_audited_and_ready_for_logical_replication(plan_data):
     instances = [(s["name"], r) for s in plan_data["stacks"] for r in of_type(s, "gcp:sql/databaseInstance:DatabaseInstance")]
-    assert {name for name, _ in instances} == {"dev", "dev.stark", "dev.stark-labs", "dev.vault", "dev.orbit", "dev.nimbus",
+    assert {name for name, _ in instances} == {GLOBAL, POOL, "dev.stark", "dev.stark-labs", "dev.vault", "dev.orbit", "dev.nimbus",
                                                "dev.zen"}
     replicas = [r for _, r in instances if r["inputs"].get("masterInstanceName")]
     assert len(replicas) == 3                          # orbit's read replicas
@@ -299,7 +314,7 @@ def test_the_logging_flags_write_durations_and_failing_statements_without_values
 
 
 def test_clients_verify_the_server_certificate(plan_data):
-    pooled = [r for r in of_type(stack_of(plan_data, "dev"), "kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "app"]
+    pooled = [r for r in of_type(stack_of(plan_data, POOL), "kubernetes:helm.sh/v3:Release") if r["inputs"]["name"] == "app"]
     db = pooled[0]["inputs"]["values"]["database"]
     assert (db["sslMode"], db["serverCaCert"]) == ("verify-ca", BUNDLE)
     for name in ("dev.stark", "dev.orbit"):
@@ -348,7 +363,7 @@ def test_every_bucket_logs_its_requests_to_the_environments_log_bucket(plan_data
 
 def test_every_cluster_has_intranode_visibility_and_google_groups_rbac(plan_data):
     clusters = {s["name"]: r["inputs"] for s in plan_data["stacks"] for r in of_type(s, "gcp:container/cluster:Cluster")}
-    assert set(clusters) == {"dev", "dev.orbit", "dev.nimbus", "dev.zen"}
+    assert set(clusters) == {CELL, "dev.orbit", "dev.nimbus", "dev.zen"}
     for name, c in clusters.items():
         assert c["enableIntranodeVisibility"] is True, name
         assert c["authenticatorGroupsConfig"] == {"securityGroup": "gke-security-groups@saas-example.com"}, name
@@ -369,8 +384,11 @@ def _app_values(data, stack):
 
 
 def test_shared_cluster_has_a_tainted_gvisor_pool_and_sandbox_tenants_run_on_it(plan_data):
-    pools = {r["inputs"]["name"]: r["inputs"] for r in of_type(stack_of(plan_data, "dev"), "gcp:container/nodePool:NodePool")}
-    assert set(pools) == {"workloads", "sandbox"}
+    where = {name: {r["inputs"]["name"] for r in of_type(stack_of(plan_data, name), "gcp:container/nodePool:NodePool")}
+             for name in PLATFORM_STACKS}
+    assert where == {GLOBAL: set(), IDENTITY: set(), CELL: {"workloads", "sandbox"}, POOL: set()}
+    pools = {r["inputs"]["name"]: r["inputs"] for r in of_type(stack_of(plan_data, CELL), "gcp:container/nodePool:NodePool")}
+    assert {p["cluster"] for p in pools.values()} == {"dev-shared"}
     nc = pools["sandbox"]["nodeConfig"]
     assert nc["sandboxConfig"] == {"sandboxType": "gvisor"} and nc["imageType"] == "COS_CONTAINERD"
     assert nc["taints"] == [{"key": "tenancy.io/isolation", "value": "sandbox", "effect": "NO_SCHEDULE"}]
@@ -407,9 +425,12 @@ def test_dedicated_clusters_get_a_sandbox_pool_only_when_their_plan_asks(plan_da
 
 
 def test_tenant_namespaces_may_not_tolerate_other_pools(plan_data):
-    platform = stack_of(plan_data, "dev")
-    [policy] = of_type(platform, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
-    [binding] = of_type(platform, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding")
+    # the shared cluster's policy: its cell holds it, and no other platform-side stack
+    for name in (GLOBAL, IDENTITY, POOL):
+        assert not of_type(stack_of(plan_data, name), "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy"), name
+    cell = stack_of(plan_data, CELL)
+    [policy] = of_type(cell, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy")
+    [binding] = of_type(cell, "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding")
     spec = policy["inputs"]["spec"]
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["resourceRules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
@@ -464,7 +485,7 @@ def _physical_names(stack):
 def test_dedicated_tenants_without_a_project_share_no_physical_name(plan_data):
     seen = Counter()
     urns = {}
-    for name in ("dev", "dev.orbit", "dev.nimbus"):
+    for name in (*PLATFORM_STACKS, "dev.orbit", "dev.nimbus"):
         for key, urn in _physical_names(stack_of(plan_data, name)):
             seen[key] += 1
             urns.setdefault(key, []).append(urn)

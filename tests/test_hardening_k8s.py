@@ -38,7 +38,11 @@ def k8s_objects(stack: dict, kind: str) -> list[dict]:
 def test_ingress_controller_distrusts_client_forwarding_headers_and_keeps_the_client_address(data):
     """Behind a passthrough L4 load balancer X-Forwarded-For is whatever the client wrote: trusting it lets
     anyone choose the address per-IP rate limits count. The address survives through externalTrafficPolicy."""
-    for name in ("dev", "dev.acme", "dev.cyberdyne"):
+    # the shared cluster's edge is its cell's; the global stack, identity shard and pool shard run none
+    for name in ("dev", "dev.identity-1", "dev.pool-1"):
+        assert not [r for r in of_type(stack_of(data, name), "kubernetes:helm.sh/v3:Release")
+                    if r["inputs"]["chart"] == "ingress-nginx"], name
+    for name in ("dev.cell-1", "dev.acme", "dev.cyberdyne"):
         releases = [r for r in of_type(stack_of(data, name), "kubernetes:helm.sh/v3:Release")
                     if r["inputs"]["chart"] == "ingress-nginx"]
         assert len(releases) == 1, name
@@ -180,7 +184,9 @@ def test_pooled_job_registers_the_catalogues_pooled_tenants_and_tenant_jobs_thei
         stack = stack_of(data, stack_name)
         return [c["data"][REGISTER_FILE] for c in k8s_objects(stack, "ConfigMap") if REGISTER_FILE in c.get("data", {})]
 
-    [pooled] = register_sql("dev")
+    # the pooled tenants' registration is their pool shard's job, and no other platform-side stack's
+    assert register_sql("dev") == register_sql("dev.identity-1") == register_sql("dev.cell-1") == []
+    [pooled] = register_sql("dev.pool-1")
     found = re.findall(r"\(\$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z0-9-]+)\$r0\$, \$r0\$([a-z]+)\$r0\$, \$r0\$([a-z]+)\$r0\$, "
                        r"\$r0\$(\{.*?\})\$r0\$::jsonb\)", pooled)
     rows = [r[:4] for r in found]

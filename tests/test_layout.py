@@ -63,9 +63,16 @@ def test_a_bad_layout_is_refused_with_the_key_to_fix(tmp_path, text, message):
 
 
 def test_the_directory_lists_each_tenants_stores(sample_plan):
+    from tenancy.catalog import load_catalog
+    from tests.conftest import ROOT
+
     _, data, _ = sample_plan
-    platform = next(s for s in data["stacks"] if s["kind"] == "platform")
-    directory = json.loads(platform["outputs"]["tenantDirectory"])
+    # the directory is published in shares, one per cell and pool shard, each tenant in one of them
+    shares = {s["name"]: json.loads(s["outputs"]["tenantDirectory"]) for s in data["stacks"] if "tenantDirectory" in s["outputs"]}
+    assert set(shares) == {"dev.cell-1", "dev.pool-1"}
+    directory = {**shares["dev.cell-1"], **shares["dev.pool-1"]}
+    assert len(directory) == sum(map(len, shares.values()))
+    assert set(directory) == {t.id for t in load_catalog(ROOT / "tenants.yaml").tenants if t.in_directory}
     for tenant_id, entry in directory.items():
         stores = entry["stores"]
         assert set(stores) >= {"postgres", "objects", "firestore"}, tenant_id

@@ -121,12 +121,17 @@ def _platform_facts(platform: dict) -> tuple[str, str]:
 
 
 def _check_stacks_against_naming(data: dict) -> None:
-    """Every physical name a stack gives is one naming.py derives: the platform's exactly `platform_names`
-    (Identity Platform tenants are the catalogue tenants'), a tenant's its `tenant_names`, plus, for a
-    dedicated tenant, the fixed names of its own cluster and (in a project of its own) its own project."""
+    """Every physical name a stack gives is one naming.py derives: the platform-side stacks' (the global stack and
+    its units) together exactly `platform_names`, each name made by one of them (Identity Platform tenants are the
+    catalogue tenants'), a tenant's its `tenant_names`, plus, for a dedicated tenant, the fixed names of its own
+    cluster and (in a project of its own) its own project."""
     from tests.conftest import stack_of
     platform = stack_of(data, "dev")
-    made = {k for k in physical_names(platform) if k[0] != "Identity Platform tenant"}
+    sides = [s for s in data["stacks"] if s["kind"] != "tenant"]
+    assert [s["name"] for s in sides] == ["dev", "dev.identity-1", "dev.cell-1", "dev.pool-1"]
+    made_by = [{k for k in physical_names(s) if k[0] != "Identity Platform tenant"} for s in sides]
+    made = set().union(*made_by)
+    assert sum(map(len, made_by)) == len(made), "two platform-side stacks make the same name"
     assert made == set(naming.platform_names("dev", *_platform_facts(platform)))
     for stack in (s for s in data["stacks"] if s["kind"] == "tenant"):
         allowed = set(naming.tenant_names("dev", stack["tenant"]))

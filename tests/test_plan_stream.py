@@ -1,6 +1,7 @@
 """The streaming plan: workers write each stack's manifests and plan.json entry as it finishes, the parent keeps
-light records, the platform stack runs beside the tenant stacks. Its output is compared byte for byte with the
-plan computed the way it was before (every stack in memory, the platform first, one json.dumps at the end)."""
+light records; the global stack, then its identity shard, cell and pool shard, then the tenant stacks. Its output is
+compared byte for byte with the plan computed every stack in memory, in this process, one stack after another
+(each fed the exports of the stacks before it), with one json.dumps at the end."""
 
 from __future__ import annotations
 
@@ -21,23 +22,27 @@ from tenancy.policycheck import evaluate_cross_stack, evaluate_plan, plan_view, 
 from tests.conftest import ROOT
 from tests.test_policy_isolation import _exact_conditions, add, res, sa
 
+# The committed catalogue's platform-side stacks, in the order they are planned (each reads those before it).
+PLATFORM_SIDE = [("dev", "platform"), ("dev.identity-1", "identity"), ("dev.cell-1", "cell"), ("dev.pool-1", "pool")]
+TENANT_STACKS = ["dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+
 
 def reference_plan(catalog, env: str, out: Path) -> None:
-    """The plan as `tenancy plan` computed it before streaming: the whole platform program in this process
-    first, its run's exports to the tenant stacks, every stack held in memory, the plan-wide rules over every
+    """The plan computed without workers or streaming: every stack program in this process, one after another, each
+    given the exports of every stack run before it; every stack held in memory, the plan-wide rules over every
     stack's resources, plan.json as one json.dumps, manifests with yaml.safe_dump."""
     from tenancy.envconfig import project_name
     from tenancy.fleet import capacity, placement, report
 
     placed = placement.place(catalog, capacity.load(env))
-    presult, seconds = planmod.run_stack(env, catalog, planmod._platform_config(env), {})
-    stacks = [planmod._to_stack_plan(env, "platform", None, None, presult, seconds)]
-    exports = planmod._write_exports_cache(env, planmod.exports_cache_key(env), presult)
-    refs = {f"organization/{project_name()}/{env}": exports}
-    for t in catalog.stack_tenants:
-        name = f"{env}.{t.id}"
-        result, seconds = planmod.run_stack(name, catalog, {}, refs)
-        stacks.append(planmod._to_stack_plan(name, "tenant", t.id, t.model.value, result, seconds))
+    refs: dict[str, tuple[dict, list[str]]] = {}
+    stacks = []
+    for name, kind, tenant, model in ([(n, k, None, None) for n, k in PLATFORM_SIDE]
+                                      + [(f"{env}.{t.id}", "tenant", t.id, t.model.value) for t in catalog.stack_tenants]):
+        result, seconds = planmod.run_stack(name, catalog, planmod._platform_config(env) if name == env else {}, refs)
+        stacks.append(planmod._to_stack_plan(name, kind, tenant, model, result, seconds))
+        refs[f"organization/{project_name()}/{name}"] = planmod._exports(result)
+    assert [s.name for s in stacks] == [n for n, _ in PLATFORM_SIDE] + TENANT_STACKS
     by_name = {s.name: s for s in stacks}
     for v in evaluate_plan([s.to_json() for s in stacks]):
         (by_name.get(stack_of_urn(v["urn"])) or stacks[0]).violations.append(v)
@@ -59,22 +64,16 @@ def tree(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "plan"
-    cache = planmod.CACHE_DIR
-    planmod.CACHE_DIR = out.parent / "cache"
-    try:
-        reference_plan(load_catalog(ROOT / "tenants.yaml"), "dev", out)
-    finally:
-        planmod.CACHE_DIR = cache
+    reference_plan(load_catalog(ROOT / "tenants.yaml"), "dev", out)
     return tree(out)
 
 
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory):
-    """A streaming plan with two workers and no exports cache: (result, output directory, run_stack calls)."""
+    """A streaming plan with two workers: (result, output directory, run_stack calls, progress messages)."""
     base = tmp_path_factory.mktemp("streamed")
     calls = base / "calls.jsonl"
     mp = pytest.MonkeyPatch()
-    mp.setattr(planmod, "CACHE_DIR", base / "cache")
     original = planmod.run_stack
 
     def spy(stack, catalog, config, outputs, tenant_facing_only=False):
@@ -103,7 +102,7 @@ def test_streamed_plan_json_and_manifests_are_those_of_the_in_memory_plan(stream
     assert result.plan_file == out / "plan.json"
     assert not (out / planwrite.STAGING).exists(), "the staging directory is gone"
     data = json.loads(got["plan.json"])
-    assert [s["name"] for s in data["stacks"]] == ["dev", "dev.pied-piper", "dev.stark", "dev.wayne", "dev.acme", "dev.cyberdyne"]
+    assert [(s["name"], s["kind"]) for s in data["stacks"]] == PLATFORM_SIDE + [(t, "tenant") for t in TENANT_STACKS]
     assert {tuple(s) for s in data["stacks"]} == {("name", "kind", "tenant", "model", "resources", "outputs", "violations",
                                                    "placement")}
 
@@ -123,29 +122,25 @@ def test_manifests_are_written_per_stack_by_the_workers(streamed):
         objects = [r for r in s["resources"] if r["type"].startswith("kubernetes:")
                    and not r["type"].startswith(planwrite.K8S_NOT_OBJECTS)]
         files = sorted((out / "manifests" / s["name"]).glob("*.yaml"))
-        assert len(files) == len(objects) > 0, s["name"]
-    # the planning and the writing happen where each stack ran: the platform in a process of its own, the first
-    # tenant stack in this process (so that the workers forked next start with its modules imported), the
-    # others in workers
-    planned = [c for c in calls if not c["tenant_facing_only"]]
-    assert sorted(c["stack"] for c in planned) == sorted(s["name"] for s in data["stacks"])
-    assert [c["stack"] for c in planned if c["pid"] == parent] == ["dev.pied-piper"]
-    platform = next(c["pid"] for c in planned if c["stack"] == "dev")
-    assert {c["pid"] for c in planned if c["stack"] not in ("dev", "dev.pied-piper")}.isdisjoint({parent, platform})
+        assert len(files) == len(objects), s["name"]
+        assert (len(files) > 0) is (s["name"] not in ("dev", "dev.identity-1")), s["name"]   # those hold no Kubernetes object
+    # each stack is planned once, and written where it ran: the global stack and each stage of one unit stack in
+    # this process, the first tenant stack here too (so that the workers forked next start with its modules
+    # imported), the others in workers
+    assert sorted(c["stack"] for c in calls) == sorted(s["name"] for s in data["stacks"])
+    assert not [c for c in calls if c["tenant_facing_only"]], "every unit is planned in full"
+    assert [c["stack"] for c in calls if c["pid"] == parent] == [n for n, _ in PLATFORM_SIDE] + ["dev.pied-piper"]
+    assert all(c["pid"] != parent for c in calls if c["stack"] in TENANT_STACKS[1:])
 
 
-def test_the_platform_stack_runs_beside_the_tenant_stacks(streamed):
+def test_each_stage_is_planned_after_the_stacks_it_reads(streamed):
     _, _, calls, said = streamed
-    parent = os.getpid()
-    assert said[:3] == ["computing the exports of platform stack dev that tenant stacks read",
-                        "planning platform stack dev (10 tenants)", "planning 5 tenant stack(s) with 2 worker(s)"]
-    first = calls[0]
-    assert (first["pid"], first["stack"], first["tenant_facing_only"]) == (parent, "dev", True), \
-        "only the tenant-facing part of the platform runs before the workers start"
-    platform = next(c for c in calls if c["stack"] == "dev" and not c["tenant_facing_only"])
-    tenants = [c for c in calls if c["stack"] != "dev"]
-    assert any(t["start"] < platform["end"] and t["pid"] != platform["pid"] for t in tenants), \
-        "a tenant stack was planned while the platform stack was"
+    assert said == ["planning global stack dev (10 tenants)", "planning 1 identity stack(s)", "planning 1 cell stack(s)",
+                    "planning 1 pool stack(s)", "planning 5 tenant stack(s) with 2 worker(s)"]
+    runs = {c["stack"]: c for c in calls}
+    stages = [["dev"], ["dev.identity-1"], ["dev.cell-1"], ["dev.pool-1"], TENANT_STACKS]
+    for before, after in zip(stages, stages[1:]):
+        assert max(runs[s]["end"] for s in before) <= min(runs[s]["start"] for s in after), (before, after)
 
 
 def test_light_records_hold_no_resources(streamed):
@@ -158,15 +153,20 @@ def test_light_records_hold_no_resources(streamed):
         assert all(entry["outputs"][k] == v for k, v in s.outputs.items())
         assert all(len(json.dumps(v)) <= planmod.LIGHT_OUTPUT_BYTES for v in s.outputs.values())
     platform = result.stacks[0]
-    assert platform.outputs["gcpProject"] == "tenancy-dev-482913"
-    assert "tenantDirectory" in data["stacks"][0]["outputs"] and "tenantDirectory" not in platform.outputs
+    assert platform.name == "dev" and platform.outputs["gcpProject"] == "tenancy-dev-482913"
+    cell = result.stacks[2]
+    assert cell.name == "dev.cell-1" and cell.outputs["clusterName"] == "dev-shared"
+    # the cell's directory share is larger than a light record keeps: plan.json has it
+    assert len(data["stacks"][2]["outputs"]["tenantDirectory"]) > planmod.LIGHT_OUTPUT_BYTES
+    assert "tenantDirectory" not in cell.outputs
     with pytest.raises(PlanError, match="stack 'dev' was streamed to plan.json; its resources are read from there"):
         platform.to_json()
     with pytest.raises(PlanError, match="this plan was written to .*plan.json as it ran"):
         planmod.write(result, out / "again")
     lines = planmod.summary(result).splitlines()
     assert lines[1].split()[:5] == ["dev", "platform", "-", "-", str(platform.resource_count)]
-    assert lines[7].startswith(f"6 stack(s), {sum(len(e['resources']) for e in data['stacks'])} resources, 0 mandatory")
+    assert lines[3].split()[:5] == ["dev.cell-1", "cell", "-", "-", str(cell.resource_count)]
+    assert lines[10].startswith(f"9 stack(s), {sum(len(e['resources']) for e in data['stacks'])} resources, 0 mandatory")
 
 
 def test_a_failing_stack_program_in_a_worker_is_a_plan_error(tmp_path, monkeypatch):
@@ -201,8 +201,10 @@ def test_the_cli_streams_and_reports_counts(tmp_path):
     data = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert report["planFile"] == str(tmp_path / "p" / "plan.json")
     assert [(s["name"], s["resources"]) for s in report["stacks"]] == [(s["name"], len(s["resources"])) for s in data["stacks"]]
-    assert [s["name"] for s in report["stacks"]] == ["dev", "dev.stark"]
-    assert sorted(p.name for p in (tmp_path / "p" / "manifests").iterdir()) == ["dev", "dev.stark"]
+    # globex is pooled: its share of the platform is its pool shard's stack (the global stack, identity shard and
+    # cell it reads run for their outputs only)
+    assert [s["name"] for s in report["stacks"]] == ["dev.pool-1", "dev.stark"]
+    assert sorted(p.name for p in (tmp_path / "p" / "manifests").iterdir()) == ["dev.pool-1", "dev.stark"]
 
 
 # ------------------------------------------------------------------------------------ plan-wide rules

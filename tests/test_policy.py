@@ -60,7 +60,7 @@ CLUSTER = "gcp:container/cluster:Cluster"
 
 
 def test_gke_cluster_passes_and_each_hardening_item_fails(plan_data):
-    good = real(plan_data, "dev", CLUSTER)
+    good = real(plan_data, "dev.cell-1", CLUSTER)          # the shared cluster
     assert check("gke-cluster-hardened", CLUSTER, good) == []
     breaks = [
         (lambda c: c.pop("workloadIdentityConfig"), "Workload Identity must be on"),
@@ -85,7 +85,7 @@ def test_gke_cluster_passes_and_each_hardening_item_fails(plan_data):
 
 
 def test_gke_node_pool(plan_data):
-    good = real(plan_data, "dev", "gcp:container/nodePool:NodePool")
+    good = real(plan_data, "dev.cell-1", "gcp:container/nodePool:NodePool")
     assert check("gke-node-pool-hardened", "gcp:container/nodePool:NodePool", good) == []
     bad = copy.deepcopy(good)
     bad["management"]["autoUpgrade"] = False
@@ -188,7 +188,7 @@ def test_k8s_no_exposed_services():
 
 
 def test_k8s_containers_declare_resources(plan_data):
-    job = real(plan_data, "dev", "kubernetes:batch/v1:Job")
+    job = real(plan_data, "dev.pool-1", "kubernetes:batch/v1:Job")     # the pool shard's SQL job
     assert check("k8s-container-resources", "kubernetes:batch/v1:Job", job) == []
     del job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert check("k8s-container-resources", "kubernetes:batch/v1:Job", job) == [
@@ -275,7 +275,8 @@ def test_policy_check_command_on_an_edited_plan(sample_plan, tmp_path):
     clean.write_text(json.dumps(data))
     ok = subprocess.run([sys.executable, "-m", "tenancy", "policy-check", str(clean)], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stdout
-    assert ok.stdout.strip().endswith("6 stack(s) checked: 0 mandatory violation(s), 0 advisory")
+    # the global stack, its identity shard, cell and pool shard, and five tenant stacks
+    assert ok.stdout.strip().endswith("9 stack(s) checked: 0 mandatory violation(s), 0 advisory")
     broken = copy.deepcopy(data)
     bucket = of_type(stack_of(broken, "dev.stark"), "gcp:storage/bucket:Bucket")[0]
     bucket["inputs"]["publicAccessPrevention"] = "inherited"

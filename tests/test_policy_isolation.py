@@ -93,10 +93,13 @@ def test_tenant_service_account_on_another_tenants_bucket(plan):
     ]
 
 
-def test_binding_members_user_and_group_on_tenant_data_from_the_platform_stack(plan):
-    b = add(plan, "dev", "gcp:storage/bucketIAMBinding:BucketIAMBinding", "audit-readers",
+# A grant from any platform-side stack: the global stack's, or a pool shard's (whose own grants reach the pooled bucket).
+@pytest.mark.parametrize("stack,like", [("dev", "access-logs-storage-objectCreator"),
+                                        ("dev.pool-1", "pooled-bucket-storage-objectAdmin")])
+def test_binding_members_user_and_group_on_tenant_data_from_a_platform_stack(plan, stack, like):
+    b = add(plan, stack, "gcp:storage/bucketIAMBinding:BucketIAMBinding", "audit-readers",
             {"bucket": "dev-stark-uploads", "role": "roles/storage.objectViewer",
-             "members": ["user:eve@example.com", "group:support@saas-example.com"]}, like="pooled-bucket-storage-objectAdmin")
+             "members": ["user:eve@example.com", "group:support@saas-example.com"]}, like=like)
     assert found(plan, "iam-tenant-scope") == [
         (b["urn"], f"IAM: {kind} {m} (not declared in the plan) is granted roles/storage.objectViewer on bucket "
                    "dev-stark-uploads, which is tenant 'stark''s: only the tenant's own principals and the platform's "
@@ -106,7 +109,7 @@ def test_binding_members_user_and_group_on_tenant_data_from_the_platform_stack(p
 
 def test_policy_data_json_on_another_tenants_secret(plan):
     member = sa(plan, "dev.stark")
-    p = add(plan, "dev", "gcp:secretmanager/secretIamPolicy:SecretIamPolicy", "wayne-secret-policy",
+    p = add(plan, "dev.pool-1", "gcp:secretmanager/secretIamPolicy:SecretIamPolicy", "wayne-secret-policy",
             {"project": PROJECT, "secretId": "dev-wayne-postgres-1-tenancy-app",
              "policyData": json.dumps({"bindings": [{"role": "roles/secretmanager.secretAccessor", "members": [member]}]})},
             like="pooled-app-db-secret")
@@ -139,13 +142,13 @@ def test_workload_identity_forms_on_another_tenants_service_account(plan, member
 def test_tenant_principal_on_platform_bucket_project_folder_and_organization(plan):
     member = sa(plan, "dev.stark")
     like = "pooled-bucket-storage-objectAdmin"
-    bucket = add(plan, "dev", "gcp:storage/bucketIAMMember:BucketIAMMember", "x-bucket",
+    bucket = add(plan, "dev.pool-1", "gcp:storage/bucketIAMMember:BucketIAMMember", "x-bucket",
                  {"bucket": f"{PROJECT}-dev-pooled-uploads", "role": "roles/storage.objectViewer", "member": member}, like)
-    project = add(plan, "dev", "gcp:projects/iAMMember:IAMMember", "x-project",
+    project = add(plan, "dev.pool-1", "gcp:projects/iAMMember:IAMMember", "x-project",
                   {"project": PROJECT, "role": "roles/storage.admin", "member": member}, like)
-    folder = add(plan, "dev", "gcp:folder/iAMMember:IAMMember", "x-folder",
+    folder = add(plan, "dev.pool-1", "gcp:folder/iAMMember:IAMMember", "x-folder",
                  {"folder": "folders/123456789012", "role": "roles/browser", "member": member}, like)
-    org = add(plan, "dev", "gcp:organizations/iAMMember:IAMMember", "x-org",
+    org = add(plan, "dev.pool-1", "gcp:organizations/iAMMember:IAMMember", "x-org",
               {"orgId": "1234", "role": "roles/browser", "member": "group:contractors@example.com"}, like)
     got = dict(found(plan, "iam-tenant-scope"))
     assert got[bucket["urn"]] == (f"IAM: tenant 'stark''s principal {member} is granted roles/storage.objectViewer on "
@@ -174,8 +177,8 @@ def test_audit_exemption_on_a_tenant_project(plan):
 
 
 def test_platform_principal_on_tenant_data_unless_allow_listed(plan):
-    pooled = sa(plan, "dev", "pooled-app-gsa")
-    g = add(plan, "dev", "gcp:storage/bucketIAMMember:BucketIAMMember", "pooled-on-stark",
+    pooled = sa(plan, "dev.pool-1", "pooled-app-gsa")
+    g = add(plan, "dev.pool-1", "gcp:storage/bucketIAMMember:BucketIAMMember", "pooled-on-stark",
             {"bucket": "dev-stark-uploads", "role": "roles/storage.objectViewer", "member": pooled},
             like="pooled-bucket-storage-objectAdmin")
     assert found(plan, "iam-tenant-scope") == [
@@ -247,7 +250,7 @@ def test_network_policy_open_to_every_namespace_or_address(plan):
 def test_rbac_wildcards_cluster_bindings_and_foreign_namespaces(plan):
     role = res(plan, "dev.stark", "namespace-operator-role")
     role["inputs"]["rules"][0]["verbs"] = ["*"]
-    crb = add(plan, "dev", "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", "stark-view",
+    crb = add(plan, "dev.pool-1", "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding", "stark-view",
               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "stark-view"},
                "roleRef": {"kind": "ClusterRole", "name": "view"},
                "subjects": [{"kind": "Group", "name": "system:serviceaccounts:tenant-stark"}]}, like="pooled-ns-ns")
@@ -400,7 +403,7 @@ def test_physical_names_unique_in_their_scope(plan):
     secret = res(plan, "dev.wayne", "postgres-1-tenancy-app-secret")
     secret["inputs"]["secretId"] = "dev-stark-postgres-1-tenancy-app"
     stark_ns = res(plan, "dev.stark", "namespace-ns")
-    ns = add(plan, "dev", "kubernetes:core/v1:Namespace", "stray-ns",
+    ns = add(plan, "dev.pool-1", "kubernetes:core/v1:Namespace", "stray-ns",
              copy.deepcopy(stark_ns["inputs"]), like="pooled-ns-ns")
     got = found(plan, "unique-physical-names")
     stark_secret = res(plan, "dev.stark", "postgres-1-tenancy-app-secret")

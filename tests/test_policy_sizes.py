@@ -22,7 +22,7 @@ from tenancy.policycheck import _policy_resources, evaluate_plan
 from tests.conftest import stack_of
 
 RULE = "object-and-stack-size"
-ROOT_URN = "urn:pulumi:dev::tenancy::pulumi:pulumi:Stack::tenancy-dev"
+CELL, POOL, IDENTITY = "dev.cell-1", "dev.pool-1", "dev.identity-1"
 
 
 @pytest.fixture
@@ -46,20 +46,22 @@ def dev_config() -> PlatformConfig:
 
 def test_the_committed_catalogues_plan_is_within_every_bound(plan):
     assert size_violations(plan) == []
-    configmap = resource(stack_of(plan, "dev"), "directory-configmap")
-    assert len(configmap["inputs"]["data"]["tenants.json"]) < 20_000   # nine tenants: far below 1 MiB
+    # the directory is the cell's share and the pool shard's: nine tenants in all, far below 1 MiB
+    for stack, name in ((CELL, "directory-configmap"), (POOL, "pool-directory-configmap")):
+        configmap = resource(stack_of(plan, stack), name)
+        assert 1_000 < len(configmap["inputs"]["data"]["tenants.json"]) < 20_000, stack
 
 
 def test_a_tenant_directory_of_2300_tenants_is_over_the_configmap_data_limit(plan):
-    """What the platform stack would publish for a generated fleet of 2,300 tenants (its real entries)."""
+    """One directory of a generated fleet of 2,300 tenants (their real entries), as a single directory for the
+    whole fleet would be: why each cell and pool shard publishes only its own tenants'."""
     fleet = sample.catalog(2_300)
     # (2,070 pooled tenants fill more than one pool shard of 2,000)
     placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=2))
     cfg = dev_config()
     entries = {t.id: directory_entry(t, "dev", cfg, placed.tenants.get(t.id)) for t in fleet.tenants}
     text = document(entries, {t.id: f"t-{t.id}-0a1b2" for t in fleet.tenants})
-    platform = stack_of(plan, "dev")
-    configmap = resource(platform, "directory-configmap")
+    configmap = resource(stack_of(plan, CELL), "directory-configmap")
     configmap["inputs"]["data"]["tenants.json"] = text
     size = len(text.encode())
     assert size > 1024 * 1024
@@ -99,7 +101,7 @@ def test_helm_values_of_a_large_pool_fail(plan):
     """The pooled application's real values for 10,000 pooled tenants."""
     pooled = [t for t in sample.catalog(11_200).tenants if t.model.value == "pooled"][:10_000]
     values = pooled_app_values("dev", dev_config(), pooled, "dev-pooled-tenancy-app")
-    release = resource(stack_of(plan, "dev"), "pooled-app-release")
+    release = resource(stack_of(plan, POOL), "pooled-app-release")
     release["inputs"]["values"] = values
     [v] = size_violations(plan)
     size = len(json.dumps(values, separators=(",", ":"), sort_keys=True).encode())
@@ -109,29 +111,31 @@ def test_helm_values_of_a_large_pool_fail(plan):
 
 
 def test_a_stack_over_the_resource_bound_fails_against_the_stack(plan):
-    platform = stack_of(plan, "dev")
-    template = resource(platform, "identity-globex")
-    for i in range(2_001 - len(platform["resources"])):
+    # an identity shard grows by one resource per tenant: the stack the bound is for
+    shard = stack_of(plan, IDENTITY)
+    template = resource(shard, "identity-globex")
+    for i in range(2_001 - len(shard["resources"])):
         extra = copy.deepcopy(template)
         extra["urn"] = template["urn"].replace("identity-globex", f"identity-extra{i}")
-        platform["resources"].append(extra)
-    assert len(platform["resources"]) == 2_001
+        shard["resources"].append(extra)
+    assert len(shard["resources"]) == 2_001
     assert size_violations(plan) == [{
-        "policy": RULE, "urn": ROOT_URN, "enforcement": "mandatory",
-        "message": "stack dev has 2,001 resources, over the bound of 2,000 per stack (policy config maxResourcesPerStack): "
-                   "every preview and update of it reads and diffs them all; split it (cells, pool shards, identity "
-                   "shards)"}]
-    platform["resources"].pop()
+        "policy": RULE, "urn": f"urn:pulumi:{IDENTITY}::tenancy::pulumi:pulumi:Stack::tenancy-{IDENTITY}",
+        "enforcement": "mandatory",
+        "message": f"stack {IDENTITY} has 2,001 resources, over the bound of 2,000 per stack (policy config "
+                   "maxResourcesPerStack): every preview and update of it reads and diffs them all; split it (cells, "
+                   "pool shards, identity shards)"}]
+    shard["resources"].pop()
     assert size_violations(plan) == []
 
 
 def test_the_stack_form_runs_in_a_real_preview_with_its_configured_bounds(plan):
     policy = {p.name: p for p in rules.STACK_POLICIES}[RULE]
     assert policy.enforcement_level.value == "mandatory"
-    resources = _policy_resources(stack_of(plan, "dev"))
+    resources = _policy_resources(stack_of(plan, POOL))
     found: list[tuple[str, str | None]] = []
     policy.validate(StackValidationArgs(resources, {"maxResourcesPerStack": 50, "maxObjectBytes": 20_000}),
                     lambda message, urn=None: found.append((message, urn)))
-    assert [urn.rsplit("::", 1)[-1] for _, urn in found] == ["pooled-sql-sql", "tenancy-dev"]
+    assert [urn.rsplit("::", 1)[-1] for _, urn in found] == ["pooled-sql-sql", f"tenancy-{POOL}"]
     assert found[0][0].startswith("ConfigMap tenancy-system/tenancy-sql-") and "over the 20,000-byte limit" in found[0][0]
-    assert found[1][0].startswith(f"stack dev has {len(resources)} resources, over the bound of 50 per stack")
+    assert found[1][0].startswith(f"stack {POOL} has {len(resources)} resources, over the bound of 50 per stack")

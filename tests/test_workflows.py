@@ -252,11 +252,17 @@ def test_pr_comment_from_two_catalogues(head_catalog, tmp_path):
     row = next(l for l in lines if l.startswith("| `dev.globex` |"))
     assert "new tenant stack: free (pooled) → standard (namespace)" in row and row.endswith("| none |")
     assert any(l.startswith("| `dev.cyberdyne` | changed: state |") for l in lines)
-    platform = next(l for l in lines if l.startswith("| `dev` |"))
-    assert "tenant added: newco" in platform
+    # each tenant's share of the platform lands on its units: globex leaves its pool shard for its cell, cyberdyne's
+    # entry is in its home cell, newco joins a pool shard and an identity shard; nothing of them is the global stack's
+    rows = {l.split("`")[1]: l for l in lines if l.startswith("| `dev")}
+    assert set(rows) == {"dev.cell-1", "dev.cyberdyne", "dev.globex", "dev.identity-1", "dev.pool-1"}
+    assert "| tenant globex changed: features, limits, model, plan; tenant cyberdyne changed: state |" in rows["dev.cell-1"]
+    assert "| tenant globex changed: features, limits, model, plan; tenant added: newco |" in rows["dev.pool-1"]
+    assert "| tenant added: newco |" in rows["dev.identity-1"]
     assert "```mermaid" in lines
     mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert mermaid.startswith("flowchart LR\n")
+    assert "subgraph gone" not in mermaid, "a unit stack's name is no tenant that left"
     # grouped by placement: pool shard, cell
     assert 'subgraph pool_1["pooled: pool shard pool-1 (dev-pooled-postgres)"]' in mermaid
     assert 'subgraph cell_1["namespace: cell cell-1 (cluster dev-shared)"]' in mermaid
@@ -265,6 +271,24 @@ def test_pr_comment_from_two_catalogues(head_catalog, tmp_path):
     assert 'globex["globex: standard"]' in mermaid and 'cyberdyne["cyberdyne: enterprise (suspended)"]' in mermaid
     assert 'globex_was(("free")) -->|"pooled → namespace"| globex' in mermaid
     assert "dev.stark" not in md, "unchanged stacks are not listed"
+
+
+def test_pr_comment_lists_only_tenants_that_left_as_gone(tmp_path):
+    from tenancy import prcomment
+    from tenancy.catalog import load_catalog, parse_catalog
+    from tenancy.changes import changes_between
+
+    base = load_catalog(ROOT / "tenants.yaml")
+    text = (ROOT / "tenants.yaml").read_text()
+    start = text.index("  - id: initech\n")
+    end = text.index("\n  - id:", start + 1) + 1
+    head = parse_catalog(text[:start] + text[end:])
+    assert {t.id for t in base.tenants} - {t.id for t in head.tenants} == {"initech"}
+    changes = changes_between(base, head, "dev")
+    # initech leaves its pool shard and identity shard; the global stack records it
+    assert sorted(changes.reasons) == ["dev", "dev.identity-1", "dev.pool-1"]
+    mermaid = prcomment.mermaid(base, head, changes, "dev")
+    assert mermaid.split("\n")[1:] == ['  subgraph gone["removed / offboarded"]', '    initech_gone["initech"]', "  end"]
 
 
 def test_pr_comment_without_changes(tmp_path):
@@ -300,34 +324,60 @@ def fleet_repo(tmp_path, n: int) -> Path:
     return repo / "tenants.yaml"
 
 
-def test_a_thousand_stacks_fit_the_matrix_limit_each_stack_once(tmp_path):
-    path = fleet_repo(tmp_path, 1000)
-    res = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD")
-    assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
-    assert len(data["stacks"]) == 1000 and data["stacks"][0] == "dev"
+def fleet_env(monkeypatch, tenants: int) -> list[str]:
+    """dev with room for `tenants` namespace tenants: as many cells of 300 as they fill, and data projects for
+    their Cloud SQL instances (3 each, 1,000 a project); returns its platform-side stacks in deploy order."""
+    from tests.test_cells import cells_config
+
+    cells = -(-tenants // 300)
+    projects = -(-tenants * 3 // 1000)
+    cells_config(monkeypatch, **{"tenancy:cells": str(cells),
+                                 "tenancy:dataProjects": json.dumps([f"dev-data-{i}" for i in range(1, projects)])})
+    return ["dev", "dev.identity-1", *(f"dev.cell-{n}" for n in range(1, cells + 1)), "dev.pool-1"]
+
+
+def affected(capsys, *args) -> dict:
+    """`tenancy affected` through the real entry point, in this process (so that the environment's config is the
+    test's): its JSON output."""
+    from tenancy.cli import main
+
+    code = main(["affected", *args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def test_a_thousand_stacks_fit_the_matrix_limit_each_stack_once(tmp_path, monkeypatch, capsys):
+    sides = fleet_env(monkeypatch, 993)
+    assert len(sides) == 7                        # the global stack, an identity shard, 4 cells, a pool shard
+    path = fleet_repo(tmp_path, 994)
+    data = affected(capsys, "--tenants", str(path), "--changed-since", "HEAD")
+    assert len(data["stacks"]) == 1000 and data["stacks"][:7] == sides, "the platform side first, in deploy order"
+    assert data["platform"] is True
     jobs = data["matrix"]["include"]
     assert len(jobs) == data["jobs"] <= 256
     assert [j["batch"] for j in jobs] == list(range(1, len(jobs) + 1))
     previewed = [s for j in jobs for s in j["stacks"]]
     assert sorted(previewed) == sorted(data["stacks"]) and len(previewed) == len(set(previewed)), "every stack exactly once"
-    assert jobs[0]["stacks"] == ["dev"], "the platform preview has a job of its own"
+    assert jobs[0]["stacks"] == ["dev"], "the global stack's preview has a job of its own"
     sizes = {len(j["stacks"]) for j in jobs[1:]}
     assert max(sizes) - min(sizes) <= 1 and max(sizes) == 4
     # a budget of real previews: the rest are planned offline only
-    res = run_cli("affected", "--tenants", str(path), "--changed-since", "HEAD", "--max-real", "100", "--max-jobs", "10")
-    data = json.loads(res.stdout)
+    data = affected(capsys, "--tenants", str(path), "--changed-since", "HEAD", "--max-real", "100", "--max-jobs", "10")
     assert len(data["real"]) == 100 and len(data["offlineOnly"]) == 900 and data["jobs"] == 10
+    assert data["real"][:7] == sides
     assert sorted(data["real"] + data["offlineOnly"]) == sorted(data["stacks"])
     assert sorted(s for j in data["matrix"]["include"] for s in j["stacks"]) == sorted(data["real"])
 
 
-def test_pr_comment_at_fleet_size_stays_within_githubs_limit(tmp_path):
+def test_pr_comment_at_fleet_size_stays_within_githubs_limit(tmp_path, monkeypatch):
     from tenancy import prcomment
     from tenancy.catalog import load_catalog
     from tenancy.changes import changes_between
 
-    path = fleet_repo(tmp_path, 3000)
+    # 2,987 namespace tenants in 10 cells: 3,000 stacks with the global stack, identity shard and pool shard
+    assert len(fleet_env(monkeypatch, 2_987)) == 13
+    path = fleet_repo(tmp_path, 2_988)
     head = load_catalog(path)
     changes = changes_between(None, head, "dev")
     plan = {"stacks": [{"name": s, "model": "namespace" if "." in s else None, "resources": [{}] * 80,
@@ -344,14 +394,18 @@ def test_pr_comment_at_fleet_size_stays_within_githubs_limit(tmp_path):
     assert lines[0] == prcomment.MARKER
     assert "3,000 stacks change: summarised by model; every stack's row is in the [full table](https://ci.example/run/1)." in lines
     assert "| platform | 1 | no catalogue at the base (1) | 80 | 0 |" in lines
-    assert "| namespace | 2,999 | no catalogue at the base (2,999) | 239,920 | 0 |" in lines
+    assert "| platform: cell stacks | 10 | no catalogue at the base (10) | 800 | 0 |" in lines
+    assert "| platform: identity stacks | 1 | no catalogue at the base (1) | 80 | 0 |" in lines
+    assert "| platform: pool stacks | 1 | no catalogue at the base (1) | 80 | 0 |" in lines
+    assert "| namespace | 2,987 | no catalogue at the base (2,987) | 238,960 | 0 |" in lines
     previews = next(l for l in lines if l.startswith("**Previews:**"))
+    # sorted by name, the 13 platform-side stacks come before the tenants': 987 tenant stacks previewed for real
     assert previews.startswith("**Previews:** 3,000 of 3,000 stack(s) planned offline with the policy pack; 1,000 previewed "
-                               "for real (`pulumi preview` in 250 job(s)); 2,000 offline only: `dev.tenant-00999`, ")
+                               "for real (`pulumi preview` in 250 job(s)); 2,000 offline only: `dev.tenant-00987`, ")
     assert previews.endswith("and 1,980 more (full table).")
     assert "- … and 2,950 more in the full table" in lines
     mermaid = md.split("```mermaid\n", 1)[1].split("```", 1)[0]
-    assert 'shared_n["2,999 tenants"]' in mermaid and "tenant-00001" not in mermaid
+    assert 'shared_n["2,987 tenants"]' in mermaid and "tenant-00001" not in mermaid
 
 
 # ------------------------------------------------------------------------------------------ the deploy job's moves
