@@ -271,7 +271,7 @@ def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
     assert platform["pooled"] == {t: {"poolShard": "pool-1", "identityShard": "identity-1"}
                                   for t in ("globex", "hooli", "initech", "vandelay")}
     assert {u["unit"]: (u["used"], u["capacity"]) for u in platform["units"]} == {
-        "cell-1": (5, 300), "pool-1": (4, 2000), "tenancy-dev-482913": (10, 1000)}
+        "cell-1": (5, 300), "pool-1": (4, 1000), "tenancy-dev-482913": (10, 1000)}
     from tenancy import plan as planmod
     lines = planmod.summary(result).splitlines()
     start = lines.index("placement (capacity: stacks/Pulumi.dev.yaml):")
@@ -286,7 +286,7 @@ def test_plan_shows_each_stacks_placement_and_the_load(sample_plan):
         "  pooled initech   pool shard pool-1 (instance dev-pooled-postgres)",
         "  pooled vandelay  pool shard pool-1 (instance dev-pooled-postgres)",
         "  cells: 5 of 300 tenants used in 1 (cell-1 5/300)",
-        "  pool shards: 4 of 2,000 pooled tenants used in 1 (pool-1 4/2,000)",
+        "  pool shards: 4 of 1,000 pooled tenants used in 1 (pool-1 4/1,000)",
         "  data projects: 10 of 1,000 Cloud SQL instances used in 1 (tenancy-dev-482913 10/1,000)",
     ]
 

@@ -53,7 +53,7 @@ def test_capacity_values_as_the_engine_and_the_stack_file_give_them():
                                                                             "10.43.0.0/20", "172.16.3.0/28")
     assert from_engine.cell_network("cell-1") is None, "cell-1 uses the environment's own ranges"
     assert from_engine.data_projects == (PLATFORM_PROJECT, "data-proj-1", "data-proj-2")
-    assert (from_engine.pool_shards, from_engine.pool_shard_capacity, from_engine.data_project_instances) == (1, 2000, 1000)
+    assert (from_engine.pool_shards, from_engine.pool_shard_capacity, from_engine.data_project_instances) == (1, 1000, 1000)
 
 
 def test_capacity_errors_name_the_file_the_key_and_the_fix():
