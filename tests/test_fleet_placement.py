@@ -32,7 +32,7 @@ def loads(placement, key: str) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------- capacity config
 
 def test_committed_environments_declare_what_this_version_builds():
-    assert fleet_capacity.load("dev") == cap()
+    assert fleet_capacity.load("dev") == cap(pool_shard_capacity=1000)
     prod = fleet_capacity.load("prod")
     assert (prod.cells, prod.pool_shards, prod.data_projects) == (1, 1, ("tenancy-prod-719304",))
 

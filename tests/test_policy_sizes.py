@@ -56,8 +56,8 @@ def test_a_tenant_directory_of_2300_tenants_is_over_the_configmap_data_limit(pla
     """One directory of a generated fleet of 2,300 tenants (their real entries), as a single directory for the
     whole fleet would be: why each cell and pool shard publishes only its own tenants'."""
     fleet = sample.catalog(2_300)
-    # (2,070 pooled tenants fill more than one pool shard of 2,000)
-    placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=2))
+    # (2,070 pooled tenants fill more than two pool shards of 1,000)
+    placed = place(fleet, dataclasses.replace(fleet_capacity.load("dev"), pool_shards=3))
     cfg = dev_config()
     entries = {t.id: directory_entry(t, "dev", cfg, placed.tenants.get(t.id)) for t in fleet.tenants}
     text = document(entries, {t.id: f"t-{t.id}-0a1b2" for t in fleet.tenants})
@@ -70,6 +70,27 @@ def test_a_tenant_directory_of_2300_tenants_is_over_the_configmap_data_limit(pla
         "message": f"ConfigMap tenancy-system/tenant-directory: its data is {size:,} bytes, over the 1,048,576-byte limit "
                    "of ConfigMap data: the API server refuses it; split it (one object per cell or shard, not per fleet) "
                    "or keep the data in a registry"}]
+
+
+def test_a_full_pool_shard_of_the_shipped_capacity_publishes_a_directory_under_the_configmap_limit():
+    """dev and prod ship pool shards of tenancy:poolShardCapacity tenants: full, its directory (compact, as the pool
+    shard publishes it, with its tenants' real entries) stays under a ConfigMap's 1 MiB; twice as many do not."""
+    capacity = fleet_capacity.load("dev")
+    assert fleet_capacity.load("prod").pool_shard_capacity == capacity.pool_shard_capacity == 1000
+    cfg = dev_config()
+
+    def shard_directory(n: int) -> int:
+        pooled = [t for t in sample.catalog(n * 100 // 90 + 100).tenants if t.model.value == "pooled"][:n]
+        fleet = dataclasses.replace(sample.catalog(0), tenants=tuple(pooled))
+        placed = place(fleet, dataclasses.replace(capacity, pool_shard_capacity=n))
+        assert {p.pool_shard for p in placed.tenants.values()} == {"pool-1"}
+        entries = {t.id: directory_entry(t, "dev", cfg, placed.tenants[t.id]) for t in pooled}
+        # identity tenants' names as Identity Platform gives them (t-<id>-<5 characters>)
+        return len(document(entries, {t.id: f"t-{t.id}-0a1b2" for t in pooled}, compact=True).encode())
+
+    full = shard_directory(capacity.pool_shard_capacity)
+    assert 600_000 < full < 1024 * 1024, full
+    assert shard_directory(2 * capacity.pool_shard_capacity) > 1024 * 1024
 
 
 def test_a_secret_counts_its_decoded_data_and_skips_masked_values(plan):
