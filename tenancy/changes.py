@@ -215,6 +215,11 @@ def changes_between(old: Catalog | None, catalog: Catalog, env: str, changed_fil
                 ch.add(stack, f"changed: {', '.join(rest)}")
             if tenant_files:
                 ch.add(stack, f"code changed: {', '.join(sorted(tenant_files)[:3])}{' …' if len(tenant_files) > 3 else ''}")
+            if homes is not None and t.model is Model.NAMESPACE:
+                # its stack reads its cell's outputs: a tenant placed in another cell (a pin of one not yet deployed)
+                was, now = homes.before.get(tid), homes.after.get(tid)
+                if was and now and was[0].cell != now[0].cell:
+                    ch.add(stack, f"cell changed: {was[0].cell} → {now[0].cell}")
         elif before.has_stack:
             why = "offboarded" if t.in_directory is False else f"moved to plan {t.plan_name} ({t.model.value})"
             ch.removed[naming.stack_name(env, tid)] = f"tenant {why}: the stack would be destroyed (export data first)"

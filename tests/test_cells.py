@@ -252,6 +252,24 @@ def test_a_tier_change_touches_the_tenants_units_and_no_identity_stack(monkeypat
     assert set(changes_between(old, added, "dev").reasons) == {"dev.pool-1", f"dev.{shard}"}
 
 
+def test_a_pin_that_places_a_new_namespace_tenant_in_another_cell_replans_its_stack(monkeypatch):
+    """A namespace tenant's stack reads its cell: a pin that moves a tenant not yet deployed to another cell
+    changes what its stack reads, and both cells' directories."""
+    cells_config(monkeypatch, **{"tenancy:cells": "2"})
+    old = parse_catalog(SMALL)
+    pinned = parse_catalog(SMALL.replace("admin_email: d@delta.example}", "admin_email: d@delta.example, "
+                                                                         "placement: {cell: cell-2}}"))
+    reasons = changes_between(old, pinned, "dev").reasons
+    assert reasons["dev.delta"] == ["cell changed: cell-1 → cell-2"]
+    assert reasons["dev.cell-1"] == reasons["dev.cell-2"] == ["tenant delta changed: placement"]
+    assert set(reasons) == {"dev.delta", "dev.cell-1", "dev.cell-2"}
+    # once deployed, a pin never moves it (tenancy place does): nothing to replan for its stack
+    deployed = dataclasses.replace(old, placements={"delta": {"cell": "cell-1", "dataProject": "tenancy-dev-482913",
+                                                              "identityShard": "identity-1"}})
+    held = dataclasses.replace(pinned, placements=deployed.placements)
+    assert "dev.delta" not in changes_between(deployed, held, "dev").reasons
+
+
 class _Interrupted(Exception):
     pass
 
