@@ -14,7 +14,7 @@ from tenancy.catalog import Catalog, to_document
 
 RECORD_OUTPUT = "deployedRecord"     # the stack output that holds it, as JSON text
 # The global stack's output saying its record is split across the unit stacks ("cells"). A stack with a record and
-# without it is an environment still deployed as one platform stack (tenancy/fleet/migrate.py moves it).
+# without it is an environment still deployed as one platform stack (tenancy/operations/migrate.py moves it).
 LAYOUT_OUTPUT, CELLS = "layout", "cells"
 
 

@@ -17,7 +17,7 @@ from tenancy.catalog import BUILTIN_PLANS, parse_catalog
 from tenancy.changes import changes_between
 from tenancy.engine import STATEFUL_TYPES, EngineError, OfflineEngine
 from tenancy.fleet import capacity as fleet_capacity
-from tenancy.fleet import migrate as mig
+from tenancy.operations import migrate as mig
 from tenancy.fleet import sample
 from tenancy.fleet.placement import PlacementError, place
 from tenancy.lifecycle import deploy

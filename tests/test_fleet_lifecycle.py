@@ -13,7 +13,7 @@ from tenancy.catalog import load_catalog, parse_catalog
 from tenancy.changes import changes_between
 from tenancy.engine import OfflineEngine
 from tenancy.fleet import capacity as fleet_capacity
-from tenancy.fleet import relocate
+from tenancy.operations import relocate
 from tenancy.fleet.placement import PlacementError
 from tenancy.lifecycle import Refused, deploy
 from tenancy.lifecycle import record as rec
@@ -321,14 +321,16 @@ def test_pr_comment_says_where_affected_tenants_go_and_when_placement_is_refused
     refused = prcomment.render(base, head, changes, "dev", placement_refused="environment 'dev' is full: ...\nsecond")
     assert "**Placement refused** — this change cannot be deployed as it is:" in refused
     assert "- environment 'dev' is full: ..." in refused.splitlines() and "- second" in refused.splitlines()
-    # a pin that changes is a change of the cells it moves the new tenant between (each holds its directory entry)
+    # a pin that changes is a change of the cells it moves the new tenant between (each holds its directory entry),
+    # and of its own stack, which reads its cell
     from tests.test_cells import cells_config
 
     cells_config(monkeypatch, **{"tenancy:cells": "2"})
     repinned = parse_catalog((ROOT / "tenants.yaml").read_text() + "\n  - {id: newco, name: NewCo, plan: standard, "
                              "admin_email: a@newco.example, placement: {cell: cell-2}}\n")
     assert changes_between(head, repinned, "dev").reasons == {"dev.cell-1": ["tenant newco changed: placement"],
-                                                              "dev.cell-2": ["tenant newco changed: placement"]}
+                                                              "dev.cell-2": ["tenant newco changed: placement"],
+                                                              "dev.newco": ["cell changed: cell-1 → cell-2"]}
 
 
 def test_plan_and_pr_comment_read_a_saved_deployed_record(tmp_path, capsys):

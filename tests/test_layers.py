@@ -52,8 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Deploys (in waves) and the deployed record, destroys, and a tenant's data paired across stores.
     ("lifecycle", ("tenancy.lifecycle.*",)),
     # Operations on tenant data under the protocol (lease, journal, freeze), and the fleet's own moves.
-    ("operations", ("tenancy.operations.*", "tenancy.fleet.relocate", "tenancy.fleet.migrate",
-                    "tenancy.registration")),
+    ("operations", ("tenancy.operations.*", "tenancy.registration")),
     # What a person or a pipeline runs.
     ("commands", ("tenancy.cli.*", "tenancy.__main__", "tenancy.delivery", "tenancy.localservers")),
 )

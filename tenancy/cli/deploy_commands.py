@@ -302,7 +302,7 @@ def _recorded_dsn(args, engine, name: str) -> str:
 
 
 def cmd_migrate(args) -> int:
-    from tenancy.fleet import migrate
+    from tenancy.operations import migrate
 
     engine = build_engine(args)
     if args.engine == "operator":

@@ -187,7 +187,7 @@ def cmd_place(args) -> int:
         if args.target_dsn and args.pool_shard:
             overrides[args.pool_shard] = args.target_dsn
     reach = build_reach(args, overrides)
-    from tenancy.fleet.relocate import resolve
+    from tenancy.operations.relocate import resolve
     now, target = resolve(catalog, rec.read(engine, args.env), args.env, args.tenant, cell=args.cell,
                           pool_shard=args.pool_shard, data_project=args.data_project)
     if now == target and not args.abort:

@@ -4,7 +4,8 @@
                   (`tenancy:` keys of stacks/Pulumi.<env>.yaml)
     placement.py  each tenant's cell, pool shard and data project: sticky once deployed, pinned by the
                   operator, otherwise the lowest-numbered unit with room; a full environment is refused
-    migrate.py    `tenancy migrate`: an environment deployed as one platform stack moves to the unit stacks
-    relocate.py   `tenancy place`: moving one placed tenant, explicitly, only when no data is left behind
     report.py     placement as the plan summary, plan.json and the pull-request comment show it
+
+Moving a placed tenant (`tenancy place`) and migrating an environment's state (`tenancy migrate`) are
+operations: tenancy/operations/relocate.py and migrate.py.
 """

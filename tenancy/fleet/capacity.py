@@ -20,7 +20,7 @@ of it (tenancy/fleet/placement.py).
 
 Every environment has one layout: a global stack `<env>` plus a stack of its own for every declared unit
 (stacks/cells.py); a small environment has one of each. An environment deployed as one platform stack (the
-layout of earlier versions) moves to it with `tenancy migrate` (tenancy/fleet/migrate.py); `tenancy:layout`,
+layout of earlier versions) moves to it with `tenancy migrate` (tenancy/operations/migrate.py); `tenancy:layout`,
 that version's switch, is accepted only as `cells`.
 """
 

@@ -5,7 +5,7 @@ Rules, in the order they apply:
 
 1. **Sticky.** A tenant with a deployed placement (the platform stack's deployed record, carried as
    `Catalog.placements`) stays there. Nothing in tenants.yaml, and no other tenant, moves it; only
-   `tenancy place` does (tenancy/fleet/relocate.py). A deployed tenant counts against its unit even when the
+   `tenancy place` does (tenancy/operations/relocate.py). A deployed tenant counts against its unit even when the
    unit's capacity was lowered below its load since.
 2. **Pinned.** A new tenant's `placement:` in tenants.yaml is honoured when the unit is declared and has
    room; otherwise the tenant is refused (never silently placed elsewhere).

@@ -18,7 +18,7 @@ from typing import Any
 
 from tenancy.catalog import Catalog
 from tenancy.fleet.capacity import Capacity
-from tenancy.fleet.relocate import resolve
+from tenancy.operations.relocate import resolve
 from tenancy.lifecycle import record as rec
 from tenancy.lifecycle import tenant_data as data
 from tenancy.operations.lease import Spec
