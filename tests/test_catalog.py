@@ -345,9 +345,9 @@ TOO_DEEP = "nesting deeper than 20 levels (the limit; a catalogue needs about 6)
     ("version: 1\ntenants:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(30)), f"tenants.yaml:22: (syntax): {TOO_DEEP}"),
     ("version: 1\n? [a, b]\n: 1\n", "tenants.yaml:2: (syntax): a list or mapping is used as a key; keys are plain names"),
     ("a" * 4_000_000, "tenants.yaml:1: (file): the catalogue must be a mapping with 'plans' and 'tenants' keys"),
-    ("x" * (6 * 2**20), "tenants.yaml: (file): the file has 6,291,456 bytes or more, over the limit of 5,242,880 bytes (5 MiB); "
-                        "is it the catalogue you meant to pass?"),
-], ids=["billion-laughs", "anchor", "deep-list", "deep-mapping", "complex-key", "one-huge-scalar", "over-5-MiB"])
+    ("x" * (17 * 2**20), "tenants.yaml: (file): the file has 17,825,792 bytes or more, over the limit of 16,777,216 bytes "
+                         "(16 MiB); is it the catalogue you meant to pass?"),
+], ids=["billion-laughs", "anchor", "deep-list", "deep-mapping", "complex-key", "one-huge-scalar", "over-16-MiB"])
 def test_hostile_yaml_is_one_clear_problem(text, message):
     assert problems(text, raw=True) == [message]
 
@@ -363,15 +363,15 @@ def test_line_index_does_not_recurse():
     assert len(lines) == 3001 and lines[(0,) * 3000] == 1
 
 
-def test_a_50_mb_file_or_an_endless_device_is_refused_after_reading_5_mib(tmp_path):
+def test_a_50_mb_file_or_an_endless_device_is_refused_after_reading_16_mib(tmp_path):
     big = tmp_path / "big.yaml"
     with big.open("wb") as f:
         f.truncate(50 * 2**20)
     for path in (big, "/dev/zero"):
         with pytest.raises(CatalogError) as exc:
             load_catalog(path)
-        assert str(exc.value) == (f"{path}: (file): the file has 5,242,881 bytes or more, over the limit of 5,242,880 bytes "
-                                  "(5 MiB); is it the catalogue you meant to pass?")
+        assert str(exc.value) == (f"{path}: (file): the file has 16,777,217 bytes or more, over the limit of 16,777,216 "
+                                  "bytes (16 MiB); is it the catalogue you meant to pass?")
     with pytest.raises(CatalogError, match=f"^{tmp_path}: \\(file\\): is a directory; pass the catalogue file$"):
         load_catalog(tmp_path)
 

@@ -87,7 +87,7 @@ def parse_catalog(text: str, path: str = "tenants.yaml") -> Catalog:
 def load_catalog(path: str | Path = "tenants.yaml") -> Catalog:
     p = Path(path)
     try:
-        # Read at most one byte past the limit: /dev/zero or a 50 MB file costs no more than 5 MiB.
+        # Read at most one byte past the limit: /dev/zero or a 50 MB file costs no more than 16 MiB.
         with p.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:

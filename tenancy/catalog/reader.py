@@ -19,8 +19,8 @@ from tenancy.catalog.values import echo
 from tenancy.errors import CatalogError, Problem
 
 # Untrusted-input limits (see the module docstring). A real catalogue is about 6 levels deep and
-# 100 bytes per tenant, so these leave room for tens of thousands of tenants.
-MAX_FILE_BYTES = 5 * 1024 * 1024
+# 100 bytes per tenant, so these leave room for about 150,000 tenants written the usual way.
+MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 20
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster on large files
