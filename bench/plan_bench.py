@@ -64,20 +64,22 @@ def catalogue(n: int) -> dict:
 
 
 def workspace(out: Path) -> Path:
-    """A copy of the repository, its config set for each size by `configure`."""
+    """A copy of the repository, its config set for each size by `configure` (the plans write their caches,
+    .cache/tenancy, there too)."""
+    out = out.resolve()
     tree = out / "tree"
     if tree.exists():
         shutil.rmtree(tree)
 
     def skip(directory: str, names: list[str]) -> set[str]:
         here = Path(directory).resolve()
-        return {n for n in names if n in COPY_SKIP or (here / n).resolve() == out.resolve()}
+        return {n for n in names if n in COPY_SKIP or (here / n).resolve() in (out, ROOT / "bench" / "out", ROOT / "plan")}
 
     shutil.copytree(ROOT, tree, ignore=skip)
     return tree
 
 
-def cells_capacity(n: int) -> dict[str, object]:
+def cells_capacity(n: int, env: str = "dev") -> dict[str, object]:
     """The capacity n tenants need (bench/cells_bench.py's): cells of 300 tenants, pool shards of
     1,000 pooled tenants, an identity shard per 1,250 tenants, data projects of 1,000 instances."""
     cells = math.ceil(n // 10 / 300) + 1
@@ -86,21 +88,22 @@ def cells_capacity(n: int) -> dict[str, object]:
                 for c in range(2, cells + 1)}
     projects = math.ceil(n * 0.09 * 3 / 1000) + 1
     return {"cells": cells, "cellCapacity": 300, "poolShards": math.ceil(n * 0.9 / 1000) + 1,
-            "poolShardCapacity": 1000, "identityShards": math.ceil(n / 1250), "dataProjectInstances": 1000,
-            "dataProjects": json.dumps([f"dev-data-{i}" for i in range(1, projects + 1)]),
+            "poolShardCapacity": 1000, "identityShards": max(1, math.ceil(n / 1250)), "dataProjectInstances": 1000,
+            "dataProjects": json.dumps([f"{env}-data-{i}" for i in range(1, projects + 1)]),
             "cellNetworks": json.dumps(networks)}
 
 
-def configure(tree: Path, original: str, n: int) -> None:
-    """stacks/Pulumi.dev.yaml declaring the capacity n tenants need."""
-    values: dict[str, object] = cells_capacity(n)
+def configure(tree: Path, original: str, n: int, env: str = "dev") -> None:
+    """stacks/Pulumi.<env>.yaml (`original`: its text) declaring the capacity n tenants need (keys replaced or
+    added)."""
+    values: dict[str, object] = cells_capacity(n, env)
     text = original
     for key, value in values.items():
         line = f"tenancy:{key}: {json.dumps(value) if isinstance(value, str) and value[:1] in '[{' else value}"
         text, found = re.subn(rf"(?m)^(\s*)tenancy:{key}:\s*\S+$", lambda m: m[1] + line, text)
         if not found:
             text = text.rstrip("\n") + f"\n  {line}\n"
-    (tree / "stacks" / "Pulumi.dev.yaml").write_text(text)
+    (tree / "stacks" / f"Pulumi.{env}.yaml").write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import resource
@@ -37,22 +36,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan_bench import configure, workspace  # noqa: E402 -- its copy of the repository and its capacity
+from tenancy.fleet.sample import plan_of  # noqa: E402
+
 ENV = "prod"
-COPY_SKIP = {".git", ".venv", ".tools", ".cache", "__pycache__", "tests", ".pytest_cache", ".tenancy-state"}
-MIX = (("enterprise", 1), ("standard", 9), ("free", 90))   # per 100 tenants (tenancy/fleet/sample.py's)
 # The built-in plans under two-letter names (plans of the file's own `plans:`), and ids of five characters: the
 # catalogue of 100,000 tenants is then 5.1 MB (the figures were taken under the earlier 5 MiB input limit).
 SHORT = {"enterprise": "en", "standard": "st", "free": "fr"}
 DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def plan_of(i: int) -> str:
-    slot = i % 100
-    for plan, share in MIX:
-        if slot < share:
-            return plan
-        slot -= share
-    raise AssertionError("MIX covers 100 slots")
 
 
 def tenant_id(i: int) -> str:
@@ -76,44 +69,6 @@ def catalogue(n: int) -> tuple[str, list[tuple[str, str]]]:
         extra = f",dedicated: {{project: {{id: {tid}-data}}}}" if plan == "enterprise" else ""
         lines.append(f"- {{id: {tid},name: T,plan: {SHORT[plan]},admin_email: a@b.io{extra}}}")
     return "\n".join(lines) + "\n", tenants
-
-
-def capacity(n: int) -> dict[str, object]:
-    """The capacity n tenants need (bench/cells_bench.py's)."""
-    cells = math.ceil(n // 10 / 300) + 1
-    networks = {f"cell-{c}": {"networkCidr": f"172.{17 + c // 16}.{(c % 16) * 16}.0/20", "podsCidr": f"10.{150 + c}.0.0/16",
-                              "servicesCidr": f"100.{64 + c // 16}.{(c % 16) * 16}.0/20", "masterCidr": f"192.168.{c}.0/28"}
-                for c in range(2, cells + 1)}
-    projects = math.ceil(n * 0.09 * 3 / 1000) + 1
-    return {"cells": cells, "cellCapacity": 300, "poolShards": math.ceil(n * 0.9 / 1000) + 1,
-            "poolShardCapacity": 1000, "identityShards": max(1, math.ceil(n / 1250)), "dataProjectInstances": 1000,
-            "dataProjects": json.dumps([f"prod-data-{i}" for i in range(1, projects + 1)]),
-            "cellNetworks": json.dumps(networks)}
-
-
-def workspace(out: Path) -> Path:
-    """A copy of the repository: the plans write their caches (.cache/tenancy) and read their config there."""
-    tree = out / "tree"
-    if tree.exists():
-        shutil.rmtree(tree)
-
-    def skip(directory: str, names: list[str]) -> set[str]:
-        here = Path(directory).resolve()
-        return {n for n in names if n in COPY_SKIP or (here / n).resolve() in (out, ROOT / "bench" / "out", ROOT / "plan")}
-
-    shutil.copytree(ROOT, tree, ignore=skip)
-    return tree
-
-
-def configure(tree: Path, original: str, n: int) -> None:
-    """stacks/Pulumi.prod.yaml with the capacity n tenants need (keys replaced or added)."""
-    text = original
-    for key, value in capacity(n).items():
-        line = f"tenancy:{key}: {json.dumps(value) if isinstance(value, str) and value[:1] in '[{' else value}"
-        text, found = re.subn(rf"(?m)^(\s*)tenancy:{key}:\s*\S+$", lambda m: m[1] + line, text)
-        if not found:
-            text = text.rstrip("\n") + f"\n  {line}\n"
-    (tree / "stacks" / f"Pulumi.{ENV}.yaml").write_text(text)
 
 
 def deployed_record(tree: Path, catalog_file: Path, record: Path) -> None:
@@ -156,7 +111,7 @@ def main() -> None:
         text, tenants = catalogue(n)
         path = out / f"tenants-{n}.yaml"
         path.write_text(text)
-        configure(tree, original, n)
+        configure(tree, original, n, ENV)
         record = out / f"deployed-{n}.json"
         deployed_record(tree, path, record)
         picks = {"namespace": next(t for t, p in tenants if p == "standard"),
